@@ -1,0 +1,3 @@
+from mailstack.services.common.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,152 @@
+"""Settings: defaults, then an optional TOML file, then MAILSTACK_* environment variables.
+
+Each field's metadata names its environment variable and whether it is secret;
+`mailstack config` prints the effective settings with secrets masked, and the
+README's settings table is generated from the same fields.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+MiB = 1024 * 1024
+
+
+def _setting(default: Any, help: str, secret: bool = False) -> Any:
+    return field(default=default, metadata={"help": help, "secret": secret})
+
+
+@dataclass(frozen=True)
+class Settings:
+    # storage (the mailstore)
+    data_dir: str = _setting("./mailstack-data", "Folder for the embedded default (SQLite, blobs, TLS).")
+    metadata_url: str = _setting("", "Metadata store URL; default sqlite://DATA_DIR/metadata.sqlite3.")
+    blob_url: str = _setting("", "Blob store URL (file://PATH or s3://BUCKET/PREFIX); default file://DATA_DIR/blobs.")
+    events_url: str = _setting("memory://", "Event bus URL: memory:// (one process) or redis://HOST:PORT/DB.")
+    quota_url: str = _setting("", "Quota counters: empty = inside the metadata transaction, or redis://...")
+    s3_endpoint: str = _setting("", "S3 endpoint URL for S3-compatible servers (else AWS_ENDPOINT_URL / AWS).")
+    s3_region: str = _setting("", "S3 region (else AWS_REGION / AWS_DEFAULT_REGION).")
+    s3_path_style: bool = _setting(True, "Path-style S3 addressing (needed by most S3-compatible servers).")
+    max_message_size: int = _setting(50 * MiB, "Largest message accepted, in bytes.")
+    default_quota_bytes: int = _setting(0, "Quota in bytes for new accounts (0 = unlimited).")
+    default_quota_messages: int = _setting(0, "Message-count quota for new accounts (0 = unlimited).")
+    orphan_sweep_seconds: int = _setting(3600, "How often the sweeper removes unreferenced blobs (0 = never).")
+    orphan_min_age_seconds: int = _setting(3600, "Blobs younger than this are never swept (deliveries in flight).")
+
+    # gRPC
+    mailstore_listen: str = _setting("127.0.0.1:50051", "Where the mailstore's gRPC server listens.")
+    mailstore_addr: str = _setting("127.0.0.1:50051", "The mailstore address the frontends and the CLI call.")
+
+    # frontends
+    hostname: str = _setting("localhost", "This server's name in greetings and Received: headers.")
+    bind: str = _setting("127.0.0.1", "Address the mail listeners bind (0.0.0.0 in containers).")
+    smtp_port: int = _setting(2525, "Inbound SMTP (MX) port; 25 in containers.")
+    submission_port: int = _setting(2587, "Submission port (STARTTLS + AUTH); 587 in containers.")
+    submissions_port: int = _setting(2465, "Submission over implicit TLS; 465 in containers.")
+    imap_port: int = _setting(1143, "IMAP port (STARTTLS); 143 in containers.")
+    imaps_port: int = _setting(1993, "IMAP over implicit TLS; 993 in containers.")
+    pop3_port: int = _setting(1110, "POP3 port (STLS); 110 in containers.")
+    pop3s_port: int = _setting(1995, "POP3 over implicit TLS; 995 in containers.")
+    tls_cert: str = _setting("", "PEM certificate; default DATA_DIR/tls/cert.pem, self-signed on first start.")
+    tls_key: str = _setting("", "PEM private key; default DATA_DIR/tls/key.pem.", secret=True)
+    allow_plaintext_auth: bool = _setting(False, "Allow LOGIN/AUTH before TLS (tests only).")
+
+    # operation
+    log_level: str = _setting("INFO", "Log level.")
+    log_format: str = _setting("text", "Log format: text or json.")
+    metrics_port: int = _setting(0, "Prometheus /metrics port (0 = off).")
+
+    @property
+    def effective_metadata_url(self) -> str:
+        return self.metadata_url or f"sqlite://{Path(self.data_dir).resolve() / 'metadata.sqlite3'}"
+
+    @property
+    def effective_blob_url(self) -> str:
+        return self.blob_url or f"file://{Path(self.data_dir).resolve() / 'blobs'}"
+
+    @property
+    def effective_tls_cert(self) -> str:
+        return self.tls_cert or str(Path(self.data_dir) / "tls" / "cert.pem")
+
+    @property
+    def effective_tls_key(self) -> str:
+        return self.tls_key or str(Path(self.data_dir) / "tls" / "key.pem")
+
+    def replace(self, **changes: Any) -> Settings:
+        return dataclasses.replace(self, **changes)
+
+
+def env_name(field_name: str) -> str:
+    return "MAILSTACK_" + field_name.upper()
+
+
+def _convert(raw: Any, kind: type | str, name: str) -> Any:
+    kind_name = kind if isinstance(kind, str) else kind.__name__
+    if kind_name == "bool":
+        if isinstance(raw, bool):
+            return raw
+        text = str(raw).strip().lower()
+        if text in ("1", "true", "yes", "on"):
+            return True
+        if text in ("0", "false", "no", "off", ""):
+            return False
+        raise ValueError(f"{name}: expected a boolean, got {raw!r}")
+    if kind_name == "int":
+        try:
+            return int(raw)
+        except (TypeError, ValueError):
+            raise ValueError(f"{name}: expected an integer, got {raw!r}") from None
+    return str(raw)
+
+
+def load_settings(env: Mapping[str, str] | None = None, config_file: str | None = None) -> Settings:
+    """Defaults < TOML file (MAILSTACK_CONFIG or config_file) < MAILSTACK_* variables."""
+    env = os.environ if env is None else env
+    values: dict[str, Any] = {}
+    path = config_file or env.get("MAILSTACK_CONFIG")
+    if path:
+        with open(path, "rb") as fh:
+            data = tomllib.load(fh)
+        known = {f.name for f in dataclasses.fields(Settings)}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"{path}: unknown settings: {', '.join(sorted(unknown))}")
+        values.update(data)
+    for f in dataclasses.fields(Settings):
+        name = env_name(f.name)
+        if name in env:
+            values[f.name] = env[name]
+    converted = {k: _convert(v, next(f.type for f in dataclasses.fields(Settings) if f.name == k), k) for k, v in values.items()}
+    return Settings(**converted)
+
+
+def mask_url(url: str) -> str:
+    """Hide a password in a URL (redis://:secret@host -> redis://:***@host)."""
+    parts = urlsplit(url)
+    if parts.password:
+        netloc = parts.netloc.rsplit("@", 1)
+        user = parts.username or ""
+        return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc[1]}"))
+    return url
+
+
+def describe(settings: Settings) -> list[tuple[str, str, str]]:
+    """(environment variable, effective value with secrets masked, help) for every setting."""
+    rows = []
+    for f in dataclasses.fields(Settings):
+        value = getattr(settings, f.name)
+        if f.metadata.get("secret") and value:
+            shown = "***"
+        elif isinstance(value, str):
+            shown = mask_url(value)
+        else:
+            shown = str(value)
+        rows.append((env_name(f.name), shown, f.metadata.get("help", "")))
+    return rows

@@ -1,0 +1,81 @@
+"""Open a storage backend from its URL: file:// s3:// sqlite:// redis:// memory://."""
+
+from __future__ import annotations
+
+from urllib.parse import urlsplit
+
+from mailstack.storage.blob.base import BlobStore
+from mailstack.storage.events.base import EventBus
+from mailstack.storage.metadata.base import MetadataStore
+from mailstack.storage.quota.base import QuotaStore
+
+
+def _path(url: str) -> str:
+    # file:///abs/path and file://relative/path both mean a local path.
+    rest = url.split("://", 1)[1]
+    if not rest:
+        raise ValueError(f"{url!r}: a path is required")
+    return rest
+
+
+def open_blob_store(
+    url: str, *, s3_endpoint: str = "", s3_region: str = "", s3_path_style: bool = True
+) -> BlobStore:
+    scheme = urlsplit(url).scheme
+    if scheme == "file":
+        from mailstack.storage.blob.file import FileBlobStore
+
+        return FileBlobStore(_path(url))
+    if scheme == "s3":
+        from mailstack.storage.blob.s3 import S3BlobStore
+
+        parts = urlsplit(url)
+        if not parts.netloc:
+            raise ValueError(f"{url!r}: s3://BUCKET/PREFIX needs a bucket")
+        return S3BlobStore(
+            bucket=parts.netloc,
+            prefix=parts.path.lstrip("/"),
+            endpoint_url=s3_endpoint or None,
+            region=s3_region or None,
+            path_style=s3_path_style,
+        )
+    if scheme == "memory":
+        from mailstack.storage.blob.memory import MemoryBlobStore
+
+        return MemoryBlobStore()
+    raise ValueError(f"unsupported blob store URL {url!r} (file://, s3://, memory://)")
+
+
+def open_metadata_store(url: str) -> MetadataStore:
+    scheme = urlsplit(url).scheme
+    if scheme == "sqlite":
+        from mailstack.storage.metadata.sqlite import SqliteMetadataStore
+
+        return SqliteMetadataStore(_path(url))
+    raise ValueError(f"unsupported metadata URL {url!r} (sqlite://PATH)")
+
+
+def open_event_bus(url: str) -> EventBus:
+    scheme = urlsplit(url).scheme
+    if scheme == "memory":
+        from mailstack.storage.events.memory import MemoryEventBus
+
+        return MemoryEventBus()
+    if scheme in ("redis", "rediss", "unix"):
+        from mailstack.storage.events.redis import RedisEventBus
+
+        return RedisEventBus(url)
+    raise ValueError(f"unsupported event bus URL {url!r} (memory://, redis://)")
+
+
+def open_quota_store(url: str, metadata: MetadataStore) -> QuotaStore:
+    scheme = urlsplit(url).scheme if url else ""
+    if scheme in ("", "sql"):
+        from mailstack.storage.quota.sql import SqlQuotaStore
+
+        return SqlQuotaStore(metadata)
+    if scheme in ("redis", "rediss", "unix"):
+        from mailstack.storage.quota.redis import RedisQuotaStore
+
+        return RedisQuotaStore(url)
+    raise ValueError(f"unsupported quota URL {url!r} (empty for SQL, redis://)")
