@@ -123,7 +123,9 @@ def load_settings(env: Mapping[str, str] | None = None, config_file: str | None 
         name = env_name(f.name)
         if name in env:
             values[f.name] = env[name]
-    converted = {k: _convert(v, next(f.type for f in dataclasses.fields(Settings) if f.name == k), k) for k, v in values.items()}
+    converted = {
+        k: _convert(v, next(f.type for f in dataclasses.fields(Settings) if f.name == k), k) for k, v in values.items()
+    }
     return Settings(**converted)
 
 

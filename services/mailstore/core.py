@@ -1,0 +1,680 @@
+"""The mailstore core: every rule about mail lives here; the gRPC servicer only translates.
+
+Durability order (ARCHITECTURE.md "Rules that keep mail safe"): blob first, then the
+metadata transaction, then events; the caller is acknowledged only after both writes.
+A crash in between leaves an orphan blob that the sweeper removes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from mailstack.services.common.config import Settings
+from mailstack.services.mailstore import mime, names, passwords, search, sections
+from mailstack.storage import registry
+from mailstack.storage.blob.base import BlobStore
+from mailstack.storage.errors import (
+    AccountNotFound,
+    InvalidName,
+    MailboxNotFound,
+    NotAllowed,
+    OverQuota,
+    StorageError,
+    StorageUnavailable,
+)
+from mailstack.storage.events.base import ChangeEvent, EventBus, Subscription
+from mailstack.storage.metadata.base import (
+    AccountRecord,
+    ChangeRecord,
+    CopyResult,
+    ExpungeResult,
+    FlagUpdate,
+    InsertResult,
+    MailboxCounts,
+    MailboxRecord,
+    MessageRecord,
+    MetadataStore,
+    NewMessage,
+    StoreMode,
+    UidRanges,
+)
+from mailstack.storage.quota.base import QuotaStore, QuotaUsage
+from mailstack.v1 import mailstore_pb2 as pb
+
+log = logging.getLogger("mailstack.mailstore")
+
+DEFAULT_MAILBOXES: tuple[tuple[str, str], ...] = (
+    ("INBOX", ""),
+    ("Sent", "\\Sent"),
+    ("Drafts", "\\Drafts"),
+    ("Trash", "\\Trash"),
+    ("Junk", "\\Junk"),
+    ("Archive", "\\Archive"),
+)
+SYSTEM_FLAGS = {"\\seen": "\\Seen", "\\answered": "\\Answered", "\\flagged": "\\Flagged",
+                "\\deleted": "\\Deleted", "\\draft": "\\Draft"}  # fmt: skip
+MAX_FLAGS = 100
+MAX_FLAG_LENGTH = 100
+MAX_PASSWORD_LENGTH = 1024
+BODY_CHUNK = 1024 * 1024
+SEARCH_BODY_CONCURRENCY = 8
+
+
+class AuthFailed(Exception):
+    """Wrong credentials; deliberately says nothing about whether the account exists."""
+
+
+class TooBig(Exception):
+    pass
+
+
+class InvalidRequest(Exception):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class RecipientOutcome:
+    recipient: str
+    status: pb.RecipientStatus.ValueType
+    account: str = ""
+    uid: int = 0
+    uidvalidity: int = 0
+    detail: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class BodySlice:
+    total_size: int
+    chunks: AsyncIterator[bytes]
+
+
+def new_blob_key() -> str:
+    # Time-ordered (hex nanoseconds) plus randomness: unique across replicas, sortable by age.
+    return f"{time.time_ns():016x}-{os.urandom(8).hex()}"
+
+
+def normalize_flags(flags: Sequence[str]) -> tuple[str, ...]:
+    """System flags in canonical case, keywords as atoms; \\Recent is session state, never stored."""
+    if len(flags) > MAX_FLAGS:
+        raise InvalidRequest("too many flags")
+    out: set[str] = set()
+    for flag in flags:
+        if not flag or len(flag) > MAX_FLAG_LENGTH or any(ord(c) <= 0x20 or ord(c) >= 0x7F for c in flag):
+            raise InvalidRequest(f"invalid flag {flag!r}")
+        if flag.startswith("\\"):
+            canonical = SYSTEM_FLAGS.get(flag.lower())
+            if canonical is None:
+                if flag.lower() == "\\recent":
+                    continue
+                raise InvalidRequest(f"unknown system flag {flag!r}")
+            out.add(canonical)
+        else:
+            if any(c in '(){%*"\\]' for c in flag):
+                raise InvalidRequest(f"invalid keyword {flag!r}")
+            out.add(flag)
+    return tuple(sorted(out))
+
+
+def _mailbox_name(name: str) -> str:
+    try:
+        return names.normalize_mailbox_name(name)
+    except names.InvalidNameError as e:
+        raise InvalidName(str(e)) from None
+
+
+def _address(address: str, allow_catchall: bool = False) -> str:
+    try:
+        return names.normalize_address(address, allow_catchall=allow_catchall)
+    except names.InvalidNameError as e:
+        raise InvalidName(str(e)) from None
+
+
+class MailstoreCore:
+    def __init__(
+        self, settings: Settings, metadata: MetadataStore, blobs: BlobStore, events: EventBus, quota: QuotaStore
+    ) -> None:
+        self.settings = settings
+        self.metadata = metadata
+        self.blobs = blobs
+        self.events = events
+        self.quota = quota
+        self._sweeper: asyncio.Task[None] | None = None
+
+    @classmethod
+    async def open(cls, settings: Settings) -> MailstoreCore:
+        metadata = registry.open_metadata_store(settings.effective_metadata_url)
+        await metadata.migrate()
+        blobs = registry.open_blob_store(
+            settings.effective_blob_url,
+            s3_endpoint=settings.s3_endpoint,
+            s3_region=settings.s3_region,
+            s3_path_style=settings.s3_path_style,
+        )
+        events = registry.open_event_bus(settings.events_url)
+        quota = registry.open_quota_store(settings.quota_url, metadata)
+        return cls(settings, metadata, blobs, events, quota)
+
+    def start_background(self) -> None:
+        if self.settings.orphan_sweep_seconds > 0 and self._sweeper is None:
+            self._sweeper = asyncio.create_task(self._sweep_forever(), name="orphan-sweeper")
+
+    async def close(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            try:
+                await self._sweeper
+            except asyncio.CancelledError:
+                pass
+        for closer in (self.events.close, self.quota.close, self.blobs.close, self.metadata.close):
+            try:
+                await closer()
+            except Exception:  # closing is best effort
+                log.exception("error while closing a backend")
+
+    # ------------------------------------------------------------ accounts
+
+    async def account(self, name: str) -> AccountRecord:
+        record = await self.metadata.get_account(_address(name))
+        if record is None:
+            raise AccountNotFound(f"no account {name}")
+        return record
+
+    async def authenticate(self, username: str, password: str, authzid: str = "") -> str:
+        """SASL PLAIN semantics (RFC 4616): authzid empty or the same account."""
+        try:
+            name = names.normalize_address(username)
+        except names.InvalidNameError:
+            name = ""
+        record = await self.metadata.get_account(name) if name else None
+        stored = record.password_hash if record else passwords.DUMMY_HASH
+        ok = len(password) <= MAX_PASSWORD_LENGTH and await asyncio.to_thread(
+            passwords.verify_password, password, stored
+        )
+        if not ok or record is None:
+            raise AuthFailed("authentication failed")
+        if authzid:
+            try:
+                if names.normalize_address(authzid) != record.name:
+                    raise AuthFailed("authentication failed")
+            except names.InvalidNameError:
+                raise AuthFailed("authentication failed") from None
+        return record.name
+
+    async def create_account(self, name: str, password: str, quota_bytes: int, quota_messages: int) -> AccountRecord:
+        name = _address(name)
+        if not password or len(password) > MAX_PASSWORD_LENGTH:
+            raise InvalidRequest("password must be 1..1024 characters")
+        domain = names.domain_of(name)
+        if domain not in await self.metadata.list_domains():
+            await self.metadata.add_domain(domain)
+        hashed = await asyncio.to_thread(passwords.hash_password, password)
+        quota_bytes = quota_bytes or self.settings.default_quota_bytes
+        quota_messages = quota_messages or self.settings.default_quota_messages
+        return await self.metadata.create_account(name, hashed, quota_bytes, quota_messages, DEFAULT_MAILBOXES)
+
+    async def set_password(self, name: str, password: str) -> None:
+        if not password or len(password) > MAX_PASSWORD_LENGTH:
+            raise InvalidRequest("password must be 1..1024 characters")
+        await self.metadata.set_password(_address(name), await asyncio.to_thread(passwords.hash_password, password))
+
+    async def delete_account(self, name: str) -> None:
+        name = _address(name)
+        freed = await self.metadata.delete_account(name)
+        await self._delete_blobs(freed)
+        await self.quota.set_usage(name, QuotaUsage(0, 0))
+
+    async def set_quota(self, name: str, quota_bytes: int, quota_messages: int) -> AccountRecord:
+        return await self.metadata.set_quota(_address(name), quota_bytes, quota_messages)
+
+    async def list_accounts(self) -> list[AccountRecord]:
+        return await self.metadata.list_accounts()
+
+    async def account_usage(self, record: AccountRecord) -> QuotaUsage:
+        if self.quota.enforced_by_metadata:
+            return QuotaUsage(record.used_bytes, record.used_messages)
+        return await self.quota.usage(record.name)
+
+    async def recompute_quota(self, name: str = "") -> list[AccountRecord]:
+        records = [await self.account(name)] if name else await self.metadata.list_accounts()
+        out = []
+        for record in records:
+            used_bytes, used_messages = await self.metadata.recompute_usage(record.id)
+            await self.quota.set_usage(record.name, QuotaUsage(used_bytes, used_messages))
+            out.append(await self.account(record.name))
+        return out
+
+    async def add_domain(self, name: str) -> str:
+        try:
+            domain = names.normalize_domain(name)
+        except names.InvalidNameError as e:
+            raise InvalidName(str(e)) from None
+        await self.metadata.add_domain(domain)
+        return domain
+
+    async def add_alias(self, address: str, account: str) -> tuple[str, str]:
+        address = _address(address, allow_catchall=True)
+        record = await self.account(account)
+        domain = names.domain_of(address)
+        if domain not in await self.metadata.list_domains():
+            await self.metadata.add_domain(domain)
+        await self.metadata.add_alias(address, record.name)
+        return address, record.name
+
+    # ------------------------------------------------------------ recipients
+
+    async def resolve_recipient(self, address: str, size: int = 0) -> tuple[pb.RecipientStatus.ValueType, str]:
+        """(pb.RecipientStatus, account) for SMTP RCPT: aliases and catch-alls included."""
+        try:
+            address = names.normalize_address(address)
+        except names.InvalidNameError:
+            return pb.RECIPIENT_INVALID, ""
+        record = await self.metadata.resolve_address(address)
+        if record is None:
+            if names.domain_of(address) in await self.metadata.list_domains():
+                return pb.RECIPIENT_UNKNOWN, ""
+            return pb.RECIPIENT_NOT_LOCAL, ""
+        if size > self.settings.max_message_size:
+            return pb.RECIPIENT_TOO_BIG_FOR_QUOTA, record.name
+        return self._quota_status(record, await self.account_usage(record), size), record.name
+
+    @staticmethod
+    def _quota_status(record: AccountRecord, usage: QuotaUsage, size: int) -> pb.RecipientStatus.ValueType:
+        if record.quota_bytes and size > record.quota_bytes:
+            return pb.RECIPIENT_TOO_BIG_FOR_QUOTA
+        if record.quota_bytes and usage.bytes + size > record.quota_bytes:
+            return pb.RECIPIENT_OVER_QUOTA
+        if record.quota_messages and usage.messages + 1 > record.quota_messages:
+            return pb.RECIPIENT_OVER_QUOTA
+        return pb.RECIPIENT_LOCAL
+
+    async def check_sender(self, account: str, address: str) -> bool:
+        """An account may send as itself or as one of its aliases (not as a catch-all)."""
+        try:
+            address = names.normalize_address(address)
+        except names.InvalidNameError:
+            return False
+        record = await self.account(account)
+        if address == record.name:
+            return True
+        return any(a == address for a, _ in await self.metadata.list_aliases(record.name))
+
+    # ------------------------------------------------------------ mailboxes
+
+    async def mailbox(self, account: str, name: str) -> tuple[AccountRecord, MailboxRecord]:
+        record = await self.account(account)
+        return record, await self.metadata.get_mailbox(record.id, _mailbox_name(name))
+
+    async def list_mailboxes(self, account: str) -> tuple[list[MailboxRecord], list[str]]:
+        record = await self.account(account)
+        return await self.metadata.list_mailboxes(record.id), await self.metadata.list_subscriptions(record.id)
+
+    async def create_mailbox(self, account: str, name: str, special_use: str = "") -> MailboxRecord:
+        record = await self.account(account)
+        name = _mailbox_name(name)
+        mailbox = await self.metadata.create_mailbox(record.id, name, special_use)
+        await self._publish(ChangeEvent(record.name, name, "mailbox", (), 0, mailbox.uidvalidity))
+        return mailbox
+
+    async def delete_mailbox(self, account: str, name: str) -> None:
+        record = await self.account(account)
+        name = _mailbox_name(name)
+        if name == "INBOX":
+            raise NotAllowed("INBOX cannot be deleted")
+        result = await self.metadata.delete_mailbox(record.id, name)
+        await self._after_expunge(record, result)
+        await self._publish(ChangeEvent(record.name, name, "mailbox"))
+
+    async def rename_mailbox(self, account: str, name: str, new_name: str) -> None:
+        record = await self.account(account)
+        name, new_name = _mailbox_name(name), _mailbox_name(new_name)
+        if new_name == "INBOX" or (new_name.startswith("INBOX/") and name == "INBOX"):
+            raise NotAllowed("cannot rename to INBOX or below itself")
+        if new_name == name or new_name.startswith(name + "/"):
+            raise NotAllowed("cannot rename a mailbox into itself")
+        await self.metadata.rename_mailbox(record.id, name, new_name)
+        await self._publish(ChangeEvent(record.name, name, "mailbox"))
+        await self._publish(ChangeEvent(record.name, new_name, "mailbox"))
+
+    async def subscribe(self, account: str, name: str, subscribed: bool) -> None:
+        record = await self.account(account)
+        await self.metadata.set_subscribed(record.id, _mailbox_name(name), subscribed)
+
+    async def status(self, account: str, name: str) -> tuple[MailboxRecord, MailboxCounts]:
+        _, mailbox = await self.mailbox(account, name)
+        return mailbox, await self.metadata.mailbox_counts(mailbox.id)
+
+    async def claim_recent(self, account: str, name: str) -> tuple[int, int]:
+        _, mailbox = await self.mailbox(account, name)
+        return await self.metadata.claim_recent(mailbox.id)
+
+    # ------------------------------------------------------------ storing messages
+
+    async def _analyse(self, data: bytes, flags: tuple[str, ...], when: datetime | None) -> NewMessage:
+        # Parsing a big message is CPU work: keep it off the event loop.
+        parsed = (
+            await asyncio.to_thread(mime.parse_message, data) if len(data) > 256 * 1024 else mime.parse_message(data)
+        )
+        if when is None:
+            when = datetime.now().astimezone()
+        offset = when.utcoffset()
+        return NewMessage(
+            blob_key=new_blob_key(),
+            size=len(data),
+            internal_date=int(when.timestamp()),
+            tz_offset=int(offset.total_seconds() // 60) if offset else 0,
+            flags=flags,
+            envelope=parsed.envelope.SerializeToString(),
+            structure=parsed.structure.SerializeToString(),
+            header=parsed.header,
+            sent_date=parsed.sent_date,
+        )
+
+    def _check_size(self, size: int) -> None:
+        if size > self.settings.max_message_size:
+            raise TooBig(f"message of {size} bytes is over the limit of {self.settings.max_message_size}")
+        if size == 0:
+            raise InvalidRequest("empty message")
+
+    async def append(
+        self, account: str, mailbox_name: str, data: bytes, flags: Sequence[str], when: datetime | None
+    ) -> InsertResult:
+        self._check_size(len(data))
+        record, mailbox = await self.mailbox(account, mailbox_name)
+        message = await self._analyse(data, normalize_flags(flags), when)
+        await self._reserve(record, message.size)
+        try:
+            await self.blobs.put(message.blob_key, data)
+            result = await self.metadata.insert_message(mailbox.id, message, self.quota.enforced_by_metadata)
+        except BaseException:
+            await self._unreserve(record, message.size)
+            await self._delete_blobs([message.blob_key])
+            raise
+        await self._publish(
+            ChangeEvent(record.name, mailbox.name, "new", (result.uid,), result.modseq, result.uidvalidity)
+        )
+        return result
+
+    async def deliver(
+        self, sender: str, recipients: Sequence[str], data: bytes, mailbox_name: str = "INBOX"
+    ) -> tuple[list[RecipientOutcome], str]:
+        """Store one message for several recipients, sharing one blob; a result per recipient."""
+        self._check_size(len(data))
+        mailbox_name = _mailbox_name(mailbox_name or "INBOX")
+        outcomes: dict[int, RecipientOutcome] = {}
+        targets: dict[str, tuple[AccountRecord, MailboxRecord, list[int]]] = {}
+        for index, rcpt in enumerate(recipients):
+            status, account = await self.resolve_recipient(rcpt, len(data))
+            if status != pb.RECIPIENT_LOCAL:
+                outcomes[index] = RecipientOutcome(rcpt, status, account)
+                continue
+            if account in targets:  # the same account twice (alias + address): one copy
+                targets[account][2].append(index)
+                continue
+            record = await self.account(account)
+            try:
+                mailbox = await self.metadata.get_mailbox(record.id, mailbox_name)
+            except MailboxNotFound:
+                mailbox = await self.metadata.get_mailbox(record.id, "INBOX")
+            targets[account] = (record, mailbox, [index])
+        if not targets:
+            return [outcomes[i] for i in range(len(recipients))], ""
+        message = await self._analyse(data, (), None)
+        reserved: list[tuple[AccountRecord, MailboxRecord, list[int]]] = []
+        for record, mailbox, indexes in targets.values():
+            if await self._reserve(record, message.size, raise_over=False):
+                reserved.append((record, mailbox, indexes))
+            else:
+                for i in indexes:
+                    outcomes[i] = RecipientOutcome(recipients[i], pb.RECIPIENT_OVER_QUOTA, record.name)
+        if not reserved:
+            return [outcomes[i] for i in range(len(recipients))], ""
+        try:
+            await self.blobs.put(message.blob_key, data)
+            results = await self.metadata.deliver(
+                [m.id for _, m, _ in reserved], message, self.quota.enforced_by_metadata
+            )
+        except BaseException:
+            for record, _, _ in reserved:
+                await self._unreserve(record, message.size)
+            await self._delete_blobs([message.blob_key])
+            raise
+        stored = False
+        for (record, mailbox, indexes), result in zip(reserved, results, strict=True):
+            for i in indexes:
+                if isinstance(result, InsertResult):
+                    outcomes[i] = RecipientOutcome(
+                        recipients[i], pb.RECIPIENT_LOCAL, record.name, result.uid, result.uidvalidity
+                    )
+                elif isinstance(result, OverQuota):
+                    outcomes[i] = RecipientOutcome(recipients[i], pb.RECIPIENT_OVER_QUOTA, record.name)
+                else:
+                    outcomes[i] = RecipientOutcome(
+                        recipients[i], pb.RECIPIENT_TEMP_FAILURE, record.name, detail=str(result)
+                    )
+            if isinstance(result, InsertResult):
+                stored = True
+                await self._publish(
+                    ChangeEvent(record.name, mailbox.name, "new", (result.uid,), result.modseq, result.uidvalidity)
+                )
+            else:
+                await self._unreserve(record, message.size)
+        if not stored:
+            await self._delete_blobs([message.blob_key])
+        log.info(
+            "delivered message_id=%s sender=%s recipients=%d size=%d stored=%s",
+            message.blob_key, sender or "<>", len(recipients), message.size, stored,
+        )  # fmt: skip
+        return [outcomes[i] for i in range(len(recipients))], message.blob_key if stored else ""
+
+    async def _reserve(self, record: AccountRecord, size: int, raise_over: bool = True) -> bool:
+        if self.quota.enforced_by_metadata:
+            return True
+        ok = await self.quota.reserve(record.name, size, 1, record.quota_bytes, record.quota_messages)
+        if not ok and raise_over:
+            raise OverQuota(f"{record.name} is over quota")
+        return ok
+
+    async def _unreserve(self, record: AccountRecord, size: int, count: int = 1) -> None:
+        if self.quota.enforced_by_metadata:
+            return
+        try:
+            await self.quota.release(record.name, size, count)
+        except StorageError:
+            log.warning("quota release failed for %s; `mailstack quota recompute` fixes the counter", record.name)
+
+    # ------------------------------------------------------------ reading messages
+
+    async def fetch_metadata(
+        self, account: str, mailbox_name: str, uids: UidRanges | None, changed_since: int = 0
+    ) -> list[MessageRecord]:
+        _, mailbox = await self.mailbox(account, mailbox_name)
+        return await self.metadata.fetch(mailbox.id, uids, changed_since)
+
+    async def fetch_body(
+        self, account: str, mailbox_name: str, uid: int, section: pb.Section, partial: tuple[int, int] | None
+    ) -> BodySlice:
+        """A section of one message, streamed from the blob store by range reads."""
+        _, mailbox = await self.mailbox(account, mailbox_name)
+        records = await self.metadata.fetch(mailbox.id, [(uid, uid)])
+        if not records:
+            raise MailboxNotFound(f"no message with UID {uid}") from None
+        record = records[0]
+        structure = pb.BodyPart.FromString(record.structure)
+        try:
+            plan = sections.plan_section(structure, section)
+        except sections.SectionNotFound:
+            return BodySlice(0, _chunks(b""))
+        if plan.header_filter is not None:
+            fields, exclude = plan.header_filter
+            data = sections.apply_header_filter(
+                await self.blobs.get(record.blob_key, plan.start, plan.end), fields, exclude
+            )
+            if partial is not None:
+                data = data[partial[0] : partial[0] + partial[1]]
+            return BodySlice(len(data), _chunks(data))
+        start, end = plan.start, plan.end
+        if partial is not None:
+            start = min(end, start + partial[0])
+            end = min(end, start + partial[1])
+        if end <= start:
+            return BodySlice(0, _chunks(b""))
+        return BodySlice(end - start, self.blobs.stream(record.blob_key, start, end, BODY_CHUNK))
+
+    async def search(self, account: str, mailbox_name: str, key: pb.SearchKey) -> tuple[list[int], int]:
+        _, mailbox = await self.mailbox(account, mailbox_name)
+        records = await self.metadata.fetch(mailbox.id, None, with_header=True)
+        max_uid = records[-1].uid if records else 0
+        bodies: dict[int, bytes] = {}
+        if search.needs_body(key):
+            limit = asyncio.Semaphore(SEARCH_BODY_CONCURRENCY)
+
+            async def load(r: MessageRecord) -> None:
+                async with limit:
+                    bodies[r.uid] = await self.blobs.get(r.blob_key)
+
+            await asyncio.gather(*(load(r) for r in records))
+        try:
+            hits = [r for seq, r in enumerate(records, 1) if search.matches(key, r, seq, max_uid, bodies.get(r.uid))]
+        except ValueError as e:
+            raise InvalidRequest(f"bad search key: {e}") from None
+        return [r.uid for r in hits], max((r.modseq for r in hits), default=0)
+
+    # ------------------------------------------------------------ changing messages
+
+    async def store_flags(
+        self,
+        account: str,
+        mailbox_name: str,
+        uids: UidRanges,
+        mode: StoreMode,
+        flags: Sequence[str],
+        unchanged_since: int | None,
+    ) -> tuple[list[FlagUpdate], list[int]]:
+        record, mailbox = await self.mailbox(account, mailbox_name)
+        updated, failed = await self.metadata.store_flags(
+            mailbox.id, uids, mode, normalize_flags(flags), unchanged_since
+        )
+        if updated:
+            top = max(u.modseq for u in updated)
+            await self._publish(
+                ChangeEvent(record.name, mailbox.name, "flags", tuple(u.uid for u in updated), top, mailbox.uidvalidity)
+            )
+        return updated, failed
+
+    async def copy(self, account: str, mailbox_name: str, uids: UidRanges, destination: str, move: bool) -> CopyResult:
+        record, source = await self.mailbox(account, mailbox_name)
+        target = await self.metadata.get_mailbox(record.id, _mailbox_name(destination))
+        if target.id == source.id and move:
+            raise NotAllowed("cannot move a message into its own mailbox")
+        size = count = 0
+        if not move and not self.quota.enforced_by_metadata:
+            picked = await self.metadata.fetch(source.id, uids)
+            size, count = sum(r.size for r in picked), len(picked)
+            if count and not await self.quota.reserve(
+                record.name, size, count, record.quota_bytes, record.quota_messages
+            ):
+                raise OverQuota(f"{record.name} is over quota")
+        try:
+            result = await self.metadata.copy(source.id, uids, target.id, move, self.quota.enforced_by_metadata)
+        except BaseException:
+            if count:
+                await self._unreserve(record, size, count)
+            raise
+        if result.mapping:
+            dest_uids = tuple(d for _, d in result.mapping)
+            await self._publish(
+                ChangeEvent(record.name, target.name, "new", dest_uids, result.destination_modseq, result.uidvalidity)
+            )
+        if result.expunged:
+            await self._publish(
+                ChangeEvent(
+                    record.name, source.name, "expunge", result.expunged, result.source_modseq, source.uidvalidity
+                )
+            )
+        return result
+
+    async def expunge(self, account: str, mailbox_name: str, uids: UidRanges | None) -> ExpungeResult:
+        record, mailbox = await self.mailbox(account, mailbox_name)
+        result = await self.metadata.expunge(mailbox.id, uids)
+        await self._after_expunge(record, result)
+        if result.expunged:
+            await self._publish(
+                ChangeEvent(record.name, mailbox.name, "expunge", result.expunged, result.modseq, mailbox.uidvalidity)
+            )
+        return result
+
+    async def _after_expunge(self, record: AccountRecord, result: ExpungeResult) -> None:
+        if result.freed_messages:
+            await self._unreserve(record, result.freed_bytes, result.freed_messages)
+        await self._delete_blobs(result.freed_blobs)
+
+    # ------------------------------------------------------------ changes, leases
+
+    async def changes_since(
+        self, account: str, mailbox_name: str, modseq: int
+    ) -> tuple[MailboxRecord, list[ChangeRecord]]:
+        _, mailbox = await self.mailbox(account, mailbox_name)
+        return mailbox, await self.metadata.changes_since(mailbox.id, modseq)
+
+    async def watch(self, account: str) -> Subscription:
+        record = await self.account(account)
+        return await self.events.subscribe(record.name)
+
+    async def acquire_lease(self, name: str, holder: str, ttl: int) -> tuple[bool, str]:
+        if not name or not holder or not 1 <= ttl <= 3600:
+            raise InvalidRequest("lease needs a name, a holder and a ttl of 1..3600 s")
+        return await self.metadata.acquire_lease(name, holder, ttl)
+
+    async def release_lease(self, name: str, holder: str) -> None:
+        await self.metadata.release_lease(name, holder)
+
+    # ------------------------------------------------------------ blobs and events
+
+    async def _publish(self, event: ChangeEvent) -> None:
+        # Events are hints: a bus failure must not fail a committed operation.
+        try:
+            await self.events.publish(event)
+        except StorageError as e:
+            log.warning("event not published (%s): %s", e, event)
+
+    async def _delete_blobs(self, keys: Sequence[str]) -> None:
+        for key in keys:
+            try:
+                await self.blobs.delete(key)
+            except StorageError:
+                log.warning("blob %s not deleted now; the orphan sweeper will remove it", key)
+
+    async def sweep_orphans(self, min_age_seconds: float | None = None) -> int:
+        """Remove blobs no message references (left by a crash between blob and metadata write)."""
+        min_age = self.settings.orphan_min_age_seconds if min_age_seconds is None else min_age_seconds
+        cutoff = time.time() - min_age
+        removed = 0
+        async for key, mtime in self.blobs.list_keys():
+            if mtime > cutoff or await self.metadata.blob_referenced(key):
+                continue
+            await self.blobs.delete(key)
+            removed += 1
+        if removed:
+            log.info("orphan sweeper removed %d blobs", removed)
+        return removed
+
+    async def _sweep_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.orphan_sweep_seconds)
+            try:
+                await self.sweep_orphans()
+            except StorageUnavailable as e:
+                log.warning("orphan sweep skipped: %s", e)
+            except Exception:
+                log.exception("orphan sweep failed")
+
+
+async def _chunks(data: bytes) -> AsyncIterator[bytes]:
+    for i in range(0, len(data), BODY_CHUNK):
+        yield data[i : i + BODY_CHUNK]

@@ -1,0 +1,60 @@
+"""Password hashing with scrypt (see docs/adr/0002-password-hashing.md for the cost)."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import os
+
+# scrypt cost: N=2**14, r=8, p=1 -> 16 MiB of memory and ~40 ms per hash here.
+LOG_N = 14
+R = 8
+P = 1
+SALT_BYTES = 16
+KEY_BYTES = 32
+PREFIX = "$scrypt$"
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode().rstrip("=")
+
+
+def _unb64(text: str) -> bytes:
+    return base64.b64decode(text + "=" * (-len(text) % 4))
+
+
+def _derive(password: str, salt: bytes, log_n: int, r: int, p: int) -> bytes:
+    n = 1 << log_n
+    return hashlib.scrypt(
+        password.encode("utf-8"), salt=salt, n=n, r=r, p=p, maxmem=128 * r * n * 2 + 1024 * 1024, dklen=KEY_BYTES
+    )
+
+
+def hash_password(password: str) -> str:
+    """'$scrypt$ln=14,r=8,p=1$<salt>$<key>': parameters are stored so they can change later."""
+    salt = os.urandom(SALT_BYTES)
+    key = _derive(password, salt, LOG_N, R, P)
+    return f"{PREFIX}ln={LOG_N},r={R},p={P}${_b64(salt)}${_b64(key)}"
+
+
+def verify_password(password: str, stored: str) -> bool:
+    """Constant-time comparison; a malformed stored hash never matches."""
+    try:
+        if not stored.startswith(PREFIX):
+            return False
+        params, salt_text, key_text = stored[len(PREFIX) :].split("$")
+        fields = dict(item.split("=", 1) for item in params.split(","))
+        log_n, r, p = int(fields["ln"]), int(fields["r"]), int(fields["p"])
+        if not (1 <= log_n <= 20 and 1 <= r <= 32 and 1 <= p <= 16):
+            return False
+        expected = _unb64(key_text)
+        actual = _derive(password, _unb64(salt_text), log_n, r, p)
+    except (ValueError, KeyError):
+        return False
+    return hmac.compare_digest(actual, expected)
+
+
+# Verifying against this when the user does not exist costs the same time, so the
+# answer does not reveal whether an account exists.
+DUMMY_HASH = hash_password(os.urandom(16).hex())

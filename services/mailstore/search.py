@@ -1,0 +1,305 @@
+"""SEARCH evaluation over one message (RFC 3501 §6.4.4, RFC 7162 §3.1.5 MODSEQ).
+
+Pure: the caller gives what the metadata store keeps (flags, dates, size, header block) and, only
+when `needs_body(key)`, the raw message. Text keys match case-insensitively as substrings of the
+decoded text: RFC 2047 encoded words in headers, Content-Transfer-Encoding and charset in text
+parts. Flags and keywords match case-insensitively (RFC 3501 §9: atoms are case-insensitive).
+"""
+
+from __future__ import annotations
+
+import binascii
+import re
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from email.utils import parsedate_tz
+from typing import Protocol
+
+from mailstack.services.mailstore.mime import (
+    field_value,
+    header_values,
+    is_message,
+    is_multipart,
+    is_text,
+    param,
+    parse_message,
+    split_fields,
+)
+from mailstack.v1 import mailstore_pb2 as pb
+
+
+class SearchableMessage(Protocol):
+    """What SEARCH needs of a message without reading its body (storage's MessageRecord fits)."""
+
+    @property
+    def uid(self) -> int: ...
+    @property
+    def modseq(self) -> int: ...
+    @property
+    def flags(self) -> Sequence[str]: ...
+    @property
+    def internal_date(self) -> int: ...  # unix seconds
+    @property
+    def tz_offset(self) -> int: ...  # minutes east of UTC of the internal date
+    @property
+    def size(self) -> int: ...
+    @property
+    def sent_date(self) -> int | None: ...  # unix seconds of the Date: header
+    @property
+    def header(self) -> bytes: ...  # raw top-level header block
+
+
+@dataclass(frozen=True)
+class MessageFacts:
+    """A plain SearchableMessage."""
+
+    uid: int
+    modseq: int
+    flags: tuple[str, ...]
+    internal_date: int
+    tz_offset: int
+    size: int
+    sent_date: int | None
+    header: bytes
+
+
+# ---------------------------------------------------------------- decoding text
+
+
+def decode_charset(data: bytes, charset: str | None) -> str:
+    """Bytes in a declared charset; undeclared or unknown charsets try UTF-8, then Latin-1."""
+    name = (charset or "").strip().lower()
+    if name and name not in ("us-ascii", "ascii"):  # mislabelled 8-bit "us-ascii" is common
+        try:
+            return data.decode(name, "replace")
+        except (LookupError, ValueError, TypeError):  # unknown, or not a text codec ("hex")
+            pass
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        return data.decode("latin-1")
+
+
+def decode_base64(data: bytes) -> bytes:
+    """Lenient base64 (RFC 2045 §6.8): ignore garbage, tolerate missing padding."""
+    cleaned = re.sub(rb"[^A-Za-z0-9+/]", b"", data)
+    cleaned = cleaned[: len(cleaned) - len(cleaned) % 4] if len(cleaned) % 4 == 1 else cleaned
+    try:
+        return binascii.a2b_base64(cleaned + b"=" * (-len(cleaned) % 4))
+    except (binascii.Error, ValueError):
+        return b""
+
+
+def _text(raw: bytes) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return raw.decode("latin-1")
+
+
+_WORD = r"=\?([^?\s]+)\?([QqBb])\?([^?\s]*)\?="
+_ENCODED_WORD = re.compile(_WORD)
+_ENCODED_RUN = re.compile(rf"{_WORD}(?:\s+{_WORD})*")
+
+
+def _decode_run(match: re.Match[str]) -> str:
+    # Adjacent encoded words: the space between them is dropped (RFC 2047 §6.2), and words of one
+    # charset are joined before decoding, since a character may be split across two words.
+    chunks: list[tuple[str, bytearray]] = []
+    for word in _ENCODED_WORD.finditer(match.group(0)):
+        charset = word.group(1).split("*", 1)[0].lower()  # RFC 2231 §5 language suffix
+        payload = word.group(3).encode("utf-8")
+        if word.group(2) in "Qq":
+            data = binascii.a2b_qp(payload, header=True)
+        else:
+            data = decode_base64(payload)
+        if chunks and chunks[-1][0] == charset:
+            chunks[-1][1].extend(data)
+        else:
+            chunks.append((charset, bytearray(data)))
+    return "".join(decode_charset(bytes(data), charset) for charset, data in chunks)
+
+
+def decode_header_value(raw: bytes) -> str:
+    """A raw header value as text, RFC 2047 encoded words decoded; never raises."""
+    return _ENCODED_RUN.sub(_decode_run, _text(raw))
+
+
+def header_text(header: bytes) -> str:
+    """The decoded header block, one "Name: value" line per field."""
+    return "\n".join(
+        f"{_text(name)}: {decode_header_value(field_value(text))}" for name, text in split_fields(header) if name
+    )
+
+
+def _decoded_body(raw: bytes, part: pb.BodyPart) -> str:
+    data = raw[part.body_offset : part.end_offset]
+    encoding = part.encoding.strip().lower()
+    if encoding == b"quoted-printable":
+        data = binascii.a2b_qp(data)
+    elif encoding == b"base64":
+        data = decode_base64(data)
+    charset = param(part.params, b"charset")
+    return decode_charset(data, charset.decode("latin-1") if charset else None)
+
+
+def _body_texts(raw: bytes, part: pb.BodyPart) -> Iterator[str]:
+    """Decoded text parts, and the headers of encapsulated messages, in order."""
+    if is_multipart(part):
+        for child in part.parts:
+            yield from _body_texts(raw, child)
+    elif is_message(part) and part.parts:
+        inner = part.parts[0]
+        yield header_text(raw[inner.header_offset : inner.body_offset])
+        yield from _body_texts(raw, inner)
+    elif is_text(part):
+        yield _decoded_body(raw, part)
+
+
+def body_text(raw: bytes) -> str:
+    """The searchable text of a raw message's body (what BODY matches)."""
+    return "\n".join(_body_texts(raw, parse_message(raw).structure))
+
+
+# ---------------------------------------------------------------- evaluation
+
+
+def needs_body(key: pb.SearchKey) -> bool:
+    """Whether evaluating `key` needs the message body (BODY or TEXT anywhere in the tree)."""
+    kind = key.WhichOneof("key")
+    if kind in ("body", "text"):
+        return True
+    if kind in ("and", "or"):
+        return any(needs_body(k) for k in getattr(key, kind).keys)
+    if kind == "not":
+        return needs_body(getattr(key, "not"))
+    return False
+
+
+def _in_set(value: int, uid_set: pb.UidSet, largest: int | None) -> bool:
+    """Membership in a sequence set where 0 stands for "*" (RFC 3501 §9 seq-number): n:* with
+    n > largest still contains the largest. With `largest` unknown, "*" is only an open bound."""
+    for r in uid_set.ranges:
+        first, last = r.first or largest, r.last or largest
+        if first is None or last is None:
+            bound = first or last
+            if bound is None or value >= bound:
+                return True
+        elif min(first, last) <= value <= max(first, last):
+            return True
+    return False
+
+
+def _day(unix: int, offset_minutes: int) -> date:
+    return datetime.fromtimestamp(unix + offset_minutes * 60, UTC).date()
+
+
+def _sent_offset(header: bytes) -> int:
+    """Zone offset in minutes of the Date: header, so SENT* compares the sender's day."""
+    value = header_values(header).get(b"date")
+    if not value:
+        return 0
+    try:
+        parsed = parsedate_tz(value.decode("latin-1"))
+    except Exception:  # the email package raises several kinds on odd dates
+        return 0
+    return (parsed[9] or 0) // 60 if parsed else 0
+
+
+class _Evaluation:
+    """One message against one key tree; decoded texts are computed at most once."""
+
+    def __init__(self, msg: SearchableMessage, seq: int, max_uid: int, body: bytes | None, max_seq: int | None):
+        self.msg, self.seq, self.max_uid, self.body, self.max_seq = msg, seq, max_uid, body, max_seq
+        self._header: str | None = None
+        self._body: str | None = None
+        self._flags = {f.lower() for f in msg.flags}
+
+    def header_text(self) -> str:
+        if self._header is None:
+            self._header = header_text(self.msg.header).casefold()
+        return self._header
+
+    def body_text(self) -> str:
+        if self._body is None:
+            if self.body is None:
+                raise ValueError("BODY and TEXT need the message body")
+            self._body = body_text(self.body).casefold()
+        return self._body
+
+    def header_matches(self, key: pb.HeaderKey) -> bool:
+        name = key.name.encode("utf-8", "surrogateescape").lower()
+        needle = key.value.casefold()
+        for fname, text in split_fields(self.msg.header):
+            if fname.lower() == name and (not needle or needle in decode_header_value(field_value(text)).casefold()):
+                return True
+        return False
+
+    def date_matches(self, key: pb.DateKey) -> bool:
+        wanted = date.fromisoformat(key.date)
+        if key.field == pb.DATE_SENT:
+            if self.msg.sent_date is None:
+                return False
+            day = _day(self.msg.sent_date, _sent_offset(self.msg.header))
+        else:
+            day = _day(self.msg.internal_date, self.msg.tz_offset)
+        if key.op == pb.DATE_BEFORE:
+            return day < wanted
+        if key.op == pb.DATE_ON:
+            return day == wanted
+        return day >= wanted
+
+    def matches(self, key: pb.SearchKey) -> bool:
+        kind = key.WhichOneof("key")
+        msg = self.msg
+        if kind == "all":
+            return True
+        if kind == "and":
+            return all(self.matches(k) for k in getattr(key, "and").keys)
+        if kind == "or":
+            return any(self.matches(k) for k in getattr(key, "or").keys)
+        if kind == "not":
+            return not self.matches(getattr(key, "not"))
+        if kind == "flag_set":
+            return key.flag_set.lower() in self._flags
+        if kind == "flag_unset":
+            return key.flag_unset.lower() not in self._flags
+        if kind == "uids":
+            return _in_set(msg.uid, key.uids, self.max_uid)
+        if kind == "seqs":
+            return _in_set(self.seq, key.seqs, self.max_seq)
+        if kind == "date":
+            return self.date_matches(key.date)
+        if kind == "larger":
+            return msg.size > key.larger
+        if kind == "smaller":
+            return msg.size < key.smaller
+        if kind == "header":
+            return self.header_matches(key.header)
+        if kind == "body":
+            return key.body.casefold() in self.body_text()
+        if kind == "text":
+            needle = key.text.casefold()
+            return needle in self.header_text() or needle in self.body_text()
+        if kind == "modseq":
+            return msg.modseq >= key.modseq
+        raise ValueError("empty search key")
+
+
+def matches(
+    key: pb.SearchKey,
+    msg: SearchableMessage,
+    seq: int,
+    max_uid: int,
+    body: bytes | None,
+    *,
+    max_seq: int | None = None,
+) -> bool:
+    """Whether message `msg` (sequence number `seq`) matches `key`.
+
+    `body` is the raw message, needed only when `needs_body(key)`. `max_seq` (the number of
+    messages) resolves "*" in sequence sets; without it "n:*" has no upper bound.
+    Raises ValueError for a malformed key (an empty SearchKey, a bad date).
+    """
+    return _Evaluation(msg, seq, max_uid, body, max_seq).matches(key)

@@ -1,0 +1,81 @@
+"""The mailstore's grpc.aio server: Mailstore + Admin services, health checking, reflection."""
+
+from __future__ import annotations
+
+import logging
+
+import grpc
+from grpc_health.v1 import _async as health_aio
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from mailstack.services.common.config import Settings
+from mailstack.services.mailstore.core import MailstoreCore
+from mailstack.services.mailstore.servicer import AdminServicer, MailstoreServicer
+from mailstack.v1 import mailstore_pb2, mailstore_pb2_grpc
+
+log = logging.getLogger("mailstack.mailstore")
+
+MAX_MESSAGE_BYTES = 8 * 1024 * 1024  # bodies travel in 1 MiB chunks; this bounds one gRPC message
+SERVICE_NAMES = ("mailstack.v1.Mailstore", "mailstack.v1.Admin")
+
+
+class MailstoreServer:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.core: MailstoreCore | None = None
+        self._server: grpc.aio.Server | None = None
+        self._health = health_aio.HealthServicer()
+        self._address = ""
+
+    @property
+    def address(self) -> str:
+        return self._address
+
+    @property
+    def listeners(self) -> list[tuple[str, str]]:
+        return [("mailstore gRPC", self._address)]
+
+    async def start(self) -> None:
+        self.core = await MailstoreCore.open(self.settings)
+        server = grpc.aio.server(
+            options=[
+                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.keepalive_permit_without_calls", 1),
+                ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+                ("grpc.so_reuseport", 0),
+            ]
+        )
+        mailstore_pb2_grpc.add_MailstoreServicer_to_server(MailstoreServicer(self.core), server)
+        mailstore_pb2_grpc.add_AdminServicer_to_server(AdminServicer(self.core), server)
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        names = [
+            *(mailstore_pb2.DESCRIPTOR.services_by_name[n.split(".")[-1]].full_name for n in SERVICE_NAMES),
+            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            reflection.SERVICE_NAME,
+        ]
+        reflection.enable_server_reflection(names, server)
+        listen = self.settings.mailstore_listen
+        port = server.add_insecure_port(listen)
+        if port == 0 and not listen.startswith("unix:"):
+            raise OSError(f"cannot listen on {listen}")
+        self._address = listen if listen.startswith("unix:") else f"{listen.rsplit(':', 1)[0]}:{port}"
+        await server.start()
+        self._server = server
+        for name in ("", *SERVICE_NAMES):
+            await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        self.core.start_background()
+        log.info("mailstore listening on %s", self._address)
+
+    async def stop(self, grace: float = 5.0) -> None:
+        """Stop accepting, let running calls finish for up to grace seconds, close the backends."""
+        await self._health.enter_graceful_shutdown()
+        if self._server is not None:
+            await self._server.stop(grace)
+        if self.core is not None:
+            await self.core.close()
+            self.core = None
+
+    async def wait_closed(self) -> None:
+        if self._server is not None:
+            await self._server.wait_for_termination()

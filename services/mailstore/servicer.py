@@ -1,0 +1,523 @@
+"""gRPC servicers: proto <-> core translation and error mapping, nothing else."""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import AsyncIterator, Callable
+from datetime import datetime, timedelta, timezone
+from typing import Any, TypeVar
+
+import grpc
+from mailstack.services.mailstore.core import AuthFailed, InvalidRequest, MailstoreCore, TooBig
+from mailstack.storage import errors
+from mailstack.storage.metadata.base import (
+    AccountRecord,
+    MailboxCounts,
+    MailboxRecord,
+    MessageRecord,
+    StoreMode,
+    UidRanges,
+)
+from mailstack.storage.quota.base import QuotaUsage
+from mailstack.v1 import mailstore_pb2 as pb
+from mailstack.v1 import mailstore_pb2_grpc as pbg
+
+log = logging.getLogger("mailstack.mailstore.grpc")
+
+ERROR_KEY = "mailstack-error-bin"
+METADATA_BATCH = 500
+MAX_UID_RANGES = 10_000
+
+SPECIAL_USE_TO_PB = {
+    "": pb.SPECIAL_USE_NONE, "\\Sent": pb.SPECIAL_USE_SENT, "\\Drafts": pb.SPECIAL_USE_DRAFTS,
+    "\\Trash": pb.SPECIAL_USE_TRASH, "\\Junk": pb.SPECIAL_USE_JUNK, "\\Archive": pb.SPECIAL_USE_ARCHIVE,
+    "\\All": pb.SPECIAL_USE_ALL, "\\Flagged": pb.SPECIAL_USE_FLAGGED,
+}  # fmt: skip
+PB_TO_SPECIAL_USE = {v: k for k, v in SPECIAL_USE_TO_PB.items()}
+STORE_MODES: dict[int, StoreMode] = {pb.STORE_REPLACE: "replace", pb.STORE_ADD: "add", pb.STORE_REMOVE: "remove"}
+CHANGE_KINDS = {"new": pb.CHANGE_NEW, "flags": pb.CHANGE_FLAGS, "expunge": pb.CHANGE_EXPUNGE,
+                "mailbox": pb.CHANGE_MAILBOX, "resync": pb.CHANGE_KIND_UNSPECIFIED}  # fmt: skip
+
+# storage/core exception -> (gRPC status, machine-readable reason)
+ERROR_MAP: list[tuple[type[BaseException], grpc.StatusCode, pb.ErrorReason.ValueType]] = [
+    (AuthFailed, grpc.StatusCode.UNAUTHENTICATED, pb.AUTH_FAILED),
+    (TooBig, grpc.StatusCode.RESOURCE_EXHAUSTED, pb.TOO_BIG),
+    (errors.OverQuota, grpc.StatusCode.RESOURCE_EXHAUSTED, pb.OVER_QUOTA),
+    (errors.AccountNotFound, grpc.StatusCode.NOT_FOUND, pb.ACCOUNT_NOT_FOUND),
+    (errors.MailboxNotFound, grpc.StatusCode.NOT_FOUND, pb.MAILBOX_NOT_FOUND),
+    (errors.NotFound, grpc.StatusCode.NOT_FOUND, pb.MESSAGE_NOT_FOUND),
+    (errors.AlreadyExists, grpc.StatusCode.ALREADY_EXISTS, pb.ALREADY_EXISTS),
+    (errors.InvalidName, grpc.StatusCode.INVALID_ARGUMENT, pb.INVALID_NAME),
+    (InvalidRequest, grpc.StatusCode.INVALID_ARGUMENT, pb.INVALID_REQUEST),
+    (errors.HasChildren, grpc.StatusCode.FAILED_PRECONDITION, pb.HAS_CHILDREN),
+    (errors.NotAllowed, grpc.StatusCode.FAILED_PRECONDITION, pb.NOT_ALLOWED),
+    (errors.StorageUnavailable, grpc.StatusCode.UNAVAILABLE, pb.STORAGE_UNAVAILABLE),
+]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+async def abort_with(
+    context: grpc.aio.ServicerContext, code: grpc.StatusCode, reason: pb.ErrorReason.ValueType, message: str
+) -> None:
+    detail = pb.ErrorDetail(reason=reason, message=message)
+    context.set_trailing_metadata(((ERROR_KEY, detail.SerializeToString()),))
+    await context.abort(code, message)
+
+
+async def _map_error(context: grpc.aio.ServicerContext, exc: Exception) -> None:
+    for kind, code, reason in ERROR_MAP:
+        if isinstance(exc, kind):
+            await abort_with(context, code, reason, str(exc) or kind.__name__)
+    log.exception("internal error", exc_info=exc)
+    await abort_with(context, grpc.StatusCode.INTERNAL, pb.ERROR_REASON_UNSPECIFIED, "internal error")
+
+
+def rpc(method: F) -> F:
+    """Map core and storage exceptions of a unary or client-streaming RPC to gRPC status codes."""
+
+    @functools.wraps(method)
+    async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        try:
+            return await method(self, request, context)
+        except (grpc.aio.AbortError, grpc.RpcError):
+            raise
+        except Exception as exc:
+            await _map_error(context, exc)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def stream_rpc(method: F) -> F:
+    """The same for server-streaming RPCs (async generators)."""
+
+    @functools.wraps(method)
+    async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        try:
+            async for item in method(self, request, context):
+                yield item
+        except (grpc.aio.AbortError, grpc.RpcError):
+            raise
+        except Exception as exc:
+            await _map_error(context, exc)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def uid_ranges(uid_set: pb.UidSet) -> UidRanges:
+    if len(uid_set.ranges) > MAX_UID_RANGES:
+        raise InvalidRequest("too many UID ranges")
+    out = []
+    for r in uid_set.ranges:
+        first, last = r.first, r.last
+        if first == 0:
+            raise InvalidRequest("UID 0 does not exist")
+        if last != 0 and last < first:
+            first, last = last, first
+        out.append((first, last))
+    return out
+
+
+def to_datetime(value: pb.DateTime) -> datetime:
+    zone = timezone(timedelta(minutes=value.utc_offset_minutes))
+    try:
+        return datetime.fromtimestamp(value.unix_seconds, zone)
+    except (OverflowError, OSError, ValueError):
+        raise InvalidRequest("internal date out of range") from None
+
+
+def account_pb(record: AccountRecord, usage: QuotaUsage, aliases: list[str] | None = None) -> pb.Account:
+    return pb.Account(
+        name=record.name,
+        quota_bytes=record.quota_bytes,
+        quota_messages=record.quota_messages,
+        used_bytes=usage.bytes,
+        used_messages=usage.messages,
+        aliases=aliases or [],
+    )
+
+
+def status_pb(mailbox: MailboxRecord, counts: MailboxCounts) -> pb.MailboxStatus:
+    return pb.MailboxStatus(
+        name=mailbox.name,
+        messages=counts.messages,
+        unseen=counts.unseen,
+        uidnext=mailbox.uidnext,
+        uidvalidity=mailbox.uidvalidity,
+        highestmodseq=mailbox.highestmodseq,
+        size=counts.size,
+        deleted=counts.deleted,
+        recent=counts.recent,
+        first_unseen_uid=counts.first_unseen_uid,
+    )
+
+
+def metadata_pb(record: MessageRecord, fields: pb.MetadataFields) -> pb.MessageMetadata:
+    out = pb.MessageMetadata(uid=record.uid, modseq=record.modseq)
+    if fields.flags:
+        out.flags.extend(record.flags)
+    if fields.internal_date:
+        out.internal_date.unix_seconds = record.internal_date
+        out.internal_date.utc_offset_minutes = record.tz_offset
+    if fields.size:
+        out.size = record.size
+    if fields.envelope:
+        out.envelope.ParseFromString(record.envelope)
+    if fields.body_structure:
+        out.body_structure.ParseFromString(record.structure)
+    return out
+
+
+def glob_match(pattern: str, name: str) -> bool:
+    """IMAP LIST wildcards (RFC 3501 §6.3.8): '*' matches anything, '%' anything but '/'."""
+    memo: dict[tuple[int, int], bool] = {}
+
+    def match(p: int, n: int) -> bool:
+        if (p, n) in memo:
+            return memo[(p, n)]
+        if p == len(pattern):
+            result = n == len(name)
+        elif pattern[p] == "*":
+            result = match(p + 1, n) or (n < len(name) and match(p, n + 1))
+        elif pattern[p] == "%":
+            result = match(p + 1, n) or (n < len(name) and name[n] != "/" and match(p, n + 1))
+        else:
+            result = n < len(name) and pattern[p] == name[n] and match(p + 1, n + 1)
+        memo[(p, n)] = result
+        return result
+
+    return match(0, 0)
+
+
+async def read_stream(
+    requests: AsyncIterator[Any], header_field: str, limit: int, announced: Callable[[Any], int]
+) -> tuple[Any, bytes]:
+    """Collect a client-streamed message: header first, then chunks, never past the limit."""
+    header = None
+    parts: list[bytes] = []
+    total = 0
+    async for request in requests:
+        which = request.WhichOneof("part")
+        if which == header_field:
+            if header is not None:
+                raise InvalidRequest(f"{header_field} sent twice")
+            header = getattr(request, header_field)
+            if announced(header) > limit:
+                raise TooBig(f"announced size {announced(header)} is over the limit of {limit}")
+        elif which == "chunk":
+            if header is None:
+                raise InvalidRequest(f"{header_field} must come first")
+            total += len(request.chunk)
+            if total > limit:
+                raise TooBig(f"message is over the limit of {limit} bytes")
+            parts.append(request.chunk)
+        else:
+            raise InvalidRequest("empty stream message")
+    if header is None:
+        raise InvalidRequest(f"no {header_field}")
+    data = b"".join(parts)
+    if announced(header) and announced(header) != len(data):
+        raise InvalidRequest(f"announced {announced(header)} bytes but received {len(data)}")
+    return header, data
+
+
+class MailstoreServicer(pbg.MailstoreServicer):
+    def __init__(self, core: MailstoreCore) -> None:
+        self.core = core
+
+    @rpc
+    async def Authenticate(self, request: pb.AuthenticateRequest, context: Any) -> pb.AuthenticateResponse:
+        account = await self.core.authenticate(request.username, request.password, request.authzid)
+        return pb.AuthenticateResponse(account=account)
+
+    @rpc
+    async def ResolveRecipient(self, request: pb.ResolveRecipientRequest, context: Any) -> pb.ResolveRecipientResponse:
+        status, account = await self.core.resolve_recipient(request.address, request.size)
+        return pb.ResolveRecipientResponse(status=status, account=account)
+
+    @rpc
+    async def CheckSender(self, request: pb.CheckSenderRequest, context: Any) -> pb.CheckSenderResponse:
+        return pb.CheckSenderResponse(allowed=await self.core.check_sender(request.account, request.address))
+
+    # ---- mailboxes
+
+    @rpc
+    async def ListMailboxes(self, request: pb.ListMailboxesRequest, context: Any) -> pb.ListMailboxesResponse:
+        mailboxes, subscriptions = await self.core.list_mailboxes(request.account)
+        pattern = request.pattern or "*"
+        subscribed = set(subscriptions)
+        existing = {m.name: m for m in mailboxes}
+        # Names that exist only as parents of mailboxes are listed as \NonExistent (\Noselect).
+        all_names = set(existing) | (subscribed if request.subscribed_only else set())
+        for name in list(all_names):
+            parts = name.split("/")
+            all_names.update("/".join(parts[:i]) for i in range(1, len(parts)))
+        out = pb.ListMailboxesResponse()
+        for name in sorted(all_names, key=lambda n: (n != "INBOX", n)):
+            if not glob_match(pattern, name):
+                continue
+            if request.subscribed_only and name not in subscribed:
+                continue
+            record = existing.get(name)
+            item = pb.Mailbox(
+                name=name,
+                subscribed=name in subscribed,
+                has_children=any(other.startswith(name + "/") for other in existing),
+                nonexistent=record is None,
+            )
+            if record is not None:
+                item.uidvalidity = record.uidvalidity
+                item.special_use = SPECIAL_USE_TO_PB.get(record.special_use, pb.SPECIAL_USE_NONE)
+                if request.with_status:
+                    item.status.CopyFrom(status_pb(record, await self.core.metadata.mailbox_counts(record.id)))
+            out.mailboxes.append(item)
+        return out
+
+    @rpc
+    async def CreateMailbox(self, request: pb.CreateMailboxRequest, context: Any) -> pb.Mailbox:
+        special = PB_TO_SPECIAL_USE.get(request.special_use, "")
+        record = await self.core.create_mailbox(request.account, request.name, special)
+        return pb.Mailbox(name=record.name, uidvalidity=record.uidvalidity, special_use=request.special_use)
+
+    @rpc
+    async def DeleteMailbox(self, request: pb.DeleteMailboxRequest, context: Any) -> pb.Empty:
+        await self.core.delete_mailbox(request.account, request.name)
+        return pb.Empty()
+
+    @rpc
+    async def RenameMailbox(self, request: pb.RenameMailboxRequest, context: Any) -> pb.Empty:
+        await self.core.rename_mailbox(request.account, request.name, request.new_name)
+        return pb.Empty()
+
+    @rpc
+    async def Subscribe(self, request: pb.SubscribeRequest, context: Any) -> pb.Empty:
+        await self.core.subscribe(request.account, request.name, request.subscribed)
+        return pb.Empty()
+
+    @rpc
+    async def GetMailboxStatus(self, request: pb.MailboxStatusRequest, context: Any) -> pb.MailboxStatus:
+        mailbox, counts = await self.core.status(request.account, request.name)
+        return status_pb(mailbox, counts)
+
+    @rpc
+    async def ClaimRecent(self, request: pb.ClaimRecentRequest, context: Any) -> pb.ClaimRecentResponse:
+        first, uidnext = await self.core.claim_recent(request.account, request.mailbox)
+        return pb.ClaimRecentResponse(first_uid=first, uidnext=uidnext)
+
+    # ---- messages
+
+    @rpc
+    async def Append(self, request_iterator: AsyncIterator[pb.AppendRequest], context: Any) -> pb.AppendResponse:
+        limit = self.core.settings.max_message_size
+        header, data = await read_stream(request_iterator, "header", limit, lambda h: h.size)
+        when = to_datetime(header.internal_date) if header.HasField("internal_date") else None
+        result = await self.core.append(header.account, header.mailbox, data, list(header.flags), when)
+        return pb.AppendResponse(uid=result.uid, uidvalidity=result.uidvalidity, modseq=result.modseq)
+
+    @rpc
+    async def Deliver(self, request_iterator: AsyncIterator[pb.DeliverRequest], context: Any) -> pb.DeliverResponse:
+        limit = self.core.settings.max_message_size
+        envelope, data = await read_stream(request_iterator, "envelope", limit, lambda e: e.size)
+        if not envelope.recipients or len(envelope.recipients) > 1000:
+            raise InvalidRequest("1..1000 recipients required")
+        outcomes, message_id = await self.core.deliver(
+            envelope.sender, list(envelope.recipients), data, envelope.mailbox or "INBOX"
+        )
+        return pb.DeliverResponse(
+            results=[
+                pb.RecipientResult(
+                    recipient=o.recipient,
+                    status=o.status,
+                    account=o.account,
+                    uid=o.uid,
+                    uidvalidity=o.uidvalidity,
+                    detail=o.detail,
+                )
+                for o in outcomes
+            ],
+            message_id=message_id,
+        )
+
+    @stream_rpc
+    async def FetchMetadata(
+        self, request: pb.FetchMetadataRequest, context: Any
+    ) -> AsyncIterator[pb.FetchMetadataResponse]:
+        uids = uid_ranges(request.uids) if request.uids.ranges else None
+        records = await self.core.fetch_metadata(request.account, request.mailbox, uids, request.changed_since)
+        for i in range(0, max(len(records), 1), METADATA_BATCH):
+            batch = records[i : i + METADATA_BATCH]
+            yield pb.FetchMetadataResponse(messages=[metadata_pb(r, request.fields) for r in batch])
+
+    @stream_rpc
+    async def FetchBody(self, request: pb.FetchBodyRequest, context: Any) -> AsyncIterator[pb.FetchBodyResponse]:
+        partial = (request.offset, request.length) if request.has_partial else None
+        body = await self.core.fetch_body(request.account, request.mailbox, request.uid, request.section, partial)
+        first = True
+        async for chunk in body.chunks:
+            yield pb.FetchBodyResponse(total_size=body.total_size if first else 0, data=chunk)
+            first = False
+        if first:
+            yield pb.FetchBodyResponse(total_size=body.total_size)
+
+    @rpc
+    async def StoreFlags(self, request: pb.StoreFlagsRequest, context: Any) -> pb.StoreFlagsResponse:
+        updated, failed = await self.core.store_flags(
+            request.account,
+            request.mailbox,
+            uid_ranges(request.uids),
+            STORE_MODES[request.mode],
+            list(request.flags),
+            request.unchanged_since if request.has_unchanged_since else None,
+        )
+        return pb.StoreFlagsResponse(
+            updated=[pb.MessageMetadata(uid=u.uid, modseq=u.modseq, flags=u.flags) for u in updated], failed=failed
+        )
+
+    async def _copy(self, request: pb.CopyRequest, move: bool) -> pb.CopyResponse:
+        result = await self.core.copy(
+            request.account, request.mailbox, uid_ranges(request.uids), request.destination, move
+        )
+        return pb.CopyResponse(
+            uidvalidity=result.uidvalidity,
+            mapping=[pb.UidPair(source=s, destination=d) for s, d in result.mapping],
+        )
+
+    @rpc
+    async def Copy(self, request: pb.CopyRequest, context: Any) -> pb.CopyResponse:
+        return await self._copy(request, move=False)
+
+    @rpc
+    async def Move(self, request: pb.CopyRequest, context: Any) -> pb.CopyResponse:
+        return await self._copy(request, move=True)
+
+    @rpc
+    async def Expunge(self, request: pb.ExpungeRequest, context: Any) -> pb.ExpungeResponse:
+        uids = None if request.all_deleted or not request.uids.ranges else uid_ranges(request.uids)
+        result = await self.core.expunge(request.account, request.mailbox, uids)
+        return pb.ExpungeResponse(expunged=result.expunged, highestmodseq=result.modseq)
+
+    @rpc
+    async def Search(self, request: pb.SearchRequest, context: Any) -> pb.SearchResponse:
+        key = request.key if request.HasField("key") else pb.SearchKey(all=True)
+        uids, top = await self.core.search(request.account, request.mailbox, key)
+        return pb.SearchResponse(uids=uids, highestmodseq=top)
+
+    @rpc
+    async def GetQuota(self, request: pb.GetQuotaRequest, context: Any) -> pb.Quota:
+        record = await self.core.account(request.account)
+        usage = await self.core.account_usage(record)
+        return pb.Quota(
+            used_bytes=usage.bytes,
+            limit_bytes=record.quota_bytes,
+            used_messages=usage.messages,
+            limit_messages=record.quota_messages,
+        )
+
+    @rpc
+    async def GetChanges(self, request: pb.GetChangesRequest, context: Any) -> pb.GetChangesResponse:
+        mailbox, changes = await self.core.changes_since(request.account, request.mailbox, request.since_modseq)
+        return pb.GetChangesResponse(
+            changes=[pb.Change(uid=c.uid, modseq=c.modseq, kind=CHANGE_KINDS[c.kind], flags=c.flags) for c in changes],
+            highestmodseq=mailbox.highestmodseq,
+            uidvalidity=mailbox.uidvalidity,
+        )
+
+    @stream_rpc
+    async def Watch(self, request: pb.WatchRequest, context: Any) -> AsyncIterator[pb.ChangeEvent]:
+        subscription = await self.core.watch(request.account)
+        try:
+            async for event in subscription:
+                yield pb.ChangeEvent(
+                    account=event.account,
+                    mailbox=event.mailbox,
+                    kind=CHANGE_KINDS[event.kind],
+                    uids=event.uids,
+                    modseq=event.modseq,
+                    uidvalidity=event.uidvalidity,
+                )
+        finally:
+            await subscription.close()
+
+    @rpc
+    async def AcquireLease(self, request: pb.LeaseRequest, context: Any) -> pb.LeaseResponse:
+        granted, holder = await self.core.acquire_lease(request.name, request.holder, request.ttl_seconds)
+        return pb.LeaseResponse(granted=granted, holder=holder)
+
+    @rpc
+    async def ReleaseLease(self, request: pb.LeaseRequest, context: Any) -> pb.Empty:
+        await self.core.release_lease(request.name, request.holder)
+        return pb.Empty()
+
+
+class AdminServicer(pbg.AdminServicer):
+    def __init__(self, core: MailstoreCore) -> None:
+        self.core = core
+
+    async def _account_pb(self, record: AccountRecord) -> pb.Account:
+        aliases = [a for a, _ in await self.core.metadata.list_aliases(record.name)]
+        return account_pb(record, await self.core.account_usage(record), aliases)
+
+    @rpc
+    async def CreateAccount(self, request: pb.CreateAccountRequest, context: Any) -> pb.Account:
+        record = await self.core.create_account(
+            request.name, request.password, request.quota_bytes, request.quota_messages
+        )
+        return await self._account_pb(record)
+
+    @rpc
+    async def SetPassword(self, request: pb.SetPasswordRequest, context: Any) -> pb.Empty:
+        await self.core.set_password(request.name, request.password)
+        return pb.Empty()
+
+    @rpc
+    async def DeleteAccount(self, request: pb.DeleteAccountRequest, context: Any) -> pb.Empty:
+        await self.core.delete_account(request.name)
+        return pb.Empty()
+
+    @rpc
+    async def GetAccount(self, request: pb.GetAccountRequest, context: Any) -> pb.Account:
+        return await self._account_pb(await self.core.account(request.name))
+
+    @rpc
+    async def ListAccounts(self, request: pb.ListAccountsRequest, context: Any) -> pb.ListAccountsResponse:
+        return pb.ListAccountsResponse(accounts=[await self._account_pb(r) for r in await self.core.list_accounts()])
+
+    @rpc
+    async def SetQuota(self, request: pb.SetQuotaRequest, context: Any) -> pb.Account:
+        record = await self.core.set_quota(request.name, request.quota_bytes, request.quota_messages)
+        return await self._account_pb(record)
+
+    @rpc
+    async def AddDomain(self, request: pb.AddDomainRequest, context: Any) -> pb.Domain:
+        return pb.Domain(name=await self.core.add_domain(request.name))
+
+    @rpc
+    async def DeleteDomain(self, request: pb.DeleteDomainRequest, context: Any) -> pb.Empty:
+        await self.core.metadata.delete_domain(request.name.strip().lower())
+        return pb.Empty()
+
+    @rpc
+    async def ListDomains(self, request: pb.ListDomainsRequest, context: Any) -> pb.ListDomainsResponse:
+        return pb.ListDomainsResponse(domains=[pb.Domain(name=d) for d in await self.core.metadata.list_domains()])
+
+    @rpc
+    async def AddAlias(self, request: pb.AddAliasRequest, context: Any) -> pb.Alias:
+        address, account = await self.core.add_alias(request.address, request.account)
+        return pb.Alias(address=address, account=account)
+
+    @rpc
+    async def DeleteAlias(self, request: pb.DeleteAliasRequest, context: Any) -> pb.Empty:
+        await self.core.metadata.delete_alias(request.address.strip().lower())
+        return pb.Empty()
+
+    @rpc
+    async def ListAliases(self, request: pb.ListAliasesRequest, context: Any) -> pb.ListAliasesResponse:
+        account = request.account.strip().lower() or None
+        pairs = await self.core.metadata.list_aliases(account)
+        return pb.ListAliasesResponse(aliases=[pb.Alias(address=a, account=b) for a, b in pairs])
+
+    @rpc
+    async def RecomputeQuota(self, request: pb.RecomputeQuotaRequest, context: Any) -> pb.RecomputeQuotaResponse:
+        records = await self.core.recompute_quota(request.account)
+        return pb.RecomputeQuotaResponse(accounts=[await self._account_pb(r) for r in records])

@@ -1,0 +1,109 @@
+"""Versioned SQLite schema for the metadata store; PRAGMA user_version is the applied step count.
+
+Add a step by appending to MIGRATIONS; never edit a step that has shipped.
+"""
+
+import sqlite3
+
+from mailstack.storage.errors import StorageError
+
+# Each step is a tuple of statements run in one transaction with the version bump
+# (executescript would commit on its own, so statements run one by one).
+MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    (
+        # Global counters; "uidvalidity" never goes back, so a recreated name gets a new one.
+        """CREATE TABLE counters (
+            name TEXT PRIMARY KEY,
+            value INTEGER NOT NULL
+        )""",
+        "INSERT INTO counters (name, value) VALUES ('uidvalidity', 0)",
+        # AUTOINCREMENT: ids of deleted accounts/mailboxes are never handed out again,
+        # so a stale id held by a session can never reach someone else's rows.
+        """CREATE TABLE accounts (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            name TEXT NOT NULL UNIQUE,
+            password_hash TEXT NOT NULL,
+            quota_bytes INTEGER NOT NULL DEFAULT 0,
+            quota_messages INTEGER NOT NULL DEFAULT 0,
+            used_bytes INTEGER NOT NULL DEFAULT 0,
+            used_messages INTEGER NOT NULL DEFAULT 0
+        )""",
+        "CREATE TABLE domains (name TEXT PRIMARY KEY)",
+        """CREATE TABLE aliases (
+            address TEXT PRIMARY KEY,
+            account_id INTEGER NOT NULL REFERENCES accounts (id) ON DELETE CASCADE
+        )""",
+        "CREATE INDEX aliases_account ON aliases (account_id)",
+        """CREATE TABLE mailboxes (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            account_id INTEGER NOT NULL REFERENCES accounts (id) ON DELETE CASCADE,
+            name TEXT NOT NULL,
+            uidvalidity INTEGER NOT NULL,
+            uidnext INTEGER NOT NULL DEFAULT 1,
+            highestmodseq INTEGER NOT NULL DEFAULT 1,
+            special_use TEXT NOT NULL DEFAULT '',
+            recent_floor INTEGER NOT NULL DEFAULT 1,
+            UNIQUE (account_id, name)
+        )""",
+        """CREATE TABLE subscriptions (
+            account_id INTEGER NOT NULL REFERENCES accounts (id) ON DELETE CASCADE,
+            name TEXT NOT NULL,
+            PRIMARY KEY (account_id, name)
+        )""",
+        # created_modseq tells "new" from "flags" in changes_since (RFC 7162 §3.2.5.2 / QRESYNC).
+        """CREATE TABLE messages (
+            mailbox_id INTEGER NOT NULL REFERENCES mailboxes (id) ON DELETE CASCADE,
+            uid INTEGER NOT NULL,
+            modseq INTEGER NOT NULL,
+            created_modseq INTEGER NOT NULL,
+            flags TEXT NOT NULL DEFAULT '',
+            internal_date INTEGER NOT NULL,
+            tz_offset INTEGER NOT NULL,
+            size INTEGER NOT NULL,
+            blob_key TEXT NOT NULL,
+            envelope BLOB NOT NULL,
+            structure BLOB NOT NULL,
+            header BLOB NOT NULL,
+            sent_date INTEGER,
+            PRIMARY KEY (mailbox_id, uid)
+        )""",
+        "CREATE INDEX messages_modseq ON messages (mailbox_id, modseq)",
+        """CREATE TABLE blobs (
+            key TEXT PRIMARY KEY,
+            refcount INTEGER NOT NULL
+        )""",
+        # Expunges only: present messages carry their own modseq.
+        """CREATE TABLE changes (
+            mailbox_id INTEGER NOT NULL REFERENCES mailboxes (id) ON DELETE CASCADE,
+            modseq INTEGER NOT NULL,
+            uid INTEGER NOT NULL,
+            kind TEXT NOT NULL
+        )""",
+        "CREATE INDEX changes_modseq ON changes (mailbox_id, modseq)",
+        """CREATE TABLE leases (
+            name TEXT PRIMARY KEY,
+            holder TEXT NOT NULL,
+            expires REAL NOT NULL
+        )""",
+    ),
+)
+
+
+def apply_migrations(conn: sqlite3.Connection) -> int:
+    """Apply the missing steps in one transaction; returns the resulting version. Idempotent."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+        if version > len(MIGRATIONS):
+            raise StorageError(f"database schema version {version} is newer than this program ({len(MIGRATIONS)})")
+        for number in range(version + 1, len(MIGRATIONS) + 1):
+            for statement in MIGRATIONS[number - 1]:
+                conn.execute(statement)
+            # user_version lives in the database header and is part of this transaction.
+            conn.execute(f"PRAGMA user_version = {number}")
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    return len(MIGRATIONS)

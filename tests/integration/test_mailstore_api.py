@@ -1,0 +1,326 @@
+"""The mailstore's gRPC API end to end, on the embedded default and on SeaweedFS S3 + Redis."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+import redis.asyncio as aioredis
+
+from mailstack.services.mailstore.servicer import ERROR_KEY
+from mailstack.v1 import mailstore_pb2 as pb
+from tests.fixtures.mailstore import Client, append, deliver, fetch_body, running_mailstore, test_settings
+from tests.integration.messages import MULTIPART, between, simple
+
+ALICE = "alice@example.test"
+PASSWORD = "correct horse battery staple"
+
+
+def reason(err: grpc.aio.AioRpcError) -> int:
+    for key, value in err.trailing_metadata() or ():
+        if key == ERROR_KEY:
+            return pb.ErrorDetail.FromString(value).reason
+    return -1
+
+
+@pytest.fixture(params=["embedded", "s3redis"])
+async def mailstore(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[tuple[Any, Client]]:
+    if request.param == "embedded":
+        settings = test_settings(tmp_path, max_message_size=1 << 20)
+    else:
+        endpoint, bucket = request.getfixturevalue("s3_bucket")
+        redis_url = request.getfixturevalue("redis_url")
+        settings = test_settings(
+            tmp_path,
+            max_message_size=1 << 20,
+            blob_url=f"s3://{bucket}/mail",
+            s3_endpoint=endpoint,
+            events_url=redis_url,
+            quota_url=redis_url,
+        )
+    async with running_mailstore(settings) as (server, client):
+        await client.admin.CreateAccount(pb.CreateAccountRequest(name=ALICE, password=PASSWORD))
+        yield server, client
+
+
+async def test_deliver_and_fetch_byte_exact_with_structure(mailstore: tuple[Any, Client]) -> None:
+    server, client = mailstore
+    reply = await deliver(client, [ALICE], MULTIPART)
+    assert [r.status for r in reply.results] == [pb.RECIPIENT_LOCAL]
+    uid = reply.results[0].uid
+    assert await fetch_body(client, ALICE, "INBOX", uid) == MULTIPART
+
+    fields = pb.MetadataFields(flags=True, internal_date=True, size=True, envelope=True, body_structure=True)
+    metas = [
+        m
+        async for batch in client.store.FetchMetadata(pb.FetchMetadataRequest(account=ALICE, mailbox="INBOX", fields=fields))
+        for m in batch.messages
+    ]
+    assert len(metas) == 1
+    meta = metas[0]
+    assert meta.uid == uid and meta.size == len(MULTIPART)
+    env = meta.envelope
+    assert env.subject == b"Test with attachment"
+    assert env.message_id == b"<m1@example.test>"
+    assert [(a.name, a.mailbox, a.host) for a in env.__getattribute__("from")] == [
+        (b"Alice Example", b"alice", b"example.test")
+    ]
+    assert [(a.mailbox, a.host) for a in env.to] == [(b"bob", b"example.test"), (b"carol", b"example.test")]
+    assert [(a.mailbox, a.host) for a in env.sender] == [(b"alice", b"example.test")]  # defaults to From
+
+    top = meta.body_structure
+    assert (top.type.lower(), top.subtype.lower()) == (b"multipart", b"mixed")
+    text, attachment, inner = top.parts
+    text_body = between(MULTIPART, b"charset=utf-8\r\n\r\n", b"\r\n--XX")
+    assert (text.type.lower(), text.subtype.lower()) == (b"text", b"plain")
+    assert (text.size, text.lines) == (len(text_body), 2)
+    assert (attachment.subtype.lower(), attachment.encoding.lower(), attachment.size) == (b"octet-stream", b"base64", 16)
+    assert attachment.has_disposition and attachment.disposition.type.lower() == b"attachment"
+    inner_body = between(MULTIPART, b"message/rfc822\r\n\r\n", b"\r\n--XX--")
+    assert (inner.type.lower(), inner.subtype.lower()) == (b"message", b"rfc822")
+    assert inner.size == len(inner_body)
+    assert inner.lines == inner_body.count(b"\r\n") + 1
+    assert inner.envelope.subject == b"inner"
+    (inner_multipart,) = inner.parts
+    assert inner_multipart.subtype.lower() == b"alternative"
+    assert [p.subtype.lower() for p in inner_multipart.parts] == [b"plain", b"html"]
+
+    section = await fetch_body(client, ALICE, "INBOX", uid, pb.Section(part=[1]))
+    assert section == text_body
+    assert await fetch_body(client, ALICE, "INBOX", uid, pb.Section(part=[3, 1])) == b"inner text"
+    inner_header = await fetch_body(client, ALICE, "INBOX", uid, pb.Section(part=[3], text=pb.SECTION_HEADER))
+    assert inner_header.startswith(b"From: dave@remote.test\r\n") and inner_header.endswith(b"\r\n\r\n")
+    fields_only = await fetch_body(
+        client, ALICE, "INBOX", uid, pb.Section(text=pb.SECTION_HEADER_FIELDS, fields=["subject"])
+    )
+    assert fields_only == b"Subject: Test with attachment\r\n\r\n"
+    partial = [
+        r.data
+        async for r in client.store.FetchBody(
+            pb.FetchBodyRequest(account=ALICE, mailbox="INBOX", uid=uid, has_partial=True, offset=6, length=7)
+        )
+    ]
+    assert b"".join(partial) == MULTIPART[6:13]
+
+
+async def test_append_flags_search_copy_move_expunge(mailstore: tuple[Any, Client]) -> None:
+    server, client = mailstore
+    first = await append(client, ALICE, "INBOX", simple("first", "apples\r\n"), ("\\Seen",))
+    second = await append(client, ALICE, "INBOX", simple("second", "pears\r\n"))
+    assert second.uid > first.uid and second.uidvalidity == first.uidvalidity
+
+    status = await client.store.GetMailboxStatus(pb.MailboxStatusRequest(account=ALICE, name="INBOX"))
+    assert (status.messages, status.unseen, status.uidnext) == (2, 1, second.uid + 1)
+
+    store = await client.store.StoreFlags(
+        pb.StoreFlagsRequest(
+            account=ALICE,
+            mailbox="INBOX",
+            uids=pb.UidSet(ranges=[pb.UidRange(first=second.uid, last=second.uid)]),
+            mode=pb.STORE_ADD,
+            flags=["\\Flagged", "$Important"],
+        )
+    )
+    assert [(u.uid, sorted(u.flags)) for u in store.updated] == [(second.uid, ["$Important", "\\Flagged"])]
+
+    async def search(key: pb.SearchKey) -> list[int]:
+        return list((await client.store.Search(pb.SearchRequest(account=ALICE, mailbox="INBOX", key=key))).uids)
+
+    assert await search(pb.SearchKey(flag_unset="\\Seen")) == [second.uid]
+    assert await search(pb.SearchKey(body="PEARS")) == [second.uid]
+    assert await search(pb.SearchKey(header=pb.HeaderKey(name="subject", value="FIRST"))) == [first.uid]
+    either = pb.SearchKey(**{"or": pb.SearchKeys(keys=[pb.SearchKey(flag_set="\\Seen"), pb.SearchKey(body="pears")])})
+    assert await search(either) == [first.uid, second.uid]
+    assert await search(pb.SearchKey(**{"not": pb.SearchKey(flag_set="\\Flagged")})) == [first.uid]
+
+    copied = await client.store.Copy(
+        pb.CopyRequest(account=ALICE, mailbox="INBOX", uids=pb.UidSet(ranges=[pb.UidRange(first=1, last=0)]), destination="Archive")
+    )
+    assert [p.source for p in copied.mapping] == [first.uid, second.uid]
+    moved = await client.store.Move(
+        pb.CopyRequest(
+            account=ALICE,
+            mailbox="INBOX",
+            uids=pb.UidSet(ranges=[pb.UidRange(first=first.uid, last=first.uid)]),
+            destination="Trash",
+        )
+    )
+    assert len(moved.mapping) == 1
+    assert await fetch_body(client, ALICE, "Trash", moved.mapping[0].destination) == simple("first", "apples\r\n")
+
+    await client.store.StoreFlags(
+        pb.StoreFlagsRequest(
+            account=ALICE,
+            mailbox="Archive",
+            uids=pb.UidSet(ranges=[pb.UidRange(first=1, last=0)]),
+            mode=pb.STORE_ADD,
+            flags=["\\Deleted"],
+        )
+    )
+    expunged = await client.store.Expunge(pb.ExpungeRequest(account=ALICE, mailbox="Archive", all_deleted=True))
+    assert sorted(expunged.expunged) == sorted(p.destination for p in copied.mapping)
+    # The blob is still referenced by INBOX and Trash: both still read back.
+    assert await fetch_body(client, ALICE, "INBOX", second.uid) == simple("second", "pears\r\n")
+
+    changes = await client.store.GetChanges(pb.GetChangesRequest(account=ALICE, mailbox="Archive", since_modseq=0))
+    assert {c.kind for c in changes.changes} == {pb.CHANGE_EXPUNGE}
+    quota = await client.store.GetQuota(pb.GetQuotaRequest(account=ALICE))
+    expected = len(simple("first", "apples\r\n")) + len(simple("second", "pears\r\n"))
+    assert (quota.used_messages, quota.used_bytes) == (2, expected)
+
+
+async def test_watch_and_redis_subscriber_receive_change(
+    mailstore: tuple[Any, Client], request: pytest.FixtureRequest
+) -> None:
+    server, client = mailstore
+    watch = client.store.Watch(pb.WatchRequest(account=ALICE))
+    redis_messages: list[bytes] = []
+    pubsub = None
+    if server.settings.events_url.startswith("redis"):
+        conn = aioredis.from_url(server.settings.events_url)
+        pubsub = conn.pubsub()
+        await pubsub.subscribe(f"mailstack:events:{ALICE}")
+    await asyncio.sleep(0.3)  # the watch subscription is set up server-side
+    reply = await deliver(client, [ALICE], simple("watched"))
+    event = await asyncio.wait_for(watch.read(), 5)
+    assert (event.account, event.mailbox, event.kind) == (ALICE, "INBOX", pb.CHANGE_NEW)
+    assert list(event.uids) == [reply.results[0].uid] and event.modseq > 0
+    watch.cancel()
+    if pubsub is not None:
+        for _ in range(50):
+            msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.1)
+            if msg:
+                redis_messages.append(msg["data"])
+                break
+        assert redis_messages and b'"k":"new"' in redis_messages[0]
+        await pubsub.aclose()
+        await conn.aclose()
+
+
+async def test_concurrent_appends_get_unique_increasing_uids(mailstore: tuple[Any, Client]) -> None:
+    server, client = mailstore
+
+    async def worker(n: int) -> list[int]:
+        uids = []
+        for i in range(5):
+            reply = await append(client, ALICE, "INBOX", simple(f"w{n}-{i}"))
+            uids.append(reply.uid)
+        return uids
+
+    results = await asyncio.gather(*(worker(n) for n in range(20)))
+    every = [u for r in results for u in r]
+    assert len(every) == len(set(every)) == 100
+    for r in results:
+        assert r == sorted(r)  # each task's UIDs increase in its own order
+
+
+async def test_bad_input_gets_clear_errors(mailstore: tuple[Any, Client]) -> None:
+    server, client = mailstore
+    for name in ["", "..", "a/../b", "x" * 2000, "bad\x00name", "a//b", "/lead"]:
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await client.store.CreateMailbox(pb.CreateMailboxRequest(account=ALICE, name=name))
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, name
+        assert reason(err.value) == pb.INVALID_NAME
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await client.store.GetMailboxStatus(pb.MailboxStatusRequest(account="nobody@example.test", name="INBOX"))
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND and reason(err.value) == pb.ACCOUNT_NOT_FOUND
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await client.store.GetMailboxStatus(pb.MailboxStatusRequest(account=ALICE, name="Nope"))
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND and reason(err.value) == pb.MAILBOX_NOT_FOUND
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await client.store.DeleteMailbox(pb.DeleteMailboxRequest(account=ALICE, name="inbox"))
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await client.store.CreateMailbox(pb.CreateMailboxRequest(account=ALICE, name="Sent"))
+    assert err.value.code() == grpc.StatusCode.ALREADY_EXISTS
+    # A huge announced size is refused before any byte is read; a real oversize stream is cut off.
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await client.store.Deliver(
+            iter([pb.DeliverRequest(envelope=pb.DeliverEnvelope(recipients=[ALICE], size=2**63))])
+        )
+    assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and reason(err.value) == pb.TOO_BIG
+    too_big = b"Subject: big\r\n\r\n" + b"x" * (2 << 20)
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await append(client, ALICE, "INBOX", too_big)
+    assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and reason(err.value) == pb.TOO_BIG
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await client.store.StoreFlags(
+            pb.StoreFlagsRequest(account=ALICE, mailbox="INBOX", uids=pb.UidSet(ranges=[pb.UidRange(first=0)]))
+        )
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await client.store.Authenticate(pb.AuthenticateRequest(username=ALICE, password="wrong"))
+    unknown_user_err = None
+    try:
+        await client.store.Authenticate(pb.AuthenticateRequest(username="ghost@example.test", password="wrong"))
+    except grpc.aio.AioRpcError as e:
+        unknown_user_err = e
+    assert unknown_user_err is not None
+    # Wrong password and unknown user look the same.
+    assert (err.value.code(), err.value.details()) == (unknown_user_err.code(), unknown_user_err.details())
+    assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    # The server still serves.
+    ok = await client.store.Authenticate(pb.AuthenticateRequest(username=ALICE.upper(), password=PASSWORD))
+    assert ok.account == ALICE
+
+
+async def test_unknown_and_remote_recipients(mailstore: tuple[Any, Client]) -> None:
+    server, client = mailstore
+    await client.admin.AddAlias(pb.AddAliasRequest(address="postmaster@example.test", account=ALICE))
+    reply = await deliver(
+        client, [ALICE, "nobody@example.test", "someone@elsewhere.test", "postmaster@example.test"], simple("r")
+    )
+    assert [r.status for r in reply.results] == [
+        pb.RECIPIENT_LOCAL,
+        pb.RECIPIENT_UNKNOWN,
+        pb.RECIPIENT_NOT_LOCAL,
+        pb.RECIPIENT_LOCAL,
+    ]
+    status = await client.store.GetMailboxStatus(pb.MailboxStatusRequest(account=ALICE, name="INBOX"))
+    assert status.messages == 1  # alias + address of one account: one copy
+
+
+async def test_quota_enforced(mailstore: tuple[Any, Client]) -> None:
+    server, client = mailstore
+    await client.admin.SetQuota(pb.SetQuotaRequest(name=ALICE, quota_bytes=0, quota_messages=2))
+    await append(client, ALICE, "INBOX", simple("q1"))
+    await append(client, ALICE, "INBOX", simple("q2"))
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await append(client, ALICE, "INBOX", simple("q3"))
+    assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and reason(err.value) == pb.OVER_QUOTA
+    reply = await deliver(client, [ALICE], simple("q4"))
+    assert reply.results[0].status == pb.RECIPIENT_OVER_QUOTA
+    resolved = await client.store.ResolveRecipient(pb.ResolveRecipientRequest(address=ALICE, size=10))
+    assert resolved.status == pb.RECIPIENT_OVER_QUOTA
+    recomputed = await client.admin.RecomputeQuota(pb.RecomputeQuotaRequest(account=ALICE))
+    assert recomputed.accounts[0].used_messages == 2
+
+
+async def test_rename_with_children_and_list(mailstore: tuple[Any, Client]) -> None:
+    server, client = mailstore
+    for name in ["Projects", "Projects/A", "Projects/A/deep"]:
+        await client.store.CreateMailbox(pb.CreateMailboxRequest(account=ALICE, name=name))
+    await client.store.RenameMailbox(pb.RenameMailboxRequest(account=ALICE, name="Projects", new_name="Work"))
+    listed = await client.store.ListMailboxes(pb.ListMailboxesRequest(account=ALICE, pattern="Work*"))
+    assert [m.name for m in listed.mailboxes] == ["Work", "Work/A", "Work/A/deep"]
+    assert listed.mailboxes[0].has_children
+    top = await client.store.ListMailboxes(pb.ListMailboxesRequest(account=ALICE, pattern="%"))
+    assert "Work/A" not in [m.name for m in top.mailboxes] and "INBOX" in [m.name for m in top.mailboxes]
+    sent = [m for m in top.mailboxes if m.name == "Sent"]
+    assert sent and sent[0].special_use == pb.SPECIAL_USE_SENT
+
+
+async def test_sixty_megabyte_message_refused_server_keeps_serving(tmp_path: Path) -> None:
+    settings = test_settings(tmp_path)  # the default limit, 50 MiB
+    async with running_mailstore(settings) as (server, client):
+        await client.admin.CreateAccount(pb.CreateAccountRequest(name=ALICE, password=PASSWORD))
+        big = b"Subject: big\r\n\r\n" + b"y" * (60 * 1000 * 1000)
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await deliver(client, [ALICE], big)
+        assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and reason(err.value) == pb.TOO_BIG
+        reply = await deliver(client, [ALICE], simple("after big"))
+        assert reply.results[0].status == pb.RECIPIENT_LOCAL
