@@ -7,9 +7,9 @@ from pathlib import Path
 
 import grpc
 import pytest
-
 from mailstack.services.common.config import env_name
 from mailstack.v1 import mailstore_pb2 as pb
+
 from tests.fixtures.mailstore import MailstoreProcess, deliver, fetch_body, open_client
 from tests.integration.messages import simple
 

@@ -10,10 +10,10 @@ from typing import Any
 import grpc
 import pytest
 import redis.asyncio as aioredis
-
 from mailstack.services.mailstore.servicer import ERROR_KEY
 from mailstack.v1 import mailstore_pb2 as pb
-from tests.fixtures.mailstore import Client, append, deliver, fetch_body, running_mailstore, test_settings
+
+from tests.fixtures.mailstore import Client, append, deliver, fetch_body, running_mailstore, settings_for
 from tests.integration.messages import MULTIPART, between, simple
 
 ALICE = "alice@example.test"
@@ -30,11 +30,11 @@ def reason(err: grpc.aio.AioRpcError) -> int:
 @pytest.fixture(params=["embedded", "s3redis"])
 async def mailstore(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[tuple[Any, Client]]:
     if request.param == "embedded":
-        settings = test_settings(tmp_path, max_message_size=1 << 20)
+        settings = settings_for(tmp_path, max_message_size=1 << 20)
     else:
         endpoint, bucket = request.getfixturevalue("s3_bucket")
         redis_url = request.getfixturevalue("redis_url")
-        settings = test_settings(
+        settings = settings_for(
             tmp_path,
             max_message_size=1 << 20,
             blob_url=f"s3://{bucket}/mail",
@@ -57,7 +57,9 @@ async def test_deliver_and_fetch_byte_exact_with_structure(mailstore: tuple[Any,
     fields = pb.MetadataFields(flags=True, internal_date=True, size=True, envelope=True, body_structure=True)
     metas = [
         m
-        async for batch in client.store.FetchMetadata(pb.FetchMetadataRequest(account=ALICE, mailbox="INBOX", fields=fields))
+        async for batch in client.store.FetchMetadata(
+            pb.FetchMetadataRequest(account=ALICE, mailbox="INBOX", fields=fields)
+        )
         for m in batch.messages
     ]
     assert len(metas) == 1
@@ -78,12 +80,16 @@ async def test_deliver_and_fetch_byte_exact_with_structure(mailstore: tuple[Any,
     text_body = between(MULTIPART, b"charset=utf-8\r\n\r\n", b"\r\n--XX")
     assert (text.type.lower(), text.subtype.lower()) == (b"text", b"plain")
     assert (text.size, text.lines) == (len(text_body), 2)
-    assert (attachment.subtype.lower(), attachment.encoding.lower(), attachment.size) == (b"octet-stream", b"base64", 16)
+    assert (attachment.subtype.lower(), attachment.encoding.lower(), attachment.size) == (
+        b"octet-stream",
+        b"base64",
+        16,
+    )
     assert attachment.has_disposition and attachment.disposition.type.lower() == b"attachment"
     inner_body = between(MULTIPART, b"message/rfc822\r\n\r\n", b"\r\n--XX--")
     assert (inner.type.lower(), inner.subtype.lower()) == (b"message", b"rfc822")
     assert inner.size == len(inner_body)
-    assert inner.lines == inner_body.count(b"\r\n") + 1
+    assert inner_body.endswith(b"--YY--\r\n") and inner.lines == inner_body.count(b"\r\n")
     assert inner.envelope.subject == b"inner"
     (inner_multipart,) = inner.parts
     assert inner_multipart.subtype.lower() == b"alternative"
@@ -138,7 +144,9 @@ async def test_append_flags_search_copy_move_expunge(mailstore: tuple[Any, Clien
     assert await search(pb.SearchKey(**{"not": pb.SearchKey(flag_set="\\Flagged")})) == [first.uid]
 
     copied = await client.store.Copy(
-        pb.CopyRequest(account=ALICE, mailbox="INBOX", uids=pb.UidSet(ranges=[pb.UidRange(first=1, last=0)]), destination="Archive")
+        pb.CopyRequest(
+            account=ALICE, mailbox="INBOX", uids=pb.UidSet(ranges=[pb.UidRange(first=1, last=0)]), destination="Archive"
+        )
     )
     assert [p.source for p in copied.mapping] == [first.uid, second.uid]
     moved = await client.store.Move(
@@ -315,7 +323,7 @@ async def test_rename_with_children_and_list(mailstore: tuple[Any, Client]) -> N
 
 
 async def test_sixty_megabyte_message_refused_server_keeps_serving(tmp_path: Path) -> None:
-    settings = test_settings(tmp_path)  # the default limit, 50 MiB
+    settings = settings_for(tmp_path)  # the default limit, 50 MiB
     async with running_mailstore(settings) as (server, client):
         await client.admin.CreateAccount(pb.CreateAccountRequest(name=ALICE, password=PASSWORD))
         big = b"Subject: big\r\n\r\n" + b"y" * (60 * 1000 * 1000)
