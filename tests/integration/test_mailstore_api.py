@@ -48,7 +48,7 @@ async def mailstore(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIter
 
 
 async def test_deliver_and_fetch_byte_exact_with_structure(mailstore: tuple[Any, Client]) -> None:
-    server, client = mailstore
+    _, client = mailstore
     reply = await deliver(client, [ALICE], MULTIPART)
     assert [r.status for r in reply.results] == [pb.RECIPIENT_LOCAL]
     uid = reply.results[0].uid
@@ -114,7 +114,7 @@ async def test_deliver_and_fetch_byte_exact_with_structure(mailstore: tuple[Any,
 
 
 async def test_append_flags_search_copy_move_expunge(mailstore: tuple[Any, Client]) -> None:
-    server, client = mailstore
+    _, client = mailstore
     first = await append(client, ALICE, "INBOX", simple("first", "apples\r\n"), ("\\Seen",))
     second = await append(client, ALICE, "INBOX", simple("second", "pears\r\n"))
     assert second.uid > first.uid and second.uidvalidity == first.uidvalidity
@@ -181,9 +181,7 @@ async def test_append_flags_search_copy_move_expunge(mailstore: tuple[Any, Clien
     assert (quota.used_messages, quota.used_bytes) == (2, expected)
 
 
-async def test_watch_and_redis_subscriber_receive_change(
-    mailstore: tuple[Any, Client], request: pytest.FixtureRequest
-) -> None:
+async def test_watch_and_redis_subscriber_receive_change(mailstore: tuple[Any, Client]) -> None:
     server, client = mailstore
     watch = client.store.Watch(pb.WatchRequest(account=ALICE))
     redis_messages: list[bytes] = []
@@ -210,7 +208,7 @@ async def test_watch_and_redis_subscriber_receive_change(
 
 
 async def test_concurrent_appends_get_unique_increasing_uids(mailstore: tuple[Any, Client]) -> None:
-    server, client = mailstore
+    _, client = mailstore
 
     async def worker(n: int) -> list[int]:
         uids = []
@@ -227,7 +225,7 @@ async def test_concurrent_appends_get_unique_increasing_uids(mailstore: tuple[An
 
 
 async def test_bad_input_gets_clear_errors(mailstore: tuple[Any, Client]) -> None:
-    server, client = mailstore
+    _, client = mailstore
     for name in ["", "..", "a/../b", "x" * 2000, "bad\x00name", "a//b", "/lead"]:
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await client.store.CreateMailbox(pb.CreateMailboxRequest(account=ALICE, name=name))
@@ -277,7 +275,7 @@ async def test_bad_input_gets_clear_errors(mailstore: tuple[Any, Client]) -> Non
 
 
 async def test_unknown_and_remote_recipients(mailstore: tuple[Any, Client]) -> None:
-    server, client = mailstore
+    _, client = mailstore
     await client.admin.AddAlias(pb.AddAliasRequest(address="postmaster@example.test", account=ALICE))
     reply = await deliver(
         client, [ALICE, "nobody@example.test", "someone@elsewhere.test", "postmaster@example.test"], simple("r")
@@ -293,7 +291,7 @@ async def test_unknown_and_remote_recipients(mailstore: tuple[Any, Client]) -> N
 
 
 async def test_quota_enforced(mailstore: tuple[Any, Client]) -> None:
-    server, client = mailstore
+    _, client = mailstore
     await client.admin.SetQuota(pb.SetQuotaRequest(name=ALICE, quota_bytes=0, quota_messages=2))
     await append(client, ALICE, "INBOX", simple("q1"))
     await append(client, ALICE, "INBOX", simple("q2"))
@@ -309,7 +307,7 @@ async def test_quota_enforced(mailstore: tuple[Any, Client]) -> None:
 
 
 async def test_rename_with_children_and_list(mailstore: tuple[Any, Client]) -> None:
-    server, client = mailstore
+    _, client = mailstore
     for name in ["Projects", "Projects/A", "Projects/A/deep"]:
         await client.store.CreateMailbox(pb.CreateMailboxRequest(account=ALICE, name=name))
     await client.store.RenameMailbox(pb.RenameMailboxRequest(account=ALICE, name="Projects", new_name="Work"))
@@ -324,7 +322,7 @@ async def test_rename_with_children_and_list(mailstore: tuple[Any, Client]) -> N
 
 async def test_sixty_megabyte_message_refused_server_keeps_serving(tmp_path: Path) -> None:
     settings = settings_for(tmp_path)  # the default limit, 50 MiB
-    async with running_mailstore(settings) as (server, client):
+    async with running_mailstore(settings) as (_, client):
         await client.admin.CreateAccount(pb.CreateAccountRequest(name=ALICE, password=PASSWORD))
         big = b"Subject: big\r\n\r\n" + b"y" * (60 * 1000 * 1000)
         with pytest.raises(grpc.aio.AioRpcError) as err:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from mailstack.services.mailstore import names, passwords
 from mailstack.services.mailstore.core import InvalidRequest, normalize_flags
 from mailstack.services.mailstore.servicer import glob_match
