@@ -1,0 +1,507 @@
+"""Parse one framed command into a `Command` (RFC 3501 §6 / RFC 9051 §6 command syntax)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from .commands import (
+    Append,
+    AppendMessage,
+    Arguments,
+    Authenticate,
+    CopyMove,
+    Create,
+    Enable,
+    Fetch,
+    Id,
+    ListMailboxes,
+    Login,
+    Lsub,
+    MailboxArgument,
+    NoArguments,
+    QresyncParameters,
+    QuotaRoot,
+    Rename,
+    Search,
+    Select,
+    SequenceArgument,
+    SetQuota,
+    Status,
+    Store,
+)
+from .events import Command, ParseError
+from .fetch import parse_fetch_items
+from .grammar import ATOM_CHARS, GrammarError, Reader
+from .mailbox_name import decode_mailbox_name
+from .search import parse_search_keys
+from .sequence import SequenceSet, parse_sequence_set
+
+# status-att = "MESSAGES" / "UIDNEXT" / "UIDVALIDITY" / "UNSEEN" / "DELETED" / "SIZE" / "RECENT"
+#            / "HIGHESTMODSEQ" (RFC 7162) / "APPENDLIMIT" (RFC 7889)
+STATUS_ITEMS = frozenset(
+    {"MESSAGES", "RECENT", "UIDNEXT", "UIDVALIDITY", "UNSEEN", "DELETED", "SIZE", "HIGHESTMODSEQ", "APPENDLIMIT"}
+)
+# use-attr (RFC 6154 §6)
+USE_ATTRIBUTES = {a.lower(): a for a in ("\\All", "\\Archive", "\\Drafts", "\\Flagged", "\\Junk", "\\Sent", "\\Trash")}
+LIST_SELECTION = frozenset({"SUBSCRIBED", "REMOTE", "RECURSIVEMATCH", "SPECIAL-USE"})
+LIST_RETURNS = frozenset({"SUBSCRIBED", "CHILDREN", "SPECIAL-USE"})
+SEARCH_RETURNS = frozenset({"MIN", "MAX", "ALL", "COUNT", "SAVE"})
+_BASE64_CHARS = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/=")
+
+_NO_ARGUMENTS = NoArguments()
+
+
+class _Context:
+    """Per-command parsing state: the reader plus the mailbox-name mode (UTF8=ACCEPT)."""
+
+    def __init__(self, data: bytes, utf8: bool, uid: bool = False) -> None:
+        self.r = Reader(data)
+        self.utf8 = utf8
+        self.uid = uid
+
+    def mailbox(self) -> str:
+        # mailbox = "INBOX" / astring
+        return self.mailbox_name(self.r.astring())
+
+    def mailbox_name(self, raw: bytes) -> str:
+        try:
+            return decode_mailbox_name(raw, self.utf8)
+        except ValueError as e:
+            raise GrammarError(f"invalid mailbox name: {e}") from None
+
+    def sequence_set(self) -> SequenceSet:
+        return parse_sequence_set(self.r)
+
+
+def _no_arguments(c: _Context) -> Arguments:
+    return _NO_ARGUMENTS
+
+
+def _authenticate(c: _Context) -> Arguments:
+    # authenticate = "AUTHENTICATE" SP auth-type [SP (base64 / "=")]   (RFC 4959)
+    r = c.r
+    r.sp()
+    mechanism = r.keyword()
+    response = None
+    if r.accept(b" "):
+        response = r.take_while(_BASE64_CHARS)
+        if not response:
+            raise GrammarError("invalid initial response")
+    return Authenticate(mechanism, response)
+
+
+def _login(c: _Context) -> Arguments:
+    # login = "LOGIN" SP userid SP password
+    c.r.sp()
+    username = c.r.text_astring()
+    c.r.sp()
+    return Login(username, c.r.text_astring())
+
+
+def _select(c: _Context) -> Arguments:
+    # select = "SELECT" SP mailbox [select-params]
+    # select-params = SP "(" select-param *(SP select-param) ")"
+    # select-param = "CONDSTORE" / "QRESYNC" SP "(" uidvalidity SP mod-sequence-value [SP known-uids]
+    #                [SP seq-match-data] ")"      (RFC 7162 §7)
+    # seq-match-data = "(" known-sequence-set SP known-uid-set ")"
+    r = c.r
+    r.sp()
+    mailbox = c.mailbox()
+    condstore = False
+    qresync: QresyncParameters | None = None
+    if r.accept(b" "):
+
+        def param() -> str:
+            nonlocal condstore, qresync
+            name = r.keyword()
+            if name == "CONDSTORE":
+                condstore = True
+            elif name == "QRESYNC" and qresync is None:
+                r.sp()
+                r.expect(b"(")
+                uidvalidity = r.nz_number()
+                r.sp()
+                modseq = r.number64()
+                known_uids = seq = uids = None
+                if r.accept(b" ") and not r.peek_is(b"("):
+                    known_uids = parse_sequence_set(r, allow_saved=False)
+                    r.accept(b" ")
+                if r.accept(b"("):
+                    seq = parse_sequence_set(r, allow_saved=False)
+                    r.sp()
+                    uids = parse_sequence_set(r, allow_saved=False)
+                    r.expect(b")")
+                r.expect(b")")
+                qresync = QresyncParameters(uidvalidity, modseq, known_uids, seq, uids)
+            else:
+                raise GrammarError(f"unknown select parameter {name}")
+            return name
+
+        if not r.sequence(param):
+            raise GrammarError("empty select parameters")
+    return Select(mailbox, condstore, qresync)
+
+
+def _mailbox_only(c: _Context) -> Arguments:
+    c.r.sp()
+    return MailboxArgument(c.mailbox())
+
+
+def _create(c: _Context) -> Arguments:
+    # create = "CREATE" SP mailbox [create-params]
+    # create-param =/ "USE" SP "(" [use-attr *(SP use-attr)] ")"    (RFC 6154 §6)
+    r = c.r
+    r.sp()
+    mailbox = c.mailbox()
+    uses: list[str] = []
+    if r.accept(b" "):
+
+        def param() -> None:
+            if r.keyword() != "USE":
+                raise GrammarError("unknown CREATE parameter")
+            r.sp()
+            for flag in r.flag_list():
+                if flag.lower() not in USE_ATTRIBUTES:
+                    raise GrammarError(f"unknown special-use attribute {flag}")
+                uses.append(USE_ATTRIBUTES[flag.lower()])
+
+        if not r.sequence(param):
+            raise GrammarError("empty CREATE parameters")
+    return Create(mailbox, tuple(uses))
+
+
+def _rename(c: _Context) -> Arguments:
+    # rename = "RENAME" SP mailbox SP mailbox
+    c.r.sp()
+    old = c.mailbox()
+    c.r.sp()
+    return Rename(old, c.mailbox())
+
+
+def _status_items(r: Reader) -> tuple[str, ...]:
+    # "(" status-att *(SP status-att) ")"
+    def item() -> str:
+        name = r.keyword()
+        if name not in STATUS_ITEMS:
+            raise GrammarError(f"unknown status item {name}")
+        return name
+
+    items = r.sequence(item)
+    if not items:
+        raise GrammarError("empty status item list")
+    return items
+
+
+def _list(c: _Context) -> Arguments:
+    # list = "LIST" [SP list-select-opts] SP mailbox SP mbox-or-pat [SP list-return-opts]   (RFC 5258 §6)
+    # mbox-or-pat = list-mailbox / patterns;  patterns = "(" list-mailbox *(SP list-mailbox) ")"
+    # list-return-opts = "RETURN" SP "(" [return-option *(SP return-option)] ")"
+    # status-option = "STATUS" SP "(" status-att *(SP status-att) ")"     (RFC 5819)
+    r = c.r
+    r.sp()
+    extended = False
+    selection: frozenset[str] = frozenset()
+    if r.peek() == 0x28:
+        extended = True
+        selection = frozenset(r.sequence(r.keyword))
+        if not selection <= LIST_SELECTION:
+            raise GrammarError("unknown LIST selection option")
+        if "RECURSIVEMATCH" in selection and not selection & {"SUBSCRIBED", "SPECIAL-USE"}:
+            raise GrammarError("RECURSIVEMATCH needs another selection option")
+        r.sp()
+    reference = c.mailbox()
+    r.sp()
+    if r.peek() == 0x28:
+        extended = True
+        patterns = r.sequence(lambda: c.mailbox_name(r.list_mailbox()))
+        if not patterns:
+            raise GrammarError("empty pattern list")
+    else:
+        patterns = (c.mailbox_name(r.list_mailbox()),)
+    returns: set[str] = set()
+    status: tuple[str, ...] | None = None
+    if r.accept(b" "):
+        extended = True
+        if r.keyword() != "RETURN":
+            raise GrammarError("expected RETURN")
+        r.sp()
+
+        def option() -> None:
+            nonlocal status
+            name = r.keyword()
+            if name == "STATUS" and status is None:
+                r.sp()
+                status = _status_items(r)
+            elif name in LIST_RETURNS:
+                returns.add(name)
+            else:
+                raise GrammarError(f"unknown LIST return option {name}")
+
+        r.sequence(option)
+    return ListMailboxes(reference, patterns, selection, frozenset(returns), status, extended)
+
+
+def _lsub(c: _Context) -> Arguments:
+    # lsub = "LSUB" SP mailbox SP list-mailbox
+    c.r.sp()
+    reference = c.mailbox()
+    c.r.sp()
+    return Lsub(reference, c.mailbox_name(c.r.list_mailbox()))
+
+
+def _status(c: _Context) -> Arguments:
+    # status = "STATUS" SP mailbox SP "(" status-att *(SP status-att) ")"
+    c.r.sp()
+    mailbox = c.mailbox()
+    c.r.sp()
+    return Status(mailbox, _status_items(c.r))
+
+
+def _append(c: _Context) -> Arguments:
+    # append = "APPEND" SP mailbox 1*append-message                       (RFC 3502 MULTIAPPEND)
+    # append-message = append-opts SP append-data
+    # append-opts = [SP flag-list] [SP date-time];  append-data = literal / literal8 (RFC 3516)
+    r = c.r
+    r.sp()
+    mailbox = c.mailbox()
+    messages: list[AppendMessage] = []
+    while not messages or not r.at_end():
+        r.sp()
+        flags: tuple[str, ...] = ()
+        date_time = None
+        if r.peek() == 0x28:
+            flags = r.flag_list()
+            r.sp()
+        if r.peek() == 0x22:
+            date_time = r.date_time()
+            r.sp()
+        binary = r.peek() == 0x7E
+        if r.peek() not in (0x7B, 0x7E):
+            raise GrammarError("expected message literal")
+        messages.append(AppendMessage(flags, date_time, r.literal(allow_literal8=True), binary))
+    return Append(mailbox, tuple(messages))
+
+
+def _uid_expunge(c: _Context) -> Arguments:
+    if not c.uid:
+        return _NO_ARGUMENTS
+    c.r.sp()  # uid-expunge = "UID" SP "EXPUNGE" SP sequence-set   (RFC 4315 §4)
+    return SequenceArgument(c.sequence_set())
+
+
+def _search(c: _Context) -> Arguments:
+    # search = "SEARCH" [search-return-opts] SP search-program         (RFC 9051, RFC 4731)
+    # search-return-opts = SP "RETURN" SP "(" [search-return-opt *(SP search-return-opt)] ")"
+    # search-program = ["CHARSET" SP charset SP] search-key *(SP search-key);  charset = atom / quoted
+    r = c.r
+    r.sp()
+    returns: tuple[str, ...] | None = None
+    if r.peek_keyword(b"RETURN"):
+        r.pos += 6
+        r.sp()
+        returns = r.sequence(r.keyword)
+        if not set(returns) <= SEARCH_RETURNS:
+            raise GrammarError("unknown SEARCH return option")
+        r.sp()
+    charset = None
+    if r.peek_keyword(b"CHARSET"):
+        r.pos += 7
+        r.sp()
+        raw = r.quoted() if r.peek() == 0x22 else r.atom()
+        charset = raw.decode("ascii", "replace").upper()
+        r.sp()
+    return Search(parse_search_keys(r), charset, returns)
+
+
+def _fetch(c: _Context) -> Arguments:
+    # fetch = "FETCH" SP sequence-set SP ("ALL" / "FULL" / "FAST" / fetch-att /
+    #         "(" fetch-att *(SP fetch-att) ")") [fetch-modifiers]
+    # fetch-modifier = "CHANGEDSINCE" SP mod-sequence-value / "VANISHED"   (RFC 7162 §7)
+    r = c.r
+    r.sp()
+    sequence_set = c.sequence_set()
+    r.sp()
+    items = parse_fetch_items(r)
+    changed_since: int | None = None
+    vanished = False
+    if r.accept(b" "):
+
+        def modifier() -> None:
+            nonlocal changed_since, vanished
+            name = r.keyword()
+            if name == "CHANGEDSINCE" and changed_since is None:
+                r.sp()
+                changed_since = r.number64()
+            elif name == "VANISHED" and c.uid:
+                vanished = True
+            else:
+                raise GrammarError(f"invalid FETCH modifier {name}")
+
+        if not r.sequence(modifier):
+            raise GrammarError("empty FETCH modifiers")
+        if vanished and changed_since is None:
+            raise GrammarError("VANISHED requires CHANGEDSINCE")  # RFC 7162 §3.2.6
+    return Fetch(sequence_set, items, changed_since, vanished)
+
+
+def _store(c: _Context) -> Arguments:
+    # store = "STORE" SP sequence-set [store-modifiers] SP store-att-flags
+    # store-modifier = "UNCHANGEDSINCE" SP mod-sequence-valzer               (RFC 7162 §7)
+    # store-att-flags = (["+" / "-"] "FLAGS" [".SILENT"]) SP (flag-list / (flag *(SP flag)))
+    r = c.r
+    r.sp()
+    sequence_set = c.sequence_set()
+    r.sp()
+    unchanged_since: int | None = None
+    if r.peek() == 0x28:
+
+        def modifier() -> None:
+            nonlocal unchanged_since
+            if r.keyword() != "UNCHANGEDSINCE" or unchanged_since is not None:
+                raise GrammarError("invalid STORE modifier")
+            r.sp()
+            unchanged_since = r.number64()
+
+        if not r.sequence(modifier):
+            raise GrammarError("empty STORE modifiers")
+        r.sp()
+    mode = ""
+    if r.peek() in (0x2B, 0x2D):
+        mode = chr(r.data[r.pos])
+        r.pos += 1
+    item = r.take_while(ATOM_CHARS).upper()
+    if item not in (b"FLAGS", b"FLAGS.SILENT"):
+        raise GrammarError("expected FLAGS or FLAGS.SILENT")
+    r.sp()
+    if r.peek() == 0x28:
+        flags = r.flag_list()
+    else:
+        collected = [r.flag()]
+        while r.accept(b" "):
+            collected.append(r.flag())
+        flags = tuple(collected)
+    return Store(sequence_set, mode, item == b"FLAGS.SILENT", flags, unchanged_since)
+
+
+def _copy_move(c: _Context) -> Arguments:
+    # copy = "COPY" SP sequence-set SP mailbox;  move = "MOVE" SP sequence-set SP mailbox (RFC 6851)
+    c.r.sp()
+    sequence_set = c.sequence_set()
+    c.r.sp()
+    return CopyMove(sequence_set, c.mailbox())
+
+
+def _id(c: _Context) -> Arguments:
+    # id = "ID" SP id-params-list
+    # id-params-list = "(" *(string SP nstring) ")" / nil       (RFC 2971 §4)
+    r = c.r
+    r.sp()
+    if r.peek_keyword(b"NIL"):
+        r.pos += 3
+        return Id(None)
+
+    def pair() -> tuple[str, str | None]:
+        key = r.string().decode("utf-8", "replace")
+        r.sp()
+        value = r.nstring()
+        return key, None if value is None else value.decode("utf-8", "replace")
+
+    return Id(r.sequence(pair))
+
+
+def _enable(c: _Context) -> Arguments:
+    # enable = "ENABLE" 1*(SP capability)   (RFC 5161)
+    names: list[str] = []
+    while not names or not c.r.at_end():
+        c.r.sp()
+        names.append(c.r.keyword())
+    return Enable(tuple(names))
+
+
+def _getquota(c: _Context) -> Arguments:
+    # getquota = "GETQUOTA" SP quota-root-name;  quota-root-name = astring   (RFC 9208 §9)
+    c.r.sp()
+    return QuotaRoot(c.r.text_astring())
+
+
+def _setquota(c: _Context) -> Arguments:
+    # setquota = "SETQUOTA" SP quota-root-name SP setquota-list
+    # setquota-list = "(" [setquota-resource *(SP setquota-resource)] ")"
+    # setquota-resource = resource-name SP resource-limit
+    r = c.r
+    r.sp()
+    root = r.text_astring()
+    r.sp()
+
+    def resource() -> tuple[str, int]:
+        name = r.keyword()
+        r.sp()
+        return name, r.number64()
+
+    return SetQuota(root, r.sequence(resource))
+
+
+_PARSERS: dict[str, Callable[[_Context], Arguments]] = {
+    "CAPABILITY": _no_arguments,
+    "NOOP": _no_arguments,
+    "LOGOUT": _no_arguments,
+    "STARTTLS": _no_arguments,
+    "CHECK": _no_arguments,
+    "CLOSE": _no_arguments,
+    "UNSELECT": _no_arguments,
+    "IDLE": _no_arguments,
+    "NAMESPACE": _no_arguments,
+    "AUTHENTICATE": _authenticate,
+    "LOGIN": _login,
+    "SELECT": _select,
+    "EXAMINE": _select,
+    "CREATE": _create,
+    "DELETE": _mailbox_only,
+    "RENAME": _rename,
+    "SUBSCRIBE": _mailbox_only,
+    "UNSUBSCRIBE": _mailbox_only,
+    "LIST": _list,
+    "LSUB": _lsub,
+    "STATUS": _status,
+    "APPEND": _append,
+    "EXPUNGE": _uid_expunge,
+    "SEARCH": _search,
+    "FETCH": _fetch,
+    "STORE": _store,
+    "COPY": _copy_move,
+    "MOVE": _copy_move,
+    "ID": _id,
+    "ENABLE": _enable,
+    "GETQUOTA": _getquota,
+    "GETQUOTAROOT": _mailbox_only,
+    "SETQUOTA": _setquota,
+}
+# command-uid = "UID" SP (copy / move / fetch / search / store / uid-expunge)
+UID_COMMANDS = frozenset({"COPY", "MOVE", "FETCH", "SEARCH", "STORE", "EXPUNGE"})
+COMMAND_NAMES = frozenset(_PARSERS) | {"UID"}
+
+
+def parse_command(data: bytes, utf8: bool = False) -> Command | ParseError:
+    """Parse one command (without its final CRLF). `utf8`: mailbox names are UTF-8 (RFC 6855)."""
+    # command = tag SP (command-any / command-auth / command-nonauth / command-select) CRLF
+    context = _Context(data, utf8)
+    r = context.r
+    tag: str | None = None
+    try:
+        tag = r.tag()
+        r.sp()
+        name = r.keyword()
+        if name == "UID":
+            r.sp()
+            name = r.keyword()
+            if name not in UID_COMMANDS:
+                raise GrammarError(f"UID {name} is not a command")
+            context.uid = True
+        parser = _PARSERS.get(name)
+        if parser is None:
+            raise GrammarError(f"unknown command {name}")
+        args = parser(context)
+        r.end()
+    except GrammarError as e:
+        return ParseError(tag, str(e)[:200])
+    return Command(tag, name, args, context.uid)

@@ -1,0 +1,232 @@
+"""SEARCH criteria (RFC 3501 §6.4.4, RFC 9051 §6.4.4, MODSEQ from RFC 7162 §3.1.5, OLDER/YOUNGER
+from RFC 5032) parsed into a small key tree; the IMAP session translates it for the mailstore."""
+
+from __future__ import annotations
+
+import datetime
+from dataclasses import dataclass
+from typing import Literal, TypeAlias
+
+from .grammar import DIGITS, GrammarError, Reader
+from .sequence import SequenceSet, parse_sequence_set
+
+MAX_DEPTH = 64  # nesting of "(" / NOT / OR; deeper is refused, not recursed into
+
+
+@dataclass(frozen=True, slots=True)
+class SearchAll:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class SearchAnd:
+    keys: tuple[SearchKey, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class SearchOr:
+    left: SearchKey
+    right: SearchKey
+
+
+@dataclass(frozen=True, slots=True)
+class SearchNot:
+    key: SearchKey
+
+
+@dataclass(frozen=True, slots=True)
+class SearchFlag:
+    """A system flag ("\\Seen", "\\Recent") or keyword; `present` False for UNSEEN, UNKEYWORD..."""
+
+    flag: str
+    present: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class SearchSequence:
+    sequence_set: SequenceSet
+    uid: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class SearchHeader:
+    """HEADER field value; FROM/TO/CC/BCC/SUBJECT are HEADER with that field. `value` is in the
+    command's CHARSET (undecoded: an unknown charset is NO [BADCHARSET], decided by the session)."""
+
+    field: str
+    value: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class SearchText:
+    """BODY (body_only) or TEXT (header and body)."""
+
+    value: bytes
+    body_only: bool
+
+
+@dataclass(frozen=True, slots=True)
+class SearchDate:
+    """BEFORE/ON/SINCE on the internal date, or SENTBEFORE/SENTON/SENTSINCE on the Date header."""
+
+    relation: Literal["before", "on", "since"]
+    date: datetime.date
+    sent: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class SearchSize:
+    larger: bool
+    size: int
+
+
+@dataclass(frozen=True, slots=True)
+class SearchModSeq:
+    """MODSEQ [entry-name entry-type] modseq: messages with modseq >= value (RFC 7162 §3.1.5)."""
+
+    modseq: int
+    entry_name: str | None = None
+    entry_type: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SearchAge:
+    """OLDER/YOUNGER n seconds (RFC 5032 WITHIN)."""
+
+    older: bool
+    seconds: int
+
+
+SearchKey: TypeAlias = (
+    SearchAll
+    | SearchAnd
+    | SearchOr
+    | SearchNot
+    | SearchFlag
+    | SearchSequence
+    | SearchHeader
+    | SearchText
+    | SearchDate
+    | SearchSize
+    | SearchModSeq
+    | SearchAge
+)
+
+_FLAG_KEYS: dict[str, SearchKey] = {
+    "ANSWERED": SearchFlag("\\Answered"),
+    "DELETED": SearchFlag("\\Deleted"),
+    "DRAFT": SearchFlag("\\Draft"),
+    "FLAGGED": SearchFlag("\\Flagged"),
+    "RECENT": SearchFlag("\\Recent"),
+    "SEEN": SearchFlag("\\Seen"),
+    "UNANSWERED": SearchFlag("\\Answered", False),
+    "UNDELETED": SearchFlag("\\Deleted", False),
+    "UNDRAFT": SearchFlag("\\Draft", False),
+    "UNFLAGGED": SearchFlag("\\Flagged", False),
+    "UNSEEN": SearchFlag("\\Seen", False),
+    "OLD": SearchFlag("\\Recent", False),
+    # NEW = RECENT UNSEEN
+    "NEW": SearchAnd((SearchFlag("\\Recent"), SearchFlag("\\Seen", False))),
+    "ALL": SearchAll(),
+}
+_ADDRESS_KEYS = {"BCC": "Bcc", "CC": "Cc", "FROM": "From", "SUBJECT": "Subject", "TO": "To"}
+_DATE_KEYS: dict[str, tuple[Literal["before", "on", "since"], bool]] = {
+    "BEFORE": ("before", False),
+    "ON": ("on", False),
+    "SINCE": ("since", False),
+    "SENTBEFORE": ("before", True),
+    "SENTON": ("on", True),
+    "SENTSINCE": ("since", True),
+}
+
+
+def _header_field_name(reader: Reader) -> str:
+    # header-fld-name = astring  (field names are printable US-ASCII without ":", RFC 5322 §3.6.8)
+    raw = reader.astring()
+    if not raw or any(c < 33 or c > 126 or c == 0x3A for c in raw):
+        raise GrammarError("invalid header field name")
+    return raw.decode("ascii")
+
+
+def _keyword(reader: Reader) -> str:
+    flag = reader.flag()
+    if flag.startswith("\\"):
+        raise GrammarError("KEYWORD takes a keyword, not a system flag")
+    return flag
+
+
+def parse_search_key(reader: Reader, depth: int = 0) -> SearchKey:
+    if depth > MAX_DEPTH:
+        raise GrammarError("search criteria nested too deeply")
+    c = reader.peek()
+    if c == 0x28:  # "(" search-key *(SP search-key) ")"
+        keys = reader.sequence(lambda: parse_search_key(reader, depth + 1))
+        if not keys:
+            raise GrammarError("empty search key list")
+        return keys[0] if len(keys) == 1 else SearchAnd(keys)
+    if c is not None and (c in DIGITS or c in b"*$"):
+        return SearchSequence(parse_sequence_set(reader))
+    name = reader.keyword()
+    if name in _FLAG_KEYS:
+        return _FLAG_KEYS[name]
+    if name in _ADDRESS_KEYS:
+        reader.sp()
+        return SearchHeader(_ADDRESS_KEYS[name], reader.astring())
+    if name in _DATE_KEYS:
+        reader.sp()
+        relation, sent = _DATE_KEYS[name]
+        return SearchDate(relation, reader.date(), sent)
+    if name in ("BODY", "TEXT"):
+        reader.sp()
+        return SearchText(reader.astring(), body_only=name == "BODY")
+    if name in ("KEYWORD", "UNKEYWORD"):
+        reader.sp()
+        return SearchFlag(_keyword(reader), name == "KEYWORD")
+    if name == "HEADER":
+        reader.sp()
+        field = _header_field_name(reader)
+        reader.sp()
+        return SearchHeader(field, reader.astring())
+    if name in ("LARGER", "SMALLER"):
+        reader.sp()
+        return SearchSize(name == "LARGER", reader.number64())
+    if name in ("OLDER", "YOUNGER"):
+        reader.sp()
+        return SearchAge(name == "OLDER", reader.nz_number())
+    if name == "UID":
+        reader.sp()
+        return SearchSequence(parse_sequence_set(reader), uid=True)
+    if name == "NOT":
+        reader.sp()
+        return SearchNot(parse_search_key(reader, depth + 1))
+    if name == "OR":
+        reader.sp()
+        left = parse_search_key(reader, depth + 1)
+        reader.sp()
+        return SearchOr(left, parse_search_key(reader, depth + 1))
+    if name == "MODSEQ":
+        # search-modsequence = "MODSEQ" [search-modseq-ext] SP mod-sequence-valzer
+        # search-modseq-ext = SP entry-name SP entry-type-req
+        # entry-name = DQUOTE "/flags/" attr-flag DQUOTE; entry-type-req = "priv" / "shared" / "all"
+        reader.sp()
+        if reader.peek() == 0x22:
+            entry = reader.quoted().decode("ascii", "replace")
+            if not entry.lower().startswith("/flags/"):
+                raise GrammarError("invalid MODSEQ entry name")
+            reader.sp()
+            entry_type = reader.keyword().lower()
+            if entry_type not in ("priv", "shared", "all"):
+                raise GrammarError("invalid MODSEQ entry type")
+            reader.sp()
+            return SearchModSeq(reader.number64(), entry, entry_type)
+        return SearchModSeq(reader.number64())
+    raise GrammarError(f"unknown search key {name}")
+
+
+def parse_search_keys(reader: Reader) -> SearchKey:
+    """search-key *(SP search-key), up to the end of the command; several keys are ANDed."""
+    keys = [parse_search_key(reader)]
+    while not reader.at_end():
+        reader.sp()
+        keys.append(parse_search_key(reader))
+    return keys[0] if len(keys) == 1 else SearchAnd(tuple(keys))
