@@ -18,9 +18,7 @@ def _path(url: str) -> str:
     return rest
 
 
-def open_blob_store(
-    url: str, *, s3_endpoint: str = "", s3_region: str = "", s3_path_style: bool = True
-) -> BlobStore:
+def open_blob_store(url: str, *, s3_endpoint: str = "", s3_region: str = "", s3_path_style: bool = True) -> BlobStore:
     scheme = urlsplit(url).scheme
     if scheme == "file":
         from mailstack.storage.blob.file import FileBlobStore

@@ -63,6 +63,35 @@ class Settings:
     log_format: str = _setting("text", "Log format: text or json.")
     metrics_port: int = _setting(0, "Prometheus /metrics port (0 = off).")
 
+    # smtp
+    smtp_max_recipients: int = _setting(100, "Most RCPT TO per SMTP transaction (more: 452 4.5.3).")
+    smtp_max_connections: int = _setting(1000, "Most SMTP connections at once, all ports together (more: 421 4.7.0).")
+    smtp_max_connections_per_ip: int = _setting(50, "Most SMTP connections at once from one client IP (more: 421).")
+    smtp_command_timeout: int = _setting(300, "Seconds an SMTP client may idle between commands (RFC 5321 4.5.3.2.7).")
+    smtp_data_timeout: int = _setting(180, "Seconds an SMTP client may pause inside DATA (RFC 5321 4.5.3.2.5).")
+    smtp_auth_max_failures: int = _setting(5, "Failed SMTP AUTHs per client IP per window before AUTH is refused.")
+    smtp_auth_failure_window: int = _setting(300, "Seconds over which failed SMTP AUTHs per IP are counted.")
+    smtp_auth_failure_delay_ms: int = _setting(1000, "Delay before answering a failed SMTP AUTH (doubles per failure).")
+
+    # pop3
+    pop3_idle_timeout: int = _setting(600, "POP3 inactivity autologout in seconds (RFC 1939 §3: at least 600).")
+    pop3_lease_ttl: int = _setting(60, "POP3 maildrop lock lease in seconds; renewed every third of it.")
+    pop3_max_auth_failures: int = _setting(3, "Failed POP3 logins before the connection is closed.")
+    pop3_auth_failure_delay_ms: int = _setting(1000, "Delay before answering a failed POP3 login, in ms.")
+
+    # imap
+    imap_max_connections: int = _setting(10000, "Most IMAP connections at once, all ports together.")
+    imap_max_connections_per_ip: int = _setting(200, "Most IMAP connections at once from one client IP.")
+    imap_max_connections_per_user: int = _setting(50, "Most IMAP sessions at once of one account.")
+    imap_preauth_timeout: int = _setting(60, "Seconds an IMAP client may stay unauthenticated between commands.")
+    imap_autologout: int = _setting(1800, "IMAP inactivity autologout after login, seconds (RFC 9051 5.4: >= 1800).")
+    imap_idle_keepalive: int = _setting(120, "Seconds between '* OK Still here' while a client IDLEs.")
+    imap_poll_interval: int = _setting(30, "Seconds between change polls of an IDLE session (push may be lost).")
+    imap_max_line: int = _setting(65536, "Longest IMAP command line in bytes (longer: BAD).")
+    imap_commands_per_second: int = _setting(500, "Sustained IMAP commands per second per connection (burst 5x).")
+    imap_auth_max_failures: int = _setting(3, "Failed IMAP logins per connection before it is closed.")
+    imap_auth_failure_delay_ms: int = _setting(1000, "Delay before answering a failed IMAP login, in ms.")
+
     @property
     def effective_metadata_url(self) -> str:
         return self.metadata_url or f"sqlite://{Path(self.data_dir).resolve() / 'metadata.sqlite3'}"

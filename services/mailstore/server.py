@@ -9,13 +9,13 @@ from grpc_health.v1 import _async as health_aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from mailstack.services.common.config import Settings
+from mailstack.services.common.grpc_client import SERVER_OPTIONS
 from mailstack.services.mailstore.core import MailstoreCore
 from mailstack.services.mailstore.servicer import AdminServicer, MailstoreServicer
 from mailstack.v1 import mailstore_pb2, mailstore_pb2_grpc
 
 log = logging.getLogger("mailstack.mailstore")
 
-MAX_MESSAGE_BYTES = 8 * 1024 * 1024  # bodies travel in 1 MiB chunks; this bounds one gRPC message
 SERVICE_NAMES = ("mailstack.v1.Mailstore", "mailstack.v1.Admin")
 
 
@@ -33,19 +33,12 @@ class MailstoreServer:
 
     @property
     def listeners(self) -> list[tuple[str, str]]:
-        return [("mailstore gRPC", self._address)]
+        return [("gRPC", self._address)]
 
     async def start(self) -> None:
         self.core = await MailstoreCore.open(self.settings)
-        server = grpc.aio.server(
-            options=[
-                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-                ("grpc.keepalive_permit_without_calls", 1),
-                ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
-                ("grpc.so_reuseport", 0),
-            ]
-        )
+        # Clients ping every 20 s (a dead mailstore is noticed); accept those pings.
+        server = grpc.aio.server(options=[*SERVER_OPTIONS, ("grpc.so_reuseport", 0)])
         mailstore_pb2_grpc.add_MailstoreServicer_to_server(MailstoreServicer(self.core), server)
         mailstore_pb2_grpc.add_AdminServicer_to_server(AdminServicer(self.core), server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)

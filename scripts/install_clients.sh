@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Installs the Debian packages the end-to-end tests drive as real clients and MTAs,
+# only those missing. Needs root (apt-get) when something is missing.
+set -euo pipefail
+
+PACKAGES=(swaks curl fetchmail isync mutt getmail6 postfix bsdutils libsasl2-modules ca-certificates)
+
+if ! command -v dpkg-query >/dev/null 2>&1; then
+    echo "install_clients: not a Debian-like system (no dpkg-query); install these yourself: ${PACKAGES[*]}" >&2
+    exit 1
+fi
+
+missing=()
+for pkg in "${PACKAGES[@]}"; do
+    if ! dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed"; then
+        missing+=("$pkg")
+    fi
+done
+
+if [ ${#missing[@]} -eq 0 ]; then
+    echo "install_clients: all client packages present"
+    exit 0
+fi
+
+if [ "$(id -u)" -ne 0 ]; then
+    echo "install_clients: missing Debian packages: ${missing[*]}" >&2
+    echo "install_clients: run as root: apt-get update && apt-get install -y --no-install-recommends ${missing[*]}" >&2
+    exit 1
+fi
+
+echo "install_clients: installing ${missing[*]}"
+export DEBIAN_FRONTEND=noninteractive
+# postfix is only a client-side tool here (sendmail, postqueue); "No configuration" keeps it from starting a daemon.
+echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
+apt-get update -qq
+apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+echo "install_clients: installed ${missing[*]}"

@@ -1,0 +1,109 @@
+"""Channels to the mailstore: one place for options, address forms and interceptors.
+
+Addresses are gRPC targets: "host:port" (plaintext; the mailstore is reached on
+loopback or inside the cluster) or "unix:/path/to/socket".
+
+Deliberately no automatic retries and no wait_for_ready: Append and Deliver are
+not idempotent, and a caller that cannot reach the mailstore must hear so at once
+(SMTP answers 451, IMAP NO [UNAVAILABLE], the CLI exits 2).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import grpc
+import grpc.aio
+from mailstack.v1 import mailstore_pb2 as pb
+
+MiB = 1024 * 1024
+MAX_MESSAGE_SIZE = 8 * MiB  # bodies travel in <= 1 MiB chunks; metadata batches stay well below this
+ERROR_DETAIL_KEY = "mailstack-error-bin"  # trailing metadata: a serialized pb.ErrorDetail
+
+# Keepalive pings notice a dead mailstore (or a silently dropped connection) on idle
+# channels and on long-lived streams such as Watch, within about 30 s.
+CHANNEL_OPTIONS: list[tuple[str, Any]] = [
+    ("grpc.max_send_message_length", MAX_MESSAGE_SIZE),
+    ("grpc.max_receive_message_length", MAX_MESSAGE_SIZE),
+    ("grpc.keepalive_time_ms", 20_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.max_pings_without_data", 0),
+    ("grpc.enable_retries", 0),
+]
+
+# What the mailstore's server must allow so that the clients' pings above are not
+# answered with GOAWAY "too_many_pings" (the server default is one ping per 5 minutes).
+SERVER_OPTIONS: list[tuple[str, Any]] = [
+    ("grpc.max_send_message_length", MAX_MESSAGE_SIZE),
+    ("grpc.max_receive_message_length", MAX_MESSAGE_SIZE),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.min_recv_ping_interval_without_data_ms", 10_000),
+    ("grpc.http2.max_ping_strikes", 0),
+]
+
+
+def check_address(address: str) -> str:
+    if not address or address.strip() != address:
+        raise ValueError(f"invalid mailstore address {address!r}: use HOST:PORT or unix:/PATH")
+    if not address.startswith("unix:") and ":" not in address:
+        raise ValueError(f"invalid mailstore address {address!r}: use HOST:PORT or unix:/PATH")
+    return address
+
+
+def client_interceptors() -> list[Any]:
+    """The one place where client interceptors are added (OpenTelemetry trace-context
+    propagation over gRPC metadata goes here). Empty for now."""
+    return []
+
+
+def open_channel(address: str) -> grpc.aio.Channel:
+    """An asyncio channel for the services; close it with `await channel.close()`."""
+    return grpc.aio.insecure_channel(
+        check_address(address), options=CHANNEL_OPTIONS, interceptors=client_interceptors() or None
+    )
+
+
+def open_sync_channel(address: str) -> grpc.Channel:
+    """A blocking channel for the CLI; close it with `channel.close()`."""
+    channel = grpc.insecure_channel(check_address(address), options=CHANNEL_OPTIONS)
+    interceptors = client_interceptors()
+    return grpc.intercept_channel(channel, *interceptors) if interceptors else channel
+
+
+def error_detail(err: grpc.RpcError) -> pb.ErrorDetail | None:
+    """The mailstore's ErrorDetail from an error's trailing metadata, if it sent one."""
+    trailing = getattr(err, "trailing_metadata", None)
+    if trailing is None:
+        return None
+    try:
+        metadata = trailing()
+    except Exception:  # a client-side error (e.g. never connected) may carry no call
+        return None
+    for key, value in metadata or ():
+        if key == ERROR_DETAIL_KEY and isinstance(value, bytes):
+            detail = pb.ErrorDetail()
+            try:
+                detail.ParseFromString(value)
+            except Exception:  # a corrupt detail must not hide the status code
+                return None
+            return detail
+    return None
+
+
+def error_message(err: grpc.RpcError) -> str:
+    """A one-line message for an error: the ErrorDetail's, else the status details."""
+    detail = error_detail(err)
+    if detail is not None and detail.reason:
+        # "account not found: bob@example.test" -- the reason, unless the message already says it
+        reason = pb.ErrorReason.Name(detail.reason).replace("_", " ").lower()
+        if not detail.message:
+            return reason
+        return detail.message if reason in detail.message.lower() else f"{reason}: {detail.message}"
+    if detail is not None and detail.message:
+        return detail.message
+    code = err.code() if callable(getattr(err, "code", None)) else None
+    details = err.details() if callable(getattr(err, "details", None)) else None
+    if details:
+        return str(details)
+    return code.name.lower() if code is not None else str(err)

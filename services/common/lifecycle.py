@@ -1,0 +1,219 @@
+"""Start, announce and stop services: `mailstack serve [NAME...]`.
+
+All-in-one mode (no names) runs every available service in this process, the
+mailstore first; the frontends then call it over gRPC at the address it actually
+bound, so what runs embedded is what runs in Kubernetes. On SIGTERM/SIGINT the
+frontends stop first (a grace period lets IMAP say `* BYE` and transfers finish),
+then the mailstore. A second SIGINT exits at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib
+import logging
+import os
+import signal
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Protocol, TextIO
+
+from mailstack.services.common.config import Settings
+from mailstack.services.common.tls import ensure_self_signed
+
+log = logging.getLogger("mailstack.lifecycle")
+
+# Adding a service is one entry here: "module:Class", imported only when served.
+# Entries whose module does not exist yet are skipped by `serve` (all).
+SERVICES: dict[str, str] = {
+    "mailstore": "mailstack.services.mailstore.server:MailstoreServer",
+    "smtp": "mailstack.services.smtp.server:SmtpServer",
+    "imap": "mailstack.services.imap.server:ImapServer",
+    "pop3": "mailstack.services.pop3.server:Pop3Server",
+}
+MAILSTORE = "mailstore"
+
+FRONTEND_GRACE = 10.0  # seconds for frontends to finish sessions (IMAP * BYE, SMTP DATA in flight)
+MAILSTORE_GRACE = 5.0  # the frontends are gone by then; only stray admin calls remain
+
+
+class Service(Protocol):
+    async def start(self) -> None: ...
+    async def stop(self, grace: float) -> None: ...
+    async def wait_closed(self) -> None: ...
+
+
+class ServeError(Exception):
+    """A reason `mailstack serve` cannot run, worded for the operator."""
+
+
+def load_service_class(name: str, table: Mapping[str, str] = SERVICES) -> type[Any] | None:
+    """The class of a service, or None when its module does not exist (yet).
+
+    An import error inside an existing module is a bug and is raised, not hidden."""
+    module_name, _, class_name = table[name].partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as err:
+        missing = err.name or ""
+        if module_name == missing or module_name.startswith(missing + "."):
+            return None
+        raise
+    cls = getattr(module, class_name, None)
+    if cls is None:
+        raise ServeError(f"{module_name} has no {class_name}")
+    return cls
+
+
+def listeners(name: str, server: Any) -> list[tuple[str, str]]:
+    """(description, "host:port") pairs to print for a started service."""
+    if hasattr(server, "listeners"):
+        # The service's name starts the line already: "mailstore gRPC" is shown as "gRPC".
+        return [(d.removeprefix(f"{name} ") or d, a) for d, a in server.listeners]
+    if hasattr(server, "address"):
+        return [("gRPC", server.address)]
+    return []
+
+
+def dialable(address: str) -> str:
+    """The address a client in this process dials for a bound server address (0.0.0.0 -> 127.0.0.1)."""
+    if address.startswith("unix:"):
+        return address
+    host, _, port = address.rpartition(":")
+    if host in ("0.0.0.0", ""):
+        return f"127.0.0.1:{port}"
+    if host in ("[::]", "::"):
+        return f"[::1]:{port}"
+    return address
+
+
+def _prepare(settings: Settings, names: list[str], all_in_one: bool) -> str:
+    """The data dir (when storage is local) and a self-signed certificate when none is configured.
+
+    Returns the data dir's absolute path, for the banner."""
+    if bool(settings.tls_cert) != bool(settings.tls_key):
+        raise ServeError("set both MAILSTACK_TLS_CERT and MAILSTACK_TLS_KEY, or neither (self-signed)")
+    serves_frontend = any(n != MAILSTORE for n in names)
+    if all_in_one or MAILSTORE in names or (serves_frontend and not settings.tls_cert):
+        Path(settings.data_dir).mkdir(parents=True, exist_ok=True)
+    if not settings.tls_cert and (all_in_one or serves_frontend):
+        ensure_self_signed(settings.effective_tls_cert, settings.effective_tls_key, settings.hostname)
+    return str(Path(settings.data_dir).resolve())
+
+
+async def run_services(
+    settings: Settings,
+    names: list[str],
+    *,
+    table: Mapping[str, str] = SERVICES,
+    stop_event: asyncio.Event | None = None,
+    out: TextIO | None = None,
+) -> None:
+    """Run the named services (empty = every available one) until SIGTERM/SIGINT or stop_event.
+
+    Raises ServeError when a named service does not exist yet, none is available,
+    or a service stops by itself."""
+    out = out or sys.stdout
+    all_in_one = not names
+    wanted = list(table) if all_in_one else list(dict.fromkeys(names))
+    for name in wanted:
+        if name not in table:
+            raise ServeError(f"unknown service {name!r} (known: {', '.join(table)})")
+    classes: dict[str, type[Any]] = {}
+    for name in wanted:
+        cls = load_service_class(name, table)
+        if cls is None:
+            if not all_in_one:
+                raise ServeError(f"{name} is not available yet")
+            log.debug("service %s not available yet, skipped", name)
+            continue
+        classes[name] = cls
+    if not classes:
+        raise ServeError("no service is available")
+
+    # Handlers first: a signal that arrives while starting still shuts down cleanly.
+    stop = stop_event or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    signals = _install_signal_handlers(loop, stop, out)
+    try:
+        await _serve(settings, classes, all_in_one, stop, out)
+    finally:
+        for sig in signals:
+            loop.remove_signal_handler(sig)
+
+
+async def _serve(
+    settings: Settings, classes: dict[str, type[Any]], all_in_one: bool, stop: asyncio.Event, out: TextIO
+) -> None:
+    data_dir = await asyncio.to_thread(_prepare, settings, list(classes), all_in_one)
+    # The mailstore first: the frontends need it from their first connection.
+    order = sorted(classes, key=lambda n: n != MAILSTORE)
+    started: list[tuple[str, Service]] = []
+    frontend_settings = settings
+    try:
+        for name in order:
+            server: Service = classes[name](frontend_settings if name != MAILSTORE else settings)
+            await server.start()
+            started.append((name, server))
+            if name == MAILSTORE:
+                frontend_settings = settings.replace(mailstore_addr=dialable(server.address))  # type: ignore[attr-defined]
+            for description, address in listeners(name, server):
+                print(f"{name:<10} {description:<12} {address}", file=out, flush=True)
+    except BaseException:
+        await _stop_all(started)
+        raise
+    if MAILSTORE in classes:
+        print(f"{'data':<10} {'':<12} {data_dir}", file=out, flush=True)
+    else:
+        print(f"{'mailstore':<10} {'(remote)':<12} {settings.mailstore_addr}", file=out, flush=True)
+
+    closed: dict[asyncio.Future[Any], str] = {
+        asyncio.ensure_future(server.wait_closed()): name for name, server in started
+    }
+    stop_wait = asyncio.ensure_future(stop.wait())
+    try:
+        done, _ = await asyncio.wait([stop_wait, *closed], return_when=asyncio.FIRST_COMPLETED)
+        died = [closed[task] for task in done if task in closed]
+        if died and not stop.is_set():
+            log.error("service %s stopped unexpectedly; shutting down", ", ".join(died))
+        await _stop_all(started)
+        if died and not stop.is_set():
+            raise ServeError(f"{', '.join(died)} stopped unexpectedly")
+    finally:
+        for task in [stop_wait, *closed]:
+            task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.gather(stop_wait, *closed, return_exceptions=True)
+
+
+async def _stop_all(started: list[tuple[str, Service]]) -> None:
+    """Frontends together (each with its grace period), then the mailstore."""
+    frontends = [(n, s) for n, s in started if n != MAILSTORE]
+    mailstore = [(n, s) for n, s in started if n == MAILSTORE]
+    for group, grace in ((frontends, FRONTEND_GRACE), (mailstore, MAILSTORE_GRACE)):
+        results = await asyncio.gather(*(s.stop(grace) for _, s in group), return_exceptions=True)
+        for (name, _), result in zip(group, results, strict=True):
+            if isinstance(result, BaseException):
+                log.error("stopping %s failed: %r", name, result)
+
+
+def _install_signal_handlers(loop: asyncio.AbstractEventLoop, stop: asyncio.Event, out: TextIO) -> list[int]:
+    installed: list[int] = []
+
+    def on_signal(sig: int) -> None:
+        if stop.is_set():
+            if sig == signal.SIGINT:  # the operator insists: no more waiting for sessions to drain
+                os._exit(128 + sig)
+            return
+        print(f"{signal.Signals(sig).name}: shutting down (Ctrl-C again to exit at once)", file=out, flush=True)
+        stop.set()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        try:
+            loop.add_signal_handler(sig, on_signal, sig)
+        except (NotImplementedError, RuntimeError):  # not the main thread, or no signal support
+            continue
+        installed.append(sig)
+    return installed

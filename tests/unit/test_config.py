@@ -1,0 +1,98 @@
+"""Settings: defaults < TOML file < MAILSTACK_* environment; typed parsing; secrets masked."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from mailstack.services.common.config import Settings, describe, load_settings, mask_url
+
+
+def write_toml(tmp_path: Path, text: str) -> str:
+    path = tmp_path / "mailstack.toml"
+    path.write_text(text)
+    return str(path)
+
+
+def test_defaults_without_file_or_environment() -> None:
+    settings = load_settings(env={})
+    assert settings == Settings()
+    assert settings.mailstore_listen == "127.0.0.1:50051"
+    assert settings.smtp_port == 2525 and settings.imap_port == 1143 and settings.pop3_port == 1110
+    assert settings.data_dir == "./mailstack-data"
+
+
+def test_toml_overrides_defaults_and_environment_overrides_toml(tmp_path: Path) -> None:
+    path = write_toml(tmp_path, 'hostname = "mx.example.test"\nsmtp_port = 25\nimap_port = 143\n')
+    env = {"MAILSTACK_CONFIG": path, "MAILSTACK_IMAP_PORT": "1143"}
+    settings = load_settings(env=env)
+    assert settings.hostname == "mx.example.test"  # from the file
+    assert settings.smtp_port == 25  # from the file, typed by TOML
+    assert settings.imap_port == 1143  # the environment wins over the file
+    assert settings.pop3_port == 1110  # default
+
+
+def test_config_file_argument_is_used_like_mailstack_config(tmp_path: Path) -> None:
+    path = write_toml(tmp_path, "allow_plaintext_auth = true\n")
+    assert load_settings(env={}, config_file=path).allow_plaintext_auth is True
+
+
+def test_unknown_setting_in_file_is_an_error(tmp_path: Path) -> None:
+    path = write_toml(tmp_path, "smtp_prot = 25\n")
+    with pytest.raises(ValueError, match="unknown settings: smtp_prot"):
+        load_settings(env={}, config_file=path)
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [("1", True), ("true", True), ("YES", True), ("on", True), ("0", False), ("false", False), ("off", False)],
+)
+def test_boolean_words(raw: str, expected: bool) -> None:
+    assert load_settings(env={"MAILSTACK_ALLOW_PLAINTEXT_AUTH": raw}).allow_plaintext_auth is expected
+
+
+def test_bad_boolean_names_the_setting() -> None:
+    with pytest.raises(ValueError, match="allow_plaintext_auth: expected a boolean, got 'maybe'"):
+        load_settings(env={"MAILSTACK_ALLOW_PLAINTEXT_AUTH": "maybe"})
+
+
+def test_bad_integer_names_the_setting() -> None:
+    with pytest.raises(ValueError, match="smtp_port: expected an integer, got 'twenty-five'"):
+        load_settings(env={"MAILSTACK_SMTP_PORT": "twenty-five"})
+
+
+def test_effective_paths_follow_the_data_dir(tmp_path: Path) -> None:
+    settings = load_settings(env={"MAILSTACK_DATA_DIR": str(tmp_path)})
+    assert settings.effective_metadata_url == f"sqlite://{tmp_path.resolve()}/metadata.sqlite3"
+    assert settings.effective_blob_url == f"file://{tmp_path.resolve()}/blobs"
+    assert settings.effective_tls_cert == str(tmp_path / "tls" / "cert.pem")
+    assert settings.effective_tls_key == str(tmp_path / "tls" / "key.pem")
+    explicit = settings.replace(tls_cert="/etc/ssl/mail.pem", tls_key="/etc/ssl/mail.key")
+    assert (explicit.effective_tls_cert, explicit.effective_tls_key) == ("/etc/ssl/mail.pem", "/etc/ssl/mail.key")
+
+
+def test_describe_masks_secret_settings_and_url_passwords() -> None:
+    settings = load_settings(
+        env={
+            "MAILSTACK_TLS_KEY": "/run/secrets/key.pem",
+            "MAILSTACK_EVENTS_URL": "redis://:hunter2@redis.internal:6379/0",
+            "MAILSTACK_QUOTA_URL": "redis://mailstack:s3cr3t@redis.internal:6379/1",
+        }
+    )
+    rows = {name: value for name, value, _help in describe(settings)}
+    assert rows["MAILSTACK_TLS_KEY"] == "***"
+    assert rows["MAILSTACK_EVENTS_URL"] == "redis://:***@redis.internal:6379/0"
+    assert rows["MAILSTACK_QUOTA_URL"] == "redis://mailstack:***@redis.internal:6379/1"
+    text = repr(describe(settings))
+    assert "hunter2" not in text and "s3cr3t" not in text and "/run/secrets" not in text
+
+
+def test_describe_covers_every_setting_with_help() -> None:
+    rows = describe(Settings())
+    assert len(rows) == len(Settings.__dataclass_fields__)
+    assert all(name.startswith("MAILSTACK_") and help_text for name, _value, help_text in rows)
+
+
+def test_mask_url_leaves_urls_without_password_alone() -> None:
+    assert mask_url("redis://redis.internal:6379/0") == "redis://redis.internal:6379/0"
+    assert mask_url("s3://bucket/prefix") == "s3://bucket/prefix"
