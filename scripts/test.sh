@@ -7,35 +7,8 @@
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-PYTHON=${PYTHON:-python3}
-VENV=.venv
-
-say() { printf '\n== %s\n' "$*"; }
-die() { printf '\ntest.sh: %s\n' "$*" >&2; exit 1; }
-
-# ---------------------------------------------------------------- setup (stops at the first failure)
-
-if [ ! -x "$VENV/bin/python" ]; then
-    say "creating $VENV"
-    command -v "$PYTHON" >/dev/null || die "$PYTHON not found: install Python 3.11 or later"
-    "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))' || die "$PYTHON is older than 3.11"
-    if ! "$PYTHON" -c 'import venv, ensurepip' 2>/dev/null; then
-        # Debian ships venv/ensurepip separately.
-        [ "$(id -u)" -eq 0 ] || die "the Python venv module is missing: run as root: apt-get install python3-venv"
-        DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
-            DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null || die "installing python3-venv failed"
-    fi
-    "$PYTHON" -m venv "$VENV" || { rm -rf "$VENV"; die "creating the virtualenv failed"; }
-fi
-
-# Reinstall only when the packaging files changed (pip takes seconds even when nothing is to do).
-stamp="$VENV/.mailstack-installed"
-want=$(cat pyproject.toml setup.py | "$VENV/bin/python" -c 'import hashlib, sys; print(hashlib.sha256(sys.stdin.buffer.read()).hexdigest())')
-if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
-    say "installing mailstack[test] into $VENV"
-    "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e '.[test]' || die "pip install failed"
-    echo "$want" > "$stamp"
-fi
+. scripts/bootstrap.sh
+ensure_venv "[test]"
 
 say "client packages"
 bash scripts/install_clients.sh || die "client packages missing (see above)"
