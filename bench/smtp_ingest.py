@@ -1,0 +1,266 @@
+"""SMTP ingest: smtp-source against mailstack and against Postfix -> Dovecot (LMTP), side by side.
+
+Counts *delivered* messages (visible in the mailbox), not accepted ones, and prints
+messages/s for each system and the ratio mailstack / Postfix->Dovecot, plus the
+SMTP process's peak memory (VmHWM). Not a test: numbers, never assertions.
+
+    .venv/bin/python bench/smtp_ingest.py                       # embedded default (SQLite + files)
+    .venv/bin/python bench/smtp_ingest.py --backend s3-redis    # SeaweedFS + Valkey/Redis
+    .venv/bin/python bench/smtp_ingest.py --messages 2000 --sessions 20 --size 4096 --runs 3
+
+The reference is started with /work/shared/peers/start.sh DIR (and stopped again if this
+script started it). mailstack runs as two processes, `mailstack serve mailstore` and
+`mailstack serve smtp`, as deployed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import grpc
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from mailstack.v1 import mailstore_pb2 as pb
+from mailstack.v1 import mailstore_pb2_grpc as pbg
+
+from tests.fixtures.mailstore import free_port
+
+PEERS = Path("/work/shared/peers")
+PEER_SMTP = "127.0.0.1:23025"
+USER = "u1"  # --user changes these
+ADDRESS = f"{USER}@test"
+WAIT_DELIVERED = 600.0
+
+
+def smtp_source(target: str, messages: int, sessions: int, size: int) -> float:
+    """Run smtp-source; seconds it took (every message accepted when it returns)."""
+    started = time.monotonic()
+    subprocess.run(
+        ["smtp-source", "-c", "-l", str(size), "-m", str(messages), "-s", str(sessions),
+         "-f", "load@test", "-t", ADDRESS, target],
+        check=True, stdout=subprocess.DEVNULL, timeout=WAIT_DELIVERED,
+    )  # fmt: skip
+    return time.monotonic() - started
+
+
+def wait_until(count: object, target: int, started: float) -> float:
+    """Seconds from `started` until count() >= target (polling, bounded)."""
+    deadline = started + WAIT_DELIVERED
+    while time.monotonic() < deadline:
+        if count() >= target:  # type: ignore[operator]
+            return time.monotonic() - started
+        time.sleep(0.02)
+    raise TimeoutError(f"only {count()} of {target} delivered")  # type: ignore[operator]
+
+
+# ---------------------------------------------------------------- reference: Postfix -> Dovecot
+
+
+def maildir_count(peer_dir: Path) -> int:
+    base = peer_dir / "mail" / USER / "Maildir"
+    return sum(len(os.listdir(base / sub)) for sub in ("new", "cur") if (base / sub).is_dir())
+
+
+def run_reference(peer_dir: Path, messages: int, sessions: int, size: int) -> float:
+    before = maildir_count(peer_dir)
+    started = time.monotonic()
+    smtp_source(PEER_SMTP, messages, sessions, size)
+    elapsed = wait_until(lambda: maildir_count(peer_dir) - before, messages, started)
+    return messages / elapsed
+
+
+# ---------------------------------------------------------------- mailstack
+
+
+class Mailstack:
+    def __init__(self, backend: str, work: Path) -> None:
+        self.work = work
+        self.grpc_address = f"127.0.0.1:{free_port()}"
+        self.smtp_port = free_port()
+        self.env = dict(os.environ)
+        self.env.update(
+            {
+                "MAILSTACK_DATA_DIR": str(work / "data"),
+                "MAILSTACK_MAILSTORE_LISTEN": self.grpc_address,
+                "MAILSTACK_MAILSTORE_ADDR": self.grpc_address,
+                "MAILSTACK_SMTP_PORT": str(self.smtp_port),
+                "MAILSTACK_SUBMISSION_PORT": str(free_port()),
+                "MAILSTACK_SUBMISSIONS_PORT": str(free_port()),
+                "MAILSTACK_SMTP_MAX_CONNECTIONS_PER_IP": "0",
+                "MAILSTACK_LOG_LEVEL": "WARNING",
+            }
+        )
+        self.extra: list[object] = []
+        if backend == "s3-redis":
+            from tests.fixtures.redis_server import RedisServer
+            from tests.fixtures.s3_server import S3Server, make_bucket
+
+            s3 = S3Server()
+            s3.start()
+            redis = RedisServer()
+            redis.start()
+            self.extra = [s3, redis]
+            self.env.update({"AWS_ACCESS_KEY_ID": s3.access_key, "AWS_SECRET_ACCESS_KEY": s3.secret_key})
+            os.environ.update({"AWS_ACCESS_KEY_ID": s3.access_key, "AWS_SECRET_ACCESS_KEY": s3.secret_key})
+            bucket = make_bucket(s3.endpoint)
+            self.env.update(
+                {
+                    "MAILSTACK_BLOB_URL": f"s3://{bucket}/bench",
+                    "MAILSTACK_S3_ENDPOINT": s3.endpoint,
+                    "MAILSTACK_EVENTS_URL": redis.url,
+                    "MAILSTACK_QUOTA_URL": redis.url,
+                }
+            )
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+
+    def start(self) -> None:
+        (self.work / "data").mkdir(parents=True, exist_ok=True)
+        for name in ("mailstore", "smtp"):
+            log = (self.work / f"{name}.log").open("ab")
+            self.procs[name] = subprocess.Popen(
+                [sys.executable, "-m", "mailstack", "serve", name], env=self.env, stdout=log, stderr=subprocess.STDOUT
+            )
+            if name == "mailstore":
+                self._wait_grpc()
+        self._wait_port(self.smtp_port)
+        channel = grpc.insecure_channel(self.grpc_address)
+        pbg.AdminStub(channel).CreateAccount(pb.CreateAccountRequest(name=ADDRESS, password="Secret123"), timeout=30)
+        channel.close()
+
+    def _wait_grpc(self) -> None:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            with grpc.insecure_channel(self.grpc_address) as channel:
+                try:
+                    grpc.channel_ready_future(channel).result(timeout=0.5)
+                    return
+                except grpc.FutureTimeoutError:
+                    pass
+        raise RuntimeError("mailstore did not start; see " + str(self.work / "mailstore.log"))
+
+    def _wait_port(self, port: int) -> None:
+        import socket
+
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+                return
+            except OSError:
+                time.sleep(0.1)
+        raise RuntimeError("smtp did not start; see " + str(self.work / "smtp.log"))
+
+    def count(self) -> int:
+        with grpc.insecure_channel(self.grpc_address) as channel:
+            status = pbg.MailstoreStub(channel).GetMailboxStatus(
+                pb.MailboxStatusRequest(account=ADDRESS, name="INBOX"), timeout=30
+            )
+        return int(status.messages)
+
+    def smtp_peak_rss_kib(self) -> int:
+        for line in Path(f"/proc/{self.procs['smtp'].pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+        return 0
+
+    def cpu_seconds(self) -> dict[str, float]:
+        """CPU time (user + system) each mailstack process has used so far: where the time goes."""
+        ticks = os.sysconf("SC_CLK_TCK")
+        out = {}
+        for name, proc in self.procs.items():
+            fields = Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+            out[name] = (int(fields[11]) + int(fields[12])) / ticks
+        return out
+
+    def stop(self) -> None:
+        for proc in reversed(list(self.procs.values())):
+            if proc.poll() is None:
+                proc.terminate()
+                try:
+                    proc.wait(20)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait(10)
+        for extra in self.extra:
+            extra.stop()  # type: ignore[attr-defined]
+
+
+def run_mailstack(stack: Mailstack, messages: int, sessions: int, size: int) -> float:
+    before = stack.count()
+    started = time.monotonic()
+    smtp_source(f"127.0.0.1:{stack.smtp_port}", messages, sessions, size)
+    elapsed = wait_until(lambda: stack.count() - before, messages, started)
+    return messages / elapsed
+
+
+# ---------------------------------------------------------------- main
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--backend", choices=["embedded", "s3-redis"], default="embedded")
+    parser.add_argument("--messages", type=int, default=2000)
+    parser.add_argument("--sessions", type=int, default=20)
+    parser.add_argument("--size", type=int, default=4096)
+    parser.add_argument("--runs", type=int, default=3, help="alternating runs of each; medians are compared")
+    parser.add_argument(
+        "--peer-dir", default="/tmp/mailstack-bench-peer", help="a running peers/start.sh DIR is reused as it is"
+    )
+    parser.add_argument("--user", default="u1", help="the peer user (uN) and mailstack account (uN@test) to fill")
+    args = parser.parse_args()
+    global USER, ADDRESS
+    USER, ADDRESS = args.user, f"{args.user}@test"
+    if not shutil.which("smtp-source"):
+        print("smtp-source not found (Debian package postfix)", file=sys.stderr)
+        return 2
+
+    peer_dir = Path(args.peer_dir)
+    peer_was_running = (peer_dir / "postfix-spool" / "pid" / "master.pid").exists()
+    subprocess.run([str(PEERS / "start.sh"), str(peer_dir)], check=True, stdout=subprocess.DEVNULL)
+    work = Path(tempfile.mkdtemp(prefix="mailstack-bench-"))
+    stack = Mailstack(args.backend, work)
+    ours: list[float] = []
+    theirs: list[float] = []
+    try:
+        stack.start()
+        # Warm-up (connections, caches, SQLite file growth), not counted.
+        run_mailstack(stack, 100, args.sessions, args.size)
+        run_reference(peer_dir, 100, args.sessions, args.size)
+        cpu_before = stack.cpu_seconds()
+        for run in range(args.runs):
+            ours.append(run_mailstack(stack, args.messages, args.sessions, args.size))
+            theirs.append(run_reference(peer_dir, args.messages, args.sessions, args.size))
+            print(f"run {run + 1}: mailstack {ours[-1]:.0f} msg/s, Postfix->Dovecot {theirs[-1]:.0f} msg/s", flush=True)
+        peak = stack.smtp_peak_rss_kib()
+        cpu_after = stack.cpu_seconds()
+        total = args.messages * args.runs
+        cpu = {n: (cpu_after[n] - cpu_before[n]) * 1000 / total for n in cpu_after}
+    finally:
+        stack.stop()
+        if not peer_was_running:
+            subprocess.run([str(PEERS / "stop.sh"), str(peer_dir)], check=False, stdout=subprocess.DEVNULL)
+        shutil.rmtree(work, ignore_errors=True)
+    ours_median, theirs_median = statistics.median(ours), statistics.median(theirs)
+    print(
+        f"\nbackend={args.backend} messages={args.messages} sessions={args.sessions} size={args.size} "
+        f"runs={args.runs} cpus={os.cpu_count()} (load generator shares the CPUs)\n"
+        f"mailstack        {ours_median:8.1f} delivered msg/s (median)\n"
+        f"Postfix->Dovecot {theirs_median:8.1f} delivered msg/s (median)\n"
+        f"ratio            {ours_median / theirs_median:8.2f}x\n"
+        f"smtp peak RSS    {peak / 1024:8.1f} MiB\n"
+        f"CPU per message  " + ", ".join(f"{n} {ms:.2f} ms" for n, ms in cpu.items())
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

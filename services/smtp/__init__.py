@@ -1,0 +1,1 @@
+"""SMTP ingress: aiosmtpd frontend that delivers through the mailstore."""

@@ -1,0 +1,312 @@
+"""aiosmtpd handler hooks -> mailstore gRPC calls.
+
+One handler per listener kind (inbound MX, submission, submission over TLS); it
+keeps no connection state: what a connection knows lives in aiosmtpd's Session
+(`auth_data` = the authenticated account) and Envelope.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import logging
+import secrets
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import grpc
+import grpc.aio
+from aiosmtpd.smtp import MISSING, AuthResult, Envelope, Session
+from mailstack.services.common.config import Settings
+from mailstack.services.common.grpc_client import error_detail
+from mailstack.services.smtp import replies
+from mailstack.services.smtp.limits import AuthFailureLimiter
+from mailstack.services.smtp.received import trace_headers, with_protocol
+from mailstack.v1 import mailstore_pb2 as pb
+from mailstack.v1 import mailstore_pb2_grpc as pbg
+from opentelemetry import metrics, propagate, trace
+
+if TYPE_CHECKING:
+    from mailstack.services.smtp.protocol import SmtpProtocol
+
+log = logging.getLogger("mailstack.smtp")
+tracer = trace.get_tracer("mailstack.smtp")
+meter = metrics.get_meter("mailstack.smtp")
+messages_counter = meter.create_counter(
+    "mailstack_smtp_messages", description="SMTP messages accepted, and transactions or recipients rejected, by reason"
+)
+
+CHUNK = 1024 * 1024  # Deliver chunks (the API's limit)
+RPC_TIMEOUT = 30.0  # seconds for the small calls (RCPT, MAIL, AUTH)
+DELIVER_TIMEOUT = 300.0  # a large message to S3 may take a while
+
+
+@dataclass(frozen=True)
+class ListenerKind:
+    name: str  # "smtp", "submission", "submissions"
+    submission: bool  # AUTH offered; mail accepted only from authenticated users
+    implicit_tls: bool  # RFC 8314 port 465
+
+
+INBOUND = ListenerKind("smtp", submission=False, implicit_tls=False)
+SUBMISSION = ListenerKind("submission", submission=True, implicit_tls=False)
+SUBMISSIONS = ListenerKind("submissions", submission=True, implicit_tls=True)
+
+
+def count(result: str, reason: str) -> None:
+    messages_counter.add(1, {"result": result, "reason": reason})
+
+
+def new_queue_id() -> str:
+    return base64.b32encode(secrets.token_bytes(10)).decode().rstrip("=")
+
+
+def trace_metadata() -> tuple[tuple[str, str], ...]:
+    """The current trace context as gRPC metadata (W3C traceparent), so the mailstore's span joins ours."""
+    carrier: dict[str, str] = {}
+    propagate.inject(carrier)
+    return tuple(carrier.items())
+
+
+def _envelope_size(mail_options: list[str]) -> int:
+    for option in mail_options:
+        key, _, value = option.partition("=")
+        if key.upper() == "SIZE" and value.isdigit():
+            return int(value)
+    return 0
+
+
+def _client_ip(session: Session) -> str:
+    peer = session.peer
+    if isinstance(peer, tuple) and peer:
+        return str(peer[0])
+    return str(peer or "")
+
+
+class SmtpHandler:
+    def __init__(
+        self, kind: ListenerKind, settings: Settings, stub: pbg.MailstoreStub, failed_auths: AuthFailureLimiter
+    ) -> None:
+        self.kind = kind
+        self.settings = settings
+        self.stub = stub
+        self.failed_auths = failed_auths
+
+    # ---------------------------------------------------------------- EHLO
+
+    async def handle_EHLO(
+        self, server: SmtpProtocol, session: Session, envelope: Envelope, hostname: str, responses: list[str]
+    ) -> list[str]:
+        # The 5-argument hook must record the client's name itself.
+        session.host_name = hostname
+        lines = [r for r in responses[:-1] if self.kind.submission or not r.startswith("250-AUTH")]
+        lines += ["250-PIPELINING", "250-ENHANCEDSTATUSCODES"]
+        return [*lines, "250 HELP"]
+
+    # ---------------------------------------------------------------- AUTH (RFC 4954)
+
+    async def auth_PLAIN(self, server: SmtpProtocol, args: list[str]) -> AuthResult:
+        # RFC 4616; without an initial response the client gets an empty "334 " first (curl does this).
+        if len(args) == 1:
+            blob = await server.challenge_auth("")
+            if blob is MISSING:
+                return AuthResult(success=False, handled=True)
+        else:
+            try:
+                blob = base64.b64decode(args[1], validate=True)
+            except (binascii.Error, ValueError):
+                return AuthResult(success=False, handled=False, message="501 5.5.2 Cannot decode base64")
+        assert isinstance(blob, bytes)
+        fields = blob.split(b"\x00")
+        if len(fields) != 3:
+            return AuthResult(success=False, handled=False, message="501 5.5.2 Cannot split PLAIN credentials")
+        authzid, username, password = fields
+        return await self._authenticate(server, username, password, authzid)
+
+    async def auth_LOGIN(self, server: SmtpProtocol, args: list[str]) -> AuthResult:
+        if len(args) == 1:
+            username = await server.challenge_auth("Username:")
+            if username is MISSING:
+                return AuthResult(success=False, handled=True)
+        else:
+            try:
+                username = base64.b64decode(args[1], validate=True)
+            except (binascii.Error, ValueError):
+                return AuthResult(success=False, handled=False, message="501 5.5.2 Cannot decode base64")
+        password = await server.challenge_auth("Password:")
+        if password is MISSING:
+            return AuthResult(success=False, handled=True)
+        assert isinstance(username, bytes) and isinstance(password, bytes)
+        return await self._authenticate(server, username, password, b"")
+
+    async def _authenticate(self, server: SmtpProtocol, username: bytes, password: bytes, authzid: bytes) -> AuthResult:
+        ip = _client_ip(server.session) if server.session else ""
+        if self.failed_auths.blocked(ip):  # another session of this IP may have used up the budget meanwhile
+            count("rejected", "auth_limited")
+            return AuthResult(success=False, handled=False, message=replies.AUTH_TOO_MANY)
+        request = pb.AuthenticateRequest(
+            username=username.decode("utf-8", "replace"),
+            password=password.decode("utf-8", "replace"),
+            authzid=authzid.decode("utf-8", "replace"),
+            remote_ip=ip,
+            protocol="smtp",
+        )
+        try:
+            reply = await self.stub.Authenticate(request, timeout=RPC_TIMEOUT, metadata=trace_metadata())
+        except grpc.aio.AioRpcError as err:
+            if err.code() in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.INVALID_ARGUMENT):
+                delay = self.failed_auths.record_failure(ip)
+                log.info("smtp auth failed ip=%s user=%s", ip, request.username)
+                count("rejected", "auth_failed")
+                await asyncio.sleep(delay)  # slows guessing down; the session waits, the server does not
+                return AuthResult(success=False, handled=False, message=replies.AUTH_FAILED)
+            log.warning("smtp auth: mailstore error %s", err.code().name)
+            return AuthResult(success=False, handled=False, message=replies.AUTH_TEMP_FAILURE)
+        log.info("smtp auth ok ip=%s account=%s", ip, reply.account)
+        return AuthResult(success=True, auth_data=reply.account, message=replies.AUTH_OK)
+
+    # ---------------------------------------------------------------- MAIL
+
+    async def handle_MAIL(
+        self, server: SmtpProtocol, session: Session, envelope: Envelope, address: str, mail_options: list[str]
+    ) -> str:
+        # On submission an unauthenticated MAIL is accepted and every RCPT refused with 554 5.7.1,
+        # as Postfix does: clients (smtplib, curl, swaks) expect the refusal at RCPT (ADR 0005).
+        if self.kind.submission and session.authenticated and address != "<>":
+            try:
+                reply = await self.stub.CheckSender(
+                    pb.CheckSenderRequest(account=str(session.auth_data), address=address),
+                    timeout=RPC_TIMEOUT,
+                    metadata=trace_metadata(),
+                )
+            except grpc.aio.AioRpcError as err:
+                log.warning("smtp MAIL: mailstore error %s", err.code().name)
+                return replies.TEMP_FAILURE
+            if not reply.allowed:
+                count("rejected", "sender_not_owned")
+                return replies.SENDER_NOT_OWNED
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        return replies.SENDER_OK
+
+    # ---------------------------------------------------------------- RCPT
+
+    async def handle_RCPT(
+        self, server: SmtpProtocol, session: Session, envelope: Envelope, address: str, rcpt_options: list[str]
+    ) -> str:
+        if self.kind.submission and not session.authenticated:
+            count("rejected", "auth_required")
+            return replies.SUBMISSION_AUTH_REQUIRED
+        if len(envelope.rcpt_tos) >= self.settings.smtp_max_recipients:
+            count("rejected", "too_many_recipients")
+            return replies.TOO_MANY_RECIPIENTS  # RFC 5321 §4.5.3.1.10
+        request = pb.ResolveRecipientRequest(address=address, size=_envelope_size(envelope.mail_options))
+        try:
+            reply = await self.stub.ResolveRecipient(request, timeout=RPC_TIMEOUT, metadata=trace_metadata())
+        except grpc.aio.AioRpcError as err:
+            log.warning("smtp RCPT: mailstore error %s", err.code().name)
+            count("rejected", "storage_unavailable")
+            return replies.TEMP_FAILURE
+        status = reply.status
+        if status == pb.RECIPIENT_LOCAL:
+            if address not in envelope.rcpt_tos:
+                envelope.rcpt_tos.append(address)
+                envelope.rcpt_options.extend(rcpt_options)
+            return replies.RECIPIENT_OK
+        if status == pb.RECIPIENT_NOT_LOCAL and self.kind.submission:
+            count("rejected", "remote_recipient")
+            return replies.REMOTE_NOT_YET
+        count("rejected", pb.RecipientStatus.Name(status).lower())
+        return replies.RECIPIENT_REPLIES.get(status, replies.TEMP_FAILURE)
+
+    # ---------------------------------------------------------------- DATA
+
+    async def handle_DATA(self, server: SmtpProtocol, session: Session, envelope: Envelope) -> str:
+        queue_id = new_queue_id()
+        content = envelope.original_content or b""
+        sender = "" if envelope.mail_from in (None, "<>") else str(envelope.mail_from)
+        recipients = list(envelope.rcpt_tos)
+        started = time.monotonic()
+        with tracer.start_as_current_span(
+            "smtp.transaction",
+            kind=trace.SpanKind.SERVER,
+            attributes={"smtp.queue_id": queue_id, "smtp.recipients": len(recipients), "smtp.size": len(content)},
+        ) as span:
+            protocol = with_protocol(session.extended_smtp, server.tls_active, bool(session.authenticated))
+            header = trace_headers(
+                sender=sender,
+                helo=session.host_name or "",
+                client_ip=_client_ip(session),
+                hostname=self.settings.hostname,
+                protocol=protocol,
+                queue_id=queue_id,
+                recipients=recipients,
+            )
+            reply, reason = await self._deliver(queue_id, sender, recipients, header + content)
+            span.set_attribute("smtp.result", reason)
+        result = "accepted" if reply.startswith("250") else "rejected"
+        count(result, reason)
+        log.info(
+            "smtp transaction queue_id=%s sender=<%s> recipients=%s size=%d result=%s reply=%r ms=%d",
+            queue_id, sender, ",".join(recipients), len(content), reason, reply,
+            (time.monotonic() - started) * 1000,
+        )  # fmt: skip
+        return reply
+
+    async def _deliver(self, queue_id: str, sender: str, recipients: list[str], message: bytes) -> tuple[str, str]:
+        """(SMTP reply, reason for counters and logs) for one Deliver call."""
+
+        async def requests() -> AsyncIterator[pb.DeliverRequest]:
+            yield pb.DeliverRequest(
+                envelope=pb.DeliverEnvelope(sender=sender, recipients=recipients, size=len(message), queue_id=queue_id)
+            )
+            view = memoryview(message)
+            for start in range(0, len(message), CHUNK):
+                yield pb.DeliverRequest(chunk=bytes(view[start : start + CHUNK]))
+
+        try:
+            response = await self.stub.Deliver(requests(), timeout=DELIVER_TIMEOUT, metadata=trace_metadata())
+        except grpc.aio.AioRpcError as err:
+            detail = error_detail(err)
+            reason = detail.reason if detail is not None else pb.ERROR_REASON_UNSPECIFIED
+            if err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and reason == pb.TOO_BIG:
+                return replies.TOO_BIG, "too_big"
+            if err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and reason == pb.OVER_QUOTA:
+                return replies.MAILBOX_FULL, "over_quota"
+            # Anything else (mailstore down, storage down, a bug): the sender keeps the message and retries.
+            log.warning("smtp DATA queue_id=%s: mailstore error %s %s", queue_id, err.code().name, err.details())
+            return replies.TEMP_FAILURE, "storage_unavailable"
+        return self._data_reply(queue_id, list(response.results))
+
+    @staticmethod
+    def _data_reply(queue_id: str, results: list[pb.RecipientResult]) -> tuple[str, str]:
+        """One reply for all recipients (SMTP has no per-recipient DATA reply, unlike LMTP).
+
+        A recipient that was not stored must never be answered 250 (that would lose it):
+        if nothing was stored and every failure is permanent, the first one's code;
+        otherwise a temporary failure, and the sender's retry may duplicate the stored
+        copies, which is acceptable where a loss is not."""
+        failed = [r for r in results if r.status != pb.RECIPIENT_LOCAL]
+        if not failed and results:
+            return replies.queued(queue_id), "accepted"
+        first = failed[0].status if failed else pb.RECIPIENT_TEMP_FAILURE
+        stored = len(failed) < len(results)
+        reason = pb.RecipientStatus.Name(first).lower()
+        permanent = all(r.status in (pb.RECIPIENT_UNKNOWN, pb.RECIPIENT_TOO_BIG_FOR_QUOTA) for r in failed)
+        if not stored and permanent:
+            return replies.RECIPIENT_REPLIES[first], reason
+        if first == pb.RECIPIENT_OVER_QUOTA and not stored:
+            return replies.MAILBOX_FULL, reason
+        return replies.TEMP_FAILURE, reason
+
+    # ---------------------------------------------------------------- errors
+
+    async def handle_exception(self, error: Exception) -> str:
+        log.exception("smtp session error", exc_info=error)
+        return replies.INTERNAL_ERROR
+
+    def __repr__(self) -> str:  # aiosmtpd logs the handler
+        return f"SmtpHandler({self.kind.name})"

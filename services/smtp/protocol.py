@@ -1,0 +1,201 @@
+"""aiosmtpd's SMTP protocol, subclassed where a handler hook is not enough.
+
+What changes here, and why a hook cannot do it:
+- connection limits (421 4.7.0) must act before the greeting;
+- every reply gets an enhanced status code (RFC 2034) on its way out;
+- AUTH is refused outright on the inbound port;
+- DATA is read by `data.read_data` (1000-octet lines, bare CR/LF, sizes);
+- timeouts answer 421 4.4.2 before closing (RFC 5321 §4.5.3.2);
+- the server can ask idle sessions to leave at shutdown.
+The SMTP grammar itself stays aiosmtpd's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import ssl
+from collections.abc import Callable
+from typing import Any, AnyStr
+
+from aiosmtpd.smtp import SMTP, syntax
+from mailstack.services.common.config import Settings
+from mailstack.services.smtp import replies
+from mailstack.services.smtp.data import DataProblem, read_data
+from mailstack.services.smtp.handler import SmtpHandler, count
+from mailstack.services.smtp.limits import ConnectionLimiter
+
+log = logging.getLogger("mailstack.smtp")
+
+_PROBLEM_REPLIES = {
+    DataProblem.TOO_BIG: replies.TOO_BIG,
+    DataProblem.LINE_TOO_LONG: replies.LINE_TOO_LONG,
+    DataProblem.BARE_NEWLINE: replies.BARE_NEWLINE,
+}
+
+
+class SmtpProtocol(SMTP):
+    line_length_limit = 1001  # the StreamReader limit; read_data enforces 1000 (RFC 5321 §4.5.3.1.6)
+
+    def __init__(
+        self,
+        handler: SmtpHandler,
+        settings: Settings,
+        limiter: ConnectionLimiter,
+        sessions: set[SmtpProtocol],
+        starttls_context: ssl.SSLContext | None,
+    ) -> None:
+        kind = handler.kind
+        super().__init__(
+            handler,
+            data_size_limit=settings.max_message_size,
+            enable_SMTPUTF8=True,
+            decode_data=False,
+            hostname=settings.hostname,
+            ident="ESMTP mailstack",
+            tls_context=None if kind.implicit_tls else starttls_context,
+            timeout=settings.smtp_command_timeout,
+            # On 465 the transport is TLS from the start, which aiosmtpd does not see.
+            auth_require_tls=not (kind.implicit_tls or settings.allow_plaintext_auth),
+            loop=asyncio.get_running_loop(),
+        )
+        # aiosmtpd keeps these limits in one dict shared by all sessions; give each its own.
+        self.command_size_limits = collections.defaultdict(lambda: SMTP.command_size_limit)
+        self.handler = handler
+        self.limiter = limiter
+        self.sessions = sessions
+        self.data_timeout = float(settings.smtp_data_timeout)
+        self.client_ip = ""
+        self.admitted = False
+        self.refused = False
+        self.in_data = False
+        self._greeted = False
+        self._helo_reply = False
+
+    @property
+    def tls_active(self) -> bool:
+        return self.handler.kind.implicit_tls or self._tls_protocol is not None
+
+    # ---------------------------------------------------------------- connections
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        if self.transport is None and self._original_transport is None:  # a new connection, not STARTTLS
+            peer = transport.get_extra_info("peername")
+            self.client_ip = str(peer[0]) if isinstance(peer, tuple) and peer else ""
+            if not self.limiter.acquire(self.client_ip):
+                self.refused = True
+                log.info("smtp connection refused ip=%s: too many connections", self.client_ip)
+                count("rejected", "too_many_connections")
+                assert isinstance(transport, asyncio.WriteTransport)
+                transport.write(replies.TOO_MANY_CONNECTIONS.encode() + b"\r\n")
+                transport.close()
+                return
+            self.admitted = True
+            self.sessions.add(self)
+        super().connection_made(transport)
+
+    def connection_lost(self, error: Exception | None) -> None:
+        if self.refused:
+            return  # aiosmtpd never saw this connection
+        if self.admitted:
+            self.admitted = False
+            self.limiter.release(self.client_ip)
+            self.sessions.discard(self)
+        super().connection_lost(error)
+
+    def _timeout_cb(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            assert isinstance(self.transport, asyncio.WriteTransport)
+            self.transport.write(replies.TIMEOUT.encode() + b"\r\n")
+        super()._timeout_cb()
+
+    def close_for_shutdown(self) -> None:
+        """Say 421 and close (RFC 5321 §3.8)."""
+        if self.transport is not None and not self.transport.is_closing():
+            assert isinstance(self.transport, asyncio.WriteTransport)
+            self.transport.write(replies.SHUTTING_DOWN.encode() + b"\r\n")
+            self.transport.close()
+
+    # ---------------------------------------------------------------- replies
+
+    async def push(self, status: AnyStr) -> None:
+        if isinstance(status, str):
+            if not self._greeted:
+                self._greeted = True  # the greeting has no enhanced code
+            elif not self._helo_reply:
+                status = replies.enhance(status)
+        await super().push(status)
+
+    @syntax("HELO hostname")
+    async def smtp_HELO(self, hostname: str) -> None:
+        self._helo_reply = True
+        try:
+            await super().smtp_HELO(hostname)
+        finally:
+            self._helo_reply = False
+
+    @syntax("EHLO hostname")
+    async def smtp_EHLO(self, hostname: str) -> None:
+        self._helo_reply = True
+        try:
+            await super().smtp_EHLO(hostname)
+        finally:
+            self._helo_reply = False
+
+    # ---------------------------------------------------------------- AUTH
+
+    @syntax("AUTH <mechanism>")
+    async def smtp_AUTH(self, arg: str) -> None:
+        if not self.handler.kind.submission:
+            await self.push(replies.AUTH_NOT_HERE)  # inbound MX: RFC 4954 AUTH is for submission only
+            return
+        if self.handler.failed_auths.blocked(self.client_ip):
+            count("rejected", "auth_limited")
+            await self.push(replies.AUTH_TOO_MANY)
+            return
+        await super().smtp_AUTH(arg)
+
+    # ---------------------------------------------------------------- DATA
+
+    @syntax("DATA")
+    async def smtp_DATA(self, arg: str) -> None:
+        if await self.check_helo_needed():
+            return
+        assert self.envelope is not None
+        if not self.envelope.rcpt_tos:
+            await self.push("503 5.5.1 Error: need RCPT command")
+            return
+        if arg:
+            await self.push("501 5.5.4 Syntax: DATA")
+            return
+        self.in_data = True
+        try:
+            await self.push("354 End data with <CR><LF>.<CR><LF>")
+            reset: Callable[[], None] = lambda: self._reset_timeout(self.data_timeout)  # noqa: E731
+            result = await read_data(self._reader, self.data_size_limit or 0, reset)
+            self._reset_timeout()
+            if result.problem is not None:
+                count("rejected", result.problem.value)
+                status = _PROBLEM_REPLIES[result.problem]
+            else:
+                self.envelope.content = result.content
+                self.envelope.original_content = result.content
+                status = await self._call_handler_hook("DATA")
+            self._set_post_data_state()
+            await self.push(status)
+        finally:
+            self.in_data = False
+
+    def __repr__(self) -> str:
+        return f"SmtpProtocol({self.handler.kind.name}, {self.client_ip})"
+
+
+def protocol_factory(
+    handler: SmtpHandler,
+    settings: Settings,
+    limiter: ConnectionLimiter,
+    sessions: set[SmtpProtocol],
+    starttls_context: ssl.SSLContext | None,
+) -> Callable[[], Any]:
+    return lambda: SmtpProtocol(handler, settings, limiter, sessions, starttls_context)
