@@ -1,0 +1,164 @@
+#!/usr/bin/env python3
+"""POP3 load: login + UIDL + RETR of every message, N concurrent clients, mailstack vs Dovecot.
+
+Not a test. The same messages (--messages, 4-50 KB, fixed seed) are loaded into N accounts
+(one per client: the maildrop lock is exclusive) on both systems: into mailstack through
+the mailstore's gRPC Deliver, into Dovecot (../shared/peers/start.sh DIR) over LMTP. Then each
+system is measured in the same run with the same client code (plaintext USER/PASS, one command
+at a time). mailstack runs as deployed: a mailstore process and a `mailstack serve pop3` process.
+
+    /work/shared/peers/start.sh /tmp/refmail
+    .venv/bin/python bench/pop3_load.py --peers-dir /tmp/refmail [--messages 1000] [--clients 10] [--rounds 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import random
+import smtplib
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from mailstack.services.common.config import env_name
+from mailstack.v1 import mailstore_pb2 as pb
+
+from tests.fixtures.mailstore import MailstoreProcess, deliver, open_client
+from tests.fixtures.pop3 import Pop3Process
+
+PASSWORD = "Secret123"  # the peers' default USER_PASSWORD
+DOVECOT_POP3 = 23110
+DOVECOT_LMTP = 23024
+
+
+def messages(count: int, seed: int = 5) -> list[bytes]:
+    rng = random.Random(seed)
+    out = []
+    for n in range(count):
+        size = rng.randint(4 * 1024, 50 * 1024)
+        head = f"From: load@bench.test\r\nTo: u@test\r\nSubject: pop3 bench {n}\r\nMessage-ID: <{n}@bench>\r\n\r\n"
+        line = b"." + b"x" * 75 + b"\r\n"  # leading dots: the server must dot-stuff every line
+        out.append(head.encode() + line * max(1, (size - len(head)) // len(line)))
+    return out
+
+
+def split(items: list[bytes], parts: int) -> list[list[bytes]]:
+    return [items[i::parts] for i in range(parts)]
+
+
+async def pop3_client(port: int, user: str, expected: int) -> int:
+    """login, UIDL, RETR every message, QUIT; returns the octets received."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    received = 0
+
+    async def status(command: bytes | None) -> bytes:
+        if command:
+            writer.write(command + b"\r\n")
+        line = await reader.readline()
+        if not line.startswith(b"+OK"):
+            raise RuntimeError(f"{user}: {command!r} -> {line!r}")
+        return line
+
+    async def body() -> int:
+        size = 0
+        while (line := await reader.readline()) != b".\r\n":
+            if not line:
+                raise RuntimeError("connection closed in a multi-line response")
+            size += len(line)
+        return size
+
+    try:
+        await status(None)
+        await status(f"USER {user}".encode())
+        await status(f"PASS {PASSWORD}".encode())
+        await status(b"UIDL")
+        uidl = await body()
+        if uidl == 0 and expected:
+            raise RuntimeError(f"{user}: empty maildrop")
+        for n in range(1, expected + 1):
+            await status(f"RETR {n}".encode())
+            received += await body()
+        await status(b"QUIT")
+    finally:
+        writer.close()
+        await writer.wait_closed()
+    return received
+
+
+async def measure(port: int, users: list[str], per_user: int) -> tuple[float, int]:
+    start = time.perf_counter()
+    octets = await asyncio.gather(*(pop3_client(port, u, per_user) for u in users))
+    return time.perf_counter() - start, sum(octets)
+
+
+def load_dovecot(groups: list[list[bytes]]) -> list[str]:
+    users = [f"u{i}" for i in range(1, len(groups) + 1)]
+    with smtplib.LMTP("127.0.0.1", DOVECOT_LMTP) as lmtp:
+        for user, group in zip(users, groups, strict=True):
+            for data in group:
+                lmtp.sendmail("load@bench.test", [f"{user}@test"], data)
+    return users
+
+
+async def load_mailstack(address: str, groups: list[list[bytes]]) -> list[str]:
+    client = open_client(address)
+    users = [f"bench{i}@example.test" for i in range(1, len(groups) + 1)]
+    try:
+        for user, group in zip(users, groups, strict=True):
+            await client.admin.CreateAccount(pb.CreateAccountRequest(name=user, password=PASSWORD))
+            for data in group:
+                await deliver(client, [user], data)
+    finally:
+        await client.channel.close()
+    return users
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--peers-dir", required=True, help="directory of a running peers/start.sh")
+    parser.add_argument("--messages", type=int, default=1000)
+    parser.add_argument("--clients", type=int, default=10, help="concurrent clients (<= the peers' USER_COUNT)")
+    parser.add_argument("--rounds", type=int, default=3, help="measured rounds per system (best is reported)")
+    args = parser.parse_args()
+    data = messages(args.messages)
+    groups = split(data, args.clients)
+    per_user = len(groups[0])
+    if any(len(g) != per_user for g in groups):
+        parser.error("--messages must be a multiple of --clients")
+
+    print(f"{args.messages} messages ({sum(map(len, data)) / 1e6:.1f} MB), {args.clients} concurrent clients")
+    print("loading Dovecot over LMTP (the users' INBOXes must be empty: doveadm expunge ... all) ...")
+    dovecot_users = await asyncio.to_thread(load_dovecot, groups)
+
+    with tempfile.TemporaryDirectory(prefix="pop3-bench-") as tmp:
+        mailstore = MailstoreProcess(Path(tmp) / "mailstore")
+        mailstore.start()
+        pop3 = Pop3Process(Path(tmp) / "pop3", mailstore.address, {env_name("allow_plaintext_auth"): "true"})
+        try:
+            await asyncio.to_thread(pop3.start)
+            print("loading mailstack over gRPC ...")
+            mailstack_users = await load_mailstack(mailstore.address, groups)
+            results: dict[str, list[tuple[float, int]]] = {"mailstack": [], "dovecot": []}
+            for _ in range(args.rounds):  # interleaved, so both see the same machine load
+                results["mailstack"].append(await measure(pop3.port, mailstack_users, per_user))
+                results["dovecot"].append(await measure(DOVECOT_POP3, dovecot_users, per_user))
+        finally:
+            pop3.stop()
+            mailstore.stop()
+
+    rates = {}
+    print(f"{'system':<10} {'best s':>8} {'msgs/s':>9} {'MB/s':>7}   all rounds (s)")
+    for name, runs in results.items():
+        seconds, octets = min(runs)
+        rates[name] = args.messages / seconds
+        rounds = " ".join(f"{s:.2f}" for s, _ in runs)
+        print(f"{name:<10} {seconds:>8.2f} {rates[name]:>9.0f} {octets / seconds / 1e6:>7.1f}   {rounds}")
+    print(f"ratio mailstack/dovecot (messages/s): {rates['mailstack'] / rates['dovecot']:.2f}")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

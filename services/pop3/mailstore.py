@@ -1,0 +1,143 @@
+"""What the POP3 session needs from the mailstore's gRPC API, with errors mapped to POP3 terms."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator
+from dataclasses import dataclass
+
+import grpc
+import grpc.aio
+from mailstack.services.common.grpc_client import error_detail
+from mailstack.v1 import mailstore_pb2 as pb
+from mailstack.v1 import mailstore_pb2_grpc as pbg
+
+INBOX = "INBOX"  # the maildrop is the account's INBOX
+CALL_TIMEOUT = 30.0  # seconds for unary calls; body streams are bounded by the session's idle timeout
+_TEMPORARY = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.RESOURCE_EXHAUSTED}
+
+
+class MailstoreError(Exception):
+    """The mailstore refused or failed a call. `temporary` -> -ERR [SYS/TEMP], else [SYS/PERM]."""
+
+    def __init__(self, message: str, temporary: bool) -> None:
+        super().__init__(message)
+        self.temporary = temporary
+
+
+class AuthFailed(Exception):
+    """Wrong credentials (the mailstore never says whether the account exists)."""
+
+
+class MessageGone(Exception):
+    """The message was expunged by another client since the session's snapshot."""
+
+
+@dataclass(frozen=True, slots=True)
+class MessageInfo:
+    uid: int
+    size: int
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    uidvalidity: int
+    messages: tuple[MessageInfo, ...]
+
+
+def _mapped(err: grpc.RpcError) -> Exception:
+    detail = error_detail(err)
+    reason = detail.reason if detail is not None else pb.ERROR_REASON_UNSPECIFIED
+    code = err.code() if callable(getattr(err, "code", None)) else None
+    if reason == pb.AUTH_FAILED or code == grpc.StatusCode.UNAUTHENTICATED:
+        return AuthFailed()
+    if reason == pb.MESSAGE_NOT_FOUND:
+        return MessageGone()
+    temporary = code in _TEMPORARY or reason == pb.STORAGE_UNAVAILABLE
+    return MailstoreError(f"mailstore: {code.name.lower() if code else 'error'}", temporary)
+
+
+def _uid_set(uids: list[int]) -> pb.UidSet:
+    return pb.UidSet(ranges=[pb.UidRange(first=u, last=u) for u in sorted(uids)])
+
+
+class Pop3Mailstore:
+    def __init__(self, channel: grpc.aio.Channel) -> None:
+        self._stub = pbg.MailstoreStub(channel)
+
+    async def authenticate(self, username: str, password: str, authzid: str, remote_ip: str) -> str:
+        request = pb.AuthenticateRequest(
+            username=username, password=password, authzid=authzid, remote_ip=remote_ip, protocol="pop3"
+        )
+        try:
+            reply = await self._stub.Authenticate(request, timeout=CALL_TIMEOUT)
+        except grpc.RpcError as err:
+            raise _mapped(err) from None
+        return str(reply.account)
+
+    async def acquire_lease(self, name: str, holder: str, ttl: int) -> bool:
+        """Acquires or renews; False when someone else holds it."""
+        try:
+            reply = await self._stub.AcquireLease(
+                pb.LeaseRequest(name=name, holder=holder, ttl_seconds=ttl), timeout=CALL_TIMEOUT
+            )
+        except grpc.RpcError as err:
+            raise _mapped(err) from None
+        return bool(reply.granted)
+
+    async def release_lease(self, name: str, holder: str) -> None:
+        try:
+            await self._stub.ReleaseLease(pb.LeaseRequest(name=name, holder=holder), timeout=CALL_TIMEOUT)
+        except grpc.RpcError as err:
+            raise _mapped(err) from None
+
+    async def snapshot(self, account: str) -> Snapshot:
+        """The INBOX's messages in UID order with their sizes (RFC 1939 §5: numbering fixed at login)."""
+        try:
+            status = await self._stub.GetMailboxStatus(
+                pb.MailboxStatusRequest(account=account, name=INBOX), timeout=CALL_TIMEOUT
+            )
+            request = pb.FetchMetadataRequest(account=account, mailbox=INBOX, fields=pb.MetadataFields(size=True))
+            messages = [
+                MessageInfo(m.uid, m.size)
+                async for batch in self._stub.FetchMetadata(request, timeout=CALL_TIMEOUT)
+                for m in batch.messages
+            ]
+        except grpc.RpcError as err:
+            raise _mapped(err) from None
+        messages.sort(key=lambda m: m.uid)
+        return Snapshot(status.uidvalidity, tuple(messages))
+
+    async def body(self, account: str, uid: int, text: int = pb.SECTION_ALL) -> AsyncGenerator[bytes, None]:
+        """The message (or its HEADER / TEXT section) in chunks; closing the iterator early cancels
+        the stream. A missing message raises MessageGone at the first read, so the session reads
+        one chunk before it answers +OK."""
+        request = pb.FetchBodyRequest(account=account, mailbox=INBOX, uid=uid, section=pb.Section(text=text))
+        call = self._stub.FetchBody(request)
+        try:
+            async for reply in call:
+                if reply.data:
+                    yield reply.data
+        except grpc.RpcError as err:
+            raise _mapped(err) from None
+        finally:
+            call.cancel()
+
+    async def delete(self, account: str, uids: list[int]) -> list[int]:
+        """Flag exactly these UIDs \\Deleted and expunge exactly them (never messages another client
+        flagged). Returns the expunged UIDs."""
+        if not uids:
+            return []
+        uid_set = _uid_set(uids)
+        try:
+            await self._stub.StoreFlags(
+                pb.StoreFlagsRequest(
+                    account=account, mailbox=INBOX, uids=uid_set, mode=pb.STORE_ADD, flags=["\\Deleted"]
+                ),
+                timeout=CALL_TIMEOUT,
+            )
+            reply = await self._stub.Expunge(
+                pb.ExpungeRequest(account=account, mailbox=INBOX, uids=uid_set), timeout=CALL_TIMEOUT
+            )
+        except grpc.RpcError as err:
+            raise _mapped(err) from None
+        return list(reply.expunged)

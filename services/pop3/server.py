@@ -1,0 +1,235 @@
+"""The asyncio POP3 server: plain with STLS on pop3_port, implicit TLS on pop3s_port.
+
+It only reads, feeds the receiver and writes; the session decides. Every connection has an
+inactivity autologout (RFC 1939 §3); on shutdown idle sessions are told -ERR and closed at once,
+busy ones get the grace period. Neither deletes anything (only QUIT does).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import ssl
+from typing import cast
+
+import grpc.aio
+from mailstack.services.common.config import Settings
+from mailstack.services.common.grpc_client import open_channel
+from mailstack.services.common.tls import ensure_self_signed, server_ssl_context
+
+from .mailstore import Pop3Mailstore
+from .protocol import CommandReceiver, LineTooLong, NeedData, err
+from .session import Pop3Session
+
+log = logging.getLogger("mailstack.pop3")
+
+READ_SIZE = 64 * 1024
+TLS_HANDSHAKE_TIMEOUT = 30.0
+CLOSE_TIMEOUT = 5.0
+
+
+class _ClientGone(Exception):
+    """The client closed the connection."""
+
+
+class StreamConnection:
+    """One client connection over asyncio streams; implements session.Connection."""
+
+    def __init__(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        *,
+        tls: bool,
+        tls_context: ssl.SSLContext | None,
+        idle_timeout: float,
+    ) -> None:
+        self.reader = reader
+        self.writer = writer
+        self.receiver = CommandReceiver()
+        self.idle = False  # waiting for the client's next command (safe to cancel at shutdown)
+        self._tls = tls
+        self._tls_context = tls_context
+        self._idle_timeout = idle_timeout
+        peer = writer.get_extra_info("peername")
+        self._remote_ip = str(peer[0]) if isinstance(peer, tuple) and peer else ""
+
+    @property
+    def tls(self) -> bool:
+        return self._tls
+
+    @property
+    def can_start_tls(self) -> bool:
+        return self._tls_context is not None
+
+    @property
+    def remote_ip(self) -> str:
+        return self._remote_ip
+
+    async def send(self, data: bytes) -> None:
+        self.writer.write(data)
+        transport = self.writer.transport
+        if transport.get_write_buffer_size() > transport.get_write_buffer_limits()[1]:
+            # a client that stops reading is as inactive as one that stops writing
+            async with asyncio.timeout(self._idle_timeout):
+                await self.writer.drain()
+
+    async def read_more(self) -> None:
+        """Read what the client sent into the receiver; raises TimeoutError after the idle timeout."""
+        async with asyncio.timeout(self._idle_timeout):
+            data = await self.reader.read(READ_SIZE)
+        if not data:
+            raise _ClientGone
+        self.receiver.receive_data(data)
+
+    async def read_line(self) -> bytes | LineTooLong | None:
+        while True:
+            line = self.receiver.next_line()
+            if not isinstance(line, NeedData):
+                return line
+            try:
+                await self.read_more()
+            except _ClientGone:
+                return None
+
+    async def start_tls(self, reply: bytes) -> None:
+        """Send `reply` (+OK to STLS) and upgrade. Reading is paused before the reply goes out, so
+        the client's ClientHello (sent once it sees +OK) stays in the socket for the TLS layer
+        instead of landing in the plaintext StreamReader buffer and stalling the handshake."""
+        assert self._tls_context is not None
+        cast(asyncio.Transport, self.writer.transport).pause_reading()
+        # RFC 2595 §4 / RFC 3207 §6: plaintext pipelined behind STLS is dropped, never executed.
+        self.receiver.clear()
+        stale = getattr(self.reader, "_buffer", None)  # asyncio has no public way to drop it
+        if isinstance(stale, bytearray):
+            stale.clear()
+        await self.send(reply)
+        await self.writer.start_tls(self._tls_context, ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT)
+        self._tls = True
+
+
+class Pop3Server:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._servers: list[tuple[str, asyncio.Server]] = []
+        self._channel: grpc.aio.Channel | None = None
+        self._mailstore: Pop3Mailstore | None = None
+        self._tls_context: ssl.SSLContext | None = None
+        self._connections: dict[asyncio.Task[None], StreamConnection] = {}
+        self._closed = asyncio.Event()
+        self._stopping = False
+
+    @property
+    def listeners(self) -> list[tuple[str, str]]:
+        out = []
+        for description, server in self._servers:
+            for sock in server.sockets:
+                host, port = sock.getsockname()[:2]
+                out.append((description, f"{host}:{port}"))
+        return out
+
+    async def start(self) -> None:
+        settings = self.settings
+        cert, key = settings.effective_tls_cert, settings.effective_tls_key
+        if not settings.tls_cert:
+            await asyncio.to_thread(ensure_self_signed, cert, key, settings.hostname)
+        self._tls_context = server_ssl_context(cert, key)
+        self._channel = open_channel(settings.mailstore_addr)
+        self._mailstore = Pop3Mailstore(self._channel)
+        try:
+            plain = await asyncio.start_server(
+                lambda r, w: self._accept(r, w, tls=False), settings.bind, settings.pop3_port
+            )
+            self._servers.append(("POP3 (STLS)", plain))
+            implicit = await asyncio.start_server(
+                lambda r, w: self._accept(r, w, tls=True),
+                settings.bind,
+                settings.pop3s_port,
+                ssl=self._tls_context,
+                ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT,
+            )
+            self._servers.append(("POP3S", implicit))
+        except BaseException:
+            await self.stop(0)
+            raise
+
+    async def stop(self, grace: float) -> None:
+        """Stop accepting; idle sessions end now, busy ones after at most `grace` seconds."""
+        self._stopping = True
+        for _, server in self._servers:
+            server.close()
+        for task, conn in list(self._connections.items()):
+            if conn.idle:
+                task.cancel()
+        if self._connections:
+            _, pending = await asyncio.wait(list(self._connections), timeout=grace)
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.wait(pending, timeout=CLOSE_TIMEOUT)
+        for _, server in self._servers:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(server.wait_closed(), CLOSE_TIMEOUT)
+        if self._channel is not None:
+            await self._channel.close(None)
+            self._channel = None
+        self._closed.set()
+
+    async def wait_closed(self) -> None:
+        await self._closed.wait()
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, tls: bool) -> None:
+        task = asyncio.current_task()
+        assert task is not None and self._mailstore is not None
+        conn = StreamConnection(
+            reader,
+            writer,
+            tls=tls,
+            tls_context=None if tls else self._tls_context,
+            idle_timeout=self.settings.pop3_idle_timeout,
+        )
+        self._connections[task] = conn
+        session = Pop3Session(self.settings, self._mailstore, conn)
+        try:
+            await self._serve(conn, session)
+        finally:
+            self._connections.pop(task, None)
+            # the lease must go back even when this task is being cancelled
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                await asyncio.shield(session.close())
+            writer.close()
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                await asyncio.wait_for(writer.wait_closed(), CLOSE_TIMEOUT)
+
+    async def _serve(self, conn: StreamConnection, session: Pop3Session) -> None:
+        try:
+            if self._stopping:
+                await conn.send(err("server shutting down", "SYS/TEMP"))
+                return
+            await conn.send(session.greeting)
+            while True:
+                event = conn.receiver.next_event()
+                if isinstance(event, NeedData):
+                    conn.idle = True
+                    try:
+                        await conn.read_more()
+                    finally:
+                        conn.idle = False
+                    continue
+                if isinstance(event, LineTooLong):
+                    await conn.send(err("line too long"))
+                    continue
+                if await session.handle(event):
+                    return
+        except TimeoutError:
+            # RFC 1939 §3: autologout; the session does not enter UPDATE, nothing is deleted
+            with contextlib.suppress(Exception):
+                conn.writer.write(err("autologout: idle for too long"))
+        except asyncio.CancelledError:
+            if not self._stopping:
+                raise
+            with contextlib.suppress(Exception):
+                conn.writer.write(err("server shutting down", "SYS/TEMP"))
+        except (_ClientGone, ConnectionError, ssl.SSLError, asyncio.IncompleteReadError):
+            pass
