@@ -540,7 +540,11 @@ class MailstoreCore:
 
             await asyncio.gather(*(load(r) for r in records))
         try:
-            hits = [r for seq, r in enumerate(records, 1) if search.matches(key, r, seq, max_uid, bodies.get(r.uid))]
+            hits = [
+                r
+                for seq, r in enumerate(records, 1)
+                if search.matches(key, r, seq, max_uid, bodies.get(r.uid), max_seq=len(records))
+            ]
         except ValueError as e:
             raise InvalidRequest(f"bad search key: {e}") from None
         return [r.uid for r in hits], max((r.modseq for r in hits), default=0)

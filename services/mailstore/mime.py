@@ -8,7 +8,8 @@ Decisions (so that every reader of the stored structure knows them):
   raw[body_offset:end_offset] is exactly what IMAP BODY[n] returns and raw[header_offset:body_offset]
   is BODY[n.MIME] (or the message header), including the blank line when there is one.
 - Case is kept as written in the message (as the proto says, and as Dovecot answers): type, subtype,
-  parameter names and values, encoding. Defaults are "text" "plain" ("charset" "us-ascii") "7BIT".
+  parameter names and values, encoding. Defaults are "text" "plain" ("charset" "us-ascii") "7BIT";
+  a text part without a charset parameter gets ("charset" "us-ascii") (RFC 2045 §5.2).
   Compare with `is_multipart`, `is_message` and `param`, which ignore case.
 - The header ends at the first empty line, or before the first line that is neither a header field
   nor a continuation (then there is no separator: garbage becomes a header-less text/plain body).
@@ -16,6 +17,9 @@ Decisions (so that every reader of the stored structure knows them):
   application/octet-stream leaves (the protobuf parser refuses more than 100 nested messages).
 - A multipart without any body part gets one empty text/plain part at its end, because IMAP's
   body-type-mpart needs at least one (Dovecot does the same).
+- Address headers are read up to MAX_ADDRESS_HEADER bytes (thousands of addresses) to bound the work.
+- Addresses: name is the display name (quotes removed, encoded words kept) or else a comment; adl is
+  set only for an obsolete source route (<@a,@b:user@host>).
 - An address without a domain gets host "MISSING_DOMAIN" (and an empty local part "MISSING_MAILBOX"),
   as Dovecot does, because host NIL would mean "group start" in IMAP.
 """
@@ -23,7 +27,7 @@ Decisions (so that every reader of the stored structure knows them):
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC
 from email.utils import parsedate_to_datetime
@@ -32,12 +36,17 @@ from mailstack.v1 import mailstore_pb2 as pb
 
 MAX_DEPTH = 32
 MAX_PARTS = 2000
+MAX_ADDRESS_HEADER = 64 * 1024  # bytes of an address header that ENVELOPE describes
 MISSING_MAILBOX = b"MISSING_MAILBOX"
 MISSING_DOMAIN = b"MISSING_DOMAIN"
 
 _CR, _LF, _SP, _HT = 0x0D, 0x0A, 0x20, 0x09
-# field-name = 1*ftext (RFC 5322 §3.6.8), 8-bit tolerated; obsolete WSP before the colon (§4.5).
-_FIELD_NAME = re.compile(rb"[\x21-\x39\x3b-\x7e\x80-\xff]+[ \t]*:")
+# A field: field-name = 1*ftext (RFC 5322 §3.6.8, 8-bit tolerated), obsolete WSP before the colon
+# (§4.5), then its line and continuation lines. Regular expressions keep big headers fast.
+_LINE = rb"[^\n]*(?:\n|\Z)"
+_FIELD = re.compile(rb"([\x21-\x39\x3b-\x7e\x80-\xff]+)[ \t]*:" + _LINE + rb"(?:[ \t]" + _LINE + rb")*")
+_HEADER_LINES = re.compile(rb"(?:" + _FIELD.pattern + rb")*")
+_OTHER_LINES = re.compile(_LINE + rb"(?:[ \t]" + _LINE + rb")*")
 _FOLD = re.compile(rb"\r?\n(?=[ \t])")
 _WS = b" \t\r\n"
 _RFC2231_NAME = re.compile(rb"^(?P<base>[^*]+)\*(?P<index>\d{1,6})(?P<ext>\*)?$")
@@ -58,48 +67,32 @@ class ParsedMessage:
 
 def header_end(raw: bytes, start: int, end: int) -> int:
     """Offset where the body of the entity in raw[start:end] begins (RFC 5322 §2.1)."""
-    pos = start
-    while pos < end:
-        nl = raw.find(b"\n", pos, end)
-        nxt = end if nl < 0 else nl + 1
-        first = raw[pos]
-        if first == _LF or (first == _CR and pos + 1 < end and raw[pos + 1] == _LF):
-            return nxt  # the blank line belongs to the header
-        if first in (_SP, _HT):
-            if pos == start:
-                return start  # a continuation with nothing to continue: not a header
-        elif not _FIELD_NAME.match(raw, pos, nxt):
-            return pos
-        pos = nxt
-    return end
+    m = _HEADER_LINES.match(raw, start, end)
+    pos = m.end() if m else start
+    if pos < end and raw[pos] == _LF:
+        return pos + 1  # the blank line belongs to the header
+    if pos + 1 < end and raw[pos] == _CR and raw[pos + 1] == _LF:
+        return pos + 2
+    return pos
 
 
 def split_fields(block: bytes) -> list[tuple[bytes, bytes]]:
     """(name, field text with its continuation lines and line endings) for each field of a header block.
 
-    Stops at the blank line. A line that is not a field (only possible at the start) has name b"".
+    Stops at the blank line. Lines that are not a field (only possible at the start) have name b"".
     """
-    starts: list[tuple[bytes, int]] = []
+    fields: list[tuple[bytes, bytes]] = []
     pos, n = 0, len(block)
-    stop = n
-    while pos < n:
-        nl = block.find(b"\n", pos)
-        nxt = n if nl < 0 else nl + 1
-        first = block[pos]
-        if first == _LF or (first == _CR and pos + 1 < n and block[pos + 1] == _LF):
-            stop = pos
-            break
-        if first not in (_SP, _HT) or not starts:
-            m = _FIELD_NAME.match(block, pos, nxt)
-            starts.append((block[pos : m.end() - 1].rstrip(b" \t") if m else b"", pos))
-        pos = nxt
-    else:
-        stop = n
-    out = []
-    for i, (name, begin) in enumerate(starts):
-        finish = starts[i + 1][1] if i + 1 < len(starts) else stop
-        out.append((name, block[begin:finish]))
-    return out
+    while pos < n and block[pos] != _LF and not block.startswith(b"\r\n", pos):
+        m = _FIELD.match(block, pos)
+        if m is not None:
+            fields.append((m.group(1), m.group(0)))
+        else:
+            m = _OTHER_LINES.match(block, pos)
+            assert m is not None  # matches at least the rest of the line
+            fields.append((b"", m.group(0)))
+        pos = m.end()
+    return fields
 
 
 def field_value(field: bytes) -> bytes:
@@ -112,8 +105,8 @@ def header_values(block: bytes) -> dict[bytes, bytes]:
     """Lower-cased field name -> unfolded value of its first occurrence."""
     values: dict[bytes, bytes] = {}
     for name, text in split_fields(block):
-        if name:
-            values.setdefault(name.lower(), field_value(text))
+        if name and (key := name.lower()) not in values:
+            values[key] = field_value(text)
     return values
 
 
@@ -274,7 +267,7 @@ class _Token:
 
 
 _SPECIAL_KINDS = frozenset("<>@,;:.]")
-_ATOM_END = frozenset(b' \t\r\n()"<>@,;:.[]')
+_ATOM_END = frozenset(b' \t\r\n("<>@,;:.[]')  # a stray ")" is kept in the atom
 
 
 def _tokenize(value: bytes) -> list[_Token]:
@@ -330,7 +323,7 @@ def _tokenize(value: bytes) -> list[_Token]:
             tokens.append(_Token(chr(c), bytes([c]), space))
             space, i = False, i + 1
         else:
-            j = i
+            j = i + 1  # value[i] starts no other token, so it is part of an atom
             while j < n and value[j] not in _ATOM_END:
                 j += 1
             tokens.append(_Token("atom", value[i:j], space))
@@ -378,13 +371,17 @@ class _AddressParser:
                 self.i += 1
         return self.out
 
-    def words(self, kinds: frozenset[str]) -> tuple[list[_Token], bytes | None]:
+    def words(self, kinds: frozenset[str], dotted: bool = False) -> tuple[list[_Token], bytes | None]:
+        """Tokens of the given kinds (comments set aside); `dotted` stops at a word that follows
+        another word after white space, which ends a domain ("a@b c@d")."""
         words: list[_Token] = []
         comment = None
         while (k := self.kind()) is not None and (k in kinds or k == "comment"):
             tok = self.tokens[self.i]
             if k == "comment":
                 comment = tok.value or comment
+            elif dotted and words and words[-1].kind != "." and k != "." and tok.space_before:
+                break
             else:
                 words.append(tok)
             self.i += 1
@@ -451,7 +448,7 @@ class _AddressParser:
             return
         if k == "@":
             self.i += 1
-            domain, after = self.words(_WORD_KINDS)
+            domain, after = self.words(_WORD_KINDS, dotted=True)
             trailing = self.skip_to_end_of_address(in_group)
             self.add(after or trailing or comment, None, _joined(words), _joined(domain))
             return
@@ -464,6 +461,8 @@ def parse_addresses(value: bytes | None) -> list[pb.Address]:
     """An address-list header value as IMAP address structures; never raises."""
     if not value:
         return []
+    if len(value) > MAX_ADDRESS_HEADER:  # bound the work; cut between two addresses if possible
+        value = value[: value.rfind(b",", 0, MAX_ADDRESS_HEADER) + 1 or MAX_ADDRESS_HEADER]
     parser = _AddressParser(value)
     try:
         return parser.parse()
@@ -540,6 +539,8 @@ class _Walker:
         if is_multipart(part):
             self.multipart(part, depth)
         elif is_message(part):
+            # Always described as a message, as IMAP's body-type-msg needs; an (illegally) encoded
+            # message/rfc822 simply yields a header-less inner text part (RFC 2046 §5.2.1).
             inner = self.entity(body, end, depth + 1, (b"text", b"plain"))
             part.envelope.CopyFrom(build_envelope(header_values(raw[body : inner.body_offset])))
             part.parts.append(inner)
@@ -601,11 +602,10 @@ class _Walker:
             empty.header_offset = empty.body_offset = empty.end_offset = end
             part.parts.append(empty)
 
-    def delimiters(self, boundary: bytes, start: int, end: int) -> list[tuple[int, int, bool]]:
+    def delimiters(self, boundary: bytes, start: int, end: int) -> Iterator[tuple[int, int, bool]]:
         """(line start, line end incl. line break, is close-delimiter) of each delimiter line."""
         raw = self.raw
         dash = b"--" + boundary
-        found: list[tuple[int, int, bool]] = []
         pos = start
         while (i := raw.find(dash, pos, end)) >= 0:
             pos = i + 1
@@ -623,11 +623,10 @@ class _Walker:
                 j += 1
             elif j < end:
                 continue  # "--boundary" followed by other text is not a delimiter
-            found.append((i, j, close))
+            yield i, j, close
             if close:
-                break
+                return
             pos = j
-        return found
 
 
 def _fallback(raw: bytes) -> ParsedMessage:
