@@ -1,0 +1,118 @@
+# syntax=docker/dockerfile:1.7
+# One image for every mailstack service; the command picks the service:
+#   docker run IMAGE serve mailstore | serve smtp | serve imap | serve pop3
+# Settings come only from MAILSTACK_* environment variables (see `mailstack config`).
+
+ARG PYTHON_IMAGE=python:3.11-slim-bookworm
+
+# ---------------------------------------------------------------- builder: a wheel of mailstack and of every dependency
+FROM ${PYTHON_IMAGE} AS builder
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
+WORKDIR /src
+COPY pyproject.toml setup.py README.md ./
+COPY mailstack/ mailstack/
+COPY proto/ proto/
+COPY services/ services/
+COPY storage/ storage/
+RUN pip wheel --wheel-dir /wheels .
+
+# ---------------------------------------------------------------- runtime: no compiler, no sources, no root
+FROM ${PYTHON_IMAGE}
+ARG VERSION=0.1.0
+ARG REVISION=unknown
+LABEL org.opencontainers.image.title="mailstack" \
+      org.opencontainers.image.description="SMTP, IMAP and POP3 frontends over a gRPC mailstore (S3 blobs, Redis push)" \
+      org.opencontainers.image.version="${VERSION}" \
+      org.opencontainers.image.revision="${REVISION}" \
+      org.opencontainers.image.licenses="Apache-2.0" \
+      org.opencontainers.image.base.name="docker.io/library/python:3.11-slim-bookworm"
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    MAILSTACK_DATA_DIR=/data \
+    MAILSTACK_BIND=0.0.0.0 \
+    MAILSTACK_MAILSTORE_LISTEN=0.0.0.0:50051 \
+    MAILSTACK_SMTP_PORT=25 \
+    MAILSTACK_SUBMISSION_PORT=587 \
+    MAILSTACK_SUBMISSIONS_PORT=465 \
+    MAILSTACK_IMAP_PORT=143 \
+    MAILSTACK_IMAPS_PORT=993 \
+    MAILSTACK_POP3_PORT=110 \
+    MAILSTACK_POP3S_PORT=995 \
+    MAILSTACK_LOG_FORMAT=json
+
+RUN groupadd --system --gid 10001 mailstack \
+ && useradd --system --uid 10001 --gid 10001 --home-dir /data --no-create-home --shell /usr/sbin/nologin mailstack \
+ && install -d -o 10001 -g 10001 -m 0750 /data
+
+RUN --mount=type=bind,from=builder,source=/wheels,target=/wheels \
+    pip install --no-cache-dir --no-index --find-links=/wheels mailstack
+
+# The health check serves every service of the image: it finds what `mailstack serve` runs in this
+# container (from /proc) and checks that: the mailstore with grpc.health.v1, a frontend by reading
+# its greeting on its main port. Docker and compose use it; Kubernetes has its own probes.
+COPY --chmod=0755 <<'PY' /usr/local/bin/mailstack-healthcheck
+#!/usr/local/bin/python
+import os, socket, sys
+from pathlib import Path
+
+GREETINGS = {  # service: (port setting, default, greeting prefix, goodbye)
+    "smtp": ("MAILSTACK_SMTP_PORT", 25, b"220", b"QUIT\r\n"),
+    "imap": ("MAILSTACK_IMAP_PORT", 143, b"* OK", b"a LOGOUT\r\n"),
+    "pop3": ("MAILSTACK_POP3_PORT", 110, b"+OK", b"QUIT\r\n"),
+}
+
+def served() -> list[str]:
+    for cmdline in sorted(Path("/proc").glob("[0-9]*/cmdline")):
+        try:
+            args = cmdline.read_bytes().decode(errors="replace").split("\0")
+        except OSError:
+            continue
+        if "serve" in args and any(a.endswith("mailstack") for a in args):
+            names = [a for a in args[args.index("serve") + 1 :] if a and not a.startswith("-")]
+            return names or ["mailstore", *GREETINGS]
+    return []
+
+def check_mailstore() -> None:
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+    port = os.environ.get("MAILSTACK_MAILSTORE_LISTEN", "0.0.0.0:50051").rpartition(":")[2]
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=4)
+    if reply.status != health_pb2.HealthCheckResponse.SERVING:
+        raise RuntimeError(f"mailstore health is {reply.status}")
+
+def check_greeting(name: str) -> None:
+    setting, default, prefix, goodbye = GREETINGS[name]
+    with socket.create_connection(("127.0.0.1", int(os.environ.get(setting, default))), timeout=4) as conn:
+        line = conn.makefile("rb").readline(512)
+        conn.sendall(goodbye)
+    if not line.startswith(prefix):
+        raise RuntimeError(f"{name} greeted with {line[:60]!r}")
+
+def main() -> None:
+    names = served()
+    if not names:
+        sys.exit("mailstack-healthcheck: no `mailstack serve` process found")
+    try:
+        for name in names:
+            if name == "mailstore":
+                check_mailstore()
+            elif name in GREETINGS:
+                check_greeting(name)
+    except Exception as err:
+        sys.exit(f"mailstack-healthcheck: {name}: {err}")
+
+if __name__ == "__main__":
+    main()
+PY
+
+USER 10001:10001
+WORKDIR /data
+# SMTP 25, submissions 465, submission 587, IMAP 143, IMAPS 993, POP3 110, POP3S 995, mailstore gRPC 50051
+EXPOSE 25 465 587 143 993 110 995 50051
+STOPSIGNAL SIGTERM
+HEALTHCHECK --interval=30s --timeout=10s --start-period=20s --retries=3 CMD ["mailstack-healthcheck"]
+ENTRYPOINT ["mailstack"]
+CMD ["serve"]

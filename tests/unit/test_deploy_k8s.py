@@ -1,0 +1,320 @@
+"""k8s/: the rendered overlays validate against the Kubernetes JSON schemas (strict: unknown fields
+fail) and are wired together: addresses, probes, ports, NetworkPolicy flows, security contexts."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+from urllib.parse import urlsplit
+
+import kubernetes_validate
+import pytest
+from mailstack.services.common.config import Settings, env_name
+from mailstack.services.common.lifecycle import FRONTEND_GRACE
+
+from tests.deploy_render import (
+    KUBERNETES_VERSION,
+    OVERLAYS,
+    Endpoint,
+    Manifest,
+    connection_allowed,
+    container_env,
+    containers,
+    endpoint_for,
+    find,
+    iter_probes,
+    pod_labels,
+    pod_spec,
+    render,
+    selector_matches,
+    workloads,
+)
+
+TARGETS = ("base", *(f"overlays/{name}" for name in OVERLAYS))
+FRONTENDS = ("smtp", "imap", "pop3")
+MAIL_PORTS = {"smtp": {25, 465, 587}, "imap": {143, 993}, "pop3": {110, 995}}
+ADDRESS_SETTINGS = ("MAILSTACK_MAILSTORE_ADDR", "MAILSTACK_EVENTS_URL", "MAILSTACK_QUOTA_URL", "MAILSTACK_S3_ENDPOINT")
+SECRETS = {"mailstack-tls", "mailstack-s3", "mailstack-redis"}
+EXTERNAL = Endpoint(external=True)
+LATEST = kubernetes_validate.utils.latest_version()
+
+
+@pytest.fixture(scope="module", params=TARGETS)
+def manifests(request: pytest.FixtureRequest) -> list[Manifest]:
+    return render(request.param)
+
+
+@pytest.fixture(scope="module", params=OVERLAYS)
+def overlay(request: pytest.FixtureRequest) -> tuple[str, list[Manifest]]:
+    return request.param, render(f"overlays/{request.param}")
+
+
+def component(manifests: list[Manifest], name: str) -> Manifest:
+    (found,) = [w for w in workloads(manifests) if pod_labels(w).get("app.kubernetes.io/component") == name]
+    return found
+
+
+def mailstack_containers(manifests: list[Manifest]) -> list[tuple[Manifest, dict[str, Any]]]:
+    return [
+        (w, c)
+        for w in workloads(manifests)
+        if pod_labels(w).get("app.kubernetes.io/name") == "mailstack"
+        for c in containers(w)
+    ]
+
+
+@pytest.mark.parametrize("version", [KUBERNETES_VERSION, LATEST])
+def test_every_manifest_validates_against_the_kubernetes_schemas(manifests: list[Manifest], version: str) -> None:
+    assert len(manifests) >= 15
+    for manifest in manifests:
+        kubernetes_validate.validate(manifest, version, strict=True)
+
+
+def test_validation_catches_a_mistake() -> None:
+    (deployment, *_) = find(render("base"), "Deployment")
+    pod_spec(deployment)["containers"][0]["readinesProbe"] = {"tcpSocket": {"port": 25}}  # misspelt
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(deployment, LATEST, strict=True)
+
+
+def test_workloads_and_their_companions(overlay: tuple[str, list[Manifest]]) -> None:
+    name, manifests = overlay
+    deployments = {
+        d["metadata"]["name"]: d for d in find(manifests, "Deployment") if d["metadata"]["name"] in FRONTENDS
+    }
+    assert set(deployments) == set(FRONTENDS)
+    hpas = {h["spec"]["scaleTargetRef"]["name"]: h for h in find(manifests, "HorizontalPodAutoscaler")}
+    pdbs = find(manifests, "PodDisruptionBudget")
+    assert set(hpas) == set(FRONTENDS) and len(pdbs) == len(FRONTENDS)
+    for frontend, deployment in deployments.items():
+        replicas = deployment["spec"]["replicas"]
+        assert replicas >= (2 if name == "production" else 1)
+        assert hpas[frontend]["spec"]["minReplicas"] == replicas <= hpas[frontend]["spec"]["maxReplicas"]
+        assert hpas[frontend]["spec"]["scaleTargetRef"]["kind"] == "Deployment"
+        (pdb,) = [p for p in pdbs if selector_matches(p["spec"]["selector"], pod_labels(deployment))]
+        assert pdb["spec"]["selector"] == deployment["spec"]["selector"]
+        grace = pod_spec(deployment)["terminationGracePeriodSeconds"]
+        assert grace >= FRONTEND_GRACE + 30  # the app's own drain, then the preStop delay and slack
+    assert pod_spec(deployments["imap"])["terminationGracePeriodSeconds"] >= 90  # IDLE clients get * BYE
+
+
+def test_mailstore_is_one_stateful_replica_with_its_volume(overlay: tuple[str, list[Manifest]]) -> None:
+    _, manifests = overlay
+    (mailstore,) = find(manifests, "StatefulSet", "mailstore")
+    assert mailstore["spec"]["replicas"] == 1  # SQLite: one writer (ADR 0006)
+    (claim,) = mailstore["spec"]["volumeClaimTemplates"]
+    (container,) = containers(mailstore)
+    mount = next(m["mountPath"] for m in container["volumeMounts"] if m["name"] == claim["metadata"]["name"])
+    env = container_env(container, manifests)
+    assert env["MAILSTACK_METADATA_URL"] == f"sqlite://{mount}/metadata.sqlite3"
+    assert env["MAILSTACK_DATA_DIR"] == mount
+    assert find(manifests, "Service", mailstore["spec"]["serviceName"])[0]["spec"]["clusterIP"] == "None"
+    for kind, probe in iter_probes(container):
+        assert probe["grpc"]["port"] == 50051, kind
+
+
+def test_every_address_names_a_service_and_port_that_exist(overlay: tuple[str, list[Manifest]]) -> None:
+    name, manifests = overlay
+    services = {s["metadata"]["name"]: s for s in find(manifests, "Service")}
+    resolved = 0
+    for workload, container in ((w, c) for w in workloads(manifests) for c in containers(w)):
+        env = container_env(container, manifests)
+        for key in ADDRESS_SETTINGS:
+            value = env.get(key)
+            if value is None:
+                continue
+            if isinstance(value, tuple):
+                assert value[0] == "secret" and value[1] in SECRETS, (key, value)
+                assert name != "development", f"{key} is plain configuration in development"
+                continue
+            if not value:
+                assert key == "MAILSTACK_S3_ENDPOINT" and name == "production", key  # AWS S3
+                continue
+            parts = urlsplit(value if "://" in value else f"grpc://{value}")
+            if parts.hostname == "127.0.0.1":
+                assert workload["kind"] == "StatefulSet", "only the mailstore calls itself"
+                continue
+            service = services.get(str(parts.hostname))
+            assert service, f"{workload['metadata']['name']}: {key}={value}: no such Service"
+            assert parts.port in {p["port"] for p in service["spec"]["ports"]}, f"{key}={value}: port not served"
+            backends = [w for w in workloads(manifests) if selector_matches(service["spec"]["selector"], pod_labels(w))]
+            assert backends, f"Service {service['metadata']['name']} selects no pod"
+            resolved += 1
+    assert resolved >= (8 if name == "development" else 3)
+
+
+def test_services_reach_container_ports(manifests: list[Manifest]) -> None:
+    for service in find(manifests, "Service"):
+        backends = [w for w in workloads(manifests) if selector_matches(service["spec"]["selector"], pod_labels(w))]
+        assert backends, service["metadata"]["name"]
+        for port in service["spec"]["ports"]:
+            target = port.get("targetPort", port["port"])
+            serving = [
+                w
+                for w in backends
+                if any(target in (p.get("name"), p["containerPort"]) for c in containers(w) for p in c.get("ports", []))
+            ]
+            assert serving, f"{service['metadata']['name']}:{port['port']} reaches no container port {target}"
+
+
+def test_probes_point_at_ports_that_exist(manifests: list[Manifest]) -> None:
+    probed = 0
+    for workload in workloads(manifests):
+        for container in containers(workload):
+            ports = {p["containerPort"] for p in container.get("ports", [])}
+            ports |= {p["name"] for p in container.get("ports", []) if "name" in p}
+            for kind, probe in iter_probes(container):
+                action = next(probe[k] for k in ("grpc", "tcpSocket", "httpGet", "exec") if k in probe)
+                assert "port" not in action or action["port"] in ports, (workload["metadata"]["name"], kind)
+                probed += 1
+            if workload["kind"] != "Job":
+                assert {"readinessProbe", "livenessProbe"} <= set(container), workload["metadata"]["name"]
+    assert probed >= 8
+
+
+def test_the_load_balancer_exposes_exactly_the_mail_ports(manifests: list[Manifest]) -> None:
+    (balancer,) = [s for s in find(manifests, "Service") if s["spec"].get("type") == "LoadBalancer"]
+    assert balancer["spec"]["externalTrafficPolicy"] == "Local"
+    ports = balancer["spec"]["ports"]
+    assert {p["port"] for p in ports} == set().union(*MAIL_PORTS.values()) and len(ports) == 7
+    for port in ports:
+        # The named targetPort must exist on exactly one frontend, the one that speaks that protocol.
+        owners = [
+            f
+            for f in FRONTENDS
+            if port["targetPort"] in {p.get("name") for c in containers(component(manifests, f)) for p in c["ports"]}
+        ]
+        assert len(owners) == 1 and port["port"] in MAIL_PORTS[owners[0]], port
+        (container_port,) = [
+            p["containerPort"]
+            for c in containers(component(manifests, owners[0]))
+            for p in c["ports"]
+            if p.get("name") == port["targetPort"]
+        ]
+        assert container_port == port["port"]
+    others = [s for s in find(manifests, "Service") if s is not balancer]
+    assert all(s["spec"].get("type", "ClusterIP") == "ClusterIP" for s in others)
+
+
+@pytest.mark.parametrize(
+    ("source", "destination", "port", "allowed"),
+    [
+        ("smtp", "mailstore", 50051, True),
+        ("imap", "mailstore", 50051, True),
+        ("pop3", "mailstore", 50051, True),
+        ("redis", "mailstore", 50051, False),
+        (EXTERNAL, "mailstore", 50051, False),
+        ("imap", "redis", 6379, True),
+        ("mailstore", "redis", 6379, True),
+        ("pop3", "redis", 6379, False),
+        ("smtp", "redis", 6379, False),
+        ("mailstore", "s3", 8333, True),
+        ("mailstore", EXTERNAL, 443, True),
+        ("smtp", "s3", 8333, False),
+        ("imap", "s3", 8333, False),
+        ("pop3", EXTERNAL, 443, False),
+        ("smtp", EXTERNAL, 443, False),
+        (EXTERNAL, "smtp", 25, True),
+        (EXTERNAL, "smtp", 587, True),
+        (EXTERNAL, "imap", 993, True),
+        (EXTERNAL, "pop3", 995, True),
+        (EXTERNAL, "smtp", 50051, False),
+        (EXTERNAL, "redis", 6379, False),
+        (EXTERNAL, "s3", 8333, False),
+        ("smtp", "imap", 143, False),  # egress is default-deny: pods reach only what they need
+        ("mailstore", "smtp", 25, False),
+        ("smtp", EXTERNAL, 25, False),  # no outbound relay until the outbound worker brings its own policy
+    ],
+)
+def test_network_policies_admit_exactly_the_designed_flows(
+    source: str | Endpoint, destination: str | Endpoint, port: int, allowed: bool
+) -> None:
+    # The development overlay holds every party (in-cluster Redis and S3); production shares base's policies.
+    manifests = render("overlays/development")
+
+    def endpoint(side: str | Endpoint) -> Endpoint:
+        return side if isinstance(side, Endpoint) else endpoint_for(component(manifests, side))
+
+    assert connection_allowed(manifests, endpoint(source), endpoint(destination), port) is allowed
+
+
+def test_default_deny_and_dns(manifests: list[Manifest]) -> None:
+    policies = {p["metadata"]["name"]: p["spec"] for p in find(manifests, "NetworkPolicy")}
+    assert policies["default-deny"] == {"podSelector": {}, "policyTypes": ["Ingress", "Egress"]}
+    assert {p["port"] for p in policies["allow-dns"]["egress"][0]["ports"]} == {53}
+
+
+def test_security_context_of_every_container(manifests: list[Manifest]) -> None:
+    for workload in workloads(manifests):
+        pod = pod_spec(workload)
+        assert pod["securityContext"]["runAsNonRoot"] is True
+        assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+        assert pod["automountServiceAccountToken"] is False
+        frontend = pod_labels(workload).get("app.kubernetes.io/component") in FRONTENDS
+        for container in containers(workload):
+            context = container["securityContext"]
+            where = f"{workload['metadata']['name']}/{container['name']}"
+            assert context["allowPrivilegeEscalation"] is False, where
+            assert context["readOnlyRootFilesystem"] is True, where
+            assert context["capabilities"]["drop"] == ["ALL"], where
+            assert context["capabilities"].get("add", []) == (["NET_BIND_SERVICE"] if frontend else []), where
+            mounts = {m["mountPath"]: m["name"] for m in container.get("volumeMounts", [])}
+            volumes = {v["name"]: v for v in pod.get("volumes", [])}
+            assert "emptyDir" in volumes[mounts["/tmp"]], f"{where}: /tmp must be a writable emptyDir"
+            resources = container["resources"]
+            assert {"cpu", "memory"} <= set(resources["requests"]) and "memory" in resources["limits"], where
+
+
+def test_secrets_are_referenced_never_committed(manifests: list[Manifest]) -> None:
+    assert not find(manifests, "Secret")
+    referenced: set[str] = set()
+    for workload in workloads(manifests):
+        for volume in pod_spec(workload).get("volumes", []):
+            if "secret" in volume:
+                referenced.add(volume["secret"]["secretName"])
+        for container in containers(workload):
+            for item in container.get("env", []):
+                ref = item.get("valueFrom", {}).get("secretKeyRef")
+                if ref:
+                    referenced.add(ref["name"])
+            assert not any("secretRef" in source for source in container.get("envFrom", []))
+    assert referenced and referenced <= SECRETS
+    for config_map in find(manifests, "ConfigMap"):
+        for key, value in config_map["data"].items():
+            assert not any(word in key for word in ("SECRET", "PASSWORD", "ACCESS_KEY")), key
+            assert "@" not in urlsplit(value).netloc, f"{key} carries credentials"
+
+
+def test_settings_names_exist_and_metrics_are_scraped_where_served(manifests: list[Manifest]) -> None:
+    known = {env_name(f.name) for f in dataclasses.fields(Settings)}
+    for workload, container in mailstack_containers(manifests):
+        env = container_env(container, manifests)
+        unknown = {k for k in env if k.startswith("MAILSTACK_")} - known
+        assert not unknown, f"{workload['metadata']['name']}: not settings: {unknown}"
+        assert "OTEL_EXPORTER_OTLP_ENDPOINT" in env and env["OTEL_SERVICE_NAME"].startswith("mailstack-")
+        annotations = workload["spec"]["template"]["metadata"]["annotations"]
+        metrics_port = int(env["MAILSTACK_METRICS_PORT"])
+        assert annotations["prometheus.io/scrape"] == "true"
+        assert int(annotations["prometheus.io/port"]) == metrics_port
+        assert {"name": "metrics", "containerPort": metrics_port} in container["ports"]
+        assert container["image"].split("/")[-1].split(":")[0] == "mailstack"
+
+
+def test_frontends_listen_on_the_ports_they_declare(manifests: list[Manifest]) -> None:
+    for frontend in FRONTENDS:
+        (container,) = containers(component(manifests, frontend))
+        env = container_env(container, manifests)
+        settings = {int(v) for k, v in env.items() if k.startswith(f"MAILSTACK_{frontend.upper()}")}
+        if frontend == "smtp":
+            settings |= {int(env["MAILSTACK_SUBMISSION_PORT"]), int(env["MAILSTACK_SUBMISSIONS_PORT"])}
+        declared = {p["containerPort"] for p in container["ports"] if p["name"] != "metrics"}
+        assert declared == MAIL_PORTS[frontend] == settings - {0}
+        assert container["args"] == ["serve", frontend]
+
+
+def test_common_labels(manifests: list[Manifest]) -> None:
+    for workload in workloads(manifests):
+        labels = pod_labels(workload)
+        assert {"app.kubernetes.io/name", "app.kubernetes.io/component"} <= set(labels)
+        if labels["app.kubernetes.io/name"] == "mailstack":
+            assert labels["app.kubernetes.io/part-of"] == "mailstack"
