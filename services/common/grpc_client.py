@@ -10,11 +10,12 @@ not idempotent, and a caller that cannot reach the mailstore must hear so at onc
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import grpc
 import grpc.aio
 from mailstack.v1 import mailstore_pb2 as pb
+from mailstack.v1 import mailstore_pb2_grpc as pbg
 
 MiB = 1024 * 1024
 MAX_MESSAGE_SIZE = 8 * MiB  # bodies travel in <= 1 MiB chunks; metadata batches stay well below this
@@ -107,3 +108,8 @@ def error_message(err: grpc.RpcError) -> str:
     if details:
         return str(details)
     return code.name.lower() if code is not None else str(err)
+
+
+def mailstore_stub(channel: grpc.aio.Channel) -> pbg.MailstoreAsyncStub:
+    """The Mailstore stub typed for grpc.aio (mypy-protobuf's overload picks the sync one)."""
+    return cast("pbg.MailstoreAsyncStub", pbg.MailstoreStub(channel))

@@ -63,6 +63,7 @@ MAX_FLAGS = 100
 MAX_FLAG_LENGTH = 100
 MAX_PASSWORD_LENGTH = 1024
 BODY_CHUNK = 1024 * 1024
+ACCOUNT_ID_CACHE = 10_000
 SEARCH_BODY_CONCURRENCY = 8
 
 
@@ -145,6 +146,7 @@ class MailstoreCore:
         self.events = events
         self.quota = quota
         self._sweeper: asyncio.Task[None] | None = None
+        self._account_ids: dict[str, int] = {}  # fetch_body's name -> id cache (see _read_mailbox)
 
     @classmethod
     async def open(cls, settings: Settings) -> MailstoreCore:
@@ -408,20 +410,31 @@ class MailstoreCore:
         mailbox_name = _mailbox_name(mailbox_name or "INBOX")
         outcomes: dict[int, RecipientOutcome] = {}
         targets: dict[str, tuple[AccountRecord, MailboxRecord, list[int]]] = {}
+        addresses: dict[int, str] = {}
         for index, rcpt in enumerate(recipients):
-            status, account = await self.resolve_recipient(rcpt, len(data))
-            if status != pb.RECIPIENT_LOCAL:
-                outcomes[index] = RecipientOutcome(rcpt, status, account)
-                continue
-            if account in targets:  # the same account twice (alias + address): one copy
-                targets[account][2].append(index)
-                continue
-            record = await self.account(account)
             try:
-                mailbox = await self.metadata.get_mailbox(record.id, mailbox_name)
-            except MailboxNotFound:
-                mailbox = await self.metadata.get_mailbox(record.id, "INBOX")
-            targets[account] = (record, mailbox, [index])
+                addresses[index] = names.normalize_address(rcpt)
+            except names.InvalidNameError:
+                outcomes[index] = RecipientOutcome(rcpt, pb.RECIPIENT_INVALID)
+        # Accounts and mailboxes of all recipients in one metadata read (this is the hot path of SMTP).
+        resolved = await self.metadata.resolve_delivery(list(addresses.values()), mailbox_name)
+        domains: list[str] | None = None
+        for (index, address), target in zip(addresses.items(), resolved, strict=True):
+            if target is None:
+                if domains is None:
+                    domains = await self.metadata.list_domains()
+                status = pb.RECIPIENT_UNKNOWN if names.domain_of(address) in domains else pb.RECIPIENT_NOT_LOCAL
+                outcomes[index] = RecipientOutcome(recipients[index], status)
+                continue
+            record = target.account
+            if record.name in targets:  # the same account twice (alias + address): one copy
+                targets[record.name][2].append(index)
+                continue
+            status = self._quota_status(record, await self.account_usage(record), len(data))
+            if status != pb.RECIPIENT_LOCAL:
+                outcomes[index] = RecipientOutcome(recipients[index], status, record.name)
+                continue
+            targets[record.name] = (record, target.mailbox, [index])
         if not targets:
             return [outcomes[i] for i in range(len(recipients))], ""
         message = await self._analyse(data, (), None)
@@ -496,11 +509,29 @@ class MailstoreCore:
         _, mailbox = await self.mailbox(account, mailbox_name)
         return await self.metadata.fetch(mailbox.id, uids, changed_since)
 
+    async def _read_mailbox(self, account: str, mailbox_name: str) -> MailboxRecord:
+        """core.mailbox() for the body read path (a POP3 RETR, an IMAP BODY[] each ask), one metadata
+        read fewer: an account's id never changes and is never reused (AUTOINCREMENT), and deleting
+        an account deletes its mailboxes, so a remembered id either finds the mailbox or fails, and
+        a failure asks again by name, which gives the right error."""
+        name = _address(account)
+        account_id = self._account_ids.get(name)
+        if account_id is not None:
+            try:
+                return await self.metadata.get_mailbox(account_id, _mailbox_name(mailbox_name))
+            except MailboxNotFound:
+                self._account_ids.pop(name, None)  # a concurrent read may have dropped it already
+        record, mailbox = await self.mailbox(account, mailbox_name)
+        if len(self._account_ids) >= ACCOUNT_ID_CACHE:
+            self._account_ids.clear()  # bounded; refilled one read at a time
+        self._account_ids[name] = record.id
+        return mailbox
+
     async def fetch_body(
         self, account: str, mailbox_name: str, uid: int, section: pb.Section, partial: tuple[int, int] | None
     ) -> BodySlice:
         """A section of one message, streamed from the blob store by range reads."""
-        _, mailbox = await self.mailbox(account, mailbox_name)
+        mailbox = await self._read_mailbox(account, mailbox_name)
         records = await self.metadata.fetch(mailbox.id, [(uid, uid)])
         if not records:
             raise MailboxNotFound(f"no message with UID {uid}") from None
@@ -524,6 +555,10 @@ class MailstoreCore:
             end = min(end, start + partial[1])
         if end <= start:
             return BodySlice(0, _chunks(b""))
+        if end - start <= BODY_CHUNK:
+            # Most mail fits one chunk: one read (one thread hop or one GET) instead of open + reads.
+            data = await self.blobs.get(record.blob_key, start, end)
+            return BodySlice(len(data), _chunks(data))
         return BodySlice(end - start, self.blobs.stream(record.blob_key, start, end, BODY_CHUNK))
 
     async def search(self, account: str, mailbox_name: str, key: pb.SearchKey) -> tuple[list[int], int]:

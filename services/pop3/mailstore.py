@@ -7,9 +7,8 @@ from dataclasses import dataclass
 
 import grpc
 import grpc.aio
-from mailstack.services.common.grpc_client import error_detail
+from mailstack.services.common.grpc_client import error_detail, mailstore_stub
 from mailstack.v1 import mailstore_pb2 as pb
-from mailstack.v1 import mailstore_pb2_grpc as pbg
 
 INBOX = "INBOX"  # the maildrop is the account's INBOX
 CALL_TIMEOUT = 30.0  # seconds for unary calls; body streams are bounded by the session's idle timeout
@@ -62,7 +61,7 @@ def _uid_set(uids: list[int]) -> pb.UidSet:
 
 class Pop3Mailstore:
     def __init__(self, channel: grpc.aio.Channel) -> None:
-        self._stub = pbg.MailstoreStub(channel)
+        self._stub = mailstore_stub(channel)
 
     async def authenticate(self, username: str, password: str, authzid: str, remote_ip: str) -> str:
         request = pb.AuthenticateRequest(
@@ -107,7 +106,9 @@ class Pop3Mailstore:
         messages.sort(key=lambda m: m.uid)
         return Snapshot(status.uidvalidity, tuple(messages))
 
-    async def body(self, account: str, uid: int, text: int = pb.SECTION_ALL) -> AsyncGenerator[bytes, None]:
+    async def body(
+        self, account: str, uid: int, text: pb.SectionText.ValueType = pb.SECTION_ALL
+    ) -> AsyncGenerator[bytes, None]:
         """The message (or its HEADER / TEXT section) in chunks; closing the iterator early cancels
         the stream. A missing message raises MessageGone at the first read, so the session reads
         one chunk before it answers +OK."""

@@ -410,17 +410,21 @@ class Pop3Session:
             except MailstoreError as e:
                 await self.conn.send(err(str(e), "SYS/TEMP" if e.temporary else "SYS/PERM"))
                 return True
-            await self.conn.send(status + stuffer.feed(first))
+            # One chunk is held back, so a message of one chunk (most mail) goes out in one write
+            # together with its status line and terminator.
+            pending = status + stuffer.feed(first)
             try:
                 for source in sources:
                     async for chunk in source:
                         data = stuffer.feed(chunk)
                         if data:
-                            await self.conn.send(data)
+                            await self.conn.send(pending)
+                            pending = data
             except (MessageGone, MailstoreError) as e:
+                await self.conn.send(pending)
                 log.warning("body stream for %s broke after +OK: %s", self.account, e)
                 return False
-            await self.conn.send(stuffer.finish())
+            await self.conn.send(pending + stuffer.finish())
             return True
         finally:
             for source in sources:

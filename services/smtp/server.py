@@ -6,13 +6,13 @@ import asyncio
 import logging
 import time
 
+import grpc.aio
 from mailstack.services.common.config import Settings
-from mailstack.services.common.grpc_client import open_channel
+from mailstack.services.common.grpc_client import mailstore_stub, open_channel
 from mailstack.services.common.tls import ensure_self_signed, server_ssl_context
 from mailstack.services.smtp.handler import INBOUND, SUBMISSION, SUBMISSIONS, ListenerKind, SmtpHandler
 from mailstack.services.smtp.limits import AuthFailureLimiter, ConnectionLimiter
 from mailstack.services.smtp.protocol import SmtpProtocol, protocol_factory
-from mailstack.v1 import mailstore_pb2_grpc as pbg
 
 log = logging.getLogger("mailstack.smtp")
 
@@ -28,7 +28,7 @@ class SmtpServer:
         )
         self.sessions: set[SmtpProtocol] = set()
         self._servers: list[tuple[ListenerKind, asyncio.Server]] = []
-        self._channel = None
+        self._channel: grpc.aio.Channel | None = None
         self._closed = asyncio.Event()
 
     @property
@@ -49,7 +49,7 @@ class SmtpServer:
             await asyncio.to_thread(ensure_self_signed, cert, key, settings.hostname)
         tls = await asyncio.to_thread(server_ssl_context, cert, key)
         self._channel = open_channel(settings.mailstore_addr)
-        stub = pbg.MailstoreStub(self._channel)
+        stub = mailstore_stub(self._channel)
         loop = asyncio.get_running_loop()
         ports = [
             (INBOUND, settings.smtp_port),
@@ -90,11 +90,11 @@ class SmtpServer:
                     session.close_for_shutdown()
             await asyncio.sleep(0.05)
         for session in list(self.sessions):
-            if session.transport is not None:
+            if isinstance(session.transport, asyncio.Transport):
                 session.transport.abort()
         await self._close_listeners()
         if self._channel is not None:
-            await self._channel.close()
+            await self._channel.close(None)
             self._channel = None
         self._closed.set()
 

@@ -43,6 +43,14 @@ class MailboxRecord:
 
 
 @dataclass(frozen=True, slots=True)
+class DeliveryTarget:
+    """Where mail for one address goes: the account it resolves to and the mailbox to store in."""
+
+    account: AccountRecord
+    mailbox: MailboxRecord
+
+
+@dataclass(frozen=True, slots=True)
 class MailboxCounts:
     messages: int
     unseen: int
@@ -169,6 +177,10 @@ class MetadataStore(Protocol):
     async def resolve_address(self, address: str) -> AccountRecord | None:
         """An account by its own name, then an alias, then the domain's catch-all."""
 
+    async def resolve_delivery(self, addresses: Sequence[str], mailbox_name: str) -> list[DeliveryTarget | None]:
+        """resolve_address for each address (None: nobody) with the account's mailbox_name,
+        or its INBOX when that does not exist; one read for the whole delivery."""
+
     # ---- mailboxes
     async def list_mailboxes(self, account_id: int) -> list[MailboxRecord]: ...
 
@@ -245,6 +257,7 @@ __all__ = [
     "AccountRecord",
     "ChangeRecord",
     "CopyResult",
+    "DeliveryTarget",
     "ExpungeResult",
     "FlagUpdate",
     "InsertResult",

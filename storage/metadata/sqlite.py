@@ -2,6 +2,10 @@
 
 Every Protocol method is one transaction: writes run as BEGIN IMMEDIATE ... COMMIT on the
 single writer connection, reads as a (snapshot) read transaction on a reader connection.
+Group commit: the writer thread takes every write waiting in its queue (up to
+GROUP_COMMIT_MAX) into one transaction, each write in its own SAVEPOINT so that one
+failing write is rolled back alone, and answers each caller only after the shared
+COMMIT (synchronous=FULL: fsynced). Under load this turns N fsyncs into one.
 Nothing is cached in the process: UIDs, MODSEQs and UIDVALIDITYs are allocated from rows
 inside the transaction that uses them, so the same SQL works with several writers
 (another process on this file, or PostgreSQL replicas later).
@@ -11,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import queue
 import sqlite3
 import threading
 import time
@@ -34,6 +39,7 @@ from mailstack.storage.metadata.base import (
     AccountRecord,
     ChangeRecord,
     CopyResult,
+    DeliveryTarget,
     ExpungeResult,
     FlagUpdate,
     InsertResult,
@@ -48,6 +54,8 @@ from mailstack.storage.metadata.base import (
 from mailstack.storage.metadata.sqlite_schema import apply_migrations
 
 T = TypeVar("T")
+
+GROUP_COMMIT_MAX = 64  # writes per shared transaction; bounds one COMMIT's latency
 
 INBOX = "INBOX"
 UIDVALIDITY_MAX = 0xFFFFFFFF  # RFC 3501 §2.3.1.1: nz-number, 32 bits
@@ -105,6 +113,31 @@ class _Mailbox:
     recent_floor: int
 
 
+@dataclass(frozen=True, slots=True)
+class _WriteJob:
+    fn: Callable[[sqlite3.Connection], Any]
+    loop: asyncio.AbstractEventLoop
+    future: asyncio.Future[Any]
+    in_transaction: bool  # False only for migrate, which runs its own transactions
+
+
+def _call(fn: Callable[[sqlite3.Connection], Any], conn: sqlite3.Connection) -> tuple[bool, Any]:
+    try:
+        return True, fn(conn)
+    except Exception as exc:
+        return False, exc
+
+
+def _resolve_futures(answers: list[tuple[asyncio.Future[Any], bool, Any]]) -> None:
+    for future, ok, value in answers:
+        if future.done():  # the caller was cancelled; the write is committed (or not) regardless
+            continue
+        if ok:
+            future.set_result(value)
+        else:
+            future.set_exception(value)
+
+
 # ------------------------------------------------------------------ SQL helpers (run on a DB thread)
 
 
@@ -121,6 +154,25 @@ def _one(conn: sqlite3.Connection, sql: str, params: Sequence[Any] = ()) -> Any:
 def _account_by_name(conn: sqlite3.Connection, name: str) -> AccountRecord | None:
     row = _one(conn, f"SELECT {_ACCOUNT_COLUMNS} FROM accounts WHERE name = ?", (name,))
     return AccountRecord(*row) if row else None
+
+
+def _resolve_address(conn: sqlite3.Connection, address: str) -> AccountRecord | None:
+    """An account by its own name, then an alias, then the domain's catch-all."""
+    account = _account_by_name(conn, address)
+    if account is not None:
+        return account
+    candidates = [address]
+    if "@" in address:
+        candidates.append("@" + address.rsplit("@", 1)[1])
+    for candidate in candidates:
+        row = _one(
+            conn,
+            f"SELECT {_ACCOUNT_COLUMNS} FROM accounts WHERE id = (SELECT account_id FROM aliases WHERE address = ?)",
+            (candidate,),
+        )
+        if row:
+            return AccountRecord(*row)
+    return None
 
 
 def _account_id(conn: sqlite3.Connection, name: str) -> int:
@@ -356,7 +408,11 @@ class SqliteMetadataStore:
     def __init__(self, path: str, *, readers: int = 2, busy_timeout_ms: int = 5000) -> None:
         self._path = path
         self._busy_timeout_ms = busy_timeout_ms
-        self._writer_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-writer")
+        # (job, loop, future, in_transaction); None stops the writer thread.
+        self._write_queue: queue.SimpleQueue[_WriteJob | None] = queue.SimpleQueue()
+        self._writer_thread: threading.Thread | None = None
+        self._writer_lock = threading.Lock()
+        self._writer_stopped = False
         self._reader_pool = ThreadPoolExecutor(max_workers=readers, thread_name_prefix="sqlite-reader")
         self._writer: sqlite3.Connection | None = None  # touched only on the writer thread
         self._reader_local = threading.local()
@@ -411,8 +467,81 @@ class SqliteMetadataStore:
             raise
         return result
 
-    def _run_write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        return self._transaction(self._writer_conn(), "BEGIN IMMEDIATE", fn)
+    def _writer_loop(self) -> None:
+        """The writer thread: group commit of whatever writes are waiting (see the module docstring)."""
+        while True:
+            first = self._write_queue.get()
+            if first is None:
+                return
+            batch = [first]
+            while len(batch) < GROUP_COMMIT_MAX:
+                try:
+                    job = self._write_queue.get_nowait()
+                except queue.Empty:
+                    break
+                if job is None:
+                    self._write_queue.put(None)  # stop after this batch
+                    break
+                batch.append(job)
+            self._run_batch(batch)
+
+    def _run_batch(self, batch: list[_WriteJob]) -> None:
+        try:
+            conn = self._writer_conn()
+        except Exception as exc:
+            self._answer(batch, [(False, exc)] * len(batch))
+            return
+        outcomes: list[tuple[bool, Any]] = []
+        group: list[_WriteJob] = []
+        for job in batch:
+            if job.in_transaction:
+                group.append(job)
+                continue
+            # migrate manages its own transaction: commit what came before it, then run it alone.
+            outcomes += self._commit_group(conn, group)
+            group = []
+            outcomes.append(_call(job.fn, conn))
+        outcomes += self._commit_group(conn, group)
+        self._answer(batch, outcomes)
+
+    def _commit_group(self, conn: sqlite3.Connection, jobs: list[_WriteJob]) -> list[tuple[bool, Any]]:
+        if not jobs:
+            return []
+        outcomes: list[tuple[bool, Any]] = []
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except Exception as exc:
+            return [(False, exc)] * len(jobs)
+        try:
+            for job in jobs:
+                conn.execute("SAVEPOINT job")
+                ok, value = _call(job.fn, conn)
+                if not ok:
+                    conn.execute("ROLLBACK TO job")  # this job leaves no trace; the others go on
+                conn.execute("RELEASE job")
+                outcomes.append((ok, value))
+            conn.execute("COMMIT")
+        except Exception as exc:
+            # The transaction itself failed (disk, I/O): nothing of this group is committed.
+            if conn.in_transaction:
+                try:
+                    conn.execute("ROLLBACK")
+                except sqlite3.Error:
+                    pass  # the original error says more
+            return [(False, exc)] * len(jobs)
+        return outcomes
+
+    @staticmethod
+    def _answer(batch: list[_WriteJob], outcomes: list[tuple[bool, Any]]) -> None:
+        # One wake-up of each event loop for the whole group, after COMMIT.
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], bool, Any]]] = {}
+        for job, (ok, value) in zip(batch, outcomes, strict=True):
+            by_loop.setdefault(job.loop, []).append((job.future, ok, value))
+        for loop, answers in by_loop.items():
+            try:
+                loop.call_soon_threadsafe(_resolve_futures, answers)
+            except RuntimeError:
+                pass  # the loop is closed: nobody is waiting any more
 
     def _run_read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         # A read transaction gives every statement of fn the same snapshot.
@@ -434,8 +563,24 @@ class SqliteMetadataStore:
                 raise StorageUnavailable(str(exc)) from exc
             raise
 
-    async def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        return await self._submit(self._writer_pool, lambda: self._run_write(fn))
+    async def _write(self, fn: Callable[[sqlite3.Connection], T], in_transaction: bool = True) -> T:
+        if self._closed:
+            raise StorageUnavailable("metadata store is closed")
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+        with self._writer_lock:
+            if self._writer_stopped:
+                raise StorageUnavailable("metadata store is closed")
+            if self._writer_thread is None:
+                self._writer_thread = threading.Thread(target=self._writer_loop, name="sqlite-writer", daemon=True)
+                self._writer_thread.start()
+            self._write_queue.put(_WriteJob(fn, loop, future, in_transaction))
+        try:
+            return await future
+        except sqlite3.OperationalError as exc:
+            if _unavailable(exc):
+                raise StorageUnavailable(str(exc)) from exc
+            raise
 
     async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         return await self._submit(self._reader_pool, lambda: self._run_read(fn))
@@ -443,7 +588,7 @@ class SqliteMetadataStore:
     # ---- lifecycle
 
     async def migrate(self) -> None:
-        await self._submit(self._writer_pool, lambda: apply_migrations(self._writer_conn()))
+        await self._write(apply_migrations, in_transaction=False)
 
     async def close(self) -> None:
         if self._closed:
@@ -452,7 +597,12 @@ class SqliteMetadataStore:
         await asyncio.to_thread(self._shutdown)
 
     def _shutdown(self) -> None:
-        self._writer_pool.shutdown(wait=True)
+        with self._writer_lock:
+            thread = self._writer_thread
+            self._writer_stopped = True
+            self._write_queue.put(None)
+        if thread is not None:
+            thread.join()
         self._reader_pool.shutdown(wait=True)
         with self._connections_lock:
             for conn in self._connections:
@@ -592,25 +742,23 @@ class SqliteMetadataStore:
         return [(r[0], r[1]) for r in rows]
 
     async def resolve_address(self, address: str) -> AccountRecord | None:
-        address = address.lower()
+        return await self._read(lambda conn: _resolve_address(conn, address.lower()))
 
-        def txn(conn: sqlite3.Connection) -> AccountRecord | None:
-            account = _account_by_name(conn, address)
-            if account is not None:
-                return account
-            candidates = [address]
-            if "@" in address:
-                candidates.append("@" + address.rsplit("@", 1)[1])  # the domain's catch-all
-            for candidate in candidates:
-                row = _one(
-                    conn,
-                    f"SELECT {_ACCOUNT_COLUMNS} FROM accounts"
-                    " WHERE id = (SELECT account_id FROM aliases WHERE address = ?)",
-                    (candidate,),
-                )
-                if row:
-                    return AccountRecord(*row)
-            return None
+    async def resolve_delivery(self, addresses: Sequence[str], mailbox_name: str) -> list[DeliveryTarget | None]:
+        mailbox_name = _mailbox_name(mailbox_name)
+
+        def txn(conn: sqlite3.Connection) -> list[DeliveryTarget | None]:
+            out: list[DeliveryTarget | None] = []
+            for address in addresses:
+                account = _resolve_address(conn, address.lower())
+                if account is None:
+                    out.append(None)
+                    continue
+                mailbox = _mailbox_record(conn, account.id, mailbox_name) or _mailbox_record(conn, account.id, INBOX)
+                if mailbox is None:
+                    raise MailboxNotFound(INBOX)
+                out.append(DeliveryTarget(account, mailbox))
+            return out
 
         return await self._read(txn)
 

@@ -208,6 +208,24 @@ async def test_aliases_and_resolve(metadata_store: MetadataStore) -> None:
     assert await s.list_aliases() == []  # aliases go with their account
 
 
+async def test_resolve_delivery_in_one_read(metadata_store: MetadataStore) -> None:
+    s = metadata_store
+    alice = await account(s)
+    bob = await account(s, "bob@example.org")
+    await s.add_alias("@example.net", "bob@example.org")
+    work = await s.create_mailbox(alice.id, "Work")
+
+    targets = await s.resolve_delivery(["Alice@Example.org", "x@example.net", "nobody@example.org"], "Work")
+    assert targets[2] is None
+    first, second = targets[0], targets[1]
+    assert first is not None and second is not None
+    assert (first.account.name, first.mailbox.id) == (alice.name, work.id)  # the named mailbox
+    assert (second.account.name, second.mailbox.name) == (bob.name, "INBOX")  # bob has no Work: INBOX
+    assert second.mailbox == await inbox(s, bob)
+    assert [t and t.mailbox.name for t in await s.resolve_delivery(["alice@example.org"], "inbox")] == ["INBOX"]
+    assert await s.resolve_delivery([], "INBOX") == []
+
+
 # ------------------------------------------------------------------ mailboxes
 
 
@@ -372,6 +390,32 @@ async def test_uids_strictly_increase_and_are_never_reused(metadata_store: Metad
     assert after.uid == 4 and after.modseq > results[-1].modseq
     refreshed = await s.get_mailbox(acc.id, "INBOX")
     assert refreshed.uidnext == 5 and refreshed.highestmodseq == after.modseq
+
+
+async def test_concurrent_writes_fail_alone(metadata_store: MetadataStore) -> None:
+    """Writes issued together (a backend may commit them as one group) still succeed or fail one by one."""
+    s = metadata_store
+    acc = await account(s)
+    box = await inbox(s, acc)
+    full = await account(s, "full@example.org", quota_messages=1)
+    full_box = await inbox(s, full)
+    await insert(s, full_box.id, "old")
+    results = await asyncio.gather(
+        *(s.insert_message(box.id, message(f"ok{i}"), True) for i in range(10)),
+        s.create_mailbox(acc.id, "INBOX"),  # AlreadyExists
+        s.insert_message(full_box.id, message("refused"), True),  # OverQuota
+        s.insert_message(999_999, message("nowhere"), True),  # MailboxNotFound
+        *(s.insert_message(box.id, message(f"ok{i}"), True) for i in range(10, 20)),
+        return_exceptions=True,
+    )
+    assert isinstance(results[10], AlreadyExists)
+    assert isinstance(results[11], OverQuota)
+    assert isinstance(results[12], MailboxNotFound)
+    stored = [r for r in results if isinstance(r, InsertResult)]
+    assert len(stored) == 20 and len({r.uid for r in stored}) == 20
+    assert sorted(m.blob_key for m in await s.fetch(box.id)) == sorted(f"ok{i}" for i in range(20))
+    assert [m.blob_key for m in await s.fetch(full_box.id)] == ["old"]  # the refused write left nothing
+    assert await usage(s, acc.name) == (20 * 100, 20)
 
 
 async def test_concurrent_inserts_get_distinct_increasing_uids(metadata_store: MetadataStore) -> None:

@@ -66,9 +66,12 @@ class DotStuffer:
         if not chunk:
             return b""
         data = chunk
-        if b"\r" in data:
-            data = data.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
-        data = data.replace(b"\n", CRLF).replace(b"\r\n.", b"\r\n..")
+        # Stored mail is nearly always CRLF already: counting (no copies) proves it, and then only
+        # the dot-stuffing pass remains; otherwise normalise bare CR and bare LF first.
+        crlf = data.count(CRLF)
+        if crlf != data.count(b"\n") or crlf != data.count(b"\r"):
+            data = data.replace(CRLF, b"\n").replace(b"\r", b"\n").replace(b"\n", CRLF)
+        data = data.replace(b"\r\n.", b"\r\n..")
         if self._at_line_start and data.startswith(b"."):
             data = b"." + data
         self._at_line_start = data.endswith(CRLF)

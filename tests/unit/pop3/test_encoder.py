@@ -29,6 +29,9 @@ def test_dot_stuffing_every_split() -> None:
 
 def test_line_ends_are_normalised_to_crlf() -> None:
     assert stuff_every_split(b"a\nb\rc\r\n.d\n.\r") == b"a\r\nb\r\nc\r\n..d\r\n..\r\n.\r\n"
+    # as many CRs as LFs, but not in pairs: the CRLF-only fast path must not take these
+    assert stuff_every_split(b"a\n\r.b\r\n") == b"a\r\n\r\n..b\r\n.\r\n"
+    assert stuff_every_split(b"a\r\r\n\n.b") == b"a\r\n\r\n\r\n..b\r\n.\r\n"
 
 
 def test_missing_final_line_end_is_added() -> None:

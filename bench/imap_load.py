@@ -1,0 +1,190 @@
+#!/usr/bin/env python3
+"""IMAP load: N concurrent clients, phase by phase (login, select, append, fetch headers, fetch
+bodies, store flags, expunge), mailstack vs Dovecot in the same run with the same client code.
+
+Not a test. Every client APPENDs the same messages (fixed seed, 2-40 KB) to its own account on
+both systems, so both hold the same data. mailstack runs as deployed: a mailstore process and a
+`mailstack serve imap` process. Dovecot is ../shared/peers/start.sh DIR (users u1..uN, SHA512-CRYPT
+password hashes there; scrypt N=2^14 here: login cost differs and is reported as is).
+
+    /work/shared/peers/start.sh /tmp/refmail
+    .venv/bin/python bench/imap_load.py --peers-dir /tmp/refmail [--clients 5] [--messages 50]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import random
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from mailstack.v1 import mailstore_pb2 as pb
+
+from tests.fixtures.mailstore import MailstoreProcess, free_port, open_client
+
+PASSWORD = "Secret123"
+DOVECOT_IMAP = 23143
+PHASES = ("login", "select", "append", "fetch_headers", "fetch_bodies", "store", "expunge")
+
+
+def messages(count: int, seed: int = 7) -> list[bytes]:
+    rng = random.Random(seed)
+    out = []
+    for n in range(count):
+        head = f"From: load@bench.test\r\nTo: u@test\r\nSubject: imap bench {n}\r\nMessage-ID: <{n}@bench>\r\n\r\n"
+        body = b"y" * 76 + b"\r\n"
+        out.append(head.encode() + body * (rng.randint(2 * 1024, 40 * 1024) // len(body)))
+    return out
+
+
+class Client:
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer, self.n = reader, writer, 0
+
+    async def command(self, text: bytes, literal: bytes | None = None) -> bytes:
+        self.n += 1
+        tag = b"t%d" % self.n
+        if literal is None:
+            self.writer.write(tag + b" " + text + b"\r\n")
+        else:  # synchronizing literal: both servers answer "+"
+            self.writer.write(tag + b" " + text + b" {%d}\r\n" % len(literal))
+            while not (await self.reader.readline()).startswith(b"+"):
+                pass
+            self.writer.write(literal + b"\r\n")
+        received = bytearray()
+        while True:
+            line = await self.reader.readline()
+            if not line:
+                raise ConnectionError("server closed")
+            received += line
+            if line.endswith(b"}\r\n"):  # a literal follows
+                size = int(line[line.rindex(b"{") + 1 : -3])
+                received += await self.reader.readexactly(size)
+                continue
+            if line.startswith(tag + b" "):
+                if not line.startswith(tag + b" OK"):
+                    raise RuntimeError(line.decode(errors="replace"))
+                return bytes(received)
+
+
+async def run_phase(name: str, clients: list[Client], users: list[str], data: list[bytes]) -> int:
+    async def one(i: int) -> int:
+        c = clients[i]
+        if name == "login":
+            await c.command(f'LOGIN {users[i]} "{PASSWORD}"'.encode())
+            return 1
+        if name == "select":
+            await c.command(b"SELECT INBOX")
+            return 1
+        if name == "append":
+            for m in data:
+                await c.command(b"APPEND INBOX ()", m)
+            return len(data)
+        if name == "fetch_headers":
+            await c.command(b"FETCH 1:* (UID FLAGS RFC822.SIZE BODY.PEEK[HEADER.FIELDS (FROM SUBJECT DATE)])")
+            return len(data)
+        if name == "fetch_bodies":
+            for n in range(1, len(data) + 1):
+                await c.command(b"UID FETCH %d (BODY.PEEK[])" % n)
+            return len(data)
+        if name == "store":
+            for n in range(1, len(data) + 1):
+                await c.command(b"UID STORE %d +FLAGS.SILENT (\\Seen)" % n)
+            return len(data)
+        await c.command(b"STORE 1:* +FLAGS.SILENT (\\Deleted)")
+        await c.command(b"EXPUNGE")
+        return 1
+
+    counts = await asyncio.gather(*(one(i) for i in range(len(clients))))
+    return sum(counts)
+
+
+async def measure(port: int, users: list[str], data: list[bytes]) -> dict[str, float]:
+    clients = []
+    for _ in users:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port, limit=1 << 22)
+        await reader.readline()
+        clients.append(Client(reader, writer))
+    rates = {}
+    for phase in PHASES:
+        start = time.perf_counter()
+        ops = await run_phase(phase, clients, users, data)
+        rates[phase] = ops / (time.perf_counter() - start)
+    for c in clients:
+        c.writer.close()
+    return rates
+
+
+def start_mailstack(tmp: Path, clients: int) -> tuple[MailstoreProcess, subprocess.Popen[bytes], int, list[str]]:
+    store = MailstoreProcess(tmp / "store")
+    store.start()
+    port = free_port()
+    env = dict(os.environ)
+    env.update(
+        {
+            "MAILSTACK_DATA_DIR": str(tmp / "imap"),
+            "MAILSTACK_MAILSTORE_ADDR": store.address,
+            "MAILSTACK_IMAP_PORT": str(port),
+            "MAILSTACK_IMAPS_PORT": str(free_port()),
+            "MAILSTACK_ALLOW_PLAINTEXT_AUTH": "1",
+            "MAILSTACK_IMAP_COMMANDS_PER_SECOND": "100000",
+        }
+    )
+    proc = subprocess.Popen([sys.executable, "-m", "mailstack", "serve", "imap"], env=env, stdout=subprocess.DEVNULL)
+    for _ in range(300):
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError:
+            time.sleep(0.1)
+    users = [f"u{i}@test" for i in range(1, clients + 1)]
+
+    async def create() -> None:
+        client = open_client(store.address)
+        for user in users:
+            await client.admin.CreateAccount(pb.CreateAccountRequest(name=user, password=PASSWORD))
+        await client.channel.close(None)
+
+    asyncio.run(create())
+    return store, proc, port, users
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--peers-dir", help="directory of a running ../shared/peers/start.sh DIR (Dovecot)")
+    parser.add_argument("--clients", type=int, default=5)
+    parser.add_argument("--messages", type=int, default=50)
+    parser.add_argument("--first-user", type=int, default=16, help="Dovecot users uK.. (their INBOX is emptied)")
+    args = parser.parse_args()
+    data = messages(args.messages)
+    with tempfile.TemporaryDirectory() as d:
+        store, proc, port, users = start_mailstack(Path(d), args.clients)
+        try:
+            ours = asyncio.run(measure(port, users, data))
+        finally:
+            proc.terminate()
+            proc.wait(15)
+            store.stop()
+    theirs = None
+    if args.peers_dir:
+        theirs = asyncio.run(
+            measure(DOVECOT_IMAP, [f"u{i}" for i in range(args.first_user, args.first_user + args.clients)], data)
+        )
+    print(f"{args.clients} clients x {args.messages} messages; operations per second")
+    print(f"{'operation':<15}{'mailstack':>12}{'dovecot':>12}{'ratio':>8}")
+    for phase in PHASES:
+        other = theirs[phase] if theirs else 0.0
+        ratio = f"{ours[phase] / other:.2f}" if other else "-"
+        print(f"{phase:<15}{ours[phase]:>12.1f}{other:>12.1f}{ratio:>8}")
+
+
+if __name__ == "__main__":
+    main()

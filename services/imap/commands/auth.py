@@ -1,0 +1,109 @@
+"""STARTTLS, LOGIN and AUTHENTICATE PLAIN (with SASL-IR)."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+from typing import TYPE_CHECKING
+
+import grpc
+from mailstack.v1 import mailstore_pb2 as pb
+
+from ..errors import bad, from_grpc, no
+from ..protocol import Authenticate, Command, CommandReceiver, Login, NeedData, ParseError
+from ..protocol.encoder import tagged
+from .misc import capabilities
+
+if TYPE_CHECKING:
+    from ..session import Reply, Session
+
+
+async def starttls(session: Session, command: Command) -> Reply | None:
+    # Command: RFC 9051 §6.2.1. Nothing the client pipelined behind STARTTLS is executed.
+    if session.conn.tls or not session.conn.can_start_tls:
+        raise bad("TLS is already active" if session.conn.tls else "STARTTLS is not available")
+    await session.flush()
+    session.conn.receiver = CommandReceiver(session.conn.receiver.max_line, session.conn.receiver.max_literal)
+    await session.conn.start_tls(tagged(command.tag, "OK", "begin TLS negotiation now"))
+    from ..session import Reply
+
+    return Reply("", "")  # already answered
+
+
+def _plaintext_refused(session: Session) -> bool:
+    return not session.conn.tls and not session.settings.allow_plaintext_auth
+
+
+async def _authenticate(session: Session, tag: str, username: str, password: str, authzid: str) -> Reply | None:
+    from ..session import EndSession, Reply
+
+    services = session.services
+    ip = session.conn.remote_ip
+    if services.auth_throttle.blocked(ip):
+        raise no("too many failed logins, try again later", "UNAVAILABLE")
+    try:
+        reply = await session.stub.Authenticate(
+            pb.AuthenticateRequest(
+                username=username, password=password, authzid=authzid, remote_ip=ip, protocol="imap"
+            ),
+            timeout=30,
+        )
+    except grpc.RpcError as e:
+        error = from_grpc(e)
+        if error.code != "AUTHENTICATIONFAILED":
+            raise error from None
+        # slowed down, and a connection gets only a few tries
+        await asyncio.sleep(services.auth_throttle.failure(ip))
+        session.auth_failures += 1
+        if session.auth_failures >= session.settings.imap_auth_max_failures:
+            await session.send(tagged(tag, "NO", "authentication failed", "AUTHENTICATIONFAILED"))
+            raise EndSession("too many failed logins") from None
+        raise error from None
+    services.auth_throttle.success(ip)
+    account = str(reply.account)
+    if not services.limits.login(account):
+        raise no("too many sessions for this account", "LIMIT")
+    session.logged_in(account)
+    return Reply("OK", "logged in", f"CAPABILITY {capabilities(session)}")
+
+
+async def login(session: Session, command: Command) -> Reply | None:
+    # Command: RFC 9051 §6.2.3 (refused before TLS: LOGINDISABLED is advertised then)
+    assert isinstance(command.args, Login)
+    if _plaintext_refused(session):
+        raise no("use STARTTLS first", "PRIVACYREQUIRED")
+    return await _authenticate(session, command.tag, command.args.username, command.args.password, "")
+
+
+async def authenticate(session: Session, command: Command) -> Reply | None:
+    # Command: RFC 9051 §6.2.2, RFC 4959 SASL-IR, RFC 4616 PLAIN
+    assert isinstance(command.args, Authenticate)
+    if command.args.mechanism.upper() != "PLAIN":
+        raise no("unsupported mechanism; use PLAIN", "CANNOT")
+    if _plaintext_refused(session):
+        raise no("use STARTTLS first", "PRIVACYREQUIRED")
+    response = command.args.initial_response
+    if response is None:
+        await session.send(b"+ \r\n")  # an empty challenge (RFC 4616)
+        while True:
+            line = session.conn.receiver.next_line()
+            if isinstance(line, NeedData):
+                await session.conn.read_more(session.read_timeout)
+                continue
+            if isinstance(line, ParseError):
+                raise bad("response line too long")
+            response = line
+            break
+    if response.strip() == b"*":
+        raise bad("authentication cancelled")  # RFC 9051 §6.2.2
+    try:
+        decoded = b"" if response == b"=" else base64.b64decode(response, validate=True)
+        authzid, username, password = decoded.split(b"\0")
+        names = (authzid.decode(), username.decode(), password.decode())
+    except (binascii.Error, ValueError, UnicodeDecodeError):
+        raise bad("invalid PLAIN response") from None
+    return await _authenticate(session, command.tag, names[1], names[2], names[0])
+
+
+HANDLERS = {"STARTTLS": starttls, "LOGIN": login, "AUTHENTICATE": authenticate}

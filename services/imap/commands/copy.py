@@ -1,0 +1,65 @@
+"""COPY, MOVE and their UID forms (RFC 9051 §6.4.7, RFC 6851 MOVE, RFC 4315 COPYUID)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import grpc
+from mailstack.v1 import mailstore_pb2 as pb
+
+from ..errors import from_grpc
+from ..protocol import Command, CopyMove
+from ..protocol.encoder import untagged_status
+from .common import resolve, selected_view, set_text, uid_set, writable
+
+if TYPE_CHECKING:
+    from ..session import Reply, Session
+
+CALL_TIMEOUT = 120.0
+
+
+async def copy_move(session: Session, command: Command) -> Reply | None:
+    # Command: RFC 9051 §6.4.7 COPY / §6.4.8 MOVE; a missing target is NO [TRYCREATE]
+    from ..session import Reply
+
+    view = selected_view(session.view)
+    args = command.args
+    assert isinstance(args, CopyMove)
+    move = command.name == "MOVE"
+    if move:
+        writable(view)
+    targets = resolve(view, command, args.sequence_set)
+    if not targets:
+        return None
+    request = pb.CopyRequest(
+        account=session.account, mailbox=view.name, uids=uid_set(u for _, u in targets), destination=args.mailbox
+    )
+    try:
+        call = session.stub.Move if move else session.stub.Copy
+        reply = await call(request, timeout=CALL_TIMEOUT)
+    except grpc.RpcError as e:
+        error = from_grpc(e)
+        if error.code == "NONEXISTENT":
+            error.code = "TRYCREATE"  # RFC 9051 §6.4.7
+        raise error from None
+    mapping = sorted(reply.mapping, key=lambda p: p.source)
+    code = None
+    if mapping:
+        code = (
+            f"COPYUID {reply.uidvalidity} {set_text(p.source for p in mapping)} "
+            f"{set_text(p.destination for p in mapping)}"
+        )
+        # set_text sorts each side; keep the pairing by sorting pairs by source (destinations ascend too)
+    if not move:
+        return Reply("OK", "COPY completed", code)
+    # RFC 6851 §4.3: COPYUID in an untagged OK, then the EXPUNGEs, then the tagged OK
+    if code:
+        session.untagged(untagged_status("OK", "moved", code))
+    for pair in mapping:
+        seq = view.remove(pair.source)
+        if seq is not None:
+            session.untagged(b"* %d EXPUNGE\r\n" % seq)
+    return Reply("OK", "MOVE completed")
+
+
+HANDLERS = {"COPY": copy_move, "MOVE": copy_move}

@@ -1,0 +1,176 @@
+"""FETCH and UID FETCH (RFC 3501 §6.4.5, RFC 9051 §6.4.5; MODSEQ and CHANGEDSINCE RFC 7162 §3.1.4)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING
+
+from mailstack.v1 import mailstore_pb2 as pb
+
+from ..errors import no
+from ..protocol import Command, Fetch, FetchAttribute, FetchBinarySize, FetchBody, FetchItem, Section
+from ..protocol.encoder import fetch_response, flag_list, literal
+from ..protocol.message_data import body_structure, envelope, internal_date
+from .common import resolve, selected_view, uid_set
+
+if TYPE_CHECKING:
+    from ..session import Reply, Session
+
+CALL_TIMEOUT = 120.0
+BATCH = 100  # messages whose data is gathered (bodies concurrently) before they are written
+BODY_CONCURRENCY = 8
+_TEXTS = {
+    None: pb.SECTION_ALL,
+    "HEADER": pb.SECTION_HEADER,
+    "HEADER.FIELDS": pb.SECTION_HEADER_FIELDS,
+    "HEADER.FIELDS.NOT": pb.SECTION_HEADER_FIELDS_NOT,
+    "TEXT": pb.SECTION_TEXT,
+    "MIME": pb.SECTION_MIME,
+}
+# RFC822* are BODY[] forms with their own response names (RFC 3501 §6.4.5)
+_RFC822 = {
+    "RFC822": (FetchBody(Section()), b"RFC822"),
+    "RFC822.HEADER": (FetchBody(Section(text="HEADER"), peek=True), b"RFC822.HEADER"),
+    "RFC822.TEXT": (FetchBody(Section(text="TEXT")), b"RFC822.TEXT"),
+}
+
+
+def _body_item(item: FetchItem) -> tuple[FetchBody, bytes] | None:
+    if isinstance(item, FetchBody):
+        return item, item.label()
+    if isinstance(item, FetchAttribute) and item.name in _RFC822:
+        return _RFC822[item.name]
+    return None
+
+
+def _fields(items: list[FetchItem]) -> pb.MetadataFields:
+    names = {i.name for i in items if isinstance(i, FetchAttribute)}
+    return pb.MetadataFields(
+        flags="FLAGS" in names,
+        internal_date="INTERNALDATE" in names,
+        size="RFC822.SIZE" in names,
+        envelope="ENVELOPE" in names,
+        body_structure=bool(names & {"BODY", "BODYSTRUCTURE"}),
+    )
+
+
+async def _body(session: Session, mailbox: str, uid: int, item: FetchBody, limit: asyncio.Semaphore) -> bytes:
+    section = item.section
+    request = pb.FetchBodyRequest(
+        account=session.account,
+        mailbox=mailbox,
+        uid=uid,
+        section=pb.Section(part=section.part, text=_TEXTS[section.text], fields=section.fields),
+    )
+    if item.partial is not None:
+        request.has_partial = True
+        request.offset, request.length = item.partial
+    async with limit:
+        chunks = [r.data async for r in session.stub.FetchBody(request, timeout=CALL_TIMEOUT)]
+    return b"".join(chunks)
+
+
+async def fetch(session: Session, command: Command) -> Reply | None:
+    # Command: RFC 9051 §6.4.5 / §6.4.9 (UID FETCH always returns UID)
+    view = selected_view(session.view)
+    args = command.args
+    assert isinstance(args, Fetch)
+    items = list(args.items)
+    if any(isinstance(i, FetchBinarySize) or (isinstance(i, FetchBody) and i.binary) for i in items):
+        raise no("BINARY is not supported", "CANNOT")
+    names = {i.name for i in items if isinstance(i, FetchAttribute)}
+    if command.uid and "UID" not in names:
+        items.insert(0, FetchAttribute("UID"))
+    if args.changed_since is not None or "MODSEQ" in names:
+        session.condstore = True  # RFC 7162 §3.1: CONDSTORE-enabling
+        if "MODSEQ" not in names:
+            items.append(FetchAttribute("MODSEQ"))
+    targets = resolve(view, command, args.sequence_set)
+    if not targets:
+        return None
+    bodies = [b for b in (_body_item(i) for i in items) if b is not None]
+
+    # RFC 3501 §6.4.5: BODY[...] (not PEEK), RFC822 and RFC822.TEXT set \Seen
+    newly_seen: set[int] = set()
+    if not view.readonly and any(not body.peek for body, _ in bodies):
+        unseen = [uid for _, uid in targets if "\\Seen" not in view.flags.get(uid, ())]
+        if unseen:
+            reply = await session.stub.StoreFlags(
+                pb.StoreFlagsRequest(
+                    account=session.account,
+                    mailbox=view.name,
+                    uids=uid_set(unseen),
+                    mode=pb.STORE_ADD,
+                    flags=["\\Seen"],
+                ),
+                timeout=CALL_TIMEOUT,
+            )
+            for m in reply.updated:
+                view.set_flags(m.uid, m.flags, m.modseq)
+                newly_seen.add(m.uid)
+
+    fields = _fields(items)
+    limit = asyncio.Semaphore(BODY_CONCURRENCY)
+    for start in range(0, len(targets), BATCH):
+        batch = targets[start : start + BATCH]
+        request = pb.FetchMetadataRequest(
+            account=session.account,
+            mailbox=view.name,
+            uids=uid_set(uid for _, uid in batch),
+            fields=fields,
+            changed_since=args.changed_since or 0,
+        )
+        metadata: dict[int, pb.MessageMetadata] = {}
+        async for part in session.stub.FetchMetadata(request, timeout=CALL_TIMEOUT):
+            for m in part.messages:
+                metadata[m.uid] = m
+        wanted = [(seq, uid) for seq, uid in batch if uid in metadata]
+        texts: dict[tuple[int, int], bytes] = {}
+        if bodies:
+            jobs = [(uid, n) for _, uid in wanted for n in range(len(bodies))]
+            results = await asyncio.gather(*(_body(session, view.name, uid, bodies[n][0], limit) for uid, n in jobs))
+            texts = dict(zip(jobs, results, strict=True))
+        for seq, uid in wanted:
+            m = metadata[uid]
+            if fields.flags:
+                view.set_flags(uid, m.flags, m.modseq)
+            out: list[tuple[bytes, bytes]] = []
+            body_index = 0
+            for item in items:
+                body = _body_item(item)
+                if body is not None:
+                    out.append((body[1], literal(texts[(uid, body_index)])))
+                    body_index += 1
+                    continue
+                assert isinstance(item, FetchAttribute)
+                out.append((item.name.encode("ascii"), _attribute(session, item.name, seq, uid, m)))
+            if uid in newly_seen and "FLAGS" not in names:
+                out.append((b"FLAGS", flag_list(sorted(view.flags_of(uid)))))
+            session.untagged(fetch_response(seq, out))
+        await session.flush()
+    return None
+
+
+def _attribute(session: Session, name: str, seq: int, uid: int, m: pb.MessageMetadata) -> bytes:
+    view = session.view
+    assert view is not None
+    if name == "UID":
+        return b"%d" % uid
+    if name == "FLAGS":
+        return flag_list(sorted(view.flags_of(uid)))
+    if name == "INTERNALDATE":
+        return internal_date(m.internal_date)
+    if name == "RFC822.SIZE":
+        return b"%d" % m.size
+    if name == "ENVELOPE":
+        return envelope(m.envelope)
+    if name == "BODYSTRUCTURE":
+        return body_structure(m.body_structure, extensible=True)
+    if name == "BODY":
+        return body_structure(m.body_structure, extensible=False)
+    if name == "MODSEQ":
+        return b"(%d)" % m.modseq
+    raise no(f"unknown item {name}")
+
+
+HANDLERS = {"FETCH": fetch}

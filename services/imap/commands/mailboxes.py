@@ -1,0 +1,189 @@
+"""CREATE, DELETE, RENAME, SUBSCRIBE, UNSUBSCRIBE, LIST, LSUB, STATUS."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import grpc
+from mailstack.v1 import mailstore_pb2 as pb
+
+from ..errors import no
+from ..protocol import Command, Create, ListMailboxes, Lsub, MailboxArgument, Rename, Status
+from ..protocol.encoder import mailbox, untagged
+from .common import SPECIAL_USE_ATTRIBUTES, SPECIAL_USE_BY_NAME
+
+if TYPE_CHECKING:
+    from ..session import Reply, Session
+
+CALL_TIMEOUT = 30.0
+DELIMITER = b'"/"'
+
+
+async def create(session: Session, command: Command) -> Reply | None:
+    # Command: RFC 9051 §6.3.4; USE (RFC 6154 §3 CREATE-SPECIAL-USE)
+    assert isinstance(command.args, Create)
+    name = command.args.mailbox.rstrip("/")  # a trailing delimiter only says "will have children"
+    if not name:
+        raise no("invalid mailbox name", "CANNOT")
+    if name.upper() == "INBOX":
+        raise no("INBOX always exists", "ALREADYEXISTS")
+    special = pb.SPECIAL_USE_NONE
+    if command.args.special_use:
+        if len(command.args.special_use) > 1 or command.args.special_use[0].lower() not in SPECIAL_USE_BY_NAME:
+            raise no("one of \\Sent \\Drafts \\Trash \\Junk \\Archive \\All \\Flagged", "USEATTR")
+        special = SPECIAL_USE_BY_NAME[command.args.special_use[0].lower()]
+    # RFC 3501 §6.3.3: superior names that are needed are created too
+    parts = name.split("/")
+    for i in range(1, len(parts)):
+        try:
+            await session.stub.CreateMailbox(
+                pb.CreateMailboxRequest(account=session.account, name="/".join(parts[:i])), timeout=CALL_TIMEOUT
+            )
+        except grpc.RpcError as e:
+            if e.code() != grpc.StatusCode.ALREADY_EXISTS:
+                raise
+    await session.stub.CreateMailbox(
+        pb.CreateMailboxRequest(account=session.account, name=name, special_use=special), timeout=CALL_TIMEOUT
+    )
+    return None
+
+
+async def delete(session: Session, command: Command) -> Reply | None:
+    # Command: RFC 9051 §6.3.5
+    assert isinstance(command.args, MailboxArgument)
+    if command.args.mailbox == "INBOX":
+        raise no("INBOX cannot be deleted", "CANNOT")
+    if session.view is not None and session.view.name == command.args.mailbox:
+        raise no("unselect the mailbox before deleting it", "INUSE")
+    await session.stub.DeleteMailbox(
+        pb.DeleteMailboxRequest(account=session.account, name=command.args.mailbox), timeout=CALL_TIMEOUT
+    )
+    return None
+
+
+async def rename(session: Session, command: Command) -> Reply | None:
+    # Command: RFC 9051 §6.3.6 (children move; renaming INBOX moves its messages: the mailstore does both)
+    assert isinstance(command.args, Rename)
+    await session.stub.RenameMailbox(
+        pb.RenameMailboxRequest(
+            account=session.account, name=command.args.mailbox, new_name=command.args.new_name.rstrip("/")
+        ),
+        timeout=CALL_TIMEOUT,
+    )
+    return None
+
+
+async def subscribe(session: Session, command: Command) -> Reply | None:
+    # Command: RFC 9051 §6.3.7 / §6.3.8 (UNSUBSCRIBE)
+    assert isinstance(command.args, MailboxArgument)
+    await session.stub.Subscribe(
+        pb.SubscribeRequest(account=session.account, name=command.args.mailbox, subscribed=command.name == "SUBSCRIBE"),
+        timeout=CALL_TIMEOUT,
+    )
+    return None
+
+
+def _attributes(item: pb.Mailbox, subscribed: bool) -> bytes:
+    attrs = []
+    if item.nonexistent:
+        attrs.append("\\Noselect")
+    attrs.append("\\HasChildren" if item.has_children else "\\HasNoChildren")  # RFC 3348 CHILDREN
+    if item.special_use in SPECIAL_USE_ATTRIBUTES:
+        attrs.append(SPECIAL_USE_ATTRIBUTES[item.special_use])  # RFC 6154 §2
+    if subscribed and item.subscribed:
+        attrs.append("\\Subscribed")
+    return ("(" + " ".join(attrs) + ")").encode("ascii")
+
+
+def _status_line(name: str, status: pb.MailboxStatus, items: tuple[str, ...], session: Session) -> bytes:
+    # status-att-list (RFC 9051 §7.3.5)
+    values = {
+        "MESSAGES": status.messages,
+        "RECENT": status.recent,
+        "UIDNEXT": status.uidnext,
+        "UIDVALIDITY": status.uidvalidity,
+        "UNSEEN": status.unseen,
+        "DELETED": status.deleted,
+        "SIZE": status.size,
+        "HIGHESTMODSEQ": status.highestmodseq,
+        "APPENDLIMIT": session.settings.max_message_size,
+    }
+    pairs = " ".join(f"{item} {values[item]}" for item in items if item in values)
+    return untagged(b"STATUS " + mailbox(name) + b" (" + pairs.encode("ascii") + b")")
+
+
+async def list_command(session: Session, command: Command) -> Reply | None:
+    # Command: RFC 3501 §6.3.8, RFC 5258 selection/return options, RFC 6154, RFC 5819 STATUS
+    args = command.args
+    assert isinstance(args, ListMailboxes)
+    if len(args.patterns) == 1 and args.patterns[0] == "":
+        # the hierarchy delimiter and root name (RFC 3501 §6.3.8)
+        session.untagged(untagged(b'LIST (\\Noselect) "/" ""'))
+        return None
+    subscribed_only = "SUBSCRIBED" in args.selection
+    show_subscribed = subscribed_only or "SUBSCRIBED" in args.returns
+    seen: set[str] = set()
+    for pattern in args.patterns:
+        full = args.reference + pattern
+        if full.upper().startswith("INBOX") and (len(full) == 5 or full[5] in "/*%"):
+            full = "INBOX" + full[5:]
+        reply = await session.stub.ListMailboxes(
+            pb.ListMailboxesRequest(
+                account=session.account,
+                pattern=full,
+                subscribed_only=subscribed_only,
+                with_status=args.status is not None,
+            ),
+            timeout=CALL_TIMEOUT,
+        )
+        for item in reply.mailboxes:
+            if item.name in seen:
+                continue
+            if "SPECIAL-USE" in args.selection and item.special_use not in SPECIAL_USE_ATTRIBUTES:
+                continue
+            seen.add(item.name)
+            session.untagged(
+                untagged(b"LIST " + _attributes(item, show_subscribed) + b" " + DELIMITER + b" " + mailbox(item.name))
+            )
+            if args.status is not None and not item.nonexistent:
+                session.untagged(_status_line(item.name, item.status, args.status, session))
+    return None
+
+
+async def lsub(session: Session, command: Command) -> Reply | None:
+    # Command: RFC 3501 §6.3.9
+    assert isinstance(command.args, Lsub)
+    reply = await session.stub.ListMailboxes(
+        pb.ListMailboxesRequest(
+            account=session.account, pattern=command.args.reference + command.args.pattern, subscribed_only=True
+        ),
+        timeout=CALL_TIMEOUT,
+    )
+    for item in reply.mailboxes:
+        attrs = b"(\\Noselect)" if item.nonexistent else b"()"
+        session.untagged(untagged(b"LSUB " + attrs + b" " + DELIMITER + b" " + mailbox(item.name)))
+    return None
+
+
+async def status(session: Session, command: Command) -> Reply | None:
+    # Command: RFC 9051 §6.3.11 (+ HIGHESTMODSEQ RFC 7162, SIZE RFC 8438, APPENDLIMIT RFC 7889)
+    assert isinstance(command.args, Status)
+    reply = await session.stub.GetMailboxStatus(
+        pb.MailboxStatusRequest(account=session.account, name=command.args.mailbox), timeout=CALL_TIMEOUT
+    )
+    if "HIGHESTMODSEQ" in command.args.items:
+        session.condstore = True  # RFC 7162 §3.1: a CONDSTORE-enabling command
+    session.untagged(_status_line(command.args.mailbox, reply, command.args.items, session))
+    return None
+
+
+HANDLERS = {
+    "CREATE": create,
+    "DELETE": delete,
+    "RENAME": rename,
+    "SUBSCRIBE": subscribe,
+    "UNSUBSCRIBE": subscribe,
+    "LIST": list_command,
+    "LSUB": lsub,
+    "STATUS": status,
+}

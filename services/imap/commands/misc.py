@@ -1,0 +1,118 @@
+"""CAPABILITY, NOOP, LOGOUT, CHECK, ID, NAMESPACE, ENABLE."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from ..errors import bad
+from ..protocol import Command, Enable, Id
+from ..protocol.encoder import nstring, paren_list, untagged, untagged_status
+
+if TYPE_CHECKING:
+    from ..session import Reply, Session
+
+# Each is advertised because it works end to end (tests/e2e/test_imap_*.py).
+EXTENSIONS = (
+    "LITERAL+",
+    "SASL-IR",
+    "ID",
+    "ENABLE",
+    "IDLE",
+    "NAMESPACE",
+    "UIDPLUS",
+    "MOVE",
+    "UNSELECT",
+    "CHILDREN",
+    "SPECIAL-USE",
+    "CREATE-SPECIAL-USE",
+    "CONDSTORE",
+    "ESEARCH",
+    "QUOTA",
+    "QUOTA=RES-STORAGE",
+    "QUOTA=RES-MESSAGE",
+)
+
+
+def capabilities(session: Session) -> str:
+    from ..session import State
+
+    caps = ["IMAP4rev1"]
+    if session.state == State.NOT_AUTHENTICATED:
+        if not session.conn.tls and session.conn.can_start_tls:
+            caps.append("STARTTLS")
+        if session.conn.tls or session.settings.allow_plaintext_auth:
+            caps.append("AUTH=PLAIN")
+        else:
+            caps.append("LOGINDISABLED")  # RFC 9051 §6.2.3
+    caps += EXTENSIONS
+    caps.append(f"APPENDLIMIT={session.settings.max_message_size}")
+    return " ".join(caps)
+
+
+async def capability(session: Session, command: Command) -> Reply | None:
+    # Command: RFC 9051 §6.1.1
+    session.untagged(untagged("CAPABILITY " + capabilities(session)))
+    return None
+
+
+async def noop(session: Session, command: Command) -> Reply | None:
+    # Command: RFC 9051 §6.1.2 (the session sends pending updates after every command)
+    return None
+
+
+async def check(session: Session, command: Command) -> Reply | None:
+    # Command: RFC 3501 §6.4.1 (every change is durable already: same as NOOP)
+    return None
+
+
+async def logout(session: Session, command: Command) -> Reply | None:
+    # Command: RFC 9051 §6.1.3
+    from ..session import State
+
+    session.untagged(untagged_status("BYE", "logging out"))
+    session.state = State.LOGOUT
+    return None
+
+
+async def id_command(session: Session, command: Command) -> Reply | None:
+    # Command: RFC 2971 §3.1
+    assert isinstance(command.args, Id)
+    session.untagged(untagged(b'ID ("name" "mailstack" "vendor" "mailstack")'))
+    return None
+
+
+async def namespace(session: Session, command: Command) -> Reply | None:
+    # Command: RFC 2342 §5: one personal namespace, no other users' or shared ones
+    session.untagged(untagged(b'NAMESPACE (("" "/")) NIL NIL'))
+    return None
+
+
+async def enable(session: Session, command: Command) -> Reply | None:
+    # Command: RFC 5161 §3.1; CONDSTORE per RFC 7162 §3.1
+    assert isinstance(command.args, Enable)
+    enabled: list[bytes] = []
+    for name in command.args.capabilities:
+        if name.upper() == "CONDSTORE" and not session.condstore:
+            session.condstore = True
+            enabled.append(b"CONDSTORE")
+    session.untagged(untagged(b" ".join([b"ENABLED", *enabled])))
+    return None
+
+
+def quoted_params(params: tuple[tuple[str, str | None], ...]) -> bytes:
+    return paren_list(nstring(k) + b" " + nstring(v) for k, v in params)
+
+
+async def not_supported(session: Session, command: Command) -> Reply | None:
+    raise bad(f"{command.name} is not supported")
+
+
+HANDLERS = {
+    "CAPABILITY": capability,
+    "NOOP": noop,
+    "CHECK": check,
+    "LOGOUT": logout,
+    "ID": id_command,
+    "NAMESPACE": namespace,
+    "ENABLE": enable,
+}

@@ -1,0 +1,55 @@
+"""GETQUOTA, GETQUOTAROOT, SETQUOTA (RFC 9208). One quota root, "", for the whole account."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from mailstack.v1 import mailstore_pb2 as pb
+
+from ..errors import no
+from ..protocol import Command, MailboxArgument, QuotaRoot
+from ..protocol.encoder import mailbox, untagged
+
+if TYPE_CHECKING:
+    from ..session import Reply, Session
+
+CALL_TIMEOUT = 30.0
+
+
+async def _quota_line(session: Session) -> bytes:
+    quota = await session.stub.GetQuota(pb.GetQuotaRequest(account=session.account), timeout=CALL_TIMEOUT)
+    resources = []
+    # RFC 9208 §5.1: STORAGE in units of 1024 octets; unlimited resources are not listed
+    if quota.limit_bytes:
+        resources.append(b"STORAGE %d %d" % ((quota.used_bytes + 1023) // 1024, quota.limit_bytes // 1024))
+    if quota.limit_messages:
+        resources.append(b"MESSAGE %d %d" % (quota.used_messages, quota.limit_messages))
+    return untagged(b'QUOTA "" (' + b" ".join(resources) + b")")
+
+
+async def getquota(session: Session, command: Command) -> Reply | None:
+    # Command: RFC 9208 §4.2
+    assert isinstance(command.args, QuotaRoot)
+    if command.args.root != "":
+        raise no("no such quota root", "NONEXISTENT")
+    session.untagged(await _quota_line(session))
+    return None
+
+
+async def getquotaroot(session: Session, command: Command) -> Reply | None:
+    # Command: RFC 9208 §4.3
+    assert isinstance(command.args, MailboxArgument)
+    await session.stub.GetMailboxStatus(
+        pb.MailboxStatusRequest(account=session.account, name=command.args.mailbox), timeout=CALL_TIMEOUT
+    )
+    session.untagged(untagged(b"QUOTAROOT " + mailbox(command.args.mailbox) + b' ""'))
+    session.untagged(await _quota_line(session))
+    return None
+
+
+async def setquota(session: Session, command: Command) -> Reply | None:
+    # Command: RFC 9208 §4.1: limits are set by the operator (mailstack admin), not by users
+    raise no("quota limits are set by the administrator", "NOPERM")
+
+
+HANDLERS = {"GETQUOTA": getquota, "GETQUOTAROOT": getquotaroot, "SETQUOTA": setquota}

@@ -1,0 +1,145 @@
+"""SEARCH and UID SEARCH (RFC 9051 §6.4.4, RFC 3501 §6.4.4; ESEARCH RFC 4731; MODSEQ RFC 7162 §3.1.5).
+The key tree is translated for the mailstore; sequence numbers and \\Recent are this session's."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from mailstack.v1 import mailstore_pb2 as pb
+
+from ..errors import bad, no
+from ..mailbox_view import MailboxView
+from ..protocol import (
+    Command,
+    Search,
+    SearchAge,
+    SearchAll,
+    SearchAnd,
+    SearchDate,
+    SearchFlag,
+    SearchHeader,
+    SearchKey,
+    SearchModSeq,
+    SearchNot,
+    SearchOr,
+    SearchSequence,
+    SearchSize,
+    SearchText,
+)
+from ..protocol.encoder import quoted, untagged
+from .common import selected_view, set_text, uid_set
+
+if TYPE_CHECKING:
+    from ..session import Reply, Session
+
+CALL_TIMEOUT = 120.0
+CHARSETS = {"UTF-8", "US-ASCII"}
+_DATE_OPS = {"before": pb.DATE_BEFORE, "on": pb.DATE_ON, "since": pb.DATE_SINCE}
+
+
+def _text(value: bytes) -> str:
+    try:
+        return value.decode("utf-8")
+    except UnicodeDecodeError:
+        raise bad("search text is not UTF-8") from None
+
+
+def _compound(kind: str, keys: pb.SearchKeys) -> pb.SearchKey:
+    # "and"/"or"/"not" are Python keywords: set the oneof field by name.
+    out = pb.SearchKey()
+    getattr(out, kind).CopyFrom(keys)
+    return out
+
+
+def _not(inner: pb.SearchKey) -> pb.SearchKey:
+    out = pb.SearchKey()
+    getattr(out, "not").CopyFrom(inner)
+    return out
+
+
+def translate(key: SearchKey, view: MailboxView) -> tuple[pb.SearchKey, bool]:
+    """(mailstore key, whether MODSEQ was used)."""
+    if isinstance(key, SearchAll):
+        return pb.SearchKey(all=True), False
+    if isinstance(key, SearchAnd | SearchOr):
+        parts = [translate(k, view) for k in (key.keys if isinstance(key, SearchAnd) else (key.left, key.right))]
+        keys = pb.SearchKeys(keys=[p[0] for p in parts])
+        used = any(p[1] for p in parts)
+        return (_compound("and", keys) if isinstance(key, SearchAnd) else _compound("or", keys)), used
+    if isinstance(key, SearchNot):
+        inner, used = translate(key.key, view)
+        return _not(inner), used
+    if isinstance(key, SearchFlag):
+        if key.flag.lower() == "\\recent":
+            # \Recent is the session's own (RFC 3501 §2.3.2): a UID set, never the store's
+            recent = pb.SearchKey(uids=uid_set(view.recent)) if view.recent else _not(pb.SearchKey(all=True))
+            return (recent if key.present else _not(recent)), False
+        return (pb.SearchKey(flag_set=key.flag) if key.present else pb.SearchKey(flag_unset=key.flag)), False
+    if isinstance(key, SearchSequence):
+        uids = [u for _, u in view.resolve(key.sequence_set, key.uid)] if not key.sequence_set.saved else None
+        if uids is None:
+            raise bad("$ (SEARCHRES) is not supported")
+        return (pb.SearchKey(uids=uid_set(uids)) if uids else _not(pb.SearchKey(all=True))), False
+    if isinstance(key, SearchHeader):
+        return pb.SearchKey(header=pb.HeaderKey(name=key.field, value=_text(key.value))), False
+    if isinstance(key, SearchText):
+        value = _text(key.value)
+        return (pb.SearchKey(body=value) if key.body_only else pb.SearchKey(text=value)), False
+    if isinstance(key, SearchDate):
+        field = pb.DATE_SENT if key.sent else pb.DATE_INTERNAL
+        date = pb.DateKey(field=field, op=_DATE_OPS[key.relation], date=key.date.isoformat())
+        return pb.SearchKey(date=date), False
+    if isinstance(key, SearchSize):
+        return (pb.SearchKey(larger=key.size) if key.larger else pb.SearchKey(smaller=key.size)), False
+    if isinstance(key, SearchModSeq):
+        return pb.SearchKey(modseq=key.modseq), True
+    if isinstance(key, SearchAge):
+        raise no("OLDER/YOUNGER (WITHIN) is not supported", "CANNOT")
+    raise bad("unsupported search key")
+
+
+async def search(session: Session, command: Command) -> Reply | None:
+    # Command: RFC 9051 §6.4.4; RETURN options RFC 4731 §3.1
+    view = selected_view(session.view)
+    args = command.args
+    assert isinstance(args, Search)
+    if args.charset is not None and args.charset.upper() not in CHARSETS:
+        raise no("unsupported charset", "BADCHARSET (UTF-8 US-ASCII)")
+    key, modseq_used = translate(args.key, view)
+    if modseq_used:
+        session.condstore = True
+    reply = await session.stub.Search(
+        pb.SearchRequest(account=session.account, mailbox=view.name, key=key), timeout=CALL_TIMEOUT
+    )
+    # Only messages the client knows, numbered as it knows them.
+    hits = [(seq, uid) for uid in reply.uids if (seq := view.seq_of(uid)) is not None]
+    numbers = [uid if command.uid else seq for seq, uid in hits]
+    modseq = max((view.modseqs.get(uid, 0) for _, uid in hits), default=0)
+    if args.returns is not None:
+        if "SAVE" in args.returns:
+            raise bad("SAVE (SEARCHRES) is not supported")
+        returns = set(args.returns) or {"ALL"}
+        parts = [b"ESEARCH (TAG " + quoted(command.tag) + b")"]
+        if command.uid:
+            parts.append(b"UID")
+        if numbers:
+            if "MIN" in returns:
+                parts.append(b"MIN %d" % min(numbers))
+            if "MAX" in returns:
+                parts.append(b"MAX %d" % max(numbers))
+            if "ALL" in returns:
+                parts.append(b"ALL " + set_text(numbers).encode("ascii"))
+        if "COUNT" in returns:
+            parts.append(b"COUNT %d" % len(numbers))
+        if modseq_used and numbers:
+            parts.append(b"MODSEQ %d" % modseq)
+        session.untagged(untagged(b" ".join(parts)))
+        return None
+    line = b"SEARCH" + b"".join(b" %d" % n for n in numbers)
+    if modseq_used and numbers:
+        line += b" (MODSEQ %d)" % modseq  # RFC 7162 §3.1.5
+    session.untagged(untagged(line))
+    return None
+
+
+HANDLERS = {"SEARCH": search}

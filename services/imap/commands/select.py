@@ -1,0 +1,114 @@
+"""SELECT, EXAMINE, CLOSE, UNSELECT, EXPUNGE (and UID EXPUNGE)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from mailstack.v1 import mailstore_pb2 as pb
+
+from ..mailbox_view import MailboxView
+from ..protocol import Command, Select, SequenceArgument
+from ..protocol.encoder import flag_list, untagged, untagged_status
+from .common import resolve, selected_view, uid_set, writable
+
+if TYPE_CHECKING:
+    from ..session import Reply, Session
+
+CALL_TIMEOUT = 60.0
+SYSTEM_FLAGS = ("\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft")
+
+
+async def open_view(session: Session, name: str, readonly: bool) -> MailboxView:
+    """Read a mailbox's messages into a new view. The MODSEQ is taken before the listing, so
+    anything that changes meanwhile is read again from the change log (at least once)."""
+    status = await session.stub.GetMailboxStatus(
+        pb.MailboxStatusRequest(account=session.account, name=name), timeout=CALL_TIMEOUT
+    )
+    messages: list[tuple[int, tuple[str, ...], int]] = []
+    request = pb.FetchMetadataRequest(account=session.account, mailbox=name, fields=pb.MetadataFields(flags=True))
+    async for batch in session.stub.FetchMetadata(request, timeout=CALL_TIMEOUT):
+        messages.extend((m.uid, tuple(m.flags), m.modseq) for m in batch.messages)
+    view = MailboxView(name, readonly, status.uidvalidity, status.uidnext, status.highestmodseq, messages)
+    view.modseq = status.highestmodseq
+    if not readonly:
+        # RFC 3501 §2.3.2: this session is the first to see these (exactly one session gets \Recent)
+        claim = await session.stub.ClaimRecent(
+            pb.ClaimRecentRequest(account=session.account, mailbox=name), timeout=CALL_TIMEOUT
+        )
+        view.recent = {u for u in view.uids if claim.first_uid <= u < claim.uidnext}
+    return view
+
+
+async def select(session: Session, command: Command) -> Reply | None:
+    # Command: RFC 3501 §6.3.1 / §6.3.2 (EXAMINE); CONDSTORE parameter RFC 7162 §3.1.8
+    from ..session import Reply
+
+    args = command.args
+    assert isinstance(args, Select)
+    readonly = command.name == "EXAMINE"
+    session.select(None)  # RFC 9051 §6.3.2: a failed SELECT leaves no mailbox selected
+    if args.condstore:
+        session.condstore = True
+    view = await open_view(session, args.mailbox, readonly)
+    keywords = sorted({f for u in view.uids for f in view.flags[u] if not f.startswith("\\")})
+    session.untagged(untagged(b"FLAGS " + flag_list([*SYSTEM_FLAGS, *keywords])))
+    permanent = flag_list([*SYSTEM_FLAGS, *keywords, "\\*"]) if not readonly else b"()"
+    session.untagged(untagged_status("OK", "flags and keywords can be stored", b"PERMANENTFLAGS " + permanent))
+    session.untagged(untagged(b"%d EXISTS" % view.exists))
+    session.untagged(untagged(b"%d RECENT" % len(view.recent)))
+    first_unseen = next((seq for seq, uid in enumerate(view.uids, 1) if "\\Seen" not in view.flags[uid]), 0)
+    if first_unseen:
+        session.untagged(untagged_status("OK", "first unseen", f"UNSEEN {first_unseen}"))
+    session.untagged(untagged_status("OK", "UIDs valid", f"UIDVALIDITY {view.uidvalidity}"))
+    session.untagged(untagged_status("OK", "predicted next UID", f"UIDNEXT {view.uidnext}"))
+    session.untagged(untagged_status("OK", "highest", f"HIGHESTMODSEQ {view.modseq}"))
+    session.select(view)
+    return Reply("OK", f"{command.name} completed", "READ-ONLY" if readonly else "READ-WRITE")
+
+
+async def close(session: Session, command: Command) -> Reply | None:
+    # Command: RFC 9051 §6.4.1: expunge silently (not when read-only), then unselect
+    view = selected_view(session.view)
+    if not view.readonly:
+        await session.stub.Expunge(
+            pb.ExpungeRequest(account=session.account, mailbox=view.name, all_deleted=True), timeout=CALL_TIMEOUT
+        )
+    session.select(None)
+    return None
+
+
+async def unselect(session: Session, command: Command) -> Reply | None:
+    # Command: RFC 3691 §2
+    selected_view(session.view)
+    session.select(None)
+    return None
+
+
+async def expunge(session: Session, command: Command) -> Reply | None:
+    # Command: RFC 9051 §6.4.3; UID EXPUNGE RFC 4315 §2.1 (only \Deleted messages of the set)
+    view = selected_view(session.view)
+    writable(view)
+    request = pb.ExpungeRequest(account=session.account, mailbox=view.name)
+    if command.uid:
+        assert isinstance(command.args, SequenceArgument)
+        targets = [uid for _, uid in resolve(view, command, command.args.sequence_set)]
+        if not targets:
+            return None
+        request.uids.CopyFrom(uid_set(targets))
+    else:
+        request.all_deleted = True
+    reply = await session.stub.Expunge(request, timeout=CALL_TIMEOUT)
+    for uid in sorted(reply.expunged):
+        seq = view.remove(uid)
+        if seq is not None:
+            session.untagged(b"* %d EXPUNGE\r\n" % seq)
+    return None
+
+
+HANDLERS = {
+    "SELECT": select,
+    "EXAMINE": select,
+    "CLOSE": close,
+    "UNSELECT": unselect,
+    "EXPUNGE": expunge,
+}

@@ -1,0 +1,163 @@
+"""The selected mailbox as one session sees it (RFC 9051 §7.5.1, RFC 3501 §5.2).
+
+Sequence numbers are this session's: a message another session expunged keeps its number here
+until the EXPUNGE is announced, which happens only where the RFC allows it (never during FETCH,
+STORE or SEARCH without UID). Changes arrive from the mailstore's change log (GetChanges) and
+are queued as pending untagged responses. No I/O here: the session feeds and drains it.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from .protocol import SequenceSet
+from .protocol.encoder import flag_list
+
+NEW, FLAGS, EXPUNGE = "new", "flags", "expunge"
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    uid: int
+    modseq: int
+    kind: str  # NEW, FLAGS or EXPUNGE
+    flags: tuple[str, ...] = ()
+
+
+class MailboxView:
+    def __init__(
+        self,
+        name: str,
+        readonly: bool,
+        uidvalidity: int,
+        uidnext: int,
+        highestmodseq: int,
+        messages: Iterable[tuple[int, Iterable[str], int]],
+    ) -> None:
+        self.name = name
+        self.readonly = readonly
+        self.uidvalidity = uidvalidity
+        self.modseq = highestmodseq  # everything up to here has been read from the change log
+        self.uids: list[int] = []
+        self.flags: dict[int, frozenset[str]] = {}
+        self.modseqs: dict[int, int] = {}
+        for uid, flags, modseq in sorted(messages, key=lambda m: m[0]):
+            self.uids.append(uid)
+            self.flags[uid] = frozenset(flags)
+            self.modseqs[uid] = modseq
+            self.modseq = max(self.modseq, modseq)
+        self.uidnext = max(uidnext, self.uids[-1] + 1 if self.uids else 1)
+        self.recent: set[int] = set()
+        self._expunged: set[int] = set()  # gone from the store, not yet announced
+        self._flag_changes: set[int] = set()  # flags changed, not yet announced
+        self._announced_exists = len(self.uids)
+        self._announced_recent = 0
+
+    # ---- numbering
+
+    @property
+    def exists(self) -> int:
+        return len(self.uids)
+
+    def seq_of(self, uid: int) -> int | None:
+        i = bisect.bisect_left(self.uids, uid)
+        return i + 1 if i < len(self.uids) and self.uids[i] == uid else None
+
+    def resolve(self, sequence_set: SequenceSet, uid: bool) -> list[tuple[int, int]]:
+        """(seq, uid) of the messages of a sequence set or UID set, ascending, existing ones only
+        (RFC 9051 §6.4.8: a UID range that matches nothing is not an error)."""
+        out: list[tuple[int, int]] = []
+        if not self.uids:
+            return out
+        if uid:
+            for low, high in sequence_set.ranges(self.uids[-1]):
+                i = bisect.bisect_left(self.uids, low)
+                while i < len(self.uids) and self.uids[i] <= high:
+                    out.append((i + 1, self.uids[i]))
+                    i += 1
+        else:
+            for seq in sequence_set.iter(len(self.uids)):
+                out.append((seq, self.uids[seq - 1]))
+        return out
+
+    def is_expunged(self, uid: int) -> bool:
+        return uid in self._expunged
+
+    # ---- changes
+
+    def flags_of(self, uid: int) -> frozenset[str]:
+        """Flags as the client should see them, with the session's \\Recent."""
+        flags = self.flags.get(uid, frozenset())
+        return flags | {"\\Recent"} if uid in self.recent else flags
+
+    def set_flags(self, uid: int, flags: Iterable[str], modseq: int, announced: bool = True) -> None:
+        if uid not in self.flags or uid in self._expunged:
+            return
+        new = frozenset(flags)
+        if new != self.flags[uid] and not announced:
+            self._flag_changes.add(uid)
+        elif announced:
+            self._flag_changes.discard(uid)
+        self.flags[uid] = new
+        self.modseqs[uid] = max(self.modseqs.get(uid, 0), modseq)
+
+    def apply(self, changes: Iterable[Change], highestmodseq: int) -> list[int]:
+        """Take changes from the change log; returns the UIDs that are new to this session."""
+        new: list[int] = []
+        for change in changes:
+            if change.kind == EXPUNGE:
+                if change.uid in self.flags:
+                    self._expunged.add(change.uid)
+                    self._flag_changes.discard(change.uid)
+            elif change.uid in self.flags:
+                self.set_flags(change.uid, change.flags, change.modseq, announced=False)
+            elif change.kind in (NEW, FLAGS) and (not self.uids or change.uid > self.uids[-1]):
+                # a message this session has never seen: it gets the next sequence number
+                self.uids.append(change.uid)
+                self.flags[change.uid] = frozenset(change.flags)
+                self.modseqs[change.uid] = change.modseq
+                self.uidnext = max(self.uidnext, change.uid + 1)
+                new.append(change.uid)
+        self.modseq = max(self.modseq, highestmodseq)
+        return new
+
+    def remove(self, uid: int) -> int | None:
+        """Forget an expunged message now; returns the sequence number to announce."""
+        seq = self.seq_of(uid)
+        if seq is None:
+            return None
+        del self.uids[seq - 1]
+        self.flags.pop(uid, None)
+        self.modseqs.pop(uid, None)
+        self.recent.discard(uid)
+        self._expunged.discard(uid)
+        self._flag_changes.discard(uid)
+        self._announced_exists -= 1
+        return seq
+
+    def updates(self, allow_expunge: bool, with_modseq: bool) -> list[bytes]:
+        """The untagged responses owed to the client (RFC 9051 §7.5.1 decides allow_expunge)."""
+        out: list[bytes] = []
+        if allow_expunge and self._expunged:
+            for uid in sorted(self._expunged):
+                seq = self.remove(uid)
+                if seq is not None:
+                    out.append(b"* %d EXPUNGE\r\n" % seq)
+        if len(self.uids) != self._announced_exists:
+            out.append(b"* %d EXISTS\r\n" % len(self.uids))
+            self._announced_exists = len(self.uids)
+            out.append(b"* %d RECENT\r\n" % len(self.recent))
+            self._announced_recent = len(self.recent)
+        for uid in sorted(self._flag_changes):
+            seq = self.seq_of(uid)
+            if seq is None:
+                continue
+            out.append(self.flags_response(seq, uid, with_modseq))
+        self._flag_changes.clear()
+        return out
+
+    def flags_response(self, seq: int, uid: int, with_modseq: bool) -> bytes:
+        modseq = b" MODSEQ (%d)" % self.modseqs.get(uid, 0) if with_modseq else b""
+        return b"* %d FETCH (UID %d FLAGS %s%s)\r\n" % (seq, uid, flag_list(sorted(self.flags_of(uid))), modseq)

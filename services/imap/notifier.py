@@ -1,0 +1,131 @@
+"""Fan-out of change hints to the sessions of this process: one source per account, however many
+sessions that account has open here.
+
+With redis:// the process subscribes to the bus itself (one shared pub/sub connection); with
+memory:// the mailstore's bus lives in another process, so the mailstore's Watch stream is used.
+Events are hints (ARCHITECTURE.md): a session that gets one re-reads the change log; a lost
+source is re-opened with a "resync" so sessions catch up from their last MODSEQ.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Callable
+from urllib.parse import urlsplit
+
+import grpc
+from mailstack.storage.events.base import ChangeEvent, EventBus, EventKind
+from mailstack.v1 import mailstore_pb2 as pb
+from mailstack.v1 import mailstore_pb2_grpc as pbg
+
+log = logging.getLogger("mailstack.imap.notifier")
+
+Listener = Callable[[ChangeEvent], None]
+RETRY_SECONDS = (0.2, 0.5, 1.0, 2.0, 5.0)
+_KINDS: dict[int, EventKind] = {
+    pb.CHANGE_NEW: "new",
+    pb.CHANGE_FLAGS: "flags",
+    pb.CHANGE_EXPUNGE: "expunge",
+    pb.CHANGE_MAILBOX: "mailbox",
+}
+
+
+class Notifier:
+    def __init__(self, events_url: str, stub: pbg.MailstoreAsyncStub) -> None:
+        self._url = events_url
+        self._stub = stub
+        self._bus: EventBus | None = None
+        self._listeners: dict[str, set[Listener]] = {}
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+
+    @property
+    def uses_bus(self) -> bool:
+        return urlsplit(self._url).scheme not in ("", "memory")
+
+    async def start(self) -> None:
+        if self.uses_bus:
+            from mailstack.storage.registry import open_event_bus
+
+            self._bus = open_event_bus(self._url)
+
+    async def stop(self) -> None:
+        tasks = list(self._tasks.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._tasks.clear()
+        self._listeners.clear()
+        if self._bus is not None:
+            with contextlib.suppress(Exception):
+                await self._bus.close()
+            self._bus = None
+
+    def add(self, account: str, listener: Listener) -> None:
+        listeners = self._listeners.setdefault(account, set())
+        listeners.add(listener)
+        if account not in self._tasks:
+            self._tasks[account] = asyncio.create_task(self._follow(account), name=f"imap-notify-{account}")
+
+    def remove(self, account: str, listener: Listener) -> None:
+        listeners = self._listeners.get(account)
+        if listeners is None:
+            return
+        listeners.discard(listener)
+        if not listeners:
+            del self._listeners[account]
+            task = self._tasks.pop(account, None)
+            if task is not None:
+                task.cancel()
+
+    def _dispatch(self, event: ChangeEvent) -> None:
+        for listener in list(self._listeners.get(event.account, ())):
+            try:
+                listener(event)
+            except Exception:  # one broken session must not starve the others
+                log.exception("listener failed")
+
+    async def _follow(self, account: str) -> None:
+        attempt = 0
+        while True:
+            try:
+                async for event in self._source(account):
+                    attempt = 0
+                    self._dispatch(event)
+                # the stream ended (mailstore restart): reconnect
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # any failure of the source means: reconnect
+                log.debug("event source for %s failed: %r", account, e)
+            delay = RETRY_SECONDS[min(attempt, len(RETRY_SECONDS) - 1)]
+            attempt += 1
+            await asyncio.sleep(delay)
+            # events may have been lost while disconnected
+            self._dispatch(ChangeEvent(account=account, mailbox="", kind="resync"))
+
+    async def _source(self, account: str) -> AsyncIterator[ChangeEvent]:
+        if self._bus is not None:
+            subscription = await self._bus.subscribe(account)
+            try:
+                async for event in subscription:
+                    yield event
+            finally:
+                with contextlib.suppress(Exception):
+                    await subscription.close()
+            return
+        call = self._stub.Watch(pb.WatchRequest(account=account))
+        try:
+            async for message in call:
+                yield ChangeEvent(
+                    account=message.account or account,
+                    mailbox=message.mailbox,
+                    kind=_KINDS.get(message.kind, "resync"),
+                    uids=tuple(message.uids),
+                    modseq=message.modseq,
+                    uidvalidity=message.uidvalidity,
+                )
+        except grpc.RpcError as e:
+            raise ConnectionError(f"Watch stream: {e.code()}") from None
+        finally:
+            call.cancel()

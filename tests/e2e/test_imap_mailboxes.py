@@ -1,0 +1,125 @@
+"""Mailbox commands with imaplib/imapclient: LIST/LSUB (attributes, special-use, mUTF-7), CREATE
+(USE), DELETE, RENAME (INBOX semantics), SUBSCRIBE, STATUS, NAMESPACE, ID, ENABLE, QUOTA."""
+
+from __future__ import annotations
+
+import imaplib
+from collections.abc import Iterator
+
+import pytest
+from imapclient import IMAPClient
+
+from tests.fixtures.imap_server import PASSWORD, ImapEnv, RawImap, imap_env, message
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ImapEnv]:
+    with imap_env(tmp_path_factory.mktemp("imap-mailboxes")) as e:
+        yield e
+
+
+def _client(env: ImapEnv) -> tuple[imaplib.IMAP4, str]:
+    user = env.new_account()
+    client = imaplib.IMAP4("127.0.0.1", env.port())
+    client.login(user, PASSWORD)
+    return client, user
+
+
+def test_list_special_use_children_and_delimiter(env: ImapEnv) -> None:
+    client, _ = _client(env)
+    assert client.create("Work/Projects")[0] == "OK"
+    _, lines = client.list()
+    listed = {line.decode() for line in lines}  # type: ignore[union-attr]
+    assert '(\\HasNoChildren \\Sent) "/" Sent' in listed
+    assert '(\\HasChildren) "/" Work' in listed
+    assert '(\\HasNoChildren) "/" Work/Projects' in listed
+    _, lines = client.list('""', "%")
+    assert not any(b"Work/Projects" in line for line in lines)  # type: ignore[operator]
+    _, lines = client.list('""', '""')
+    assert lines == [b'(\\Noselect) "/" ""']
+    client.logout()
+
+
+def test_create_delete_rename_and_inbox_rename(env: ImapEnv) -> None:
+    client, user = _client(env)
+    assert client.create("A")[0] == "OK"
+    typ, data = client.create("A")
+    assert typ == "NO" and b"[ALREADYEXISTS]" in data[0]
+    assert client.rename("A", "B")[0] == "OK"
+    assert client.select("A")[0] == "NO"
+    typ, data = client.delete("Nope")
+    assert typ == "NO" and b"[NONEXISTENT]" in data[0]
+    assert client.delete("B")[0] == "OK"
+    assert client.delete("INBOX")[0] == "NO"
+    # RFC 3501 §6.3.5: renaming INBOX moves its messages and leaves INBOX empty
+    env.deliver(user, message("inbox rename"))
+    assert client.rename("INBOX", "Old")[0] == "OK"
+    assert client.select("INBOX")[1] == [b"0"]
+    assert client.select("Old")[1] == [b"1"]
+    client.logout()
+
+
+def test_subscribe_lsub_and_modified_utf7_names(env: ImapEnv) -> None:
+    client, _ = _client(env)
+    name = "&AMk-t&AOk-"  # "Été" in modified UTF-7 (RFC 3501 §5.1.3)
+    assert client.create(name)[0] == "OK"
+    assert client.subscribe(name)[0] == "OK"
+    _, lines = client.lsub('""', "*")
+    assert any(line.endswith(name.encode()) for line in lines)
+    assert client.unsubscribe(name)[0] == "OK"
+    _, lines = client.lsub('""', "*")
+    assert not any(line and line.endswith(name.encode()) for line in lines)
+    _, lines = client.list('""', "*")
+    assert any(line.endswith(name.encode()) for line in lines)  # type: ignore[union-attr]
+    client.logout()
+
+
+def test_status_items(env: ImapEnv) -> None:
+    client, user = _client(env)
+    env.deliver(user, message("s1"))
+    env.append(user, "INBOX", message("s2"), ("\\Seen", "\\Deleted"))
+    typ, data = client.status("INBOX", "(MESSAGES RECENT UIDNEXT UIDVALIDITY UNSEEN HIGHESTMODSEQ SIZE DELETED)")
+    assert typ == "OK"
+    text = data[0].decode()
+    assert "MESSAGES 2" in text and "UNSEEN 1" in text and "UIDNEXT 3" in text and "DELETED 1" in text
+    assert "RECENT 2" in text and "HIGHESTMODSEQ" in text and "SIZE " in text
+    typ, data = client.status("Nope", "(MESSAGES)")
+    assert typ == "NO"
+    client.logout()
+
+
+def test_imapclient_namespace_id_enable_special_use(env: ImapEnv) -> None:
+    user = env.new_account()
+    with IMAPClient("127.0.0.1", port=env.port(), ssl=False) as client:
+        client.login(user, PASSWORD)
+        ns = client.namespace()
+        assert ns.personal == (("", "/"),) and ns.other is None and ns.shared is None
+        server_id = client.id_({"name": "pytest"})
+        assert "b'name', b'mailstack'" in str(server_id)
+        assert client.enable("CONDSTORE") == [b"CONDSTORE"]
+        assert client.find_special_folder(b"\\Trash") == "Trash"
+        client.create_folder("Receipts")
+        folders = {f[2] for f in client.list_folders()}
+        assert {"INBOX", "Receipts", "Sent", "Archive"} <= folders
+
+
+def test_create_special_use_and_quota(env: ImapEnv) -> None:
+    user = env.new_account(quota_bytes=10 * 1024, quota_messages=5)
+    raw = RawImap(env.port())
+    raw.login(user)
+    assert raw.command("c1", "CREATE Invoices (USE (\\Archive))")[-1].startswith(b"c1 OK")
+    lines = raw.command("c2", 'LIST (SPECIAL-USE) "" *')
+    assert any(b"Invoices" in line and b"\\Archive" in line for line in lines)
+    reply = raw.command("c3", "CREATE Bad (USE (\\Nonsense))")[-1]
+    assert reply.startswith((b"c3 BAD", b"c3 NO [USEATTR]"))
+    lines = raw.command("q1", "GETQUOTAROOT INBOX")
+    assert lines[0] == b'* QUOTAROOT INBOX ""'
+    assert lines[1] == b'* QUOTA "" (STORAGE 0 10 MESSAGE 0 5)'
+    lines = raw.command("q2", 'GETQUOTA ""')
+    assert lines[0].startswith(b'* QUOTA "" (STORAGE')
+    assert raw.command("q3", 'SETQUOTA "" (STORAGE 1)')[-1].startswith(b"q3 NO")
+    # over quota: APPEND answers NO [OVERQUOTA] (RFC 9208 §5.3)
+    big = message("big", "x" * 12 * 1024)
+    raw.send(b"a1 APPEND INBOX {%d+}\r\n" % len(big) + big + b"\r\n")
+    assert raw.until("a1")[-1].startswith(b"a1 NO [OVERQUOTA]")
+    raw.close()
