@@ -24,6 +24,8 @@ from mailstack.services.common.config import Settings, describe, load_settings
 from mailstack.services.common.grpc_client import check_address, error_detail, error_message, open_sync_channel
 from mailstack.v1 import mailstore_pb2 as pb
 from mailstack.v1 import mailstore_pb2_grpc as pbg
+from mailstack.v1 import send_pb2 as spb
+from mailstack.v1 import send_pb2_grpc as spbg
 
 EXIT_OK, EXIT_ERROR, EXIT_UNREACHABLE = 0, 1, 2
 CONNECT_TIMEOUT = 5.0  # seconds to reach the mailstore before saying it is not running
@@ -246,6 +248,58 @@ def cmd_quota_recompute(admin: pbg.AdminStub, args: argparse.Namespace, out: Out
     out.emit([account_dict(a) for a in accounts], accounts_table(accounts))
 
 
+def cmd_token_create(admin: spbg.SendAdminStub, args: argparse.Namespace, out: Output) -> None:
+    request = spb.CreateTokenRequest(name=args.name, from_domains=args.from_domain, from_addresses=args.from_address)
+    reply = _call(admin.CreateToken, request)
+    scope = ", ".join([*reply.token.from_domains, *reply.token.from_addresses])
+    out.done(
+        {"name": reply.token.name, "token": reply.secret},
+        f"token {reply.token.name} (may send from {scope}); shown once, keep it secret:\n{reply.secret}",
+    )
+
+
+def cmd_token_list(admin: spbg.SendAdminStub, args: argparse.Namespace, out: Output) -> None:
+    tokens = _call(admin.ListTokens, spb.ListTokensRequest()).tokens
+    rows = [[t.name, " ".join(t.from_domains), " ".join(t.from_addresses)] for t in tokens]
+    data = [{"name": t.name, "from_domains": list(t.from_domains), "from_addresses": list(t.from_addresses)}
+            for t in tokens]  # fmt: skip
+    out.emit(data, format_table(["TOKEN", "FROM DOMAINS", "FROM ADDRESSES"], rows))
+
+
+def cmd_token_revoke(admin: spbg.SendAdminStub, args: argparse.Namespace, out: Output) -> None:
+    _call(admin.RevokeToken, spb.RevokeTokenRequest(name=args.name))
+    out.done({"name": args.name}, f"revoked token {args.name}")
+
+
+for _command in (cmd_token_create, cmd_token_list, cmd_token_revoke):
+    _command.stub = spbg.SendAdminStub  # type: ignore[attr-defined]
+
+
+def cmd_dkim_keygen(settings: Settings, args: argparse.Namespace) -> int:
+    """Write a new DKIM key and print the DNS record to publish (RFC 6376 §3.6.1)."""
+    from pathlib import Path
+
+    from mailstack.services.mailstore.dkim_sign import dns_record, generate_key
+
+    domain = args.domain.lower()
+    path = Path(args.out or Path(settings.data_dir) / "dkim" / f"{domain}.{args.selector}.pem")
+    if path.exists():
+        print(f"mailstack: {path} exists; not overwritten", file=sys.stderr)
+        return EXIT_ERROR
+    pem, public = generate_key(args.bits)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(pem)
+    record = dns_record(domain, args.selector, public)
+    if args.json:
+        print(json.dumps({"key": str(path), "record": record, "setting": f"{domain}={args.selector}:{path}"}))
+    else:
+        print(f"private key: {path}\npublish in DNS:\n{record}")
+        print(f"then set MAILSTACK_DKIM_KEYS={domain}={args.selector}:{path}")
+    return EXIT_OK
+
+
 def _connected(channel: grpc.Channel, timeout: float) -> bool:
     """Connect, and tell at once when the connection is refused (instead of retrying until timeout)."""
     reached: list[grpc.ChannelConnectivity] = []
@@ -270,7 +324,8 @@ def run_admin(address: str, command: Callable[[pbg.AdminStub, argparse.Namespace
         if not _connected(channel, CONNECT_TIMEOUT):
             raise Unreachable
         try:
-            command(pbg.AdminStub(channel), args, Output(args.json))
+            stub_class = getattr(command, "stub", pbg.AdminStub)  # token commands use SendAdmin
+            command(stub_class(channel), args, Output(args.json))
         except grpc.RpcError as err:
             # UNAVAILABLE without the mailstore's own ErrorDetail is the transport failing.
             if err.code() == grpc.StatusCode.UNAVAILABLE and error_detail(err) is None:
@@ -383,6 +438,24 @@ def build_parser() -> argparse.ArgumentParser:
     add(domains, "add", "serve a domain", cmd_domain_add).add_argument("name")
     add(domains, "delete", "stop serving a domain", cmd_domain_delete).add_argument("name")
     add(domains, "list", "list served domains", cmd_domain_list)
+
+    token = commands.add_parser("token", help="API tokens of the Send API")
+    tokens = token.add_subparsers(dest="action", metavar="ACTION", required=True)
+    p = add(tokens, "create", "create a token (printed once) for a service that sends mail", cmd_token_create)
+    p.add_argument("--name", required=True)
+    p.add_argument("--from-domain", action="append", default=[], metavar="DOMAIN", help="may send from DOMAIN")
+    p.add_argument("--from-address", action="append", default=[], metavar="ADDRESS", help="may send as ADDRESS")
+    add(tokens, "list", "list tokens (never their secrets)", cmd_token_list)
+    add(tokens, "revoke", "revoke a token at once", cmd_token_revoke).add_argument("name")
+
+    dkim = commands.add_parser("dkim", help="DKIM signing keys")
+    dkims = dkim.add_subparsers(dest="action", metavar="ACTION", required=True)
+    p = add(dkims, "keygen", "write a new signing key and print the DNS TXT record to publish")
+    p.add_argument("domain")
+    p.add_argument("--selector", default="mailstack")
+    p.add_argument("--bits", type=int, default=2048)
+    p.add_argument("--out", help="key file (default DATA_DIR/dkim/DOMAIN.SELECTOR.pem)")
+    p.set_defaults(local=cmd_dkim_keygen)
 
     quota = commands.add_parser("quota", help="quota accounting")
     quotas = quota.add_subparsers(dest="action", metavar="ACTION", required=True)

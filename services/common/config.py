@@ -92,6 +92,32 @@ class Settings:
     imap_auth_max_failures: int = _setting(3, "Failed IMAP logins per connection before it is closed.")
     imap_auth_failure_delay_ms: int = _setting(1000, "Delay before answering a failed IMAP login, in ms.")
 
+    # proxy protocol (ADR 0007)
+    proxy_protocol: bool = _setting(False, "Expect a PROXY header (v1/v2) from trusted networks on every mail port.")
+    proxy_trusted_networks: str = _setting(
+        "127.0.0.1/32,::1/128", "Comma-separated CIDRs of load balancers that must send a PROXY header."
+    )
+    proxy_header_timeout: int = _setting(5, "Seconds a trusted peer has to send its PROXY header.")
+
+    # outbound (ADR 0008)
+    outbound_resolver: str = _setting(
+        "dns", "How the worker finds MX hosts: dns, or static:DOMAIN=HOST:PORT,... ('*' = any domain; tests)."
+    )
+    outbound_smarthost: str = _setting("", "Relay all outbound mail through HOST:PORT (TLS required; 465 = implicit).")
+    outbound_smarthost_user: str = _setting("", "AUTH user for the smarthost (empty = no AUTH).")
+    outbound_smarthost_password: str = _setting("", "AUTH password for the smarthost.", secret=True)
+    outbound_retry_schedule: str = _setting(
+        "300,900,1800,3600,7200,14400", "Seconds before each retry (the last repeats), comma-separated."
+    )
+    outbound_max_lifetime: int = _setting(5 * 86400, "Seconds a message may stay queued before it bounces.")
+    outbound_lease_seconds: int = _setting(600, "A worker's lease on a message; a dead worker's lease expires.")
+    outbound_concurrency: int = _setting(16, "Messages one outbound worker delivers at once.")
+    outbound_poll_ms: int = _setting(1000, "Milliseconds between queue polls of an idle outbound worker.")
+    outbound_connect_timeout: int = _setting(30, "Seconds to connect to a remote MX and for each SMTP reply.")
+    outbound_helo_name: str = _setting("", "EHLO name of the outbound worker (default: hostname).")
+    dkim_keys: str = _setting("", "DKIM signing keys: DOMAIN=SELECTOR:/path/key.pem,... (mount from a Secret).")
+    save_sent_copies: bool = _setting(False, "Save a copy of submitted/sent mail in the sender's Sent mailbox.")
+
     @property
     def effective_metadata_url(self) -> str:
         return self.metadata_url or f"sqlite://{Path(self.data_dir).resolve() / 'metadata.sqlite3'}"

@@ -31,6 +31,12 @@ CHANNEL_OPTIONS: list[tuple[str, Any]] = [
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.http2.max_pings_without_data", 0),
     ("grpc.enable_retries", 0),
+    # Calls fail at once while the channel is down, so it must try to reconnect often: gRPC's default
+    # backoff (x1.6 per attempt, up to 120 s) left the frontends failing for seconds to minutes after
+    # a restarted mailstore was back (tests/e2e/test_topology.py).
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 1_000),
 ]
 
 # What the mailstore's server must allow so that the clients' pings above are not
@@ -53,9 +59,15 @@ def check_address(address: str) -> str:
 
 
 def client_interceptors() -> list[Any]:
-    """The one place where client interceptors are added (OpenTelemetry trace-context
-    propagation over gRPC metadata goes here). Empty for now."""
-    return []
+    """The one place where client interceptors are added (asyncio channels).
+
+    Trace context goes into each call's metadata only while spans are recorded (an OTLP exporter
+    or a test's exporter is set up before the channel opens): an intercepted grpc.aio call costs an
+    extra task per call, not worth paying when no trace is collected."""
+    from mailstack.services.common import telemetry  # here: the CLI imports this module and needs no SDK
+    from mailstack.services.common.grpc_tracing import client_trace_interceptors
+
+    return client_trace_interceptors() if telemetry.tracing_enabled() else []
 
 
 def open_channel(address: str) -> grpc.aio.Channel:
@@ -66,10 +78,8 @@ def open_channel(address: str) -> grpc.aio.Channel:
 
 
 def open_sync_channel(address: str) -> grpc.Channel:
-    """A blocking channel for the CLI; close it with `channel.close()`."""
-    channel = grpc.insecure_channel(check_address(address), options=CHANNEL_OPTIONS)
-    interceptors = client_interceptors()
-    return grpc.intercept_channel(channel, *interceptors) if interceptors else channel
+    """A blocking channel for the CLI (no interceptors: the CLI records no spans); close it with `channel.close()`."""
+    return grpc.insecure_channel(check_address(address), options=CHANNEL_OPTIONS)
 
 
 def error_detail(err: grpc.RpcError) -> pb.ErrorDetail | None:

@@ -20,7 +20,13 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Protocol, TextIO
 
+import grpc
+import grpc.aio
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from mailstack.services.common import telemetry
 from mailstack.services.common.config import Settings
+from mailstack.services.common.grpc_client import CHANNEL_OPTIONS
+from mailstack.services.common.metrics import MetricsServer
 from mailstack.services.common.tls import ensure_self_signed
 
 log = logging.getLogger("mailstack.lifecycle")
@@ -32,9 +38,11 @@ SERVICES: dict[str, str] = {
     "smtp": "mailstack.services.smtp.server:SmtpServer",
     "imap": "mailstack.services.imap.server:ImapServer",
     "pop3": "mailstack.services.pop3.server:Pop3Server",
+    "outbound": "mailstack.services.outbound.server:OutboundWorker",
 }
 MAILSTORE = "mailstore"
 
+READY_CHECK_TIMEOUT = 2.0  # seconds for the mailstore's health answer to a readiness probe
 FRONTEND_GRACE = 10.0  # seconds for frontends to finish sessions (IMAP * BYE, SMTP DATA in flight)
 MAILSTORE_GRACE = 5.0  # the frontends are gone by then; only stray admin calls remain
 
@@ -75,6 +83,41 @@ def listeners(name: str, server: Any) -> list[tuple[str, str]]:
     if hasattr(server, "address"):
         return [("gRPC", server.address)]
     return []
+
+
+class Readiness:
+    """What /ready answers: every service started, no shutdown begun, and, where frontends run,
+    the mailstore answers its gRPC health check (a frontend without it can only say 451/NO)."""
+
+    def __init__(self) -> None:
+        self.started = False
+        self.stopping = False
+        self.mailstore_addr = ""  # set when this process runs frontends
+        self._channel: grpc.aio.Channel | None = None
+
+    async def __call__(self) -> bool:
+        if not self.started or self.stopping:
+            return False
+        if not self.mailstore_addr:
+            return True
+        if self._channel is None:
+            self._channel = grpc.aio.insecure_channel(self.mailstore_addr, options=CHANNEL_OPTIONS)
+        request = health_pb2.HealthCheckRequest(service="mailstack.v1.Mailstore")
+        try:
+            reply = await health_pb2_grpc.HealthStub(self._channel).Check(request, timeout=READY_CHECK_TIMEOUT)
+        except grpc.aio.AioRpcError:
+            return False
+        return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
+
+    async def close(self) -> None:
+        if self._channel is not None:
+            await self._channel.close(None)
+            self._channel = None
+
+
+def service_label(names: list[str]) -> str:
+    """The OpenTelemetry service name's suffix: "smtp", "imap-pop3", or "all" for the all-in-one mode."""
+    return "-".join(names) if names else "all"
 
 
 def dialable(address: str) -> str:
@@ -133,20 +176,39 @@ async def run_services(
     if not classes:
         raise ServeError("no service is available")
 
+    # Before any service starts: module-level tracers and the gRPC channels see the provider.
+    telemetry.setup_tracing(service_label([] if all_in_one else list(classes)))
     # Handlers first: a signal that arrives while starting still shuts down cleanly.
     stop = stop_event or asyncio.Event()
     loop = asyncio.get_running_loop()
     signals = _install_signal_handlers(loop, stop, out)
+    readiness = Readiness()
+    metrics: MetricsServer | None = None
     try:
-        await _serve(settings, classes, all_in_one, stop, out)
+        if settings.metrics_port:
+            metrics = MetricsServer(settings.bind, settings.metrics_port, readiness)
+            await metrics.start()
+            print(f"{'metrics':<10} {'HTTP':<12} {metrics.address} (/metrics /ready)", file=out, flush=True)
+        await _serve(settings, classes, all_in_one, stop, out, readiness)
     finally:
+        readiness.stopping = True
+        if metrics is not None:
+            await metrics.stop()
+        await readiness.close()
+        await asyncio.to_thread(telemetry.flush)
         for sig in signals:
             loop.remove_signal_handler(sig)
 
 
 async def _serve(
-    settings: Settings, classes: dict[str, type[Any]], all_in_one: bool, stop: asyncio.Event, out: TextIO
+    settings: Settings,
+    classes: dict[str, type[Any]],
+    all_in_one: bool,
+    stop: asyncio.Event,
+    out: TextIO,
+    readiness: Readiness | None = None,
 ) -> None:
+    readiness = readiness or Readiness()
     data_dir = await asyncio.to_thread(_prepare, settings, list(classes), all_in_one)
     # The mailstore first: the frontends need it from their first connection.
     order = sorted(classes, key=lambda n: n != MAILSTORE)
@@ -168,6 +230,9 @@ async def _serve(
         print(f"{'data':<10} {'':<12} {data_dir}", file=out, flush=True)
     else:
         print(f"{'mailstore':<10} {'(remote)':<12} {settings.mailstore_addr}", file=out, flush=True)
+    if any(name != MAILSTORE for name in classes):
+        readiness.mailstore_addr = frontend_settings.mailstore_addr
+    readiness.started = True
 
     closed: dict[asyncio.Future[Any], str] = {
         asyncio.ensure_future(server.wait_closed()): name for name, server in started
@@ -178,6 +243,7 @@ async def _serve(
         died = [closed[task] for task in done if task in closed]
         if died and not stop.is_set():
             log.error("service %s stopped unexpectedly; shutting down", ", ".join(died))
+        readiness.stopping = True  # load balancers stop sending new clients while sessions drain
         await _stop_all(started)
         if died and not stop.is_set():
             raise ServeError(f"{', '.join(died)} stopped unexpectedly")

@@ -103,6 +103,19 @@ class MailboxView:
         self.flags[uid] = new
         self.modseqs[uid] = max(self.modseqs.get(uid, 0), modseq)
 
+    def holds(self, kind: str, uids: Iterable[int], modseq: int) -> bool:
+        """Whether a change event tells this view nothing: each of its messages is already here at that
+        MODSEQ or later (the session's own STORE, whose reply it applied), or, for an expunge, already
+        gone from a UID range the view has covered (its own EXPUNGE)."""
+        uids = list(uids)
+        if not uids or not modseq:
+            return False
+        if kind == EXPUNGE:  # the session's own EXPUNGE: messages it has already removed
+            return all(u not in self.flags and u < self.uidnext for u in uids)
+        if kind not in (NEW, FLAGS):
+            return False
+        return all(self.modseqs.get(u, 0) >= modseq and u not in self._expunged for u in uids)
+
     def apply(self, changes: Iterable[Change], highestmodseq: int) -> list[int]:
         """Take changes from the change log; returns the UIDs that are new to this session."""
         new: list[int] = []

@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import ssl
 
 import grpc.aio
 from mailstack.services.common.config import Settings
 from mailstack.services.common.grpc_client import mailstore_stub, open_channel
+from mailstack.services.common.proxy_listener import ProxyListener, stream_factory
+from mailstack.services.common.proxy_protocol import parse_networks
 from mailstack.services.common.tls import ensure_self_signed, server_ssl_context
 
 from . import telemetry
@@ -42,6 +45,7 @@ class StreamConnection:
         receiver: CommandReceiver,
         tls: bool,
         tls_context: ssl.SSLContext | None,
+        remote_ip: str = "",  # from a PROXY header (ADR 0007)
     ) -> None:
         self.reader = reader
         self.writer = writer
@@ -49,7 +53,7 @@ class StreamConnection:
         self._tls = tls
         self._tls_context = tls_context
         peer = writer.get_extra_info("peername")
-        self._remote_ip = str(peer[0]) if isinstance(peer, tuple) and peer else ""
+        self._remote_ip = remote_ip or (str(peer[0]) if isinstance(peer, tuple) and peer else "")
 
     @property
     def tls(self) -> bool:
@@ -89,7 +93,7 @@ class StreamConnection:
 class ImapServer:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self._servers: list[tuple[str, asyncio.Server]] = []
+        self._servers: list[tuple[str, asyncio.Server | ProxyListener]] = []
         self._channel: grpc.aio.Channel | None = None
         self._services: Services | None = None
         self._tls_context: ssl.SSLContext | None = None
@@ -130,6 +134,9 @@ class ImapServer:
             ),
             auth_throttle=AuthThrottle(settings.imap_auth_failure_delay_ms / 1000, settings.imap_auth_max_failures * 5),
         )
+        if settings.proxy_protocol:
+            await self._start_proxied()
+            return
         try:
             plain = await asyncio.start_server(
                 lambda r, w: self._accept(r, w, tls=False), settings.bind, settings.imap_port, limit=READ_SIZE
@@ -144,6 +151,27 @@ class ImapServer:
                 limit=READ_SIZE,
             )
             self._servers.append(("IMAPS", implicit))
+        except BaseException:
+            await self.stop(0)
+            raise
+
+    async def _start_proxied(self) -> None:
+        """Listeners that take a PROXY header from trusted balancers, before TLS on IMAPS (ADR 0007)."""
+        settings = self.settings
+        try:
+            for description, port, tls in (
+                ("IMAP (STARTTLS)", settings.imap_port, False),
+                ("IMAPS", settings.imaps_port, True),
+            ):
+                listener = ProxyListener(
+                    stream_factory(functools.partial(self._accept, tls=tls), READ_SIZE),
+                    parse_networks(settings.proxy_trusted_networks),
+                    settings.proxy_header_timeout,
+                    ssl_context=self._tls_context if tls else None,
+                    ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT,
+                )
+                await listener.start(settings.bind, port)
+                self._servers.append((description, listener))
         except BaseException:
             await self.stop(0)
             raise
@@ -177,13 +205,21 @@ class ImapServer:
     async def wait_closed(self) -> None:
         await self._closed.wait()
 
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, tls: bool) -> None:
+    async def _accept(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        client_address: tuple[str, int] | None = None,  # from a PROXY header
+        *,
+        tls: bool,
+    ) -> None:
         task = asyncio.current_task()
         services = self._services
         assert task is not None and services is not None
         settings = self.settings
         receiver = CommandReceiver(settings.imap_max_line, settings.max_message_size)
-        conn = StreamConnection(reader, writer, receiver, tls, None if tls else self._tls_context)
+        remote_ip = client_address[0] if client_address else ""
+        conn = StreamConnection(reader, writer, receiver, tls, None if tls else self._tls_context, remote_ip)
         refused = "server shutting down" if services.stopping else services.limits.open(conn.remote_ip)
         if refused:
             with contextlib.suppress(Exception):

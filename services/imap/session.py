@@ -31,6 +31,7 @@ from .protocol.encoder import continuation, tagged, untagged_status
 log = logging.getLogger("mailstack.imap")
 
 CALL_TIMEOUT = 60.0
+MAX_HINTS = 64  # change events remembered for one refresh decision
 
 
 class State(enum.Enum):
@@ -63,7 +64,8 @@ STATE_COMMANDS[State.SELECTED] = STATE_COMMANDS[State.AUTHENTICATED] | {
 # RFC 9051 §7.5.1: no EXPUNGE while these run without UID (sequence numbers must stay put).
 NO_EXPUNGE_DURING = frozenset({"FETCH", "STORE", "SEARCH"})
 # Commands after which the change log is read even without a hint (the client asks for news).
-ALWAYS_REFRESH = frozenset({"NOOP", "CHECK", "IDLE", "SELECT", "EXAMINE"})
+# SELECT/EXAMINE are not among them: hints for the mailbox being opened are kept (see opening()).
+ALWAYS_REFRESH = frozenset({"NOOP", "CHECK", "IDLE"})
 
 
 class ClientGone(Exception):
@@ -125,6 +127,10 @@ class Session:
         self.view: MailboxView | None = None
         self.condstore = False  # RFC 7162 §3.1: enabled by ENABLE or a CONDSTORE-aware command
         self.dirty = False  # a hint said the selected mailbox changed
+        # The hints behind `dirty` when they are all flag/new events (None: another reason, or too
+        # many): if the view already holds each of them (this session's own STORE), no refresh.
+        self._hints: list[ChangeEvent] | None = None
+        self._opening: str | None = None  # the mailbox SELECT is reading; its hints count already
         self.wake = asyncio.Event()  # set with dirty; IDLE waits on it
         self.auth_failures = 0
         self.waiting = False  # between commands: safe to interrupt for shutdown
@@ -219,9 +225,26 @@ class Session:
 
     def on_event(self, event: ChangeEvent) -> None:
         """A hint from the notifier (never blocks): remember it, wake an IDLE."""
-        if event.kind == "resync" or (self.view is not None and event.mailbox == self.view.name):
+        if (
+            event.kind == "resync"
+            or (self.view is not None and event.mailbox == self.view.name)
+            or (self._opening is not None and event.mailbox == self._opening)
+        ):
+            if self.view is not None and self.view.holds(event.kind, event.uids, event.modseq):
+                return  # this session's own change, already applied
+            if not self.dirty:
+                self._hints = []
+            if self._hints is not None and event.kind in ("flags", "new", "expunge") and len(self._hints) < MAX_HINTS:
+                self._hints.append(event)
+            else:
+                self._hints = None
             self.dirty = True
             self.wake.set()
+
+    def mark_dirty(self) -> None:
+        """The selected mailbox changed in a way only the change log tells: refresh at the next point."""
+        self.dirty = True
+        self._hints = None
 
     async def refresh(self) -> None:
         """Read the change log since the view's MODSEQ (RFC 7162 §3.2.5.2 style catch-up)."""
@@ -229,6 +252,7 @@ class Session:
         if view is None:
             return
         self.dirty = False
+        self._hints = None
         self.wake.clear()
         self._last_refresh = time.monotonic()
         try:
@@ -239,7 +263,7 @@ class Session:
         except grpc.RpcError as e:
             if e.code() == grpc.StatusCode.NOT_FOUND:
                 raise EndSession("the selected mailbox was deleted") from None
-            self.dirty = True  # try again at the next opportunity
+            self.mark_dirty()  # try again at the next opportunity
             return
         if reply.uidvalidity != view.uidvalidity:
             raise EndSession("the selected mailbox was replaced (UIDVALIDITY changed)")
@@ -258,6 +282,11 @@ class Session:
         if view is None:
             return
         name = command.name if command is not None else "IDLE"
+        hints = self._hints
+        if self.dirty and hints and name not in ALWAYS_REFRESH:
+            if all(view.holds(e.kind, e.uids, e.modseq) for e in hints):
+                self.dirty = False  # only this session's own changes, applied since they arrived
+                self._hints = None
         if self.dirty or name in ALWAYS_REFRESH:
             await self.refresh()
         allow_expunge = command is None or command.uid or name not in NO_EXPUNGE_DURING
@@ -272,8 +301,17 @@ class Session:
     def select(self, view: MailboxView | None) -> None:
         self.view = view
         self.state = State.SELECTED if view is not None else State.AUTHENTICATED
-        self.dirty = False
+        # A hint that came while the view was read may postdate the listing: refresh for it.
+        self.dirty = view is not None and view.name == self._opening and self.dirty
+        self._hints = None
+        self._opening = None
         self.wake.clear()
+
+    def opening(self, name: str) -> None:
+        """SELECT starts reading `name`: from now on its change events mark the session dirty, so a
+        change after the status read is either in the listing or refreshed for (not lost)."""
+        self.dirty = False
+        self._opening = name
 
     def logged_in(self, account: str) -> None:
         self.account = account

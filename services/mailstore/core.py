@@ -17,6 +17,7 @@ from datetime import datetime
 
 from mailstack.services.common.config import Settings
 from mailstack.services.mailstore import mime, names, passwords, search, sections
+from mailstack.services.mailstore.instrumented import instrumented
 from mailstack.storage import registry
 from mailstack.storage.blob.base import BlobStore
 from mailstack.storage.errors import (
@@ -63,8 +64,11 @@ MAX_FLAGS = 100
 MAX_FLAG_LENGTH = 100
 MAX_PASSWORD_LENGTH = 1024
 BODY_CHUNK = 1024 * 1024
+_HEADER_TEXTS = (pb.SECTION_HEADER, pb.SECTION_HEADER_FIELDS, pb.SECTION_HEADER_FIELDS_NOT)
 ACCOUNT_ID_CACHE = 10_000
 SEARCH_BODY_CONCURRENCY = 8
+FETCH_BODIES_CONCURRENCY = 8  # blob reads in flight for one FetchBodies call
+WHOLE_BLOB_READ = 256 * 1024  # up to this size a message is read once, all its sections sliced from it
 
 
 class AuthFailed(Exception):
@@ -160,7 +164,14 @@ class MailstoreCore:
         )
         events = registry.open_event_bus(settings.events_url)
         quota = registry.open_quota_store(settings.quota_url, metadata)
-        return cls(settings, metadata, blobs, events, quota)
+        # Every storage call gets a span ("blob.put", "metadata.deliver", "events.publish") and a latency histogram.
+        return cls(
+            settings,
+            instrumented(metadata, "metadata"),
+            instrumented(blobs, "blob"),
+            instrumented(events, "events"),
+            instrumented(quota, "quota"),
+        )
 
     def start_background(self) -> None:
         if self.settings.orphan_sweep_seconds > 0 and self._sweeper is None:
@@ -240,7 +251,13 @@ class MailstoreCore:
     async def account_usage(self, record: AccountRecord) -> QuotaUsage:
         if self.quota.enforced_by_metadata:
             return QuotaUsage(record.used_bytes, record.used_messages)
-        return await self.quota.usage(record.name)
+        try:
+            return await self.quota.usage(record.name)
+        except StorageUnavailable as e:
+            # Redis down must not stop mail: the metadata store keeps counters of its own (it adds
+            # every message's size in the inserting transaction); see _reserve.
+            log.warning("quota counters unavailable (%s); using the metadata's for %s", e, record.name)
+            return QuotaUsage(record.used_bytes, record.used_messages)
 
     async def recompute_quota(self, name: str = "") -> list[AccountRecord]:
         records = [await self.account(name)] if name else await self.metadata.list_accounts()
@@ -488,7 +505,14 @@ class MailstoreCore:
     async def _reserve(self, record: AccountRecord, size: int, raise_over: bool = True) -> bool:
         if self.quota.enforced_by_metadata:
             return True
-        ok = await self.quota.reserve(record.name, size, 1, record.quota_bytes, record.quota_messages)
+        try:
+            ok = await self.quota.reserve(record.name, size, 1, record.quota_bytes, record.quota_messages)
+        except StorageUnavailable as e:
+            # While Redis is down, check against the metadata's counters (read with the record) and
+            # go on: delivery continues; the Redis counters miss this message until `quota recompute`.
+            log.warning("quota reserve unavailable (%s); checked %s against the metadata", e, record.name)
+            usage = QuotaUsage(record.used_bytes, record.used_messages)
+            ok = self._quota_status(record, usage, size) == pb.RECIPIENT_LOCAL
         if not ok and raise_over:
             raise OverQuota(f"{record.name} is over quota")
         return ok
@@ -558,6 +582,86 @@ class MailstoreCore:
         if end - start <= BODY_CHUNK:
             # Most mail fits one chunk: one read (one thread hop or one GET) instead of open + reads.
             data = await self.blobs.get(record.blob_key, start, end)
+            return BodySlice(len(data), _chunks(data))
+        return BodySlice(end - start, self.blobs.stream(record.blob_key, start, end, BODY_CHUNK))
+
+    async def fetch_bodies(
+        self,
+        account: str,
+        mailbox_name: str,
+        uids: UidRanges,
+        wanted: Sequence[tuple[pb.Section, tuple[int, int] | None]],
+    ) -> AsyncIterator[tuple[int, int, BodySlice]]:
+        """(uid, section index, slice) of each wanted (section, partial) of each existing message of
+        `uids`, in UID order: one metadata read for the set, then blob reads, FETCH_BODIES_CONCURRENCY
+        at a time and ahead of the consumer. A small message is read whole once for all its sections."""
+        mailbox = await self._read_mailbox(account, mailbox_name)
+        # Only top-level header sections (a client's message list): served from the header block
+        # kept in the metadata for SEARCH, no blob read at all.
+        headers_only = all(not s.part and s.text in _HEADER_TEXTS for s, _ in wanted)
+        records = await self.metadata.fetch(mailbox.id, uids, with_header=headers_only) if wanted else []
+        limit = asyncio.Semaphore(FETCH_BODIES_CONCURRENCY)
+
+        async def whole(record: MessageRecord) -> bytes:
+            async with limit:
+                return await self.blobs.get(record.blob_key)
+
+        # Reads for small messages start ahead (bounded by the window) while earlier ones are sent.
+        window = 2 * FETCH_BODIES_CONCURRENCY
+        reads: dict[int, asyncio.Task[bytes]] = {}
+        try:
+            for i, record in enumerate(records):
+                structure = pb.BodyPart.FromString(record.structure)
+                raw: bytes | None = None
+                if headers_only and structure.header_offset == 0 and len(record.header) == structure.body_offset:
+                    raw = record.header
+                else:
+                    for ahead in records[i : i + window]:
+                        if ahead.size <= WHOLE_BLOB_READ and ahead.uid not in reads and not headers_only:
+                            reads[ahead.uid] = asyncio.ensure_future(whole(ahead))
+                    read = reads.pop(record.uid, None)
+                    raw = await read if read is not None else None
+                for index, (section, partial) in enumerate(wanted):
+                    yield record.uid, index, await self._section_slice(record, structure, section, partial, raw)
+        finally:
+            for task in reads.values():  # the caller stopped early (client gone) or a read failed
+                if task.done() and not task.cancelled():
+                    task.exception()  # retrieved, so asyncio does not log it as lost
+                task.cancel()
+
+    async def _section_slice(
+        self,
+        record: MessageRecord,
+        structure: pb.BodyPart,
+        section: pb.Section,
+        partial: tuple[int, int] | None,
+        raw: bytes | None,
+    ) -> BodySlice:
+        """fetch_body's section rules for one message; from `raw` when it holds the bytes the section
+        needs (the whole blob, or the header block for a header section), else by a range read
+        (streamed when over one chunk)."""
+        try:
+            plan = sections.plan_section(structure, section)
+        except sections.SectionNotFound:
+            return BodySlice(0, _chunks(b""))
+
+        async def read(start: int, end: int) -> bytes:
+            return raw[start:end] if raw is not None else await self.blobs.get(record.blob_key, start, end)
+
+        if plan.header_filter is not None:
+            fields, exclude = plan.header_filter
+            data = sections.apply_header_filter(await read(plan.start, plan.end), fields, exclude)
+            if partial is not None:
+                data = data[partial[0] : partial[0] + partial[1]]
+            return BodySlice(len(data), _chunks(data))
+        start, end = plan.start, plan.end
+        if partial is not None:
+            start = min(end, start + partial[0])
+            end = min(end, start + partial[1])
+        if end <= start:
+            return BodySlice(0, _chunks(b""))
+        if raw is not None or end - start <= BODY_CHUNK:
+            data = await read(start, end)
             return BodySlice(len(data), _chunks(data))
         return BodySlice(end - start, self.blobs.stream(record.blob_key, start, end, BODY_CHUNK))
 

@@ -28,6 +28,8 @@ log = logging.getLogger("mailstack.mailstore.grpc")
 ERROR_KEY = "mailstack-error-bin"
 METADATA_BATCH = 500
 MAX_UID_RANGES = 10_000
+MAX_SECTIONS = 100  # body sections per FetchBodies call
+BODIES_BATCH = 1024 * 1024  # data packed into one FetchBodiesResponse
 
 SPECIAL_USE_TO_PB = {
     "": pb.SPECIAL_USE_NONE, "\\Sent": pb.SPECIAL_USE_SENT, "\\Drafts": pb.SPECIAL_USE_DRAFTS,
@@ -214,7 +216,8 @@ async def read_stream(
                 raise InvalidRequest(f"{header_field} sent twice")
             header = getattr(request, header_field)
             if announced(header) > limit:
-                await _drain(requests, limit)
+                # Read what the client said it would send (bounded), so it gets this status.
+                await _drain(requests, min(announced(header) + (1 << 20), 2 * limit))
                 raise TooBig(f"announced size {announced(header)} is over the limit of {limit}")
         elif which == "chunk":
             if header is None:
@@ -375,6 +378,37 @@ class MailstoreServicer(pbg.MailstoreServicer):
             first = False
         if first:
             await context.write(pb.FetchBodyResponse(total_size=body.total_size))
+
+    @stream_rpc
+    async def FetchBodies(self, request: pb.FetchBodiesRequest, context: Any) -> AsyncIterator[pb.FetchBodiesResponse]:
+        if len(request.sections) > MAX_SECTIONS:
+            raise InvalidRequest(f"at most {MAX_SECTIONS} sections")
+        uids = uid_ranges(request.uids)
+        if not uids:
+            return
+        wanted = [(s.section, (s.offset, s.length) if s.has_partial else None) for s in request.sections]
+        out = pb.FetchBodiesResponse()
+        packed = 0
+        async for uid, index, body in self.core.fetch_bodies(request.account, request.mailbox, uids, wanted):
+            # Each chunk is held back until the next one shows whether it is the item's last.
+            held = pb.BodyChunk(uid=uid, section_index=index, total_size=body.total_size)
+            async for data in body.chunks:
+                if held.data:
+                    if packed and packed + len(held.data) > BODIES_BATCH:
+                        yield out
+                        out, packed = pb.FetchBodiesResponse(), 0
+                    out.chunks.append(held)
+                    packed += len(held.data)
+                    held = pb.BodyChunk(uid=uid, section_index=index)
+                held.data = data
+            held.last = True
+            if packed and packed + len(held.data) > BODIES_BATCH:
+                yield out
+                out, packed = pb.FetchBodiesResponse(), 0
+            out.chunks.append(held)
+            packed += len(held.data)
+        if out.chunks:
+            yield out
 
     @rpc
     async def StoreFlags(self, request: pb.StoreFlagsRequest, context: Any) -> pb.StoreFlagsResponse:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import ssl
 from typing import cast
@@ -16,6 +17,8 @@ from typing import cast
 import grpc.aio
 from mailstack.services.common.config import Settings
 from mailstack.services.common.grpc_client import open_channel
+from mailstack.services.common.proxy_listener import ProxyListener, stream_factory
+from mailstack.services.common.proxy_protocol import parse_networks
 from mailstack.services.common.tls import ensure_self_signed, server_ssl_context
 
 from .mailstore import Pop3Mailstore
@@ -44,6 +47,7 @@ class StreamConnection:
         tls: bool,
         tls_context: ssl.SSLContext | None,
         idle_timeout: float,
+        remote_ip: str = "",  # from a PROXY header (ADR 0007)
     ) -> None:
         self.reader = reader
         self.writer = writer
@@ -53,7 +57,7 @@ class StreamConnection:
         self._tls_context = tls_context
         self._idle_timeout = idle_timeout
         peer = writer.get_extra_info("peername")
-        self._remote_ip = str(peer[0]) if isinstance(peer, tuple) and peer else ""
+        self._remote_ip = remote_ip or (str(peer[0]) if isinstance(peer, tuple) and peer else "")
 
     @property
     def tls(self) -> bool:
@@ -112,7 +116,7 @@ class StreamConnection:
 class Pop3Server:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self._servers: list[tuple[str, asyncio.Server]] = []
+        self._servers: list[tuple[str, asyncio.Server | ProxyListener]] = []
         self._channel: grpc.aio.Channel | None = None
         self._mailstore: Pop3Mailstore | None = None
         self._tls_context: ssl.SSLContext | None = None
@@ -137,6 +141,9 @@ class Pop3Server:
         self._tls_context = server_ssl_context(cert, key)
         self._channel = open_channel(settings.mailstore_addr)
         self._mailstore = Pop3Mailstore(self._channel)
+        if settings.proxy_protocol:
+            await self._start_proxied()
+            return
         try:
             plain = await asyncio.start_server(
                 lambda r, w: self._accept(r, w, tls=False), settings.bind, settings.pop3_port
@@ -150,6 +157,27 @@ class Pop3Server:
                 ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT,
             )
             self._servers.append(("POP3S", implicit))
+        except BaseException:
+            await self.stop(0)
+            raise
+
+    async def _start_proxied(self) -> None:
+        """Listeners that take a PROXY header from trusted balancers, before TLS on POP3S (ADR 0007)."""
+        settings = self.settings
+        try:
+            for description, port, tls in (
+                ("POP3 (STLS)", settings.pop3_port, False),
+                ("POP3S", settings.pop3s_port, True),
+            ):
+                listener = ProxyListener(
+                    stream_factory(functools.partial(self._accept, tls=tls)),
+                    parse_networks(settings.proxy_trusted_networks),
+                    settings.proxy_header_timeout,
+                    ssl_context=self._tls_context if tls else None,
+                    ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT,
+                )
+                await listener.start(settings.bind, port)
+                self._servers.append((description, listener))
         except BaseException:
             await self.stop(0)
             raise
@@ -179,7 +207,14 @@ class Pop3Server:
     async def wait_closed(self) -> None:
         await self._closed.wait()
 
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, tls: bool) -> None:
+    async def _accept(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        client_address: tuple[str, int] | None = None,  # from a PROXY header
+        *,
+        tls: bool,
+    ) -> None:
         task = asyncio.current_task()
         assert task is not None and self._mailstore is not None
         conn = StreamConnection(
@@ -188,6 +223,7 @@ class Pop3Server:
             tls=tls,
             tls_context=None if tls else self._tls_context,
             idle_timeout=self.settings.pop3_idle_timeout,
+            remote_ip=client_address[0] if client_address else "",
         )
         self._connections[task] = conn
         session = Pop3Session(self.settings, self._mailstore, conn)

@@ -18,18 +18,16 @@ from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import Protocol
 
 from mailstack.services.common.config import Settings
+from mailstack.services.common.metrics import COMMAND_SECONDS, POP3_DELETED, POP3_RETRIEVED, SESSIONS
 from mailstack.v1 import mailstore_pb2 as pb
-from opentelemetry import metrics, trace
+from opentelemetry import trace
 
 from .mailstore import AuthFailed, MailstoreError, MessageGone, Pop3Mailstore, Snapshot
 from .protocol import BodyLineLimit, Command, DotStuffer, LineTooLong, SaslError, decode_plain, err, multiline, ok
 
 log = logging.getLogger("mailstack.pop3")
 tracer = trace.get_tracer("mailstack.pop3")
-meter = metrics.get_meter("mailstack.pop3")
-SESSIONS = meter.create_up_down_counter("pop3.sessions", description="Open POP3 connections")
-RETRIEVED = meter.create_counter("pop3.messages.retrieved", description="Messages sent by RETR")
-DELETED = meter.create_counter("pop3.messages.deleted", description="Messages expunged at QUIT")
+OPEN_SESSIONS = SESSIONS.labels("pop3")
 
 IMPLEMENTATION = "mailstack"
 _holder_counter = itertools.count(1)
@@ -111,7 +109,7 @@ class Pop3Session:
         self._lease_held = False
         self.lease_lost = False
         self._closed = False
-        SESSIONS.add(1)
+        OPEN_SESSIONS.inc()
 
     # ------------------------------------------------------------------ plumbing
 
@@ -125,7 +123,12 @@ class Pop3Session:
 
     async def handle(self, command: Command) -> bool:
         """Answer one command; True when the connection is to be closed."""
-        with tracer.start_as_current_span(f"POP3 {command.name}", attributes={"pop3.state": self.state.value}):
+        # Unknown commands share one label: clients must not be able to grow the metric without bound.
+        label = command.name if command.name in KNOWN_COMMANDS else "UNKNOWN"
+        with (
+            COMMAND_SECONDS.labels("pop3", label).time(),
+            tracer.start_as_current_span(f"POP3 {label}", attributes={"pop3.state": self.state.value}),
+        ):
             if command.name not in KNOWN_COMMANDS:
                 await self.conn.send(err("unknown command"))
                 return False
@@ -145,7 +148,7 @@ class Pop3Session:
         if self._closed:
             return
         self._closed = True
-        SESSIONS.add(-1)
+        OPEN_SESSIONS.dec()
         if self._renewal is not None:
             self._renewal.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -293,7 +296,7 @@ class Pop3Session:
             return True
         # unlocked before the reply: a client that reconnects at once must not meet [IN-USE]
         await self.close()
-        DELETED.add(len(expunged))
+        POP3_DELETED.inc(len(expunged))
         left = len(self._snapshot.messages) - len(expunged)
         await self.conn.send(ok(f"bye ({left} messages left)"))
         return True
@@ -364,7 +367,7 @@ class Pop3Session:
         body = self.mailstore.body(self.account, message.uid)
         done = await self._stream(ok(f"{message.size} octets"), [body])
         if done:
-            RETRIEVED.add(1)
+            POP3_RETRIEVED.inc()
         return not done
 
     async def _cmd_top(self, command: Command) -> bool:

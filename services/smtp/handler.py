@@ -21,22 +21,21 @@ import grpc.aio
 from aiosmtpd.smtp import MISSING, AuthResult, Envelope, Session
 from mailstack.services.common.config import Settings
 from mailstack.services.common.grpc_client import error_detail
+from mailstack.services.common.metrics import SMTP_MESSAGES
 from mailstack.services.smtp import replies
 from mailstack.services.smtp.limits import AuthFailureLimiter
 from mailstack.services.smtp.received import trace_headers, with_protocol
 from mailstack.v1 import mailstore_pb2 as pb
 from mailstack.v1 import mailstore_pb2_grpc as pbg
-from opentelemetry import metrics, propagate, trace
+from mailstack.v1 import send_pb2 as spb
+from mailstack.v1 import send_pb2_grpc as spbg
+from opentelemetry import trace
 
 if TYPE_CHECKING:
     from mailstack.services.smtp.protocol import SmtpProtocol
 
 log = logging.getLogger("mailstack.smtp")
 tracer = trace.get_tracer("mailstack.smtp")
-meter = metrics.get_meter("mailstack.smtp")
-messages_counter = meter.create_counter(
-    "mailstack_smtp_messages", description="SMTP messages accepted, and transactions or recipients rejected, by reason"
-)
 
 CHUNK = 1024 * 1024  # Deliver chunks (the API's limit)
 RPC_TIMEOUT = 30.0  # seconds for the small calls (RCPT, MAIL, AUTH)
@@ -56,18 +55,11 @@ SUBMISSIONS = ListenerKind("submissions", submission=True, implicit_tls=True)
 
 
 def count(result: str, reason: str) -> None:
-    messages_counter.add(1, {"result": result, "reason": reason})
+    SMTP_MESSAGES.labels(result, reason).inc()
 
 
 def new_queue_id() -> str:
     return base64.b32encode(secrets.token_bytes(10)).decode().rstrip("=")
-
-
-def trace_metadata() -> tuple[tuple[str, str], ...]:
-    """The current trace context as gRPC metadata (W3C traceparent), so the mailstore's span joins ours."""
-    carrier: dict[str, str] = {}
-    propagate.inject(carrier)
-    return tuple(carrier.items())
 
 
 def _envelope_size(mail_options: list[str]) -> int:
@@ -76,6 +68,15 @@ def _envelope_size(mail_options: list[str]) -> int:
         if key.upper() == "SIZE" and value.isdigit():
             return int(value)
     return 0
+
+
+def _remote_recipients(envelope: Envelope) -> set[str]:
+    """The transaction's recipients in other domains (kept on aiosmtpd's per-transaction Envelope)."""
+    remote: set[str] | None = getattr(envelope, "mailstack_remote", None)
+    if remote is None:
+        remote = set()
+        envelope.mailstack_remote = remote  # type: ignore[attr-defined]
+    return remote
 
 
 def _client_ip(session: Session) -> str:
@@ -87,12 +88,18 @@ def _client_ip(session: Session) -> str:
 
 class SmtpHandler:
     def __init__(
-        self, kind: ListenerKind, settings: Settings, stub: pbg.MailstoreAsyncStub, failed_auths: AuthFailureLimiter
+        self,
+        kind: ListenerKind,
+        settings: Settings,
+        stub: pbg.MailstoreAsyncStub,
+        failed_auths: AuthFailureLimiter,
+        outbound: spbg.OutboundAsyncStub | None = None,  # submission to other domains (ADR 0008)
     ) -> None:
         self.kind = kind
         self.settings = settings
         self.stub = stub
         self.failed_auths = failed_auths
+        self.outbound = outbound
 
     # ---------------------------------------------------------------- EHLO
 
@@ -154,7 +161,7 @@ class SmtpHandler:
             protocol="smtp",
         )
         try:
-            reply = await self.stub.Authenticate(request, timeout=RPC_TIMEOUT, metadata=trace_metadata())
+            reply = await self.stub.Authenticate(request, timeout=RPC_TIMEOUT)
         except grpc.aio.AioRpcError as err:
             if err.code() in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.INVALID_ARGUMENT):
                 delay = self.failed_auths.record_failure(ip)
@@ -179,7 +186,6 @@ class SmtpHandler:
                 reply = await self.stub.CheckSender(
                     pb.CheckSenderRequest(account=str(session.auth_data), address=address),
                     timeout=RPC_TIMEOUT,
-                    metadata=trace_metadata(),
                 )
             except grpc.aio.AioRpcError as err:
                 log.warning("smtp MAIL: mailstore error %s", err.code().name)
@@ -204,7 +210,7 @@ class SmtpHandler:
             return replies.TOO_MANY_RECIPIENTS  # RFC 5321 §4.5.3.1.10
         request = pb.ResolveRecipientRequest(address=address, size=_envelope_size(envelope.mail_options))
         try:
-            reply = await self.stub.ResolveRecipient(request, timeout=RPC_TIMEOUT, metadata=trace_metadata())
+            reply = await self.stub.ResolveRecipient(request, timeout=RPC_TIMEOUT)
         except grpc.aio.AioRpcError as err:
             log.warning("smtp RCPT: mailstore error %s", err.code().name)
             count("rejected", "storage_unavailable")
@@ -214,6 +220,13 @@ class SmtpHandler:
             if address not in envelope.rcpt_tos:
                 envelope.rcpt_tos.append(address)
                 envelope.rcpt_options.extend(rcpt_options)
+            return replies.RECIPIENT_OK
+        if status == pb.RECIPIENT_NOT_LOCAL and self.kind.submission and self.outbound is not None:
+            # Another domain: queued at DATA for the outbound worker (ADR 0008).
+            if address not in envelope.rcpt_tos:
+                envelope.rcpt_tos.append(address)
+                envelope.rcpt_options.extend(rcpt_options)
+                _remote_recipients(envelope).add(address)
             return replies.RECIPIENT_OK
         if status == pb.RECIPIENT_NOT_LOCAL and self.kind.submission:
             count("rejected", "remote_recipient")
@@ -244,7 +257,12 @@ class SmtpHandler:
                 queue_id=queue_id,
                 recipients=recipients,
             )
-            reply, reason = await self._deliver(queue_id, sender, recipients, header + content)
+            submit = _remote_recipients(envelope) or self.settings.save_sent_copies
+            if self.kind.submission and self.outbound is not None and submit:
+                account = str(session.auth_data)
+                reply, reason = await self._submit(queue_id, account, sender, recipients, header + content)
+            else:
+                reply, reason = await self._deliver(queue_id, sender, recipients, header + content)
             span.set_attribute("smtp.result", reason)
         result = "accepted" if reply.startswith("250") else "rejected"
         count(result, reason)
@@ -267,7 +285,7 @@ class SmtpHandler:
             *(pb.DeliverRequest(chunk=bytes(view[start : start + CHUNK])) for start in range(0, len(message), CHUNK)),
         ]
         try:
-            response = await self.stub.Deliver(iter(requests), timeout=DELIVER_TIMEOUT, metadata=trace_metadata())
+            response = await self.stub.Deliver(iter(requests), timeout=DELIVER_TIMEOUT)
         except grpc.aio.AioRpcError as err:
             detail = error_detail(err)
             reason = detail.reason if detail is not None else pb.ERROR_REASON_UNSPECIFIED
@@ -279,6 +297,29 @@ class SmtpHandler:
             log.warning("smtp DATA queue_id=%s: mailstore error %s %s", queue_id, err.code().name, err.details())
             return replies.TEMP_FAILURE, "storage_unavailable"
         return self._data_reply(queue_id, list(response.results))
+
+    async def _submit(
+        self, queue_id: str, account: str, sender: str, recipients: list[str], message: bytes
+    ) -> tuple[str, str]:
+        """Submission with remote recipients: local ones stored, remote ones queued, in one call."""
+        assert self.outbound is not None
+        view = memoryview(message)
+        header = spb.SubmitHeader(account=account, sender=sender, recipients=recipients, size=len(message),
+                                  queue_id=queue_id)  # fmt: skip
+        requests = [
+            spb.SubmitRequest(header=header),
+            *(spb.SubmitRequest(chunk=bytes(view[start : start + CHUNK])) for start in range(0, len(message), CHUNK)),
+        ]
+        try:
+            response = await self.outbound.Submit(iter(requests), timeout=DELIVER_TIMEOUT)
+        except grpc.aio.AioRpcError as err:
+            detail = error_detail(err)
+            if err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and detail is not None and detail.reason == pb.TOO_BIG:
+                return replies.TOO_BIG, "too_big"
+            log.warning("smtp DATA queue_id=%s: submit failed %s %s", queue_id, err.code().name, err.details())
+            return replies.TEMP_FAILURE, "storage_unavailable"
+        # Stored or queued: ours now; a local failure after RCPT gets a DSN from the mailstore.
+        return replies.queued(response.message_id), "queued"
 
     @staticmethod
     def _data_reply(queue_id: str, results: list[pb.RecipientResult]) -> tuple[str, str]:

@@ -14,13 +14,16 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 import logging
 import ssl
-from collections.abc import Callable
+import time
+from collections.abc import Awaitable, Callable
 from typing import Any, AnyStr
 
 from aiosmtpd.smtp import SMTP, syntax
 from mailstack.services.common.config import Settings
+from mailstack.services.common.metrics import COMMAND_SECONDS, SESSIONS
 from mailstack.services.smtp import replies
 from mailstack.services.smtp.data import DataProblem, read_data
 from mailstack.services.smtp.handler import SmtpHandler, count
@@ -35,6 +38,24 @@ _PROBLEM_REPLIES = {
 }
 
 
+_OPEN_SESSIONS = SESSIONS.labels("smtp")
+
+
+def _timed(command: str, method: Callable[[str], Awaitable[None]]) -> Callable[[str], Awaitable[None]]:
+    """An smtp_<COMMAND> method observed in the command latency histogram (aiosmtpd calls it by name)."""
+    histogram = COMMAND_SECONDS.labels("smtp", command)
+
+    @functools.wraps(method)  # keeps the docstring and @syntax attributes that HELP reads
+    async def timed(arg: str) -> None:
+        start = time.perf_counter()
+        try:
+            await method(arg)
+        finally:
+            histogram.observe(time.perf_counter() - start)
+
+    return timed
+
+
 class SmtpProtocol(SMTP):
     line_length_limit = 1001  # the StreamReader limit; read_data enforces 1000 (RFC 5321 §4.5.3.1.6)
 
@@ -45,6 +66,7 @@ class SmtpProtocol(SMTP):
         limiter: ConnectionLimiter,
         sessions: set[SmtpProtocol],
         starttls_context: ssl.SSLContext | None,
+        client_address: tuple[str, int] | None = None,
     ) -> None:
         kind = handler.kind
         super().__init__(
@@ -62,10 +84,13 @@ class SmtpProtocol(SMTP):
         )
         # aiosmtpd keeps these limits in one dict shared by all sessions; give each its own.
         self.command_size_limits = collections.defaultdict(lambda: SMTP.command_size_limit)
+        self._smtp_methods = {name: _timed(name, method) for name, method in self._smtp_methods.items()}
         self.handler = handler
         self.limiter = limiter
         self.sessions = sessions
         self.data_timeout = float(settings.smtp_data_timeout)
+        # from a PROXY header (ADR 0007): what limits, AUTH braking, logs and Received: use
+        self.client_address = client_address
         self.client_ip = ""
         self.admitted = False
         self.refused = False
@@ -81,7 +106,7 @@ class SmtpProtocol(SMTP):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         if self.transport is None and self._original_transport is None:  # a new connection, not STARTTLS
-            peer = transport.get_extra_info("peername")
+            peer = self.client_address or transport.get_extra_info("peername")
             self.client_ip = str(peer[0]) if isinstance(peer, tuple) and peer else ""
             if not self.limiter.acquire(self.client_ip):
                 self.refused = True
@@ -93,7 +118,11 @@ class SmtpProtocol(SMTP):
                 return
             self.admitted = True
             self.sessions.add(self)
+            _OPEN_SESSIONS.inc()
         super().connection_made(transport)
+        if self.client_address is not None and self.session is not None:
+            # aiosmtpd took the balancer's address (again after STARTTLS); it annotates peer as str
+            self.session.peer = self.client_address  # type: ignore[assignment]
 
     def connection_lost(self, error: Exception | None) -> None:
         if self.refused:
@@ -102,6 +131,7 @@ class SmtpProtocol(SMTP):
             self.admitted = False
             self.limiter.release(self.client_ip)
             self.sessions.discard(self)
+            _OPEN_SESSIONS.dec()
         super().connection_lost(error)
 
     def _timeout_cb(self) -> None:
@@ -199,3 +229,14 @@ def protocol_factory(
     starttls_context: ssl.SSLContext | None,
 ) -> Callable[[], Any]:
     return lambda: SmtpProtocol(handler, settings, limiter, sessions, starttls_context)
+
+
+def proxied_protocol_factory(
+    handler: SmtpHandler,
+    settings: Settings,
+    limiter: ConnectionLimiter,
+    sessions: set[SmtpProtocol],
+    starttls_context: ssl.SSLContext | None,
+) -> Callable[[tuple[str, int]], SmtpProtocol]:
+    """For a ProxyListener: the protocol is built knowing the client's address."""
+    return lambda address: SmtpProtocol(handler, settings, limiter, sessions, starttls_context, address)

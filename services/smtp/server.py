@@ -9,10 +9,13 @@ import time
 import grpc.aio
 from mailstack.services.common.config import Settings
 from mailstack.services.common.grpc_client import mailstore_stub, open_channel
+from mailstack.services.common.proxy_listener import ProxyListener
+from mailstack.services.common.proxy_protocol import parse_networks
 from mailstack.services.common.tls import ensure_self_signed, server_ssl_context
+from mailstack.services.outbound.stub import outbound_stub
 from mailstack.services.smtp.handler import INBOUND, SUBMISSION, SUBMISSIONS, ListenerKind, SmtpHandler
 from mailstack.services.smtp.limits import AuthFailureLimiter, ConnectionLimiter
-from mailstack.services.smtp.protocol import SmtpProtocol, protocol_factory
+from mailstack.services.smtp.protocol import SmtpProtocol, protocol_factory, proxied_protocol_factory
 
 log = logging.getLogger("mailstack.smtp")
 
@@ -27,7 +30,7 @@ class SmtpServer:
             settings.smtp_auth_failure_delay_ms / 1000,
         )
         self.sessions: set[SmtpProtocol] = set()
-        self._servers: list[tuple[ListenerKind, asyncio.Server]] = []
+        self._servers: list[tuple[ListenerKind, asyncio.Server | ProxyListener]] = []
         self._channel: grpc.aio.Channel | None = None
         self._closed = asyncio.Event()
 
@@ -58,7 +61,17 @@ class SmtpServer:
         ]
         try:
             for kind, port in ports:
-                handler = SmtpHandler(kind, settings, stub, self.failed_auths)
+                handler = SmtpHandler(kind, settings, stub, self.failed_auths, outbound_stub(self._channel))
+                if settings.proxy_protocol:  # ADR 0007: the header comes before TLS on 465
+                    proxied = ProxyListener(
+                        proxied_protocol_factory(handler, settings, self.limiter, self.sessions, tls),
+                        parse_networks(settings.proxy_trusted_networks),
+                        settings.proxy_header_timeout,
+                        ssl_context=tls if kind.implicit_tls else None,
+                    )
+                    await proxied.start(settings.bind, port)
+                    self._servers.append((kind, proxied))
+                    continue
                 factory = protocol_factory(handler, settings, self.limiter, self.sessions, tls)
                 server = await loop.create_server(
                     factory, host=settings.bind, port=port, ssl=tls if kind.implicit_tls else None, reuse_address=True

@@ -86,6 +86,50 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             expires REAL NOT NULL
         )""",
     ),
+    (
+        # Step 2: the outbound queue and API tokens (storage/queue/sqlite.py, ADR 0007).
+        # A queued message holds one reference in `blobs`, so the orphan sweeper keeps its body.
+        """CREATE TABLE outbound_messages (
+            id TEXT PRIMARY KEY,
+            sender TEXT NOT NULL,
+            blob_key TEXT NOT NULL,
+            size INTEGER NOT NULL,
+            created REAL NOT NULL,
+            client TEXT NOT NULL,
+            idempotency_key TEXT NOT NULL,
+            message_id_header TEXT NOT NULL,
+            original_headers BLOB NOT NULL,
+            next_attempt REAL NOT NULL,
+            lease_holder TEXT NOT NULL DEFAULT '',
+            lease_expires REAL NOT NULL DEFAULT 0,
+            attempts INTEGER NOT NULL DEFAULT 0,
+            done INTEGER NOT NULL DEFAULT 0
+        )""",
+        "CREATE INDEX outbound_due ON outbound_messages (done, next_attempt)",
+        "CREATE UNIQUE INDEX outbound_idempotency ON outbound_messages (client, idempotency_key)"
+        " WHERE idempotency_key != ''",
+        """CREATE TABLE outbound_recipients (
+            message_id TEXT NOT NULL REFERENCES outbound_messages (id) ON DELETE CASCADE,
+            position INTEGER NOT NULL,
+            recipient TEXT NOT NULL,
+            domain TEXT NOT NULL,
+            local INTEGER NOT NULL,
+            state TEXT NOT NULL,
+            attempts INTEGER NOT NULL DEFAULT 0,
+            last_error TEXT NOT NULL DEFAULT '',
+            remote_mta TEXT NOT NULL DEFAULT '',
+            next_attempt REAL NOT NULL DEFAULT 0,
+            updated REAL NOT NULL,
+            PRIMARY KEY (message_id, position)
+        )""",
+        """CREATE TABLE api_tokens (
+            name TEXT PRIMARY KEY,
+            token_hash TEXT NOT NULL UNIQUE,
+            from_domains TEXT NOT NULL,
+            from_addresses TEXT NOT NULL,
+            created REAL NOT NULL
+        )""",
+    ),
 )
 
 

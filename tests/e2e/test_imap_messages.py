@@ -93,6 +93,41 @@ def test_fetch_items(env: ImapEnv) -> None:
     client.logout()
 
 
+def test_fetch_body_sections_of_a_message_set(env: ImapEnv) -> None:
+    # every body item of every message comes from one batched read; \Seen and <o.l> per message
+    user = env.new_account()
+    env.append(user, "INBOX", MULTIPART)
+    env.append(user, "INBOX", message("two", "body two\r\n"), ("\\Seen",))
+    env.append(user, "INBOX", message("three", "body three\r\n"))
+    client = imaplib.IMAP4("127.0.0.1", env.port())
+    client.login(user, PASSWORD)
+    client.select("INBOX")
+    _, data = client.fetch("1:3", "(BODY[HEADER.FIELDS (SUBJECT)] BODY.PEEK[1]<2.3> RFC822.TEXT)")
+    heads = [p[0] for p in data if isinstance(p, tuple)]
+    texts = [p[1] for p in data if isinstance(p, tuple)]
+    assert texts[0::3] == [b"Subject: parts\r\n\r\n", b"Subject: two\r\n\r\n", b"Subject: three\r\n\r\n"]
+    assert texts[1] == b"rst" and heads[1] == b" BODY[1]<2> {3}" and texts[4] == b"dy "
+    assert texts[2] == MULTIPART[MULTIPART.index(b"\r\n\r\n") + 4 :] and texts[8] == b"body three\r\n"
+    tails = [p for p in data if isinstance(p, bytes)]  # FLAGS of the newly seen follow their bodies
+    assert [b" FLAGS (" in t and b"\\Seen)" in t for t in tails] == [True, False, True]
+    _, data = client.uid("FETCH", "1:*", "(BODY.PEEK[HEADER.FIELDS (SUBJECT)])")
+    assert [p[0] for p in data if isinstance(p, tuple)] == [
+        b"1 (UID 1 BODY[HEADER.FIELDS (SUBJECT)] {18}",
+        b"2 (UID 2 BODY[HEADER.FIELDS (SUBJECT)] {16}",
+        b"3 (UID 3 BODY[HEADER.FIELDS (SUBJECT)] {18}",
+    ]
+    # expunged by another session, not yet announced here (no EXPUNGE during FETCH): left out
+    other = imaplib.IMAP4("127.0.0.1", env.port())
+    other.login(user, PASSWORD)
+    other.select("INBOX")
+    other.store("2", "+FLAGS.SILENT", "(\\Deleted)")
+    other.expunge()
+    other.logout()
+    _, data = client.fetch("1:3", "(BODY.PEEK[TEXT]<0.4>)")
+    assert [p[0] for p in data if isinstance(p, tuple)] == [b"1 (BODY[TEXT]<0> {4}", b"3 (BODY[TEXT]<0> {4}"]
+    client.logout()
+
+
 def test_store_flags_keywords_and_silent(env: ImapEnv) -> None:
     raw, _ = _selected(env)
     lines = raw.command("a", "STORE 1:2 +FLAGS (\\Flagged $Work)")
@@ -191,6 +226,33 @@ def test_append_forms(env: ImapEnv) -> None:
     # APPEND to the selected mailbox is announced with EXISTS
     raw.send(b"a5 APPEND Sent {%d+}\r\n" % len(data) + data + b"\r\n")
     assert b"* 3 EXISTS" in raw.until("a5")
+    raw.close()
+
+
+def test_append_to_the_selected_mailbox_and_own_changes(env: ImapEnv) -> None:
+    # the session's own APPEND/STORE/EXPUNGE go into its view directly; others' changes still come
+    user = env.new_account()
+    raw = RawImap(env.port())
+    raw.login(user)
+    raw.command("s", "SELECT INBOX")
+    data = message("mine")
+    raw.send(b"a1 APPEND INBOX (\\seen $Mine) {%d+}\r\n" % len(data) + data + b"\r\n")
+    assert raw.until("a1")[:-1] == [b"* 1 EXISTS", b"* 1 RECENT"]
+    assert raw.command("f1", "FETCH 1 FLAGS")[0] == b"* 1 FETCH (FLAGS ($Mine \\Recent \\Seen))"
+    env.deliver(user, message("theirs"))  # UID 2 arrives before this session's next APPEND (UID 3)
+    raw.send(b"a2 APPEND INBOX {%d+}\r\n" % len(data) + data + b"\r\n")
+    lines = raw.until("a2")
+    assert b"* 3 EXISTS" in lines and lines[-1].startswith(b"a2 OK [APPENDUID ")
+    assert raw.command("f2", "FETCH 1:* UID")[:-1] == [b"* 1 FETCH (UID 1)", b"* 2 FETCH (UID 2)", b"* 3 FETCH (UID 3)"]
+    assert raw.command("st", "STORE 2 +FLAGS.SILENT (\\Deleted)") == [b"st OK completed"]
+    assert raw.command("x", "EXPUNGE")[:-1] == [b"* 2 EXPUNGE"]
+    assert raw.command("n", "NOOP") == [b"n OK completed"]  # nothing announced twice
+    other = RawImap(env.port())
+    other.login(user)
+    other.command("s", "SELECT INBOX")
+    other.command("st", "STORE 1 -FLAGS.SILENT (\\Seen)")
+    assert raw.command("n2", "NOOP")[0] == b"* 1 FETCH (UID 1 FLAGS ($Mine \\Recent))"
+    other.close()
     raw.close()
 
 

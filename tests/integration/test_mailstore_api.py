@@ -330,3 +330,54 @@ async def test_sixty_megabyte_message_refused_server_keeps_serving(tmp_path: Pat
         assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and reason(err.value) == pb.TOO_BIG
         reply = await deliver(client, [ALICE], simple("after big"))
         assert reply.results[0].status == pb.RECIPIENT_LOCAL
+
+
+async def test_fetch_bodies_many_sections_of_many_messages_in_one_call(mailstore: tuple[Any, Client]) -> None:
+    _, client = mailstore
+    multipart = (await deliver(client, [ALICE], MULTIPART)).results[0].uid
+    small = (await append(client, ALICE, "INBOX", simple("small", "tiny body\r\n"))).uid
+    # Two messages of ~900 KB (range reads, not whole-blob reads): their BODY[] cannot share one response.
+    big = [(await append(client, ALICE, "INBOX", simple(f"big {n}", ("z" * 76 + "\r\n") * 11_500))).uid for n in (1, 2)]
+    sections = [
+        pb.BodySection(section=pb.Section(text=pb.SECTION_HEADER_FIELDS, fields=["subject"])),
+        pb.BodySection(section=pb.Section(), has_partial=True, offset=6, length=7),
+        pb.BodySection(section=pb.Section(part=[3, 1])),  # only the multipart message has it
+        pb.BodySection(section=pb.Section()),
+    ]
+    request = pb.FetchBodiesRequest(
+        account=ALICE,
+        mailbox="INBOX",
+        uids=pb.UidSet(ranges=[pb.UidRange(first=multipart, last=small), pb.UidRange(first=big[0], last=big[1] + 5)]),
+        sections=sections,
+    )
+    responses = [r async for r in client.store.FetchBodies(request)]
+    assert len(responses) >= 2 and all(r.ByteSize() < (1 << 20) + 4096 for r in responses)
+    chunks = [c for r in responses for c in r.chunks]
+    items: dict[tuple[int, int], bytes] = {}
+    order: list[tuple[int, int]] = []
+    for c in chunks:
+        key = (c.uid, c.section_index)
+        if key not in items:  # first chunk of an item: total_size says what follows
+            order.append(key)
+            items[key] = b""
+            total = c.total_size
+        items[key] += c.data
+        if c.last:
+            assert len(items[key]) == total
+    assert order == [(uid, i) for uid in (multipart, small, *big) for i in range(4)]  # missing UIDs left out
+    assert sum(c.last for c in chunks) == len(order)
+    for uid in (multipart, small, *big):
+        for i, s in enumerate(sections):
+            single = pb.FetchBodyRequest(account=ALICE, mailbox="INBOX", uid=uid, section=s.section)
+            single.has_partial, single.offset, single.length = s.has_partial, s.offset, s.length
+            assert items[(uid, i)] == b"".join([r.data async for r in client.store.FetchBody(single)])
+    assert items[(multipart, 0)] == b"Subject: Test with attachment\r\n\r\n"
+    assert items[(multipart, 1)] == MULTIPART[6:13] and items[(multipart, 2)] == b"inner text"
+    assert items[(small, 2)] == b"" and items[(small, 3)].endswith(b"tiny body\r\n")
+
+    empty = pb.FetchBodiesRequest(account=ALICE, mailbox="INBOX", sections=sections)
+    assert [r async for r in client.store.FetchBodies(empty)] == []
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        missing = pb.FetchBodiesRequest(account=ALICE, mailbox="Nope", uids=request.uids, sections=sections)
+        [r async for r in client.store.FetchBodies(missing)]
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND and reason(err.value) == pb.MAILBOX_NOT_FOUND

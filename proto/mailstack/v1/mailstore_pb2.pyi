@@ -11,7 +11,7 @@ programs call it for everything. Conventions:
   * Errors are gRPC status codes; the trailing metadata key "mailstack-error-bin"
     carries a serialized ErrorDetail with a machine-readable reason.
   * Message bodies never travel in one gRPC message: Append/Deliver are
-    client-streamed and FetchBody is server-streamed in chunks (<= 1 MiB).
+    client-streamed and FetchBody/FetchBodies are server-streamed in chunks (<= 1 MiB).
 """
 
 from collections import abc as _abc
@@ -1766,6 +1766,137 @@ class FetchBodyResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___FetchBodyResponse: _TypeAlias = FetchBodyResponse  # noqa: Y015
+
+@_typing.final
+class FetchBodiesRequest(_message.Message):
+    """Many sections of many messages in one call (IMAP FETCH 1:* BODY.PEEK[HEADER] and the like):
+    one metadata read for the whole UID set, then blob reads, instead of one FetchBody call per
+    message per section. Messages of `uids` that do not exist are left out (no error).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACCOUNT_FIELD_NUMBER: _builtins.int
+    MAILBOX_FIELD_NUMBER: _builtins.int
+    UIDS_FIELD_NUMBER: _builtins.int
+    SECTIONS_FIELD_NUMBER: _builtins.int
+    account: _builtins.str
+    mailbox: _builtins.str
+    @_builtins.property
+    def uids(self) -> Global___UidSet:
+        """empty = no messages"""
+
+    @_builtins.property
+    def sections(self) -> _containers.RepeatedCompositeFieldContainer[Global___BodySection]: ...
+    def __init__(
+        self,
+        *,
+        account: _builtins.str = ...,
+        mailbox: _builtins.str = ...,
+        uids: Global___UidSet | None = ...,
+        sections: _abc.Iterable[Global___BodySection] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["uids", b"uids"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account", b"account", "mailbox", b"mailbox", "sections", b"sections", "uids", b"uids"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FetchBodiesRequest: _TypeAlias = FetchBodiesRequest  # noqa: Y015
+
+@_typing.final
+class BodySection(_message.Message):
+    """One section of a FetchBodiesRequest, with its own partial <offset.length>."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SECTION_FIELD_NUMBER: _builtins.int
+    HAS_PARTIAL_FIELD_NUMBER: _builtins.int
+    OFFSET_FIELD_NUMBER: _builtins.int
+    LENGTH_FIELD_NUMBER: _builtins.int
+    has_partial: _builtins.bool
+    """false = all of the section"""
+    offset: _builtins.int
+    length: _builtins.int
+    @_builtins.property
+    def section(self) -> Global___Section: ...
+    def __init__(
+        self,
+        *,
+        section: Global___Section | None = ...,
+        has_partial: _builtins.bool = ...,
+        offset: _builtins.int = ...,
+        length: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["section", b"section"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["has_partial", b"has_partial", "length", b"length", "offset", b"offset", "section", b"section"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BodySection: _TypeAlias = BodySection  # noqa: Y015
+
+@_typing.final
+class BodyChunk(_message.Message):
+    """One (uid, section) item, or a chunk of one. Items come in ascending UID order, for each UID
+    in the order of the request's sections. An item's first chunk carries total_size (the bytes
+    of all its chunks); `last` marks its final chunk (an empty section is one chunk, empty data,
+    last = true). A part that does not exist is an empty section.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    UID_FIELD_NUMBER: _builtins.int
+    SECTION_INDEX_FIELD_NUMBER: _builtins.int
+    TOTAL_SIZE_FIELD_NUMBER: _builtins.int
+    DATA_FIELD_NUMBER: _builtins.int
+    LAST_FIELD_NUMBER: _builtins.int
+    uid: _builtins.int
+    section_index: _builtins.int
+    """index into FetchBodiesRequest.sections"""
+    total_size: _builtins.int
+    data: _builtins.bytes
+    last: _builtins.bool
+    def __init__(
+        self,
+        *,
+        uid: _builtins.int = ...,
+        section_index: _builtins.int = ...,
+        total_size: _builtins.int = ...,
+        data: _builtins.bytes = ...,
+        last: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "last", b"last", "section_index", b"section_index", "total_size", b"total_size", "uid", b"uid"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BodyChunk: _TypeAlias = BodyChunk  # noqa: Y015
+
+@_typing.final
+class FetchBodiesResponse(_message.Message):
+    """Chunks are packed: one response carries the items of many small sections (up to about
+    1 MiB of data); a big section spans several responses in chunks of <= 1 MiB.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHUNKS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def chunks(self) -> _containers.RepeatedCompositeFieldContainer[Global___BodyChunk]: ...
+    def __init__(
+        self,
+        *,
+        chunks: _abc.Iterable[Global___BodyChunk] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunks", b"chunks"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FetchBodiesResponse: _TypeAlias = FetchBodiesResponse  # noqa: Y015
 
 @_typing.final
 class AppendHeader(_message.Message):

@@ -108,6 +108,11 @@ class MailstoreStub:
                 request_serializer=mailstack_dot_v1_dot_mailstore__pb2.FetchBodyRequest.SerializeToString,
                 response_deserializer=mailstack_dot_v1_dot_mailstore__pb2.FetchBodyResponse.FromString,
                 _registered_method=True)
+        self.FetchBodies = channel.unary_stream(
+                '/mailstack.v1.Mailstore/FetchBodies',
+                request_serializer=mailstack_dot_v1_dot_mailstore__pb2.FetchBodiesRequest.SerializeToString,
+                response_deserializer=mailstack_dot_v1_dot_mailstore__pb2.FetchBodiesResponse.FromString,
+                _registered_method=True)
         self.StoreFlags = channel.unary_unary(
                 '/mailstack.v1.Mailstore/StoreFlags',
                 request_serializer=mailstack_dot_v1_dot_mailstore__pb2.StoreFlagsRequest.SerializeToString,
@@ -250,6 +255,12 @@ class MailstoreServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def FetchBodies(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def StoreFlags(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -383,6 +394,11 @@ def add_MailstoreServicer_to_server(servicer, server):
                     servicer.FetchBody,
                     request_deserializer=mailstack_dot_v1_dot_mailstore__pb2.FetchBodyRequest.FromString,
                     response_serializer=mailstack_dot_v1_dot_mailstore__pb2.FetchBodyResponse.SerializeToString,
+            ),
+            'FetchBodies': grpc.unary_stream_rpc_method_handler(
+                    servicer.FetchBodies,
+                    request_deserializer=mailstack_dot_v1_dot_mailstore__pb2.FetchBodiesRequest.FromString,
+                    response_serializer=mailstack_dot_v1_dot_mailstore__pb2.FetchBodiesResponse.SerializeToString,
             ),
             'StoreFlags': grpc.unary_unary_rpc_method_handler(
                     servicer.StoreFlags,
@@ -816,6 +832,33 @@ class Mailstore:
             '/mailstack.v1.Mailstore/FetchBody',
             mailstack_dot_v1_dot_mailstore__pb2.FetchBodyRequest.SerializeToString,
             mailstack_dot_v1_dot_mailstore__pb2.FetchBodyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def FetchBodies(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/mailstack.v1.Mailstore/FetchBodies',
+            mailstack_dot_v1_dot_mailstore__pb2.FetchBodiesRequest.SerializeToString,
+            mailstack_dot_v1_dot_mailstore__pb2.FetchBodiesResponse.FromString,
             options,
             channel_credentials,
             insecure,

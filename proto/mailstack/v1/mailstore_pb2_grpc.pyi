@@ -11,7 +11,7 @@ programs call it for everything. Conventions:
   * Errors are gRPC status codes; the trailing metadata key "mailstack-error-bin"
     carries a serialized ErrorDetail with a machine-readable reason.
   * Message bodies never travel in one gRPC message: Append/Deliver are
-    client-streamed and FetchBody is server-streamed in chunks (<= 1 MiB).
+    client-streamed and FetchBody/FetchBodies are server-streamed in chunks (<= 1 MiB).
 """
 
 from collections import abc as _abc
@@ -61,6 +61,7 @@ class MailstoreStub:
     Deliver: _grpc.StreamUnaryMultiCallable[_mailstore_pb2.DeliverRequest, _mailstore_pb2.DeliverResponse]
     FetchMetadata: _grpc.UnaryStreamMultiCallable[_mailstore_pb2.FetchMetadataRequest, _mailstore_pb2.FetchMetadataResponse]
     FetchBody: _grpc.UnaryStreamMultiCallable[_mailstore_pb2.FetchBodyRequest, _mailstore_pb2.FetchBodyResponse]
+    FetchBodies: _grpc.UnaryStreamMultiCallable[_mailstore_pb2.FetchBodiesRequest, _mailstore_pb2.FetchBodiesResponse]
     StoreFlags: _grpc.UnaryUnaryMultiCallable[_mailstore_pb2.StoreFlagsRequest, _mailstore_pb2.StoreFlagsResponse]
     Copy: _grpc.UnaryUnaryMultiCallable[_mailstore_pb2.CopyRequest, _mailstore_pb2.CopyResponse]
     Move: _grpc.UnaryUnaryMultiCallable[_mailstore_pb2.CopyRequest, _mailstore_pb2.CopyResponse]
@@ -95,6 +96,7 @@ class MailstoreAsyncStub(MailstoreStub):
     Deliver: _aio.StreamUnaryMultiCallable[_mailstore_pb2.DeliverRequest, _mailstore_pb2.DeliverResponse]  # type: ignore[assignment]
     FetchMetadata: _aio.UnaryStreamMultiCallable[_mailstore_pb2.FetchMetadataRequest, _mailstore_pb2.FetchMetadataResponse]  # type: ignore[assignment]
     FetchBody: _aio.UnaryStreamMultiCallable[_mailstore_pb2.FetchBodyRequest, _mailstore_pb2.FetchBodyResponse]  # type: ignore[assignment]
+    FetchBodies: _aio.UnaryStreamMultiCallable[_mailstore_pb2.FetchBodiesRequest, _mailstore_pb2.FetchBodiesResponse]  # type: ignore[assignment]
     StoreFlags: _aio.UnaryUnaryMultiCallable[_mailstore_pb2.StoreFlagsRequest, _mailstore_pb2.StoreFlagsResponse]  # type: ignore[assignment]
     Copy: _aio.UnaryUnaryMultiCallable[_mailstore_pb2.CopyRequest, _mailstore_pb2.CopyResponse]  # type: ignore[assignment]
     Move: _aio.UnaryUnaryMultiCallable[_mailstore_pb2.CopyRequest, _mailstore_pb2.CopyResponse]  # type: ignore[assignment]
@@ -210,6 +212,13 @@ class MailstoreServicer(metaclass=_abc_1.ABCMeta):
         request: _mailstore_pb2.FetchBodyRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_mailstore_pb2.FetchBodyResponse], _abc.AsyncIterator[_mailstore_pb2.FetchBodyResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def FetchBodies(
+        self,
+        request: _mailstore_pb2.FetchBodiesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_mailstore_pb2.FetchBodiesResponse], _abc.AsyncIterator[_mailstore_pb2.FetchBodiesResponse]]: ...
 
     @_abc_1.abstractmethod
     def StoreFlags(

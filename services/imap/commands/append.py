@@ -9,6 +9,7 @@ import grpc
 from mailstack.v1 import mailstore_pb2 as pb
 
 from ..errors import from_grpc, no
+from ..mailbox_view import NEW, Change
 from ..protocol import Append, AppendMessage, Command
 from .common import set_text
 
@@ -17,6 +18,8 @@ if TYPE_CHECKING:
 
 CALL_TIMEOUT = 120.0
 CHUNK = 1 << 20
+# The mailstore keeps system flags in this case (and drops \Recent); keywords as given.
+_SYSTEM_FLAGS = {f.lower(): f for f in ("\\Seen", "\\Answered", "\\Flagged", "\\Deleted", "\\Draft")}
 
 
 def _requests(session: Session, mailbox: str, message: AppendMessage) -> AsyncIterator[pb.AppendRequest]:
@@ -50,6 +53,7 @@ async def append(session: Session, command: Command) -> Reply | None:
     assert isinstance(args, Append)
     uids: list[int] = []
     uidvalidity = 0
+    appended: list[Change] = []
     for message in args.messages:
         if len(message.data) > session.settings.max_message_size:
             raise no("message too big", "TOOBIG")
@@ -64,9 +68,33 @@ async def append(session: Session, command: Command) -> Reply | None:
             raise error from None
         uids.append(reply.uid)
         uidvalidity = reply.uidvalidity
+        flags = (_SYSTEM_FLAGS.get(f.lower(), f) for f in message.flags if f.lower() != "\\recent")
+        appended.append(Change(reply.uid, reply.modseq, NEW, tuple(flags)))
     if session.view is not None and session.view.name == args.mailbox:
-        session.dirty = True  # announce EXISTS with this completion (RFC 9051 §6.3.12)
+        # announce EXISTS with this completion (RFC 9051 §6.3.12)
+        if not await _add_to_view(session, uidvalidity, appended):
+            session.mark_dirty()
     return Reply("OK", "APPEND completed", f"APPENDUID {uidvalidity} {set_text(uids)}")
+
+
+async def _add_to_view(session: Session, uidvalidity: int, appended: list[Change]) -> bool:
+    """Put this session's own appended messages into its view without reading the change log, when
+    they are the very next UIDs it has not seen (nothing else arrived meanwhile); else False (the
+    caller refreshes). Other pending hints still refresh at the completion; the hint of this APPEND
+    is then held by the view. They get \\Recent here, as a refresh gives them."""
+    view = session.view
+    if view is None or uidvalidity != view.uidvalidity:
+        return False
+    if [c.uid for c in appended] != list(range(view.uidnext, view.uidnext + len(appended))):
+        return False
+    new = view.apply(appended, view.modseq)  # the change-log cursor stays: a refresh re-reads them
+    if new and not view.readonly:
+        # RFC 3501 §2.3.2: \Recent in exactly one session: whoever claims first
+        claim = await session.stub.ClaimRecent(
+            pb.ClaimRecentRequest(account=session.account, mailbox=view.name), timeout=CALL_TIMEOUT
+        )
+        view.recent.update(u for u in new if claim.first_uid <= u < claim.uidnext)
+    return True
 
 
 HANDLERS = {"APPEND": append}

@@ -18,7 +18,6 @@ if TYPE_CHECKING:
 
 CALL_TIMEOUT = 120.0
 BATCH = 100  # messages whose data is gathered (bodies concurrently) before they are written
-BODY_CONCURRENCY = 8
 _TEXTS = {
     None: pb.SECTION_ALL,
     "HEADER": pb.SECTION_HEADER,
@@ -43,6 +42,10 @@ def _body_item(item: FetchItem) -> tuple[FetchBody, bytes] | None:
     return None
 
 
+def _fields_list(fields: pb.MetadataFields) -> list[bool]:
+    return [fields.flags, fields.internal_date, fields.size, fields.envelope, fields.body_structure]
+
+
 def _fields(items: list[FetchItem]) -> pb.MetadataFields:
     names = {i.name for i in items if isinstance(i, FetchAttribute)}
     return pb.MetadataFields(
@@ -54,20 +57,36 @@ def _fields(items: list[FetchItem]) -> pb.MetadataFields:
     )
 
 
-async def _body(session: Session, mailbox: str, uid: int, item: FetchBody, limit: asyncio.Semaphore) -> bytes:
+def _body_section(item: FetchBody) -> pb.BodySection:
     section = item.section
-    request = pb.FetchBodyRequest(
-        account=session.account,
-        mailbox=mailbox,
-        uid=uid,
-        section=pb.Section(part=section.part, text=_TEXTS[section.text], fields=section.fields),
-    )
+    out = pb.BodySection(section=pb.Section(part=section.part, text=_TEXTS[section.text], fields=section.fields))
     if item.partial is not None:
-        request.has_partial = True
-        request.offset, request.length = item.partial
-    async with limit:
-        chunks = [r.data async for r in session.stub.FetchBody(request, timeout=CALL_TIMEOUT)]
-    return b"".join(chunks)
+        out.has_partial = True
+        out.offset, out.length = item.partial
+    return out
+
+
+async def _bodies(
+    session: Session, mailbox: str, uids: list[int], items: list[FetchBody]
+) -> dict[tuple[int, int], bytes]:
+    """Every body section of every message in one FetchBodies call: {(uid, item index): bytes};
+    messages gone from the store are absent."""
+    request = pb.FetchBodiesRequest(
+        account=session.account, mailbox=mailbox, uids=uid_set(uids), sections=[_body_section(i) for i in items]
+    )
+    parts: dict[tuple[int, int], list[bytes]] = {}
+    async for reply in session.stub.FetchBodies(request, timeout=CALL_TIMEOUT):
+        for chunk in reply.chunks:
+            parts.setdefault((chunk.uid, chunk.section_index), []).append(chunk.data)
+    return {key: b"".join(data) for key, data in parts.items()}
+
+
+async def _metadata(session: Session, request: pb.FetchMetadataRequest) -> dict[int, pb.MessageMetadata]:
+    metadata: dict[int, pb.MessageMetadata] = {}
+    async for part in session.stub.FetchMetadata(request, timeout=CALL_TIMEOUT):
+        for m in part.messages:
+            metadata[m.uid] = m
+    return metadata
 
 
 async def fetch(session: Session, command: Command) -> Reply | None:
@@ -110,26 +129,31 @@ async def fetch(session: Session, command: Command) -> Reply | None:
                 newly_seen.add(m.uid)
 
     fields = _fields(items)
-    limit = asyncio.Semaphore(BODY_CONCURRENCY)
+    # Only bodies and UID: what FetchBodies returns says which messages exist; no metadata read.
+    modseq = any(isinstance(i, FetchAttribute) and i.name == "MODSEQ" for i in items)
+    need_metadata = not bodies or modseq or args.changed_since is not None or any(_fields_list(fields))
     for start in range(0, len(targets), BATCH):
         batch = targets[start : start + BATCH]
+        batch_uids = [uid for _, uid in batch]
         request = pb.FetchMetadataRequest(
             account=session.account,
             mailbox=view.name,
-            uids=uid_set(uid for _, uid in batch),
+            uids=uid_set(batch_uids),
             fields=fields,
             changed_since=args.changed_since or 0,
         )
         metadata: dict[int, pb.MessageMetadata] = {}
-        async for part in session.stub.FetchMetadata(request, timeout=CALL_TIMEOUT):
-            for m in part.messages:
-                metadata[m.uid] = m
-        wanted = [(seq, uid) for seq, uid in batch if uid in metadata]
         texts: dict[tuple[int, int], bytes] = {}
-        if bodies:
-            jobs = [(uid, n) for _, uid in wanted for n in range(len(bodies))]
-            results = await asyncio.gather(*(_body(session, view.name, uid, bodies[n][0], limit) for uid, n in jobs))
-            texts = dict(zip(jobs, results, strict=True))
+        if need_metadata and bodies:
+            metadata, texts = await asyncio.gather(
+                _metadata(session, request), _bodies(session, view.name, batch_uids, [b for b, _ in bodies])
+            )
+        elif need_metadata:
+            metadata = await _metadata(session, request)
+        else:
+            texts = await _bodies(session, view.name, batch_uids, [b for b, _ in bodies])
+            metadata = {uid: pb.MessageMetadata(uid=uid) for uid, _ in texts}
+        wanted = [(seq, uid) for seq, uid in batch if uid in metadata]
         for seq, uid in wanted:
             m = metadata[uid]
             if fields.flags:
@@ -139,7 +163,7 @@ async def fetch(session: Session, command: Command) -> Reply | None:
             for item in items:
                 body = _body_item(item)
                 if body is not None:
-                    out.append((body[1], literal(texts[(uid, body_index)])))
+                    out.append((body[1], literal(texts.get((uid, body_index), b""))))
                     body_index += 1
                     continue
                 assert isinstance(item, FetchAttribute)

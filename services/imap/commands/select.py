@@ -49,6 +49,7 @@ async def select(session: Session, command: Command) -> Reply | None:
     session.select(None)  # RFC 9051 §6.3.2: a failed SELECT leaves no mailbox selected
     if args.condstore:
         session.condstore = True
+    session.opening(args.mailbox)
     view = await open_view(session, args.mailbox, readonly)
     keywords = sorted({f for u in view.uids for f in view.flags[u] if not f.startswith("\\")})
     session.untagged(untagged(b"FLAGS " + flag_list([*SYSTEM_FLAGS, *keywords])))

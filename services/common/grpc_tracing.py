@@ -1,0 +1,149 @@
+"""Trace context over gRPC: W3C traceparent in the call metadata, a server span per RPC.
+
+Clients inject the current context (`traceparent`, `tracestate`, `baggage`: OTEL_PROPAGATORS decides)
+into each call's metadata; the mailstore extracts it and runs the RPC inside a SERVER span named
+after the method, so the spans of the core (blob.put, metadata.deliver, events.publish) join the
+frontend's trace. Only mailstack's own services are traced (not health checks or reflection).
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+import grpc.aio
+from opentelemetry import propagate, trace
+from opentelemetry.trace import SpanKind, Status, StatusCode
+
+tracer = trace.get_tracer("mailstack.grpc")
+TRACED_PREFIX = "/mailstack."
+
+
+def _with_trace_context(details: grpc.aio.ClientCallDetails) -> grpc.aio.ClientCallDetails:
+    carrier: dict[str, str] = {}
+    if trace.get_current_span().get_span_context().is_valid:
+        propagate.inject(carrier)
+    if not carrier:
+        return details
+    metadata = grpc.aio.Metadata(*(details.metadata or ()))
+    for key, value in carrier.items():
+        metadata[key] = value
+    return details._replace(metadata=metadata)  # type: ignore[attr-defined]
+
+
+class _UnaryUnary(grpc.aio.UnaryUnaryClientInterceptor):
+    async def intercept_unary_unary(self, continuation: Any, client_call_details: Any, request: Any) -> Any:
+        return await continuation(_with_trace_context(client_call_details), request)
+
+
+class _UnaryStream(grpc.aio.UnaryStreamClientInterceptor):
+    async def intercept_unary_stream(self, continuation: Any, client_call_details: Any, request: Any) -> Any:
+        return await continuation(_with_trace_context(client_call_details), request)
+
+
+class _StreamUnary(grpc.aio.StreamUnaryClientInterceptor):
+    async def intercept_stream_unary(self, continuation: Any, client_call_details: Any, request_iterator: Any) -> Any:
+        return await continuation(_with_trace_context(client_call_details), request_iterator)
+
+
+class _StreamStream(grpc.aio.StreamStreamClientInterceptor):
+    async def intercept_stream_stream(self, continuation: Any, client_call_details: Any, request_iterator: Any) -> Any:
+        return await continuation(_with_trace_context(client_call_details), request_iterator)
+
+
+def client_trace_interceptors() -> list[Any]:
+    """Interceptors adding the caller's trace context to every call's metadata (no span of their own).
+
+    One object per call kind: grpc.aio files an interceptor under the first kind it implements only."""
+    return [_UnaryUnary(), _UnaryStream(), _StreamUnary(), _StreamStream()]
+
+
+def _span_name(method: str) -> str:
+    # "/mailstack.v1.Mailstore/Deliver" -> "mailstack.v1.Mailstore/Deliver" (the OTel RPC convention)
+    return method.lstrip("/")
+
+
+def _rpc_attributes(method: str) -> dict[str, str]:
+    service, _, name = method.lstrip("/").rpartition("/")
+    return {"rpc.system": "grpc", "rpc.service": service, "rpc.method": name}
+
+
+def _traced(behavior: Callable[..., Any], method: str) -> Callable[..., Any]:
+    """The handler inside a SERVER span whose parent is the caller's context from the metadata."""
+    name, attributes = _span_name(method), _rpc_attributes(method)
+
+    def start(context: grpc.aio.ServicerContext) -> Any:
+        carrier = {k: v for k, v in context.invocation_metadata() or () if isinstance(v, str)}
+        return tracer.start_as_current_span(
+            name, context=propagate.extract(carrier), kind=SpanKind.SERVER, attributes=attributes
+        )
+
+    def failed(span: trace.Span, err: BaseException, context: grpc.aio.ServicerContext) -> None:
+        if isinstance(err, grpc.aio.AbortError):
+            # abort() ends the RPC with a status the servicer chose (NOT_FOUND, OVER_QUOTA...): an answer.
+            code = context.code()
+            if code is not None:
+                span.set_attribute("rpc.grpc.status_code", code.value[0] if isinstance(code, grpc.StatusCode) else code)
+            return
+        span.set_status(Status(StatusCode.ERROR, type(err).__name__))
+
+    if inspect.isasyncgenfunction(behavior):
+
+        async def stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            with start(context) as span:
+                try:
+                    async for item in behavior(request, context):
+                        yield item
+                except Exception as err:
+                    failed(span, err, context)
+                    raise
+
+        return stream
+
+    async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        with start(context) as span:
+            try:
+                return await behavior(request, context)
+            except Exception as err:
+                failed(span, err, context)
+                raise
+
+    return unary
+
+
+class ServerTraceInterceptor(grpc.aio.ServerInterceptor):
+    """A SERVER span per call of mailstack's services, continuing the caller's trace."""
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        method = handler_call_details.method
+        if handler is None or not method.startswith(TRACED_PREFIX):
+            return handler
+        kinds = (
+            ("unary_unary", grpc.unary_unary_rpc_method_handler),
+            ("unary_stream", grpc.unary_stream_rpc_method_handler),
+            ("stream_unary", grpc.stream_unary_rpc_method_handler),
+            ("stream_stream", grpc.stream_stream_rpc_method_handler),
+        )
+        for attr, make in kinds:
+            behavior = getattr(handler, attr)
+            if behavior is not None:
+                return make(
+                    _traced(behavior, method),
+                    request_deserializer=handler.request_deserializer,
+                    response_serializer=handler.response_serializer,
+                )
+        return handler
+
+
+def server_interceptors() -> list[grpc.aio.ServerInterceptor]:
+    """For the mailstore's server: tracing only while spans are collected (set up before it starts)."""
+    from mailstack.services.common import telemetry
+
+    return [ServerTraceInterceptor()] if telemetry.tracing_enabled() else []

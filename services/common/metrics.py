@@ -1,0 +1,124 @@
+"""Prometheus metrics (prometheus-client, the process-wide default registry) and the HTTP endpoint.
+
+Every metric of every service is defined here, so the list is in one place; a process that runs
+several services (`mailstack serve`) exposes them all on one endpoint. The endpoint (settings
+metrics_port, 0 = off) answers:
+  GET /metrics  the Prometheus text format
+  GET /ready    200 once the services started (and, for frontends, the mailstore answers its
+                gRPC health check); 503 before, and from the moment shutdown begins
+  GET /live     200 while the process serves HTTP at all
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, Gauge, Histogram, generate_latest
+
+log = logging.getLogger("mailstack.metrics")
+
+# Seconds, from a cached metadata read (sub-millisecond) to a large S3 PUT or a slow client.
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+SMTP_MESSAGES = Counter(
+    "mailstack_smtp_messages",
+    "SMTP messages accepted, and transactions or recipients rejected, by reason",
+    ["result", "reason"],
+)
+SESSIONS = Gauge("mailstack_sessions", "Open client connections by protocol", ["protocol"])
+COMMAND_SECONDS = Histogram(
+    "mailstack_command_duration_seconds",
+    "Time from a client command to its reply, by protocol and command",
+    ["protocol", "command"],
+    buckets=LATENCY_BUCKETS,
+)
+STORAGE_SECONDS = Histogram(
+    "mailstack_storage_duration_seconds",
+    "Time of one storage call in the mailstore, by store (blob, metadata, events, quota) and operation",
+    ["store", "operation"],
+    buckets=LATENCY_BUCKETS,
+)
+STORAGE_ERRORS = Counter(
+    "mailstack_storage_errors",
+    "Storage calls that failed (store unavailable, or a bug), by store and operation",
+    ["store", "operation"],
+)
+POP3_RETRIEVED = Counter("mailstack_pop3_messages_retrieved", "Messages sent by POP3 RETR")
+POP3_DELETED = Counter("mailstack_pop3_messages_deleted", "Messages expunged at POP3 QUIT")
+
+READ_TIMEOUT = 10.0  # seconds for a scraper to send its request
+MAX_REQUEST_HEAD = 8192
+
+ReadyCheck = Callable[[], Awaitable[bool]]
+
+
+class MetricsServer:
+    """A small asyncio HTTP/1.0 server for /metrics, /ready and /live (one request per connection)."""
+
+    def __init__(self, host: str, port: int, ready: ReadyCheck) -> None:
+        self.host = host
+        self.port = port
+        self._ready = ready
+        self._server: asyncio.Server | None = None
+
+    @property
+    def address(self) -> str:
+        assert self._server is not None
+        host, port = self._server.sockets[0].getsockname()[:2]
+        return f"{host}:{port}"
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._handle, self.host, self.port, reuse_address=True)
+        log.info("metrics on http://%s/metrics", self.address)
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+            self._server = None
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), READ_TIMEOUT)
+            status, content_type, body = await self._answer(head)
+        except (TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError):
+            writer.close()
+            return
+        try:
+            writer.write(
+                f"HTTP/1.0 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {len(body)}\r\n"
+                "Connection: close\r\n\r\n".encode()
+                + body
+            )
+            await writer.drain()
+        except ConnectionError:
+            pass
+        finally:
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+
+    async def _answer(self, head: bytes) -> tuple[str, str, bytes]:
+        if len(head) > MAX_REQUEST_HEAD:
+            return "431 Request Header Fields Too Large", "text/plain", b"too large\n"
+        method, _, rest = head.split(b"\r\n", 1)[0].decode("latin-1").partition(" ")
+        path = rest.split(" ", 1)[0].split("?", 1)[0]
+        if method not in ("GET", "HEAD"):
+            return "405 Method Not Allowed", "text/plain", b"GET only\n"
+        if path == "/metrics":
+            return "200 OK", CONTENT_TYPE_LATEST, generate_latest(REGISTRY)
+        if path == "/ready":
+            try:
+                ready = await self._ready()
+            except Exception:
+                log.exception("readiness check failed")
+                ready = False
+            if not ready:
+                return "503 Service Unavailable", "text/plain", b"not ready\n"
+            return "200 OK", "text/plain", b"ready\n"
+        if path in ("/live", "/healthz"):
+            return "200 OK", "text/plain", b"ok\n"
+        return "404 Not Found", "text/plain", b"not found\n"

@@ -1,0 +1,382 @@
+"""Sending: the Send API's rules, SMTP submission to remote recipients, and the outbound queue's
+mailstore side (leases, reports, retry schedule, expiry, bounces). ADR 0008.
+
+Local recipients are delivered at once through the core's deliver path; remote ones are queued
+(the body in the blob store, referenced like a message's) for the outbound worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import secrets
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from mailstack.services.mailstore import compose, dkim_sign, dsn, names
+from mailstack.services.mailstore.core import AuthFailed, InvalidRequest, MailstoreCore, new_blob_key
+from mailstack.storage.errors import NotAllowed, StorageError
+from mailstack.storage.metadata.base import MetadataStore
+from mailstack.storage.queue.base import (
+    LeasedOutbound,
+    NewOutbound,
+    NewRecipient,
+    OutboundStatus,
+    QueueStore,
+    RecipientOutcome,
+    ReportResult,
+    TokenRecord,
+    TokenStore,
+)
+from mailstack.v1 import mailstore_pb2 as pb
+from opentelemetry import metrics
+
+log = logging.getLogger("mailstack.mailstore.sending")
+meter = metrics.get_meter("mailstack.mailstore")
+outbound_counter = meter.create_counter(
+    "mailstack_outbound_recipients", description="Outbound recipients queued, delivered, deferred, bounced by reason"
+)
+
+EXPIRE_EVERY = 60.0  # seconds between sweeps bouncing messages past their lifetime
+TOKEN_PREFIX = "mst_"
+
+
+class QueueBackend(QueueStore, TokenStore):
+    pass
+
+
+def open_queue_store(metadata: MetadataStore) -> QueueBackend:
+    """The queue lives beside the metadata (ADR 0008); only SQLite exists so far."""
+    from mailstack.services.mailstore.instrumented import instrumented
+    from mailstack.storage.metadata.sqlite import SqliteMetadataStore
+    from mailstack.storage.queue.sqlite import SqliteQueueStore
+
+    backend = getattr(metadata, "_backend", metadata)  # under the core's telemetry wrapper
+    if not isinstance(backend, SqliteMetadataStore):
+        raise ValueError("the outbound queue needs the SQLite metadata store")
+    return instrumented(SqliteQueueStore(backend), "queue")
+
+
+def hash_token(secret: str) -> str:
+    # Tokens are 256 random bits: a plain SHA-256 cannot be brute-forced (unlike a password).
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def retry_delays(schedule: str) -> list[float]:
+    delays = [float(x) for x in schedule.split(",") if x.strip()]
+    if not delays or any(d < 0 for d in delays):
+        raise ValueError(f"outbound_retry_schedule: {schedule!r}")
+    return delays
+
+
+@dataclass(frozen=True, slots=True)
+class SendResult:
+    message_id: str
+    header_message_id: str
+    status: OutboundStatus
+    duplicate: bool
+
+
+class Sending:
+    def __init__(self, core: MailstoreCore, queue: QueueBackend) -> None:
+        self.core = core
+        self.queue = queue
+        self.settings = core.settings
+        self.delays = retry_delays(self.settings.outbound_retry_schedule)
+        self.dkim_keys = dkim_sign.parse_keys(self.settings.dkim_keys)
+        self._idempotency_locks: dict[tuple[str, str], asyncio.Lock] = {}
+        self._expirer: asyncio.Task[None] | None = None
+
+    @classmethod
+    def open(cls, core: MailstoreCore) -> Sending:
+        return cls(core, open_queue_store(core.metadata))
+
+    def start_background(self) -> None:
+        if self._expirer is None:
+            self._expirer = asyncio.create_task(self._expire_forever(), name="outbound-expirer")
+
+    async def close(self) -> None:
+        if self._expirer is not None:
+            self._expirer.cancel()
+            try:
+                await self._expirer
+            except asyncio.CancelledError:
+                pass
+            self._expirer = None
+
+    # ------------------------------------------------------------ tokens
+
+    async def create_token(
+        self, name: str, domains: Sequence[str], addresses: Sequence[str]
+    ) -> tuple[TokenRecord, str]:
+        if not name or any(c.isspace() for c in name):
+            raise InvalidRequest("a token needs a name without spaces")
+        domains = [d.strip().lower() for d in domains if d.strip()]
+        addresses = [names.normalize_address(a) for a in addresses if a.strip()]
+        if not domains and not addresses:
+            raise InvalidRequest("a token needs at least one from domain or from address")
+        secret = TOKEN_PREFIX + secrets.token_urlsafe(32)
+        record = TokenRecord(name, tuple(domains), tuple(addresses), time.time())
+        await self.queue.create_token(record, hash_token(secret))
+        return record, secret
+
+    async def check_token(self, secret: str) -> TokenRecord:
+        record = await self.queue.token_by_hash(hash_token(secret)) if secret else None
+        if record is None:
+            raise AuthFailed("missing or unknown API token")
+        return record
+
+    @staticmethod
+    def may_send_as(token: TokenRecord, address: str) -> bool:
+        address = address.lower()
+        return address in token.from_addresses or address.rsplit("@", 1)[-1] in token.from_domains
+
+    # ------------------------------------------------------------ Send (other services)
+
+    async def send(
+        self,
+        token: TokenRecord,
+        *,
+        structured: object | None,
+        raw: bytes,
+        envelope_from: str,
+        recipients: Sequence[str],
+        idempotency_key: str,
+        save_sent_copy: bool,
+    ) -> SendResult:
+        from mailstack.v1 import send_pb2 as spb
+
+        try:
+            if isinstance(structured, spb.StructuredMessage):
+                composed = compose.build(structured)
+                data, from_address, message_id = composed.data, composed.from_address, composed.message_id
+                default_recipients = composed.recipients
+            else:
+                if not raw:
+                    raise InvalidRequest("give a structured message or raw bytes")
+                info = compose.raw_info(raw)
+                data, message_id = compose.complete_raw(raw, info)
+                from_address, default_recipients = info.from_address, info.recipients
+        except compose.ComposeError as exc:
+            raise InvalidRequest(str(exc)) from None
+        sender = envelope_from or from_address
+        for address in {from_address, sender}:
+            if not self.may_send_as(token, address):
+                raise NotAllowed(f"token {token.name} may not send from {address}")
+        rcpts = list(recipients) or default_recipients
+        return await self._submit(
+            f"token:{token.name}", sender, from_address, rcpts, data, message_id, idempotency_key, save_sent_copy
+        )
+
+    # ------------------------------------------------------------ Submit (SMTP submission)
+
+    async def submit(self, account: str, sender: str, recipients: Sequence[str], data: bytes) -> SendResult:
+        try:
+            info = compose.raw_info(data)
+            from_address, message_id = info.from_address, info.message_id
+        except compose.ComposeError:
+            from_address, message_id = sender, ""
+        return await self._submit(
+            f"smtp:{account}",
+            sender,
+            from_address,
+            recipients,
+            data,
+            message_id,
+            "",
+            self.settings.save_sent_copies,
+            account=account,
+        )
+
+    async def _submit(
+        self,
+        client: str,
+        sender: str,
+        from_address: str,
+        recipients: Sequence[str],
+        data: bytes,
+        message_id: str,
+        idempotency_key: str,
+        save_sent_copy: bool,
+        account: str = "",
+    ) -> SendResult:
+        if not recipients:
+            raise InvalidRequest("no recipients")
+        lock = self._idempotency_locks.setdefault((client, idempotency_key), asyncio.Lock())
+        try:
+            async with lock:  # one replica never delivers twice for one key (the unique index guards the queue)
+                return await self._submit_locked(
+                    client, sender, from_address, recipients, data, message_id, idempotency_key, save_sent_copy,
+                    account,
+                )  # fmt: skip
+        finally:
+            if not lock.locked():
+                self._idempotency_locks.pop((client, idempotency_key), None)
+
+    async def _submit_locked(
+        self,
+        client: str,
+        sender: str,
+        from_address: str,
+        recipients: Sequence[str],
+        data: bytes,
+        message_id: str,
+        idempotency_key: str,
+        save_sent_copy: bool,
+        account: str,
+    ) -> SendResult:
+        if idempotency_key:
+            existing = await self.queue.find_idempotent(client, idempotency_key)
+            if existing is not None:
+                status = await self.queue.status(existing)
+                assert status is not None
+                return SendResult(existing, status.message_id_header, status, True)
+        self.core._check_size(len(data))
+        key = self.dkim_keys.get(from_address.rsplit("@", 1)[-1].lower())
+        if key is not None:
+            data = await asyncio.to_thread(dkim_sign.sign, data, key)
+        local: list[str] = []
+        remote: list[str] = []
+        plan: list[NewRecipient] = []
+        for rcpt in dict.fromkeys(recipients):
+            status, _ = await self.core.resolve_recipient(rcpt)
+            if status == pb.RECIPIENT_NOT_LOCAL:
+                remote.append(rcpt)
+            elif status == pb.RECIPIENT_INVALID:
+                raise InvalidRequest(f"invalid recipient address {rcpt!r}")
+            else:
+                local.append(rcpt)
+        outcomes: dict[str, NewRecipient] = {}
+        if local:
+            results, _ = await self.core.deliver(sender, local, data)
+            for result in results:
+                if result.status == pb.RECIPIENT_LOCAL:
+                    outcomes[result.recipient] = NewRecipient(result.recipient, True, "delivered")
+                else:
+                    reason = _LOCAL_FAILURES.get(result.status, "451 4.3.0 local delivery failed")
+                    outcomes[result.recipient] = NewRecipient(result.recipient, True, "bounced", reason)
+        for rcpt in remote:
+            outcomes[rcpt] = NewRecipient(rcpt, False, "queued")
+        plan = [outcomes[r] for r in dict.fromkeys(recipients)]
+        blob_key = new_blob_key()
+        if remote:
+            await self.core.blobs.put(blob_key, data)  # blob first; the enqueue's reference keeps it
+        queue_id = blob_key.replace("-", "")[:26]
+        item = NewOutbound(
+            id=queue_id,
+            sender=sender,
+            blob_key=blob_key,
+            size=len(data),
+            recipients=plan,
+            client=client,
+            idempotency_key=idempotency_key,
+            message_id_header=message_id,
+            original_headers=compose.header_block(data),
+        )
+        try:
+            result = await self.queue.enqueue(item, time.time())
+        except BaseException:
+            if remote:
+                await self.core._delete_blobs([blob_key])
+            raise
+        outbound_counter.add(len(remote), {"result": "queued", "reason": ""})
+        failed_local = [r for r in plan if r.state == "bounced"]
+        if failed_local and sender and client.startswith("smtp:") and not result.duplicate:
+            # SMTP already answered 250 for these (accepted at RCPT): the sender hears of it by DSN.
+            queued = await self.queue.status(result.id)
+            if queued is not None:
+                bounced = [r for r in queued.recipients if r.state == "bounced"]
+                await self._bounce(queued, ReportResult(False, bounced, []))
+        if save_sent_copy:
+            await self._save_sent(account or from_address, data)
+        status = await self.queue.status(result.id)
+        assert status is not None
+        log.info("send id=%s client=%s sender=<%s> local=%d remote=%d size=%d",
+                 result.id, client, sender, len(local), len(remote), len(data))  # fmt: skip
+        return SendResult(result.id, message_id, status, result.duplicate)
+
+    async def _save_sent(self, account: str, data: bytes) -> None:
+        try:
+            mailboxes, _ = await self.core.list_mailboxes(account)
+        except StorageError:
+            return  # not a local account: nowhere to keep a copy
+        sent = next((m.name for m in mailboxes if m.special_use == "\\Sent"), None)
+        if sent is not None:
+            await self.core.append(account, sent, data, ["\\Seen"], None)
+
+    async def status(self, message_id: str) -> OutboundStatus | None:
+        return await self.queue.status(message_id)
+
+    # ------------------------------------------------------------ the worker's side
+
+    async def lease(self, worker: str, limit: int, ttl: float) -> list[LeasedOutbound]:
+        if not worker:
+            raise InvalidRequest("a worker name is required")
+        return await self.queue.lease_next(worker, ttl, time.time(), max(1, min(limit, 1000)))
+
+    async def report(self, message_id: str, worker: str, attempts: Sequence[tuple[str, str, str, str]]) -> None:
+        """attempts: (recipient, "delivered" | "temporary" | "permanent", reply, remote mta)."""
+        status = await self.queue.status(message_id)
+        if status is None:
+            raise NotAllowed(f"no queued message {message_id}")
+        now = time.time()
+        tries = {r.address: r.attempts for r in status.recipients}
+        expired = now - status.created >= self.settings.outbound_max_lifetime
+        outcomes = []
+        for recipient, outcome, reply, mta in attempts:
+            if outcome == "delivered":
+                outcomes.append(RecipientOutcome(recipient, "delivered", reply, mta))
+            elif outcome == "permanent":
+                outcomes.append(RecipientOutcome(recipient, "bounced", reply, mta))
+            elif expired:
+                outcomes.append(RecipientOutcome(recipient, "bounced", f"delivery time expired; last error: {reply}",
+                                                 mta))  # fmt: skip
+            else:
+                delay = self.delays[min(tries.get(recipient, 0), len(self.delays) - 1)]
+                outcomes.append(RecipientOutcome(recipient, "deferred", reply, mta, now + delay))
+        for o in outcomes:
+            outbound_counter.add(1, {"result": o.state, "reason": dsn.status_code(o.error) if o.error else ""})
+        result = await self.queue.report(message_id, worker, outcomes, now)
+        await self._after_report(status, result)
+
+    async def _after_report(self, status: OutboundStatus, result: ReportResult) -> None:
+        if result.freed_blobs:
+            await self.core._delete_blobs(result.freed_blobs)
+        if result.newly_bounced and status.sender:  # RFC 3464 §2: never a DSN for the null sender
+            await self._bounce(status, result)
+
+    async def _bounce(self, status: OutboundStatus, result: ReportResult) -> None:
+        arrival = compose.rfc5322_date(status.created)
+        report = dsn.build_dsn(self.settings.hostname, status.sender, result.newly_bounced,
+                               status.original_headers, arrival)  # fmt: skip
+        try:
+            await self._submit("dsn", "", f"MAILER-DAEMON@{self.settings.hostname}", [status.sender], report, "", "",
+                               False)  # fmt: skip
+        except Exception:
+            log.exception("bounce for %s to <%s> not sent", status.id, status.sender)
+
+    async def expire(self) -> int:
+        now = time.time()
+        expired = await self.queue.expire(now - self.settings.outbound_max_lifetime, now)
+        for message_id, result in expired:
+            status = await self.queue.status(message_id)
+            if status is not None:
+                await self._after_report(status, result)
+        return len(expired)
+
+    async def _expire_forever(self) -> None:
+        while True:
+            await asyncio.sleep(EXPIRE_EVERY)
+            try:
+                await self.expire()
+            except Exception:
+                log.exception("outbound expiry sweep failed")
+
+
+_LOCAL_FAILURES = {
+    pb.RECIPIENT_UNKNOWN: "550 5.1.1 no such local user",
+    pb.RECIPIENT_OVER_QUOTA: "552 5.2.2 mailbox full",
+    pb.RECIPIENT_TOO_BIG_FOR_QUOTA: "552 5.2.2 message larger than the mailbox quota",
+}
