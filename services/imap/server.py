@@ -132,7 +132,11 @@ class ImapServer:
                 settings.imap_max_connections_per_ip,
                 settings.imap_max_connections_per_user,
             ),
-            auth_throttle=AuthThrottle(settings.imap_auth_failure_delay_ms / 1000, settings.imap_auth_max_failures * 5),
+            auth_throttle=AuthThrottle(
+                settings.imap_auth_failure_delay_ms / 1000,
+                settings.imap_auth_max_failures * 5,
+                window=float(settings.imap_auth_failure_window),
+            ),
         )
         if settings.proxy_protocol:
             await self._start_proxied()

@@ -195,6 +195,7 @@ class Session:
                 continue
             delay = self._rate.delay()
             if delay > 0:
+                telemetry.commands_slowed += 1  # slowed, never refused
                 await asyncio.sleep(delay)
             await self.execute(event)
 

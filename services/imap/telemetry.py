@@ -14,6 +14,7 @@ from opentelemetry.trace import SpanKind
 
 tracer = trace.get_tracer("mailstack.imap")
 sessions_open = 0  # kept by the server; read by the sessions gauge at scrape time
+commands_slowed = 0  # commands held back by the per-connection rate limit (limits.CommandRate)
 SESSIONS.labels("imap").set_function(lambda: sessions_open)
 
 

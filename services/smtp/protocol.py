@@ -203,6 +203,7 @@ class SmtpProtocol(SMTP):
         try:
             await self.push("354 End data with <CR><LF>.<CR><LF>")
             reset: Callable[[], None] = lambda: self._reset_timeout(self.data_timeout)  # noqa: E731
+            reset()  # the wait for the first line is a DATA pause too, not a command wait
             result = await read_data(self._reader, self.data_size_limit or 0, reset)
             self._reset_timeout()
             if result.problem is not None:

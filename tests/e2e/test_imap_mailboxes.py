@@ -123,3 +123,118 @@ def test_create_special_use_and_quota(env: ImapEnv) -> None:
     raw.send(b"a1 APPEND INBOX {%d+}\r\n" % len(big) + big + b"\r\n")
     assert raw.until("a1")[-1].startswith(b"a1 NO [OVERQUOTA]")
     raw.close()
+
+
+# ---- LIST-EXTENDED (RFC 5258) and LIST-STATUS (RFC 5819), as raw transcripts
+
+
+def _food_account(env: ImapEnv) -> tuple[RawImap, str]:
+    """RFC 5258 §5-style data: Fruit/{Apple,Banana}, Vegetable/{Broccoli,Corn}, Tofu, Nuts/Almond
+    with Nuts never created (\\NonExistent); subscribed: Fruit/Banana, Fruit/Peach (deleted),
+    Vegetable, Vegetable/Broccoli."""
+    user = env.new_account()
+    raw = RawImap(env.port())
+    raw.login(user)
+    for name in ("Fruit/Apple", "Fruit/Banana", "Fruit/Peach", "Vegetable/Broccoli", "Vegetable/Corn", "Tofu", "Seeds"):
+        assert raw.command("c", f"CREATE {name}")[-1].startswith(b"c OK"), name
+    for name in ("Fruit/Banana", "Fruit/Peach", "Vegetable", "Vegetable/Broccoli"):
+        assert raw.command("s", f"SUBSCRIBE {name}")[-1].startswith(b"s OK"), name
+    assert raw.command("d", "DELETE Fruit/Peach")[-1].startswith(b"d OK")
+    assert raw.command("r", "RENAME Seeds Nuts/Almond")[-1].startswith(b"r OK")
+    return raw, user
+
+
+def test_list_extended_is_advertised_and_recursivematch_alone_is_refused(env: ImapEnv) -> None:
+    raw, _ = _food_account(env)
+    caps = raw.command("c1", "CAPABILITY")[0].split()
+    assert b"LIST-EXTENDED" in caps and b"LIST-STATUS" in caps
+    assert raw.command("l1", 'LIST (RECURSIVEMATCH) "" *')[-1].startswith(b"l1 BAD")
+    raw.close()
+
+
+def test_list_subscribed_selection_with_nonexistent(env: ImapEnv) -> None:
+    # RFC 5258 §5 example 2 (and several patterns, RFC 5258 §3)
+    raw, _ = _food_account(env)
+    assert raw.command("A02", 'LIST (SUBSCRIBED) "" ("Fruit*" "Vegetable*")') == [
+        b'* LIST (\\HasNoChildren \\Subscribed) "/" Fruit/Banana',
+        b'* LIST (\\NonExistent \\Subscribed) "/" Fruit/Peach',
+        b'* LIST (\\HasChildren \\Subscribed) "/" Vegetable',
+        b'* LIST (\\HasNoChildren \\Subscribed) "/" Vegetable/Broccoli',
+        b"A02 OK completed",
+    ]
+    raw.close()
+
+
+def test_list_return_children_and_subscribed(env: ImapEnv) -> None:
+    # RFC 5258 §5 example 3 style: "%" level, a never-created parent is \NonExistent
+    raw, _ = _food_account(env)
+    assert raw.command("A03", 'LIST "" ("Fruit" "Nuts" "Tofu" "Vegetable") RETURN (CHILDREN SUBSCRIBED)') == [
+        b'* LIST (\\HasChildren) "/" Fruit',
+        b'* LIST (\\NonExistent \\HasChildren) "/" Nuts',
+        b'* LIST (\\HasNoChildren) "/" Tofu',
+        b'* LIST (\\HasChildren \\Subscribed) "/" Vegetable',
+        b"A03 OK completed",
+    ]
+    # a plain RFC 3501 LIST: the parent that is not a mailbox is \Noselect, "%" shows it, "*" does not
+    assert raw.command("A04", 'LIST "" N%') == [b'* LIST (\\Noselect \\HasChildren) "/" Nuts', b"A04 OK completed"]
+    assert raw.command("A05", 'LIST "" N*') == [b'* LIST (\\HasNoChildren) "/" Nuts/Almond', b"A05 OK completed"]
+    raw.close()
+
+
+def test_list_subscribed_recursivematch_childinfo(env: ImapEnv) -> None:
+    # RFC 5258 §5 example 5 / §3.5: a parent whose descendant is subscribed but outside the pattern
+    raw, _ = _food_account(env)
+    assert raw.command("A04", 'LIST (SUBSCRIBED RECURSIVEMATCH) "" ("Fruit" "Tofu" "Vegetable") RETURN (CHILDREN)') == [
+        b'* LIST (\\HasChildren) "/" Fruit ("CHILDINFO" ("SUBSCRIBED"))',
+        b'* LIST (\\HasChildren \\Subscribed) "/" Vegetable ("CHILDINFO" ("SUBSCRIBED"))',
+        b"A04 OK completed",
+    ]
+    # with "*" the subscribed descendants are themselves listed; Fruit itself is not
+    lines = raw.command("A05", 'LIST (SUBSCRIBED RECURSIVEMATCH) "" "Fruit*"')
+    assert lines == [
+        b'* LIST (\\HasNoChildren \\Subscribed) "/" Fruit/Banana',
+        b'* LIST (\\NonExistent \\Subscribed) "/" Fruit/Peach',
+        b"A05 OK completed",
+    ]
+    raw.close()
+
+
+def test_list_special_use_selection_and_recursivematch(env: ImapEnv) -> None:
+    raw, _ = _food_account(env)
+    assert raw.command("c", "CREATE Projects/Starred (USE (\\Flagged))")[-1].startswith(b"c OK")
+    assert raw.command("L1", 'LIST (SPECIAL-USE) "" ("Projects*" "Fruit*")') == [
+        b'* LIST (\\HasNoChildren \\Flagged) "/" Projects/Starred',
+        b"L1 OK completed",
+    ]
+    assert raw.command("L2", 'LIST (SPECIAL-USE RECURSIVEMATCH) "" ("Projects" "Fruit")') == [
+        b'* LIST (\\HasChildren) "/" Projects ("CHILDINFO" ("SPECIAL-USE"))',
+        b"L2 OK completed",
+    ]
+    raw.close()
+
+
+def test_list_status(env: ImapEnv) -> None:
+    # RFC 5819 §2: a STATUS after the LIST of each selectable mailbox, none for \NonExistent ones
+    raw, user = _food_account(env)
+    env.deliver(user, message("ls1"))
+    env.deliver(user, message("ls2"))
+    env.append(user, "Fruit/Banana", message("ls3"), ("\\Seen",))
+    lines = raw.command("A01", 'LIST "" ("INBOX" "Fruit/%" "Nuts") RETURN (STATUS (MESSAGES UNSEEN))')
+    assert lines == [
+        b'* LIST (\\HasNoChildren) "/" INBOX',
+        b"* STATUS INBOX (MESSAGES 2 UNSEEN 2)",
+        b'* LIST (\\HasNoChildren) "/" Fruit/Apple',
+        b"* STATUS Fruit/Apple (MESSAGES 0 UNSEEN 0)",
+        b'* LIST (\\HasNoChildren) "/" Fruit/Banana',
+        b"* STATUS Fruit/Banana (MESSAGES 1 UNSEEN 0)",
+        b'* LIST (\\NonExistent \\HasChildren) "/" Nuts',
+        b"A01 OK completed",
+    ]
+    lines = raw.command("A02", 'LIST (SUBSCRIBED) "" "Fruit/*" RETURN (STATUS (MESSAGES UIDNEXT))')
+    assert lines == [
+        b'* LIST (\\HasNoChildren \\Subscribed) "/" Fruit/Banana',
+        b"* STATUS Fruit/Banana (MESSAGES 1 UIDNEXT 2)",
+        b'* LIST (\\NonExistent \\Subscribed) "/" Fruit/Peach',
+        b"A02 OK completed",
+    ]
+    raw.close()

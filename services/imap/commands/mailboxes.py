@@ -8,6 +8,7 @@ import grpc
 from mailstack.v1 import mailstore_pb2 as pb
 
 from ..errors import no
+from ..mailbox_list import Entry, Listed, select, with_parents
 from ..protocol import Command, Create, ListMailboxes, Lsub, MailboxArgument, Rename, Status
 from ..protocol.encoder import mailbox, untagged
 from .common import SPECIAL_USE_ATTRIBUTES, SPECIAL_USE_BY_NAME
@@ -83,14 +84,18 @@ async def subscribe(session: Session, command: Command) -> Reply | None:
     return None
 
 
-def _attributes(item: pb.Mailbox, subscribed: bool) -> bytes:
+def _attributes(listed: Listed, extended: bool, show_subscribed: bool) -> bytes:
+    entry = listed.entry
     attrs = []
-    if item.nonexistent:
-        attrs.append("\\Noselect")
-    attrs.append("\\HasChildren" if item.has_children else "\\HasNoChildren")  # RFC 3348 CHILDREN
-    if item.special_use in SPECIAL_USE_ATTRIBUTES:
-        attrs.append(SPECIAL_USE_ATTRIBUTES[item.special_use])  # RFC 6154 §2
-    if subscribed and item.subscribed:
+    if not entry.exists:
+        attrs.append("\\NonExistent" if extended else "\\Noselect")  # RFC 5258 §3: implies \Noselect
+    if listed.has_children:
+        attrs.append("\\HasChildren")  # RFC 5258 §4 CHILDREN (RFC 3348)
+    elif entry.exists:
+        attrs.append("\\HasNoChildren")
+    if entry.special_use:
+        attrs.append(entry.special_use)  # RFC 6154 §2
+    if show_subscribed and entry.subscribed:
         attrs.append("\\Subscribed")
     return ("(" + " ".join(attrs) + ")").encode("ascii")
 
@@ -112,6 +117,13 @@ def _status_line(name: str, status: pb.MailboxStatus, items: tuple[str, ...], se
     return untagged(b"STATUS " + mailbox(name) + b" (" + pairs.encode("ascii") + b")")
 
 
+def _full_pattern(reference: str, pattern: str) -> str:
+    full = reference + pattern
+    if full.upper().startswith("INBOX") and (len(full) == 5 or full[5] in "/*%"):
+        full = "INBOX" + full[5:]  # INBOX is case-insensitive (RFC 3501 §5.1)
+    return full
+
+
 async def list_command(session: Session, command: Command) -> Reply | None:
     # Command: RFC 3501 §6.3.8, RFC 5258 selection/return options, RFC 6154, RFC 5819 STATUS
     args = command.args
@@ -120,33 +132,40 @@ async def list_command(session: Session, command: Command) -> Reply | None:
         # the hierarchy delimiter and root name (RFC 3501 §6.3.8)
         session.untagged(untagged(b'LIST (\\Noselect) "/" ""'))
         return None
-    subscribed_only = "SUBSCRIBED" in args.selection
-    show_subscribed = subscribed_only or "SUBSCRIBED" in args.returns
-    seen: set[str] = set()
-    for pattern in args.patterns:
-        full = args.reference + pattern
-        if full.upper().startswith("INBOX") and (len(full) == 5 or full[5] in "/*%"):
-            full = "INBOX" + full[5:]
-        reply = await session.stub.ListMailboxes(
-            pb.ListMailboxesRequest(
-                account=session.account,
-                pattern=full,
-                subscribed_only=subscribed_only,
-                with_status=args.status is not None,
-            ),
+    # The whole tree in one call (children, RECURSIVEMATCH and "%" parents need names outside the
+    # patterns), with the STATUS of every mailbox when asked for (RFC 5819), not one call each.
+    tree = await session.stub.ListMailboxes(
+        pb.ListMailboxesRequest(account=session.account, pattern="*", with_status=args.status is not None),
+        timeout=CALL_TIMEOUT,
+    )
+    found = [
+        Entry(m.name, not m.nonexistent, m.subscribed, SPECIAL_USE_ATTRIBUTES.get(m.special_use, ""))
+        for m in tree.mailboxes
+    ]
+    statuses = {m.name: m.status for m in tree.mailboxes if not m.nonexistent}
+    if "SUBSCRIBED" in args.selection:
+        # subscribed names whose mailbox does not exist (RFC 5258 §3: \Subscribed \NonExistent)
+        subscribed = await session.stub.ListMailboxes(
+            pb.ListMailboxesRequest(account=session.account, pattern="*", subscribed_only=True),
             timeout=CALL_TIMEOUT,
         )
-        for item in reply.mailboxes:
-            if item.name in seen:
-                continue
-            if "SPECIAL-USE" in args.selection and item.special_use not in SPECIAL_USE_ATTRIBUTES:
-                continue
-            seen.add(item.name)
-            session.untagged(
-                untagged(b"LIST " + _attributes(item, show_subscribed) + b" " + DELIMITER + b" " + mailbox(item.name))
-            )
-            if args.status is not None and not item.nonexistent:
-                session.untagged(_status_line(item.name, item.status, args.status, session))
+        known = {m.name for m in tree.mailboxes}
+        found += [Entry(m.name, False, True) for m in subscribed.mailboxes if m.name not in known]
+    patterns = [_full_pattern(args.reference, p) for p in args.patterns]
+    show_subscribed = "SUBSCRIBED" in args.selection or "SUBSCRIBED" in args.returns
+    for listed in select(with_parents(found), patterns, args.selection):
+        name = listed.entry.name
+        line = b"LIST " + _attributes(listed, args.extended, show_subscribed) + b" " + DELIMITER + b" " + mailbox(name)
+        if listed.childinfo:
+            # RFC 5258 §3.5: mbox-list-extended CHILDINFO
+            options = b" ".join(b'"' + o.encode("ascii") + b'"' for o in listed.childinfo)
+            line += b' ("CHILDINFO" (' + options + b"))"
+        session.untagged(untagged(line))
+        # RFC 5819 §2: STATUS right after the LIST of each selectable mailbox, never for \NonExistent
+        if args.status is not None and listed.entry.exists and name in statuses:
+            session.untagged(_status_line(name, statuses[name], args.status, session))
+    if args.status is not None and "HIGHESTMODSEQ" in args.status:
+        session.condstore = True  # RFC 7162 §3.1: a CONDSTORE-enabling command
     return None
 
 

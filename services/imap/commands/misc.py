@@ -23,6 +23,8 @@ EXTENSIONS = (
     "MOVE",
     "UNSELECT",
     "CHILDREN",
+    "LIST-EXTENDED",
+    "LIST-STATUS",
     "SPECIAL-USE",
     "CREATE-SPECIAL-USE",
     "CONDSTORE",
