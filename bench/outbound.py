@@ -42,7 +42,7 @@ def send_all(address: str, token: str, messages: int, clients: int, recipients: 
     def client(count: int, index: int) -> None:
         with grpc.insecure_channel(address) as channel:
             sender = spbg.SenderStub(channel)
-            auth = [("authorization", f"Bearer {token}")]
+            auth = (("authorization", f"Bearer {token}"),)
             for n in range(count):
                 message = spb.StructuredMessage(
                     to=[f"r{n}-{k}@d{k}.bench" for k in range(recipients)], subject=f"bench {index}/{n}", text=body
@@ -83,7 +83,8 @@ def main() -> None:
     sink = shutil.which("smtp-sink") or "/usr/sbin/smtp-sink"
     work = Path(tempfile.mkdtemp(prefix="bench-outbound-"))
     sink_port = free_port()
-    sink_proc = subprocess.Popen([sink, "-c", f"127.0.0.1:{sink_port}", "256"], stdout=subprocess.DEVNULL)
+    as_root = ["-u", "nobody"] if os.geteuid() == 0 else []  # smtp-sink refuses to run as root
+    sink_proc = subprocess.Popen([sink, *as_root, f"127.0.0.1:{sink_port}", "256"], stdout=subprocess.DEVNULL)
     mailstore = MailstoreProcess(work / "data", {env_name("orphan_sweep_seconds"): "0"})
     worker: subprocess.Popen[bytes] | None = None
     try:

@@ -91,6 +91,9 @@ class Settings:
     imap_commands_per_second: int = _setting(500, "Sustained IMAP commands per second per connection (burst 5x).")
     imap_auth_max_failures: int = _setting(3, "Failed IMAP logins per connection before it is closed.")
     imap_auth_failure_delay_ms: int = _setting(1000, "Delay before answering a failed IMAP login, in ms.")
+    imap_auth_failure_window: int = _setting(
+        300, "Seconds over which failed IMAP logins per client IP count (5x the per-connection max: refused)."
+    )
 
     # proxy protocol (ADR 0007)
     proxy_protocol: bool = _setting(False, "Expect a PROXY header (v1/v2) from trusted networks on every mail port.")

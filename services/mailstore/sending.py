@@ -14,6 +14,7 @@ import secrets
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 from mailstack.services.mailstore import compose, dkim_sign, dsn, names
 from mailstack.services.mailstore.core import AuthFailed, InvalidRequest, MailstoreCore, new_blob_key
@@ -43,7 +44,7 @@ EXPIRE_EVERY = 60.0  # seconds between sweeps bouncing messages past their lifet
 TOKEN_PREFIX = "mst_"
 
 
-class QueueBackend(QueueStore, TokenStore):
+class QueueBackend(QueueStore, TokenStore, Protocol):
     pass
 
 
@@ -86,7 +87,7 @@ class Sending:
         self.settings = core.settings
         self.delays = retry_delays(self.settings.outbound_retry_schedule)
         self.dkim_keys = dkim_sign.parse_keys(self.settings.dkim_keys)
-        self._idempotency_locks: dict[tuple[str, str], asyncio.Lock] = {}
+        self._idempotency_locks: dict[tuple[str, str], tuple[asyncio.Lock, int]] = {}
         self._expirer: asyncio.Task[None] | None = None
 
     @classmethod
@@ -204,16 +205,23 @@ class Sending:
     ) -> SendResult:
         if not recipients:
             raise InvalidRequest("no recipients")
-        lock = self._idempotency_locks.setdefault((client, idempotency_key), asyncio.Lock())
+        args = (client, sender, from_address, recipients, data, message_id, idempotency_key, save_sent_copy, account)
+        if not idempotency_key:
+            return await self._submit_locked(*args)
+        # Calls with one key run one after the other in this replica, so a retry racing the first
+        # call finds its result instead of delivering locally twice (the unique index guards the queue).
+        key = (client, idempotency_key)
+        lock, users = self._idempotency_locks.get(key, (asyncio.Lock(), 0))
+        self._idempotency_locks[key] = (lock, users + 1)
         try:
-            async with lock:  # one replica never delivers twice for one key (the unique index guards the queue)
-                return await self._submit_locked(
-                    client, sender, from_address, recipients, data, message_id, idempotency_key, save_sent_copy,
-                    account,
-                )  # fmt: skip
+            async with lock:
+                return await self._submit_locked(*args)
         finally:
-            if not lock.locked():
-                self._idempotency_locks.pop((client, idempotency_key), None)
+            lock, users = self._idempotency_locks[key]
+            if users == 1:
+                del self._idempotency_locks[key]
+            else:
+                self._idempotency_locks[key] = (lock, users - 1)
 
     async def _submit_locked(
         self,
@@ -241,22 +249,23 @@ class Sending:
         remote: list[str] = []
         plan: list[NewRecipient] = []
         for rcpt in dict.fromkeys(recipients):
-            status, _ = await self.core.resolve_recipient(rcpt)
-            if status == pb.RECIPIENT_NOT_LOCAL:
+            where, _ = await self.core.resolve_recipient(rcpt)
+            if where == pb.RECIPIENT_NOT_LOCAL:
                 remote.append(rcpt)
-            elif status == pb.RECIPIENT_INVALID:
+            elif where == pb.RECIPIENT_INVALID:
                 raise InvalidRequest(f"invalid recipient address {rcpt!r}")
             else:
                 local.append(rcpt)
         outcomes: dict[str, NewRecipient] = {}
         if local:
             results, _ = await self.core.deliver(sender, local, data)
-            for result in results:
-                if result.status == pb.RECIPIENT_LOCAL:
-                    outcomes[result.recipient] = NewRecipient(result.recipient, True, "delivered")
+            for local_result in results:
+                address = local_result.recipient
+                if local_result.status == pb.RECIPIENT_LOCAL:
+                    outcomes[address] = NewRecipient(address, True, "delivered")
                 else:
-                    reason = _LOCAL_FAILURES.get(result.status, "451 4.3.0 local delivery failed")
-                    outcomes[result.recipient] = NewRecipient(result.recipient, True, "bounced", reason)
+                    reason = _LOCAL_FAILURES.get(local_result.status, "451 4.3.0 local delivery failed")
+                    outcomes[address] = NewRecipient(address, True, "bounced", reason)
         for rcpt in remote:
             outcomes[rcpt] = NewRecipient(rcpt, False, "queued")
         plan = [outcomes[r] for r in dict.fromkeys(recipients)]

@@ -21,7 +21,7 @@ import grpc
 import grpc.aio
 from mailstack.services.common.config import Settings
 from mailstack.services.common.grpc_client import open_channel
-from mailstack.services.outbound.delivery import Attempt, Smarthost, SmtpDelivery
+from mailstack.services.outbound.delivery import Attempt, Outcome, Smarthost, SmtpDelivery
 from mailstack.services.outbound.resolver import MxHost, ResolveError, Resolver, open_resolver
 from mailstack.v1 import send_pb2 as spb
 from mailstack.v1 import send_pb2_grpc as spbg
@@ -171,7 +171,7 @@ class OutboundWorker:
             try:
                 hosts = await self.resolver.mx_hosts(domain)
             except ResolveError as err:
-                outcome = "permanent" if err.permanent else "temporary"
+                outcome: Outcome = "permanent" if err.permanent else "temporary"
                 attempts = [Attempt(r, outcome, err.reply, "") for r in recipients]
             else:
                 attempts = await asyncio.to_thread(self.delivery.deliver, hosts, message.sender, recipients, data)

@@ -14,6 +14,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from email.message import EmailMessage
 from pathlib import Path
+from typing import cast
 
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, Envelope, Session
@@ -40,7 +41,7 @@ class Received:
 
     @property
     def message(self) -> EmailMessage:
-        return email.message_from_bytes(self.data, policy=email.policy.default)  # type: ignore[return-value]
+        return email.message_from_bytes(self.data, policy=email.policy.default)
 
 
 @dataclass
@@ -100,13 +101,13 @@ class OutboundStack:
     mailstore: MailstoreServer
     client: Client
     token: str
-    sender: spbg.SenderStub
-    admin: spbg.SendAdminStub
+    sender: spbg.SenderAsyncStub
+    admin: spbg.SendAdminAsyncStub
     workers: list[OutboundWorker] = field(default_factory=list)
 
     @property
-    def auth(self) -> list[tuple[str, str]]:
-        return [("authorization", f"Bearer {self.token}")]
+    def auth(self) -> tuple[tuple[str, str], ...]:
+        return (("authorization", f"Bearer {self.token}"),)
 
     async def start_worker(self, **overrides: object) -> OutboundWorker:
         worker = OutboundWorker(self.settings.replace(mailstore_addr=self.mailstore.address, **overrides))
@@ -117,12 +118,12 @@ class OutboundStack:
     async def send(self, header: spb.SendHeader, raw: bytes = b"", token: str | None = None) -> spb.SendResponse:
         requests = [spb.SendRequest(header=header)]
         requests += [spb.SendRequest(chunk=raw[i : i + (1 << 20)]) for i in range(0, len(raw), 1 << 20)]
-        auth = self.auth if token is None else ([("authorization", f"Bearer {token}")] if token else [])
-        return await self.sender.Send(iter(requests), metadata=auth)  # type: ignore[no-any-return]
+        auth = self.auth if token is None else ((("authorization", f"Bearer {token}"),) if token else ())
+        return await self.sender.Send(iter(requests), metadata=auth)
 
     async def status(self, message_id: str) -> spb.SendStatus:
         request = spb.GetSendStatusRequest(message_id=message_id)
-        return await self.sender.GetSendStatus(request, metadata=self.auth)  # type: ignore[no-any-return]
+        return await self.sender.GetSendStatus(request, metadata=self.auth)
 
     async def wait_for(self, predicate: Callable[[], bool], limit: float = 20.0) -> None:
         deadline = time.monotonic() + limit
@@ -165,9 +166,10 @@ async def outbound_stack(
     settings = settings_for(tmp_path / "data", **{**defaults, **overrides})
     async with running_mailstore(settings) as (mailstore, client):
         await client.admin.CreateAccount(pb.CreateAccountRequest(name=ALICE, password=PASSWORD))
-        admin = spbg.SendAdminStub(client.channel)
+        admin = cast("spbg.SendAdminAsyncStub", spbg.SendAdminStub(client.channel))
         token = await admin.CreateToken(spb.CreateTokenRequest(name="shop", from_domains=list(from_domains)))
-        stack = OutboundStack(settings, mailstore, client, token.secret, spbg.SenderStub(client.channel), admin)
+        sender = cast("spbg.SenderAsyncStub", spbg.SenderStub(client.channel))
+        stack = OutboundStack(settings, mailstore, client, token.secret, sender, admin)
         try:
             yield stack
         finally:

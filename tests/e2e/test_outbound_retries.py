@@ -7,7 +7,9 @@ import email
 import email.policy
 import smtplib
 import ssl
+from email.message import Message
 from pathlib import Path
+from typing import cast
 
 from mailstack.services.smtp.server import SmtpServer
 from mailstack.v1 import send_pb2 as spb
@@ -66,7 +68,7 @@ async def test_550_puts_a_dsn_in_the_local_senders_inbox(tmp_path: Path) -> None
         text, status_part, headers = dsn.iter_parts()
         assert "bob@remote.test" in text.get_content()
         assert status_part.get_content_type() == "message/delivery-status"
-        per_message, per_recipient = status_part.get_payload()
+        per_message, per_recipient = cast(list[Message], status_part.get_payload())
         assert per_message["Reporting-MTA"].startswith("dns;")
         assert per_recipient["Final-Recipient"] == "rfc822; bob@remote.test"
         assert per_recipient["Action"] == "failed" and per_recipient["Status"] == "5.1.1"

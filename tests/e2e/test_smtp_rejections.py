@@ -255,12 +255,18 @@ async def test_submission_sender_must_be_owned(tmp_path: Path) -> None:
         assert await stack.count(BOB) == 2
 
 
-async def test_submission_to_remote_domain_is_not_available_yet(tmp_path: Path) -> None:
+async def test_submission_to_remote_domain_is_queued(tmp_path: Path) -> None:
+    # Issue 7: no more 550 for other domains on submission; the outbound queue takes them (ADR 0008).
+    from mailstack.v1 import send_pb2 as spb
+    from mailstack.v1 import send_pb2_grpc as spbg
+
     async with smtp_stack(tmp_path) as stack:
-        with pytest.raises(smtplib.SMTPRecipientsRefused) as refused:
-            await asyncio.to_thread(_submit, stack, ALICE, "someone@remote.test")
-        code, text = refused.value.recipients["someone@remote.test"]
-        assert code == 550 and text.startswith(b"5.7.1") and b"other domains" in text
+        assert await asyncio.to_thread(_submit, stack, ALICE, "someone@remote.test") == {}
+        leased = await spbg.OutboundStub(stack.client.channel).LeaseOutbound(
+            spb.LeaseOutboundRequest(worker="test", max_messages=10)
+        )
+        [message] = leased.messages
+        assert message.sender == ALICE and [list(d.recipients) for d in message.domains] == [["someone@remote.test"]]
 
 
 async def test_auth_failures_are_slowed_and_limited(tmp_path: Path) -> None:
