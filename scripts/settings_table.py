@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Write the README's settings table from services/common/config.py.
 
-    .venv/bin/python scripts/settings_table.py          rewrite README.md in place
-    .venv/bin/python scripts/settings_table.py --check  exit 1 when README.md is out of date
+.venv/bin/python scripts/settings_table.py          rewrite README.md in place
+.venv/bin/python scripts/settings_table.py --check  exit 1 when README.md is out of date
 """
 
 from __future__ import annotations
