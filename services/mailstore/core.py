@@ -229,7 +229,11 @@ class MailstoreCore:
         hashed = await asyncio.to_thread(passwords.hash_password, password)
         quota_bytes = quota_bytes or self.settings.default_quota_bytes
         quota_messages = quota_messages or self.settings.default_quota_messages
-        return await self.metadata.create_account(name, hashed, quota_bytes, quota_messages, DEFAULT_MAILBOXES)
+        record = await self.metadata.create_account(name, hashed, quota_bytes, quota_messages, DEFAULT_MAILBOXES)
+        # Clients that show only subscribed folders (Thunderbird, phones) must see the defaults.
+        for mailbox, _ in DEFAULT_MAILBOXES:
+            await self.metadata.set_subscribed(record.id, mailbox, True)
+        return record
 
     async def set_password(self, name: str, password: str) -> None:
         if not password or len(password) > MAX_PASSWORD_LENGTH:

@@ -318,6 +318,8 @@ async def test_rename_with_children_and_list(mailstore: tuple[Any, Client]) -> N
     assert "Work/A" not in [m.name for m in top.mailboxes] and "INBOX" in [m.name for m in top.mailboxes]
     sent = [m for m in top.mailboxes if m.name == "Sent"]
     assert sent and sent[0].special_use == pb.SPECIAL_USE_SENT
+    subscribed = await client.store.ListMailboxes(pb.ListMailboxesRequest(account=ALICE, subscribed_only=True))
+    assert [m.name for m in subscribed.mailboxes] == ["INBOX", "Archive", "Drafts", "Junk", "Sent", "Trash"]
 
 
 async def test_sixty_megabyte_message_refused_server_keeps_serving(tmp_path: Path) -> None:
