@@ -125,6 +125,12 @@ def selector_matches(selector: Mapping[str, Any] | None, labels: Mapping[str, st
     return True
 
 
+def service_selects(service: Manifest, labels: Mapping[str, str]) -> bool:
+    """A Service's selector is a plain label map (not a LabelSelector); none selects no pod here."""
+    selector = service["spec"].get("selector")
+    return bool(selector) and selector_matches({"matchLabels": selector}, labels)
+
+
 # ---------------------------------------------------------------- NetworkPolicy evaluation
 
 

@@ -138,7 +138,8 @@ def _prepare(settings: Settings, names: list[str], all_in_one: bool) -> str:
     Returns the data dir's absolute path, for the banner."""
     if bool(settings.tls_cert) != bool(settings.tls_key):
         raise ServeError("set both MAILSTACK_TLS_CERT and MAILSTACK_TLS_KEY, or neither (self-signed)")
-    serves_frontend = any(n != MAILSTORE for n in names)
+    # Only the mail listeners need a certificate; the mailstore and the outbound worker do not.
+    serves_frontend = any(n not in (MAILSTORE, "outbound") for n in names)
     if all_in_one or MAILSTORE in names or (serves_frontend and not settings.tls_cert):
         Path(settings.data_dir).mkdir(parents=True, exist_ok=True)
     if not settings.tls_cert and (all_in_one or serves_frontend):

@@ -49,6 +49,32 @@ STORAGE_ERRORS = Counter(
 POP3_RETRIEVED = Counter("mailstack_pop3_messages_retrieved", "Messages sent by POP3 RETR")
 POP3_DELETED = Counter("mailstack_pop3_messages_deleted", "Messages expunged at POP3 QUIT")
 
+# Sending (ADR 0008). The worker counts attempts; the mailstore, which decides each recipient's
+# fate from the reported replies, counts deliveries, deferrals and bounces. A reason is an RFC 3463
+# enhanced status code ("4.4.7": delivery time expired).
+SEND_CALLS = Counter(
+    "mailstack_send_calls",
+    "gRPC Send calls by result (accepted, duplicate, refused, invalid, error)",
+    ["result"],
+)
+OUTBOUND_QUEUED = Counter("mailstack_outbound_queued", "Remote recipients put on the outbound queue")
+OUTBOUND_ATTEMPTS = Counter(
+    "mailstack_outbound_attempts",
+    "Outbound delivery attempts per recipient, by result (delivered, temporary, permanent)",
+    ["result"],
+)
+OUTBOUND_DELIVERIES = Counter("mailstack_outbound_deliveries", "Remote recipients delivered")
+OUTBOUND_DEFERRALS = Counter(
+    "mailstack_outbound_deferrals", "Remote recipients deferred for a retry, by status code", ["reason"]
+)
+OUTBOUND_BOUNCES = Counter(
+    "mailstack_outbound_bounces", "Recipients bounced (refused or expired), by status code", ["reason"]
+)
+OUTBOUND_QUEUE_DEPTH = Gauge(
+    "mailstack_outbound_queue_depth",
+    "Messages on the outbound queue with a recipient still pending (the whole queue, as this mailstore last saw it)",
+)
+
 READ_TIMEOUT = 10.0  # seconds for a scraper to send its request
 MAX_REQUEST_HEAD = 8192
 

@@ -16,6 +16,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from mailstack.services.common.metrics import (
+    OUTBOUND_BOUNCES,
+    OUTBOUND_DEFERRALS,
+    OUTBOUND_DELIVERIES,
+    OUTBOUND_QUEUE_DEPTH,
+    OUTBOUND_QUEUED,
+    SEND_CALLS,
+)
 from mailstack.services.mailstore import compose, dkim_sign, dsn, names
 from mailstack.services.mailstore.core import AuthFailed, InvalidRequest, MailstoreCore, new_blob_key
 from mailstack.storage.errors import NotAllowed, StorageError
@@ -32,15 +40,11 @@ from mailstack.storage.queue.base import (
     TokenStore,
 )
 from mailstack.v1 import mailstore_pb2 as pb
-from opentelemetry import metrics
 
 log = logging.getLogger("mailstack.mailstore.sending")
-meter = metrics.get_meter("mailstack.mailstore")
-outbound_counter = meter.create_counter(
-    "mailstack_outbound_recipients", description="Outbound recipients queued, delivered, deferred, bounced by reason"
-)
 
 EXPIRE_EVERY = 60.0  # seconds between sweeps bouncing messages past their lifetime
+DEPTH_EVERY = 1.0  # at most one queue-depth COUNT per second, however busy the queue
 TOKEN_PREFIX = "mst_"
 
 
@@ -72,6 +76,15 @@ def retry_delays(schedule: str) -> list[float]:
     return delays
 
 
+def status_reason(error: str) -> str:
+    """A metric label: the RFC 3463 status code of an error, bounded (a remote MTA picks the digits)."""
+    if error.startswith("delivery time expired"):
+        return "4.4.7"  # RFC 3463: delivery time expired (the last error follows it)
+    code = dsn.status_code(error)
+    klass, subject, detail = code.split(".")
+    return code if int(subject) <= 7 and int(detail) <= 30 else f"{klass}.0.0"
+
+
 @dataclass(frozen=True, slots=True)
 class SendResult:
     message_id: str
@@ -89,6 +102,8 @@ class Sending:
         self.dkim_keys = dkim_sign.parse_keys(self.settings.dkim_keys)
         self._idempotency_locks: dict[tuple[str, str], tuple[asyncio.Lock, int]] = {}
         self._expirer: asyncio.Task[None] | None = None
+        self._depth_task: asyncio.Task[None] | None = None
+        self._depth_changed = asyncio.Event()
 
     @classmethod
     def open(cls, core: MailstoreCore) -> Sending:
@@ -97,15 +112,19 @@ class Sending:
     def start_background(self) -> None:
         if self._expirer is None:
             self._expirer = asyncio.create_task(self._expire_forever(), name="outbound-expirer")
+        if self._depth_task is None:
+            self._depth_changed.set()
+            self._depth_task = asyncio.create_task(self._track_depth_forever(), name="outbound-queue-depth")
 
     async def close(self) -> None:
-        if self._expirer is not None:
-            self._expirer.cancel()
-            try:
-                await self._expirer
-            except asyncio.CancelledError:
-                pass
-            self._expirer = None
+        for task in (self._expirer, self._depth_task):
+            if task is not None:
+                task.cancel()
+                try:
+                    await task
+                except asyncio.CancelledError:
+                    pass
+        self._expirer = self._depth_task = None
 
     # ------------------------------------------------------------ tokens
 
@@ -140,6 +159,31 @@ class Sending:
         self,
         token: TokenRecord,
         *,
+        structured: object | None,
+        raw: bytes,
+        envelope_from: str,
+        recipients: Sequence[str],
+        idempotency_key: str,
+        save_sent_copy: bool,
+    ) -> SendResult:
+        try:
+            result = await self._send(token, structured, raw, envelope_from, recipients, idempotency_key,
+                                      save_sent_copy)  # fmt: skip
+        except NotAllowed:
+            SEND_CALLS.labels("refused").inc()
+            raise
+        except InvalidRequest:
+            SEND_CALLS.labels("invalid").inc()
+            raise
+        except Exception:
+            SEND_CALLS.labels("error").inc()
+            raise
+        SEND_CALLS.labels("duplicate" if result.duplicate else "accepted").inc()
+        return result
+
+    async def _send(
+        self,
+        token: TokenRecord,
         structured: object | None,
         raw: bytes,
         envelope_from: str,
@@ -290,8 +334,13 @@ class Sending:
             if remote:
                 await self.core._delete_blobs([blob_key])
             raise
-        outbound_counter.add(len(remote), {"result": "queued", "reason": ""})
         failed_local = [r for r in plan if r.state == "bounced"]
+        if not result.duplicate:
+            OUTBOUND_QUEUED.inc(len(remote))
+            for r in failed_local:
+                OUTBOUND_BOUNCES.labels(status_reason(r.error)).inc()
+            if remote:
+                self._depth_changed.set()
         if failed_local and sender and client.startswith("smtp:") and not result.duplicate:
             # SMTP already answered 250 for these (accepted at RCPT): the sender hears of it by DSN.
             queued = await self.queue.status(result.id)
@@ -345,12 +394,19 @@ class Sending:
             else:
                 delay = self.delays[min(tries.get(recipient, 0), len(self.delays) - 1)]
                 outcomes.append(RecipientOutcome(recipient, "deferred", reply, mta, now + delay))
-        for o in outcomes:
-            outbound_counter.add(1, {"result": o.state, "reason": dsn.status_code(o.error) if o.error else ""})
         result = await self.queue.report(message_id, worker, outcomes, now)
+        for o in outcomes:  # counted once the report is taken (a lost lease's is refused)
+            if o.state == "delivered":
+                OUTBOUND_DELIVERIES.inc()
+            elif o.state == "deferred":
+                OUTBOUND_DEFERRALS.labels(status_reason(o.error)).inc()
         await self._after_report(status, result)
 
     async def _after_report(self, status: OutboundStatus, result: ReportResult) -> None:
+        for bounced in result.newly_bounced:
+            OUTBOUND_BOUNCES.labels(status_reason(bounced.last_error)).inc()
+        if result.done:
+            self._depth_changed.set()
         if result.freed_blobs:
             await self.core._delete_blobs(result.freed_blobs)
         if result.newly_bounced and status.sender:  # RFC 3464 §2: never a DSN for the null sender
@@ -382,6 +438,19 @@ class Sending:
                 await self.expire()
             except Exception:
                 log.exception("outbound expiry sweep failed")
+            self._depth_changed.set()  # also catches what other mailstore replicas changed
+
+    async def _track_depth_forever(self) -> None:
+        """Keeps the queue-depth gauge fresh off the RPC path: a COUNT on SQLite's reader pool after
+        the queue changed, at most once per DEPTH_EVERY, never on the event loop itself."""
+        while True:
+            await self._depth_changed.wait()
+            self._depth_changed.clear()
+            try:
+                OUTBOUND_QUEUE_DEPTH.set(await self.queue.queue_depth())
+            except Exception:
+                log.exception("outbound queue depth not read")
+            await asyncio.sleep(DEPTH_EVERY)
 
 
 _LOCAL_FAILURES = {

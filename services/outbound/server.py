@@ -21,18 +21,15 @@ import grpc
 import grpc.aio
 from mailstack.services.common.config import Settings
 from mailstack.services.common.grpc_client import open_channel
+from mailstack.services.common.metrics import OUTBOUND_ATTEMPTS
 from mailstack.services.outbound.delivery import Attempt, Outcome, Smarthost, SmtpDelivery
 from mailstack.services.outbound.resolver import MxHost, ResolveError, Resolver, open_resolver
 from mailstack.v1 import send_pb2 as spb
 from mailstack.v1 import send_pb2_grpc as spbg
-from opentelemetry import metrics, trace
+from opentelemetry import trace
 
 log = logging.getLogger("mailstack.outbound")
 tracer = trace.get_tracer("mailstack.outbound")
-meter = metrics.get_meter("mailstack.outbound")
-attempts_counter = meter.create_counter(
-    "mailstack_outbound_attempts", description="Outbound delivery attempts per recipient, by outcome"
-)
 
 RPC_TIMEOUT = 30.0
 OUTCOMES = {"delivered": spb.ATTEMPT_DELIVERED, "temporary": spb.ATTEMPT_TEMPORARY, "permanent": spb.ATTEMPT_PERMANENT}
@@ -176,7 +173,7 @@ class OutboundWorker:
             else:
                 attempts = await asyncio.to_thread(self.delivery.deliver, hosts, message.sender, recipients, data)
             for a in attempts:
-                attempts_counter.add(1, {"outcome": a.outcome})
+                OUTBOUND_ATTEMPTS.labels(a.outcome).inc()
             span.set_attribute("outbound.outcomes", ",".join(sorted({a.outcome for a in attempts})))
         log.info(
             "outbound id=%s domain=%s attempt=%d results=%s",

@@ -3,20 +3,24 @@ every address a service is given is a compose service that exposes that port and
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 import re
+import sys
 from typing import Any
 from urllib.parse import urlsplit
 
 import jsonschema
 import pytest
 from mailstack.services.common.config import Settings, env_name
+from mailstack.services.common.metrics import MetricsServer
 
 from tests.deploy_render import COMPOSE_SCHEMA, load_compose
 
 MAIL_PORTS = {"smtp": {25, 465, 587}, "imap": {143, 993}, "pop3": {110, 995}}
-MAILSTACK = ("mailstore", "smtp", "imap", "pop3")
+MAILSTACK = ("mailstore", "smtp", "imap", "pop3", "outbound")
+GREETED = ("mailstore", "smtp", "imap", "pop3")  # what the image's mailstack-healthcheck knows how to check
 ADDRESS_SETTINGS = ("MAILSTACK_MAILSTORE_ADDR", "MAILSTACK_EVENTS_URL", "MAILSTACK_QUOTA_URL", "MAILSTACK_S3_ENDPOINT")
 INTERPOLATION = re.compile(r"^\$\{[A-Z0-9_]+(:?-[^}]*)?\}$")
 
@@ -82,7 +86,7 @@ def test_the_stack_has_its_services(compose: dict[str, Any]) -> None:
         assert services[name]["command"] == ["serve", name]
     assert services["otel-collector"]["profiles"] == ["telemetry"]
     assert all("profiles" not in s for n, s in services.items() if n != "otel-collector")
-    assert "outbound" not in services  # a commented placeholder until the worker exists
+    assert "ports" not in services["outbound"]  # it only connects out
 
 
 def test_every_address_names_a_service_exposing_that_port(compose: dict[str, Any]) -> None:
@@ -100,13 +104,13 @@ def test_every_address_names_a_service_exposing_that_port(compose: dict[str, Any
             assert port in exposed(services[host]), f"{name}: {key}: {host} does not expose {port}"
             assert waits_for(services, name, host), f"{name} does not wait for {host} to be healthy"
             checked += 1
-    assert checked >= 7
+    assert checked >= 8
 
 
 def test_mailstore_listens_where_the_frontends_call(compose: dict[str, Any]) -> None:
     services = compose["services"]
     listen = environment(services["mailstore"])["MAILSTACK_MAILSTORE_LISTEN"]
-    for name in MAIL_PORTS:
+    for name in (*MAIL_PORTS, "outbound"):
         assert host_port(environment(services[name])["MAILSTACK_MAILSTORE_ADDR"]) == ("mailstore", host_port(listen)[1])
 
 
@@ -120,12 +124,43 @@ def test_dependencies_wait_for_health(compose: dict[str, Any]) -> None:
                 assert spec["condition"] == "service_completed_successfully"
                 assert services[dependency]["restart"] == "no", "a one-shot service"
     assert services["mailstore"]["depends_on"]["s3-init"]["condition"] == "service_completed_successfully"
-    for name in MAILSTACK:
+    for name in GREETED:
         assert services[name]["healthcheck"]["test"] == ["CMD", "mailstack-healthcheck"]
+    outbound = services["outbound"]["healthcheck"]
+    assert outbound["test"][:3] == ["CMD", "python", "-c"] and "/ready" in outbound["test"][3]
+    assert {"interval", "timeout", "retries", "start_period"} <= set(outbound)
+    assert environment(services["outbound"])["MAILSTACK_METRICS_PORT"] in services["outbound"]["expose"]
+
+
+async def run_healthcheck(test: list[str], env: dict[str, str]) -> int:
+    """A compose CMD health check, run as a process here (the image's python is this one)."""
+    assert test[0] == "CMD" and test[1] == "python"
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, *test[2:], env=env, stderr=asyncio.subprocess.DEVNULL
+    )
+    return await asyncio.wait_for(process.wait(), timeout=20)
+
+
+async def test_outbound_healthcheck_asks_ready_for_real(compose: dict[str, Any]) -> None:
+    test = compose["services"]["outbound"]["healthcheck"]["test"]
+    ready = False
+
+    async def readiness() -> bool:
+        return ready
+
+    server = MetricsServer("127.0.0.1", 0, readiness)
+    await server.start()
+    try:
+        env = {"MAILSTACK_METRICS_PORT": server.address.rpartition(":")[2], "PATH": ""}
+        assert await run_healthcheck(test, env) != 0  # 503: not started, draining, or no mailstore
+        ready = True
+        assert await run_healthcheck(test, env) == 0
+    finally:
+        await server.stop()
 
 
 def test_mail_ports_are_published_on_their_standard_numbers(compose: dict[str, Any]) -> None:
-    published: dict[str, set[int]] = {}
+    published: dict[str, set[int]] = {}  # outbound publishes nothing
     for name, service in compose["services"].items():
         for spec in service.get("ports", []):
             host, container = (int(p) for p in str(spec).split(":")[-2:])
@@ -170,6 +205,9 @@ def test_mailstack_containers_are_locked_down(compose: dict[str, Any]) -> None:
     for name in MAILSTACK:
         service = compose["services"][name]
         assert service["read_only"] is True and service["cap_drop"] == ["ALL"]
-        assert service["cap_add"] == ["NET_BIND_SERVICE"]
+        assert service["cap_add"] == ([] if name == "outbound" else ["NET_BIND_SERVICE"])
         assert "no-new-privileges:true" in service["security_opt"]
     assert compose["services"]["imap"]["stop_grace_period"] == "60s"
+    # Read-only root: whatever `serve outbound` writes under its data dir must land on the /tmp tmpfs.
+    outbound = compose["services"]["outbound"]
+    assert environment(outbound)["MAILSTACK_DATA_DIR"].startswith(tuple(f"{t}/" for t in outbound["tmpfs"]))

@@ -27,15 +27,22 @@ from tests.deploy_render import (
     pod_spec,
     render,
     selector_matches,
+    service_selects,
     workloads,
 )
 
 TARGETS = ("base", *(f"overlays/{name}" for name in OVERLAYS))
 FRONTENDS = ("smtp", "imap", "pop3")
+WORKERS = ("outbound",)  # no listener: not behind the load balancer, no privileged port
 MAIL_PORTS = {"smtp": {25, 465, 587}, "imap": {143, 993}, "pop3": {110, 995}}
 ADDRESS_SETTINGS = ("MAILSTACK_MAILSTORE_ADDR", "MAILSTACK_EVENTS_URL", "MAILSTACK_QUOTA_URL", "MAILSTACK_S3_ENDPOINT")
 SECRETS = {"mailstack-tls", "mailstack-s3", "mailstack-redis"}
 EXTERNAL = Endpoint(external=True)
+PROMETHEUS = Endpoint(
+    labels={"app.kubernetes.io/name": "prometheus"},
+    namespace="monitoring",
+    namespace_labels={"kubernetes.io/metadata.name": "monitoring"},
+)
 LATEST = kubernetes_validate.utils.latest_version()
 
 
@@ -85,7 +92,7 @@ def test_workloads_and_their_companions(overlay: tuple[str, list[Manifest]]) -> 
     assert set(deployments) == set(FRONTENDS)
     hpas = {h["spec"]["scaleTargetRef"]["name"]: h for h in find(manifests, "HorizontalPodAutoscaler")}
     pdbs = find(manifests, "PodDisruptionBudget")
-    assert set(hpas) == set(FRONTENDS) and len(pdbs) == len(FRONTENDS)
+    assert set(hpas) == set(FRONTENDS) and len(pdbs) == len(FRONTENDS) + len(WORKERS)
     for frontend, deployment in deployments.items():
         replicas = deployment["spec"]["replicas"]
         assert replicas >= (2 if name == "production" else 1)
@@ -96,6 +103,18 @@ def test_workloads_and_their_companions(overlay: tuple[str, list[Manifest]]) -> 
         grace = pod_spec(deployment)["terminationGracePeriodSeconds"]
         assert grace >= FRONTEND_GRACE + 30  # the app's own drain, then the preStop delay and slack
     assert pod_spec(deployments["imap"])["terminationGracePeriodSeconds"] >= 90  # IDLE clients get * BYE
+    (outbound,) = find(manifests, "Deployment", "outbound")
+    assert outbound["spec"]["replicas"] >= (2 if name == "production" else 1)  # leases make replicas safe
+    (pdb,) = [p for p in pdbs if selector_matches(p["spec"]["selector"], pod_labels(outbound))]
+    assert pdb["spec"]["selector"] == outbound["spec"]["selector"]
+    # The worker's own drain, then slack for an SMTP reply in flight.
+    assert pod_spec(outbound)["terminationGracePeriodSeconds"] >= FRONTEND_GRACE + 30
+    (container,) = containers(outbound)
+    assert container["args"] == ["serve", "outbound"]
+    assert [p["name"] for p in container["ports"]] == ["metrics"]
+    assert container["readinessProbe"]["httpGet"] == {"path": "/ready", "port": "metrics"}
+    services = find(manifests, "Service")
+    assert not [s for s in services if service_selects(s, pod_labels(outbound))]
 
 
 def test_mailstore_is_one_stateful_replica_with_its_volume(overlay: tuple[str, list[Manifest]]) -> None:
@@ -137,15 +156,15 @@ def test_every_address_names_a_service_and_port_that_exist(overlay: tuple[str, l
             service = services.get(str(parts.hostname))
             assert service, f"{workload['metadata']['name']}: {key}={value}: no such Service"
             assert parts.port in {p["port"] for p in service["spec"]["ports"]}, f"{key}={value}: port not served"
-            backends = [w for w in workloads(manifests) if selector_matches(service["spec"]["selector"], pod_labels(w))]
+            backends = [w for w in workloads(manifests) if service_selects(service, pod_labels(w))]
             assert backends, f"Service {service['metadata']['name']} selects no pod"
             resolved += 1
-    assert resolved >= (8 if name == "development" else 3)
+    assert resolved >= (9 if name == "development" else 4)
 
 
 def test_services_reach_container_ports(manifests: list[Manifest]) -> None:
     for service in find(manifests, "Service"):
-        backends = [w for w in workloads(manifests) if selector_matches(service["spec"]["selector"], pod_labels(w))]
+        backends = [w for w in workloads(manifests) if service_selects(service, pod_labels(w))]
         assert backends, service["metadata"]["name"]
         for port in service["spec"]["ports"]:
             target = port.get("targetPort", port["port"])
@@ -169,7 +188,7 @@ def test_probes_point_at_ports_that_exist(manifests: list[Manifest]) -> None:
                 probed += 1
             if workload["kind"] != "Job":
                 assert {"readinessProbe", "livenessProbe"} <= set(container), workload["metadata"]["name"]
-    assert probed >= 8
+    assert probed >= 10
 
 
 def test_the_load_balancer_exposes_exactly_the_mail_ports(manifests: list[Manifest]) -> None:
@@ -223,7 +242,21 @@ def test_the_load_balancer_exposes_exactly_the_mail_ports(manifests: list[Manife
         (EXTERNAL, "s3", 8333, False),
         ("smtp", "imap", 143, False),  # egress is default-deny: pods reach only what they need
         ("mailstore", "smtp", 25, False),
-        ("smtp", EXTERNAL, 25, False),  # no outbound relay until the outbound worker brings its own policy
+        ("smtp", EXTERNAL, 25, False),  # only the outbound worker relays
+        ("imap", EXTERNAL, 587, False),
+        ("outbound", "mailstore", 50051, True),
+        ("outbound", EXTERNAL, 25, True),
+        ("outbound", EXTERNAL, 465, True),  # a smarthost
+        ("outbound", EXTERNAL, 587, True),
+        ("outbound", EXTERNAL, 443, False),
+        ("outbound", "redis", 6379, False),
+        ("outbound", "s3", 8333, False),
+        ("outbound", "smtp", 25, False),  # the cluster's own MX only through the load balancer
+        (EXTERNAL, "outbound", 9090, False),
+        (EXTERNAL, "outbound", 25, False),
+        (PROMETHEUS, "outbound", 9090, True),  # the one thing that connects to the worker
+        (PROMETHEUS, "outbound", 25, False),
+        ("smtp", "outbound", 9090, False),
     ],
 )
 def test_network_policies_admit_exactly_the_designed_flows(
@@ -251,6 +284,8 @@ def test_security_context_of_every_container(manifests: list[Manifest]) -> None:
         assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
         assert pod["automountServiceAccountToken"] is False
         frontend = pod_labels(workload).get("app.kubernetes.io/component") in FRONTENDS
+        # Only what binds ports below 1024 gets the sysctl (and NET_BIND_SERVICE, below).
+        assert ("sysctls" in pod["securityContext"]) is frontend, workload["metadata"]["name"]
         for container in containers(workload):
             context = container["securityContext"]
             where = f"{workload['metadata']['name']}/{container['name']}"
