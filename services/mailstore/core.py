@@ -564,30 +564,7 @@ class MailstoreCore:
         if not records:
             raise MailboxNotFound(f"no message with UID {uid}") from None
         record = records[0]
-        structure = pb.BodyPart.FromString(record.structure)
-        try:
-            plan = sections.plan_section(structure, section)
-        except sections.SectionNotFound:
-            return BodySlice(0, _chunks(b""))
-        if plan.header_filter is not None:
-            fields, exclude = plan.header_filter
-            data = sections.apply_header_filter(
-                await self.blobs.get(record.blob_key, plan.start, plan.end), fields, exclude
-            )
-            if partial is not None:
-                data = data[partial[0] : partial[0] + partial[1]]
-            return BodySlice(len(data), _chunks(data))
-        start, end = plan.start, plan.end
-        if partial is not None:
-            start = min(end, start + partial[0])
-            end = min(end, start + partial[1])
-        if end <= start:
-            return BodySlice(0, _chunks(b""))
-        if end - start <= BODY_CHUNK:
-            # Most mail fits one chunk: one read (one thread hop or one GET) instead of open + reads.
-            data = await self.blobs.get(record.blob_key, start, end)
-            return BodySlice(len(data), _chunks(data))
-        return BodySlice(end - start, self.blobs.stream(record.blob_key, start, end, BODY_CHUNK))
+        return await self._section_slice(record, pb.BodyPart.FromString(record.structure), section, partial, None)
 
     async def fetch_bodies(
         self,
@@ -641,7 +618,7 @@ class MailstoreCore:
         partial: tuple[int, int] | None,
         raw: bytes | None,
     ) -> BodySlice:
-        """fetch_body's section rules for one message; from `raw` when it holds the bytes the section
+        """The section rules (RFC 3501 §6.4.5) for one message; from `raw` when it holds the bytes the section
         needs (the whole blob, or the header block for a header section), else by a range read
         (streamed when over one chunk)."""
         try:
