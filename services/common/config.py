@@ -46,6 +46,9 @@ class Settings:
 
     # frontends
     hostname: str = _setting("localhost", "This server's name in greetings and Received: headers.")
+    login_domain: str = _setting(
+        "", "Domain added to a login without '@' (empty: the only served domain, if there is exactly one)."
+    )
     bind: str = _setting("127.0.0.1", "Address the mail listeners bind (0.0.0.0 in containers).")
     smtp_port: int = _setting(2525, "Inbound SMTP (MX) port; 25 in containers.")
     submission_port: int = _setting(2587, "Submission port (STARTTLS + AUTH); 587 in containers.")

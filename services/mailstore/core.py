@@ -200,6 +200,7 @@ class MailstoreCore:
 
     async def authenticate(self, username: str, password: str, authzid: str = "") -> str:
         """SASL PLAIN semantics (RFC 4616): authzid empty or the same account."""
+        username = await self._login_address(username)
         try:
             name = names.normalize_address(username)
         except names.InvalidNameError:
@@ -213,11 +214,21 @@ class MailstoreCore:
             raise AuthFailed("authentication failed")
         if authzid:
             try:
-                if names.normalize_address(authzid) != record.name:
+                if names.normalize_address(await self._login_address(authzid)) != record.name:
                     raise AuthFailed("authentication failed")
             except names.InvalidNameError:
                 raise AuthFailed("authentication failed") from None
         return record.name
+
+    async def _login_address(self, username: str) -> str:
+        """'alice' means alice@<login domain>, as clients configured with a bare user name expect."""
+        if "@" in username or not username:
+            return username
+        domain = self.settings.login_domain
+        if not domain:
+            served = await self.metadata.list_domains()
+            domain = served[0] if len(served) == 1 else ""
+        return f"{username}@{domain}" if domain else username
 
     async def create_account(self, name: str, password: str, quota_bytes: int, quota_messages: int) -> AccountRecord:
         name = _address(name)

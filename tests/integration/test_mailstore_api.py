@@ -383,3 +383,13 @@ async def test_fetch_bodies_many_sections_of_many_messages_in_one_call(mailstore
         missing = pb.FetchBodiesRequest(account=ALICE, mailbox="Nope", uids=request.uids, sections=sections)
         [r async for r in client.store.FetchBodies(missing)]
     assert err.value.code() == grpc.StatusCode.NOT_FOUND and reason(err.value) == pb.MAILBOX_NOT_FOUND
+
+
+async def test_login_without_domain_uses_the_only_served_domain(mailstore: tuple[Any, Client]) -> None:
+    _, client = mailstore
+    ok = await client.store.Authenticate(pb.AuthenticateRequest(username="alice", password=PASSWORD))
+    assert ok.account == ALICE
+    await client.admin.AddDomain(pb.AddDomainRequest(name="other.test"))
+    with pytest.raises(grpc.aio.AioRpcError) as err:  # two domains: a bare name is ambiguous
+        await client.store.Authenticate(pb.AuthenticateRequest(username="alice", password=PASSWORD))
+    assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
