@@ -25,6 +25,7 @@ from mailstack.services.common.metrics import SMTP_MESSAGES
 from mailstack.services.smtp import replies
 from mailstack.services.smtp.limits import AuthFailureLimiter
 from mailstack.services.smtp.received import trace_headers, with_protocol
+from mailstack.services.smtp.recipient_cache import RecipientCache
 from mailstack.v1 import mailstore_pb2 as pb
 from mailstack.v1 import mailstore_pb2_grpc as pbg
 from mailstack.v1 import send_pb2 as spb
@@ -94,8 +95,10 @@ class SmtpHandler:
         stub: pbg.MailstoreAsyncStub,
         failed_auths: AuthFailureLimiter,
         outbound: spbg.OutboundAsyncStub | None = None,  # submission to other domains (ADR 0008)
+        recipients: RecipientCache | None = None,  # shared by the listeners of one process
     ) -> None:
         self.kind = kind
+        self.recipients = recipients if recipients is not None else RecipientCache()
         self.settings = settings
         self.stub = stub
         self.failed_auths = failed_auths
@@ -208,14 +211,21 @@ class SmtpHandler:
         if len(envelope.rcpt_tos) >= self.settings.smtp_max_recipients:
             count("rejected", "too_many_recipients")
             return replies.TOO_MANY_RECIPIENTS  # RFC 5321 §4.5.3.1.10
-        request = pb.ResolveRecipientRequest(address=address, size=_envelope_size(envelope.mail_options))
-        try:
-            reply = await self.stub.ResolveRecipient(request, timeout=RPC_TIMEOUT)
-        except grpc.aio.AioRpcError as err:
-            log.warning("smtp RCPT: mailstore error %s", err.code().name)
-            count("rejected", "storage_unavailable")
-            return replies.TEMP_FAILURE
-        status = reply.status
+        size = _envelope_size(envelope.mail_options)
+        # Advisory (see recipient_cache): Deliver checks the recipient again at DATA.
+        if self.recipients.is_local(address, size):
+            status: pb.RecipientStatus.ValueType = pb.RECIPIENT_LOCAL
+        else:
+            request = pb.ResolveRecipientRequest(address=address, size=size)
+            try:
+                reply = await self.stub.ResolveRecipient(request, timeout=RPC_TIMEOUT)
+            except grpc.aio.AioRpcError as err:
+                log.warning("smtp RCPT: mailstore error %s", err.code().name)
+                count("rejected", "storage_unavailable")
+                return replies.TEMP_FAILURE
+            status = reply.status
+            if status == pb.RECIPIENT_LOCAL:
+                self.recipients.remember_local(address, size)
         if status == pb.RECIPIENT_LOCAL:
             if address not in envelope.rcpt_tos:
                 envelope.rcpt_tos.append(address)
@@ -294,9 +304,14 @@ class SmtpHandler:
             if err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and reason == pb.OVER_QUOTA:
                 return replies.MAILBOX_FULL, "over_quota"
             # Anything else (mailstore down, storage down, a bug): the sender keeps the message and retries.
+            self.recipients.clear()  # and RCPT asks the mailstore again rather than accept from the cache
             log.warning("smtp DATA queue_id=%s: mailstore error %s %s", queue_id, err.code().name, err.details())
             return replies.TEMP_FAILURE, "storage_unavailable"
-        return self._data_reply(queue_id, list(response.results))
+        results = list(response.results)
+        for result in results:
+            if result.status != pb.RECIPIENT_LOCAL:
+                self.recipients.forget(result.recipient)
+        return self._data_reply(queue_id, results)
 
     async def _submit(
         self, queue_id: str, account: str, sender: str, recipients: list[str], message: bytes

@@ -41,23 +41,49 @@ _PROBLEM_REPLIES = {
 _OPEN_SESSIONS = SESSIONS.labels("smtp")
 
 
-def _timed(command: str, method: Callable[[str], Awaitable[None]]) -> Callable[[str], Awaitable[None]]:
-    """An smtp_<COMMAND> method observed in the command latency histogram (aiosmtpd calls it by name)."""
+_TIMED: dict[tuple[type, str], Callable[[Any, str], Awaitable[None]]] = {}
+
+
+def _timed(cls: type, name: str) -> Callable[[Any, str], Awaitable[None]]:
+    """cls.smtp_<COMMAND> observed in the command latency histogram (aiosmtpd calls it by name).
+
+    Built once per class and bound per connection (wrapping anew per connection cost ~0.03 ms)."""
+    if (cls, name) not in _TIMED:
+        _TIMED[cls, name] = _timed_method(getattr(cls, name), name.removeprefix("smtp_"))
+    return _TIMED[cls, name]
+
+
+def _timed_method(method: Callable[[Any, str], Awaitable[None]], command: str) -> Callable[[Any, str], Awaitable[None]]:
     histogram = COMMAND_SECONDS.labels("smtp", command)
 
     @functools.wraps(method)  # keeps the docstring and @syntax attributes that HELP reads
-    async def timed(arg: str) -> None:
+    async def timed(self: Any, arg: str) -> None:
         start = time.perf_counter()
         try:
-            await method(arg)
+            await method(self, arg)
         finally:
             histogram.observe(time.perf_counter() - start)
 
     return timed
 
 
+_NAMES: dict[type, list[str]] = {}
+
+
+def _command_and_auth_names(cls: type) -> list[str]:
+    if cls not in _NAMES:
+        _NAMES[cls] = [name for name in dir(cls) if name.startswith(("smtp_", "auth_"))]
+    return _NAMES[cls]
+
+
 class SmtpProtocol(SMTP):
     line_length_limit = 1001  # the StreamReader limit; read_data enforces 1000 (RFC 5321 §4.5.3.1.6)
+
+    def __dir__(self) -> list[str]:
+        # aiosmtpd's __init__ finds its command and AUTH methods with dir() and inspect.getmembers()
+        # on every new connection, which reads every attribute, properties included (~0.06 ms per
+        # connection); the names it looks for are the class's, listed once.
+        return _command_and_auth_names(type(self))
 
     def __init__(
         self,
@@ -84,7 +110,7 @@ class SmtpProtocol(SMTP):
         )
         # aiosmtpd keeps these limits in one dict shared by all sessions; give each its own.
         self.command_size_limits = collections.defaultdict(lambda: SMTP.command_size_limit)
-        self._smtp_methods = {name: _timed(name, method) for name, method in self._smtp_methods.items()}
+        self._smtp_methods = {name: _timed(type(self), f"smtp_{name}").__get__(self) for name in self._smtp_methods}
         self.handler = handler
         self.limiter = limiter
         self.sessions = sessions

@@ -6,6 +6,7 @@ import asyncio
 import logging
 import time
 
+import grpc
 import grpc.aio
 from mailstack.services.common.config import Settings
 from mailstack.services.common.grpc_client import mailstore_stub, open_channel
@@ -16,6 +17,7 @@ from mailstack.services.outbound.stub import outbound_stub
 from mailstack.services.smtp.handler import INBOUND, SUBMISSION, SUBMISSIONS, ListenerKind, SmtpHandler
 from mailstack.services.smtp.limits import AuthFailureLimiter, ConnectionLimiter
 from mailstack.services.smtp.protocol import SmtpProtocol, protocol_factory, proxied_protocol_factory
+from mailstack.services.smtp.recipient_cache import RecipientCache
 
 log = logging.getLogger("mailstack.smtp")
 
@@ -30,9 +32,15 @@ class SmtpServer:
             settings.smtp_auth_failure_delay_ms / 1000,
         )
         self.sessions: set[SmtpProtocol] = set()
+        # Trusted only while the channel to the mailstore is up (no RPC needed to know that).
+        self.recipients = RecipientCache(usable=self._mailstore_connected)
         self._servers: list[tuple[ListenerKind, asyncio.Server | ProxyListener]] = []
         self._channel: grpc.aio.Channel | None = None
         self._closed = asyncio.Event()
+
+    def _mailstore_connected(self) -> bool:
+        channel = self._channel
+        return channel is not None and channel.get_state() == grpc.ChannelConnectivity.READY
 
     @property
     def listeners(self) -> list[tuple[str, str]]:
@@ -61,7 +69,9 @@ class SmtpServer:
         ]
         try:
             for kind, port in ports:
-                handler = SmtpHandler(kind, settings, stub, self.failed_auths, outbound_stub(self._channel))
+                handler = SmtpHandler(
+                    kind, settings, stub, self.failed_auths, outbound_stub(self._channel), self.recipients
+                )
                 if settings.proxy_protocol:  # ADR 0007: the header comes before TLS on 465
                     proxied = ProxyListener(
                         proxied_protocol_factory(handler, settings, self.limiter, self.sessions, tls),

@@ -54,6 +54,29 @@ async def test_unknown_recipient_and_relay_on_inbound(tmp_path: Path) -> None:
         await smtp.close()
 
 
+async def test_stale_cached_recipient_is_refused_at_data_not_delivered(tmp_path: Path) -> None:
+    async with smtp_stack(tmp_path) as stack:
+        smtp = await transaction(stack.ports["smtp"], rcpt=BOB)  # BOB is now cached as local
+        assert (await smtp.cmd(MESSAGE + b".")).startswith("250 2.0.0")
+        await stack.client.admin.DeleteAccount(pb.DeleteAccountRequest(name=BOB))
+        # The cache still says local at RCPT; Deliver checks again and DATA refuses, never 250.
+        assert (await smtp.cmd("MAIL FROM:<x@remote.test>")).startswith("250")
+        assert (await smtp.cmd(f"RCPT TO:<{BOB}>")).startswith("250 2.1.5")
+        assert (await smtp.cmd("DATA")).startswith("354")
+        assert (await smtp.cmd(MESSAGE + b".")).startswith("550 5.1.1")
+        # With another recipient stored, a temporary failure (the sender retries; BOB's loss is not hidden).
+        assert (await smtp.cmd("MAIL FROM:<x@remote.test>")).startswith("250")
+        stack.server.recipients.remember_local(BOB, 0)
+        assert (await smtp.cmd(f"RCPT TO:<{ALICE}>")).startswith("250 2.1.5")
+        assert (await smtp.cmd(f"RCPT TO:<{BOB}>")).startswith("250 2.1.5")
+        assert (await smtp.cmd("DATA")).startswith("354")
+        assert (await smtp.cmd(MESSAGE + b".")).startswith("451")
+        # DATA dropped the stale entry: the next RCPT asks the mailstore.
+        assert (await smtp.cmd("MAIL FROM:<x@remote.test>")).startswith("250")
+        assert (await smtp.cmd(f"RCPT TO:<{BOB}>")).startswith("550 5.1.1")
+        await smtp.close()
+
+
 async def test_null_sender_is_accepted_for_bounces(tmp_path: Path) -> None:
     async with smtp_stack(tmp_path) as stack:
         smtp = await transaction(stack.ports["smtp"], sender="")

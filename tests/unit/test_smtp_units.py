@@ -1,4 +1,5 @@
-"""Pure parts of the SMTP service: replies, limits, the DATA reader, trace headers, the DATA verdict."""
+"""Pure parts of the SMTP service: replies, limits, the DATA reader, trace headers, the DATA verdict,
+the recipient cache."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from mailstack.services.smtp.data import DataProblem, read_data
 from mailstack.services.smtp.handler import SmtpHandler
 from mailstack.services.smtp.limits import AuthFailureLimiter, ConnectionLimiter
 from mailstack.services.smtp.received import trace_headers, with_protocol
+from mailstack.services.smtp.recipient_cache import RecipientCache
 from mailstack.v1 import mailstore_pb2 as pb
 
 # ---------------------------------------------------------------- replies
@@ -176,3 +178,38 @@ def test_data_reply_for_per_recipient_results() -> None:
     assert verdict("Q", results(pb.RECIPIENT_LOCAL, pb.RECIPIENT_UNKNOWN))[0] == replies.TEMP_FAILURE
     assert verdict("Q", results(pb.RECIPIENT_LOCAL, pb.RECIPIENT_TEMP_FAILURE))[0] == replies.TEMP_FAILURE
     assert verdict("Q", [])[0] == replies.TEMP_FAILURE
+
+
+# ---------------------------------------------------------------- the recipient cache
+
+
+def test_recipient_cache_expires_and_respects_size() -> None:
+    now = [100.0]
+    cache = RecipientCache(ttl=5.0, max_entries=10, clock=lambda: now[0])
+    assert not cache.is_local("a@x", 0)
+    cache.remember_local("a@x", 1000)
+    assert cache.is_local("a@x", 0) and cache.is_local("a@x", 1000)
+    assert not cache.is_local("a@x", 1001)  # a bigger message may not fit: ask the mailstore
+    now[0] += 5.0
+    assert not cache.is_local("a@x", 0) and len(cache) == 0
+    cache.remember_local("a@x", 0)
+    cache.forget("a@x")
+    assert not cache.is_local("a@x", 0)
+    cache.remember_local("a@x", 0)
+    cache.remember_local("b@x", 0)
+    cache.clear()  # after a failed Deliver
+    assert len(cache) == 0
+
+
+def test_recipient_cache_is_bounded_oldest_out() -> None:
+    cache = RecipientCache(ttl=60.0, max_entries=3)
+    for name in ("a", "b", "c"):
+        cache.remember_local(name, 0)
+    cache.remember_local("a", 0)  # refreshed: now the youngest
+    cache.remember_local("d", 0)
+    assert len(cache) == 3
+    assert not cache.is_local("b", 0)
+    assert all(cache.is_local(name, 0) for name in ("a", "c", "d"))
+    off = RecipientCache(max_entries=0)
+    off.remember_local("a", 0)
+    assert not off.is_local("a", 0) and len(off) == 0
