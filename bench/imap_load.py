@@ -5,7 +5,7 @@ bodies, store flags, expunge), mailstack vs Dovecot in the same run with the sam
 Not a test. Every client APPENDs the same messages (fixed seed, 2-40 KB) to its own account on
 both systems, so both hold the same data. mailstack runs as deployed: a mailstore process and a
 `mailstack serve imap` process. Dovecot is ../shared/peers/start.sh DIR (users u1..uN, SHA512-CRYPT
-password hashes there; scrypt N=2^14 here: login cost differs and is reported as is).
+password hashes there; bench/hashcost.py sets mailstack's scrypt cost to match and prints both).
 
     /work/shared/peers/start.sh /tmp/refmail
     .venv/bin/python bench/imap_load.py --peers-dir /tmp/refmail [--clients 5] [--messages 50]
@@ -26,8 +26,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from mailstack.services.common.config import env_name
 from mailstack.v1 import mailstore_pb2 as pb
 
+from bench.hashcost import matching_log_n
 from tests.fixtures.mailstore import MailstoreProcess, free_port, open_client
 
 PASSWORD = "Secret123"
@@ -124,7 +126,9 @@ async def measure(port: int, users: list[str], data: list[bytes]) -> dict[str, f
 
 
 def start_mailstack(tmp: Path, clients: int) -> tuple[MailstoreProcess, subprocess.Popen[bytes], int, list[str]]:
-    store = MailstoreProcess(tmp / "store")
+    log_n, cost_line = matching_log_n(PASSWORD)
+    print(cost_line)
+    store = MailstoreProcess(tmp / "store", {env_name("password_scrypt_log_n"): str(log_n)})
     store.start()
     port = free_port()
     env = dict(os.environ)

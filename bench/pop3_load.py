@@ -12,8 +12,8 @@ at a time). mailstack runs as deployed: a mailstore process and a `mailstack ser
         [--dovecot-first-user N]   (users uN..uN+clients-1; empty their INBOXes between runs:
         doveadm -c DIR/dovecot.conf expunge -u uN mailbox INBOX all)
 
-Each round includes the logins: with scrypt (ADR 0002) a mailstack login costs ~40-60 ms of
-mailstore CPU, Dovecot's SHA512-CRYPT a few ms; 10 logins per 1,000 messages are a visible share.
+Each round includes the logins; both sides hash passwords at the same cost (bench/hashcost.py
+picks the scrypt cost nearest to Dovecot's SHA512-CRYPT and prints both).
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from mailstack.services.common.config import env_name
 from mailstack.v1 import mailstore_pb2 as pb
 
+from bench.hashcost import matching_log_n
 from tests.fixtures.mailstore import MailstoreProcess, deliver, open_client
 from tests.fixtures.pop3 import Pop3Process
 
@@ -147,7 +148,9 @@ async def main() -> None:
     dovecot_users = await asyncio.to_thread(load_dovecot, groups, args.dovecot_first_user)
 
     with tempfile.TemporaryDirectory(prefix="pop3-bench-") as tmp:
-        mailstore = MailstoreProcess(Path(tmp) / "mailstore")
+        log_n, cost_line = matching_log_n(PASSWORD)
+        print(cost_line)
+        mailstore = MailstoreProcess(Path(tmp) / "mailstore", {env_name("password_scrypt_log_n"): str(log_n)})
         mailstore.start()
         pop3 = Pop3Process(Path(tmp) / "pop3", mailstore.address, {env_name("allow_plaintext_auth"): "true"})
         try:

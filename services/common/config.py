@@ -37,6 +37,9 @@ class Settings:
     max_message_size: int = _setting(50 * MiB, "Largest message accepted, in bytes.")
     default_quota_bytes: int = _setting(0, "Quota in bytes for new accounts (0 = unlimited).")
     default_quota_messages: int = _setting(0, "Message-count quota for new accounts (0 = unlimited).")
+    password_scrypt_log_n: int = _setting(
+        14, "scrypt cost of new password hashes, log2(N) in 10..20 (14: ~40 ms; existing hashes keep theirs)."
+    )
     orphan_sweep_seconds: int = _setting(3600, "How often the sweeper removes unreferenced blobs (0 = never).")
     orphan_min_age_seconds: int = _setting(3600, "Blobs younger than this are never swept (deliveries in flight).")
 

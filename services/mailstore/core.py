@@ -145,6 +145,7 @@ class MailstoreCore:
         self, settings: Settings, metadata: MetadataStore, blobs: BlobStore, events: EventBus, quota: QuotaStore
     ) -> None:
         self.settings = settings
+        passwords.dummy_hash(settings.password_scrypt_log_n)  # a bad cost setting fails at start
         self.metadata = metadata
         self.blobs = blobs
         self.events = events
@@ -206,7 +207,7 @@ class MailstoreCore:
         except names.InvalidNameError:
             name = ""
         record = await self.metadata.get_account(name) if name else None
-        stored = record.password_hash if record else passwords.DUMMY_HASH
+        stored = record.password_hash if record else passwords.dummy_hash(self.settings.password_scrypt_log_n)
         ok = len(password) <= MAX_PASSWORD_LENGTH and await asyncio.to_thread(
             passwords.verify_password, password, stored
         )
@@ -237,7 +238,7 @@ class MailstoreCore:
         domain = names.domain_of(name)
         if domain not in await self.metadata.list_domains():
             await self.metadata.add_domain(domain)
-        hashed = await asyncio.to_thread(passwords.hash_password, password)
+        hashed = await asyncio.to_thread(passwords.hash_password, password, self.settings.password_scrypt_log_n)
         quota_bytes = quota_bytes or self.settings.default_quota_bytes
         quota_messages = quota_messages or self.settings.default_quota_messages
         record = await self.metadata.create_account(name, hashed, quota_bytes, quota_messages, DEFAULT_MAILBOXES)
@@ -249,7 +250,8 @@ class MailstoreCore:
     async def set_password(self, name: str, password: str) -> None:
         if not password or len(password) > MAX_PASSWORD_LENGTH:
             raise InvalidRequest("password must be 1..1024 characters")
-        await self.metadata.set_password(_address(name), await asyncio.to_thread(passwords.hash_password, password))
+        hashed = await asyncio.to_thread(passwords.hash_password, password, self.settings.password_scrypt_log_n)
+        await self.metadata.set_password(_address(name), hashed)
 
     async def delete_account(self, name: str) -> None:
         name = _address(name)

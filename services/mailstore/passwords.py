@@ -7,8 +7,10 @@ import hashlib
 import hmac
 import os
 
-# scrypt cost: N=2**14, r=8, p=1 -> 16 MiB of memory and ~40 ms per hash here.
+# scrypt cost: N=2**14, r=8, p=1 -> 16 MiB of memory and ~40 ms per hash here. New hashes may use
+# another log2(N) (setting password_scrypt_log_n); stored hashes keep the cost they were made with.
 LOG_N = 14
+MIN_LOG_N = 10  # ~2.5 ms: comparable to SHA512-CRYPT's 5000 rounds, the floor we accept
 R = 8
 P = 1
 SALT_BYTES = 16
@@ -31,11 +33,13 @@ def _derive(password: str, salt: bytes, log_n: int, r: int, p: int) -> bytes:
     )
 
 
-def hash_password(password: str) -> str:
+def hash_password(password: str, log_n: int = LOG_N) -> str:
     """'$scrypt$ln=14,r=8,p=1$<salt>$<key>': parameters are stored so they can change later."""
+    if not MIN_LOG_N <= log_n <= 20:
+        raise ValueError(f"scrypt log2(N) must be {MIN_LOG_N}..20, not {log_n}")
     salt = os.urandom(SALT_BYTES)
-    key = _derive(password, salt, LOG_N, R, P)
-    return f"{PREFIX}ln={LOG_N},r={R},p={P}${_b64(salt)}${_b64(key)}"
+    key = _derive(password, salt, log_n, R, P)
+    return f"{PREFIX}ln={log_n},r={R},p={P}${_b64(salt)}${_b64(key)}"
 
 
 def verify_password(password: str, stored: str) -> bool:
@@ -55,6 +59,12 @@ def verify_password(password: str, stored: str) -> bool:
     return hmac.compare_digest(actual, expected)
 
 
-# Verifying against this when the user does not exist costs the same time, so the
-# answer does not reveal whether an account exists.
-DUMMY_HASH = hash_password(os.urandom(16).hex())
+_dummies: dict[int, str] = {}
+
+
+def dummy_hash(log_n: int = LOG_N) -> str:
+    """Verifying against this when the user does not exist costs the same time as for an account
+    hashed at this cost, so the answer does not reveal whether an account exists."""
+    if log_n not in _dummies:
+        _dummies[log_n] = hash_password(os.urandom(16).hex(), log_n)
+    return _dummies[log_n]

@@ -64,3 +64,13 @@ def test_password_hash_round_trip_and_constant_shape() -> None:
 )
 def test_list_wildcards(pattern: str, name: str, expected: bool) -> None:
     assert glob_match(pattern, name) is expected
+
+
+def test_password_cost_is_configurable_within_bounds() -> None:
+    cheap = passwords.hash_password("s3cret", 10)
+    assert cheap.startswith("$scrypt$ln=10,r=8,p=1$")
+    assert passwords.verify_password("s3cret", cheap)  # the stored cost is used, not the setting
+    assert passwords.dummy_hash(10).startswith("$scrypt$ln=10,")
+    for bad in (9, 21):
+        with pytest.raises(ValueError):
+            passwords.hash_password("s3cret", bad)
