@@ -123,6 +123,23 @@ class Pop3Mailstore:
         finally:
             call.cancel()
 
+    async def bodies(self, account: str, uids: list[int]) -> dict[int, bytes]:
+        """Whole messages of several UIDs in one FetchBodies call; a message gone is absent."""
+        request = pb.FetchBodiesRequest(
+            account=account,
+            mailbox=INBOX,
+            uids=_uid_set(uids),
+            sections=[pb.BodySection(section=pb.Section(text=pb.SECTION_ALL))],
+        )
+        parts: dict[int, list[bytes]] = {}
+        try:
+            async for reply in self._stub.FetchBodies(request, timeout=CALL_TIMEOUT):
+                for chunk in reply.chunks:
+                    parts.setdefault(chunk.uid, []).append(chunk.data)
+        except grpc.RpcError as err:
+            raise _mapped(err) from None
+        return {uid: b"".join(data) for uid, data in parts.items()}
+
     async def delete(self, account: str, uids: list[int]) -> list[int]:
         """Flag exactly these UIDs \\Deleted and expunge exactly them (never messages another client
         flagged). Returns the expunged UIDs."""

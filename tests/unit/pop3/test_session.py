@@ -221,6 +221,23 @@ async def test_large_message_streams(env: Env) -> None:
     await client.close()
 
 
+async def test_read_ahead_serves_every_order_byte_exact(env: Env) -> None:
+    # RETR reads the next small messages ahead; a large one in the middle streams on its own.
+    big = b"Subject: big\r\n\r\n" + b".dot line of some length to fill the message\r\n" * 30_000
+    extra = [b"Subject: four\r\n\r\n.4\r\n", big, b"Subject: six\r\n\r\n6\r\n"]
+    for data in extra:
+        await deliver(env.store, [USER], data)
+    everything = MESSAGES + extra
+    client = await env.login()
+    assert (await client.cmd("DELE 2")).startswith(b"+OK")
+    for number in [1, 3, 4, 5, 6, 3, 1]:
+        status, body = await client.multi(f"RETR {number}")
+        assert status == f"+OK {len(everything[number - 1])} octets\r\n".encode()
+        assert unstuff(body) == everything[number - 1], number
+    assert (await client.cmd("RETR 2")).startswith(b"-ERR")
+    await client.close()
+
+
 async def test_unknown_and_misplaced_commands_keep_the_session(env: Env) -> None:
     client = await env.connect()
     assert (await client.cmd("XYZZY")).startswith(b"-ERR")
