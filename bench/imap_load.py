@@ -18,6 +18,7 @@ import asyncio
 import os
 import random
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -34,7 +35,9 @@ from tests.fixtures.mailstore import MailstoreProcess, free_port, open_client
 
 PASSWORD = "Secret123"
 DOVECOT_IMAP = 23143
-PHASES = ("login", "select", "append", "fetch_headers", "fetch_bodies", "store", "expunge")
+PHASES = ("login", "append", "select", "fetch_headers", "fetch_bodies", "store", "expunge")
+LOGINS = 10  # connections opened and logged in per client per round
+SELECTS = 20  # SELECT INBOX (holding the appended messages) per client per round
 
 
 def messages(count: int, seed: int = 7) -> list[bytes]:
@@ -77,32 +80,44 @@ class Client:
                 return bytes(received)
 
 
-async def run_phase(name: str, clients: list[Client], users: list[str], data: list[bytes]) -> int:
+async def connect(port: int) -> Client:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port, limit=1 << 22)
+    await reader.readline()
+    return Client(reader, writer)
+
+
+async def run_phase(name: str, port: int, clients: list[Client], users: list[str], data: list[bytes]) -> int:
     async def one(i: int) -> int:
         c = clients[i]
-        if name == "login":
-            await c.command(f'LOGIN {users[i]} "{PASSWORD}"'.encode())
-            return 1
-        if name == "select":
-            await c.command(b"SELECT INBOX")
-            return 1
+        if name == "login":  # connect, greeting, LOGIN; the last connection stays for the phases
+            for n in range(LOGINS):
+                if n:
+                    await c.command(b"LOGOUT")
+                    c.writer.close()
+                    c = clients[i] = await connect(port)
+                await c.command(f'LOGIN {users[i]} "{PASSWORD}"'.encode())
+            return LOGINS
         if name == "append":
             for m in data:
                 await c.command(b"APPEND INBOX ()", m)
             return len(data)
+        if name == "select":
+            for _ in range(SELECTS):
+                await c.command(b"SELECT INBOX")
+            return SELECTS
         if name == "fetch_headers":
             await c.command(b"FETCH 1:* (UID FLAGS RFC822.SIZE BODY.PEEK[HEADER.FIELDS (FROM SUBJECT DATE)])")
             return len(data)
         if name == "fetch_bodies":
             for n in range(1, len(data) + 1):
-                await c.command(b"UID FETCH %d (BODY.PEEK[])" % n)
+                await c.command(b"FETCH %d (BODY.PEEK[])" % n)
             return len(data)
         if name == "store":
             for n in range(1, len(data) + 1):
-                await c.command(b"UID STORE %d +FLAGS.SILENT (\\Seen)" % n)
+                await c.command(b"STORE %d +FLAGS.SILENT (\\Seen)" % n)
             return len(data)
         await c.command(b"STORE 1:* +FLAGS.SILENT (\\Deleted)")
-        await c.command(b"EXPUNGE")
+        await c.command(b"EXPUNGE")  # one operation: flag and expunge every message
         return 1
 
     counts = await asyncio.gather(*(one(i) for i in range(len(clients))))
@@ -110,15 +125,12 @@ async def run_phase(name: str, clients: list[Client], users: list[str], data: li
 
 
 async def measure(port: int, users: list[str], data: list[bytes]) -> dict[str, float]:
-    clients = []
-    for _ in users:
-        reader, writer = await asyncio.open_connection("127.0.0.1", port, limit=1 << 22)
-        await reader.readline()
-        clients.append(Client(reader, writer))
+    """One round: every phase once, with fresh connections; operations per second per phase."""
+    clients = [await connect(port) for _ in users]
     rates = {}
     for phase in PHASES:
         start = time.perf_counter()
-        ops = await run_phase(phase, clients, users, data)
+        ops = await run_phase(phase, port, clients, users, data)
         rates[phase] = ops / (time.perf_counter() - start)
     for c in clients:
         c.writer.close()
@@ -165,29 +177,31 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--peers-dir", help="directory of a running ../shared/peers/start.sh DIR (Dovecot)")
     parser.add_argument("--clients", type=int, default=5)
-    parser.add_argument("--messages", type=int, default=50)
+    parser.add_argument("--messages", type=int, default=100)
+    parser.add_argument("--rounds", type=int, default=3, help="rounds per system, interleaved; medians reported")
     parser.add_argument("--first-user", type=int, default=16, help="Dovecot users uK.. (their INBOX is emptied)")
     args = parser.parse_args()
     data = messages(args.messages)
+    dovecot_users = [f"u{i}" for i in range(args.first_user, args.first_user + args.clients)]
+    results: dict[str, list[dict[str, float]]] = {"mailstack": [], "dovecot": []}
     with tempfile.TemporaryDirectory() as d:
         store, proc, port, users = start_mailstack(Path(d), args.clients)
         try:
-            ours = asyncio.run(measure(port, users, data))
+            for _ in range(args.rounds):  # interleaved, so both see the same machine load
+                results["mailstack"].append(asyncio.run(measure(port, users, data)))
+                if args.peers_dir:
+                    results["dovecot"].append(asyncio.run(measure(DOVECOT_IMAP, dovecot_users, data)))
         finally:
             proc.terminate()
             proc.wait(15)
             store.stop()
-    theirs = None
-    if args.peers_dir:
-        theirs = asyncio.run(
-            measure(DOVECOT_IMAP, [f"u{i}" for i in range(args.first_user, args.first_user + args.clients)], data)
-        )
-    print(f"{args.clients} clients x {args.messages} messages; operations per second")
+    print(f"{args.clients} clients x {args.messages} messages, {args.rounds} rounds; median operations per second")
     print(f"{'operation':<15}{'mailstack':>12}{'dovecot':>12}{'ratio':>8}")
     for phase in PHASES:
-        other = theirs[phase] if theirs else 0.0
-        ratio = f"{ours[phase] / other:.2f}" if other else "-"
-        print(f"{phase:<15}{ours[phase]:>12.1f}{other:>12.1f}{ratio:>8}")
+        ours = statistics.median(r[phase] for r in results["mailstack"])
+        other = statistics.median(r[phase] for r in results["dovecot"]) if results["dovecot"] else 0.0
+        ratio = f"{ours / other:.2f}" if other else "-"
+        print(f"{phase:<15}{ours:>12.1f}{other:>12.1f}{ratio:>8}")
 
 
 if __name__ == "__main__":

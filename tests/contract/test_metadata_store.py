@@ -112,7 +112,9 @@ async def test_persistence_across_close_and_reopen(open_store: OpenStore) -> Non
     await store.close()
     await store.close()  # idempotent
     with pytest.raises(StorageUnavailable):
-        await store.get_account(acc.name)
+        await store.get_account(acc.name)  # a point read (inline on SQLite)
+    with pytest.raises(StorageUnavailable):
+        await store.fetch(box.id)  # a bulk read (on a reader thread)
 
     again = await open_store()
     assert await again.get_account(acc.name) == replace(acc, used_bytes=100, used_messages=1)
