@@ -109,6 +109,8 @@ class SmtpProtocol(SMTP):
             loop=asyncio.get_running_loop(),
         )
         # aiosmtpd keeps these limits in one dict shared by all sessions; give each its own.
+        self._deadline = 0.0  # see _reset_timeout
+        self._timer_armed = False
         self.command_size_limits = collections.defaultdict(lambda: SMTP.command_size_limit)
         self._smtp_methods = {name: _timed(type(self), f"smtp_{name}").__get__(self) for name in self._smtp_methods}
         self.handler = handler
@@ -123,6 +125,25 @@ class SmtpProtocol(SMTP):
         self.in_data = False
         self._greeted = False
         self._helo_reply = False
+
+    def _reset_timeout(self, duration: float | None = None) -> None:
+        # aiosmtpd cancels and re-creates a timer on every command and, through read_data, on
+        # every DATA line; moving a deadline is cheaper, and the one timer checks it when it fires.
+        self._deadline = self.loop.time() + (duration or self._timeout_duration)
+        handle = self._timeout_handle
+        if handle is not None and self._timer_armed and handle.when() <= self._deadline:
+            return
+        if handle is not None:
+            handle.cancel()
+        self._timer_armed = True
+        self._timeout_handle = self.loop.call_at(self._deadline, self._timeout_due)
+
+    def _timeout_due(self) -> None:
+        if self.loop.time() < self._deadline:  # activity since the timer was set: wait on
+            self._timeout_handle = self.loop.call_at(self._deadline, self._timeout_due)
+            return
+        self._timer_armed = False
+        self._timeout_cb()
 
     @property
     def tls_active(self) -> bool:
