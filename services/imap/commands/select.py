@@ -30,8 +30,9 @@ async def open_view(session: Session, name: str, readonly: bool) -> MailboxView:
         messages.extend((m.uid, tuple(m.flags), m.modseq) for m in batch.messages)
     view = MailboxView(name, readonly, status.uidvalidity, status.uidnext, status.highestmodseq, messages)
     view.modseq = status.highestmodseq
-    if not readonly:
-        # RFC 3501 §2.3.2: this session is the first to see these (exactly one session gets \Recent)
+    if not readonly and status.recent:
+        # RFC 3501 §2.3.2: this session is the first to see these (exactly one session gets \Recent).
+        # Nothing unclaimed (the usual re-SELECT): no claim, which is a write.
         claim = await session.stub.ClaimRecent(
             pb.ClaimRecentRequest(account=session.account, mailbox=name), timeout=CALL_TIMEOUT
         )
