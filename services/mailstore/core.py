@@ -382,11 +382,11 @@ class MailstoreCore:
         await self.metadata.set_subscribed(record.id, _mailbox_name(name), subscribed)
 
     async def status(self, account: str, name: str) -> tuple[MailboxRecord, MailboxCounts]:
-        _, mailbox = await self.mailbox(account, name)
+        mailbox = await self._read_mailbox(account, name)
         return mailbox, await self.metadata.mailbox_counts(mailbox.id)
 
     async def claim_recent(self, account: str, name: str) -> tuple[int, int]:
-        _, mailbox = await self.mailbox(account, name)
+        mailbox = await self._read_mailbox(account, name)
         return await self.metadata.claim_recent(mailbox.id)
 
     # ------------------------------------------------------------ storing messages
@@ -547,12 +547,12 @@ class MailstoreCore:
     async def fetch_metadata(
         self, account: str, mailbox_name: str, uids: UidRanges | None, changed_since: int = 0
     ) -> list[MessageRecord]:
-        _, mailbox = await self.mailbox(account, mailbox_name)
+        mailbox = await self._read_mailbox(account, mailbox_name)
         return await self.metadata.fetch(mailbox.id, uids, changed_since)
 
     async def _read_mailbox(self, account: str, mailbox_name: str) -> MailboxRecord:
-        """core.mailbox() for the body read path (a POP3 RETR, an IMAP BODY[] each ask), one metadata
-        read fewer: an account's id never changes and is never reused (AUTOINCREMENT), and deleting
+        """core.mailbox() for calls that need only the mailbox (bodies, metadata, status, search),
+        one metadata read fewer: an account's id never changes and is never reused (AUTOINCREMENT), and deleting
         an account deletes its mailboxes, so a remembered id either finds the mailbox or fails, and
         a failure asks again by name, which gives the right error."""
         name = _address(account)
@@ -660,7 +660,7 @@ class MailstoreCore:
         return BodySlice(end - start, self.blobs.stream(record.blob_key, start, end, BODY_CHUNK))
 
     async def search(self, account: str, mailbox_name: str, key: pb.SearchKey) -> tuple[list[int], int]:
-        _, mailbox = await self.mailbox(account, mailbox_name)
+        mailbox = await self._read_mailbox(account, mailbox_name)
         records = await self.metadata.fetch(mailbox.id, None, with_header=True)
         max_uid = records[-1].uid if records else 0
         bodies: dict[int, bytes] = {}
@@ -756,7 +756,7 @@ class MailstoreCore:
     async def changes_since(
         self, account: str, mailbox_name: str, modseq: int
     ) -> tuple[MailboxRecord, list[ChangeRecord]]:
-        _, mailbox = await self.mailbox(account, mailbox_name)
+        mailbox = await self._read_mailbox(account, mailbox_name)
         return mailbox, await self.metadata.changes_since(mailbox.id, modseq)
 
     async def watch(self, account: str) -> Subscription:
