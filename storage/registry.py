@@ -18,7 +18,11 @@ def _path(url: str) -> str:
     return rest
 
 
-def open_blob_store(url: str, *, s3_endpoint: str = "", s3_region: str = "", s3_path_style: bool = True) -> BlobStore:
+def open_blob_store(
+    url: str, *, s3_endpoint: str = "", s3_region: str = "", s3_path_style: bool = True, cache_bytes: int = 0
+) -> BlobStore:
+    """cache_bytes > 0 puts an in-memory cache of bodies in front of S3 (the file store has the
+    OS page cache)."""
     scheme = urlsplit(url).scheme
     if scheme == "file":
         from mailstack.storage.blob.file import FileBlobStore
@@ -30,13 +34,18 @@ def open_blob_store(url: str, *, s3_endpoint: str = "", s3_region: str = "", s3_
         parts = urlsplit(url)
         if not parts.netloc:
             raise ValueError(f"{url!r}: s3://BUCKET/PREFIX needs a bucket")
-        return S3BlobStore(
+        s3: BlobStore = S3BlobStore(
             bucket=parts.netloc,
             prefix=parts.path.lstrip("/"),
             endpoint_url=s3_endpoint or None,
             region=s3_region or None,
             path_style=s3_path_style,
         )
+        if cache_bytes > 0:
+            from mailstack.storage.blob.cache import CachedBlobStore
+
+            s3 = CachedBlobStore(s3, cache_bytes)
+        return s3
     if scheme == "memory":
         from mailstack.storage.blob.memory import MemoryBlobStore
 

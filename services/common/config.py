@@ -34,6 +34,9 @@ class Settings:
     s3_endpoint: str = _setting("", "S3 endpoint URL for S3-compatible servers (else AWS_ENDPOINT_URL / AWS).")
     s3_region: str = _setting("", "S3 region (else AWS_REGION / AWS_DEFAULT_REGION).")
     s3_path_style: bool = _setting(True, "Path-style S3 addressing (needed by most S3-compatible servers).")
+    blob_cache_bytes: int = _setting(
+        64 * MiB, "Memory for recently stored and read message bodies in front of S3 (0 = off; not used for files)."
+    )
     max_message_size: int = _setting(50 * MiB, "Largest message accepted, in bytes.")
     default_quota_bytes: int = _setting(0, "Quota in bytes for new accounts (0 = unlimited).")
     default_quota_messages: int = _setting(0, "Message-count quota for new accounts (0 = unlimited).")

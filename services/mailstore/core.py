@@ -162,6 +162,7 @@ class MailstoreCore:
             s3_endpoint=settings.s3_endpoint,
             s3_region=settings.s3_region,
             s3_path_style=settings.s3_path_style,
+            cache_bytes=settings.blob_cache_bytes,
         )
         events = registry.open_event_bus(settings.events_url)
         quota = registry.open_quota_store(settings.quota_url, metadata)

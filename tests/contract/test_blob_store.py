@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from mailstack.storage.blob.base import BlobStore
+from mailstack.storage.blob.cache import CachedBlobStore
 from mailstack.storage.blob.file import FileBlobStore
 from mailstack.storage.blob.memory import MemoryBlobStore
 from mailstack.storage.blob.s3 import S3BlobStore
@@ -23,7 +24,7 @@ from tests.fixtures.s3_server import S3Server, make_bucket, s3_client
 ALL_BYTES = bytes(range(256))
 
 
-@pytest.fixture(params=["memory", "file", "s3"])
+@pytest.fixture(params=["memory", "file", "s3", "cached-s3"])
 async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[BlobStore]:
     blobs: BlobStore
     if request.param == "memory":
@@ -33,6 +34,8 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
     else:
         endpoint, bucket = request.getfixturevalue("s3_bucket")
         blobs = S3BlobStore(bucket, prefix="mail/blobs", endpoint_url=endpoint)
+        if request.param == "cached-s3":
+            blobs = CachedBlobStore(blobs, max_bytes=8 * 1024 * 1024)
     yield blobs
     await blobs.close()
 
