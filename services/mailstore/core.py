@@ -318,7 +318,13 @@ class MailstoreCore:
             return pb.RECIPIENT_NOT_LOCAL, ""
         if size > self.settings.max_message_size:
             return pb.RECIPIENT_TOO_BIG_FOR_QUOTA, record.name
-        return self._quota_status(record, await self.account_usage(record), size), record.name
+        return self._quota_status(record, await self._usage_if_limited(record), size), record.name
+
+    async def _usage_if_limited(self, record: AccountRecord) -> QuotaUsage:
+        """Usage for a quota check; an account without limits needs none (no Redis round trip)."""
+        if not (record.quota_bytes or record.quota_messages):
+            return QuotaUsage(0, 0)
+        return await self.account_usage(record)
 
     @staticmethod
     def _quota_status(record: AccountRecord, usage: QuotaUsage, size: int) -> pb.RecipientStatus.ValueType:
@@ -465,7 +471,7 @@ class MailstoreCore:
             if record.name in targets:  # the same account twice (alias + address): one copy
                 targets[record.name][2].append(index)
                 continue
-            status = self._quota_status(record, await self.account_usage(record), len(data))
+            status = self._quota_status(record, await self._usage_if_limited(record), len(data))
             if status != pb.RECIPIENT_LOCAL:
                 outcomes[index] = RecipientOutcome(recipients[index], status, record.name)
                 continue
