@@ -700,14 +700,16 @@ class MailstoreCore:
         flags: Sequence[str],
         unchanged_since: int | None,
     ) -> tuple[list[FlagUpdate], list[int]]:
-        record, mailbox = await self.mailbox(account, mailbox_name)
+        mailbox = await self._read_mailbox(account, mailbox_name)
         updated, failed = await self.metadata.store_flags(
             mailbox.id, uids, mode, normalize_flags(flags), unchanged_since
         )
         if updated:
             top = max(u.modseq for u in updated)
-            await self._publish(
-                ChangeEvent(record.name, mailbox.name, "flags", tuple(u.uid for u in updated), top, mailbox.uidvalidity)
+            await self._publish(  # _address() is the account's name as stored (lower-cased)
+                ChangeEvent(
+                    _address(account), mailbox.name, "flags", tuple(u.uid for u in updated), top, mailbox.uidvalidity
+                )
             )
         return updated, failed
 
