@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
-"""IMAP load: N concurrent clients, phase by phase (login, select, append, fetch headers, fetch
-bodies, store flags, expunge), mailstack vs Dovecot in the same run with the same client code.
+"""IMAP load: N concurrent clients, phase by phase (login: 10 connections each; append; select:
+20 each; fetch headers; fetch bodies; store flags; expunge), mailstack vs Dovecot in the same run
+with the same client code, in interleaved rounds (medians reported).
 
 Not a test. Every client APPENDs the same messages (fixed seed, 2-40 KB) to its own account on
 both systems, so both hold the same data. mailstack runs as deployed: a mailstore process and a
@@ -8,7 +9,8 @@ both systems, so both hold the same data. mailstack runs as deployed: a mailstor
 password hashes there; bench/hashcost.py sets mailstack's scrypt cost to match and prints both).
 
     /work/shared/peers/start.sh /tmp/refmail
-    .venv/bin/python bench/imap_load.py --peers-dir /tmp/refmail [--clients 5] [--messages 50]
+    .venv/bin/python bench/imap_load.py --peers-dir /tmp/refmail [--clients 5] [--messages 100] [--rounds 3]
+        [--first-user 16]   (Dovecot users uK..; each round ends by expunging what it appended)
 """
 
 from __future__ import annotations
