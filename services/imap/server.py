@@ -9,15 +9,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import ssl
 
 import grpc.aio
 from mailstack.services.common.config import Settings
 from mailstack.services.common.grpc_client import mailstore_stub, open_channel
-from mailstack.services.common.proxy_listener import ProxyListener, stream_factory
-from mailstack.services.common.proxy_protocol import parse_networks
+from mailstack.services.common.listeners import (
+    CLOSE_TIMEOUT,
+    TLS_HANDSHAKE_TIMEOUT,
+    Listener,
+    addresses,
+    open_listeners,
+    shut_down,
+)
 from mailstack.services.common.tls import ensure_self_signed, server_ssl_context
 
 from . import telemetry
@@ -30,9 +35,7 @@ from .session import ClientGone, EndSession, Services, Session
 log = logging.getLogger("mailstack.imap")
 
 READ_SIZE = 64 * 1024
-TLS_HANDSHAKE_TIMEOUT = 30.0
 WRITE_TIMEOUT = 300.0  # a client that stops reading is dropped
-CLOSE_TIMEOUT = 5.0
 
 
 class StreamConnection:
@@ -93,7 +96,7 @@ class StreamConnection:
 class ImapServer:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self._servers: list[tuple[str, asyncio.Server | ProxyListener]] = []
+        self._servers: list[tuple[str, Listener]] = []
         self._channel: grpc.aio.Channel | None = None
         self._services: Services | None = None
         self._tls_context: ssl.SSLContext | None = None
@@ -102,12 +105,7 @@ class ImapServer:
 
     @property
     def listeners(self) -> list[tuple[str, str]]:
-        out = []
-        for description, server in self._servers:
-            for sock in server.sockets:
-                host, port = sock.getsockname()[:2]
-                out.append((description, f"{host}:{port}"))
-        return out
+        return addresses(self._servers)
 
     @property
     def session_count(self) -> int:
@@ -138,44 +136,9 @@ class ImapServer:
                 window=float(settings.imap_auth_failure_window),
             ),
         )
-        if settings.proxy_protocol:
-            await self._start_proxied()
-            return
         try:
-            plain = await asyncio.start_server(
-                lambda r, w: self._accept(r, w, tls=False), settings.bind, settings.imap_port, limit=READ_SIZE
-            )
-            self._servers.append(("IMAP (STARTTLS)", plain))
-            implicit = await asyncio.start_server(
-                lambda r, w: self._accept(r, w, tls=True),
-                settings.bind,
-                settings.imaps_port,
-                ssl=self._tls_context,
-                ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT,
-                limit=READ_SIZE,
-            )
-            self._servers.append(("IMAPS", implicit))
-        except BaseException:
-            await self.stop(0)
-            raise
-
-    async def _start_proxied(self) -> None:
-        """Listeners that take a PROXY header from trusted balancers, before TLS on IMAPS (ADR 0007)."""
-        settings = self.settings
-        try:
-            for description, port, tls in (
-                ("IMAP (STARTTLS)", settings.imap_port, False),
-                ("IMAPS", settings.imaps_port, True),
-            ):
-                listener = ProxyListener(
-                    stream_factory(functools.partial(self._accept, tls=tls), READ_SIZE),
-                    parse_networks(settings.proxy_trusted_networks),
-                    settings.proxy_header_timeout,
-                    ssl_context=self._tls_context if tls else None,
-                    ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT,
-                )
-                await listener.start(settings.bind, port)
-                self._servers.append((description, listener))
+            ports = [("IMAP (STARTTLS)", settings.imap_port, False), ("IMAPS", settings.imaps_port, True)]
+            await open_listeners(settings, self._accept, ports, self._tls_context, self._servers, READ_SIZE)
         except BaseException:
             await self.stop(0)
             raise
@@ -185,26 +148,18 @@ class ImapServer:
         ones finish their command within `grace` seconds or are cut off with a BYE."""
         if self._services is not None:
             self._services.stopping = True
-        for _, server in self._servers:
-            server.close()
-        for task, session in list(self._tasks.items()):
-            if session is None or session.waiting:
-                task.cancel()
-        if self._tasks:
-            _, pending = await asyncio.wait(list(self._tasks), timeout=grace)
-            for task in pending:
-                task.cancel()
-            if pending:
-                await asyncio.wait(pending, timeout=CLOSE_TIMEOUT)
-        for _, server in self._servers:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(server.wait_closed(), CLOSE_TIMEOUT)
+        await shut_down(self._servers, self._tasks, self._waiting, grace)
         if self._services is not None:
             await self._services.notifier.stop()
         if self._channel is not None:
             await self._channel.close(None)
             self._channel = None
         self._closed.set()
+
+    def _waiting(self, task: asyncio.Task[None]) -> bool:
+        """Not inside a command (or in IDLE): safe to end with `* BYE` at once."""
+        session = self._tasks.get(task)
+        return session is None or session.waiting
 
     async def wait_closed(self) -> None:
         await self._closed.wait()

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import ssl
 from typing import cast
@@ -17,8 +16,14 @@ from typing import cast
 import grpc.aio
 from mailstack.services.common.config import Settings
 from mailstack.services.common.grpc_client import open_channel
-from mailstack.services.common.proxy_listener import ProxyListener, stream_factory
-from mailstack.services.common.proxy_protocol import parse_networks
+from mailstack.services.common.listeners import (
+    CLOSE_TIMEOUT,
+    TLS_HANDSHAKE_TIMEOUT,
+    Listener,
+    addresses,
+    open_listeners,
+    shut_down,
+)
 from mailstack.services.common.tls import ensure_self_signed, server_ssl_context
 
 from .mailstore import Pop3Mailstore
@@ -28,8 +33,6 @@ from .session import Pop3Session
 log = logging.getLogger("mailstack.pop3")
 
 READ_SIZE = 64 * 1024
-TLS_HANDSHAKE_TIMEOUT = 30.0
-CLOSE_TIMEOUT = 5.0
 
 
 class _ClientGone(Exception):
@@ -116,7 +119,7 @@ class StreamConnection:
 class Pop3Server:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self._servers: list[tuple[str, asyncio.Server | ProxyListener]] = []
+        self._servers: list[tuple[str, Listener]] = []
         self._channel: grpc.aio.Channel | None = None
         self._mailstore: Pop3Mailstore | None = None
         self._tls_context: ssl.SSLContext | None = None
@@ -126,12 +129,7 @@ class Pop3Server:
 
     @property
     def listeners(self) -> list[tuple[str, str]]:
-        out = []
-        for description, server in self._servers:
-            for sock in server.sockets:
-                host, port = sock.getsockname()[:2]
-                out.append((description, f"{host}:{port}"))
-        return out
+        return addresses(self._servers)
 
     async def start(self) -> None:
         settings = self.settings
@@ -141,43 +139,9 @@ class Pop3Server:
         self._tls_context = server_ssl_context(cert, key)
         self._channel = open_channel(settings.mailstore_addr)
         self._mailstore = Pop3Mailstore(self._channel)
-        if settings.proxy_protocol:
-            await self._start_proxied()
-            return
         try:
-            plain = await asyncio.start_server(
-                lambda r, w: self._accept(r, w, tls=False), settings.bind, settings.pop3_port
-            )
-            self._servers.append(("POP3 (STLS)", plain))
-            implicit = await asyncio.start_server(
-                lambda r, w: self._accept(r, w, tls=True),
-                settings.bind,
-                settings.pop3s_port,
-                ssl=self._tls_context,
-                ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT,
-            )
-            self._servers.append(("POP3S", implicit))
-        except BaseException:
-            await self.stop(0)
-            raise
-
-    async def _start_proxied(self) -> None:
-        """Listeners that take a PROXY header from trusted balancers, before TLS on POP3S (ADR 0007)."""
-        settings = self.settings
-        try:
-            for description, port, tls in (
-                ("POP3 (STLS)", settings.pop3_port, False),
-                ("POP3S", settings.pop3s_port, True),
-            ):
-                listener = ProxyListener(
-                    stream_factory(functools.partial(self._accept, tls=tls)),
-                    parse_networks(settings.proxy_trusted_networks),
-                    settings.proxy_header_timeout,
-                    ssl_context=self._tls_context if tls else None,
-                    ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT,
-                )
-                await listener.start(settings.bind, port)
-                self._servers.append((description, listener))
+            ports = [("POP3 (STLS)", settings.pop3_port, False), ("POP3S", settings.pop3s_port, True)]
+            await open_listeners(settings, self._accept, ports, self._tls_context, self._servers, READ_SIZE)
         except BaseException:
             await self.stop(0)
             raise
@@ -185,20 +149,8 @@ class Pop3Server:
     async def stop(self, grace: float) -> None:
         """Stop accepting; idle sessions end now, busy ones after at most `grace` seconds."""
         self._stopping = True
-        for _, server in self._servers:
-            server.close()
-        for task, conn in list(self._connections.items()):
-            if conn.idle:
-                task.cancel()
-        if self._connections:
-            _, pending = await asyncio.wait(list(self._connections), timeout=grace)
-            for task in pending:
-                task.cancel()
-            if pending:
-                await asyncio.wait(pending, timeout=CLOSE_TIMEOUT)
-        for _, server in self._servers:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(server.wait_closed(), CLOSE_TIMEOUT)
+        connections = self._connections
+        await shut_down(self._servers, connections, lambda t: t in connections and connections[t].idle, grace)
         if self._channel is not None:
             await self._channel.close(None)
             self._channel = None
