@@ -3,31 +3,13 @@ command, and check the events are always the same (after h11's test helper)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-
 from mailstack.services.imap.protocol import Command, CommandReceiver, Event, NeedData, NeedLiteral, NoArguments
 
-FOLLOWER = b"Z9 NOOP\r\n"
-FOLLOWER_EVENT = Command("Z9", "NOOP", NoArguments())
+from tests.fixtures.feeding import Feeder
 
-
-def drain(receiver: CommandReceiver) -> list[Event]:
-    events: list[Event] = []
-    for _ in range(100_000):
-        event = receiver.next_event()
-        if isinstance(event, NeedData):
-            return events
-        events.append(event)
-    raise AssertionError("receiver produced events without end")
-
-
-def feed(chunks: Iterable[bytes], **limits: int) -> list[Event]:
-    receiver = CommandReceiver(**limits)
-    events: list[Event] = []
-    for chunk in chunks:
-        receiver.receive_data(chunk)
-        events += drain(receiver)
-    return events
+FEEDER = Feeder(CommandReceiver, NeedData, b"Z9 NOOP\r\n", Command("Z9", "NOOP", NoArguments()))
+drain, feed = FEEDER.drain, FEEDER.feed
+FOLLOWER, FOLLOWER_EVENT = FEEDER.follower, FEEDER.follower_event
 
 
 def events_for(data: bytes, **limits: int) -> list[Event]:
@@ -36,13 +18,7 @@ def events_for(data: bytes, **limits: int) -> list[Event]:
 
 def assert_events(data: bytes, expected: list[Event], complete: bool = True, **limits: int) -> None:
     """`complete`: the input ends at a command boundary, so a following command must still parse."""
-    assert feed([data], **limits) == expected
-    assert feed([data[i : i + 1] for i in range(len(data))], **limits) == expected
-    for i in range(len(data) + 1):
-        assert feed([data[:i], data[i:]], **limits) == expected, f"split at {i}"
-    if complete:
-        assert feed([data + FOLLOWER], **limits) == [*expected, FOLLOWER_EVENT]
-        assert feed([data, FOLLOWER], **limits) == [*expected, FOLLOWER_EVENT]
+    FEEDER.assert_events(data, expected, complete, **limits)
 
 
 def parse_one(data: bytes) -> Command:

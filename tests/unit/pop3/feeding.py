@@ -7,36 +7,14 @@ from collections.abc import Iterable
 
 from mailstack.services.pop3.protocol import Command, CommandReceiver, Event, NeedData
 
-FOLLOWER = b"NOOP\r\n"
-FOLLOWER_EVENT = Command("NOOP")
+from tests.fixtures.feeding import Feeder
 
-
-def drain(receiver: CommandReceiver) -> list[Event]:
-    events: list[Event] = []
-    for _ in range(100_000):
-        event = receiver.next_event()
-        if isinstance(event, NeedData):
-            return events
-        events.append(event)
-    raise AssertionError("receiver produced events without end")
-
-
-def feed(chunks: Iterable[bytes], **limits: int) -> list[Event]:
-    receiver = CommandReceiver(**limits)
-    events: list[Event] = []
-    for chunk in chunks:
-        receiver.receive_data(chunk)
-        events += drain(receiver)
-    return events
+FEEDER = Feeder(CommandReceiver, NeedData, b"NOOP\r\n", Command("NOOP"))
+drain, feed = FEEDER.drain, FEEDER.feed
 
 
 def assert_events(data: bytes, expected: list[Event], **limits: int) -> None:
-    assert feed([data], **limits) == expected
-    assert feed([data[i : i + 1] for i in range(len(data))], **limits) == expected
-    for i in range(len(data) + 1):
-        assert feed([data[:i], data[i:]], **limits) == expected, f"split at {i}"
-    assert feed([data + FOLLOWER], **limits) == [*expected, FOLLOWER_EVENT]
-    assert feed([data, FOLLOWER], **limits) == [*expected, FOLLOWER_EVENT]
+    FEEDER.assert_events(data, expected, **limits)
 
 
 def stuff(chunks: Iterable[bytes]) -> bytes:
