@@ -10,7 +10,7 @@ password hashes there; bench/hashcost.py sets mailstack's scrypt cost to match a
 
     /work/shared/peers/start.sh /tmp/refmail
     .venv/bin/python bench/imap_load.py --peers-dir /tmp/refmail [--clients 5] [--messages 100] [--rounds 3]
-        [--first-user 16]   (Dovecot users uK..; each round ends by expunging what it appended)
+        [--first-user 16]   (Dovecot users uK..; their Maildirs are replaced by new ones)
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import argparse
 import asyncio
 import os
 import random
+import shutil
 import socket
 import statistics
 import subprocess
@@ -181,10 +182,13 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=5)
     parser.add_argument("--messages", type=int, default=100)
     parser.add_argument("--rounds", type=int, default=3, help="rounds per system, interleaved; medians reported")
-    parser.add_argument("--first-user", type=int, default=16, help="Dovecot users uK.. (their INBOX is emptied)")
+    parser.add_argument("--first-user", type=int, default=16, help="Dovecot users uK.. (given new Maildirs)")
     args = parser.parse_args()
     data = messages(args.messages)
     dovecot_users = [f"u{i}" for i in range(args.first_user, args.first_user + args.clients)]
+    if args.peers_dir:  # new Maildirs: a used one's folders never shrink and slow Dovecot down
+        for user in dovecot_users:
+            shutil.rmtree(Path(args.peers_dir) / "mail" / user, ignore_errors=True)
     results: dict[str, list[dict[str, float]]] = {"mailstack": [], "dovecot": []}
     with tempfile.TemporaryDirectory() as d:
         store, proc, port, users = start_mailstack(Path(d), args.clients)

@@ -9,8 +9,7 @@ at a time). mailstack runs as deployed: a mailstore process and a `mailstack ser
 
     /work/shared/peers/start.sh /tmp/refmail
     .venv/bin/python bench/pop3_load.py --peers-dir /tmp/refmail [--messages 1000] [--clients 10] [--rounds 3]
-        [--dovecot-first-user N]   (users uN..uN+clients-1; empty their INBOXes between runs:
-        doveadm -c DIR/dovecot.conf expunge -u uN mailbox INBOX all)
+        [--dovecot-first-user N]   (users uN..uN+clients-1; their Maildirs are replaced by new ones)
 
 Each round includes the logins; both sides hash passwords at the same cost (bench/hashcost.py
 picks the scrypt cost nearest to Dovecot's SHA512-CRYPT and prints both).
@@ -21,6 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import random
+import shutil
 import smtplib
 import statistics
 import sys
@@ -102,8 +102,10 @@ async def measure(port: int, users: list[str], per_user: int) -> tuple[float, in
     return time.perf_counter() - start, sum(octets)
 
 
-def load_dovecot(groups: list[list[bytes]], first_user: int) -> list[str]:
+def load_dovecot(peer_dir: Path, groups: list[list[bytes]], first_user: int) -> list[str]:
     users = [f"u{i}" for i in range(first_user, first_user + len(groups))]
+    for user in users:  # a new Maildir: a used one's folders never shrink and slow Dovecot down
+        shutil.rmtree(peer_dir / "mail" / user, ignore_errors=True)
     with smtplib.LMTP("127.0.0.1", DOVECOT_LMTP) as lmtp:
         for user, group in zip(users, groups, strict=True):
             for data in group:
@@ -144,8 +146,8 @@ async def main() -> None:
         parser.error("--messages must be a multiple of --clients")
 
     print(f"{args.messages} messages ({sum(map(len, data)) / 1e6:.1f} MB), {args.clients} concurrent clients")
-    print("loading Dovecot over LMTP (the users' INBOXes must be empty: doveadm expunge ... all) ...")
-    dovecot_users = await asyncio.to_thread(load_dovecot, groups, args.dovecot_first_user)
+    print("loading Dovecot over LMTP into new Maildirs ...")
+    dovecot_users = await asyncio.to_thread(load_dovecot, Path(args.peers_dir), groups, args.dovecot_first_user)
 
     with tempfile.TemporaryDirectory(prefix="pop3-bench-") as tmp:
         log_n, cost_line = matching_log_n(PASSWORD)
