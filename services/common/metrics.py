@@ -52,6 +52,10 @@ POP3_DELETED = Counter("mailstack_pop3_messages_deleted", "Messages expunged at 
 # Sending (ADR 0008). The worker counts attempts; the mailstore, which decides each recipient's
 # fate from the reported replies, counts deliveries, deferrals and bounces. A reason is an RFC 3463
 # enhanced status code ("4.4.7": delivery time expired).
+BLOB_CACHE_LOOKUPS = Counter(
+    "mailstack_blob_cache_lookups", "Reads of message bodies from the cache in front of S3, by result", ["result"]
+)
+BLOB_CACHE_BYTES = Gauge("mailstack_blob_cache_bytes", "Bytes of message bodies held by the cache in front of S3")
 SEND_CALLS = Counter(
     "mailstack_send_calls",
     "gRPC Send calls by result (accepted, duplicate, refused, invalid, error)",

@@ -16,10 +16,12 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from mailstack.services.common.config import Settings
+from mailstack.services.common.metrics import BLOB_CACHE_BYTES, BLOB_CACHE_LOOKUPS
 from mailstack.services.mailstore import mime, names, passwords, search, sections
 from mailstack.services.mailstore.instrumented import instrumented
 from mailstack.storage import registry
 from mailstack.storage.blob.base import BlobStore
+from mailstack.storage.blob.cache import CachedBlobStore
 from mailstack.storage.errors import (
     AccountNotFound,
     InvalidName,
@@ -140,6 +142,12 @@ def _address(address: str, allow_catchall: bool = False) -> str:
         raise InvalidName(str(e)) from None
 
 
+def _export_cache_metrics(cache: CachedBlobStore) -> None:
+    hit, miss = BLOB_CACHE_LOOKUPS.labels("hit"), BLOB_CACHE_LOOKUPS.labels("miss")
+    cache.on_lookup = lambda found: (hit if found else miss).inc()
+    BLOB_CACHE_BYTES.set_function(lambda: cache.cached_bytes)
+
+
 class MailstoreCore:
     def __init__(
         self, settings: Settings, metadata: MetadataStore, blobs: BlobStore, events: EventBus, quota: QuotaStore
@@ -164,6 +172,8 @@ class MailstoreCore:
             s3_path_style=settings.s3_path_style,
             cache_bytes=settings.blob_cache_bytes,
         )
+        if isinstance(blobs, CachedBlobStore):
+            _export_cache_metrics(blobs)
         events = registry.open_event_bus(settings.events_url)
         quota = registry.open_quota_store(settings.quota_url, metadata)
         # Every storage call gets a span ("blob.put", "metadata.deliver", "events.publish") and a latency histogram.

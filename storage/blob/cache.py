@@ -10,7 +10,7 @@ needs none of this: the OS page cache does it there.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 from mailstack.storage.blob.base import DEFAULT_CHUNK, BlobStore
 from mailstack.storage.blob.file import clamp_range, validate_key
@@ -29,6 +29,7 @@ class CachedBlobStore:
         self._bytes = 0
         self.hits = 0
         self.misses = 0
+        self.on_lookup: Callable[[bool], None] | None = None  # (hit) -> None, for metrics
 
     @property
     def cached_bytes(self) -> int:
@@ -51,6 +52,8 @@ class CachedBlobStore:
 
     def _lookup(self, key: str) -> bytes | None:
         data = self._items.get(key)
+        if self.on_lookup is not None:
+            self.on_lookup(data is not None)
         if data is None:
             self.misses += 1
             return None

@@ -70,3 +70,26 @@ async def test_delete_evicts_and_missing_keys_raise() -> None:
         await cache.get("a", -1)
     with pytest.raises(ValueError):
         CachedBlobStore(MemoryBlobStore(), max_bytes=0)
+
+
+async def test_lookups_and_size_reach_the_metrics() -> None:
+    from mailstack.services.mailstore.core import _export_cache_metrics
+    from prometheus_client import REGISTRY
+
+    def sample(name: str, **labels: str) -> float:
+        value = REGISTRY.get_sample_value(name, labels)
+        return value or 0.0
+
+    cache = CachedBlobStore(MemoryBlobStore(), max_bytes=100)
+    _export_cache_metrics(cache)
+    hits, misses = (
+        sample("mailstack_blob_cache_lookups_total", result="hit"),
+        sample("mailstack_blob_cache_lookups_total", result="miss"),
+    )
+    await cache.put("a", b"abc")
+    await cache.get("a")
+    with pytest.raises(BlobNotFound):
+        await cache.get("nope")
+    assert sample("mailstack_blob_cache_lookups_total", result="hit") == hits + 1
+    assert sample("mailstack_blob_cache_lookups_total", result="miss") == misses + 1
+    assert sample("mailstack_blob_cache_bytes") == 3
