@@ -54,6 +54,9 @@ class S3BlobStore:
             # max_attempts counts the first try: a refused connection fails in under a second,
             # a hung server after max_attempts * read_timeout.
             "retries": {"mode": "standard", "total_max_attempts": max_attempts},
+            # Our parameters are few and fixed (keys pass validate_key); botocore's own check of
+            # them cost ~0.27 of ~1.6 ms of CPU per PUT against SeaweedFS.
+            "parameter_validation": False,
         }
         if path_style:
             options["s3"] = {"addressing_style": "path"}
