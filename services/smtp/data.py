@@ -74,3 +74,31 @@ async def read_data(reader: asyncio.StreamReader, max_size: int, on_progress: Ca
     if problem is not None:
         return DataResult(b"", problem)
     return DataResult(b"".join(parts), None)
+
+
+def check_lines(content: bytes) -> DataProblem | None:
+    """The DATA section's line rules for a message sent with BDAT (RFC 3030 without BINARYMIME:
+    still lines of at most 1000 octets, and no bare CR or LF)."""
+    lines = content.split(b"\r\n")
+    for line in lines:
+        if b"\r" in line or b"\n" in line:
+            return DataProblem.BARE_NEWLINE
+    if any(len(line) + 2 > MAX_LINE for line in lines):
+        return DataProblem.LINE_TOO_LONG
+    return None
+
+
+async def read_chunk(
+    reader: asyncio.StreamReader, size: int, keep: bool, on_progress: Callable[[], None]
+) -> list[bytes]:
+    """Exactly `size` octets of a BDAT chunk (RFC 3030 §2), in pieces; [] when not `keep` (the
+    chunk is read all the same, or its bytes would be taken for commands)."""
+    parts: list[bytes] = []
+    left = size
+    while left:
+        piece = await reader.readexactly(min(left, 64 * 1024))
+        left -= len(piece)
+        on_progress()
+        if keep:
+            parts.append(piece)
+    return parts

@@ -112,7 +112,7 @@ class SmtpHandler:
         # The 5-argument hook must record the client's name itself.
         session.host_name = hostname
         lines = [r for r in responses[:-1] if self.kind.submission or not r.startswith("250-AUTH")]
-        lines += ["250-PIPELINING", "250-ENHANCEDSTATUSCODES"]
+        lines += ["250-PIPELINING", "250-ENHANCEDSTATUSCODES", "250-CHUNKING"]
         return [*lines, "250 HELP"]
 
     # ---------------------------------------------------------------- AUTH (RFC 4954)

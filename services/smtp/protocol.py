@@ -4,7 +4,8 @@ What changes here, and why a hook cannot do it:
 - connection limits (421 4.7.0) must act before the greeting;
 - every reply gets an enhanced status code (RFC 2034) on its way out;
 - AUTH is refused outright on the inbound port;
-- DATA is read by `data.read_data` (1000-octet lines, bare CR/LF, sizes);
+- DATA is read by `data.read_data` (1000-octet lines, bare CR/LF, sizes), and BDAT (RFC 3030
+  CHUNKING, which aiosmtpd lacks) by `data.read_chunk` with the same rules;
 - timeouts answer 421 4.4.2 before closing (RFC 5321 §4.5.3.2);
 - the server can ask idle sessions to leave at shutdown.
 The SMTP grammar itself stays aiosmtpd's.
@@ -25,7 +26,7 @@ from aiosmtpd.smtp import SMTP, syntax
 from mailstack.services.common.config import Settings
 from mailstack.services.common.metrics import COMMAND_SECONDS, SESSIONS
 from mailstack.services.smtp import replies
-from mailstack.services.smtp.data import DataProblem, read_data
+from mailstack.services.smtp.data import DataProblem, check_lines, read_chunk, read_data
 from mailstack.services.smtp.handler import SmtpHandler, count
 from mailstack.services.smtp.limits import ConnectionLimiter
 
@@ -109,6 +110,9 @@ class SmtpProtocol(SMTP):
             loop=asyncio.get_running_loop(),
         )
         # aiosmtpd keeps these limits in one dict shared by all sessions; give each its own.
+        self._bdat_parts: list[bytes] = []  # the chunks of a BDAT transaction so far
+        self._bdat_size = 0
+        self._bdat_problem: DataProblem | None = None
         self._deadline = 0.0  # see _reset_timeout
         self._timer_armed = False
         self.command_size_limits = collections.defaultdict(lambda: SMTP.command_size_limit)
@@ -246,6 +250,9 @@ class SmtpProtocol(SMTP):
         if arg:
             await self.push("501 5.5.4 Syntax: DATA")
             return
+        if self._bdat_size or self._bdat_problem is not None:
+            await self.push("503 5.5.1 Error: DATA within a BDAT transaction")  # RFC 3030 §3
+            return
         self.in_data = True
         try:
             await self.push("354 End data with <CR><LF>.<CR><LF>")
@@ -264,6 +271,68 @@ class SmtpProtocol(SMTP):
             await self.push(status)
         finally:
             self.in_data = False
+
+    # ---------------------------------------------------------------- BDAT
+
+    @syntax("BDAT chunk-size [LAST]")
+    async def smtp_BDAT(self, arg: str) -> None:
+        # Command: RFC 3030 §2 (CHUNKING): exactly chunk-size octets follow, no dot-stuffing
+        words = arg.split()
+        if not 1 <= len(words) <= 2 or not words[0].isdigit() or len(words[0]) > 12:
+            # Without a size the chunk cannot be skipped: its bytes would be read as commands.
+            await self.push("501 5.5.4 Syntax: BDAT chunk-size [LAST]; closing")
+            assert self.transport is not None
+            self.transport.close()
+            return
+        if len(words) == 2 and words[1].upper() != "LAST":
+            await self.push("501 5.5.4 Syntax: BDAT chunk-size [LAST]; closing")
+            assert self.transport is not None
+            self.transport.close()
+            return
+        size, last = int(words[0]), len(words) == 2
+        assert self.envelope is not None
+        refusal = None
+        if not self.session or not self.session.host_name:
+            refusal = "503 5.5.1 Error: send HELO first"
+        elif not self.envelope.rcpt_tos:
+            refusal = "503 5.5.1 Error: need RCPT command"
+        limit = self.data_size_limit or 0
+        if refusal is None and self._bdat_problem is None and limit and self._bdat_size + size > limit:
+            self._bdat_problem = DataProblem.TOO_BIG
+        keep = refusal is None and self._bdat_problem is None
+        self.in_data = True
+        try:
+            reset: Callable[[], None] = lambda: self._reset_timeout(self.data_timeout)  # noqa: E731
+            reset()
+            parts = await read_chunk(self._reader, size, keep, reset)
+            self._reset_timeout()
+        finally:
+            self.in_data = False
+        if refusal is not None:
+            await self.push(refusal)
+            return
+        self._bdat_parts += parts
+        self._bdat_size += size
+        if not last:
+            await self.push(f"250 2.0.0 {size} octets received")
+            return
+        content = b"".join(self._bdat_parts)
+        problem = self._bdat_problem or check_lines(content)
+        if problem is not None:
+            count("rejected", problem.value)
+            status = _PROBLEM_REPLIES[problem]
+        else:
+            self.envelope.content = content
+            self.envelope.original_content = content
+            status = await self._call_handler_hook("DATA")
+        self._set_post_data_state()
+        await self.push(status)
+
+    def _set_post_data_state(self) -> None:
+        super()._set_post_data_state()
+        self._bdat_parts = []
+        self._bdat_size = 0
+        self._bdat_problem = None
 
     def __repr__(self) -> str:
         return f"SmtpProtocol({self.handler.kind.name}, {self.client_ip})"
