@@ -278,13 +278,9 @@ class SmtpProtocol(SMTP):
     async def smtp_BDAT(self, arg: str) -> None:
         # Command: RFC 3030 §2 (CHUNKING): exactly chunk-size octets follow, no dot-stuffing
         words = arg.split()
-        if not 1 <= len(words) <= 2 or not words[0].isdigit() or len(words[0]) > 12:
+        well_formed = 1 <= len(words) <= 2 and words[0].isdigit() and len(words[0]) <= 12
+        if not well_formed or (len(words) == 2 and words[1].upper() != "LAST"):
             # Without a size the chunk cannot be skipped: its bytes would be read as commands.
-            await self.push("501 5.5.4 Syntax: BDAT chunk-size [LAST]; closing")
-            assert self.transport is not None
-            self.transport.close()
-            return
-        if len(words) == 2 and words[1].upper() != "LAST":
             await self.push("501 5.5.4 Syntax: BDAT chunk-size [LAST]; closing")
             assert self.transport is not None
             self.transport.close()
@@ -311,13 +307,20 @@ class SmtpProtocol(SMTP):
         if refusal is not None:
             await self.push(refusal)
             return
+        if self._bdat_problem is not None:
+            # Over the size limit: the transaction fails at this chunk; later ones find no RCPT.
+            count("rejected", self._bdat_problem.value)
+            status = _PROBLEM_REPLIES[self._bdat_problem]
+            self._set_post_data_state()
+            await self.push(status)
+            return
         self._bdat_parts += parts
         self._bdat_size += size
         if not last:
             await self.push(f"250 2.0.0 {size} octets received")
             return
         content = b"".join(self._bdat_parts)
-        problem = self._bdat_problem or check_lines(content)
+        problem = check_lines(content)
         if problem is not None:
             count("rejected", problem.value)
             status = _PROBLEM_REPLIES[problem]

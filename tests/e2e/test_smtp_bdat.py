@@ -49,7 +49,8 @@ async def test_bdat_keeps_the_data_rules(tmp_path: Path) -> None:
         # over the size limit: the chunks are read (the session stays in step), then 552
         lines = (b"x" * 98 + b"\r\n") * 11  # 1,100 octets
         assert (await bdat(smtp, lines)).startswith("250")
-        assert (await bdat(smtp, lines, last=True)).startswith("552 5.3.4")
+        assert (await bdat(smtp, lines)).startswith("552 5.3.4")  # failed at the chunk over the limit
+        assert (await bdat(smtp, lines, last=True)).startswith("503 5.5.1")  # read, and no transaction
         # bare LF and a 1001-octet line are refused as in DATA
         assert (await smtp.cmd("MAIL FROM:<x@remote.test>")).startswith("250")
         assert (await smtp.cmd(f"RCPT TO:<{ALICE}>")).startswith("250")
