@@ -123,3 +123,14 @@ def error_message(err: grpc.RpcError) -> str:
 def mailstore_stub(channel: grpc.aio.Channel) -> pbg.MailstoreAsyncStub:
     """The Mailstore stub typed for grpc.aio (mypy-protobuf's overload picks the sync one)."""
     return cast("pbg.MailstoreAsyncStub", pbg.MailstoreStub(channel))
+
+
+async def collect_bodies(
+    stub: pbg.MailstoreAsyncStub, request: pb.FetchBodiesRequest, deadline_seconds: float
+) -> dict[tuple[int, int], bytes]:
+    """A FetchBodies call gathered: {(uid, section index): bytes}; messages gone are absent."""
+    parts: dict[tuple[int, int], list[bytes]] = {}
+    async for reply in stub.FetchBodies(request, timeout=deadline_seconds):
+        for chunk in reply.chunks:
+            parts.setdefault((chunk.uid, chunk.section_index), []).append(chunk.data)
+    return {key: b"".join(data) for key, data in parts.items()}

@@ -568,10 +568,10 @@ class MailstoreCore:
         return await self.metadata.fetch(mailbox.id, uids, changed_since)
 
     async def _read_mailbox(self, account: str, mailbox_name: str) -> MailboxRecord:
-        """core.mailbox() for calls that need only the mailbox (bodies, metadata, status, search),
-        one metadata read fewer: an account's id never changes and is never reused (AUTOINCREMENT), and deleting
-        an account deletes its mailboxes, so a remembered id either finds the mailbox or fails, and
-        a failure asks again by name, which gives the right error."""
+        """core.mailbox() for calls that need only the mailbox (bodies, metadata, status, search,
+        flags), one metadata read fewer: an account's id never changes and is never reused
+        (AUTOINCREMENT), and deleting an account deletes its mailboxes, so a remembered id either
+        finds the mailbox or fails, and a failure asks again by name, which gives the right error."""
         name = _address(account)
         account_id = self._account_ids.get(name)
         if account_id is not None:

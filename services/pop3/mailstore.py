@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import grpc
 import grpc.aio
-from mailstack.services.common.grpc_client import error_detail, mailstore_stub
+from mailstack.services.common.grpc_client import collect_bodies, error_detail, mailstore_stub
 from mailstack.v1 import mailstore_pb2 as pb
 
 INBOX = "INBOX"  # the maildrop is the account's INBOX
@@ -131,14 +131,11 @@ class Pop3Mailstore:
             uids=_uid_set(uids),
             sections=[pb.BodySection(section=pb.Section(text=pb.SECTION_ALL))],
         )
-        parts: dict[int, list[bytes]] = {}
         try:
-            async for reply in self._stub.FetchBodies(request, timeout=CALL_TIMEOUT):
-                for chunk in reply.chunks:
-                    parts.setdefault(chunk.uid, []).append(chunk.data)
+            bodies = await collect_bodies(self._stub, request, CALL_TIMEOUT)
         except grpc.RpcError as err:
             raise _mapped(err) from None
-        return {uid: b"".join(data) for uid, data in parts.items()}
+        return {uid: data for (uid, _), data in bodies.items()}
 
     async def delete(self, account: str, uids: list[int]) -> list[int]:
         """Flag exactly these UIDs \\Deleted and expunge exactly them (never messages another client

@@ -142,6 +142,10 @@ class SmtpProtocol(SMTP):
         self._timer_armed = True
         self._timeout_handle = self.loop.call_at(self._deadline, self._timeout_due)
 
+    def _data_pause(self) -> None:
+        """Inside DATA or a BDAT chunk the client may pause for data_timeout (RFC 5321 §4.5.3.2.5)."""
+        self._reset_timeout(self.data_timeout)
+
     def _timeout_due(self) -> None:
         if self.loop.time() < self._deadline:  # activity since the timer was set: wait on
             self._timeout_handle = self.loop.call_at(self._deadline, self._timeout_due)
@@ -256,9 +260,8 @@ class SmtpProtocol(SMTP):
         self.in_data = True
         try:
             await self.push("354 End data with <CR><LF>.<CR><LF>")
-            reset: Callable[[], None] = lambda: self._reset_timeout(self.data_timeout)  # noqa: E731
-            reset()  # the wait for the first line is a DATA pause too, not a command wait
-            result = await read_data(self._reader, self.data_size_limit or 0, reset)
+            self._data_pause()  # the wait for the first line is a DATA pause too, not a command wait
+            result = await read_data(self._reader, self.data_size_limit or 0, self._data_pause)
             self._reset_timeout()
             if result.problem is not None:
                 count("rejected", result.problem.value)
@@ -298,9 +301,8 @@ class SmtpProtocol(SMTP):
         keep = refusal is None and self._bdat_problem is None
         self.in_data = True
         try:
-            reset: Callable[[], None] = lambda: self._reset_timeout(self.data_timeout)  # noqa: E731
-            reset()
-            parts = await read_chunk(self._reader, size, keep, reset)
+            self._data_pause()
+            parts = await read_chunk(self._reader, size, keep, self._data_pause)
             self._reset_timeout()
         finally:
             self.in_data = False

@@ -111,17 +111,11 @@ class FileBlobStore:
 
     # -- reading
 
-    def _read_sync(self, key: str, start: int, end: int | None) -> bytes:
+    def _read_sync(self, key: str, start: int, end: int | None, at_most: int | None = None) -> bytes | None:
+        """Bytes [start, end), or None when they are more than `at_most` (read them off the loop)."""
         with open(self._path_of(key), "rb") as f:
             begin, stop = clamp_range(os.fstat(f.fileno()).st_size, start, end)
-            f.seek(begin)
-            return f.read(stop - begin)
-
-    def _read_small_sync(self, key: str, start: int, end: int | None) -> bytes | None:
-        """The range if it is at most INLINE_READ_BYTES, else None (read it off the loop)."""
-        with open(self._path_of(key), "rb") as f:
-            begin, stop = clamp_range(os.fstat(f.fileno()).st_size, start, end)
-            if stop - begin > INLINE_READ_BYTES:
+            if at_most is not None and stop - begin > at_most:
                 return None
             f.seek(begin)
             return f.read(stop - begin)
@@ -132,10 +126,11 @@ class FileBlobStore:
         # Most mail is small and in the page cache: reading it here takes microseconds, less
         # than the hop to a thread (which, under load, doubles the latency of a FETCH).
         with self._errors(reading=True):
-            data = self._read_small_sync(key, start, end)
-        if data is not None:
-            return data
-        return await self._run(self._read_sync, key, start, end)
+            data = self._read_sync(key, start, end, INLINE_READ_BYTES)
+        if data is None:
+            data = await self._run(self._read_sync, key, start, end)
+        assert data is not None  # no limit off the loop
+        return data
 
     def _open_sync(self, key: str, start: int, end: int | None) -> tuple[BinaryIO, int]:
         f = open(self._path_of(key), "rb")  # closed by stream()

@@ -14,13 +14,14 @@ inside the transaction that uses them, so the same SQL works with several writer
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import queue
 import sqlite3
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -401,6 +402,17 @@ def _apply_mode(current: frozenset[str], mode: StoreMode, flags: frozenset[str])
     raise ValueError(f"unknown store mode {mode!r}")
 
 
+@contextlib.contextmanager
+def _mapped_errors() -> Iterator[None]:
+    """An OperationalError that means the database cannot be used becomes StorageUnavailable."""
+    try:
+        yield
+    except sqlite3.OperationalError as exc:
+        if _unavailable(exc):
+            raise StorageUnavailable(str(exc)) from exc
+        raise
+
+
 # Reads of at most this many rows run inline (see SqliteMetadataStore._read).
 INLINE_ROWS = 128
 
@@ -570,12 +582,8 @@ class SqliteMetadataStore:
             future = asyncio.get_running_loop().run_in_executor(pool, job)
         except RuntimeError as exc:  # executor shut down under us
             raise StorageUnavailable("metadata store is closed") from exc
-        try:
+        with _mapped_errors():
             return await future
-        except sqlite3.OperationalError as exc:
-            if _unavailable(exc):
-                raise StorageUnavailable(str(exc)) from exc
-            raise
 
     async def _write(self, fn: Callable[[sqlite3.Connection], T], in_transaction: bool = True) -> T:
         if self._closed:
@@ -589,12 +597,8 @@ class SqliteMetadataStore:
                 self._writer_thread = threading.Thread(target=self._writer_loop, name="sqlite-writer", daemon=True)
                 self._writer_thread.start()
             self._write_queue.put(_WriteJob(fn, loop, future, in_transaction))
-        try:
+        with _mapped_errors():
             return await future
-        except sqlite3.OperationalError as exc:
-            if _unavailable(exc):
-                raise StorageUnavailable(str(exc)) from exc
-            raise
 
     async def _read(self, fn: Callable[[sqlite3.Connection], T], *, inline: bool = False) -> T:
         """inline: a point read, run on the calling thread. In WAL mode readers never wait for the
@@ -604,12 +608,8 @@ class SqliteMetadataStore:
             return await self._submit(self._reader_pool, lambda: self._run_read(fn))
         if self._closed:
             raise StorageUnavailable("metadata store is closed")
-        try:
+        with _mapped_errors():
             return self._run_read(fn)
-        except sqlite3.OperationalError as exc:
-            if _unavailable(exc):
-                raise StorageUnavailable(str(exc)) from exc
-            raise
 
     # ---- lifecycle
 

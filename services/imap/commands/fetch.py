@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING
 
+from mailstack.services.common.grpc_client import collect_bodies
 from mailstack.v1 import mailstore_pb2 as pb
 
 from ..errors import no
@@ -74,11 +75,7 @@ async def _bodies(
     request = pb.FetchBodiesRequest(
         account=session.account, mailbox=mailbox, uids=uid_set(uids), sections=[_body_section(i) for i in items]
     )
-    parts: dict[tuple[int, int], list[bytes]] = {}
-    async for reply in session.stub.FetchBodies(request, timeout=CALL_TIMEOUT):
-        for chunk in reply.chunks:
-            parts.setdefault((chunk.uid, chunk.section_index), []).append(chunk.data)
-    return {key: b"".join(data) for key, data in parts.items()}
+    return await collect_bodies(session.stub, request, CALL_TIMEOUT)
 
 
 async def _metadata(session: Session, request: pb.FetchMetadataRequest) -> dict[int, pb.MessageMetadata]:
