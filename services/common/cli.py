@@ -348,10 +348,12 @@ def cmd_config(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
+    from mailstack.services.common.allocator import tune_allocator
     from mailstack.services.common.lifecycle import ServeError, run_services
     from mailstack.services.common.logs import setup_logging
 
     setup_logging(settings.log_level, settings.log_format)
+    tune_allocator()
     try:
         asyncio.run(run_services(settings, args.services))
     except ServeError as err:

@@ -126,11 +126,18 @@ def mailstore_stub(channel: grpc.aio.Channel) -> pbg.MailstoreAsyncStub:
 
 
 async def collect_bodies(
-    stub: pbg.MailstoreAsyncStub, request: pb.FetchBodiesRequest, deadline_seconds: float
+    stub: pbg.MailstoreAsyncStub,
+    request: pb.FetchBodiesRequest,
+    deadline_seconds: float,
+    crlf: set[tuple[int, int]] | None = None,
 ) -> dict[tuple[int, int], bytes]:
-    """A FetchBodies call gathered: {(uid, section index): bytes}; messages gone are absent."""
+    """A FetchBodies call gathered: {(uid, section index): bytes}; messages gone are absent.
+    The keys of items the mailstore marks as having only CRLF line ends are added to `crlf`."""
     parts: dict[tuple[int, int], list[bytes]] = {}
     async for reply in stub.FetchBodies(request, timeout=deadline_seconds):
         for chunk in reply.chunks:
-            parts.setdefault((chunk.uid, chunk.section_index), []).append(chunk.data)
-    return {key: b"".join(data) for key, data in parts.items()}
+            key = (chunk.uid, chunk.section_index)
+            parts.setdefault(key, []).append(chunk.data)
+            if crlf is not None and chunk.crlf:
+                crlf.add(key)
+    return {key: data[0] if len(data) == 1 else b"".join(data) for key, data in parts.items()}

@@ -99,6 +99,7 @@ class RecipientOutcome:
 class BodySlice:
     total_size: int
     chunks: AsyncIterator[bytes]
+    crlf: bool = False  # only CRLF line ends (BodyChunk.crlf)
 
 
 def new_blob_key() -> str:
@@ -617,7 +618,9 @@ class MailstoreCore:
             async with limit:
                 return await self.blobs.get(record.blob_key)
 
-        # Reads for small messages start ahead (bounded by the window) while earlier ones are sent.
+        # Reads for small messages start ahead (bounded by the window) while earlier ones are sent,
+        # unless the store reads locally.
+        local = self.blobs.local_reads
         window = 2 * FETCH_BODIES_CONCURRENCY
         reads: dict[int, asyncio.Task[bytes]] = {}
         try:
@@ -626,6 +629,8 @@ class MailstoreCore:
                 raw: bytes | None = None
                 if headers_only and structure.header_offset == 0 and len(record.header) == structure.body_offset:
                     raw = record.header
+                elif local and record.size <= WHOLE_BLOB_READ and not headers_only:
+                    raw = await self.blobs.get(record.blob_key)  # microseconds: no task per read
                 else:
                     for ahead in records[i : i + window]:
                         if ahead.size <= WHOLE_BLOB_READ and ahead.uid not in reads and not headers_only:
@@ -671,10 +676,12 @@ class MailstoreCore:
             end = min(end, start + partial[1])
         if end <= start:
             return BodySlice(0, _chunks(b""))
+        # A top-level section starts and ends at line ends, so it keeps the message's CRLF property.
+        crlf = structure.crlf and partial is None and not section.part
         if raw is not None or end - start <= BODY_CHUNK:
             data = await read(start, end)
-            return BodySlice(len(data), _chunks(data))
-        return BodySlice(end - start, self.blobs.stream(record.blob_key, start, end, BODY_CHUNK))
+            return BodySlice(len(data), _chunks(data), crlf)
+        return BodySlice(end - start, self.blobs.stream(record.blob_key, start, end, BODY_CHUNK), crlf)
 
     async def search(self, account: str, mailbox_name: str, key: pb.SearchKey) -> tuple[list[int], int]:
         mailbox = await self._read_mailbox(account, mailbox_name)

@@ -629,10 +629,17 @@ class _Walker:
             pos = j
 
 
+def crlf_only(raw: bytes) -> bool:
+    """Every CR is followed by LF and every LF follows a CR: POP3 and IMAP can send it as it is."""
+    pairs = raw.count(b"\r\n")
+    return raw.count(b"\n") == pairs and raw.count(b"\r") == pairs
+
+
 def _fallback(raw: bytes) -> ParsedMessage:
     part = pb.BodyPart(type=b"text", subtype=b"plain", encoding=b"7BIT", size=len(raw), end_offset=len(raw))
     part.params.append(pb.Param(name=b"charset", value=b"us-ascii"))
     part.lines = _count_lines(raw, 0, len(raw))
+    part.crlf = crlf_only(raw)
     return ParsedMessage(pb.Envelope(), part, b"", None, len(raw))
 
 
@@ -641,6 +648,7 @@ def parse_message(raw: bytes) -> ParsedMessage:
     raw = bytes(raw)
     try:
         structure = _Walker(raw).entity(0, len(raw), 0, (b"text", b"plain"))
+        structure.crlf = crlf_only(raw)  # found once here instead of at every POP3 RETR
         header = raw[: structure.body_offset]
         values = header_values(header)
         return ParsedMessage(build_envelope(values), structure, header, parse_date(values.get(b"date")), len(raw))

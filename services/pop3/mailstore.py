@@ -123,19 +123,21 @@ class Pop3Mailstore:
         finally:
             call.cancel()
 
-    async def bodies(self, account: str, uids: list[int]) -> dict[int, bytes]:
-        """Whole messages of several UIDs in one FetchBodies call; a message gone is absent."""
+    async def bodies(self, account: str, uids: list[int]) -> dict[int, tuple[bytes, bool]]:
+        """Whole messages of several UIDs in one FetchBodies call: {uid: (bytes, only CRLF line ends)};
+        a message gone is absent."""
         request = pb.FetchBodiesRequest(
             account=account,
             mailbox=INBOX,
             uids=_uid_set(uids),
             sections=[pb.BodySection(section=pb.Section(text=pb.SECTION_ALL))],
         )
+        crlf: set[tuple[int, int]] = set()
         try:
-            bodies = await collect_bodies(self._stub, request, CALL_TIMEOUT)
+            bodies = await collect_bodies(self._stub, request, CALL_TIMEOUT, crlf)
         except grpc.RpcError as err:
             raise _mapped(err) from None
-        return {uid: data for (uid, _), data in bodies.items()}
+        return {key[0]: (data, key in crlf) for key, data in bodies.items()}
 
     async def delete(self, account: str, uids: list[int]) -> list[int]:
         """Flag exactly these UIDs \\Deleted and expunge exactly them (never messages another client

@@ -109,7 +109,7 @@ class Pop3Session:
         self._auth_failures = 0
         self._snapshot = Snapshot(0, ())
         self._deleted: set[int] = set()  # message numbers marked by DELE
-        self._read_ahead: dict[int, bytes] = {}  # uid -> body fetched ahead of its RETR
+        self._read_ahead: dict[int, tuple[bytes, bool]] = {}  # uid -> (body, crlf) fetched ahead of its RETR
         self._renewal: asyncio.Task[None] | None = None
         self._lease_held = False
         self.lease_lost = False
@@ -372,9 +372,15 @@ class Pop3Session:
         if message.uid not in self._read_ahead and message.size <= READ_AHEAD_BYTES:
             with contextlib.suppress(MessageGone, MailstoreError):  # the stream below answers -ERR
                 self._read_ahead = await self.mailstore.bodies(self.account, self._next_uids(number))
+        status = ok(f"{message.size} octets")
         held = self._read_ahead.pop(message.uid, None)
-        body = _one_chunk(held) if held is not None else self.mailstore.body(self.account, message.uid)
-        done = await self._stream(ok(f"{message.size} octets"), [body])
+        if held is not None:  # the common case: the whole response in one write
+            data, crlf = held
+            stuffer = DotStuffer(crlf)
+            await self.conn.send(status + stuffer.feed(data) + stuffer.finish())
+            POP3_RETRIEVED.inc()
+            return False
+        done = await self._stream(status, [self.mailstore.body(self.account, message.uid)])
         if done:
             POP3_RETRIEVED.inc()
         return not done
@@ -455,7 +461,3 @@ class Pop3Session:
         finally:
             for source in sources:
                 await source.aclose()
-
-
-async def _one_chunk(data: bytes) -> AsyncGenerator[bytes, None]:
-    yield data

@@ -7,6 +7,9 @@ DEFAULT_CHUNK = 256 * 1024
 
 
 class BlobStore(Protocol):
+    # Reads finish in microseconds (local files, memory): callers gain nothing by overlapping them.
+    local_reads: bool
+
     async def put(self, key: str, data: bytes) -> None:
         """Store data under key; durable when this returns (fsync / S3 PUT done), never visible partially."""
 

@@ -19,6 +19,8 @@ MAX_BLOB_BYTES = 1024 * 1024  # bigger bodies are rare and would push out many s
 
 
 class CachedBlobStore:
+    local_reads = False  # see BlobStore
+
     def __init__(self, inner: BlobStore, max_bytes: int, max_blob_bytes: int = MAX_BLOB_BYTES) -> None:
         if max_bytes <= 0:
             raise ValueError("a blob cache needs a positive size")

@@ -40,6 +40,8 @@ def clamp_range(size: int, start: int, end: int | None) -> tuple[int, int]:
 
 
 class FileBlobStore:
+    local_reads = True  # see BlobStore
+
     def __init__(self, path: str) -> None:
         self._root = os.path.abspath(path)
 
@@ -112,13 +114,23 @@ class FileBlobStore:
     # -- reading
 
     def _read_sync(self, key: str, start: int, end: int | None, at_most: int | None = None) -> bytes | None:
-        """Bytes [start, end), or None when they are more than `at_most` (read them off the loop)."""
-        with open(self._path_of(key), "rb") as f:
-            begin, stop = clamp_range(os.fstat(f.fileno()).st_size, start, end)
+        """Bytes [start, end), or None when they are more than `at_most` (read them off the loop).
+        os.open + pread: half the cost of open() with its buffered file object."""
+        fd = os.open(self._path_of(key), os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            begin, stop = clamp_range(os.fstat(fd).st_size, start, end)
             if at_most is not None and stop - begin > at_most:
                 return None
-            f.seek(begin)
-            return f.read(stop - begin)
+            parts = []
+            while begin < stop:
+                part = os.pread(fd, stop - begin, begin)
+                if not part:  # the file cannot shrink (written once), but never loop forever
+                    break
+                parts.append(part)
+                begin += len(part)
+            return parts[0] if len(parts) == 1 else b"".join(parts)
+        finally:
+            os.close(fd)
 
     async def get(self, key: str, start: int = 0, end: int | None = None) -> bytes:
         validate_key(key)

@@ -11,6 +11,8 @@ from mailstack.storage.errors import BlobNotFound
 
 
 class MemoryBlobStore:
+    local_reads = True  # see BlobStore
+
     def __init__(self) -> None:
         self._blobs: dict[str, tuple[bytes, float]] = {}
 

@@ -25,6 +25,8 @@ _TRANSPORT_ERRORS = (BotoCoreError, urllib3.exceptions.HTTPError, OSError)
 
 
 class S3BlobStore:
+    local_reads = False  # see BlobStore
+
     def __init__(
         self,
         bucket: str,

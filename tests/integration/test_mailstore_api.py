@@ -385,6 +385,32 @@ async def test_fetch_bodies_many_sections_of_many_messages_in_one_call(mailstore
     assert err.value.code() == grpc.StatusCode.NOT_FOUND and reason(err.value) == pb.MAILBOX_NOT_FOUND
 
 
+async def test_fetch_bodies_marks_sections_with_only_crlf_line_ends(mailstore: tuple[Any, Client]) -> None:
+    # POP3 skips its own line-end check for these (BodyChunk.crlf, found once at delivery)
+    _, client = mailstore
+    crlf = (await deliver(client, [ALICE], simple("crlf", ".dot\r\nline\r\n"))).results[0].uid
+    bare = (await append(client, ALICE, "INBOX", b"Subject: bare\n\nlf only\n")).uid
+    lone_cr = (await append(client, ALICE, "INBOX", b"Subject: cr\r\n\r\na\rb\r\n")).uid
+    big = (await append(client, ALICE, "INBOX", simple("big", ("z" * 76 + "\r\n") * 11_500))).uid  # range reads
+    sections = [
+        pb.BodySection(section=pb.Section()),
+        pb.BodySection(section=pb.Section(text=pb.SECTION_TEXT)),
+        pb.BodySection(section=pb.Section(text=pb.SECTION_HEADER)),
+        pb.BodySection(section=pb.Section(), has_partial=True, offset=0, length=9),
+        pb.BodySection(section=pb.Section(part=[1])),
+    ]
+    request = pb.FetchBodiesRequest(
+        account=ALICE, mailbox="INBOX", uids=pb.UidSet(ranges=[pb.UidRange(first=crlf, last=big)]), sections=sections
+    )
+    flags: dict[tuple[int, int], set[bool]] = {}
+    async for reply in client.store.FetchBodies(request):
+        for c in reply.chunks:
+            flags.setdefault((c.uid, c.section_index), set()).add(c.crlf)
+    for uid in (crlf, big):  # whole message, TEXT and HEADER keep the property; cut or nested parts are not vouched for
+        assert [flags[(uid, i)] for i in range(5)] == [{True}, {True}, {True}, {False}, {False}]
+    assert len(flags) == 20 and all(flags[(uid, i)] == {False} for uid in (bare, lone_cr) for i in range(5))
+
+
 async def test_login_without_domain_uses_the_only_served_domain(mailstore: tuple[Any, Client]) -> None:
     _, client = mailstore
     ok = await client.store.Authenticate(pb.AuthenticateRequest(username="alice", password=PASSWORD))

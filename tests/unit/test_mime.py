@@ -441,3 +441,16 @@ def test_parse_never_raises_on_mutated_messages(name: str, edits: list[tuple[flo
     parsed = parse_message(raw)
     check_invariants(raw, parsed.structure, 0, len(raw))
     assert pb.BodyPart.FromString(parsed.structure.SerializeToString()) == parsed.structure
+
+
+def test_crlf_only_is_recorded_at_the_top_level() -> None:
+    assert parse_message(b"Subject: a\r\n\r\nbody\r\n.dot\r\n").structure.crlf
+    assert parse_message(b"").structure.crlf  # nothing to normalise
+    for raw in (b"Subject: a\n\nbody\n", b"Subject: a\r\n\r\nx\ry\r\n", b"Subject: a\r\n\r\nx\n\r", b"a\r"):
+        assert not parse_message(raw).structure.crlf, raw
+
+
+@given(st.binary(max_size=300))
+def test_crlf_only_agrees_with_a_line_split(raw: bytes) -> None:
+    lines = raw.split(b"\r\n")
+    assert parse_message(raw).structure.crlf == all(b"\r" not in line and b"\n" not in line for line in lines)

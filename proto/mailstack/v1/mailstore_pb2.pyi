@@ -1456,6 +1456,7 @@ class BodyPart(_message.Message):
     HEADER_OFFSET_FIELD_NUMBER: _builtins.int
     BODY_OFFSET_FIELD_NUMBER: _builtins.int
     END_OFFSET_FIELD_NUMBER: _builtins.int
+    CRLF_FIELD_NUMBER: _builtins.int
     type: _builtins.bytes
     """"text", "multipart", ... as in the message (case kept)"""
     subtype: _builtins.bytes
@@ -1476,6 +1477,10 @@ class BodyPart(_message.Message):
     """start of this part's body"""
     end_offset: _builtins.int
     """end of this part's body (exclusive)"""
+    crlf: _builtins.bool
+    """Top level only: every line of the message ends in CRLF, with no bare CR or LF anywhere (found
+    at delivery; false for messages stored before it was recorded, meaning "not known").
+    """
     @_builtins.property
     def params(self) -> _containers.RepeatedCompositeFieldContainer[Global___Param]: ...
     @_builtins.property
@@ -1513,10 +1518,11 @@ class BodyPart(_message.Message):
         header_offset: _builtins.int = ...,
         body_offset: _builtins.int = ...,
         end_offset: _builtins.int = ...,
+        crlf: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_description", b"_description", "_id", b"_id", "_location", b"_location", "_md5", b"_md5", "description", b"description", "disposition", b"disposition", "envelope", b"envelope", "id", b"id", "location", b"location", "md5", b"md5"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_description", b"_description", "_id", b"_id", "_location", b"_location", "_md5", b"_md5", "body_offset", b"body_offset", "description", b"description", "disposition", b"disposition", "encoding", b"encoding", "end_offset", b"end_offset", "envelope", b"envelope", "has_disposition", b"has_disposition", "header_offset", b"header_offset", "id", b"id", "language", b"language", "lines", b"lines", "location", b"location", "md5", b"md5", "params", b"params", "parts", b"parts", "size", b"size", "subtype", b"subtype", "type", b"type"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_description", b"_description", "_id", b"_id", "_location", b"_location", "_md5", b"_md5", "body_offset", b"body_offset", "crlf", b"crlf", "description", b"description", "disposition", b"disposition", "encoding", b"encoding", "end_offset", b"end_offset", "envelope", b"envelope", "has_disposition", b"has_disposition", "header_offset", b"header_offset", "id", b"id", "language", b"language", "lines", b"lines", "location", b"location", "md5", b"md5", "params", b"params", "parts", b"parts", "size", b"size", "subtype", b"subtype", "type", b"type"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__description: _TypeAlias = _typing.Literal["description"]  # noqa: Y015
     _WhichOneofArgType__description: _TypeAlias = _typing.Literal["_description", b"_description"]  # noqa: Y015
@@ -1851,12 +1857,15 @@ class BodyChunk(_message.Message):
     TOTAL_SIZE_FIELD_NUMBER: _builtins.int
     DATA_FIELD_NUMBER: _builtins.int
     LAST_FIELD_NUMBER: _builtins.int
+    CRLF_FIELD_NUMBER: _builtins.int
     uid: _builtins.int
     section_index: _builtins.int
     """index into FetchBodiesRequest.sections"""
     total_size: _builtins.int
     data: _builtins.bytes
     last: _builtins.bool
+    crlf: _builtins.bool
+    """the section has only CRLF line ends (no bare CR or LF); false = not known"""
     def __init__(
         self,
         *,
@@ -1865,10 +1874,11 @@ class BodyChunk(_message.Message):
         total_size: _builtins.int = ...,
         data: _builtins.bytes = ...,
         last: _builtins.bool = ...,
+        crlf: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "last", b"last", "section_index", b"section_index", "total_size", b"total_size", "uid", b"uid"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["crlf", b"crlf", "data", b"data", "last", b"last", "section_index", b"section_index", "total_size", b"total_size", "uid", b"uid"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

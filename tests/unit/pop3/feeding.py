@@ -17,17 +17,23 @@ def assert_events(data: bytes, expected: list[Event], **limits: int) -> None:
     FEEDER.assert_events(data, expected, **limits)
 
 
-def stuff(chunks: Iterable[bytes]) -> bytes:
+def stuff(chunks: Iterable[bytes], crlf: bool = False) -> bytes:
     from mailstack.services.pop3.protocol import DotStuffer
 
-    stuffer = DotStuffer()
+    stuffer = DotStuffer(crlf)
     return b"".join(stuffer.feed(c) for c in chunks) + stuffer.finish()
 
 
 def stuff_every_split(data: bytes) -> bytes:
-    """Dot-stuff `data` whole, byte by byte and split at every position; all must agree."""
+    """Dot-stuff `data` whole, byte by byte and split at every position; all must agree. Input with
+    only CRLF line ends is also stuffed as the mailstore marks it (crlf=True): the same bytes."""
     whole = stuff([data])
-    assert stuff([data[i : i + 1] for i in range(len(data))]) == whole
-    for i in range(len(data) + 1):
-        assert stuff([data[:i], data[i:]]) == whole, f"split at {i}"
+    modes = [False]
+    if data.count(b"\r\n") == data.count(b"\r") == data.count(b"\n"):
+        modes.append(True)
+    for crlf in modes:
+        assert stuff([data], crlf) == whole
+        assert stuff([data[i : i + 1] for i in range(len(data))], crlf) == whole
+        for i in range(len(data) + 1):
+            assert stuff([data[:i], data[i:]], crlf) == whole, f"split at {i}, crlf={crlf}"
     return whole

@@ -27,6 +27,13 @@ def test_dot_stuffing_every_split() -> None:
     assert stuff_every_split(data) == b"..starts\r\nmid.dle\r\n...two\r\n..\r\nend\r\n.\r\n"
 
 
+def test_every_line_dotted() -> None:
+    # the benchmark's worst case: the split+join path with a match on every line
+    data = b"".join(b".%d\r\n" % i for i in range(200))
+    assert stuff_every_split(data[:40]) == data[:40].replace(b"\r\n.", b"\r\n..").replace(b".", b"..", 1) + b".\r\n"
+    assert stuff([data], crlf=True) == b"." + data.replace(b"\r\n.", b"\r\n..") + b".\r\n"
+
+
 def test_line_ends_are_normalised_to_crlf() -> None:
     assert stuff_every_split(b"a\nb\rc\r\n.d\n.\r") == b"a\r\nb\r\nc\r\n..d\r\n..\r\n.\r\n"
     # as many CRs as LFs, but not in pairs: the CRLF-only fast path must not take these
