@@ -48,6 +48,9 @@ STORAGE_ERRORS = Counter(
 )
 POP3_RETRIEVED = Counter("mailstack_pop3_messages_retrieved", "Messages sent by POP3 RETR")
 POP3_DELETED = Counter("mailstack_pop3_messages_deleted", "Messages expunged at POP3 QUIT")
+POP3_READ_AHEAD_BYTES = Gauge(
+    "mailstack_pop3_read_ahead_bytes", "Message bytes POP3 sessions hold fetched ahead of RETR (pop3_read_ahead_bytes)"
+)
 
 # Sending (ADR 0008). The worker counts attempts; the mailstore, which decides each recipient's
 # fate from the reported replies, counts deliveries, deferrals and bounces. A reason is an RFC 3463

@@ -564,9 +564,11 @@ class MailstoreCore:
 
     async def fetch_metadata(
         self, account: str, mailbox_name: str, uids: UidRanges | None, changed_since: int = 0
-    ) -> list[MessageRecord]:
+    ) -> tuple[MailboxRecord, list[MessageRecord]]:
+        """The mailbox (its uidvalidity) and the records: a mailbox deleted and created again has a
+        new id, so the records always belong to the uidvalidity returned with them."""
         mailbox = await self._read_mailbox(account, mailbox_name)
-        return await self.metadata.fetch(mailbox.id, uids, changed_since)
+        return mailbox, await self.metadata.fetch(mailbox.id, uids, changed_since)
 
     async def _read_mailbox(self, account: str, mailbox_name: str) -> MailboxRecord:
         """core.mailbox() for calls that need only the mailbox (bodies, metadata, status, search,

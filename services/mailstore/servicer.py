@@ -360,10 +360,11 @@ class MailstoreServicer(pbg.MailstoreServicer):
         self, request: pb.FetchMetadataRequest, context: Any
     ) -> AsyncIterator[pb.FetchMetadataResponse]:
         uids = uid_ranges(request.uids) if request.uids.ranges else None
-        records = await self.core.fetch_metadata(request.account, request.mailbox, uids, request.changed_since)
+        mailbox, records = await self.core.fetch_metadata(request.account, request.mailbox, uids, request.changed_since)
         for i in range(0, max(len(records), 1), METADATA_BATCH):
             batch = records[i : i + METADATA_BATCH]
-            yield pb.FetchMetadataResponse(messages=[metadata_pb(r, request.fields) for r in batch])
+            messages = [metadata_pb(r, request.fields) for r in batch]
+            yield pb.FetchMetadataResponse(messages=messages, uidvalidity=mailbox.uidvalidity)
 
     @rpc
     async def FetchBody(self, request: pb.FetchBodyRequest, context: Any) -> None:  # type: ignore[override,unused-ignore]

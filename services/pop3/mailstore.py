@@ -91,20 +91,22 @@ class Pop3Mailstore:
 
     async def snapshot(self, account: str) -> Snapshot:
         """The INBOX's messages in UID order with their sizes (RFC 1939 §5: numbering fixed at login)."""
+        request = pb.FetchMetadataRequest(account=account, mailbox=INBOX, fields=pb.MetadataFields(size=True))
+        messages: list[MessageInfo] = []
+        uidvalidity = 0
         try:
-            status = await self._stub.GetMailboxStatus(
-                pb.MailboxStatusRequest(account=account, name=INBOX), timeout=CALL_TIMEOUT
-            )
-            request = pb.FetchMetadataRequest(account=account, mailbox=INBOX, fields=pb.MetadataFields(size=True))
-            messages = [
-                MessageInfo(m.uid, m.size)
-                async for batch in self._stub.FetchMetadata(request, timeout=CALL_TIMEOUT)
-                for m in batch.messages
-            ]
+            async for batch in self._stub.FetchMetadata(request, timeout=CALL_TIMEOUT):
+                uidvalidity = batch.uidvalidity  # one call: the UIDs and the uidvalidity they belong to
+                messages.extend(MessageInfo(m.uid, m.size) for m in batch.messages)
+            if not uidvalidity:  # a mailstore older than the field (a rolling upgrade): ask for it
+                status = await self._stub.GetMailboxStatus(
+                    pb.MailboxStatusRequest(account=account, name=INBOX), timeout=CALL_TIMEOUT
+                )
+                uidvalidity = status.uidvalidity
         except grpc.RpcError as err:
             raise _mapped(err) from None
         messages.sort(key=lambda m: m.uid)
-        return Snapshot(status.uidvalidity, tuple(messages))
+        return Snapshot(uidvalidity, tuple(messages))
 
     async def body(
         self, account: str, uid: int, text: pb.SectionText.ValueType = pb.SECTION_ALL

@@ -28,6 +28,7 @@ from mailstack.services.common.tls import ensure_self_signed, server_ssl_context
 
 from .mailstore import Pop3Mailstore
 from .protocol import CommandReceiver, LineTooLong, NeedData, err
+from .read_ahead import ReadAheadBudget
 from .session import Pop3Session
 
 log = logging.getLogger("mailstack.pop3")
@@ -124,6 +125,7 @@ class Pop3Server:
         self._mailstore: Pop3Mailstore | None = None
         self._tls_context: ssl.SSLContext | None = None
         self._connections: dict[asyncio.Task[None], StreamConnection] = {}
+        self._read_ahead = ReadAheadBudget(settings.pop3_read_ahead_bytes)
         self._closed = asyncio.Event()
         self._stopping = False
 
@@ -178,7 +180,7 @@ class Pop3Server:
             remote_ip=client_address[0] if client_address else "",
         )
         self._connections[task] = conn
-        session = Pop3Session(self.settings, self._mailstore, conn)
+        session = Pop3Session(self.settings, self._mailstore, conn, read_ahead=self._read_ahead)
         try:
             await self._serve(conn, session)
         finally:

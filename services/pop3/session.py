@@ -14,26 +14,31 @@ import itertools
 import logging
 import os
 import socket
+import time
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import Protocol
 
 from mailstack.services.common.config import Settings
-from mailstack.services.common.metrics import COMMAND_SECONDS, POP3_DELETED, POP3_RETRIEVED, SESSIONS
+from mailstack.services.common.metrics import (
+    COMMAND_SECONDS,
+    POP3_DELETED,
+    POP3_READ_AHEAD_BYTES,
+    POP3_RETRIEVED,
+    SESSIONS,
+)
+from mailstack.services.common.telemetry import tracing_enabled
 from mailstack.v1 import mailstore_pb2 as pb
 from opentelemetry import trace
 
 from .mailstore import AuthFailed, MailstoreError, MessageGone, Pop3Mailstore, Snapshot
 from .protocol import BodyLineLimit, Command, DotStuffer, LineTooLong, SaslError, decode_plain, err, multiline, ok
+from .read_ahead import MAX_MESSAGES, PER_SESSION, ReadAheadBudget
 
 log = logging.getLogger("mailstack.pop3")
 tracer = trace.get_tracer("mailstack.pop3")
 OPEN_SESSIONS = SESSIONS.labels("pop3")
 
 IMPLEMENTATION = "mailstack"
-# RETR reads ahead: clients retrieve in order, and one FetchBodies call for the next small
-# messages costs about what one FetchBody call costs. Bounded per session; larger messages stream.
-READ_AHEAD_BYTES = 1024 * 1024
-READ_AHEAD_MESSAGES = 32
 _holder_counter = itertools.count(1)
 
 
@@ -97,8 +102,10 @@ class Pop3Session:
         mailstore: Pop3Mailstore,
         connection: Connection,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        read_ahead: ReadAheadBudget | None = None,  # the process's, shared by its sessions
     ) -> None:
         self.settings = settings
+        self._budget = read_ahead if read_ahead is not None else ReadAheadBudget(settings.pop3_read_ahead_bytes)
         self.mailstore = mailstore
         self.conn = connection
         self.state = State.AUTHORIZATION
@@ -110,6 +117,7 @@ class Pop3Session:
         self._snapshot = Snapshot(0, ())
         self._deleted: set[int] = set()  # message numbers marked by DELE
         self._read_ahead: dict[int, tuple[bytes, bool]] = {}  # uid -> (body, crlf) fetched ahead of its RETR
+        self._reserved: dict[int, int] = {}  # uid -> bytes of the budget its read-ahead holds
         self._renewal: asyncio.Task[None] | None = None
         self._lease_held = False
         self.lease_lost = False
@@ -130,22 +138,28 @@ class Pop3Session:
         """Answer one command; True when the connection is to be closed."""
         # Unknown commands share one label: clients must not be able to grow the metric without bound.
         label = command.name if command.name in KNOWN_COMMANDS else "UNKNOWN"
-        with (
-            COMMAND_SECONDS.labels("pop3", label).time(),
-            tracer.start_as_current_span(f"POP3 {label}", attributes={"pop3.state": self.state.value}),
-        ):
-            if command.name not in KNOWN_COMMANDS:
-                await self.conn.send(err("unknown command"))
-                return False
-            if command.name not in STATE_COMMANDS[self.state]:
-                await self.conn.send(err(f"{command.name} not allowed in the {self.state.value} state"))
-                return False
-            handler = getattr(self, f"_cmd_{command.name.lower()}")
-            try:
-                return bool(await handler(command))
-            except MailstoreError as e:
-                await self.conn.send(err(str(e), "SYS/TEMP" if e.temporary else "SYS/PERM"))
-                return False
+        start = time.perf_counter()
+        try:
+            if not tracing_enabled():  # no span nobody collects (RETR is the hot path)
+                return await self._dispatch(command)
+            with tracer.start_as_current_span(f"POP3 {label}", attributes={"pop3.state": self.state.value}):
+                return await self._dispatch(command)
+        finally:
+            COMMAND_SECONDS.labels("pop3", label).observe(time.perf_counter() - start)
+
+    async def _dispatch(self, command: Command) -> bool:
+        if command.name not in KNOWN_COMMANDS:
+            await self.conn.send(err("unknown command"))
+            return False
+        if command.name not in STATE_COMMANDS[self.state]:
+            await self.conn.send(err(f"{command.name} not allowed in the {self.state.value} state"))
+            return False
+        handler = getattr(self, f"_cmd_{command.name.lower()}")
+        try:
+            return bool(await handler(command))
+        except MailstoreError as e:
+            await self.conn.send(err(str(e), "SYS/TEMP" if e.temporary else "SYS/PERM"))
+            return False
 
     async def close(self) -> None:
         """The connection ended (QUIT, drop, timeout or shutdown): give the maildrop lock back.
@@ -154,6 +168,7 @@ class Pop3Session:
             return
         self._closed = True
         OPEN_SESSIONS.dec()
+        self._drop_read_ahead()
         if self._renewal is not None:
             self._renewal.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -369,11 +384,11 @@ class Pop3Session:
             await self._no_such_message()
             return False
         message = self._snapshot.messages[number - 1]
-        if message.uid not in self._read_ahead and message.size <= READ_AHEAD_BYTES:
-            with contextlib.suppress(MessageGone, MailstoreError):  # the stream below answers -ERR
-                self._read_ahead = await self.mailstore.bodies(self.account, self._next_uids(number))
+        if message.uid not in self._read_ahead and message.size <= PER_SESSION:
+            await self._fetch_ahead(number)
         status = ok(f"{message.size} octets")
         held = self._read_ahead.pop(message.uid, None)
+        self._budget.give_back(self._reserved.pop(message.uid, 0))
         if held is not None:  # the common case: the whole response in one write
             data, crlf = held
             stuffer = DotStuffer(crlf)
@@ -385,19 +400,33 @@ class Pop3Session:
             POP3_RETRIEVED.inc()
         return not done
 
-    def _next_uids(self, number: int) -> list[int]:
-        """UIDs of message `number` and the undeleted ones after it, within the read-ahead bounds."""
-        uids: list[int] = []
+    async def _fetch_ahead(self, number: int) -> None:
+        """Message `number` and the undeleted ones after it in one FetchBodies call, as far as this
+        session's share and the process's budget allow (read_ahead.py); with nothing granted the
+        message is streamed alone."""
+        self._drop_read_ahead()  # skipped messages give their share back
+        granted = self._budget.take(PER_SESSION)
         total = 0
         for n in range(number, len(self._snapshot.messages) + 1):
             if n in self._deleted:
                 continue
             message = self._snapshot.messages[n - 1]
-            total += message.size
-            if uids and (total > READ_AHEAD_BYTES or len(uids) >= READ_AHEAD_MESSAGES):
+            if total + message.size > granted or len(self._reserved) >= MAX_MESSAGES:
                 break
-            uids.append(message.uid)
-        return uids
+            total += message.size
+            self._reserved[message.uid] = message.size
+        self._budget.give_back(granted - total)
+        POP3_READ_AHEAD_BYTES.set(self._budget.held)
+        if not self._reserved:
+            return
+        with contextlib.suppress(MessageGone, MailstoreError):  # the stream answers -ERR
+            self._read_ahead = await self.mailstore.bodies(self.account, list(self._reserved))
+
+    def _drop_read_ahead(self) -> None:
+        self._read_ahead = {}
+        self._budget.give_back(sum(self._reserved.values()))
+        self._reserved.clear()
+        POP3_READ_AHEAD_BYTES.set(self._budget.held)
 
     async def _cmd_top(self, command: Command) -> bool:
         # RFC 1939 §7: the header, the blank line, then n lines of the body

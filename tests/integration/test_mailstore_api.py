@@ -385,6 +385,18 @@ async def test_fetch_bodies_many_sections_of_many_messages_in_one_call(mailstore
     assert err.value.code() == grpc.StatusCode.NOT_FOUND and reason(err.value) == pb.MAILBOX_NOT_FOUND
 
 
+async def test_fetch_metadata_carries_the_uidvalidity(mailstore: tuple[Any, Client]) -> None:
+    # POP3's snapshot is one call: the UIDs with the uidvalidity they belong to
+    _, client = mailstore
+    status = await client.store.GetMailboxStatus(pb.MailboxStatusRequest(account=ALICE, name="INBOX"))
+    request = pb.FetchMetadataRequest(account=ALICE, mailbox="INBOX", fields=pb.MetadataFields(size=True))
+    empty = [r async for r in client.store.FetchMetadata(request)]
+    assert [r.uidvalidity for r in empty] == [status.uidvalidity] and status.uidvalidity
+    await deliver(client, [ALICE], simple("one"))
+    replies = [r async for r in client.store.FetchMetadata(request)]
+    assert {r.uidvalidity for r in replies} == {status.uidvalidity} and sum(len(r.messages) for r in replies) == 1
+
+
 async def test_fetch_bodies_marks_sections_with_only_crlf_line_ends(mailstore: tuple[Any, Client]) -> None:
     # POP3 skips its own line-end check for these (BodyChunk.crlf, found once at delivery)
     _, client = mailstore

@@ -10,9 +10,11 @@ from pathlib import Path
 
 import pytest
 from mailstack.services.common.config import Settings
+from mailstack.services.pop3.read_ahead import ReadAheadBudget
 from mailstack.services.pop3.server import Pop3Server
 from mailstack.services.pop3.session import KNOWN_COMMANDS, STATE_COMMANDS, State, capabilities
 from mailstack.v1 import mailstore_pb2 as pb
+from prometheus_client import REGISTRY
 
 from tests.fixtures.mailstore import Client, deliver, fetch_body, free_port, running_mailstore, settings_for
 from tests.fixtures.pop3 import RawClient, port_of, running_pop3, unstuff
@@ -236,6 +238,33 @@ async def test_read_ahead_serves_every_order_byte_exact(env: Env) -> None:
         assert unstuff(body) == everything[number - 1], number
     assert (await client.cmd("RETR 2")).startswith(b"-ERR")
     await client.close()
+
+
+def read_ahead_held() -> float:
+    return REGISTRY.get_sample_value("mailstack_pop3_read_ahead_bytes") or 0.0
+
+
+@pytest.mark.parametrize("budget", [0, 60, 64 * 1024 * 1024])
+async def test_read_ahead_stays_within_the_process_budget(tmp_path: Path, budget: int) -> None:
+    # 0: every RETR streams alone; 60 bytes: room for message 1 (23 bytes) but not also message 2
+    async for env in make_env(tmp_path, pop3_read_ahead_bytes=budget):
+        client = await env.login()
+        for number in (1, 2, 3, 1):
+            status, body = await client.multi(f"RETR {number}")
+            assert status.startswith(b"+OK") and unstuff(body) == MESSAGES[number - 1], number
+            assert read_ahead_held() <= budget
+        assert (await client.cmd("QUIT")).startswith(b"+OK")
+        await client.close()
+        assert read_ahead_held() == 0  # everything fetched ahead was given back
+
+
+def test_read_ahead_budget_grants_what_is_left() -> None:
+    budget = ReadAheadBudget(100)
+    assert budget.take(60) == 60 and budget.take(60) == 40 and budget.take(1) == 0
+    budget.give_back(50)
+    assert budget.take(80) == 50 and budget.held == 100
+    budget.give_back(1000)
+    assert budget.held == 0 and ReadAheadBudget(-5).take(1) == 0
 
 
 async def test_unknown_and_misplaced_commands_keep_the_session(env: Env) -> None:
