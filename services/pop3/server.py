@@ -60,6 +60,10 @@ class StreamConnection:
         self._tls = tls
         self._tls_context = tls_context
         self._idle_timeout = idle_timeout
+        self._deadline = 0.0  # of the current read (see read_more)
+        self._watchdog: asyncio.TimerHandle | None = None
+        self._reader_task: asyncio.Task[object] | None = None
+        self._timed_out = False
         peer = writer.get_extra_info("peername")
         self._remote_ip = remote_ip or (str(peer[0]) if isinstance(peer, tuple) and peer else "")
 
@@ -84,12 +88,43 @@ class StreamConnection:
                 await self.writer.drain()
 
     async def read_more(self) -> None:
-        """Read what the client sent into the receiver; raises TimeoutError after the idle timeout."""
-        async with asyncio.timeout(self._idle_timeout):
+        """Read what the client sent into the receiver; raises TimeoutError after the idle timeout.
+
+        One watchdog timer per connection and a deadline moved at each read, rather than an
+        asyncio.timeout per read (a timer made and cancelled for every command)."""
+        loop = asyncio.get_running_loop()
+        self._deadline = loop.time() + self._idle_timeout
+        if self._watchdog is None:
+            self._watchdog = loop.call_at(self._deadline, self._watchdog_due)
+        self._reader_task = asyncio.current_task()
+        try:
             data = await self.reader.read(READ_SIZE)
+        except asyncio.CancelledError:
+            if not self._timed_out or self._reader_task is None:
+                raise
+            self._reader_task.uncancel()  # our cancel, not the caller's: it becomes the timeout
+            raise TimeoutError from None
+        finally:
+            self._reader_task = None
         if not data:
             raise _ClientGone
         self.receiver.receive_data(data)
+
+    def _watchdog_due(self) -> None:
+        self._watchdog = None
+        if self._reader_task is None:
+            return  # busy answering, not waiting: the next read sets a new deadline and timer
+        loop = asyncio.get_running_loop()
+        if loop.time() < self._deadline:  # the client was active since: wait for the new deadline
+            self._watchdog = loop.call_at(self._deadline, self._watchdog_due)
+            return
+        self._timed_out = True
+        self._reader_task.cancel()
+
+    def close_watchdog(self) -> None:
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
 
     async def read_line(self) -> bytes | LineTooLong | None:
         while True:
@@ -184,6 +219,7 @@ class Pop3Server:
         try:
             await self._serve(conn, session)
         finally:
+            conn.close_watchdog()
             self._connections.pop(task, None)
             # the lease must go back even when this task is being cancelled
             with contextlib.suppress(Exception, asyncio.CancelledError):

@@ -338,6 +338,20 @@ async def test_autologout(tmp_path: Path) -> None:
         assert await env.uids() == before
 
 
+async def test_activity_moves_the_autologout_deadline(tmp_path: Path) -> None:
+    # one watchdog timer per connection: it must re-arm for the moved deadline, not fire at the first one
+    async for env in make_env(tmp_path, pop3_idle_timeout=1):
+        client = await env.login()
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        while loop.time() - start < 2.5:
+            assert (await client.cmd("NOOP")) == b"+OK\r\n"
+            last = loop.time()
+            await asyncio.sleep(0.3)
+        assert (await client.line(wait=10)).startswith(b"-ERR")
+        assert 0.9 < loop.time() - last < 2.5
+
+
 async def test_shutdown_deletes_nothing(env: Env) -> None:
     before = await env.uids()
     client = await env.login()
