@@ -56,7 +56,6 @@ def find_part(structure: pb.BodyPart, path: Sequence[int]) -> pb.BodyPart:
 def plan_section(structure: pb.BodyPart, section: pb.Section) -> SectionPlan:
     """Plan for BODY[section] of a message whose stored structure is `structure`."""
     text = section.text
-    fields = (tuple(section.fields), text == pb.SECTION_HEADER_FIELDS_NOT)
     if not section.part:
         message = structure  # the message itself
     else:
@@ -74,6 +73,7 @@ def plan_section(structure: pb.BodyPart, section: pb.Section) -> SectionPlan:
     if text == pb.SECTION_HEADER:
         return SectionPlan(message.header_offset, message.body_offset)
     if text in (pb.SECTION_HEADER_FIELDS, pb.SECTION_HEADER_FIELDS_NOT):
+        fields = (tuple(section.fields), text == pb.SECTION_HEADER_FIELDS_NOT)
         return SectionPlan(message.header_offset, message.body_offset, fields)
     if text == pb.SECTION_TEXT:
         return SectionPlan(message.body_offset, message.end_offset)
