@@ -392,7 +392,7 @@ class Pop3Session:
         if held is not None:  # the common case: the whole response in one write
             data, crlf = held
             stuffer = DotStuffer(crlf)
-            await self.conn.send(status + stuffer.feed(data) + stuffer.finish())
+            await self.conn.send(b"".join((status, stuffer.feed(data), stuffer.finish())))
             POP3_RETRIEVED.inc()
             return False
         done = await self._stream(status, [self.mailstore.body(self.account, message.uid)])
