@@ -245,7 +245,11 @@ class MailstoreServicer(pbg.MailstoreServicer):
     @rpc
     async def Authenticate(self, request: pb.AuthenticateRequest, context: Any) -> pb.AuthenticateResponse:
         account = await self.core.authenticate(request.username, request.password, request.authzid)
-        return pb.AuthenticateResponse(account=account)
+        if not request.HasField("lease"):
+            return pb.AuthenticateResponse(account=account)
+        lease = request.lease
+        granted, holder = await self.core.acquire_lease(lease.name + account, lease.holder, lease.ttl_seconds)
+        return pb.AuthenticateResponse(account=account, lease=pb.LeaseResponse(granted=granted, holder=holder))
 
     @rpc
     async def ResolveRecipient(self, request: pb.ResolveRecipientRequest, context: Any) -> pb.ResolveRecipientResponse:

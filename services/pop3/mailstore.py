@@ -32,6 +32,13 @@ class MessageGone(Exception):
 
 
 @dataclass(frozen=True, slots=True)
+class Lease:
+    prefix: str  # the lock is named prefix + account
+    holder: str
+    ttl: int
+
+
+@dataclass(frozen=True, slots=True)
 class MessageInfo:
     uid: int
     size: int
@@ -56,22 +63,42 @@ def _mapped(err: grpc.RpcError) -> Exception:
 
 
 def _uid_set(uids: list[int]) -> pb.UidSet:
-    return pb.UidSet(ranges=[pb.UidRange(first=u, last=u) for u in sorted(uids)])
+    """Exactly these UIDs, consecutive ones as one range (a maildrop read in order is one range)."""
+    ranges: list[list[int]] = []
+    for uid in sorted(uids):
+        if ranges and uid == ranges[-1][1] + 1:
+            ranges[-1][1] = uid
+        elif not ranges or uid != ranges[-1][1]:
+            ranges.append([uid, uid])
+    return pb.UidSet(ranges=[pb.UidRange(first=first, last=last) for first, last in ranges])
 
 
 class Pop3Mailstore:
     def __init__(self, channel: grpc.aio.Channel) -> None:
         self._stub = mailstore_stub(channel)
 
-    async def authenticate(self, username: str, password: str, authzid: str, remote_ip: str) -> str:
+    async def authenticate(
+        self, username: str, password: str, authzid: str, remote_ip: str, lease: Lease
+    ) -> tuple[str, bool]:
+        """The canonical account, and whether the maildrop lock (lease.prefix + account) was
+        taken for lease.holder in the same call."""
         request = pb.AuthenticateRequest(
-            username=username, password=password, authzid=authzid, remote_ip=remote_ip, protocol="pop3"
+            username=username,
+            password=password,
+            authzid=authzid,
+            remote_ip=remote_ip,
+            protocol="pop3",
+            lease=pb.LeaseRequest(name=lease.prefix, holder=lease.holder, ttl_seconds=lease.ttl),
         )
         try:
             reply = await self._stub.Authenticate(request, timeout=CALL_TIMEOUT)
         except grpc.RpcError as err:
             raise _mapped(err) from None
-        return str(reply.account)
+        account = str(reply.account)
+        if reply.HasField("lease"):
+            return account, reply.lease.granted
+        # a mailstore older than the field (a rolling upgrade) ignored it: ask on its own
+        return account, await self.acquire_lease(lease.prefix + account, lease.holder, lease.ttl)
 
     async def acquire_lease(self, name: str, holder: str, ttl: int) -> bool:
         """Acquires or renews; False when someone else holds it."""

@@ -30,7 +30,7 @@ from mailstack.services.common.telemetry import tracing_enabled
 from mailstack.v1 import mailstore_pb2 as pb
 from opentelemetry import trace
 
-from .mailstore import AuthFailed, MailstoreError, MessageGone, Pop3Mailstore, Snapshot
+from .mailstore import AuthFailed, Lease, MailstoreError, MessageGone, Pop3Mailstore, Snapshot
 from .protocol import BodyLineLimit, Command, DotStuffer, LineTooLong, SaslError, decode_plain, err, multiline, ok
 from .read_ahead import MAX_MESSAGES, PER_SESSION, ReadAheadBudget
 
@@ -39,6 +39,7 @@ tracer = trace.get_tracer("mailstack.pop3")
 OPEN_SESSIONS = SESSIONS.labels("pop3")
 
 IMPLEMENTATION = "mailstack"
+LEASE_PREFIX = "pop3:"  # the maildrop lock of an account is the lease "pop3:<account>"
 _holder_counter = itertools.count(1)
 
 
@@ -128,7 +129,7 @@ class Pop3Session:
 
     @property
     def lease_name(self) -> str:
-        return f"pop3:{self.account}"
+        return f"{LEASE_PREFIX}{self.account}"
 
     @property
     def greeting(self) -> bytes:
@@ -272,8 +273,10 @@ class Pop3Session:
         return await self._login(authcid, password, authzid)
 
     async def _login(self, username: str, password: str, authzid: str) -> bool:
-        try:
-            account = await self.mailstore.authenticate(username, password, authzid, self.conn.remote_ip)
+        ttl = self.settings.pop3_lease_ttl
+        lease = Lease(LEASE_PREFIX, self.holder, ttl)
+        try:  # the login takes the maildrop lock in the same call
+            account, locked = await self.mailstore.authenticate(username, password, authzid, self.conn.remote_ip, lease)
         except AuthFailed:
             # Slowed and limited: each failure waits, the last one ends the connection.
             self._auth_failures += 1
@@ -284,8 +287,7 @@ class Pop3Session:
             await self.conn.send(err("authentication failed", "AUTH"))
             return False
         self.account = account
-        ttl = self.settings.pop3_lease_ttl
-        if not await self.mailstore.acquire_lease(self.lease_name, self.holder, ttl):
+        if not locked:
             await self.conn.send(err("maildrop is locked by another POP3 session", "IN-USE"))
             return False
         self._lease_held = True

@@ -385,6 +385,28 @@ async def test_fetch_bodies_many_sections_of_many_messages_in_one_call(mailstore
     assert err.value.code() == grpc.StatusCode.NOT_FOUND and reason(err.value) == pb.MAILBOX_NOT_FOUND
 
 
+async def test_login_takes_a_lease_named_after_the_account(mailstore: tuple[Any, Client]) -> None:
+    # POP3 logs in and takes the maildrop lock in one call
+    _, client = mailstore
+
+    def login(holder: str, password: str = PASSWORD) -> Any:
+        lease = pb.LeaseRequest(name="pop3:", holder=holder, ttl_seconds=30)
+        return client.store.Authenticate(pb.AuthenticateRequest(username=ALICE, password=password, lease=lease))
+
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await login("first", "wrong")  # no login, no lease
+    assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    first = await login("first")
+    assert first.account == ALICE and first.lease.granted
+    second = await login("second")
+    assert second.account == ALICE and not second.lease.granted and second.lease.holder == "first"
+    assert (await login("first")).lease.granted  # the holder renews
+    await client.store.ReleaseLease(pb.LeaseRequest(name=f"pop3:{ALICE}", holder="first"))
+    assert (await login("second")).lease.granted
+    plain = await client.store.Authenticate(pb.AuthenticateRequest(username=ALICE, password=PASSWORD))
+    assert not plain.HasField("lease")
+
+
 async def test_fetch_metadata_carries_the_uidvalidity(mailstore: tuple[Any, Client]) -> None:
     # POP3's snapshot is one call: the UIDs with the uidvalidity they belong to
     _, client = mailstore

@@ -387,6 +387,7 @@ class AuthenticateRequest(_message.Message):
     AUTHZID_FIELD_NUMBER: _builtins.int
     REMOTE_IP_FIELD_NUMBER: _builtins.int
     PROTOCOL_FIELD_NUMBER: _builtins.int
+    LEASE_FIELD_NUMBER: _builtins.int
     username: _builtins.str
     password: _builtins.str
     authzid: _builtins.str
@@ -394,6 +395,12 @@ class AuthenticateRequest(_message.Message):
     """for logs and rate limits"""
     protocol: _builtins.str
     """"imap", "pop3", "smtp" """
+    @_builtins.property
+    def lease(self) -> Global___LeaseRequest:
+        """Optional: after a successful login also acquire this lease, named lease.name + the account
+        ("pop3:" -> "pop3:alice@example.test", the POP3 maildrop lock), in the same round trip.
+        """
+
     def __init__(
         self,
         *,
@@ -402,12 +409,15 @@ class AuthenticateRequest(_message.Message):
         authzid: _builtins.str = ...,
         remote_ip: _builtins.str = ...,
         protocol: _builtins.str = ...,
+        lease: Global___LeaseRequest | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_lease", b"_lease", "lease", b"lease"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["authzid", b"authzid", "password", b"password", "protocol", b"protocol", "remote_ip", b"remote_ip", "username", b"username"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_lease", b"_lease", "authzid", b"authzid", "lease", b"lease", "password", b"password", "protocol", b"protocol", "remote_ip", b"remote_ip", "username", b"username"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__lease: _TypeAlias = _typing.Literal["lease"]  # noqa: Y015
+    _WhichOneofArgType__lease: _TypeAlias = _typing.Literal["_lease", b"_lease"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__lease) -> _WhichOneofReturnType__lease | None: ...
 
 Global___AuthenticateRequest: _TypeAlias = AuthenticateRequest  # noqa: Y015
 
@@ -416,18 +426,26 @@ class AuthenticateResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     ACCOUNT_FIELD_NUMBER: _builtins.int
+    LEASE_FIELD_NUMBER: _builtins.int
     account: _builtins.str
     """canonical account name"""
+    @_builtins.property
+    def lease(self) -> Global___LeaseResponse:
+        """set when the request asked for a lease (absent: an older mailstore)"""
+
     def __init__(
         self,
         *,
         account: _builtins.str = ...,
+        lease: Global___LeaseResponse | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_lease", b"_lease", "lease", b"lease"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account", b"account"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_lease", b"_lease", "account", b"account", "lease", b"lease"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__lease: _TypeAlias = _typing.Literal["lease"]  # noqa: Y015
+    _WhichOneofArgType__lease: _TypeAlias = _typing.Literal["_lease", b"_lease"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__lease) -> _WhichOneofReturnType__lease | None: ...
 
 Global___AuthenticateResponse: _TypeAlias = AuthenticateResponse  # noqa: Y015
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from mailstack.services.common.config import Settings
+from mailstack.services.pop3.mailstore import _uid_set
 from mailstack.services.pop3.read_ahead import ReadAheadBudget
 from mailstack.services.pop3.server import Pop3Server
 from mailstack.services.pop3.session import KNOWN_COMMANDS, STATE_COMMANDS, State, capabilities
@@ -256,6 +257,15 @@ async def test_read_ahead_stays_within_the_process_budget(tmp_path: Path, budget
         assert (await client.cmd("QUIT")).startswith(b"+OK")
         await client.close()
         assert read_ahead_held() == 0  # everything fetched ahead was given back
+
+
+def test_uid_sets_name_exactly_the_uids() -> None:
+    # QUIT expunges exactly the UIDs marked: consecutive ones may share a range, no others may slip in
+    def ranges(uids: list[int]) -> list[tuple[int, int]]:
+        return [(r.first, r.last) for r in _uid_set(uids).ranges]
+
+    assert ranges([]) == [] and ranges([5]) == [(5, 5)] and ranges([3, 1, 2]) == [(1, 3)]
+    assert ranges([1, 2, 4, 5, 7, 7]) == [(1, 2), (4, 5), (7, 7)]
 
 
 def test_read_ahead_budget_grants_what_is_left() -> None:
