@@ -70,6 +70,7 @@ _HEADER_TEXTS = (pb.SECTION_HEADER, pb.SECTION_HEADER_FIELDS, pb.SECTION_HEADER_
 ACCOUNT_ID_CACHE = 10_000
 SEARCH_BODY_CONCURRENCY = 8
 FETCH_BODIES_CONCURRENCY = 8  # blob reads in flight for one FetchBodies call
+SMALL_MAILBOX = 128  # uidnext at most this: whole-mailbox metadata reads name their UID range
 WHOLE_BLOB_READ = 256 * 1024  # up to this size a message is read once, all its sections sliced from it
 
 
@@ -568,6 +569,10 @@ class MailstoreCore:
         """The mailbox (its uidvalidity) and the records: a mailbox deleted and created again has a
         new id, so the records always belong to the uidvalidity returned with them."""
         mailbox = await self._read_mailbox(account, mailbox_name)
+        if uids is None and mailbox.uidnext <= SMALL_MAILBOX:
+            # Every UID is below uidnext: naming the range lets the store read a small mailbox
+            # on the event loop instead of in a thread (a POP3 login, an IMAP SELECT).
+            uids = [(1, max(1, mailbox.uidnext - 1))]
         return mailbox, await self.metadata.fetch(mailbox.id, uids, changed_since)
 
     async def _read_mailbox(self, account: str, mailbox_name: str) -> MailboxRecord:

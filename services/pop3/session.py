@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import functools
 import itertools
 import logging
 import os
@@ -29,6 +30,7 @@ from mailstack.services.common.metrics import (
 from mailstack.services.common.telemetry import tracing_enabled
 from mailstack.v1 import mailstore_pb2 as pb
 from opentelemetry import trace
+from prometheus_client import Histogram
 
 from .mailstore import AuthFailed, Lease, MailstoreError, MessageGone, Pop3Mailstore, Snapshot
 from .protocol import BodyLineLimit, Command, DotStuffer, LineTooLong, SaslError, decode_plain, err, multiline, ok
@@ -73,6 +75,11 @@ class Connection(Protocol):
 
     async def start_tls(self, reply: bytes) -> None:
         """Send reply, then run the TLS handshake as the server."""
+
+
+@functools.cache  # one histogram child per command name (bounded: KNOWN_COMMANDS and UNKNOWN)
+def _command_seconds(label: str) -> Histogram:
+    return COMMAND_SECONDS.labels("pop3", label)
 
 
 def uidl_value(uidvalidity: int, uid: int) -> str:
@@ -146,7 +153,7 @@ class Pop3Session:
             with tracer.start_as_current_span(f"POP3 {label}", attributes={"pop3.state": self.state.value}):
                 return await self._dispatch(command)
         finally:
-            COMMAND_SECONDS.labels("pop3", label).observe(time.perf_counter() - start)
+            _command_seconds(label).observe(time.perf_counter() - start)
 
     async def _dispatch(self, command: Command) -> bool:
         if command.name not in KNOWN_COMMANDS:
