@@ -88,7 +88,7 @@ class Settings:
     pop3_max_auth_failures: int = _setting(3, "Failed POP3 logins before the connection is closed.")
     pop3_auth_failure_delay_ms: int = _setting(1000, "Delay before answering a failed POP3 login, in ms.")
     pop3_read_ahead_bytes: int = _setting(
-        64 * 1024 * 1024, "Message bytes all POP3 sessions of a process may fetch ahead of RETR (2 MiB each; 0 = off)."
+        64 * 1024 * 1024, "Message bytes all POP3 sessions of a process may fetch ahead of RETR (4 MiB each; 0 = off)."
     )
 
     # imap
