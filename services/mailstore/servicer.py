@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import importlib
 import logging
 from collections.abc import AsyncIterator, Callable
 from datetime import datetime, timedelta, timezone
@@ -58,6 +60,7 @@ ERROR_MAP: list[tuple[type[BaseException], grpc.StatusCode, pb.ErrorReason.Value
 ]
 
 F = TypeVar("F", bound=Callable[..., Any])
+T = TypeVar("T")
 
 
 async def abort_with(
@@ -76,6 +79,25 @@ async def _map_error(context: grpc.aio.ServicerContext, exc: Exception) -> None:
     await abort_with(context, grpc.StatusCode.INTERNAL, pb.ERROR_REASON_UNSPECIFIED, "internal error")
 
 
+@contextlib.asynccontextmanager
+async def closed_after(items: AsyncIterator[T]) -> AsyncIterator[AsyncIterator[T]]:
+    """Close an async generator when the loop over it ends early: when the caller cancels a
+    stream (a POP3 session gone, read-ahead dropped), its open blob file and read tasks are let
+    go now, not whenever the garbage collector finds them."""
+    try:
+        yield items
+    finally:
+        aclose = getattr(items, "aclose", None)
+        if aclose is not None:
+            await aclose()
+
+
+# What grpc.aio raises from context.write when the stream is gone; its only public name is in
+# the Cython module (there is no grpc.aio equivalent to catch).
+_CYGRPC = importlib.import_module("grpc._cython.cygrpc")
+_WRITE_FAILED: type[Exception] = getattr(_CYGRPC, "ExecuteBatchError", grpc.RpcError)
+
+
 def rpc(method: F) -> F:
     """Map core and storage exceptions of a unary or client-streaming RPC to gRPC status codes."""
 
@@ -85,6 +107,11 @@ def rpc(method: F) -> F:
             return await method(self, request, context)
         except (grpc.aio.AbortError, grpc.RpcError):
             raise
+        except _WRITE_FAILED:
+            # context.write on a stream the caller cancelled (its cancel is not seen yet): nobody
+            # is left to answer, and nothing went wrong here.
+            log.debug("%s: the caller went away mid-stream", method.__name__)
+            return None
         except Exception as exc:
             await _map_error(context, exc)
 
@@ -378,9 +405,10 @@ class MailstoreServicer(pbg.MailstoreServicer):
         partial = (request.offset, request.length) if request.has_partial else None
         body = await self.core.fetch_body(request.account, request.mailbox, request.uid, request.section, partial)
         first = True
-        async for chunk in body.chunks:
-            await context.write(pb.FetchBodyResponse(total_size=body.total_size if first else 0, data=chunk))
-            first = False
+        async with closed_after(body.chunks) as chunks:
+            async for chunk in chunks:
+                await context.write(pb.FetchBodyResponse(total_size=body.total_size if first else 0, data=chunk))
+                first = False
         if first:
             await context.write(pb.FetchBodyResponse(total_size=body.total_size))
 
@@ -405,15 +433,18 @@ class MailstoreServicer(pbg.MailstoreServicer):
             out.chunks.add(uid=uid, section_index=index, total_size=total, data=data, last=last, crlf=crlf)
             packed += len(data)
 
-        async for uid, index, body in self.core.fetch_bodies(request.account, request.mailbox, uids, wanted):
-            # Each chunk is held back until the next one shows whether it is the item's last.
-            total, held = body.total_size, b""
-            async for data in body.chunks:
-                if held:
-                    await pack(uid, index, total, held, False, body.crlf)
-                    total = 0  # total_size comes with an item's first chunk only
-                held = data
-            await pack(uid, index, total, held, True, body.crlf)
+        items = self.core.fetch_bodies(request.account, request.mailbox, uids, wanted)
+        async with closed_after(items):
+            async for uid, index, body in items:
+                # Each chunk is held back until the next one shows whether it is the item's last.
+                total, held = body.total_size, b""
+                async with closed_after(body.chunks) as chunks:
+                    async for data in chunks:
+                        if held:
+                            await pack(uid, index, total, held, False, body.crlf)
+                            total = 0  # total_size comes with an item's first chunk only
+                        held = data
+                await pack(uid, index, total, held, True, body.crlf)
         if out.chunks:
             await context.write(out)
 
