@@ -259,6 +259,32 @@ async def test_read_ahead_stays_within_the_process_budget(tmp_path: Path, budget
         assert read_ahead_held() == 0  # everything fetched ahead was given back
 
 
+async def test_sessions_share_the_budget_and_a_dropped_one_gives_its_share_back(tmp_path: Path) -> None:
+    # Room for one session's read-ahead (~170 bytes of MESSAGES), not two: the second streams, and
+    # a client that disconnects mid-maildrop (no QUIT) releases what it held.
+    async for env in make_env(tmp_path, pop3_read_ahead_bytes=200):
+        bob = "bob@example.test"
+        await env.store.admin.CreateAccount(pb.CreateAccountRequest(name=bob, password=PASSWORD))
+        for data in MESSAGES:
+            await deliver(env.store, [bob], data)
+        alice = await env.login()
+        other = await env.connect()
+        assert (await other.login(bob, PASSWORD)).startswith(b"+OK")
+        status, body = await alice.multi("RETR 1")  # alice takes the budget for 1..3
+        assert unstuff(body) == MESSAGES[0] and read_ahead_held() > 0
+        for number in (1, 2, 3):  # bob gets what is left, or nothing, and streams: same bytes
+            status, body = await other.multi(f"RETR {number}")
+            assert status.startswith(b"+OK") and unstuff(body) == MESSAGES[number - 1]
+            assert read_ahead_held() <= 200
+        await alice.close()  # dropped without QUIT
+        await other.close()
+        for _ in range(50):
+            if read_ahead_held() == 0:
+                break
+            await asyncio.sleep(0.02)
+        assert read_ahead_held() == 0
+
+
 def test_uid_sets_name_exactly_the_uids() -> None:
     # QUIT expunges exactly the UIDs marked: consecutive ones may share a range, no others may slip in
     def ranges(uids: list[int]) -> list[tuple[int, int]]:
