@@ -39,7 +39,7 @@ from mailstack.services.common.config import env_name
 from mailstack.v1 import mailstore_pb2 as pb
 
 from bench.hashcost import matching_log_n
-from tests.fixtures.mailstore import MailstoreProcess, deliver, open_client
+from tests.fixtures.mailstore import MailstoreProcess, deliver, free_port, open_client
 from tests.fixtures.pop3 import Pop3Process
 
 PASSWORD = "Secret123"  # the peers' default USER_PASSWORD
@@ -148,6 +148,12 @@ async def main() -> None:
     parser.add_argument("--clients", type=int, default=10, help="concurrent clients (<= the peers' USER_COUNT)")
     parser.add_argument("--rounds", type=int, default=3, help="measured rounds per system (best and median reported)")
     parser.add_argument(
+        "--pop3-processes",
+        type=int,
+        default=1,
+        help="mailstack pop3 processes sharing the ports (SO_REUSEPORT), e.g. one per core",
+    )
+    parser.add_argument(
         "--per-line",
         action="store_true",
         help="read responses line by line (a slow client that bounds both systems) instead of whole",
@@ -165,7 +171,10 @@ async def main() -> None:
     if any(len(g) != per_user for g in groups):
         parser.error("--messages must be a multiple of --clients")
 
-    print(f"{args.messages} messages ({sum(map(len, data)) / 1e6:.1f} MB), {args.clients} concurrent clients")
+    print(
+        f"{args.messages} messages ({sum(map(len, data)) / 1e6:.1f} MB), {args.clients} concurrent clients, "
+        f"{args.pop3_processes} mailstack pop3 process(es)"
+    )
     print("loading Dovecot over LMTP into new Maildirs ...")
     dovecot_users = await asyncio.to_thread(load_dovecot, Path(args.peers_dir), groups, args.dovecot_first_user)
 
@@ -174,9 +183,18 @@ async def main() -> None:
         print(cost_line)
         mailstore = MailstoreProcess(Path(tmp) / "mailstore", {env_name("password_scrypt_log_n"): str(log_n)})
         mailstore.start()
-        pop3 = Pop3Process(Path(tmp) / "pop3", mailstore.address, {env_name("allow_plaintext_auth"): "true"})
+        # One pop3 process, or several sharing the ports (MAILSTACK_REUSE_PORT), as replicas would
+        shared = "true" if args.pop3_processes > 1 else "false"
+        pop3_env = {env_name("allow_plaintext_auth"): "true", env_name("reuse_port"): shared}
+        ports = (free_port(), free_port())
+        pop3s = [
+            Pop3Process(Path(tmp) / f"pop3-{n}", mailstore.address, pop3_env, ports) for n in range(args.pop3_processes)
+        ]
+        pop3 = pop3s[0]
         try:
-            await asyncio.to_thread(pop3.start)
+            for process in pop3s:
+                await asyncio.to_thread(process.start)
+            await asyncio.sleep(1)  # start() returns once the port answers: let the later ones listen too
             print("loading mailstack over gRPC ...")
             mailstack_users = await load_mailstack(mailstore.address, groups)
             results: dict[str, list[tuple[float, int]]] = {"mailstack": [], "dovecot": []}
@@ -184,7 +202,8 @@ async def main() -> None:
                 results["mailstack"].append(await measure(pop3.port, mailstack_users, per_user, args.per_line))
                 results["dovecot"].append(await measure(DOVECOT_POP3, dovecot_users, per_user, args.per_line))
         finally:
-            pop3.stop()
+            for process in pop3s:
+                process.stop()
             mailstore.stop()
 
     rates = {}

@@ -56,6 +56,9 @@ class Settings:
         "", "Domain added to a login without '@' (empty: the only served domain, if there is exactly one)."
     )
     bind: str = _setting("127.0.0.1", "Address the mail listeners bind (0.0.0.0 in containers).")
+    reuse_port: bool = _setting(
+        False, "Several processes of a frontend may share its ports (SO_REUSEPORT; the kernel spreads clients)."
+    )
     smtp_port: int = _setting(2525, "Inbound SMTP (MX) port; 25 in containers.")
     submission_port: int = _setting(2587, "Submission port (STARTTLS + AUTH); 587 in containers.")
     submissions_port: int = _setting(2465, "Submission over implicit TLS; 465 in containers.")

@@ -53,7 +53,7 @@ async def open_listeners(
                 ssl_context=context,
                 ssl_handshake_timeout=handshake_timeout or TLS_HANDSHAKE_TIMEOUT,
             )
-            await proxied.start(settings.bind, port)
+            await proxied.start(settings.bind, port, reuse_port=settings.reuse_port)
             server = proxied
         else:
             server = await asyncio.start_server(
@@ -63,6 +63,7 @@ async def open_listeners(
                 ssl=context,
                 ssl_handshake_timeout=handshake_timeout,
                 limit=read_limit,
+                reuse_port=settings.reuse_port or None,
             )
         into.append((description, server))
 

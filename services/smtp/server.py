@@ -79,12 +79,17 @@ class SmtpServer:
                         settings.proxy_header_timeout,
                         ssl_context=tls if kind.implicit_tls else None,
                     )
-                    await proxied.start(settings.bind, port)
+                    await proxied.start(settings.bind, port, reuse_port=settings.reuse_port)
                     self._servers.append((kind, proxied))
                     continue
                 factory = protocol_factory(handler, settings, self.limiter, self.sessions, tls)
                 server = await loop.create_server(
-                    factory, host=settings.bind, port=port, ssl=tls if kind.implicit_tls else None, reuse_address=True
+                    factory,
+                    host=settings.bind,
+                    port=port,
+                    ssl=tls if kind.implicit_tls else None,
+                    reuse_address=True,
+                    reuse_port=settings.reuse_port or None,
                 )
                 self._servers.append((kind, server))
         except BaseException:
