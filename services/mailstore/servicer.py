@@ -391,11 +391,16 @@ class MailstoreServicer(pbg.MailstoreServicer):
         self, request: pb.FetchMetadataRequest, context: Any
     ) -> AsyncIterator[pb.FetchMetadataResponse]:
         uids = uid_ranges(request.uids) if request.uids.ranges else None
+        # The status before the listing: its HIGHESTMODSEQ is then never newer than what is listed.
+        status = status_pb(*await self.core.status(request.account, request.mailbox)) if request.with_status else None
         mailbox, records = await self.core.fetch_metadata(request.account, request.mailbox, uids, request.changed_since)
         for i in range(0, max(len(records), 1), METADATA_BATCH):
             batch = records[i : i + METADATA_BATCH]
             messages = [metadata_pb(r, request.fields) for r in batch]
-            yield pb.FetchMetadataResponse(messages=messages, uidvalidity=mailbox.uidvalidity)
+            reply = pb.FetchMetadataResponse(messages=messages, uidvalidity=mailbox.uidvalidity)
+            if status is not None and i == 0:
+                reply.status.CopyFrom(status)
+            yield reply
 
     @rpc
     async def FetchBody(self, request: pb.FetchBodyRequest, context: Any) -> None:  # type: ignore[override,unused-ignore]

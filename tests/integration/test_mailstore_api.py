@@ -387,6 +387,21 @@ async def test_fetch_bodies_many_sections_of_many_messages_in_one_call(mailstore
     assert err.value.code() == grpc.StatusCode.NOT_FOUND and reason(err.value) == pb.MAILBOX_NOT_FOUND
 
 
+async def test_fetch_metadata_with_status_is_select_in_one_call(mailstore: tuple[Any, Client]) -> None:
+    _, client = mailstore
+    await deliver(client, [ALICE], simple("one"))
+    await deliver(client, [ALICE], simple("two"))
+    expected = await client.store.GetMailboxStatus(pb.MailboxStatusRequest(account=ALICE, name="INBOX"))
+    request = pb.FetchMetadataRequest(
+        account=ALICE, mailbox="INBOX", fields=pb.MetadataFields(flags=True), with_status=True
+    )
+    replies = [r async for r in client.store.FetchMetadata(request)]
+    assert replies[0].status == expected and expected.messages == 2
+    assert sum(len(r.messages) for r in replies) == 2 and not any(r.HasField("status") for r in replies[1:])
+    request.with_status = False
+    assert not any([r.HasField("status") async for r in client.store.FetchMetadata(request)])
+
+
 async def test_login_takes_a_lease_named_after_the_account(mailstore: tuple[Any, Client]) -> None:
     # POP3 logs in and takes the maildrop lock in one call
     _, client = mailstore

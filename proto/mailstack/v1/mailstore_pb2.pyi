@@ -1650,10 +1650,15 @@ class FetchMetadataRequest(_message.Message):
     UIDS_FIELD_NUMBER: _builtins.int
     FIELDS_FIELD_NUMBER: _builtins.int
     CHANGED_SINCE_FIELD_NUMBER: _builtins.int
+    WITH_STATUS_FIELD_NUMBER: _builtins.int
     account: _builtins.str
     mailbox: _builtins.str
     changed_since: _builtins.int
     """CONDSTORE: only messages with modseq > this"""
+    with_status: _builtins.bool
+    """Also send the mailbox's status, read before the listing (as GetMailboxStatus then
+    FetchMetadata would, in one call: IMAP SELECT).
+    """
     @_builtins.property
     def uids(self) -> Global___UidSet:
         """empty = all messages"""
@@ -1668,10 +1673,11 @@ class FetchMetadataRequest(_message.Message):
         uids: Global___UidSet | None = ...,
         fields: Global___MetadataFields | None = ...,
         changed_since: _builtins.int = ...,
+        with_status: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["fields", b"fields", "uids", b"uids"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account", b"account", "changed_since", b"changed_since", "fields", b"fields", "mailbox", b"mailbox", "uids", b"uids"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account", b"account", "changed_since", b"changed_since", "fields", b"fields", "mailbox", b"mailbox", "uids", b"uids", "with_status", b"with_status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1683,19 +1689,25 @@ class FetchMetadataResponse(_message.Message):
 
     MESSAGES_FIELD_NUMBER: _builtins.int
     UIDVALIDITY_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
     uidvalidity: _builtins.int
     """of the mailbox these UIDs belong to (no GetMailboxStatus needed)"""
     @_builtins.property
     def messages(self) -> _containers.RepeatedCompositeFieldContainer[Global___MessageMetadata]: ...
+    @_builtins.property
+    def status(self) -> Global___MailboxStatus:
+        """in the first response, when with_status was asked"""
+
     def __init__(
         self,
         *,
         messages: _abc.Iterable[Global___MessageMetadata] | None = ...,
         uidvalidity: _builtins.int = ...,
+        status: Global___MailboxStatus | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["status", b"status"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["messages", b"messages", "uidvalidity", b"uidvalidity"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["messages", b"messages", "status", b"status", "uidvalidity", b"uidvalidity"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -18,16 +18,30 @@ CALL_TIMEOUT = 60.0
 SYSTEM_FLAGS = ("\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft")
 
 
-async def open_view(session: Session, name: str, readonly: bool) -> MailboxView:
-    """Read a mailbox's messages into a new view. The MODSEQ is taken before the listing, so
-    anything that changes meanwhile is read again from the change log (at least once)."""
-    status = await session.stub.GetMailboxStatus(
-        pb.MailboxStatusRequest(account=session.account, name=name), timeout=CALL_TIMEOUT
-    )
+async def _listing(
+    session: Session, request: pb.FetchMetadataRequest
+) -> tuple[pb.MailboxStatus | None, list[tuple[int, tuple[str, ...], int]]]:
+    status: pb.MailboxStatus | None = None
     messages: list[tuple[int, tuple[str, ...], int]] = []
-    request = pb.FetchMetadataRequest(account=session.account, mailbox=name, fields=pb.MetadataFields(flags=True))
     async for batch in session.stub.FetchMetadata(request, timeout=CALL_TIMEOUT):
+        if batch.HasField("status"):
+            status = batch.status
         messages.extend((m.uid, tuple(m.flags), m.modseq) for m in batch.messages)
+    return status, messages
+
+
+async def open_view(session: Session, name: str, readonly: bool) -> MailboxView:
+    """Read a mailbox's messages into a new view, in one call. The MODSEQ is taken before the
+    listing, so anything that changes meanwhile is read again from the change log (at least once)."""
+    request = pb.FetchMetadataRequest(
+        account=session.account, mailbox=name, fields=pb.MetadataFields(flags=True), with_status=True
+    )
+    status, messages = await _listing(session, request)
+    if status is None:  # a mailstore older than with_status (a rolling upgrade): status first, then list
+        status = await session.stub.GetMailboxStatus(
+            pb.MailboxStatusRequest(account=session.account, name=name), timeout=CALL_TIMEOUT
+        )
+        _, messages = await _listing(session, request)
     view = MailboxView(name, readonly, status.uidvalidity, status.uidnext, status.highestmodseq, messages)
     view.modseq = status.highestmodseq
     if not readonly and status.recent:
