@@ -10,6 +10,8 @@ not idempotent, and a caller that cannot reach the mailstore must hear so at onc
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncGenerator
 from typing import Any, cast
 
 import grpc
@@ -125,6 +127,28 @@ def mailstore_stub(channel: grpc.aio.Channel) -> pbg.MailstoreAsyncStub:
     return cast("pbg.MailstoreAsyncStub", pbg.MailstoreStub(channel))
 
 
+async def stream_bodies(
+    stub: pbg.MailstoreAsyncStub, request: pb.FetchBodiesRequest, deadline_seconds: float
+) -> AsyncGenerator[tuple[tuple[int, int], bytes, bool], None]:
+    """A FetchBodies call item by item, as each one's last chunk arrives: ((uid, section index),
+    bytes, only CRLF line ends). Messages gone are never yielded. Leaving the loop early cancels
+    the call."""
+    call = stub.FetchBodies(request, timeout=deadline_seconds)
+    parts: dict[tuple[int, int], list[bytes]] = {}
+    try:
+        async for reply in call:
+            for chunk in reply.chunks:
+                if chunk.last and chunk.total_size:  # the whole item in one chunk: the common case
+                    yield (chunk.uid, chunk.section_index), chunk.data, chunk.crlf
+                    continue
+                key = (chunk.uid, chunk.section_index)
+                parts.setdefault(key, []).append(chunk.data)
+                if chunk.last:
+                    yield key, b"".join(parts.pop(key)), chunk.crlf
+    finally:
+        call.cancel()
+
+
 async def collect_bodies(
     stub: pbg.MailstoreAsyncStub,
     request: pb.FetchBodiesRequest,
@@ -133,11 +157,11 @@ async def collect_bodies(
 ) -> dict[tuple[int, int], bytes]:
     """A FetchBodies call gathered: {(uid, section index): bytes}; messages gone are absent.
     The keys of items the mailstore marks as having only CRLF line ends are added to `crlf`."""
-    parts: dict[tuple[int, int], list[bytes]] = {}
-    async for reply in stub.FetchBodies(request, timeout=deadline_seconds):
-        for chunk in reply.chunks:
-            key = (chunk.uid, chunk.section_index)
-            parts.setdefault(key, []).append(chunk.data)
-            if crlf is not None and chunk.crlf:
+    out: dict[tuple[int, int], bytes] = {}
+    items = stream_bodies(stub, request, deadline_seconds)
+    async with contextlib.aclosing(items):
+        async for key, data, only_crlf in items:
+            out[key] = data
+            if crlf is not None and only_crlf:
                 crlf.add(key)
-    return {key: data[0] if len(data) == 1 else b"".join(data) for key, data in parts.items()}
+    return out

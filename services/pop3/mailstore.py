@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 
 import grpc
 import grpc.aio
-from mailstack.services.common.grpc_client import collect_bodies, error_detail, mailstore_stub
+from mailstack.services.common.grpc_client import error_detail, mailstore_stub, stream_bodies
 from mailstack.v1 import mailstore_pb2 as pb
 
 INBOX = "INBOX"  # the maildrop is the account's INBOX
@@ -152,21 +153,22 @@ class Pop3Mailstore:
         finally:
             call.cancel()
 
-    async def bodies(self, account: str, uids: list[int]) -> dict[int, tuple[bytes, bool]]:
-        """Whole messages of several UIDs in one FetchBodies call: {uid: (bytes, only CRLF line ends)};
-        a message gone is absent."""
+    async def bodies(self, account: str, uids: list[int]) -> AsyncGenerator[tuple[int, bytes, bool], None]:
+        """Whole messages of several UIDs in one FetchBodies call, each as it arrives: (uid, bytes,
+        only CRLF line ends). A message gone is never yielded; closing the iterator cancels the call."""
         request = pb.FetchBodiesRequest(
             account=account,
             mailbox=INBOX,
             uids=_uid_set(uids),
             sections=[pb.BodySection(section=pb.Section(text=pb.SECTION_ALL))],
         )
-        crlf: set[tuple[int, int]] = set()
+        items = stream_bodies(self._stub, request, CALL_TIMEOUT)
         try:
-            bodies = await collect_bodies(self._stub, request, CALL_TIMEOUT, crlf)
+            async with contextlib.aclosing(items):
+                async for (uid, _index), data, crlf in items:
+                    yield uid, data, crlf
         except grpc.RpcError as err:
             raise _mapped(err) from None
-        return {key[0]: (data, key in crlf) for key, data in bodies.items()}
 
     async def delete(self, account: str, uids: list[int]) -> list[int]:
         """Flag exactly these UIDs \\Deleted and expunge exactly them (never messages another client

@@ -3,7 +3,8 @@
 Clients retrieve in order, so a session fetches the next messages in one FetchBodies call (gRPC
 calls cost far more than their bytes). Each session takes at most PER_SESSION bytes, and all of them
 together at most the budget (`pop3_read_ahead_bytes`); a session that gets nothing streams the
-message alone, as before read-ahead.
+message alone, as before read-ahead. The bytes are counted as stored; held dot-stuffed, a body can
+grow by at most a third (a message of lines that are only ".").
 """
 
 from __future__ import annotations
