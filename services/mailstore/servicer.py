@@ -29,6 +29,8 @@ log = logging.getLogger("mailstack.mailstore.grpc")
 
 ERROR_KEY = "mailstack-error-bin"
 METADATA_BATCH = 500
+# Messages listed in an AuthenticateResponse at most (~10-20 bytes each with UID and size: ~1-2 MB)
+LISTING_MAX = 100_000
 MAX_UID_RANGES = 10_000
 MAX_SECTIONS = 100  # body sections per FetchBodies call
 BODIES_BATCH = 1024 * 1024  # data packed into one FetchBodiesResponse
@@ -272,11 +274,26 @@ class MailstoreServicer(pbg.MailstoreServicer):
     @rpc
     async def Authenticate(self, request: pb.AuthenticateRequest, context: Any) -> pb.AuthenticateResponse:
         account = await self.core.authenticate(request.username, request.password, request.authzid)
-        if not request.HasField("lease"):
-            return pb.AuthenticateResponse(account=account)
-        lease = request.lease
-        granted, holder = await self.core.acquire_lease(lease.name + account, lease.holder, lease.ttl_seconds)
-        return pb.AuthenticateResponse(account=account, lease=pb.LeaseResponse(granted=granted, holder=holder))
+        reply = pb.AuthenticateResponse(account=account)
+        lease_name = ""
+        if request.HasField("lease"):
+            lease = request.lease
+            granted, holder = await self.core.acquire_lease(lease.name + account, lease.holder, lease.ttl_seconds)
+            reply.lease.CopyFrom(pb.LeaseResponse(granted=granted, holder=holder))
+            if not granted:
+                return reply
+            lease_name = lease.name + account
+        if request.HasField("listing"):
+            try:
+                listing = await self._metadata_replies(account, request.listing, LISTING_MAX)
+            except BaseException:
+                if lease_name:  # the caller gets an error, not the lock: it must not stay held
+                    with contextlib.suppress(Exception):
+                        await self.core.release_lease(lease_name, request.lease.holder)
+                raise
+            if len(listing) == 1:  # else the caller asks FetchMetadata (rare: a huge maildrop)
+                reply.listing.CopyFrom(listing[0])
+        return reply
 
     @rpc
     async def ResolveRecipient(self, request: pb.ResolveRecipientRequest, context: Any) -> pb.ResolveRecipientResponse:
@@ -390,17 +407,26 @@ class MailstoreServicer(pbg.MailstoreServicer):
     async def FetchMetadata(
         self, request: pb.FetchMetadataRequest, context: Any
     ) -> AsyncIterator[pb.FetchMetadataResponse]:
+        for reply in await self._metadata_replies(request.account, request, METADATA_BATCH):
+            yield reply
+
+    async def _metadata_replies(
+        self, account: str, request: pb.FetchMetadataRequest, per_reply: int
+    ) -> list[pb.FetchMetadataResponse]:
+        """FetchMetadata's responses, `per_reply` messages in each."""
         uids = uid_ranges(request.uids) if request.uids.ranges else None
         # The status before the listing: its HIGHESTMODSEQ is then never newer than what is listed.
-        status = status_pb(*await self.core.status(request.account, request.mailbox)) if request.with_status else None
-        mailbox, records = await self.core.fetch_metadata(request.account, request.mailbox, uids, request.changed_since)
-        for i in range(0, max(len(records), 1), METADATA_BATCH):
-            batch = records[i : i + METADATA_BATCH]
+        status = status_pb(*await self.core.status(account, request.mailbox)) if request.with_status else None
+        mailbox, records = await self.core.fetch_metadata(account, request.mailbox, uids, request.changed_since)
+        replies = []
+        for i in range(0, max(len(records), 1), per_reply):
+            batch = records[i : i + per_reply]
             messages = [metadata_pb(r, request.fields) for r in batch]
             reply = pb.FetchMetadataResponse(messages=messages, uidvalidity=mailbox.uidvalidity)
             if status is not None and i == 0:
                 reply.status.CopyFrom(status)
-            yield reply
+            replies.append(reply)
+        return replies
 
     @rpc
     async def FetchBody(self, request: pb.FetchBodyRequest, context: Any) -> None:  # type: ignore[override,unused-ignore]

@@ -51,6 +51,16 @@ class Snapshot:
     messages: tuple[MessageInfo, ...]
 
 
+# The maildrop listing: UIDs and sizes of the INBOX (asked with the login, or on its own)
+_LISTING = pb.FetchMetadataRequest(mailbox=INBOX, fields=pb.MetadataFields(size=True))
+
+
+def _snapshot(uidvalidity: int, batches: list[pb.FetchMetadataResponse]) -> Snapshot:
+    messages = [MessageInfo(m.uid, m.size) for batch in batches for m in batch.messages]
+    messages.sort(key=lambda m: m.uid)
+    return Snapshot(uidvalidity, tuple(messages))
+
+
 def _mapped(err: grpc.RpcError) -> Exception:
     detail = error_detail(err)
     reason = detail.reason if detail is not None else pb.ERROR_REASON_UNSPECIFIED
@@ -80,9 +90,11 @@ class Pop3Mailstore:
 
     async def authenticate(
         self, username: str, password: str, authzid: str, remote_ip: str, lease: Lease
-    ) -> tuple[str, bool]:
-        """The canonical account, and whether the maildrop lock (lease.prefix + account) was
-        taken for lease.holder in the same call."""
+    ) -> tuple[str, bool, Snapshot | None]:
+        """The canonical account, whether the maildrop lock (lease.prefix + account) was taken for
+        lease.holder, and, when it was, the maildrop's snapshot: all in one call. The snapshot is
+        None when the mailstore did not send it (a huge maildrop, or an older mailstore): call
+        snapshot() then."""
         request = pb.AuthenticateRequest(
             username=username,
             password=password,
@@ -90,16 +102,18 @@ class Pop3Mailstore:
             remote_ip=remote_ip,
             protocol="pop3",
             lease=pb.LeaseRequest(name=lease.prefix, holder=lease.holder, ttl_seconds=lease.ttl),
+            listing=_LISTING,
         )
         try:
             reply = await self._stub.Authenticate(request, timeout=CALL_TIMEOUT)
         except grpc.RpcError as err:
             raise _mapped(err) from None
         account = str(reply.account)
-        if reply.HasField("lease"):
-            return account, reply.lease.granted
-        # a mailstore older than the field (a rolling upgrade) ignored it: ask on its own
-        return account, await self.acquire_lease(lease.prefix + account, lease.holder, lease.ttl)
+        if not reply.HasField("lease"):
+            # a mailstore older than the field (a rolling upgrade) ignored it: ask on its own
+            return account, await self.acquire_lease(lease.prefix + account, lease.holder, lease.ttl), None
+        listing = reply.listing if reply.HasField("listing") and reply.listing.uidvalidity else None
+        return account, reply.lease.granted, _snapshot(listing.uidvalidity, [listing]) if listing else None
 
     async def acquire_lease(self, name: str, holder: str, ttl: int) -> bool:
         """Acquires or renews; False when someone else holds it."""
@@ -119,13 +133,13 @@ class Pop3Mailstore:
 
     async def snapshot(self, account: str) -> Snapshot:
         """The INBOX's messages in UID order with their sizes (RFC 1939 §5: numbering fixed at login)."""
-        request = pb.FetchMetadataRequest(account=account, mailbox=INBOX, fields=pb.MetadataFields(size=True))
-        messages: list[MessageInfo] = []
+        request = pb.FetchMetadataRequest(account=account, mailbox=INBOX, fields=_LISTING.fields)
+        batches: list[pb.FetchMetadataResponse] = []
         uidvalidity = 0
         try:
             async for batch in self._stub.FetchMetadata(request, timeout=CALL_TIMEOUT):
                 uidvalidity = batch.uidvalidity  # one call: the UIDs and the uidvalidity they belong to
-                messages.extend(MessageInfo(m.uid, m.size) for m in batch.messages)
+                batches.append(batch)
             if not uidvalidity:  # a mailstore older than the field (a rolling upgrade): ask for it
                 status = await self._stub.GetMailboxStatus(
                     pb.MailboxStatusRequest(account=account, name=INBOX), timeout=CALL_TIMEOUT
@@ -133,8 +147,7 @@ class Pop3Mailstore:
                 uidvalidity = status.uidvalidity
         except grpc.RpcError as err:
             raise _mapped(err) from None
-        messages.sort(key=lambda m: m.uid)
-        return Snapshot(uidvalidity, tuple(messages))
+        return _snapshot(uidvalidity, batches)
 
     async def body(
         self, account: str, uid: int, text: pb.SectionText.ValueType = pb.SECTION_ALL

@@ -289,7 +289,9 @@ class Pop3Session:
         ttl = self.settings.pop3_lease_ttl
         lease = Lease(LEASE_PREFIX, self.holder, ttl)
         try:  # the login takes the maildrop lock in the same call
-            account, locked = await self.mailstore.authenticate(username, password, authzid, self.conn.remote_ip, lease)
+            account, locked, snapshot = await self.mailstore.authenticate(
+                username, password, authzid, self.conn.remote_ip, lease
+            )
         except AuthFailed:
             # Slowed and limited: each failure waits, the last one ends the connection.
             self._auth_failures += 1
@@ -305,7 +307,7 @@ class Pop3Session:
             return False
         self._lease_held = True
         try:
-            self._snapshot = await self.mailstore.snapshot(account)
+            self._snapshot = snapshot if snapshot is not None else await self.mailstore.snapshot(account)
         except MailstoreError:
             await self._release_lease()
             raise

@@ -424,6 +424,49 @@ async def test_login_takes_a_lease_named_after_the_account(mailstore: tuple[Any,
     assert not plain.HasField("lease")
 
 
+async def test_login_lock_and_listing_in_one_call(mailstore: tuple[Any, Client], monkeypatch: Any) -> None:
+    # POP3: login, maildrop lock and the listing of the INBOX in one round trip
+    _, client = mailstore
+    for n in range(3):
+        await deliver(client, [ALICE], simple(f"message {n}"))
+    fields = pb.MetadataFields(size=True)
+    listing = pb.FetchMetadataRequest(account="someone.else@example.test", mailbox="INBOX", fields=fields)
+
+    def login(holder: str, mailbox: str = "INBOX") -> Any:
+        lease = pb.LeaseRequest(name="pop3:", holder=holder, ttl_seconds=30)
+        listing.mailbox = mailbox
+        request = pb.AuthenticateRequest(username=ALICE, password=PASSWORD, lease=lease, listing=listing)
+        return client.store.Authenticate(request)
+
+    expected = [
+        r
+        async for r in client.store.FetchMetadata(
+            pb.FetchMetadataRequest(account=ALICE, mailbox="INBOX", fields=fields)
+        )
+    ]
+    first = await login("first")
+    assert first.lease.granted and first.HasField("listing")
+    assert first.listing == expected[0], "the logged-in account's INBOX (the request's account is ignored)"
+    assert [m.size for m in first.listing.messages] == [m.size for m in expected[0].messages] and len(
+        expected[0].messages
+    ) == 3
+    second = await login("second")
+    assert not second.lease.granted and not second.HasField("listing"), "no lock, no listing"
+    await client.store.ReleaseLease(pb.LeaseRequest(name=f"pop3:{ALICE}", holder="first"))
+
+    # a listing that fails gives the lock back: the caller gets only the error
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await login("third", mailbox="No such mailbox")
+    assert reason(err.value) == pb.MAILBOX_NOT_FOUND
+    assert (await login("fourth")).lease.granted, "the failed login left no lock behind"
+    await client.store.ReleaseLease(pb.LeaseRequest(name=f"pop3:{ALICE}", holder="fourth"))
+
+    # a listing longer than one response is left to FetchMetadata
+    monkeypatch.setattr("mailstack.services.mailstore.servicer.LISTING_MAX", 2)
+    long = await login("fifth")
+    assert long.lease.granted and not long.HasField("listing")
+
+
 async def test_fetch_metadata_carries_the_uidvalidity(mailstore: tuple[Any, Client]) -> None:
     # POP3's snapshot is one call: the UIDs with the uidvalidity they belong to
     _, client = mailstore

@@ -388,6 +388,7 @@ class AuthenticateRequest(_message.Message):
     REMOTE_IP_FIELD_NUMBER: _builtins.int
     PROTOCOL_FIELD_NUMBER: _builtins.int
     LEASE_FIELD_NUMBER: _builtins.int
+    LISTING_FIELD_NUMBER: _builtins.int
     username: _builtins.str
     password: _builtins.str
     authzid: _builtins.str
@@ -401,6 +402,13 @@ class AuthenticateRequest(_message.Message):
         ("pop3:" -> "pop3:alice@example.test", the POP3 maildrop lock), in the same round trip.
         """
 
+    @_builtins.property
+    def listing(self) -> Global___FetchMetadataRequest:
+        """Optional: then also list a mailbox of the account (its `account` is ignored), as FetchMetadata
+        would, when the lease (if asked) was granted: a POP3 login, lock and maildrop listing in one
+        round trip. Only a listing that fits one FetchMetadataResponse is sent.
+        """
+
     def __init__(
         self,
         *,
@@ -410,14 +418,20 @@ class AuthenticateRequest(_message.Message):
         remote_ip: _builtins.str = ...,
         protocol: _builtins.str = ...,
         lease: Global___LeaseRequest | None = ...,
+        listing: Global___FetchMetadataRequest | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_lease", b"_lease", "lease", b"lease"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_lease", b"_lease", "_listing", b"_listing", "lease", b"lease", "listing", b"listing"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_lease", b"_lease", "authzid", b"authzid", "lease", b"lease", "password", b"password", "protocol", b"protocol", "remote_ip", b"remote_ip", "username", b"username"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_lease", b"_lease", "_listing", b"_listing", "authzid", b"authzid", "lease", b"lease", "listing", b"listing", "password", b"password", "protocol", b"protocol", "remote_ip", b"remote_ip", "username", b"username"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__lease: _TypeAlias = _typing.Literal["lease"]  # noqa: Y015
     _WhichOneofArgType__lease: _TypeAlias = _typing.Literal["_lease", b"_lease"]  # noqa: Y015
+    _WhichOneofReturnType__listing: _TypeAlias = _typing.Literal["listing"]  # noqa: Y015
+    _WhichOneofArgType__listing: _TypeAlias = _typing.Literal["_listing", b"_listing"]  # noqa: Y015
+    @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__lease) -> _WhichOneofReturnType__lease | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__listing) -> _WhichOneofReturnType__listing | None: ...
 
 Global___AuthenticateRequest: _TypeAlias = AuthenticateRequest  # noqa: Y015
 
@@ -427,25 +441,38 @@ class AuthenticateResponse(_message.Message):
 
     ACCOUNT_FIELD_NUMBER: _builtins.int
     LEASE_FIELD_NUMBER: _builtins.int
+    LISTING_FIELD_NUMBER: _builtins.int
     account: _builtins.str
     """canonical account name"""
     @_builtins.property
     def lease(self) -> Global___LeaseResponse:
         """set when the request asked for a lease (absent: an older mailstore)"""
 
+    @_builtins.property
+    def listing(self) -> Global___FetchMetadataResponse:
+        """The listing asked for; absent when not asked, not granted the lease, too long for one
+        response (call FetchMetadata then), or from an older mailstore.
+        """
+
     def __init__(
         self,
         *,
         account: _builtins.str = ...,
         lease: Global___LeaseResponse | None = ...,
+        listing: Global___FetchMetadataResponse | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_lease", b"_lease", "lease", b"lease"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_lease", b"_lease", "_listing", b"_listing", "lease", b"lease", "listing", b"listing"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_lease", b"_lease", "account", b"account", "lease", b"lease"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_lease", b"_lease", "_listing", b"_listing", "account", b"account", "lease", b"lease", "listing", b"listing"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__lease: _TypeAlias = _typing.Literal["lease"]  # noqa: Y015
     _WhichOneofArgType__lease: _TypeAlias = _typing.Literal["_lease", b"_lease"]  # noqa: Y015
+    _WhichOneofReturnType__listing: _TypeAlias = _typing.Literal["listing"]  # noqa: Y015
+    _WhichOneofArgType__listing: _TypeAlias = _typing.Literal["_listing", b"_listing"]  # noqa: Y015
+    @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__lease) -> _WhichOneofReturnType__lease | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__listing) -> _WhichOneofReturnType__listing | None: ...
 
 Global___AuthenticateResponse: _TypeAlias = AuthenticateResponse  # noqa: Y015
 

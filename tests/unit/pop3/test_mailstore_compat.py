@@ -41,8 +41,9 @@ def old_mailstore() -> tuple[Pop3Mailstore, OldStub]:
 
 async def test_lease_is_asked_for_separately_when_the_login_ignored_it() -> None:
     store, stub = old_mailstore()
-    account, locked = await store.authenticate("alice", "pw", "", "127.0.0.1", Lease("pop3:", "me", 30))
+    account, locked, snapshot = await store.authenticate("alice", "pw", "", "127.0.0.1", Lease("pop3:", "me", 30))
     assert account == "alice@example.test" and locked
+    assert snapshot is None, "nor does it list the maildrop: the session asks FetchMetadata"
     assert [(r.name, r.holder, r.ttl_seconds) for r in stub.leases] == [("pop3:alice@example.test", "me", 30)]
 
 

@@ -36,8 +36,10 @@ class ScriptedMailstore:
         self.stream_closed = asyncio.Event()
         self.streamed: list[int] = []  # UIDs fetched alone (FetchBody)
 
-    async def authenticate(self, username: str, password: str, authzid: str, ip: str, lease: Lease) -> tuple[str, bool]:
-        return "alice@example.test", True
+    async def authenticate(
+        self, username: str, password: str, authzid: str, ip: str, lease: Lease
+    ) -> tuple[str, bool, Snapshot | None]:
+        return "alice@example.test", True, None  # the session then asks snapshot()
 
     async def snapshot(self, account: str) -> Snapshot:
         return Snapshot(7, tuple(MessageInfo(uid, len(data)) for uid, data in BODIES.items()))
