@@ -66,6 +66,14 @@ async def main() -> None:
                 "Authenticate (unary, scrypt 2^10)": lambda: s.Authenticate(
                     pb.AuthenticateRequest(username=ACCOUNT, password=PASSWORD)
                 ),
+                "Authenticate + lease + listing of 100": lambda: s.Authenticate(
+                    pb.AuthenticateRequest(
+                        username=ACCOUNT,
+                        password=PASSWORD,
+                        lease=pb.LeaseRequest(name="bench:", holder="bench", ttl_seconds=60),
+                        listing=pb.FetchMetadataRequest(mailbox="INBOX", fields=pb.MetadataFields(size=True)),
+                    )
+                ),
                 "FetchMetadata of 100 (stream)": lambda: drain(
                     s.FetchMetadata(
                         pb.FetchMetadataRequest(account=ACCOUNT, mailbox="INBOX", fields=pb.MetadataFields(size=True))
@@ -84,7 +92,7 @@ async def main() -> None:
             }
             assert store.proc is not None
             print(f"{args.calls} calls of each kind, mailstore pid {store.proc.pid}")
-            print(f"{'call':<36} {'mailstore ms':>13} {'caller ms':>10} {'wall ms':>8}")
+            print(f"{'call':<38} {'mailstore ms':>13} {'caller ms':>10} {'wall ms':>8}")
             for name, call in calls.items():
                 await call()
                 pid = store.proc.pid
@@ -95,7 +103,7 @@ async def main() -> None:
                 store_ms = (cpu_seconds(pid) - store_start) * per
                 own_ms = (time.process_time() - own_start) * per
                 wall_ms = (time.perf_counter() - wall_start) * per
-                print(f"{name:<36} {store_ms:>13.3f} {own_ms:>10.3f} {wall_ms:>8.3f}")
+                print(f"{name:<38} {store_ms:>13.3f} {own_ms:>10.3f} {wall_ms:>8.3f}")
         finally:
             await client.channel.close(None)
             store.stop()
