@@ -28,8 +28,7 @@ from mailstack.services.common.tls import ensure_self_signed, server_ssl_context
 
 from .mailstore import Pop3Mailstore
 from .protocol import CommandReceiver, LineTooLong, NeedData, err
-from .read_ahead import ReadAheadBudget
-from .session import Pop3Session
+from .session import Pop3Session, read_ahead_budget
 
 log = logging.getLogger("mailstack.pop3")
 
@@ -160,7 +159,7 @@ class Pop3Server:
         self._mailstore: Pop3Mailstore | None = None
         self._tls_context: ssl.SSLContext | None = None
         self._connections: dict[asyncio.Task[None], StreamConnection] = {}
-        self._read_ahead = ReadAheadBudget(settings.pop3_read_ahead_bytes)
+        self._read_ahead = read_ahead_budget(settings)
         self._closed = asyncio.Event()
         self._stopping = False
 

@@ -27,6 +27,7 @@ from mailstack.services.common.metrics import (
     POP3_RETRIEVED,
     SESSIONS,
 )
+from mailstack.services.common.read_ahead import ReadAhead, ReadAheadBudget
 from mailstack.services.common.telemetry import tracing_enabled
 from mailstack.v1 import mailstore_pb2 as pb
 from opentelemetry import trace
@@ -34,7 +35,7 @@ from prometheus_client import Histogram
 
 from .mailstore import AuthFailed, Lease, MailstoreError, MessageGone, Pop3Mailstore, Snapshot
 from .protocol import BodyLineLimit, Command, DotStuffer, LineTooLong, SaslError, decode_plain, err, multiline, ok
-from .read_ahead import MAX_MESSAGES, PER_SESSION, ReadAheadBudget
+from .read_ahead import MAX_MESSAGES, PER_SESSION
 
 log = logging.getLogger("mailstack.pop3")
 tracer = trace.get_tracer("mailstack.pop3")
@@ -77,6 +78,19 @@ class Connection(Protocol):
         """Send reply, then run the TLS handshake as the server."""
 
 
+def _stuffed(data: bytes, crlf: bool) -> bytes:
+    """A body as RETR sends it: dot-stuffed and terminated. Done as it arrives (read_ahead.py), while
+    the bytes are still in the CPU's cache and while RETR would wait on the mailstore anyway: the
+    stuffing is a third of RETR's CPU when every line starts with a dot."""
+    stuffer = DotStuffer(crlf)
+    return stuffer.feed(data) + stuffer.finish()
+
+
+def read_ahead_budget(settings: Settings) -> ReadAheadBudget:
+    """The process's bound on the bytes its sessions hold fetched ahead (shown as a gauge)."""
+    return ReadAheadBudget(settings.pop3_read_ahead_bytes, POP3_READ_AHEAD_BYTES.set)
+
+
 @functools.cache  # one histogram child per command name (bounded: KNOWN_COMMANDS and UNKNOWN)
 def _command_seconds(label: str) -> Histogram:
     return COMMAND_SECONDS.labels("pop3", label)
@@ -113,7 +127,7 @@ class Pop3Session:
         read_ahead: ReadAheadBudget | None = None,  # the process's, shared by its sessions
     ) -> None:
         self.settings = settings
-        self._budget = read_ahead if read_ahead is not None else ReadAheadBudget(settings.pop3_read_ahead_bytes)
+        self._budget = read_ahead if read_ahead is not None else read_ahead_budget(settings)
         self.mailstore = mailstore
         self.conn = connection
         self.state = State.AUTHORIZATION
@@ -124,11 +138,8 @@ class Pop3Session:
         self._auth_failures = 0
         self._snapshot = Snapshot(0, ())
         self._deleted: set[int] = set()  # message numbers marked by DELE
-        # uid -> the body fetched ahead of its RETR, dot-stuffed and terminated, resolved as it
-        # arrives (None: it did not arrive)
-        self._read_ahead: dict[int, asyncio.Future[bytes | None]] = {}
-        self._filling: asyncio.Task[None] | None = None  # the FetchBodies call that resolves them
-        self._reserved: dict[int, int] = {}  # uid -> bytes of the budget its read-ahead holds
+        # bodies fetched ahead of their RETR, held dot-stuffed and terminated
+        self._ahead = ReadAhead(self._budget, f"pop3 read-ahead {self.holder}")
         self._renewal: asyncio.Task[None] | None = None
         self._lease_held = False
         self.lease_lost = False
@@ -179,7 +190,7 @@ class Pop3Session:
             return
         self._closed = True
         OPEN_SESSIONS.dec()
-        filling = self._drop_read_ahead()
+        filling = self._ahead.drop()
         if filling is not None:
             with contextlib.suppress(asyncio.CancelledError):
                 await filling
@@ -401,12 +412,9 @@ class Pop3Session:
             await self._no_such_message()
             return False
         message = self._snapshot.messages[number - 1]
-        slot = self._read_ahead.pop(message.uid, None)
-        if slot is None and message.size <= PER_SESSION:
-            await self._fetch_ahead(number)
-            slot = self._read_ahead.pop(message.uid, None)
-        body = await slot if slot is not None else None
-        self._budget.give_back(self._reserved.pop(message.uid, 0))
+        if message.uid not in self._ahead and message.size <= PER_SESSION:
+            self._fetch_ahead(number)
+        body = await self._ahead.take(message.uid)
         status = ok(f"{message.size} octets")
         if body is not None:  # the common case: the whole response in one write
             await self.conn.send(status + body)
@@ -417,62 +425,26 @@ class Pop3Session:
             POP3_RETRIEVED.inc()
         return not done
 
-    async def _fetch_ahead(self, number: int) -> None:
+    def _fetch_ahead(self, number: int) -> None:
         """Start fetching message `number` and the undeleted ones after it in one FetchBodies call,
         as far as this session's share and the process's budget allow (read_ahead.py). Each RETR
         waits only for its own message, so the client is answered while the rest still arrive;
         with nothing granted the message is streamed alone."""
-        self._drop_read_ahead()  # skipped messages give their share back
+        self._ahead.drop()  # skipped messages give their share back
         granted = self._budget.take(PER_SESSION)
         total = 0
+        uids: list[int] = []
         for n in range(number, len(self._snapshot.messages) + 1):
             if n in self._deleted:
                 continue
             message = self._snapshot.messages[n - 1]
-            if total + message.size > granted or len(self._reserved) >= MAX_MESSAGES:
+            if total + message.size > granted or len(uids) >= MAX_MESSAGES:
                 break
             total += message.size
-            self._reserved[message.uid] = message.size
+            uids.append(message.uid)
         self._budget.give_back(granted - total)
-        POP3_READ_AHEAD_BYTES.set(self._budget.held)
-        if not self._reserved:
-            return
-        loop = asyncio.get_running_loop()
-        slots = {uid: loop.create_future() for uid in self._reserved}
-        self._read_ahead = dict(slots)  # RETR takes its slot out of this one; _fill keeps them all
-        self._filling = asyncio.create_task(self._fill(slots), name=f"pop3 read-ahead {self.holder}")
-
-    async def _fill(self, slots: dict[int, asyncio.Future[bytes | None]]) -> None:
-        """Resolve each slot as its message arrives, dot-stuffed: while the bytes are still in the
-        CPU's cache, and while RETR waits for the mailstore rather than after (the stuffing is a
-        third of RETR's CPU when every line starts with a dot). What does not arrive (gone, or the
-        mailstore failed) resolves to None: RETR then streams that message, which answers -ERR."""
-        try:
-            items = self.mailstore.bodies(self.account, list(slots))
-            async with contextlib.aclosing(items):
-                async for uid, data, crlf in items:
-                    slot = slots.get(uid)
-                    if slot is not None and not slot.done():
-                        stuffer = DotStuffer(crlf)
-                        slot.set_result(stuffer.feed(data) + stuffer.finish())
-        except (MessageGone, MailstoreError) as e:
-            log.debug("read-ahead for %s ended early: %s", self.account, e)
-        finally:
-            for slot in slots.values():
-                if not slot.done():
-                    slot.set_result(None)
-
-    def _drop_read_ahead(self) -> asyncio.Task[None] | None:
-        """Forget what was fetched ahead and give its share back; a fetch still running is
-        cancelled (returned, for close() to wait on)."""
-        filling, self._filling = self._filling, None
-        if filling is not None and not filling.done():
-            filling.cancel()
-        self._read_ahead = {}
-        self._budget.give_back(sum(self._reserved.values()))
-        self._reserved.clear()
-        POP3_READ_AHEAD_BYTES.set(self._budget.held)
-        return filling
+        if uids:
+            self._ahead.start(uids, total, self.mailstore.bodies(self.account, uids), _stuffed)
 
     async def _cmd_top(self, command: Command) -> bool:
         # RFC 1939 §7: the header, the blank line, then n lines of the body

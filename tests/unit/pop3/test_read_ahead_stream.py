@@ -11,9 +11,9 @@ from pathlib import Path
 from typing import Any, cast
 
 import pytest
+from mailstack.services.common.read_ahead import ReadAheadBudget
 from mailstack.services.pop3.mailstore import Lease, MailstoreError, MessageInfo, Pop3Mailstore, Snapshot
 from mailstack.services.pop3.protocol.receiver import parse_line
-from mailstack.services.pop3.read_ahead import ReadAheadBudget
 from mailstack.services.pop3.session import Pop3Session
 
 from tests.fixtures.mailstore import settings_for

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 from mailstack.services.common.config import Settings
+from mailstack.services.common.read_ahead import ReadAheadBudget
 from mailstack.services.pop3.mailstore import _uid_set
-from mailstack.services.pop3.read_ahead import ReadAheadBudget
 from mailstack.services.pop3.server import Pop3Server
 from mailstack.services.pop3.session import KNOWN_COMMANDS, STATE_COMMANDS, State, capabilities
 from mailstack.v1 import mailstore_pb2 as pb
