@@ -104,6 +104,11 @@ class Settings:
     imap_poll_interval: int = _setting(30, "Seconds between change polls of an IDLE session (push may be lost).")
     imap_max_line: int = _setting(65536, "Longest IMAP command line in bytes (longer: BAD).")
     imap_commands_per_second: int = _setting(500, "Sustained IMAP commands per second per connection (burst 5x).")
+    imap_read_ahead_bytes: int = _setting(
+        64 * 1024 * 1024,
+        "Message bytes all IMAP sessions of a process may fetch ahead of FETCH BODY[] of consecutive messages "
+        "(1 MiB each; 0 = off).",
+    )
     imap_auth_max_failures: int = _setting(3, "Failed IMAP logins per connection before it is closed.")
     imap_auth_failure_delay_ms: int = _setting(1000, "Delay before answering a failed IMAP login, in ms.")
     imap_auth_failure_window: int = _setting(

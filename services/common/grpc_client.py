@@ -149,6 +149,30 @@ async def stream_bodies(
         call.cancel()
 
 
+async def stream_whole_bodies(
+    stub: pbg.MailstoreAsyncStub,
+    account: str,
+    mailbox: str,
+    uids: pb.UidSet,
+    deadline_seconds: float,
+    max_bytes: int = 0,
+) -> AsyncGenerator[tuple[int, bytes, bool], None]:
+    """Whole messages in one FetchBodies call, each as it arrives: (uid, bytes, only CRLF line
+    ends). With `max_bytes`, only the first messages whose sizes add up to at most that (the first
+    always): read-ahead. Leaving the loop early cancels the call."""
+    request = pb.FetchBodiesRequest(
+        account=account,
+        mailbox=mailbox,
+        uids=uids,
+        sections=[pb.BodySection(section=pb.Section(text=pb.SECTION_ALL))],
+        max_bytes=max_bytes,
+    )
+    items = stream_bodies(stub, request, deadline_seconds)
+    async with contextlib.aclosing(items):
+        async for (uid, _index), data, crlf in items:
+            yield uid, data, crlf
+
+
 async def collect_bodies(
     stub: pbg.MailstoreAsyncStub,
     request: pb.FetchBodiesRequest,

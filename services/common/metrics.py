@@ -51,6 +51,10 @@ POP3_DELETED = Counter("mailstack_pop3_messages_deleted", "Messages expunged at 
 POP3_READ_AHEAD_BYTES = Gauge(
     "mailstack_pop3_read_ahead_bytes", "Message bytes POP3 sessions hold fetched ahead of RETR (pop3_read_ahead_bytes)"
 )
+IMAP_READ_AHEAD_BYTES = Gauge(
+    "mailstack_imap_read_ahead_bytes",
+    "Message bytes IMAP sessions hold fetched ahead of FETCH BODY[] (imap_read_ahead_bytes)",
+)
 
 # Sending (ADR 0008). The worker counts attempts; the mailstore, which decides each recipient's
 # fate from the reported replies, counts deliveries, deferrals and bounces. A reason is an RFC 3463

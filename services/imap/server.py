@@ -23,6 +23,8 @@ from mailstack.services.common.listeners import (
     open_listeners,
     shut_down,
 )
+from mailstack.services.common.metrics import IMAP_READ_AHEAD_BYTES
+from mailstack.services.common.read_ahead import ReadAheadBudget
 from mailstack.services.common.tls import ensure_self_signed, server_ssl_context
 
 from . import telemetry
@@ -123,6 +125,7 @@ class ImapServer:
         await notifier.start()
         self._services = Services(
             settings=settings,
+            read_ahead=ReadAheadBudget(settings.imap_read_ahead_bytes, IMAP_READ_AHEAD_BYTES.set),
             stub=stub,
             notifier=notifier,
             limits=ConnectionLimits(

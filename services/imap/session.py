@@ -16,6 +16,7 @@ from typing import Protocol
 
 import grpc
 from mailstack.services.common.config import Settings
+from mailstack.services.common.read_ahead import ReadAhead, ReadAheadBudget
 from mailstack.storage.events.base import ChangeEvent
 from mailstack.v1 import mailstore_pb2 as pb
 from mailstack.v1 import mailstore_pb2_grpc as pbg
@@ -114,6 +115,8 @@ class Services:
     auth_throttle: AuthThrottle
     stopping: bool = False
     sessions: set[Session] = field(default_factory=set)
+    # bytes all sessions hold fetched ahead of FETCH BODY[] (commands/fetch.py)
+    read_ahead: ReadAheadBudget = field(default_factory=lambda: ReadAheadBudget(0))
 
 
 class Session:
@@ -137,6 +140,10 @@ class Session:
         self._rate = CommandRate(self.settings.imap_commands_per_second)
         self._last_refresh = time.monotonic()
         self._out: list[bytes] = []
+        # Whole bodies of the next messages, fetched when a client downloads one message after
+        # another (commands/fetch.py); of the selected mailbox only (select() drops them).
+        self.ahead = ReadAhead(services.read_ahead, "imap read-ahead")
+        self.last_body_uid = 0  # the UID of the last lone FETCH BODY[] in this mailbox
 
     # ---- output
 
@@ -301,6 +308,8 @@ class Session:
 
     def select(self, view: MailboxView | None) -> None:
         self.view = view
+        self.ahead.drop()
+        self.last_body_uid = 0
         self.state = State.SELECTED if view is not None else State.AUTHENTICATED
         # A hint that came while the view was read may postdate the listing: refresh for it.
         self.dirty = view is not None and view.name == self._opening and self.dirty
@@ -320,6 +329,7 @@ class Session:
         self.services.notifier.add(account, self.on_event)
 
     def close(self) -> None:
+        self.ahead.drop()
         if self.account:
             self.services.notifier.remove(self.account, self.on_event)
             self.services.limits.logout(self.account)

@@ -610,15 +610,23 @@ class MailstoreCore:
         mailbox_name: str,
         uids: UidRanges,
         wanted: Sequence[tuple[pb.Section, tuple[int, int] | None]],
+        max_bytes: int = 0,
     ) -> AsyncIterator[tuple[int, int, BodySlice]]:
         """(uid, section index, slice) of each wanted (section, partial) of each existing message of
         `uids`, in UID order: one metadata read for the set, then blob reads, FETCH_BODIES_CONCURRENCY
-        at a time and ahead of the consumer. A small message is read whole once for all its sections."""
+        at a time and ahead of the consumer. A small message is read whole once for all its sections.
+        With `max_bytes`, only the messages (the first always) whose sizes add up to at most that."""
         mailbox = await self._read_mailbox(account, mailbox_name)
         # Only top-level header sections (a client's message list): served from the header block
         # kept in the metadata for SEARCH, no blob read at all.
         headers_only = all(not s.part and s.text in _HEADER_TEXTS for s, _ in wanted)
         records = await self.metadata.fetch(mailbox.id, uids, with_header=headers_only) if wanted else []
+        if max_bytes and records:
+            total, cut = records[0].size, 1
+            while cut < len(records) and total + records[cut].size <= max_bytes:
+                total += records[cut].size
+                cut += 1
+            records = records[:cut]
         limit = asyncio.Semaphore(FETCH_BODIES_CONCURRENCY)
 
         async def whole(record: MessageRecord) -> bytes:

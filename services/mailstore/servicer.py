@@ -464,7 +464,7 @@ class MailstoreServicer(pbg.MailstoreServicer):
             out.chunks.add(uid=uid, section_index=index, total_size=total, data=data, last=last, crlf=crlf)
             packed += len(data)
 
-        items = self.core.fetch_bodies(request.account, request.mailbox, uids, wanted)
+        items = self.core.fetch_bodies(request.account, request.mailbox, uids, wanted, request.max_bytes)
         async with closed_after(items):
             async for uid, index, body in items:
                 # Each chunk is held back until the next one shows whether it is the item's last.

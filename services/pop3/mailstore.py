@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import grpc
 import grpc.aio
-from mailstack.services.common.grpc_client import error_detail, mailstore_stub, stream_bodies
+from mailstack.services.common.grpc_client import error_detail, mailstore_stub, stream_whole_bodies
 from mailstack.v1 import mailstore_pb2 as pb
 
 INBOX = "INBOX"  # the maildrop is the account's INBOX
@@ -169,17 +169,11 @@ class Pop3Mailstore:
     async def bodies(self, account: str, uids: list[int]) -> AsyncGenerator[tuple[int, bytes, bool], None]:
         """Whole messages of several UIDs in one FetchBodies call, each as it arrives: (uid, bytes,
         only CRLF line ends). A message gone is never yielded; closing the iterator cancels the call."""
-        request = pb.FetchBodiesRequest(
-            account=account,
-            mailbox=INBOX,
-            uids=_uid_set(uids),
-            sections=[pb.BodySection(section=pb.Section(text=pb.SECTION_ALL))],
-        )
-        items = stream_bodies(self._stub, request, CALL_TIMEOUT)
+        items = stream_whole_bodies(self._stub, account, INBOX, _uid_set(uids), CALL_TIMEOUT)
         try:
             async with contextlib.aclosing(items):
-                async for (uid, _index), data, crlf in items:
-                    yield uid, data, crlf
+                async for item in items:
+                    yield item
         except grpc.RpcError as err:
             raise _mapped(err) from None
 

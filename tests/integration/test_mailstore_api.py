@@ -387,6 +387,34 @@ async def test_fetch_bodies_many_sections_of_many_messages_in_one_call(mailstore
     assert err.value.code() == grpc.StatusCode.NOT_FOUND and reason(err.value) == pb.MAILBOX_NOT_FOUND
 
 
+async def test_fetch_bodies_max_bytes_sends_a_prefix_of_whole_messages(mailstore: tuple[Any, Client]) -> None:
+    # read-ahead: the first messages whose sizes add up to at most max_bytes, the first always
+    _, client = mailstore
+    data = [simple(f"m{n}", "b" * (100 * (n + 1)) + "\r\n") for n in range(5)]
+    uids = [(await append(client, ALICE, "INBOX", d)).uid for d in data]
+    sizes = [len(d) for d in data]
+
+    async def sent(max_bytes: int) -> list[int]:
+        request = pb.FetchBodiesRequest(
+            account=ALICE,
+            mailbox="INBOX",
+            uids=pb.UidSet(ranges=[pb.UidRange(first=uids[0], last=uids[-1])]),
+            sections=[pb.BodySection(section=pb.Section())],
+            max_bytes=max_bytes,
+        )
+        got: dict[int, bytes] = {}
+        async for reply in client.store.FetchBodies(request):
+            for chunk in reply.chunks:
+                got[chunk.uid] = got.get(chunk.uid, b"") + chunk.data
+        assert [got[u] for u in got] == data[: len(got)], "whole messages, in UID order"
+        return list(got)
+
+    assert await sent(0) == uids, "0: no limit"
+    assert await sent(sum(sizes[:3])) == uids[:3]
+    assert await sent(sum(sizes[:3]) - 1) == uids[:2]
+    assert await sent(1) == uids[:1], "the first always"
+
+
 async def test_fetch_metadata_with_status_is_select_in_one_call(mailstore: tuple[Any, Client]) -> None:
     _, client = mailstore
     await deliver(client, [ALICE], simple("one"))

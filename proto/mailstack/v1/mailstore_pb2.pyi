@@ -1847,8 +1847,13 @@ class FetchBodiesRequest(_message.Message):
     MAILBOX_FIELD_NUMBER: _builtins.int
     UIDS_FIELD_NUMBER: _builtins.int
     SECTIONS_FIELD_NUMBER: _builtins.int
+    MAX_BYTES_FIELD_NUMBER: _builtins.int
     account: _builtins.str
     mailbox: _builtins.str
+    max_bytes: _builtins.int
+    """Read-ahead: 0 = no limit; else the messages (in UID order, the first always) whose stored
+    sizes add up to at most this many bytes; the rest are not sent.
+    """
     @_builtins.property
     def uids(self) -> Global___UidSet:
         """empty = no messages"""
@@ -1862,10 +1867,11 @@ class FetchBodiesRequest(_message.Message):
         mailbox: _builtins.str = ...,
         uids: Global___UidSet | None = ...,
         sections: _abc.Iterable[Global___BodySection] | None = ...,
+        max_bytes: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["uids", b"uids"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account", b"account", "mailbox", b"mailbox", "sections", b"sections", "uids", b"uids"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account", b"account", "mailbox", b"mailbox", "max_bytes", b"max_bytes", "sections", b"sections", "uids", b"uids"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING
 
-from mailstack.services.common.grpc_client import collect_bodies
+from mailstack.services.common.grpc_client import collect_bodies, stream_whole_bodies
 from mailstack.v1 import mailstore_pb2 as pb
 
 from ..errors import no
@@ -15,10 +15,15 @@ from ..protocol.message_data import body_structure, envelope, internal_date
 from .common import resolve, selected_view, uid_set
 
 if TYPE_CHECKING:
+    from ..mailbox_view import MailboxView
     from ..session import Reply, Session
 
 CALL_TIMEOUT = 120.0
 BATCH = 100  # messages whose data is gathered (bodies concurrently) before they are written
+# Read-ahead for clients that download one message after another (mbsync, fetchmail, getmail,
+# offline sync): one FetchBodies call for the next messages instead of a call per FETCH.
+READ_AHEAD_BYTES = 1024 * 1024  # per session, from the process's imap_read_ahead_bytes
+READ_AHEAD_MESSAGES = 32
 _TEXTS = {
     None: pb.SECTION_ALL,
     "HEADER": pb.SECTION_HEADER,
@@ -76,6 +81,47 @@ async def _bodies(
         account=session.account, mailbox=mailbox, uids=uid_set(uids), sections=[_body_section(i) for i in items]
     )
     return await collect_bodies(session.stub, request, CALL_TIMEOUT)
+
+
+def _whole(item: FetchBody) -> bool:
+    return not item.section.part and item.section.text is None and item.partial is None and not item.binary
+
+
+async def _bodies_ahead(
+    session: Session, view: MailboxView, uids: list[int], items: list[FetchBody]
+) -> dict[tuple[int, int], bytes]:
+    """_bodies, but a lone whole body (BODY[], BODY.PEEK[], RFC822 of one message) comes from the
+    read-ahead: started when the message follows the previous lone one in the mailbox, so a client
+    that downloads message after message makes one FetchBodies call per batch, not per message.
+    A body never changes under its UID, so what was fetched ahead stays right."""
+    if len(uids) != 1 or len(items) != 1 or not _whole(items[0]):
+        return await _bodies(session, view.name, uids, items)
+    uid = uids[0]
+    previous, session.last_body_uid = session.last_body_uid, uid
+    if uid not in session.ahead and previous and _follows(view, previous, uid):
+        _read_ahead(session, view, uid)
+    data = await session.ahead.take(uid)
+    if data is not None:
+        return {(uid, 0): data}
+    return await _bodies(session, view.name, uids, items)
+
+
+def _follows(view: MailboxView, previous: int, uid: int) -> bool:
+    seq = view.seq_of(uid)
+    return seq is not None and seq > 1 and view.uids[seq - 2] == previous
+
+
+def _read_ahead(session: Session, view: MailboxView, uid: int) -> None:
+    budget = session.services.read_ahead
+    session.ahead.drop()
+    granted = budget.take(READ_AHEAD_BYTES)
+    if not granted:
+        return  # the process's budget is spent: one call per message, as without read-ahead
+    seq = view.seq_of(uid)
+    assert seq is not None
+    uids = view.uids[seq - 1 : seq - 1 + READ_AHEAD_MESSAGES]
+    items = stream_whole_bodies(session.stub, session.account, view.name, uid_set(uids), CALL_TIMEOUT, granted)
+    session.ahead.start(uids, granted, items)
 
 
 async def _metadata(session: Session, request: pb.FetchMetadataRequest) -> dict[int, pb.MessageMetadata]:
@@ -148,7 +194,7 @@ async def fetch(session: Session, command: Command) -> Reply | None:
         elif need_metadata:
             metadata = await _metadata(session, request)
         else:
-            texts = await _bodies(session, view.name, batch_uids, [b for b, _ in bodies])
+            texts = await _bodies_ahead(session, view, batch_uids, [b for b, _ in bodies])
             metadata = {uid: pb.MessageMetadata(uid=uid) for uid, _ in texts}
         wanted = [(seq, uid) for seq, uid in batch if uid in metadata]
         for seq, uid in wanted:
