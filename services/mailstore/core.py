@@ -70,6 +70,7 @@ _HEADER_TEXTS = (pb.SECTION_HEADER, pb.SECTION_HEADER_FIELDS, pb.SECTION_HEADER_
 ACCOUNT_ID_CACHE = 10_000
 SEARCH_BODY_CONCURRENCY = 8
 FETCH_BODIES_CONCURRENCY = 8  # blob reads in flight for one FetchBodies call
+BLOB_DELETE_CONCURRENCY = 8
 SMALL_MAILBOX = 128  # uidnext at most this: whole-mailbox metadata reads name their UID range
 WHOLE_BLOB_READ = 256 * 1024  # up to this size a message is read once, all its sections sliced from it
 
@@ -822,11 +823,17 @@ class MailstoreCore:
             log.warning("event not published (%s): %s", e, event)
 
     async def _delete_blobs(self, keys: Sequence[str]) -> None:
-        for key in keys:
-            try:
-                await self.blobs.delete(key)
-            except StorageError:
-                log.warning("blob %s not deleted now; the orphan sweeper will remove it", key)
+        # A few at a time: one S3 DELETE after the other made an EXPUNGE of many messages slow.
+        limit = asyncio.Semaphore(BLOB_DELETE_CONCURRENCY)
+
+        async def one(key: str) -> None:
+            async with limit:
+                try:
+                    await self.blobs.delete(key)
+                except StorageError:
+                    log.warning("blob %s not deleted now; the orphan sweeper will remove it", key)
+
+        await asyncio.gather(*(one(key) for key in keys))
 
     async def sweep_orphans(self, min_age_seconds: float | None = None) -> int:
         """Remove blobs no message references (left by a crash between blob and metadata write)."""

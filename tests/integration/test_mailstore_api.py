@@ -415,6 +415,21 @@ async def test_fetch_bodies_max_bytes_sends_a_prefix_of_whole_messages(mailstore
     assert await sent(1) == uids[:1], "the first always"
 
 
+async def test_expunge_removes_every_blob(mailstore: tuple[Any, Client]) -> None:
+    # deleted a few at a time (not one after the other), none left behind
+    server, client = mailstore
+
+    async def blob_count() -> int:
+        return len([key async for key, _ in server.core.blobs.list_keys()])
+
+    before = await blob_count()
+    uids = [(await append(client, ALICE, "INBOX", simple(f"gone {n}"), ["\\Deleted"])).uid for n in range(20)]
+    assert await blob_count() == before + 20
+    reply = await client.store.Expunge(pb.ExpungeRequest(account=ALICE, mailbox="INBOX", all_deleted=True))
+    assert sorted(reply.expunged) == uids
+    assert await blob_count() == before
+
+
 async def test_fetch_metadata_with_status_is_select_in_one_call(mailstore: tuple[Any, Client]) -> None:
     _, client = mailstore
     await deliver(client, [ALICE], simple("one"))
