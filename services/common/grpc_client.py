@@ -128,16 +128,21 @@ def mailstore_stub(channel: grpc.aio.Channel) -> pbg.MailstoreAsyncStub:
 
 
 async def stream_bodies(
-    stub: pbg.MailstoreAsyncStub, request: pb.FetchBodiesRequest, deadline_seconds: float
+    stub: pbg.MailstoreAsyncStub,
+    request: pb.FetchBodiesRequest,
+    deadline_seconds: float,
+    metadata: dict[int, pb.MessageMetadata] | None = None,
 ) -> AsyncGenerator[tuple[tuple[int, int], bytes, bool], None]:
     """A FetchBodies call item by item, as each one's last chunk arrives: ((uid, section index),
     bytes, only CRLF line ends). Messages gone are never yielded. Leaving the loop early cancels
-    the call."""
+    the call. The metadata sent with the chunks (request.metadata) is put in `metadata` by UID."""
     call = stub.FetchBodies(request, timeout=deadline_seconds)
     parts: dict[tuple[int, int], list[bytes]] = {}
     try:
         async for reply in call:
             for chunk in reply.chunks:
+                if metadata is not None and chunk.HasField("metadata"):
+                    metadata[chunk.uid] = chunk.metadata
                 if chunk.last and chunk.total_size:  # the whole item in one chunk: the common case
                     yield (chunk.uid, chunk.section_index), chunk.data, chunk.crlf
                     continue
@@ -178,11 +183,13 @@ async def collect_bodies(
     request: pb.FetchBodiesRequest,
     deadline_seconds: float,
     crlf: set[tuple[int, int]] | None = None,
+    metadata: dict[int, pb.MessageMetadata] | None = None,
 ) -> dict[tuple[int, int], bytes]:
     """A FetchBodies call gathered: {(uid, section index): bytes}; messages gone are absent.
-    The keys of items the mailstore marks as having only CRLF line ends are added to `crlf`."""
+    The keys of items the mailstore marks as having only CRLF line ends are added to `crlf`, the
+    metadata sent with the chunks to `metadata`."""
     out: dict[tuple[int, int], bytes] = {}
-    items = stream_bodies(stub, request, deadline_seconds)
+    items = stream_bodies(stub, request, deadline_seconds, metadata)
     async with contextlib.aclosing(items):
         async for key, data, only_crlf in items:
             out[key] = data

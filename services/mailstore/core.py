@@ -612,8 +612,8 @@ class MailstoreCore:
         uids: UidRanges,
         wanted: Sequence[tuple[pb.Section, tuple[int, int] | None]],
         max_bytes: int = 0,
-    ) -> AsyncIterator[tuple[int, int, BodySlice]]:
-        """(uid, section index, slice) of each wanted (section, partial) of each existing message of
+    ) -> AsyncIterator[tuple[MessageRecord, int, BodySlice]]:
+        """(message, section index, slice) of each wanted (section, partial) of each existing message of
         `uids`, in UID order: one metadata read for the set, then blob reads, FETCH_BODIES_CONCURRENCY
         at a time and ahead of the consumer. A small message is read whole once for all its sections.
         With `max_bytes`, only the messages (the first always) whose sizes add up to at most that."""
@@ -654,7 +654,7 @@ class MailstoreCore:
                     read = reads.pop(record.uid, None)
                     raw = await read if read is not None else None
                 for index, (section, partial) in enumerate(wanted):
-                    yield record.uid, index, await self._section_slice(record, structure, section, partial, raw)
+                    yield record, index, await self._section_slice(record, structure, section, partial, raw)
         finally:
             for task in reads.values():  # the caller stopped early (client gone) or a read failed
                 if task.done() and not task.cancelled():

@@ -455,27 +455,34 @@ class MailstoreServicer(pbg.MailstoreServicer):
         wanted = [(s.section, (s.offset, s.length) if s.has_partial else None) for s in request.sections]
         out = pb.FetchBodiesResponse()
         packed = 0
+        fields = request.metadata if request.HasField("metadata") else None
 
-        async def pack(uid: int, index: int, total: int, data: bytes, last: bool, crlf: bool) -> None:
+        async def pack(
+            uid: int, index: int, total: int, data: bytes, last: bool, crlf: bool, meta: pb.MessageMetadata | None
+        ) -> None:
             nonlocal out, packed
             if packed and packed + len(data) > BODIES_BATCH:
                 await context.write(out)
                 out, packed = pb.FetchBodiesResponse(), 0
-            out.chunks.add(uid=uid, section_index=index, total_size=total, data=data, last=last, crlf=crlf)
+            chunk = out.chunks.add(uid=uid, section_index=index, total_size=total, data=data, last=last, crlf=crlf)
+            if meta is not None:
+                chunk.metadata.CopyFrom(meta)
             packed += len(data)
 
         items = self.core.fetch_bodies(request.account, request.mailbox, uids, wanted, request.max_bytes)
         async with closed_after(items):
-            async for uid, index, body in items:
+            async for record, index, body in items:
+                uid = record.uid
+                meta = metadata_pb(record, fields) if fields is not None and index == 0 else None
                 # Each chunk is held back until the next one shows whether it is the item's last.
                 total, held = body.total_size, b""
                 async with closed_after(body.chunks) as chunks:
                     async for data in chunks:
                         if held:
-                            await pack(uid, index, total, held, False, body.crlf)
-                            total = 0  # total_size comes with an item's first chunk only
+                            await pack(uid, index, total, held, False, body.crlf, meta)
+                            total, meta = 0, None  # total_size and metadata come with the first chunk only
                         held = data
-                await pack(uid, index, total, held, True, body.crlf)
+                await pack(uid, index, total, held, True, body.crlf, meta)
         if out.chunks:
             await context.write(out)
 

@@ -430,6 +430,27 @@ async def test_expunge_removes_every_blob(mailstore: tuple[Any, Client]) -> None
     assert await blob_count() == before
 
 
+async def test_fetch_bodies_carries_the_metadata_asked_for(mailstore: tuple[Any, Client]) -> None:
+    # IMAP FETCH of attributes and bodies in one call: each message's metadata with its first chunk
+    _, client = mailstore
+    uids = [(await append(client, ALICE, "INBOX", simple(f"meta {n}"), ["\\Flagged"])).uid for n in range(3)]
+    fields = pb.MetadataFields(flags=True, size=True, envelope=True, internal_date=True)
+    uid_range = pb.UidSet(ranges=[pb.UidRange(first=uids[0], last=uids[-1])])
+    sections = [
+        pb.BodySection(section=pb.Section(text=pb.SECTION_HEADER_FIELDS, fields=["subject"])),
+        pb.BodySection(section=pb.Section()),
+    ]
+    request = pb.FetchBodiesRequest(account=ALICE, mailbox="INBOX", uids=uid_range, sections=sections, metadata=fields)
+    chunks = [c async for r in client.store.FetchBodies(request) for c in r.chunks]
+    with_metadata = [c for c in chunks if c.HasField("metadata")]
+    assert [(c.uid, c.section_index) for c in with_metadata] == [(u, 0) for u in uids], "once per message, first"
+    listing = pb.FetchMetadataRequest(account=ALICE, mailbox="INBOX", uids=uid_range, fields=fields)
+    expected = [m async for r in client.store.FetchMetadata(listing) for m in r.messages]
+    assert [c.metadata for c in with_metadata] == expected
+    request.ClearField("metadata")
+    assert not any([c.HasField("metadata") async for r in client.store.FetchBodies(request) for c in r.chunks])
+
+
 async def test_fetch_metadata_with_status_is_select_in_one_call(mailstore: tuple[Any, Client]) -> None:
     _, client = mailstore
     await deliver(client, [ALICE], simple("one"))

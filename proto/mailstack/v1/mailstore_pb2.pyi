@@ -1848,6 +1848,7 @@ class FetchBodiesRequest(_message.Message):
     UIDS_FIELD_NUMBER: _builtins.int
     SECTIONS_FIELD_NUMBER: _builtins.int
     MAX_BYTES_FIELD_NUMBER: _builtins.int
+    METADATA_FIELD_NUMBER: _builtins.int
     account: _builtins.str
     mailbox: _builtins.str
     max_bytes: _builtins.int
@@ -1860,6 +1861,12 @@ class FetchBodiesRequest(_message.Message):
 
     @_builtins.property
     def sections(self) -> _containers.RepeatedCompositeFieldContainer[Global___BodySection]: ...
+    @_builtins.property
+    def metadata(self) -> Global___MetadataFields:
+        """When set, each message's metadata (these fields, as FetchMetadata sends them) comes with its
+        first chunk: an IMAP FETCH of bodies and attributes in one call.
+        """
+
     def __init__(
         self,
         *,
@@ -1868,10 +1875,11 @@ class FetchBodiesRequest(_message.Message):
         uids: Global___UidSet | None = ...,
         sections: _abc.Iterable[Global___BodySection] | None = ...,
         max_bytes: _builtins.int = ...,
+        metadata: Global___MetadataFields | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["uids", b"uids"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["metadata", b"metadata", "uids", b"uids"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account", b"account", "mailbox", b"mailbox", "max_bytes", b"max_bytes", "sections", b"sections", "uids", b"uids"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account", b"account", "mailbox", b"mailbox", "max_bytes", b"max_bytes", "metadata", b"metadata", "sections", b"sections", "uids", b"uids"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1925,6 +1933,7 @@ class BodyChunk(_message.Message):
     DATA_FIELD_NUMBER: _builtins.int
     LAST_FIELD_NUMBER: _builtins.int
     CRLF_FIELD_NUMBER: _builtins.int
+    METADATA_FIELD_NUMBER: _builtins.int
     uid: _builtins.int
     section_index: _builtins.int
     """index into FetchBodiesRequest.sections"""
@@ -1933,6 +1942,10 @@ class BodyChunk(_message.Message):
     last: _builtins.bool
     crlf: _builtins.bool
     """the section has only CRLF line ends (no bare CR or LF); false = not known"""
+    @_builtins.property
+    def metadata(self) -> Global___MessageMetadata:
+        """with a message's first chunk, when FetchBodiesRequest.metadata is set"""
+
     def __init__(
         self,
         *,
@@ -1942,10 +1955,11 @@ class BodyChunk(_message.Message):
         data: _builtins.bytes = ...,
         last: _builtins.bool = ...,
         crlf: _builtins.bool = ...,
+        metadata: Global___MessageMetadata | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["metadata", b"metadata"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["crlf", b"crlf", "data", b"data", "last", b"last", "section_index", b"section_index", "total_size", b"total_size", "uid", b"uid"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["crlf", b"crlf", "data", b"data", "last", b"last", "metadata", b"metadata", "section_index", b"section_index", "total_size", b"total_size", "uid", b"uid"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -73,14 +73,34 @@ def _body_section(item: FetchBody) -> pb.BodySection:
 
 
 async def _bodies(
-    session: Session, mailbox: str, uids: list[int], items: list[FetchBody]
+    session: Session,
+    mailbox: str,
+    uids: list[int],
+    items: list[FetchBody],
+    metadata: tuple[pb.MetadataFields, dict[int, pb.MessageMetadata]] | None = None,
 ) -> dict[tuple[int, int], bytes]:
     """Every body section of every message in one FetchBodies call: {(uid, item index): bytes};
-    messages gone from the store are absent."""
+    messages gone from the store are absent. With `metadata` (fields, out), each message's
+    metadata comes in the same call, into `out`."""
     request = pb.FetchBodiesRequest(
         account=session.account, mailbox=mailbox, uids=uid_set(uids), sections=[_body_section(i) for i in items]
     )
-    return await collect_bodies(session.stub, request, CALL_TIMEOUT)
+    if metadata is None:
+        return await collect_bodies(session.stub, request, CALL_TIMEOUT)
+    request.metadata.CopyFrom(metadata[0])
+    return await collect_bodies(session.stub, request, CALL_TIMEOUT, metadata=metadata[1])
+
+
+async def _bodies_with_metadata(
+    session: Session, view: MailboxView, request: pb.FetchMetadataRequest, uids: list[int], items: list[FetchBody]
+) -> tuple[dict[int, pb.MessageMetadata], dict[tuple[int, int], bytes]]:
+    """Bodies and metadata in one FetchBodies call. A mailstore older than
+    FetchBodiesRequest.metadata sends none: then FetchMetadata is asked as well."""
+    metadata: dict[int, pb.MessageMetadata] = {}
+    texts = await _bodies(session, view.name, uids, items, (request.fields, metadata))
+    if texts and not metadata:
+        metadata = await _metadata(session, request)
+    return metadata, texts
 
 
 def _whole(item: FetchBody) -> bool:
@@ -187,7 +207,9 @@ async def fetch(session: Session, command: Command) -> Reply | None:
         )
         metadata: dict[int, pb.MessageMetadata] = {}
         texts: dict[tuple[int, int], bytes] = {}
-        if need_metadata and bodies:
+        if need_metadata and bodies and not request.changed_since:
+            metadata, texts = await _bodies_with_metadata(session, view, request, batch_uids, [b for b, _ in bodies])
+        elif need_metadata and bodies:  # CHANGEDSINCE filters by the metadata: it decides which are sent
             metadata, texts = await asyncio.gather(
                 _metadata(session, request), _bodies(session, view.name, batch_uids, [b for b, _ in bodies])
             )
