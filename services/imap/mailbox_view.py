@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from .protocol import SequenceSet
-from .protocol.encoder import flag_list
+from .protocol.encoder import flag_list, set_text
 
 NEW, FLAGS, EXPUNGE = "new", "flags", "expunge"
 
@@ -150,14 +150,25 @@ class MailboxView:
         self._announced_exists -= 1
         return seq
 
-    def updates(self, allow_expunge: bool, with_modseq: bool) -> list[bytes]:
+    def expunge_responses(self, uids: Iterable[int], vanished: bool) -> list[bytes]:
+        """Forget expunged messages; the responses that announce it: `* n EXPUNGE` each, or one
+        `* VANISHED uid-set` once the client enabled QRESYNC (RFC 7162 §3.2.10)."""
+        gone: list[int] = []
+        out: list[bytes] = []
+        for uid in sorted(uids):
+            seq = self.remove(uid)
+            if seq is not None:
+                gone.append(uid)
+                out.append(b"* %d EXPUNGE\r\n" % seq)
+        if vanished:
+            return [b"* VANISHED %s\r\n" % set_text(gone).encode("ascii")] if gone else []
+        return out
+
+    def updates(self, allow_expunge: bool, with_modseq: bool, vanished: bool = False) -> list[bytes]:
         """The untagged responses owed to the client (RFC 9051 §7.5.1 decides allow_expunge)."""
         out: list[bytes] = []
         if allow_expunge and self._expunged:
-            for uid in sorted(self._expunged):
-                seq = self.remove(uid)
-                if seq is not None:
-                    out.append(b"* %d EXPUNGE\r\n" % seq)
+            out += self.expunge_responses(list(self._expunged), vanished)
         if len(self.uids) != self._announced_exists:
             out.append(b"* %d EXISTS\r\n" % len(self.uids))
             self._announced_exists = len(self.uids)

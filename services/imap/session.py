@@ -129,6 +129,7 @@ class Session:
         self.account = ""
         self.view: MailboxView | None = None
         self.condstore = False  # RFC 7162 §3.1: enabled by ENABLE or a CONDSTORE-aware command
+        self.qresync = False  # RFC 7162 §3.2.3: ENABLE QRESYNC (expunges then go out as VANISHED)
         self.dirty = False  # a hint said the selected mailbox changed
         # The hints behind `dirty` when they are all flag/new events (None: another reason, or too
         # many): if the view already holds each of them (this session's own STORE), no refresh.
@@ -298,7 +299,7 @@ class Session:
         if self.dirty or name in ALWAYS_REFRESH:
             await self.refresh()
         allow_expunge = command is None or command.uid or name not in NO_EXPUNGE_DURING
-        for line in view.updates(allow_expunge, self.condstore):
+        for line in view.updates(allow_expunge, self.condstore, self.qresync):
             self.untagged(line)
 
     def poll_due(self) -> bool:

@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 from mailstack.v1 import mailstore_pb2 as pb
 
 from ..errors import bad, no
 from ..mailbox_view import MailboxView
 from ..protocol import Command, SequenceSet
+from ..protocol.encoder import ranges_of, set_text
+
+if TYPE_CHECKING:
+    from ..session import Session
+
+CALL_TIMEOUT = 60.0
 
 # RFC 6154 §2 special-use attributes <-> the mailstore's enum
 SPECIAL_USE_ATTRIBUTES = {
@@ -23,23 +30,8 @@ SPECIAL_USE_ATTRIBUTES = {
 SPECIAL_USE_BY_NAME = {v.lower(): k for k, v in SPECIAL_USE_ATTRIBUTES.items()}
 
 
-def ranges_of(uids: Iterable[int]) -> list[tuple[int, int]]:
-    out: list[tuple[int, int]] = []
-    for uid in sorted(set(uids)):
-        if out and uid == out[-1][1] + 1:
-            out[-1] = (out[-1][0], uid)
-        else:
-            out.append((uid, uid))
-    return out
-
-
 def uid_set(uids: Iterable[int]) -> pb.UidSet:
     return pb.UidSet(ranges=[pb.UidRange(first=a, last=b) for a, b in ranges_of(uids)])
-
-
-def set_text(numbers: Iterable[int]) -> str:
-    """A sequence-set string "1:3,7" (COPYUID, APPENDUID, ESEARCH ALL)."""
-    return ",".join(str(a) if a == b else f"{a}:{b}" for a, b in ranges_of(numbers))
 
 
 def selected_view(view: MailboxView | None) -> MailboxView:
@@ -60,3 +52,17 @@ def resolve(view: MailboxView, command: Command, sequence_set: SequenceSet) -> l
 def writable(view: MailboxView) -> None:
     if view.readonly:
         raise no("mailbox is read-only (EXAMINE)", "READ-ONLY")
+
+
+async def report_vanished(session: Session, view: MailboxView, modseq: int, within: SequenceSet | None) -> None:
+    """`* VANISHED (EARLIER) uids` for the UIDs (of `within`, when given) expunged after `modseq`
+    (RFC 7162 §3.2.5.2, §3.2.6), from the mailstore's change log, which is kept whole."""
+    reply = await session.stub.GetChanges(
+        pb.GetChangesRequest(account=session.account, mailbox=view.name, since_modseq=modseq), timeout=CALL_TIMEOUT
+    )
+    gone = [c.uid for c in reply.changes if c.kind == pb.CHANGE_EXPUNGE]
+    if within is not None:
+        ranges = within.ranges(view.uidnext - 1)
+        gone = [uid for uid in gone if any(low <= uid <= high for low, high in ranges)]
+    if gone:
+        session.untagged(b"* VANISHED (EARLIER) %s\r\n" % set_text(gone).encode("ascii"))

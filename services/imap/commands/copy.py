@@ -55,10 +55,8 @@ async def copy_move(session: Session, command: Command) -> Reply | None:
     # RFC 6851 §4.3: COPYUID in an untagged OK, then the EXPUNGEs, then the tagged OK
     if code:
         session.untagged(untagged_status("OK", "moved", code))
-    for pair in mapping:
-        seq = view.remove(pair.source)
-        if seq is not None:
-            session.untagged(b"* %d EXPUNGE\r\n" % seq)
+    for line in view.expunge_responses([pair.source for pair in mapping], session.qresync):
+        session.untagged(line)
     return Reply("OK", "MOVE completed")
 
 

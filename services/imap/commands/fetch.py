@@ -8,11 +8,11 @@ from typing import TYPE_CHECKING
 from mailstack.services.common.grpc_client import collect_bodies, stream_whole_bodies
 from mailstack.v1 import mailstore_pb2 as pb
 
-from ..errors import no
+from ..errors import bad, no
 from ..protocol import Command, Fetch, FetchAttribute, FetchBinarySize, FetchBody, FetchItem, Section
 from ..protocol.encoder import fetch_response, flag_list, literal
 from ..protocol.message_data import body_structure, envelope, internal_date
-from .common import resolve, selected_view, uid_set
+from .common import report_vanished, resolve, selected_view, uid_set
 
 if TYPE_CHECKING:
     from ..mailbox_view import MailboxView
@@ -167,6 +167,11 @@ async def fetch(session: Session, command: Command) -> Reply | None:
         session.condstore = True  # RFC 7162 §3.1: CONDSTORE-enabling
         if "MODSEQ" not in names:
             items.append(FetchAttribute("MODSEQ"))
+    if args.vanished:  # RFC 7162 §3.2.6: UID FETCH (CHANGEDSINCE m VANISHED)
+        if not session.qresync:
+            raise bad("VANISHED needs ENABLE QRESYNC")
+        assert args.changed_since is not None  # the parser requires it
+        await report_vanished(session, view, args.changed_since, args.sequence_set)
     targets = resolve(view, command, args.sequence_set)
     if not targets:
         return None

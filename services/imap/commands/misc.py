@@ -28,6 +28,7 @@ EXTENSIONS = (
     "SPECIAL-USE",
     "CREATE-SPECIAL-USE",
     "CONDSTORE",
+    "QRESYNC",
     "ESEARCH",
     "QUOTA",
     "QUOTA=RES-STORAGE",
@@ -90,13 +91,16 @@ async def namespace(session: Session, command: Command) -> Reply | None:
 
 
 async def enable(session: Session, command: Command) -> Reply | None:
-    # Command: RFC 5161 §3.1; CONDSTORE per RFC 7162 §3.1
+    # Command: RFC 5161 §3.1; CONDSTORE and QRESYNC per RFC 7162 §3.1, §3.2.3
     assert isinstance(command.args, Enable)
     enabled: list[bytes] = []
     for name in command.args.capabilities:
         if name.upper() == "CONDSTORE" and not session.condstore:
             session.condstore = True
             enabled.append(b"CONDSTORE")
+        elif name.upper() == "QRESYNC" and not session.qresync:
+            session.qresync = session.condstore = True  # RFC 7162 §3.2.3: QRESYNC implies CONDSTORE
+            enabled.append(b"QRESYNC")
     session.untagged(untagged(b" ".join([b"ENABLED", *enabled])))
     return None
 

@@ -6,10 +6,11 @@ from typing import TYPE_CHECKING
 
 from mailstack.v1 import mailstore_pb2 as pb
 
+from ..errors import bad
 from ..mailbox_view import MailboxView
-from ..protocol import Command, Select, SequenceArgument
+from ..protocol import Command, QresyncParameters, Select, SequenceArgument
 from ..protocol.encoder import flag_list, untagged, untagged_status
-from .common import resolve, selected_view, uid_set, writable
+from .common import report_vanished, resolve, selected_view, uid_set, writable
 
 if TYPE_CHECKING:
     from ..session import Reply, Session
@@ -61,6 +62,10 @@ async def select(session: Session, command: Command) -> Reply | None:
     args = command.args
     assert isinstance(args, Select)
     readonly = command.name == "EXAMINE"
+    if args.qresync is not None and not session.qresync:
+        raise bad("QRESYNC parameter without ENABLE QRESYNC")  # RFC 7162 §3.2.5
+    if session.view is not None and session.qresync:
+        session.untagged(untagged_status("OK", "previous mailbox closed", "CLOSED"))  # RFC 7162 §3.2.11
     session.select(None)  # RFC 9051 §6.3.2: a failed SELECT leaves no mailbox selected
     if args.condstore:
         session.condstore = True
@@ -78,8 +83,20 @@ async def select(session: Session, command: Command) -> Reply | None:
     session.untagged(untagged_status("OK", "UIDs valid", f"UIDVALIDITY {view.uidvalidity}"))
     session.untagged(untagged_status("OK", "predicted next UID", f"UIDNEXT {view.uidnext}"))
     session.untagged(untagged_status("OK", "highest", f"HIGHESTMODSEQ {view.modseq}"))
+    if args.qresync is not None and args.qresync.uidvalidity == view.uidvalidity:
+        await _resync(session, view, args.qresync)
     session.select(view)
     return Reply("OK", f"{command.name} completed", "READ-ONLY" if readonly else "READ-WRITE")
+
+
+async def _resync(session: Session, view: MailboxView, params: QresyncParameters) -> None:
+    """RFC 7162 §3.2.5.2: what changed since the client's MODSEQ: VANISHED (EARLIER) for the UIDs
+    expunged (only those it names in known-uids, when it does), then FLAGS and MODSEQ of each
+    message changed or added. The change log is whole, so seq-match data is not needed."""
+    await report_vanished(session, view, params.modseq, params.known_uids)
+    for seq, uid in enumerate(view.uids, 1):
+        if view.modseqs.get(uid, 0) > params.modseq:
+            session.untagged(view.flags_response(seq, uid, with_modseq=True))
 
 
 async def close(session: Session, command: Command) -> Reply | None:
@@ -114,10 +131,8 @@ async def expunge(session: Session, command: Command) -> Reply | None:
     else:
         request.all_deleted = True
     reply = await session.stub.Expunge(request, timeout=CALL_TIMEOUT)
-    for uid in sorted(reply.expunged):
-        seq = view.remove(uid)
-        if seq is not None:
-            session.untagged(b"* %d EXPUNGE\r\n" % seq)
+    for line in view.expunge_responses(reply.expunged, session.qresync):
+        session.untagged(line)
     return None
 
 

@@ -138,6 +138,21 @@ def continuation(text: str = "go ahead") -> bytes:
     return b"+ " + _text(text) + CRLF
 
 
+def ranges_of(numbers: Iterable[int]) -> list[tuple[int, int]]:
+    out: list[tuple[int, int]] = []
+    for n in sorted(set(numbers)):
+        if out and n == out[-1][1] + 1:
+            out[-1] = (out[-1][0], n)
+        else:
+            out.append((n, n))
+    return out
+
+
+def set_text(numbers: Iterable[int]) -> str:
+    """A sequence-set string "1:3,7" (COPYUID, APPENDUID, ESEARCH ALL, VANISHED)."""
+    return ",".join(str(a) if a == b else f"{a}:{b}" for a, b in ranges_of(numbers))
+
+
 def fetch_response(number: int, items: Iterable[tuple[bytes, bytes]]) -> bytes:
     """message-data = nz-number SP "FETCH" SP msg-att: `* 12 FETCH (UID 7 FLAGS (\\Seen))`."""
     return b"* %d FETCH " % number + paren_list(name + b" " + value for name, value in items) + CRLF
