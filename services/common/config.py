@@ -45,6 +45,11 @@ class Settings:
     )
     orphan_sweep_seconds: int = _setting(3600, "How often the sweeper removes unreferenced blobs (0 = never).")
     orphan_min_age_seconds: int = _setting(3600, "Blobs younger than this are never swept (deliveries in flight).")
+    change_log_days: int = _setting(
+        90,
+        "Days the log of expunges is kept for IMAP QRESYNC (pruned with the orphan sweep; 0 = forever). "
+        "A client last synced before that gets VANISHED for every UID it may hold that is gone.",
+    )
 
     # gRPC
     mailstore_listen: str = _setting("127.0.0.1:50051", "Where the mailstore's gRPC server listens.")

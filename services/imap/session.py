@@ -278,6 +278,8 @@ class Session:
             raise EndSession("the selected mailbox was replaced (UIDVALIDITY changed)")
         kinds = {pb.CHANGE_NEW: "new", pb.CHANGE_FLAGS: "flags", pb.CHANGE_EXPUNGE: "expunge"}
         changes = [Change(c.uid, c.modseq, kinds.get(c.kind, "flags"), tuple(c.flags)) for c in reply.changes]
+        if reply.pruned_modseq > view.modseq:  # the log lost expunges since this view: list what is left
+            changes += await self._gone_from_listing(view, reply.highestmodseq)
         new = view.apply(changes, reply.highestmodseq)
         if new and not view.readonly:
             # RFC 3501 §2.3.2: \Recent in exactly one session: whoever claims first
@@ -285,6 +287,22 @@ class Session:
                 pb.ClaimRecentRequest(account=self.account, mailbox=view.name), timeout=CALL_TIMEOUT
             )
             view.recent.update(u for u in new if claim.first_uid <= u < claim.uidnext)
+
+    async def _gone_from_listing(self, view: MailboxView, modseq: int) -> list[Change]:
+        """Expunges of the view's messages told by a listing of their UID range (a session idle for
+        longer than change_log_days; in practice sessions refresh every few minutes)."""
+        if not view.uids:
+            return []
+        request = pb.FetchMetadataRequest(
+            account=self.account,
+            mailbox=view.name,
+            uids=pb.UidSet(ranges=[pb.UidRange(first=view.uids[0], last=view.uids[-1])]),
+            fields=pb.MetadataFields(),
+        )
+        present: set[int] = set()
+        async for batch in self.stub.FetchMetadata(request, timeout=CALL_TIMEOUT):
+            present.update(m.uid for m in batch.messages)
+        return [Change(uid, modseq, "expunge", ()) for uid in view.uids if uid not in present]
 
     async def pending_updates(self, command: Command | None) -> None:
         view = self.view

@@ -797,9 +797,12 @@ class MailstoreCore:
 
     async def changes_since(
         self, account: str, mailbox_name: str, modseq: int
-    ) -> tuple[MailboxRecord, list[ChangeRecord]]:
+    ) -> tuple[MailboxRecord, list[ChangeRecord], int]:
+        """The changes after `modseq`, and the MODSEQ up to which expunges may be missing (the log
+        was pruned): read after the changes, so a prune in between is never missed."""
         mailbox = await self._read_mailbox(account, mailbox_name)
-        return mailbox, await self.metadata.changes_since(mailbox.id, modseq)
+        changes = await self.metadata.changes_since(mailbox.id, modseq)
+        return mailbox, changes, await self.metadata.pruned_modseq(mailbox.id)
 
     async def watch(self, account: str) -> Subscription:
         record = await self.account(account)
@@ -849,11 +852,23 @@ class MailstoreCore:
             log.info("orphan sweeper removed %d blobs", removed)
         return removed
 
+    async def prune_change_log(self, now: float | None = None) -> int:
+        """Forget expunges older than change_log_days (QRESYNC clients older than that resync by
+        UID ranges instead)."""
+        days = self.settings.change_log_days
+        if days <= 0:
+            return 0
+        pruned = await self.metadata.prune_changes((time.time() if now is None else now) - days * 86400)
+        if pruned:
+            log.info("change log: %d expunges older than %d days pruned", pruned, days)
+        return pruned
+
     async def _sweep_forever(self) -> None:
         while True:
             await asyncio.sleep(self.settings.orphan_sweep_seconds)
             try:
                 await self.sweep_orphans()
+                await self.prune_change_log()
             except StorageUnavailable as e:
                 log.warning("orphan sweep skipped: %s", e)
             except Exception:

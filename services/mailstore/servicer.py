@@ -542,11 +542,12 @@ class MailstoreServicer(pbg.MailstoreServicer):
 
     @rpc
     async def GetChanges(self, request: pb.GetChangesRequest, context: Any) -> pb.GetChangesResponse:
-        mailbox, changes = await self.core.changes_since(request.account, request.mailbox, request.since_modseq)
+        mailbox, changes, pruned = await self.core.changes_since(request.account, request.mailbox, request.since_modseq)
         return pb.GetChangesResponse(
             changes=[pb.Change(uid=c.uid, modseq=c.modseq, kind=CHANGE_KINDS[c.kind], flags=c.flags) for c in changes],
             highestmodseq=mailbox.highestmodseq,
             uidvalidity=mailbox.uidvalidity,
+            pruned_modseq=pruned,
         )
 
     @stream_rpc

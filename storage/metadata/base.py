@@ -240,6 +240,12 @@ class MetadataStore(Protocol):
     async def changes_since(self, mailbox_id: int, modseq: int) -> list[ChangeRecord]:
         """Changes with modseq > modseq, in modseq order (expunges from the log)."""
 
+    async def pruned_modseq(self, mailbox_id: int) -> int:
+        """The MODSEQ up to which expunges may be missing from the log (0: the log is whole)."""
+
+    async def prune_changes(self, before: float) -> int:
+        """Drop the expunges logged before this time (unix seconds); returns how many."""
+
     # ---- quota and blobs
     async def recompute_usage(self, account_id: int) -> tuple[int, int]:
         """Set the account's counters from its messages; returns (bytes, messages)."""

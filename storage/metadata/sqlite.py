@@ -324,9 +324,10 @@ def _select_uids(
 def _remove_messages(conn: sqlite3.Connection, mailbox_id: int, uids: Sequence[int], modseq: int) -> None:
     """Delete rows and log their expunge at modseq (RFC 7162 §3.2.5: VANISHED needs the log)."""
     conn.executemany("DELETE FROM messages WHERE mailbox_id = ? AND uid = ?", [(mailbox_id, u) for u in uids])
+    now = time.time()  # the log is pruned by age (prune_changes)
     conn.executemany(
-        "INSERT INTO changes (mailbox_id, modseq, uid, kind) VALUES (?, ?, ?, 'expunge')",
-        [(mailbox_id, modseq, u) for u in uids],
+        "INSERT INTO changes (mailbox_id, modseq, uid, kind, at) VALUES (?, ?, ?, 'expunge', ?)",
+        [(mailbox_id, modseq, u, now) for u in uids],
     )
 
 
@@ -1063,6 +1064,29 @@ class SqliteMetadataStore:
             return changes
 
         return await self._read(txn)
+
+    async def pruned_modseq(self, mailbox_id: int) -> int:
+        def txn(conn: sqlite3.Connection) -> int:
+            row = _one(conn, "SELECT pruned_modseq FROM mailboxes WHERE id = ?", (mailbox_id,))
+            if row is None:
+                raise MailboxNotFound(str(mailbox_id))
+            return int(row[0])
+
+        return await self._read(txn, inline=True)
+
+    async def prune_changes(self, before: float) -> int:
+        def txn(conn: sqlite3.Connection) -> int:
+            # Each mailbox remembers the newest MODSEQ it forgets: a client older than that gets
+            # VANISHED (EARLIER) for every UID it may hold that is not there (RFC 7162 §3.2.5.2).
+            conn.execute(
+                "UPDATE mailboxes SET pruned_modseq = MAX(pruned_modseq,"
+                " (SELECT MAX(modseq) FROM changes c WHERE c.mailbox_id = mailboxes.id AND c.at < ?))"
+                " WHERE id IN (SELECT DISTINCT mailbox_id FROM changes WHERE at < ?)",
+                (before, before),
+            )
+            return conn.execute("DELETE FROM changes WHERE at < ?", (before,)).rowcount
+
+        return await self._write(txn)
 
     # ---- quota and blobs
 

@@ -130,6 +130,15 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             created REAL NOT NULL
         )""",
     ),
+    (
+        # Step 3: the change log is pruned (MetadataStore.prune_changes). `at` dates each expunge
+        # (rows from before start aging now); a mailbox's pruned_modseq says up to where its log
+        # is no longer whole.
+        "ALTER TABLE changes ADD COLUMN at REAL NOT NULL DEFAULT 0",
+        "UPDATE changes SET at = CAST(strftime('%s', 'now') AS REAL)",
+        "CREATE INDEX changes_at ON changes (at)",
+        "ALTER TABLE mailboxes ADD COLUMN pruned_modseq INTEGER NOT NULL DEFAULT 0",
+    ),
 )
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
 from pathlib import Path
@@ -19,6 +20,7 @@ from mailstack.storage.errors import (
 )
 from mailstack.storage.metadata.base import AccountRecord, InsertResult, MailboxRecord, MetadataStore, NewMessage
 from mailstack.storage.metadata.sqlite import SqliteMetadataStore
+from mailstack.storage.metadata.sqlite_schema import MIGRATIONS
 
 OpenStore = Callable[[], Awaitable[MetadataStore]]
 DEFAULT_MAILBOXES = [("Sent", "\\Sent"), ("Drafts", "\\Drafts"), ("Trash", "\\Trash")]
@@ -750,6 +752,48 @@ async def test_changes_since(metadata_store: MetadataStore) -> None:
     everything = await s.changes_since(box.id, 0)
     assert [c.modseq for c in everything] == sorted(c.modseq for c in everything)
     assert {c.uid for c in everything if c.kind == "new"} == {r1.uid, r3.uid, r4.uid}
+
+
+async def test_prune_changes_forgets_old_expunges_and_says_up_to_where(metadata_store: MetadataStore) -> None:
+    s = metadata_store
+    acc = await account(s)
+    box = await inbox(s, acc)
+    other = await s.get_mailbox(acc.id, "Sent")
+    first = await insert(s, box.id, "p1")
+    await insert(s, box.id, "p2")
+    await s.store_flags(box.id, [(first.uid, first.uid)], "add", ["\\Deleted"], None)
+    old = await s.expunge(box.id, None)
+    assert await s.pruned_modseq(box.id) == 0, "a whole log"
+    assert await s.prune_changes(time.time() - 3600) == 0, "nothing is an hour old"
+    assert await s.prune_changes(time.time() + 1) == 1
+    assert await s.pruned_modseq(box.id) == old.modseq and await s.pruned_modseq(other.id) == 0
+    assert [c for c in await s.changes_since(box.id, 0) if c.kind == "expunge"] == []
+    # later expunges are logged again; pruning never moves the mark back
+    second = await insert(s, box.id, "p3")
+    await s.store_flags(box.id, [(second.uid, second.uid)], "add", ["\\Deleted"], None)
+    new = await s.expunge(box.id, None)
+    assert [c.uid for c in await s.changes_since(box.id, old.modseq) if c.kind == "expunge"] == [second.uid]
+    assert await s.prune_changes(time.time() - 3600) == 0 and await s.pruned_modseq(box.id) == old.modseq
+    assert new.modseq > old.modseq
+
+
+async def test_migration_from_step_2_dates_the_logged_expunges(tmp_path: Path) -> None:
+    # A database from before the change log was pruned: its expunges start aging at the upgrade.
+    path = tmp_path / "old.db"
+    conn = sqlite3.connect(path)
+    for statement in (s for step in MIGRATIONS[:2] for s in step):
+        conn.execute(statement)
+    conn.execute("PRAGMA user_version = 2")
+    conn.execute("INSERT INTO changes (mailbox_id, modseq, uid, kind) VALUES (1, 5, 3, 'expunge')")
+    conn.commit()
+    conn.close()
+    store = SqliteMetadataStore(str(path))
+    await store.migrate()
+    try:
+        assert await store.prune_changes(time.time() - 60) == 0, "dated now, not at 1970"
+        assert await store.prune_changes(time.time() + 1) == 1
+    finally:
+        await store.close()
 
 
 # ------------------------------------------------------------------ leases

@@ -5,6 +5,7 @@ EXPUNGE once enabled, and [CLOSED] when another mailbox is selected."""
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -97,3 +98,42 @@ def test_qresync_needs_enable(env: ImapEnv) -> None:
     raw.command("d", "UID STORE 1 +FLAGS.SILENT (\\Deleted)")
     assert b"* 1 EXPUNGE" in raw.command("x", "EXPUNGE")
     raw.close()
+
+
+def prune_everything(env: ImapEnv) -> int:
+    """The change log as it is after change_log_days: every logged expunge forgotten."""
+    return env.run(lambda: env.mailstore.core.prune_change_log(time.time() + 91 * 86400))
+
+
+def test_after_the_log_was_pruned_every_missing_uid_is_vanished(env: ImapEnv) -> None:
+    user, uidvalidity, modseq = mailbox_with_history(env)  # UIDs 1-5, 4 expunged
+    assert prune_everything(env) >= 1
+    raw = qresync_client(env, user)
+    lines = raw.command("s", f"SELECT INBOX (QRESYNC ({uidvalidity} {modseq}))")
+    assert b"* VANISHED (EARLIER) 4" in lines, "from the UIDs that are left, not from the log"
+    assert any(re.fullmatch(rb"\* 2 FETCH \(UID 2 FLAGS \(\\Flagged\) MODSEQ \(\d+\)\)", line) for line in lines)
+    lines = raw.command("t", f"SELECT INBOX (QRESYNC ({uidvalidity} {modseq} 2:9))")
+    assert b"* VANISHED (EARLIER) 4,6:9" in lines, "UIDs that never existed may be named (RFC 7162)"
+    lines = raw.command("f", f"UID FETCH 3:5 (FLAGS) (CHANGEDSINCE {modseq} VANISHED)")
+    assert lines[0] == b"* VANISHED (EARLIER) 4"
+    raw.close()
+
+
+def test_a_session_older_than_the_log_still_learns_every_expunge(env: ImapEnv) -> None:
+    user = env.new_account()
+    for n in range(1, 5):
+        env.deliver(user, message(f"old session {n}"))
+    stale = RawImap(env.port())
+    stale.login(user)
+    stale.command("s", "SELECT INBOX")
+    other = RawImap(env.port())
+    other.login(user)
+    other.command("s", "SELECT INBOX")
+    other.command("d", "UID STORE 2,3 +FLAGS.SILENT (\\Deleted)")
+    other.command("x", "EXPUNGE")
+    other.close()
+    prune_everything(env)  # before the stale session refreshes: its catch-up cannot use the log
+    lines = stale.command("n", "NOOP")
+    assert lines.count(b"* 2 EXPUNGE") == 2 and lines[-1].startswith(b"n OK"), lines
+    assert b"* 2 EXISTS" not in lines  # EXPUNGE responses carry the count
+    stale.close()

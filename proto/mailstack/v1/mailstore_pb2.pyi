@@ -2731,8 +2731,13 @@ class GetChangesResponse(_message.Message):
     CHANGES_FIELD_NUMBER: _builtins.int
     HIGHESTMODSEQ_FIELD_NUMBER: _builtins.int
     UIDVALIDITY_FIELD_NUMBER: _builtins.int
+    PRUNED_MODSEQ_FIELD_NUMBER: _builtins.int
     highestmodseq: _builtins.int
     uidvalidity: _builtins.int
+    pruned_modseq: _builtins.int
+    """Expunges at or below this MODSEQ may be missing (the log was pruned, change_log_days): a
+    since_modseq below it gets every NEW and FLAGS change but not every EXPUNGE.
+    """
     @_builtins.property
     def changes(self) -> _containers.RepeatedCompositeFieldContainer[Global___Change]: ...
     def __init__(
@@ -2741,10 +2746,11 @@ class GetChangesResponse(_message.Message):
         changes: _abc.Iterable[Global___Change] | None = ...,
         highestmodseq: _builtins.int = ...,
         uidvalidity: _builtins.int = ...,
+        pruned_modseq: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["changes", b"changes", "highestmodseq", b"highestmodseq", "uidvalidity", b"uidvalidity"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["changes", b"changes", "highestmodseq", b"highestmodseq", "pruned_modseq", b"pruned_modseq", "uidvalidity", b"uidvalidity"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
@@ -10,7 +11,7 @@ from mailstack.v1 import mailstore_pb2 as pb
 from ..errors import bad, no
 from ..mailbox_view import MailboxView
 from ..protocol import Command, SequenceSet
-from ..protocol.encoder import ranges_of, set_text
+from ..protocol.encoder import ranges_of, ranges_text, set_text
 
 if TYPE_CHECKING:
     from ..session import Session
@@ -56,13 +57,34 @@ def writable(view: MailboxView) -> None:
 
 async def report_vanished(session: Session, view: MailboxView, modseq: int, within: SequenceSet | None) -> None:
     """`* VANISHED (EARLIER) uids` for the UIDs (of `within`, when given) expunged after `modseq`
-    (RFC 7162 §3.2.5.2, §3.2.6), from the mailstore's change log, which is kept whole."""
+    (RFC 7162 §3.2.5.2, §3.2.6), from the mailstore's change log. If the log was pruned past
+    `modseq`, every UID of the range that is not in the mailbox (the RFC allows naming UIDs that
+    never existed)."""
     reply = await session.stub.GetChanges(
         pb.GetChangesRequest(account=session.account, mailbox=view.name, since_modseq=modseq), timeout=CALL_TIMEOUT
     )
-    gone = [c.uid for c in reply.changes if c.kind == pb.CHANGE_EXPUNGE]
-    if within is not None:
-        ranges = within.ranges(view.uidnext - 1)
-        gone = [uid for uid in gone if any(low <= uid <= high for low, high in ranges)]
-    if gone:
-        session.untagged(b"* VANISHED (EARLIER) %s\r\n" % set_text(gone).encode("ascii"))
+    ranges = within.ranges(view.uidnext - 1) if within is not None else [(1, view.uidnext - 1)]
+    if reply.pruned_modseq > modseq:
+        text = ranges_text(gaps(ranges, view.uids))
+    else:
+        gone = [c.uid for c in reply.changes if c.kind == pb.CHANGE_EXPUNGE]
+        text = set_text(uid for uid in gone if any(low <= uid <= high for low, high in ranges))
+    if text:
+        session.untagged(b"* VANISHED (EARLIER) %s\r\n" % text.encode("ascii"))
+
+
+def gaps(ranges: list[tuple[int, int]], present: list[int]) -> list[tuple[int, int]]:
+    """The parts of sorted, merged `ranges` holding none of the sorted `present` numbers."""
+    out: list[tuple[int, int]] = []
+    i = 0
+    for low, high in ranges:
+        i = bisect.bisect_left(present, low, i)
+        start = low
+        while i < len(present) and present[i] <= high:
+            if present[i] > start:
+                out.append((start, present[i] - 1))
+            start = present[i] + 1
+            i += 1
+        if start <= high:
+            out.append((start, high))
+    return out

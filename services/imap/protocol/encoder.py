@@ -150,7 +150,12 @@ def ranges_of(numbers: Iterable[int]) -> list[tuple[int, int]]:
 
 def set_text(numbers: Iterable[int]) -> str:
     """A sequence-set string "1:3,7" (COPYUID, APPENDUID, ESEARCH ALL, VANISHED)."""
-    return ",".join(str(a) if a == b else f"{a}:{b}" for a, b in ranges_of(numbers))
+    return ranges_text(ranges_of(numbers))
+
+
+def ranges_text(ranges: Iterable[tuple[int, int]]) -> str:
+    """Inclusive (low, high) ranges as a sequence-set string: "1:3,7"."""
+    return ",".join(str(a) if a == b else f"{a}:{b}" for a, b in ranges)
 
 
 def fetch_response(number: int, items: Iterable[tuple[bytes, bytes]]) -> bytes:
