@@ -31,6 +31,7 @@ ERROR_KEY = "mailstack-error-bin"
 METADATA_BATCH = 500
 # Messages listed in an AuthenticateResponse at most (~10-20 bytes each with UID and size: ~1-2 MB)
 LISTING_MAX = 100_000
+LISTING_MAX_BYTES = 4 * 1024 * 1024  # the callers' channels take 8 MiB messages
 MAX_UID_RANGES = 10_000
 MAX_SECTIONS = 100  # body sections per FetchBodies call
 BODIES_BATCH = 1024 * 1024  # data packed into one FetchBodiesResponse
@@ -291,7 +292,8 @@ class MailstoreServicer(pbg.MailstoreServicer):
                     with contextlib.suppress(Exception):
                         await self.core.release_lease(lease_name, request.lease.holder)
                 raise
-            if len(listing) == 1:  # else the caller asks FetchMetadata (rare: a huge maildrop)
+            # else the caller asks FetchMetadata (rare: a huge maildrop, or heavy fields)
+            if len(listing) == 1 and listing[0].ByteSize() <= LISTING_MAX_BYTES:
                 reply.listing.CopyFrom(listing[0])
         return reply
 
@@ -461,13 +463,14 @@ class MailstoreServicer(pbg.MailstoreServicer):
             uid: int, index: int, total: int, data: bytes, last: bool, crlf: bool, meta: pb.MessageMetadata | None
         ) -> None:
             nonlocal out, packed
-            if packed and packed + len(data) > BODIES_BATCH:
+            if packed and packed + len(data) + (meta.ByteSize() if meta is not None else 0) > BODIES_BATCH:
                 await context.write(out)
                 out, packed = pb.FetchBodiesResponse(), 0
             chunk = out.chunks.add(uid=uid, section_index=index, total_size=total, data=data, last=last, crlf=crlf)
-            if meta is not None:
-                chunk.metadata.CopyFrom(meta)
             packed += len(data)
+            if meta is not None:  # counted too: envelopes of many small messages must not burst a response
+                chunk.metadata.CopyFrom(meta)
+                packed += meta.ByteSize()
 
         items = self.core.fetch_bodies(request.account, request.mailbox, uids, wanted, request.max_bytes)
         async with closed_after(items):

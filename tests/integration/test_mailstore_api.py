@@ -451,6 +451,27 @@ async def test_fetch_bodies_carries_the_metadata_asked_for(mailstore: tuple[Any,
     assert not any([c.HasField("metadata") async for r in client.store.FetchBodies(request) for c in r.chunks])
 
 
+async def test_fetch_bodies_counts_metadata_in_a_responses_size(
+    mailstore: tuple[Any, Client], monkeypatch: Any
+) -> None:
+    # envelopes of many small messages must not make one response too big for the caller's channel
+    _, client = mailstore
+    uids = [(await append(client, ALICE, "INBOX", simple(f"env {n}"))).uid for n in range(4)]
+    request = pb.FetchBodiesRequest(
+        account=ALICE,
+        mailbox="INBOX",
+        uids=pb.UidSet(ranges=[pb.UidRange(first=uids[0], last=uids[-1])]),
+        sections=[pb.BodySection(section=pb.Section(text=pb.SECTION_HEADER))],
+        metadata=pb.MetadataFields(envelope=True),
+    )
+    together = [r async for r in client.store.FetchBodies(request)]
+    assert len(together) == 1
+    header_bytes = sum(len(c.data) for c in together[0].chunks)
+    monkeypatch.setattr("mailstack.services.mailstore.servicer.BODIES_BATCH", header_bytes + 10)
+    split = [r async for r in client.store.FetchBodies(request)]
+    assert len(split) > 1 and [c.uid for r in split for c in r.chunks] == uids
+
+
 async def test_fetch_metadata_with_status_is_select_in_one_call(mailstore: tuple[Any, Client]) -> None:
     _, client = mailstore
     await deliver(client, [ALICE], simple("one"))
@@ -525,9 +546,14 @@ async def test_login_lock_and_listing_in_one_call(mailstore: tuple[Any, Client],
     assert (await login("fourth")).lease.granted, "the failed login left no lock behind"
     await client.store.ReleaseLease(pb.LeaseRequest(name=f"pop3:{ALICE}", holder="fourth"))
 
-    # a listing longer than one response is left to FetchMetadata
+    # a listing longer than one response, or heavier than its byte bound, is left to FetchMetadata
+    monkeypatch.setattr("mailstack.services.mailstore.servicer.LISTING_MAX_BYTES", 10)
+    heavy = await login("fifth")
+    assert heavy.lease.granted and not heavy.HasField("listing")
+    await client.store.ReleaseLease(pb.LeaseRequest(name=f"pop3:{ALICE}", holder="fifth"))
+    monkeypatch.undo()
     monkeypatch.setattr("mailstack.services.mailstore.servicer.LISTING_MAX", 2)
-    long = await login("fifth")
+    long = await login("sixth")
     assert long.lease.granted and not long.HasField("listing")
 
 
