@@ -50,6 +50,9 @@ class MailboxView:
             self.modseq = max(self.modseq, modseq)
         self.uidnext = max(uidnext, self.uids[-1] + 1 if self.uids else 1)
         self.recent: set[int] = set()
+        # RFC 5182: the result SEARCH RETURN (SAVE) kept, as UIDs; `$` names it. A new view (SELECT,
+        # EXAMINE, CLOSE, UNSELECT) starts empty, as the RFC requires.
+        self.saved: list[int] = []
         self._expunged: set[int] = set()  # gone from the store, not yet announced
         self._flag_changes: set[int] = set()  # flags changed, not yet announced
         self._announced_exists = len(self.uids)
@@ -71,6 +74,8 @@ class MailboxView:
         out: list[tuple[int, int]] = []
         if not self.uids:
             return out
+        if sequence_set.saved:  # `$`: the saved UIDs still here, whether the command is UID or not
+            return sorted((seq, u) for u in set(self.saved) if (seq := self.seq_of(u)) is not None)
         if uid:
             for low, high in sequence_set.ranges(self.uids[-1]):
                 i = bisect.bisect_left(self.uids, low)

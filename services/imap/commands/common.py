@@ -42,9 +42,7 @@ def selected_view(view: MailboxView | None) -> MailboxView:
 
 
 def resolve(view: MailboxView, command: Command, sequence_set: SequenceSet) -> list[tuple[int, int]]:
-    """(seq, uid) pairs of a command's set; `$` (RFC 5182) is not offered."""
-    if sequence_set.saved:
-        raise bad("$ (SEARCHRES) is not supported")
+    """(seq, uid) pairs of a command's set; `$` is the saved search result (RFC 5182)."""
     if not command.uid and view.exists == 0 and sequence_set.items:
         raise bad("no messages in the mailbox")  # RFC 9051 §6.4.4: a sequence number must exist
     return view.resolve(sequence_set, command.uid)

@@ -30,6 +30,7 @@ EXTENSIONS = (
     "CONDSTORE",
     "QRESYNC",
     "ESEARCH",
+    "SEARCHRES",
     "QUOTA",
     "QUOTA=RES-STORAGE",
     "QUOTA=RES-MESSAGE",

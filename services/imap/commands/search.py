@@ -76,9 +76,7 @@ def translate(key: SearchKey, view: MailboxView) -> tuple[pb.SearchKey, bool]:
             return (recent if key.present else _not(recent)), False
         return (pb.SearchKey(flag_set=key.flag) if key.present else pb.SearchKey(flag_unset=key.flag)), False
     if isinstance(key, SearchSequence):
-        uids = [u for _, u in view.resolve(key.sequence_set, key.uid)] if not key.sequence_set.saved else None
-        if uids is None:
-            raise bad("$ (SEARCHRES) is not supported")
+        uids = [u for _, u in view.resolve(key.sequence_set, key.uid)]  # `$`: the saved result (RFC 5182)
         return (pb.SearchKey(uids=uid_set(uids)) if uids else _not(pb.SearchKey(all=True))), False
     if isinstance(key, SearchHeader):
         return pb.SearchKey(header=pb.HeaderKey(name=key.field, value=_text(key.value))), False
@@ -99,10 +97,20 @@ def translate(key: SearchKey, view: MailboxView) -> tuple[pb.SearchKey, bool]:
 
 
 async def search(session: Session, command: Command) -> Reply | None:
-    # Command: RFC 9051 §6.4.4; RETURN options RFC 4731 §3.1
+    # Command: RFC 9051 §6.4.4; RETURN options RFC 4731 §3.1; SAVE RFC 5182 §2
     view = selected_view(session.view)
     args = command.args
     assert isinstance(args, Search)
+    if args.returns is None or "SAVE" not in args.returns:
+        return await _search(session, view, command, args)
+    try:
+        return await _search(session, view, command, args)
+    except BaseException:
+        view.saved = []  # RFC 5182 §2.1: a SEARCH ... SAVE that fails leaves the result empty
+        raise
+
+
+async def _search(session: Session, view: MailboxView, command: Command, args: Search) -> Reply | None:
     if args.charset is not None and args.charset.upper() not in CHARSETS:
         raise no("unsupported charset", "BADCHARSET (UTF-8 US-ASCII)")
     key, modseq_used = translate(args.key, view)
@@ -116,9 +124,15 @@ async def search(session: Session, command: Command) -> Reply | None:
     numbers = [uid if command.uid else seq for seq, uid in hits]
     modseq = max((view.modseqs.get(uid, 0) for _, uid in hits), default=0)
     if args.returns is not None:
-        if "SAVE" in args.returns:
-            raise bad("SAVE (SEARCHRES) is not supported")
         returns = set(args.returns) or {"ALL"}
+        if "SAVE" in returns:
+            # RFC 5182 §2.1: with MIN and/or MAX only those are kept; UIDs, so that `$` survives
+            # expunges and works in UID and non-UID commands alike.
+            extremes = [f(hits) for f, name in ((min, "MIN"), (max, "MAX")) if name in returns and hits]
+            view.saved = [uid for _, uid in (extremes if {"MIN", "MAX"} & returns else hits)]
+            returns.discard("SAVE")
+            if not returns:
+                return None  # RFC 5182 §2.4: SAVE alone returns no ESEARCH
         parts = [b"ESEARCH (TAG " + quoted(command.tag) + b")"]
         if command.uid:
             parts.append(b"UID")
