@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from datetime import UTC
 from email.utils import parsedate_to_datetime
 
+from mailstack.services.common.body_parts import is_message, is_multipart
 from mailstack.v1 import mailstore_pb2 as pb
 
 MAX_DEPTH = 32
@@ -241,15 +242,6 @@ def param(params: Iterable[tuple[bytes, bytes] | pb.Param], name: bytes) -> byte
         if pname.lower() == wanted:
             return bytes(pvalue)
     return None
-
-
-def is_multipart(part: pb.BodyPart) -> bool:
-    return part.type.lower() == b"multipart"
-
-
-def is_message(part: pb.BodyPart) -> bool:
-    """message/rfc822 or message/global (RFC 6532 §3.7): an encapsulated message."""
-    return part.type.lower() == b"message" and part.subtype.lower() in (b"rfc822", b"global")
 
 
 def is_text(part: pb.BodyPart) -> bool:

@@ -11,12 +11,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from mailstack.services.mailstore.mime import is_message, is_multipart, split_fields
+from mailstack.services.common.body_parts import SectionNotFound, find_part, is_message
+from mailstack.services.mailstore.mime import split_fields
 from mailstack.v1 import mailstore_pb2 as pb
-
-
-class SectionNotFound(LookupError):
-    """The section names a part the message does not have."""
 
 
 @dataclass(frozen=True)
@@ -26,31 +23,6 @@ class SectionPlan:
     start: int
     end: int
     header_filter: tuple[tuple[str, ...], bool] | None = None
-
-
-def _numbered(message: pb.BodyPart, number: int) -> pb.BodyPart:
-    """Part `number` of a message whose body structure is `message` (RFC 3501 §6.4.5: a
-    non-multipart message has only part 1, its body)."""
-    if is_multipart(message):
-        if 1 <= number <= len(message.parts):
-            return message.parts[number - 1]
-        raise SectionNotFound(f"no part {number}")
-    if number == 1:
-        return message
-    raise SectionNotFound(f"no part {number}")
-
-
-def find_part(structure: pb.BodyPart, path: Sequence[int]) -> pb.BodyPart:
-    """The part named by a non-empty part path like [2, 1, 3]."""
-    node = _numbered(structure, path[0])
-    for number in path[1:]:
-        if is_multipart(node):
-            node = _numbered(node, number)
-        elif is_message(node) and node.parts:  # numbers continue inside the encapsulated message
-            node = _numbered(node.parts[0], number)
-        else:
-            raise SectionNotFound(f"part has no part {number}")
-    return node
 
 
 def plan_section(structure: pb.BodyPart, section: pb.Section) -> SectionPlan:

@@ -57,8 +57,10 @@ async def append(session: Session, command: Command) -> Reply | None:
     for message in args.messages:
         if len(message.data) > session.settings.max_message_size:
             raise no("message too big", "TOOBIG")
-        if message.binary:
-            raise no("BINARY APPEND is not supported", "CANNOT")
+        if message.binary and b"\x00" in message.data:
+            # RFC 3516 §4.4: a literal8 is taken as 8-bit content; NULs are refused (IMAP cannot
+            # send them back in BODY[]), with the code the RFC names for it
+            raise no("binary content with NUL octets is not stored", "UNKNOWN-CTE")
         try:
             reply = await session.stub.Append(_requests(session, args.mailbox, message), timeout=CALL_TIMEOUT)
         except grpc.RpcError as e:

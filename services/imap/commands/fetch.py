@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING
 
+from mailstack.services.common.body_parts import SectionNotFound, find_part
 from mailstack.services.common.grpc_client import collect_bodies, stream_whole_bodies
 from mailstack.v1 import mailstore_pb2 as pb
 
 from ..errors import bad, no
 from ..protocol import Command, Fetch, FetchAttribute, FetchBinarySize, FetchBody, FetchItem, Section
-from ..protocol.encoder import fetch_response, flag_list, literal
+from ..protocol.binary import UnknownCte, decode_cte
+from ..protocol.encoder import fetch_response, flag_list, literal, literal8
 from ..protocol.message_data import body_structure, envelope, internal_date
 from .common import report_vanished, resolve, selected_view, uid_set
 
@@ -41,11 +43,52 @@ _RFC822 = {
 
 
 def _body_item(item: FetchItem) -> tuple[FetchBody, bytes] | None:
+    """The section to fetch for an item, and the item's name in the response. BINARY items fetch
+    their part as stored (decoded afterwards: a partial applies to the decoded bytes)."""
+    if isinstance(item, FetchBody) and item.binary:
+        # RFC 9051 §7.5.2 (ABNF): a BINARY response carries no <origin>
+        return FetchBody(Section(item.section.part), peek=item.peek), b"BINARY[" + bytes(item.section) + b"]"
+    if isinstance(item, FetchBinarySize):
+        return FetchBody(Section(item.part), peek=True), item.label()
     if isinstance(item, FetchBody):
         return item, item.label()
     if isinstance(item, FetchAttribute) and item.name in _RFC822:
         return _RFC822[item.name]
     return None
+
+
+def _binary_value(item: FetchBody | FetchBinarySize, raw: bytes, structure: pb.BodyPart) -> bytes:
+    """BINARY[part]<partial> or BINARY.SIZE[part] (RFC 3516 §4.2) from the part's stored bytes.
+    BINARY[] of a message that is not multipart decodes its body and keeps its header; a multipart
+    message has no encoding of its own, so BINARY[] is the message as stored."""
+    part = item.section.part if isinstance(item, FetchBody) else item.part
+    if part:
+        try:
+            encoding = find_part(structure, part).encoding
+        except SectionNotFound:
+            encoding = b""  # the section is empty then
+        content = raw
+    else:
+        encoding = b"" if structure.type.lower() == b"multipart" else structure.encoding
+        content = _body_of(raw)
+    try:
+        data = decode_cte(content, encoding)
+    except UnknownCte as e:
+        raise no(f"unknown Content-Transfer-Encoding {e}", "UNKNOWN-CTE") from None
+    if not part:
+        data = raw[: len(raw) - len(content)] + data  # the header as stored
+    if isinstance(item, FetchBinarySize):
+        return b"%d" % len(data)
+    if item.partial is not None:
+        start, count = item.partial
+        data = data[start : start + count]
+    # RFC 3516 §4.3: literal8 only when the data holds a NUL
+    return literal8(data) if b"\x00" in data else literal(data)
+
+
+def _body_of(message: bytes) -> bytes:
+    end = message.find(b"\r\n\r\n")
+    return message[end + 4 :] if end >= 0 else b""
 
 
 def _fields_list(fields: pb.MetadataFields) -> list[bool]:
@@ -158,8 +201,7 @@ async def fetch(session: Session, command: Command) -> Reply | None:
     args = command.args
     assert isinstance(args, Fetch)
     items = list(args.items)
-    if any(isinstance(i, FetchBinarySize) or (isinstance(i, FetchBody) and i.binary) for i in items):
-        raise no("BINARY is not supported", "CANNOT")
+    binary = any(isinstance(i, FetchBinarySize) or (isinstance(i, FetchBody) and i.binary) for i in items)
     names = {i.name for i in items if isinstance(i, FetchAttribute)}
     if command.uid and "UID" not in names:
         items.insert(0, FetchAttribute("UID"))
@@ -197,6 +239,8 @@ async def fetch(session: Session, command: Command) -> Reply | None:
                 newly_seen.add(m.uid)
 
     fields = _fields(items)
+    if binary:
+        fields.body_structure = True  # each part's Content-Transfer-Encoding
     # Only bodies and UID: what FetchBodies returns says which messages exist; no metadata read.
     modseq = any(isinstance(i, FetchAttribute) and i.name == "MODSEQ" for i in items)
     need_metadata = not bodies or modseq or args.changed_since is not None or any(_fields_list(fields))
@@ -233,7 +277,13 @@ async def fetch(session: Session, command: Command) -> Reply | None:
             for item in items:
                 body = _body_item(item)
                 if body is not None:
-                    out.append((body[1], literal(texts.get((uid, body_index), b""))))
+                    raw = texts.get((uid, body_index), b"")
+                    value = literal(raw)
+                    if isinstance(item, FetchBinarySize | FetchBody) and (
+                        isinstance(item, FetchBinarySize) or item.binary
+                    ):
+                        value = _binary_value(item, raw, m.body_structure)
+                    out.append((body[1], value))
                     body_index += 1
                     continue
                 assert isinstance(item, FetchAttribute)

@@ -31,6 +31,7 @@ EXTENSIONS = (
     "QRESYNC",
     "ESEARCH",
     "SEARCHRES",
+    "BINARY",
     "QUOTA",
     "QUOTA=RES-STORAGE",
     "QUOTA=RES-MESSAGE",

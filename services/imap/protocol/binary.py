@@ -1,0 +1,29 @@
+"""BINARY (RFC 3516, RFC 9051 §6.4.5): a part's content with its Content-Transfer-Encoding undone."""
+
+from __future__ import annotations
+
+import binascii
+import re
+
+IDENTITY = frozenset({b"", b"7bit", b"8bit", b"binary"})
+_NOT_BASE64 = re.compile(rb"[^A-Za-z0-9+/]")
+
+
+class UnknownCte(ValueError):
+    """An encoding this server cannot undo: NO [UNKNOWN-CTE] (RFC 3516 §4.3)."""
+
+
+def decode_cte(data: bytes, encoding: bytes) -> bytes:
+    """Decoded content of a part whose Content-Transfer-Encoding is `encoding`. Lenient, as mail
+    readers are: base64 skips characters outside its alphabet and mends missing padding."""
+    name = encoding.strip().lower()
+    if name in IDENTITY:
+        return data
+    if name == b"base64":
+        letters = _NOT_BASE64.sub(b"", data)  # "=" goes too: the padding is made again
+        if len(letters) % 4 == 1:
+            letters = letters[:-1]  # a lone last letter carries no whole octet
+        return binascii.a2b_base64(letters + b"=" * (-len(letters) % 4))
+    if name == b"quoted-printable":
+        return binascii.a2b_qp(data)
+    raise UnknownCte(encoding.decode("ascii", "replace"))
