@@ -130,6 +130,7 @@ class Session:
         self.view: MailboxView | None = None
         self.condstore = False  # RFC 7162 §3.1: enabled by ENABLE or a CONDSTORE-aware command
         self.qresync = False  # RFC 7162 §3.2.3: ENABLE QRESYNC (expunges then go out as VANISHED)
+        self.utf8 = False  # RFC 6855 §3: ENABLE UTF8=ACCEPT (UTF-8 mailbox names and strings)
         self.dirty = False  # a hint said the selected mailbox changed
         # The hints behind `dirty` when they are all flag/new events (None: another reason, or too
         # many): if the view already holds each of them (this session's own STORE), no refresh.

@@ -307,11 +307,11 @@ def _attribute(session: Session, name: str, seq: int, uid: int, m: pb.MessageMet
     if name == "RFC822.SIZE":
         return b"%d" % m.size
     if name == "ENVELOPE":
-        return envelope(m.envelope)
+        return envelope(m.envelope, session.utf8)
     if name == "BODYSTRUCTURE":
-        return body_structure(m.body_structure, extensible=True)
+        return body_structure(m.body_structure, extensible=True, utf8=session.utf8)
     if name == "BODY":
-        return body_structure(m.body_structure, extensible=False)
+        return body_structure(m.body_structure, extensible=False, utf8=session.utf8)
     if name == "MODSEQ":
         return b"(%d)" % m.modseq
     raise no(f"unknown item {name}")

@@ -114,7 +114,7 @@ def _status_line(name: str, status: pb.MailboxStatus, items: tuple[str, ...], se
         "APPENDLIMIT": session.settings.max_message_size,
     }
     pairs = " ".join(f"{item} {values[item]}" for item in items if item in values)
-    return untagged(b"STATUS " + mailbox(name) + b" (" + pairs.encode("ascii") + b")")
+    return untagged(b"STATUS " + mailbox(name, session.utf8) + b" (" + pairs.encode("ascii") + b")")
 
 
 def _full_pattern(reference: str, pattern: str) -> str:
@@ -155,7 +155,8 @@ async def list_command(session: Session, command: Command) -> Reply | None:
     show_subscribed = "SUBSCRIBED" in args.selection or "SUBSCRIBED" in args.returns
     for listed in select(with_parents(found), patterns, args.selection):
         name = listed.entry.name
-        line = b"LIST " + _attributes(listed, args.extended, show_subscribed) + b" " + DELIMITER + b" " + mailbox(name)
+        attributes = _attributes(listed, args.extended, show_subscribed)
+        line = b"LIST " + attributes + b" " + DELIMITER + b" " + mailbox(name, session.utf8)
         if listed.childinfo:
             # RFC 5258 §3.5: mbox-list-extended CHILDINFO
             options = b" ".join(b'"' + o.encode("ascii") + b'"' for o in listed.childinfo)
@@ -180,7 +181,7 @@ async def lsub(session: Session, command: Command) -> Reply | None:
     )
     for item in reply.mailboxes:
         attrs = b"(\\Noselect)" if item.nonexistent else b"()"
-        session.untagged(untagged(b"LSUB " + attrs + b" " + DELIMITER + b" " + mailbox(item.name)))
+        session.untagged(untagged(b"LSUB " + attrs + b" " + DELIMITER + b" " + mailbox(item.name, session.utf8)))
     return None
 
 

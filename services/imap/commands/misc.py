@@ -32,6 +32,7 @@ EXTENSIONS = (
     "ESEARCH",
     "SEARCHRES",
     "BINARY",
+    "UTF8=ACCEPT",
     "QUOTA",
     "QUOTA=RES-STORAGE",
     "QUOTA=RES-MESSAGE",
@@ -93,7 +94,7 @@ async def namespace(session: Session, command: Command) -> Reply | None:
 
 
 async def enable(session: Session, command: Command) -> Reply | None:
-    # Command: RFC 5161 §3.1; CONDSTORE and QRESYNC per RFC 7162 §3.1, §3.2.3
+    # Command: RFC 5161 §3.1; CONDSTORE and QRESYNC per RFC 7162 §3.1, §3.2.3; UTF8=ACCEPT RFC 6855 §3
     assert isinstance(command.args, Enable)
     enabled: list[bytes] = []
     for name in command.args.capabilities:
@@ -103,6 +104,10 @@ async def enable(session: Session, command: Command) -> Reply | None:
         elif name.upper() == "QRESYNC" and not session.qresync:
             session.qresync = session.condstore = True  # RFC 7162 §3.2.3: QRESYNC implies CONDSTORE
             enabled.append(b"QRESYNC")
+        elif name.upper() == "UTF8=ACCEPT" and not session.utf8:
+            # RFC 6855 §3: mailbox names as UTF-8 both ways, UTF-8 in quoted strings, UTF8 APPEND
+            session.utf8 = session.conn.receiver.utf8 = True
+            enabled.append(b"UTF8=ACCEPT")
     session.untagged(untagged(b" ".join([b"ENABLED", *enabled])))
     return None
 

@@ -42,7 +42,7 @@ async def getquotaroot(session: Session, command: Command) -> Reply | None:
     await session.stub.GetMailboxStatus(
         pb.MailboxStatusRequest(account=session.account, name=command.args.mailbox), timeout=CALL_TIMEOUT
     )
-    session.untagged(untagged(b"QUOTAROOT " + mailbox(command.args.mailbox) + b' ""'))
+    session.untagged(untagged(b"QUOTAROOT " + mailbox(command.args.mailbox, session.utf8) + b' ""'))
     session.untagged(await _quota_line(session))
     return None
 

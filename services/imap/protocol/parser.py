@@ -261,6 +261,7 @@ def _append(c: _Context) -> Arguments:
     # append = "APPEND" SP mailbox 1*append-message                       (RFC 3502 MULTIAPPEND)
     # append-message = append-opts SP append-data
     # append-opts = [SP flag-list] [SP date-time];  append-data = literal / literal8 (RFC 3516)
+    #                                               / utf8-literal (RFC 6855 §4)
     r = c.r
     r.sp()
     mailbox = c.mailbox()
@@ -275,6 +276,19 @@ def _append(c: _Context) -> Arguments:
         if r.peek() == 0x22:
             date_time = r.date_time()
             r.sp()
+        if r.peek_keyword(b"UTF8"):
+            # utf8-literal = "UTF8" SP "(" literal8 ")": a message with UTF-8 headers (RFC 6855 §4)
+            if not c.utf8:
+                raise GrammarError("UTF8 APPEND data needs ENABLE UTF8=ACCEPT")
+            r.keyword()
+            r.sp()
+            r.expect(b"(")
+            if r.peek() != 0x7E:
+                raise GrammarError("expected literal8 in UTF8 APPEND data")
+            data = r.literal(allow_literal8=True)
+            r.expect(b")")
+            messages.append(AppendMessage(flags, date_time, data, True))
+            continue
         binary = r.peek() == 0x7E
         if r.peek() not in (0x7B, 0x7E):
             raise GrammarError("expected message literal")
