@@ -68,3 +68,17 @@ def test_emptied_by_a_failed_search_by_select_and_shrunk_by_expunge(env: ImapEnv
     raw.command("h", "SELECT INBOX")
     assert uids_fetched(raw.command("i", "UID FETCH $ (UID)")) == [], "a new SELECT starts empty"
     raw.close()
+
+
+def test_saved_result_in_uid_fetch_vanished(env: ImapEnv) -> None:
+    raw = selected(env, ["a", "b", "c"])
+    modseq = int(b"".join(raw.command("m", "STATUS INBOX (HIGHESTMODSEQ)")).split(b"HIGHESTMODSEQ ")[1].split(b")")[0])
+    raw.command("e", "ENABLE QRESYNC")
+    raw.command("s", "SELECT INBOX")
+    raw.command("a", "UID SEARCH RETURN (SAVE) UID 2:3")
+    raw.command("d", "UID STORE 2 +FLAGS.SILENT (\\Deleted)")
+    raw.command("x", "EXPUNGE")
+    lines = raw.command("f", f"UID FETCH $ (FLAGS) (CHANGEDSINCE {modseq} VANISHED)")
+    assert lines[-1].startswith(b"f OK"), lines
+    assert lines[0] == b"* VANISHED (EARLIER) 2", "$ names UIDs 2 and 3; 2 is gone since"
+    raw.close()

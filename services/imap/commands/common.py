@@ -61,7 +61,10 @@ async def report_vanished(session: Session, view: MailboxView, modseq: int, with
     reply = await session.stub.GetChanges(
         pb.GetChangesRequest(account=session.account, mailbox=view.name, since_modseq=modseq), timeout=CALL_TIMEOUT
     )
-    ranges = within.ranges(view.uidnext - 1) if within is not None else [(1, view.uidnext - 1)]
+    if within is None:
+        ranges = [(1, view.uidnext - 1)]
+    else:  # `$` (RFC 5182) is the saved UIDs
+        ranges = ranges_of(view.saved) if within.saved else within.ranges(view.uidnext - 1)
     if reply.pruned_modseq > modseq:
         text = ranges_text(gaps(ranges, view.uids))
     else:
