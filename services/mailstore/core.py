@@ -8,6 +8,7 @@ A crash in between leaves an orphan blob that the sweeper removes.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import time
@@ -71,6 +72,7 @@ ACCOUNT_ID_CACHE = 10_000
 SEARCH_BODY_CONCURRENCY = 8
 FETCH_BODIES_CONCURRENCY = 8  # blob reads in flight for one FetchBodies call
 BLOB_DELETE_CONCURRENCY = 8
+QUOTA_WATCH_SECONDS = 30.0  # how soon counters lost with a Redis outage or restart are recomputed
 SMALL_MAILBOX = 128  # uidnext at most this: whole-mailbox metadata reads name their UID range
 WHOLE_BLOB_READ = 256 * 1024  # up to this size a message is read once, all its sections sliced from it
 
@@ -162,6 +164,8 @@ class MailstoreCore:
         self.events = events
         self.quota = quota
         self._sweeper: asyncio.Task[None] | None = None
+        self._quota_watch: asyncio.Task[None] | None = None
+        self._quota_suspect = False  # the quota store's counters missed a change (see repair_quota)
         self._account_ids: dict[str, int] = {}  # fetch_body's name -> id cache (see _read_mailbox)
 
     @classmethod
@@ -191,8 +195,15 @@ class MailstoreCore:
     def start_background(self) -> None:
         if self.settings.orphan_sweep_seconds > 0 and self._sweeper is None:
             self._sweeper = asyncio.create_task(self._sweep_forever(), name="orphan-sweeper")
+        if not self.quota.enforced_by_metadata and self._quota_watch is None:
+            self._quota_watch = asyncio.create_task(self._watch_quota_forever(), name="quota-watch")
 
     async def close(self) -> None:
+        if self._quota_watch is not None:
+            self._quota_watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._quota_watch
+            self._quota_watch = None
         if self._sweeper is not None:
             self._sweeper.cancel()
             try:
@@ -548,6 +559,7 @@ class MailstoreCore:
             # While Redis is down, check against the metadata's counters (read with the record) and
             # go on: delivery continues; the Redis counters miss this message until `quota recompute`.
             log.warning("quota reserve unavailable (%s); checked %s against the metadata", e, record.name)
+            self._quota_suspect = True  # the counters miss this message: recomputed once Redis is back
             usage = QuotaUsage(record.used_bytes, record.used_messages)
             ok = self._quota_status(record, usage, size) == pb.RECIPIENT_LOCAL
         if not ok and raise_over:
@@ -560,7 +572,8 @@ class MailstoreCore:
         try:
             await self.quota.release(record.name, size, count)
         except StorageError:
-            log.warning("quota release failed for %s; `mailstack quota recompute` fixes the counter", record.name)
+            log.warning("quota release failed for %s; recomputed once the quota store is back", record.name)
+            self._quota_suspect = True
 
     # ------------------------------------------------------------ reading messages
 
@@ -862,6 +875,34 @@ class MailstoreCore:
         if pruned:
             log.info("change log: %d expunges older than %d days pruned", pruned, days)
         return pruned
+
+    async def repair_quota(self) -> int:
+        """Recompute every account's counters when they may be wrong: after a failed reserve or
+        release (Redis was down), or when the quota store lost them (a Redis restarted empty).
+        Returns the accounts recomputed (0: nothing to do). A delivery between an account's
+        recompute and its reserve can be missed by the counter: the quota errs on the lenient side
+        by that message until the next recompute."""
+        if not self._quota_suspect and await self.quota.intact():
+            return 0
+        self._quota_suspect = False  # a failure from here on sets it again
+        try:
+            records = await self.recompute_quota()
+            await self.quota.mark_intact()
+        except BaseException:
+            self._quota_suspect = True
+            raise
+        log.info("quota counters recomputed for %d accounts", len(records))
+        return len(records)
+
+    async def _watch_quota_forever(self) -> None:
+        while True:
+            try:
+                await self.repair_quota()
+            except StorageUnavailable as e:
+                log.debug("quota store still unavailable: %s", e)
+            except Exception:
+                log.exception("quota repair failed")
+            await asyncio.sleep(QUOTA_WATCH_SECONDS)
 
     async def _sweep_forever(self) -> None:
         while True:

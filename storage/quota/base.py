@@ -26,4 +26,11 @@ class QuotaStore(Protocol):
     async def set_usage(self, account: str, usage: QuotaUsage) -> None:
         """Overwrite the counters (recompute from metadata)."""
 
+    async def intact(self) -> bool:
+        """False when the counters may have been lost since mark_intact (a Redis restarted empty,
+        or a failover to a replica behind): the mailstore then recomputes them all."""
+
+    async def mark_intact(self) -> None:
+        """Record that every counter was just recomputed."""
+
     async def close(self) -> None: ...

@@ -44,6 +44,10 @@ _REDIS_DOWN_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
+# Present while the counters are whole: set after a full recompute, gone with a Redis that lost its data.
+INTACT_KEY = "mailstack:quota-intact"  # not under KEY_PREFIX: no account can be named like it
+
+
 def quota_key(account: str) -> str:
     return KEY_PREFIX + account
 
@@ -94,6 +98,18 @@ class RedisQuotaStore:
         _check_amounts(usage.bytes, usage.messages)
         try:
             await self._client.hset(quota_key(account), mapping={"bytes": usage.bytes, "messages": usage.messages})
+        except _REDIS_DOWN_ERRORS as e:
+            raise StorageUnavailable(f"quota: {e}") from e
+
+    async def intact(self) -> bool:
+        try:
+            return bool(await self._client.exists(INTACT_KEY))
+        except _REDIS_DOWN_ERRORS as e:
+            raise StorageUnavailable(f"quota: {e}") from e
+
+    async def mark_intact(self) -> None:
+        try:
+            await self._client.set(INTACT_KEY, "1")
         except _REDIS_DOWN_ERRORS as e:
             raise StorageUnavailable(f"quota: {e}") from e
 

@@ -29,5 +29,11 @@ class SqlQuotaStore:
     async def set_usage(self, account: str, usage: QuotaUsage) -> None:
         return None  # metadata.recompute_usage already wrote the counters
 
+    async def intact(self) -> bool:
+        return True  # the counters live in the same transactions as the messages
+
+    async def mark_intact(self) -> None:
+        return None
+
     async def close(self) -> None:
         return None  # the metadata store is owned (and closed) by the caller

@@ -242,3 +242,24 @@ async def test_sql_unknown_account(sql_quota: tuple[SqlQuotaStore, MetadataStore
     sql, _ = sql_quota
     with pytest.raises(AccountNotFound):
         await sql.usage("nobody@example.org")
+
+
+async def test_intact_marker_goes_with_a_redis_that_restarts_empty(restartable_redis_server: RedisServer) -> None:
+    quota = RedisQuotaStore(restartable_redis_server.url)
+    try:
+        assert not await quota.intact(), "never recomputed"
+        await quota.mark_intact()
+        assert await quota.intact()
+        restartable_redis_server.stop()
+        with pytest.raises(StorageUnavailable):
+            await quota.intact()
+        restartable_redis_server.start()  # no persistence: every counter is gone, and the marker
+        assert not await quota.intact()
+    finally:
+        await quota.close()
+
+
+async def test_sql_is_always_intact(sql_quota: tuple[SqlQuotaStore, MetadataStore]) -> None:
+    sql, _ = sql_quota
+    await sql.mark_intact()
+    assert await sql.intact()
