@@ -70,7 +70,7 @@ def _binary_value(item: FetchBody | FetchBinarySize, raw: bytes, structure: pb.B
         content = raw
     else:
         encoding = b"" if structure.type.lower() == b"multipart" else structure.encoding
-        content = _body_of(raw)
+        content = raw[structure.body_offset :]  # the body as the stored structure delimits it
     try:
         data = decode_cte(content, encoding)
     except UnknownCte as e:
@@ -84,11 +84,6 @@ def _binary_value(item: FetchBody | FetchBinarySize, raw: bytes, structure: pb.B
         data = data[start : start + count]
     # RFC 3516 §4.3: literal8 only when the data holds a NUL
     return literal8(data) if b"\x00" in data else literal(data)
-
-
-def _body_of(message: bytes) -> bytes:
-    end = message.find(b"\r\n\r\n")
-    return message[end + 4 :] if end >= 0 else b""
 
 
 def _fields_list(fields: pb.MetadataFields) -> list[bool]:
