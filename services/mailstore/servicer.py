@@ -6,7 +6,7 @@ import contextlib
 import functools
 import importlib
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from datetime import datetime, timedelta, timezone
 from typing import Any, TypeVar
 
@@ -285,16 +285,19 @@ class MailstoreServicer(pbg.MailstoreServicer):
                 return reply
             lease_name = lease.name + account
         if request.HasField("listing"):
+            replies = self._metadata_replies(account, request.listing, LISTING_MAX)
             try:
-                listing = await self._metadata_replies(account, request.listing, LISTING_MAX)
+                async with contextlib.aclosing(replies):
+                    first = await anext(replies)
+                    longer = await anext(replies, None) is not None
             except BaseException:
                 if lease_name:  # the caller gets an error, not the lock: it must not stay held
                     with contextlib.suppress(Exception):
                         await self.core.release_lease(lease_name, request.lease.holder)
                 raise
             # else the caller asks FetchMetadata (rare: a huge maildrop, or heavy fields)
-            if len(listing) == 1 and listing[0].ByteSize() <= LISTING_MAX_BYTES:
-                reply.listing.CopyFrom(listing[0])
+            if not longer and first.ByteSize() <= LISTING_MAX_BYTES:
+                reply.listing.CopyFrom(first)
         return reply
 
     @rpc
@@ -409,26 +412,24 @@ class MailstoreServicer(pbg.MailstoreServicer):
     async def FetchMetadata(
         self, request: pb.FetchMetadataRequest, context: Any
     ) -> AsyncIterator[pb.FetchMetadataResponse]:
-        for reply in await self._metadata_replies(request.account, request, METADATA_BATCH):
+        async for reply in self._metadata_replies(request.account, request, METADATA_BATCH):
             yield reply
 
     async def _metadata_replies(
         self, account: str, request: pb.FetchMetadataRequest, per_reply: int
-    ) -> list[pb.FetchMetadataResponse]:
-        """FetchMetadata's responses, `per_reply` messages in each."""
+    ) -> AsyncGenerator[pb.FetchMetadataResponse, None]:
+        """FetchMetadata's responses, `per_reply` messages in each, each built when it is sent."""
         uids = uid_ranges(request.uids) if request.uids.ranges else None
         # The status before the listing: its HIGHESTMODSEQ is then never newer than what is listed.
         status = status_pb(*await self.core.status(account, request.mailbox)) if request.with_status else None
         mailbox, records = await self.core.fetch_metadata(account, request.mailbox, uids, request.changed_since)
-        replies = []
         for i in range(0, max(len(records), 1), per_reply):
             batch = records[i : i + per_reply]
             messages = [metadata_pb(r, request.fields) for r in batch]
             reply = pb.FetchMetadataResponse(messages=messages, uidvalidity=mailbox.uidvalidity)
             if status is not None and i == 0:
                 reply.status.CopyFrom(status)
-            replies.append(reply)
-        return replies
+            yield reply
 
     @rpc
     async def FetchBody(self, request: pb.FetchBodyRequest, context: Any) -> None:  # type: ignore[override,unused-ignore]
