@@ -557,7 +557,7 @@ class MailstoreCore:
             ok = await self.quota.reserve(record.name, size, 1, record.quota_bytes, record.quota_messages)
         except StorageUnavailable as e:
             # While Redis is down, check against the metadata's counters (read with the record) and
-            # go on: delivery continues; the Redis counters miss this message until `quota recompute`.
+            # go on: delivery continues; the Redis counters miss this message until repair_quota.
             log.warning("quota reserve unavailable (%s); checked %s against the metadata", e, record.name)
             self._quota_suspect = True  # the counters miss this message: recomputed once Redis is back
             usage = QuotaUsage(record.used_bytes, record.used_messages)
