@@ -213,6 +213,17 @@ async def fetch(session: Session, command: Command) -> Reply | None:
     if not targets:
         return None
     bodies = [b for b in (_body_item(i) for i in items) if b is not None]
+    # What each item answers, worked out once for all the messages: (name in the response, index
+    # of its body section or -1, the BINARY item to decode or None, the attribute name or "").
+    plan: list[tuple[bytes, int, FetchBody | FetchBinarySize | None, str]] = []
+    for item in items:
+        body = _body_item(item)
+        if body is None:
+            assert isinstance(item, FetchAttribute)
+            plan.append((item.name.encode("ascii"), -1, None, item.name))
+            continue
+        decoded = item if isinstance(item, FetchBinarySize) or (isinstance(item, FetchBody) and item.binary) else None
+        plan.append((body[1], sum(1 for p in plan if p[1] >= 0), decoded, ""))
 
     # RFC 3501 §6.4.5: BODY[...] (not PEEK), RFC822 and RFC822.TEXT set \Seen
     newly_seen: set[int] = set()
@@ -268,21 +279,13 @@ async def fetch(session: Session, command: Command) -> Reply | None:
             if fields.flags:
                 view.set_flags(uid, m.flags, m.modseq)
             out: list[tuple[bytes, bytes]] = []
-            body_index = 0
-            for item in items:
-                body = _body_item(item)
-                if body is not None:
-                    raw = texts.get((uid, body_index), b"")
-                    value = literal(raw)
-                    if isinstance(item, FetchBinarySize | FetchBody) and (
-                        isinstance(item, FetchBinarySize) or item.binary
-                    ):
-                        value = _binary_value(item, raw, m.body_structure)
-                    out.append((body[1], value))
-                    body_index += 1
+            for label, index, binary_item, attribute in plan:
+                if index < 0:
+                    out.append((label, _attribute(session, attribute, seq, uid, m)))
                     continue
-                assert isinstance(item, FetchAttribute)
-                out.append((item.name.encode("ascii"), _attribute(session, item.name, seq, uid, m)))
+                raw = texts.get((uid, index), b"")
+                value = literal(raw) if binary_item is None else _binary_value(binary_item, raw, m.body_structure)
+                out.append((label, value))
             if uid in newly_seen and "FLAGS" not in names:
                 out.append((b"FLAGS", flag_list(sorted(view.flags_of(uid)))))
             session.untagged(fetch_response(seq, out))
