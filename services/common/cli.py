@@ -15,13 +15,15 @@ import os
 import re
 import sys
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from decimal import Decimal
+from pathlib import Path
 from typing import Any, TypeVar
 
 import grpc
 from mailstack.services.common.config import Settings, describe, load_settings
 from mailstack.services.common.grpc_client import check_address, error_detail, error_message, open_sync_channel
+from mailstack.services.common.maildir import MaildirMessage, read_maildir
 from mailstack.v1 import mailstore_pb2 as pb
 from mailstack.v1 import mailstore_pb2_grpc as pbg
 from mailstack.v1 import send_pb2 as spb
@@ -30,6 +32,8 @@ from mailstack.v1 import send_pb2_grpc as spbg
 EXIT_OK, EXIT_ERROR, EXIT_UNREACHABLE = 0, 1, 2
 CONNECT_TIMEOUT = 5.0  # seconds to reach the mailstore before saying it is not running
 CALL_TIMEOUT = 60.0
+IMPORT_TIMEOUT = 300.0  # one message, however big (the mailstore bounds the size)
+APPEND_CHUNK = 1024 * 1024
 RECOMPUTE_TIMEOUT = 600.0  # recomputing quotas reads every message's metadata
 
 T = TypeVar("T")
@@ -248,6 +252,51 @@ def cmd_quota_recompute(admin: pbg.AdminStub, args: argparse.Namespace, out: Out
     out.emit([account_dict(a) for a in accounts], accounts_table(accounts))
 
 
+def cmd_import_maildir(store: pbg.MailstoreStub, args: argparse.Namespace, out: Output) -> None:
+    """Append every message of a Maildir++ tree to an account, folder by folder, with its flags and
+    date. UIDs are new: clients download the imported mailboxes again."""
+    try:
+        folders = read_maildir(Path(args.path))
+    except OSError as err:
+        raise CommandError(str(err)) from None
+    account = args.account
+    report: list[dict[str, Any]] = []
+    for folder in folders:
+        if folder.mailbox != "INBOX":
+            try:
+                _call(store.CreateMailbox, pb.CreateMailboxRequest(account=account, name=folder.mailbox))
+            except grpc.RpcError as err:
+                detail = error_detail(err)
+                if detail is None or detail.reason != pb.ALREADY_EXISTS:  # Sent, Drafts, ...
+                    raise
+        imported = 0
+        failed: list[str] = []
+        for message in folder.messages:
+            try:
+                _call(store.Append, iter(_append_requests(account, folder.mailbox, message)), timeout=IMPORT_TIMEOUT)
+                imported += 1
+            except grpc.RpcError as err:
+                if err.code() == grpc.StatusCode.UNAVAILABLE and error_detail(err) is None:
+                    raise
+                failed.append(f"{message.path.name}: {error_message(err)}")
+        report.append({"mailbox": folder.mailbox, "imported": imported, "failed": failed})
+    rows = [[r["mailbox"], str(r["imported"]), str(len(r["failed"]))] for r in report]
+    problems = "".join(f"\n  {r['mailbox']}: {f}" for r in report for f in r["failed"])
+    out.emit(report, format_table(["MAILBOX", "IMPORTED", "FAILED"], rows) + problems)
+
+
+cmd_import_maildir.stub = pbg.MailstoreStub  # type: ignore[attr-defined]
+
+
+def _append_requests(account: str, mailbox: str, message: MaildirMessage) -> Iterator[pb.AppendRequest]:
+    data = message.path.read_bytes()
+    header = pb.AppendHeader(account=account, mailbox=mailbox, flags=message.flags, size=len(data))
+    header.internal_date.unix_seconds = message.mtime
+    yield pb.AppendRequest(header=header)
+    for start in range(0, len(data), APPEND_CHUNK):
+        yield pb.AppendRequest(chunk=data[start : start + APPEND_CHUNK])
+
+
 def cmd_token_create(admin: spbg.SendAdminStub, args: argparse.Namespace, out: Output) -> None:
     request = spb.CreateTokenRequest(name=args.name, from_domains=args.from_domain, from_addresses=args.from_address)
     reply = _call(admin.CreateToken, request)
@@ -458,6 +507,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bits", type=int, default=2048)
     p.add_argument("--out", help="key file (default DATA_DIR/dkim/DOMAIN.SELECTOR.pem)")
     p.set_defaults(local=cmd_dkim_keygen)
+
+    imports = commands.add_parser("import", help="import mail from another server's storage")
+    importers = imports.add_subparsers(dest="action", metavar="ACTION", required=True)
+    p = add(importers, "maildir", "append a Maildir++ tree (Dovecot, Courier) to an account", cmd_import_maildir)
+    p.add_argument("path", help="the Maildir: the folder holding cur/, new/ and the .Folder ones")
+    p.add_argument("account")
 
     quota = commands.add_parser("quota", help="quota accounting")
     quotas = quota.add_subparsers(dest="action", metavar="ACTION", required=True)

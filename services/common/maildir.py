@@ -1,0 +1,93 @@
+"""Reading a Maildir++ tree (Dovecot's and Courier's layout) for `mailstack import maildir`.
+
+Pure apart from reading the files: which folders there are, and each message's flags and date.
+- The root's cur/ and new/ are INBOX; a folder ".A.B" is the mailbox "A/B" (its name modified
+  UTF-7 on disk, RFC 3501 §5.1.3, as Dovecot writes it).
+- A file name ends in ":2,FLAGS" (maildir.html, "info"): D Draft, F Flagged, R Replied (\\Answered),
+  S Seen, T Trashed (\\Deleted); P (passed) has no IMAP flag. Lower-case letters are keywords
+  numbered in the folder's dovecot-keywords file ("0 $Label1").
+- The file's mtime is the internal date (Dovecot's maildir does the same). Files in new/ have
+  no flags yet.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from mailstack.services.imap.protocol.mailbox_name import decode_mailbox_name
+
+SYSTEM_FLAGS = {"D": "\\Draft", "F": "\\Flagged", "R": "\\Answered", "S": "\\Seen", "T": "\\Deleted"}
+
+
+@dataclass(frozen=True, slots=True)
+class MaildirMessage:
+    path: Path
+    flags: tuple[str, ...]
+    mtime: int  # unix seconds: the internal date
+
+
+@dataclass(frozen=True, slots=True)
+class MaildirFolder:
+    mailbox: str  # "INBOX", "Sent", "Archive/2023"
+    path: Path
+    messages: tuple[MaildirMessage, ...]
+
+
+def keywords_of(folder: Path) -> dict[str, str]:
+    """Letter -> keyword, from Dovecot's dovecot-keywords ("0 $Label1" is the letter a)."""
+    out: dict[str, str] = {}
+    try:
+        lines = (folder / "dovecot-keywords").read_text(errors="replace").splitlines()
+    except FileNotFoundError:
+        return out
+    for line in lines:
+        number, _, keyword = line.strip().partition(" ")
+        if number.isdigit() and int(number) < 26 and keyword:
+            out[chr(ord("a") + int(number))] = keyword
+    return out
+
+
+def flags_of(name: str, keywords: dict[str, str]) -> tuple[str, ...]:
+    """IMAP flags of a Maildir file name ("1700000000.M1P2.host,S=123:2,FS" -> \\Flagged \\Seen)."""
+    _, sep, info = name.rpartition(":2,")
+    if not sep:
+        return ()
+    flags = [SYSTEM_FLAGS[c] if c in SYSTEM_FLAGS else keywords.get(c, "") for c in info]
+    return tuple(sorted({f for f in flags if f}))
+
+
+def _messages(folder: Path) -> Iterator[MaildirMessage]:
+    keywords = keywords_of(folder)
+    for sub in ("cur", "new"):
+        directory = folder / sub
+        if not directory.is_dir():
+            continue
+        for entry in sorted(os.scandir(directory), key=lambda e: (e.stat().st_mtime, e.name)):
+            if entry.name.startswith(".") or not entry.is_file():
+                continue
+            flags = flags_of(entry.name, keywords) if sub == "cur" else ()
+            yield MaildirMessage(Path(entry.path), flags, int(entry.stat().st_mtime))
+
+
+def _folder_part(part: str) -> str:
+    try:
+        return decode_mailbox_name(part.encode("ascii"))
+    except (UnicodeEncodeError, ValueError):  # not modified UTF-7 (a UTF-8 layout): as it is
+        return part
+
+
+def read_maildir(root: Path) -> list[MaildirFolder]:
+    """INBOX first, then the folders by name. Raises NotADirectoryError for a path that is not a
+    Maildir (no cur/ and no new/)."""
+    if not (root / "cur").is_dir() and not (root / "new").is_dir():
+        raise NotADirectoryError(f"{root} is not a Maildir (no cur/ or new/)")
+    folders = [MaildirFolder("INBOX", root, tuple(_messages(root)))]
+    for entry in sorted(os.scandir(root), key=lambda e: e.name):
+        if not entry.is_dir() or not entry.name.startswith(".") or entry.name in (".", ".."):
+            continue
+        name = "/".join(_folder_part(part) for part in entry.name[1:].split("."))
+        folders.append(MaildirFolder(name, Path(entry.path), tuple(_messages(Path(entry.path)))))
+    return folders
