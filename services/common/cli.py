@@ -271,6 +271,13 @@ def cmd_import_maildir(store: pbg.MailstoreStub, args: argparse.Namespace, out: 
                     raise
         imported = 0
         failed: list[str] = []
+        if folder.messages and not args.append:
+            # A second run (after a failed one, say) must not double every message: a mailbox
+            # that holds mail already is left alone unless --append says otherwise.
+            status = _call(store.GetMailboxStatus, pb.MailboxStatusRequest(account=account, name=folder.mailbox))
+            if status.messages:
+                report.append({"mailbox": folder.mailbox, "imported": 0, "failed": [], "skipped": status.messages})
+                continue
         for message in folder.messages:
             try:
                 _call(store.Append, iter(_append_requests(account, folder.mailbox, message)), timeout=IMPORT_TIMEOUT)
@@ -279,10 +286,15 @@ def cmd_import_maildir(store: pbg.MailstoreStub, args: argparse.Namespace, out: 
                 if err.code() == grpc.StatusCode.UNAVAILABLE and error_detail(err) is None:
                     raise
                 failed.append(f"{message.path.name}: {error_message(err)}")
-        report.append({"mailbox": folder.mailbox, "imported": imported, "failed": failed})
+        report.append({"mailbox": folder.mailbox, "imported": imported, "failed": failed, "skipped": 0})
     rows = [[r["mailbox"], str(r["imported"]), str(len(r["failed"]))] for r in report]
     problems = "".join(f"\n  {r['mailbox']}: {f}" for r in report for f in r["failed"])
-    out.emit(report, format_table(["MAILBOX", "IMPORTED", "FAILED"], rows) + problems)
+    skipped = "".join(
+        f"\n  {r['mailbox']}: not empty ({r['skipped']} messages), skipped; --append imports into it anyway"
+        for r in report
+        if r["skipped"]
+    )
+    out.emit(report, format_table(["MAILBOX", "IMPORTED", "FAILED"], rows) + problems + skipped)
 
 
 cmd_import_maildir.stub = pbg.MailstoreStub  # type: ignore[attr-defined]
@@ -513,6 +525,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = add(importers, "maildir", "append a Maildir++ tree (Dovecot, Courier) to an account", cmd_import_maildir)
     p.add_argument("path", help="the Maildir: the folder holding cur/, new/ and the .Folder ones")
     p.add_argument("account")
+    p.add_argument("--append", action="store_true", help="also into mailboxes that hold mail already")
 
     quota = commands.add_parser("quota", help="quota accounting")
     quotas = quota.add_subparsers(dest="action", metavar="ACTION", required=True)

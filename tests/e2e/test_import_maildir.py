@@ -89,6 +89,9 @@ def test_import_into_an_account(maildir: Path, mailstore: MailstoreProcess) -> N
     assert result.returncode == 0, result.stderr
     report = {r["mailbox"]: (r["imported"], r["failed"]) for r in json.loads(result.stdout)}
     assert report == {"INBOX": (3, []), "Archive/Été": (1, []), "Sent": (1, [])}
+    again = cli(mailstore.address, "--json", "import", "maildir", str(maildir), ACCOUNT)
+    skipped = {r["mailbox"]: (r["imported"], r["skipped"]) for r in json.loads(again.stdout)}
+    assert skipped == {"INBOX": (0, 3), "Archive/Été": (0, 1), "Sent": (0, 1)}, "a second run doubles nothing"
 
     async def check() -> None:
         client = open_client(mailstore.address)
@@ -111,6 +114,9 @@ def test_import_into_an_account(maildir: Path, mailstore: MailstoreProcess) -> N
             await client.channel.close(None)
 
     asyncio.run(check())
+
+    forced = cli(mailstore.address, "--json", "import", "maildir", str(maildir / ".Sent"), ACCOUNT, "--append")
+    assert [(r["mailbox"], r["imported"]) for r in json.loads(forced.stdout)] == [("INBOX", 1)], forced.stderr
 
     missing = cli(mailstore.address, "import", "maildir", str(maildir), "nobody@example.test")
     assert missing.returncode != 0 and "nobody@example.test" in missing.stderr + missing.stdout
