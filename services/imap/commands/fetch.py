@@ -196,7 +196,6 @@ async def fetch(session: Session, command: Command) -> Reply | None:
     args = command.args
     assert isinstance(args, Fetch)
     items = list(args.items)
-    binary = any(isinstance(i, FetchBinarySize) or (isinstance(i, FetchBody) and i.binary) for i in items)
     names = {i.name for i in items if isinstance(i, FetchAttribute)}
     if command.uid and "UID" not in names:
         items.insert(0, FetchAttribute("UID"))
@@ -212,9 +211,9 @@ async def fetch(session: Session, command: Command) -> Reply | None:
     targets = resolve(view, command, args.sequence_set)
     if not targets:
         return None
-    bodies = [b for b in (_body_item(i) for i in items) if b is not None]
     # What each item answers, worked out once for all the messages: (name in the response, index
     # of its body section or -1, the BINARY item to decode or None, the attribute name or "").
+    bodies: list[tuple[FetchBody, bytes]] = []
     plan: list[tuple[bytes, int, FetchBody | FetchBinarySize | None, str]] = []
     for item in items:
         body = _body_item(item)
@@ -223,7 +222,8 @@ async def fetch(session: Session, command: Command) -> Reply | None:
             plan.append((item.name.encode("ascii"), -1, None, item.name))
             continue
         decoded = item if isinstance(item, FetchBinarySize) or (isinstance(item, FetchBody) and item.binary) else None
-        plan.append((body[1], sum(1 for p in plan if p[1] >= 0), decoded, ""))
+        plan.append((body[1], len(bodies), decoded, ""))
+        bodies.append(body)
 
     # RFC 3501 §6.4.5: BODY[...] (not PEEK), RFC822 and RFC822.TEXT set \Seen
     newly_seen: set[int] = set()
@@ -245,7 +245,7 @@ async def fetch(session: Session, command: Command) -> Reply | None:
                 newly_seen.add(m.uid)
 
     fields = _fields(items)
-    if binary:
+    if any(decoded is not None for _, _, decoded, _ in plan):
         fields.body_structure = True  # each part's Content-Transfer-Encoding
     # Only bodies and UID: what FetchBodies returns says which messages exist; no metadata read.
     modseq = any(isinstance(i, FetchAttribute) and i.name == "MODSEQ" for i in items)
