@@ -270,8 +270,7 @@ class SmtpProtocol(SMTP):
             result = await read_data(self._reader, self.data_size_limit or 0, self._data_pause, self.room)
             self._reset_timeout()
             if result.problem is not None:
-                count("rejected", result.problem.value)
-                status = _PROBLEM_REPLIES[result.problem]
+                status = self._refuse(result.problem)
             else:
                 self.envelope.content = result.content
                 self.envelope.original_content = result.content
@@ -327,8 +326,7 @@ class SmtpProtocol(SMTP):
             return
         if self._bdat_problem is not None:
             # Over the size limit: the transaction fails at this chunk; later ones find no RCPT.
-            count("rejected", self._bdat_problem.value)
-            status = _PROBLEM_REPLIES[self._bdat_problem]
+            status = self._refuse(self._bdat_problem)
             self._set_post_data_state()
             await self.push(status)
             return
@@ -341,8 +339,7 @@ class SmtpProtocol(SMTP):
         try:
             problem = check_lines(content)
             if problem is not None:
-                count("rejected", problem.value)
-                status = _PROBLEM_REPLIES[problem]
+                status = self._refuse(problem)
             else:
                 self.envelope.content = content
                 self.envelope.original_content = content
@@ -352,6 +349,14 @@ class SmtpProtocol(SMTP):
             await self.push(status)
         finally:
             self.room.release()
+
+    def _refuse(self, problem: DataProblem) -> str:
+        """Count and log a transaction refused for its content (the handler logs the others)."""
+        count("rejected", problem.value)
+        reply = _PROBLEM_REPLIES[problem]
+        fields = {"remote_ip": self.client_ip, "result": problem.value, "reply": reply}
+        log.info("smtp transaction refused", extra=fields)
+        return reply
 
     def _set_post_data_state(self) -> None:
         super()._set_post_data_state()  # also on RSET, HELO/EHLO and STARTTLS
