@@ -76,7 +76,7 @@ async def read_data(
             size += len(line)
             if max_size and size > max_size:
                 problem = DataProblem.TOO_BIG
-            elif room is not None and not room.cover(size):
+            elif room is not None and size > room.held and not room.cover(size):  # a call per STEP, not per line
                 problem = DataProblem.INSUFFICIENT_STORAGE
         if problem is not None:
             buffer = _dropped(room)

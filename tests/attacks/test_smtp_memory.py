@@ -3,7 +3,8 @@
 The attack (issue 13, section 6): eight clients send a 48 MiB message each to port 25 at once,
 no login needed; SMTP held every body several times over (1.5 GiB). SMTP runs here as its own
 process (`mailstack serve smtp`) so its peak resident size (VmHWM) is its own; the mailstore is
-another process. What is asserted is memory, outcomes and content, never timing.
+another process. What is asserted is memory, outcomes and content, never timing. A second,
+in-process test walks through each refusal (MAIL SIZE=, DATA, BDAT) one at a time.
 """
 
 from __future__ import annotations
@@ -20,10 +21,8 @@ from pathlib import Path
 import pytest
 from mailstack.v1 import mailstore_pb2 as pb
 
-from tests.e2e.smtp_support import ALICE, PASSWORD, RawSmtp, without_trace
+from tests.e2e.smtp_support import ALICE, PASSWORD, RawSmtp, smtp_stack, without_trace
 from tests.fixtures.mailstore import MailstoreProcess, fetch_body, free_port, open_client
-
-pytestmark = pytest.mark.slow
 
 MiB = 1024 * 1024
 CLIENTS = 8
@@ -108,6 +107,7 @@ async def send(port: int, message: bytes, piece: int = MiB) -> str:
         await smtp.close()
 
 
+@pytest.mark.slow
 async def test_concurrent_large_messages_stay_within_the_inflight_budget(tmp_path: Path) -> None:
     store = MailstoreProcess(tmp_path / "store")
     await asyncio.to_thread(store.start)
@@ -128,8 +128,11 @@ async def test_concurrent_large_messages_stay_within_the_inflight_budget(tmp_pat
                 await asyncio.sleep(0.1)
             big_replies = await asyncio.wait_for(burst, 600)
             peak_kib = memory_kib(proc.pid, "VmHWM")
+        assert store.proc is not None
+        store_kib = memory_kib(store.proc.pid, "VmHWM")
 
         print(f"smtp VmRSS idle {idle_kib // 1024} MiB, VmHWM after the burst {peak_kib // 1024} MiB")
+        print(f"mailstore VmHWM {store_kib // 1024} MiB")
         print("big replies:", [r.split(" ")[0] + " " + r.split(" ")[1] for r in big_replies])
         assert (peak_kib - idle_kib) * 1024 < BOUND_OVER_IDLE, (idle_kib, peak_kib)
         assert all(r.startswith("250 ") for r in small_replies), small_replies
@@ -147,3 +150,29 @@ async def test_concurrent_large_messages_stay_within_the_inflight_budget(tmp_pat
         await client.channel.close()
     finally:
         await asyncio.to_thread(store.stop)
+
+
+async def test_no_room_is_452_at_mail_data_and_bdat_and_the_budget_comes_back(tmp_path: Path) -> None:
+    """The refusals one by one, in this process: a 4 MiB budget, messages of 5 MiB."""
+    big = b"Subject: big\r\n\r\n" + (b"z" * 98 + b"\r\n") * (50 * 1024)
+    async with smtp_stack(tmp_path, smtp_inflight_bytes=4 * MiB) as stack:
+        smtp = await RawSmtp.connect(stack.ports["smtp"])
+        await smtp.greet()
+        # Declared too big for what is free (RFC 1870 §6.1): refused before any data is sent.
+        assert (await smtp.cmd(f"MAIL FROM:<x@remote.test> SIZE={len(big)}")).startswith("452 4.3.1 ")
+        # Undeclared: read to the end, kept nowhere, 452 4.3.1; the session goes on.
+        for line in ("MAIL FROM:<x@remote.test>", f"RCPT TO:<{ALICE}>", "DATA"):
+            assert (await smtp.cmd(line))[:3] in ("250", "354")
+        assert (await smtp.cmd(big + b".")).startswith("452 4.3.1 ")
+        # BDAT: the chunk that does not fit fails the transaction, its bytes are still consumed.
+        for line in ("MAIL FROM:<x@remote.test>", f"RCPT TO:<{ALICE}>"):
+            assert (await smtp.cmd(line)).startswith("250")
+        await smtp.send(b"BDAT %d LAST\r\n" % len(big) + big)
+        assert (await smtp.reply()).startswith("452 4.3.1 ")
+        # The budget came back: a message that fits is stored.
+        for line in ("MAIL FROM:<x@remote.test> SIZE=100", f"RCPT TO:<{ALICE}>", "DATA"):
+            assert (await smtp.cmd(line))[:3] in ("250", "354")
+        assert (await smtp.cmd(SMALL + b".")).startswith("250 ")
+        assert stack.server.inflight.used == 0
+        await smtp.close()
+        assert [without_trace(m) for m in await stack.inbox()] == [SMALL]
