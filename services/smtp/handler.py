@@ -39,8 +39,8 @@ if TYPE_CHECKING:
     from mailstack.services.smtp.protocol import SmtpProtocol
 
 log = logging.getLogger("mailstack.smtp")
-T = TypeVar("T")
 tracer = trace.get_tracer("mailstack.smtp")
+T = TypeVar("T")  # a Deliver or Submit request
 
 CHUNK = 1024 * 1024  # Deliver chunks (the API's limit)
 RPC_TIMEOUT = 30.0  # seconds for the small calls (RCPT, MAIL, AUTH)
