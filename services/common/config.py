@@ -89,6 +89,11 @@ class Settings:
     smtp_auth_max_failures: int = _setting(5, "Failed SMTP AUTHs per client IP per window before AUTH is refused.")
     smtp_auth_failure_window: int = _setting(300, "Seconds over which failed SMTP AUTHs per IP are counted.")
     smtp_auth_failure_delay_ms: int = _setting(1000, "Delay before answering a failed SMTP AUTH (doubles per failure).")
+    smtp_inflight_bytes: int = _setting(
+        256 * MiB,
+        "Message content all SMTP sessions of a process may hold at once, in bytes (0 = unbounded); "
+        "beyond it a transaction is answered 452 4.3.1. Keep it at least max_message_size.",
+    )
 
     # pop3
     pop3_idle_timeout: int = _setting(600, "POP3 inactivity autologout in seconds (RFC 1939 §3: at least 600).")

@@ -12,8 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import io
 from collections.abc import Callable
 from dataclasses import dataclass
+
+from mailstack.services.smtp.inflight import Reservation
 
 MAX_LINE = 1000  # octets including CRLF, after removing a transparency dot
 
@@ -22,6 +25,7 @@ class DataProblem(enum.Enum):
     TOO_BIG = "too_big"
     LINE_TOO_LONG = "line_too_long"
     BARE_NEWLINE = "bare_newline"
+    INSUFFICIENT_STORAGE = "insufficient_storage"  # the in-flight budget is spent (inflight.py)
 
 
 @dataclass
@@ -30,12 +34,16 @@ class DataResult:
     problem: DataProblem | None
 
 
-async def read_data(reader: asyncio.StreamReader, max_size: int, on_progress: Callable[[], None]) -> DataResult:
+async def read_data(
+    reader: asyncio.StreamReader, max_size: int, on_progress: Callable[[], None], room: Reservation | None = None
+) -> DataResult:
     """Read one DATA section up to and including the lone "." line.
 
+    The content goes into one growing buffer, which becomes the returned bytes without a copy
+    (BytesIO.getvalue shares it); `room` is reserved as it grows and given back on a problem.
     A client that disconnects midway raises (CancelledError from aiosmtpd, or
     IncompleteReadError): nothing is returned, so nothing is delivered."""
-    parts: list[bytes] = []
+    buffer = io.BytesIO()
     size = 0
     problem: DataProblem | None = None
     mid_line = False  # the previous read was a piece of an overlong line
@@ -44,8 +52,9 @@ async def read_data(reader: asyncio.StreamReader, max_size: int, on_progress: Ca
             line = await reader.readuntil(b"\r\n")
         except asyncio.LimitOverrunError as err:
             line = await reader.read(err.consumed)
-            problem = problem or DataProblem.LINE_TOO_LONG
-            parts.clear()
+            if problem is None:
+                problem = DataProblem.LINE_TOO_LONG
+                buffer = _dropped(room)
             mid_line = True
             on_progress()
             continue
@@ -67,38 +76,50 @@ async def read_data(reader: asyncio.StreamReader, max_size: int, on_progress: Ca
             size += len(line)
             if max_size and size > max_size:
                 problem = DataProblem.TOO_BIG
+            elif room is not None and size > room.held and not room.cover(size):  # a call per STEP, not per line
+                problem = DataProblem.INSUFFICIENT_STORAGE
         if problem is not None:
-            parts.clear()
+            buffer = _dropped(room)
         else:
-            parts.append(line)
+            buffer.write(line)
     if problem is not None:
         return DataResult(b"", problem)
-    return DataResult(b"".join(parts), None)
+    return DataResult(buffer.getvalue(), None)
+
+
+def _dropped(room: Reservation | None) -> io.BytesIO:
+    """What a refused transaction keeps: nothing, and none of the budget."""
+    if room is not None:
+        room.release()
+    return io.BytesIO()
 
 
 def check_lines(content: bytes) -> DataProblem | None:
     """The DATA section's line rules for a message sent with BDAT (RFC 3030 without BINARYMIME:
-    still lines of at most 1000 octets, and no bare CR or LF)."""
-    lines = content.split(b"\r\n")
-    for line in lines:
-        if b"\r" in line or b"\n" in line:
-            return DataProblem.BARE_NEWLINE
-    if any(len(line) + 2 > MAX_LINE for line in lines):
-        return DataProblem.LINE_TOO_LONG
+    still lines of at most 1000 octets, and no bare CR or LF). Scans in place: a split into
+    lines would copy the whole message once more."""
+    crlf = content.count(b"\r\n")
+    if content.count(b"\r") != crlf or content.count(b"\n") != crlf:
+        return DataProblem.BARE_NEWLINE
+    start, end = 0, len(content)
+    while start <= end:  # one step per line
+        stop = content.find(b"\r\n", start)
+        stop = end if stop < 0 else stop
+        if stop - start + 2 > MAX_LINE:
+            return DataProblem.LINE_TOO_LONG
+        start = stop + 2
     return None
 
 
 async def read_chunk(
-    reader: asyncio.StreamReader, size: int, keep: bool, on_progress: Callable[[], None]
-) -> list[bytes]:
-    """Exactly `size` octets of a BDAT chunk (RFC 3030 §2), in pieces; [] when not `keep` (the
-    chunk is read all the same, or its bytes would be taken for commands)."""
-    parts: list[bytes] = []
+    reader: asyncio.StreamReader, size: int, sink: io.BytesIO | None, on_progress: Callable[[], None]
+) -> None:
+    """Exactly `size` octets of a BDAT chunk (RFC 3030 §2), in pieces, written to `sink`; without a
+    sink the chunk is read all the same (or its bytes would be taken for commands) and dropped."""
     left = size
     while left:
         piece = await reader.readexactly(min(left, 64 * 1024))
         left -= len(piece)
         on_progress()
-        if keep:
-            parts.append(piece)
-    return parts
+        if sink is not None:
+            sink.write(piece)

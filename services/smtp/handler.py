@@ -10,11 +10,13 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import itertools
 import logging
 import secrets
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 import grpc
 import grpc.aio
@@ -23,6 +25,7 @@ from mailstack.services.common.config import Settings
 from mailstack.services.common.grpc_client import error_detail
 from mailstack.services.common.metrics import SMTP_MESSAGES
 from mailstack.services.smtp import replies
+from mailstack.services.smtp.inflight import InflightBudget
 from mailstack.services.smtp.limits import AuthFailureLimiter
 from mailstack.services.smtp.received import trace_headers, with_protocol
 from mailstack.services.smtp.recipient_cache import RecipientCache
@@ -37,6 +40,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("mailstack.smtp")
 tracer = trace.get_tracer("mailstack.smtp")
+T = TypeVar("T")  # a Deliver or Submit request
 
 CHUNK = 1024 * 1024  # Deliver chunks (the API's limit)
 RPC_TIMEOUT = 30.0  # seconds for the small calls (RCPT, MAIL, AUTH)
@@ -80,6 +84,15 @@ def _remote_recipients(envelope: Envelope) -> set[str]:
     return remote
 
 
+def _pieces(header: bytes, content: bytes, make: Callable[[bytes], T]) -> Iterator[T]:
+    """The trace header, then the content in CHUNK-sized requests, each made as gRPC asks for it:
+    one whole copy of a large message is never made (the content itself is held once)."""
+    yield make(header)
+    view = memoryview(content)
+    for start in range(0, len(content), CHUNK):
+        yield make(bytes(view[start : start + CHUNK]))
+
+
 def _client_ip(session: Session) -> str:
     peer = session.peer
     if isinstance(peer, tuple) and peer:
@@ -103,6 +116,7 @@ class SmtpHandler:
         self.stub = stub
         self.failed_auths = failed_auths
         self.outbound = outbound
+        self.inflight = InflightBudget(settings.smtp_inflight_bytes)  # SmtpServer shares one across listeners
 
     # ---------------------------------------------------------------- EHLO
 
@@ -182,6 +196,9 @@ class SmtpHandler:
     async def handle_MAIL(
         self, server: SmtpProtocol, session: Session, envelope: Envelope, address: str, mail_options: list[str]
     ) -> str:
+        if _envelope_size(mail_options) > self.inflight.free:  # RFC 1870 §6.1: no room for it now
+            count("rejected", "insufficient_storage")
+            return replies.INSUFFICIENT_STORAGE
         # On submission an unauthenticated MAIL is accepted and every RCPT refused with 554 5.7.1,
         # as Postfix does: clients (smtplib, curl, swaks) expect the refusal at RCPT (ADR 0005).
         if self.kind.submission and session.authenticated and address != "<>":
@@ -270,32 +287,35 @@ class SmtpHandler:
             submit = _remote_recipients(envelope) or self.settings.save_sent_copies
             if self.kind.submission and self.outbound is not None and submit:
                 account = str(session.auth_data)
-                reply, reason = await self._submit(queue_id, account, sender, recipients, header + content)
+                reply, reason = await self._submit(queue_id, account, sender, recipients, header, content)
             else:
-                reply, reason = await self._deliver(queue_id, sender, recipients, header + content)
+                reply, reason = await self._deliver(queue_id, sender, recipients, header, content)
             span.set_attribute("smtp.result", reason)
-        result = "accepted" if reply.startswith("250") else "rejected"
-        count(result, reason)
-        log.info(
-            "smtp transaction queue_id=%s sender=<%s> recipients=%s size=%d result=%s reply=%r ms=%d",
-            queue_id, sender, ",".join(recipients), len(content), reason, reply,
-            (time.monotonic() - started) * 1000,
-        )  # fmt: skip
+            result = "accepted" if reply.startswith("250") else "rejected"
+            count(result, reason)
+            # Inside the span: JSON logs then carry its trace_id, the one the mailstore's line has.
+            log.info(
+                "smtp transaction",
+                extra={
+                    "queue_id": queue_id, "remote_ip": _client_ip(session), "helo": session.host_name or "",
+                    "sender": f"<{sender}>", "recipients": ",".join(recipients), "size": len(content),
+                    "result": reason, "reply": reply, "ms": int((time.monotonic() - started) * 1000),
+                },
+            )  # fmt: skip
         return reply
 
-    async def _deliver(self, queue_id: str, sender: str, recipients: list[str], message: bytes) -> tuple[str, str]:
+    async def _deliver(
+        self, queue_id: str, sender: str, recipients: list[str], header: bytes, content: bytes
+    ) -> tuple[str, str]:
         """(SMTP reply, reason for counters and logs) for one Deliver call."""
-
-        # A plain list (the message is in memory anyway): cheaper for grpc.aio than an async generator.
-        view = memoryview(message)
-        requests = [
-            pb.DeliverRequest(
-                envelope=pb.DeliverEnvelope(sender=sender, recipients=recipients, size=len(message), queue_id=queue_id)
-            ),
-            *(pb.DeliverRequest(chunk=bytes(view[start : start + CHUNK])) for start in range(0, len(message), CHUNK)),
-        ]
+        size = len(header) + len(content)
+        envelope = pb.DeliverEnvelope(sender=sender, recipients=recipients, size=size, queue_id=queue_id)
+        # A plain iterator (cheaper for grpc.aio than an async generator), its requests made one at a time.
+        requests = itertools.chain(
+            [pb.DeliverRequest(envelope=envelope)], _pieces(header, content, lambda c: pb.DeliverRequest(chunk=c))
+        )
         try:
-            response = await self.stub.Deliver(iter(requests), timeout=DELIVER_TIMEOUT)
+            response = await self.stub.Deliver(requests, timeout=DELIVER_TIMEOUT)
         except grpc.aio.AioRpcError as err:
             detail = error_detail(err)
             reason = detail.reason if detail is not None else pb.ERROR_REASON_UNSPECIFIED
@@ -314,19 +334,18 @@ class SmtpHandler:
         return self._data_reply(queue_id, results)
 
     async def _submit(
-        self, queue_id: str, account: str, sender: str, recipients: list[str], message: bytes
+        self, queue_id: str, account: str, sender: str, recipients: list[str], header: bytes, content: bytes
     ) -> tuple[str, str]:
         """Submission with remote recipients: local ones stored, remote ones queued, in one call."""
         assert self.outbound is not None
-        view = memoryview(message)
-        header = spb.SubmitHeader(account=account, sender=sender, recipients=recipients, size=len(message),
+        size = len(header) + len(content)
+        submit = spb.SubmitHeader(account=account, sender=sender, recipients=recipients, size=size,
                                   queue_id=queue_id)  # fmt: skip
-        requests = [
-            spb.SubmitRequest(header=header),
-            *(spb.SubmitRequest(chunk=bytes(view[start : start + CHUNK])) for start in range(0, len(message), CHUNK)),
-        ]
+        requests = itertools.chain(
+            [spb.SubmitRequest(header=submit)], _pieces(header, content, lambda c: spb.SubmitRequest(chunk=c))
+        )
         try:
-            response = await self.outbound.Submit(iter(requests), timeout=DELIVER_TIMEOUT)
+            response = await self.outbound.Submit(requests, timeout=DELIVER_TIMEOUT)
         except grpc.aio.AioRpcError as err:
             detail = error_detail(err)
             if err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and detail is not None and detail.reason == pb.TOO_BIG:

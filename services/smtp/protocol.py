@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import functools
+import io
 import logging
 import ssl
 import time
@@ -28,6 +29,7 @@ from mailstack.services.common.metrics import COMMAND_SECONDS, SESSIONS
 from mailstack.services.smtp import replies
 from mailstack.services.smtp.data import DataProblem, check_lines, read_chunk, read_data
 from mailstack.services.smtp.handler import SmtpHandler, count
+from mailstack.services.smtp.inflight import Reservation
 from mailstack.services.smtp.limits import ConnectionLimiter
 
 log = logging.getLogger("mailstack.smtp")
@@ -36,6 +38,7 @@ _PROBLEM_REPLIES = {
     DataProblem.TOO_BIG: replies.TOO_BIG,
     DataProblem.LINE_TOO_LONG: replies.LINE_TOO_LONG,
     DataProblem.BARE_NEWLINE: replies.BARE_NEWLINE,
+    DataProblem.INSUFFICIENT_STORAGE: replies.INSUFFICIENT_STORAGE,
 }
 
 
@@ -110,7 +113,7 @@ class SmtpProtocol(SMTP):
             loop=asyncio.get_running_loop(),
         )
         # aiosmtpd keeps these limits in one dict shared by all sessions; give each its own.
-        self._bdat_parts: list[bytes] = []  # the chunks of a BDAT transaction so far
+        self._bdat_buffer = io.BytesIO()  # the chunks of a BDAT transaction so far
         self._bdat_size = 0
         self._bdat_problem: DataProblem | None = None
         self._deadline = 0.0  # see _reset_timeout
@@ -118,6 +121,8 @@ class SmtpProtocol(SMTP):
         self.command_size_limits = collections.defaultdict(lambda: SMTP.command_size_limit)
         self._smtp_methods = {name: _timed(type(self), f"smtp_{name}").__get__(self) for name in self._smtp_methods}
         self.handler = handler
+        # This transaction's share of the process's in-flight budget (inflight.py).
+        self.room = Reservation(handler.inflight)
         self.limiter = limiter
         self.sessions = sessions
         self.data_timeout = float(settings.smtp_data_timeout)
@@ -187,6 +192,7 @@ class SmtpProtocol(SMTP):
             self.limiter.release(self.client_ip)
             self.sessions.discard(self)
             _OPEN_SESSIONS.dec()
+        self.room.release()
         super().connection_lost(error)
 
     def _timeout_cb(self) -> None:
@@ -261,19 +267,20 @@ class SmtpProtocol(SMTP):
         try:
             await self.push("354 End data with <CR><LF>.<CR><LF>")
             self._data_pause()  # the wait for the first line is a DATA pause too, not a command wait
-            result = await read_data(self._reader, self.data_size_limit or 0, self._data_pause)
+            result = await read_data(self._reader, self.data_size_limit or 0, self._data_pause, self.room)
             self._reset_timeout()
             if result.problem is not None:
-                count("rejected", result.problem.value)
-                status = _PROBLEM_REPLIES[result.problem]
+                status = self._refuse(result.problem)
             else:
                 self.envelope.content = result.content
                 self.envelope.original_content = result.content
                 status = await self._call_handler_hook("DATA")
+            del result  # the envelope held the only other reference; it is replaced next
             self._set_post_data_state()
             await self.push(status)
         finally:
             self.in_data = False
+            self.room.release()  # also when the client went away or the mailstore call failed
 
     # ---------------------------------------------------------------- BDAT
 
@@ -298,12 +305,20 @@ class SmtpProtocol(SMTP):
         limit = self.data_size_limit or 0
         if refusal is None and self._bdat_problem is None and limit and self._bdat_size + size > limit:
             self._bdat_problem = DataProblem.TOO_BIG
+        if refusal is None and self._bdat_problem is None and not self.room.cover(self._bdat_size + size):
+            self._bdat_problem = DataProblem.INSUFFICIENT_STORAGE
+        if self._bdat_problem is not None:
+            self._bdat_buffer = io.BytesIO()  # keep nothing of a failed transaction
+            self.room.release()
         keep = refusal is None and self._bdat_problem is None
         self.in_data = True
         try:
             self._data_pause()
-            parts = await read_chunk(self._reader, size, keep, self._data_pause)
+            await read_chunk(self._reader, size, self._bdat_buffer if keep else None, self._data_pause)
             self._reset_timeout()
+        except BaseException:
+            self.room.release()  # the client went away mid-chunk
+            raise
         finally:
             self.in_data = False
         if refusal is not None:
@@ -311,33 +326,44 @@ class SmtpProtocol(SMTP):
             return
         if self._bdat_problem is not None:
             # Over the size limit: the transaction fails at this chunk; later ones find no RCPT.
-            count("rejected", self._bdat_problem.value)
-            status = _PROBLEM_REPLIES[self._bdat_problem]
+            status = self._refuse(self._bdat_problem)
             self._set_post_data_state()
             await self.push(status)
             return
-        self._bdat_parts += parts
         self._bdat_size += size
         if not last:
             await self.push(f"250 2.0.0 {size} octets received")
             return
-        content = b"".join(self._bdat_parts)
-        problem = check_lines(content)
-        if problem is not None:
-            count("rejected", problem.value)
-            status = _PROBLEM_REPLIES[problem]
-        else:
-            self.envelope.content = content
-            self.envelope.original_content = content
-            status = await self._call_handler_hook("DATA")
-        self._set_post_data_state()
-        await self.push(status)
+        content = self._bdat_buffer.getvalue()  # shares the buffer, no copy
+        self._bdat_buffer = io.BytesIO()
+        try:
+            problem = check_lines(content)
+            if problem is not None:
+                status = self._refuse(problem)
+            else:
+                self.envelope.content = content
+                self.envelope.original_content = content
+                status = await self._call_handler_hook("DATA")
+            del content
+            self._set_post_data_state()
+            await self.push(status)
+        finally:
+            self.room.release()
+
+    def _refuse(self, problem: DataProblem) -> str:
+        """Count and log a transaction refused for its content (the handler logs the others)."""
+        count("rejected", problem.value)
+        reply = _PROBLEM_REPLIES[problem]
+        fields = {"remote_ip": self.client_ip, "result": problem.value, "reply": reply}
+        log.info("smtp transaction refused", extra=fields)
+        return reply
 
     def _set_post_data_state(self) -> None:
-        super()._set_post_data_state()
-        self._bdat_parts = []
+        super()._set_post_data_state()  # also on RSET, HELO/EHLO and STARTTLS
+        self._bdat_buffer = io.BytesIO()
         self._bdat_size = 0
         self._bdat_problem = None
+        self.room.release()
 
     def __repr__(self) -> str:
         return f"SmtpProtocol({self.handler.kind.name}, {self.client_ip})"

@@ -32,6 +32,8 @@ TOO_BIG = "552 5.3.4 Message too big"
 LINE_TOO_LONG = "500 5.5.2 Line too long (RFC 5321 4.5.3.1.6: 1000 octets)"
 BARE_NEWLINE = "554 5.5.2 Bare CR or LF in message data refused (RFC 5321 2.3.8)"
 TEMP_FAILURE = "451 4.3.0 Temporary storage failure, try again later"
+# RFC 3463 4.3.1 "mail system full" (RFC 1870 §6.1 at MAIL): the in-flight budget is spent.
+INSUFFICIENT_STORAGE = "452 4.3.1 Insufficient system storage, try again later"
 AUTH_FAILED = "535 5.7.8 Authentication credentials invalid"
 AUTH_TOO_MANY = "535 5.7.8 Too many failed authentications, try again later"
 AUTH_TEMP_FAILURE = "454 4.7.0 Temporary authentication failure"

@@ -15,6 +15,7 @@ from mailstack.services.common.proxy_protocol import parse_networks
 from mailstack.services.common.tls import ensure_self_signed, server_ssl_context
 from mailstack.services.outbound.stub import outbound_stub
 from mailstack.services.smtp.handler import INBOUND, SUBMISSION, SUBMISSIONS, ListenerKind, SmtpHandler
+from mailstack.services.smtp.inflight import InflightBudget
 from mailstack.services.smtp.limits import AuthFailureLimiter, ConnectionLimiter
 from mailstack.services.smtp.protocol import SmtpProtocol, protocol_factory, proxied_protocol_factory
 from mailstack.services.smtp.recipient_cache import RecipientCache
@@ -34,6 +35,7 @@ class SmtpServer:
         self.sessions: set[SmtpProtocol] = set()
         # Trusted only while the channel to the mailstore is up (no RPC needed to know that).
         self.recipients = RecipientCache(usable=self._mailstore_connected)
+        self.inflight = InflightBudget(settings.smtp_inflight_bytes)  # shared by every listener's sessions
         self._servers: list[tuple[ListenerKind, asyncio.Server | ProxyListener]] = []
         self._channel: grpc.aio.Channel | None = None
         self._closed = asyncio.Event()
@@ -72,6 +74,7 @@ class SmtpServer:
                 handler = SmtpHandler(
                     kind, settings, stub, self.failed_auths, outbound_stub(self._channel), self.recipients
                 )
+                handler.inflight = self.inflight
                 if settings.proxy_protocol:  # ADR 0007: the header comes before TLS on 465
                     proxied = ProxyListener(
                         proxied_protocol_factory(handler, settings, self.limiter, self.sessions, tls),
