@@ -1,0 +1,250 @@
+"""Issue 13 §3 and §6: forged senders and sending limits, replayed against real servers.
+
+The Send API is called over a real gRPC channel to an in-process mailstore; submission is smtplib
+(STARTTLS + AUTH) against a real SMTP server in front of it. Every forgery must be refused and
+leave nothing stored or queued; the legitimate variants (own address, alias, display names,
+encoded words, no From on submission) must still go through.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import smtplib
+import time
+from pathlib import Path
+from typing import cast
+
+import grpc
+import pytest
+from mailstack.services.common.tls import client_ssl_context
+from mailstack.services.mailstore import mime
+from mailstack.v1 import mailstore_pb2 as pb
+from mailstack.v1 import send_pb2 as spb
+from mailstack.v1 import send_pb2_grpc as spbg
+from prometheus_client import REGISTRY
+
+from tests.e2e.outbound_support import ALICE as LOCAL
+from tests.e2e.outbound_support import OutboundStack, outbound_stack, structured
+from tests.e2e.smtp_support import ALICE, BOB, BOB_PASSWORD, DOMAIN, PASSWORD, SmtpStack, smtp_stack
+from tests.fixtures.mailstore import fetch_body
+
+SHOP = "shop.example"
+ORDERS = f"orders@{SHOP}"
+CEO = "ceo@bank.example"
+ALIAS = f"postmaster@{DOMAIN}"
+
+
+# ---------------------------------------------------------------- Send API (token for shop.example)
+
+
+async def local_messages(stack: OutboundStack) -> list[bytes]:
+    request = pb.FetchMetadataRequest(account=LOCAL, mailbox="INBOX")
+    metas = [m async for batch in stack.client.store.FetchMetadata(request) for m in batch.messages]
+    return [await fetch_body(stack.client, LOCAL, "INBOX", m.uid) for m in metas]
+
+
+def envelope_from(stored: bytes) -> list[str]:
+    """The From addresses as IMAP ENVELOPE reports them (the mailstore's own parser)."""
+    env = mime.parse_message(stored).envelope
+    return [f"{a.mailbox.decode()}@{a.host.decode()}" for a in getattr(env, "from")]
+
+
+async def refused_send(stack: OutboundStack, header: spb.SendHeader, raw: bytes = b"") -> grpc.aio.AioRpcError:
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await stack.send(header, raw)
+    return refused.value
+
+
+@pytest.mark.parametrize(
+    "sender",
+    [
+        f"<{ORDERS}>{CEO}",  # the issue's first: ENVELOPE and other parsers read a different address
+        f"{ORDERS}, {CEO}",  # two From addresses
+        f"{ORDERS}<{CEO}>",
+        f"Orders <{ORDERS}>, {CEO}",
+        CEO,
+    ],
+)
+async def test_send_structured_forged_from_is_refused(tmp_path: Path, sender: str) -> None:
+    async with outbound_stack(tmp_path, {}, from_domains=(SHOP,)) as stack:
+        err = await refused_send(stack, spb.SendHeader(structured=structured(sender, [LOCAL])))
+        assert err.code() == grpc.StatusCode.PERMISSION_DENIED, err
+        assert await local_messages(stack) == []
+
+
+RAW_FORGERIES = {
+    # the issue's raw trick: ENVELOPE reads the first "From", a naive check the allowed one
+    "space_before_colon": f"From : {CEO}\r\nFrom: {ORDERS}\r\nTo: {LOCAL}\r\nSubject: x\r\n\r\nbody\r\n",
+    "tab_before_colon": f"From\t: {CEO}\r\nTo: {LOCAL}\r\nSubject: x\r\n\r\nbody\r\n",
+    "two_from_fields": f"From: {ORDERS}\r\nFrom: {CEO}\r\nTo: {LOCAL}\r\nSubject: x\r\n\r\nbody\r\n",
+    "two_addresses": f"From: {ORDERS}, {CEO}\r\nTo: {LOCAL}\r\nSubject: x\r\n\r\nbody\r\n",
+    "forged_sender_field": f"From: {ORDERS}\r\nSender: {CEO}\r\nTo: {LOCAL}\r\nSubject: x\r\n\r\nbody\r\n",
+    "angle_then_text": f"From: <{ORDERS}>{CEO}\r\nTo: {LOCAL}\r\nSubject: x\r\n\r\nbody\r\n",
+    # a line that is no header field ends the header for one parser and not for another
+    "broken_line_then_from": f"From: {ORDERS}\r\nX Bad Line: y\r\nFrom: {CEO}\r\nTo: {LOCAL}\r\n\r\nbody\r\n",
+}
+
+
+@pytest.mark.parametrize("name", sorted(RAW_FORGERIES))
+async def test_send_raw_forged_from_is_refused(tmp_path: Path, name: str) -> None:
+    async with outbound_stack(tmp_path, {}, from_domains=(SHOP,)) as stack:
+        err = await refused_send(stack, spb.SendHeader(recipients=[LOCAL]), RAW_FORGERIES[name].encode())
+        assert err.code() == grpc.StatusCode.PERMISSION_DENIED, err
+        assert await local_messages(stack) == []
+
+
+async def test_send_raw_without_from_is_refused(tmp_path: Path) -> None:
+    async with outbound_stack(tmp_path, {}, from_domains=(SHOP,)) as stack:
+        raw = f"To: {LOCAL}\r\nSubject: x\r\n\r\nbody\r\n".encode()
+        err = await refused_send(stack, spb.SendHeader(recipients=[LOCAL], envelope_from=ORDERS), raw)
+        assert err.code() in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.PERMISSION_DENIED), err
+        assert await local_messages(stack) == []
+
+
+async def test_send_legitimate_senders_are_accepted(tmp_path: Path) -> None:
+    async with outbound_stack(tmp_path, {}, from_domains=(SHOP,)) as stack:
+        for sender in (ORDERS, f"Orders <{ORDERS}>", f'"Orders, Shop" <{ORDERS}>', f"Jörg Müller <{ORDERS}>",
+                       f"=?utf-8?q?J=C3=B6rg?= <{ORDERS}>", f"ORDERS@{SHOP.upper()}"):  # fmt: skip
+            await stack.send(spb.SendHeader(structured=structured(sender, [LOCAL])))
+        raw = (f"From: =?utf-8?b?U2hvcCDDlg==?= <{ORDERS}>\r\nSender: news@{SHOP}\r\nTo: {LOCAL}\r\n"
+               "Subject: raw\r\n\r\nbody\r\n").encode()  # fmt: skip
+        await stack.send(spb.SendHeader(recipients=[LOCAL]), raw)
+        stored = await local_messages(stack)
+        assert len(stored) == 7
+        assert [[a.lower() for a in envelope_from(m)] for m in stored] == [[ORDERS]] * 7
+
+
+# ---------------------------------------------------------------- SMTP submission
+
+
+def submit(
+    stack: SmtpStack, envelope_sender: str, data: str, rcpts: list[str] | None = None,
+    user: str = ALICE, password: str = PASSWORD,
+) -> None:  # fmt: skip
+    with smtplib.SMTP("localhost", stack.ports["submission"], timeout=30) as s:
+        s.starttls(context=client_ssl_context(stack.cafile))
+        s.login(user, password)
+        s.sendmail(envelope_sender, rcpts or [BOB], data.encode())
+
+
+def refused_submission(stack: SmtpStack, envelope_sender: str, data: str, rcpts: list[str] | None = None) -> str:
+    with pytest.raises(smtplib.SMTPDataError) as refused:
+        submit(stack, envelope_sender, data, rcpts)
+    reply = f"{refused.value.smtp_code} {refused.value.smtp_error.decode()}"
+    return reply
+
+
+SUBMISSION_FORGERIES = {
+    "other_domain": (ALICE, f"From: {CEO}\r\nTo: {BOB}\r\nSubject: x\r\n\r\nbody\r\n"),
+    "other_account": (ALICE, f"From: Bob <{BOB}>\r\nTo: {BOB}\r\nSubject: x\r\n\r\nbody\r\n"),
+    "null_envelope_sender": ("<>", f"From: {CEO}\r\nTo: {BOB}\r\nSubject: x\r\n\r\nbody\r\n"),
+    "space_before_colon": (ALICE, f"From : {CEO}\r\nFrom: {ALICE}\r\nTo: {BOB}\r\nSubject: x\r\n\r\nbody\r\n"),
+    "two_addresses": (ALICE, f"From: {ALICE}, {CEO}\r\nTo: {BOB}\r\nSubject: x\r\n\r\nbody\r\n"),
+    "two_from_fields": (ALICE, f"From: {ALICE}\r\nFrom: {CEO}\r\nTo: {BOB}\r\nSubject: x\r\n\r\nbody\r\n"),
+    "forged_sender_field": (ALICE, f"From: {ALICE}\r\nSender: {CEO}\r\nTo: {BOB}\r\nSubject: x\r\n\r\nbody\r\n"),
+    "angle_then_text": (ALICE, f"From: <{ALICE}>{CEO}\r\nTo: {BOB}\r\nSubject: x\r\n\r\nbody\r\n"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(SUBMISSION_FORGERIES))
+async def test_submission_forged_header_from_is_refused(tmp_path: Path, name: str) -> None:
+    envelope_sender, data = SUBMISSION_FORGERIES[name]
+    async with smtp_stack(tmp_path) as stack:
+        reply = await asyncio.to_thread(refused_submission, stack, envelope_sender, data)
+        assert reply.startswith("550 5.7.1 "), reply
+        assert await stack.count(BOB) == 0
+
+
+async def test_submission_forged_from_to_a_remote_recipient_is_not_queued(tmp_path: Path) -> None:
+    async with smtp_stack(tmp_path) as stack:
+        data = f"From: {CEO}\r\nTo: victim@remote.test\r\nSubject: x\r\n\r\nbody\r\n"
+        reply = await asyncio.to_thread(refused_submission, stack, ALICE, data, ["victim@remote.test"])
+        assert reply.startswith("550 5.7.1 "), reply
+        outbound = cast("spbg.OutboundAsyncStub", spbg.OutboundStub(stack.client.channel))
+        leased = await outbound.LeaseOutbound(spb.LeaseOutboundRequest(worker="test", max_messages=10))
+        assert list(leased.messages) == []
+
+
+async def test_submission_legitimate_senders_are_accepted(tmp_path: Path) -> None:
+    async with smtp_stack(tmp_path) as stack:
+        await stack.client.admin.AddAlias(pb.AddAliasRequest(address=ALIAS, account=ALICE))
+        messages = [
+            (ALICE, f"From: Alice <{ALICE}>\r\nTo: {BOB}\r\nSubject: own\r\n\r\nbody\r\n"),
+            (ALICE, f"From: =?utf-8?q?Alice_=C3=84?= <{ALICE.upper()}>\r\nSubject: encoded\r\n\r\nbody\r\n"),
+            (ALICE, f'From: "Alice, Postmaster" <{ALIAS}>\r\nSender: {ALICE}\r\nSubject: alias\r\n\r\nbody\r\n'),
+            (ALIAS, f"From: {ALIAS}\r\nSubject: alias envelope\r\n\r\nbody\r\n"),
+            # an MDN goes with the null sender (RFC 8098 §2.1) and the user's own From
+            ("<>", f"From: {ALICE}\r\nSubject: read\r\n\r\nbody\r\n"),
+            # no From at all is no forgery (RFC 6409 §8.1 lets the MSA leave or add it)
+            (ALICE, "Subject: no from\r\n\r\nbody\r\n"),
+        ]
+        for envelope_sender, data in messages:
+            await asyncio.to_thread(submit, stack, envelope_sender, data)
+        assert await stack.count(BOB) == len(messages)
+
+
+async def test_submission_from_check_can_be_relaxed(tmp_path: Path) -> None:
+    forged = f"From: {CEO}\r\nTo: {BOB}\r\nSubject: x\r\n\r\nbody\r\n"
+    async with smtp_stack(tmp_path, submission_from_check="envelope") as stack:
+        await asyncio.to_thread(submit, stack, ALICE, forged)  # header not checked
+        with pytest.raises(smtplib.SMTPSenderRefused):  # the envelope still is
+            await asyncio.to_thread(submit, stack, BOB, forged)
+        assert await stack.count(BOB) == 1
+
+
+# ---------------------------------------------------------------- sending limits
+
+
+def metric(name: str, labels: dict[str, str]) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+async def test_submission_rate_limit_per_account(tmp_path: Path) -> None:
+    data = f"From: {ALICE}\r\nSubject: burst\r\n\r\nbody\r\n"
+    async with smtp_stack(tmp_path, submission_rate_messages=3, sending_rate_window=2) as stack:
+        before = metric("mailstack_sending_refused_total", {"api": "submission", "reason": "rate"})
+        for _ in range(3):
+            await asyncio.to_thread(submit, stack, ALICE, data)
+        reply = await asyncio.to_thread(refused_submission, stack, ALICE, data)
+        assert reply.startswith("450 4.7.1 "), reply  # temporary: a real client retries later
+        assert metric("mailstack_sending_refused_total", {"api": "submission", "reason": "rate"}) == before + 1
+        # Per account: Bob is not held back by Alice's burst.
+        await asyncio.to_thread(
+            submit, stack, BOB, f"From: {BOB}\r\nSubject: b\r\n\r\nbody\r\n", [ALICE], BOB, BOB_PASSWORD
+        )
+        assert await stack.count(BOB) == 3
+        # The window slides: after it, Alice may send again (bounded wait).
+        deadline = time.monotonic() + 10
+        while True:
+            await asyncio.sleep(0.5)
+            try:
+                await asyncio.to_thread(submit, stack, ALICE, data)
+                break
+            except smtplib.SMTPDataError as exc:
+                assert exc.smtp_code == 450 and time.monotonic() < deadline, exc
+        assert await stack.count(BOB) == 4
+
+
+async def test_submission_rate_limit_counts_recipients(tmp_path: Path) -> None:
+    data = f"From: {ALICE}\r\nSubject: many\r\n\r\nbody\r\n"
+    async with smtp_stack(tmp_path, submission_rate_recipients=3) as stack:
+        await asyncio.to_thread(submit, stack, ALICE, data, [BOB, ALICE])
+        reply = await asyncio.to_thread(refused_submission, stack, ALICE, data, [BOB, ALICE])
+        assert reply.startswith("450 4.7.1 "), reply
+        await asyncio.to_thread(submit, stack, ALICE, data, [BOB])  # the third recipient still fits
+        assert await stack.count(BOB) == 2
+
+
+async def test_send_rate_limit_per_token(tmp_path: Path) -> None:
+    async with outbound_stack(tmp_path, {}, from_domains=(SHOP,), send_rate_messages=2) as stack:
+        before = metric("mailstack_sending_refused_total", {"api": "send", "reason": "rate"})
+        header = spb.SendHeader(structured=structured(ORDERS, [LOCAL]))
+        for _ in range(2):
+            await stack.send(header)
+        err = await refused_send(stack, header)
+        assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, err
+        assert metric("mailstack_sending_refused_total", {"api": "send", "reason": "rate"}) == before + 1
+        other = await stack.admin.CreateToken(spb.CreateTokenRequest(name="other", from_domains=[SHOP]))
+        requests = iter([spb.SendRequest(header=header)])
+        await stack.sender.Send(requests, metadata=(("authorization", f"Bearer {other.secret}"),))
+        assert len(await local_messages(stack)) == 3
