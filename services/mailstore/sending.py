@@ -25,6 +25,14 @@ from mailstack.services.common.metrics import (
     SEND_CALLS,
 )
 from mailstack.services.mailstore import compose, dkim_sign, dsn, names
+from mailstack.services.mailstore.sender_rules import (
+    HeaderSenders,
+    RateLimited,
+    SenderRefused,
+    SendingLimiter,
+    header_senders,
+    refused,
+)
 from mailstack.services.mailstore.core import AuthFailed, InvalidRequest, MailstoreCore, new_blob_key
 from mailstack.storage.errors import NotAllowed, StorageError
 from mailstack.storage.metadata.base import MetadataStore
@@ -46,6 +54,7 @@ log = logging.getLogger("mailstack.mailstore.sending")
 EXPIRE_EVERY = 60.0  # seconds between sweeps bouncing messages past their lifetime
 DEPTH_EVERY = 1.0  # at most one queue-depth COUNT per second, however busy the queue
 TOKEN_PREFIX = "mst_"
+FROM_CHECKS = ("strict", "envelope", "off")  # submission_from_check
 
 
 class QueueBackend(QueueStore, TokenStore, Protocol):
@@ -100,6 +109,13 @@ class Sending:
         self.settings = core.settings
         self.delays = retry_delays(self.settings.outbound_retry_schedule)
         self.dkim_keys = dkim_sign.parse_keys(self.settings.dkim_keys)
+        if self.settings.submission_from_check not in FROM_CHECKS:
+            raise ValueError(f"submission_from_check: {self.settings.submission_from_check!r}, not one of {FROM_CHECKS}")
+        window = self.settings.sending_rate_window
+        self.submit_limits = SendingLimiter(
+            window, self.settings.submission_rate_messages, self.settings.submission_rate_recipients
+        )
+        self.send_limits = SendingLimiter(window, self.settings.send_rate_messages, self.settings.send_rate_recipients)
         self._idempotency_locks: dict[tuple[str, str], tuple[asyncio.Lock, int]] = {}
         self._expirer: asyncio.Task[None] | None = None
         self._depth_task: asyncio.Task[None] | None = None
@@ -172,6 +188,9 @@ class Sending:
         except NotAllowed:
             SEND_CALLS.labels("refused").inc()
             raise
+        except RateLimited:
+            SEND_CALLS.labels("rate_limited").inc()
+            raise
         except InvalidRequest:
             SEND_CALLS.labels("invalid").inc()
             raise
@@ -193,38 +212,66 @@ class Sending:
     ) -> SendResult:
         from mailstack.v1 import send_pb2 as spb
 
+        client = f"token:{token.name}"
         try:
             if isinstance(structured, spb.StructuredMessage):
                 composed = compose.build(structured)
-                data, from_address, message_id = composed.data, composed.from_address, composed.message_id
-                default_recipients = composed.recipients
+                data, message_id, default_recipients = composed.data, composed.message_id, composed.recipients
+                senders = self._header_senders("send", client, data)
             else:
                 if not raw:
                     raise InvalidRequest("give a structured message or raw bytes")
+                senders = self._header_senders("send", client, raw)  # before the stdlib reads it below
                 info = compose.raw_info(raw)
                 data, message_id = compose.complete_raw(raw, info)
-                from_address, default_recipients = info.from_address, info.recipients
+                default_recipients = info.recipients
         except compose.ComposeError as exc:
             raise InvalidRequest(str(exc)) from None
+        # The token is checked against the composed message as ENVELOPE will show it (issue 13 §3).
+        from_address = senders.from_address
+        if not from_address:
+            raise InvalidRequest("the message needs a From address")
         sender = envelope_from or from_address
-        for address in {from_address, sender}:
+        for address in dict.fromkeys([*senders.addresses, sender]):
             if not self.may_send_as(token, address):
-                raise NotAllowed(f"token {token.name} may not send from {address}")
+                refused("send", "sender", client, f"may not send as {address}")
+                raise SenderRefused(f"token {token.name} may not send from {address}")
         rcpts = list(recipients) or default_recipients
-        return await self._submit(
-            f"token:{token.name}", sender, from_address, rcpts, data, message_id, idempotency_key, save_sent_copy
-        )
+        self._take(self.send_limits, "send", client, rcpts)
+        return await self._submit(client, sender, from_address, rcpts, data, message_id, idempotency_key,
+                                  save_sent_copy)  # fmt: skip
+
+    @staticmethod
+    def _header_senders(api: str, client: str, data: bytes) -> HeaderSenders:
+        try:
+            return header_senders(data)
+        except SenderRefused as exc:
+            refused(api, "header", client, str(exc))
+            raise
+
+    @staticmethod
+    def _take(limits: SendingLimiter, api: str, client: str, recipients: Sequence[str]) -> None:
+        try:
+            limits.take(client, len(set(recipients)))
+        except RateLimited as exc:
+            refused(api, "rate", client, str(exc))
+            raise
 
     # ------------------------------------------------------------ Submit (SMTP submission)
 
     async def submit(self, account: str, sender: str, recipients: Sequence[str], data: bytes) -> SendResult:
+        client = f"smtp:{account}"
+        await self._check_submission(client, account, sender, data)
+        if not recipients:
+            raise InvalidRequest("no recipients")
+        self._take(self.submit_limits, "submission", client, recipients)
         try:
             info = compose.raw_info(data)
             from_address, message_id = info.from_address, info.message_id
         except compose.ComposeError:
             from_address, message_id = sender, ""
         return await self._submit(
-            f"smtp:{account}",
+            client,
             sender,
             from_address,
             recipients,
@@ -234,6 +281,22 @@ class Sending:
             self.settings.save_sent_copies,
             account=account,
         )
+
+    async def _check_submission(self, client: str, account: str, sender: str, data: bytes) -> None:
+        """The envelope sender and (strict) the header From and Sender must be the account's own
+        addresses or aliases, as Postfix's reject_sender_login_mismatch does for the envelope.
+        Checked here, not only in the SMTP frontend: every caller of Submit passes this way.
+        A message without From passes: no one is impersonated (RFC 6409 §8.1)."""
+        mode = self.settings.submission_from_check
+        if mode == "off":
+            return
+        addresses = [sender] if sender else []
+        if mode == "strict":
+            addresses += self._header_senders("submission", client, data).addresses
+        for address in dict.fromkeys(a.lower() for a in addresses):
+            if not await self.core.check_sender(account, address):
+                refused("submission", "sender", client, f"may not send as {address}")
+                raise SenderRefused(f"{address} is not an address of the authenticated user")
 
     async def _submit(
         self,
