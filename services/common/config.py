@@ -150,11 +150,15 @@ class Settings:
         "SMTP submission: strict = envelope sender and header From/Sender must be the login's address or alias; "
         "envelope = the envelope sender only; off = neither.",
     )
-    submission_rate_messages: int = _setting(200, "Messages one account may submit per sending_rate_window (0 = no limit).")
+    submission_rate_messages: int = _setting(
+        200, "Messages one account may submit per sending_rate_window (0 = no limit)."
+    )
     submission_rate_recipients: int = _setting(
         1000, "Recipients one account may submit to per sending_rate_window (0 = no limit)."
     )
-    send_rate_messages: int = _setting(1000, "Messages one Send API token may send per sending_rate_window (0 = no limit).")
+    send_rate_messages: int = _setting(
+        1000, "Messages one Send API token may send per sending_rate_window (0 = no limit)."
+    )
     send_rate_recipients: int = _setting(
         5000, "Recipients one Send API token may send to per sending_rate_window (0 = no limit)."
     )

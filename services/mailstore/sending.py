@@ -25,6 +25,7 @@ from mailstack.services.common.metrics import (
     SEND_CALLS,
 )
 from mailstack.services.mailstore import compose, dkim_sign, dsn, names
+from mailstack.services.mailstore.core import AuthFailed, InvalidRequest, MailstoreCore, new_blob_key
 from mailstack.services.mailstore.sender_rules import (
     HeaderSenders,
     RateLimited,
@@ -33,7 +34,6 @@ from mailstack.services.mailstore.sender_rules import (
     header_senders,
     refused,
 )
-from mailstack.services.mailstore.core import AuthFailed, InvalidRequest, MailstoreCore, new_blob_key
 from mailstack.storage.errors import NotAllowed, StorageError
 from mailstack.storage.metadata.base import MetadataStore
 from mailstack.storage.queue.base import (
@@ -109,8 +109,8 @@ class Sending:
         self.settings = core.settings
         self.delays = retry_delays(self.settings.outbound_retry_schedule)
         self.dkim_keys = dkim_sign.parse_keys(self.settings.dkim_keys)
-        if self.settings.submission_from_check not in FROM_CHECKS:
-            raise ValueError(f"submission_from_check: {self.settings.submission_from_check!r}, not one of {FROM_CHECKS}")
+        if (check := self.settings.submission_from_check) not in FROM_CHECKS:
+            raise ValueError(f"submission_from_check: {check!r} is not one of {', '.join(FROM_CHECKS)}")
         window = self.settings.sending_rate_window
         self.submit_limits = SendingLimiter(
             window, self.settings.submission_rate_messages, self.settings.submission_rate_recipients
