@@ -43,6 +43,7 @@ from mailstack.storage.queue.base import (
     OutboundStatus,
     QueueStore,
     RecipientOutcome,
+    RecipientStatus,
     ReportResult,
     TokenRecord,
     TokenStore,
@@ -377,6 +378,9 @@ class Sending:
             outcomes[rcpt] = NewRecipient(rcpt, False, "queued")
         plan = [outcomes[r] for r in dict.fromkeys(recipients)]
         blob_key = new_blob_key()
+        if not remote and client.startswith("smtp:"):
+            return await self._submitted_locally(client, sender, blob_key.replace("-", "")[:26], plan, data, message_id,
+                                                 save_sent_copy, account or from_address)  # fmt: skip
         if remote:
             await self.core.blobs.put(blob_key, data)  # blob first; the enqueue's reference keeps it
         queue_id = blob_key.replace("-", "")[:26]
@@ -417,6 +421,33 @@ class Sending:
         log.info("send id=%s client=%s sender=<%s> local=%d remote=%d size=%d",
                  result.id, client, sender, len(local), len(remote), len(data))  # fmt: skip
         return SendResult(result.id, message_id, status, result.duplicate)
+
+    async def _submitted_locally(
+        self,
+        client: str,
+        sender: str,
+        queue_id: str,
+        plan: list[NewRecipient],
+        data: bytes,
+        message_id: str,
+        save_sent_copy: bool,
+        owner: str,
+    ) -> SendResult:
+        """An SMTP submission to local recipients only (all of them go through Submit since issue 13):
+        stored already, so no queue row is kept for it; only a Send token could read one."""
+        now = time.time()
+        recipients = [RecipientStatus(r.address, True, r.state, 0, r.error, "", 0.0, now) for r in plan]
+        status = OutboundStatus(queue_id, sender, now, message_id, compose.header_block(data), True, recipients)
+        bounced = [r for r in recipients if r.state == "bounced"]
+        for r in bounced:
+            OUTBOUND_BOUNCES.labels(status_reason(r.last_error)).inc()
+        if bounced and sender:  # SMTP answered 250 at RCPT for these: the sender hears of it by DSN
+            await self._bounce(status, ReportResult(False, bounced, []))
+        if save_sent_copy:
+            await self._save_sent(owner, data)
+        log.info("send id=%s client=%s sender=<%s> local=%d remote=0 size=%d",
+                 queue_id, client, sender, len(plan), len(data))  # fmt: skip
+        return SendResult(queue_id, message_id, status, False)
 
     async def _save_sent(self, account: str, data: bytes) -> None:
         try:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import smtplib
+import sqlite3
 import time
 from pathlib import Path
 from typing import cast
@@ -190,6 +191,21 @@ async def test_submission_from_check_can_be_relaxed(tmp_path: Path) -> None:
         with pytest.raises(smtplib.SMTPSenderRefused):  # the envelope still is
             await asyncio.to_thread(submit, stack, BOB, forged)
         assert await stack.count(BOB) == 1
+
+
+async def test_local_submission_goes_through_submit_without_a_queue_row(tmp_path: Path) -> None:
+    """Local-only submissions pass the mailstore's checks too (Submit, not Deliver); a local failure
+    after RCPT's 250 reaches the sender as a DSN, and no queue row is left behind."""
+    async with smtp_stack(tmp_path) as stack:
+        await stack.client.admin.SetQuota(pb.SetQuotaRequest(name=BOB, quota_messages=1))
+        data = f"From: {ALICE}\r\nSubject: fits\r\n\r\nbody\r\n"
+        await asyncio.to_thread(submit, stack, ALICE, data)
+        await asyncio.to_thread(submit, stack, ALICE, data)  # Bob is full now
+        assert await stack.count(BOB) == 1
+        [dsn] = await stack.inbox(ALICE)
+        assert b"multipart/report" in dsn and b"5.2.2" in dsn
+        with sqlite3.connect(tmp_path / "data" / "metadata.sqlite3") as db:  # only the DSN's row
+            assert db.execute("SELECT COUNT(*) FROM outbound_messages WHERE client LIKE 'smtp:%'").fetchone() == (0,)
 
 
 # ---------------------------------------------------------------- sending limits
