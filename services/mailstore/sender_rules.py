@@ -69,12 +69,13 @@ def header_senders(data: bytes) -> HeaderSenders:
     """From and Sender of a message's top-level header as ENVELOPE reads them; SenderRefused for
     any construction that lets readers disagree."""
     end = mime.header_end(data, 0, len(data))
-    block = data[:end]
-    if end < len(data) and not (block.endswith((b"\n\n", b"\r\n\r\n")) or block in (b"\n", b"\r\n")):
-        # mime.py ends the header at a line that is no field; other parsers skip it and read on.
+    fields = mime.split_fields(data[:end])
+    if end < len(data) and sum(len(text) for _, text in fields) == end:
+        # No blank line ended the header: mime.py stopped at a line that is no field, where other
+        # parsers skip the line and read on (a From after it would be theirs alone).
         raise SenderRefused("a line in the header is not a header field (RFC 5322 §2.2)")
     values: dict[bytes, list[bytes]] = {b"from": [], b"sender": []}
-    for field_name, text in mime.split_fields(block):
+    for field_name, text in fields:
         if not field_name:
             raise SenderRefused("a line in the header is not a header field (RFC 5322 §2.2)")
         if text[len(field_name) : len(field_name) + 1] in (b" ", b"\t"):

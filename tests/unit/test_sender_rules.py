@@ -42,6 +42,8 @@ def test_sender_field_and_missing_from() -> None:
     assert senders("Subject: no from\r\n") == HeaderSenders("", "")
     assert header_senders(b"From: a@shop.example\r\nSubject: header only\r\n") == HeaderSenders("a@shop.example", "")
     assert header_senders(b"From: a@shop.example\nSubject: LF only\n\nbody\n").from_address == "a@shop.example"
+    assert header_senders(b"From: a@shop.example\nSubject: mixed\n\r\nbody\r\n").from_address == "a@shop.example"
+    assert header_senders(b"From: a@shop.example") == HeaderSenders("a@shop.example", "")
     # Folded From (RFC 5322 §2.2.3) is one field.
     assert senders("From: Orders\r\n <a@shop.example>\r\n").from_address == "a@shop.example"
 
@@ -63,6 +65,7 @@ def test_sender_field_and_missing_from() -> None:
         "From: <@bank.example:a@shop.example>\r\n",  # a source route
         "From: a\r\n",  # no domain
         "From: a@shop.example\r\nX Bad: y\r\nFrom: ceo@bank.example\r\n",  # a line that is no field
+        "mbox line\r\nFrom: a@shop.example\r\n",
         "From: a@shop.example\r\nSender: ceo@bank.example, b@shop.example\r\n",
         "From: " + "x" * 70_000 + "@shop.example\r\n",
     ],
