@@ -18,6 +18,7 @@ import grpc
 import pytest
 from mailstack.services.common.tls import client_ssl_context
 from mailstack.services.mailstore import mime
+from mailstack.services.smtp.server import SmtpServer
 from mailstack.v1 import mailstore_pb2 as pb
 from mailstack.v1 import send_pb2 as spb
 from prometheus_client import REGISTRY
@@ -25,7 +26,7 @@ from prometheus_client import REGISTRY
 from tests.e2e.outbound_support import ALICE as LOCAL
 from tests.e2e.outbound_support import OutboundStack, outbound_stack, structured
 from tests.e2e.smtp_support import ALICE, BOB, BOB_PASSWORD, DOMAIN, PASSWORD, SmtpStack, smtp_stack
-from tests.fixtures.mailstore import fetch_body
+from tests.fixtures.mailstore import MailstoreProcess, fetch_body, open_client, settings_for
 
 SHOP = "shop.example"
 ORDERS = f"orders@{SHOP}"
@@ -261,3 +262,48 @@ async def test_send_rate_limit_per_token(tmp_path: Path) -> None:
         requests = iter([spb.SendRequest(header=header)])
         await stack.sender.Send(requests, metadata=(("authorization", f"Bearer {other.secret}"),))
         assert len(await local_messages(stack)) == 3
+
+
+def plain_submit(port: int, data: str) -> None:
+    with smtplib.SMTP("127.0.0.1", port, timeout=30) as s:
+        s.login(ALICE, PASSWORD)
+        s.sendmail(ALICE, [BOB], data.encode())
+
+
+@pytest.mark.slow
+async def test_checks_and_limits_hold_in_the_mailstore_process_across_smtp_replicas(tmp_path: Path) -> None:
+    """The multi-process shape: the mailstore is its own OS process (configured by environment),
+    two SMTP frontends in front of it. The limit is the mailstore's, so it spans both replicas."""
+    proc = MailstoreProcess(tmp_path / "store", {"MAILSTACK_SUBMISSION_RATE_MESSAGES": "2"})
+    await asyncio.to_thread(proc.start)
+    servers: list[SmtpServer] = []
+    client = open_client(proc.address)
+    try:
+        for name, password in ((ALICE, PASSWORD), (BOB, BOB_PASSWORD)):
+            await client.admin.CreateAccount(pb.CreateAccountRequest(name=name, password=password))
+        ports = []
+        for replica in ("a", "b"):
+            settings = settings_for(tmp_path / replica, smtp_port=0, submission_port=0, submissions_port=0,
+                                    mailstore_addr=proc.address, allow_plaintext_auth=True)  # fmt: skip
+            server = SmtpServer(settings)
+            await server.start()
+            servers.append(server)
+            ports.append(int(dict(server.listeners)["submission"].rsplit(":", 1)[1]))
+        own = f"From: {ALICE}\r\nSubject: ok\r\n\r\nbody\r\n"
+        with pytest.raises(smtplib.SMTPDataError) as forged:  # refused before it counts
+            await asyncio.to_thread(plain_submit, ports[1], f"From : {CEO}\r\n{own}")
+        assert forged.value.smtp_code == 550, forged.value
+        await asyncio.to_thread(plain_submit, ports[0], own)
+        await asyncio.to_thread(plain_submit, ports[1], own)
+        with pytest.raises(smtplib.SMTPDataError) as limited:
+            await asyncio.to_thread(plain_submit, ports[0], own)
+        assert limited.value.smtp_code == 450 and limited.value.smtp_error.startswith(b"4.7.1"), limited.value
+        status = await client.store.GetMailboxStatus(pb.MailboxStatusRequest(account=BOB, name="INBOX"))
+        assert status.messages == 2
+    finally:
+        await client.channel.close()
+        for server in servers:
+            await server.stop(1.0)
+        await asyncio.to_thread(proc.stop)
+    assert "sending refused api=submission reason=rate" in proc.log_tail(200)
+    assert "sending refused api=submission reason=header" in proc.log_tail(200)
