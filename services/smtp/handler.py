@@ -339,7 +339,8 @@ class SmtpHandler:
             if err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and reason == pb.NOT_ALLOWED:
                 log.info("smtp DATA queue_id=%s account=%s: %s", queue_id, account, err.details())
                 return replies.RATE_LIMITED, "rate_limited"
-            if err.code() == grpc.StatusCode.PERMISSION_DENIED:
+            # The message's sender refused (a refusal of this frontend's own identity has no NOT_ALLOWED).
+            if err.code() == grpc.StatusCode.PERMISSION_DENIED and reason == pb.NOT_ALLOWED:
                 log.info("smtp DATA queue_id=%s account=%s: %s", queue_id, account, err.details())
                 return replies.header_sender_refused(err.details() or ""), "sender_not_owned"
             log.warning("smtp DATA queue_id=%s: submit failed %s %s", queue_id, err.code().name, err.details())

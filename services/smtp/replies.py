@@ -46,9 +46,9 @@ INTERNAL_ERROR = "451 4.3.0 Internal error, try again later"
 
 
 def header_sender_refused(why: str) -> str:
-    """550 5.7.1 with the mailstore's reason (one printable line: it quotes the client's header)."""
-    text = "".join(c if c.isprintable() else "?" for c in why)[:200]
-    return f"550 5.7.1 Message refused: the From or Sender is not the authenticated user's ({text})"
+    """550 5.7.1 with the mailstore's reason: one line of printable ASCII (it quotes the client's header)."""
+    text = "".join(c if " " <= c <= "~" else "?" for c in why)[:200]
+    return f"550 5.7.1 From/Sender not allowed: {text}"
 
 
 def queued(queue_id: str) -> str:
