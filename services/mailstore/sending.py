@@ -218,11 +218,11 @@ class Sending:
             if isinstance(structured, spb.StructuredMessage):
                 composed = compose.build(structured)
                 data, message_id, default_recipients = composed.data, composed.message_id, composed.recipients
-                senders = self._header_senders("send", client, data)
+                senders = await self._header_senders("send", client, data)
             else:
                 if not raw:
                     raise InvalidRequest("give a structured message or raw bytes")
-                senders = self._header_senders("send", client, raw)  # before the stdlib reads it below
+                senders = await self._header_senders("send", client, raw)  # before the stdlib reads it below
                 info = compose.raw_info(raw)
                 data, message_id = compose.complete_raw(raw, info)
                 default_recipients = info.recipients
@@ -243,9 +243,10 @@ class Sending:
                                   save_sent_copy)  # fmt: skip
 
     @staticmethod
-    def _header_senders(api: str, client: str, data: bytes) -> HeaderSenders:
+    async def _header_senders(api: str, client: str, data: bytes) -> HeaderSenders:
         try:
-            return header_senders(data)
+            # Off the event loop for big messages, as the core parses them (a huge header takes ms).
+            return await asyncio.to_thread(header_senders, data) if len(data) > 256 * 1024 else header_senders(data)
         except SenderRefused as exc:
             refused(api, "header", client, str(exc))
             raise
@@ -293,7 +294,7 @@ class Sending:
             return
         addresses = [sender] if sender else []
         if mode == "strict":
-            addresses += self._header_senders("submission", client, data).addresses
+            addresses += (await self._header_senders("submission", client, data)).addresses
         for address in dict.fromkeys(a.lower() for a in addresses):
             if not await self.core.check_sender(account, address):
                 refused("submission", "sender", client, f"may not send as {address}")
