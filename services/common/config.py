@@ -150,6 +150,24 @@ class Settings:
     outbound_helo_name: str = _setting("", "EHLO name of the outbound worker (default: hostname).")
     dkim_keys: str = _setting("", "DKIM signing keys: DOMAIN=SELECTOR:/path/key.pem,... (mount from a Secret).")
     save_sent_copies: bool = _setting(False, "Save a copy of submitted/sent mail in the sender's Sent mailbox.")
+    submission_from_check: str = _setting(
+        "strict",
+        "SMTP submission: strict = envelope sender and header From/Sender must be the login's address or alias; "
+        "envelope = the envelope sender only; off = neither.",
+    )
+    submission_rate_messages: int = _setting(
+        200, "Messages one account may submit per sending_rate_window (0 = no limit)."
+    )
+    submission_rate_recipients: int = _setting(
+        1000, "Recipients one account may submit to per sending_rate_window (0 = no limit)."
+    )
+    send_rate_messages: int = _setting(
+        1000, "Messages one Send API token may send per sending_rate_window (0 = no limit)."
+    )
+    send_rate_recipients: int = _setting(
+        5000, "Recipients one Send API token may send to per sending_rate_window (0 = no limit)."
+    )
+    sending_rate_window: int = _setting(3600, "Seconds over which the sending limits count (sliding window).")
 
     @property
     def effective_metadata_url(self) -> str:

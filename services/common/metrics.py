@@ -65,8 +65,15 @@ BLOB_CACHE_LOOKUPS = Counter(
 BLOB_CACHE_BYTES = Gauge("mailstack_blob_cache_bytes", "Bytes of message bodies held by the cache in front of S3")
 SEND_CALLS = Counter(
     "mailstack_send_calls",
-    "gRPC Send calls by result (accepted, duplicate, refused, invalid, error)",
+    "gRPC Send calls by result (accepted, duplicate, refused, rate_limited, invalid, error)",
     ["result"],
+)
+# Issue 13: a From/Sender the caller may not use, a header readers could disagree on, a rate limit.
+SENDING_REFUSED = Counter(
+    "mailstack_sending_refused",
+    "Send calls and SMTP submissions the mailstore refused, by api (send, submission) and reason"
+    " (sender, header, rate)",
+    ["api", "reason"],
 )
 OUTBOUND_QUEUED = Counter("mailstack_outbound_queued", "Remote recipients put on the outbound queue")
 OUTBOUND_ATTEMPTS = Counter(

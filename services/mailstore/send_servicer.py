@@ -8,6 +8,7 @@ from typing import Any, TypeVar
 
 import grpc
 from mailstack.services.mailstore.core import InvalidRequest
+from mailstack.services.mailstore.sender_rules import RateLimited
 from mailstack.services.mailstore.sending import Sending, SendResult
 from mailstack.services.mailstore.servicer import abort_with, read_stream, rpc
 from mailstack.storage.errors import NotAllowed, NotFound
@@ -26,7 +27,9 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 def refusals(code: grpc.StatusCode, reason: pb.ErrorReason.ValueType) -> Callable[[F], F]:
-    """NotAllowed means something different per service: a From outside the token, a lost lease."""
+    """NotAllowed means something different per service: a From outside the token, a lost lease.
+    A sending limit is RESOURCE_EXHAUSTED with reason NOT_ALLOWED (TOO_BIG and OVER_QUOTA are the
+    other exhaustions): SMTP answers it 450 4.7.1, a Send client retries later."""
 
     def decorate(method: F) -> F:
         @functools.wraps(method)
@@ -35,6 +38,8 @@ def refusals(code: grpc.StatusCode, reason: pb.ErrorReason.ValueType) -> Callabl
                 return await method(self, request, context)
             except NotAllowed as exc:
                 await abort_with(context, code, reason, str(exc))
+            except RateLimited as exc:
+                await abort_with(context, grpc.StatusCode.RESOURCE_EXHAUSTED, pb.NOT_ALLOWED, str(exc))
 
         return rpc(wrapper)  # type: ignore[return-value,unused-ignore]
 
@@ -144,7 +149,7 @@ class OutboundServicer(spbg.OutboundServicer):
     def __init__(self, sending: Sending) -> None:
         self.sending = sending
 
-    @rpc
+    @refusals(grpc.StatusCode.PERMISSION_DENIED, pb.NOT_ALLOWED)  # a From not the account's
     async def Submit(self, request_iterator: AsyncIterator[spb.SubmitRequest], context: Any) -> spb.SendResponse:
         limit = self.sending.settings.max_message_size
         header, data = await read_stream(request_iterator, "header", limit, lambda h: h.size)

@@ -26,6 +26,14 @@ from mailstack.services.common.metrics import (
 )
 from mailstack.services.mailstore import compose, dkim_sign, dsn, names
 from mailstack.services.mailstore.core import AuthFailed, InvalidRequest, MailstoreCore, new_blob_key
+from mailstack.services.mailstore.sender_rules import (
+    HeaderSenders,
+    RateLimited,
+    SenderRefused,
+    SendingLimiter,
+    header_senders,
+    refused,
+)
 from mailstack.storage.errors import NotAllowed, StorageError
 from mailstack.storage.metadata.base import MetadataStore
 from mailstack.storage.queue.base import (
@@ -35,6 +43,7 @@ from mailstack.storage.queue.base import (
     OutboundStatus,
     QueueStore,
     RecipientOutcome,
+    RecipientStatus,
     ReportResult,
     TokenRecord,
     TokenStore,
@@ -46,6 +55,7 @@ log = logging.getLogger("mailstack.mailstore.sending")
 EXPIRE_EVERY = 60.0  # seconds between sweeps bouncing messages past their lifetime
 DEPTH_EVERY = 1.0  # at most one queue-depth COUNT per second, however busy the queue
 TOKEN_PREFIX = "mst_"
+FROM_CHECKS = ("strict", "envelope", "off")  # submission_from_check
 
 
 class QueueBackend(QueueStore, TokenStore, Protocol):
@@ -100,6 +110,13 @@ class Sending:
         self.settings = core.settings
         self.delays = retry_delays(self.settings.outbound_retry_schedule)
         self.dkim_keys = dkim_sign.parse_keys(self.settings.dkim_keys)
+        if (check := self.settings.submission_from_check) not in FROM_CHECKS:
+            raise ValueError(f"submission_from_check: {check!r} is not one of {', '.join(FROM_CHECKS)}")
+        window = self.settings.sending_rate_window
+        self.submit_limits = SendingLimiter(
+            window, self.settings.submission_rate_messages, self.settings.submission_rate_recipients
+        )
+        self.send_limits = SendingLimiter(window, self.settings.send_rate_messages, self.settings.send_rate_recipients)
         self._idempotency_locks: dict[tuple[str, str], tuple[asyncio.Lock, int]] = {}
         self._expirer: asyncio.Task[None] | None = None
         self._depth_task: asyncio.Task[None] | None = None
@@ -172,6 +189,9 @@ class Sending:
         except NotAllowed:
             SEND_CALLS.labels("refused").inc()
             raise
+        except RateLimited:
+            SEND_CALLS.labels("rate_limited").inc()
+            raise
         except InvalidRequest:
             SEND_CALLS.labels("invalid").inc()
             raise
@@ -193,38 +213,67 @@ class Sending:
     ) -> SendResult:
         from mailstack.v1 import send_pb2 as spb
 
+        client = f"token:{token.name}"
         try:
             if isinstance(structured, spb.StructuredMessage):
                 composed = compose.build(structured)
-                data, from_address, message_id = composed.data, composed.from_address, composed.message_id
-                default_recipients = composed.recipients
+                data, message_id, default_recipients = composed.data, composed.message_id, composed.recipients
+                senders = await self._header_senders("send", client, data)
             else:
                 if not raw:
                     raise InvalidRequest("give a structured message or raw bytes")
+                senders = await self._header_senders("send", client, raw)  # before the stdlib reads it below
                 info = compose.raw_info(raw)
                 data, message_id = compose.complete_raw(raw, info)
-                from_address, default_recipients = info.from_address, info.recipients
+                default_recipients = info.recipients
         except compose.ComposeError as exc:
             raise InvalidRequest(str(exc)) from None
+        # The token is checked against the composed message as ENVELOPE will show it (issue 13 §3).
+        from_address = senders.from_address
+        if not from_address:
+            raise InvalidRequest("the message needs a From address")
         sender = envelope_from or from_address
-        for address in {from_address, sender}:
+        for address in dict.fromkeys([*senders.addresses, sender]):
             if not self.may_send_as(token, address):
-                raise NotAllowed(f"token {token.name} may not send from {address}")
+                refused("send", "sender", client, f"may not send as {address}")
+                raise SenderRefused(f"token {token.name} may not send from {address}")
         rcpts = list(recipients) or default_recipients
-        return await self._submit(
-            f"token:{token.name}", sender, from_address, rcpts, data, message_id, idempotency_key, save_sent_copy
-        )
+        self._take(self.send_limits, "send", client, rcpts)
+        return await self._submit(client, sender, from_address, rcpts, data, message_id, idempotency_key,
+                                  save_sent_copy)  # fmt: skip
+
+    @staticmethod
+    async def _header_senders(api: str, client: str, data: bytes) -> HeaderSenders:
+        try:
+            # Off the event loop for big messages, as the core parses them (a huge header takes ms).
+            return await asyncio.to_thread(header_senders, data) if len(data) > 256 * 1024 else header_senders(data)
+        except SenderRefused as exc:
+            refused(api, "header", client, str(exc))
+            raise
+
+    @staticmethod
+    def _take(limits: SendingLimiter, api: str, client: str, recipients: Sequence[str]) -> None:
+        try:
+            limits.take(client, len(set(recipients)))
+        except RateLimited as exc:
+            refused(api, "rate", client, str(exc))
+            raise
 
     # ------------------------------------------------------------ Submit (SMTP submission)
 
     async def submit(self, account: str, sender: str, recipients: Sequence[str], data: bytes) -> SendResult:
+        client = f"smtp:{account}"
+        await self._check_submission(client, account, sender, data)
+        if not recipients:
+            raise InvalidRequest("no recipients")
+        self._take(self.submit_limits, "submission", client, recipients)
         try:
             info = compose.raw_info(data)
             from_address, message_id = info.from_address, info.message_id
         except compose.ComposeError:
             from_address, message_id = sender, ""
         return await self._submit(
-            f"smtp:{account}",
+            client,
             sender,
             from_address,
             recipients,
@@ -234,6 +283,22 @@ class Sending:
             self.settings.save_sent_copies,
             account=account,
         )
+
+    async def _check_submission(self, client: str, account: str, sender: str, data: bytes) -> None:
+        """The envelope sender and (strict) the header From and Sender must be the account's own
+        addresses or aliases, as Postfix's reject_sender_login_mismatch does for the envelope.
+        Checked here, not only in the SMTP frontend: every caller of Submit passes this way.
+        A message without From passes: no one is impersonated (RFC 6409 §8.1)."""
+        mode = self.settings.submission_from_check
+        if mode == "off":
+            return
+        addresses = [sender] if sender else []
+        if mode == "strict":
+            addresses += (await self._header_senders("submission", client, data)).addresses
+        for address in dict.fromkeys(a.lower() for a in addresses):
+            if not await self.core.check_sender(account, address):
+                refused("submission", "sender", client, f"may not send as {address}")
+                raise SenderRefused(f"{address} is not an address of the authenticated user")
 
     async def _submit(
         self,
@@ -314,6 +379,9 @@ class Sending:
             outcomes[rcpt] = NewRecipient(rcpt, False, "queued")
         plan = [outcomes[r] for r in dict.fromkeys(recipients)]
         blob_key = new_blob_key()
+        if not remote and client.startswith("smtp:"):
+            return await self._submitted_locally(client, sender, blob_key.replace("-", "")[:26], plan, data, message_id,
+                                                 save_sent_copy, account or from_address)  # fmt: skip
         if remote:
             await self.core.blobs.put(blob_key, data)  # blob first; the enqueue's reference keeps it
         queue_id = blob_key.replace("-", "")[:26]
@@ -354,6 +422,33 @@ class Sending:
         log.info("send id=%s client=%s sender=<%s> local=%d remote=%d size=%d",
                  result.id, client, sender, len(local), len(remote), len(data))  # fmt: skip
         return SendResult(result.id, message_id, status, result.duplicate)
+
+    async def _submitted_locally(
+        self,
+        client: str,
+        sender: str,
+        queue_id: str,
+        plan: list[NewRecipient],
+        data: bytes,
+        message_id: str,
+        save_sent_copy: bool,
+        owner: str,
+    ) -> SendResult:
+        """An SMTP submission to local recipients only (all of them go through Submit since issue 13):
+        stored already, so no queue row is kept for it; only a Send token could read one."""
+        now = time.time()
+        recipients = [RecipientStatus(r.address, True, r.state, 0, r.error, "", 0.0, now) for r in plan]
+        status = OutboundStatus(queue_id, sender, now, message_id, compose.header_block(data), True, recipients)
+        bounced = [r for r in recipients if r.state == "bounced"]
+        for r in bounced:
+            OUTBOUND_BOUNCES.labels(status_reason(r.last_error)).inc()
+        if bounced and sender:  # SMTP answered 250 at RCPT for these: the sender hears of it by DSN
+            await self._bounce(status, ReportResult(False, bounced, []))
+        if save_sent_copy:
+            await self._save_sent(owner, data)
+        log.info("send id=%s client=%s sender=<%s> local=%d remote=0 size=%d",
+                 queue_id, client, sender, len(plan), len(data))  # fmt: skip
+        return SendResult(queue_id, message_id, status, False)
 
     async def _save_sent(self, account: str, data: bytes) -> None:
         try:

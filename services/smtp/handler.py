@@ -201,7 +201,10 @@ class SmtpHandler:
             return replies.INSUFFICIENT_STORAGE
         # On submission an unauthenticated MAIL is accepted and every RCPT refused with 554 5.7.1,
         # as Postfix does: clients (smtplib, curl, swaks) expect the refusal at RCPT (ADR 0005).
-        if self.kind.submission and session.authenticated and address != "<>":
+        # The header From is checked at DATA by the mailstore (submission_from_check); "<>" is fine
+        # here (an MDN, RFC 8098 §2.1) because that check does not depend on it.
+        checked = self.settings.submission_from_check != "off"
+        if self.kind.submission and session.authenticated and address != "<>" and checked:
             try:
                 reply = await self.stub.CheckSender(
                     pb.CheckSenderRequest(account=str(session.auth_data), address=address),
@@ -284,8 +287,9 @@ class SmtpHandler:
                 queue_id=queue_id,
                 recipients=recipients,
             )
-            submit = _remote_recipients(envelope) or self.settings.save_sent_copies
-            if self.kind.submission and self.outbound is not None and submit:
+            # Every submission goes through the mailstore's Submit, local recipients too: it checks the
+            # header From against the account and the sending limits (issue 13), which Deliver cannot.
+            if self.kind.submission and self.outbound is not None:
                 account = str(session.auth_data)
                 reply, reason = await self._submit(queue_id, account, sender, recipients, header, content)
             else:
@@ -348,8 +352,16 @@ class SmtpHandler:
             response = await self.outbound.Submit(requests, timeout=DELIVER_TIMEOUT)
         except grpc.aio.AioRpcError as err:
             detail = error_detail(err)
-            if err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and detail is not None and detail.reason == pb.TOO_BIG:
+            reason = detail.reason if detail is not None else pb.ERROR_REASON_UNSPECIFIED
+            if err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and reason == pb.TOO_BIG:
                 return replies.TOO_BIG, "too_big"
+            if err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and reason == pb.NOT_ALLOWED:
+                log.info("smtp DATA queue_id=%s account=%s: %s", queue_id, account, err.details())
+                return replies.RATE_LIMITED, "rate_limited"
+            # The message's sender refused (a refusal of this frontend's own identity has no NOT_ALLOWED).
+            if err.code() == grpc.StatusCode.PERMISSION_DENIED and reason == pb.NOT_ALLOWED:
+                log.info("smtp DATA queue_id=%s account=%s: %s", queue_id, account, err.details())
+                return replies.header_sender_refused(err.details() or ""), "sender_not_owned"
             log.warning("smtp DATA queue_id=%s: submit failed %s %s", queue_id, err.code().name, err.details())
             return replies.TEMP_FAILURE, "storage_unavailable"
         # Stored or queued: ours now; a local failure after RCPT gets a DSN from the mailstore.

@@ -25,6 +25,9 @@ RELAY_DENIED = "554 5.7.1 Relay access denied"
 SUBMISSION_AUTH_REQUIRED = "554 5.7.1 Authentication required to send mail on this port"
 REMOTE_NOT_YET = "550 5.7.1 Delivery to other domains is not available yet (no outbound queue)"
 SENDER_NOT_OWNED = "553 5.7.1 Sender address rejected: not owned by the authenticated user"
+# At DATA, RFC 5321 §4.3.2 lists 550 and 450 for refusals "for policy reasons" (553 belongs to MAIL);
+# 5.7.1 / 4.7.1: delivery not authorized / not now (RFC 3463 §3.8).
+RATE_LIMITED = "450 4.7.1 Sending limit reached for this account, try again later"
 TOO_MANY_RECIPIENTS = "452 4.5.3 Too many recipients"
 MAILBOX_FULL = "452 4.2.2 Mailbox full, try again later"
 TOO_BIG_FOR_MAILBOX = "552 5.2.2 Message is larger than the mailbox can ever hold"
@@ -42,6 +45,12 @@ TOO_MANY_CONNECTIONS = "421 4.7.0 Too many connections, try again later"
 TIMEOUT = "421 4.4.2 Timeout, closing connection"
 SHUTTING_DOWN = "421 4.3.2 Service shutting down, try again later"
 INTERNAL_ERROR = "451 4.3.0 Internal error, try again later"
+
+
+def header_sender_refused(why: str) -> str:
+    """550 5.7.1 with the mailstore's reason: one line of printable ASCII (it quotes the client's header)."""
+    text = "".join(c if " " <= c <= "~" else "?" for c in why)[:200]
+    return f"550 5.7.1 From/Sender not allowed: {text}"
 
 
 def queued(queue_id: str) -> str:

@@ -23,10 +23,11 @@ from tests.e2e.smtp_support import (
 pytestmark = pytest.mark.slow
 
 
-def message(subject: str) -> bytes:
+def message(subject: str, sender: str = f"Alice <{ALICE}>") -> bytes:
     # 8-bit text and a leading dot exercise 8BITMIME and dot-transparency.
+    # (On submission the From must be the login's own: issue 13.)
     return (
-        f"From: Alice <{ALICE}>\r\nTo: {BOB}\r\nSubject: {subject}\r\nMIME-Version: 1.0\r\n"
+        f"From: {sender}\r\nTo: {BOB}\r\nSubject: {subject}\r\nMIME-Version: 1.0\r\n"
         "Content-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\n"
         "Grüße aus dem Test.\r\n.leading dot\r\n..two dots\r\n\r\nlast line\r\n"
     ).encode()
@@ -74,7 +75,7 @@ async def test_swaks_and_curl_submit_with_tls_and_auth(tmp_path: Path) -> None:
         assert rc == 0, out
         assert "=== TLS started with cipher" in out and "235 2.7.0 Authentication successful" in out
         # Implicit TLS + AUTH LOGIN on 465.
-        eml.write_bytes(message("swaks submissions")[:-2])
+        eml.write_bytes(message("swaks submissions", BOB)[:-2])
         rc, out = await run_tool(
             swaks, "--server", f"127.0.0.1:{stack.ports['submissions']}", "--tlsc", "--auth", "LOGIN",
             "--auth-user", BOB, "--auth-password", BOB_PASSWORD, "--from", BOB, "--to", BOB,
@@ -105,7 +106,7 @@ async def test_swaks_and_curl_submit_with_tls_and_auth(tmp_path: Path) -> None:
         stored = await stack.inbox(BOB)
         assert [without_trace(m) for m in stored] == [
             message("swaks submission"),
-            message("swaks submissions"),
+            message("swaks submissions", BOB),
             message("curl submission"),
         ]
         assert b"with ESMTPSA id" in stored[0] and b"with ESMTPSA id" in stored[1]
@@ -122,11 +123,12 @@ async def test_smtplib_starttls_and_implicit_tls_submission(tmp_path: Path) -> N
                 assert s.sendmail(ALICE, [BOB], message("smtplib 587")) == {}
             with smtplib.SMTP_SSL("localhost", stack.ports["submissions"], context=context, timeout=30) as s:
                 s.login(BOB, BOB_PASSWORD)
-                assert s.sendmail(BOB, [BOB, ALICE], message("smtplib 465")) == {}
+                assert s.sendmail(BOB, [BOB, ALICE], message("smtplib 465", BOB)) == {}
 
         await asyncio.to_thread(send)
-        assert [without_trace(m) for m in await stack.inbox(BOB)] == [message("smtplib 587"), message("smtplib 465")]
-        assert [without_trace(m) for m in await stack.inbox(ALICE)] == [message("smtplib 465")]
+        inbox = [without_trace(m) for m in await stack.inbox(BOB)]
+        assert inbox == [message("smtplib 587"), message("smtplib 465", BOB)]
+        assert [without_trace(m) for m in await stack.inbox(ALICE)] == [message("smtplib 465", BOB)]
         # Two recipients: no "for <...>" clause that would reveal the other one.
         assert b"\tfor <" not in (await stack.inbox(ALICE))[0]
 

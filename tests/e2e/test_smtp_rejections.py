@@ -263,7 +263,8 @@ def _submit(stack: SmtpStack, sender: str, rcpt: str, user: str = ALICE, passwor
     with smtplib.SMTP("localhost", stack.ports["submission"], timeout=30) as s:
         s.starttls(context=client_ssl_context(stack.cafile))
         s.login(user, password)
-        return s.sendmail(sender, [rcpt], MESSAGE)
+        # The header From is the envelope sender's: submission checks both (issue 13).
+        return s.sendmail(sender, [rcpt], MESSAGE.replace(b"x@remote.test", sender.encode()))
 
 
 async def test_submission_sender_must_be_owned(tmp_path: Path) -> None:
