@@ -11,6 +11,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any, TypeVar
 
 import grpc
+from mailstack.services.mailstore import integrity
 from mailstack.services.mailstore.core import AuthFailed, InvalidRequest, MailstoreCore, TooBig
 from mailstack.storage import errors
 from mailstack.storage.metadata.base import (
@@ -671,3 +672,26 @@ class AdminServicer(pbg.AdminServicer):
     async def RecomputeQuota(self, request: pb.RecomputeQuotaRequest, context: Any) -> pb.RecomputeQuotaResponse:
         records = await self.core.recompute_quota(request.account)
         return pb.RecomputeQuotaResponse(accounts=[await self._account_pb(r) for r in records])
+
+    @rpc
+    async def CheckIntegrity(self, request: pb.CheckIntegrityRequest, context: Any) -> pb.CheckIntegrityResponse:
+        report = await integrity.check_integrity(
+            self.core, request.account, request.repair, request.min_age_seconds or None
+        )
+        return pb.CheckIntegrityResponse(
+            broken=[
+                pb.BrokenMessage(
+                    account=r.account,
+                    mailbox=r.mailbox,
+                    uid=r.uid,
+                    uidvalidity=r.uidvalidity,
+                    blob_key=r.blob_key,
+                    size=r.size,
+                )
+                for r in report.broken
+            ],
+            orphans=report.orphans,
+            messages_checked=report.messages_checked,
+            blobs_checked=report.blobs_checked,
+            repaired=report.repaired,
+        )
