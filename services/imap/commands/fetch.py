@@ -115,8 +115,8 @@ async def _bodies(
     mailbox: str,
     uids: list[int],
     items: list[FetchBody],
-    missing: set[int],
     metadata: tuple[pb.MetadataFields, dict[int, pb.MessageMetadata]] | None = None,
+    missing: set[int] | None = None,
 ) -> dict[tuple[int, int], bytes]:
     """Every body section of every message in one FetchBodies call: {(uid, item index): bytes};
     messages gone from the store are absent, those whose body is missing (a broken message) are
@@ -137,12 +137,12 @@ async def _bodies_with_metadata(
     request: pb.FetchMetadataRequest,
     uids: list[int],
     items: list[FetchBody],
-    missing: set[int],
+    missing: set[int] | None = None,
 ) -> tuple[dict[int, pb.MessageMetadata], dict[tuple[int, int], bytes]]:
     """Bodies and metadata in one FetchBodies call. A mailstore older than
     FetchBodiesRequest.metadata sends none: then FetchMetadata is asked as well."""
     metadata: dict[int, pb.MessageMetadata] = {}
-    texts = await _bodies(session, view.name, uids, items, missing, (request.fields, metadata))
+    texts = await _bodies(session, view.name, uids, items, (request.fields, metadata), missing)
     if texts and not metadata:
         metadata = await _metadata(session, request)
     return metadata, texts
@@ -153,14 +153,14 @@ def _whole(item: FetchBody) -> bool:
 
 
 async def _bodies_ahead(
-    session: Session, view: MailboxView, uids: list[int], items: list[FetchBody], missing: set[int]
+    session: Session, view: MailboxView, uids: list[int], items: list[FetchBody], missing: set[int] | None = None
 ) -> dict[tuple[int, int], bytes]:
     """_bodies, but a lone whole body (BODY[], BODY.PEEK[], RFC822 of one message) comes from the
     read-ahead: started when the message follows the previous lone one in the mailbox, so a client
     that downloads message after message makes one FetchBodies call per batch, not per message.
     A body never changes under its UID, so what was fetched ahead stays right."""
     if len(uids) != 1 or len(items) != 1 or not _whole(items[0]):
-        return await _bodies(session, view.name, uids, items, missing)
+        return await _bodies(session, view.name, uids, items, missing=missing)
     uid = uids[0]
     previous, session.last_body_uid = session.last_body_uid, uid
     if uid not in session.ahead and previous and _follows(view, previous, uid):
@@ -168,7 +168,7 @@ async def _bodies_ahead(
     data = await session.ahead.take(uid)
     if data is not None:
         return {(uid, 0): data}
-    return await _bodies(session, view.name, uids, items, missing)
+    return await _bodies(session, view.name, uids, items, missing=missing)
 
 
 def _follows(view: MailboxView, previous: int, uid: int) -> bool:
@@ -276,7 +276,8 @@ async def fetch(session: Session, command: Command) -> Reply | None:
             )
         elif need_metadata and bodies:  # CHANGEDSINCE filters by the metadata: it decides which are sent
             metadata, texts = await asyncio.gather(
-                _metadata(session, request), _bodies(session, view.name, batch_uids, [b for b, _ in bodies], missing)
+                _metadata(session, request),
+                _bodies(session, view.name, batch_uids, [b for b, _ in bodies], missing=missing),
             )
         elif need_metadata:
             metadata = await _metadata(session, request)
