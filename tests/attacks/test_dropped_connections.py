@@ -436,6 +436,12 @@ async def test_a_broken_message_does_not_break_its_mailbox_and_fsck_repairs_it(t
         assert len(await assert_every_listed_message_is_served(stack)) == 2
 
 
+async def test_fsck_says_when_the_mailstore_is_unreachable() -> None:
+    command = [sys.executable, "-m", "mailstack", "fsck", "--mailstore", f"127.0.0.1:{free_port()}"]
+    done = await asyncio.to_thread(subprocess.run, command, capture_output=True, timeout=60)
+    assert done.returncode == 2 and b"not reachable" in done.stderr
+
+
 # ---------------------------------------------------------------- SIGKILL of SMTP under load
 
 

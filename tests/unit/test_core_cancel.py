@@ -18,6 +18,7 @@ from mailstack.services.mailstore.core import MailstoreCore
 from tests.fixtures.mailstore import settings_for
 
 ACCOUNT = "alice@example.test"
+OTHER = "bob@example.test"  # a second recipient: one blob shared by two rows
 MESSAGE = b"From: s@remote.test\r\nTo: alice@example.test\r\nSubject: hi\r\n\r\nbody\r\n"
 AWAIT_POINTS = 40  # loop turns to let pass before the cancel: covers every await up to the commit
 
@@ -26,6 +27,7 @@ AWAIT_POINTS = 40  # loop turns to let pass before the cancel: covers every awai
 async def core(tmp_path: Path) -> AsyncIterator[MailstoreCore]:
     opened = await MailstoreCore.open(settings_for(tmp_path, password_scrypt_log_n=10))
     await opened.create_account(ACCOUNT, "pw", 0, 0)
+    await opened.create_account(OTHER, "pw", 0, 0)
     try:
         yield opened
     finally:
@@ -42,10 +44,13 @@ def _hold_writer(core: MailstoreCore, seconds: float) -> asyncio.Future[None]:
     return asyncio.ensure_future(core.metadata._write(lambda conn: time.sleep(seconds)))  # type: ignore[attr-defined]
 
 
-async def _rows_without_body(core: MailstoreCore) -> list[int]:
-    _, mailbox = await core.mailbox(ACCOUNT, "INBOX")
-    records = await core.metadata.fetch(mailbox.id, None)
-    return [r.uid for r in records if not await core.blobs.exists(r.blob_key)]
+async def _rows_without_body(core: MailstoreCore) -> list[tuple[str, int]]:
+    out = []
+    for account in (ACCOUNT, OTHER):
+        _, mailbox = await core.mailbox(account, "INBOX")
+        records = await core.metadata.fetch(mailbox.id, None)
+        out += [(account, r.uid) for r in records if not await core.blobs.exists(r.blob_key)]
+    return out
 
 
 async def _row_count(core: MailstoreCore) -> int:
@@ -56,11 +61,12 @@ async def _row_count(core: MailstoreCore) -> int:
 def _stores(core: MailstoreCore) -> dict[str, Callable[[], Awaitable[object]]]:
     return {
         "deliver": lambda: core.deliver("s@remote.test", [ACCOUNT], MESSAGE),
+        "deliver-shared": lambda: core.deliver("s@remote.test", [ACCOUNT, OTHER], MESSAGE),
         "append": lambda: core.append(ACCOUNT, "INBOX", MESSAGE, (), None),
     }
 
 
-@pytest.mark.parametrize("operation", ["deliver", "append"])
+@pytest.mark.parametrize("operation", ["deliver", "deliver-shared", "append"])
 async def test_cancel_at_every_await_point_leaves_no_row_without_body(core: MailstoreCore, operation: str) -> None:
     store = _stores(core)[operation]
     for turns in range(AWAIT_POINTS):
@@ -74,7 +80,7 @@ async def test_cancel_at_every_await_point_leaves_no_row_without_body(core: Mail
         assert await _rows_without_body(core) == [], f"cancelled after {turns} loop turns"
 
 
-@pytest.mark.parametrize("operation", ["deliver", "append"])
+@pytest.mark.parametrize("operation", ["deliver", "deliver-shared", "append"])
 async def test_cancel_while_the_commit_runs_keeps_the_body(core: MailstoreCore, operation: str) -> None:
     store = _stores(core)[operation]
     for attempt in range(5):
