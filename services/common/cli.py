@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import grpc
+from mailstack.services.common.cli_fsck import add_fsck_parser
 from mailstack.services.common.config import Settings, describe, load_settings
 from mailstack.services.common.grpc_client import check_address, error_detail, error_message, open_sync_channel
 from mailstack.services.common.maildir import MaildirMessage, read_maildir
@@ -531,6 +532,8 @@ def build_parser() -> argparse.ArgumentParser:
     quotas = quota.add_subparsers(dest="action", metavar="ACTION", required=True)
     p = add(quotas, "recompute", "recount usage from the stored messages (counters drift)", cmd_quota_recompute)
     p.add_argument("account", nargs="?", help="one account (default: all)")
+
+    add_fsck_parser(add, commands)
     return parser
 
 

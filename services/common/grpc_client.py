@@ -132,10 +132,12 @@ async def stream_bodies(
     request: pb.FetchBodiesRequest,
     deadline_seconds: float,
     metadata: dict[int, pb.MessageMetadata] | None = None,
+    missing: set[int] | None = None,
 ) -> AsyncGenerator[tuple[tuple[int, int], bytes, bool], None]:
     """A FetchBodies call item by item, as each one's last chunk arrives: ((uid, section index),
-    bytes, only CRLF line ends). Messages gone are never yielded. Leaving the loop early cancels
-    the call. The metadata sent with the chunks (request.metadata) is put in `metadata` by UID."""
+    bytes, only CRLF line ends). Messages gone are never yielded, nor messages whose body is
+    missing from the store (BodyChunk.missing): their UIDs go to `missing`. Leaving the loop early
+    cancels the call. The metadata sent with the chunks (request.metadata) is put in `metadata` by UID."""
     call = stub.FetchBodies(request, timeout=deadline_seconds)
     parts: dict[tuple[int, int], list[bytes]] = {}
     try:
@@ -143,6 +145,10 @@ async def stream_bodies(
             for chunk in reply.chunks:
                 if metadata is not None and chunk.HasField("metadata"):
                     metadata[chunk.uid] = chunk.metadata
+                if chunk.missing:
+                    if missing is not None:
+                        missing.add(chunk.uid)
+                    continue
                 if chunk.last and chunk.total_size:  # the whole item in one chunk: the common case
                     yield (chunk.uid, chunk.section_index), chunk.data, chunk.crlf
                     continue
@@ -184,12 +190,13 @@ async def collect_bodies(
     deadline_seconds: float,
     crlf: set[tuple[int, int]] | None = None,
     metadata: dict[int, pb.MessageMetadata] | None = None,
+    missing: set[int] | None = None,
 ) -> dict[tuple[int, int], bytes]:
     """A FetchBodies call gathered: {(uid, section index): bytes}; messages gone are absent.
     The keys of items the mailstore marks as having only CRLF line ends are added to `crlf`, the
-    metadata sent with the chunks to `metadata`."""
+    metadata sent with the chunks to `metadata`, the UIDs of bodies missing from the store to `missing`."""
     out: dict[tuple[int, int], bytes] = {}
-    items = stream_bodies(stub, request, deadline_seconds, metadata)
+    items = stream_bodies(stub, request, deadline_seconds, metadata, missing)
     async with contextlib.aclosing(items):
         async for key, data, only_crlf in items:
             out[key] = data

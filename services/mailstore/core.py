@@ -15,6 +15,7 @@ import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any, TypeVar
 
 from mailstack.services.common.config import Settings
 from mailstack.services.common.metrics import BLOB_CACHE_BYTES, BLOB_CACHE_LOOKUPS
@@ -25,6 +26,7 @@ from mailstack.storage.blob.base import BlobStore
 from mailstack.storage.blob.cache import CachedBlobStore
 from mailstack.storage.errors import (
     AccountNotFound,
+    BlobNotFound,
     InvalidName,
     MailboxNotFound,
     NotAllowed,
@@ -52,6 +54,7 @@ from mailstack.storage.quota.base import QuotaStore, QuotaUsage
 from mailstack.v1 import mailstore_pb2 as pb
 
 log = logging.getLogger("mailstack.mailstore")
+T = TypeVar("T")
 
 DEFAULT_MAILBOXES: tuple[tuple[str, str], ...] = (
     ("INBOX", ""),
@@ -104,6 +107,27 @@ class BodySlice:
     total_size: int
     chunks: AsyncIterator[bytes]
     crlf: bool = False  # only CRLF line ends (BodyChunk.crlf)
+    missing: bool = False  # the body is gone from the blob store (BodyChunk.missing; see integrity.py)
+
+
+async def settle(write: asyncio.Future[T]) -> T:
+    """The outcome of a metadata write that follows a blob write, even when the caller is
+    cancelled meanwhile (a client gone right after its final "."): the write is shielded, and on
+    cancellation the caller waits for it to end before the cancellation goes on, so that the
+    caller deletes the blob only when the write certainly committed nothing (write_failed).
+    Cancelled again while waiting, it stops waiting: the write may still commit, so the blob must
+    stay (an orphan at worst, which the sweeper removes; never a message without its body)."""
+    try:
+        return await asyncio.shield(write)
+    except asyncio.CancelledError:
+        if not write.done():
+            await asyncio.wait([write])
+        raise
+
+
+def write_failed(write: asyncio.Future[Any]) -> bool:
+    """The write ended without committing (an error, or cancelled before it was queued)."""
+    return write.done() and (write.cancelled() or write.exception() is not None)
 
 
 def new_blob_key() -> str:
@@ -457,10 +481,26 @@ class MailstoreCore:
         await self._reserve(record, message.size)
         try:
             await self.blobs.put(message.blob_key, data)
-            result = await self.metadata.insert_message(mailbox.id, message, self.quota.enforced_by_metadata)
         except BaseException:
             await self._unreserve(record, message.size)
-            await self._delete_blobs([message.blob_key])
+            await self._delete_blobs([message.blob_key])  # a put cut short may land later: the sweeper's
+            raise
+        write = asyncio.ensure_future(
+            self.metadata.insert_message(mailbox.id, message, self.quota.enforced_by_metadata)
+        )
+        try:
+            result = await settle(write)
+        except BaseException:
+            if write_failed(write):
+                await self._unreserve(record, message.size)
+                await self._delete_blobs([message.blob_key])
+            elif not write.done():
+                self._quota_suspect = True  # not known whether the reservation is used
+            else:  # committed; only the caller is gone: the message is stored, sessions hear of it
+                done = write.result()
+                await self._publish(
+                    ChangeEvent(record.name, mailbox.name, "new", (done.uid,), done.modseq, done.uidvalidity)
+                )
             raise
         await self._publish(
             ChangeEvent(record.name, mailbox.name, "new", (result.uid,), result.modseq, result.uidvalidity)
@@ -514,13 +554,26 @@ class MailstoreCore:
             return [outcomes[i] for i in range(len(recipients))], ""
         try:
             await self.blobs.put(message.blob_key, data)
-            results = await self.metadata.deliver(
-                [m.id for _, m, _ in reserved], message, self.quota.enforced_by_metadata
-            )
         except BaseException:
             for record, _, _ in reserved:
                 await self._unreserve(record, message.size)
-            await self._delete_blobs([message.blob_key])
+            await self._delete_blobs([message.blob_key])  # a put cut short may land later: the sweeper's
+            raise
+        write = asyncio.ensure_future(  # noqa: RUF006 (kept in `write`; ruff misreads it)
+            self.metadata.deliver([m.id for _, m, _ in reserved], message, self.quota.enforced_by_metadata)
+        )
+        cancelled: asyncio.CancelledError | None = None
+        try:
+            results = await settle(write)
+        except asyncio.CancelledError as exc:
+            if not write.done() or write_failed(write):
+                await self._undo_delivery(write, reserved, message)
+                raise
+            # Committed, and only the caller is gone (SMTP client reset after its final "."): the
+            # message is stored, so its events and per-recipient quota go as for any delivery.
+            results, cancelled = write.result(), exc
+        except BaseException:
+            await self._undo_delivery(write, reserved, message)
             raise
         stored = False
         for (record, mailbox, indexes), result in zip(reserved, results, strict=True):
@@ -548,7 +601,24 @@ class MailstoreCore:
             "delivered message_id=%s sender=%s recipients=%d size=%d stored=%s",
             message.blob_key, sender or "<>", len(recipients), message.size, stored,
         )  # fmt: skip
+        if cancelled is not None:
+            raise cancelled
         return [outcomes[i] for i in range(len(recipients))], message.blob_key if stored else ""
+
+    async def _undo_delivery(
+        self,
+        write: asyncio.Future[Any],
+        reserved: Sequence[tuple[AccountRecord, MailboxRecord, list[int]]],
+        message: NewMessage,
+    ) -> None:
+        """After a delivery's metadata write failed or was left running: the blob and the quota
+        reservations go only when the write certainly committed nothing (see settle)."""
+        if not write_failed(write):
+            self._quota_suspect = True  # not known whether the reservations are used
+            return
+        for record, _, _ in reserved:
+            await self._unreserve(record, message.size)
+        await self._delete_blobs([message.blob_key])
 
     async def _reserve(self, record: AccountRecord, size: int, raise_over: bool = True) -> bool:
         if self.quota.enforced_by_metadata:
@@ -656,18 +726,28 @@ class MailstoreCore:
             for i, record in enumerate(records):
                 structure = pb.BodyPart.FromString(record.structure)
                 raw: bytes | None = None
-                if headers_only and structure.header_offset == 0 and len(record.header) == structure.body_offset:
-                    raw = record.header
-                elif local and record.size <= WHOLE_BLOB_READ and not headers_only:
-                    raw = await self.blobs.get(record.blob_key)  # microseconds: no task per read
-                else:
-                    for ahead in records[i : i + window]:
-                        if ahead.size <= WHOLE_BLOB_READ and ahead.uid not in reads and not headers_only:
-                            reads[ahead.uid] = asyncio.ensure_future(whole(ahead))
-                    read = reads.pop(record.uid, None)
-                    raw = await read if read is not None else None
-                for index, (section, partial) in enumerate(wanted):
-                    yield record, index, await self._section_slice(record, structure, section, partial, raw)
+                try:
+                    if headers_only and structure.header_offset == 0 and len(record.header) == structure.body_offset:
+                        raw = record.header
+                    elif local and record.size <= WHOLE_BLOB_READ and not headers_only:
+                        raw = await self.blobs.get(record.blob_key)  # microseconds: no task per read
+                    else:
+                        for ahead in records[i : i + window]:
+                            if ahead.size <= WHOLE_BLOB_READ and ahead.uid not in reads and not headers_only:
+                                reads[ahead.uid] = asyncio.ensure_future(whole(ahead))
+                        read = reads.pop(record.uid, None)
+                        raw = await read if read is not None else None
+                    slices = [
+                        await self._section_slice(record, structure, section, partial, raw)
+                        for section, partial in wanted
+                    ]
+                except BlobNotFound:
+                    # A broken message (a row without its body) must not fail the whole mailbox:
+                    # it is reported missing and the others still come.
+                    _log_missing(mailbox, record)
+                    slices = [BodySlice(0, _chunks(b""), missing=True) for _ in wanted]
+                for index, body in enumerate(slices):
+                    yield record, index, body
         finally:
             for task in reads.values():  # the caller stopped early (client gone) or a read failed
                 if task.done() and not task.cancelled():
@@ -722,7 +802,11 @@ class MailstoreCore:
 
             async def load(r: MessageRecord) -> None:
                 async with limit:
-                    bodies[r.uid] = await self.blobs.get(r.blob_key)
+                    try:
+                        bodies[r.uid] = await self.blobs.get(r.blob_key)
+                    except BlobNotFound:  # a broken message matches no body text; the others are searched
+                        _log_missing(mailbox, r)
+                        bodies[r.uid] = b""
 
             await asyncio.gather(*(load(r) for r in records))
         try:
@@ -914,6 +998,13 @@ class MailstoreCore:
                 log.warning("orphan sweep skipped: %s", e)
             except Exception:
                 log.exception("orphan sweep failed")
+
+
+def _log_missing(mailbox: MailboxRecord, record: MessageRecord) -> None:
+    log.error(
+        "message without its body: mailbox_id=%d mailbox=%s uid=%d blob=%s; `mailstack fsck --repair` expunges it",
+        mailbox.id, mailbox.name, record.uid, record.blob_key,
+    )  # fmt: skip
 
 
 async def _chunks(data: bytes) -> AsyncIterator[bytes]:

@@ -25,7 +25,14 @@ from mailstack.services.common.metrics import (
     SEND_CALLS,
 )
 from mailstack.services.mailstore import compose, dkim_sign, dsn, names
-from mailstack.services.mailstore.core import AuthFailed, InvalidRequest, MailstoreCore, new_blob_key
+from mailstack.services.mailstore.core import (
+    AuthFailed,
+    InvalidRequest,
+    MailstoreCore,
+    new_blob_key,
+    settle,
+    write_failed,
+)
 from mailstack.services.mailstore.sender_rules import (
     HeaderSenders,
     RateLimited,
@@ -396,10 +403,13 @@ class Sending:
             message_id_header=message_id,
             original_headers=compose.header_block(data),
         )
+        # Shielded as core.deliver's metadata write: a caller gone mid-enqueue must not delete a
+        # body the queue may have committed a reference to.
+        write = asyncio.ensure_future(self.queue.enqueue(item, time.time()))
         try:
-            result = await self.queue.enqueue(item, time.time())
+            result = await settle(write)
         except BaseException:
-            if remote:
+            if remote and write_failed(write):
                 await self.core._delete_blobs([blob_key])
             raise
         failed_local = [r for r in plan if r.state == "bounced"]

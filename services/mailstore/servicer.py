@@ -11,6 +11,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any, TypeVar
 
 import grpc
+from mailstack.services.mailstore import integrity
 from mailstack.services.mailstore.core import AuthFailed, InvalidRequest, MailstoreCore, TooBig
 from mailstack.storage import errors
 from mailstack.storage.metadata.base import (
@@ -461,13 +462,22 @@ class MailstoreServicer(pbg.MailstoreServicer):
         fields = request.metadata if request.HasField("metadata") else None
 
         async def pack(
-            uid: int, index: int, total: int, data: bytes, last: bool, crlf: bool, meta: pb.MessageMetadata | None
+            uid: int,
+            index: int,
+            total: int,
+            data: bytes,
+            last: bool,
+            crlf: bool,
+            meta: pb.MessageMetadata | None,
+            missing: bool = False,
         ) -> None:
             nonlocal out, packed
             if packed and packed + len(data) + (meta.ByteSize() if meta is not None else 0) > BODIES_BATCH:
                 await context.write(out)
                 out, packed = pb.FetchBodiesResponse(), 0
-            chunk = out.chunks.add(uid=uid, section_index=index, total_size=total, data=data, last=last, crlf=crlf)
+            chunk = out.chunks.add(
+                uid=uid, section_index=index, total_size=total, data=data, last=last, crlf=crlf, missing=missing
+            )
             packed += len(data)
             if meta is not None:  # counted too: envelopes of many small messages must not burst a response
                 chunk.metadata.CopyFrom(meta)
@@ -478,14 +488,24 @@ class MailstoreServicer(pbg.MailstoreServicer):
             async for record, index, body in items:
                 uid = record.uid
                 meta = metadata_pb(record, fields) if fields is not None and index == 0 else None
+                if body.missing:
+                    await pack(uid, index, 0, b"", True, False, meta, missing=True)
+                    continue
                 # Each chunk is held back until the next one shows whether it is the item's last.
-                total, held = body.total_size, b""
-                async with closed_after(body.chunks) as chunks:
-                    async for data in chunks:
-                        if held:
-                            await pack(uid, index, total, held, False, body.crlf, meta)
-                            total, meta = 0, None  # total_size and metadata come with the first chunk only
-                        held = data
+                total, held, sent = body.total_size, b"", False
+                try:
+                    async with closed_after(body.chunks) as chunks:
+                        async for data in chunks:
+                            if held:
+                                await pack(uid, index, total, held, False, body.crlf, meta)
+                                total, meta, sent = 0, None, True  # total_size and metadata: first chunk only
+                            held = data
+                except errors.BlobNotFound:
+                    if sent or held:
+                        raise
+                    # A big body read in ranges: gone before its first byte, it is missing like a small one.
+                    await pack(uid, index, 0, b"", True, False, meta, missing=True)
+                    continue
                 await pack(uid, index, total, held, True, body.crlf, meta)
         if out.chunks:
             await context.write(out)
@@ -652,3 +672,26 @@ class AdminServicer(pbg.AdminServicer):
     async def RecomputeQuota(self, request: pb.RecomputeQuotaRequest, context: Any) -> pb.RecomputeQuotaResponse:
         records = await self.core.recompute_quota(request.account)
         return pb.RecomputeQuotaResponse(accounts=[await self._account_pb(r) for r in records])
+
+    @rpc
+    async def CheckIntegrity(self, request: pb.CheckIntegrityRequest, context: Any) -> pb.CheckIntegrityResponse:
+        report = await integrity.check_integrity(
+            self.core, request.account, request.repair, request.min_age_seconds or None
+        )
+        return pb.CheckIntegrityResponse(
+            broken=[
+                pb.BrokenMessage(
+                    account=r.account,
+                    mailbox=r.mailbox,
+                    uid=r.uid,
+                    uidvalidity=r.uidvalidity,
+                    blob_key=r.blob_key,
+                    size=r.size,
+                )
+                for r in report.broken
+            ],
+            orphans=report.orphans,
+            messages_checked=report.messages_checked,
+            blobs_checked=report.blobs_checked,
+            repaired=report.repaired,
+        )

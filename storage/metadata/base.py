@@ -121,6 +121,19 @@ class ExpungeResult:
 
 
 @dataclass(frozen=True, slots=True)
+class BodyReference:
+    """A message row and the blob it names (for the integrity check, `mailstack fsck`)."""
+
+    account: str
+    mailbox_id: int
+    mailbox: str
+    uidvalidity: int
+    uid: int
+    blob_key: str
+    size: int
+
+
+@dataclass(frozen=True, slots=True)
 class ChangeRecord:
     uid: int
     modseq: int
@@ -252,6 +265,13 @@ class MetadataStore(Protocol):
 
     async def blob_referenced(self, key: str) -> bool: ...
 
+    async def body_references(self, account_id: int | None = None) -> list[BodyReference]:
+        """Every message row's blob key (of one account, or all), for the integrity check."""
+
+    async def remove_messages(self, mailbox_id: int, uids: Sequence[int]) -> ExpungeResult:
+        """Expunge exactly these UIDs, \\Deleted or not (a repair): logged as expunges, counters
+        and blob references released as by expunge."""
+
     # ---- leases
     async def acquire_lease(self, name: str, holder: str, ttl_seconds: int) -> tuple[bool, str]:
         """Take or renew (same holder) a lease; (granted, current holder)."""
@@ -261,6 +281,7 @@ class MetadataStore(Protocol):
 
 __all__ = [
     "AccountRecord",
+    "BodyReference",
     "ChangeRecord",
     "CopyResult",
     "DeliveryTarget",

@@ -38,6 +38,7 @@ from mailstack.storage.errors import (
 from mailstack.storage.metadata import uidranges
 from mailstack.storage.metadata.base import (
     AccountRecord,
+    BodyReference,
     ChangeRecord,
     CopyResult,
     DeliveryTarget,
@@ -1110,6 +1111,22 @@ class SqliteMetadataStore:
     async def blob_referenced(self, key: str) -> bool:
         row = await self._read(lambda conn: _one(conn, "SELECT refcount FROM blobs WHERE key = ?", (key,)), inline=True)
         return row is not None and row[0] > 0
+
+    async def body_references(self, account_id: int | None = None) -> list[BodyReference]:
+        sql = (
+            "SELECT a.name, b.id, b.name, b.uidvalidity, m.uid, m.blob_key, m.size FROM messages m"
+            " JOIN mailboxes b ON b.id = m.mailbox_id JOIN accounts a ON a.id = b.account_id"
+        )
+        params: tuple[int, ...] = ()
+        if account_id is not None:
+            sql += " WHERE a.id = ?"
+            params = (account_id,)
+        rows = await self._read(lambda conn: _rows(conn, sql + " ORDER BY a.name, b.name, m.uid", params))
+        return [BodyReference(*r) for r in rows]
+
+    async def remove_messages(self, mailbox_id: int, uids: Sequence[int]) -> ExpungeResult:
+        ranges = [(u, u) for u in uids]
+        return await self._write(lambda conn: _expunge_all(conn, _mailbox(conn, mailbox_id), False, ranges))
 
     # ---- leases
 

@@ -712,6 +712,30 @@ async def test_expunge_only_deleted_and_restricted_to_uids(metadata_store: Metad
     assert await s.recompute_usage(acc.id) == (20, 2)
 
 
+async def test_body_references_and_remove_messages_for_repair(metadata_store: MetadataStore) -> None:
+    # `mailstack fsck`: every row's blob key, then exact UIDs expunged whether \Deleted or not.
+    s = metadata_store
+    alice, bob = await account(s), await account(s, "bob@example.org")
+    box = await inbox(s, alice)
+    for i in range(1, 4):
+        await insert(s, box.id, f"k{i}", size=10)
+    await insert(s, (await inbox(s, bob)).id, "k9", size=7)
+    refs = await s.body_references(alice.id)
+    assert [(r.account, r.mailbox, r.uid, r.blob_key, r.size) for r in refs] == [
+        (alice.name, "INBOX", u, f"k{u}", 10) for u in (1, 2, 3)
+    ]
+    assert refs[0].uidvalidity == box.uidvalidity and refs[0].mailbox_id == box.id
+    assert {r.blob_key for r in await s.body_references()} == {"k1", "k2", "k3", "k9"}
+    before = (await s.get_mailbox(alice.id, "INBOX")).highestmodseq
+
+    result = await s.remove_messages(box.id, [2])
+    assert result.expunged == (2,) and result.freed_blobs == ("k2",) and result.modseq > before
+    assert [m.uid for m in await s.fetch(box.id)] == [1, 3]
+    assert await usage(s, alice.name) == (20, 2)
+    assert [(c.uid, c.kind) for c in await s.changes_since(box.id, before)] == [(2, "expunge")]
+    assert not await s.blob_referenced("k2")
+
+
 async def test_delete_mailbox_frees_its_messages(metadata_store: MetadataStore) -> None:
     s = metadata_store
     acc = await account(s)

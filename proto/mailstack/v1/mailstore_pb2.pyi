@@ -899,6 +899,110 @@ class RecomputeQuotaResponse(_message.Message):
 Global___RecomputeQuotaResponse: _TypeAlias = RecomputeQuotaResponse  # noqa: Y015
 
 @_typing.final
+class CheckIntegrityRequest(_message.Message):
+    """Integrity of messages and bodies (`mailstack fsck`): message rows whose body is missing from
+    the blob store, and bodies no row references (orphans, older than min_age_seconds so that
+    deliveries in flight are never counted). With repair, broken rows are expunged (logged as
+    expunges, quota released) and orphans deleted.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACCOUNT_FIELD_NUMBER: _builtins.int
+    REPAIR_FIELD_NUMBER: _builtins.int
+    MIN_AGE_SECONDS_FIELD_NUMBER: _builtins.int
+    account: _builtins.str
+    """empty = every account; orphans are only looked for with every account"""
+    repair: _builtins.bool
+    min_age_seconds: _builtins.int
+    """0 = the server's orphan_min_age_seconds"""
+    def __init__(
+        self,
+        *,
+        account: _builtins.str = ...,
+        repair: _builtins.bool = ...,
+        min_age_seconds: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account", b"account", "min_age_seconds", b"min_age_seconds", "repair", b"repair"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CheckIntegrityRequest: _TypeAlias = CheckIntegrityRequest  # noqa: Y015
+
+@_typing.final
+class BrokenMessage(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACCOUNT_FIELD_NUMBER: _builtins.int
+    MAILBOX_FIELD_NUMBER: _builtins.int
+    UID_FIELD_NUMBER: _builtins.int
+    UIDVALIDITY_FIELD_NUMBER: _builtins.int
+    BLOB_KEY_FIELD_NUMBER: _builtins.int
+    SIZE_FIELD_NUMBER: _builtins.int
+    account: _builtins.str
+    mailbox: _builtins.str
+    uid: _builtins.int
+    uidvalidity: _builtins.int
+    blob_key: _builtins.str
+    size: _builtins.int
+    def __init__(
+        self,
+        *,
+        account: _builtins.str = ...,
+        mailbox: _builtins.str = ...,
+        uid: _builtins.int = ...,
+        uidvalidity: _builtins.int = ...,
+        blob_key: _builtins.str = ...,
+        size: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account", b"account", "blob_key", b"blob_key", "mailbox", b"mailbox", "size", b"size", "uid", b"uid", "uidvalidity", b"uidvalidity"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BrokenMessage: _TypeAlias = BrokenMessage  # noqa: Y015
+
+@_typing.final
+class CheckIntegrityResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BROKEN_FIELD_NUMBER: _builtins.int
+    ORPHANS_FIELD_NUMBER: _builtins.int
+    MESSAGES_CHECKED_FIELD_NUMBER: _builtins.int
+    BLOBS_CHECKED_FIELD_NUMBER: _builtins.int
+    REPAIRED_FIELD_NUMBER: _builtins.int
+    messages_checked: _builtins.int
+    blobs_checked: _builtins.int
+    repaired: _builtins.bool
+    @_builtins.property
+    def broken(self) -> _containers.RepeatedCompositeFieldContainer[Global___BrokenMessage]:
+        """rows without a body (expunged when repaired)"""
+
+    @_builtins.property
+    def orphans(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """blob keys without a row (deleted when repaired)"""
+
+    def __init__(
+        self,
+        *,
+        broken: _abc.Iterable[Global___BrokenMessage] | None = ...,
+        orphans: _abc.Iterable[_builtins.str] | None = ...,
+        messages_checked: _builtins.int = ...,
+        blobs_checked: _builtins.int = ...,
+        repaired: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["blobs_checked", b"blobs_checked", "broken", b"broken", "messages_checked", b"messages_checked", "orphans", b"orphans", "repaired", b"repaired"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CheckIntegrityResponse: _TypeAlias = CheckIntegrityResponse  # noqa: Y015
+
+@_typing.final
 class Empty(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -1934,6 +2038,7 @@ class BodyChunk(_message.Message):
     LAST_FIELD_NUMBER: _builtins.int
     CRLF_FIELD_NUMBER: _builtins.int
     METADATA_FIELD_NUMBER: _builtins.int
+    MISSING_FIELD_NUMBER: _builtins.int
     uid: _builtins.int
     section_index: _builtins.int
     """index into FetchBodiesRequest.sections"""
@@ -1942,6 +2047,10 @@ class BodyChunk(_message.Message):
     last: _builtins.bool
     crlf: _builtins.bool
     """the section has only CRLF line ends (no bare CR or LF); false = not known"""
+    missing: _builtins.bool
+    """The message's body is missing from the blob store (a broken message; `mailstack fsck`
+    repairs it): one chunk per section, no data, last = true. The other messages still come.
+    """
     @_builtins.property
     def metadata(self) -> Global___MessageMetadata:
         """with a message's first chunk, when FetchBodiesRequest.metadata is set"""
@@ -1956,10 +2065,11 @@ class BodyChunk(_message.Message):
         last: _builtins.bool = ...,
         crlf: _builtins.bool = ...,
         metadata: Global___MessageMetadata | None = ...,
+        missing: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["metadata", b"metadata"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["crlf", b"crlf", "data", b"data", "last", b"last", "metadata", b"metadata", "section_index", b"section_index", "total_size", b"total_size", "uid", b"uid"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["crlf", b"crlf", "data", b"data", "last", b"last", "metadata", b"metadata", "missing", b"missing", "section_index", b"section_index", "total_size", b"total_size", "uid", b"uid"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -1215,6 +1215,11 @@ class AdminStub:
                 request_serializer=mailstack_dot_v1_dot_mailstore__pb2.RecomputeQuotaRequest.SerializeToString,
                 response_deserializer=mailstack_dot_v1_dot_mailstore__pb2.RecomputeQuotaResponse.FromString,
                 _registered_method=True)
+        self.CheckIntegrity = channel.unary_unary(
+                '/mailstack.v1.Admin/CheckIntegrity',
+                request_serializer=mailstack_dot_v1_dot_mailstore__pb2.CheckIntegrityRequest.SerializeToString,
+                response_deserializer=mailstack_dot_v1_dot_mailstore__pb2.CheckIntegrityResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServicer:
@@ -1299,6 +1304,12 @@ class AdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CheckIntegrity(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -1366,6 +1377,11 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.RecomputeQuota,
                     request_deserializer=mailstack_dot_v1_dot_mailstore__pb2.RecomputeQuotaRequest.FromString,
                     response_serializer=mailstack_dot_v1_dot_mailstore__pb2.RecomputeQuotaResponse.SerializeToString,
+            ),
+            'CheckIntegrity': grpc.unary_unary_rpc_method_handler(
+                    servicer.CheckIntegrity,
+                    request_deserializer=mailstack_dot_v1_dot_mailstore__pb2.CheckIntegrityRequest.FromString,
+                    response_serializer=mailstack_dot_v1_dot_mailstore__pb2.CheckIntegrityResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1720,6 +1736,33 @@ class Admin:
             '/mailstack.v1.Admin/RecomputeQuota',
             mailstack_dot_v1_dot_mailstore__pb2.RecomputeQuotaRequest.SerializeToString,
             mailstack_dot_v1_dot_mailstore__pb2.RecomputeQuotaResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CheckIntegrity(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mailstack.v1.Admin/CheckIntegrity',
+            mailstack_dot_v1_dot_mailstore__pb2.CheckIntegrityRequest.SerializeToString,
+            mailstack_dot_v1_dot_mailstore__pb2.CheckIntegrityResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -313,6 +313,7 @@ class AdminStub:
     DeleteAlias: _grpc.UnaryUnaryMultiCallable[_mailstore_pb2.DeleteAliasRequest, _mailstore_pb2.Empty]
     ListAliases: _grpc.UnaryUnaryMultiCallable[_mailstore_pb2.ListAliasesRequest, _mailstore_pb2.ListAliasesResponse]
     RecomputeQuota: _grpc.UnaryUnaryMultiCallable[_mailstore_pb2.RecomputeQuotaRequest, _mailstore_pb2.RecomputeQuotaResponse]
+    CheckIntegrity: _grpc.UnaryUnaryMultiCallable[_mailstore_pb2.CheckIntegrityRequest, _mailstore_pb2.CheckIntegrityResponse]
 
 @_typing.type_check_only
 class AdminAsyncStub(AdminStub):
@@ -332,6 +333,7 @@ class AdminAsyncStub(AdminStub):
     DeleteAlias: _aio.UnaryUnaryMultiCallable[_mailstore_pb2.DeleteAliasRequest, _mailstore_pb2.Empty]  # type: ignore[assignment]
     ListAliases: _aio.UnaryUnaryMultiCallable[_mailstore_pb2.ListAliasesRequest, _mailstore_pb2.ListAliasesResponse]  # type: ignore[assignment]
     RecomputeQuota: _aio.UnaryUnaryMultiCallable[_mailstore_pb2.RecomputeQuotaRequest, _mailstore_pb2.RecomputeQuotaResponse]  # type: ignore[assignment]
+    CheckIntegrity: _aio.UnaryUnaryMultiCallable[_mailstore_pb2.CheckIntegrityRequest, _mailstore_pb2.CheckIntegrityResponse]  # type: ignore[assignment]
 
 class AdminServicer(metaclass=_abc_1.ABCMeta):
     """Administration (the `mailstack` CLI)."""
@@ -426,5 +428,12 @@ class AdminServicer(metaclass=_abc_1.ABCMeta):
         request: _mailstore_pb2.RecomputeQuotaRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_mailstore_pb2.RecomputeQuotaResponse, _abc.Awaitable[_mailstore_pb2.RecomputeQuotaResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def CheckIntegrity(
+        self,
+        request: _mailstore_pb2.CheckIntegrityRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_mailstore_pb2.CheckIntegrityResponse, _abc.Awaitable[_mailstore_pb2.CheckIntegrityResponse]]: ...
 
 def add_AdminServicer_to_server(servicer: AdminServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -116,26 +116,33 @@ async def _bodies(
     uids: list[int],
     items: list[FetchBody],
     metadata: tuple[pb.MetadataFields, dict[int, pb.MessageMetadata]] | None = None,
+    missing: set[int] | None = None,
 ) -> dict[tuple[int, int], bytes]:
     """Every body section of every message in one FetchBodies call: {(uid, item index): bytes};
-    messages gone from the store are absent. With `metadata` (fields, out), each message's
-    metadata comes in the same call, into `out`."""
+    messages gone from the store are absent, those whose body is missing (a broken message) are
+    put in `missing`. With `metadata` (fields, out), each message's metadata comes in the same
+    call, into `out`."""
     request = pb.FetchBodiesRequest(
         account=session.account, mailbox=mailbox, uids=uid_set(uids), sections=[_body_section(i) for i in items]
     )
     if metadata is None:
-        return await collect_bodies(session.stub, request, CALL_TIMEOUT)
+        return await collect_bodies(session.stub, request, CALL_TIMEOUT, missing=missing)
     request.metadata.CopyFrom(metadata[0])
-    return await collect_bodies(session.stub, request, CALL_TIMEOUT, metadata=metadata[1])
+    return await collect_bodies(session.stub, request, CALL_TIMEOUT, metadata=metadata[1], missing=missing)
 
 
 async def _bodies_with_metadata(
-    session: Session, view: MailboxView, request: pb.FetchMetadataRequest, uids: list[int], items: list[FetchBody]
+    session: Session,
+    view: MailboxView,
+    request: pb.FetchMetadataRequest,
+    uids: list[int],
+    items: list[FetchBody],
+    missing: set[int] | None = None,
 ) -> tuple[dict[int, pb.MessageMetadata], dict[tuple[int, int], bytes]]:
     """Bodies and metadata in one FetchBodies call. A mailstore older than
     FetchBodiesRequest.metadata sends none: then FetchMetadata is asked as well."""
     metadata: dict[int, pb.MessageMetadata] = {}
-    texts = await _bodies(session, view.name, uids, items, (request.fields, metadata))
+    texts = await _bodies(session, view.name, uids, items, (request.fields, metadata), missing)
     if texts and not metadata:
         metadata = await _metadata(session, request)
     return metadata, texts
@@ -146,14 +153,14 @@ def _whole(item: FetchBody) -> bool:
 
 
 async def _bodies_ahead(
-    session: Session, view: MailboxView, uids: list[int], items: list[FetchBody]
+    session: Session, view: MailboxView, uids: list[int], items: list[FetchBody], missing: set[int] | None = None
 ) -> dict[tuple[int, int], bytes]:
     """_bodies, but a lone whole body (BODY[], BODY.PEEK[], RFC822 of one message) comes from the
     read-ahead: started when the message follows the previous lone one in the mailbox, so a client
     that downloads message after message makes one FetchBodies call per batch, not per message.
     A body never changes under its UID, so what was fetched ahead stays right."""
     if len(uids) != 1 or len(items) != 1 or not _whole(items[0]):
-        return await _bodies(session, view.name, uids, items)
+        return await _bodies(session, view.name, uids, items, missing=missing)
     uid = uids[0]
     previous, session.last_body_uid = session.last_body_uid, uid
     if uid not in session.ahead and previous and _follows(view, previous, uid):
@@ -161,7 +168,7 @@ async def _bodies_ahead(
     data = await session.ahead.take(uid)
     if data is not None:
         return {(uid, 0): data}
-    return await _bodies(session, view.name, uids, items)
+    return await _bodies(session, view.name, uids, items, missing=missing)
 
 
 def _follows(view: MailboxView, previous: int, uid: int) -> bool:
@@ -250,6 +257,7 @@ async def fetch(session: Session, command: Command) -> Reply | None:
     # Only bodies and UID: what FetchBodies returns says which messages exist; no metadata read.
     modseq = any(isinstance(i, FetchAttribute) and i.name == "MODSEQ" for i in items)
     need_metadata = not bodies or modseq or args.changed_since is not None or any(_fields_list(fields))
+    missing: set[int] = set()  # UIDs whose body is gone from the store (broken messages)
     for start in range(0, len(targets), BATCH):
         batch = targets[start : start + BATCH]
         batch_uids = [uid for _, uid in batch]
@@ -263,17 +271,20 @@ async def fetch(session: Session, command: Command) -> Reply | None:
         metadata: dict[int, pb.MessageMetadata] = {}
         texts: dict[tuple[int, int], bytes] = {}
         if need_metadata and bodies and not request.changed_since:
-            metadata, texts = await _bodies_with_metadata(session, view, request, batch_uids, [b for b, _ in bodies])
+            metadata, texts = await _bodies_with_metadata(
+                session, view, request, batch_uids, [b for b, _ in bodies], missing
+            )
         elif need_metadata and bodies:  # CHANGEDSINCE filters by the metadata: it decides which are sent
             metadata, texts = await asyncio.gather(
-                _metadata(session, request), _bodies(session, view.name, batch_uids, [b for b, _ in bodies])
+                _metadata(session, request),
+                _bodies(session, view.name, batch_uids, [b for b, _ in bodies], missing=missing),
             )
         elif need_metadata:
             metadata = await _metadata(session, request)
         else:
-            texts = await _bodies_ahead(session, view, batch_uids, [b for b, _ in bodies])
+            texts = await _bodies_ahead(session, view, batch_uids, [b for b, _ in bodies], missing)
             metadata = {uid: pb.MessageMetadata(uid=uid) for uid, _ in texts}
-        wanted = [(seq, uid) for seq, uid in batch if uid in metadata]
+        wanted = [(seq, uid) for seq, uid in batch if uid in metadata and uid not in missing]
         for seq, uid in wanted:
             m = metadata[uid]
             if fields.flags:
@@ -290,6 +301,11 @@ async def fetch(session: Session, command: Command) -> Reply | None:
                 out.append((b"FLAGS", flag_list(sorted(view.flags_of(uid)))))
             session.untagged(fetch_response(seq, out))
         await session.flush()
+    if missing:
+        # RFC 9051 §7.1 SERVERBUG: the other messages were sent; these cannot be, and a client
+        # must not take them for empty. (Dovecot's imap_fetch_failure = no-after does the same.)
+        uids = ",".join(str(u) for u in sorted(missing)[:20])
+        raise no(f"some messages could not be read (UID {uids}); the others were sent", "SERVERBUG")
     return None
 
 

@@ -1,0 +1,102 @@
+"""A caller cancelled mid-store (the gRPC client went away) never leaves a row without its body.
+
+Real SQLite metadata store and file blob store; the cancel lands at every await point of
+deliver/append, and while the SQLite writer thread is committing (held busy by a slow write).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import pytest
+from mailstack.services.mailstore.core import MailstoreCore
+
+from tests.fixtures.mailstore import settings_for
+
+ACCOUNT = "alice@example.test"
+OTHER = "bob@example.test"  # a second recipient: one blob shared by two rows
+MESSAGE = b"From: s@remote.test\r\nTo: alice@example.test\r\nSubject: hi\r\n\r\nbody\r\n"
+AWAIT_POINTS = 40  # loop turns to let pass before the cancel: covers every await up to the commit
+
+
+@pytest.fixture
+async def core(tmp_path: Path) -> AsyncIterator[MailstoreCore]:
+    opened = await MailstoreCore.open(settings_for(tmp_path, password_scrypt_log_n=10))
+    await opened.create_account(ACCOUNT, "pw", 0, 0)
+    await opened.create_account(OTHER, "pw", 0, 0)
+    try:
+        yield opened
+    finally:
+        await opened.close()
+
+
+async def _writer_idle(core: MailstoreCore) -> None:
+    """Every write queued so far has been committed (the writer runs them in order)."""
+    await core.metadata._write(lambda conn: None)  # type: ignore[attr-defined]
+
+
+def _hold_writer(core: MailstoreCore, seconds: float) -> asyncio.Future[None]:
+    """Keep the SQLite writer thread busy, so the next write waits and commits later."""
+    return asyncio.ensure_future(core.metadata._write(lambda conn: time.sleep(seconds)))  # type: ignore[attr-defined]
+
+
+async def _rows_without_body(core: MailstoreCore) -> list[tuple[str, int]]:
+    out = []
+    for account in (ACCOUNT, OTHER):
+        _, mailbox = await core.mailbox(account, "INBOX")
+        records = await core.metadata.fetch(mailbox.id, None)
+        out += [(account, r.uid) for r in records if not await core.blobs.exists(r.blob_key)]
+    return out
+
+
+async def _row_count(core: MailstoreCore) -> int:
+    _, mailbox = await core.mailbox(ACCOUNT, "INBOX")
+    return len(await core.metadata.fetch(mailbox.id, None))
+
+
+def _stores(core: MailstoreCore) -> dict[str, Callable[[], Awaitable[object]]]:
+    return {
+        "deliver": lambda: core.deliver("s@remote.test", [ACCOUNT], MESSAGE),
+        "deliver-shared": lambda: core.deliver("s@remote.test", [ACCOUNT, OTHER], MESSAGE),
+        "append": lambda: core.append(ACCOUNT, "INBOX", MESSAGE, (), None),
+    }
+
+
+@pytest.mark.parametrize("operation", ["deliver", "deliver-shared", "append"])
+async def test_cancel_at_every_await_point_leaves_no_row_without_body(core: MailstoreCore, operation: str) -> None:
+    store = _stores(core)[operation]
+    for turns in range(AWAIT_POINTS):
+        task = asyncio.ensure_future(store())
+        for _ in range(turns):
+            await asyncio.sleep(0)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await _writer_idle(core)
+        assert await _rows_without_body(core) == [], f"cancelled after {turns} loop turns"
+
+
+@pytest.mark.parametrize("operation", ["deliver", "deliver-shared", "append"])
+async def test_cancel_while_the_commit_runs_keeps_the_body(core: MailstoreCore, operation: str) -> None:
+    store = _stores(core)[operation]
+    for attempt in range(5):
+        before = await _row_count(core)
+        hold = _hold_writer(core, 0.2)
+        task = asyncio.ensure_future(store())
+        writes = core.metadata._write_queue  # type: ignore[attr-defined]
+        for _ in range(5000):  # until the store's metadata write waits behind the held one (5 s at most)
+            if writes.qsize() or task.done():
+                break
+            await asyncio.sleep(0.001)
+        assert writes.qsize() > 0, "the store never queued its metadata write"
+        task.cancel()  # the client is gone: the write is queued and will commit
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await hold
+        await _writer_idle(core)
+        assert await _row_count(core) == before + 1, f"attempt {attempt}: the queued write committed"
+        assert await _rows_without_body(core) == [], f"attempt {attempt}"
