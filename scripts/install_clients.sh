@@ -3,7 +3,7 @@
 # only those missing. Needs root (apt-get) when something is missing.
 set -euo pipefail
 
-PACKAGES=(swaks curl fetchmail isync mutt getmail6 postfix bsdutils libsasl2-modules ca-certificates)
+PACKAGES=(swaks curl fetchmail isync mutt getmail6 postfix bsdutils libsasl2-modules ca-certificates fail2ban)
 
 if ! command -v dpkg-query >/dev/null 2>&1; then
     echo "install_clients: not a Debian-like system (no dpkg-query); install these yourself: ${PACKAGES[*]}" >&2

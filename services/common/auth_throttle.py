@@ -134,10 +134,10 @@ class AuthThrottle:
         ):
             counts = self._counts(table, key)
             counts.in_flight -= 1
-            if success and attempt.account:  # the owner typed it right at last: forget this pair's typos
-                counts.forget(other)  # (a credential without an account, a Send token, forgets nothing)
-            else:
+            if not success:
                 counts.failures.append((now, other))
+            elif attempt.account:  # the owner typed it right at last: forget this pair's typos
+                counts.forget(other)  # (a credential without an account, a Send token, forgets nothing)
             self._tidy(table, key)
 
     def failures(self, ip: str) -> int:
