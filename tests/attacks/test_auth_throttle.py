@@ -11,12 +11,15 @@ import shutil
 import smtplib
 import subprocess
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import cast
 
 import grpc
 import pytest
 from mailstack.services.common.metrics import MetricsServer
+from mailstack.v1 import mailstore_pb2 as pb
+from mailstack.v1 import mailstore_pb2_grpc as pbg
 from mailstack.v1 import send_pb2 as spb
 from mailstack.v1 import send_pb2_grpc as spbg
 
@@ -33,6 +36,9 @@ from tests.attacks.frontends import (
     pop3_login,
     smtp_auth,
 )
+from tests.fixtures.redis_server import RedisServer
+from tests.fixtures.s3_server import S3Server
+from tests.fixtures.topology import Topology, build_topology, start_topology
 
 REPO = Path(__file__).resolve().parents[2]
 FILTER = REPO / "docs" / "fail2ban" / "filter.d" / "mailstack.conf"
@@ -248,3 +254,75 @@ async def test_login_counters_on_metrics(tmp_path: Path) -> None:
         return after.get(key, 0.0) - before.get(key, 0.0)
 
     assert (grew("ok"), grew("failed"), grew("throttled")) == (1, 2, 1)
+
+
+# ---------------------------------------------------------------- the multi-process topology
+
+
+@pytest.fixture
+def topology(tmp_path: Path) -> Iterator[Topology]:
+    """The deployed processes, with a small per-IP budget in the mailstore and fast failures."""
+    redis_server = RedisServer()
+    s3 = S3Server(str(tmp_path / "s3"))
+    topo: Topology | None = None
+    try:
+        redis_server.start()
+        s3.start()
+        with pytest.MonkeyPatch.context() as mp:  # for make_bucket's boto3 client, not the services
+            mp.setenv("AWS_ACCESS_KEY_ID", s3.access_key)
+            mp.setenv("AWS_SECRET_ACCESS_KEY", s3.secret_key)
+            mp.setenv("AWS_EC2_METADATA_DISABLED", "true")
+            topo = build_topology(tmp_path, redis_server, s3, [{}])
+        topo.mailstore.env["MAILSTACK_AUTH_MAX_ATTEMPTS_PER_IP"] = "4"
+        for frontend, name in ((topo.imaps[0], "IMAP"), (topo.pop3, "POP3"), (topo.smtp, "SMTP")):
+            frontend.env[f"MAILSTACK_{name}_AUTH_FAILURE_DELAY_MS"] = "0"
+        start_topology(topo)
+        yield topo
+    finally:
+        if topo is not None:
+            topo.stop()
+        redis_server.cleanup()
+        s3.close()
+
+
+@pytest.mark.slow
+def test_guesses_count_across_protocols_and_processes(topology: Topology) -> None:
+    with grpc.insecure_channel(topology.mailstore_addr) as channel:
+        pbg.AdminStub(channel).CreateAccount(pb.CreateAccountRequest(name=BOB, password=BOB_PASSWORD), timeout=10)
+    with topology.diagnose():
+        for i in range(4):  # POP3, its own process
+            pop = poplib.POP3("127.0.0.1", topology.pop3.ports["pop3"], timeout=10)
+            try:
+                pop.user(BOB)
+                with pytest.raises(poplib.error_proto, match=r"\[AUTH\]"):
+                    pop.pass_(f"guess{i}")
+            finally:
+                pop.close()
+        # the imap and smtp processes refuse the right password from this address now
+        with imaplib.IMAP4("127.0.0.1", topology.imaps[0].ports["imap"], timeout=10) as imap:
+            with pytest.raises(imaplib.IMAP4.error, match=r"\[UNAVAILABLE\]"):
+                imap.login(BOB, BOB_PASSWORD)
+        with smtplib.SMTP("127.0.0.1", topology.smtp.ports["submission"], timeout=10) as smtp:
+            smtp.ehlo()
+            smtp.user, smtp.password = BOB, BOB_PASSWORD
+            with pytest.raises(smtplib.SMTPAuthenticationError) as refused:
+                smtp.auth("PLAIN", smtp.auth_plain)
+            assert refused.value.smtp_code == 454
+        pop = poplib.POP3("127.0.0.1", topology.pop3.ports["pop3"], timeout=10)
+        try:
+            pop.user(BOB)
+            with pytest.raises(poplib.error_proto, match=r"\[SYS/TEMP\]"):
+                pop.pass_(BOB_PASSWORD)
+        finally:
+            pop.close()
+
+    # Each process's own log (JSON, as config.env sets it), read by fail2ban as it is.
+    fail2ban_regex = shutil.which("fail2ban-regex")
+    assert fail2ban_regex, "fail2ban-regex is not installed: run scripts/install_clients.sh (Debian package fail2ban)"
+    matched = {}
+    for service in (topology.pop3, topology.imaps[0], topology.smtp):
+        command = [fail2ban_regex, "-o", "ip", str(service.log_path), str(FILTER)]
+        run = subprocess.run(command, capture_output=True, text=True, timeout=60)
+        assert run.returncode == 0, run.stderr
+        matched[service.name] = run.stdout.split()
+    assert matched == {"pop3": ["127.0.0.1"] * 5, "imap": ["127.0.0.1"], "smtp": ["127.0.0.1"]}
