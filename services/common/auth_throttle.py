@@ -10,6 +10,7 @@ own account does not wipe the guesses at someone else's).
 
 from __future__ import annotations
 
+import ipaddress
 import time
 from collections import deque
 from collections.abc import Callable
@@ -31,6 +32,20 @@ class _Counts:
     def forget(self, other: str) -> None:
         if any(key == other for _, key in self.failures):
             self.failures = deque(item for item in self.failures if item[1] != other)
+
+
+def address_key(ip: str) -> str:
+    """What counts as one client: an IPv4 address, or an IPv6 /64 (one subscriber's network, whose
+    2^64 addresses would otherwise each get their own budget)."""
+    try:
+        address = ipaddress.ip_address(ip)
+    except ValueError:
+        return ip
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.IPv6Network((address, 64), strict=False))
+    return str(address)
 
 
 class Throttled(Exception):
@@ -99,6 +114,7 @@ class AuthThrottle:
     def begin(self, ip: str, account: str) -> Attempt:
         """Reserve a slot for one attempt by `ip` at `account` (a normalised login name; "" for
         a credential that names no account, such as a Send token: then only the IP counts)."""
+        ip = address_key(ip)
         tables = self._tables(ip, account)
         for (table, key), limit, scope in zip(
             tables, (self.max_per_ip, self.max_per_account), ("from this address", "for this account"), strict=False
@@ -115,8 +131,8 @@ class AuthThrottle:
         return [(self._ips, ip), (self._accounts, account)] if account else [(self._ips, ip)]
 
     def blocked(self, ip: str) -> bool:
-        """Whether a new attempt from `ip` would be refused whatever the account (Send API)."""
-        counts = self._ips.get(ip)
+        """Whether a new attempt from `ip` would be refused whatever the account."""
+        counts = self._ips.get(address_key(ip))
         if counts is None:
             return False
         counts.expire(self._clock() - self.window)
@@ -142,7 +158,7 @@ class AuthThrottle:
 
     def failures(self, ip: str) -> int:
         """Failures from `ip` still in the window (tests, logs)."""
-        counts = self._ips.get(ip)
+        counts = self._ips.get(address_key(ip))
         if counts is None:
             return 0
         counts.expire(self._clock() - self.window)
