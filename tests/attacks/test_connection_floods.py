@@ -120,6 +120,7 @@ async def test_imap_half_sent_authenticate_response_is_closed_at_the_deadline(tm
     async with frontends(tmp_path, imap_preauth_timeout=1) as stack:
         closed = await slow_clients(stack, stack.imap_port, 5, b"a AUTHENTICATE PLAIN\r\n", b"AGFsaWNl" * 8)
         assert max(seconds for seconds, _ in closed) < 3.0, closed
+        assert {last for _, last in closed} == {b"* BYE autologout: idle for too long\r\n"}
 
 
 async def test_smtp_half_sent_lines_are_closed_at_the_deadline(tmp_path: Path) -> None:

@@ -88,6 +88,8 @@ async def login(session: Session, command: Command) -> Reply | None:
 
 async def authenticate(session: Session, command: Command) -> Reply | None:
     # Command: RFC 9051 §6.2.2, RFC 4959 SASL-IR, RFC 4616 PLAIN
+    from ..session import EndSession
+
     assert isinstance(command.args, Authenticate)
     if command.args.mechanism.upper() != "PLAIN":
         raise no("unsupported mechanism; use PLAIN", "CANNOT")
@@ -101,7 +103,10 @@ async def authenticate(session: Session, command: Command) -> Reply | None:
         while True:
             line = session.conn.receiver.next_line()
             if isinstance(line, NeedData):
-                await session.conn.read_more(max(0.0, deadline - loop.time()))
+                try:
+                    await session.conn.read_more(max(0.0, deadline - loop.time()))
+                except TimeoutError:
+                    raise EndSession("autologout: idle for too long") from None
                 continue
             if isinstance(line, ParseError):
                 raise bad("response line too long")
