@@ -98,6 +98,7 @@ class AuthThrottle:
         self._clock = clock
         self._ips: dict[str, _Counts] = {}
         self._accounts: dict[str, _Counts] = {}
+        self._swept = clock()
 
     def _counts(self, table: dict[str, _Counts], key: str) -> _Counts:
         counts = table.get(key)
@@ -114,6 +115,7 @@ class AuthThrottle:
     def begin(self, ip: str, account: str) -> Attempt:
         """Reserve a slot for one attempt by `ip` at `account` (a normalised login name; "" for
         a credential that names no account, such as a Send token: then only the IP counts)."""
+        self._sweep()
         ip = address_key(ip)
         tables = self._tables(ip, account)
         for (table, key), limit, scope in zip(
@@ -126,6 +128,18 @@ class AuthThrottle:
         for table, key in tables:
             self._counts(table, key).in_flight += 1
         return Attempt(self, ip, account)
+
+    def _sweep(self) -> None:
+        """Once per window, drop the entries of clients that failed once and never came back (the
+        tables would otherwise grow with every scanner's address)."""
+        now = self._clock()
+        if now - self._swept < self.window:
+            return
+        self._swept = now
+        for table in (self._ips, self._accounts):
+            for key in list(table):
+                table[key].expire(now - self.window)
+                self._tidy(table, key)
 
     def _tables(self, ip: str, account: str) -> list[tuple[dict[str, _Counts], str]]:
         return [(self._ips, ip), (self._accounts, account)] if account else [(self._ips, ip)]

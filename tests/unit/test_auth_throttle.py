@@ -77,3 +77,12 @@ def test_an_ipv6_64_is_one_client() -> None:
     assert not limiter.blocked("2001:db8:1:3::1")
     limiter.begin("::ffff:192.0.2.1", "bob").failed()  # a mapped IPv4 address is that address
     assert limiter.failures("192.0.2.1") == 1
+
+
+def test_clients_that_never_come_back_are_forgotten() -> None:
+    limiter, now = throttle(per_ip=5, per_account=5, window=60)
+    for i in range(100):
+        limiter.begin(f"192.0.2.{i}", f"user{i}").failed()
+    now[0] += 61
+    limiter.begin("198.51.100.1", "alice").succeeded()
+    assert len(limiter._ips) == 0 and len(limiter._accounts) == 0
