@@ -86,9 +86,7 @@ class Settings:
     smtp_max_connections_per_ip: int = _setting(50, "Most SMTP connections at once from one client IP (more: 421).")
     smtp_command_timeout: int = _setting(300, "Seconds an SMTP client may idle between commands (RFC 5321 4.5.3.2.7).")
     smtp_data_timeout: int = _setting(180, "Seconds an SMTP client may pause inside DATA (RFC 5321 4.5.3.2.5).")
-    smtp_auth_max_failures: int = _setting(5, "Failed SMTP AUTHs per client IP per window before AUTH is refused.")
-    smtp_auth_failure_window: int = _setting(300, "Seconds over which failed SMTP AUTHs per IP are counted.")
-    smtp_auth_failure_delay_ms: int = _setting(1000, "Delay before answering a failed SMTP AUTH (doubles per failure).")
+    smtp_auth_failure_delay_ms: int = _setting(1000, "Delay before answering a failed SMTP AUTH, in ms.")
     smtp_inflight_bytes: int = _setting(
         256 * MiB,
         "Message content all SMTP sessions of a process may hold at once, in bytes (0 = unbounded); "
@@ -100,6 +98,8 @@ class Settings:
     pop3_lease_ttl: int = _setting(60, "POP3 maildrop lock lease in seconds; renewed every third of it.")
     pop3_max_auth_failures: int = _setting(3, "Failed POP3 logins before the connection is closed.")
     pop3_auth_failure_delay_ms: int = _setting(1000, "Delay before answering a failed POP3 login, in ms.")
+    pop3_max_connections: int = _setting(10000, "Most POP3 connections at once, both ports together (more: -ERR).")
+    pop3_max_connections_per_ip: int = _setting(50, "Most POP3 connections at once from one client IP (more: -ERR).")
     pop3_read_ahead_bytes: int = _setting(
         64 * 1024 * 1024, "Message bytes all POP3 sessions of a process may fetch ahead of RETR (4 MiB each; 0 = off)."
     )
@@ -121,9 +121,15 @@ class Settings:
     )
     imap_auth_max_failures: int = _setting(3, "Failed IMAP logins per connection before it is closed.")
     imap_auth_failure_delay_ms: int = _setting(1000, "Delay before answering a failed IMAP login, in ms.")
-    imap_auth_failure_window: int = _setting(
-        300, "Seconds over which failed IMAP logins per client IP count (5x the per-connection max: refused)."
+
+    # password guessing, all protocols and the Send API together (ADR 0009)
+    auth_max_attempts_per_ip: int = _setting(
+        20, "Failed plus in-progress logins per client IP per window, all protocols together (more: refused; 0 = off)."
     )
+    auth_max_attempts_per_account: int = _setting(
+        100, "Failed plus in-progress logins at one account per window, from all IPs (more: refused; 0 = off)."
+    )
+    auth_failure_window: int = _setting(300, "Seconds a failed login counts against its IP and its account.")
 
     # proxy protocol (ADR 0007)
     proxy_protocol: bool = _setting(False, "Expect a PROXY header (v1/v2) from trusted networks on every mail port.")

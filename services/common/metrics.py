@@ -46,6 +46,16 @@ STORAGE_ERRORS = Counter(
     "Storage calls that failed (store unavailable, or a bug), by store and operation",
     ["store", "operation"],
 )
+AUTH_TOTAL = Counter(
+    "mailstack_auth",
+    "Logins by protocol (imap, pop3, smtp, send) and result (ok, failed, throttled, logout)",
+    ["protocol", "result"],
+)
+CONNECTIONS_REFUSED = Counter(
+    "mailstack_connections_refused",
+    "Client connections refused at the door, by protocol and reason (total, per_ip, shutdown)",
+    ["protocol", "reason"],
+)
 POP3_RETRIEVED = Counter("mailstack_pop3_messages_retrieved", "Messages sent by POP3 RETR")
 POP3_DELETED = Counter("mailstack_pop3_messages_deleted", "Messages expunged at POP3 QUIT")
 POP3_READ_AHEAD_BYTES = Gauge(

@@ -37,6 +37,7 @@ _BY_REASON: dict[int, tuple[str, str, str]] = {
     pb.TOO_BIG: ("NO", "TOOBIG", "message too big"),
     pb.STORAGE_UNAVAILABLE: ("NO", "UNAVAILABLE", "storage temporarily unavailable, try again"),
     pb.AUTH_FAILED: ("NO", "AUTHENTICATIONFAILED", "authentication failed"),
+    pb.AUTH_THROTTLED: ("NO", "UNAVAILABLE", "too many login attempts, try again later"),
     pb.NOT_ALLOWED: ("NO", "CANNOT", "not allowed"),
     pb.HAS_CHILDREN: ("NO", "HASCHILDREN", "mailbox has children"),
     pb.LOCKED: ("NO", "INUSE", "in use, try again"),

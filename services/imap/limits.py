@@ -1,10 +1,10 @@
-"""Limits that protect the server from one client: connections per IP and per account, command
-rate per connection, and authentication failures per IP (slowed, then refused)."""
+"""Limits that protect the server from one client: connections per IP and per account, and command
+rate per connection. Failed logins are counted by the mailstore for all protocols (ADR 0009)."""
 
 from __future__ import annotations
 
 import time
-from collections import Counter, deque
+from collections import Counter
 
 
 class ConnectionLimits:
@@ -18,12 +18,13 @@ class ConnectionLimits:
         self.per_ip: Counter[str] = Counter()
         self.per_user: Counter[str] = Counter()
 
-    def open(self, ip: str) -> str | None:
-        """Count a new connection; returns why it is refused (then nothing was counted)."""
+    def open(self, ip: str) -> tuple[str, str] | None:
+        """Count a new connection; returns why it is refused, (metric label, text for the client),
+        and then nothing was counted."""
         if self.total >= self.max_total:
-            return "too many connections"
+            return "total", "too many connections"
         if self.per_ip[ip] >= self.max_per_ip:
-            return "too many connections from your address"
+            return "per_ip", "too many connections from your address"
         self.total += 1
         self.per_ip[ip] += 1
         return None
@@ -44,39 +45,6 @@ class ConnectionLimits:
         self.per_user[account] -= 1
         if self.per_user[account] <= 0:
             del self.per_user[account]
-
-
-class AuthThrottle:
-    """Failed logins per IP in a sliding window: each failure is answered later than the previous
-    one (doubling from base_delay), and past max_failures the IP is refused until the window moves."""
-
-    def __init__(self, base_delay: float, max_failures: int, window: float = 300.0, max_delay: float = 10.0) -> None:
-        self.base_delay = base_delay
-        self.max_failures = max_failures
-        self.window = window
-        self.max_delay = max_delay
-        self._failures: dict[str, deque[float]] = {}
-
-    def _recent(self, ip: str, now: float) -> deque[float]:
-        times = self._failures.setdefault(ip, deque())
-        while times and times[0] < now - self.window:
-            times.popleft()
-        return times
-
-    def blocked(self, ip: str) -> bool:
-        times = self._recent(ip, time.monotonic())
-        if not times:
-            self._failures.pop(ip, None)
-        return len(times) >= self.max_failures
-
-    def failure(self, ip: str) -> float:
-        """Record a failure; returns how long to wait before answering it."""
-        times = self._recent(ip, time.monotonic())
-        times.append(time.monotonic())
-        return min(self.max_delay, self.base_delay * 2 ** (len(times) - 1))
-
-    def success(self, ip: str) -> None:
-        self._failures.pop(ip, None)
 
 
 class CommandRate:

@@ -13,6 +13,7 @@ import logging
 import ssl
 
 import grpc.aio
+from mailstack.services.common.auth_log import connection_refused, local_ip_of
 from mailstack.services.common.config import Settings
 from mailstack.services.common.grpc_client import mailstore_stub, open_channel
 from mailstack.services.common.listeners import (
@@ -28,7 +29,7 @@ from mailstack.services.common.read_ahead import ReadAheadBudget
 from mailstack.services.common.tls import ensure_self_signed, server_ssl_context
 
 from . import telemetry
-from .limits import AuthThrottle, ConnectionLimits
+from .limits import ConnectionLimits
 from .notifier import Notifier
 from .protocol import CommandReceiver
 from .protocol.encoder import untagged_status
@@ -71,6 +72,10 @@ class StreamConnection:
     @property
     def remote_ip(self) -> str:
         return self._remote_ip
+
+    @property
+    def local_ip(self) -> str:
+        return local_ip_of(self.writer.get_extra_info("sockname"))
 
     async def send(self, data: bytes) -> None:
         self.writer.write(data)
@@ -133,11 +138,6 @@ class ImapServer:
                 settings.imap_max_connections_per_ip,
                 settings.imap_max_connections_per_user,
             ),
-            auth_throttle=AuthThrottle(
-                settings.imap_auth_failure_delay_ms / 1000,
-                settings.imap_auth_max_failures * 5,
-                window=float(settings.imap_auth_failure_window),
-            ),
         )
         try:
             ports = [("IMAP (STARTTLS)", settings.imap_port, False), ("IMAPS", settings.imaps_port, True)]
@@ -182,10 +182,12 @@ class ImapServer:
         receiver = CommandReceiver(settings.imap_max_line, settings.max_message_size)
         remote_ip = client_address[0] if client_address else ""
         conn = StreamConnection(reader, writer, receiver, tls, None if tls else self._tls_context, remote_ip)
-        refused = "server shutting down" if services.stopping else services.limits.open(conn.remote_ip)
+        refused = ("shutdown", "server shutting down") if services.stopping else services.limits.open(conn.remote_ip)
         if refused:
+            connection_refused("imap", refused[0], conn.remote_ip, conn.local_ip)
             with contextlib.suppress(Exception):
-                writer.write(untagged_status("BYE", refused, "UNAVAILABLE"))
+                # RFC 9051 §7.1.5: BYE at the greeting; RFC 5530 UNAVAILABLE (try again later)
+                writer.write(untagged_status("BYE", refused[1], "UNAVAILABLE"))
                 await asyncio.wait_for(writer.drain(), CLOSE_TIMEOUT)
             writer.close()
             return

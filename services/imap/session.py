@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 import grpc
+from mailstack.services.common.auth_log import AuthResult, auth_event, new_session_id
 from mailstack.services.common.config import Settings
 from mailstack.services.common.read_ahead import ReadAhead, ReadAheadBudget
 from mailstack.storage.events.base import ChangeEvent
@@ -23,7 +24,7 @@ from mailstack.v1 import mailstore_pb2_grpc as pbg
 
 from . import telemetry
 from .errors import ImapError, from_grpc
-from .limits import AuthThrottle, CommandRate, ConnectionLimits
+from .limits import CommandRate, ConnectionLimits
 from .mailbox_view import Change, MailboxView
 from .notifier import Notifier
 from .protocol import Command, CommandReceiver, LiteralTooBig, NeedData, NeedLiteral, ParseError
@@ -90,6 +91,8 @@ class Connection(Protocol):
     def can_start_tls(self) -> bool: ...
     @property
     def remote_ip(self) -> str: ...
+    @property
+    def local_ip(self) -> str: ...
     async def send(self, data: bytes) -> None: ...
     async def read_more(self, wait: float | None) -> None: ...
     async def start_tls(self, ready: bytes) -> None: ...
@@ -112,7 +115,6 @@ class Services:
     stub: pbg.MailstoreAsyncStub
     notifier: Notifier
     limits: ConnectionLimits
-    auth_throttle: AuthThrottle
     stopping: bool = False
     sessions: set[Session] = field(default_factory=set)
     # bytes all sessions hold fetched ahead of FETCH BODY[] (commands/fetch.py)
@@ -138,6 +140,8 @@ class Session:
         self._opening: str | None = None  # the mailbox SELECT is reading; its hints count already
         self.wake = asyncio.Event()  # set with dirty; IDLE waits on it
         self.auth_failures = 0
+        self.session_id = new_session_id()  # in the login and logout log lines
+        self.auth_method = ""  # LOGIN or PLAIN, once logged in
         self.waiting = False  # between commands: safe to interrupt for shutdown
         self._rate = CommandRate(self.settings.imap_commands_per_second)
         self._last_refresh = time.monotonic()
@@ -173,17 +177,24 @@ class Session:
 
     async def run(self, greeting: bytes) -> None:
         await self.send(greeting)
+        loop = asyncio.get_running_loop()
+        # The timeout is a deadline for a whole command, set when the wait for it starts: a client
+        # that sends a byte now and then (slowloris) does not keep its connection for ever.
+        deadline: float | None = None
         while self.state != State.LOGOUT:
             event = self.conn.receiver.next_event()
             if isinstance(event, NeedData):
+                if deadline is None:
+                    deadline = loop.time() + self.read_timeout
                 self.waiting = True
                 try:
-                    await self.conn.read_more(self.read_timeout)
+                    await self.conn.read_more(max(0.0, deadline - loop.time()))
                 except TimeoutError:
                     raise EndSession("autologout: idle for too long") from None
                 finally:
                     self.waiting = False
                 continue
+            deadline = None
             if isinstance(event, NeedLiteral):
                 # RFC 3501 §7.5: a synchronizing literal waits for our continuation
                 await self.send(continuation("ready for literal data"))
@@ -348,9 +359,22 @@ class Session:
         self.state = State.AUTHENTICATED
         self.services.notifier.add(account, self.on_event)
 
+    def auth_event(self, result: AuthResult, user: str, method: str) -> None:
+        auth_event(
+            result,
+            protocol="imap",
+            user=user,
+            remote_ip=self.conn.remote_ip,
+            local_ip=self.conn.local_ip,
+            method=method,
+            tls=self.conn.tls,
+            session=self.session_id,
+        )
+
     def close(self) -> None:
         self.ahead.drop()
         if self.account:
+            self.auth_event("logout", self.account, self.auth_method)
             self.services.notifier.remove(self.account, self.on_event)
             self.services.limits.logout(self.account)
             self.account = ""

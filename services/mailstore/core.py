@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeVar
 
+from mailstack.services.common.auth_throttle import AuthThrottle
 from mailstack.services.common.config import Settings
 from mailstack.services.common.metrics import BLOB_CACHE_BYTES, BLOB_CACHE_LOOKUPS
 from mailstack.services.mailstore import mime, names, passwords, search, sections
@@ -191,6 +192,10 @@ class MailstoreCore:
         self._quota_watch: asyncio.Task[None] | None = None
         self._quota_suspect = False  # the quota store's counters missed a change (see repair_quota)
         self._account_ids: dict[str, int] = {}  # fetch_body's name -> id cache (see _read_mailbox)
+        # every login of every frontend and every Send token check (ADR 0009)
+        self.auth_throttle = AuthThrottle(
+            settings.auth_max_attempts_per_ip, settings.auth_max_attempts_per_account, settings.auth_failure_window
+        )
 
     @classmethod
     async def open(cls, settings: Settings) -> MailstoreCore:
@@ -248,13 +253,29 @@ class MailstoreCore:
             raise AccountNotFound(f"no account {name}")
         return record
 
-    async def authenticate(self, username: str, password: str, authzid: str = "") -> str:
-        """SASL PLAIN semantics (RFC 4616): authzid empty or the same account."""
+    async def authenticate(self, username: str, password: str, authzid: str = "", remote_ip: str = "") -> str:
+        """SASL PLAIN semantics (RFC 4616): authzid empty or the same account.
+
+        Throttled per client IP and per account (ADR 0009): the attempt takes its slot before the
+        password is hashed and raises Throttled when the IP or the account has used up its window."""
         username = await self._login_address(username)
         try:
             name = names.normalize_address(username)
         except names.InvalidNameError:
             name = ""
+        attempt = self.auth_throttle.begin(remote_ip, name or username.strip().lower()[:320])
+        try:
+            account = await self._check_password(name, password, authzid)
+        except AuthFailed:
+            attempt.failed()
+            raise
+        except BaseException:
+            attempt.abandoned()  # an error or a cancelled call: nothing learnt, the slot goes back
+            raise
+        attempt.succeeded()
+        return account
+
+    async def _check_password(self, name: str, password: str, authzid: str) -> str:
         record = await self.metadata.get_account(name) if name else None
         stored = record.password_hash if record else passwords.dummy_hash(self.settings.password_scrypt_log_n)
         ok = len(password) <= MAX_PASSWORD_LENGTH and await asyncio.to_thread(

@@ -7,7 +7,9 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any, TypeVar
 
 import grpc
-from mailstack.services.mailstore.core import InvalidRequest
+from mailstack.services.common.auth_log import AuthResult, auth_event
+from mailstack.services.common.auth_throttle import Throttled
+from mailstack.services.mailstore.core import AuthFailed, InvalidRequest
 from mailstack.services.mailstore.sender_rules import RateLimited
 from mailstack.services.mailstore.sending import Sending, SendResult
 from mailstack.services.mailstore.servicer import abort_with, read_stream, rpc
@@ -76,6 +78,30 @@ def status_pb(status: OutboundStatus) -> spb.SendStatus:
     )
 
 
+def peer_ip(context: grpc.aio.ServicerContext) -> str:
+    """The caller's IP from gRPC's peer string ("ipv4:192.0.2.1:5000", "ipv6:[::1]:5000"); "" for
+    a Unix socket."""
+    peer = context.peer() or ""
+    kind, _, rest = peer.partition(":")
+    if kind == "ipv4":
+        return rest.rsplit(":", 1)[0]
+    if kind == "ipv6":
+        return rest.rsplit(":", 1)[0].strip("[]")
+    return ""
+
+
+async def checked_token(sending: Sending, context: grpc.aio.ServicerContext) -> TokenRecord:
+    """The caller's token, counted per peer IP (ADR 0009); refusals are logged and counted like logins."""
+    ip = peer_ip(context)
+    try:
+        token = await sending.check_token(bearer_token(context), ip)
+    except (AuthFailed, Throttled) as exc:
+        result: AuthResult = "throttled" if isinstance(exc, Throttled) else "failed"
+        auth_event(result, protocol="send", user="", remote_ip=ip, local_ip="", method="bearer", tls=False, session="")
+        raise
+    return token
+
+
 def bearer_token(context: grpc.aio.ServicerContext) -> str:
     for key, value in context.invocation_metadata() or ():
         if key == "authorization" and isinstance(value, str) and value.lower().startswith("bearer "):
@@ -89,7 +115,7 @@ class SenderServicer(spbg.SenderServicer):
 
     @refusals(grpc.StatusCode.PERMISSION_DENIED, pb.NOT_ALLOWED)
     async def Send(self, request_iterator: AsyncIterator[spb.SendRequest], context: Any) -> spb.SendResponse:
-        token = await self.sending.check_token(bearer_token(context))
+        token = await checked_token(self.sending, context)
         limit = self.sending.settings.max_message_size
         header, raw = await read_stream(request_iterator, "header", limit, lambda h: h.size)
         if len(header.recipients) > 1000 or len(header.idempotency_key) > 200:
@@ -107,7 +133,7 @@ class SenderServicer(spbg.SenderServicer):
 
     @rpc
     async def GetSendStatus(self, request: spb.GetSendStatusRequest, context: Any) -> spb.SendStatus:
-        token = await self.sending.check_token(bearer_token(context))
+        token = await checked_token(self.sending, context)
         status = await self.sending.status(request.message_id)
         # Another token's message is "not found", not "forbidden": ids are not an oracle.
         if status is None or not self.sending.may_send_as(token, status.sender or "@"):

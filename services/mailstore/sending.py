@@ -166,10 +166,19 @@ class Sending:
         await self.queue.create_token(record, hash_token(secret))
         return record, secret
 
-    async def check_token(self, secret: str) -> TokenRecord:
-        record = await self.queue.token_by_hash(hash_token(secret)) if secret else None
+    async def check_token(self, secret: str, remote_ip: str = "") -> TokenRecord:
+        """The token's record; a wrong token counts against the caller's IP like a failed login
+        (ADR 0009), and past the limit even a right one is refused (Throttled) until the window moves."""
+        attempt = self.core.auth_throttle.begin(remote_ip, "")
+        try:
+            record = await self.queue.token_by_hash(hash_token(secret)) if secret else None
+        except BaseException:
+            attempt.abandoned()
+            raise
         if record is None:
+            attempt.failed()
             raise AuthFailed("missing or unknown API token")
+        attempt.succeeded()
         return record
 
     @staticmethod

@@ -11,6 +11,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any, TypeVar
 
 import grpc
+from mailstack.services.common.auth_throttle import Throttled
 from mailstack.services.mailstore import integrity
 from mailstack.services.mailstore.core import AuthFailed, InvalidRequest, MailstoreCore, TooBig
 from mailstack.storage import errors
@@ -50,6 +51,7 @@ CHANGE_KINDS = {"new": pb.CHANGE_NEW, "flags": pb.CHANGE_FLAGS, "expunge": pb.CH
 # storage/core exception -> (gRPC status, machine-readable reason)
 ERROR_MAP: list[tuple[type[BaseException], grpc.StatusCode, pb.ErrorReason.ValueType]] = [
     (AuthFailed, grpc.StatusCode.UNAUTHENTICATED, pb.AUTH_FAILED),
+    (Throttled, grpc.StatusCode.RESOURCE_EXHAUSTED, pb.AUTH_THROTTLED),
     (TooBig, grpc.StatusCode.RESOURCE_EXHAUSTED, pb.TOO_BIG),
     (errors.OverQuota, grpc.StatusCode.RESOURCE_EXHAUSTED, pb.OVER_QUOTA),
     (errors.AccountNotFound, grpc.StatusCode.NOT_FOUND, pb.ACCOUNT_NOT_FOUND),
@@ -275,7 +277,17 @@ class MailstoreServicer(pbg.MailstoreServicer):
 
     @rpc
     async def Authenticate(self, request: pb.AuthenticateRequest, context: Any) -> pb.AuthenticateResponse:
-        account = await self.core.authenticate(request.username, request.password, request.authzid)
+        try:
+            account = await self.core.authenticate(
+                request.username, request.password, request.authzid, request.remote_ip
+            )
+        except Throttled as exc:
+            # the frontend logs the refusal with its session; this line covers every caller
+            log.warning(
+                "login throttled",
+                extra={"protocol": request.protocol, "remote_ip": request.remote_ip, "reason": exc.scope},
+            )
+            raise
         reply = pb.AuthenticateResponse(account=account)
         lease_name = ""
         if request.HasField("lease"):

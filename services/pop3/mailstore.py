@@ -28,6 +28,10 @@ class AuthFailed(Exception):
     """Wrong credentials (the mailstore never says whether the account exists)."""
 
 
+class AuthThrottled(Exception):
+    """Too many login attempts from this IP or at this account, in all protocols (ADR 0009)."""
+
+
 class MessageGone(Exception):
     """The message was expunged by another client since the session's snapshot."""
 
@@ -65,6 +69,8 @@ def _mapped(err: grpc.RpcError) -> Exception:
     detail = error_detail(err)
     reason = detail.reason if detail is not None else pb.ERROR_REASON_UNSPECIFIED
     code = err.code() if callable(getattr(err, "code", None)) else None
+    if reason == pb.AUTH_THROTTLED:
+        return AuthThrottled()
     if reason == pb.AUTH_FAILED or code == grpc.StatusCode.UNAUTHENTICATED:
         return AuthFailed()
     if reason == pb.MESSAGE_NOT_FOUND:

@@ -14,7 +14,9 @@ import ssl
 from typing import cast
 
 import grpc.aio
+from mailstack.services.common.auth_log import connection_refused, local_ip_of
 from mailstack.services.common.config import Settings
+from mailstack.services.common.connection_limits import ConnectionLimiter
 from mailstack.services.common.grpc_client import open_channel
 from mailstack.services.common.listeners import (
     CLOSE_TIMEOUT,
@@ -65,6 +67,8 @@ class StreamConnection:
         self._timed_out = False
         peer = writer.get_extra_info("peername")
         self._remote_ip = remote_ip or (str(peer[0]) if isinstance(peer, tuple) and peer else "")
+        self._local_ip = local_ip_of(writer.get_extra_info("sockname"))
+        self._line_started = False  # the deadline of the command being read is set (see read_more)
 
     @property
     def tls(self) -> bool:
@@ -78,6 +82,14 @@ class StreamConnection:
     def remote_ip(self) -> str:
         return self._remote_ip
 
+    @property
+    def local_ip(self) -> str:
+        return self._local_ip
+
+    def line_done(self) -> None:
+        """A whole command line arrived: the wait for the next one gets a new deadline."""
+        self._line_started = False
+
     async def send(self, data: bytes) -> None:
         self.writer.write(data)
         transport = self.writer.transport
@@ -89,10 +101,14 @@ class StreamConnection:
     async def read_more(self) -> None:
         """Read what the client sent into the receiver; raises TimeoutError after the idle timeout.
 
-        One watchdog timer per connection and a deadline moved at each read, rather than an
-        asyncio.timeout per read (a timer made and cancelled for every command)."""
+        One watchdog timer per connection and a deadline moved once per command line, rather than
+        an asyncio.timeout per read (a timer made and cancelled for every command). The deadline is
+        for the whole line: bytes of a half-sent line do not move it (a slowloris client that sends
+        one byte now and then is closed at the deadline, not kept for ever)."""
         loop = asyncio.get_running_loop()
-        self._deadline = loop.time() + self._idle_timeout
+        if not self._line_started:
+            self._line_started = True
+            self._deadline = loop.time() + self._idle_timeout
         if self._watchdog is None:
             self._watchdog = loop.call_at(self._deadline, self._watchdog_due)
         self._reader_task = asyncio.current_task()
@@ -129,6 +145,7 @@ class StreamConnection:
         while True:
             line = self.receiver.next_line()
             if not isinstance(line, NeedData):
+                self.line_done()
                 return line
             try:
                 await self.read_more()
@@ -160,6 +177,7 @@ class Pop3Server:
         self._tls_context: ssl.SSLContext | None = None
         self._connections: dict[asyncio.Task[None], StreamConnection] = {}
         self._read_ahead = read_ahead_budget(settings)
+        self._limiter = ConnectionLimiter(settings.pop3_max_connections, settings.pop3_max_connections_per_ip)
         self._closed = asyncio.Event()
         self._stopping = False
 
@@ -213,12 +231,24 @@ class Pop3Server:
             idle_timeout=self.settings.pop3_idle_timeout,
             remote_ip=client_address[0] if client_address else "",
         )
+        refusal = self._limiter.refusal(conn.remote_ip)
+        if refusal is not None:
+            # RFC 2449 §8.1.2 / RFC 3206 §4: a greeting -ERR with a response code, then close
+            connection_refused("pop3", refusal, conn.remote_ip, conn.local_ip)
+            text = "too many connections" + (" from your address" if refusal == "per_ip" else "")
+            with contextlib.suppress(Exception):
+                writer.write(err(f"{text}, try again later", "SYS/TEMP"))
+                await asyncio.wait_for(writer.drain(), CLOSE_TIMEOUT)
+            writer.close()
+            return
+        self._limiter.acquire(conn.remote_ip)
         self._connections[task] = conn
         session = Pop3Session(self.settings, self._mailstore, conn, read_ahead=self._read_ahead)
         try:
             await self._serve(conn, session)
         finally:
             conn.close_watchdog()
+            self._limiter.release(conn.remote_ip)
             self._connections.pop(task, None)
             # the lease must go back even when this task is being cancelled
             with contextlib.suppress(Exception, asyncio.CancelledError):
@@ -242,6 +272,7 @@ class Pop3Server:
                     finally:
                         conn.idle = False
                     continue
+                conn.line_done()
                 if isinstance(event, LineTooLong):
                     await conn.send(err("line too long"))
                     continue

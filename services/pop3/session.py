@@ -19,6 +19,7 @@ import time
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import Protocol
 
+from mailstack.services.common.auth_log import AuthResult, auth_event, new_session_id
 from mailstack.services.common.config import Settings
 from mailstack.services.common.metrics import (
     COMMAND_SECONDS,
@@ -33,7 +34,7 @@ from mailstack.v1 import mailstore_pb2 as pb
 from opentelemetry import trace
 from prometheus_client import Histogram
 
-from .mailstore import AuthFailed, Lease, MailstoreError, MessageGone, Pop3Mailstore, Snapshot
+from .mailstore import AuthFailed, AuthThrottled, Lease, MailstoreError, MessageGone, Pop3Mailstore, Snapshot
 from .protocol import BodyLineLimit, Command, DotStuffer, LineTooLong, SaslError, decode_plain, err, multiline, ok
 from .read_ahead import MAX_MESSAGES, PER_SESSION
 
@@ -70,6 +71,8 @@ class Connection(Protocol):
     def can_start_tls(self) -> bool: ...
     @property
     def remote_ip(self) -> str: ...
+    @property
+    def local_ip(self) -> str: ...
     async def send(self, data: bytes) -> None: ...
     async def read_line(self) -> bytes | LineTooLong | None:
         """The next raw line (a SASL response); None when the client went away."""
@@ -136,6 +139,8 @@ class Pop3Session:
         self._sleep = sleep
         self._user: str | None = None  # from USER, waiting for PASS
         self._auth_failures = 0
+        self.session_id = new_session_id()  # in the login and logout log lines
+        self._auth_method = ""  # USER or PLAIN, once logged in
         self._snapshot = Snapshot(0, ())
         self._deleted: set[int] = set()  # message numbers marked by DELE
         # bodies fetched ahead of their RETR, held dot-stuffed and terminated
@@ -190,6 +195,8 @@ class Pop3Session:
             return
         self._closed = True
         OPEN_SESSIONS.dec()
+        if self._auth_method:
+            self._auth_event("logout", self.account, self._auth_method)
         filling = self._ahead.drop()
         if filling is not None:
             with contextlib.suppress(asyncio.CancelledError):
@@ -260,7 +267,7 @@ class Pop3Session:
             await self.conn.send(err("USER first"))
             return False
         user, self._user = self._user, None
-        return await self._login(user, command.rest, "")
+        return await self._login(user, command.rest, "", "USER")
 
     async def _cmd_auth(self, command: Command) -> bool:
         # RFC 5034; "AUTH" alone lists the mechanisms (a common extension, RFC 5034 §4 note).
@@ -294,28 +301,49 @@ class Pop3Session:
         except SaslError as e:
             await self.conn.send(err(str(e)))
             return False
-        return await self._login(authcid, password, authzid)
+        return await self._login(authcid, password, authzid, "PLAIN")
 
-    async def _login(self, username: str, password: str, authzid: str) -> bool:
+    def _auth_event(self, result: AuthResult, user: str, method: str) -> None:
+        auth_event(
+            result,
+            protocol="pop3",
+            user=user,
+            remote_ip=self.conn.remote_ip,
+            local_ip=self.conn.local_ip,
+            method=method,
+            tls=self.conn.tls,
+            session=self.session_id,
+        )
+
+    async def _login(self, username: str, password: str, authzid: str, method: str) -> bool:
+        # The mailstore counts the attempt for this IP and account across all protocols (ADR 0009).
         ttl = self.settings.pop3_lease_ttl
         lease = Lease(LEASE_PREFIX, self.holder, ttl)
         try:  # the login takes the maildrop lock in the same call
             account, locked, snapshot = await self.mailstore.authenticate(
                 username, password, authzid, self.conn.remote_ip, lease
             )
-        except AuthFailed:
+        except (AuthFailed, AuthThrottled) as e:
             # Slowed and limited: each failure waits, the last one ends the connection.
-            self._auth_failures += 1
+            # RFC 3206: [AUTH] for credentials, [SYS/TEMP] for a refusal that goes away later.
+            throttled = isinstance(e, AuthThrottled)
+            self._auth_event("throttled" if throttled else "failed", username, method)
             await self._sleep(self.settings.pop3_auth_failure_delay_ms / 1000)
+            if throttled:  # not a failure of this connection: the mailstore hashed nothing
+                await self.conn.send(err("too many login attempts, try again later", "SYS/TEMP"))
+                return False
+            self._auth_failures += 1
             if self._auth_failures >= self.settings.pop3_max_auth_failures:
                 await self.conn.send(err("authentication failed; too many failures, closing", "AUTH"))
                 return True
             await self.conn.send(err("authentication failed", "AUTH"))
             return False
+        self._auth_event("ok", account, method)
         self.account = account
         if not locked:
             await self.conn.send(err("maildrop is locked by another POP3 session", "IN-USE"))
             return False
+        self._auth_method = method  # logged in: a logout line follows
         self._lease_held = True
         try:
             self._snapshot = snapshot if snapshot is not None else await self.mailstore.snapshot(account)

@@ -21,12 +21,13 @@ from typing import TYPE_CHECKING, TypeVar
 import grpc
 import grpc.aio
 from aiosmtpd.smtp import MISSING, AuthResult, Envelope, Session
+from mailstack.services.common.auth_log import AuthResult as AuthOutcome
+from mailstack.services.common.auth_log import auth_event, local_ip_of
 from mailstack.services.common.config import Settings
 from mailstack.services.common.grpc_client import error_detail
 from mailstack.services.common.metrics import SMTP_MESSAGES
 from mailstack.services.smtp import replies
 from mailstack.services.smtp.inflight import InflightBudget
-from mailstack.services.smtp.limits import AuthFailureLimiter
 from mailstack.services.smtp.received import trace_headers, with_protocol
 from mailstack.services.smtp.recipient_cache import RecipientCache
 from mailstack.v1 import mailstore_pb2 as pb
@@ -106,7 +107,6 @@ class SmtpHandler:
         kind: ListenerKind,
         settings: Settings,
         stub: pbg.MailstoreAsyncStub,
-        failed_auths: AuthFailureLimiter,
         outbound: spbg.OutboundAsyncStub | None = None,  # submission to other domains (ADR 0008)
         recipients: RecipientCache | None = None,  # shared by the listeners of one process
     ) -> None:
@@ -114,7 +114,6 @@ class SmtpHandler:
         self.recipients = recipients if recipients is not None else RecipientCache()
         self.settings = settings
         self.stub = stub
-        self.failed_auths = failed_auths
         self.outbound = outbound
         self.inflight = InflightBudget(settings.smtp_inflight_bytes)  # SmtpServer shares one across listeners
 
@@ -147,7 +146,7 @@ class SmtpHandler:
         if len(fields) != 3:
             return AuthResult(success=False, handled=False, message="501 5.5.2 Cannot split PLAIN credentials")
         authzid, username, password = fields
-        return await self._authenticate(server, username, password, authzid)
+        return await self._authenticate(server, username, password, authzid, "PLAIN")
 
     async def auth_LOGIN(self, server: SmtpProtocol, args: list[str]) -> AuthResult:
         if len(args) == 1:
@@ -163,13 +162,28 @@ class SmtpHandler:
         if password is MISSING:
             return AuthResult(success=False, handled=True)
         assert isinstance(username, bytes) and isinstance(password, bytes)
-        return await self._authenticate(server, username, password, b"")
+        return await self._authenticate(server, username, password, b"", "LOGIN")
 
-    async def _authenticate(self, server: SmtpProtocol, username: bytes, password: bytes, authzid: bytes) -> AuthResult:
+    def _auth_event(self, server: SmtpProtocol, result: AuthOutcome, user: str, method: str) -> None:
+        auth_event(
+            result,
+            protocol="smtp",
+            user=user,
+            remote_ip=server.client_ip,
+            local_ip=local_ip_of(server.transport.get_extra_info("sockname") if server.transport else None),
+            method=method,
+            tls=server.tls_active,
+            session=server.session_id,
+        )
+
+    def log_logout(self, server: SmtpProtocol, account: str) -> None:
+        self._auth_event(server, "logout", account, server.auth_method)
+
+    async def _authenticate(
+        self, server: SmtpProtocol, username: bytes, password: bytes, authzid: bytes, method: str
+    ) -> AuthResult:
+        # The mailstore counts the attempt for this IP and account across all protocols (ADR 0009).
         ip = _client_ip(server.session) if server.session else ""
-        if self.failed_auths.blocked(ip):  # another session of this IP may have used up the budget meanwhile
-            count("rejected", "auth_limited")
-            return AuthResult(success=False, handled=False, message=replies.AUTH_TOO_MANY)
         request = pb.AuthenticateRequest(
             username=username.decode("utf-8", "replace"),
             password=password.decode("utf-8", "replace"),
@@ -180,15 +194,21 @@ class SmtpHandler:
         try:
             reply = await self.stub.Authenticate(request, timeout=RPC_TIMEOUT)
         except grpc.aio.AioRpcError as err:
-            if err.code() in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.INVALID_ARGUMENT):
-                delay = self.failed_auths.record_failure(ip)
-                log.info("smtp auth failed ip=%s user=%s", ip, request.username)
-                count("rejected", "auth_failed")
-                await asyncio.sleep(delay)  # slows guessing down; the session waits, the server does not
-                return AuthResult(success=False, handled=False, message=replies.AUTH_FAILED)
+            detail = error_detail(err)
+            throttled = detail is not None and detail.reason == pb.AUTH_THROTTLED
+            if throttled or err.code() in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.INVALID_ARGUMENT):
+                self._auth_event(server, "throttled" if throttled else "failed", request.username, method)
+                count("rejected", "auth_limited" if throttled else "auth_failed")
+                # slows guessing down; the session waits, the server does not
+                await asyncio.sleep(self.settings.smtp_auth_failure_delay_ms / 1000)
+                # RFC 4954 §6: 454 4.7.0 is temporary (try later), 535 5.7.8 wrong credentials
+                return AuthResult(
+                    success=False, handled=False, message=replies.AUTH_TOO_MANY if throttled else replies.AUTH_FAILED
+                )
             log.warning("smtp auth: mailstore error %s", err.code().name)
             return AuthResult(success=False, handled=False, message=replies.AUTH_TEMP_FAILURE)
-        log.info("smtp auth ok ip=%s account=%s", ip, reply.account)
+        server.auth_method = method
+        self._auth_event(server, "ok", reply.account, method)
         return AuthResult(success=True, auth_data=reply.account, message=replies.AUTH_OK)
 
     # ---------------------------------------------------------------- MAIL

@@ -24,13 +24,14 @@ from collections.abc import Awaitable, Callable
 from typing import Any, AnyStr
 
 from aiosmtpd.smtp import SMTP, syntax
+from mailstack.services.common.auth_log import connection_refused, local_ip_of, new_session_id
 from mailstack.services.common.config import Settings
+from mailstack.services.common.connection_limits import ConnectionLimiter
 from mailstack.services.common.metrics import COMMAND_SECONDS, SESSIONS
 from mailstack.services.smtp import replies
 from mailstack.services.smtp.data import DataProblem, check_lines, read_chunk, read_data
 from mailstack.services.smtp.handler import SmtpHandler, count
 from mailstack.services.smtp.inflight import Reservation
-from mailstack.services.smtp.limits import ConnectionLimiter
 
 log = logging.getLogger("mailstack.smtp")
 
@@ -131,6 +132,8 @@ class SmtpProtocol(SMTP):
         self.client_ip = ""
         self.admitted = False
         self.refused = False
+        self.session_id = new_session_id()  # joins this connection's login and logout lines
+        self.auth_method = ""  # PLAIN or LOGIN once AUTH succeeded
         self.in_data = False
         self._greeted = False
         self._helo_reply = False
@@ -168,14 +171,17 @@ class SmtpProtocol(SMTP):
         if self.transport is None and self._original_transport is None:  # a new connection, not STARTTLS
             peer = self.client_address or transport.get_extra_info("peername")
             self.client_ip = str(peer[0]) if isinstance(peer, tuple) and peer else ""
-            if not self.limiter.acquire(self.client_ip):
+            refusal = self.limiter.refusal(self.client_ip)  # the per-IP share keeps room for other senders
+            if refusal is not None:
                 self.refused = True
-                log.info("smtp connection refused ip=%s: too many connections", self.client_ip)
+                local_ip = local_ip_of(transport.get_extra_info("sockname"))
+                connection_refused("smtp", refusal, self.client_ip, local_ip)
                 count("rejected", "too_many_connections")
                 assert isinstance(transport, asyncio.WriteTransport)
                 transport.write(replies.TOO_MANY_CONNECTIONS.encode() + b"\r\n")
                 transport.close()
                 return
+            self.limiter.acquire(self.client_ip)
             self.admitted = True
             self.sessions.add(self)
             _OPEN_SESSIONS.inc()
@@ -189,6 +195,8 @@ class SmtpProtocol(SMTP):
             return  # aiosmtpd never saw this connection
         if self.admitted:
             self.admitted = False
+            if self.auth_method and self.session is not None and self.session.authenticated:
+                self.handler.log_logout(self, str(self.session.auth_data))
             self.limiter.release(self.client_ip)
             self.sessions.discard(self)
             _OPEN_SESSIONS.dec()
@@ -240,10 +248,6 @@ class SmtpProtocol(SMTP):
     async def smtp_AUTH(self, arg: str) -> None:
         if not self.handler.kind.submission:
             await self.push(replies.AUTH_NOT_HERE)  # inbound MX: RFC 4954 AUTH is for submission only
-            return
-        if self.handler.failed_auths.blocked(self.client_ip):
-            count("rejected", "auth_limited")
-            await self.push(replies.AUTH_TOO_MANY)
             return
         await super().smtp_AUTH(arg)
 

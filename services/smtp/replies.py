@@ -38,7 +38,7 @@ TEMP_FAILURE = "451 4.3.0 Temporary storage failure, try again later"
 # RFC 3463 4.3.1 "mail system full" (RFC 1870 §6.1 at MAIL): the in-flight budget is spent.
 INSUFFICIENT_STORAGE = "452 4.3.1 Insufficient system storage, try again later"
 AUTH_FAILED = "535 5.7.8 Authentication credentials invalid"
-AUTH_TOO_MANY = "535 5.7.8 Too many failed authentications, try again later"
+AUTH_TOO_MANY = "454 4.7.0 Too many login attempts, try again later"
 AUTH_TEMP_FAILURE = "454 4.7.0 Temporary authentication failure"
 AUTH_NOT_HERE = "502 5.5.1 AUTH is not available on this port"
 TOO_MANY_CONNECTIONS = "421 4.7.0 Too many connections, try again later"

@@ -9,6 +9,7 @@ import time
 import grpc
 import grpc.aio
 from mailstack.services.common.config import Settings
+from mailstack.services.common.connection_limits import ConnectionLimiter
 from mailstack.services.common.grpc_client import mailstore_stub, open_channel
 from mailstack.services.common.proxy_listener import ProxyListener
 from mailstack.services.common.proxy_protocol import parse_networks
@@ -16,7 +17,6 @@ from mailstack.services.common.tls import ensure_self_signed, server_ssl_context
 from mailstack.services.outbound.stub import outbound_stub
 from mailstack.services.smtp.handler import INBOUND, SUBMISSION, SUBMISSIONS, ListenerKind, SmtpHandler
 from mailstack.services.smtp.inflight import InflightBudget
-from mailstack.services.smtp.limits import AuthFailureLimiter, ConnectionLimiter
 from mailstack.services.smtp.protocol import SmtpProtocol, protocol_factory, proxied_protocol_factory
 from mailstack.services.smtp.recipient_cache import RecipientCache
 
@@ -27,11 +27,6 @@ class SmtpServer:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.limiter = ConnectionLimiter(settings.smtp_max_connections, settings.smtp_max_connections_per_ip)
-        self.failed_auths = AuthFailureLimiter(
-            settings.smtp_auth_max_failures,
-            settings.smtp_auth_failure_window,
-            settings.smtp_auth_failure_delay_ms / 1000,
-        )
         self.sessions: set[SmtpProtocol] = set()
         # Trusted only while the channel to the mailstore is up (no RPC needed to know that).
         self.recipients = RecipientCache(usable=self._mailstore_connected)
@@ -71,9 +66,7 @@ class SmtpServer:
         ]
         try:
             for kind, port in ports:
-                handler = SmtpHandler(
-                    kind, settings, stub, self.failed_auths, outbound_stub(self._channel), self.recipients
-                )
+                handler = SmtpHandler(kind, settings, stub, outbound_stub(self._channel), self.recipients)
                 handler.inflight = self.inflight
                 if settings.proxy_protocol:  # ADR 0007: the header comes before TLS on 465
                     proxied = ProxyListener(

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mailstack.services.common.config import Settings
+from mailstack.services.mailstore.server import MailstoreServer
 from mailstack.services.smtp.server import SmtpServer
 from mailstack.v1 import mailstore_pb2 as pb
 
@@ -34,6 +35,7 @@ class SmtpStack:
     client: Client
     server: SmtpServer
     ports: dict[str, int]
+    mailstore: MailstoreServer  # its core holds the login throttle (ADR 0009)
 
     @property
     def cafile(self) -> str:
@@ -67,7 +69,7 @@ async def smtp_stack(tmp_path: Path, **overrides: object) -> AsyncIterator[SmtpS
         await server.start()
         ports = {name: int(address.rsplit(":", 1)[1]) for name, address in server.listeners}
         try:
-            yield SmtpStack(settings, client, server, ports)
+            yield SmtpStack(settings, client, server, ports, mailstore)
         finally:
             await server.stop(1.0)
 

@@ -86,8 +86,8 @@ def test_command_rate_slows_a_fast_client_but_answers_everything_in_order(tmp_pa
 
 
 def test_failed_logins_from_one_ip_block_even_the_right_password_until_the_window_passes(tmp_path: Path) -> None:
-    # one failure closes a connection; five from one IP (5 x the per-connection max) block the IP
-    with imap_env(tmp_path, imap_auth_max_failures=1, imap_auth_failure_window=2) as env:
+    # one failure closes a connection; five from one IP (the shared per-IP budget) block the IP
+    with imap_env(tmp_path, imap_auth_max_failures=1, auth_max_attempts_per_ip=5, auth_failure_window=2) as env:
         user = env.new_account()
         for i in range(5):
             raw = RawImap(env.port())
@@ -98,7 +98,7 @@ def test_failed_logins_from_one_ip_block_even_the_right_password_until_the_windo
             raw.close()
         raw = RawImap(env.port())
         reply = raw.command("l", f'LOGIN {user} "{PASSWORD}"')[-1]
-        assert reply == b"l NO [UNAVAILABLE] too many failed logins, try again later"
+        assert reply == b"l NO [UNAVAILABLE] too many login attempts from this address, try again later"
         reply = raw.command("a", "AUTHENTICATE PLAIN " + _plain(user, PASSWORD))[-1]
         assert reply.startswith(b"a NO [UNAVAILABLE]")
         deadline = time.monotonic() + 10

@@ -88,8 +88,8 @@ async def test_auth_failure_limit_spans_connections_until_the_window_passes(tmp_
     async with smtp_stack(
         tmp_path,
         allow_plaintext_auth=True,
-        smtp_auth_max_failures=3,
-        smtp_auth_failure_window=2,
+        auth_max_attempts_per_ip=3,
+        auth_failure_window=2,
         smtp_auth_failure_delay_ms=10,
     ) as stack:
         early = await RawSmtp.connect(stack.ports["submission"])  # opened before any failure
@@ -104,9 +104,9 @@ async def test_auth_failure_limit_spans_connections_until_the_window_passes(tmp_
         await fresh.greet()
         for smtp in (fresh, early):
             refused = await smtp.cmd("AUTH PLAIN " + plain(ALICE, PASSWORD))
-            assert refused.startswith("535 5.7.8") and "Too many" in refused, refused
+            assert refused.startswith("454 4.7.0") and "Too many" in refused, refused
         # Once the failures age out of the window, the right password works again.
-        assert await eventually(lambda: not stack.server.failed_auths.blocked("127.0.0.1"))
+        assert await eventually(lambda: not stack.mailstore.core.auth_throttle.blocked("127.0.0.1"))
         assert (await fresh.cmd("AUTH PLAIN " + plain(ALICE, PASSWORD))).startswith("235 2.7.0")
         for smtp in (fresh, early):
             await smtp.close()

@@ -7,10 +7,10 @@ import asyncio
 import datetime
 
 import pytest
+from mailstack.services.common.connection_limits import ConnectionLimiter
 from mailstack.services.smtp import replies
 from mailstack.services.smtp.data import DataProblem, read_data
 from mailstack.services.smtp.handler import SmtpHandler
-from mailstack.services.smtp.limits import AuthFailureLimiter, ConnectionLimiter
 from mailstack.services.smtp.received import trace_headers, with_protocol
 from mailstack.services.smtp.recipient_cache import RecipientCache
 from mailstack.v1 import mailstore_pb2 as pb
@@ -58,24 +58,6 @@ def test_connection_limiter_total_and_per_ip() -> None:
 def test_connection_limiter_zero_means_unlimited() -> None:
     limiter = ConnectionLimiter(max_total=0, max_per_ip=0)
     assert all(limiter.acquire("a") for _ in range(1000))
-
-
-def test_auth_failures_slow_down_then_block_until_the_window_passes() -> None:
-    now = [1000.0]
-    limiter = AuthFailureLimiter(max_failures=3, window=60, base_delay=0.5, clock=lambda: now[0])
-    assert not limiter.blocked("ip")
-    assert [limiter.record_failure("ip") for _ in range(3)] == [0.5, 1.0, 2.0]
-    assert limiter.blocked("ip") and not limiter.blocked("other")
-    now[0] += 61
-    assert not limiter.blocked("ip")
-    assert limiter.record_failure("ip") == 0.5  # the old failures aged out
-
-
-def test_auth_failure_delay_is_capped() -> None:
-    limiter = AuthFailureLimiter(max_failures=0, window=60, base_delay=1.0)
-    delays = [limiter.record_failure("ip") for _ in range(20)]
-    assert max(delays) == AuthFailureLimiter.MAX_DELAY
-    assert not limiter.blocked("ip")  # 0 = never blocked
 
 
 # ---------------------------------------------------------------- DATA reader

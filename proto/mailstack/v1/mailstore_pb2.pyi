@@ -65,6 +65,8 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """ABORTED (a lease is held by someone else)"""
     UIDVALIDITY_CHANGED: _ErrorReason.ValueType  # 14
     """FAILED_PRECONDITION"""
+    AUTH_THROTTLED: _ErrorReason.ValueType  # 15
+    """RESOURCE_EXHAUSTED (too many logins from this IP or at this account; later)"""
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """---------------------------------------------------------------- errors
@@ -101,6 +103,8 @@ LOCKED: ErrorReason.ValueType  # 13
 """ABORTED (a lease is held by someone else)"""
 UIDVALIDITY_CHANGED: ErrorReason.ValueType  # 14
 """FAILED_PRECONDITION"""
+AUTH_THROTTLED: ErrorReason.ValueType  # 15
+"""RESOURCE_EXHAUSTED (too many logins from this IP or at this account; later)"""
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015
 
 class _SpecialUse:

@@ -8,6 +8,7 @@ import binascii
 from typing import TYPE_CHECKING
 
 import grpc
+from mailstack.services.common.grpc_client import error_detail
 from mailstack.v1 import mailstore_pb2 as pb
 
 from ..errors import bad, from_grpc, no
@@ -35,13 +36,15 @@ def _plaintext_refused(session: Session) -> bool:
     return not session.conn.tls and not session.settings.allow_plaintext_auth
 
 
-async def _authenticate(session: Session, tag: str, username: str, password: str, authzid: str) -> Reply | None:
+async def _authenticate(
+    session: Session, tag: str, username: str, password: str, authzid: str, method: str
+) -> Reply | None:
+    """The mailstore checks the password and counts the attempt for this IP and account across
+    all protocols (ADR 0009); a throttled login is answered NO [UNAVAILABLE] (RFC 5530)."""
     from ..session import EndSession, Reply
 
     services = session.services
     ip = session.conn.remote_ip
-    if services.auth_throttle.blocked(ip):
-        raise no("too many failed logins, try again later", "UNAVAILABLE")
     try:
         reply = await session.stub.Authenticate(
             pb.AuthenticateRequest(
@@ -51,19 +54,26 @@ async def _authenticate(session: Session, tag: str, username: str, password: str
         )
     except grpc.RpcError as e:
         error = from_grpc(e)
-        if error.code != "AUTHENTICATIONFAILED":
+        detail = error_detail(e)
+        throttled = detail is not None and detail.reason == pb.AUTH_THROTTLED
+        if error.code != "AUTHENTICATIONFAILED" and not throttled:
             raise error from None
-        # slowed down, and a connection gets only a few tries
-        await asyncio.sleep(services.auth_throttle.failure(ip))
+        session.auth_event("throttled" if throttled else "failed", username, method)
+        # slowed down, and a connection gets only a few tries (a refusal costs the mailstore no hashing)
+        await asyncio.sleep(session.settings.imap_auth_failure_delay_ms / 1000)
+        if throttled:
+            raise error from None
         session.auth_failures += 1
         if session.auth_failures >= session.settings.imap_auth_max_failures:
             await session.send(tagged(tag, "NO", "authentication failed", "AUTHENTICATIONFAILED"))
             raise EndSession("too many failed logins") from None
         raise error from None
-    services.auth_throttle.success(ip)
     account = str(reply.account)
     if not services.limits.login(account):
+        session.auth_event("throttled", account, method)
         raise no("too many sessions for this account", "LIMIT")
+    session.auth_method = method
+    session.auth_event("ok", account, method)
     session.logged_in(account)
     return Reply("OK", "logged in", f"CAPABILITY {capabilities(session)}")
 
@@ -73,11 +83,13 @@ async def login(session: Session, command: Command) -> Reply | None:
     assert isinstance(command.args, Login)
     if _plaintext_refused(session):
         raise no("use STARTTLS first", "PRIVACYREQUIRED")
-    return await _authenticate(session, command.tag, command.args.username, command.args.password, "")
+    return await _authenticate(session, command.tag, command.args.username, command.args.password, "", "LOGIN")
 
 
 async def authenticate(session: Session, command: Command) -> Reply | None:
     # Command: RFC 9051 §6.2.2, RFC 4959 SASL-IR, RFC 4616 PLAIN
+    from ..session import EndSession
+
     assert isinstance(command.args, Authenticate)
     if command.args.mechanism.upper() != "PLAIN":
         raise no("unsupported mechanism; use PLAIN", "CANNOT")
@@ -86,10 +98,15 @@ async def authenticate(session: Session, command: Command) -> Reply | None:
     response = command.args.initial_response
     if response is None:
         await session.send(b"+ \r\n")  # an empty challenge (RFC 4616)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + session.read_timeout  # for the whole line, not per byte
         while True:
             line = session.conn.receiver.next_line()
             if isinstance(line, NeedData):
-                await session.conn.read_more(session.read_timeout)
+                try:
+                    await session.conn.read_more(max(0.0, deadline - loop.time()))
+                except TimeoutError:
+                    raise EndSession("autologout: idle for too long") from None
                 continue
             if isinstance(line, ParseError):
                 raise bad("response line too long")
@@ -103,7 +120,7 @@ async def authenticate(session: Session, command: Command) -> Reply | None:
         names = (authzid.decode(), username.decode(), password.decode())
     except (binascii.Error, ValueError, UnicodeDecodeError):
         raise bad("invalid PLAIN response") from None
-    return await _authenticate(session, command.tag, names[1], names[2], names[0])
+    return await _authenticate(session, command.tag, names[1], names[2], names[0], "PLAIN")
 
 
 HANDLERS = {"STARTTLS": starttls, "LOGIN": login, "AUTHENTICATE": authenticate}

@@ -71,6 +71,7 @@ class Recorder:
     tls = True
     can_start_tls = False
     remote_ip = "127.0.0.1"
+    local_ip = "127.0.0.1"
 
     def __init__(self) -> None:
         self.sent: list[bytes] = []

@@ -1,0 +1,88 @@
+"""The shared login throttle (ADR 0009) on its own, with a clock the test moves."""
+
+from __future__ import annotations
+
+import pytest
+from mailstack.services.common.auth_throttle import AuthThrottle, Throttled
+
+
+def throttle(per_ip: int = 3, per_account: int = 0, window: float = 60.0) -> tuple[AuthThrottle, list[float]]:
+    now = [1000.0]
+    return AuthThrottle(per_ip, per_account, window, clock=lambda: now[0]), now
+
+
+def test_attempts_in_progress_take_their_slot_before_they_finish() -> None:
+    limiter, _ = throttle(per_ip=3)
+    attempts = [limiter.begin("ip", f"user{i}") for i in range(3)]
+    with pytest.raises(Throttled, match="from this address"):
+        limiter.begin("ip", "user9")
+    attempts[0].succeeded()  # a success gives its slot back
+    limiter.begin("ip", "user9")
+
+
+def test_failures_count_until_the_window_passes() -> None:
+    limiter, now = throttle(per_ip=2, window=60)
+    for _ in range(2):
+        limiter.begin("ip", "bob").failed()
+    assert limiter.blocked("ip") and not limiter.blocked("other")
+    with pytest.raises(Throttled):
+        limiter.begin("ip", "alice")
+    now[0] += 61
+    assert not limiter.blocked("ip")
+    limiter.begin("ip", "alice").succeeded()
+    assert limiter.failures("ip") == 0
+
+
+def test_a_success_forgets_only_its_own_accounts_failures_from_that_ip() -> None:
+    limiter, _ = throttle(per_ip=5)
+    limiter.begin("ip", "alice").failed()
+    limiter.begin("ip", "bob").failed()
+    limiter.begin("ip", "bob").failed()
+    limiter.begin("ip", "alice").succeeded()
+    assert limiter.failures("ip") == 2  # bob's stay
+
+
+def test_the_account_limit_holds_across_addresses() -> None:
+    limiter, _ = throttle(per_ip=0, per_account=2)
+    limiter.begin("ip1", "bob").failed()
+    limiter.begin("ip2", "bob").failed()
+    with pytest.raises(Throttled, match="for this account"):
+        limiter.begin("ip3", "bob")
+    limiter.begin("ip3", "alice").succeeded()
+
+
+def test_an_abandoned_attempt_counts_nothing_and_a_token_success_forgets_nothing() -> None:
+    limiter, _ = throttle(per_ip=2)
+    limiter.begin("ip", "bob").abandoned()
+    assert limiter.failures("ip") == 0 and not limiter.blocked("ip")
+    limiter.begin("ip", "").failed()
+    attempt = limiter.begin("ip", "")
+    attempt.succeeded()
+    attempt.failed()  # ended once: ignored
+    assert limiter.failures("ip") == 1
+
+
+def test_zero_means_no_limit() -> None:
+    limiter, _ = throttle(per_ip=0, per_account=0)
+    for _ in range(1000):
+        limiter.begin("ip", "bob").failed()
+    assert not limiter.blocked("ip")
+
+
+def test_an_ipv6_64_is_one_client() -> None:
+    limiter, _ = throttle(per_ip=2)
+    limiter.begin("2001:db8:1:2::1", "bob").failed()
+    limiter.begin("2001:db8:1:2:ffff::9", "bob").failed()
+    assert limiter.blocked("2001:db8:1:2::77")
+    assert not limiter.blocked("2001:db8:1:3::1")
+    limiter.begin("::ffff:192.0.2.1", "bob").failed()  # a mapped IPv4 address is that address
+    assert limiter.failures("192.0.2.1") == 1
+
+
+def test_clients_that_never_come_back_are_forgotten() -> None:
+    limiter, now = throttle(per_ip=5, per_account=5, window=60)
+    for i in range(100):
+        limiter.begin(f"192.0.2.{i}", f"user{i}").failed()
+    now[0] += 61
+    limiter.begin("198.51.100.1", "alice").succeeded()
+    assert len(limiter._ips) == 0 and len(limiter._accounts) == 0
