@@ -94,7 +94,7 @@ def test_import_into_an_account(maildir: Path, mailstore: MailstoreProcess) -> N
     assert skipped == {"INBOX": (0, 3), "Archive/Été": (0, 1), "Sent": (0, 1)}, "a second run doubles nothing"
 
     async def check() -> None:
-        client = open_client(mailstore.address)
+        client = open_client(mailstore.address, mailstore.data_dir, mailstore.send_address)
         try:
             request = pb.FetchMetadataRequest(
                 account=ACCOUNT, mailbox="INBOX", fields=pb.MetadataFields(flags=True, internal_date=True)
