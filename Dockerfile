@@ -77,7 +77,8 @@ def served() -> list[str]:
 def check_mailstore() -> None:
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
-    port = os.environ.get("MAILSTACK_MAILSTORE_LISTEN", "0.0.0.0:50051").rpartition(":")[2]
+    # The internal port wants a client certificate (ADR 0009); the Send API port answers health in the clear.
+    port = os.environ.get("MAILSTACK_SEND_LISTEN", "0.0.0.0:50052").rpartition(":")[2]
     with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
         reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=4)
     if reply.status != health_pb2.HealthCheckResponse.SERVING:
