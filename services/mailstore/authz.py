@@ -85,7 +85,7 @@ def allowed(method: str) -> frozenset[str]:
 
 def caller_of(context: grpc.aio.ServicerContext) -> tuple[str | None, str]:
     """(identity, why not): the verified certificate's one name, or None and the reason."""
-    names = context.peer_identities()  # SAN DNS names, else the CN; None without a verified certificate
+    names = list(context.peer_identities() or ())  # SAN DNS names, else the CN; none without a verified certificate
     if not names:
         return None, "no client certificate"
     if len(names) != 1:
