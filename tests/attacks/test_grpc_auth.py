@@ -6,8 +6,11 @@ the CLI as a user runs it, and the multi-process topology configured as the mani
 
 from __future__ import annotations
 
+import imaplib
 import logging
 import os
+import poplib
+import smtplib
 import stat
 import subprocess
 import sys
@@ -43,6 +46,7 @@ from tests.fixtures.s3_server import S3Server
 from tests.fixtures.topology import Topology, admin_channel, build_topology, identity_of, start_topology
 
 ROOT = Path(__file__).resolve().parents[2]
+PORTS = ("SMTP", "SUBMISSION", "SUBMISSIONS", "IMAP", "IMAPS", "POP3", "POP3S")
 ALICE = "alice@example.test"
 TIMEOUT = 10.0
 
@@ -270,7 +274,7 @@ def test_the_table_covers_every_internal_rpc_and_denies_the_rest() -> None:
 
 @pytest.fixture
 def serving(tmp_path: Path) -> Iterator[tuple[Path, dict[str, str]]]:
-    """`mailstack serve mailstore` as a user starts it: zero configuration but a data folder and ports."""
+    """`mailstack serve` (all-in-one) as a user starts it: zero configuration but a data folder and ports."""
     data = tmp_path / "data"
     listen = f"127.0.0.1:{free_port()}"
     send = f"127.0.0.1:{free_port()}"
@@ -281,14 +285,17 @@ def serving(tmp_path: Path) -> Iterator[tuple[Path, dict[str, str]]]:
         MAILSTACK_MAILSTORE_ADDR=listen,
         MAILSTACK_SEND_LISTEN=send,
         MAILSTACK_ORPHAN_SWEEP_SECONDS="0",
+        MAILSTACK_ALLOW_PLAINTEXT_AUTH="true",
+        MAILSTACK_PASSWORD_SCRYPT_LOG_N="10",
+        **{f"MAILSTACK_{name}_PORT": str(free_port()) for name in PORTS},
     )
     with (tmp_path / "serve.log").open("wb") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "mailstack", "serve", "mailstore"], env=env, stdout=log, stderr=subprocess.STDOUT
+            [sys.executable, "-m", "mailstack", "serve"], env=env, stdout=log, stderr=subprocess.STDOUT
         )
     try:
         deadline = time.monotonic() + 30
-        while not health_check(send):
+        while not (health_check(send) and "data" in (tmp_path / "serve.log").read_text()):  # banner done
             assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "serve.log").read_text()
             time.sleep(0.1)
         yield data, env
@@ -309,6 +316,22 @@ def test_cli_zero_config_and_explicit_identities(serving: tuple[Path, dict[str, 
     # Zero configuration: the CLI finds DATA_DIR/grpc/admin.* by itself.
     added = mailstack(env, "user", "add", ALICE, "--password-stdin", stdin="pw-alice-123\n")
     assert added.returncode == 0, added.stderr
+    # Every frontend of the process calls with its own identity: SMTP delivers, IMAP and POP3 read.
+    with smtplib.SMTP("127.0.0.1", int(env["MAILSTACK_SMTP_PORT"]), timeout=30) as smtp:
+        assert smtp.sendmail("bob@remote.test", [ALICE], b"Subject: mTLS\r\n\r\nhello\r\n") == {}
+    imap = imaplib.IMAP4("127.0.0.1", int(env["MAILSTACK_IMAP_PORT"]), timeout=30)
+    try:
+        imap.login(ALICE, "pw-alice-123")
+        assert imap.select("INBOX") == ("OK", [b"1"])
+    finally:
+        imap.logout()
+    pop3 = poplib.POP3("127.0.0.1", int(env["MAILSTACK_POP3_PORT"]), timeout=30)
+    try:
+        pop3.user(ALICE)
+        pop3.pass_("pw-alice-123")
+        assert pop3.stat()[0] == 1
+    finally:
+        pop3.quit()
     # Elsewhere (another folder, as in a Job): identity files given by settings, as `mailstack ca issue` writes.
     elsewhere = {k: v for k, v in env.items() if k != "MAILSTACK_DATA_DIR"}
     elsewhere["MAILSTACK_DATA_DIR"] = str(tmp_path / "job")
