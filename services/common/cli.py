@@ -465,7 +465,7 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     tune_allocator()
     try:
         asyncio.run(run_services(settings, args.services))
-    except ServeError as err:
+    except (ServeError, IdentityError) as err:  # IdentityError: a gRPC identity file missing or unreadable
         raise CommandError(str(err)) from None
     return EXIT_OK
 

@@ -143,6 +143,11 @@ class AuthzInterceptor(grpc.aio.ServerInterceptor):
     """Checks POLICY before the handler runs. Interceptors see only the method and metadata, so the
     check is wrapped around the handler's behaviour, where the call's auth context is known."""
 
+    def __init__(self) -> None:
+        # method -> (handler, guarded handler): the servicers' handlers are the same object call after
+        # call, so the wrapper is built once per method, not per call.
+        self._guarded: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
+
     async def intercept_service(
         self,
         continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
@@ -153,12 +158,17 @@ class AuthzInterceptor(grpc.aio.ServerInterceptor):
         allowed_names = allowed(method)
         if handler is None or ANYONE in allowed_names:
             return handler  # unknown methods stay UNIMPLEMENTED; health stays open
+        cached = self._guarded.get(method)
+        if cached is not None and cached[0] is handler:
+            return cached[1]
         for attr, make in _KINDS:
             behavior = getattr(handler, attr)
             if behavior is not None:
-                return make(
+                guarded = make(
                     _guarded(behavior, method, allowed_names),
                     request_deserializer=handler.request_deserializer,
                     response_serializer=handler.response_serializer,
                 )
-        return handler
+                self._guarded[method] = (handler, guarded)
+                return guarded
+        return None  # type: ignore[return-value]  # a handler of no known kind: refused (fail closed)

@@ -28,6 +28,7 @@ from mailstack.services.common.config import Settings
 from mailstack.services.common.grpc_client import (
     TLS_CHANNEL_OPTIONS,
     Identity,
+    IdentityError,
     identity_for,
     open_channel,
     open_sync_channel,
@@ -252,6 +253,15 @@ async def test_reflection_is_off_by_default_and_admin_only_when_on(tmp_path: Pat
             assert await list_services(smtp) == grpc.StatusCode.PERMISSION_DENIED
         async with grpc.aio.insecure_channel(server.send_address) as service:
             assert await list_services(service) == grpc.StatusCode.UNIMPLEMENTED
+
+
+async def test_a_missing_identity_file_stops_the_start_not_the_checks(tmp_path: Path) -> None:
+    """Explicit identity settings that point nowhere are an error, never a fallback to no TLS."""
+    settings = settings_for(tmp_path, grpc_cert=str(tmp_path / "none.crt"), grpc_key=str(tmp_path / "none.key"))
+    with pytest.raises(IdentityError, match=r"gRPC identity mailstore: .*No such file"):
+        await MailstoreServer(settings).start()
+    with pytest.raises(IdentityError, match="both"):
+        identity_for(settings_for(tmp_path, grpc_cert=str(tmp_path / "a.crt")), "smtp")
 
 
 def test_the_table_covers_every_internal_rpc_and_denies_the_rest() -> None:
