@@ -88,7 +88,7 @@ def test_labels_healthcheck_ports_and_command() -> None:
     (healthcheck,) = instructions(runtime, "HEALTHCHECK")
     assert healthcheck.endswith('CMD ["mailstack-healthcheck"]')
     exposed = {int(p) for p in " ".join(instructions(runtime, "EXPOSE")).split()}
-    assert exposed == MAIL_PORTS | {50051}
+    assert exposed == MAIL_PORTS | {50051, 50052}  # the internal API and the Send API
     assert instructions(runtime, "ENTRYPOINT") == ['["mailstack"]']
 
 
