@@ -40,6 +40,7 @@ from mailstack.v1 import mailstore_pb2 as pb
 from mailstack.v1 import mailstore_pb2_grpc as pbg
 from mailstack.v1 import send_pb2 as spb
 from mailstack.v1 import send_pb2_grpc as spbg
+from prometheus_client import REGISTRY
 
 from tests.fixtures.mailstore import free_port, health_check, identity_env, settings_for
 from tests.fixtures.redis_server import RedisServer
@@ -150,6 +151,8 @@ async def test_a_certificate_from_another_ca_is_refused(tmp_path: Path) -> None:
 
 async def test_each_frontend_may_call_only_what_it_needs(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="mailstack.mailstore.authz")
+    metric = ("mailstack_grpc_refusals_total", {"reason": "permission_denied"})
+    refused_before = REGISTRY.get_sample_value(*metric) or 0.0
     async with embedded(tmp_path) as (server, settings):
         async with channel_as(server.address, identity_for(settings, "admin")) as admin:
             await pbg.AdminStub(admin).CreateAccount(pb.CreateAccountRequest(name=ALICE, password="pw-alice-12"))
@@ -197,6 +200,7 @@ async def test_each_frontend_may_call_only_what_it_needs(tmp_path: Path, caplog:
     assert all(r.peer.startswith("ipv4:127.0.0.1:") for r in refusals(caplog, "grpc call refused"))  # type: ignore[attr-defined]
     admin_calls = {(r.caller, r.method) for r in refusals(caplog, "admin call")}  # type: ignore[attr-defined]
     assert admin_calls == {("admin", "/mailstack.v1.Admin/CreateAccount")}
+    assert (REGISTRY.get_sample_value(*metric) or 0.0) - refused_before == len(refusals(caplog, "grpc call refused"))
 
 
 async def test_sender_only_on_the_service_port_and_internal_services_only_on_the_internal_one(
@@ -416,6 +420,10 @@ def test_topology_refuses_what_the_embedded_default_refuses(topology: Topology) 
         assert denied == grpc.StatusCode.PERMISSION_DENIED
     with open_sync_channel(topology.mailstore_addr, foreign_identity("admin")) as forged:
         listing = code(lambda: pbg.AdminStub(forged).ListAccounts(pb.ListAccountsRequest(), timeout=TIMEOUT))
+        assert listing == grpc.StatusCode.UNAVAILABLE
+    no_certificate = grpc.ssl_channel_credentials(root_certificates=identity_of(topology, "imap").ca)
+    with grpc.secure_channel(topology.mailstore_addr, no_certificate, options=TLS_CHANNEL_OPTIONS) as anonymous:
+        listing = code(lambda: pbg.AdminStub(anonymous).ListAccounts(pb.ListAccountsRequest(), timeout=TIMEOUT))
         assert listing == grpc.StatusCode.UNAVAILABLE
     with grpc.insecure_channel(topology.mailstore_addr) as plain:
         listing = code(lambda: pbg.AdminStub(plain).ListAccounts(pb.ListAccountsRequest(), timeout=TIMEOUT))
