@@ -619,7 +619,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"mailstack: {err}", file=sys.stderr)
         return EXIT_ERROR
     except Unreachable:
-        print(f"mailstack: mailstore not reachable at {address} (is `mailstack serve` running?)", file=sys.stderr)
+        print(
+            f"mailstack: mailstore not reachable at {address} (is `mailstack serve` running?"
+            " is the admin identity from its CA? see `mailstack ca`)",
+            file=sys.stderr,
+        )
         return EXIT_UNREACHABLE
     except KeyboardInterrupt:
         return 130

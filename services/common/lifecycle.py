@@ -153,6 +153,13 @@ def _prepare(settings: Settings, names: list[str], all_in_one: bool) -> str:
         Path(settings.data_dir).mkdir(parents=True, exist_ok=True)
     if not settings.tls_cert and (all_in_one or serves_frontend):
         ensure_self_signed(settings.effective_tls_cert, settings.effective_tls_key, settings.hostname)
+    if not all_in_one and MAILSTORE not in names and not settings.grpc_cert:
+        # Its own data folder would hold a CA of its own, which the mailstore does not trust.
+        log.warning(
+            "MAILSTACK_GRPC_CERT is not set: calling the mailstore with the identity in %s/grpc, which works "
+            "only when that is the mailstore's data folder (else issue one with `mailstack ca issue`)",
+            settings.data_dir,
+        )
     return str(Path(settings.data_dir).resolve())
 
 

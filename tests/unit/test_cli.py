@@ -184,7 +184,7 @@ def test_unreachable_mailstore_exits_2_quickly(tmp_path: Path) -> None:
         env={**os.environ, "MAILSTACK_DATA_DIR": str(tmp_path)},
     )
     assert proc.returncode == 2, proc.stderr
-    assert f"mailstore not reachable at 127.0.0.1:{port} (is `mailstack serve` running?)" in proc.stderr
+    assert f"mailstore not reachable at 127.0.0.1:{port} (is `mailstack serve` running?" in proc.stderr
     assert proc.stdout == ""
     assert time.monotonic() - started < 15
 
