@@ -42,9 +42,13 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     MAILSTACK_POP3S_PORT=995 \
     MAILSTACK_LOG_FORMAT=json
 
+# /grpc/* and /etc/mailstack/grpc*: mount points of the gRPC identity volumes (compose's grpc-init writes
+# them, ADR 0009); an empty named volume takes its owner from the image, so the unprivileged user can use it.
 RUN groupadd --system --gid 10001 mailstack \
  && useradd --system --uid 10001 --gid 10001 --home-dir /data --no-create-home --shell /usr/sbin/nologin mailstack \
- && install -d -o 10001 -g 10001 -m 0750 /data
+ && install -d -o 10001 -g 10001 -m 0750 /data \
+ && install -d -o 10001 -g 10001 -m 0700 /grpc /grpc/ca /grpc/mailstore /grpc/smtp /grpc/imap /grpc/pop3 \
+      /grpc/outbound /grpc/admin /etc/mailstack /etc/mailstack/grpc /etc/mailstack/grpc-admin
 
 RUN --mount=type=bind,from=builder,source=/wheels,target=/wheels \
     pip install --no-cache-dir --no-index --find-links=/wheels mailstack
@@ -77,7 +81,8 @@ def served() -> list[str]:
 def check_mailstore() -> None:
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
-    port = os.environ.get("MAILSTACK_MAILSTORE_LISTEN", "0.0.0.0:50051").rpartition(":")[2]
+    # The internal port wants a client certificate (ADR 0009); the Send API port answers health in the clear.
+    port = os.environ.get("MAILSTACK_SEND_LISTEN", "0.0.0.0:50052").rpartition(":")[2]
     with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
         reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=4)
     if reply.status != health_pb2.HealthCheckResponse.SERVING:
@@ -110,8 +115,9 @@ PY
 
 USER 10001:10001
 WORKDIR /data
-# SMTP 25, submissions 465, submission 587, IMAP 143, IMAPS 993, POP3 110, POP3S 995, mailstore gRPC 50051
-EXPOSE 25 465 587 143 993 110 995 50051
+# SMTP 25, submissions 465, submission 587, IMAP 143, IMAPS 993, POP3 110, POP3S 995,
+# mailstore gRPC 50051 (internal, mTLS) and 50052 (Send API)
+EXPOSE 25 465 587 143 993 110 995 50051 50052
 STOPSIGNAL SIGTERM
 HEALTHCHECK --interval=30s --timeout=10s --start-period=20s --retries=3 CMD ["mailstack-healthcheck"]
 ENTRYPOINT ["mailstack"]

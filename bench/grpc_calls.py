@@ -46,7 +46,7 @@ async def main() -> None:
         # the cheapest allowed hash: the login row is about the call, not scrypt
         store = MailstoreProcess(Path(tmp) / "store", {env_name("password_scrypt_log_n"): "10"})
         store.start()
-        client = open_client(store.address)
+        client = open_client(store.address, store.data_dir, store.send_address)
         try:
             await client.admin.CreateAccount(pb.CreateAccountRequest(name=ACCOUNT, password=PASSWORD))
             for n in range(100):

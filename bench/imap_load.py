@@ -167,7 +167,7 @@ def start_mailstack(tmp: Path, clients: int) -> tuple[MailstoreProcess, subproce
     users = [f"u{i}@test" for i in range(1, clients + 1)]
 
     async def create() -> None:
-        client = open_client(store.address)
+        client = open_client(store.address, store.data_dir)
         for user in users:
             await client.admin.CreateAccount(pb.CreateAccountRequest(name=user, password=PASSWORD))
         await client.channel.close(None)

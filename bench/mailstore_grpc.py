@@ -37,8 +37,8 @@ def message(n: int, size: int) -> bytes:
     return head.encode() + body
 
 
-async def run(address: str, messages: int, size: int, concurrency: int) -> tuple[float, float]:
-    client = open_client(address)
+async def run(address: str, data_dir: Path, messages: int, size: int, concurrency: int) -> tuple[float, float]:
+    client = open_client(address, data_dir)
     for account in ACCOUNTS:
         await client.admin.CreateAccount(pb.CreateAccountRequest(name=account, password="Secret123"))
     queue: asyncio.Queue[int] = asyncio.Queue()
@@ -89,7 +89,7 @@ def main() -> None:
             rows.append(
                 (
                     "embedded (sqlite+file+memory)",
-                    *asyncio.run(run(proc.address, args.messages, args.size, args.concurrency)),
+                    *asyncio.run(run(proc.address, proc.data_dir, args.messages, args.size, args.concurrency)),
                 )
             )
         finally:
@@ -116,7 +116,7 @@ def main() -> None:
                 proc = MailstoreProcess(Path(tmp) / f"s3redis{cache}", {**env, env_name("blob_cache_bytes"): cache})
                 proc.start()
                 try:
-                    result = asyncio.run(run(proc.address, args.messages, args.size, args.concurrency))
+                    result = asyncio.run(run(proc.address, proc.data_dir, args.messages, args.size, args.concurrency))
                     rows.append((f"seaweedfs s3 + redis{label}", *result))
                 finally:
                     proc.stop()

@@ -98,7 +98,7 @@ def main() -> None:
 
         token = json.loads(out)["token"]
         total = args.messages * args.recipients
-        seconds = send_all(mailstore.address, token, args.messages, args.clients, args.recipients, args.size)
+        seconds = send_all(mailstore.send_address, token, args.messages, args.clients, args.recipients, args.size)
         print(f"Send into the queue:   {args.messages} calls ({total} remote recipients) in {seconds:.2f} s"
               f" = {args.messages / seconds:.0f} calls/s ({args.clients} clients, ~{args.size} B)")  # fmt: skip
         env = dict(mailstore.env)

@@ -128,8 +128,8 @@ def load_dovecot(peer_dir: Path, groups: list[list[bytes]], first_user: int) -> 
     return users
 
 
-async def load_mailstack(address: str, groups: list[list[bytes]]) -> list[str]:
-    client = open_client(address)
+async def load_mailstack(address: str, data_dir: Path, groups: list[list[bytes]]) -> list[str]:
+    client = open_client(address, data_dir)
     users = [f"bench{i}@example.test" for i in range(1, len(groups) + 1)]
     try:
         for user, group in zip(users, groups, strict=True):
@@ -196,7 +196,7 @@ async def main() -> None:
                 await asyncio.to_thread(process.start)
             await asyncio.sleep(1)  # start() returns once the port answers: let the later ones listen too
             print("loading mailstack over gRPC ...")
-            mailstack_users = await load_mailstack(mailstore.address, groups)
+            mailstack_users = await load_mailstack(mailstore.address, mailstore.data_dir, groups)
             results: dict[str, list[tuple[float, int]]] = {"mailstack": [], "dovecot": []}
             for _ in range(args.rounds):  # interleaved, so both see the same machine load
                 results["mailstack"].append(await measure(pop3.port, mailstack_users, per_user, args.per_line))

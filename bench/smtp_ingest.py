@@ -25,14 +25,14 @@ import tempfile
 import time
 from pathlib import Path
 
-import grpc
-
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from mailstack.services.common.config import Settings
+from mailstack.services.common.grpc_client import identity_for, open_sync_channel
 from mailstack.v1 import mailstore_pb2 as pb
 from mailstack.v1 import mailstore_pb2_grpc as pbg
 
-from tests.fixtures.mailstore import free_port
+from tests.fixtures.mailstore import free_port, health_check
 
 PEERS = Path("/work/shared/peers")
 PEER_SMTP = "127.0.0.1:23025"
@@ -85,6 +85,7 @@ class Mailstack:
     def __init__(self, backend: str, work: Path) -> None:
         self.work = work
         self.grpc_address = f"127.0.0.1:{free_port()}"
+        self.send_address = f"127.0.0.1:{free_port()}"  # its plaintext health tells when the mailstore is up
         self.smtp_port = free_port()
         self.env = dict(os.environ)
         self.env.update(
@@ -92,6 +93,7 @@ class Mailstack:
                 "MAILSTACK_DATA_DIR": str(work / "data"),
                 "MAILSTACK_MAILSTORE_LISTEN": self.grpc_address,
                 "MAILSTACK_MAILSTORE_ADDR": self.grpc_address,
+                "MAILSTACK_SEND_LISTEN": self.send_address,
                 "MAILSTACK_SMTP_PORT": str(self.smtp_port),
                 "MAILSTACK_SUBMISSION_PORT": str(free_port()),
                 "MAILSTACK_SUBMISSIONS_PORT": str(free_port()),
@@ -99,6 +101,7 @@ class Mailstack:
                 "MAILSTACK_LOG_LEVEL": "WARNING",
             }
         )
+        self.settings = Settings(data_dir=str(work / "data"))  # the identities both processes use (ADR 0009)
         self.extra: list[object] = []
         if backend == "s3-redis":
             from tests.fixtures.redis_server import RedisServer
@@ -132,19 +135,16 @@ class Mailstack:
             if name == "mailstore":
                 self._wait_grpc()
         self._wait_port(self.smtp_port)
-        channel = grpc.insecure_channel(self.grpc_address)
+        channel = open_sync_channel(self.grpc_address, identity_for(self.settings, "admin"))
         pbg.AdminStub(channel).CreateAccount(pb.CreateAccountRequest(name=ADDRESS, password="Secret123"), timeout=30)
         channel.close()
 
     def _wait_grpc(self) -> None:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
-            with grpc.insecure_channel(self.grpc_address) as channel:
-                try:
-                    grpc.channel_ready_future(channel).result(timeout=0.5)
-                    return
-                except grpc.FutureTimeoutError:
-                    pass
+            if health_check(self.send_address):
+                return
+            time.sleep(0.1)
         raise RuntimeError("mailstore did not start; see " + str(self.work / "mailstore.log"))
 
     def _wait_port(self, port: int) -> None:
@@ -160,7 +160,7 @@ class Mailstack:
         raise RuntimeError("smtp did not start; see " + str(self.work / "smtp.log"))
 
     def count(self) -> int:
-        with grpc.insecure_channel(self.grpc_address) as channel:
+        with open_sync_channel(self.grpc_address, identity_for(self.settings, "imap")) as channel:
             status = pbg.MailstoreStub(channel).GetMailboxStatus(
                 pb.MailboxStatusRequest(account=ADDRESS, name="INBOX"), timeout=30
             )

@@ -23,7 +23,15 @@ from typing import Any, TypeVar
 import grpc
 from mailstack.services.common.cli_fsck import add_fsck_parser
 from mailstack.services.common.config import Settings, describe, load_settings
-from mailstack.services.common.grpc_client import check_address, error_detail, error_message, open_sync_channel
+from mailstack.services.common.grpc_client import (
+    Identity,
+    IdentityError,
+    admin_identity,
+    check_address,
+    error_detail,
+    error_message,
+    open_sync_channel,
+)
 from mailstack.services.common.maildir import MaildirMessage, read_maildir
 from mailstack.v1 import mailstore_pb2 as pb
 from mailstack.v1 import mailstore_pb2_grpc as pbg
@@ -380,8 +388,13 @@ def _connected(channel: grpc.Channel, timeout: float) -> bool:
     return bool(reached) and reached[0] == grpc.ChannelConnectivity.READY
 
 
-def run_admin(address: str, command: Callable[[pbg.AdminStub, argparse.Namespace, Output], None], args: Any) -> None:
-    channel = open_sync_channel(address)
+def run_admin(
+    address: str,
+    command: Callable[[pbg.AdminStub, argparse.Namespace, Output], None],
+    args: Any,
+    identity: Identity,
+) -> None:
+    channel = open_sync_channel(address, identity)
     try:
         if not _connected(channel, CONNECT_TIMEOUT):
             raise Unreachable
@@ -398,6 +411,41 @@ def run_admin(address: str, command: Callable[[pbg.AdminStub, argparse.Namespace
 
 
 # ---------------------------------------------------------------- local commands
+
+
+def cmd_ca_init(settings: Settings, args: argparse.Namespace) -> int:
+    """The internal gRPC API's CA (ADR 0009): ca.crt and ca.key (0600) in a folder, unless there."""
+    import fcntl
+
+    from mailstack.services.common import internal_ca
+
+    folder = Path(args.dir) if args.dir else internal_ca.data_folder(settings.data_dir)
+    existed = (folder / "ca.crt").exists()
+    internal_ca.private_folder(folder)
+    with open(folder / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        internal_ca.ensure_ca(folder)
+    print(f"CA {'kept' if existed else 'created'}: {folder / 'ca.crt'} (keep {folder / 'ca.key'} secret)")
+    return EXIT_OK
+
+
+def cmd_ca_issue(settings: Settings, args: argparse.Namespace) -> int:
+    """An identity for a deployment: OUT/tls.crt, tls.key and ca.crt (a kubernetes.io/tls Secret's keys)."""
+    from mailstack.services.common import internal_ca
+
+    folder = Path(args.ca) if args.ca else internal_ca.data_folder(settings.data_dir)
+    if not (folder / "ca.key").exists():
+        raise CommandError(f"no CA in {folder}: run `mailstack ca init` first (or give --ca DIR)")
+    try:
+        written = internal_ca.issue_to_folder(folder, internal_ca.check_name(args.name), Path(args.out))
+    except (OSError, ValueError) as err:
+        raise CommandError(str(err)) from None
+    out = Path(args.out)
+    if not written:
+        print(f"{out / 'tls.crt'} exists; kept")
+    else:
+        print(f"identity {args.name.lower()}: {out / 'tls.crt'}, {out / 'tls.key'}, {out / 'ca.crt'}")
+    return EXIT_OK
 
 
 def cmd_config(settings: Settings, args: argparse.Namespace) -> int:
@@ -418,7 +466,7 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     tune_allocator()
     try:
         asyncio.run(run_services(settings, args.services))
-    except ServeError as err:
+    except (ServeError, IdentityError) as err:  # IdentityError: a gRPC identity file missing or unreadable
         raise CommandError(str(err)) from None
     return EXIT_OK
 
@@ -512,6 +560,17 @@ def build_parser() -> argparse.ArgumentParser:
     add(tokens, "list", "list tokens (never their secrets)", cmd_token_list)
     add(tokens, "revoke", "revoke a token at once", cmd_token_revoke).add_argument("name")
 
+    ca = commands.add_parser("ca", help="identities of the internal gRPC API (mTLS, ADR 0009)")
+    cas = ca.add_subparsers(dest="action", metavar="ACTION", required=True)
+    p = add(cas, "init", "create the internal CA (default in DATA_DIR/grpc, as `serve` does on first start)")
+    p.add_argument("--dir", help="folder for ca.crt and ca.key (default DATA_DIR/grpc)")
+    p.set_defaults(local=cmd_ca_init)
+    p = add(cas, "issue", "issue an identity: OUT/tls.crt, tls.key, ca.crt (names cert-manager uses)")
+    p.add_argument("name", help="smtp, imap, pop3, outbound, admin, or mailstore (the server)")
+    p.add_argument("--out", required=True, metavar="DIR", help="folder to write (a Secret's files)")
+    p.add_argument("--ca", metavar="DIR", help="the CA's folder (default DATA_DIR/grpc)")
+    p.set_defaults(local=cmd_ca_issue)
+
     dkim = commands.add_parser("dkim", help="DKIM signing keys")
     dkims = dkim.add_subparsers(dest="action", metavar="ACTION", required=True)
     p = add(dkims, "keygen", "write a new signing key and print the DNS TXT record to publish")
@@ -553,13 +612,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         except ValueError as err:
             print(f"mailstack: {err}", file=sys.stderr)
             return EXIT_UNREACHABLE
-        run_admin(address, args.handler, args)
+        try:
+            identity = admin_identity(settings)
+        except IdentityError as err:
+            raise CommandError(str(err)) from None
+        run_admin(address, args.handler, args, identity)
         return EXIT_OK
     except CommandError as err:
         print(f"mailstack: {err}", file=sys.stderr)
         return EXIT_ERROR
     except Unreachable:
-        print(f"mailstack: mailstore not reachable at {address} (is `mailstack serve` running?)", file=sys.stderr)
+        print(
+            f"mailstack: mailstore not reachable at {address} (is `mailstack serve` running?"
+            " is the admin identity from its CA? see `mailstack ca`)",
+            file=sys.stderr,
+        )
         return EXIT_UNREACHABLE
     except KeyboardInterrupt:
         return 130

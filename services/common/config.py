@@ -54,6 +54,20 @@ class Settings:
     # gRPC
     mailstore_listen: str = _setting("127.0.0.1:50051", "Where the mailstore's gRPC server listens.")
     mailstore_addr: str = _setting("127.0.0.1:50051", "The mailstore address the frontends and the CLI call.")
+    # Internal API identities (ADR 0009): mTLS with a small CA; empty = DATA_DIR/grpc, made on first start.
+    grpc_ca: str = _setting("", "CA certificate of the internal gRPC API (PEM); default DATA_DIR/grpc/ca.crt.")
+    grpc_cert: str = _setting(
+        "", "This process's gRPC identity certificate (mailstore: its server cert; a frontend: smtp, imap...)."
+    )
+    grpc_key: str = _setting("", "The key of MAILSTACK_GRPC_CERT.", secret=True)
+    grpc_admin_cert: str = _setting("", "Admin identity the CLI calls with (else DATA_DIR/grpc, else GRPC_CERT).")
+    grpc_admin_key: str = _setting("", "The key of MAILSTACK_GRPC_ADMIN_CERT.", secret=True)
+    grpc_reflection: bool = _setting(False, "Serve gRPC reflection on the internal port (admin identity only).")
+    send_listen: str = _setting(
+        "127.0.0.1:50052", "Where the Send API (Sender service, bearer tokens) listens; 0.0.0.0:50052 in containers."
+    )
+    send_tls_cert: str = _setting("", "PEM certificate for TLS on the Send API port (empty: plaintext).")
+    send_tls_key: str = _setting("", "The key of MAILSTACK_SEND_TLS_CERT.", secret=True)
 
     # frontends
     hostname: str = _setting("localhost", "This server's name in greetings and Received: headers.")

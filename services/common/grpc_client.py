@@ -1,7 +1,8 @@
 """Channels to the mailstore: one place for options, address forms and interceptors.
 
-Addresses are gRPC targets: "host:port" (plaintext; the mailstore is reached on
-loopback or inside the cluster) or "unix:/path/to/socket".
+Addresses are gRPC targets: "host:port" or "unix:/path/to/socket". Every channel to the internal
+API is mTLS with the caller's identity (ADR 0009): the client proves its name (smtp, imap, ...)
+with its certificate and checks that the server is "mailstore", whatever address it dials.
 
 Deliberately no automatic retries and no wait_for_ready: Append and Deliver are
 not idempotent, and a caller that cannot reach the mailstore must hear so at once
@@ -11,13 +12,22 @@ not idempotent, and a caller that cannot reach the mailstore must hear so at onc
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import AsyncGenerator
-from typing import Any, cast
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, cast
 
 import grpc
 import grpc.aio
+from mailstack.services.common import internal_ca
 from mailstack.v1 import mailstore_pb2 as pb
 from mailstack.v1 import mailstore_pb2_grpc as pbg
+
+if TYPE_CHECKING:
+    from mailstack.services.common.config import Settings
+
+log = logging.getLogger("mailstack.grpc")
 
 MiB = 1024 * 1024
 MAX_MESSAGE_SIZE = 8 * MiB  # bodies travel in <= 1 MiB chunks; metadata batches stay well below this
@@ -72,16 +82,99 @@ def client_interceptors() -> list[Any]:
     return client_trace_interceptors() if telemetry.tracing_enabled() else []
 
 
-def open_channel(address: str) -> grpc.aio.Channel:
-    """An asyncio channel for the services; close it with `await channel.close()`."""
-    return grpc.aio.insecure_channel(
-        check_address(address), options=CHANNEL_OPTIONS, interceptors=client_interceptors() or None
+class IdentityError(Exception):
+    """No usable gRPC identity: a message for the operator."""
+
+
+@dataclass(frozen=True)
+class Identity:
+    """A caller's (or the mailstore's) credentials on the internal API: PEM bytes, read once."""
+
+    name: str
+    ca: bytes
+    cert: bytes
+    key: bytes
+
+    def channel_credentials(self) -> grpc.ChannelCredentials:
+        return grpc.ssl_channel_credentials(
+            root_certificates=self.ca, private_key=self.key, certificate_chain=self.cert
+        )
+
+    def server_credentials(self) -> grpc.ServerCredentials:
+        # A client certificate is required at the handshake: grpc's Python API can only require one
+        # or not ask for it at all (then no caller would have a name). ADR 0009.
+        return grpc.ssl_server_credentials([(self.key, self.cert)], root_certificates=self.ca, require_client_auth=True)
+
+
+def _read(name: str, ca: Path, cert: Path, key: Path) -> Identity:
+    try:
+        return Identity(name, ca.read_bytes(), cert.read_bytes(), key.read_bytes())
+    except OSError as err:
+        raise IdentityError(f"gRPC identity {name}: {err}") from None
+
+
+def _explicit(settings: Settings, name: str, cert: str, key: str) -> Identity:
+    if not (cert and key):
+        raise IdentityError("set both the gRPC certificate and its key, or neither")
+    ca = settings.grpc_ca or str(internal_ca.data_folder(settings.data_dir) / "ca.crt")
+    identity = _read(name, Path(ca), Path(cert), Path(key))
+    actual = internal_ca.certificate_name(identity.cert)
+    if actual != name:  # a frontend given another's Secret: the mailstore will refuse its calls
+        log.warning("gRPC certificate %s names %r, not %r", cert, actual, name, extra={"identity": actual})
+    return Identity(actual, identity.ca, identity.cert, identity.key)
+
+
+def identity_for(settings: Settings, name: str) -> Identity:
+    """The identity a service calls (or, for "mailstore", serves) with: the files MAILSTACK_GRPC_CERT,
+    _KEY and _CA name, else DATA_DIR/grpc/NAME.crt and .key, created with the CA on first use (the
+    embedded default: every service of `mailstack serve` on one data folder has its own name)."""
+    if settings.grpc_cert or settings.grpc_key:
+        return _explicit(settings, name, settings.grpc_cert, settings.grpc_key)
+    if settings.grpc_ca:
+        raise IdentityError(f"MAILSTACK_GRPC_CA is set: set MAILSTACK_GRPC_CERT and _KEY for {name} as well")
+    files = internal_ca.data_identity(settings.data_dir, name)
+    if not files.exists():
+        internal_ca.ensure_data_identities(settings.data_dir)
+    return _read(name, files.ca, files.cert, files.key)
+
+
+def admin_identity(settings: Settings) -> Identity:
+    """The CLI's identity, found without configuration: MAILSTACK_GRPC_ADMIN_CERT/_KEY, else the data
+    folder's admin identity, else MAILSTACK_GRPC_CERT/_KEY (a pod that holds only the admin Secret).
+    Never created here: a CLI pointed at the wrong data folder must say so, not make a new CA."""
+    if settings.grpc_admin_cert or settings.grpc_admin_key:
+        return _explicit(settings, internal_ca.ADMIN, settings.grpc_admin_cert, settings.grpc_admin_key)
+    files = internal_ca.data_identity(settings.data_dir, internal_ca.ADMIN)
+    if files.exists():
+        return _read(internal_ca.ADMIN, files.ca, files.cert, files.key)
+    if settings.grpc_cert or settings.grpc_key:
+        return _explicit(settings, internal_ca.ADMIN, settings.grpc_cert, settings.grpc_key)
+    raise IdentityError(
+        f"no admin identity in {files.cert.parent} (is MAILSTACK_DATA_DIR the mailstore's?); "
+        "or set MAILSTACK_GRPC_ADMIN_CERT, _ADMIN_KEY and MAILSTACK_GRPC_CA"
     )
 
 
-def open_sync_channel(address: str) -> grpc.Channel:
+# Clients check the server's certificate for this name, not for the address they dial (loopback,
+# a unix socket, a Service name): the CA is private, so the name is the identity, not a host name.
+TLS_CHANNEL_OPTIONS: list[tuple[str, Any]] = [("grpc.ssl_target_name_override", internal_ca.SERVER)]
+
+
+def open_channel(address: str, identity: Identity) -> grpc.aio.Channel:
+    """An asyncio mTLS channel to the internal API as `identity`; close it with `await channel.close()`."""
+    return grpc.aio.secure_channel(
+        check_address(address),
+        identity.channel_credentials(),
+        options=[*CHANNEL_OPTIONS, *TLS_CHANNEL_OPTIONS],
+        interceptors=client_interceptors() or None,
+    )
+
+
+def open_sync_channel(address: str, identity: Identity) -> grpc.Channel:
     """A blocking channel for the CLI (no interceptors: the CLI records no spans); close it with `channel.close()`."""
-    return grpc.insecure_channel(check_address(address), options=CHANNEL_OPTIONS)
+    return grpc.secure_channel(
+        check_address(address), identity.channel_credentials(), options=[*CHANNEL_OPTIONS, *TLS_CHANNEL_OPTIONS]
+    )
 
 
 def error_detail(err: grpc.RpcError) -> pb.ErrorDetail | None:

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import importlib
 import logging
 import os
 import signal
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Protocol, TextIO
 
@@ -25,7 +26,7 @@ import grpc.aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from mailstack.services.common import telemetry
 from mailstack.services.common.config import Settings
-from mailstack.services.common.grpc_client import CHANNEL_OPTIONS
+from mailstack.services.common.grpc_client import Identity, IdentityError, identity_for, open_channel
 from mailstack.services.common.metrics import MetricsServer
 from mailstack.services.common.tls import ensure_self_signed
 
@@ -93,6 +94,7 @@ class Readiness:
         self.started = False
         self.stopping = False
         self.mailstore_addr = ""  # set when this process runs frontends
+        self.identity: Callable[[], Identity] | None = None  # the mTLS identity of one of them
         self._channel: grpc.aio.Channel | None = None
 
     async def __call__(self) -> bool:
@@ -101,7 +103,14 @@ class Readiness:
         if not self.mailstore_addr:
             return True
         if self._channel is None:
-            self._channel = grpc.aio.insecure_channel(self.mailstore_addr, options=CHANNEL_OPTIONS)
+            if self.identity is None:
+                return False
+            try:
+                identity = await asyncio.to_thread(self.identity)
+            except (OSError, IdentityError) as err:
+                log.error("readiness: no gRPC identity: %s", err)
+                return False
+            self._channel = open_channel(self.mailstore_addr, identity)
         request = health_pb2.HealthCheckRequest(service="mailstack.v1.Mailstore")
         try:
             reply = await health_pb2_grpc.HealthStub(self._channel).Check(request, timeout=READY_CHECK_TIMEOUT)
@@ -144,6 +153,13 @@ def _prepare(settings: Settings, names: list[str], all_in_one: bool) -> str:
         Path(settings.data_dir).mkdir(parents=True, exist_ok=True)
     if not settings.tls_cert and (all_in_one or serves_frontend):
         ensure_self_signed(settings.effective_tls_cert, settings.effective_tls_key, settings.hostname)
+    if not all_in_one and MAILSTORE not in names and not settings.grpc_cert:
+        # Its own data folder would hold a CA of its own, which the mailstore does not trust.
+        log.warning(
+            "MAILSTACK_GRPC_CERT is not set: calling the mailstore with the identity in %s/grpc, which works "
+            "only when that is the mailstore's data folder (else issue one with `mailstack ca issue`)",
+            settings.data_dir,
+        )
     return str(Path(settings.data_dir).resolve())
 
 
@@ -233,6 +249,8 @@ async def _serve(
         print(f"{'mailstore':<10} {'(remote)':<12} {settings.mailstore_addr}", file=out, flush=True)
     if any(name != MAILSTORE for name in classes):
         readiness.mailstore_addr = frontend_settings.mailstore_addr
+        caller = next(name for name in classes if name != MAILSTORE)
+        readiness.identity = functools.partial(identity_for, frontend_settings, caller)
     readiness.started = True
 
     closed: dict[asyncio.Future[Any], str] = {

@@ -102,6 +102,8 @@ OUTBOUND_QUEUE_DEPTH = Gauge(
     "mailstack_outbound_queue_depth",
     "Messages on the outbound queue with a recipient still pending (the whole queue, as this mailstore last saw it)",
 )
+# The internal gRPC API's refusals (ADR 0009): reason unauthenticated or permission_denied.
+GRPC_REFUSALS = Counter("mailstack_grpc_refusals", "Internal gRPC calls refused, by reason", ["reason"])
 
 READ_TIMEOUT = 10.0  # seconds for a scraper to send its request
 MAX_REQUEST_HEAD = 8192

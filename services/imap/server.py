@@ -15,7 +15,7 @@ import ssl
 import grpc.aio
 from mailstack.services.common.auth_log import connection_refused, local_ip_of
 from mailstack.services.common.config import Settings
-from mailstack.services.common.grpc_client import mailstore_stub, open_channel
+from mailstack.services.common.grpc_client import identity_for, mailstore_stub, open_channel
 from mailstack.services.common.listeners import (
     CLOSE_TIMEOUT,
     TLS_HANDSHAKE_TIMEOUT,
@@ -124,7 +124,7 @@ class ImapServer:
         if not settings.tls_cert:
             await asyncio.to_thread(ensure_self_signed, cert, key, settings.hostname)
         self._tls_context = server_ssl_context(cert, key)
-        self._channel = open_channel(settings.mailstore_addr)
+        self._channel = open_channel(settings.mailstore_addr, await asyncio.to_thread(identity_for, settings, "imap"))
         stub = mailstore_stub(self._channel)
         notifier = Notifier(settings.events_url, stub)
         await notifier.start()

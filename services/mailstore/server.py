@@ -1,7 +1,14 @@
-"""The mailstore's grpc.aio server: Mailstore + Admin services, health checking, reflection."""
+"""The mailstore's two grpc.aio servers (ADR 0009).
+
+The internal API (Mailstore, Admin, SendAdmin, Outbound) listens on `mailstore_listen`, mTLS only,
+each call checked against services/mailstore/authz.py. The service API (Sender: Send and
+GetSendStatus, bearer tokens) listens on `send_listen`, so a firewall or NetworkPolicy can open it to
+applications without exposing the internal one. Both answer gRPC health checks.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 import grpc
@@ -9,8 +16,10 @@ from grpc_health.v1 import _async as health_aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from mailstack.services.common.config import Settings
-from mailstack.services.common.grpc_client import SERVER_OPTIONS
+from mailstack.services.common.grpc_client import SERVER_OPTIONS, identity_for
 from mailstack.services.common.grpc_tracing import server_interceptors
+from mailstack.services.common.internal_ca import SERVER
+from mailstack.services.mailstore.authz import AuthzInterceptor
 from mailstack.services.mailstore.core import MailstoreCore
 from mailstack.services.mailstore.send_servicer import OutboundServicer, SendAdminServicer, SenderServicer
 from mailstack.services.mailstore.sending import Sending
@@ -20,7 +29,29 @@ from mailstack.v1 import mailstore_pb2, mailstore_pb2_grpc, send_pb2_grpc
 log = logging.getLogger("mailstack.mailstore")
 
 SERVICE_NAMES = ("mailstack.v1.Mailstore", "mailstack.v1.Admin")
-SEND_SERVICE_NAMES = ("mailstack.v1.Sender", "mailstack.v1.SendAdmin", "mailstack.v1.Outbound")  # send.proto
+SEND_SERVICE_NAMES = ("mailstack.v1.SendAdmin", "mailstack.v1.Outbound")  # send.proto, internal
+SENDER_SERVICE = "mailstack.v1.Sender"  # the service port's only service
+
+
+def _bind(server: grpc.aio.Server, listen: str, credentials: grpc.ServerCredentials | None) -> str:
+    """Listen on `listen`; the address actually bound (port 0 = any free port)."""
+    if credentials is None:
+        port = server.add_insecure_port(listen)
+    else:
+        port = server.add_secure_port(listen, credentials)
+    if port == 0 and not listen.startswith("unix:"):
+        raise OSError(f"cannot listen on {listen}")
+    return listen if listen.startswith("unix:") else f"{listen.rsplit(':', 1)[0]}:{port}"
+
+
+def _send_credentials(settings: Settings) -> grpc.ServerCredentials | None:
+    """Server TLS on the service port when a certificate is set, else plaintext (ADR 0009)."""
+    if bool(settings.send_tls_cert) != bool(settings.send_tls_key):
+        raise ValueError("set both MAILSTACK_SEND_TLS_CERT and MAILSTACK_SEND_TLS_KEY, or neither")
+    if not settings.send_tls_cert:
+        return None
+    with open(settings.send_tls_cert, "rb") as cert, open(settings.send_tls_key, "rb") as key:
+        return grpc.ssl_server_credentials([(key.read(), cert.read())])
 
 
 class MailstoreServer:
@@ -29,56 +60,76 @@ class MailstoreServer:
         self.core: MailstoreCore | None = None
         self.sending: Sending | None = None
         self._server: grpc.aio.Server | None = None
+        self._send_server: grpc.aio.Server | None = None
         self._health = health_aio.HealthServicer()
         self._address = ""
+        self._send_address = ""
 
     @property
     def address(self) -> str:
+        """The internal API's address (mTLS)."""
         return self._address
 
     @property
+    def send_address(self) -> str:
+        """The service API's address (Sender, bearer tokens)."""
+        return self._send_address
+
+    @property
     def listeners(self) -> list[tuple[str, str]]:
-        return [("gRPC", self._address)]
+        return [("gRPC", self._address), ("Send API", self._send_address)]
 
     async def start(self) -> None:
+        # Identities first (the embedded default creates its CA here), before anything listens.
+        identity = await asyncio.to_thread(identity_for, self.settings, SERVER)
+        send_credentials = await asyncio.to_thread(_send_credentials, self.settings)
         self.core = await MailstoreCore.open(self.settings)
         # Clients ping every 20 s (a dead mailstore is noticed); accept those pings.
-        server = grpc.aio.server(
-            options=[*SERVER_OPTIONS, ("grpc.so_reuseport", 0)],
-            interceptors=server_interceptors(),  # a span per RPC, continuing the caller's trace
-        )
+        options = [*SERVER_OPTIONS, ("grpc.so_reuseport", 0)]
+        server = grpc.aio.server(options=options, interceptors=[AuthzInterceptor(), *server_interceptors()])
         mailstore_pb2_grpc.add_MailstoreServicer_to_server(MailstoreServicer(self.core), server)
         mailstore_pb2_grpc.add_AdminServicer_to_server(AdminServicer(self.core), server)
         self.sending = sending = Sending.open(self.core)
-        send_pb2_grpc.add_SenderServicer_to_server(SenderServicer(sending), server)
         send_pb2_grpc.add_SendAdminServicer_to_server(SendAdminServicer(sending), server)
         send_pb2_grpc.add_OutboundServicer_to_server(OutboundServicer(sending), server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
-        names = [
-            *(mailstore_pb2.DESCRIPTOR.services_by_name[n.split(".")[-1]].full_name for n in SERVICE_NAMES),
-            *SEND_SERVICE_NAMES,
-            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-            reflection.SERVICE_NAME,
-        ]
-        reflection.enable_server_reflection(names, server)
-        listen = self.settings.mailstore_listen
-        port = server.add_insecure_port(listen)
-        if port == 0 and not listen.startswith("unix:"):
-            raise OSError(f"cannot listen on {listen}")
-        self._address = listen if listen.startswith("unix:") else f"{listen.rsplit(':', 1)[0]}:{port}"
-        await server.start()
-        self._server = server
-        for name in ("", *SERVICE_NAMES, *SEND_SERVICE_NAMES):
+        if self.settings.grpc_reflection:  # off by default; the authz table lets only admin use it
+            names = [
+                *(mailstore_pb2.DESCRIPTOR.services_by_name[n.split(".")[-1]].full_name for n in SERVICE_NAMES),
+                *SEND_SERVICE_NAMES,
+                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                reflection.SERVICE_NAME,
+            ]
+            reflection.enable_server_reflection(names, server)
+        send_server = grpc.aio.server(options=options, interceptors=server_interceptors())
+        send_pb2_grpc.add_SenderServicer_to_server(SenderServicer(sending), send_server)
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, send_server)
+        try:
+            self._address = _bind(server, self.settings.mailstore_listen, identity.server_credentials())
+            self._send_address = _bind(send_server, self.settings.send_listen, send_credentials)
+            await server.start()
+            self._server = server
+            await send_server.start()
+            self._send_server = send_server
+        except BaseException:
+            await server.stop(None)
+            await send_server.stop(None)
+            self._server = self._send_server = None
+            await sending.close()
+            await self.core.close()
+            self.sending = self.core = None
+            raise
+        for name in ("", *SERVICE_NAMES, *SEND_SERVICE_NAMES, SENDER_SERVICE):
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
         self.core.start_background()
         sending.start_background()
-        log.info("mailstore listening on %s", self._address)
+        log.info("mailstore listening on %s (internal, mTLS) and %s (Send API)", self._address, self._send_address)
 
     async def stop(self, grace: float = 5.0) -> None:
         """Stop accepting, let running calls finish for up to grace seconds, close the backends."""
         await self._health.enter_graceful_shutdown()
-        if self._server is not None:
-            await self._server.stop(grace)
+        servers = [s for s in (self._server, self._send_server) if s is not None]
+        await asyncio.gather(*(s.stop(grace) for s in servers))
         if self.sending is not None:
             await self.sending.close()
             self.sending = None

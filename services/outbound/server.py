@@ -20,7 +20,7 @@ from typing import cast
 import grpc
 import grpc.aio
 from mailstack.services.common.config import Settings
-from mailstack.services.common.grpc_client import open_channel
+from mailstack.services.common.grpc_client import identity_for, open_channel
 from mailstack.services.common.metrics import OUTBOUND_ATTEMPTS
 from mailstack.services.outbound.delivery import Attempt, Outcome, Smarthost, SmtpDelivery
 from mailstack.services.outbound.resolver import MxHost, ResolveError, Resolver, open_resolver
@@ -65,7 +65,9 @@ class OutboundWorker:
         return [("worker", self.name)]
 
     async def start(self) -> None:
-        self._channel = open_channel(self.settings.mailstore_addr)
+        self._channel = open_channel(
+            self.settings.mailstore_addr, await asyncio.to_thread(identity_for, self.settings, "outbound")
+        )
         self._stub = cast("spbg.OutboundAsyncStub", spbg.OutboundStub(self._channel))
         self._loop_task = asyncio.create_task(self._run(), name="outbound-worker")
         log.info("outbound worker %s started (resolver %s)", self.name, self.settings.outbound_resolver)

@@ -17,7 +17,7 @@ import grpc.aio
 from mailstack.services.common.auth_log import connection_refused, local_ip_of
 from mailstack.services.common.config import Settings
 from mailstack.services.common.connection_limits import ConnectionLimiter
-from mailstack.services.common.grpc_client import open_channel
+from mailstack.services.common.grpc_client import identity_for, open_channel
 from mailstack.services.common.listeners import (
     CLOSE_TIMEOUT,
     TLS_HANDSHAKE_TIMEOUT,
@@ -191,7 +191,7 @@ class Pop3Server:
         if not settings.tls_cert:
             await asyncio.to_thread(ensure_self_signed, cert, key, settings.hostname)
         self._tls_context = server_ssl_context(cert, key)
-        self._channel = open_channel(settings.mailstore_addr)
+        self._channel = open_channel(settings.mailstore_addr, await asyncio.to_thread(identity_for, settings, "pop3"))
         self._mailstore = Pop3Mailstore(self._channel)
         try:
             ports = [("POP3 (STLS)", settings.pop3_port, False), ("POP3S", settings.pop3s_port, True)]

@@ -10,7 +10,7 @@ import grpc
 import grpc.aio
 from mailstack.services.common.config import Settings
 from mailstack.services.common.connection_limits import ConnectionLimiter
-from mailstack.services.common.grpc_client import mailstore_stub, open_channel
+from mailstack.services.common.grpc_client import identity_for, mailstore_stub, open_channel
 from mailstack.services.common.proxy_listener import ProxyListener
 from mailstack.services.common.proxy_protocol import parse_networks
 from mailstack.services.common.tls import ensure_self_signed, server_ssl_context
@@ -56,7 +56,7 @@ class SmtpServer:
         if not settings.tls_cert:  # self-signed on first start (a no-op when the files exist)
             await asyncio.to_thread(ensure_self_signed, cert, key, settings.hostname)
         tls = await asyncio.to_thread(server_ssl_context, cert, key)
-        self._channel = open_channel(settings.mailstore_addr)
+        self._channel = open_channel(settings.mailstore_addr, await asyncio.to_thread(identity_for, settings, "smtp"))
         stub = mailstore_stub(self._channel)
         loop = asyncio.get_running_loop()
         ports = [

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.fixtures.imap_server import ImapEnv, RawImap, imap_env, message
-from tests.fixtures.mailstore import free_port
+from tests.fixtures.mailstore import free_port, identity_env
 from tests.fixtures.redis_server import RedisServer
 
 WAIT = 10.0  # generous bound for a pushed line (never a timing assertion)
@@ -147,6 +147,7 @@ def _serve_imap(
             "MAILSTACK_IMAPS_PORT": str(free_port()),
             "MAILSTACK_ALLOW_PLAINTEXT_AUTH": "1",
             "MAILSTACK_IMAP_POLL_INTERVAL": "3600",
+            **identity_env(env.settings.data_dir, "imap"),  # its own folder: the identity by settings
         }
     )
     environ.update(extra or {})

@@ -73,28 +73,30 @@ def mailstore(tmp_path: Path) -> Iterator[MailstoreProcess]:
         process.stop()
 
 
-def cli(address: str, *args: str) -> subprocess.CompletedProcess[str]:
+def cli(mailstore: MailstoreProcess, *args: str) -> subprocess.CompletedProcess[str]:
+    """The CLI as an operator runs it beside the mailstore: it finds the admin identity in its data folder."""
     return subprocess.run(
-        [sys.executable, "-m", "mailstack", "--mailstore", address, *args],
+        [sys.executable, "-m", "mailstack", "--mailstore", mailstore.address, *args],
         capture_output=True,
         text=True,
         timeout=120,
+        env={**os.environ, "MAILSTACK_DATA_DIR": str(mailstore.data_dir)},
     )
 
 
 def test_import_into_an_account(maildir: Path, mailstore: MailstoreProcess) -> None:
-    added = cli(mailstore.address, "user", "add", ACCOUNT, "--password", "secret-pass-1")
+    added = cli(mailstore, "user", "add", ACCOUNT, "--password", "secret-pass-1")
     assert added.returncode == 0, added.stderr
-    result = cli(mailstore.address, "--json", "import", "maildir", str(maildir), ACCOUNT)
+    result = cli(mailstore, "--json", "import", "maildir", str(maildir), ACCOUNT)
     assert result.returncode == 0, result.stderr
     report = {r["mailbox"]: (r["imported"], r["failed"]) for r in json.loads(result.stdout)}
     assert report == {"INBOX": (3, []), "Archive/Été": (1, []), "Sent": (1, [])}
-    again = cli(mailstore.address, "--json", "import", "maildir", str(maildir), ACCOUNT)
+    again = cli(mailstore, "--json", "import", "maildir", str(maildir), ACCOUNT)
     skipped = {r["mailbox"]: (r["imported"], r["skipped"]) for r in json.loads(again.stdout)}
     assert skipped == {"INBOX": (0, 3), "Archive/Été": (0, 1), "Sent": (0, 1)}, "a second run doubles nothing"
 
     async def check() -> None:
-        client = open_client(mailstore.address)
+        client = open_client(mailstore.address, mailstore.data_dir, mailstore.send_address)
         try:
             request = pb.FetchMetadataRequest(
                 account=ACCOUNT, mailbox="INBOX", fields=pb.MetadataFields(flags=True, internal_date=True)
@@ -115,8 +117,8 @@ def test_import_into_an_account(maildir: Path, mailstore: MailstoreProcess) -> N
 
     asyncio.run(check())
 
-    forced = cli(mailstore.address, "--json", "import", "maildir", str(maildir / ".Sent"), ACCOUNT, "--append")
+    forced = cli(mailstore, "--json", "import", "maildir", str(maildir / ".Sent"), ACCOUNT, "--append")
     assert [(r["mailbox"], r["imported"]) for r in json.loads(forced.stdout)] == [("INBOX", 1)], forced.stderr
 
-    missing = cli(mailstore.address, "import", "maildir", str(maildir), "nobody@example.test")
+    missing = cli(mailstore, "import", "maildir", str(maildir), "nobody@example.test")
     assert missing.returncode != 0 and "nobody@example.test" in missing.stderr + missing.stdout

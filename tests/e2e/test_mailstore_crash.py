@@ -28,7 +28,7 @@ async def test_kill_during_deliveries_keeps_every_acknowledged_message(tmp_path:
     proc.start()
     acked: set[int] = set()
     try:
-        client = open_client(proc.address)
+        client = open_client(proc.address, proc.data_dir, proc.send_address)
         await client.admin.CreateAccount(pb.CreateAccountRequest(name=ALICE, password="pw-123456"))
         enough = asyncio.Event()
 
@@ -58,7 +58,7 @@ async def test_kill_during_deliveries_keeps_every_acknowledged_message(tmp_path:
     )
     proc.start()
     try:
-        client = open_client(proc.address)
+        client = open_client(proc.address, proc.data_dir, proc.send_address)
         metas = [
             m
             async for batch in client.store.FetchMetadata(

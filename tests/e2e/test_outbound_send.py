@@ -7,6 +7,7 @@ import asyncio
 import email
 import email.policy
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -141,9 +142,17 @@ async def test_token_checks(tmp_path: Path) -> None:
         assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
 
 
-async def mailstack_cli(*args: str) -> tuple[int, str]:
+async def mailstack_cli(*args: str, data_dir: str = "") -> tuple[int, str]:
+    """The CLI; with data_dir, it finds the mailstore's admin identity there (DATA_DIR/grpc)."""
+    env = {**os.environ, "MAILSTACK_DATA_DIR": data_dir} if data_dir else None
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "mailstack", *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
+        sys.executable,
+        "-m",
+        "mailstack",
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+        env=env,
     )
     out, _ = await asyncio.wait_for(proc.communicate(), 60)
     return proc.returncode or 0, out.decode()
@@ -153,14 +162,14 @@ async def test_cli_token_create_list_revoke_and_dkim_keygen(tmp_path: Path) -> N
     async with outbound_stack(tmp_path, {}) as stack:
         address = ["--mailstore", stack.mailstore.address]
         code, out = await mailstack_cli("token", "create", *address, "--name", "tickets", "--from-domain",
-                                        "example.test", "--json")  # fmt: skip
+                                        "example.test", "--json", data_dir=stack.settings.data_dir)  # fmt: skip
         assert code == 0, out
         secret = json.loads(out)["token"]
         reply = await stack.send(spb.SendHeader(structured=structured("help@example.test", [ALICE])), token=secret)
         assert reply.recipients[0].state == DELIVERED
-        code, out = await mailstack_cli("token", "list", *address)
+        code, out = await mailstack_cli("token", "list", *address, data_dir=stack.settings.data_dir)
         assert code == 0 and "tickets" in out and "example.test" in out and secret not in out
-        code, out = await mailstack_cli("token", "revoke", "tickets", *address)
+        code, out = await mailstack_cli("token", "revoke", "tickets", *address, data_dir=stack.settings.data_dir)
         assert code == 0, out
         with pytest.raises(grpc.aio.AioRpcError) as refused:
             await stack.send(spb.SendHeader(structured=structured("help@example.test", [ALICE])), token=secret)

@@ -14,6 +14,7 @@ from mailstack.services.common.config import env_name
 from mailstack.v1 import send_pb2 as spb
 
 from tests.e2e.outbound_support import ALICE, ScriptedMx, outbound_stack, scripted_mx, structured
+from tests.fixtures.mailstore import identity_env
 
 DELIVERED = spb.DELIVERY_DELIVERED
 
@@ -47,6 +48,7 @@ async def test_a_worker_killed_mid_delivery_loses_nothing(tmp_path: Path) -> Non
             env_name("outbound_resolver"): stack.settings.outbound_resolver,
             env_name("outbound_lease_seconds"): "2",
             env_name("outbound_poll_ms"): "50",
+            **identity_env(stack.settings.data_dir, "outbound"),
         })  # fmt: skip
         with (tmp_path / "worker.log").open("wb") as log:
             worker = await asyncio.create_subprocess_exec(

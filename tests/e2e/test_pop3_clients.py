@@ -19,7 +19,7 @@ from mailstack.services.common.config import env_name
 from mailstack.services.common.tls import client_ssl_context, ensure_self_signed
 from mailstack.v1 import mailstore_pb2 as pb
 
-from tests.fixtures.mailstore import MailstoreProcess, deliver, open_client
+from tests.fixtures.mailstore import MailstoreProcess, deliver, identity_env, open_client
 from tests.fixtures.pop3 import Pop3Process
 
 pytestmark = pytest.mark.slow
@@ -46,7 +46,9 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Servers]:
     mailstore = MailstoreProcess(work / "mailstore")
     mailstore.start()
     pop3 = Pop3Process(
-        work / "pop3", mailstore.address, {env_name("tls_cert"): str(cert), env_name("tls_key"): str(key)}
+        work / "pop3",
+        mailstore.address,
+        {env_name("tls_cert"): str(cert), env_name("tls_key"): str(key), **identity_env(mailstore.data_dir, "pop3")},
     )
     try:
         pop3.start()
@@ -61,7 +63,7 @@ def message(subject: str, body: str = "hello\r\n") -> bytes:
 
 
 async def account_with(servers: Servers, name: str, messages: list[bytes]) -> str:
-    client = open_client(servers.mailstore.address)
+    client = open_client(servers.mailstore.address, servers.mailstore.data_dir, servers.mailstore.send_address)
     try:
         await client.admin.CreateAccount(pb.CreateAccountRequest(name=name, password=PASSWORD))
         for data in messages:
@@ -72,7 +74,7 @@ async def account_with(servers: Servers, name: str, messages: list[bytes]) -> st
 
 
 async def inbox_uids(servers: Servers, account: str) -> list[int]:
-    client = open_client(servers.mailstore.address)
+    client = open_client(servers.mailstore.address, servers.mailstore.data_dir, servers.mailstore.send_address)
     try:
         request = pb.FetchMetadataRequest(account=account, mailbox="INBOX", fields=pb.MetadataFields(size=True))
         return [m.uid async for batch in client.store.FetchMetadata(request) for m in batch.messages]

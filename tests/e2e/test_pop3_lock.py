@@ -11,7 +11,7 @@ import pytest
 from mailstack.services.common.config import env_name
 from mailstack.v1 import mailstore_pb2 as pb
 
-from tests.fixtures.mailstore import MailstoreProcess, deliver, open_client
+from tests.fixtures.mailstore import MailstoreProcess, deliver, identity_env, open_client
 from tests.fixtures.pop3 import Pop3Process, RawClient
 
 pytestmark = pytest.mark.slow
@@ -24,10 +24,14 @@ LEASE_TTL = 3  # seconds; short so the test is quick
 async def test_in_use_across_processes_and_free_after_kill(tmp_path: Path) -> None:
     mailstore = MailstoreProcess(tmp_path / "mailstore")
     mailstore.start()
-    env = {env_name("pop3_lease_ttl"): str(LEASE_TTL), env_name("allow_plaintext_auth"): "true"}
+    env = {
+        env_name("pop3_lease_ttl"): str(LEASE_TTL),
+        env_name("allow_plaintext_auth"): "true",
+        **identity_env(mailstore.data_dir, "pop3"),
+    }
     first = Pop3Process(tmp_path / "pop3-a", mailstore.address, env)
     second = Pop3Process(tmp_path / "pop3-b", mailstore.address, env)
-    client = open_client(mailstore.address)
+    client = open_client(mailstore.address, mailstore.data_dir, mailstore.send_address)
     raw: list[RawClient] = []
     try:
         await client.admin.CreateAccount(pb.CreateAccountRequest(name=USER, password=PASSWORD))

@@ -11,7 +11,7 @@ import pytest
 from mailstack.services.common.config import env_name
 from mailstack.v1 import mailstore_pb2 as pb
 
-from tests.fixtures.mailstore import MailstoreProcess, deliver, free_port, open_client
+from tests.fixtures.mailstore import MailstoreProcess, deliver, free_port, identity_env, open_client
 from tests.fixtures.pop3 import Pop3Process, RawClient
 
 pytestmark = pytest.mark.slow
@@ -48,10 +48,14 @@ async def test_processes_share_the_port_and_survive_each_other(tmp_path: Path) -
     mailstore = MailstoreProcess(tmp_path / "mailstore")
     mailstore.start()
     ports = (free_port(), free_port())
-    env = {env_name("reuse_port"): "true", env_name("allow_plaintext_auth"): "true"}
+    env = {
+        env_name("reuse_port"): "true",
+        env_name("allow_plaintext_auth"): "true",
+        **identity_env(mailstore.data_dir, "pop3"),
+    }
     first = Pop3Process(tmp_path / "pop3-a", mailstore.address, env, ports)
     second = Pop3Process(tmp_path / "pop3-b", mailstore.address, env, ports)
-    client = open_client(mailstore.address)
+    client = open_client(mailstore.address, mailstore.data_dir, mailstore.send_address)
     raw: list[RawClient] = []
     try:
         await client.admin.CreateAccount(pb.CreateAccountRequest(name=USER, password=PASSWORD))

@@ -49,6 +49,7 @@ def test_every_shared_client_check_passes(tmp_path: Path) -> None:
         {
             env_name("mailstore_listen"): mailstore,
             env_name("mailstore_addr"): mailstore,
+            env_name("send_listen"): f"127.0.0.1:{free_port()}",
             env_name("data_dir"): str(tmp_path / "data"),
             env_name("allow_plaintext_auth"): "true",  # the independent checker logs in over plain IMAP
         }

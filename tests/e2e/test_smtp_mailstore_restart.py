@@ -11,7 +11,13 @@ from mailstack.services.smtp.server import SmtpServer
 from mailstack.v1 import mailstore_pb2 as pb
 
 from tests.e2e.smtp_support import ALICE, PASSWORD, RawSmtp, without_trace
-from tests.fixtures.mailstore import MailstoreProcess, fetch_body, open_client, test_settings
+from tests.fixtures.mailstore import (
+    MailstoreProcess,
+    fetch_body,
+    identity_settings,
+    open_client,
+    test_settings,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -40,11 +46,16 @@ async def test_mailstore_down_gives_451_and_retry_after_restart_succeeds(tmp_pat
     await asyncio.to_thread(proc.start)
     server = None
     try:
-        client = open_client(proc.address)
+        client = open_client(proc.address, proc.data_dir, proc.send_address)
         await client.admin.CreateAccount(pb.CreateAccountRequest(name=ALICE, password=PASSWORD))
         await client.channel.close()
         settings = test_settings(
-            tmp_path / "smtp", smtp_port=0, submission_port=0, submissions_port=0, mailstore_addr=proc.address
+            tmp_path / "smtp",
+            smtp_port=0,
+            submission_port=0,
+            submissions_port=0,
+            mailstore_addr=proc.address,
+            **identity_settings(proc.data_dir, "smtp"),
         )
         server = SmtpServer(settings)
         await server.start()
@@ -76,7 +87,7 @@ async def test_mailstore_down_gives_451_and_retry_after_restart_succeeds(tmp_pat
             await asyncio.sleep(0.5)
         assert replies[-1].startswith("250 2.0.0"), replies
 
-        client = open_client(proc.address)
+        client = open_client(proc.address, proc.data_dir, proc.send_address)
         status = await client.store.GetMailboxStatus(pb.MailboxStatusRequest(account=ALICE, name="INBOX"))
         assert status.messages == 1  # the failed attempt stored nothing
         body = await fetch_body(client, ALICE, "INBOX", status.uidnext - 1)

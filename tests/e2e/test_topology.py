@@ -15,7 +15,6 @@ import smtplib
 import time
 from collections.abc import Callable, Iterator
 
-import grpc
 import pytest
 import redis
 from mailstack.v1 import mailstore_pb2 as pb
@@ -29,6 +28,7 @@ from tests.fixtures.topology import (
     LOCAL_OVERRIDES,
     TEST_TUNING,
     Topology,
+    admin_channel,
     build_topology,
     read_env_file,
     start_topology,
@@ -87,7 +87,7 @@ def topo(topology: Topology) -> Iterator[Topology]:
 def new_account(topo: Topology, quota_messages: int = 0) -> str:
     name = f"user{next(_accounts)}@example.test"
     request = pb.CreateAccountRequest(name=name, password=PASSWORD, quota_messages=quota_messages)
-    with grpc.insecure_channel(topo.mailstore_addr) as channel:
+    with admin_channel(topo) as channel:
         pbg.AdminStub(channel).CreateAccount(request, timeout=10)
     return name
 

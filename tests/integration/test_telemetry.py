@@ -165,7 +165,7 @@ async def test_metrics_endpoint_counts_deliveries_rejections_and_latency(tmp_pat
     task, stop, out = await serving(settings, ["mailstore", "smtp"])
     try:
         banner = {line.split()[0] + " " + line.split()[1]: line.split()[-1] for line in out.getvalue().splitlines()}
-        client = open_client(banner["mailstore gRPC"])
+        client = open_client(banner["mailstore gRPC"], settings.data_dir)
         await client.admin.CreateAccount(pb.CreateAccountRequest(name=ALICE, password="pw-alice-1"))
         await client.channel.close()
         smtp_port = int(banner["smtp smtp"].rsplit(":", 1)[1])

@@ -22,6 +22,8 @@ import grpc
 import pytest
 from mailstack.services.common import cli
 from mailstack.services.common.config import Settings
+from mailstack.services.common.grpc_client import identity_for
+from mailstack.services.common.internal_ca import certificate_name, ensure_data_identities
 from mailstack.services.common.lifecycle import ServeError, run_services
 from mailstack.v1 import mailstore_pb2 as pb
 from mailstack.v1 import mailstore_pb2_grpc as pbg
@@ -170,19 +172,50 @@ def closed_port() -> int:
         return int(s.getsockname()[1])
 
 
-def test_unreachable_mailstore_exits_2_quickly() -> None:
+def test_unreachable_mailstore_exits_2_quickly(tmp_path: Path) -> None:
     port = closed_port()
+    ensure_data_identities(tmp_path)
     started = time.monotonic()
     proc = subprocess.run(
         [str(MAILSTACK), "user", "list", "--mailstore", f"127.0.0.1:{port}"],
         capture_output=True,
         text=True,
         timeout=30,
+        env={**os.environ, "MAILSTACK_DATA_DIR": str(tmp_path)},
     )
     assert proc.returncode == 2, proc.stderr
-    assert f"mailstore not reachable at 127.0.0.1:{port} (is `mailstack serve` running?)" in proc.stderr
+    assert f"mailstore not reachable at 127.0.0.1:{port} (is `mailstack serve` running?" in proc.stderr
     assert proc.stdout == ""
     assert time.monotonic() - started < 15
+
+
+def test_admin_command_without_an_admin_identity_says_where_it_looked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("MAILSTACK_DATA_DIR", str(tmp_path / "elsewhere"))
+    assert cli.main(["user", "list", "--mailstore", f"127.0.0.1:{closed_port()}"]) == 1
+    err = capsys.readouterr().err
+    assert f"no admin identity in {tmp_path / 'elsewhere' / 'grpc'}" in err
+    assert not (tmp_path / "elsewhere").exists()  # the CLI never makes a CA of its own
+
+
+def test_ca_init_and_issue_write_secret_files(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    ca = tmp_path / "ca"
+    assert cli.main(["ca", "init", "--dir", str(ca)]) == 0
+    assert (ca / "ca.key").stat().st_mode & 0o777 == 0o600 and ca.stat().st_mode & 0o777 == 0o700
+    first = (ca / "ca.crt").read_bytes()
+    assert cli.main(["ca", "init", "--dir", str(ca)]) == 0  # kept, not replaced
+    assert (ca / "ca.crt").read_bytes() == first
+    out = tmp_path / "secrets" / "smtp"
+    assert cli.main(["ca", "issue", "smtp", "--ca", str(ca), "--out", str(out)]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["ca.crt", "tls.crt", "tls.key"]  # cert-manager's names
+    assert (out / "tls.key").stat().st_mode & 0o777 == 0o600
+    assert certificate_name((out / "tls.crt").read_bytes()) == "smtp" and (out / "ca.crt").read_bytes() == first
+    cert = (out / "tls.crt").read_bytes()
+    assert cli.main(["ca", "issue", "smtp", "--ca", str(ca), "--out", str(out)]) == 0  # idempotent: kept
+    assert (out / "tls.crt").read_bytes() == cert and "kept" in capsys.readouterr().out
+    assert cli.main(["ca", "issue", "bad name", "--ca", str(ca), "--out", str(tmp_path / "x")]) == 1
+    assert cli.main(["ca", "issue", "imap", "--ca", str(tmp_path / "none"), "--out", str(tmp_path / "y")]) == 1
 
 
 # ---------------------------------------------------------------- admin calls over real gRPC
@@ -225,11 +258,16 @@ class RecordingAdmin(pbg.AdminServicer):
 
 
 @pytest.fixture
-def admin_server() -> Iterator[tuple[str, RecordingAdmin]]:
+def admin_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[str, RecordingAdmin]]:
+    """Serves with the mailstore identity of a data folder the CLI finds through MAILSTACK_DATA_DIR."""
+    data_dir = tmp_path / "admin-data"
+    ensure_data_identities(data_dir)
+    monkeypatch.setenv("MAILSTACK_DATA_DIR", str(data_dir))
+    identity = identity_for(Settings(data_dir=str(data_dir)), "mailstore")
     servicer = RecordingAdmin()
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
     pbg.add_AdminServicer_to_server(servicer, server)
-    port = server.add_insecure_port("127.0.0.1:0")
+    port = server.add_secure_port("127.0.0.1:0", identity.server_credentials())
     server.start()
     try:
         yield f"127.0.0.1:{port}", servicer

@@ -81,7 +81,7 @@ def test_schema_check_catches_a_mistake(compose: dict[str, Any]) -> None:
 
 def test_the_stack_has_its_services(compose: dict[str, Any]) -> None:
     services = compose["services"]
-    assert set(MAILSTACK) | {"redis", "s3", "s3-init", "otel-collector"} == set(services)
+    assert set(MAILSTACK) | {"redis", "s3", "s3-init", "grpc-init", "otel-collector"} == set(services)
     for name in MAILSTACK:
         assert services[name]["command"] == ["serve", name]
     assert services["otel-collector"]["profiles"] == ["telemetry"]
@@ -112,6 +112,27 @@ def test_mailstore_listens_where_the_frontends_call(compose: dict[str, Any]) -> 
     listen = environment(services["mailstore"])["MAILSTACK_MAILSTORE_LISTEN"]
     for name in (*MAIL_PORTS, "outbound"):
         assert host_port(environment(services[name])["MAILSTACK_MAILSTORE_ADDR"]) == ("mailstore", host_port(listen)[1])
+
+
+def test_every_service_mounts_only_its_own_grpc_identity(compose: dict[str, Any]) -> None:
+    """ADR 0009: grpc-init writes one volume per identity; each service mounts its own, read-only, where
+    the settings point; the CA's key is mounted by nothing but grpc-init."""
+    services = compose["services"]
+    for name in MAILSTACK:
+        env = environment(services[name])
+        assert env["MAILSTACK_GRPC_CERT"] == "/etc/mailstack/grpc/tls.crt", name
+        assert env["MAILSTACK_GRPC_KEY"] == "/etc/mailstack/grpc/tls.key", name
+        assert env["MAILSTACK_GRPC_CA"] == "/etc/mailstack/grpc/ca.crt", name
+        grpc_volumes = [v for v in services[name]["volumes"] if v.startswith("grpc-")]
+        expected = [f"grpc-{name}:/etc/mailstack/grpc:ro"]
+        if name == "mailstore":
+            expected.append("grpc-admin:/etc/mailstack/grpc-admin:ro")
+        assert grpc_volumes == expected, name
+    init = services["grpc-init"]
+    assert init["restart"] == "no" and "grpc-ca:/grpc/ca" in init["volumes"]
+    assert all(f"grpc-{n}:/grpc/{n}" in init["volumes"] for n in (*MAILSTACK, "admin"))
+    assert services["mailstore"]["depends_on"]["grpc-init"]["condition"] == "service_completed_successfully"
+    assert environment(services["mailstore"])["MAILSTACK_SEND_LISTEN"] == "0.0.0.0:50052"
 
 
 def test_dependencies_wait_for_health(compose: dict[str, Any]) -> None:

@@ -88,7 +88,7 @@ def test_labels_healthcheck_ports_and_command() -> None:
     (healthcheck,) = instructions(runtime, "HEALTHCHECK")
     assert healthcheck.endswith('CMD ["mailstack-healthcheck"]')
     exposed = {int(p) for p in " ".join(instructions(runtime, "EXPOSE")).split()}
-    assert exposed == MAIL_PORTS | {50051}
+    assert exposed == MAIL_PORTS | {50051, 50052}  # the internal API and the Send API
     assert instructions(runtime, "ENTRYPOINT") == ['["mailstack"]']
 
 
@@ -127,7 +127,7 @@ async def test_healthcheck_passes_against_a_running_mailstore_and_pop3(
     settings = settings_for(tmp_path)
     async with running_mailstore(settings) as (mailstore, _client):
         async with running_pop3(settings.replace(mailstore_addr=mailstore.address)) as pop3:
-            monkeypatch.setenv("MAILSTACK_MAILSTORE_LISTEN", mailstore.address)
+            monkeypatch.setenv("MAILSTACK_SEND_LISTEN", mailstore.send_address)  # health in the clear there
             monkeypatch.setenv("MAILSTACK_POP3_PORT", str(port_of(pop3, "POP3 (STLS)")))
             await asyncio.to_thread(check["check_mailstore"])
             await asyncio.to_thread(check["check_greeting"], "pop3")

@@ -36,12 +36,22 @@ FRONTENDS = ("smtp", "imap", "pop3")
 WORKERS = ("outbound",)  # no listener: not behind the load balancer, no privileged port
 MAIL_PORTS = {"smtp": {25, 465, 587}, "imap": {143, 993}, "pop3": {110, 995}}
 ADDRESS_SETTINGS = ("MAILSTACK_MAILSTORE_ADDR", "MAILSTACK_EVENTS_URL", "MAILSTACK_QUOTA_URL", "MAILSTACK_S3_ENDPOINT")
-SECRETS = {"mailstack-tls", "mailstack-s3", "mailstack-redis"}
+IDENTITIES = ("mailstore", "smtp", "imap", "pop3", "outbound")  # each workload's own gRPC identity (ADR 0009)
+SECRETS = {"mailstack-tls", "mailstack-s3", "mailstack-redis", "mailstack-grpc-admin"}
+SECRETS |= {f"mailstack-grpc-{name}" for name in IDENTITIES}
 EXTERNAL = Endpoint(external=True)
 PROMETHEUS = Endpoint(
     labels={"app.kubernetes.io/name": "prometheus"},
     namespace="monitoring",
     namespace_labels={"kubernetes.io/metadata.name": "monitoring"},
+)
+APPLICATION = Endpoint(
+    labels={"app": "shop"},
+    namespace="shop",
+    namespace_labels={"kubernetes.io/metadata.name": "shop", "mailstack.io/send-api": "allowed"},
+)
+OTHER_NAMESPACE = Endpoint(
+    labels={"app": "blog"}, namespace="blog", namespace_labels={"kubernetes.io/metadata.name": "blog"}
 )
 LATEST = kubernetes_validate.utils.latest_version()
 
@@ -129,7 +139,9 @@ def test_mailstore_is_one_stateful_replica_with_its_volume(overlay: tuple[str, l
     assert env["MAILSTACK_DATA_DIR"] == mount
     assert find(manifests, "Service", mailstore["spec"]["serviceName"])[0]["spec"]["clusterIP"] == "None"
     for kind, probe in iter_probes(container):
-        assert probe["grpc"]["port"] == 50051, kind
+        # The internal port needs a client certificate: the HTTP health endpoints answer the probes.
+        assert probe["httpGet"]["port"] == "metrics", kind
+        assert probe["httpGet"]["path"] == ("/live" if kind == "livenessProbe" else "/ready"), kind
 
 
 def test_every_address_names_a_service_and_port_that_exist(overlay: tuple[str, list[Manifest]]) -> None:
@@ -245,6 +257,12 @@ def test_the_load_balancer_exposes_exactly_the_mail_ports(manifests: list[Manife
         ("smtp", EXTERNAL, 25, False),  # only the outbound worker relays
         ("imap", EXTERNAL, 587, False),
         ("outbound", "mailstore", 50051, True),
+        ("outbound", "mailstore", 50052, False),
+        ("smtp", "mailstore", 50052, False),
+        (EXTERNAL, "mailstore", 50052, False),
+        (APPLICATION, "mailstore", 50052, True),  # a namespace that opted in reaches the Send API only
+        (APPLICATION, "mailstore", 50051, False),
+        (OTHER_NAMESPACE, "mailstore", 50052, False),
         ("outbound", EXTERNAL, 25, True),
         ("outbound", EXTERNAL, 465, True),  # a smarthost
         ("outbound", EXTERNAL, 587, True),
@@ -298,6 +316,35 @@ def test_security_context_of_every_container(manifests: list[Manifest]) -> None:
             assert "emptyDir" in volumes[mounts["/tmp"]], f"{where}: /tmp must be a writable emptyDir"
             resources = container["resources"]
             assert {"cpu", "memory"} <= set(resources["requests"]) and "memory" in resources["limits"], where
+
+
+def test_every_workload_mounts_its_own_grpc_identity(manifests: list[Manifest]) -> None:
+    """mTLS on the internal API: each workload that calls (or is) the mailstore mounts the Secret named
+    after its component where the shared settings look, and only the mailstore pod holds admin."""
+    for name in IDENTITIES:
+        workload = component(manifests, name)
+        volumes = {v["name"]: v for v in pod_spec(workload).get("volumes", [])}
+        (container,) = containers(workload)
+        env = container_env(container, manifests)
+        mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
+        grpc_mount = mounts["/etc/mailstack/grpc"]
+        assert grpc_mount["readOnly"] is True
+        assert volumes[grpc_mount["name"]]["secret"]["secretName"] == f"mailstack-grpc-{name}", name
+        assert volumes[grpc_mount["name"]]["secret"]["defaultMode"] == 0o440
+        assert env["MAILSTACK_GRPC_CERT"] == "/etc/mailstack/grpc/tls.crt", name
+        assert env["MAILSTACK_GRPC_KEY"] == "/etc/mailstack/grpc/tls.key", name
+        assert env["MAILSTACK_GRPC_CA"] == "/etc/mailstack/grpc/ca.crt", name
+        admin = [v for v in volumes.values() if v.get("secret", {}).get("secretName") == "mailstack-grpc-admin"]
+        assert bool(admin) is (name == "mailstore"), name
+    (mailstore,) = containers(component(manifests, "mailstore"))
+    env = container_env(mailstore, manifests)
+    assert env["MAILSTACK_GRPC_ADMIN_CERT"] == "/etc/mailstack/grpc-admin/tls.crt"
+    assert env["MAILSTACK_SEND_LISTEN"] == "0.0.0.0:50052"
+    probes = dict(iter_probes(mailstore))
+    assert all("grpc" not in probe for probe in probes.values())  # kubelet cannot present a certificate
+    services = {s["metadata"]["name"]: s for s in find(manifests, "Service")}
+    assert [p["port"] for p in services["mailstore-send"]["spec"]["ports"]] == [50052]
+    assert [p["port"] for p in services["mailstore"]["spec"]["ports"]] == [50051]
 
 
 def test_secrets_are_referenced_never_committed(manifests: list[Manifest]) -> None:
