@@ -38,7 +38,7 @@ from tests.attacks.frontends import (
 )
 from tests.fixtures.redis_server import RedisServer
 from tests.fixtures.s3_server import S3Server
-from tests.fixtures.topology import Topology, build_topology, start_topology
+from tests.fixtures.topology import Topology, admin_channel, build_topology, start_topology
 
 REPO = Path(__file__).resolve().parents[2]
 FILTER = REPO / "docs" / "fail2ban" / "filter.d" / "mailstack.conf"
@@ -287,7 +287,7 @@ def topology(tmp_path: Path) -> Iterator[Topology]:
 
 @pytest.mark.slow
 def test_guesses_count_across_protocols_and_processes(topology: Topology) -> None:
-    with grpc.insecure_channel(topology.mailstore_addr) as channel:
+    with admin_channel(topology) as channel:
         pbg.AdminStub(channel).CreateAccount(pb.CreateAccountRequest(name=BOB, password=BOB_PASSWORD), timeout=10)
     with topology.diagnose():
         for i in range(4):  # POP3, its own process

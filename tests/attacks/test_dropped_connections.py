@@ -26,6 +26,7 @@ from typing import Any, Protocol
 import grpc
 import pytest
 from mailstack.services.common.config import Settings, env_name
+from mailstack.services.common.internal_ca import ensure_data_identities
 from mailstack.services.imap.server import ImapServer
 from mailstack.services.pop3.server import Pop3Server
 from mailstack.services.smtp.server import SmtpServer
@@ -46,7 +47,7 @@ from tests.fixtures.mailstore import (
 from tests.fixtures.pop3 import RawClient, unstuff
 from tests.fixtures.redis_server import RedisServer
 from tests.fixtures.s3_server import S3Server
-from tests.fixtures.topology import Topology, build_topology, start_topology
+from tests.fixtures.topology import Topology, build_topology, start_topology, topology_client
 
 ALICE = "alice@example.test"
 PASSWORD = "alice-Secret-1"
@@ -150,11 +151,12 @@ async def process_stack(tmp_path: Path) -> AsyncIterator[Stack]:
     store = MailstoreProcess(tmp_path / "store")
     await asyncio.to_thread(store.start)
     smtp = SmtpProcess(tmp_path / "store", store.address)
-    client = open_client(store.address)
+    client = open_client(store.address, store.data_dir, store.send_address)
     try:
         await client.admin.CreateAccount(pb.CreateAccountRequest(name=ALICE, password=PASSWORD))
         await asyncio.to_thread(smtp.start)
         settings = settings_for(tmp_path / "frontends", **FRONTEND_TUNING).replace(mailstore_addr=store.address)
+        settings = settings.replace(data_dir=str(store.data_dir))  # its identities, as a Secret would give them
         async with frontends(settings, smtp=False) as (_, imap, pop3):
             yield Stack(store.address, client, smtp.port, imap, pop3, smtp=smtp)
     finally:
@@ -192,7 +194,7 @@ def topology(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Topology]:
 async def topology_stack(topo: Topology) -> AsyncIterator[Stack]:
     topo.ensure_running()
     account = f"dropped{next(_accounts)}@example.test"
-    client = open_client(topo.mailstore_addr)
+    client = topology_client(topo)
     try:
         await client.admin.CreateAccount(pb.CreateAccountRequest(name=account, password=PASSWORD))
         yield Stack(
@@ -367,8 +369,10 @@ async def test_reset_after_final_dot_never_lists_a_message_without_its_body(
 
 async def run_fsck(stack: Stack, *args: str) -> tuple[int, dict[str, Any]]:
     """The real CLI, as an operator runs it, against the running mailstore."""
+    assert stack.data_dir is not None
     command = [sys.executable, "-m", "mailstack", "fsck", "--json", "--mailstore", stack.mailstore_addr]
-    done = await asyncio.to_thread(subprocess.run, [*command, *args], capture_output=True, timeout=120)
+    env = {**os.environ, env_name("data_dir"): str(stack.data_dir)}  # where the CLI finds its admin identity
+    done = await asyncio.to_thread(subprocess.run, [*command, *args], capture_output=True, timeout=120, env=env)
     return done.returncode, json.loads(done.stdout)
 
 
@@ -436,9 +440,11 @@ async def test_a_broken_message_does_not_break_its_mailbox_and_fsck_repairs_it(t
         assert len(await assert_every_listed_message_is_served(stack)) == 2
 
 
-async def test_fsck_says_when_the_mailstore_is_unreachable() -> None:
+async def test_fsck_says_when_the_mailstore_is_unreachable(tmp_path: Path) -> None:
+    ensure_data_identities(tmp_path)  # an admin identity, so that what fails is the connection
     command = [sys.executable, "-m", "mailstack", "fsck", "--mailstore", f"127.0.0.1:{free_port()}"]
-    done = await asyncio.to_thread(subprocess.run, command, capture_output=True, timeout=60)
+    env = {**os.environ, env_name("data_dir"): str(tmp_path)}
+    done = await asyncio.to_thread(subprocess.run, command, capture_output=True, timeout=60, env=env)
     assert done.returncode == 2 and b"not reachable" in done.stderr
 
 

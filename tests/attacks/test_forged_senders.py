@@ -26,7 +26,7 @@ from prometheus_client import REGISTRY
 from tests.e2e.outbound_support import ALICE as LOCAL
 from tests.e2e.outbound_support import OutboundStack, outbound_stack, structured
 from tests.e2e.smtp_support import ALICE, BOB, BOB_PASSWORD, DOMAIN, PASSWORD, SmtpStack, smtp_stack
-from tests.fixtures.mailstore import MailstoreProcess, fetch_body, open_client, settings_for
+from tests.fixtures.mailstore import MailstoreProcess, fetch_body, identity_settings, open_client, settings_for
 
 SHOP = "shop.example"
 ORDERS = f"orders@{SHOP}"
@@ -277,14 +277,15 @@ async def test_checks_and_limits_hold_in_the_mailstore_process_across_smtp_repli
     proc = MailstoreProcess(tmp_path / "store", {"MAILSTACK_SUBMISSION_RATE_MESSAGES": "2"})
     await asyncio.to_thread(proc.start)
     servers: list[SmtpServer] = []
-    client = open_client(proc.address)
+    client = open_client(proc.address, proc.data_dir, proc.send_address)
     try:
         for name, password in ((ALICE, PASSWORD), (BOB, BOB_PASSWORD)):
             await client.admin.CreateAccount(pb.CreateAccountRequest(name=name, password=password))
         ports = []
         for replica in ("a", "b"):
             settings = settings_for(tmp_path / replica, smtp_port=0, submission_port=0, submissions_port=0,
-                                    mailstore_addr=proc.address, allow_plaintext_auth=True)  # fmt: skip
+                                    mailstore_addr=proc.address, allow_plaintext_auth=True,
+                                    **identity_settings(proc.data_dir, "smtp"))  # fmt: skip
             server = SmtpServer(settings)
             await server.start()
             servers.append(server)

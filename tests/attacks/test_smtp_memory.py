@@ -22,7 +22,7 @@ import pytest
 from mailstack.v1 import mailstore_pb2 as pb
 
 from tests.e2e.smtp_support import ALICE, PASSWORD, RawSmtp, smtp_stack, without_trace
-from tests.fixtures.mailstore import MailstoreProcess, fetch_body, free_port, open_client
+from tests.fixtures.mailstore import MailstoreProcess, fetch_body, free_port, identity_env, open_client
 
 MiB = 1024 * 1024
 CLIENTS = 8
@@ -52,7 +52,7 @@ def memory_kib(pid: int, field: str) -> int:
 
 
 @contextmanager
-def smtp_process(folder: Path, mailstore_addr: str) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
+def smtp_process(folder: Path, mailstore_addr: str, store_dir: Path) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
     """`mailstack serve smtp` configured only by environment; (process, port 25's stand-in)."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("MAILSTACK_")}
@@ -65,6 +65,7 @@ def smtp_process(folder: Path, mailstore_addr: str) -> Iterator[tuple[subprocess
             "MAILSTACK_SUBMISSION_PORT": str(free_port()),
             "MAILSTACK_SUBMISSIONS_PORT": str(free_port()),
             "MAILSTACK_SMTP_INFLIGHT_BYTES": str(BUDGET),
+            **identity_env(store_dir, "smtp"),  # its own identity, as a deployment mounts it
         }
     )
     folder.mkdir(parents=True, exist_ok=True)
@@ -112,10 +113,10 @@ async def test_concurrent_large_messages_stay_within_the_inflight_budget(tmp_pat
     store = MailstoreProcess(tmp_path / "store")
     await asyncio.to_thread(store.start)
     try:
-        client = open_client(store.address)
+        client = open_client(store.address, store.data_dir, store.send_address)
         await client.admin.CreateAccount(pb.CreateAccountRequest(name=ALICE, password=PASSWORD))
         messages = [big_message(n) for n in range(CLIENTS)]
-        with smtp_process(tmp_path / "smtp", store.address) as (proc, port):
+        with smtp_process(tmp_path / "smtp", store.address, store.data_dir) as (proc, port):
             assert (await send(port, SMALL)).startswith("250 ")  # warmed up: channel open, code loaded
             idle_kib = memory_kib(proc.pid, "VmRSS")
 
