@@ -1,0 +1,307 @@
+"""Attack: one IMAP command that freezes the server (issue 13 §4).
+
+`LIST "" "***...*x"` used to become a backtracking regular expression run on the event loop: the
+process sat at 100 % CPU, every other client waited, SIGTERM went unanswered. Each attack here is
+sent on one connection while a second, already logged-in connection sends NOOP: the NOOP must be
+answered within a second or two and the attack within a few seconds (linear-time matching), and
+patterns longer than MAX_PATTERN_BYTES are refused with a tagged BAD. SEARCH gets the same
+treatment (huge strings, deep nesting, too many keys).
+
+Against the in-process server (tests/fixtures/imap_server.py) and against the deployed topology
+(one OS process per service, tests/fixtures/topology.py; slow).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+
+import grpc
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from mailstack.services.common.mailbox_patterns import (
+    MAX_PATTERN_BYTES,
+    MAX_PATTERNS_BYTES,
+    MailboxPatterns,
+    PatternTooLongError,
+    matches,
+)
+from mailstack.v1 import mailstore_pb2 as pb
+from mailstack.v1 import mailstore_pb2_grpc as pbg
+
+from tests.fixtures.imap_server import PASSWORD, ImapEnv, RawImap, imap_env
+from tests.fixtures.redis_server import RedisServer
+from tests.fixtures.s3_server import S3Server
+from tests.fixtures.topology import Topology, build_topology, start_topology
+
+ANSWER_WITHIN = 5.0  # seconds for the hostile command's tagged answer
+NOOP_WITHIN = 2.0  # seconds for another client's NOOP while the hostile command runs
+MAILBOXES = 300  # existing (and subscribed) mailboxes the patterns are matched against
+N = 2000  # wildcards in a flood pattern (the server refuses past 1,000 bytes: see the BAD tests)
+
+# The patterns of the attack, each within the length bound so that it is really matched.
+FLOODS = {
+    "stars": "*" * 900 + "x",
+    "percents": "%" * 900 + "x",
+    "mixed": "*%" * 450 + "x",
+    "star-literal": "*a" * 450 + "x",
+    "percent-literal": "%a/" * 300 + "x",
+}
+
+
+def _account_with_mailboxes(env: ImapEnv) -> str:
+    user = env.new_account()
+
+    async def create() -> None:
+        for i in range(MAILBOXES):
+            # names with many "a", "/" and no final "x": the worst case for a backtracking matcher
+            name = f"aaaa{i}/aaaa/aaaa/aaaaaaaaaaaaaaaaaaaa" if i % 2 else f"a{i}aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
+            await env.client.store.CreateMailbox(pb.CreateMailboxRequest(account=user, name=name))
+            await env.client.store.Subscribe(pb.SubscribeRequest(account=user, name=name, subscribed=True))
+
+    env.run(create, timeout=120)
+    return user
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ImapEnv]:
+    with imap_env(tmp_path_factory.mktemp("attack-patterns")) as e:
+        yield e
+
+
+@pytest.fixture(scope="module")
+def user(env: ImapEnv) -> str:
+    return _account_with_mailboxes(env)
+
+
+def _connect(port: int, user: str, timeout: float = ANSWER_WITHIN) -> RawImap:
+    client = RawImap(port, timeout=timeout)
+    client.login(user)
+    return client
+
+
+def attack_while_noop(port: int, user: str, command: bytes, select: str | None = None) -> list[bytes]:
+    """Send `command` on one connection; while it runs, NOOP on another must be answered promptly.
+
+    Returns the hostile command's response lines (its tagged answer last)."""
+    attacker = _connect(port, user)
+    bystander = _connect(port, user, timeout=NOOP_WITHIN + 1)
+    try:
+        if select is not None:
+            assert attacker.command("S", f"SELECT {select}")[-1].startswith(b"S OK")
+        started = time.monotonic()
+        attacker.send(b"A " + command + b"\r\n")
+        noop_seconds = _timed(lambda: bystander.command("N", "NOOP"))
+        try:
+            lines = attacker.until("A")
+        except TimeoutError:
+            pytest.fail(f"no answer to {command[:60]!r}... within {ANSWER_WITHIN} s")
+        elapsed = time.monotonic() - started
+        assert noop_seconds < NOOP_WITHIN, f"another client waited {noop_seconds:.1f} s for NOOP"
+        assert elapsed < ANSWER_WITHIN, f"answered after {elapsed:.1f} s"
+        return lines
+    finally:
+        attacker.close()
+        bystander.close()
+
+
+def _timed(call: Callable[[], object]) -> float:
+    started = time.monotonic()
+    try:
+        call()
+    except TimeoutError:
+        return float("inf")
+    return time.monotonic() - started
+
+
+# ---------------------------------------------------------------- LIST, LSUB, LIST-EXTENDED
+
+
+@pytest.mark.parametrize("pattern", FLOODS.values(), ids=FLOODS.keys())
+def test_list_wildcard_flood_is_answered_quickly(env: ImapEnv, user: str, pattern: str) -> None:
+    lines = attack_while_noop(env.port(), user, f'LIST "" "{pattern}"'.encode())
+    assert lines[-1].startswith(b"A OK") and len(lines) == 1  # nothing ends in "x"
+
+
+def test_list_wildcard_flood_at_the_length_bound_matches_what_it_should(env: ImapEnv, user: str) -> None:
+    # 999 stars and a final "a": each created mailbox ends in "a" and is listed once (their
+    # \NonExistent parents are not: "*" lists the children themselves, RFC 5258 §3)
+    lines = attack_while_noop(env.port(), user, f'LIST "" "{"*" * (MAX_PATTERN_BYTES - 1)}a"'.encode())
+    assert lines[-1].startswith(b"A OK") and len(lines) - 1 == len(set(lines)) - 1 == MAILBOXES
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        f'LIST "" "{"*" * (MAX_PATTERN_BYTES + 1)}"',
+        f'LIST "{"a" * 600}" "{"%" * 401}"',  # reference + pattern is what is matched
+        f'LSUB "" "{"*" * (MAX_PATTERN_BYTES + 1)}"',
+        'LIST () "" (' + " ".join(f'"{"*" * 999}{i}"' for i in range(5)) + ")",  # 5,000 bytes together
+        f'LIST "" {{{MAX_PATTERN_BYTES + 1}+}}\r\n{"*" * (MAX_PATTERN_BYTES + 1)}',  # as a literal
+    ],
+    ids=["list", "reference", "lsub", "extended-total", "literal"],
+)
+def test_too_long_patterns_are_refused_with_bad(env: ImapEnv, user: str, command: str) -> None:
+    lines = attack_while_noop(env.port(), user, command.encode())
+    assert lines == [lines[-1]] and lines[-1].startswith(b"A BAD"), lines
+
+
+@pytest.mark.parametrize("pattern", FLOODS.values(), ids=FLOODS.keys())
+def test_lsub_wildcard_flood_is_answered_quickly(env: ImapEnv, user: str, pattern: str) -> None:
+    # LSUB's pattern is matched by the mailstore (ListMailboxes subscribed_only)
+    lines = attack_while_noop(env.port(), user, f'LSUB "" "{pattern}"'.encode())
+    assert lines[-1].startswith(b"A OK") and len(lines) == 1
+
+
+def test_list_extended_several_flood_patterns_are_answered_quickly(env: ImapEnv, user: str) -> None:
+    # RFC 5258: several patterns, selection and return options (STATUS: RFC 5819), all at the bound
+    patterns = " ".join(f'"{p}"' for p in (FLOODS["stars"], FLOODS["mixed"], FLOODS["star-literal"]))
+    command = f'LIST (SUBSCRIBED RECURSIVEMATCH) "" ({patterns}) RETURN (CHILDREN STATUS (MESSAGES))'
+    lines = attack_while_noop(env.port(), user, command.encode())
+    assert lines[-1].startswith(b"A OK") and len(lines) == 1
+
+
+# ---------------------------------------------------------------- the matcher itself
+
+
+def reference_match(pattern: str, name: str) -> bool:
+    """RFC 3501 §6.3.8 by the definition, as a table over (pattern prefix, name prefix)."""
+    # table[i][j]: pattern[:i] matches name[:j]
+    table = [[False] * (len(name) + 1) for _ in range(len(pattern) + 1)]
+    table[0][0] = True
+    for i, p in enumerate(pattern, 1):
+        for j in range(len(name) + 1):
+            if p == "*":
+                table[i][j] = table[i - 1][j] or (j > 0 and table[i][j - 1])
+            elif p == "%":
+                table[i][j] = table[i - 1][j] or (j > 0 and name[j - 1] != "/" and table[i][j - 1])
+            else:
+                table[i][j] = j > 0 and name[j - 1] == p and table[i - 1][j - 1]
+    return table[len(pattern)][len(name)]
+
+
+ALPHABET = st.sampled_from("ab/*%")
+
+
+@given(pattern=st.text(ALPHABET, max_size=12), name=st.text(st.sampled_from("ab/"), max_size=12))
+@settings(max_examples=3000, deadline=None)
+def test_matcher_agrees_with_the_definition(pattern: str, name: str) -> None:
+    assert matches(pattern, name) is reference_match(pattern, name)
+
+
+@given(
+    patterns=st.lists(st.text(ALPHABET, max_size=8), min_size=1, max_size=4),
+    name=st.text(st.sampled_from("ab/"), max_size=10),
+)
+@settings(max_examples=1500, deadline=None)
+def test_several_patterns_match_what_any_one_matches(patterns: list[str], name: str) -> None:
+    assert MailboxPatterns(patterns).matches(name) is any(reference_match(p, name) for p in patterns)
+
+
+@pytest.mark.parametrize(
+    ("pattern", "name", "expected"),
+    [
+        # RFC 3501 §6.3.8 / RFC 9051 §6.3.9: "%" stops at the hierarchy delimiter, "*" does not
+        ("*", "foo/bar/baz", True),
+        ("%", "foo", True),
+        ("%", "foo/bar", False),
+        ("foo/%", "foo/bar", True),
+        ("foo/%", "foo/bar/baz", False),
+        ("foo/*", "foo/bar/baz", True),
+        ("foo%", "foo/bar", False),
+        ("foo*", "foo/bar", True),
+        ("%/%", "foo/bar", True),
+        ("%/%", "foo", False),
+        ("~smith/Mail/%", "~smith/Mail/foo", True),  # RFC 3501 §6.3.8's example
+        ("", "", True),
+        ("", "INBOX", False),
+        ("INBOX", "INBOX", True),
+        ("a.b", "axb", False),  # no regex leaks: "." "(" "[" are plain characters
+        ("a(b[", "a(b[", True),
+        ("%%*%", "x/y", True),  # a run of wildcards holding "*" is "*"
+        ("%%", "x/y", False),  # a run of "%" alone stays "%"
+        ("Entw%rfe", "Entwürfe", True),  # characters, not bytes
+    ],
+)
+def test_rfc_examples(pattern: str, name: str, expected: bool) -> None:
+    assert matches(pattern, name) is expected
+
+
+def test_the_matcher_is_linear_in_the_name() -> None:
+    # The old regex took exponential time in the stars; this counts steps, not seconds: one pass
+    # over the name per pattern, whatever the wildcards (a budget of operations, not a timing).
+    steps = 0
+
+    class Counting(str):
+        def __iter__(self) -> Iterator[str]:
+            nonlocal steps
+            for ch in str.__iter__(self):
+                steps += 1
+                yield ch
+
+    name = Counting("a" * 999)
+    assert not MailboxPatterns(["*" * 999 + "x", "%a" * 499 + "x"]).matches(name)
+    assert steps <= len(name)
+
+
+def test_patterns_past_the_bounds_raise() -> None:
+    with pytest.raises(PatternTooLongError):
+        MailboxPatterns(["*" * (MAX_PATTERN_BYTES + 1)])
+    with pytest.raises(PatternTooLongError):
+        MailboxPatterns(["é" * (MAX_PATTERN_BYTES // 2 + 1)])  # bytes, not characters
+    with pytest.raises(PatternTooLongError):
+        MailboxPatterns(["*" * MAX_PATTERN_BYTES] * (MAX_PATTERNS_BYTES // MAX_PATTERN_BYTES + 1))
+    MailboxPatterns(["*" * MAX_PATTERN_BYTES] * (MAX_PATTERNS_BYTES // MAX_PATTERN_BYTES))
+
+
+# ---------------------------------------------------------------- the deployed topology
+
+
+@pytest.fixture(scope="module")
+def topology(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Topology]:
+    folder = tmp_path_factory.mktemp("attack-patterns-topology")
+    redis_server = RedisServer()
+    s3 = S3Server(str(folder / "s3"))
+    topo: Topology | None = None
+    try:
+        redis_server.start()
+        s3.start()
+        with pytest.MonkeyPatch.context() as mp:  # for make_bucket's boto3 client, not the services
+            mp.setenv("AWS_ACCESS_KEY_ID", s3.access_key)
+            mp.setenv("AWS_SECRET_ACCESS_KEY", s3.secret_key)
+            mp.setenv("AWS_EC2_METADATA_DISABLED", "true")
+            topo = build_topology(folder, redis_server, s3, [{}])
+        start_topology(topo)
+        yield topo
+    finally:
+        if topo is not None:
+            topo.stop()
+        redis_server.cleanup()
+        s3.close()
+
+
+def _topology_account(topo: Topology) -> str:
+    user = f"attacker{time.monotonic_ns()}@example.test"
+    with grpc.insecure_channel(topo.mailstore_addr) as channel:
+        pbg.AdminStub(channel).CreateAccount(pb.CreateAccountRequest(name=user, password=PASSWORD), timeout=10)
+        store = pbg.MailstoreStub(channel)
+        for i in range(MAILBOXES // 3):
+            name = f"aaaa{i}/aaaa/aaaaaaaaaaaaaaaaaaaa"
+            store.CreateMailbox(pb.CreateMailboxRequest(account=user, name=name), timeout=10)
+            store.Subscribe(pb.SubscribeRequest(account=user, name=name, subscribed=True), timeout=10)
+    return user
+
+
+@pytest.mark.slow
+def test_topology_list_and_lsub_floods_leave_imap_responsive(topology: Topology) -> None:
+    with topology.diagnose():
+        user = _topology_account(topology)
+        port = topology.imaps[0].ports["imap"]
+        for command in (f'LIST "" "{FLOODS["stars"]}"', f'LSUB "" "{FLOODS["mixed"]}"'):
+            lines = attack_while_noop(port, user, command.encode())
+            assert lines[-1].startswith(b"A OK")
+        lines = attack_while_noop(port, user, f'LIST "" "{"*" * 1001}"'.encode())
+        assert lines[-1].startswith(b"A BAD")
+        # and the process still stops on SIGTERM, as a stuck loop would not
+        assert topology.imaps[0].stop(timeout=15) == 0
