@@ -70,6 +70,8 @@ BODY_CHUNK = 1024 * 1024
 _HEADER_TEXTS = (pb.SECTION_HEADER, pb.SECTION_HEADER_FIELDS, pb.SECTION_HEADER_FIELDS_NOT)
 ACCOUNT_ID_CACHE = 10_000
 SEARCH_BODY_CONCURRENCY = 8
+SEARCH_BATCH = 64  # messages whose bodies a SEARCH BODY/TEXT holds at once
+SEARCH_SLICE = 0.02  # seconds a SEARCH evaluates before letting other calls run
 FETCH_BODIES_CONCURRENCY = 8  # blob reads in flight for one FetchBodies call
 BLOB_DELETE_CONCURRENCY = 8
 QUOTA_WATCH_SECONDS = 30.0  # how soon counters lost with a Redis outage or restart are recomputed
@@ -716,23 +718,33 @@ class MailstoreCore:
         mailbox = await self._read_mailbox(account, mailbox_name)
         records = await self.metadata.fetch(mailbox.id, None, with_header=True)
         max_uid = records[-1].uid if records else 0
+        with_body = search.needs_body(key)
+        limit = asyncio.Semaphore(SEARCH_BODY_CONCURRENCY)
         bodies: dict[int, bytes] = {}
-        if search.needs_body(key):
-            limit = asyncio.Semaphore(SEARCH_BODY_CONCURRENCY)
 
-            async def load(r: MessageRecord) -> None:
-                async with limit:
-                    bodies[r.uid] = await self.blobs.get(r.blob_key)
+        async def load(r: MessageRecord) -> None:
+            async with limit:
+                bodies[r.uid] = await self.blobs.get(r.blob_key)
 
-            await asyncio.gather(*(load(r) for r in records))
-        try:
-            hits = [
-                r
-                for seq, r in enumerate(records, 1)
-                if search.matches(key, r, seq, max_uid, bodies.get(r.uid), max_seq=len(records))
-            ]
-        except ValueError as e:
-            raise InvalidRequest(f"bad search key: {e}") from None
+        # Bodies are read a batch at a time (memory: a batch, not the mailbox), and the loop is
+        # given back every SEARCH_SLICE seconds: a SEARCH of a big mailbox, or with many keys, is
+        # linear in messages x keys but never holds every other call of every account meanwhile.
+        hits: list[MessageRecord] = []
+        slice_end = time.monotonic() + SEARCH_SLICE
+        for start in range(0, len(records), SEARCH_BATCH):
+            batch = records[start : start + SEARCH_BATCH]
+            bodies.clear()
+            if with_body:
+                await asyncio.gather(*(load(r) for r in batch))
+            for seq, r in enumerate(batch, start + 1):
+                if time.monotonic() > slice_end:
+                    await asyncio.sleep(0)
+                    slice_end = time.monotonic() + SEARCH_SLICE
+                try:
+                    if search.matches(key, r, seq, max_uid, bodies.get(r.uid), max_seq=len(records)):
+                        hits.append(r)
+                except ValueError as e:
+                    raise InvalidRequest(f"bad search key: {e}") from None
         return [r.uid for r in hits], max((r.modseq for r in hits), default=0)
 
     # ------------------------------------------------------------ changing messages

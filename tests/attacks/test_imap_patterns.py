@@ -27,10 +27,13 @@ from mailstack.services.common.mailbox_patterns import (
     PatternTooLongError,
     matches,
 )
+from mailstack.services.imap.commands.search import MAX_WIRE_DEPTH
+from mailstack.services.imap.protocol.search import MAX_DEPTH, MAX_KEYS
 from mailstack.v1 import mailstore_pb2 as pb
 from mailstack.v1 import mailstore_pb2_grpc as pbg
 
-from tests.fixtures.imap_server import PASSWORD, ImapEnv, RawImap, imap_env
+from tests.fixtures.imap_server import PASSWORD, ImapEnv, RawImap, imap_env, message
+from tests.fixtures.mailstore import append
 from tests.fixtures.redis_server import RedisServer
 from tests.fixtures.s3_server import S3Server
 from tests.fixtures.topology import Topology, build_topology, start_topology
@@ -305,3 +308,94 @@ def test_topology_list_and_lsub_floods_leave_imap_responsive(topology: Topology)
         assert lines[-1].startswith(b"A BAD")
         # and the process still stops on SIGTERM, as a stuck loop would not
         assert topology.imaps[0].stop(timeout=15) == 0
+
+
+# ---------------------------------------------------------------- SEARCH
+
+
+SEARCH_MESSAGES = 50
+
+
+@pytest.fixture(scope="module")
+def searcher(env: ImapEnv) -> str:
+    user = env.new_account()
+    for i in range(SEARCH_MESSAGES):
+        env.deliver(user, message(f"subject {i} " + "a" * 200, body=("aaaa " * 2000 + f"\r\n{i}\r\n")))
+    return user
+
+
+def _alternating(pairs: int, leaf: str = "ALL") -> str:
+    """NOT OR ALL NOT OR ALL ... leaf: three protobuf levels per pair on the wire to the mailstore."""
+    criteria = leaf
+    for _ in range(pairs):
+        criteria = f"NOT OR ALL {criteria}"
+    return criteria
+
+
+# What a hostile client sends, and whether the server answers OK (bounded work) or BAD (refused).
+HOSTILE_SEARCHES = {
+    "nested-not": ("SEARCH " + "NOT " * MAX_DEPTH + "ALL", b"A OK"),
+    "too-deep": ("SEARCH " + "NOT " * (MAX_DEPTH + 1) + "ALL", b"A BAD"),
+    "or-chain": ("SEARCH " + "OR ALL " * MAX_DEPTH + "ALL", b"A OK"),  # a long OR chain stays flat
+    "left-or-chain": ("SEARCH " + "OR " * MAX_DEPTH + "ALL" + " SEEN" * MAX_DEPTH, b"A OK"),
+    "nested-parens": ("SEARCH " + "(" * MAX_DEPTH + "ALL" + ")" * MAX_DEPTH, b"A OK"),
+    "alternating-at-bound": ("SEARCH " + _alternating(MAX_WIRE_DEPTH // 3, "UID 1:*"), b"A OK"),
+    "alternating-too-deep": ("SEARCH " + _alternating(MAX_WIRE_DEPTH // 3 + 1), b"A BAD"),
+    "keys-at-bound": ("SEARCH " + " ".join(["SEEN"] * (MAX_KEYS - 1)), b"A OK"),  # + their AND
+    "many-keys": ("SEARCH " + " ".join(["SEEN"] * 10000), b"A BAD"),
+    "long-text": ('SEARCH TEXT "' + "a" * 60000 + '"', b"A OK"),
+    "many-body-strings": ("SEARCH " + " ".join([f'BODY "{"a" * 900}"'] * 60), b"A OK"),
+    "long-body-literal": (f"SEARCH BODY {{{3_000_000}+}}\r\n" + "a" * 3_000_000, b"A BAD"),
+    "too-much-text": ("SEARCH " + " ".join([f'TEXT "{"a" * 9000}"'] * 8), b"A BAD"),
+}
+
+
+@pytest.mark.parametrize(("command", "answer"), HOSTILE_SEARCHES.values(), ids=HOSTILE_SEARCHES.keys())
+def test_hostile_search_is_answered_quickly_or_refused(
+    env: ImapEnv, searcher: str, command: str, answer: bytes
+) -> None:
+    lines = attack_while_noop(env.port(), searcher, command.encode(), select="INBOX")
+    assert lines[-1].startswith(answer), lines[-1][:200]
+    if answer == b"A BAD":
+        assert len(lines) == 1  # refused before any work: no untagged SEARCH
+    else:
+        assert lines[0].startswith(b"* SEARCH")
+
+
+BIG_MAILBOX = 1000
+
+
+@pytest.fixture(scope="module")
+def big_searcher(env: ImapEnv) -> str:
+    user = env.new_account()
+
+    async def fill() -> None:
+        for i in range(BIG_MAILBOX):
+            await append(env.client, user, "INBOX", message(f"big {i}", body="aaaa " * 400 + "\r\n"))
+
+    env.run(fill, timeout=300)
+    return user
+
+
+def test_search_of_a_big_mailbox_lets_others_run(env: ImapEnv, big_searcher: str) -> None:
+    # 999 keys x 1,000 messages: about a second of evaluation in the mailstore, which gives the
+    # loop back every SEARCH_SLICE (the IMAP server shares that loop here): a NOOP sent meanwhile
+    # is answered while the SEARCH is still running, not after it.
+    attacker = _connect(env.port(), big_searcher)
+    bystander = _connect(env.port(), big_searcher, timeout=NOOP_WITHIN + 1)
+    try:
+        assert attacker.command("S", "SELECT INBOX")[-1].startswith(b"S OK")
+        started = time.monotonic()
+        attacker.send(b"A SEARCH " + b" ".join([b"UNSEEN"] * (MAX_KEYS - 1)) + b"\r\n")
+        time.sleep(0.2)  # the SEARCH is being evaluated by now
+        assert bystander.command("N", "NOOP")[-1].startswith(b"N OK")
+        attacker.sock.setblocking(False)
+        with pytest.raises(BlockingIOError):  # no answer yet: the NOOP did not wait for it
+            attacker.sock.recv(1)
+        attacker.sock.setblocking(True)
+        lines = attacker.until("A")
+        assert lines[-1].startswith(b"A OK") and time.monotonic() - started < ANSWER_WITHIN
+        assert lines[0].startswith(b"* SEARCH 1 2 3") and len(lines[0].split()) == 2 + BIG_MAILBOX
+    finally:
+        attacker.close()
+        bystander.close()
