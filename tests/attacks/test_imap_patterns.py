@@ -13,13 +13,19 @@ Against the in-process server (tests/fixtures/imap_server.py) and against the de
 
 from __future__ import annotations
 
+import asyncio
+import threading
 import time
-from collections.abc import Callable, Iterator
+import urllib.error
+import urllib.request
+from collections.abc import Awaitable, Callable, Iterator
+from typing import TypeVar
 
 import grpc
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from mailstack.services.common import metrics
 from mailstack.services.common.mailbox_patterns import (
     MAX_PATTERN_BYTES,
     MAX_PATTERNS_BYTES,
@@ -38,6 +44,7 @@ from tests.fixtures.redis_server import RedisServer
 from tests.fixtures.s3_server import S3Server
 from tests.fixtures.topology import Topology, build_topology, start_topology
 
+T = TypeVar("T")
 ANSWER_WITHIN = 5.0  # seconds for the hostile command's tagged answer
 NOOP_WITHIN = 2.0  # seconds for another client's NOOP while the hostile command runs
 MAILBOXES = 300  # existing (and subscribed) mailboxes the patterns are matched against
@@ -300,10 +307,13 @@ def _topology_account(topo: Topology) -> str:
 def test_topology_list_and_lsub_floods_leave_imap_responsive(topology: Topology) -> None:
     with topology.diagnose():
         user = _topology_account(topology)
-        port = topology.imaps[0].ports["imap"]
+        imap = topology.imaps[0]
+        port = imap.ports["imap"]
+        live = f"http://127.0.0.1:{imap.env['MAILSTACK_METRICS_PORT']}/live"  # what the kubelet asks
         for command in (f'LIST "" "{FLOODS["stars"]}"', f'LSUB "" "{FLOODS["mixed"]}"'):
             lines = attack_while_noop(port, user, command.encode())
             assert lines[-1].startswith(b"A OK")
+            assert http_status(live, timeout=2) == 200
         lines = attack_while_noop(port, user, f'LIST "" "{"*" * 1001}"'.encode())
         assert lines[-1].startswith(b"A BAD")
         # and the process still stops on SIGTERM, as a stuck loop would not
@@ -399,3 +409,88 @@ def test_search_of_a_big_mailbox_lets_others_run(env: ImapEnv, big_searcher: str
     finally:
         attacker.close()
         bystander.close()
+
+
+# ---------------------------------------------------------------- liveness
+
+
+def http_status(url: str, timeout: float) -> int | None:
+    """The HTTP status of GET url, or None when no answer came within `timeout`."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as reply:
+            return int(reply.status)
+    except urllib.error.HTTPError as e:
+        return e.code
+    except (TimeoutError, urllib.error.URLError) as e:
+        assert isinstance(e, TimeoutError) or isinstance(e.reason, TimeoutError), e
+        return None
+
+
+@pytest.fixture
+def loop_thread() -> Iterator[asyncio.AbstractEventLoop]:
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, name="live-test-loop", daemon=True)
+    thread.start()
+    try:
+        yield loop
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+        loop.close()
+
+
+def _run(loop: asyncio.AbstractEventLoop, make: Callable[[], Awaitable[T]]) -> T:
+    async def wrapper() -> T:
+        return await make()
+
+    return asyncio.run_coroutine_threadsafe(wrapper(), loop).result(10)
+
+
+async def _always_ready() -> bool:
+    return True
+
+
+def test_live_is_not_answered_while_the_event_loop_is_blocked(
+    loop_thread: asyncio.AbstractEventLoop, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(metrics, "STALL_LOG", 1.0)
+    server = metrics.MetricsServer("127.0.0.1", 0, _always_ready)
+    _run(loop_thread, server.start)
+    url = f"http://{server.address}/live"
+    try:
+        assert http_status(url, timeout=2) == 200
+        blocked = threading.Event()
+
+        def freeze_the_loop() -> None:  # what the backtracking LIST did, in miniature
+            blocked.set()
+            time.sleep(3)
+
+        loop_thread.call_soon_threadsafe(freeze_the_loop)
+        assert blocked.wait(2)
+        assert http_status(url, timeout=1.5) is None  # the TCP accept happens; no answer comes
+        deadline = time.monotonic() + 10
+        while (status := http_status(url, timeout=1)) != 200 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert status == 200  # alive again once the loop runs
+        stalls = [r for r in caplog.records if r.getMessage().startswith("event loop blocked")]
+        assert len(stalls) == 1 and "freeze_the_loop" in stalls[0].getMessage()  # where it was stuck
+    finally:
+        _run(loop_thread, server.stop)
+
+
+def test_live_answers_503_when_the_heartbeat_stops(
+    loop_thread: asyncio.AbstractEventLoop, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(metrics, "LIVE_STALE", 0.5)
+    server = metrics.MetricsServer("127.0.0.1", 0, _always_ready)
+    _run(loop_thread, server.start)
+    url = f"http://{server.address}/live"
+    try:
+        assert http_status(url, timeout=2) == 200
+        task = server.heartbeat._task
+        assert task is not None
+        loop_thread.call_soon_threadsafe(task.cancel)
+        time.sleep(1.0)
+        assert http_status(url, timeout=2) == 503
+    finally:
+        _run(loop_thread, server.stop)
