@@ -14,11 +14,16 @@ Against the in-process server (tests/fixtures/imap_server.py) and against the de
 from __future__ import annotations
 
 import asyncio
+import io
+import logging
+import os
+import stat
 import threading
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
 from typing import TypeVar
 
 import grpc
@@ -26,6 +31,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from mailstack.services.common import metrics
+from mailstack.services.common.lifecycle import run_services
 from mailstack.services.common.mailbox_patterns import (
     MAX_PATTERN_BYTES,
     MAX_PATTERNS_BYTES,
@@ -35,11 +41,12 @@ from mailstack.services.common.mailbox_patterns import (
 )
 from mailstack.services.imap.commands.search import MAX_WIRE_DEPTH
 from mailstack.services.imap.protocol.search import MAX_DEPTH, MAX_KEYS
+from mailstack.storage.private_paths import private_dir
 from mailstack.v1 import mailstore_pb2 as pb
 from mailstack.v1 import mailstore_pb2_grpc as pbg
 
 from tests.fixtures.imap_server import PASSWORD, ImapEnv, RawImap, imap_env, message
-from tests.fixtures.mailstore import append
+from tests.fixtures.mailstore import append, open_client, settings_for
 from tests.fixtures.redis_server import RedisServer
 from tests.fixtures.s3_server import S3Server
 from tests.fixtures.topology import Topology, build_topology, start_topology
@@ -494,3 +501,87 @@ def test_live_answers_503_when_the_heartbeat_stops(
         assert http_status(url, timeout=2) == 503
     finally:
         _run(loop_thread, server.stop)
+
+
+# ---------------------------------------------------------------- data folder and database modes
+
+
+def mode_of(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+@pytest.fixture
+def lax_umask() -> Iterator[None]:
+    # what a container or a careless shell gives: new files group- and world-readable
+    old = os.umask(0o022)
+    try:
+        yield
+    finally:
+        os.umask(old)
+
+
+async def _serve_mailstore_once(data_dir: Path) -> None:
+    """`mailstack serve mailstore` in this process: start, create an account (a password hash
+    written through the WAL), stop."""
+    out, stop = io.StringIO(), asyncio.Event()
+    task = asyncio.create_task(run_services(settings_for(data_dir), ["mailstore"], stop_event=stop, out=out))
+    for _ in range(500):  # the banner's "data" line comes once the mailstore listens
+        if "data" in out.getvalue() or task.done():
+            break
+        await asyncio.sleep(0.02)
+    assert not task.done(), task.exception()
+    address = next(line.split()[-1] for line in out.getvalue().splitlines() if line.startswith("mailstore"))
+    client = open_client(address)
+    try:
+        name = f"modes{time.monotonic_ns()}@example.test"
+        await client.admin.CreateAccount(pb.CreateAccountRequest(name=name, password=PASSWORD))
+        database = data_dir / "metadata.sqlite3"
+        for suffix in ("", "-wal", "-shm"):  # while the store is open, its WAL files exist
+            assert mode_of(Path(f"{database}{suffix}")) == 0o600, suffix
+    finally:
+        await client.channel.close()
+        stop.set()
+        await asyncio.wait_for(task, 30)
+
+
+async def test_new_data_folder_and_database_are_private(tmp_path: Path, lax_umask: None) -> None:
+    data_dir = tmp_path / "new" / "data"
+    await _serve_mailstore_once(data_dir)
+    assert mode_of(data_dir) == 0o700
+    assert mode_of(data_dir / "metadata.sqlite3") == 0o600
+    assert mode_of(data_dir.parent) == 0o755  # a parent it had to create is not its own
+
+
+async def test_open_data_folder_and_database_are_tightened_with_a_warning(
+    tmp_path: Path, lax_umask: None, caplog: pytest.LogCaptureFixture
+) -> None:
+    data_dir = tmp_path / "data"
+    await _serve_mailstore_once(data_dir)
+    # an older version, a restored backup or a lax umask left everything readable
+    data_dir.chmod(0o755)
+    for name in ("metadata.sqlite3", "metadata.sqlite3-wal", "metadata.sqlite3-shm"):
+        path = data_dir / name
+        path.touch()
+        path.chmod(0o644)
+    caplog.set_level(logging.WARNING, logger="mailstack.storage")
+    await _serve_mailstore_once(data_dir)
+    assert mode_of(data_dir) == 0o700
+    assert mode_of(data_dir / "metadata.sqlite3") == 0o600
+    warned = {r.getMessage().split()[1] for r in caplog.records if "tightened" in r.getMessage()}
+    assert {str(data_dir), *(f"{data_dir / 'metadata.sqlite3'}{s}" for s in ("", "-wal", "-shm"))} <= warned
+
+
+def test_a_folder_that_cannot_be_tightened_is_reported(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="mailstack.storage")
+    folder = tmp_path / "volume"
+    folder.mkdir(mode=0o755)
+    folder.chmod(0o755)
+
+    def refuse(path: object, mode: int) -> None:  # what a volume root owned by root answers
+        raise PermissionError(1, "Operation not permitted")
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(os, "chmod", refuse)
+        private_dir(folder)  # starts anyway
+    assert mode_of(folder) == 0o755
+    assert any("could not be tightened" in r.getMessage() for r in caplog.records)
