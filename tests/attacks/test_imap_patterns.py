@@ -539,7 +539,7 @@ async def _serve_mailstore_once(data_dir: Path) -> None:
         for suffix in ("", "-wal", "-shm"):  # while the store is open, its WAL files exist
             assert mode_of(Path(f"{database}{suffix}")) == 0o600, suffix
     finally:
-        await client.channel.close()
+        await client.channel.close(None)
         stop.set()
         await asyncio.wait_for(task, 30)
 
