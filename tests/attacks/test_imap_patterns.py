@@ -272,61 +272,6 @@ def test_patterns_past_the_bounds_raise() -> None:
     MailboxPatterns(["*" * MAX_PATTERN_BYTES] * (MAX_PATTERNS_BYTES // MAX_PATTERN_BYTES))
 
 
-# ---------------------------------------------------------------- the deployed topology
-
-
-@pytest.fixture(scope="module")
-def topology(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Topology]:
-    folder = tmp_path_factory.mktemp("attack-patterns-topology")
-    redis_server = RedisServer()
-    s3 = S3Server(str(folder / "s3"))
-    topo: Topology | None = None
-    try:
-        redis_server.start()
-        s3.start()
-        with pytest.MonkeyPatch.context() as mp:  # for make_bucket's boto3 client, not the services
-            mp.setenv("AWS_ACCESS_KEY_ID", s3.access_key)
-            mp.setenv("AWS_SECRET_ACCESS_KEY", s3.secret_key)
-            mp.setenv("AWS_EC2_METADATA_DISABLED", "true")
-            topo = build_topology(folder, redis_server, s3, [{}])
-        start_topology(topo)
-        yield topo
-    finally:
-        if topo is not None:
-            topo.stop()
-        redis_server.cleanup()
-        s3.close()
-
-
-def _topology_account(topo: Topology) -> str:
-    user = f"attacker{time.monotonic_ns()}@example.test"
-    with grpc.insecure_channel(topo.mailstore_addr) as channel:
-        pbg.AdminStub(channel).CreateAccount(pb.CreateAccountRequest(name=user, password=PASSWORD), timeout=10)
-        store = pbg.MailstoreStub(channel)
-        for i in range(MAILBOXES // 3):
-            name = f"aaaa{i}/aaaa/aaaaaaaaaaaaaaaaaaaa"
-            store.CreateMailbox(pb.CreateMailboxRequest(account=user, name=name), timeout=10)
-            store.Subscribe(pb.SubscribeRequest(account=user, name=name, subscribed=True), timeout=10)
-    return user
-
-
-@pytest.mark.slow
-def test_topology_list_and_lsub_floods_leave_imap_responsive(topology: Topology) -> None:
-    with topology.diagnose():
-        user = _topology_account(topology)
-        imap = topology.imaps[0]
-        port = imap.ports["imap"]
-        live = f"http://127.0.0.1:{imap.env['MAILSTACK_METRICS_PORT']}/live"  # what the kubelet asks
-        for command in (f'LIST "" "{FLOODS["stars"]}"', f'LSUB "" "{FLOODS["mixed"]}"'):
-            lines = attack_while_noop(port, user, command.encode())
-            assert lines[-1].startswith(b"A OK")
-            assert http_status(live, timeout=2) == 200
-        lines = attack_while_noop(port, user, f'LIST "" "{"*" * 1001}"'.encode())
-        assert lines[-1].startswith(b"A BAD")
-        # and the process still stops on SIGTERM, as a stuck loop would not
-        assert topology.imaps[0].stop(timeout=15) == 0
-
-
 # ---------------------------------------------------------------- SEARCH
 
 
@@ -585,3 +530,61 @@ def test_a_folder_that_cannot_be_tightened_is_reported(tmp_path: Path, caplog: p
         private_dir(folder)  # starts anyway
     assert mode_of(folder) == 0o755
     assert any("could not be tightened" in r.getMessage() for r in caplog.records)
+
+
+# ---------------------------------------------------------------- the deployed topology
+
+
+@pytest.fixture(scope="module")
+def topology(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Topology]:
+    folder = tmp_path_factory.mktemp("attack-patterns-topology")
+    redis_server = RedisServer()
+    s3 = S3Server(str(folder / "s3"))
+    topo: Topology | None = None
+    try:
+        redis_server.start()
+        s3.start()
+        with pytest.MonkeyPatch.context() as mp:  # for make_bucket's boto3 client, not the services
+            mp.setenv("AWS_ACCESS_KEY_ID", s3.access_key)
+            mp.setenv("AWS_SECRET_ACCESS_KEY", s3.secret_key)
+            mp.setenv("AWS_EC2_METADATA_DISABLED", "true")
+            topo = build_topology(folder, redis_server, s3, [{}])
+        start_topology(topo)
+        yield topo
+    finally:
+        if topo is not None:
+            topo.stop()
+        redis_server.cleanup()
+        s3.close()
+
+
+def _topology_account(topo: Topology) -> str:
+    user = f"attacker{time.monotonic_ns()}@example.test"
+    with grpc.insecure_channel(topo.mailstore_addr) as channel:
+        pbg.AdminStub(channel).CreateAccount(pb.CreateAccountRequest(name=user, password=PASSWORD), timeout=10)
+        store = pbg.MailstoreStub(channel)
+        for i in range(MAILBOXES // 3):
+            name = f"aaaa{i}/aaaa/aaaaaaaaaaaaaaaaaaaa"
+            store.CreateMailbox(pb.CreateMailboxRequest(account=user, name=name), timeout=10)
+            store.Subscribe(pb.SubscribeRequest(account=user, name=name, subscribed=True), timeout=10)
+    return user
+
+
+@pytest.mark.slow
+def test_topology_list_lsub_and_search_attacks_leave_imap_responsive(topology: Topology) -> None:
+    with topology.diagnose():
+        user = _topology_account(topology)
+        imap = topology.imaps[0]
+        port = imap.ports["imap"]
+        live = f"http://127.0.0.1:{imap.env['MAILSTACK_METRICS_PORT']}/live"  # what the kubelet asks
+        for command in (f'LIST "" "{FLOODS["stars"]}"', f'LSUB "" "{FLOODS["mixed"]}"'):
+            lines = attack_while_noop(port, user, command.encode())
+            assert lines[-1].startswith(b"A OK")
+            assert http_status(live, timeout=2) == 200
+        lines = attack_while_noop(port, user, f'LIST "" "{"*" * 1001}"'.encode())
+        assert lines[-1].startswith(b"A BAD")
+        for name in ("or-chain", "alternating-at-bound", "many-keys", "long-body-literal"):
+            command, answer = HOSTILE_SEARCHES[name]
+            assert attack_while_noop(port, user, command.encode(), select="INBOX")[-1].startswith(answer), name
+        # and the process still stops on SIGTERM, as a stuck loop would not
+        assert topology.imaps[0].stop(timeout=15) == 0
