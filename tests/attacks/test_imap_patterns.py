@@ -164,6 +164,16 @@ def test_too_long_patterns_are_refused_with_bad(env: ImapEnv, user: str, command
     assert lines == [lines[-1]] and lines[-1].startswith(b"A BAD"), lines
 
 
+def test_mailstore_refuses_an_over_long_pattern_from_any_caller(env: ImapEnv, user: str) -> None:
+    # ListMailboxes is matched in the mailstore too (LSUB); a caller other than IMAP gets the bound
+    request = pb.ListMailboxesRequest(account=user, pattern="*" * (MAX_PATTERN_BYTES + 1))
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        env.run(lambda: env.client.store.ListMailboxes(request, timeout=ANSWER_WITHIN))
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    flood = pb.ListMailboxesRequest(account=user, pattern=FLOODS["mixed"], subscribed_only=True)
+    assert not env.run(lambda: env.client.store.ListMailboxes(flood, timeout=ANSWER_WITHIN)).mailboxes
+
+
 @pytest.mark.parametrize("pattern", FLOODS.values(), ids=FLOODS.keys())
 def test_lsub_wildcard_flood_is_answered_quickly(env: ImapEnv, user: str, pattern: str) -> None:
     # LSUB's pattern is matched by the mailstore (ListMailboxes subscribed_only)
