@@ -1,4 +1,4 @@
-"""The one brake on password guessing (ADR 0009): login attempts per client IP and per target
+"""The one brake on password guessing (ADR 0011): login attempts per client IP and per target
 account in a sliding window, for every protocol (IMAP, POP3, SMTP AUTH) and the Send API.
 
 The mailstore holds it, because every login of every frontend replica ends in its Authenticate

@@ -136,7 +136,7 @@ class Settings:
     imap_auth_max_failures: int = _setting(3, "Failed IMAP logins per connection before it is closed.")
     imap_auth_failure_delay_ms: int = _setting(1000, "Delay before answering a failed IMAP login, in ms.")
 
-    # password guessing, all protocols and the Send API together (ADR 0009)
+    # password guessing, all protocols and the Send API together (ADR 0011)
     auth_max_attempts_per_ip: int = _setting(
         20, "Failed plus in-progress logins per client IP per window, all protocols together (more: refused; 0 = off)."
     )

@@ -29,6 +29,7 @@ from mailstack.services.common.config import Settings
 from mailstack.services.common.grpc_client import Identity, IdentityError, identity_for, open_channel
 from mailstack.services.common.metrics import MetricsServer
 from mailstack.services.common.tls import ensure_self_signed
+from mailstack.storage.private_paths import private_dir
 
 log = logging.getLogger("mailstack.lifecycle")
 
@@ -150,7 +151,7 @@ def _prepare(settings: Settings, names: list[str], all_in_one: bool) -> str:
     # Only the mail listeners need a certificate; the mailstore and the outbound worker do not.
     serves_frontend = any(n not in (MAILSTORE, "outbound") for n in names)
     if all_in_one or MAILSTORE in names or (serves_frontend and not settings.tls_cert):
-        Path(settings.data_dir).mkdir(parents=True, exist_ok=True)
+        private_dir(settings.data_dir)  # 0700: metadata (password hashes), blobs, the TLS key
     if not settings.tls_cert and (all_in_one or serves_frontend):
         ensure_self_signed(settings.effective_tls_cert, settings.effective_tls_key, settings.hostname)
     if not all_in_one and MAILSTORE not in names and not settings.grpc_cert:

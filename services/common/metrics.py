@@ -6,7 +6,10 @@ metrics_port, 0 = off) answers:
   GET /metrics  the Prometheus text format
   GET /ready    200 once the services started (and, for frontends, the mailstore answers its
                 gRPC health check); 503 before, and from the moment shutdown begins
-  GET /live     200 while the process serves HTTP at all
+  GET /live     200 while the event loop runs. This server is on the loop that serves the mail
+                protocols, so a stuck loop leaves /live unanswered and the probe times out; 503
+                when the loop's heartbeat is older than LIVE_STALE (its task died). A TCP accept
+                on the mail port proves nothing: the kernel accepts while the loop is frozen.
 """
 
 from __future__ import annotations
@@ -14,6 +17,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sys
+import threading
+import time
+import traceback
 from collections.abc import Awaitable, Callable
 
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, Gauge, Histogram, generate_latest
@@ -105,20 +112,83 @@ OUTBOUND_QUEUE_DEPTH = Gauge(
 # The internal gRPC API's refusals (ADR 0009): reason unauthenticated or permission_denied.
 GRPC_REFUSALS = Counter("mailstack_grpc_refusals", "Internal gRPC calls refused, by reason", ["reason"])
 
+EVENT_LOOP_LAG = Gauge(
+    "mailstack_event_loop_lag_seconds",
+    "How late the event loop ran its last heartbeat (a second apart): time spent in code that blocks the loop",
+)
+
 READ_TIMEOUT = 10.0  # seconds for a scraper to send its request
+HEARTBEAT = 1.0  # seconds between the loop's heartbeats
+LIVE_STALE = 10.0  # a heartbeat older than this: /live answers 503
+STALL_LOG = 5.0  # the watchdog thread logs where the loop is stuck once it is this late
 MAX_REQUEST_HEAD = 8192
 
 ReadyCheck = Callable[[], Awaitable[bool]]
 
 
+class LoopHeartbeat:
+    """A task on the event loop notes the time every HEARTBEAT seconds; a watchdog thread logs the
+    loop thread's stack when the note is STALL_LOG late (once per stall), which names the code that
+    froze the loop. (A C call that keeps the GIL, such as a regex, stops the watchdog too.)"""
+
+    def __init__(self) -> None:
+        self.last = time.monotonic()
+        self._task: asyncio.Task[None] | None = None
+        self._thread: threading.Thread | None = None
+        self._stopped = threading.Event()
+        self._loop_thread = 0
+
+    def age(self) -> float:
+        return time.monotonic() - self.last
+
+    def start(self) -> None:
+        self.last = time.monotonic()
+        self._loop_thread = threading.get_ident()
+        self._task = asyncio.get_running_loop().create_task(self._beat(), name="loop-heartbeat")
+        self._stopped.clear()
+        self._thread = threading.Thread(target=self._watch, name="loop-watchdog", daemon=True)
+        self._thread.start()
+
+    async def stop(self) -> None:
+        self._stopped.set()
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        if self._thread is not None:
+            await asyncio.to_thread(self._thread.join, 2 * HEARTBEAT)
+            self._thread = None
+
+    async def _beat(self) -> None:
+        while True:
+            await asyncio.sleep(HEARTBEAT)
+            now = time.monotonic()
+            EVENT_LOOP_LAG.set(max(0.0, now - self.last - HEARTBEAT))
+            self.last = now
+
+    def _watch(self) -> None:
+        reported = 0.0  # the heartbeat a stall was logged for
+        while not self._stopped.wait(HEARTBEAT):
+            last = self.last
+            if time.monotonic() - last < STALL_LOG or last == reported:
+                continue
+            reported = last
+            frame = sys._current_frames().get(self._loop_thread)
+            stack = "".join(traceback.format_stack(frame)) if frame is not None else "(no stack)"
+            log.error("event loop blocked for %.0f s, in:\n%s", time.monotonic() - last, stack)
+
+
 class MetricsServer:
-    """A small asyncio HTTP/1.0 server for /metrics, /ready and /live (one request per connection)."""
+    """A small asyncio HTTP/1.0 server for /metrics, /ready and /live (one request per connection),
+    on the event loop of the services it reports on."""
 
     def __init__(self, host: str, port: int, ready: ReadyCheck) -> None:
         self.host = host
         self.port = port
         self._ready = ready
         self._server: asyncio.Server | None = None
+        self.heartbeat = LoopHeartbeat()
 
     @property
     def address(self) -> str:
@@ -128,9 +198,11 @@ class MetricsServer:
 
     async def start(self) -> None:
         self._server = await asyncio.start_server(self._handle, self.host, self.port, reuse_address=True)
+        self.heartbeat.start()
         log.info("metrics on http://%s/metrics", self.address)
 
     async def stop(self) -> None:
+        await self.heartbeat.stop()
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()
@@ -176,5 +248,9 @@ class MetricsServer:
                 return "503 Service Unavailable", "text/plain", b"not ready\n"
             return "200 OK", "text/plain", b"ready\n"
         if path in ("/live", "/healthz"):
+            # Answered here, on the loop: a stuck loop does not answer at all (the probe times out).
+            late = self.heartbeat.age()
+            if late > LIVE_STALE:
+                return "503 Service Unavailable", "text/plain", f"event loop stalled {late:.0f} s\n".encode()
             return "200 OK", "text/plain", b"ok\n"
         return "404 Not Found", "text/plain", b"not found\n"

@@ -1,5 +1,5 @@
 """Limits that protect the server from one client: connections per IP and per account, and command
-rate per connection. Failed logins are counted by the mailstore for all protocols (ADR 0009)."""
+rate per connection. Failed logins are counted by the mailstore for all protocols (ADR 0011)."""
 
 from __future__ import annotations
 

@@ -5,11 +5,11 @@ SPECIAL-USE selection. Pure: the handler fetches the names, this decides."""
 from __future__ import annotations
 
 import itertools
-import re
 from bisect import bisect_left
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from functools import cache
+
+from mailstack.services.common.mailbox_patterns import compile_patterns
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,17 +28,6 @@ class Listed:
     entry: Entry
     has_children: bool
     childinfo: tuple[str, ...] = ()  # RFC 5258 §3.5: selection options a descendant matches
-
-
-@cache
-def _pattern(pattern: str) -> re.Pattern[str]:
-    # RFC 3501 §6.3.8: "*" matches anything, "%" anything but the hierarchy delimiter
-    parts = (".*" if ch == "*" else "[^/]*" if ch == "%" else re.escape(ch) for ch in pattern)
-    return re.compile("".join(parts), re.DOTALL)
-
-
-def matches(pattern: str, name: str) -> bool:
-    return _pattern(pattern).fullmatch(name) is not None
 
 
 def with_parents(entries: Iterable[Entry]) -> dict[str, Entry]:
@@ -64,8 +53,9 @@ def _childinfo(selection: frozenset[str]) -> tuple[str, ...]:
 
 
 def select(entries: dict[str, Entry], patterns: Iterable[str], selection: frozenset[str]) -> list[Listed]:
-    """The names to list, INBOX first, then in name order."""
-    pats = tuple(patterns)
+    """The names to list, INBOX first, then in name order (patterns: RFC 3501 §6.3.8, matched in
+    linear time by common.mailbox_patterns; raises PatternTooLongError past its bounds)."""
+    pats = compile_patterns(tuple(patterns))
     subscribed = "SUBSCRIBED" in selection
     special = "SPECIAL-USE" in selection
     filtering = subscribed or special
@@ -78,7 +68,7 @@ def select(entries: dict[str, Entry], patterns: Iterable[str], selection: frozen
     names = sorted(entries)  # a name's descendants are one run here, from bisect(name + "/")
     out: list[Listed] = []
     for name in sorted(entries, key=lambda n: (n != "INBOX", n)):
-        if not any(matches(p, name) for p in pats):
+        if not pats.matches(name):
             continue
         entry = entries[name]
         prefix = name + "/"
@@ -93,7 +83,7 @@ def select(entries: dict[str, Entry], patterns: Iterable[str], selection: frozen
         # filtering selection that takes RECURSIVEMATCH; with none it is a parent of mailboxes.
         if filtering and "RECURSIVEMATCH" not in selection:
             continue
-        hidden = [d for d in descendants if criteria(d) and not any(matches(p, d.name) for p in pats)]
+        hidden = [d for d in descendants if criteria(d) and not pats.matches(d.name)]
         if not hidden:
             continue
         out.append(Listed(entry, has_children, _childinfo(selection) if filtering else ()))

@@ -74,6 +74,8 @@ BODY_CHUNK = 1024 * 1024
 _HEADER_TEXTS = (pb.SECTION_HEADER, pb.SECTION_HEADER_FIELDS, pb.SECTION_HEADER_FIELDS_NOT)
 ACCOUNT_ID_CACHE = 10_000
 SEARCH_BODY_CONCURRENCY = 8
+SEARCH_BATCH = 64  # messages whose bodies a SEARCH BODY/TEXT holds at once
+SEARCH_SLICE = 0.02  # seconds a SEARCH evaluates before letting other calls run
 FETCH_BODIES_CONCURRENCY = 8  # blob reads in flight for one FetchBodies call
 BLOB_DELETE_CONCURRENCY = 8
 QUOTA_WATCH_SECONDS = 30.0  # how soon counters lost with a Redis outage or restart are recomputed
@@ -192,7 +194,7 @@ class MailstoreCore:
         self._quota_watch: asyncio.Task[None] | None = None
         self._quota_suspect = False  # the quota store's counters missed a change (see repair_quota)
         self._account_ids: dict[str, int] = {}  # fetch_body's name -> id cache (see _read_mailbox)
-        # every login of every frontend and every Send token check (ADR 0009)
+        # every login of every frontend and every Send token check (ADR 0011)
         self.auth_throttle = AuthThrottle(
             settings.auth_max_attempts_per_ip, settings.auth_max_attempts_per_account, settings.auth_failure_window
         )
@@ -256,7 +258,7 @@ class MailstoreCore:
     async def authenticate(self, username: str, password: str, authzid: str = "", remote_ip: str = "") -> str:
         """SASL PLAIN semantics (RFC 4616): authzid empty or the same account.
 
-        Throttled per client IP and per account (ADR 0009): the attempt takes its slot before the
+        Throttled per client IP and per account (ADR 0011): the attempt takes its slot before the
         password is hashed and raises Throttled when the IP or the account has used up its window."""
         username = await self._login_address(username)
         try:
@@ -817,27 +819,37 @@ class MailstoreCore:
         mailbox = await self._read_mailbox(account, mailbox_name)
         records = await self.metadata.fetch(mailbox.id, None, with_header=True)
         max_uid = records[-1].uid if records else 0
+        with_body = search.needs_body(key)
+        limit = asyncio.Semaphore(SEARCH_BODY_CONCURRENCY)
         bodies: dict[int, bytes] = {}
-        if search.needs_body(key):
-            limit = asyncio.Semaphore(SEARCH_BODY_CONCURRENCY)
 
-            async def load(r: MessageRecord) -> None:
-                async with limit:
-                    try:
-                        bodies[r.uid] = await self.blobs.get(r.blob_key)
-                    except BlobNotFound:  # a broken message matches no body text; the others are searched
-                        _log_missing(mailbox, r)
-                        bodies[r.uid] = b""
+        async def load(r: MessageRecord) -> None:
+            async with limit:
+                try:
+                    bodies[r.uid] = await self.blobs.get(r.blob_key)
+                except BlobNotFound:  # a broken message matches no body text; the others are searched
+                    _log_missing(mailbox, r)
+                    bodies[r.uid] = b""
 
-            await asyncio.gather(*(load(r) for r in records))
-        try:
-            hits = [
-                r
-                for seq, r in enumerate(records, 1)
-                if search.matches(key, r, seq, max_uid, bodies.get(r.uid), max_seq=len(records))
-            ]
-        except ValueError as e:
-            raise InvalidRequest(f"bad search key: {e}") from None
+        # Bodies are read a batch at a time (memory: a batch, not the mailbox), and the loop is
+        # given back every SEARCH_SLICE seconds: a SEARCH of a big mailbox, or with many keys, is
+        # linear in messages x keys but never holds every other call of every account meanwhile.
+        hits: list[MessageRecord] = []
+        slice_end = time.monotonic() + SEARCH_SLICE
+        for start in range(0, len(records), SEARCH_BATCH):
+            batch = records[start : start + SEARCH_BATCH]
+            bodies.clear()
+            if with_body:
+                await asyncio.gather(*(load(r) for r in batch))
+            for seq, r in enumerate(batch, start + 1):
+                if time.monotonic() > slice_end:
+                    await asyncio.sleep(0)
+                    slice_end = time.monotonic() + SEARCH_SLICE
+                try:
+                    if search.matches(key, r, seq, max_uid, bodies.get(r.uid), max_seq=len(records)):
+                        hits.append(r)
+                except ValueError as e:
+                    raise InvalidRequest(f"bad search key: {e}") from None
         return [r.uid for r in hits], max((r.modseq for r in hits), default=0)
 
     # ------------------------------------------------------------ changing messages

@@ -91,7 +91,7 @@ def peer_ip(context: grpc.aio.ServicerContext) -> str:
 
 
 async def checked_token(sending: Sending, context: grpc.aio.ServicerContext) -> TokenRecord:
-    """The caller's token, counted per peer IP (ADR 0009); refusals are logged and counted like logins."""
+    """The caller's token, counted per peer IP (ADR 0011); refusals are logged and counted like logins."""
     ip = peer_ip(context)
     try:
         token = await sending.check_token(bearer_token(context), ip)

@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 import grpc
 from mailstack.services.common.auth_throttle import Throttled
 from mailstack.services.mailstore import integrity
+from mailstack.services.common.mailbox_patterns import PatternTooLongError, compile_patterns
 from mailstack.services.mailstore.core import AuthFailed, InvalidRequest, MailstoreCore, TooBig
 from mailstack.storage import errors
 from mailstack.storage.metadata.base import (
@@ -204,27 +205,6 @@ def metadata_pb(record: MessageRecord, fields: pb.MetadataFields) -> pb.MessageM
     return out
 
 
-def glob_match(pattern: str, name: str) -> bool:
-    """IMAP LIST wildcards (RFC 3501 §6.3.8): '*' matches anything, '%' anything but '/'."""
-    memo: dict[tuple[int, int], bool] = {}
-
-    def match(p: int, n: int) -> bool:
-        if (p, n) in memo:
-            return memo[(p, n)]
-        if p == len(pattern):
-            result = n == len(name)
-        elif pattern[p] == "*":
-            result = match(p + 1, n) or (n < len(name) and match(p, n + 1))
-        elif pattern[p] == "%":
-            result = match(p + 1, n) or (n < len(name) and name[n] != "/" and match(p, n + 1))
-        else:
-            result = n < len(name) and pattern[p] == name[n] and match(p + 1, n + 1)
-        memo[(p, n)] = result
-        return result
-
-    return match(0, 0)
-
-
 async def _drain(requests: AsyncIterator[Any], budget: int) -> None:
     """Read and discard the rest of an oversized upload (at most `budget` more bytes), so
     the client finishes sending and gets the TOO_BIG status, not a broken stream."""
@@ -326,8 +306,12 @@ class MailstoreServicer(pbg.MailstoreServicer):
 
     @rpc
     async def ListMailboxes(self, request: pb.ListMailboxesRequest, context: Any) -> pb.ListMailboxesResponse:
+        # RFC 3501 §6.3.8 wildcards, matched in linear time (common.mailbox_patterns)
+        try:
+            pattern = compile_patterns((request.pattern or "*",))
+        except PatternTooLongError as e:
+            raise InvalidRequest(str(e)) from None
         mailboxes, subscriptions = await self.core.list_mailboxes(request.account)
-        pattern = request.pattern or "*"
         subscribed = set(subscriptions)
         existing = {m.name: m for m in mailboxes}
         # Names that exist only as parents of mailboxes are listed as \NonExistent (\Noselect).
@@ -335,9 +319,14 @@ class MailstoreServicer(pbg.MailstoreServicer):
         for name in list(all_names):
             parts = name.split("/")
             all_names.update("/".join(parts[:i]) for i in range(1, len(parts)))
+        # \HasChildren: the superiors of existing mailboxes (a set, not a scan per name)
+        parents: set[str] = set()
+        for name in existing:
+            parts = name.split("/")
+            parents.update("/".join(parts[:i]) for i in range(1, len(parts)))
         out = pb.ListMailboxesResponse()
         for name in sorted(all_names, key=lambda n: (n != "INBOX", n)):
-            if not glob_match(pattern, name):
+            if not pattern.matches(name):
                 continue
             if request.subscribed_only and name not in subscribed:
                 continue
@@ -345,7 +334,7 @@ class MailstoreServicer(pbg.MailstoreServicer):
             item = pb.Mailbox(
                 name=name,
                 subscribed=name in subscribed,
-                has_children=any(other.startswith(name + "/") for other in existing),
+                has_children=name in parents,
                 nonexistent=record is None,
             )
             if record is not None:

@@ -29,7 +29,7 @@ class AuthFailed(Exception):
 
 
 class AuthThrottled(Exception):
-    """Too many login attempts from this IP or at this account, in all protocols (ADR 0009)."""
+    """Too many login attempts from this IP or at this account, in all protocols (ADR 0011)."""
 
 
 class MessageGone(Exception):

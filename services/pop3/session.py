@@ -316,7 +316,7 @@ class Pop3Session:
         )
 
     async def _login(self, username: str, password: str, authzid: str, method: str) -> bool:
-        # The mailstore counts the attempt for this IP and account across all protocols (ADR 0009).
+        # The mailstore counts the attempt for this IP and account across all protocols (ADR 0011).
         ttl = self.settings.pop3_lease_ttl
         lease = Lease(LEASE_PREFIX, self.holder, ttl)
         try:  # the login takes the maildrop lock in the same call

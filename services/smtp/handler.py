@@ -182,7 +182,7 @@ class SmtpHandler:
     async def _authenticate(
         self, server: SmtpProtocol, username: bytes, password: bytes, authzid: bytes, method: str
     ) -> AuthResult:
-        # The mailstore counts the attempt for this IP and account across all protocols (ADR 0009).
+        # The mailstore counts the attempt for this IP and account across all protocols (ADR 0011).
         ip = _client_ip(server.session) if server.session else ""
         request = pb.AuthenticateRequest(
             username=username.decode("utf-8", "replace"),

@@ -54,6 +54,7 @@ from mailstack.storage.metadata.base import (
     UidRanges,
 )
 from mailstack.storage.metadata.sqlite_schema import apply_migrations
+from mailstack.storage.private_paths import private_dir, private_sqlite
 
 T = TypeVar("T")
 
@@ -452,8 +453,10 @@ class SqliteMetadataStore:
 
     def _connect(self, *, reader: bool) -> sqlite3.Connection:
         directory = os.path.dirname(self._path)
-        if directory:
-            os.makedirs(directory, exist_ok=True)
+        if directory and not os.path.isdir(directory):
+            private_dir(directory)  # a folder this store creates is its own: 0700
+        if self._path not in ("", ":memory:"):
+            private_sqlite(self._path)  # 0600 before SQLite creates it (password and token hashes)
         conn = sqlite3.connect(
             self._path, timeout=self._busy_timeout_ms / 1000, isolation_level=None, check_same_thread=False
         )

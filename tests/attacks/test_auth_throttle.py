@@ -1,4 +1,4 @@
-"""Password guessing against the embedded default (issue 13 §5, ADR 0009): one throttle for IMAP,
+"""Password guessing against the embedded default (issue 13 §5, ADR 0011): one throttle for IMAP,
 POP3, SMTP AUTH and the Send API, counted when attempts start, per IP and per account; the login
 lines operators and fail2ban read; the counters on /metrics."""
 

@@ -35,7 +35,7 @@ class SmtpStack:
     client: Client
     server: SmtpServer
     ports: dict[str, int]
-    mailstore: MailstoreServer  # its core holds the login throttle (ADR 0009)
+    mailstore: MailstoreServer  # its core holds the login throttle (ADR 0011)
 
     @property
     def cafile(self) -> str:

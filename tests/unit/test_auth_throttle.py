@@ -1,4 +1,4 @@
-"""The shared login throttle (ADR 0009) on its own, with a clock the test moves."""
+"""The shared login throttle (ADR 0011) on its own, with a clock the test moves."""
 
 from __future__ import annotations
 

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
+from mailstack.services.common.mailbox_patterns import matches
 from mailstack.services.mailstore import names, passwords
 from mailstack.services.mailstore.core import InvalidRequest, normalize_flags
-from mailstack.services.mailstore.servicer import glob_match
 
 
 @pytest.mark.parametrize(
@@ -63,7 +63,7 @@ def test_password_hash_round_trip_and_constant_shape() -> None:
     ],
 )
 def test_list_wildcards(pattern: str, name: str, expected: bool) -> None:
-    assert glob_match(pattern, name) is expected
+    assert matches(pattern, name) is expected
 
 
 def test_password_cost_is_configurable_within_bounds() -> None:

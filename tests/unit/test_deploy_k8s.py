@@ -203,6 +203,22 @@ def test_probes_point_at_ports_that_exist(manifests: list[Manifest]) -> None:
     assert probed >= 10
 
 
+def test_liveness_is_answered_by_the_event_loop(manifests: list[Manifest]) -> None:
+    # Issue 13 §4: a TCP check on the mail port passed while IMAP's event loop was stuck in one
+    # command (the kernel accepts). /live is served on that loop; the mailstore's gRPC health
+    # servicer is an asyncio one, on its loop too.
+    checked = 0
+    for workload, container in mailstack_containers(manifests):
+        if workload["kind"] == "Job":
+            continue
+        probe = container["livenessProbe"]
+        assert "tcpSocket" not in probe and "exec" not in probe, workload["metadata"]["name"]
+        if pod_labels(workload).get("app.kubernetes.io/component") in (*FRONTENDS, *WORKERS):
+            assert probe["httpGet"] == {"path": "/live", "port": "metrics"}, workload["metadata"]["name"]
+            checked += 1
+    assert checked == len(FRONTENDS) + len(WORKERS)
+
+
 def test_the_load_balancer_exposes_exactly_the_mail_ports(manifests: list[Manifest]) -> None:
     (balancer,) = [s for s in find(manifests, "Service") if s["spec"].get("type") == "LoadBalancer"]
     assert balancer["spec"]["externalTrafficPolicy"] == "Local"

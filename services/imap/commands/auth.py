@@ -40,7 +40,7 @@ async def _authenticate(
     session: Session, tag: str, username: str, password: str, authzid: str, method: str
 ) -> Reply | None:
     """The mailstore checks the password and counts the attempt for this IP and account across
-    all protocols (ADR 0009); a throttled login is answered NO [UNAVAILABLE] (RFC 5530)."""
+    all protocols (ADR 0011); a throttled login is answered NO [UNAVAILABLE] (RFC 5530)."""
     from ..session import EndSession, Reply
 
     services = session.services

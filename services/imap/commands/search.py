@@ -33,6 +33,9 @@ if TYPE_CHECKING:
     from ..session import Reply, Session
 
 CALL_TIMEOUT = 120.0
+# Protobuf (upb) refuses messages nested deeper than 100 levels; SearchRequest and a leaf key's own
+# messages (UidSet -> ranges) take a few of them.
+MAX_WIRE_DEPTH = 90
 CHARSETS = {"UTF-8", "US-ASCII"}
 _DATE_OPS = {"before": pb.DATE_BEFORE, "on": pb.DATE_ON, "since": pb.DATE_SINCE}
 
@@ -57,17 +60,40 @@ def _not(inner: pb.SearchKey) -> pb.SearchKey:
     return out
 
 
-def translate(key: SearchKey, view: MailboxView) -> tuple[pb.SearchKey, bool]:
-    """(mailstore key, whether MODSEQ was used)."""
+def _children(key: SearchAnd | SearchOr) -> tuple[SearchKey, ...]:
+    return key.keys if isinstance(key, SearchAnd) else (key.left, key.right)
+
+
+def _operands(key: SearchAnd | SearchOr) -> list[SearchKey]:
+    """The operands of an AND or OR with nested ANDs in an AND (ORs in an OR) lifted into it:
+    `OR OR OR a b c d` is one OR of four keys, not three levels (the mailstore's SearchKeys are
+    n-ary), so a client's long OR chain stays shallow on the wire."""
+    stack = list(reversed(_children(key)))
+    out: list[SearchKey] = []
+    while stack:
+        item = stack.pop()
+        if isinstance(item, SearchAnd | SearchOr) and type(item) is type(key):
+            stack.extend(reversed(_children(item)))
+        else:
+            out.append(item)
+    return out
+
+
+def translate(key: SearchKey, view: MailboxView, depth: int = 0) -> tuple[pb.SearchKey, bool]:
+    """(mailstore key, whether MODSEQ was used). `depth` counts protobuf message levels: a tree
+    past MAX_WIRE_DEPTH is BAD here, where the mailstore could not decode it (protobuf's limit)."""
+    if depth > MAX_WIRE_DEPTH:
+        raise bad("search criteria nested too deeply")
     if isinstance(key, SearchAll):
         return pb.SearchKey(all=True), False
     if isinstance(key, SearchAnd | SearchOr):
-        parts = [translate(k, view) for k in (key.keys if isinstance(key, SearchAnd) else (key.left, key.right))]
+        # SearchKey -> SearchKeys -> SearchKey: two levels per compound
+        parts = [translate(k, view, depth + 2) for k in _operands(key)]
         keys = pb.SearchKeys(keys=[p[0] for p in parts])
         used = any(p[1] for p in parts)
         return (_compound("and", keys) if isinstance(key, SearchAnd) else _compound("or", keys)), used
     if isinstance(key, SearchNot):
-        inner, used = translate(key.key, view)
+        inner, used = translate(key.key, view, depth + 1)
         return _not(inner), used
     if isinstance(key, SearchFlag):
         if key.flag.lower() == "\\recent":

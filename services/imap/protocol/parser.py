@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from mailstack.services.common.mailbox_patterns import PatternTooLongError, check_lengths
+
 from .commands import (
     Append,
     AppendMessage,
@@ -238,7 +240,16 @@ def _list(c: _Context) -> Arguments:
                 raise GrammarError(f"unknown LIST return option {name}")
 
         r.sequence(option)
+    _bounded(reference, patterns)
     return ListMailboxes(reference, patterns, selection, frozenset(returns), status, extended)
+
+
+def _bounded(reference: str, patterns: tuple[str, ...]) -> None:
+    # The server matches reference + pattern (RFC 3501 §6.3.8); bounded so matching stays cheap.
+    try:
+        check_lengths(reference + p for p in patterns)
+    except PatternTooLongError as e:
+        raise GrammarError(str(e)) from None
 
 
 def _lsub(c: _Context) -> Arguments:
@@ -246,7 +257,9 @@ def _lsub(c: _Context) -> Arguments:
     c.r.sp()
     reference = c.mailbox()
     c.r.sp()
-    return Lsub(reference, c.mailbox_name(c.r.list_mailbox()))
+    pattern = c.mailbox_name(c.r.list_mailbox())
+    _bounded(reference, (pattern,))
+    return Lsub(reference, pattern)
 
 
 def _status(c: _Context) -> Arguments:

@@ -11,6 +11,11 @@ from .grammar import DIGITS, GrammarError, Reader
 from .sequence import SequenceSet, parse_sequence_set
 
 MAX_DEPTH = 64  # nesting of "(" / NOT / OR; deeper is refused, not recursed into
+# The mailstore evaluates every key against every message, and each string is compared with every
+# message's text: both are bounded per command (more is a BAD), so one SEARCH costs at most
+# MAX_KEYS * messages evaluations and MAX_TEXT_BYTES of needles. Real clients send tens of keys.
+MAX_KEYS = 1000
+MAX_TEXT_BYTES = 64 * 1024  # all the strings of one SEARCH (header values, BODY, TEXT) together
 
 
 @dataclass(frozen=True, slots=True)
@@ -224,9 +229,34 @@ def parse_search_key(reader: Reader, depth: int = 0) -> SearchKey:
 
 
 def parse_search_keys(reader: Reader) -> SearchKey:
-    """search-key *(SP search-key), up to the end of the command; several keys are ANDed."""
+    """search-key *(SP search-key), up to the end of the command; several keys are ANDed.
+
+    Raises GrammarError (BAD) past MAX_DEPTH, MAX_KEYS or MAX_TEXT_BYTES."""
     keys = [parse_search_key(reader)]
     while not reader.at_end():
         reader.sp()
         keys.append(parse_search_key(reader))
-    return keys[0] if len(keys) == 1 else SearchAnd(tuple(keys))
+    key = keys[0] if len(keys) == 1 else SearchAnd(tuple(keys))
+    count, text = search_size(key)
+    if count > MAX_KEYS:
+        raise GrammarError(f"more than {MAX_KEYS} search keys")
+    if text > MAX_TEXT_BYTES:
+        raise GrammarError(f"search strings longer than {MAX_TEXT_BYTES} bytes together")
+    return key
+
+
+def search_size(key: SearchKey) -> tuple[int, int]:
+    """(number of keys in the tree, bytes of its strings); the tree is at most MAX_DEPTH deep."""
+    if isinstance(key, SearchAnd):
+        sizes = [search_size(k) for k in key.keys]
+    elif isinstance(key, SearchOr):
+        sizes = [search_size(key.left), search_size(key.right)]
+    elif isinstance(key, SearchNot):
+        sizes = [search_size(key.key)]
+    elif isinstance(key, SearchHeader):
+        return 1, len(key.field) + len(key.value)
+    elif isinstance(key, SearchText):
+        return 1, len(key.value)
+    else:
+        return 1, 0
+    return 1 + sum(n for n, _ in sizes), sum(t for _, t in sizes)

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from mailstack.services.imap.mailbox_list import Entry, matches, select, with_parents
+from mailstack.services.common.mailbox_patterns import matches
+from mailstack.services.imap.mailbox_list import Entry, select, with_parents
 
 TREE = with_parents(
     [
