@@ -12,8 +12,8 @@ from typing import Any, TypeVar
 
 import grpc
 from mailstack.services.common.auth_throttle import Throttled
-from mailstack.services.mailstore import integrity
 from mailstack.services.common.mailbox_patterns import PatternTooLongError, compile_patterns
+from mailstack.services.mailstore import integrity
 from mailstack.services.mailstore.core import AuthFailed, InvalidRequest, MailstoreCore, TooBig
 from mailstack.storage import errors
 from mailstack.storage.metadata.base import (
