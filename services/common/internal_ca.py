@@ -20,6 +20,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from mailstack.services.common.tls import write_file
 
 SERVER = "mailstore"
 ADMIN = "admin"
@@ -146,19 +147,6 @@ def issue(ca_cert_pem: bytes, ca_key_pem: bytes, name: str) -> tuple[bytes, byte
         .sign(ca_key, hashes.SHA256())
     )
     return cert.public_bytes(serialization.Encoding.PEM), _key_pem(key)
-
-
-def write_file(path: Path, data: bytes, mode: int) -> None:
-    """Write beside, fsync, rename: a reader never sees half a file; a key is 0600 from the start."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    try:
-        os.fchmod(fd, mode)  # O_CREAT's mode is reduced by the umask
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
 
 
 def private_folder(path: Path) -> None:

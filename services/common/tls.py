@@ -63,8 +63,8 @@ def _self_signed(hostname: str) -> tuple[bytes, bytes]:
     return cert.public_bytes(serialization.Encoding.PEM), key_pem
 
 
-def _write(path: Path, data: bytes, mode: int) -> None:
-    # Write beside, fsync, rename: a reader never sees half a file; the key is 0600 from the start.
+def write_file(path: Path, data: bytes, mode: int) -> None:
+    """Write beside, fsync, rename: a reader never sees half a file; a key is 0600 from the start."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
     try:
@@ -89,8 +89,8 @@ def ensure_self_signed(cert_path: str | os.PathLike[str], key_path: str | os.Pat
         if cert.exists() and key.exists():
             return
         cert_pem, key_pem = _self_signed(hostname)
-        _write(key, key_pem, 0o600)
-        _write(cert, cert_pem, 0o644)
+        write_file(key, key_pem, 0o600)
+        write_file(cert, cert_pem, 0o644)
 
 
 def server_ssl_context(cert_path: str | os.PathLike[str], key_path: str | os.PathLike[str]) -> ssl.SSLContext:

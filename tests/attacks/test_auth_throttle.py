@@ -36,9 +36,7 @@ from tests.attacks.frontends import (
     pop3_login,
     smtp_auth,
 )
-from tests.fixtures.redis_server import RedisServer
-from tests.fixtures.s3_server import S3Server
-from tests.fixtures.topology import Topology, admin_channel, build_topology, start_topology
+from tests.fixtures.topology import Topology, admin_channel, running_topology
 
 REPO = Path(__file__).resolve().parents[2]
 FILTER = REPO / "docs" / "fail2ban" / "filter.d" / "mailstack.conf"
@@ -262,27 +260,14 @@ async def test_login_counters_on_metrics(tmp_path: Path) -> None:
 @pytest.fixture
 def topology(tmp_path: Path) -> Iterator[Topology]:
     """The deployed processes, with a small per-IP budget in the mailstore and fast failures."""
-    redis_server = RedisServer()
-    s3 = S3Server(str(tmp_path / "s3"))
-    topo: Topology | None = None
-    try:
-        redis_server.start()
-        s3.start()
-        with pytest.MonkeyPatch.context() as mp:  # for make_bucket's boto3 client, not the services
-            mp.setenv("AWS_ACCESS_KEY_ID", s3.access_key)
-            mp.setenv("AWS_SECRET_ACCESS_KEY", s3.secret_key)
-            mp.setenv("AWS_EC2_METADATA_DISABLED", "true")
-            topo = build_topology(tmp_path, redis_server, s3, [{}])
+
+    def tune(topo: Topology) -> None:
         topo.mailstore.env["MAILSTACK_AUTH_MAX_ATTEMPTS_PER_IP"] = "4"
         for frontend, name in ((topo.imaps[0], "IMAP"), (topo.pop3, "POP3"), (topo.smtp, "SMTP")):
             frontend.env[f"MAILSTACK_{name}_AUTH_FAILURE_DELAY_MS"] = "0"
-        start_topology(topo)
+
+    with running_topology(tmp_path, tune=tune) as topo:
         yield topo
-    finally:
-        if topo is not None:
-            topo.stop()
-        redis_server.cleanup()
-        s3.close()
 
 
 @pytest.mark.slow

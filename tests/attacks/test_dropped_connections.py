@@ -45,9 +45,7 @@ from tests.fixtures.mailstore import (
     settings_for,
 )
 from tests.fixtures.pop3 import RawClient, unstuff
-from tests.fixtures.redis_server import RedisServer
-from tests.fixtures.s3_server import S3Server
-from tests.fixtures.topology import Topology, build_topology, start_topology, topology_client
+from tests.fixtures.topology import Topology, running_topology, topology_client
 
 ALICE = "alice@example.test"
 PASSWORD = "alice-Secret-1"
@@ -170,24 +168,8 @@ def topology(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Topology]:
     """The deployed topology (tests/fixtures/topology.py): Redis, SeaweedFS (S3 blobs), the
     mailstore, imap, smtp and pop3, each its own OS process."""
     folder = tmp_path_factory.mktemp("topology")
-    redis_server = RedisServer()
-    s3 = S3Server(str(folder / "s3"))
-    topo: Topology | None = None
-    try:
-        redis_server.start()
-        s3.start()
-        with pytest.MonkeyPatch.context() as mp:  # for make_bucket's boto3 client, not the services
-            mp.setenv("AWS_ACCESS_KEY_ID", s3.access_key)
-            mp.setenv("AWS_SECRET_ACCESS_KEY", s3.secret_key)
-            mp.setenv("AWS_EC2_METADATA_DISABLED", "true")
-            topo = build_topology(folder, redis_server, s3, [{}])
-        start_topology(topo)
+    with running_topology(folder) as topo:
         yield topo
-    finally:
-        if topo is not None:
-            topo.stop()
-        redis_server.cleanup()
-        s3.close()
 
 
 @asynccontextmanager

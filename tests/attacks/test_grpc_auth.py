@@ -43,9 +43,12 @@ from mailstack.v1 import send_pb2_grpc as spbg
 from prometheus_client import REGISTRY
 
 from tests.fixtures.mailstore import free_port, health_check, identity_env, settings_for
-from tests.fixtures.redis_server import RedisServer
-from tests.fixtures.s3_server import S3Server
-from tests.fixtures.topology import Topology, admin_channel, build_topology, identity_of, start_topology
+from tests.fixtures.topology import (
+    Topology,
+    admin_channel,
+    identity_of,
+    running_topology,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 PORTS = ("SMTP", "SUBMISSION", "SUBMISSIONS", "IMAP", "IMAPS", "POP3", "POP3S")
@@ -376,24 +379,8 @@ def test_cli_zero_config_and_explicit_identities(serving: tuple[Path, dict[str, 
 @pytest.fixture(scope="module")
 def topology(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Topology]:
     folder = tmp_path_factory.mktemp("grpc-auth-topology")
-    redis_server = RedisServer()
-    s3 = S3Server(str(folder / "s3"))
-    topo: Topology | None = None
-    try:
-        redis_server.start()
-        s3.start()
-        with pytest.MonkeyPatch.context() as mp:  # for make_bucket's boto3 client, not the services
-            mp.setenv("AWS_ACCESS_KEY_ID", s3.access_key)
-            mp.setenv("AWS_SECRET_ACCESS_KEY", s3.secret_key)
-            mp.setenv("AWS_EC2_METADATA_DISABLED", "true")
-            topo = build_topology(folder, redis_server, s3, [{}])
-        start_topology(topo)
+    with running_topology(folder) as topo:
         yield topo
-    finally:
-        if topo is not None:
-            topo.stop()
-        redis_server.cleanup()
-        s3.close()
 
 
 @pytest.mark.slow

@@ -48,9 +48,12 @@ from mailstack.v1 import mailstore_pb2_grpc as pbg
 
 from tests.fixtures.imap_server import PASSWORD, ImapEnv, RawImap, imap_env, message
 from tests.fixtures.mailstore import append, open_client, settings_for
-from tests.fixtures.redis_server import RedisServer
-from tests.fixtures.s3_server import S3Server
-from tests.fixtures.topology import Topology, admin_channel, build_topology, identity_of, start_topology
+from tests.fixtures.topology import (
+    Topology,
+    admin_channel,
+    identity_of,
+    running_topology,
+)
 
 T = TypeVar("T")
 ANSWER_WITHIN = 5.0  # seconds for the hostile command's tagged answer
@@ -549,24 +552,8 @@ def test_a_folder_that_cannot_be_tightened_is_reported(tmp_path: Path, caplog: p
 @pytest.fixture(scope="module")
 def topology(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Topology]:
     folder = tmp_path_factory.mktemp("attack-patterns-topology")
-    redis_server = RedisServer()
-    s3 = S3Server(str(folder / "s3"))
-    topo: Topology | None = None
-    try:
-        redis_server.start()
-        s3.start()
-        with pytest.MonkeyPatch.context() as mp:  # for make_bucket's boto3 client, not the services
-            mp.setenv("AWS_ACCESS_KEY_ID", s3.access_key)
-            mp.setenv("AWS_SECRET_ACCESS_KEY", s3.secret_key)
-            mp.setenv("AWS_EC2_METADATA_DISABLED", "true")
-            topo = build_topology(folder, redis_server, s3, [{}])
-        start_topology(topo)
+    with running_topology(folder) as topo:
         yield topo
-    finally:
-        if topo is not None:
-            topo.stop()
-        redis_server.cleanup()
-        s3.close()
 
 
 def _topology_account(topo: Topology) -> str:

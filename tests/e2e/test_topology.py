@@ -21,17 +21,14 @@ from mailstack.v1 import mailstore_pb2 as pb
 from mailstack.v1 import mailstore_pb2_grpc as pbg
 
 from tests.fixtures.imap_server import RawImap
-from tests.fixtures.redis_server import RedisServer
-from tests.fixtures.s3_server import S3Server
 from tests.fixtures.topology import (
     CONFIG_ENV,
     LOCAL_OVERRIDES,
     TEST_TUNING,
     Topology,
     admin_channel,
-    build_topology,
     read_env_file,
-    start_topology,
+    running_topology,
 )
 
 pytestmark = pytest.mark.slow
@@ -50,25 +47,9 @@ _accounts = itertools.count(1)
 @pytest.fixture(scope="module")
 def topology(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Topology]:
     folder = tmp_path_factory.mktemp("topology")
-    redis_server = RedisServer()
-    s3 = S3Server(str(folder / "s3"))
-    topo: Topology | None = None
-    try:
-        redis_server.start()
-        s3.start()
-        with pytest.MonkeyPatch.context() as mp:  # for make_bucket's boto3 client, not the services
-            mp.setenv("AWS_ACCESS_KEY_ID", s3.access_key)
-            mp.setenv("AWS_SECRET_ACCESS_KEY", s3.secret_key)
-            mp.setenv("AWS_EC2_METADATA_DISABLED", "true")
-            # imap-1 keeps the default poll interval, imap-2 polls every second.
-            topo = build_topology(folder, redis_server, s3, [{}, {"MAILSTACK_IMAP_POLL_INTERVAL": str(POLL_INTERVAL)}])
-        start_topology(topo)
+    # imap-1 keeps the default poll interval, imap-2 polls every second.
+    with running_topology(folder, [{}, {"MAILSTACK_IMAP_POLL_INTERVAL": str(POLL_INTERVAL)}]) as topo:
         yield topo
-    finally:
-        if topo is not None:
-            topo.stop()
-        redis_server.cleanup()
-        s3.close()
 
 
 _clients: list[Imap | poplib.POP3 | smtplib.SMTP] = []
