@@ -10,6 +10,7 @@ own account does not wipe the guesses at someone else's).
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import time
 from collections import deque
@@ -56,6 +57,14 @@ class Throttled(Exception):
         self.scope = scope  # "from this address" or "for this account" (for logs)
 
 
+class Busy(Throttled):
+    """The limit is reached only by attempts still in progress: `acquire` waits for one to end."""
+
+
+QUEUE_WAIT = 15.0  # seconds an attempt may wait for a slot held by attempts in progress
+MAX_WAITING = 1000  # attempts waiting at once, all clients together; more are refused at once
+
+
 class Attempt:
     """One login attempt holding its slot; `succeeded()` or `failed()` ends it (once)."""
 
@@ -99,6 +108,8 @@ class AuthThrottle:
         self._ips: dict[str, _Counts] = {}
         self._accounts: dict[str, _Counts] = {}
         self._swept = clock()
+        self._waiting = 0
+        self._changed = asyncio.Event()
 
     def _counts(self, table: dict[str, _Counts], key: str) -> _Counts:
         counts = table.get(key)
@@ -121,13 +132,41 @@ class AuthThrottle:
         for (table, key), limit, scope in zip(
             tables, (self.max_per_ip, self.max_per_account), ("from this address", "for this account"), strict=False
         ):
-            if limit and self._counts(table, key).used() >= limit:
+            counts = self._counts(table, key)
+            if limit and counts.used() >= limit:
                 for other_table, other_key in tables:
                     self._tidy(other_table, other_key)
-                raise Throttled(scope)
+                raise Throttled(scope) if len(counts.failures) >= limit else Busy(scope)
         for table, key in tables:
             self._counts(table, key).in_flight += 1
         return Attempt(self, ip, account)
+
+    async def acquire(self, ip: str, account: str, wait: float = QUEUE_WAIT) -> Attempt:
+        """`begin`, but an attempt that finds the slots taken only by attempts in progress waits
+        (up to `wait` seconds) for one of them to end instead of being refused: a hundred users
+        behind one NAT logging in at once are served in turn, while parallel guesses still meet
+        the limit as slots (the first ones fail, and the ones waiting are then refused)."""
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                return self.begin(ip, account)
+            except Busy:
+                left = deadline - time.monotonic()
+                if left <= 0 or self._waiting >= MAX_WAITING:
+                    raise
+            self._waiting += 1
+            changed = self._changed
+            try:
+                await asyncio.wait_for(changed.wait(), left)
+            except TimeoutError:
+                pass
+            finally:
+                self._waiting -= 1
+
+    def _wake(self) -> None:
+        """An attempt ended: every waiting one looks again (each takes a slot or waits on)."""
+        self._changed.set()
+        self._changed = asyncio.Event()
 
     def _sweep(self) -> None:
         """Once per window, drop the entries of clients that failed once and never came back (the
@@ -156,6 +195,7 @@ class AuthThrottle:
         for table, key in self._tables(attempt.ip, attempt.account):
             self._counts(table, key).in_flight -= 1
             self._tidy(table, key)
+        self._wake()
 
     def _finish(self, attempt: Attempt, *, success: bool) -> None:
         now = self._clock()
@@ -169,6 +209,7 @@ class AuthThrottle:
             elif attempt.account:  # the owner typed it right at last: forget this pair's typos
                 counts.forget(other)  # (a credential without an account, a Send token, forgets nothing)
             self._tidy(table, key)
+        self._wake()
 
     def failures(self, ip: str) -> int:
         """Failures from `ip` still in the window (tests, logs)."""

@@ -265,7 +265,7 @@ class MailstoreCore:
             name = names.normalize_address(username)
         except names.InvalidNameError:
             name = ""
-        attempt = self.auth_throttle.begin(remote_ip, name or username.strip().lower()[:320])
+        attempt = await self.auth_throttle.acquire(remote_ip, name or username.strip().lower()[:320])
         try:
             account = await self._check_password(name, password, authzid)
         except AuthFailed:

@@ -169,7 +169,7 @@ class Sending:
     async def check_token(self, secret: str, remote_ip: str = "") -> TokenRecord:
         """The token's record; a wrong token counts against the caller's IP like a failed login
         (ADR 0011), and past the limit even a right one is refused (Throttled) until the window moves."""
-        attempt = self.core.auth_throttle.begin(remote_ip, "")
+        attempt = await self.core.auth_throttle.acquire(remote_ip, "")
         try:
             record = await self.queue.token_by_hash(hash_token(secret)) if secret else None
         except BaseException:

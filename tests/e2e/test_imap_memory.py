@@ -27,8 +27,9 @@ async def _idle_client(
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     await reader.readline()
     writer.write(f'a LOGIN {user} "{PASSWORD}"\r\nb SELECT INBOX\r\nc IDLE\r\n'.encode())
-    while not (await reader.readline()).startswith(b"+ "):
-        pass
+    while not (line := await asyncio.wait_for(reader.readline(), 60)).startswith(b"+ "):
+        assert line, "the server closed the connection before IDLE"  # not a busy loop on EOF
+        assert not line.startswith((b"a NO", b"a BAD", b"b NO", b"b BAD", b"c NO", b"c BAD")), line
     await ready.put(None)
     return reader, writer
 

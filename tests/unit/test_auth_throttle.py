@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
-from mailstack.services.common.auth_throttle import AuthThrottle, Throttled
+from mailstack.services.common.auth_throttle import AuthThrottle, Busy, Throttled
 
 
 def throttle(per_ip: int = 3, per_account: int = 0, window: float = 60.0) -> tuple[AuthThrottle, list[float]]:
@@ -18,6 +20,42 @@ def test_attempts_in_progress_take_their_slot_before_they_finish() -> None:
         limiter.begin("ip", "user9")
     attempts[0].succeeded()  # a success gives its slot back
     limiter.begin("ip", "user9")
+
+
+async def test_attempts_waiting_for_slots_in_progress_are_served_in_turn() -> None:
+    """Many users behind one address logging in at once: nobody is refused while no one failed."""
+    limiter, _ = throttle(per_ip=3)
+    held = [limiter.begin("ip", f"user{i}") for i in range(3)]
+    waiting = [asyncio.create_task(limiter.acquire("ip", f"late{i}", wait=5)) for i in range(6)]
+    await asyncio.sleep(0)
+    assert not any(t.done() for t in waiting)  # the slots are all in progress: they wait
+    for attempt in held:
+        attempt.succeeded()
+    first = await asyncio.wait_for(asyncio.gather(*waiting[:3]), 5)  # three took the freed slots
+    assert not any(t.done() for t in waiting[3:])
+    for attempt in first:
+        attempt.succeeded()
+    for attempt in await asyncio.wait_for(asyncio.gather(*waiting[3:]), 5):
+        attempt.succeeded()
+
+
+async def test_parallel_guesses_still_meet_the_limit_as_slots() -> None:
+    """The ones waiting are refused once the attempts in progress have failed: only `limit` are checked."""
+    limiter, _ = throttle(per_ip=3)
+    held = [limiter.begin("ip", "bob") for _ in range(3)]
+    waiting = [asyncio.create_task(limiter.acquire("ip", "bob", wait=5)) for _ in range(10)]
+    await asyncio.sleep(0)
+    for attempt in held:
+        attempt.failed()
+    results = await asyncio.wait_for(asyncio.gather(*waiting, return_exceptions=True), 5)
+    assert all(type(r) is Throttled for r in results), results
+
+
+async def test_a_wait_is_bounded() -> None:
+    limiter, _ = throttle(per_ip=1)
+    limiter.begin("ip", "alice")  # never ends
+    with pytest.raises(Busy):
+        await limiter.acquire("ip", "bob", wait=0.2)
 
 
 def test_failures_count_until_the_window_passes() -> None:
