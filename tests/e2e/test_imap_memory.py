@@ -36,7 +36,9 @@ async def _idle_client(
 @pytest.mark.slow
 @pytest.mark.timeout(600)
 async def test_thousand_idle_connections_memory(tmp_path: Path) -> None:
-    with imap_env(tmp_path, imap_max_connections_per_ip=5000, imap_max_connections_per_user=5000) as env:
+    # 100 logins at a time from one IP: over the auth throttle's in-progress limit (ADR 0011)
+    limits = {"imap_max_connections_per_ip": 5000, "imap_max_connections_per_user": 5000}
+    with imap_env(tmp_path, auth_max_attempts_per_ip=5000, auth_max_attempts_per_account=5000, **limits) as env:
         proc, port = await asyncio.to_thread(
             _serve_imap,
             tmp_path,
