@@ -8,7 +8,8 @@ import datetime
 from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Iterable
 from dataclasses import dataclass
 
-from mailstack.services.common.grpc_client import collect_bodies, stream_whole_bodies
+import grpc
+from mailstack.services.common.grpc_client import collect_bodies, error_detail, stream_whole_bodies
 from mailstack.v1 import mailstore_pb2 as pb
 from mailstack.v1 import mailstore_pb2_grpc as pbg
 
@@ -75,6 +76,17 @@ class Appended:
     uid: int
     uidvalidity: int
     modseq: int
+
+
+def expunged(changes: pb.GetChangesResponse) -> list[int]:
+    """The UIDs a change log reply says were expunged."""
+    return [c.uid for c in changes.changes if c.kind == pb.CHANGE_EXPUNGE]
+
+
+def throttled(err: grpc.RpcError) -> bool:
+    """The mailstore refused a login attempt: too many from this IP or at this account (ADR 0011)."""
+    detail = error_detail(err)
+    return detail is not None and detail.reason == pb.AUTH_THROTTLED
 
 
 def _body_section(item: FetchBody) -> pb.BodySection:

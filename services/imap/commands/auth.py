@@ -8,10 +8,9 @@ import binascii
 from typing import TYPE_CHECKING
 
 import grpc
-from mailstack.services.common.grpc_client import error_detail
-from mailstack.v1 import mailstore_pb2 as pb
 
 from ..errors import from_grpc
+from ..mailstore import throttled
 from ..protocol import Authenticate, Command, CommandReceiver, Login, NeedData, ParseError
 from ..protocol.encoder import tagged
 from ..replies import EndSession, Reply, bad, no
@@ -47,14 +46,13 @@ async def _authenticate(
         account = await session.mailstore.authenticate(username, password, authzid, ip)
     except grpc.RpcError as e:
         error = from_grpc(e)
-        detail = error_detail(e)
-        throttled = detail is not None and detail.reason == pb.AUTH_THROTTLED
-        if error.code != "AUTHENTICATIONFAILED" and not throttled:
+        refused = throttled(e)
+        if error.code != "AUTHENTICATIONFAILED" and not refused:
             raise error from None
-        session.auth_event("throttled" if throttled else "failed", username, method)
+        session.auth_event("throttled" if refused else "failed", username, method)
         # slowed down, and a connection gets only a few tries (a refusal costs the mailstore no hashing)
         await asyncio.sleep(session.settings.imap_auth_failure_delay_ms / 1000)
-        if throttled:
+        if refused:
             raise error from None
         session.auth_failures += 1
         if session.auth_failures >= session.settings.imap_auth_max_failures:

@@ -5,9 +5,8 @@ from __future__ import annotations
 import bisect
 from typing import TYPE_CHECKING
 
-from mailstack.v1 import mailstore_pb2 as pb
-
 from ..mailbox_view import MailboxView
+from ..mailstore import expunged
 from ..protocol import Command, SequenceSet
 from ..protocol.encoder import ranges_of, ranges_text, set_text
 from ..replies import bad, no
@@ -47,7 +46,7 @@ async def report_vanished(session: Session, view: MailboxView, modseq: int, with
     if reply.pruned_modseq > modseq:
         text = ranges_text(gaps(ranges, view.uids))
     else:
-        gone = [c.uid for c in reply.changes if c.kind == pb.CHANGE_EXPUNGE]
+        gone = expunged(reply)
         text = set_text(uid for uid in gone if any(low <= uid <= high for low, high in ranges))
     if text:
         session.untagged(b"* VANISHED (EARLIER) %s\r\n" % text.encode("ascii"))

@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 
 from ..protocol import Command, Enable, Id
 from ..protocol.encoder import nstring, paren_list, untagged, untagged_status
-from ..replies import Reply, bad
+from ..replies import Reply
 from ..session import State
 
 if TYPE_CHECKING:
@@ -111,7 +111,3 @@ async def enable(session: Session, command: Command) -> Reply | None:
 
 def quoted_params(params: tuple[tuple[str, str | None], ...]) -> bytes:
     return paren_list(nstring(k) + b" " + nstring(v) for k, v in params)
-
-
-async def not_supported(session: Session, command: Command) -> Reply | None:
-    raise bad(f"{command.name} is not supported")
