@@ -34,7 +34,7 @@ from mailstack.services.common.config import env_name
 from mailstack.v1 import mailstore_pb2 as pb
 
 from bench.hashcost import matching_log_n
-from tests.fixtures.mailstore import MailstoreProcess, free_port, open_client
+from tests.fixtures.mailstore import MailstoreProcess, free_port, identity_env, open_client
 
 PASSWORD = "Secret123"
 DOVECOT_IMAP = 23143
@@ -155,6 +155,7 @@ def start_mailstack(tmp: Path, clients: int) -> tuple[MailstoreProcess, subproce
             "MAILSTACK_IMAPS_PORT": str(free_port()),
             "MAILSTACK_ALLOW_PLAINTEXT_AUTH": "1",
             "MAILSTACK_IMAP_COMMANDS_PER_SECOND": "100000",
+            **identity_env(store.data_dir, "imap"),  # the client certificate the mailstore asks for (ADR 0009)
         }
     )
     proc = subprocess.Popen([sys.executable, "-m", "mailstack", "serve", "imap"], env=env, stdout=subprocess.DEVNULL)

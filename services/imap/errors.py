@@ -1,4 +1,4 @@
-"""IMAP outcomes other than OK, and the mapping of mailstore (gRPC) errors to IMAP response codes
+"""The mapping of mailstore (gRPC) errors to IMAP response codes
 (RFC 5530 response codes; RFC 9208 OVERQUOTA; RFC 7889 TOOBIG)."""
 
 from __future__ import annotations
@@ -7,24 +7,7 @@ import grpc
 from mailstack.services.common.grpc_client import error_detail
 from mailstack.v1 import mailstore_pb2 as pb
 
-
-class ImapError(Exception):
-    """Ends a command with `tag NO|BAD [code] text`."""
-
-    def __init__(self, status: str, text: str, code: str | None = None) -> None:
-        super().__init__(text)
-        self.status = status
-        self.text = text
-        self.code = code
-
-
-def no(text: str, code: str | None = None) -> ImapError:
-    return ImapError("NO", text, code)
-
-
-def bad(text: str, code: str | None = None) -> ImapError:
-    return ImapError("BAD", text, code)
-
+from .replies import ImapError
 
 _BY_REASON: dict[int, tuple[str, str, str]] = {
     pb.ACCOUNT_NOT_FOUND: ("NO", "AUTHENTICATIONFAILED", "authentication failed"),

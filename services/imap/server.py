@@ -28,11 +28,12 @@ from mailstack.services.common.metrics import IMAP_READ_AHEAD_BYTES
 from mailstack.services.common.read_ahead import ReadAheadBudget
 from mailstack.services.common.tls import ensure_self_signed, server_ssl_context
 
-from . import telemetry
+from . import command_loop, telemetry
 from .limits import ConnectionLimits
 from .notifier import Notifier
 from .protocol import CommandReceiver
-from .protocol.encoder import untagged_status
+from .protocol.encoder import Buffer, untagged_status
+from .registry import GRAMMAR
 from .session import ClientGone, EndSession, Services, Session
 
 log = logging.getLogger("mailstack.imap")
@@ -77,8 +78,8 @@ class StreamConnection:
     def local_ip(self) -> str:
         return local_ip_of(self.writer.get_extra_info("sockname"))
 
-    async def send(self, data: bytes) -> None:
-        self.writer.write(data)
+    async def send(self, buffers: list[Buffer]) -> None:
+        self.writer.writelines(buffers)  # passthrough: a body literal is never joined here
         await asyncio.wait_for(self.writer.drain(), WRITE_TIMEOUT)
 
     async def read_more(self, wait: float | None) -> None:
@@ -95,7 +96,7 @@ class StreamConnection:
         ClientHello must reach the TLS layer, not the plaintext buffer."""
         assert self._tls_context is not None
         self.writer.transport.pause_reading()  # type: ignore[attr-defined]
-        await self.send(ready)
+        await self.send([ready])
         await self.writer.start_tls(self._tls_context, ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT)
         self._tls = True
 
@@ -179,7 +180,7 @@ class ImapServer:
         services = self._services
         assert task is not None and services is not None
         settings = self.settings
-        receiver = CommandReceiver(settings.imap_max_line, settings.max_message_size)
+        receiver = CommandReceiver(GRAMMAR, settings.imap_max_line, settings.max_message_size)
         remote_ip = client_address[0] if client_address else ""
         conn = StreamConnection(reader, writer, receiver, tls, None if tls else self._tls_context, remote_ip)
         refused = ("shutdown", "server shutting down") if services.stopping else services.limits.open(conn.remote_ip)
@@ -215,7 +216,7 @@ class ImapServer:
         )
         bye: str | None = None
         try:
-            await session.run(greeting)
+            await command_loop.run(session, greeting)
         except EndSession as e:
             bye = e.text
         except asyncio.CancelledError:

@@ -1,8 +1,8 @@
 """One IMAP connection's session: the state machine (RFC 9051 §3, RFC 3501 §3), command dispatch
 and the untagged updates owed to the client (RFC 9051 §7.5.1).
 
-The server reads and writes; the session decides. Which commands each state allows is data
-(STATE_COMMANDS); the handlers live in commands/, one module per command family.
+The server reads and writes; the session decides. The command loop (command_loop.py) dispatches
+through the command registry (registry.py); the handlers live in commands/, one module per family.
 """
 
 from __future__ import annotations
@@ -22,17 +22,16 @@ from mailstack.storage.events.base import ChangeEvent
 from mailstack.v1 import mailstore_pb2 as pb
 from mailstack.v1 import mailstore_pb2_grpc as pbg
 
-from . import telemetry
-from .errors import ImapError, from_grpc
 from .limits import CommandRate, ConnectionLimits
 from .mailbox_view import Change, MailboxView
+from .mailstore import ImapMailstore, MetadataWanted
 from .notifier import Notifier
-from .protocol import Command, CommandReceiver, LiteralTooBig, NeedData, NeedLiteral, ParseError
-from .protocol.encoder import continuation, tagged, untagged_status
+from .protocol import CommandReceiver
+from .protocol.encoder import Buffer
+from .replies import ClientGone, EndSession
 
 log = logging.getLogger("mailstack.imap")
 
-CALL_TIMEOUT = 60.0
 MAX_HINTS = 64  # change events remembered for one refresh decision
 
 
@@ -43,43 +42,7 @@ class State(enum.Enum):
     LOGOUT = "logout"
 
 
-# RFC 9051 §6.1-6.4 (and the extensions' own sections): commands valid in each state.
-ANY_STATE = frozenset({"CAPABILITY", "NOOP", "LOGOUT", "ID"})
-STATE_COMMANDS: dict[State, frozenset[str]] = {
-    State.NOT_AUTHENTICATED: ANY_STATE | {"STARTTLS", "AUTHENTICATE", "LOGIN"},
-    State.AUTHENTICATED: ANY_STATE
-    | {"SELECT", "EXAMINE", "CREATE", "DELETE", "RENAME", "SUBSCRIBE", "UNSUBSCRIBE", "LIST", "LSUB"}
-    | {"STATUS", "APPEND", "NAMESPACE", "ENABLE", "IDLE", "GETQUOTA", "GETQUOTAROOT", "SETQUOTA"},
-    State.LOGOUT: frozenset(),
-}
-STATE_COMMANDS[State.SELECTED] = STATE_COMMANDS[State.AUTHENTICATED] | {
-    "CHECK",
-    "CLOSE",
-    "UNSELECT",
-    "EXPUNGE",
-    "SEARCH",
-    "FETCH",
-    "STORE",
-    "COPY",
-    "MOVE",
-}
-# RFC 9051 §7.5.1: no EXPUNGE while these run without UID (sequence numbers must stay put).
-NO_EXPUNGE_DURING = frozenset({"FETCH", "STORE", "SEARCH"})
-# Commands after which the change log is read even without a hint (the client asks for news).
-# SELECT/EXAMINE are not among them: hints for the mailbox being opened are kept (see opening()).
-ALWAYS_REFRESH = frozenset({"NOOP", "CHECK", "IDLE"})
-
-
-class ClientGone(Exception):
-    """The client closed the connection."""
-
-
-class EndSession(Exception):
-    """Close the connection after sending `* BYE text`."""
-
-    def __init__(self, text: str) -> None:
-        super().__init__(text)
-        self.text = text
+__all__ = ["ClientGone", "Connection", "EndSession", "Services", "Session", "State"]
 
 
 class Connection(Protocol):
@@ -93,18 +56,11 @@ class Connection(Protocol):
     def remote_ip(self) -> str: ...
     @property
     def local_ip(self) -> str: ...
-    async def send(self, data: bytes) -> None: ...
+    async def send(self, buffers: list[Buffer]) -> None:
+        """Write the buffers in order, as they are (writelines: a body literal is not copied)."""
+
     async def read_more(self, wait: float | None) -> None: ...
     async def start_tls(self, ready: bytes) -> None: ...
-
-
-@dataclass
-class Reply:
-    """The tagged completion of a command."""
-
-    status: str = "OK"
-    text: str = "completed"
-    code: str | None = None
 
 
 @dataclass
@@ -143,13 +99,18 @@ class Session:
         self.session_id = new_session_id()  # in the login and logout log lines
         self.auth_method = ""  # LOGIN or PLAIN, once logged in
         self.waiting = False  # between commands: safe to interrupt for shutdown
-        self._rate = CommandRate(self.settings.imap_commands_per_second)
+        self.rate = CommandRate(self.settings.imap_commands_per_second)
         self._last_refresh = time.monotonic()
-        self._out: list[bytes] = []
+        self._out: list[Buffer] = []  # what goes out at the next flush, in order, never joined
         # Whole bodies of the next messages, fetched when a client downloads one message after
         # another (commands/fetch.py); of the selected mailbox only (select() drops them).
         self.ahead = ReadAhead(services.read_ahead, "imap read-ahead")
         self.last_body_uid = 0  # the UID of the last lone FETCH BODY[] in this mailbox
+
+    @property
+    def mailstore(self) -> ImapMailstore:
+        """The mailstore as this session's account sees it (handlers call it, never the stub)."""
+        return ImapMailstore(self.stub, self.account)
 
     # ---- output
 
@@ -157,11 +118,19 @@ class Session:
         """Queue a complete response line (or several); sent before the command's completion."""
         self._out.append(data)
 
+    def untagged_buffers(self, buffers: list[Buffer]) -> None:
+        """Queue a response made of several buffers (a FETCH response with its literals): they go
+        to the connection as they are, so a body is never copied here."""
+        self._out += buffers
+
+    @property
+    def has_output(self) -> bool:
+        return bool(self._out)
+
     async def flush(self) -> None:
         if self._out:
-            data = b"".join(self._out)
-            self._out.clear()
-            await self.conn.send(data)
+            out, self._out = self._out, []
+            await self.conn.send(out)
 
     async def send(self, data: bytes) -> None:
         self._out.append(data)
@@ -174,73 +143,6 @@ class Session:
         if self.state == State.NOT_AUTHENTICATED:
             return float(self.settings.imap_preauth_timeout)
         return float(self.settings.imap_autologout)  # RFC 9051 §5.4: at least 30 minutes
-
-    async def run(self, greeting: bytes) -> None:
-        await self.send(greeting)
-        loop = asyncio.get_running_loop()
-        # The timeout is a deadline for a whole command, set when the wait for it starts: a client
-        # that sends a byte now and then (slowloris) does not keep its connection for ever.
-        deadline: float | None = None
-        while self.state != State.LOGOUT:
-            event = self.conn.receiver.next_event()
-            if isinstance(event, NeedData):
-                if deadline is None:
-                    deadline = loop.time() + self.read_timeout
-                self.waiting = True
-                try:
-                    await self.conn.read_more(max(0.0, deadline - loop.time()))
-                except TimeoutError:
-                    raise EndSession("autologout: idle for too long") from None
-                finally:
-                    self.waiting = False
-                continue
-            deadline = None
-            if isinstance(event, NeedLiteral):
-                # RFC 3501 §7.5: a synchronizing literal waits for our continuation
-                await self.send(continuation("ready for literal data"))
-                continue
-            if isinstance(event, LiteralTooBig):
-                # RFC 7888 §4 / RFC 9051 §7.1: refused literal; the receiver drops its octets
-                await self.send(
-                    tagged(event.tag or "*", "NO", "literal too big", "TOOBIG")
-                    if event.tag
-                    else untagged_status("NO", "literal too big", "TOOBIG")
-                )
-                continue
-            if isinstance(event, ParseError):
-                if event.fatal:
-                    raise EndSession(event.message)
-                line = tagged(event.tag, "BAD", event.message) if event.tag else untagged_status("BAD", event.message)
-                await self.send(line)
-                continue
-            delay = self._rate.delay()
-            if delay > 0:
-                telemetry.commands_slowed += 1  # slowed, never refused
-                await asyncio.sleep(delay)
-            await self.execute(event)
-
-    async def execute(self, command: Command) -> None:
-        from .commands import HANDLERS
-
-        if command.name not in STATE_COMMANDS[self.state]:
-            await self.send(tagged(command.tag, "BAD", f"{command.name} not allowed in the {self.state.value} state"))
-            return
-        handler = HANDLERS[command.name]
-        reply: Reply | ImapError
-        with telemetry.command_span(command.name, command.uid):
-            try:
-                reply = await handler(self, command) or Reply()
-            except ImapError as e:
-                reply = e
-            except grpc.RpcError as e:
-                reply = from_grpc(e)
-                if e.code() not in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.ALREADY_EXISTS):
-                    log.info("%s failed: %s", command.name, e.code())
-            if self.state == State.SELECTED and self.view is not None:
-                await self.pending_updates(command)
-            if reply.status:  # "" when the handler answered already (STARTTLS)
-                self.untagged(tagged(command.tag, reply.status, reply.text, reply.code))
-            await self.flush()
 
     # ---- changes of the selected mailbox
 
@@ -277,10 +179,7 @@ class Session:
         self.wake.clear()
         self._last_refresh = time.monotonic()
         try:
-            reply = await self.stub.GetChanges(
-                pb.GetChangesRequest(account=self.account, mailbox=view.name, since_modseq=view.modseq),
-                timeout=CALL_TIMEOUT,
-            )
+            reply = await self.mailstore.changes(view.name, view.modseq)
         except grpc.RpcError as e:
             if e.code() == grpc.StatusCode.NOT_FOUND:
                 raise EndSession("the selected mailbox was deleted") from None
@@ -295,40 +194,34 @@ class Session:
         new = view.apply(changes, reply.highestmodseq)
         if new and not view.readonly:
             # RFC 3501 §2.3.2: \Recent in exactly one session: whoever claims first
-            claim = await self.stub.ClaimRecent(
-                pb.ClaimRecentRequest(account=self.account, mailbox=view.name), timeout=CALL_TIMEOUT
-            )
-            view.recent.update(u for u in new if claim.first_uid <= u < claim.uidnext)
+            first, uidnext = await self.mailstore.claim_recent(view.name)
+            view.recent.update(u for u in new if first <= u < uidnext)
 
     async def _gone_from_listing(self, view: MailboxView, modseq: int) -> list[Change]:
         """Expunges of the view's messages told by a listing of their UID range (a session idle for
         longer than change_log_days; in practice sessions refresh every few minutes)."""
         if not view.uids:
             return []
-        request = pb.FetchMetadataRequest(
-            account=self.account,
-            mailbox=view.name,
-            uids=pb.UidSet(ranges=[pb.UidRange(first=view.uids[0], last=view.uids[-1])]),
-            fields=pb.MetadataFields(),
-        )
         present: set[int] = set()
-        async for batch in self.stub.FetchMetadata(request, timeout=CALL_TIMEOUT):
+        listing = self.mailstore.listing(view.name, MetadataWanted(), span=(view.uids[0], view.uids[-1]))
+        async for batch in listing:
             present.update(m.uid for m in batch.messages)
         return [Change(uid, modseq, "expunge", ()) for uid in view.uids if uid not in present]
 
-    async def pending_updates(self, command: Command | None) -> None:
+    async def pending_updates(self, always_refresh: bool = True, allow_expunge: bool = True) -> None:
+        """Send the untagged updates owed after a command (RFC 9051 §7.5.1). `always_refresh`: read
+        the change log even without a hint (NOOP, CHECK, IDLE: the client asks for news);
+        `allow_expunge`: False while a FETCH/STORE/SEARCH by sequence number runs."""
         view = self.view
         if view is None:
             return
-        name = command.name if command is not None else "IDLE"
         hints = self._hints
-        if self.dirty and hints and name not in ALWAYS_REFRESH:
+        if self.dirty and hints and not always_refresh:
             if all(view.holds(e.kind, e.uids, e.modseq) for e in hints):
                 self.dirty = False  # only this session's own changes, applied since they arrived
                 self._hints = None
-        if self.dirty or name in ALWAYS_REFRESH:
+        if self.dirty or always_refresh:
             await self.refresh()
-        allow_expunge = command is None or command.uid or name not in NO_EXPUNGE_DURING
         for line in view.updates(allow_expunge, self.condstore, self.qresync):
             self.untagged(line)
 

@@ -2,53 +2,25 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
 import grpc
-from mailstack.v1 import mailstore_pb2 as pb
 
-from ..errors import from_grpc, no
+from ..errors import from_grpc
 from ..mailbox_view import NEW, Change
-from ..protocol import Append, AppendMessage, Command
+from ..protocol import Append, Command
+from ..replies import Reply, no
 from .common import set_text
 
 if TYPE_CHECKING:
-    from ..session import Reply, Session
+    from ..session import Session
 
-CALL_TIMEOUT = 120.0
-CHUNK = 1 << 20
 # The mailstore keeps system flags in this case (and drops \Recent); keywords as given.
 _SYSTEM_FLAGS = {f.lower(): f for f in ("\\Seen", "\\Answered", "\\Flagged", "\\Deleted", "\\Draft")}
 
 
-def _requests(session: Session, mailbox: str, message: AppendMessage) -> AsyncIterator[pb.AppendRequest]:
-    async def gen() -> AsyncIterator[pb.AppendRequest]:
-        header = pb.AppendHeader(
-            account=session.account,
-            mailbox=mailbox,
-            flags=[f for f in message.flags if f.lower() != "\\recent"],
-            size=len(message.data),
-        )
-        if message.date_time is not None:
-            offset = message.date_time.utcoffset()
-            header.internal_date.CopyFrom(
-                pb.DateTime(
-                    unix_seconds=int(message.date_time.timestamp()),
-                    utc_offset_minutes=int(offset.total_seconds() // 60) if offset else 0,
-                )
-            )
-        yield pb.AppendRequest(header=header)
-        for i in range(0, len(message.data), CHUNK):
-            yield pb.AppendRequest(chunk=message.data[i : i + CHUNK])
-
-    return gen()
-
-
 async def append(session: Session, command: Command) -> Reply | None:
     # Command: RFC 9051 §6.3.12: a missing mailbox is NO [TRYCREATE]; over quota NO [OVERQUOTA]
-    from ..session import Reply
-
     args = command.args
     assert isinstance(args, Append)
     uids: list[int] = []
@@ -62,7 +34,8 @@ async def append(session: Session, command: Command) -> Reply | None:
             # send them back in BODY[]), with the code the RFC names for it
             raise no("binary content with NUL octets is not stored", "UNKNOWN-CTE")
         try:
-            reply = await session.stub.Append(_requests(session, args.mailbox, message), timeout=CALL_TIMEOUT)
+            kept = [f for f in message.flags if f.lower() != "\\recent"]
+            reply = await session.mailstore.append(args.mailbox, message.data, kept, message.date_time)
         except grpc.RpcError as e:
             error = from_grpc(e)
             if error.code == "NONEXISTENT":
@@ -92,11 +65,6 @@ async def _add_to_view(session: Session, uidvalidity: int, appended: list[Change
     new = view.apply(appended, view.modseq)  # the change-log cursor stays: a refresh re-reads them
     if new and not view.readonly:
         # RFC 3501 §2.3.2: \Recent in exactly one session: whoever claims first
-        claim = await session.stub.ClaimRecent(
-            pb.ClaimRecentRequest(account=session.account, mailbox=view.name), timeout=CALL_TIMEOUT
-        )
-        view.recent.update(u for u in new if claim.first_uid <= u < claim.uidnext)
+        first, uidnext = await session.mailstore.claim_recent(view.name)
+        view.recent.update(u for u in new if first <= u < uidnext)
     return True
-
-
-HANDLERS = {"APPEND": append}

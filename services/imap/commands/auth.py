@@ -8,16 +8,16 @@ import binascii
 from typing import TYPE_CHECKING
 
 import grpc
-from mailstack.services.common.grpc_client import error_detail
-from mailstack.v1 import mailstore_pb2 as pb
 
-from ..errors import bad, from_grpc, no
+from ..errors import from_grpc
+from ..mailstore import throttled
 from ..protocol import Authenticate, Command, CommandReceiver, Login, NeedData, ParseError
 from ..protocol.encoder import tagged
+from ..replies import EndSession, Reply, bad, no
 from .misc import capabilities
 
 if TYPE_CHECKING:
-    from ..session import Reply, Session
+    from ..session import Session
 
 
 async def starttls(session: Session, command: Command) -> Reply | None:
@@ -25,10 +25,9 @@ async def starttls(session: Session, command: Command) -> Reply | None:
     if session.conn.tls or not session.conn.can_start_tls:
         raise bad("TLS is already active" if session.conn.tls else "STARTTLS is not available")
     await session.flush()
-    session.conn.receiver = CommandReceiver(session.conn.receiver.max_line, session.conn.receiver.max_literal)
+    old = session.conn.receiver
+    session.conn.receiver = CommandReceiver(old.grammar, old.max_line, old.max_literal)
     await session.conn.start_tls(tagged(command.tag, "OK", "begin TLS negotiation now"))
-    from ..session import Reply
-
     return Reply("", "")  # already answered
 
 
@@ -41,34 +40,25 @@ async def _authenticate(
 ) -> Reply | None:
     """The mailstore checks the password and counts the attempt for this IP and account across
     all protocols (ADR 0011); a throttled login is answered NO [UNAVAILABLE] (RFC 5530)."""
-    from ..session import EndSession, Reply
-
     services = session.services
     ip = session.conn.remote_ip
     try:
-        reply = await session.stub.Authenticate(
-            pb.AuthenticateRequest(
-                username=username, password=password, authzid=authzid, remote_ip=ip, protocol="imap"
-            ),
-            timeout=30,
-        )
+        account = await session.mailstore.authenticate(username, password, authzid, ip)
     except grpc.RpcError as e:
         error = from_grpc(e)
-        detail = error_detail(e)
-        throttled = detail is not None and detail.reason == pb.AUTH_THROTTLED
-        if error.code != "AUTHENTICATIONFAILED" and not throttled:
+        refused = throttled(e)
+        if error.code != "AUTHENTICATIONFAILED" and not refused:
             raise error from None
-        session.auth_event("throttled" if throttled else "failed", username, method)
+        session.auth_event("throttled" if refused else "failed", username, method)
         # slowed down, and a connection gets only a few tries (a refusal costs the mailstore no hashing)
         await asyncio.sleep(session.settings.imap_auth_failure_delay_ms / 1000)
-        if throttled:
+        if refused:
             raise error from None
         session.auth_failures += 1
         if session.auth_failures >= session.settings.imap_auth_max_failures:
             await session.send(tagged(tag, "NO", "authentication failed", "AUTHENTICATIONFAILED"))
             raise EndSession("too many failed logins") from None
         raise error from None
-    account = str(reply.account)
     if not services.limits.login(account):
         session.auth_event("throttled", account, method)
         raise no("too many sessions for this account", "LIMIT")
@@ -88,8 +78,6 @@ async def login(session: Session, command: Command) -> Reply | None:
 
 async def authenticate(session: Session, command: Command) -> Reply | None:
     # Command: RFC 9051 §6.2.2, RFC 4959 SASL-IR, RFC 4616 PLAIN
-    from ..session import EndSession
-
     assert isinstance(command.args, Authenticate)
     if command.args.mechanism.upper() != "PLAIN":
         raise no("unsupported mechanism; use PLAIN", "CANNOT")
@@ -121,6 +109,3 @@ async def authenticate(session: Session, command: Command) -> Reply | None:
     except (binascii.Error, ValueError, UnicodeDecodeError):
         raise bad("invalid PLAIN response") from None
     return await _authenticate(session, command.tag, names[1], names[2], names[0], "PLAIN")
-
-
-HANDLERS = {"STARTTLS": starttls, "LOGIN": login, "AUTHENTICATE": authenticate}

@@ -3,36 +3,16 @@
 from __future__ import annotations
 
 import bisect
-from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
-from mailstack.v1 import mailstore_pb2 as pb
-
-from ..errors import bad, no
 from ..mailbox_view import MailboxView
+from ..mailstore import expunged
 from ..protocol import Command, SequenceSet
 from ..protocol.encoder import ranges_of, ranges_text, set_text
+from ..replies import bad, no
 
 if TYPE_CHECKING:
     from ..session import Session
-
-CALL_TIMEOUT = 60.0
-
-# RFC 6154 §2 special-use attributes <-> the mailstore's enum
-SPECIAL_USE_ATTRIBUTES = {
-    pb.SPECIAL_USE_SENT: "\\Sent",
-    pb.SPECIAL_USE_DRAFTS: "\\Drafts",
-    pb.SPECIAL_USE_TRASH: "\\Trash",
-    pb.SPECIAL_USE_JUNK: "\\Junk",
-    pb.SPECIAL_USE_ARCHIVE: "\\Archive",
-    pb.SPECIAL_USE_ALL: "\\All",
-    pb.SPECIAL_USE_FLAGGED: "\\Flagged",
-}
-SPECIAL_USE_BY_NAME = {v.lower(): k for k, v in SPECIAL_USE_ATTRIBUTES.items()}
-
-
-def uid_set(uids: Iterable[int]) -> pb.UidSet:
-    return pb.UidSet(ranges=[pb.UidRange(first=a, last=b) for a, b in ranges_of(uids)])
 
 
 def selected_view(view: MailboxView | None) -> MailboxView:
@@ -58,9 +38,7 @@ async def report_vanished(session: Session, view: MailboxView, modseq: int, with
     (RFC 7162 §3.2.5.2, §3.2.6), from the mailstore's change log. If the log was pruned past
     `modseq`, every UID of the range that is not in the mailbox (the RFC allows naming UIDs that
     never existed)."""
-    reply = await session.stub.GetChanges(
-        pb.GetChangesRequest(account=session.account, mailbox=view.name, since_modseq=modseq), timeout=CALL_TIMEOUT
-    )
+    reply = await session.mailstore.changes(view.name, modseq)
     if within is None:
         ranges = [(1, view.uidnext - 1)]
     else:  # `$` (RFC 5182) is the saved UIDs
@@ -68,7 +46,7 @@ async def report_vanished(session: Session, view: MailboxView, modseq: int, with
     if reply.pruned_modseq > modseq:
         text = ranges_text(gaps(ranges, view.uids))
     else:
-        gone = [c.uid for c in reply.changes if c.kind == pb.CHANGE_EXPUNGE]
+        gone = expunged(reply)
         text = set_text(uid for uid in gone if any(low <= uid <= high for low, high in ranges))
     if text:
         session.untagged(b"* VANISHED (EARLIER) %s\r\n" % text.encode("ascii"))

@@ -5,23 +5,19 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import grpc
-from mailstack.v1 import mailstore_pb2 as pb
 
 from ..errors import from_grpc
 from ..protocol import Command, CopyMove
 from ..protocol.encoder import untagged_status
-from .common import resolve, selected_view, set_text, uid_set, writable
+from ..replies import Reply
+from .common import resolve, selected_view, set_text, writable
 
 if TYPE_CHECKING:
-    from ..session import Reply, Session
-
-CALL_TIMEOUT = 120.0
+    from ..session import Session
 
 
 async def copy_move(session: Session, command: Command) -> Reply | None:
     # Command: RFC 9051 §6.4.7 COPY / §6.4.8 MOVE; a missing target is NO [TRYCREATE]
-    from ..session import Reply
-
     view = selected_view(session.view)
     args = command.args
     assert isinstance(args, CopyMove)
@@ -31,12 +27,8 @@ async def copy_move(session: Session, command: Command) -> Reply | None:
     targets = resolve(view, command, args.sequence_set)
     if not targets:
         return None
-    request = pb.CopyRequest(
-        account=session.account, mailbox=view.name, uids=uid_set(u for _, u in targets), destination=args.mailbox
-    )
     try:
-        call = session.stub.Move if move else session.stub.Copy
-        reply = await call(request, timeout=CALL_TIMEOUT)
+        reply = await session.mailstore.copy(view.name, [u for _, u in targets], args.mailbox, move)
     except grpc.RpcError as e:
         error = from_grpc(e)
         if error.code == "NONEXISTENT":
@@ -58,6 +50,3 @@ async def copy_move(session: Session, command: Command) -> Reply | None:
     for line in view.expunge_responses([pair.source for pair in mapping], session.qresync):
         session.untagged(line)
     return Reply("OK", "MOVE completed")
-
-
-HANDLERS = {"COPY": copy_move, "MOVE": copy_move}

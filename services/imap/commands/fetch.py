@@ -1,45 +1,42 @@
-"""FETCH and UID FETCH (RFC 3501 §6.4.5, RFC 9051 §6.4.5; MODSEQ and CHANGEDSINCE RFC 7162 §3.1.4)."""
+"""FETCH and UID FETCH (RFC 3501 §6.4.5, RFC 9051 §6.4.5; MODSEQ and CHANGEDSINCE RFC 7162 §3.1.4).
+
+Each response goes out as buffers (protocol/encoder.fetch_buffers): a body is handed to the
+connection as the mailstore sent it, never copied into the response."""
 
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from mailstack.services.common.body_parts import SectionNotFound, find_part
-from mailstack.services.common.grpc_client import collect_bodies, stream_whole_bodies
 from mailstack.v1 import mailstore_pb2 as pb
 
-from ..errors import bad, no
+from ..mailstore import LONG, MetadataWanted
 from ..protocol import Command, Fetch, FetchAttribute, FetchBinarySize, FetchBody, FetchItem, Section
 from ..protocol.binary import UnknownCte, decode_cte
-from ..protocol.encoder import fetch_response, flag_list, literal, literal8
+from ..protocol.encoder import Buffer, FetchValue, Literal, fetch_buffers, flag_list
 from ..protocol.message_data import body_structure, envelope, internal_date
-from .common import report_vanished, resolve, selected_view, uid_set
+from ..replies import Reply, bad, no
+from .common import report_vanished, resolve, selected_view
 
 if TYPE_CHECKING:
     from ..mailbox_view import MailboxView
-    from ..session import Reply, Session
+    from ..session import Session
 
-CALL_TIMEOUT = 120.0
 BATCH = 100  # messages whose data is gathered (bodies concurrently) before they are written
 # Read-ahead for clients that download one message after another (mbsync, fetchmail, getmail,
 # offline sync): one FetchBodies call for the next messages instead of a call per FETCH.
 READ_AHEAD_BYTES = 1024 * 1024  # per session, from the process's imap_read_ahead_bytes
 READ_AHEAD_MESSAGES = 32
-_TEXTS = {
-    None: pb.SECTION_ALL,
-    "HEADER": pb.SECTION_HEADER,
-    "HEADER.FIELDS": pb.SECTION_HEADER_FIELDS,
-    "HEADER.FIELDS.NOT": pb.SECTION_HEADER_FIELDS_NOT,
-    "TEXT": pb.SECTION_TEXT,
-    "MIME": pb.SECTION_MIME,
-}
 # RFC822* are BODY[] forms with their own response names (RFC 3501 §6.4.5)
 _RFC822 = {
     "RFC822": (FetchBody(Section()), b"RFC822"),
     "RFC822.HEADER": (FetchBody(Section(text="HEADER"), peek=True), b"RFC822.HEADER"),
     "RFC822.TEXT": (FetchBody(Section(text="TEXT")), b"RFC822.TEXT"),
 }
+Texts = dict[tuple[int, int], bytes]  # (uid, body section index) -> bytes
+Metadata = dict[int, pb.MessageMetadata]
 
 
 def _body_item(item: FetchItem) -> tuple[FetchBody, bytes] | None:
@@ -57,7 +54,7 @@ def _body_item(item: FetchItem) -> tuple[FetchBody, bytes] | None:
     return None
 
 
-def _binary_value(item: FetchBody | FetchBinarySize, raw: bytes, structure: pb.BodyPart) -> bytes:
+def _binary_value(item: FetchBody | FetchBinarySize, raw: bytes, structure: pb.BodyPart) -> FetchValue:
     """BINARY[part]<partial> or BINARY.SIZE[part] (RFC 3516 §4.2) from the part's stored bytes.
     BINARY[] of a message that is not multipart decodes its body and keeps its header; a multipart
     message has no encoding of its own, so BINARY[] is the message as stored."""
@@ -83,16 +80,12 @@ def _binary_value(item: FetchBody | FetchBinarySize, raw: bytes, structure: pb.B
         start, count = item.partial
         data = data[start : start + count]
     # RFC 3516 §4.3: literal8 only when the data holds a NUL
-    return literal8(data) if b"\x00" in data else literal(data)
+    return Literal(data, binary=b"\x00" in data)
 
 
-def _fields_list(fields: pb.MetadataFields) -> list[bool]:
-    return [fields.flags, fields.internal_date, fields.size, fields.envelope, fields.body_structure]
-
-
-def _fields(items: list[FetchItem]) -> pb.MetadataFields:
+def _wanted(items: list[FetchItem]) -> MetadataWanted:
     names = {i.name for i in items if isinstance(i, FetchAttribute)}
-    return pb.MetadataFields(
+    return MetadataWanted(
         flags="FLAGS" in names,
         internal_date="INTERNALDATE" in names,
         size="RFC822.SIZE" in names,
@@ -101,50 +94,57 @@ def _fields(items: list[FetchItem]) -> pb.MetadataFields:
     )
 
 
-def _body_section(item: FetchBody) -> pb.BodySection:
-    section = item.section
-    out = pb.BodySection(section=pb.Section(part=section.part, text=_TEXTS[section.text], fields=section.fields))
-    if item.partial is not None:
-        out.has_partial = True
-        out.offset, out.length = item.partial
-    return out
+@dataclass
+class _Plan:
+    """What each item answers, worked out once for all the messages: rows of (name in the
+    response, index of its body section or -1, the BINARY item to decode or None, the attribute
+    name or ""), the body sections to read, and the metadata fields to read."""
 
+    rows: list[tuple[bytes, int, FetchBody | FetchBinarySize | None, str]] = field(default_factory=list)
+    bodies: list[FetchBody] = field(default_factory=list)
+    sets_seen: bool = False  # RFC 3501 §6.4.5: BODY[...] (not PEEK), RFC822 and RFC822.TEXT set \Seen
+    wanted: MetadataWanted = field(default_factory=MetadataWanted)
+    need_metadata: bool = True
+    names: frozenset[str] = frozenset()
 
-async def _bodies(
-    session: Session,
-    mailbox: str,
-    uids: list[int],
-    items: list[FetchBody],
-    metadata: tuple[pb.MetadataFields, dict[int, pb.MessageMetadata]] | None = None,
-    missing: set[int] | None = None,
-) -> dict[tuple[int, int], bytes]:
-    """Every body section of every message in one FetchBodies call: {(uid, item index): bytes};
-    messages gone from the store are absent, those whose body is missing (a broken message) are
-    put in `missing`. With `metadata` (fields, out), each message's metadata comes in the same
-    call, into `out`."""
-    request = pb.FetchBodiesRequest(
-        account=session.account, mailbox=mailbox, uids=uid_set(uids), sections=[_body_section(i) for i in items]
-    )
-    if metadata is None:
-        return await collect_bodies(session.stub, request, CALL_TIMEOUT, missing=missing)
-    request.metadata.CopyFrom(metadata[0])
-    return await collect_bodies(session.stub, request, CALL_TIMEOUT, metadata=metadata[1], missing=missing)
+    @classmethod
+    def of(cls, items: list[FetchItem], changed_since: int | None) -> _Plan:
+        plan = cls(names=frozenset(i.name for i in items if isinstance(i, FetchAttribute)))
+        for item in items:
+            body = _body_item(item)
+            if body is None:
+                assert isinstance(item, FetchAttribute)
+                plan.rows.append((item.name.encode("ascii"), -1, None, item.name))
+                continue
+            binary = isinstance(item, FetchBinarySize) or (isinstance(item, FetchBody) and item.binary)
+            plan.rows.append((body[1], len(plan.bodies), item if binary else None, ""))  # type: ignore[arg-type]
+            plan.bodies.append(body[0])
+            plan.sets_seen = plan.sets_seen or not body[0].peek
+        wanted = _wanted(items)
+        if any(decoded is not None for _, _, decoded, _ in plan.rows):
+            wanted = MetadataWanted(  # each part's Content-Transfer-Encoding
+                wanted.flags, wanted.internal_date, wanted.size, wanted.envelope, body_structure=True
+            )
+        plan.wanted = wanted
+        # Only bodies and UID: what FetchBodies returns says which messages exist; no metadata read.
+        plan.need_metadata = not plan.bodies or "MODSEQ" in plan.names or changed_since is not None or wanted.any()
+        return plan
 
 
 async def _bodies_with_metadata(
     session: Session,
     view: MailboxView,
-    request: pb.FetchMetadataRequest,
+    wanted: MetadataWanted,
     uids: list[int],
     items: list[FetchBody],
     missing: set[int] | None = None,
-) -> tuple[dict[int, pb.MessageMetadata], dict[tuple[int, int], bytes]]:
+) -> tuple[Metadata, Texts]:
     """Bodies and metadata in one FetchBodies call. A mailstore older than
     FetchBodiesRequest.metadata sends none: then FetchMetadata is asked as well."""
-    metadata: dict[int, pb.MessageMetadata] = {}
-    texts = await _bodies(session, view.name, uids, items, (request.fields, metadata), missing)
+    metadata: Metadata = {}
+    texts = await session.mailstore.bodies(view.name, uids, items, wanted=wanted, metadata=metadata, missing=missing)
     if texts and not metadata:
-        metadata = await _metadata(session, request)
+        metadata = await session.mailstore.metadata(view.name, uids, wanted)
     return metadata, texts
 
 
@@ -154,13 +154,13 @@ def _whole(item: FetchBody) -> bool:
 
 async def _bodies_ahead(
     session: Session, view: MailboxView, uids: list[int], items: list[FetchBody], missing: set[int] | None = None
-) -> dict[tuple[int, int], bytes]:
-    """_bodies, but a lone whole body (BODY[], BODY.PEEK[], RFC822 of one message) comes from the
+) -> Texts:
+    """The bodies, but a lone whole body (BODY[], BODY.PEEK[], RFC822 of one message) comes from the
     read-ahead: started when the message follows the previous lone one in the mailbox, so a client
     that downloads message after message makes one FetchBodies call per batch, not per message.
     A body never changes under its UID, so what was fetched ahead stays right."""
     if len(uids) != 1 or len(items) != 1 or not _whole(items[0]):
-        return await _bodies(session, view.name, uids, items, missing=missing)
+        return await session.mailstore.bodies(view.name, uids, items, missing=missing)
     uid = uids[0]
     previous, session.last_body_uid = session.last_body_uid, uid
     if uid not in session.ahead and previous and _follows(view, previous, uid):
@@ -168,7 +168,7 @@ async def _bodies_ahead(
     data = await session.ahead.take(uid)
     if data is not None:
         return {(uid, 0): data}
-    return await _bodies(session, view.name, uids, items, missing=missing)
+    return await session.mailstore.bodies(view.name, uids, items, missing=missing)
 
 
 def _follows(view: MailboxView, previous: int, uid: int) -> bool:
@@ -185,23 +185,31 @@ def _read_ahead(session: Session, view: MailboxView, uid: int) -> None:
     seq = view.seq_of(uid)
     assert seq is not None
     uids = view.uids[seq - 1 : seq - 1 + READ_AHEAD_MESSAGES]
-    items = stream_whole_bodies(session.stub, session.account, view.name, uid_set(uids), CALL_TIMEOUT, granted)
+    items = session.mailstore.whole_bodies(view.name, uids, granted)
     session.ahead.start(uids, granted, items)
 
 
-async def _metadata(session: Session, request: pb.FetchMetadataRequest) -> dict[int, pb.MessageMetadata]:
-    metadata: dict[int, pb.MessageMetadata] = {}
-    async for part in session.stub.FetchMetadata(request, timeout=CALL_TIMEOUT):
-        for m in part.messages:
-            metadata[m.uid] = m
-    return metadata
+async def _read_batch(
+    session: Session, view: MailboxView, plan: _Plan, changed_since: int | None, uids: list[int], missing: set[int]
+) -> tuple[Metadata, Texts]:
+    """The metadata and body sections of one batch, in as few calls as the items allow."""
+    store = session.mailstore
+    if not plan.need_metadata:
+        texts = await _bodies_ahead(session, view, uids, plan.bodies, missing)
+        return {uid: pb.MessageMetadata(uid=uid) for uid, _ in texts}, texts
+    if not plan.bodies:
+        return await store.metadata(view.name, uids, plan.wanted, changed_since or 0), {}
+    if not changed_since:
+        return await _bodies_with_metadata(session, view, plan.wanted, uids, plan.bodies, missing)
+    # CHANGEDSINCE filters by the metadata: it decides which are sent
+    return await asyncio.gather(
+        store.metadata(view.name, uids, plan.wanted, changed_since),
+        store.bodies(view.name, uids, plan.bodies, missing=missing),
+    )
 
 
-async def fetch(session: Session, command: Command) -> Reply | None:
-    # Command: RFC 9051 §6.4.5 / §6.4.9 (UID FETCH always returns UID)
-    view = selected_view(session.view)
-    args = command.args
-    assert isinstance(args, Fetch)
+def _items(session: Session, command: Command, args: Fetch) -> list[FetchItem]:
+    """The items asked for, with UID for UID FETCH (RFC 9051 §6.4.9) and MODSEQ under CONDSTORE."""
     items = list(args.items)
     names = {i.name for i in items if isinstance(i, FetchAttribute)}
     if command.uid and "UID" not in names:
@@ -210,6 +218,26 @@ async def fetch(session: Session, command: Command) -> Reply | None:
         session.condstore = True  # RFC 7162 §3.1: CONDSTORE-enabling
         if "MODSEQ" not in names:
             items.append(FetchAttribute("MODSEQ"))
+    return items
+
+
+async def _mark_seen(session: Session, view: MailboxView, targets: list[tuple[int, int]]) -> set[int]:
+    """Set \\Seen on the targets that lack it; the UIDs that got it."""
+    unseen = [uid for _, uid in targets if "\\Seen" not in view.flags.get(uid, ())]
+    if not unseen:
+        return set()
+    reply = await session.mailstore.store_flags(view.name, unseen, "+", ["\\Seen"], deadline=LONG)
+    for m in reply.updated:
+        view.set_flags(m.uid, m.flags, m.modseq)
+    return {m.uid for m in reply.updated}
+
+
+async def fetch(session: Session, command: Command) -> Reply | None:
+    # Command: RFC 9051 §6.4.5 / §6.4.9 (UID FETCH always returns UID)
+    view = selected_view(session.view)
+    args = command.args
+    assert isinstance(args, Fetch)
+    items = _items(session, command, args)
     if args.vanished:  # RFC 7162 §3.2.6: UID FETCH (CHANGEDSINCE m VANISHED)
         if not session.qresync:
             raise bad("VANISHED needs ENABLE QRESYNC")
@@ -218,88 +246,15 @@ async def fetch(session: Session, command: Command) -> Reply | None:
     targets = resolve(view, command, args.sequence_set)
     if not targets:
         return None
-    # What each item answers, worked out once for all the messages: (name in the response, index
-    # of its body section or -1, the BINARY item to decode or None, the attribute name or "").
-    bodies: list[tuple[FetchBody, bytes]] = []
-    plan: list[tuple[bytes, int, FetchBody | FetchBinarySize | None, str]] = []
-    for item in items:
-        body = _body_item(item)
-        if body is None:
-            assert isinstance(item, FetchAttribute)
-            plan.append((item.name.encode("ascii"), -1, None, item.name))
-            continue
-        decoded = item if isinstance(item, FetchBinarySize) or (isinstance(item, FetchBody) and item.binary) else None
-        plan.append((body[1], len(bodies), decoded, ""))
-        bodies.append(body)
-
-    # RFC 3501 §6.4.5: BODY[...] (not PEEK), RFC822 and RFC822.TEXT set \Seen
-    newly_seen: set[int] = set()
-    if not view.readonly and any(not body.peek for body, _ in bodies):
-        unseen = [uid for _, uid in targets if "\\Seen" not in view.flags.get(uid, ())]
-        if unseen:
-            reply = await session.stub.StoreFlags(
-                pb.StoreFlagsRequest(
-                    account=session.account,
-                    mailbox=view.name,
-                    uids=uid_set(unseen),
-                    mode=pb.STORE_ADD,
-                    flags=["\\Seen"],
-                ),
-                timeout=CALL_TIMEOUT,
-            )
-            for m in reply.updated:
-                view.set_flags(m.uid, m.flags, m.modseq)
-                newly_seen.add(m.uid)
-
-    fields = _fields(items)
-    if any(decoded is not None for _, _, decoded, _ in plan):
-        fields.body_structure = True  # each part's Content-Transfer-Encoding
-    # Only bodies and UID: what FetchBodies returns says which messages exist; no metadata read.
-    modseq = any(isinstance(i, FetchAttribute) and i.name == "MODSEQ" for i in items)
-    need_metadata = not bodies or modseq or args.changed_since is not None or any(_fields_list(fields))
+    plan = _Plan.of(items, args.changed_since)
+    newly_seen = await _mark_seen(session, view, targets) if plan.sets_seen and not view.readonly else set()
     missing: set[int] = set()  # UIDs whose body is gone from the store (broken messages)
     for start in range(0, len(targets), BATCH):
         batch = targets[start : start + BATCH]
-        batch_uids = [uid for _, uid in batch]
-        request = pb.FetchMetadataRequest(
-            account=session.account,
-            mailbox=view.name,
-            uids=uid_set(batch_uids),
-            fields=fields,
-            changed_since=args.changed_since or 0,
-        )
-        metadata: dict[int, pb.MessageMetadata] = {}
-        texts: dict[tuple[int, int], bytes] = {}
-        if need_metadata and bodies and not request.changed_since:
-            metadata, texts = await _bodies_with_metadata(
-                session, view, request, batch_uids, [b for b, _ in bodies], missing
-            )
-        elif need_metadata and bodies:  # CHANGEDSINCE filters by the metadata: it decides which are sent
-            metadata, texts = await asyncio.gather(
-                _metadata(session, request),
-                _bodies(session, view.name, batch_uids, [b for b, _ in bodies], missing=missing),
-            )
-        elif need_metadata:
-            metadata = await _metadata(session, request)
-        else:
-            texts = await _bodies_ahead(session, view, batch_uids, [b for b, _ in bodies], missing)
-            metadata = {uid: pb.MessageMetadata(uid=uid) for uid, _ in texts}
-        wanted = [(seq, uid) for seq, uid in batch if uid in metadata and uid not in missing]
-        for seq, uid in wanted:
-            m = metadata[uid]
-            if fields.flags:
-                view.set_flags(uid, m.flags, m.modseq)
-            out: list[tuple[bytes, bytes]] = []
-            for label, index, binary_item, attribute in plan:
-                if index < 0:
-                    out.append((label, _attribute(session, attribute, seq, uid, m)))
-                    continue
-                raw = texts.get((uid, index), b"")
-                value = literal(raw) if binary_item is None else _binary_value(binary_item, raw, m.body_structure)
-                out.append((label, value))
-            if uid in newly_seen and "FLAGS" not in names:
-                out.append((b"FLAGS", flag_list(sorted(view.flags_of(uid)))))
-            session.untagged(fetch_response(seq, out))
+        metadata, texts = await _read_batch(session, view, plan, args.changed_since, [u for _, u in batch], missing)
+        for seq, uid in batch:
+            if uid in metadata and uid not in missing:
+                session.untagged_buffers(_response(session, plan, seq, uid, metadata[uid], texts, uid in newly_seen))
         await session.flush()
     if missing:
         # RFC 9051 §7.1 SERVERBUG: the other messages were sent; these cannot be, and a client
@@ -307,6 +262,25 @@ async def fetch(session: Session, command: Command) -> Reply | None:
         uids = ",".join(str(u) for u in sorted(missing)[:20])
         raise no(f"some messages could not be read (UID {uids}); the others were sent", "SERVERBUG")
     return None
+
+
+def _response(
+    session: Session, plan: _Plan, seq: int, uid: int, m: pb.MessageMetadata, texts: Texts, newly_seen: bool
+) -> list[Buffer]:
+    view = session.view
+    assert view is not None
+    if plan.wanted.flags:
+        view.set_flags(uid, m.flags, m.modseq)
+    out: list[tuple[bytes, FetchValue]] = []
+    for label, index, binary_item, attribute in plan.rows:
+        if index < 0:
+            out.append((label, _attribute(session, attribute, seq, uid, m)))
+            continue
+        raw = texts.get((uid, index), b"")
+        out.append((label, Literal(raw) if binary_item is None else _binary_value(binary_item, raw, m.body_structure)))
+    if newly_seen and "FLAGS" not in plan.names:
+        out.append((b"FLAGS", flag_list(sorted(view.flags_of(uid)))))
+    return fetch_buffers(seq, out)
 
 
 def _attribute(session: Session, name: str, seq: int, uid: int, m: pb.MessageMetadata) -> bytes:
@@ -329,6 +303,3 @@ def _attribute(session: Session, name: str, seq: int, uid: int, m: pb.MessageMet
     if name == "MODSEQ":
         return b"(%d)" % m.modseq
     raise no(f"unknown item {name}")
-
-
-HANDLERS = {"FETCH": fetch}

@@ -9,57 +9,23 @@ from typing import TYPE_CHECKING
 
 from ..protocol import Command, NeedData, ParseError
 from ..protocol.encoder import continuation, untagged_status
+from ..replies import EndSession, Reply, bad
 
 if TYPE_CHECKING:
-    from ..session import Reply, Session
+    from ..session import Session
 
 
 async def idle(session: Session, command: Command) -> Reply | None:
     # Command: RFC 2177 §3; RFC 9051 §6.3.13
-    from ..errors import bad
-    from ..session import EndSession
-
-    settings = session.settings
     await session.send(continuation("idling"))
-    started = last_output = time.monotonic()
+    clock = _Clock(time.monotonic())
     read: asyncio.Task[None] | None = None
     try:
-        while True:
-            line = session.conn.receiver.next_line()
-            if isinstance(line, bytes):
-                if line.strip().upper() == b"DONE":
-                    return None
-                raise bad("expected DONE")
-            if isinstance(line, ParseError):
-                raise bad("expected DONE")
-            assert isinstance(line, NeedData)
-            session.wake.clear()  # dirty says what the wake-up was about
-            if session.view is not None and (session.dirty or session.poll_due()):
-                await session.pending_updates(None)
-                if session._out:
-                    await session.flush()
-                    last_output = time.monotonic()
-            now = time.monotonic()
-            if now - started >= settings.imap_autologout:
-                raise EndSession("autologout: idle for too long")  # RFC 2177: re-issue IDLE in 29 min
-            if now - last_output >= settings.imap_idle_keepalive:
-                await session.send(untagged_status("OK", "Still here"))
-                last_output = now
-            timeout = min(
-                settings.imap_idle_keepalive - (now - last_output),
-                settings.imap_poll_interval,
-                settings.imap_autologout - (now - started),
-            )
+        while not _done(session.conn.receiver.next_line()):
+            await _push_updates(session, clock)
             if read is None:
                 read = asyncio.ensure_future(session.conn.read_more(None))
-            wake = asyncio.ensure_future(session.wake.wait())
-            session.waiting = True
-            try:
-                done, _ = await asyncio.wait({read, wake}, timeout=max(timeout, 0.01), return_when="FIRST_COMPLETED")
-            finally:
-                session.waiting = False
-                wake.cancel()
-            if read in done:
+            if await _wait(session, read, clock.timeout(session)):
                 task, read = read, None
                 task.result()  # raises ClientGone / connection errors
     finally:
@@ -67,6 +33,58 @@ async def idle(session: Session, command: Command) -> Reply | None:
             read.cancel()
             with contextlib.suppress(BaseException):
                 await read
+    return None
 
 
-HANDLERS = {"IDLE": idle}
+class _Clock:
+    """When IDLE started and when it last sent something (for autologout and keep-alives)."""
+
+    def __init__(self, now: float) -> None:
+        self.started = self.last_output = now
+
+    def timeout(self, session: Session) -> float:
+        """How long to wait for the client or a hint before looking again."""
+        settings, now = session.settings, time.monotonic()
+        return min(
+            settings.imap_idle_keepalive - (now - self.last_output),
+            settings.imap_poll_interval,
+            settings.imap_autologout - (now - self.started),
+        )
+
+
+def _done(line: bytes | NeedData | ParseError) -> bool:
+    """True at DONE; False while waiting for it; BAD for any other line."""
+    if isinstance(line, NeedData):
+        return False
+    if isinstance(line, bytes) and line.strip().upper() == b"DONE":
+        return True
+    raise bad("expected DONE")
+
+
+async def _push_updates(session: Session, clock: _Clock) -> None:
+    """Untagged updates when a hint came or a poll is due; autologout; the keep-alive."""
+    settings = session.settings
+    session.wake.clear()  # dirty says what the wake-up was about
+    if session.view is not None and (session.dirty or session.poll_due()):
+        await session.pending_updates()
+        if session.has_output:
+            await session.flush()
+            clock.last_output = time.monotonic()
+    now = time.monotonic()
+    if now - clock.started >= settings.imap_autologout:
+        raise EndSession("autologout: idle for too long")  # RFC 2177: re-issue IDLE in 29 min
+    if now - clock.last_output >= settings.imap_idle_keepalive:
+        await session.send(untagged_status("OK", "Still here"))
+        clock.last_output = now
+
+
+async def _wait(session: Session, read: asyncio.Task[None], seconds: float) -> bool:
+    """Wait for client data, a hint or `seconds`; True when the client's read finished."""
+    wake = asyncio.ensure_future(session.wake.wait())
+    session.waiting = True
+    try:
+        done, _ = await asyncio.wait({read, wake}, timeout=max(seconds, 0.01), return_when="FIRST_COMPLETED")
+    finally:
+        session.waiting = False
+        wake.cancel()
+    return read in done

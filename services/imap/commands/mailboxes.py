@@ -7,16 +7,15 @@ from typing import TYPE_CHECKING
 import grpc
 from mailstack.v1 import mailstore_pb2 as pb
 
-from ..errors import no
 from ..mailbox_list import Entry, Listed, select, with_parents
+from ..mailstore import SPECIAL_USE_ATTRIBUTES, SPECIAL_USE_BY_NAME
 from ..protocol import Command, Create, ListMailboxes, Lsub, MailboxArgument, Rename, Status
 from ..protocol.encoder import mailbox, untagged
-from .common import SPECIAL_USE_ATTRIBUTES, SPECIAL_USE_BY_NAME
+from ..replies import Reply, no
 
 if TYPE_CHECKING:
-    from ..session import Reply, Session
+    from ..session import Session
 
-CALL_TIMEOUT = 30.0
 DELIMITER = b'"/"'
 
 
@@ -28,24 +27,20 @@ async def create(session: Session, command: Command) -> Reply | None:
         raise no("invalid mailbox name", "CANNOT")
     if name.upper() == "INBOX":
         raise no("INBOX always exists", "ALREADYEXISTS")
-    special = pb.SPECIAL_USE_NONE
+    special = ""
     if command.args.special_use:
         if len(command.args.special_use) > 1 or command.args.special_use[0].lower() not in SPECIAL_USE_BY_NAME:
             raise no("one of \\Sent \\Drafts \\Trash \\Junk \\Archive \\All \\Flagged", "USEATTR")
-        special = SPECIAL_USE_BY_NAME[command.args.special_use[0].lower()]
+        special = command.args.special_use[0]
     # RFC 3501 §6.3.3: superior names that are needed are created too
     parts = name.split("/")
     for i in range(1, len(parts)):
         try:
-            await session.stub.CreateMailbox(
-                pb.CreateMailboxRequest(account=session.account, name="/".join(parts[:i])), timeout=CALL_TIMEOUT
-            )
+            await session.mailstore.create_mailbox("/".join(parts[:i]))
         except grpc.RpcError as e:
             if e.code() != grpc.StatusCode.ALREADY_EXISTS:
                 raise
-    await session.stub.CreateMailbox(
-        pb.CreateMailboxRequest(account=session.account, name=name, special_use=special), timeout=CALL_TIMEOUT
-    )
+    await session.mailstore.create_mailbox(name, special)
     return None
 
 
@@ -56,31 +51,21 @@ async def delete(session: Session, command: Command) -> Reply | None:
         raise no("INBOX cannot be deleted", "CANNOT")
     if session.view is not None and session.view.name == command.args.mailbox:
         raise no("unselect the mailbox before deleting it", "INUSE")
-    await session.stub.DeleteMailbox(
-        pb.DeleteMailboxRequest(account=session.account, name=command.args.mailbox), timeout=CALL_TIMEOUT
-    )
+    await session.mailstore.delete_mailbox(command.args.mailbox)
     return None
 
 
 async def rename(session: Session, command: Command) -> Reply | None:
     # Command: RFC 9051 §6.3.6 (children move; renaming INBOX moves its messages: the mailstore does both)
     assert isinstance(command.args, Rename)
-    await session.stub.RenameMailbox(
-        pb.RenameMailboxRequest(
-            account=session.account, name=command.args.mailbox, new_name=command.args.new_name.rstrip("/")
-        ),
-        timeout=CALL_TIMEOUT,
-    )
+    await session.mailstore.rename_mailbox(command.args.mailbox, command.args.new_name.rstrip("/"))
     return None
 
 
 async def subscribe(session: Session, command: Command) -> Reply | None:
     # Command: RFC 9051 §6.3.7 / §6.3.8 (UNSUBSCRIBE)
     assert isinstance(command.args, MailboxArgument)
-    await session.stub.Subscribe(
-        pb.SubscribeRequest(account=session.account, name=command.args.mailbox, subscribed=command.name == "SUBSCRIBE"),
-        timeout=CALL_TIMEOUT,
-    )
+    await session.mailstore.subscribe(command.args.mailbox, subscribed=command.name == "SUBSCRIBE")
     return None
 
 
@@ -134,10 +119,7 @@ async def list_command(session: Session, command: Command) -> Reply | None:
         return None
     # The whole tree in one call (children, RECURSIVEMATCH and "%" parents need names outside the
     # patterns), with the STATUS of every mailbox when asked for (RFC 5819), not one call each.
-    tree = await session.stub.ListMailboxes(
-        pb.ListMailboxesRequest(account=session.account, pattern="*", with_status=args.status is not None),
-        timeout=CALL_TIMEOUT,
-    )
+    tree = await session.mailstore.list_mailboxes(with_status=args.status is not None)
     found = [
         Entry(m.name, not m.nonexistent, m.subscribed, SPECIAL_USE_ATTRIBUTES.get(m.special_use, ""))
         for m in tree.mailboxes
@@ -145,10 +127,7 @@ async def list_command(session: Session, command: Command) -> Reply | None:
     statuses = {m.name: m.status for m in tree.mailboxes if not m.nonexistent}
     if "SUBSCRIBED" in args.selection:
         # subscribed names whose mailbox does not exist (RFC 5258 §3: \Subscribed \NonExistent)
-        subscribed = await session.stub.ListMailboxes(
-            pb.ListMailboxesRequest(account=session.account, pattern="*", subscribed_only=True),
-            timeout=CALL_TIMEOUT,
-        )
+        subscribed = await session.mailstore.list_mailboxes(subscribed_only=True)
         known = {m.name for m in tree.mailboxes}
         found += [Entry(m.name, False, True) for m in subscribed.mailboxes if m.name not in known]
     patterns = [_full_pattern(args.reference, p) for p in args.patterns]
@@ -173,12 +152,7 @@ async def list_command(session: Session, command: Command) -> Reply | None:
 async def lsub(session: Session, command: Command) -> Reply | None:
     # Command: RFC 3501 §6.3.9
     assert isinstance(command.args, Lsub)
-    reply = await session.stub.ListMailboxes(
-        pb.ListMailboxesRequest(
-            account=session.account, pattern=command.args.reference + command.args.pattern, subscribed_only=True
-        ),
-        timeout=CALL_TIMEOUT,
-    )
+    reply = await session.mailstore.list_mailboxes(command.args.reference + command.args.pattern, subscribed_only=True)
     for item in reply.mailboxes:
         attrs = b"(\\Noselect)" if item.nonexistent else b"()"
         session.untagged(untagged(b"LSUB " + attrs + b" " + DELIMITER + b" " + mailbox(item.name, session.utf8)))
@@ -188,22 +162,8 @@ async def lsub(session: Session, command: Command) -> Reply | None:
 async def status(session: Session, command: Command) -> Reply | None:
     # Command: RFC 9051 §6.3.11 (+ HIGHESTMODSEQ RFC 7162, SIZE RFC 8438, APPENDLIMIT RFC 7889)
     assert isinstance(command.args, Status)
-    reply = await session.stub.GetMailboxStatus(
-        pb.MailboxStatusRequest(account=session.account, name=command.args.mailbox), timeout=CALL_TIMEOUT
-    )
+    reply = await session.mailstore.status(command.args.mailbox)
     if "HIGHESTMODSEQ" in command.args.items:
         session.condstore = True  # RFC 7162 §3.1: a CONDSTORE-enabling command
     session.untagged(_status_line(command.args.mailbox, reply, command.args.items, session))
     return None
-
-
-HANDLERS = {
-    "CREATE": create,
-    "DELETE": delete,
-    "RENAME": rename,
-    "SUBSCRIBE": subscribe,
-    "UNSUBSCRIBE": subscribe,
-    "LIST": list_command,
-    "LSUB": lsub,
-    "STATUS": status,
-}

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ..errors import bad
 from ..protocol import Command, Enable, Id
 from ..protocol.encoder import nstring, paren_list, untagged, untagged_status
+from ..replies import Reply
+from ..session import State
 
 if TYPE_CHECKING:
-    from ..session import Reply, Session
+    from ..session import Session
 
 # Each is advertised because it works end to end (tests/e2e/test_imap_*.py).
 EXTENSIONS = (
@@ -40,8 +41,6 @@ EXTENSIONS = (
 
 
 def capabilities(session: Session) -> str:
-    from ..session import State
-
     caps = ["IMAP4rev1"]
     if session.state == State.NOT_AUTHENTICATED:
         if not session.conn.tls and session.conn.can_start_tls:
@@ -73,8 +72,6 @@ async def check(session: Session, command: Command) -> Reply | None:
 
 async def logout(session: Session, command: Command) -> Reply | None:
     # Command: RFC 9051 §6.1.3
-    from ..session import State
-
     session.untagged(untagged_status("BYE", "logging out"))
     session.state = State.LOGOUT
     return None
@@ -114,18 +111,3 @@ async def enable(session: Session, command: Command) -> Reply | None:
 
 def quoted_params(params: tuple[tuple[str, str | None], ...]) -> bytes:
     return paren_list(nstring(k) + b" " + nstring(v) for k, v in params)
-
-
-async def not_supported(session: Session, command: Command) -> Reply | None:
-    raise bad(f"{command.name} is not supported")
-
-
-HANDLERS = {
-    "CAPABILITY": capability,
-    "NOOP": noop,
-    "CHECK": check,
-    "LOGOUT": logout,
-    "ID": id_command,
-    "NAMESPACE": namespace,
-    "ENABLE": enable,
-}

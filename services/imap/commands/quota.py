@@ -4,20 +4,16 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from mailstack.v1 import mailstore_pb2 as pb
-
-from ..errors import no
 from ..protocol import Command, MailboxArgument, QuotaRoot
 from ..protocol.encoder import mailbox, untagged
+from ..replies import Reply, no
 
 if TYPE_CHECKING:
-    from ..session import Reply, Session
-
-CALL_TIMEOUT = 30.0
+    from ..session import Session
 
 
 async def _quota_line(session: Session) -> bytes:
-    quota = await session.stub.GetQuota(pb.GetQuotaRequest(account=session.account), timeout=CALL_TIMEOUT)
+    quota = await session.mailstore.quota()
     resources = []
     # RFC 9208 §5.1: STORAGE in units of 1024 octets; unlimited resources are not listed
     if quota.limit_bytes:
@@ -39,9 +35,7 @@ async def getquota(session: Session, command: Command) -> Reply | None:
 async def getquotaroot(session: Session, command: Command) -> Reply | None:
     # Command: RFC 9208 §4.3
     assert isinstance(command.args, MailboxArgument)
-    await session.stub.GetMailboxStatus(
-        pb.MailboxStatusRequest(account=session.account, name=command.args.mailbox), timeout=CALL_TIMEOUT
-    )
+    await session.mailstore.status(command.args.mailbox)
     session.untagged(untagged(b"QUOTAROOT " + mailbox(command.args.mailbox, session.utf8) + b' ""'))
     session.untagged(await _quota_line(session))
     return None
@@ -50,6 +44,3 @@ async def getquotaroot(session: Session, command: Command) -> Reply | None:
 async def setquota(session: Session, command: Command) -> Reply | None:
     # Command: RFC 9208 §4.1: limits are set by the operator (mailstack admin), not by users
     raise no("quota limits are set by the administrator", "NOPERM")
-
-
-HANDLERS = {"GETQUOTA": getquota, "GETQUOTAROOT": getquotaroot, "SETQUOTA": setquota}

@@ -6,25 +6,25 @@ from typing import TYPE_CHECKING
 
 from mailstack.v1 import mailstore_pb2 as pb
 
-from ..errors import bad
 from ..mailbox_view import MailboxView
+from ..mailstore import UNARY, MetadataWanted
 from ..protocol import Command, QresyncParameters, Select, SequenceArgument
 from ..protocol.encoder import flag_list, untagged, untagged_status
-from .common import report_vanished, resolve, selected_view, uid_set, writable
+from ..replies import Reply, bad
+from .common import report_vanished, resolve, selected_view, writable
 
 if TYPE_CHECKING:
-    from ..session import Reply, Session
+    from ..session import Session
 
-CALL_TIMEOUT = 60.0
 SYSTEM_FLAGS = ("\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft")
 
 
 async def _listing(
-    session: Session, request: pb.FetchMetadataRequest
+    session: Session, name: str
 ) -> tuple[pb.MailboxStatus | None, list[tuple[int, tuple[str, ...], int]]]:
     status: pb.MailboxStatus | None = None
     messages: list[tuple[int, tuple[str, ...], int]] = []
-    async for batch in session.stub.FetchMetadata(request, timeout=CALL_TIMEOUT):
+    async for batch in session.mailstore.listing(name, MetadataWanted(flags=True), with_status=True):
         if batch.HasField("status"):
             status = batch.status
         messages.extend((m.uid, tuple(m.flags), m.modseq) for m in batch.messages)
@@ -34,31 +34,22 @@ async def _listing(
 async def open_view(session: Session, name: str, readonly: bool) -> MailboxView:
     """Read a mailbox's messages into a new view, in one call. The MODSEQ is taken before the
     listing, so anything that changes meanwhile is read again from the change log (at least once)."""
-    request = pb.FetchMetadataRequest(
-        account=session.account, mailbox=name, fields=pb.MetadataFields(flags=True), with_status=True
-    )
-    status, messages = await _listing(session, request)
+    status, messages = await _listing(session, name)
     if status is None:  # a mailstore older than with_status (a rolling upgrade): status first, then list
-        status = await session.stub.GetMailboxStatus(
-            pb.MailboxStatusRequest(account=session.account, name=name), timeout=CALL_TIMEOUT
-        )
-        _, messages = await _listing(session, request)
+        status = await session.mailstore.status(name, deadline=UNARY)
+        _, messages = await _listing(session, name)
     view = MailboxView(name, readonly, status.uidvalidity, status.uidnext, status.highestmodseq, messages)
     view.modseq = status.highestmodseq
     if not readonly and status.recent:
         # RFC 3501 §2.3.2: this session is the first to see these (exactly one session gets \Recent).
         # Nothing unclaimed (the usual re-SELECT): no claim, which is a write.
-        claim = await session.stub.ClaimRecent(
-            pb.ClaimRecentRequest(account=session.account, mailbox=name), timeout=CALL_TIMEOUT
-        )
-        view.recent = {u for u in view.uids if claim.first_uid <= u < claim.uidnext}
+        first, uidnext = await session.mailstore.claim_recent(name)
+        view.recent = {u for u in view.uids if first <= u < uidnext}
     return view
 
 
 async def select(session: Session, command: Command) -> Reply | None:
     # Command: RFC 3501 §6.3.1 / §6.3.2 (EXAMINE); CONDSTORE parameter RFC 7162 §3.1.8
-    from ..session import Reply
-
     args = command.args
     assert isinstance(args, Select)
     readonly = command.name == "EXAMINE"
@@ -103,9 +94,7 @@ async def close(session: Session, command: Command) -> Reply | None:
     # Command: RFC 9051 §6.4.1: expunge silently (not when read-only), then unselect
     view = selected_view(session.view)
     if not view.readonly:
-        await session.stub.Expunge(
-            pb.ExpungeRequest(account=session.account, mailbox=view.name, all_deleted=True), timeout=CALL_TIMEOUT
-        )
+        await session.mailstore.expunge(view.name)
     session.select(None)
     return None
 
@@ -121,25 +110,13 @@ async def expunge(session: Session, command: Command) -> Reply | None:
     # Command: RFC 9051 §6.4.3; UID EXPUNGE RFC 4315 §2.1 (only \Deleted messages of the set)
     view = selected_view(session.view)
     writable(view)
-    request = pb.ExpungeRequest(account=session.account, mailbox=view.name)
+    targets: list[int] | None = None  # all \Deleted messages
     if command.uid:
         assert isinstance(command.args, SequenceArgument)
         targets = [uid for _, uid in resolve(view, command, command.args.sequence_set)]
         if not targets:
             return None
-        request.uids.CopyFrom(uid_set(targets))
-    else:
-        request.all_deleted = True
-    reply = await session.stub.Expunge(request, timeout=CALL_TIMEOUT)
-    for line in view.expunge_responses(reply.expunged, session.qresync):
+    expunged = await session.mailstore.expunge(view.name, targets)
+    for line in view.expunge_responses(expunged, session.qresync):
         session.untagged(line)
     return None
-
-
-HANDLERS = {
-    "SELECT": select,
-    "EXAMINE": select,
-    "CLOSE": close,
-    "UNSELECT": unselect,
-    "EXPUNGE": expunge,
-}

@@ -4,23 +4,18 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from mailstack.v1 import mailstore_pb2 as pb
-
 from ..protocol import Command, Store
 from ..protocol.encoder import flag_list
-from .common import resolve, selected_view, set_text, uid_set, writable
+from ..replies import Reply
+from .common import resolve, selected_view, set_text, writable
 
 if TYPE_CHECKING:
-    from ..session import Reply, Session
-
-CALL_TIMEOUT = 60.0
-_MODES = {"+": pb.STORE_ADD, "-": pb.STORE_REMOVE, "": pb.STORE_REPLACE}
+    from ..mailbox_view import MailboxView
+    from ..session import Session
 
 
 async def store(session: Session, command: Command) -> Reply | None:
     # Command: RFC 9051 §6.4.6 (\Recent cannot be stored: RFC 3501 §2.3.2)
-    from ..session import Reply
-
     view = selected_view(session.view)
     writable(view)
     args = command.args
@@ -31,14 +26,8 @@ async def store(session: Session, command: Command) -> Reply | None:
     if not targets:
         return None
     flags = [f for f in args.flags if f.lower() != "\\recent"]
-    request = pb.StoreFlagsRequest(
-        account=session.account, mailbox=view.name, uids=uid_set(u for _, u in targets), mode=_MODES[args.mode]
-    )
-    request.flags.extend(flags)
-    if args.unchanged_since is not None:
-        request.has_unchanged_since = True
-        request.unchanged_since = args.unchanged_since
-    reply = await session.stub.StoreFlags(request, timeout=CALL_TIMEOUT)
+    uids = [u for _, u in targets]
+    reply = await session.mailstore.store_flags(view.name, uids, args.mode, flags, args.unchanged_since)
     updated = set()
     for m in reply.updated:
         view.set_flags(m.uid, m.flags, m.modseq)
@@ -51,18 +40,20 @@ async def store(session: Session, command: Command) -> Reply | None:
             continue
         if args.silent and not (session.condstore and uid in updated and args.unchanged_since is not None):
             continue
-        items = []
-        if command.uid:
-            items.append(b"UID %d" % uid)
-        if not args.silent:
-            items.append(b"FLAGS " + flag_list(sorted(view.flags_of(uid))))
-        if session.condstore:
-            items.append(b"MODSEQ (%d)" % view.modseqs.get(uid, 0))
-        session.untagged(b"* %d FETCH (" % seq + b" ".join(items) + b")\r\n")
+        session.untagged(_fetch_line(session, view, command.uid, args.silent, seq, uid))
     if failed:
         numbers = sorted(failed) if command.uid else sorted(s for s, u in targets if u in failed)
         return Reply("OK", "some messages were modified meanwhile", f"MODIFIED {set_text(numbers)}")
     return None
 
 
-HANDLERS = {"STORE": store}
+def _fetch_line(session: Session, view: MailboxView, uid_form: bool, silent: bool, seq: int, uid: int) -> bytes:
+    """`* seq FETCH (UID FLAGS MODSEQ)`, each when it belongs (RFC 9051 §6.4.6, RFC 7162 §3.1.3)."""
+    items = []
+    if uid_form:
+        items.append(b"UID %d" % uid)
+    if not silent:
+        items.append(b"FLAGS " + flag_list(sorted(view.flags_of(uid))))
+    if session.condstore:
+        items.append(b"MODSEQ (%d)" % view.modseqs.get(uid, 0))
+    return b"* %d FETCH (" % seq + b" ".join(items) + b")\r\n"

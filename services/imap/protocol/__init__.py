@@ -29,8 +29,8 @@ from .commands import (
 from .events import NEED_DATA, Command, Event, LiteralTooBig, NeedData, NeedLiteral, ParseError
 from .fetch import FetchAttribute, FetchBinarySize, FetchBody, FetchItem, Section
 from .mailbox_name import decode_mailbox_name, encode_mailbox_name
-from .parser import COMMAND_NAMES, parse_command
-from .receiver import CommandReceiver
+from .parser import ArgumentParser, Grammar, ParseContext, Syntax, parse_command
+from .receiver import CommandReceiver, ReceiverState
 from .search import (
     SearchAge,
     SearchAll,
@@ -49,10 +49,10 @@ from .search import (
 from .sequence import SequenceSet
 
 __all__ = [
-    "COMMAND_NAMES",
     "NEED_DATA",
     "Append",
     "AppendMessage",
+    "ArgumentParser",
     "Arguments",
     "Authenticate",
     "Command",
@@ -66,6 +66,7 @@ __all__ = [
     "FetchBinarySize",
     "FetchBody",
     "FetchItem",
+    "Grammar",
     "Id",
     "ListMailboxes",
     "LiteralTooBig",
@@ -75,9 +76,11 @@ __all__ = [
     "NeedData",
     "NeedLiteral",
     "NoArguments",
+    "ParseContext",
     "ParseError",
     "QresyncParameters",
     "QuotaRoot",
+    "ReceiverState",
     "Rename",
     "Search",
     "SearchAge",
@@ -100,6 +103,7 @@ __all__ = [
     "SetQuota",
     "Status",
     "Store",
+    "Syntax",
     "decode_mailbox_name",
     "encode_mailbox_name",
     "parse_command",

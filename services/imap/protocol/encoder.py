@@ -5,9 +5,14 @@ from __future__ import annotations
 
 import datetime
 from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import TypeAlias
 
 from .grammar import ASTRING_CHARS, MONTHS
 from .mailbox_name import encode_mailbox_name
+
+# What goes to the connection: a list of these is written with writelines, never joined here.
+Buffer: TypeAlias = bytes | memoryview
 
 CRLF = b"\r\n"
 NIL = b"NIL"
@@ -45,6 +50,21 @@ def literal(value: bytes | str) -> bytes:
 def literal8(value: bytes) -> bytes:
     """literal8 = "~{" number "}" CRLF *OCTET (RFC 3516 BINARY data that may contain NUL)."""
     return b"~{%d}\r\n" % len(value) + value
+
+
+@dataclass(frozen=True, slots=True)
+class Literal:
+    """A literal (or literal8) value whose octets pass through to the connection untouched (after
+    h11's data passthrough): only its header is built, the data is never copied."""
+
+    data: bytes | memoryview
+    binary: bool = False  # literal8 (RFC 3516 §4.3: the data holds a NUL)
+
+    def header(self) -> bytes:
+        return (b"~{%d}\r\n" if self.binary else b"{%d}\r\n") % len(self.data)
+
+
+FetchValue: TypeAlias = bytes | Literal
 
 
 def string(value: bytes | str, utf8: bool = False) -> bytes:
@@ -158,6 +178,29 @@ def ranges_text(ranges: Iterable[tuple[int, int]]) -> str:
     return ",".join(str(a) if a == b else f"{a}:{b}" for a, b in ranges)
 
 
-def fetch_response(number: int, items: Iterable[tuple[bytes, bytes]]) -> bytes:
-    """message-data = nz-number SP "FETCH" SP msg-att: `* 12 FETCH (UID 7 FLAGS (\\Seen))`."""
-    return b"* %d FETCH " % number + paren_list(name + b" " + value for name, value in items) + CRLF
+def fetch_buffers(number: int, items: Iterable[tuple[bytes, FetchValue]]) -> list[Buffer]:
+    """message-data = nz-number SP "FETCH" SP msg-att: `* 12 FETCH (UID 7 BODY[] {5}\r\nhello)`,
+    as buffers: the small parts between literals are joined, each literal's data is its own
+    buffer, as the caller passed it."""
+    out: list[Buffer] = []
+    head = bytearray(b"* %d FETCH (" % number)
+    for i, (name, value) in enumerate(items):
+        if i:
+            head += b" "
+        head += name
+        head += b" "
+        if isinstance(value, Literal):
+            head += value.header()
+            out.append(bytes(head))
+            out.append(value.data)
+            head = bytearray()
+        else:
+            head += value
+    head += b")\r\n"
+    out.append(bytes(head))
+    return out
+
+
+def fetch_response(number: int, items: Iterable[tuple[bytes, FetchValue]]) -> bytes:
+    """fetch_buffers as one bytes value (for tests and small responses)."""
+    return b"".join(fetch_buffers(number, items))

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 
 from mailstack.services.common.mailbox_patterns import PatternTooLongError, check_lengths
 
@@ -53,7 +54,7 @@ _BASE64_CHARS = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz
 _NO_ARGUMENTS = NoArguments()
 
 
-class _Context:
+class ParseContext:
     """Per-command parsing state: the reader plus the mailbox-name mode (UTF8=ACCEPT)."""
 
     def __init__(self, data: bytes, utf8: bool, uid: bool = False) -> None:
@@ -75,11 +76,11 @@ class _Context:
         return parse_sequence_set(self.r)
 
 
-def _no_arguments(c: _Context) -> Arguments:
+def no_arguments(c: ParseContext) -> Arguments:
     return _NO_ARGUMENTS
 
 
-def _authenticate(c: _Context) -> Arguments:
+def authenticate(c: ParseContext) -> Arguments:
     # authenticate = "AUTHENTICATE" SP auth-type [SP (base64 / "=")]   (RFC 4959)
     r = c.r
     r.sp()
@@ -92,7 +93,7 @@ def _authenticate(c: _Context) -> Arguments:
     return Authenticate(mechanism, response)
 
 
-def _login(c: _Context) -> Arguments:
+def login(c: ParseContext) -> Arguments:
     # login = "LOGIN" SP userid SP password
     c.r.sp()
     username = c.r.text_astring()
@@ -100,7 +101,7 @@ def _login(c: _Context) -> Arguments:
     return Login(username, c.r.text_astring())
 
 
-def _select(c: _Context) -> Arguments:
+def select(c: ParseContext) -> Arguments:
     # select = "SELECT" SP mailbox [select-params]
     # select-params = SP "(" select-param *(SP select-param) ")"
     # select-param = "CONDSTORE" / "QRESYNC" SP "(" uidvalidity SP mod-sequence-value [SP known-uids]
@@ -144,12 +145,12 @@ def _select(c: _Context) -> Arguments:
     return Select(mailbox, condstore, qresync)
 
 
-def _mailbox_only(c: _Context) -> Arguments:
+def mailbox_only(c: ParseContext) -> Arguments:
     c.r.sp()
     return MailboxArgument(c.mailbox())
 
 
-def _create(c: _Context) -> Arguments:
+def create(c: ParseContext) -> Arguments:
     # create = "CREATE" SP mailbox [create-params]
     # create-param =/ "USE" SP "(" [use-attr *(SP use-attr)] ")"    (RFC 6154 §6)
     r = c.r
@@ -172,7 +173,7 @@ def _create(c: _Context) -> Arguments:
     return Create(mailbox, tuple(uses))
 
 
-def _rename(c: _Context) -> Arguments:
+def rename(c: ParseContext) -> Arguments:
     # rename = "RENAME" SP mailbox SP mailbox
     c.r.sp()
     old = c.mailbox()
@@ -194,23 +195,48 @@ def _status_items(r: Reader) -> tuple[str, ...]:
     return items
 
 
-def _list(c: _Context) -> Arguments:
-    # list = "LIST" [SP list-select-opts] SP mailbox SP mbox-or-pat [SP list-return-opts]   (RFC 5258 §6)
-    # mbox-or-pat = list-mailbox / patterns;  patterns = "(" list-mailbox *(SP list-mailbox) ")"
+def _list_selection(r: Reader) -> frozenset[str]:
+    # list-select-opts = "(" [list-select-opt *(SP list-select-opt)] ")"   (RFC 5258 §6)
+    selection = frozenset(r.sequence(r.keyword))
+    if not selection <= LIST_SELECTION:
+        raise GrammarError("unknown LIST selection option")
+    if "RECURSIVEMATCH" in selection and not selection & {"SUBSCRIBED", "SPECIAL-USE"}:
+        raise GrammarError("RECURSIVEMATCH needs another selection option")
+    r.sp()
+    return selection
+
+
+def _list_returns(r: Reader) -> tuple[frozenset[str], tuple[str, ...] | None]:
     # list-return-opts = "RETURN" SP "(" [return-option *(SP return-option)] ")"
     # status-option = "STATUS" SP "(" status-att *(SP status-att) ")"     (RFC 5819)
+    if r.keyword() != "RETURN":
+        raise GrammarError("expected RETURN")
+    r.sp()
+    returns: set[str] = set()
+    status: tuple[str, ...] | None = None
+
+    def option() -> None:
+        nonlocal status
+        name = r.keyword()
+        if name == "STATUS" and status is None:
+            r.sp()
+            status = _status_items(r)
+        elif name in LIST_RETURNS:
+            returns.add(name)
+        else:
+            raise GrammarError(f"unknown LIST return option {name}")
+
+    r.sequence(option)
+    return frozenset(returns), status
+
+
+def list_mailboxes(c: ParseContext) -> Arguments:
+    # list = "LIST" [SP list-select-opts] SP mailbox SP mbox-or-pat [SP list-return-opts]   (RFC 5258 §6)
+    # mbox-or-pat = list-mailbox / patterns;  patterns = "(" list-mailbox *(SP list-mailbox) ")"
     r = c.r
     r.sp()
-    extended = False
-    selection: frozenset[str] = frozenset()
-    if r.peek() == 0x28:
-        extended = True
-        selection = frozenset(r.sequence(r.keyword))
-        if not selection <= LIST_SELECTION:
-            raise GrammarError("unknown LIST selection option")
-        if "RECURSIVEMATCH" in selection and not selection & {"SUBSCRIBED", "SPECIAL-USE"}:
-            raise GrammarError("RECURSIVEMATCH needs another selection option")
-        r.sp()
+    extended = r.peek() == 0x28
+    selection = _list_selection(r) if extended else frozenset()
     reference = c.mailbox()
     r.sp()
     if r.peek() == 0x28:
@@ -220,28 +246,13 @@ def _list(c: _Context) -> Arguments:
             raise GrammarError("empty pattern list")
     else:
         patterns = (c.mailbox_name(r.list_mailbox()),)
-    returns: set[str] = set()
+    returns: frozenset[str] = frozenset()
     status: tuple[str, ...] | None = None
     if r.accept(b" "):
         extended = True
-        if r.keyword() != "RETURN":
-            raise GrammarError("expected RETURN")
-        r.sp()
-
-        def option() -> None:
-            nonlocal status
-            name = r.keyword()
-            if name == "STATUS" and status is None:
-                r.sp()
-                status = _status_items(r)
-            elif name in LIST_RETURNS:
-                returns.add(name)
-            else:
-                raise GrammarError(f"unknown LIST return option {name}")
-
-        r.sequence(option)
+        returns, status = _list_returns(r)
     _bounded(reference, patterns)
-    return ListMailboxes(reference, patterns, selection, frozenset(returns), status, extended)
+    return ListMailboxes(reference, patterns, selection, returns, status, extended)
 
 
 def _bounded(reference: str, patterns: tuple[str, ...]) -> None:
@@ -252,7 +263,7 @@ def _bounded(reference: str, patterns: tuple[str, ...]) -> None:
         raise GrammarError(str(e)) from None
 
 
-def _lsub(c: _Context) -> Arguments:
+def lsub(c: ParseContext) -> Arguments:
     # lsub = "LSUB" SP mailbox SP list-mailbox
     c.r.sp()
     reference = c.mailbox()
@@ -262,7 +273,7 @@ def _lsub(c: _Context) -> Arguments:
     return Lsub(reference, pattern)
 
 
-def _status(c: _Context) -> Arguments:
+def status(c: ParseContext) -> Arguments:
     # status = "STATUS" SP mailbox SP "(" status-att *(SP status-att) ")"
     c.r.sp()
     mailbox = c.mailbox()
@@ -270,7 +281,7 @@ def _status(c: _Context) -> Arguments:
     return Status(mailbox, _status_items(c.r))
 
 
-def _append(c: _Context) -> Arguments:
+def append(c: ParseContext) -> Arguments:
     # append = "APPEND" SP mailbox 1*append-message                       (RFC 3502 MULTIAPPEND)
     # append-message = append-opts SP append-data
     # append-opts = [SP flag-list] [SP date-time];  append-data = literal / literal8 (RFC 3516)
@@ -309,14 +320,14 @@ def _append(c: _Context) -> Arguments:
     return Append(mailbox, tuple(messages))
 
 
-def _uid_expunge(c: _Context) -> Arguments:
+def uid_expunge(c: ParseContext) -> Arguments:
     if not c.uid:
         return _NO_ARGUMENTS
     c.r.sp()  # uid-expunge = "UID" SP "EXPUNGE" SP sequence-set   (RFC 4315 §4)
     return SequenceArgument(c.sequence_set())
 
 
-def _search(c: _Context) -> Arguments:
+def search(c: ParseContext) -> Arguments:
     # search = "SEARCH" [search-return-opts] SP search-program         (RFC 9051, RFC 4731)
     # search-return-opts = SP "RETURN" SP "(" [search-return-opt *(SP search-return-opt)] ")"
     # search-program = ["CHARSET" SP charset SP] search-key *(SP search-key);  charset = atom / quoted
@@ -340,7 +351,7 @@ def _search(c: _Context) -> Arguments:
     return Search(parse_search_keys(r), charset, returns)
 
 
-def _fetch(c: _Context) -> Arguments:
+def fetch(c: ParseContext) -> Arguments:
     # fetch = "FETCH" SP sequence-set SP ("ALL" / "FULL" / "FAST" / fetch-att /
     #         "(" fetch-att *(SP fetch-att) ")") [fetch-modifiers]
     # fetch-modifier = "CHANGEDSINCE" SP mod-sequence-value / "VANISHED"   (RFC 7162 §7)
@@ -371,7 +382,7 @@ def _fetch(c: _Context) -> Arguments:
     return Fetch(sequence_set, items, changed_since, vanished)
 
 
-def _store(c: _Context) -> Arguments:
+def store(c: ParseContext) -> Arguments:
     # store = "STORE" SP sequence-set [store-modifiers] SP store-att-flags
     # store-modifier = "UNCHANGEDSINCE" SP mod-sequence-valzer               (RFC 7162 §7)
     # store-att-flags = (["+" / "-"] "FLAGS" [".SILENT"]) SP (flag-list / (flag *(SP flag)))
@@ -410,7 +421,7 @@ def _store(c: _Context) -> Arguments:
     return Store(sequence_set, mode, item == b"FLAGS.SILENT", flags, unchanged_since)
 
 
-def _copy_move(c: _Context) -> Arguments:
+def copy_move(c: ParseContext) -> Arguments:
     # copy = "COPY" SP sequence-set SP mailbox;  move = "MOVE" SP sequence-set SP mailbox (RFC 6851)
     c.r.sp()
     sequence_set = c.sequence_set()
@@ -418,7 +429,7 @@ def _copy_move(c: _Context) -> Arguments:
     return CopyMove(sequence_set, c.mailbox())
 
 
-def _id(c: _Context) -> Arguments:
+def id_parameters(c: ParseContext) -> Arguments:
     # id = "ID" SP id-params-list
     # id-params-list = "(" *(string SP nstring) ")" / nil       (RFC 2971 §4)
     r = c.r
@@ -436,7 +447,7 @@ def _id(c: _Context) -> Arguments:
     return Id(r.sequence(pair))
 
 
-def _enable(c: _Context) -> Arguments:
+def enable(c: ParseContext) -> Arguments:
     # enable = "ENABLE" 1*(SP capability)   (RFC 5161)
     names: list[str] = []
     while not names or not c.r.at_end():
@@ -445,13 +456,13 @@ def _enable(c: _Context) -> Arguments:
     return Enable(tuple(names))
 
 
-def _getquota(c: _Context) -> Arguments:
+def getquota(c: ParseContext) -> Arguments:
     # getquota = "GETQUOTA" SP quota-root-name;  quota-root-name = astring   (RFC 9208 §9)
     c.r.sp()
     return QuotaRoot(c.r.text_astring())
 
 
-def _setquota(c: _Context) -> Arguments:
+def setquota(c: ParseContext) -> Arguments:
     # setquota = "SETQUOTA" SP quota-root-name SP setquota-list
     # setquota-list = "(" [setquota-resource *(SP setquota-resource)] ")"
     # setquota-resource = resource-name SP resource-limit
@@ -468,50 +479,27 @@ def _setquota(c: _Context) -> Arguments:
     return SetQuota(root, r.sequence(resource))
 
 
-_PARSERS: dict[str, Callable[[_Context], Arguments]] = {
-    "CAPABILITY": _no_arguments,
-    "NOOP": _no_arguments,
-    "LOGOUT": _no_arguments,
-    "STARTTLS": _no_arguments,
-    "CHECK": _no_arguments,
-    "CLOSE": _no_arguments,
-    "UNSELECT": _no_arguments,
-    "IDLE": _no_arguments,
-    "NAMESPACE": _no_arguments,
-    "AUTHENTICATE": _authenticate,
-    "LOGIN": _login,
-    "SELECT": _select,
-    "EXAMINE": _select,
-    "CREATE": _create,
-    "DELETE": _mailbox_only,
-    "RENAME": _rename,
-    "SUBSCRIBE": _mailbox_only,
-    "UNSUBSCRIBE": _mailbox_only,
-    "LIST": _list,
-    "LSUB": _lsub,
-    "STATUS": _status,
-    "APPEND": _append,
-    "EXPUNGE": _uid_expunge,
-    "SEARCH": _search,
-    "FETCH": _fetch,
-    "STORE": _store,
-    "COPY": _copy_move,
-    "MOVE": _copy_move,
-    "ID": _id,
-    "ENABLE": _enable,
-    "GETQUOTA": _getquota,
-    "GETQUOTAROOT": _mailbox_only,
-    "SETQUOTA": _setquota,
-}
-# command-uid = "UID" SP (copy / move / fetch / search / store / uid-expunge)
-UID_COMMANDS = frozenset({"COPY", "MOVE", "FETCH", "SEARCH", "STORE", "EXPUNGE"})
-COMMAND_NAMES = frozenset(_PARSERS) | {"UID"}
+ArgumentParser = Callable[[ParseContext], Arguments]
 
 
-def parse_command(data: bytes, utf8: bool = False) -> Command | ParseError:
+@dataclass(frozen=True, slots=True)
+class Syntax:
+    """How one command's arguments are parsed, and whether it has a UID form
+    (command-uid = "UID" SP (copy / move / fetch / search / store / uid-expunge))."""
+
+    parse: ArgumentParser
+    uid: bool = False
+
+
+# The command names and their syntax; derived from the command registry (registry.GRAMMAR), so the
+# protocol layer knows no handler.
+Grammar = Mapping[str, Syntax]
+
+
+def parse_command(grammar: Grammar, data: bytes, utf8: bool = False) -> Command | ParseError:
     """Parse one command (without its final CRLF). `utf8`: mailbox names are UTF-8 (RFC 6855)."""
     # command = tag SP (command-any / command-auth / command-nonauth / command-select) CRLF
-    context = _Context(data, utf8)
+    context = ParseContext(data, utf8)
     r = context.r
     tag: str | None = None
     try:
@@ -521,13 +509,14 @@ def parse_command(data: bytes, utf8: bool = False) -> Command | ParseError:
         if name == "UID":
             r.sp()
             name = r.keyword()
-            if name not in UID_COMMANDS:
+            syntax = grammar.get(name)
+            if syntax is None or not syntax.uid:
                 raise GrammarError(f"UID {name} is not a command")
             context.uid = True
-        parser = _PARSERS.get(name)
-        if parser is None:
+        syntax = grammar.get(name)
+        if syntax is None:
             raise GrammarError(f"unknown command {name}")
-        args = parser(context)
+        args = syntax.parse(context)
         r.end()
     except GrammarError as e:
         return ParseError(tag, str(e)[:200])

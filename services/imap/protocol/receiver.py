@@ -8,11 +8,13 @@ the command. A framed command is parsed by `parser.parse_command`.
 
 from __future__ import annotations
 
+import enum
 import re
+from collections.abc import Callable
 
 from .events import NEED_DATA, Event, LiteralTooBig, NeedData, NeedLiteral, ParseError
 from .grammar import TAG_CHARS
-from .parser import parse_command
+from .parser import Grammar, parse_command
 
 # literal = "{" number64 ["+"] "}" CRLF *CHAR8;  literal8 = "~{" number64 "}" CRLF *OCTET
 _LITERAL_HEADER = re.compile(rb"~?\{(\d+)(\+?)\}\Z")
@@ -44,23 +46,34 @@ def _guess_tag(line: bytes | bytearray) -> str | None:
     return bytes(line[:space]).decode("ascii")
 
 
-class CommandReceiver:
-    """Frames and parses client commands. `utf8` (set by the session after ENABLE UTF8=ACCEPT,
-    RFC 6855) makes mailbox names UTF-8 instead of modified UTF-7 for the following commands."""
+class ReceiverState(enum.Enum):
+    """Where the receiver is in the byte stream (after Stalwart's receiver state and h11's explicit
+    states)."""
 
-    def __init__(self, max_line: int = 64 * 1024, max_literal: int = 64 * 1024 * 1024) -> None:
+    LINE = "line"  # reading a line of a command (or a raw line: next_line)
+    LITERAL = "literal"  # copying a literal's octets into the command
+    SKIP = "skip"  # dropping a refused LITERAL+ literal's octets, then DISCARD
+    DISCARD = "discard"  # dropping the rest of a refused command, through its LITERAL+ literals
+    DISCARD_LINE = "discard line"  # dropping the rest of an over-long raw line (next_line)
+    FAILED = "failed"  # after a fatal error nothing more is framed
+
+
+class CommandReceiver:
+    """Frames and parses client commands with `grammar` (the registry's). `utf8` (set by the
+    session after ENABLE UTF8=ACCEPT, RFC 6855) makes mailbox names UTF-8 instead of modified
+    UTF-7 for the following commands."""
+
+    def __init__(self, grammar: Grammar, max_line: int = 64 * 1024, max_literal: int = 64 * 1024 * 1024) -> None:
+        self.grammar = grammar  # the commands it parses (registry.GRAMMAR)
         self.max_line = max_line
         self.max_literal = max_literal
         self.utf8 = False
+        self.state = ReceiverState.LINE
         self._buffer = bytearray()
         self._scan_from = 0  # where the CRLF search resumes in _buffer
         self._command = bytearray()  # the command framed so far (lines, CRLFs, literal octets)
         self._tag: str | None = None
-        self._literal_left = 0  # literal octets still to copy into _command
-        self._skip_left = 0  # octets of a refused LITERAL+ literal still to drop
-        self._discarding = False  # dropping the rest of a refused command
-        self._discard_line = False  # dropping the rest of an over-long raw line (line mode)
-        self._failed = False  # after a fatal error nothing more is framed
+        self._left = 0  # octets still to copy (LITERAL) or to drop (SKIP)
 
     @property
     def current_tag(self) -> str | None:
@@ -68,15 +81,16 @@ class CommandReceiver:
         return self._tag
 
     def receive_data(self, data: bytes) -> None:
-        if not self._failed:
+        if self.state is not ReceiverState.FAILED:
             self._buffer += data
 
     def reject_literal(self) -> None:
         """After a synchronizing NeedLiteral the server may refuse the literal (e.g. NO [TOOBIG]
         for APPENDLIMIT) instead of sending "+": the client then sends nothing more for this command."""
-        if not self._literal_left:
+        if self.state is not ReceiverState.LITERAL or not self._left:
             raise RuntimeError("reject_literal() called without a pending literal")
-        self._literal_left = 0
+        self._left = 0
+        self.state = ReceiverState.LINE
         self._reset_command()
 
     def _reset_command(self) -> None:
@@ -102,10 +116,10 @@ class CommandReceiver:
             self._scan_from = len(self._buffer) - 1
 
     def _fail(self, tag: str | None, message: str) -> ParseError:
-        self._failed = True
+        self.state = ReceiverState.FAILED
         self._buffer = bytearray()
         self._reset_command()
-        self._literal_left = self._skip_left = 0
+        self._left = 0
         return ParseError(tag, message, fatal=True)
 
     def _end_of_discarded_line(self, line: bytes) -> ParseError | None:
@@ -113,103 +127,127 @@ class CommandReceiver:
         header = _literal_header(line)
         if header is None or header[1]:
             # no literal, or a synchronizing one the client will not send without our "+"
-            self._discarding = False
+            self.state = ReceiverState.LINE
             return None
         size = header[0]
         if size is None:
             return self._fail(None, "literal size out of range")
-        self._skip_left = size
+        self.state, self._left = ReceiverState.SKIP, size
         return None
+
+    # ---- next_event: one step per state; None means "state changed, go on"
 
     def next_event(self) -> Event:
         while True:
-            if self._failed:
-                return NEED_DATA
-            if self._skip_left:
-                count = min(self._skip_left, len(self._buffer))
-                del self._buffer[:count]
-                self._skip_left -= count
-                self._scan_from = 0
-                if self._skip_left:
-                    return NEED_DATA
-                continue
-            if self._literal_left:
-                count = min(self._literal_left, len(self._buffer))
-                self._command += self._buffer[:count]
-                del self._buffer[:count]
-                self._literal_left -= count
-                self._scan_from = 0
-                if self._literal_left:
-                    return NEED_DATA
-                continue
-            end = self._find_crlf()
-            if self._discarding or self._discard_line:
-                if end < 0:
-                    self._trim_discarded()
-                    return NEED_DATA
-                line = self._consume_line(end)
-                if self._discard_line:
-                    self._discard_line = False
-                    continue
-                error = self._end_of_discarded_line(line)
-                if error:
-                    return error
-                continue
-            if end < 0 and len(self._buffer) <= self.max_line + 1:
-                return NEED_DATA
-            if end < 0 or end > self.max_line:
-                # the line stays in the buffer and is dropped by the discarding branch above
-                tag = self._tag if self._command else _guess_tag(self._buffer[: self.max_line])
-                self._reset_command()
-                self._discarding = True
-                return ParseError(tag, "command line too long")
-            line = self._consume_line(end)
-            if not self._command:
-                if not line:
-                    continue  # a stray empty line between commands is ignored
-                self._tag = _guess_tag(line)
-            self._command += line
-            header = _literal_header(line)
-            if header is None:
-                data = bytes(self._command)
-                self._reset_command()
-                return parse_command(data, self.utf8)
-            size, synchronizing = header
-            tag = self._tag
-            if size is None:
-                return self._fail(tag, "literal size out of range")
-            # the whole command is bounded too, or chains of small literals could grow it forever
-            if size > self.max_literal or len(self._command) + size > self.max_literal + self.max_line:
-                self._reset_command()
-                if not synchronizing:
-                    self._skip_left = size
-                    self._discarding = True
-                return LiteralTooBig(tag, size, synchronizing)
-            self._command += b"\r\n"
-            self._literal_left = size
-            if synchronizing:
-                return NeedLiteral(size, True)
+            event = self._STEPS[self.state](self)
+            if event is not None:
+                return event
+
+    def _step_failed(self) -> Event | None:
+        return NEED_DATA
+
+    def _take(self) -> bytearray:
+        """Up to the octets still owed (SKIP, LITERAL) from the buffer."""
+        count = min(self._left, len(self._buffer))
+        taken = self._buffer[:count]
+        del self._buffer[:count]
+        self._left -= count
+        self._scan_from = 0
+        return taken
+
+    def _step_skip(self) -> Event | None:
+        self._take()
+        if self._left:
+            return NEED_DATA
+        self.state = ReceiverState.DISCARD
+        return None
+
+    def _step_literal(self) -> Event | None:
+        self._command += self._take()
+        if self._left:
+            return NEED_DATA
+        self.state = ReceiverState.LINE
+        return None
+
+    def _step_discard(self) -> Event | None:
+        end = self._find_crlf()
+        if end < 0:
+            self._trim_discarded()
+            return NEED_DATA
+        line = self._consume_line(end)
+        if self.state is ReceiverState.DISCARD_LINE:
+            self.state = ReceiverState.LINE
+            return None
+        return self._end_of_discarded_line(line)
+
+    def _step_line(self) -> Event | None:
+        end = self._find_crlf()
+        if end < 0 and len(self._buffer) <= self.max_line + 1:
+            return NEED_DATA
+        if end < 0 or end > self.max_line:
+            # the line stays in the buffer and is dropped in the DISCARD state
+            tag = self._tag if self._command else _guess_tag(self._buffer[: self.max_line])
+            self._reset_command()
+            self.state = ReceiverState.DISCARD
+            return ParseError(tag, "command line too long")
+        line = self._consume_line(end)
+        if not self._command:
+            if not line:
+                return None  # a stray empty line between commands is ignored
+            self._tag = _guess_tag(line)
+        self._command += line
+        header = _literal_header(line)
+        if header is None:
+            data = bytes(self._command)
+            self._reset_command()
+            return parse_command(self.grammar, data, self.utf8)
+        return self._literal_announced(*header)
+
+    def _literal_announced(self, size: int | None, synchronizing: bool) -> Event | None:
+        tag = self._tag
+        if size is None:
+            return self._fail(tag, "literal size out of range")
+        # the whole command is bounded too, or chains of small literals could grow it forever
+        if size > self.max_literal or len(self._command) + size > self.max_literal + self.max_line:
+            self._reset_command()
+            if not synchronizing:
+                self.state, self._left = ReceiverState.SKIP, size
+            else:
+                self.state = ReceiverState.LINE
+            return LiteralTooBig(tag, size, synchronizing)
+        self._command += b"\r\n"
+        self.state, self._left = ReceiverState.LITERAL, size
+        return NeedLiteral(size, True) if synchronizing else None
+
+    _STEPS: dict[ReceiverState, Callable[[CommandReceiver], Event | None]] = {
+        ReceiverState.FAILED: _step_failed,
+        ReceiverState.SKIP: _step_skip,
+        ReceiverState.LITERAL: _step_literal,
+        ReceiverState.DISCARD: _step_discard,
+        ReceiverState.DISCARD_LINE: _step_discard,
+        ReceiverState.LINE: _step_line,
+    }
 
     def next_line(self) -> bytes | NeedData | ParseError:
         """The next raw line without its CRLF: an AUTHENTICATE response (RFC 3501 §6.2.2) or IDLE's
         DONE (RFC 2177). Only valid between commands. An over-long line gives ParseError(None, ...)
         and is dropped up to its CRLF."""
-        if self._command or self._literal_left or self._skip_left or self._discarding:
+        if self._command or self.state not in (ReceiverState.LINE, ReceiverState.DISCARD_LINE, ReceiverState.FAILED):
             raise RuntimeError("next_line() called in the middle of a command")
         while True:
-            if self._failed:
+            if self.state is ReceiverState.FAILED:
                 return NEED_DATA
             end = self._find_crlf()
-            if self._discard_line:
+            if self.state is ReceiverState.DISCARD_LINE:
                 if end < 0:
                     self._trim_discarded()
                     return NEED_DATA
                 self._consume_line(end)
-                self._discard_line = False
+                self.state = ReceiverState.LINE
                 continue
             if end < 0 and len(self._buffer) <= self.max_line + 1:
                 return NEED_DATA
             if end < 0 or end > self.max_line:
-                self._discard_line = True
+                self.state = ReceiverState.DISCARD_LINE
                 return ParseError(None, "line too long")
             return self._consume_line(end)

@@ -4,6 +4,7 @@ from RFC 5032) parsed into a small key tree; the IMAP session translates it for 
 from __future__ import annotations
 
 import datetime
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal, TypeAlias
 
@@ -160,6 +161,56 @@ def _keyword(reader: Reader) -> str:
     return flag
 
 
+def _modseq(reader: Reader, name: str, depth: int) -> SearchKey:
+    # search-modsequence = "MODSEQ" [search-modseq-ext] SP mod-sequence-valzer
+    # search-modseq-ext = SP entry-name SP entry-type-req
+    # entry-name = DQUOTE "/flags/" attr-flag DQUOTE; entry-type-req = "priv" / "shared" / "all"
+    if reader.peek() != 0x22:
+        return SearchModSeq(reader.number64())
+    entry = reader.quoted().decode("ascii", "replace")
+    if not entry.lower().startswith("/flags/"):
+        raise GrammarError("invalid MODSEQ entry name")
+    reader.sp()
+    entry_type = reader.keyword().lower()
+    if entry_type not in ("priv", "shared", "all"):
+        raise GrammarError("invalid MODSEQ entry type")
+    reader.sp()
+    return SearchModSeq(reader.number64(), entry, entry_type)
+
+
+def _header(reader: Reader, name: str, depth: int) -> SearchKey:
+    field = _header_field_name(reader)
+    reader.sp()
+    return SearchHeader(field, reader.astring())
+
+
+def _or(reader: Reader, name: str, depth: int) -> SearchKey:
+    left = parse_search_key(reader, depth + 1)
+    reader.sp()
+    return SearchOr(left, parse_search_key(reader, depth + 1))
+
+
+def _date(reader: Reader, name: str, depth: int) -> SearchKey:
+    relation, sent = _DATE_KEYS[name]
+    return SearchDate(relation, reader.date(), sent)
+
+
+# The keys followed by SP and an argument: keyword -> (reader after the SP, keyword, depth) -> key
+_KEYS_WITH_ARGUMENT: dict[str, Callable[[Reader, str, int], SearchKey]] = {
+    **{name: (lambda r, n, d: SearchHeader(_ADDRESS_KEYS[n], r.astring())) for name in _ADDRESS_KEYS},
+    **dict.fromkeys(_DATE_KEYS, _date),
+    **dict.fromkeys(("BODY", "TEXT"), lambda r, n, d: SearchText(r.astring(), body_only=n == "BODY")),
+    **dict.fromkeys(("KEYWORD", "UNKEYWORD"), lambda r, n, d: SearchFlag(_keyword(r), n == "KEYWORD")),
+    "HEADER": _header,
+    **dict.fromkeys(("LARGER", "SMALLER"), lambda r, n, d: SearchSize(n == "LARGER", r.number64())),
+    **dict.fromkeys(("OLDER", "YOUNGER"), lambda r, n, d: SearchAge(n == "OLDER", r.nz_number())),
+    "UID": lambda r, n, d: SearchSequence(parse_sequence_set(r), uid=True),
+    "NOT": lambda r, n, d: SearchNot(parse_search_key(r, d + 1)),
+    "OR": _or,
+    "MODSEQ": _modseq,
+}
+
+
 def parse_search_key(reader: Reader, depth: int = 0) -> SearchKey:
     if depth > MAX_DEPTH:
         raise GrammarError("search criteria nested too deeply")
@@ -174,58 +225,11 @@ def parse_search_key(reader: Reader, depth: int = 0) -> SearchKey:
     name = reader.keyword()
     if name in _FLAG_KEYS:
         return _FLAG_KEYS[name]
-    if name in _ADDRESS_KEYS:
-        reader.sp()
-        return SearchHeader(_ADDRESS_KEYS[name], reader.astring())
-    if name in _DATE_KEYS:
-        reader.sp()
-        relation, sent = _DATE_KEYS[name]
-        return SearchDate(relation, reader.date(), sent)
-    if name in ("BODY", "TEXT"):
-        reader.sp()
-        return SearchText(reader.astring(), body_only=name == "BODY")
-    if name in ("KEYWORD", "UNKEYWORD"):
-        reader.sp()
-        return SearchFlag(_keyword(reader), name == "KEYWORD")
-    if name == "HEADER":
-        reader.sp()
-        field = _header_field_name(reader)
-        reader.sp()
-        return SearchHeader(field, reader.astring())
-    if name in ("LARGER", "SMALLER"):
-        reader.sp()
-        return SearchSize(name == "LARGER", reader.number64())
-    if name in ("OLDER", "YOUNGER"):
-        reader.sp()
-        return SearchAge(name == "OLDER", reader.nz_number())
-    if name == "UID":
-        reader.sp()
-        return SearchSequence(parse_sequence_set(reader), uid=True)
-    if name == "NOT":
-        reader.sp()
-        return SearchNot(parse_search_key(reader, depth + 1))
-    if name == "OR":
-        reader.sp()
-        left = parse_search_key(reader, depth + 1)
-        reader.sp()
-        return SearchOr(left, parse_search_key(reader, depth + 1))
-    if name == "MODSEQ":
-        # search-modsequence = "MODSEQ" [search-modseq-ext] SP mod-sequence-valzer
-        # search-modseq-ext = SP entry-name SP entry-type-req
-        # entry-name = DQUOTE "/flags/" attr-flag DQUOTE; entry-type-req = "priv" / "shared" / "all"
-        reader.sp()
-        if reader.peek() == 0x22:
-            entry = reader.quoted().decode("ascii", "replace")
-            if not entry.lower().startswith("/flags/"):
-                raise GrammarError("invalid MODSEQ entry name")
-            reader.sp()
-            entry_type = reader.keyword().lower()
-            if entry_type not in ("priv", "shared", "all"):
-                raise GrammarError("invalid MODSEQ entry type")
-            reader.sp()
-            return SearchModSeq(reader.number64(), entry, entry_type)
-        return SearchModSeq(reader.number64())
-    raise GrammarError(f"unknown search key {name}")
+    parse = _KEYS_WITH_ARGUMENT.get(name)
+    if parse is None:
+        raise GrammarError(f"unknown search key {name}")
+    reader.sp()
+    return parse(reader, name, depth)
 
 
 def parse_search_keys(reader: Reader) -> SearchKey:

@@ -3,11 +3,14 @@ command, and check the events are always the same (after h11's test helper)."""
 
 from __future__ import annotations
 
+from functools import partial
+
 from mailstack.services.imap.protocol import Command, CommandReceiver, Event, NeedData, NeedLiteral, NoArguments
+from mailstack.services.imap.registry import GRAMMAR
 
 from tests.fixtures.feeding import Feeder
 
-FEEDER = Feeder(CommandReceiver, NeedData, b"Z9 NOOP\r\n", Command("Z9", "NOOP", NoArguments()))
+FEEDER = Feeder(partial(CommandReceiver, GRAMMAR), NeedData, b"Z9 NOOP\r\n", Command("Z9", "NOOP", NoArguments()))
 drain, feed = FEEDER.drain, FEEDER.feed
 FOLLOWER, FOLLOWER_EVENT = FEEDER.follower, FEEDER.follower_event
 

@@ -13,8 +13,16 @@ from mailstack.services.imap.protocol import (
     ParseError,
     Section,
     SequenceSet,
-    parse_command,
 )
+from mailstack.services.imap.protocol import (
+    parse_command as parse_with,
+)
+from mailstack.services.imap.registry import GRAMMAR
+
+
+def parse_command(data: bytes, utf8: bool = False) -> Command | ParseError:
+    """A command parsed with the registry's grammar."""
+    return parse_with(GRAMMAR, data, utf8)
 
 
 def items(text: bytes) -> tuple[FetchItem, ...]:

@@ -7,6 +7,7 @@ from typing import Any
 
 from mailstack.services.imap.commands.fetch import _bodies_with_metadata
 from mailstack.services.imap.mailbox_view import MailboxView
+from mailstack.services.imap.mailstore import ImapMailstore, MetadataWanted
 from mailstack.services.imap.protocol import FetchBody, Section
 from mailstack.v1 import mailstore_pb2 as pb
 
@@ -56,13 +57,14 @@ class FakeSession:
 
     def __init__(self, new: bool) -> None:
         self.stub = Stub(new)
+        self.mailstore = ImapMailstore(self.stub, self.account)  # type: ignore[arg-type]
 
 
 async def fetched(new: bool) -> tuple[list[str], dict[int, pb.MessageMetadata], dict[tuple[int, int], bytes]]:
     session = FakeSession(new)
     view = MailboxView("INBOX", False, 1, 4, 7, [(3, (), 7)])
-    request = pb.FetchMetadataRequest(account=session.account, mailbox="INBOX", fields=pb.MetadataFields(size=True))
-    metadata, texts = await _bodies_with_metadata(session, view, request, [3], [FetchBody(Section())])  # type: ignore[arg-type]
+    wanted = MetadataWanted(size=True)
+    metadata, texts = await _bodies_with_metadata(session, view, wanted, [3], [FetchBody(Section())])  # type: ignore[arg-type]
     return session.stub.calls, metadata, texts
 
 

@@ -15,6 +15,7 @@ from mailstack.services.imap.protocol import (
     NoArguments,
     ParseError,
 )
+from mailstack.services.imap.registry import GRAMMAR
 
 from .feeding import FOLLOWER, FOLLOWER_EVENT, assert_events, events_for
 
@@ -32,7 +33,7 @@ def test_stray_empty_lines_are_ignored() -> None:
 
 
 def test_need_data_until_crlf() -> None:
-    receiver = CommandReceiver()
+    receiver = CommandReceiver(GRAMMAR)
     receiver.receive_data(b"A1 NOOP\r")
     assert receiver.next_event() == NEED_DATA
     receiver.receive_data(b"\n")
@@ -49,7 +50,7 @@ def test_synchronizing_literal_asks_once_per_literal() -> None:
 
 
 def test_need_literal_comes_before_the_literal_octets() -> None:
-    receiver = CommandReceiver()
+    receiver = CommandReceiver(GRAMMAR)
     receiver.receive_data(b"A1 LOGIN {4}\r\n")
     assert receiver.next_event() == NeedLiteral(4, True)
     assert receiver.current_tag == "A1"
@@ -105,7 +106,7 @@ def test_long_line_is_refused_and_discarded() -> None:
 
 
 def test_long_line_never_buffers_more_than_the_limit() -> None:
-    receiver = CommandReceiver(max_line=100)
+    receiver = CommandReceiver(GRAMMAR, max_line=100)
     receiver.receive_data(b"A1 SEARCH TEXT ")
     assert receiver.next_event() == NEED_DATA
     events = []
@@ -138,7 +139,7 @@ def test_huge_synchronizing_literal_announced() -> None:
 def test_huge_non_synchronizing_literal_is_skipped_not_buffered() -> None:
     data = b"A1 APPEND INBOX (\\Seen) {20+}\r\n" + b"m" * 20 + b" {3+}\r\nabc\r\n"
     assert_events(data, [LiteralTooBig("A1", 20, False)], max_literal=10)
-    receiver = CommandReceiver(max_literal=1000)
+    receiver = CommandReceiver(GRAMMAR, max_literal=1000)
     receiver.receive_data(b"A1 APPEND INBOX {100000000+}\r\n")
     assert receiver.next_event() == LiteralTooBig("A1", 100000000, False)
     for _ in range(100):
@@ -161,7 +162,7 @@ def test_absurd_literal_size_is_fatal() -> None:
 
 
 def test_reject_literal_drops_the_command() -> None:
-    receiver = CommandReceiver()
+    receiver = CommandReceiver(GRAMMAR)
     receiver.receive_data(b"A1 APPEND INBOX {50}\r\n")
     assert receiver.next_event() == NeedLiteral(50, True)
     receiver.reject_literal()
@@ -172,7 +173,7 @@ def test_reject_literal_drops_the_command() -> None:
 
 
 def test_next_line_for_authenticate_and_idle() -> None:
-    receiver = CommandReceiver(max_line=24)
+    receiver = CommandReceiver(GRAMMAR, max_line=24)
     receiver.receive_data(b"A1 AUTHENTICATE PLAIN\r\nAGZyZWQAcHc=\r\nA2 IDLE\r\nDO")
     first = receiver.next_event()
     assert isinstance(first, Command) and first.name == "AUTHENTICATE"
@@ -188,7 +189,7 @@ def test_next_line_for_authenticate_and_idle() -> None:
 
 
 def test_next_line_refused_in_the_middle_of_a_command() -> None:
-    receiver = CommandReceiver()
+    receiver = CommandReceiver(GRAMMAR)
     receiver.receive_data(b"A1 LOGIN {3}\r\n")
     receiver.next_event()
     with pytest.raises(RuntimeError):

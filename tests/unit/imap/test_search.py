@@ -23,10 +23,18 @@ from mailstack.services.imap.protocol import (
     SearchSize,
     SearchText,
     SequenceSet,
-    parse_command,
 )
+from mailstack.services.imap.protocol import (
+    parse_command as parse_with,
+)
+from mailstack.services.imap.registry import GRAMMAR
 
 from .feeding import assert_events, parse_one
+
+
+def parse_command(data: bytes, utf8: bool = False) -> Command | ParseError:
+    """A command parsed with the registry's grammar."""
+    return parse_with(GRAMMAR, data, utf8)
 
 
 def key(criteria: bytes) -> SearchKey:

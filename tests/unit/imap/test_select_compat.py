@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from mailstack.services.imap.commands.select import open_view
+from mailstack.services.imap.mailstore import ImapMailstore
 from mailstack.v1 import mailstore_pb2 as pb
 
 
@@ -33,6 +34,7 @@ class FakeSession:
 
     def __init__(self) -> None:
         self.stub = OldStub()
+        self.mailstore = ImapMailstore(self.stub, self.account)  # type: ignore[arg-type]
 
 
 async def test_select_falls_back_to_status_then_listing() -> None:

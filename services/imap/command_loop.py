@@ -1,0 +1,94 @@
+"""The command loop of one IMAP session: read events from the receiver, answer framing errors,
+and run each command through its registry entry (state check, handler, the untagged updates
+RFC 9051 §7.5.1 allows after it, the tagged completion)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import grpc
+
+from . import telemetry
+from .errors import from_grpc
+from .protocol import Command, Event, LiteralTooBig, NeedData, NeedLiteral, ParseError
+from .protocol.encoder import continuation, tagged, untagged_status
+from .registry import COMMANDS
+from .replies import EndSession, ImapError, Reply
+from .session import Session, State
+
+log = logging.getLogger("mailstack.imap")
+
+
+async def run(session: Session, greeting: bytes) -> None:
+    """Serve commands until LOGOUT (or until the client leaves: ClientGone, EndSession)."""
+    await session.send(greeting)
+    loop = asyncio.get_running_loop()
+    # The timeout is a deadline for a whole command, set when the wait for it starts: a client
+    # that sends a byte now and then (slowloris) does not keep its connection for ever.
+    deadline: float | None = None
+    while session.state != State.LOGOUT:
+        event = session.conn.receiver.next_event()
+        if isinstance(event, NeedData):
+            if deadline is None:
+                deadline = loop.time() + session.read_timeout
+            await _read_more(session, max(0.0, deadline - loop.time()))
+            continue
+        deadline = None
+        if isinstance(event, Command):
+            delay = session.rate.delay()
+            if delay > 0:
+                telemetry.commands_slowed += 1  # slowed, never refused
+                await asyncio.sleep(delay)
+            await execute(session, event)
+        else:
+            await session.send(_framing_answer(event))
+
+
+async def _read_more(session: Session, wait: float) -> None:
+    session.waiting = True
+    try:
+        await session.conn.read_more(wait)
+    except TimeoutError:
+        raise EndSession("autologout: idle for too long") from None
+    finally:
+        session.waiting = False
+
+
+def _framing_answer(event: Event) -> bytes:
+    """The answer to a receiver event that is not a command."""
+    if isinstance(event, NeedLiteral):
+        # RFC 3501 §7.5: a synchronizing literal waits for our continuation
+        return continuation("ready for literal data")
+    if isinstance(event, LiteralTooBig):
+        # RFC 7888 §4 / RFC 9051 §7.1: refused literal; the receiver drops its octets
+        if event.tag:
+            return tagged(event.tag, "NO", "literal too big", "TOOBIG")
+        return untagged_status("NO", "literal too big", "TOOBIG")
+    assert isinstance(event, ParseError)
+    if event.fatal:
+        raise EndSession(event.message)
+    return tagged(event.tag, "BAD", event.message) if event.tag else untagged_status("BAD", event.message)
+
+
+async def execute(session: Session, command: Command) -> None:
+    entry = COMMANDS.get(command.name)
+    if entry is None or session.state not in entry.states:
+        text = f"{command.name} not allowed in the {session.state.value} state"
+        await session.send(tagged(command.tag, "BAD", text))
+        return
+    reply: Reply | ImapError
+    with telemetry.command_span(command.name, command.uid):
+        try:
+            reply = await entry.handler(session, command) or Reply()
+        except ImapError as e:
+            reply = e
+        except grpc.RpcError as e:
+            reply = from_grpc(e)
+            if e.code() not in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.ALREADY_EXISTS):
+                log.info("%s failed: %s", command.name, e.code())
+        if session.state == State.SELECTED and session.view is not None:
+            await session.pending_updates(entry.always_refresh, command.uid or entry.expunge_during)
+        if reply.status:  # "" when the handler answered already (STARTTLS)
+            session.untagged(tagged(command.tag, reply.status, reply.text, reply.code))
+        await session.flush()
