@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import binascii
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from email.utils import parsedate_tz
@@ -250,41 +250,39 @@ class _Evaluation:
             return day == wanted
         return day >= wanted
 
+    def text_matches(self, text: str) -> bool:
+        needle = text.casefold()
+        return needle in self.header_text() or needle in self.body_text()
+
+    def flag_set(self, flag: str) -> bool:
+        return flag.lower() in self._flags
+
     def matches(self, key: pb.SearchKey) -> bool:
         kind = key.WhichOneof("key")
-        msg = self.msg
-        if kind == "all":
-            return True
-        if kind == "and":
-            return all(self.matches(k) for k in getattr(key, "and").keys)
-        if kind == "or":
-            return any(self.matches(k) for k in getattr(key, "or").keys)
-        if kind == "not":
-            return not self.matches(getattr(key, "not"))
-        if kind == "flag_set":
-            return key.flag_set.lower() in self._flags
-        if kind == "flag_unset":
-            return key.flag_unset.lower() not in self._flags
-        if kind == "uids":
-            return _in_set(msg.uid, key.uids, self.max_uid)
-        if kind == "seqs":
-            return _in_set(self.seq, key.seqs, self.max_seq)
-        if kind == "date":
-            return self.date_matches(key.date)
-        if kind == "larger":
-            return msg.size > key.larger
-        if kind == "smaller":
-            return msg.size < key.smaller
-        if kind == "header":
-            return self.header_matches(key.header)
-        if kind == "body":
-            return key.body.casefold() in self.body_text()
-        if kind == "text":
-            needle = key.text.casefold()
-            return needle in self.header_text() or needle in self.body_text()
-        if kind == "modseq":
-            return msg.modseq >= key.modseq
-        raise ValueError("empty search key")
+        matcher = _MATCHERS.get(kind) if kind else None
+        if matcher is None:
+            raise ValueError("empty search key")
+        return matcher(self, key)
+
+
+# One rule per search key (RFC 3501 §6.4.4; MODSEQ: RFC 7162 §3.1.5), by the SearchKey oneof's name.
+_MATCHERS: dict[str, Callable[[_Evaluation, pb.SearchKey], bool]] = {
+    "all": lambda e, k: True,
+    "and": lambda e, k: all(e.matches(sub) for sub in getattr(k, "and").keys),
+    "or": lambda e, k: any(e.matches(sub) for sub in getattr(k, "or").keys),
+    "not": lambda e, k: not e.matches(getattr(k, "not")),
+    "flag_set": lambda e, k: e.flag_set(k.flag_set),
+    "flag_unset": lambda e, k: not e.flag_set(k.flag_unset),
+    "uids": lambda e, k: _in_set(e.msg.uid, k.uids, e.max_uid),
+    "seqs": lambda e, k: _in_set(e.seq, k.seqs, e.max_seq),
+    "date": lambda e, k: e.date_matches(k.date),
+    "larger": lambda e, k: e.msg.size > k.larger,
+    "smaller": lambda e, k: e.msg.size < k.smaller,
+    "header": lambda e, k: e.header_matches(k.header),
+    "body": lambda e, k: k.body.casefold() in e.body_text(),
+    "text": lambda e, k: e.text_matches(k.text),
+    "modseq": lambda e, k: e.msg.modseq >= k.modseq,
+}
 
 
 def matches(

@@ -8,11 +8,10 @@ from typing import Any, TypeVar
 
 import grpc
 from mailstack.services.common.auth_log import AuthResult, auth_event
-from mailstack.services.common.auth_throttle import Throttled
-from mailstack.services.mailstore.core import AuthFailed, InvalidRequest
+from mailstack.services.mailstore.core.errors import AuthFailed, InvalidRequest, Throttled
+from mailstack.services.mailstore.rpc import abort_with, read_stream, rpc
 from mailstack.services.mailstore.sender_rules import RateLimited
 from mailstack.services.mailstore.sending import Sending, SendResult
-from mailstack.services.mailstore.servicer import abort_with, read_stream, rpc
 from mailstack.storage.errors import NotAllowed, NotFound
 from mailstack.storage.queue.base import OutboundStatus, RecipientStatus, TokenRecord
 from mailstack.v1 import mailstore_pb2 as pb
@@ -163,11 +162,11 @@ class SendAdminServicer(spbg.SendAdminServicer):
 
     @rpc
     async def ListTokens(self, request: spb.ListTokensRequest, context: Any) -> spb.ListTokensResponse:
-        return spb.ListTokensResponse(tokens=[token_pb(t) for t in await self.sending.queue.list_tokens()])
+        return spb.ListTokensResponse(tokens=[token_pb(t) for t in await self.sending.list_tokens()])
 
     @rpc
     async def RevokeToken(self, request: spb.RevokeTokenRequest, context: Any) -> pb.Empty:
-        await self.sending.queue.revoke_token(request.name)
+        await self.sending.revoke_token(request.name)
         return pb.Empty()
 
 
@@ -203,8 +202,7 @@ class OutboundServicer(spbg.OutboundServicer):
 
     @rpc
     async def FetchOutboundBody(self, request: spb.FetchOutboundBodyRequest, context: Any) -> None:  # type: ignore[override,unused-ignore]
-        key = await self.sending.queue.leased_blob(request.message_id, request.worker)
-        data = await self.sending.core.blobs.get(key)
+        data = await self.sending.leased_body(request.message_id, request.worker)
         for start in range(0, max(len(data), 1), BODY_CHUNK):
             await context.write(spb.FetchOutboundBodyResponse(data=data[start : start + BODY_CHUNK]))
 

@@ -14,7 +14,6 @@ import secrets
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
 
 from mailstack.services.common.metrics import (
     OUTBOUND_BOUNCES,
@@ -29,10 +28,13 @@ from mailstack.services.mailstore.core import (
     AuthFailed,
     InvalidRequest,
     MailstoreCore,
+    RecipientVerdict,
     new_blob_key,
     settle,
     write_failed,
 )
+from mailstack.services.mailstore.core.results import RecipientOutcome as LocalOutcome
+from mailstack.services.mailstore.core.stores import QueueBackend
 from mailstack.services.mailstore.sender_rules import (
     HeaderSenders,
     RateLimited,
@@ -42,20 +44,17 @@ from mailstack.services.mailstore.sender_rules import (
     refused,
 )
 from mailstack.storage.errors import NotAllowed, StorageError
-from mailstack.storage.metadata.base import MetadataStore
 from mailstack.storage.queue.base import (
+    EnqueueResult,
     LeasedOutbound,
     NewOutbound,
     NewRecipient,
     OutboundStatus,
-    QueueStore,
     RecipientOutcome,
     RecipientStatus,
     ReportResult,
     TokenRecord,
-    TokenStore,
 )
-from mailstack.v1 import mailstore_pb2 as pb
 
 log = logging.getLogger("mailstack.mailstore.sending")
 
@@ -63,22 +62,6 @@ EXPIRE_EVERY = 60.0  # seconds between sweeps bouncing messages past their lifet
 DEPTH_EVERY = 1.0  # at most one queue-depth COUNT per second, however busy the queue
 TOKEN_PREFIX = "mst_"
 FROM_CHECKS = ("strict", "envelope", "off")  # submission_from_check
-
-
-class QueueBackend(QueueStore, TokenStore, Protocol):
-    pass
-
-
-def open_queue_store(metadata: MetadataStore) -> QueueBackend:
-    """The queue lives beside the metadata (ADR 0008); only SQLite exists so far."""
-    from mailstack.services.mailstore.instrumented import instrumented
-    from mailstack.storage.metadata.sqlite import SqliteMetadataStore
-    from mailstack.storage.queue.sqlite import SqliteQueueStore
-
-    backend = getattr(metadata, "_backend", metadata)  # under the core's telemetry wrapper
-    if not isinstance(backend, SqliteMetadataStore):
-        raise ValueError("the outbound queue needs the SQLite metadata store")
-    return instrumented(SqliteQueueStore(backend), "queue")
 
 
 def hash_token(secret: str) -> str:
@@ -131,7 +114,7 @@ class Sending:
 
     @classmethod
     def open(cls, core: MailstoreCore) -> Sending:
-        return cls(core, open_queue_store(core.metadata))
+        return cls(core, core.open_queue())
 
     def start_background(self) -> None:
         if self._expirer is None:
@@ -169,7 +152,7 @@ class Sending:
     async def check_token(self, secret: str, remote_ip: str = "") -> TokenRecord:
         """The token's record; a wrong token counts against the caller's IP like a failed login
         (ADR 0011), and past the limit even a right one is refused (Throttled) until the window moves."""
-        attempt = await self.core.auth_throttle.acquire(remote_ip, "")
+        attempt = await self.core.auth.throttle.acquire(remote_ip, "")
         try:
             record = await self.queue.token_by_hash(hash_token(secret)) if secret else None
         except BaseException:
@@ -180,6 +163,12 @@ class Sending:
             raise AuthFailed("missing or unknown API token")
         attempt.succeeded()
         return record
+
+    async def list_tokens(self) -> list[TokenRecord]:
+        return await self.queue.list_tokens()
+
+    async def revoke_token(self, name: str) -> None:
+        await self.queue.revoke_token(name)
 
     @staticmethod
     def may_send_as(token: TokenRecord, address: str) -> bool:
@@ -312,7 +301,7 @@ class Sending:
         if mode == "strict":
             addresses += (await self._header_senders("submission", client, data)).addresses
         for address in dict.fromkeys(a.lower() for a in addresses):
-            if not await self.core.check_sender(account, address):
+            if not await self.core.accounts.check_sender(account, address):
                 refused("submission", "sender", client, f"may not send as {address}")
                 raise SenderRefused(f"{address} is not an address of the authenticated user")
 
@@ -360,47 +349,17 @@ class Sending:
         save_sent_copy: bool,
         account: str,
     ) -> SendResult:
-        if idempotency_key:
-            existing = await self.queue.find_idempotent(client, idempotency_key)
-            if existing is not None:
-                status = await self.queue.status(existing)
-                assert status is not None
-                return SendResult(existing, status.message_id_header, status, True)
-        self.core._check_size(len(data))
-        key = self.dkim_keys.get(from_address.rsplit("@", 1)[-1].lower())
-        if key is not None:
-            data = await asyncio.to_thread(dkim_sign.sign, data, key)
-        local: list[str] = []
-        remote: list[str] = []
-        plan: list[NewRecipient] = []
-        for rcpt in dict.fromkeys(recipients):
-            where, _ = await self.core.resolve_recipient(rcpt)
-            if where == pb.RECIPIENT_NOT_LOCAL:
-                remote.append(rcpt)
-            elif where == pb.RECIPIENT_INVALID:
-                raise InvalidRequest(f"invalid recipient address {rcpt!r}")
-            else:
-                local.append(rcpt)
-        outcomes: dict[str, NewRecipient] = {}
-        if local:
-            results, _ = await self.core.deliver(sender, local, data)
-            for local_result in results:
-                address = local_result.recipient
-                if local_result.status == pb.RECIPIENT_LOCAL:
-                    outcomes[address] = NewRecipient(address, True, "delivered")
-                else:
-                    reason = _LOCAL_FAILURES.get(local_result.status, "451 4.3.0 local delivery failed")
-                    outcomes[address] = NewRecipient(address, True, "bounced", reason)
-        for rcpt in remote:
-            outcomes[rcpt] = NewRecipient(rcpt, False, "queued")
-        plan = [outcomes[r] for r in dict.fromkeys(recipients)]
+        if idempotency_key and (earlier := await self._earlier_result(client, idempotency_key)) is not None:
+            return earlier
+        self.core.delivery.check_size(len(data))
+        data = await self._signed(from_address, data)
+        local, remote = await self._split_recipients(recipients)
+        plan = await self._deliver_locally(sender, recipients, local, remote, data)
         blob_key = new_blob_key()
-        if not remote and client.startswith("smtp:"):
-            return await self._submitted_locally(client, sender, blob_key.replace("-", "")[:26], plan, data, message_id,
-                                                 save_sent_copy, account or from_address)  # fmt: skip
-        if remote:
-            await self.core.blobs.put(blob_key, data)  # blob first; the enqueue's reference keeps it
         queue_id = blob_key.replace("-", "")[:26]
+        if not remote and client.startswith("smtp:"):
+            return await self._submitted_locally(client, sender, queue_id, plan, data, message_id, save_sent_copy,
+                                                 account or from_address)  # fmt: skip
         item = NewOutbound(
             id=queue_id,
             sender=sender,
@@ -412,28 +371,9 @@ class Sending:
             message_id_header=message_id,
             original_headers=compose.header_block(data),
         )
-        # Shielded as core.deliver's metadata write: a caller gone mid-enqueue must not delete a
-        # body the queue may have committed a reference to.
-        write = asyncio.ensure_future(self.queue.enqueue(item, time.time()))
-        try:
-            result = await settle(write)
-        except BaseException:
-            if remote and write_failed(write):
-                await self.core._delete_blobs([blob_key])
-            raise
-        failed_local = [r for r in plan if r.state == "bounced"]
+        result = await self._enqueue(item, data, bool(remote))
         if not result.duplicate:
-            OUTBOUND_QUEUED.inc(len(remote))
-            for r in failed_local:
-                OUTBOUND_BOUNCES.labels(status_reason(r.error)).inc()
-            if remote:
-                self._depth_changed.set()
-        if failed_local and sender and client.startswith("smtp:") and not result.duplicate:
-            # SMTP already answered 250 for these (accepted at RCPT): the sender hears of it by DSN.
-            queued = await self.queue.status(result.id)
-            if queued is not None:
-                bounced = [r for r in queued.recipients if r.state == "bounced"]
-                await self._bounce(queued, ReportResult(False, bounced, []))
+            await self._after_enqueue(client, sender, plan, len(remote), result.id)
         if save_sent_copy:
             await self._save_sent(account or from_address, data)
         status = await self.queue.status(result.id)
@@ -441,6 +381,76 @@ class Sending:
         log.info("send id=%s client=%s sender=<%s> local=%d remote=%d size=%d",
                  result.id, client, sender, len(local), len(remote), len(data))  # fmt: skip
         return SendResult(result.id, message_id, status, result.duplicate)
+
+    async def _earlier_result(self, client: str, idempotency_key: str) -> SendResult | None:
+        """The result of an earlier call with this key (a retry), if there was one."""
+        existing = await self.queue.find_idempotent(client, idempotency_key)
+        if existing is None:
+            return None
+        status = await self.queue.status(existing)
+        assert status is not None
+        return SendResult(existing, status.message_id_header, status, True)
+
+    async def _signed(self, from_address: str, data: bytes) -> bytes:
+        """DKIM-signed (RFC 6376) when a key is configured for the From domain."""
+        key = self.dkim_keys.get(from_address.rsplit("@", 1)[-1].lower())
+        return data if key is None else await asyncio.to_thread(dkim_sign.sign, data, key)
+
+    async def _split_recipients(self, recipients: Sequence[str]) -> tuple[list[str], list[str]]:
+        """(local, remote) recipients, each once; an invalid address refuses the whole call."""
+        local: list[str] = []
+        remote: list[str] = []
+        for rcpt in dict.fromkeys(recipients):
+            where, _ = await self.core.accounts.resolve_recipient(rcpt)
+            if where == RecipientVerdict.NOT_LOCAL:
+                remote.append(rcpt)
+            elif where == RecipientVerdict.INVALID:
+                raise InvalidRequest(f"invalid recipient address {rcpt!r}")
+            else:
+                local.append(rcpt)
+        return local, remote
+
+    async def _deliver_locally(
+        self, sender: str, recipients: Sequence[str], local: list[str], remote: list[str], data: bytes
+    ) -> list[NewRecipient]:
+        """Local recipients get the message now; the plan says what became of each recipient."""
+        outcomes: dict[str, NewRecipient] = {}
+        if local:
+            results, _ = await self.core.delivery.deliver(sender, local, data)
+            outcomes.update((r.recipient, _local_plan(r)) for r in results)
+        for rcpt in remote:
+            outcomes[rcpt] = NewRecipient(rcpt, False, "queued")
+        return [outcomes[r] for r in dict.fromkeys(recipients)]
+
+    async def _enqueue(self, item: NewOutbound, data: bytes, remote: bool) -> EnqueueResult:
+        if remote:
+            await self.core.delivery.put_body(item.blob_key, data)  # blob first; the enqueue's reference keeps it
+        # Shielded as the core's delivery write: a caller gone mid-enqueue must not delete a
+        # body the queue may have committed a reference to.
+        write = asyncio.ensure_future(self.queue.enqueue(item, time.time()))
+        try:
+            return await settle(write)
+        except BaseException:
+            if remote and write_failed(write):
+                await self.core.delivery.delete_bodies([item.blob_key])
+            raise
+
+    async def _after_enqueue(
+        self, client: str, sender: str, plan: list[NewRecipient], remote: int, queue_id: str
+    ) -> None:
+        """Counters and the queue-depth nudge for a newly queued message; a DSN for the local
+        recipients that failed when SMTP already answered 250 for them (accepted at RCPT)."""
+        failed_local = [r for r in plan if r.state == "bounced"]
+        OUTBOUND_QUEUED.inc(remote)
+        for r in failed_local:
+            OUTBOUND_BOUNCES.labels(status_reason(r.error)).inc()
+        if remote:
+            self._depth_changed.set()
+        if failed_local and sender and client.startswith("smtp:"):
+            queued = await self.queue.status(queue_id)
+            if queued is not None:
+                bounced = [r for r in queued.recipients if r.state == "bounced"]
+                await self._bounce(queued, ReportResult(False, bounced, []))
 
     async def _submitted_locally(
         self,
@@ -471,17 +481,21 @@ class Sending:
 
     async def _save_sent(self, account: str, data: bytes) -> None:
         try:
-            mailboxes, _ = await self.core.list_mailboxes(account)
+            mailboxes, _ = await self.core.mailboxes.list_mailboxes(account)
         except StorageError:
             return  # not a local account: nowhere to keep a copy
         sent = next((m.name for m in mailboxes if m.special_use == "\\Sent"), None)
         if sent is not None:
-            await self.core.append(account, sent, data, ["\\Seen"], None)
+            await self.core.delivery.append(account, sent, data, ["\\Seen"], None)
 
     async def status(self, message_id: str) -> OutboundStatus | None:
         return await self.queue.status(message_id)
 
     # ------------------------------------------------------------ the worker's side
+
+    async def leased_body(self, message_id: str, worker: str) -> bytes:
+        """The body of a message `worker` holds the lease of (NotAllowed otherwise)."""
+        return await self.core.reading.read_body(await self.queue.leased_blob(message_id, worker))
 
     async def lease(self, worker: str, limit: int, ttl: float) -> list[LeasedOutbound]:
         if not worker:
@@ -522,7 +536,7 @@ class Sending:
         if result.done:
             self._depth_changed.set()
         if result.freed_blobs:
-            await self.core._delete_blobs(result.freed_blobs)
+            await self.core.delivery.delete_bodies(result.freed_blobs)
         if result.newly_bounced and status.sender:  # RFC 3464 §2: never a DSN for the null sender
             await self._bounce(status, result)
 
@@ -568,7 +582,14 @@ class Sending:
 
 
 _LOCAL_FAILURES = {
-    pb.RECIPIENT_UNKNOWN: "550 5.1.1 no such local user",
-    pb.RECIPIENT_OVER_QUOTA: "552 5.2.2 mailbox full",
-    pb.RECIPIENT_TOO_BIG_FOR_QUOTA: "552 5.2.2 message larger than the mailbox quota",
+    RecipientVerdict.UNKNOWN: "550 5.1.1 no such local user",
+    RecipientVerdict.OVER_QUOTA: "552 5.2.2 mailbox full",
+    RecipientVerdict.TOO_BIG_FOR_QUOTA: "552 5.2.2 message larger than the mailbox quota",
 }
+
+
+def _local_plan(result: LocalOutcome) -> NewRecipient:
+    if result.verdict == RecipientVerdict.LOCAL:
+        return NewRecipient(result.recipient, True, "delivered")
+    reason = _LOCAL_FAILURES.get(result.verdict, "451 4.3.0 local delivery failed")
+    return NewRecipient(result.recipient, True, "bounced", reason)

@@ -311,7 +311,7 @@ async def test_auth_failures_are_slowed_and_limited(tmp_path: Path) -> None:
         assert (await second.cmd("AUTH PLAIN " + plain(ALICE, PASSWORD))).startswith("454 4.7.0")
         await second.close()
         await smtp.close()
-        assert stack.mailstore.core.auth_throttle.blocked("127.0.0.1")
+        assert stack.mailstore.core.auth.throttle.blocked("127.0.0.1")
 
 
 async def test_auth_plain_without_initial_response_and_login(tmp_path: Path) -> None:

@@ -12,7 +12,7 @@ from typing import Any
 import grpc
 import pytest
 import redis.asyncio as aioredis
-from mailstack.services.mailstore.servicer import ERROR_KEY
+from mailstack.services.common.grpc_client import ERROR_DETAIL_KEY
 from mailstack.v1 import mailstore_pb2 as pb
 
 from tests.fixtures.mailstore import Client, append, deliver, fetch_body, running_mailstore, settings_for
@@ -24,7 +24,7 @@ PASSWORD = "correct horse battery staple"
 
 def reason(err: grpc.aio.AioRpcError) -> int:
     for key, value in err.trailing_metadata() or ():
-        if key == ERROR_KEY:
+        if key == ERROR_DETAIL_KEY:
             return pb.ErrorDetail.FromString(value).reason
     return -1
 
@@ -420,7 +420,7 @@ async def test_expunge_removes_every_blob(mailstore: tuple[Any, Client]) -> None
     server, client = mailstore
 
     async def blob_count() -> int:
-        return len([key async for key, _ in server.core.blobs.list_keys()])
+        return len([key async for key, _ in server.core.stores.blobs.list_keys()])
 
     before = await blob_count()
     uids = [(await append(client, ALICE, "INBOX", simple(f"gone {n}"), ["\\Deleted"])).uid for n in range(20)]

@@ -36,7 +36,7 @@ async def repaired(server: Any) -> int:
     pooled connection to a Redis that restarted fails, and the pool then reconnects)."""
     for _ in range(3):
         try:
-            return int(await server.core.repair_quota())
+            return int(await server.core.maintenance.repair_quota())
         except StorageUnavailable:
             continue
     raise AssertionError("the quota store stayed unavailable")
@@ -64,7 +64,7 @@ async def test_counters_recomputed_after_an_outage(store: tuple[Any, Any, RedisS
     assert await counters(redis_server.url) == QuotaUsage(0, 0)
     assert await repaired(server) >= 1
     assert await counters(redis_server.url) == QuotaUsage(sum(sizes), 3)
-    assert await server.core.repair_quota() == 0, "nothing to do while the counters are whole"
+    assert await server.core.maintenance.repair_quota() == 0, "nothing to do while the counters are whole"
 
 
 async def test_a_redis_restarted_empty_is_noticed_without_a_failed_call(store: tuple[Any, Any, RedisServer]) -> None:

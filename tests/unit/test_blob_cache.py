@@ -73,7 +73,7 @@ async def test_delete_evicts_and_missing_keys_raise() -> None:
 
 
 async def test_lookups_and_size_reach_the_metrics() -> None:
-    from mailstack.services.mailstore.core import _export_cache_metrics
+    from mailstack.services.mailstore.core.stores import export_cache_metrics
     from prometheus_client import REGISTRY
 
     def sample(name: str, **labels: str) -> float:
@@ -81,7 +81,7 @@ async def test_lookups_and_size_reach_the_metrics() -> None:
         return value or 0.0
 
     cache = CachedBlobStore(MemoryBlobStore(), max_bytes=100)
-    _export_cache_metrics(cache)
+    export_cache_metrics(cache)
     hits, misses = (
         sample("mailstack_blob_cache_lookups_total", result="hit"),
         sample("mailstack_blob_cache_lookups_total", result="miss"),

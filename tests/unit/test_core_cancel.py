@@ -26,8 +26,8 @@ AWAIT_POINTS = 40  # loop turns to let pass before the cancel: covers every awai
 @pytest.fixture
 async def core(tmp_path: Path) -> AsyncIterator[MailstoreCore]:
     opened = await MailstoreCore.open(settings_for(tmp_path, password_scrypt_log_n=10))
-    await opened.create_account(ACCOUNT, "pw", 0, 0)
-    await opened.create_account(OTHER, "pw", 0, 0)
+    await opened.accounts.create(ACCOUNT, "pw", 0, 0)
+    await opened.accounts.create(OTHER, "pw", 0, 0)
     try:
         yield opened
     finally:
@@ -36,33 +36,33 @@ async def core(tmp_path: Path) -> AsyncIterator[MailstoreCore]:
 
 async def _writer_idle(core: MailstoreCore) -> None:
     """Every write queued so far has been committed (the writer runs them in order)."""
-    await core.metadata._write(lambda conn: None)  # type: ignore[attr-defined]
+    await core.stores.metadata._write(lambda conn: None)  # type: ignore[attr-defined]
 
 
 def _hold_writer(core: MailstoreCore, seconds: float) -> asyncio.Future[None]:
     """Keep the SQLite writer thread busy, so the next write waits and commits later."""
-    return asyncio.ensure_future(core.metadata._write(lambda conn: time.sleep(seconds)))  # type: ignore[attr-defined]
+    return asyncio.ensure_future(core.stores.metadata._write(lambda conn: time.sleep(seconds)))  # type: ignore[attr-defined]
 
 
 async def _rows_without_body(core: MailstoreCore) -> list[tuple[str, int]]:
     out = []
     for account in (ACCOUNT, OTHER):
-        _, mailbox = await core.mailbox(account, "INBOX")
-        records = await core.metadata.fetch(mailbox.id, None)
-        out += [(account, r.uid) for r in records if not await core.blobs.exists(r.blob_key)]
+        _, mailbox = await core.stores.mailbox(account, "INBOX")
+        records = await core.stores.metadata.fetch(mailbox.id, None)
+        out += [(account, r.uid) for r in records if not await core.stores.blobs.exists(r.blob_key)]
     return out
 
 
 async def _row_count(core: MailstoreCore) -> int:
-    _, mailbox = await core.mailbox(ACCOUNT, "INBOX")
-    return len(await core.metadata.fetch(mailbox.id, None))
+    _, mailbox = await core.stores.mailbox(ACCOUNT, "INBOX")
+    return len(await core.stores.metadata.fetch(mailbox.id, None))
 
 
 def _stores(core: MailstoreCore) -> dict[str, Callable[[], Awaitable[object]]]:
     return {
-        "deliver": lambda: core.deliver("s@remote.test", [ACCOUNT], MESSAGE),
-        "deliver-shared": lambda: core.deliver("s@remote.test", [ACCOUNT, OTHER], MESSAGE),
-        "append": lambda: core.append(ACCOUNT, "INBOX", MESSAGE, (), None),
+        "deliver": lambda: core.delivery.deliver("s@remote.test", [ACCOUNT], MESSAGE),
+        "deliver-shared": lambda: core.delivery.deliver("s@remote.test", [ACCOUNT, OTHER], MESSAGE),
+        "append": lambda: core.delivery.append(ACCOUNT, "INBOX", MESSAGE, (), None),
     }
 
 
@@ -87,7 +87,7 @@ async def test_cancel_while_the_commit_runs_keeps_the_body(core: MailstoreCore, 
         before = await _row_count(core)
         hold = _hold_writer(core, 0.2)
         task = asyncio.ensure_future(store())
-        writes = core.metadata._write_queue  # type: ignore[attr-defined]
+        writes = core.stores.metadata._write_queue  # type: ignore[attr-defined]
         for _ in range(5000):  # until the store's metadata write waits behind the held one (5 s at most)
             if writes.qsize() or task.done():
                 break

@@ -15,48 +15,38 @@ import asyncio
 import logging
 import time
 from collections import defaultdict
-from dataclasses import dataclass
 
-from mailstack.services.mailstore.core import MailstoreCore
-from mailstack.storage.events.base import ChangeEvent
-from mailstack.storage.metadata.base import BodyReference
+from mailstack.services.mailstore.core.changes import after_expunge
+from mailstack.services.mailstore.core.quota import QuotaLedger
+from mailstack.services.mailstore.core.results import BodyReference, ChangeEvent, IntegrityReport
+from mailstack.services.mailstore.core.stores import Stores
 
 log = logging.getLogger("mailstack.mailstore.integrity")
 
 EXISTS_CONCURRENCY = 16  # blob existence checks in flight (an S3 HEAD each)
 
 
-@dataclass(frozen=True, slots=True)
-class IntegrityReport:
-    broken: list[BodyReference]  # rows without a body
-    orphans: list[str]  # blob keys without a reference
-    messages_checked: int
-    blobs_checked: int
-    repaired: bool
-
-
 async def check_integrity(
-    core: MailstoreCore, account: str = "", repair: bool = False, min_age_seconds: float | None = None
+    stores: Stores, ledger: QuotaLedger, account: str, repair: bool, min_age_seconds: float
 ) -> IntegrityReport:
     """Rows without bodies (of `account`, or all) and, when every account is checked, orphan
-    bodies older than `min_age_seconds` (default: the orphan sweeper's). With `repair`, the
-    broken rows are expunged and the orphans deleted."""
-    account_id = (await core.account(account)).id if account else None
-    references = await core.metadata.body_references(account_id)
-    present = await _present(core, {r.blob_key for r in references})
+    bodies older than `min_age_seconds`. With `repair`, the broken rows are expunged and the
+    orphans deleted."""
+    account_id = (await stores.account(account)).id if account else None
+    references = await stores.metadata.body_references(account_id)
+    present = await _present(stores, {r.blob_key for r in references})
     broken = [r for r in references if r.blob_key not in present]
     if broken:
         # An expunge in between deletes the row, then the body: only rows still there are broken.
-        still = {(r.mailbox_id, r.uid) for r in await core.metadata.body_references(account_id)}
+        still = {(r.mailbox_id, r.uid) for r in await stores.metadata.body_references(account_id)}
         broken = [r for r in broken if (r.mailbox_id, r.uid) in still]
     orphans: list[str] = []
     blobs_checked = 0
     if not account:
-        min_age = core.settings.orphan_min_age_seconds if min_age_seconds is None else min_age_seconds
-        cutoff = time.time() - min_age
-        async for key, mtime in core.blobs.list_keys():
+        cutoff = time.time() - min_age_seconds
+        async for key, mtime in stores.blobs.list_keys():
             blobs_checked += 1
-            if mtime <= cutoff and not await core.metadata.blob_referenced(key):
+            if mtime <= cutoff and not await stores.metadata.blob_referenced(key):
                 orphans.append(key)
     for r in broken:
         log.warning(
@@ -69,44 +59,44 @@ async def check_integrity(
     if orphans:
         log.warning("fsck: %d bodies without a message", len(orphans))
     if repair:
-        await _expunge_broken(core, broken)
-        await _delete_orphans(core, orphans)
+        await _expunge_broken(stores, ledger, broken)
+        await _delete_orphans(stores, orphans)
     return IntegrityReport(broken, orphans, len(references), blobs_checked, repair)
 
 
-async def _present(core: MailstoreCore, keys: set[str]) -> set[str]:
+async def _present(stores: Stores, keys: set[str]) -> set[str]:
     limit = asyncio.Semaphore(EXISTS_CONCURRENCY)
     found: set[str] = set()
 
     async def one(key: str) -> None:
         async with limit:
-            if await core.blobs.exists(key):
+            if await stores.blobs.exists(key):
                 found.add(key)
 
     await asyncio.gather(*(one(k) for k in keys))
     return found
 
 
-async def _expunge_broken(core: MailstoreCore, broken: list[BodyReference]) -> None:
+async def _expunge_broken(stores: Stores, ledger: QuotaLedger, broken: list[BodyReference]) -> None:
     by_mailbox: dict[tuple[str, int, str, int], list[int]] = defaultdict(list)
     for r in broken:
         by_mailbox[(r.account, r.mailbox_id, r.mailbox, r.uidvalidity)].append(r.uid)
     for (account, mailbox_id, mailbox, uidvalidity), uids in by_mailbox.items():
-        record = await core.account(account)
-        # Rows first, blobs after (core._after_expunge): never a listed message whose body went first.
-        result = await core.metadata.remove_messages(mailbox_id, uids)
-        await core._after_expunge(record, result)
+        record = await stores.account(account)
+        # Rows first, blobs after (after_expunge): never a listed message whose body went first.
+        result = await stores.metadata.remove_messages(mailbox_id, uids)
+        await after_expunge(stores, ledger, record, result)
         if result.expunged:
-            await core._publish(
+            await stores.publish(
                 ChangeEvent(record.name, mailbox, "expunge", result.expunged, result.modseq, uidvalidity)
             )
             log.warning("fsck: expunged %d broken messages of %s/%s", len(result.expunged), account, mailbox)
 
 
-async def _delete_orphans(core: MailstoreCore, orphans: list[str]) -> None:
+async def _delete_orphans(stores: Stores, orphans: list[str]) -> None:
     for key in orphans:
-        if await core.metadata.blob_referenced(key):  # referenced since the check (a copy, a re-delivery)
+        if await stores.metadata.blob_referenced(key):  # referenced since the check (a copy, a re-delivery)
             continue
-        await core.blobs.delete(key)
+        await stores.blobs.delete(key)
     if orphans:
         log.warning("fsck: deleted %d orphan bodies", len(orphans))

@@ -1,0 +1,301 @@
+"""Storing new messages: SMTP/LMTP delivery to several recipients sharing one blob, IMAP APPEND,
+and the body writes of the outbound queue.
+
+Blob first, then the metadata transaction, then events; the caller is acknowledged only after
+both writes. A metadata write that follows a blob write is settled even when the caller is
+cancelled (settle/write_failed): the blob is deleted only when the write certainly committed
+nothing, so there is never a message without its body (issue 13).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, TypeVar
+
+from mailstack.services.common.config import Settings
+from mailstack.services.mailstore import mime, names
+from mailstack.services.mailstore.core.changes import normalize_flags
+from mailstack.services.mailstore.core.errors import InvalidRequest, OverQuota, TooBig
+from mailstack.services.mailstore.core.quota import QuotaLedger, quota_verdict
+from mailstack.services.mailstore.core.results import (
+    AccountRecord,
+    ChangeEvent,
+    InsertResult,
+    MailboxRecord,
+    RecipientOutcome,
+    RecipientVerdict,
+)
+from mailstack.services.mailstore.core.stores import Stores, checked_mailbox_name
+from mailstack.storage.metadata.base import NewMessage
+
+log = logging.getLogger("mailstack.mailstore")
+T = TypeVar("T")
+
+PARSE_IN_THREAD = 256 * 1024  # messages over this size are parsed off the event loop
+
+
+async def settle(write: asyncio.Future[T]) -> T:
+    """The outcome of a metadata write that follows a blob write, even when the caller is
+    cancelled meanwhile (a client gone right after its final "."): the write is shielded, and on
+    cancellation the caller waits for it to end before the cancellation goes on, so that the
+    caller deletes the blob only when the write certainly committed nothing (write_failed).
+    Cancelled again while waiting, it stops waiting: the write may still commit, so the blob must
+    stay (an orphan at worst, which the sweeper removes; never a message without its body)."""
+    try:
+        return await asyncio.shield(write)
+    except asyncio.CancelledError:
+        if not write.done():
+            await asyncio.wait([write])
+        raise
+
+
+def write_failed(write: asyncio.Future[Any]) -> bool:
+    """The write ended without committing (an error, or cancelled before it was queued)."""
+    return write.done() and (write.cancelled() or write.exception() is not None)
+
+
+def new_blob_key() -> str:
+    # Time-ordered (hex nanoseconds) plus randomness: unique across replicas, sortable by age.
+    return f"{time.time_ns():016x}-{os.urandom(8).hex()}"
+
+
+@dataclass(slots=True)
+class _Target:
+    """One account a delivery stores into, and the recipients (indexes) that lead to it."""
+
+    account: AccountRecord
+    mailbox: MailboxRecord
+    indexes: list[int]
+
+
+def _in_order(outcomes: dict[int, RecipientOutcome], recipients: Sequence[str]) -> list[RecipientOutcome]:
+    return [outcomes[i] for i in range(len(recipients))]
+
+
+def _outcome(recipient: str, account: str, result: InsertResult | Exception) -> RecipientOutcome:
+    if isinstance(result, InsertResult):
+        return RecipientOutcome(recipient, RecipientVerdict.LOCAL, account, result.uid, result.uidvalidity)
+    if isinstance(result, OverQuota):
+        return RecipientOutcome(recipient, RecipientVerdict.OVER_QUOTA, account)
+    return RecipientOutcome(recipient, RecipientVerdict.TEMP_FAILURE, account, detail=str(result))
+
+
+class Delivery:
+    def __init__(self, stores: Stores, settings: Settings, ledger: QuotaLedger) -> None:
+        self.stores = stores
+        self.settings = settings
+        self.ledger = ledger
+
+    def check_size(self, size: int) -> None:
+        if size > self.settings.max_message_size:
+            raise TooBig(f"message of {size} bytes is over the limit of {self.settings.max_message_size}")
+        if size == 0:
+            raise InvalidRequest("empty message")
+
+    async def _analyse(self, data: bytes, flags: tuple[str, ...], when: datetime | None) -> NewMessage:
+        # Parsing a big message is CPU work: keep it off the event loop.
+        parse = mime.parse_message
+        parsed = await asyncio.to_thread(parse, data) if len(data) > PARSE_IN_THREAD else parse(data)
+        if when is None:
+            when = datetime.now().astimezone()
+        offset = when.utcoffset()
+        return NewMessage(
+            blob_key=new_blob_key(),
+            size=len(data),
+            internal_date=int(when.timestamp()),
+            tz_offset=int(offset.total_seconds() // 60) if offset else 0,
+            flags=flags,
+            envelope=parsed.envelope.SerializeToString(),
+            structure=parsed.structure.SerializeToString(),
+            header=parsed.header,
+            sent_date=parsed.sent_date,
+        )
+
+    async def _put_blob(self, key: str, data: bytes, reserved: Sequence[AccountRecord], size: int) -> None:
+        """The body first; a failed or cancelled put gives the reservations back."""
+        try:
+            await self.stores.blobs.put(key, data)
+        except BaseException:
+            for record in reserved:
+                await self.ledger.release(record, size)
+            await self.stores.delete_blobs([key])  # a put cut short may land later: the sweeper's
+            raise
+
+    async def _announce(self, record: AccountRecord, mailbox: MailboxRecord, result: InsertResult) -> None:
+        await self.stores.publish(
+            ChangeEvent(record.name, mailbox.name, "new", (result.uid,), result.modseq, result.uidvalidity)
+        )
+
+    # ------------------------------------------------------------ APPEND
+
+    async def append(
+        self, account: str, mailbox_name: str, data: bytes, flags: Sequence[str], when: datetime | None
+    ) -> InsertResult:
+        self.check_size(len(data))
+        record, mailbox = await self.stores.mailbox(account, mailbox_name)
+        message = await self._analyse(data, normalize_flags(flags), when)
+        await self.ledger.reserve(record, message.size)
+        await self._put_blob(message.blob_key, data, [record], message.size)
+        write = asyncio.ensure_future(self.stores.metadata.insert_message(mailbox.id, message, self.ledger.by_metadata))
+        try:
+            result = await settle(write)
+        except BaseException:
+            if write_failed(write):
+                await self.ledger.release(record, message.size)
+                await self.stores.delete_blobs([message.blob_key])
+            elif not write.done():
+                self.ledger.suspect = True  # not known whether the reservation is used
+            else:  # committed; only the caller is gone: the message is stored, sessions hear of it
+                await self._announce(record, mailbox, write.result())
+            raise
+        await self._announce(record, mailbox, result)
+        return result
+
+    # ------------------------------------------------------------ delivery (SMTP, LMTP, Send)
+
+    async def deliver(
+        self, sender: str, recipients: Sequence[str], data: bytes, mailbox_name: str = "INBOX"
+    ) -> tuple[list[RecipientOutcome], str]:
+        """Store one message for several recipients, sharing one blob; a result per recipient, and
+        the stored message's id ("" when no recipient got it)."""
+        self.check_size(len(data))
+        outcomes: dict[int, RecipientOutcome] = {}
+        targets = await self._targets(recipients, checked_mailbox_name(mailbox_name or "INBOX"), len(data), outcomes)
+        if not targets:
+            return _in_order(outcomes, recipients), ""
+        message = await self._analyse(data, (), None)
+        reserved = await self._reserve_all(targets, message.size, recipients, outcomes)
+        if not reserved:
+            return _in_order(outcomes, recipients), ""
+        await self._put_blob(message.blob_key, data, [t.account for t in reserved], message.size)
+        results, cancelled = await self._write_delivery(reserved, message)
+        stored = await self._record_results(reserved, results, message.size, recipients, outcomes)
+        if not stored:
+            await self.stores.delete_blobs([message.blob_key])
+        log.info(
+            "delivered message_id=%s sender=%s recipients=%d size=%d stored=%s",
+            message.blob_key, sender or "<>", len(recipients), message.size, stored,
+        )  # fmt: skip
+        if cancelled is not None:
+            raise cancelled
+        return _in_order(outcomes, recipients), message.blob_key if stored else ""
+
+    @staticmethod
+    def _addresses(recipients: Sequence[str], outcomes: dict[int, RecipientOutcome]) -> dict[int, str]:
+        addresses: dict[int, str] = {}
+        for index, rcpt in enumerate(recipients):
+            try:
+                addresses[index] = names.normalize_address(rcpt)
+            except names.InvalidNameError:
+                outcomes[index] = RecipientOutcome(rcpt, RecipientVerdict.INVALID)
+        return addresses
+
+    async def _targets(
+        self, recipients: Sequence[str], mailbox_name: str, size: int, outcomes: dict[int, RecipientOutcome]
+    ) -> dict[str, _Target]:
+        """The accounts to store into, by name; every other recipient gets its outcome now."""
+        addresses = self._addresses(recipients, outcomes)
+        # Accounts and mailboxes of all recipients in one metadata read (this is the hot path of SMTP).
+        resolved = await self.stores.metadata.resolve_delivery(list(addresses.values()), mailbox_name)
+        targets: dict[str, _Target] = {}
+        domains: list[str] | None = None
+        for (index, address), target in zip(addresses.items(), resolved, strict=True):
+            if target is None:
+                if domains is None:
+                    domains = await self.stores.metadata.list_domains()
+                local_domain = names.domain_of(address) in domains
+                verdict = RecipientVerdict.UNKNOWN if local_domain else RecipientVerdict.NOT_LOCAL
+                outcomes[index] = RecipientOutcome(recipients[index], verdict)
+                continue
+            record = target.account
+            if record.name in targets:  # the same account twice (alias + address): one copy
+                targets[record.name].indexes.append(index)
+                continue
+            verdict = quota_verdict(record, await self.ledger.usage_if_limited(record), size)
+            if verdict != RecipientVerdict.LOCAL:
+                outcomes[index] = RecipientOutcome(recipients[index], verdict, record.name)
+                continue
+            targets[record.name] = _Target(record, target.mailbox, [index])
+        return targets
+
+    async def _reserve_all(
+        self, targets: dict[str, _Target], size: int, recipients: Sequence[str], outcomes: dict[int, RecipientOutcome]
+    ) -> list[_Target]:
+        reserved: list[_Target] = []
+        for target in targets.values():
+            if await self.ledger.reserve(target.account, size, raise_over=False):
+                reserved.append(target)
+            else:
+                for i in target.indexes:
+                    outcomes[i] = RecipientOutcome(recipients[i], RecipientVerdict.OVER_QUOTA, target.account.name)
+        return reserved
+
+    async def _write_delivery(
+        self, reserved: list[_Target], message: NewMessage
+    ) -> tuple[Sequence[InsertResult | Exception], asyncio.CancelledError | None]:
+        """The metadata write's per-target results, and the caller's cancellation when it came
+        after the write committed (the delivery then completes before it goes on)."""
+        write = asyncio.ensure_future(
+            self.stores.metadata.deliver([t.mailbox.id for t in reserved], message, self.ledger.by_metadata)
+        )
+        try:
+            return await settle(write), None
+        except asyncio.CancelledError as exc:
+            if not write.done() or write_failed(write):
+                await self._undo_delivery(write, reserved, message)
+                raise
+            # Committed, and only the caller is gone (SMTP client reset after its final "."): the
+            # message is stored, so its events and per-recipient quota go as for any delivery.
+            return write.result(), exc
+        except BaseException:
+            await self._undo_delivery(write, reserved, message)
+            raise
+
+    async def _record_results(
+        self,
+        reserved: list[_Target],
+        results: Sequence[InsertResult | Exception],
+        size: int,
+        recipients: Sequence[str],
+        outcomes: dict[int, RecipientOutcome],
+    ) -> bool:
+        """Each recipient's outcome; an event per stored copy, the quota back for the others.
+        Whether any copy was stored."""
+        stored = False
+        for target, result in zip(reserved, results, strict=True):
+            for i in target.indexes:
+                outcomes[i] = _outcome(recipients[i], target.account.name, result)
+            if isinstance(result, InsertResult):
+                stored = True
+                await self._announce(target.account, target.mailbox, result)
+            else:
+                await self.ledger.release(target.account, size)
+        return stored
+
+    async def _undo_delivery(
+        self, write: asyncio.Future[Any], reserved: Sequence[_Target], message: NewMessage
+    ) -> None:
+        """After a delivery's metadata write failed or was left running: the blob and the quota
+        reservations go only when the write certainly committed nothing (see settle)."""
+        if not write_failed(write):
+            self.ledger.suspect = True  # not known whether the reservations are used
+            return
+        for target in reserved:
+            await self.ledger.release(target.account, message.size)
+        await self.stores.delete_blobs([message.blob_key])
+
+    # ------------------------------------------------------------ bodies outside a mailbox (the outbound queue)
+
+    async def put_body(self, key: str, data: bytes) -> None:
+        """A body the caller references elsewhere (a queued message); blob first, reference after."""
+        await self.stores.blobs.put(key, data)
+
+    async def delete_bodies(self, keys: Sequence[str]) -> None:
+        """Bodies no reference needs any more; a failed delete is left to the orphan sweeper."""
+        await self.stores.delete_blobs(keys)

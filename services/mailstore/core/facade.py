@@ -1,0 +1,44 @@
+"""MailstoreCore: one set of stores, and a use case over it per attribute. It opens and closes the
+stores and runs the background work; the rules live in the use-case modules."""
+
+from __future__ import annotations
+
+from mailstack.services.common.config import Settings
+from mailstack.services.mailstore.core.accounts import Accounts
+from mailstack.services.mailstore.core.auth import Authentication
+from mailstack.services.mailstore.core.changes import Changes
+from mailstack.services.mailstore.core.delivery import Delivery
+from mailstack.services.mailstore.core.mailboxes import Mailboxes
+from mailstack.services.mailstore.core.maintenance import Maintenance
+from mailstack.services.mailstore.core.quota import QuotaLedger
+from mailstack.services.mailstore.core.reading import Reading
+from mailstack.services.mailstore.core.stores import QueueBackend, Stores
+
+
+class MailstoreCore:
+    def __init__(self, settings: Settings, stores: Stores) -> None:
+        self.settings = settings
+        self.stores = stores  # for the use cases and for tests; callers use the use cases
+        ledger = QuotaLedger(stores)
+        self.auth = Authentication(stores, settings)
+        self.accounts = Accounts(stores, settings, ledger)
+        self.mailboxes = Mailboxes(stores, ledger)
+        self.delivery = Delivery(stores, settings, ledger)
+        self.reading = Reading(stores)
+        self.changes = Changes(stores, ledger)
+        self.maintenance = Maintenance(stores, settings, ledger)
+
+    @classmethod
+    async def open(cls, settings: Settings) -> MailstoreCore:
+        return cls(settings, await Stores.open(settings))
+
+    def open_queue(self) -> QueueBackend:
+        """The outbound queue's store, beside the metadata (ADR 0008)."""
+        return self.stores.open_queue()
+
+    def start_background(self) -> None:
+        self.maintenance.start_background()
+
+    async def close(self) -> None:
+        await self.maintenance.stop_background()
+        await self.stores.close()

@@ -1,0 +1,99 @@
+"""Keeping the stores consistent in the background and on demand: the orphan sweep, change-log
+pruning, quota repair, and the integrity check behind `mailstack fsck` (integrity.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+
+from mailstack.services.common.config import Settings
+from mailstack.services.mailstore.core import integrity
+from mailstack.services.mailstore.core.errors import StorageUnavailable
+from mailstack.services.mailstore.core.quota import QuotaLedger
+from mailstack.services.mailstore.core.results import IntegrityReport
+from mailstack.services.mailstore.core.stores import Stores
+
+log = logging.getLogger("mailstack.mailstore")
+
+QUOTA_WATCH_SECONDS = 30.0  # how soon counters lost with a Redis outage or restart are recomputed
+
+
+class Maintenance:
+    def __init__(self, stores: Stores, settings: Settings, ledger: QuotaLedger) -> None:
+        self.stores = stores
+        self.settings = settings
+        self.ledger = ledger
+        self._sweeper: asyncio.Task[None] | None = None
+        self._quota_watch: asyncio.Task[None] | None = None
+
+    def start_background(self) -> None:
+        if self.settings.orphan_sweep_seconds > 0 and self._sweeper is None:
+            self._sweeper = asyncio.create_task(self._sweep_forever(), name="orphan-sweeper")
+        if not self.ledger.by_metadata and self._quota_watch is None:
+            self._quota_watch = asyncio.create_task(self._watch_quota_forever(), name="quota-watch")
+
+    async def stop_background(self) -> None:
+        for task in (self._quota_watch, self._sweeper):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._quota_watch = self._sweeper = None
+
+    async def sweep_orphans(self, min_age_seconds: float | None = None) -> int:
+        """Remove blobs no message references (left by a crash between blob and metadata write)."""
+        min_age = self.settings.orphan_min_age_seconds if min_age_seconds is None else min_age_seconds
+        cutoff = time.time() - min_age
+        removed = 0
+        async for key, mtime in self.stores.blobs.list_keys():
+            if mtime > cutoff or await self.stores.metadata.blob_referenced(key):
+                continue
+            await self.stores.blobs.delete(key)
+            removed += 1
+        if removed:
+            log.info("orphan sweeper removed %d blobs", removed)
+        return removed
+
+    async def prune_change_log(self, now: float | None = None) -> int:
+        """Forget expunges older than change_log_days (QRESYNC clients older than that resync by
+        UID ranges instead)."""
+        days = self.settings.change_log_days
+        if days <= 0:
+            return 0
+        pruned = await self.stores.metadata.prune_changes((time.time() if now is None else now) - days * 86400)
+        if pruned:
+            log.info("change log: %d expunges older than %d days pruned", pruned, days)
+        return pruned
+
+    async def repair_quota(self) -> int:
+        """See QuotaLedger.repair: the accounts recomputed (0: the counters were whole)."""
+        return await self.ledger.repair()
+
+    async def check_integrity(
+        self, account: str = "", repair: bool = False, min_age_seconds: float | None = None
+    ) -> IntegrityReport:
+        min_age = self.settings.orphan_min_age_seconds if min_age_seconds is None else min_age_seconds
+        return await integrity.check_integrity(self.stores, self.ledger, account, repair, min_age)
+
+    async def _watch_quota_forever(self) -> None:
+        while True:
+            try:
+                await self.repair_quota()
+            except StorageUnavailable as e:
+                log.debug("quota store still unavailable: %s", e)
+            except Exception:
+                log.exception("quota repair failed")
+            await asyncio.sleep(QUOTA_WATCH_SECONDS)
+
+    async def _sweep_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.orphan_sweep_seconds)
+            try:
+                await self.sweep_orphans()
+                await self.prune_change_log()
+            except StorageUnavailable as e:
+                log.warning("orphan sweep skipped: %s", e)
+            except Exception:
+                log.exception("orphan sweep failed")
