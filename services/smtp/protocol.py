@@ -379,16 +379,6 @@ def protocol_factory(
     limiter: ConnectionLimiter,
     sessions: set[SmtpProtocol],
     starttls_context: ssl.SSLContext | None,
-) -> Callable[[], Any]:
-    return lambda: SmtpProtocol(handler, settings, limiter, sessions, starttls_context)
-
-
-def proxied_protocol_factory(
-    handler: SmtpHandler,
-    settings: Settings,
-    limiter: ConnectionLimiter,
-    sessions: set[SmtpProtocol],
-    starttls_context: ssl.SSLContext | None,
-) -> Callable[[tuple[str, int]], SmtpProtocol]:
-    """For a ProxyListener: the protocol is built knowing the client's address."""
+) -> Callable[[tuple[str, int] | None], SmtpProtocol]:
+    """The protocol is built knowing the client's address when a PROXY header gave it."""
     return lambda address: SmtpProtocol(handler, settings, limiter, sessions, starttls_context, address)
