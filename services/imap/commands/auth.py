@@ -12,7 +12,7 @@ from mailstack.services.common.grpc_client import error_detail
 from mailstack.v1 import mailstore_pb2 as pb
 
 from ..errors import bad, from_grpc, no
-from ..protocol import Authenticate, Command, CommandReceiver, Login, NeedData, ParseError
+from ..protocol import Authenticate, Command, Login, NeedData, ParseError
 from ..protocol.encoder import tagged
 from .misc import capabilities
 
@@ -21,11 +21,11 @@ if TYPE_CHECKING:
 
 
 async def starttls(session: Session, command: Command) -> Reply | None:
-    # Command: RFC 9051 §6.2.1. Nothing the client pipelined behind STARTTLS is executed.
+    # Command: RFC 9051 §6.2.1. Nothing the client pipelined behind STARTTLS is executed: the
+    # connection drops it (common/stream_connection.py).
     if session.conn.tls or not session.conn.can_start_tls:
         raise bad("TLS is already active" if session.conn.tls else "STARTTLS is not available")
     await session.flush()
-    session.conn.receiver = CommandReceiver(session.conn.receiver.max_line, session.conn.receiver.max_literal)
     await session.conn.start_tls(tagged(command.tag, "OK", "begin TLS negotiation now"))
     from ..session import Reply
 
