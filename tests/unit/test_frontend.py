@@ -8,6 +8,7 @@ import asyncio
 from pathlib import Path
 
 import pytest
+from mailstack.services.common.config import Settings
 from mailstack.services.common.frontend import StreamFrontend
 
 from tests.fixtures.mailstore import settings_for
@@ -18,6 +19,10 @@ class Echo(StreamFrontend):
 
     grpc_identity = "pop3"
     busy_for = 0.0
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(settings)
+        self.busy = asyncio.Event()  # a session has read its line
 
     async def open(self) -> None:
         await self.listen_streams([("echo", 0, False), ("echo TLS", 0, True)])
@@ -39,6 +44,7 @@ class Echo(StreamFrontend):
         try:
             line = await reader.readline()
             self.sessions[task] = "busy"
+            self.busy.set()
             await asyncio.sleep(self.busy_for)
             writer.write(line)
             await writer.drain()
@@ -70,8 +76,7 @@ async def test_stop_ends_idle_sessions_now_and_lets_busy_ones_finish(tmp_path: P
     idle_reader, idle_writer = await asyncio.open_connection("127.0.0.1", port)
     busy_reader, busy_writer = await asyncio.open_connection("127.0.0.1", port)
     busy_writer.write(b"hello\n")
-    while "busy" not in server.sessions.values():
-        await asyncio.sleep(0.01)
+    await asyncio.wait_for(server.busy.wait(), 5)
     loop = asyncio.get_running_loop()
     started = loop.time()
     await server.stop(5.0)
@@ -90,8 +95,7 @@ async def test_a_session_busy_beyond_the_grace_is_cut_off(tmp_path: Path) -> Non
     await server.start()
     reader, writer = await asyncio.open_connection("127.0.0.1", port_of(server))
     writer.write(b"hello\n")
-    while "busy" not in server.sessions.values():
-        await asyncio.sleep(0.01)
+    await asyncio.wait_for(server.busy.wait(), 5)
     await asyncio.wait_for(server.stop(0.2), 5)
     assert await reader.read() == b""
     assert not server.sessions
