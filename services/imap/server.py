@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import ssl
+from collections.abc import Callable
 
 from mailstack.services.common.auth_log import connection_refused
 from mailstack.services.common.config import Settings
@@ -41,13 +43,14 @@ class StreamConnection(BaseConnection):
         self,
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
-        receiver: CommandReceiver,
+        new_receiver: Callable[[], CommandReceiver],
         tls: bool,
         tls_context: ssl.SSLContext | None,
         remote_ip: str = "",  # from a PROXY header (ADR 0007)
     ) -> None:
         super().__init__(reader, writer, tls=tls, tls_context=tls_context, read_limit=READ_SIZE, remote_ip=remote_ip)
-        self.receiver = receiver
+        self._new_receiver = new_receiver
+        self.receiver = new_receiver()
 
     async def send(self, data: bytes) -> None:
         self.writer.write(data)
@@ -64,7 +67,7 @@ class StreamConnection(BaseConnection):
 
     def forget_pending(self) -> None:
         # RFC 9051 §6.2.1: nothing the client pipelined behind STARTTLS is executed.
-        self.receiver = CommandReceiver(self.receiver.max_line, self.receiver.max_literal)
+        self.receiver = self._new_receiver()
 
 
 class ImapServer(StreamFrontend):
@@ -75,6 +78,8 @@ class ImapServer(StreamFrontend):
         super().__init__(settings)
         self.sessions: dict[asyncio.Task[None], Session | None] = {}
         self._services: Services | None = None
+        # A connection's receiver, made again after STARTTLS (nothing pipelined before it survives).
+        self._new_receiver = functools.partial(CommandReceiver, settings.imap_max_line, settings.max_message_size)
 
     @property
     def session_count(self) -> int:
@@ -128,10 +133,8 @@ class ImapServer(StreamFrontend):
         task = asyncio.current_task()
         services = self._services
         assert task is not None and services is not None
-        settings = self.settings
-        receiver = CommandReceiver(settings.imap_max_line, settings.max_message_size)
         remote_ip = client_address[0] if client_address else ""
-        conn = StreamConnection(reader, writer, receiver, tls, None if tls else self.tls_context, remote_ip)
+        conn = StreamConnection(reader, writer, self._new_receiver, tls, None if tls else self.tls_context, remote_ip)
         refused = ("shutdown", "server shutting down") if services.stopping else services.limits.open(conn.remote_ip)
         if refused:
             connection_refused("imap", refused[0], conn.remote_ip, conn.local_ip)
