@@ -53,72 +53,14 @@ RUN groupadd --system --gid 10001 mailstack \
 RUN --mount=type=bind,from=builder,source=/wheels,target=/wheels \
     pip install --no-cache-dir --no-index --find-links=/wheels mailstack
 
-# The health check serves every service of the image: it finds what `mailstack serve` runs in this
-# container (from /proc) and checks that: the mailstore with grpc.health.v1, a frontend by reading
-# its greeting on its main port. Docker and compose use it; Kubernetes has its own probes.
-COPY --chmod=0755 <<'PY' /usr/local/bin/mailstack-healthcheck
-#!/usr/local/bin/python
-import os, socket, sys
-from pathlib import Path
-
-GREETINGS = {  # service: (port setting, default, greeting prefix, goodbye)
-    "smtp": ("MAILSTACK_SMTP_PORT", 25, b"220", b"QUIT\r\n"),
-    "imap": ("MAILSTACK_IMAP_PORT", 143, b"* OK", b"a LOGOUT\r\n"),
-    "pop3": ("MAILSTACK_POP3_PORT", 110, b"+OK", b"QUIT\r\n"),
-}
-
-def served() -> list[str]:
-    for cmdline in sorted(Path("/proc").glob("[0-9]*/cmdline")):
-        try:
-            args = cmdline.read_bytes().decode(errors="replace").split("\0")
-        except OSError:
-            continue
-        if "serve" in args and any(a.endswith("mailstack") for a in args):
-            names = [a for a in args[args.index("serve") + 1 :] if a and not a.startswith("-")]
-            return names or ["mailstore", *GREETINGS]
-    return []
-
-def check_mailstore() -> None:
-    import grpc
-    from grpc_health.v1 import health_pb2, health_pb2_grpc
-    # The internal port wants a client certificate (ADR 0009); the Send API port answers health in the clear.
-    port = os.environ.get("MAILSTACK_SEND_LISTEN", "0.0.0.0:50052").rpartition(":")[2]
-    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-        reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=4)
-    if reply.status != health_pb2.HealthCheckResponse.SERVING:
-        raise RuntimeError(f"mailstore health is {reply.status}")
-
-def check_greeting(name: str) -> None:
-    setting, default, prefix, goodbye = GREETINGS[name]
-    with socket.create_connection(("127.0.0.1", int(os.environ.get(setting, default))), timeout=4) as conn:
-        line = conn.makefile("rb").readline(512)
-        conn.sendall(goodbye)
-    if not line.startswith(prefix):
-        raise RuntimeError(f"{name} greeted with {line[:60]!r}")
-
-def main() -> None:
-    names = served()
-    if not names:
-        sys.exit("mailstack-healthcheck: no `mailstack serve` process found")
-    try:
-        for name in names:
-            if name == "mailstore":
-                check_mailstore()
-            elif name in GREETINGS:
-                check_greeting(name)
-    except Exception as err:
-        sys.exit(f"mailstack-healthcheck: {name}: {err}")
-
-if __name__ == "__main__":
-    main()
-PY
-
 USER 10001:10001
 WORKDIR /data
 # SMTP 25, submissions 465, submission 587, IMAP 143, IMAPS 993, POP3 110, POP3S 995,
 # mailstore gRPC 50051 (internal, mTLS) and 50052 (Send API)
 EXPOSE 25 465 587 143 993 110 995 50051 50052
 STOPSIGNAL SIGTERM
-HEALTHCHECK --interval=30s --timeout=10s --start-period=20s --retries=3 CMD ["mailstack-healthcheck"]
+# `mailstack healthcheck` finds what `mailstack serve` runs in this container and checks that (the
+# mailstore's gRPC health, a frontend's greeting, the outbound worker's /ready); Kubernetes has its own probes.
+HEALTHCHECK --interval=30s --timeout=10s --start-period=20s --retries=3 CMD ["mailstack", "healthcheck"]
 ENTRYPOINT ["mailstack"]
 CMD ["serve"]

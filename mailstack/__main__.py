@@ -1,3 +1,3 @@
-from mailstack.services.common.cli import main
+from mailstack.cli import main
 
 raise SystemExit(main())

@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 tree=.typecheck/mailstack
 rm -rf .typecheck && mkdir -p "$tree"
-for f in mailstack/*.py; do ln -s "$PWD/$f" "$tree/$(basename "$f")"; done
+for f in mailstack/*; do [ "$(basename "$f")" = __pycache__ ] || ln -s "$PWD/$f" "$tree/$(basename "$f")"; done
 ln -s "$PWD/services" "$tree/services"
 ln -s "$PWD/storage" "$tree/storage"
 ln -s "$PWD/proto/mailstack/v1" "$tree/v1"

@@ -232,6 +232,26 @@ def _convert(raw: Any, kind: type | str, name: str) -> Any:
     return str(raw)
 
 
+def file_settings(data: Mapping[str, Any], path: str) -> dict[str, Any]:
+    """A TOML file's settings by field name. A table is a service's section: `[smtp] port = 25` is
+    smtp_port, as the flat key `smtp_port = 25` (and MAILSTACK_SMTP_PORT) is."""
+    known = {f.name for f in dataclasses.fields(Settings)}
+    values: dict[str, Any] = {}
+    unknown: list[str] = []
+    for key, value in data.items():
+        items = [(f"{key}_{k}", f"{key}.{k}", v) for k, v in value.items()] if isinstance(value, dict) else []
+        for name, shown, item in items or [(key, key, value)]:
+            if name not in known or isinstance(item, dict):
+                unknown.append(shown)
+            elif name in values:
+                raise ValueError(f"{path}: {shown} is set twice (in its section and as {name})")
+            else:
+                values[name] = item
+    if unknown:
+        raise ValueError(f"{path}: unknown settings: {', '.join(sorted(unknown))}")
+    return values
+
+
 def load_settings(env: Mapping[str, str] | None = None, config_file: str | None = None) -> Settings:
     """Defaults < TOML file (MAILSTACK_CONFIG or config_file) < MAILSTACK_* variables."""
     env = os.environ if env is None else env
@@ -239,12 +259,7 @@ def load_settings(env: Mapping[str, str] | None = None, config_file: str | None 
     path = config_file or env.get("MAILSTACK_CONFIG")
     if path:
         with open(path, "rb") as fh:
-            data = tomllib.load(fh)
-        known = {f.name for f in dataclasses.fields(Settings)}
-        unknown = set(data) - known
-        if unknown:
-            raise ValueError(f"{path}: unknown settings: {', '.join(sorted(unknown))}")
-        values.update(data)
+            values.update(file_settings(tomllib.load(fh), path))
     for f in dataclasses.fields(Settings):
         name = env_name(f.name)
         if name in env:

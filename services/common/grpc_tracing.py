@@ -70,24 +70,30 @@ def _rpc_attributes(method: str) -> dict[str, str]:
     return {"rpc.system": "grpc", "rpc.service": service, "rpc.method": name}
 
 
+def _server_span(name: str, attributes: dict[str, str], context: grpc.aio.ServicerContext) -> Any:
+    """A SERVER span whose parent is the caller's context from the metadata."""
+    carrier = {k: v for k, v in context.invocation_metadata() or () if isinstance(v, str)}
+    return tracer.start_as_current_span(
+        name, context=propagate.extract(carrier), kind=SpanKind.SERVER, attributes=attributes
+    )
+
+
+def _failed(span: trace.Span, err: BaseException, context: grpc.aio.ServicerContext) -> None:
+    if isinstance(err, grpc.aio.AbortError):
+        # abort() ends the RPC with a status the servicer chose (NOT_FOUND, OVER_QUOTA...): an answer.
+        code = context.code()
+        if code is not None:
+            span.set_attribute("rpc.grpc.status_code", code.value[0] if isinstance(code, grpc.StatusCode) else code)
+        return
+    span.set_status(Status(StatusCode.ERROR, type(err).__name__))
+
+
 def _traced(behavior: Callable[..., Any], method: str) -> Callable[..., Any]:
     """The handler inside a SERVER span whose parent is the caller's context from the metadata."""
     name, attributes = _span_name(method), _rpc_attributes(method)
 
     def start(context: grpc.aio.ServicerContext) -> Any:
-        carrier = {k: v for k, v in context.invocation_metadata() or () if isinstance(v, str)}
-        return tracer.start_as_current_span(
-            name, context=propagate.extract(carrier), kind=SpanKind.SERVER, attributes=attributes
-        )
-
-    def failed(span: trace.Span, err: BaseException, context: grpc.aio.ServicerContext) -> None:
-        if isinstance(err, grpc.aio.AbortError):
-            # abort() ends the RPC with a status the servicer chose (NOT_FOUND, OVER_QUOTA...): an answer.
-            code = context.code()
-            if code is not None:
-                span.set_attribute("rpc.grpc.status_code", code.value[0] if isinstance(code, grpc.StatusCode) else code)
-            return
-        span.set_status(Status(StatusCode.ERROR, type(err).__name__))
+        return _server_span(name, attributes, context)
 
     if inspect.isasyncgenfunction(behavior):
 
@@ -97,7 +103,7 @@ def _traced(behavior: Callable[..., Any], method: str) -> Callable[..., Any]:
                     async for item in behavior(request, context):
                         yield item
                 except Exception as err:
-                    failed(span, err, context)
+                    _failed(span, err, context)
                     raise
 
         return stream
@@ -107,7 +113,7 @@ def _traced(behavior: Callable[..., Any], method: str) -> Callable[..., Any]:
             try:
                 return await behavior(request, context)
             except Exception as err:
-                failed(span, err, context)
+                _failed(span, err, context)
                 raise
 
     return unary

@@ -96,10 +96,13 @@ class Readiness:
         self.stopping = False
         self.mailstore_addr = ""  # set when this process runs frontends
         self.identity: Callable[[], Identity] | None = None  # the mTLS identity of one of them
+        self.services: list[Any] = []  # a frontend says whether it is ready (common/frontend.py)
         self._channel: grpc.aio.Channel | None = None
 
     async def __call__(self) -> bool:
         if not self.started or self.stopping:
+            return False
+        if not all(getattr(service, "ready", True) for service in self.services):
             return False
         if not self.mailstore_addr:
             return True
@@ -252,6 +255,7 @@ async def _serve(
         readiness.mailstore_addr = frontend_settings.mailstore_addr
         caller = next(name for name in classes if name != MAILSTORE)
         readiness.identity = functools.partial(identity_for, frontend_settings, caller)
+    readiness.services = [server for _, server in started]
     readiness.started = True
 
     closed: dict[asyncio.Future[Any], str] = {

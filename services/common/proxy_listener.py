@@ -31,7 +31,7 @@ log = logging.getLogger("mailstack.proxy")
 Address = tuple[str, int]
 # Builds the service's protocol for one connection; the address is the client's (real or proxied).
 ProtocolFactory = Callable[[Address], asyncio.BaseProtocol]
-StreamCallback = Callable[[asyncio.StreamReader, asyncio.StreamWriter, Address], Awaitable[None]]
+StreamCallback = Callable[[asyncio.StreamReader, asyncio.StreamWriter, Address | None], Awaitable[None]]
 
 
 async def read_header(sock: socket.socket, header_timeout: float) -> Address | None:
@@ -50,10 +50,11 @@ async def read_header(sock: socket.socket, header_timeout: float) -> Address | N
             data += chunk
 
 
-def stream_factory(callback: StreamCallback, limit: int = 2**16) -> ProtocolFactory:
-    """A ProtocolFactory for asyncio-streams services (what asyncio.start_server builds)."""
+def stream_factory(callback: StreamCallback, limit: int = 2**16) -> Callable[[Address | None], asyncio.BaseProtocol]:
+    """A protocol factory for asyncio-streams services (what asyncio.start_server builds); the
+    address is the client's from a PROXY header, or None for the real peer."""
 
-    def build(address: Address) -> asyncio.BaseProtocol:
+    def build(address: Address | None) -> asyncio.BaseProtocol:
         reader = asyncio.StreamReader(limit=limit)
         return asyncio.StreamReaderProtocol(reader, lambda r, w: callback(r, w, address))
 

@@ -129,6 +129,25 @@ def _parse_v2(data: bytes) -> ProxyHeader | NeedData:
         raise ProxyProtocolError("no PROXY header")
     if len(data) < V2_FIXED_LENGTH:
         return NEED_DATA
+    command, family, protocol, length = _v2_fixed_part(data)
+    total = V2_FIXED_LENGTH + length
+    if len(data) < total:
+        return NEED_DATA
+    if family > 0x3 or protocol > 0x2:
+        raise ProxyProtocolError("PROXY v2 address family or protocol unknown")
+    # LOCAL: the balancer's own connection (health checks), addresses ignored; UNSPEC or UNIX: no
+    # client IP to use. Either way the connection keeps the real peer.
+    if command == 0x0 or family not in _V2_ADDRESS_LENGTHS:
+        return ProxyHeader(total, None, 2)
+    if protocol != 0x1:
+        raise ProxyProtocolError("PROXY v2 proxied protocol is not a stream")
+    if length < _V2_ADDRESS_LENGTHS[family]:
+        raise ProxyProtocolError("PROXY v2 address block too short")
+    return ProxyHeader(total, _v2_source(family, data[V2_FIXED_LENGTH:]), 2)
+
+
+def _v2_fixed_part(data: bytes) -> tuple[int, int, int, int]:
+    """(command, address family, protocol, length of the rest) of the 16-byte start, checked."""
     version_command, family_protocol, length = struct.unpack_from("!BBH", data, 12)
     if version_command >> 4 != 0x2:
         raise ProxyProtocolError("PROXY v2 version unsupported")
@@ -137,28 +156,14 @@ def _parse_v2(data: bytes) -> ProxyHeader | NeedData:
         raise ProxyProtocolError("PROXY v2 command unknown")
     if length > V2_MAX_LENGTH:
         raise ProxyProtocolError("PROXY v2 header too long")
-    total = V2_FIXED_LENGTH + length
-    if len(data) < total:
-        return NEED_DATA
-    family, protocol = family_protocol >> 4, family_protocol & 0x0F
-    if family > 0x3 or protocol > 0x2:
-        raise ProxyProtocolError("PROXY v2 address family or protocol unknown")
-    if command == 0x0:  # LOCAL: the balancer's own connection (health checks); addresses ignored
-        return ProxyHeader(total, None, 2)
-    if family not in _V2_ADDRESS_LENGTHS:  # UNSPEC or UNIX: no client IP to use; keep the real peer
-        return ProxyHeader(total, None, 2)
-    if protocol != 0x1:
-        raise ProxyProtocolError("PROXY v2 proxied protocol is not a stream")
-    if length < _V2_ADDRESS_LENGTHS[family]:
-        raise ProxyProtocolError("PROXY v2 address block too short")
-    block = data[V2_FIXED_LENGTH:]  # TLVs after the addresses are skipped
+    return command, family_protocol >> 4, family_protocol & 0x0F, length
+
+
+def _v2_source(family: int, block: bytes) -> tuple[str, int]:
+    """The source address and port of an INET (0x1) or INET6 block; TLVs after them are skipped."""
     if family == 0x1:
-        source = str(ipaddress.IPv4Address(block[0:4]))
-        (port,) = struct.unpack_from("!H", block, 8)
-    else:
-        source = str(ipaddress.IPv6Address(block[0:16]))
-        (port,) = struct.unpack_from("!H", block, 32)
-    return ProxyHeader(total, (source, port), 2)
+        return str(ipaddress.IPv4Address(block[0:4])), struct.unpack_from("!H", block, 8)[0]
+    return str(ipaddress.IPv6Address(block[0:16])), struct.unpack_from("!H", block, 32)[0]
 
 
 # ---------------------------------------------------------------- who may send one

@@ -9,24 +9,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import ssl
+from collections.abc import Callable
 
-import grpc.aio
-from mailstack.services.common.auth_log import connection_refused, local_ip_of
+from mailstack.services.common.auth_log import connection_refused
 from mailstack.services.common.config import Settings
-from mailstack.services.common.grpc_client import identity_for, mailstore_stub, open_channel
-from mailstack.services.common.listeners import (
-    CLOSE_TIMEOUT,
-    TLS_HANDSHAKE_TIMEOUT,
-    Listener,
-    addresses,
-    open_listeners,
-    shut_down,
-)
+from mailstack.services.common.frontend import StreamFrontend
+from mailstack.services.common.grpc_client import mailstore_stub
 from mailstack.services.common.metrics import IMAP_READ_AHEAD_BYTES
 from mailstack.services.common.read_ahead import ReadAheadBudget
-from mailstack.services.common.tls import ensure_self_signed, server_ssl_context
+from mailstack.services.common.stream_connection import CLOSE_TIMEOUT
+from mailstack.services.common.stream_connection import StreamConnection as BaseConnection
 
 from . import command_loop, telemetry
 from .limits import ConnectionLimits
@@ -42,41 +37,21 @@ READ_SIZE = 64 * 1024
 WRITE_TIMEOUT = 300.0  # a client that stops reading is dropped
 
 
-class StreamConnection:
+class StreamConnection(BaseConnection):
     """One client connection over asyncio streams (implements session.Connection)."""
 
     def __init__(
         self,
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
-        receiver: CommandReceiver,
+        new_receiver: Callable[[], CommandReceiver],
         tls: bool,
         tls_context: ssl.SSLContext | None,
         remote_ip: str = "",  # from a PROXY header (ADR 0007)
     ) -> None:
-        self.reader = reader
-        self.writer = writer
-        self.receiver = receiver
-        self._tls = tls
-        self._tls_context = tls_context
-        peer = writer.get_extra_info("peername")
-        self._remote_ip = remote_ip or (str(peer[0]) if isinstance(peer, tuple) and peer else "")
-
-    @property
-    def tls(self) -> bool:
-        return self._tls
-
-    @property
-    def can_start_tls(self) -> bool:
-        return self._tls_context is not None and not self._tls
-
-    @property
-    def remote_ip(self) -> str:
-        return self._remote_ip
-
-    @property
-    def local_ip(self) -> str:
-        return local_ip_of(self.writer.get_extra_info("sockname"))
+        super().__init__(reader, writer, tls=tls, tls_context=tls_context, read_limit=READ_SIZE, remote_ip=remote_ip)
+        self._new_receiver = new_receiver
+        self.receiver = new_receiver()
 
     async def send(self, buffers: list[Buffer]) -> None:
         self.writer.writelines(buffers)  # passthrough: a body literal is never joined here
@@ -91,42 +66,32 @@ class StreamConnection:
             raise ClientGone
         self.receiver.receive_data(data)
 
-    async def start_tls(self, ready: bytes) -> None:
-        """Send the OK and switch to TLS. Reading pauses before the OK goes out: the client's
-        ClientHello must reach the TLS layer, not the plaintext buffer."""
-        assert self._tls_context is not None
-        self.writer.transport.pause_reading()  # type: ignore[attr-defined]
-        await self.send([ready])
-        await self.writer.start_tls(self._tls_context, ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT)
-        self._tls = True
+    def forget_pending(self) -> None:
+        # RFC 9051 §6.2.1: nothing the client pipelined behind STARTTLS is executed.
+        self.receiver = self._new_receiver()
 
 
-class ImapServer:
+class ImapServer(StreamFrontend):
+    grpc_identity = "imap"
+    READ_SIZE = READ_SIZE
+
     def __init__(self, settings: Settings) -> None:
-        self.settings = settings
-        self._servers: list[tuple[str, Listener]] = []
-        self._channel: grpc.aio.Channel | None = None
+        super().__init__(settings)
+        self.sessions: dict[asyncio.Task[None], Session | None] = {}
         self._services: Services | None = None
-        self._tls_context: ssl.SSLContext | None = None
-        self._tasks: dict[asyncio.Task[None], Session | None] = {}
-        self._closed = asyncio.Event()
-
-    @property
-    def listeners(self) -> list[tuple[str, str]]:
-        return addresses(self._servers)
+        # A connection's receiver, made again after STARTTLS (nothing pipelined before it survives).
+        self._new_receiver = functools.partial(
+            CommandReceiver, GRAMMAR, settings.imap_max_line, settings.max_message_size
+        )
 
     @property
     def session_count(self) -> int:
-        return len(self._tasks)
+        return len(self.sessions)
 
-    async def start(self) -> None:
+    async def open(self) -> None:
         settings = self.settings
-        cert, key = settings.effective_tls_cert, settings.effective_tls_key
-        if not settings.tls_cert:
-            await asyncio.to_thread(ensure_self_signed, cert, key, settings.hostname)
-        self._tls_context = server_ssl_context(cert, key)
-        self._channel = open_channel(settings.mailstore_addr, await asyncio.to_thread(identity_for, settings, "imap"))
-        stub = mailstore_stub(self._channel)
+        assert self.channel is not None
+        stub = mailstore_stub(self.channel)
         notifier = Notifier(settings.events_url, stub)
         await notifier.start()
         self._services = Services(
@@ -140,35 +105,27 @@ class ImapServer:
                 settings.imap_max_connections_per_user,
             ),
         )
-        try:
-            ports = [("IMAP (STARTTLS)", settings.imap_port, False), ("IMAPS", settings.imaps_port, True)]
-            await open_listeners(settings, self._accept, ports, self._tls_context, self._servers, READ_SIZE)
-        except BaseException:
-            await self.stop(0)
-            raise
+        await self.listen_streams(
+            [("IMAP (STARTTLS)", settings.imap_port, False), ("IMAPS", settings.imaps_port, True)]
+        )
 
-    async def stop(self, grace: float) -> None:
-        """Stop accepting; sessions waiting for a command (or IDLE) get `* BYE` at once, busy
-        ones finish their command within `grace` seconds or are cut off with a BYE."""
+    async def drain(self, grace: float) -> None:
+        """Sessions waiting for a command (or IDLE) get `* BYE` at once, busy ones finish their
+        command within `grace` seconds or are cut off with a BYE."""
         if self._services is not None:
             self._services.stopping = True
-        await shut_down(self._servers, self._tasks, self._waiting, grace)
+        await super().drain(grace)
+
+    async def release(self) -> None:
         if self._services is not None:
             await self._services.notifier.stop()
-        if self._channel is not None:
-            await self._channel.close(None)
-            self._channel = None
-        self._closed.set()
 
-    def _waiting(self, task: asyncio.Task[None]) -> bool:
+    def waiting(self, task: asyncio.Task[None]) -> bool:
         """Not inside a command (or in IDLE): safe to end with `* BYE` at once."""
-        session = self._tasks.get(task)
+        session = self.sessions.get(task)
         return session is None or session.waiting
 
-    async def wait_closed(self) -> None:
-        await self._closed.wait()
-
-    async def _accept(
+    async def accept(
         self,
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
@@ -179,10 +136,8 @@ class ImapServer:
         task = asyncio.current_task()
         services = self._services
         assert task is not None and services is not None
-        settings = self.settings
-        receiver = CommandReceiver(GRAMMAR, settings.imap_max_line, settings.max_message_size)
         remote_ip = client_address[0] if client_address else ""
-        conn = StreamConnection(reader, writer, receiver, tls, None if tls else self._tls_context, remote_ip)
+        conn = StreamConnection(reader, writer, self._new_receiver, tls, None if tls else self.tls_context, remote_ip)
         refused = ("shutdown", "server shutting down") if services.stopping else services.limits.open(conn.remote_ip)
         if refused:
             connection_refused("imap", refused[0], conn.remote_ip, conn.local_ip)
@@ -193,20 +148,16 @@ class ImapServer:
             writer.close()
             return
         session = Session(services, conn)
-        self._tasks[task] = session
+        self.sessions[task] = session
         telemetry.sessions_open += 1
         try:
             await self._serve(session)
         finally:
             telemetry.sessions_open -= 1
-            self._tasks.pop(task, None)
+            self.sessions.pop(task, None)
             session.close()
             services.limits.close(conn.remote_ip)
-            writer.close()
-            with contextlib.suppress(Exception, asyncio.CancelledError):
-                # a TLS peer that never answers close_notify must not hold the task
-                await asyncio.wait_for(writer.wait_closed(), 1.0 if services.stopping else CLOSE_TIMEOUT)
-            writer.transport.abort()
+            await conn.close(1.0 if services.stopping else CLOSE_TIMEOUT)
 
     async def _serve(self, session: Session) -> None:
         from .commands.misc import capabilities

@@ -131,45 +131,51 @@ class SmtpDelivery:
         return conn
 
     def _transaction(self, host: MxHost, sender: str, recipients: Sequence[str], data: bytes) -> list[Attempt]:
-        conn = self.pool.take(host)
-        if conn is not None:
-            try:
-                conn.rset()  # a reused connection: make sure it is alive and clean
-            except (OSError, smtplib.SMTPException):
-                conn.close()
-                conn = None
-        if conn is None:
-            conn = self._connect(host)
-        mta = host.host
+        conn = self._reused(host) or self._connect(host)
         try:
-            options = []
-            if not data.isascii() and conn.has_extn("8bitmime"):
-                options.append("BODY=8BITMIME")  # RFC 6152
-            if conn.has_extn("size"):
-                options.append(f"SIZE={len(data)}")  # RFC 1870
-            code, message = conn.mail(sender, options)
-            if code >= 300:
-                conn.rset()
-                self.pool.give(host, conn)
-                return [Attempt(r, _outcome(code), _reply(code, message), mta) for r in recipients]
-            results: dict[str, Attempt] = {}
-            accepted = []
-            for rcpt in recipients:
-                code, message = conn.rcpt(rcpt)
-                if code < 300:
-                    accepted.append(rcpt)
-                else:
-                    results[rcpt] = Attempt(rcpt, _outcome(code), _reply(code, message), mta)
-            if accepted:
-                code, message = conn.data(data)
-                for rcpt in accepted:
-                    results[rcpt] = Attempt(rcpt, _outcome(code), _reply(code, message), mta)
-                if code >= 300:
-                    conn.rset()
-            else:
-                conn.rset()
+            attempts = self._send(conn, host.host, sender, recipients, data)
         except BaseException:  # a broken connection is never put back
             conn.close()
             raise
         self.pool.give(host, conn)
+        return attempts
+
+    def _reused(self, host: MxHost) -> smtplib.SMTP | None:
+        """An idle connection to the host that answers RSET (alive and clean), if there is one."""
+        conn = self.pool.take(host)
+        if conn is None:
+            return None
+        try:
+            conn.rset()
+        except (OSError, smtplib.SMTPException):
+            conn.close()
+            return None
+        return conn
+
+    def _send(self, conn: smtplib.SMTP, mta: str, sender: str, recipients: Sequence[str], data: bytes) -> list[Attempt]:
+        """MAIL, RCPT per recipient, DATA when one was accepted; the connection is left clean (RSET)."""
+        options = []
+        if not data.isascii() and conn.has_extn("8bitmime"):
+            options.append("BODY=8BITMIME")  # RFC 6152
+        if conn.has_extn("size"):
+            options.append(f"SIZE={len(data)}")  # RFC 1870
+        code, message = conn.mail(sender, options)
+        if code >= 300:
+            conn.rset()
+            return [Attempt(r, _outcome(code), _reply(code, message), mta) for r in recipients]
+        results: dict[str, Attempt] = {}
+        accepted = []
+        for rcpt in recipients:
+            code, message = conn.rcpt(rcpt)
+            if code < 300:
+                accepted.append(rcpt)
+            else:
+                results[rcpt] = Attempt(rcpt, _outcome(code), _reply(code, message), mta)
+        code = 0
+        if accepted:
+            code, message = conn.data(data)
+            for rcpt in accepted:
+                results[rcpt] = Attempt(rcpt, _outcome(code), _reply(code, message), mta)
+        if code == 0 or code >= 300:
+            conn.rset()
         return [results[r] for r in recipients]

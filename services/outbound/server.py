@@ -20,7 +20,7 @@ from typing import cast
 import grpc
 import grpc.aio
 from mailstack.services.common.config import Settings
-from mailstack.services.common.grpc_client import identity_for, open_channel
+from mailstack.services.common.frontend import Frontend
 from mailstack.services.common.metrics import OUTBOUND_ATTEMPTS
 from mailstack.services.outbound.delivery import Attempt, Outcome, Smarthost, SmtpDelivery
 from mailstack.services.outbound.resolver import MxHost, ResolveError, Resolver, open_resolver
@@ -39,9 +39,12 @@ def worker_name() -> str:
     return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
 
 
-class OutboundWorker:
+class OutboundWorker(Frontend):
+    grpc_identity = "outbound"
+    serves_mail = False  # no listeners: it only calls out
+
     def __init__(self, settings: Settings, resolver: Resolver | None = None, name: str | None = None) -> None:
-        self.settings = settings
+        super().__init__(settings)
         self.name = name or worker_name()
         self.resolver = resolver or open_resolver(settings.outbound_resolver)
         smarthost = None
@@ -53,10 +56,8 @@ class OutboundWorker:
         self.delivery = SmtpDelivery(
             settings.outbound_helo_name or settings.hostname, settings.outbound_connect_timeout, smarthost
         )
-        self._channel: grpc.aio.Channel | None = None
         self._stub: spbg.OutboundAsyncStub | None = None
         self._stopping = asyncio.Event()
-        self._closed = asyncio.Event()
         self._loop_task: asyncio.Task[None] | None = None
         self._inflight: set[asyncio.Task[None]] = set()
 
@@ -64,15 +65,17 @@ class OutboundWorker:
     def listeners(self) -> list[tuple[str, str]]:
         return [("worker", self.name)]
 
-    async def start(self) -> None:
-        self._channel = open_channel(
-            self.settings.mailstore_addr, await asyncio.to_thread(identity_for, self.settings, "outbound")
-        )
-        self._stub = cast("spbg.OutboundAsyncStub", spbg.OutboundStub(self._channel))
+    @property
+    def address(self) -> str:
+        return ""
+
+    async def open(self) -> None:
+        assert self.channel is not None
+        self._stub = cast("spbg.OutboundAsyncStub", spbg.OutboundStub(self.channel))
         self._loop_task = asyncio.create_task(self._run(), name="outbound-worker")
         log.info("outbound worker %s started (resolver %s)", self.name, self.settings.outbound_resolver)
 
-    async def stop(self, grace: float = 10.0) -> None:
+    async def drain(self, grace: float) -> None:
         """No new leases; deliveries in flight may finish within grace (else their leases expire)."""
         self._stopping.set()
         if self._loop_task is not None:
@@ -82,14 +85,9 @@ class OutboundWorker:
             for task in pending:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
-        await asyncio.to_thread(self.delivery.pool.close)
-        if self._channel is not None:
-            await self._channel.close(None)
-            self._channel = None
-        self._closed.set()
 
-    async def wait_closed(self) -> None:
-        await self._closed.wait()
+    async def release(self) -> None:
+        await asyncio.to_thread(self.delivery.pool.close)
 
     # ------------------------------------------------------------ the loop
 

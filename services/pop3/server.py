@@ -11,22 +11,13 @@ import asyncio
 import contextlib
 import logging
 import ssl
-from typing import cast
 
-import grpc.aio
-from mailstack.services.common.auth_log import connection_refused, local_ip_of
+from mailstack.services.common.auth_log import connection_refused
 from mailstack.services.common.config import Settings
 from mailstack.services.common.connection_limits import ConnectionLimiter
-from mailstack.services.common.grpc_client import identity_for, open_channel
-from mailstack.services.common.listeners import (
-    CLOSE_TIMEOUT,
-    TLS_HANDSHAKE_TIMEOUT,
-    Listener,
-    addresses,
-    open_listeners,
-    shut_down,
-)
-from mailstack.services.common.tls import ensure_self_signed, server_ssl_context
+from mailstack.services.common.frontend import StreamFrontend
+from mailstack.services.common.stream_connection import CLOSE_TIMEOUT
+from mailstack.services.common.stream_connection import StreamConnection as BaseConnection
 
 from .mailstore import Pop3Mailstore
 from .protocol import CommandReceiver, LineTooLong, NeedData, err
@@ -41,7 +32,7 @@ class _ClientGone(Exception):
     """The client closed the connection."""
 
 
-class StreamConnection:
+class StreamConnection(BaseConnection):
     """One client connection over asyncio streams; implements session.Connection."""
 
     def __init__(
@@ -54,37 +45,15 @@ class StreamConnection:
         idle_timeout: float,
         remote_ip: str = "",  # from a PROXY header (ADR 0007)
     ) -> None:
-        self.reader = reader
-        self.writer = writer
+        super().__init__(reader, writer, tls=tls, tls_context=tls_context, read_limit=READ_SIZE, remote_ip=remote_ip)
         self.receiver = CommandReceiver()
         self.idle = False  # waiting for the client's next command (safe to cancel at shutdown)
-        self._tls = tls
-        self._tls_context = tls_context
         self._idle_timeout = idle_timeout
         self._deadline = 0.0  # of the current read (see read_more)
         self._watchdog: asyncio.TimerHandle | None = None
         self._reader_task: asyncio.Task[object] | None = None
         self._timed_out = False
-        peer = writer.get_extra_info("peername")
-        self._remote_ip = remote_ip or (str(peer[0]) if isinstance(peer, tuple) and peer else "")
-        self._local_ip = local_ip_of(writer.get_extra_info("sockname"))
         self._line_started = False  # the deadline of the command being read is set (see read_more)
-
-    @property
-    def tls(self) -> bool:
-        return self._tls
-
-    @property
-    def can_start_tls(self) -> bool:
-        return self._tls_context is not None
-
-    @property
-    def remote_ip(self) -> str:
-        return self._remote_ip
-
-    @property
-    def local_ip(self) -> str:
-        return self._local_ip
 
     def line_done(self) -> None:
         """A whole command line arrived: the wait for the next one gets a new deadline."""
@@ -152,68 +121,32 @@ class StreamConnection:
             except _ClientGone:
                 return None
 
-    async def start_tls(self, reply: bytes) -> None:
-        """Send `reply` (+OK to STLS) and upgrade. Reading is paused before the reply goes out, so
-        the client's ClientHello (sent once it sees +OK) stays in the socket for the TLS layer
-        instead of landing in the plaintext StreamReader buffer and stalling the handshake."""
-        assert self._tls_context is not None
-        cast(asyncio.Transport, self.writer.transport).pause_reading()
-        # RFC 2595 §4 / RFC 3207 §6: plaintext pipelined behind STLS is dropped, never executed.
+    def forget_pending(self) -> None:
+        # RFC 2595 §4: plaintext pipelined behind STLS is dropped, never executed.
         self.receiver.clear()
-        stale = getattr(self.reader, "_buffer", None)  # asyncio has no public way to drop it
-        if isinstance(stale, bytearray):
-            stale.clear()
-        await self.send(reply)
-        await self.writer.start_tls(self._tls_context, ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT)
-        self._tls = True
 
 
-class Pop3Server:
+class Pop3Server(StreamFrontend):
+    grpc_identity = "pop3"
+    READ_SIZE = READ_SIZE
+
     def __init__(self, settings: Settings) -> None:
-        self.settings = settings
-        self._servers: list[tuple[str, Listener]] = []
-        self._channel: grpc.aio.Channel | None = None
+        super().__init__(settings)
+        self.sessions: dict[asyncio.Task[None], StreamConnection] = {}
         self._mailstore: Pop3Mailstore | None = None
-        self._tls_context: ssl.SSLContext | None = None
-        self._connections: dict[asyncio.Task[None], StreamConnection] = {}
         self._read_ahead = read_ahead_budget(settings)
         self._limiter = ConnectionLimiter(settings.pop3_max_connections, settings.pop3_max_connections_per_ip)
-        self._closed = asyncio.Event()
-        self._stopping = False
 
-    @property
-    def listeners(self) -> list[tuple[str, str]]:
-        return addresses(self._servers)
-
-    async def start(self) -> None:
+    async def open(self) -> None:
+        assert self.channel is not None
+        self._mailstore = Pop3Mailstore(self.channel)
         settings = self.settings
-        cert, key = settings.effective_tls_cert, settings.effective_tls_key
-        if not settings.tls_cert:
-            await asyncio.to_thread(ensure_self_signed, cert, key, settings.hostname)
-        self._tls_context = server_ssl_context(cert, key)
-        self._channel = open_channel(settings.mailstore_addr, await asyncio.to_thread(identity_for, settings, "pop3"))
-        self._mailstore = Pop3Mailstore(self._channel)
-        try:
-            ports = [("POP3 (STLS)", settings.pop3_port, False), ("POP3S", settings.pop3s_port, True)]
-            await open_listeners(settings, self._accept, ports, self._tls_context, self._servers, READ_SIZE)
-        except BaseException:
-            await self.stop(0)
-            raise
+        await self.listen_streams([("POP3 (STLS)", settings.pop3_port, False), ("POP3S", settings.pop3s_port, True)])
 
-    async def stop(self, grace: float) -> None:
-        """Stop accepting; idle sessions end now, busy ones after at most `grace` seconds."""
-        self._stopping = True
-        connections = self._connections
-        await shut_down(self._servers, connections, lambda t: t in connections and connections[t].idle, grace)
-        if self._channel is not None:
-            await self._channel.close(None)
-            self._channel = None
-        self._closed.set()
+    def waiting(self, task: asyncio.Task[None]) -> bool:
+        return task in self.sessions and self.sessions[task].idle
 
-    async def wait_closed(self) -> None:
-        await self._closed.wait()
-
-    async def _accept(
+    async def accept(
         self,
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
@@ -227,7 +160,7 @@ class Pop3Server:
             reader,
             writer,
             tls=tls,
-            tls_context=None if tls else self._tls_context,
+            tls_context=None if tls else self.tls_context,
             idle_timeout=self.settings.pop3_idle_timeout,
             remote_ip=client_address[0] if client_address else "",
         )
@@ -242,24 +175,22 @@ class Pop3Server:
             writer.close()
             return
         self._limiter.acquire(conn.remote_ip)
-        self._connections[task] = conn
+        self.sessions[task] = conn
         session = Pop3Session(self.settings, self._mailstore, conn, read_ahead=self._read_ahead)
         try:
             await self._serve(conn, session)
         finally:
             conn.close_watchdog()
             self._limiter.release(conn.remote_ip)
-            self._connections.pop(task, None)
+            self.sessions.pop(task, None)
             # the lease must go back even when this task is being cancelled
             with contextlib.suppress(Exception, asyncio.CancelledError):
                 await asyncio.shield(session.close())
-            writer.close()
-            with contextlib.suppress(Exception, asyncio.CancelledError):
-                await asyncio.wait_for(writer.wait_closed(), CLOSE_TIMEOUT)
+            await conn.close()
 
     async def _serve(self, conn: StreamConnection, session: Pop3Session) -> None:
         try:
-            if self._stopping:
+            if self.stopping:
                 await conn.send(err("server shutting down", "SYS/TEMP"))
                 return
             await conn.send(session.greeting)
@@ -283,7 +214,7 @@ class Pop3Server:
             with contextlib.suppress(Exception):
                 conn.writer.write(err("autologout: idle for too long"))
         except asyncio.CancelledError:
-            if not self._stopping:
+            if not self.stopping:
                 raise
             with contextlib.suppress(Exception):
                 conn.writer.write(err("server shutting down", "SYS/TEMP"))

@@ -51,12 +51,11 @@ async def read_data(
         try:
             line = await reader.readuntil(b"\r\n")
         except asyncio.LimitOverrunError as err:
-            line = await reader.read(err.consumed)
-            if problem is None:
-                problem = DataProblem.LINE_TOO_LONG
-                buffer = _dropped(room)
-            mid_line = True
+            await reader.read(err.consumed)
             on_progress()
+            if problem is None:
+                problem, buffer = DataProblem.LINE_TOO_LONG, _dropped(room)
+            mid_line = True
             continue
         on_progress()
         if mid_line:  # the end of an overlong line
@@ -64,20 +63,11 @@ async def read_data(
             continue
         if line == b".\r\n":
             break
-        if line[:1] == b".":
-            line = line[1:]
         if problem is not None:
             continue  # keep reading to the end, keep nothing
-        if len(line) > MAX_LINE:
-            problem = DataProblem.LINE_TOO_LONG
-        elif b"\r" in line[:-2] or b"\n" in line[:-2]:
-            problem = DataProblem.BARE_NEWLINE
-        else:
-            size += len(line)
-            if max_size and size > max_size:
-                problem = DataProblem.TOO_BIG
-            elif room is not None and size > room.held and not room.cover(size):  # a call per STEP, not per line
-                problem = DataProblem.INSUFFICIENT_STORAGE
+        line = line[1:] if line[:1] == b"." else line  # dot-unstuffing (RFC 5321 §4.5.2)
+        size += len(line)
+        problem = _line_problem(line, size, max_size, room)
         if problem is not None:
             buffer = _dropped(room)
         else:
@@ -85,6 +75,19 @@ async def read_data(
     if problem is not None:
         return DataResult(b"", problem)
     return DataResult(buffer.getvalue(), None)
+
+
+def _line_problem(line: bytes, size: int, max_size: int, room: Reservation | None) -> DataProblem | None:
+    """Why a DATA line (its dot unstuffed; `size` the content so far with it) ends the transaction."""
+    if len(line) > MAX_LINE:
+        return DataProblem.LINE_TOO_LONG
+    if b"\r" in line[:-2] or b"\n" in line[:-2]:
+        return DataProblem.BARE_NEWLINE
+    if max_size and size > max_size:
+        return DataProblem.TOO_BIG
+    if room is not None and size > room.held and not room.cover(size):  # a call per STEP, not per line
+        return DataProblem.INSUFFICIENT_STORAGE
+    return None
 
 
 def _dropped(room: Reservation | None) -> io.BytesIO:

@@ -300,20 +300,9 @@ class SmtpProtocol(SMTP):
             self.transport.close()
             return
         size, last = int(words[0]), len(words) == 2
-        assert self.envelope is not None
-        refusal = None
-        if not self.session or not self.session.host_name:
-            refusal = "503 5.5.1 Error: send HELO first"
-        elif not self.envelope.rcpt_tos:
-            refusal = "503 5.5.1 Error: need RCPT command"
-        limit = self.data_size_limit or 0
-        if refusal is None and self._bdat_problem is None and limit and self._bdat_size + size > limit:
-            self._bdat_problem = DataProblem.TOO_BIG
-        if refusal is None and self._bdat_problem is None and not self.room.cover(self._bdat_size + size):
-            self._bdat_problem = DataProblem.INSUFFICIENT_STORAGE
-        if self._bdat_problem is not None:
-            self._bdat_buffer = io.BytesIO()  # keep nothing of a failed transaction
-            self.room.release()
+        refusal = self._bdat_refusal()
+        if refusal is None:
+            self._bdat_admit(size)
         keep = refusal is None and self._bdat_problem is None
         self.in_data = True
         try:
@@ -338,6 +327,32 @@ class SmtpProtocol(SMTP):
         if not last:
             await self.push(f"250 2.0.0 {size} octets received")
             return
+        await self._bdat_last()
+
+    def _bdat_refusal(self) -> str | None:
+        """Why no chunk may be taken yet (its octets are read and dropped)."""
+        if not self.session or not self.session.host_name:
+            return "503 5.5.1 Error: send HELO first"
+        assert self.envelope is not None
+        if not self.envelope.rcpt_tos:
+            return "503 5.5.1 Error: need RCPT command"
+        return None
+
+    def _bdat_admit(self, size: int) -> None:
+        """Reserve room for `size` more octets; over the size limit or the budget the transaction fails
+        (RFC 3030 §2: the chunk is still read) and nothing of it is kept."""
+        limit = self.data_size_limit or 0
+        if self._bdat_problem is None and limit and self._bdat_size + size > limit:
+            self._bdat_problem = DataProblem.TOO_BIG
+        if self._bdat_problem is None and not self.room.cover(self._bdat_size + size):
+            self._bdat_problem = DataProblem.INSUFFICIENT_STORAGE
+        if self._bdat_problem is not None:
+            self._bdat_buffer = io.BytesIO()  # keep nothing of a failed transaction
+            self.room.release()
+
+    async def _bdat_last(self) -> None:
+        """BDAT LAST: the message is the chunks so far, handed to the DATA hook."""
+        assert self.envelope is not None
         content = self._bdat_buffer.getvalue()  # shares the buffer, no copy
         self._bdat_buffer = io.BytesIO()
         try:
@@ -379,16 +394,6 @@ def protocol_factory(
     limiter: ConnectionLimiter,
     sessions: set[SmtpProtocol],
     starttls_context: ssl.SSLContext | None,
-) -> Callable[[], Any]:
-    return lambda: SmtpProtocol(handler, settings, limiter, sessions, starttls_context)
-
-
-def proxied_protocol_factory(
-    handler: SmtpHandler,
-    settings: Settings,
-    limiter: ConnectionLimiter,
-    sessions: set[SmtpProtocol],
-    starttls_context: ssl.SSLContext | None,
-) -> Callable[[tuple[str, int]], SmtpProtocol]:
-    """For a ProxyListener: the protocol is built knowing the client's address."""
+) -> Callable[[tuple[str, int] | None], SmtpProtocol]:
+    """The protocol is built knowing the client's address when a PROXY header gave it."""
     return lambda address: SmtpProtocol(handler, settings, limiter, sessions, starttls_context, address)

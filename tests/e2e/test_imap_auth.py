@@ -46,6 +46,19 @@ def test_starttls_then_login_with_imaplib(env: ImapEnv) -> None:
     assert client.logout()[0] == "BYE"
 
 
+def test_starttls_drops_a_command_pipelined_in_plaintext(env: ImapEnv) -> None:
+    """RFC 9051 §6.2.1 / RFC 7817: `STARTTLS\r\nCAPABILITY\r\n` in one packet: the CAPABILITY sent
+    in plaintext is never answered, neither before nor after the handshake (command injection)."""
+    raw = RawImap(env.port())
+    raw.send(b"S STARTTLS\r\nI CAPABILITY\r\n")
+    assert raw.until("S")[-1].startswith(b"S OK")
+    assert raw.buffer == b""
+    raw.sock = client_ssl_context(env.cert).wrap_socket(raw.sock, server_hostname="localhost")
+    lines = raw.command("N", "NOOP")
+    assert lines == [lines[-1]] and lines[-1].startswith(b"N OK"), lines  # no CAPABILITY, no "I OK"
+    raw.sock.close()
+
+
 def test_implicit_tls_and_authenticate_plain(env: ImapEnv) -> None:
     user = env.new_account()
     client = imaplib.IMAP4_SSL("localhost", env.port(tls=True), ssl_context=client_ssl_context(env.cert))

@@ -186,7 +186,7 @@ async def test_imap_proxy_off_by_default_a_proxy_line_is_a_bad_command(tmp_path:
 
 
 def pop3_remote_ips(server: Pop3Server) -> set[str]:
-    return {conn.remote_ip for conn in server._connections.values()}
+    return {conn.remote_ip for conn in server.sessions.values()}
 
 
 async def test_pop3_session_sees_the_headers_address(tmp_path: Path) -> None:

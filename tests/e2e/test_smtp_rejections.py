@@ -259,6 +259,22 @@ async def test_submission_requires_auth_and_tls_first(tmp_path: Path) -> None:
         await smtp.close()
 
 
+async def test_starttls_drops_a_command_pipelined_in_plaintext(tmp_path: Path) -> None:
+    """RFC 3207 §6 / RFC 7817: `STARTTLS\r\nNOOP\r\n` in one packet: the NOOP sent in plaintext is
+    never answered, neither before nor after the handshake (aiosmtpd's own STARTTLS)."""
+    async with smtp_stack(tmp_path) as stack:
+        smtp = await RawSmtp.connect(stack.ports["submission"])
+        await smtp.greet()
+        await smtp.send(b"STARTTLS\r\nNOOP\r\n")
+        assert (await smtp.reply()).startswith("220")
+        await smtp.writer.start_tls(client_ssl_context(stack.cafile), server_hostname="localhost")
+        ehlo = await smtp.cmd("EHLO client.test")  # the first reply inside TLS is to this, not to NOOP
+        assert ehlo.startswith("250-") and "AUTH" in ehlo, ehlo
+        with pytest.raises(TimeoutError):
+            await smtp.reply(wait=0.3)  # nothing else is pending
+        await smtp.close()
+
+
 def _submit(stack: SmtpStack, sender: str, rcpt: str, user: str = ALICE, password: str = PASSWORD) -> object:
     with smtplib.SMTP("localhost", stack.ports["submission"], timeout=30) as s:
         s.starttls(context=client_ssl_context(stack.cafile))

@@ -20,13 +20,14 @@ from typing import Any
 
 import grpc
 import pytest
-from mailstack.services.common import cli
 from mailstack.services.common.config import Settings
 from mailstack.services.common.grpc_client import identity_for
 from mailstack.services.common.internal_ca import certificate_name, ensure_data_identities
 from mailstack.services.common.lifecycle import ServeError, run_services
 from mailstack.v1 import mailstore_pb2 as pb
 from mailstack.v1 import mailstore_pb2_grpc as pbg
+
+from mailstack import cli
 
 ROOT = Path(__file__).resolve().parents[2]
 MAILSTACK = Path(sys.executable).parent / "mailstack"

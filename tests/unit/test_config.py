@@ -43,6 +43,33 @@ def test_unknown_setting_in_file_is_an_error(tmp_path: Path) -> None:
         load_settings(env={}, config_file=path)
 
 
+def test_service_sections_in_the_file_name_the_same_settings(tmp_path: Path) -> None:
+    path = write_toml(
+        tmp_path,
+        'hostname = "mx.example.test"\nimap_port = 143\n'
+        "[smtp]\nport = 25\nmax_recipients = 50\n"
+        "[pop3]\nidle_timeout = 900\n"
+        '[outbound]\nsmarthost = "relay.example.test:465"\n',
+    )
+    settings = load_settings(env={"MAILSTACK_SMTP_MAX_RECIPIENTS": "20"}, config_file=path)
+    assert (settings.smtp_port, settings.imap_port, settings.pop3_idle_timeout) == (25, 143, 900)
+    assert settings.outbound_smarthost == "relay.example.test:465"
+    assert settings.smtp_max_recipients == 20  # the environment variable keeps its name and still wins
+    assert settings.hostname == "mx.example.test"
+
+
+def test_unknown_key_in_a_section_is_an_error(tmp_path: Path) -> None:
+    path = write_toml(tmp_path, "[smtp]\nprot = 25\n[nosuch]\nport = 1\n[imap.deeper]\nport = 1\n")
+    with pytest.raises(ValueError, match=r"unknown settings: imap\.deeper, nosuch\.port, smtp\.prot"):
+        load_settings(env={}, config_file=path)
+
+
+def test_a_setting_given_flat_and_in_its_section_is_an_error(tmp_path: Path) -> None:
+    path = write_toml(tmp_path, "smtp_port = 25\n[smtp]\nport = 2525\n")
+    with pytest.raises(ValueError, match=r"smtp\.port is set twice"):
+        load_settings(env={}, config_file=path)
+
+
 @pytest.mark.parametrize(
     ("raw", "expected"),
     [("1", True), ("true", True), ("YES", True), ("on", True), ("0", False), ("false", False), ("off", False)],

@@ -20,7 +20,7 @@ from tests.deploy_render import COMPOSE_SCHEMA, load_compose
 
 MAIL_PORTS = {"smtp": {25, 465, 587}, "imap": {143, 993}, "pop3": {110, 995}}
 MAILSTACK = ("mailstore", "smtp", "imap", "pop3", "outbound")
-GREETED = ("mailstore", "smtp", "imap", "pop3")  # what the image's mailstack-healthcheck knows how to check
+GREETED = ("mailstore", "smtp", "imap", "pop3")  # `mailstack healthcheck` finds what the container serves
 ADDRESS_SETTINGS = ("MAILSTACK_MAILSTORE_ADDR", "MAILSTACK_EVENTS_URL", "MAILSTACK_QUOTA_URL", "MAILSTACK_S3_ENDPOINT")
 INTERPOLATION = re.compile(r"^\$\{[A-Z0-9_]+(:?-[^}]*)?\}$")
 
@@ -146,18 +146,18 @@ def test_dependencies_wait_for_health(compose: dict[str, Any]) -> None:
                 assert services[dependency]["restart"] == "no", "a one-shot service"
     assert services["mailstore"]["depends_on"]["s3-init"]["condition"] == "service_completed_successfully"
     for name in GREETED:
-        assert services[name]["healthcheck"]["test"] == ["CMD", "mailstack-healthcheck"]
+        assert services[name]["healthcheck"]["test"] == ["CMD", "mailstack", "healthcheck"]
     outbound = services["outbound"]["healthcheck"]
-    assert outbound["test"][:3] == ["CMD", "python", "-c"] and "/ready" in outbound["test"][3]
+    assert outbound["test"] == ["CMD", "mailstack", "healthcheck", "outbound"]  # asks its /ready
     assert {"interval", "timeout", "retries", "start_period"} <= set(outbound)
     assert environment(services["outbound"])["MAILSTACK_METRICS_PORT"] in services["outbound"]["expose"]
 
 
 async def run_healthcheck(test: list[str], env: dict[str, str]) -> int:
-    """A compose CMD health check, run as a process here (the image's python is this one)."""
-    assert test[0] == "CMD" and test[1] == "python"
+    """A compose CMD health check, run as a process here (the image's `mailstack` is this one)."""
+    assert test[:2] == ["CMD", "mailstack"]
     process = await asyncio.create_subprocess_exec(
-        sys.executable, *test[2:], env=env, stderr=asyncio.subprocess.DEVNULL
+        sys.executable, "-m", "mailstack", *test[2:], env=env, stderr=asyncio.subprocess.DEVNULL
     )
     return await asyncio.wait_for(process.wait(), timeout=20)
 

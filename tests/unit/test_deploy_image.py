@@ -1,5 +1,5 @@
-"""The container image: Dockerfile structure, the build context, and its health check script run for
-real against a running mailstore and POP3 server."""
+"""The container image: Dockerfile structure, the build context, and its health check (`mailstack
+healthcheck`) run for real against a running mailstore and POP3 server."""
 
 from __future__ import annotations
 
@@ -8,10 +8,11 @@ import re
 import shlex
 import tomllib
 from pathlib import Path
-from typing import Any
 
 import pytest
 
+from mailstack import cli
+from mailstack.cli import healthcheck
 from tests.deploy_render import ROOT
 from tests.fixtures.mailstore import running_mailstore, settings_for
 from tests.fixtures.pop3 import port_of, running_pop3
@@ -46,18 +47,6 @@ def instructions(stage: list[tuple[str, str]], name: str) -> list[str]:
     return [args for instruction, args in stage if instruction == name]
 
 
-def healthcheck_source() -> str:
-    match = re.search(r"COPY --chmod=0755 <<'PY' /usr/local/bin/mailstack-healthcheck\n(.*?)\nPY\n", DOCKERFILE, re.S)
-    assert match, "the health check script is a heredoc in the Dockerfile"
-    return match.group(1)
-
-
-def load_healthcheck() -> dict[str, Any]:
-    namespace: dict[str, Any] = {"__name__": "mailstack_healthcheck"}
-    exec(compile(healthcheck_source(), "mailstack-healthcheck", "exec"), namespace)
-    return namespace
-
-
 def test_builder_stage_builds_wheels_and_runtime_installs_only_them() -> None:
     builder, runtime = stages()
     assert builder[0][1].endswith("AS builder")
@@ -86,7 +75,8 @@ def test_labels_healthcheck_ports_and_command() -> None:
     for key in ("title", "description", "version", "revision", "licenses"):
         assert f"org.opencontainers.image.{key}=" in labels
     (healthcheck,) = instructions(runtime, "HEALTHCHECK")
-    assert healthcheck.endswith('CMD ["mailstack-healthcheck"]')
+    assert healthcheck.endswith('CMD ["mailstack", "healthcheck"]')  # the CLI command, not a script of its own
+    assert "<<" not in DOCKERFILE, "no script embedded in the Dockerfile"
     exposed = {int(p) for p in " ".join(instructions(runtime, "EXPOSE")).split()}
     assert exposed == MAIL_PORTS | {50051, 50052}  # the internal API and the Send API
     assert instructions(runtime, "ENTRYPOINT") == ['["mailstack"]']
@@ -113,30 +103,40 @@ def test_build_context_holds_every_package_folder() -> None:
     assert {"pyproject.toml", "setup.py", "README.md"} <= allowed & copied
 
 
-def test_healthcheck_script_finds_no_service_outside_a_container(monkeypatch: pytest.MonkeyPatch) -> None:
-    check = load_healthcheck()
-    monkeypatch.setattr(check["Path"], "glob", lambda self, pattern: iter(()))
-    with pytest.raises(SystemExit, match="no `mailstack serve` process"):
-        check["main"]()
-
-
-async def test_healthcheck_passes_against_a_running_mailstore_and_pop3(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+def test_healthcheck_finds_no_service_outside_a_container(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    check = load_healthcheck()
+    monkeypatch.setattr(healthcheck, "PROC", tmp_path)  # no process at all
+    assert cli.main(["healthcheck"]) == 1
+    assert "no `mailstack serve` process" in capsys.readouterr().err
+
+
+def test_healthcheck_finds_what_serve_runs(tmp_path: Path) -> None:
+    for pid, argv in (("7", ["/usr/local/bin/python", "/usr/local/bin/mailstack", "serve", "smtp", "imap"]),
+                      ("9", ["sleep", "60"])):  # fmt: skip
+        (tmp_path / pid).mkdir()
+        (tmp_path / pid / "cmdline").write_bytes("\0".join(argv).encode() + b"\0")
+    assert healthcheck.served(tmp_path) == ["smtp", "imap"]
+    (tmp_path / "7" / "cmdline").write_bytes(b"python\0-m\0mailstack\0serve\0")
+    assert healthcheck.served(tmp_path) == ["mailstore", "smtp", "imap", "pop3"]  # all in one
+
+
+async def test_healthcheck_passes_against_a_running_mailstore_and_pop3(tmp_path: Path) -> None:
     settings = settings_for(tmp_path)
     async with running_mailstore(settings) as (mailstore, _client):
         async with running_pop3(settings.replace(mailstore_addr=mailstore.address)) as pop3:
-            monkeypatch.setenv("MAILSTACK_SEND_LISTEN", mailstore.send_address)  # health in the clear there
-            monkeypatch.setenv("MAILSTACK_POP3_PORT", str(port_of(pop3, "POP3 (STLS)")))
-            await asyncio.to_thread(check["check_mailstore"])
-            await asyncio.to_thread(check["check_greeting"], "pop3")
+            # health in the clear on the Send API port
+            probed = settings.replace(send_listen=mailstore.send_address, pop3_port=port_of(pop3, "POP3 (STLS)"))
+            await asyncio.to_thread(healthcheck.check, probed, "mailstore")
+            await asyncio.to_thread(healthcheck.check, probed, "pop3")
 
 
-async def test_healthcheck_fails_when_nothing_listens(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_healthcheck_fails_when_nothing_listens(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     from tests.fixtures.mailstore import free_port
 
-    check = load_healthcheck()
     monkeypatch.setenv("MAILSTACK_SMTP_PORT", str(free_port()))
-    with pytest.raises(OSError):
-        await asyncio.to_thread(check["check_greeting"], "smtp")
+    assert await asyncio.to_thread(cli.main, ["healthcheck", "smtp"]) == 1
+    assert "mailstack healthcheck: smtp:" in capsys.readouterr().err
+    assert cli.main(["healthcheck", "nosuch"]) == 1

@@ -11,7 +11,7 @@ import grpc
 
 from ..errors import from_grpc
 from ..mailstore import throttled
-from ..protocol import Authenticate, Command, CommandReceiver, Login, NeedData, ParseError
+from ..protocol import Authenticate, Command, Login, NeedData, ParseError
 from ..protocol.encoder import tagged
 from ..replies import EndSession, Reply, bad, no
 from .misc import capabilities
@@ -21,12 +21,11 @@ if TYPE_CHECKING:
 
 
 async def starttls(session: Session, command: Command) -> Reply | None:
-    # Command: RFC 9051 §6.2.1. Nothing the client pipelined behind STARTTLS is executed.
+    # Command: RFC 9051 §6.2.1. Nothing the client pipelined behind STARTTLS is executed: the
+    # connection drops it (common/stream_connection.py).
     if session.conn.tls or not session.conn.can_start_tls:
         raise bad("TLS is already active" if session.conn.tls else "STARTTLS is not available")
     await session.flush()
-    old = session.conn.receiver
-    session.conn.receiver = CommandReceiver(old.grammar, old.max_line, old.max_literal)
     await session.conn.start_tls(tagged(command.tag, "OK", "begin TLS negotiation now"))
     return Reply("", "")  # already answered
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from mailstack.services.common.config import Settings
 from mailstack.services.common.read_ahead import ReadAheadBudget
+from mailstack.services.common.tls import client_ssl_context
 from mailstack.services.pop3.mailstore import _uid_set
 from mailstack.services.pop3.server import Pop3Server
 from mailstack.services.pop3.session import KNOWN_COMMANDS, STATE_COMMANDS, State, capabilities
@@ -110,6 +111,23 @@ async def test_plaintext_auth_refused_before_stls(strict_env: Env) -> None:
     assert (await client.cmd("STAT")).startswith(b"-ERR")
     assert await client.cmd("QUIT") == b"+OK bye\r\n"
     await client.close()
+
+
+async def test_stls_drops_a_command_pipelined_in_plaintext(strict_env: Env) -> None:
+    """RFC 2595 §4 / RFC 7817: `STLS\r\nCAPA\r\n` in one packet: the CAPA sent in plaintext is
+    never answered, neither before nor after the handshake (the STARTTLS command injection)."""
+    client = await strict_env.connect()
+    await client.send(b"STLS\r\nCAPA\r\n")
+    assert (await client.line()).startswith(b"+OK")
+    await client.writer.start_tls(
+        client_ssl_context(strict_env.settings.effective_tls_cert), server_hostname="localhost"
+    )
+    # The first answer inside TLS is to our NOOP-like probe, not to the injected CAPA.
+    assert (await client.cmd("STAT")).startswith(b"-ERR")
+    status, caps = await client.multi("CAPA")
+    assert status.startswith(b"+OK") and b"USER" in caps and b"STLS" not in caps
+    with pytest.raises(TimeoutError):
+        await client.line(wait=0.3)  # nothing else is pending
 
 
 async def test_login_stat_list_uidl(env: Env) -> None:

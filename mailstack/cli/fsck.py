@@ -12,12 +12,12 @@ from typing import Any
 from mailstack.v1 import mailstore_pb2 as pb
 from mailstack.v1 import mailstore_pb2_grpc as pbg
 
+from .output import CommandError, format_table
+
 FSCK_TIMEOUT = 3600.0  # one existence check per message and a listing of every blob
 
 
 def cmd_fsck(admin: pbg.AdminStub, args: argparse.Namespace, out: Any) -> None:
-    from mailstack.services.common.cli import CommandError, format_table
-
     request = pb.CheckIntegrityRequest(account=args.account or "", repair=args.repair, min_age_seconds=args.min_age)
     report = admin.CheckIntegrity(request, timeout=FSCK_TIMEOUT)
     broken = [
@@ -48,16 +48,3 @@ def cmd_fsck(admin: pbg.AdminStub, args: argparse.Namespace, out: Any) -> None:
     if problems:
         hint = "repaired" if report.repaired else "run `mailstack fsck --repair` to repair"
         raise CommandError(f"{problems} problems found; {hint}")
-
-
-def add_fsck_parser(add: Any, commands: Any) -> None:
-    p = add(commands, "fsck", "check that every message has its body (and every body a message)", cmd_fsck)
-    p.add_argument("account", nargs="?", help="one account (default: all; bodies without a message only then)")
-    p.add_argument("--repair", action="store_true", help="expunge messages without a body, delete orphan bodies")
-    p.add_argument(
-        "--min-age",
-        type=int,
-        default=0,
-        metavar="SECONDS",
-        help="bodies younger than this are deliveries in flight, not orphans (default: orphan_min_age_seconds)",
-    )

@@ -1,0 +1,216 @@
+"""The commands that call the mailstore's gRPC API with the admin identity (ADR 0009): accounts,
+aliases, domains, quotas, Send API tokens, and the Maildir import."""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import grpc
+
+from mailstack.services.common.grpc_client import error_detail, error_message
+from mailstack.services.common.maildir import MaildirFolder, MaildirMessage, read_maildir
+from mailstack.v1 import mailstore_pb2 as pb
+from mailstack.v1 import mailstore_pb2_grpc as pbg
+from mailstack.v1 import send_pb2 as spb
+from mailstack.v1 import send_pb2_grpc as spbg
+
+from .output import CommandError, Output, _limit, account_dict, accounts_table, format_table, human_size
+
+CALL_TIMEOUT = 60.0
+IMPORT_TIMEOUT = 300.0  # one message, however big (the mailstore bounds the size)
+APPEND_CHUNK = 1024 * 1024
+RECOMPUTE_TIMEOUT = 600.0  # recomputing quotas reads every message's metadata
+
+T = TypeVar("T")
+
+
+def _call(method: Callable[..., T], request: Any, timeout: float = CALL_TIMEOUT) -> T:
+    return method(request, timeout=timeout)
+
+
+def _read_password(args: argparse.Namespace) -> str:
+    if args.password is not None:
+        password: str = args.password
+    elif args.password_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    elif sys.stdin.isatty():
+        password = getpass.getpass("Password: ")
+        if getpass.getpass("Password (again): ") != password:
+            raise CommandError("passwords do not match")
+    else:
+        raise CommandError("no password given: use --password-stdin (or --password) when not interactive")
+    if not password:
+        raise CommandError("empty password")
+    return password
+
+
+def cmd_user_add(admin: pbg.AdminStub, args: argparse.Namespace, out: Output) -> None:
+    password = _read_password(args)
+    account = _call(
+        admin.CreateAccount,
+        pb.CreateAccountRequest(
+            name=args.address, password=password, quota_bytes=args.quota_bytes, quota_messages=args.quota_messages
+        ),
+    )
+    out.done({"account": account_dict(account)}, f"created {account.name}")
+
+
+def cmd_user_passwd(admin: pbg.AdminStub, args: argparse.Namespace, out: Output) -> None:
+    password = _read_password(args)
+    _call(admin.SetPassword, pb.SetPasswordRequest(name=args.address, password=password))
+    out.done({"account": args.address}, f"password changed for {args.address}")
+
+
+def cmd_user_delete(admin: pbg.AdminStub, args: argparse.Namespace, out: Output) -> None:
+    _call(admin.DeleteAccount, pb.DeleteAccountRequest(name=args.address))
+    out.done({"account": args.address}, f"deleted {args.address}")
+
+
+def cmd_user_list(admin: pbg.AdminStub, args: argparse.Namespace, out: Output) -> None:
+    accounts = _call(admin.ListAccounts, pb.ListAccountsRequest()).accounts
+    out.emit([account_dict(a) for a in accounts], accounts_table(accounts))
+
+
+def cmd_user_show(admin: pbg.AdminStub, args: argparse.Namespace, out: Output) -> None:
+    account = _call(admin.GetAccount, pb.GetAccountRequest(name=args.address))
+    out.emit(account_dict(account), accounts_table([account]))
+
+
+def cmd_user_quota(admin: pbg.AdminStub, args: argparse.Namespace, out: Output) -> None:
+    if args.bytes is None and args.messages is None:
+        raise CommandError("give --bytes and/or --messages (0 = unlimited)")
+    limit_bytes, limit_messages = args.bytes, args.messages
+    if limit_bytes is None or limit_messages is None:  # keep the limit not given
+        current = _call(admin.GetAccount, pb.GetAccountRequest(name=args.address))
+        limit_bytes = current.quota_bytes if limit_bytes is None else limit_bytes
+        limit_messages = current.quota_messages if limit_messages is None else limit_messages
+    account = _call(
+        admin.SetQuota, pb.SetQuotaRequest(name=args.address, quota_bytes=limit_bytes, quota_messages=limit_messages)
+    )
+    out.done(
+        {"account": account_dict(account)},
+        f"quota of {account.name}: {_limit(account.quota_bytes, human_size)}, "
+        f"{_limit(account.quota_messages)} messages",
+    )
+
+
+def cmd_alias_add(admin: pbg.AdminStub, args: argparse.Namespace, out: Output) -> None:
+    alias = _call(admin.AddAlias, pb.AddAliasRequest(address=args.address, account=args.account))
+    out.done({"alias": {"address": alias.address, "account": alias.account}}, f"{alias.address} -> {alias.account}")
+
+
+def cmd_alias_delete(admin: pbg.AdminStub, args: argparse.Namespace, out: Output) -> None:
+    _call(admin.DeleteAlias, pb.DeleteAliasRequest(address=args.address))
+    out.done({"alias": args.address}, f"deleted alias {args.address}")
+
+
+def cmd_alias_list(admin: pbg.AdminStub, args: argparse.Namespace, out: Output) -> None:
+    aliases = _call(admin.ListAliases, pb.ListAliasesRequest(account=args.account or "")).aliases
+    out.emit(
+        [{"address": a.address, "account": a.account} for a in aliases],
+        format_table(["ALIAS", "ACCOUNT"], [[a.address, a.account] for a in aliases]),
+    )
+
+
+def cmd_domain_add(admin: pbg.AdminStub, args: argparse.Namespace, out: Output) -> None:
+    domain = _call(admin.AddDomain, pb.AddDomainRequest(name=args.name))
+    out.done({"domain": domain.name}, f"added domain {domain.name}")
+
+
+def cmd_domain_delete(admin: pbg.AdminStub, args: argparse.Namespace, out: Output) -> None:
+    _call(admin.DeleteDomain, pb.DeleteDomainRequest(name=args.name))
+    out.done({"domain": args.name}, f"deleted domain {args.name}")
+
+
+def cmd_domain_list(admin: pbg.AdminStub, args: argparse.Namespace, out: Output) -> None:
+    domains = _call(admin.ListDomains, pb.ListDomainsRequest()).domains
+    out.emit([d.name for d in domains], format_table(["DOMAIN"], [[d.name] for d in domains]))
+
+
+def cmd_quota_recompute(admin: pbg.AdminStub, args: argparse.Namespace, out: Output) -> None:
+    request = pb.RecomputeQuotaRequest(account=args.account or "")
+    accounts = _call(admin.RecomputeQuota, request, timeout=RECOMPUTE_TIMEOUT).accounts
+    out.emit([account_dict(a) for a in accounts], accounts_table(accounts))
+
+
+def cmd_import_maildir(store: pbg.MailstoreStub, args: argparse.Namespace, out: Output) -> None:
+    """Append every message of a Maildir++ tree to an account, folder by folder, with its flags and
+    date. UIDs are new: clients download the imported mailboxes again."""
+    try:
+        folders = read_maildir(Path(args.path))
+    except OSError as err:
+        raise CommandError(str(err)) from None
+    report = [_import_folder(store, args.account, folder, args.append) for folder in folders]
+    rows = [[r["mailbox"], str(r["imported"]), str(len(r["failed"]))] for r in report]
+    problems = "".join(f"\n  {r['mailbox']}: {f}" for r in report for f in r["failed"])
+    skipped = "".join(
+        f"\n  {r['mailbox']}: not empty ({r['skipped']} messages), skipped; --append imports into it anyway"
+        for r in report
+        if r["skipped"]
+    )
+    out.emit(report, format_table(["MAILBOX", "IMPORTED", "FAILED"], rows) + problems + skipped)
+
+
+def _import_folder(store: pbg.MailstoreStub, account: str, folder: MaildirFolder, append: bool) -> dict[str, Any]:
+    """One folder's messages into its mailbox (created unless there); its line of the report."""
+    if folder.mailbox != "INBOX":
+        try:
+            _call(store.CreateMailbox, pb.CreateMailboxRequest(account=account, name=folder.mailbox))
+        except grpc.RpcError as err:
+            detail = error_detail(err)
+            if detail is None or detail.reason != pb.ALREADY_EXISTS:  # Sent, Drafts, ...
+                raise
+    if folder.messages and not append:
+        # A second run (after a failed one, say) must not double every message: a mailbox
+        # that holds mail already is left alone unless --append says otherwise.
+        status = _call(store.GetMailboxStatus, pb.MailboxStatusRequest(account=account, name=folder.mailbox))
+        if status.messages:
+            return {"mailbox": folder.mailbox, "imported": 0, "failed": [], "skipped": status.messages}
+    imported = 0
+    failed: list[str] = []
+    for message in folder.messages:
+        try:
+            _call(store.Append, iter(_append_requests(account, folder.mailbox, message)), timeout=IMPORT_TIMEOUT)
+            imported += 1
+        except grpc.RpcError as err:
+            if err.code() == grpc.StatusCode.UNAVAILABLE and error_detail(err) is None:
+                raise
+            failed.append(f"{message.path.name}: {error_message(err)}")
+    return {"mailbox": folder.mailbox, "imported": imported, "failed": failed, "skipped": 0}
+
+
+def _append_requests(account: str, mailbox: str, message: MaildirMessage) -> Iterator[pb.AppendRequest]:
+    data = message.path.read_bytes()
+    header = pb.AppendHeader(account=account, mailbox=mailbox, flags=message.flags, size=len(data))
+    header.internal_date.unix_seconds = message.mtime
+    yield pb.AppendRequest(header=header)
+    for start in range(0, len(data), APPEND_CHUNK):
+        yield pb.AppendRequest(chunk=data[start : start + APPEND_CHUNK])
+
+
+def cmd_token_create(admin: spbg.SendAdminStub, args: argparse.Namespace, out: Output) -> None:
+    request = spb.CreateTokenRequest(name=args.name, from_domains=args.from_domain, from_addresses=args.from_address)
+    reply = _call(admin.CreateToken, request)
+    scope = ", ".join([*reply.token.from_domains, *reply.token.from_addresses])
+    out.done(
+        {"name": reply.token.name, "token": reply.secret},
+        f"token {reply.token.name} (may send from {scope}); shown once, keep it secret:\n{reply.secret}",
+    )
+
+
+def cmd_token_list(admin: spbg.SendAdminStub, args: argparse.Namespace, out: Output) -> None:
+    tokens = _call(admin.ListTokens, spb.ListTokensRequest()).tokens
+    rows = [[t.name, " ".join(t.from_domains), " ".join(t.from_addresses)] for t in tokens]
+    data = [{"name": t.name, "from_domains": list(t.from_domains), "from_addresses": list(t.from_addresses)}
+            for t in tokens]  # fmt: skip
+    out.emit(data, format_table(["TOKEN", "FROM DOMAINS", "FROM ADDRESSES"], rows))
+
+
+def cmd_token_revoke(admin: spbg.SendAdminStub, args: argparse.Namespace, out: Output) -> None:
+    _call(admin.RevokeToken, spb.RevokeTokenRequest(name=args.name))
+    out.done({"name": args.name}, f"revoked token {args.name}")

@@ -1,0 +1,154 @@
+"""Every `mailstack` command as data: its words, help, arguments, handler, and the gRPC API it
+calls (with the admin identity, ADR 0009) or none when it runs in this process. The parser is
+built from this table (main.py); adding a command is one entry here and its handler.
+
+Handlers of API commands take (stub, args, Output) and raise CommandError; local ones take
+(settings, args) and return the exit code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import enum
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from mailstack.services.common.lifecycle import SERVICES
+from mailstack.v1 import mailstore_pb2_grpc as pbg
+from mailstack.v1 import send_pb2_grpc as spbg
+
+from . import admin, fsck, healthcheck, local
+from .output import parse_count, parse_size
+
+
+class Api(enum.Enum):
+    """The gRPC service an admin command calls."""
+
+    ADMIN = "mailstack.v1.Admin"
+    MAILSTORE = "mailstack.v1.Mailstore"  # import appends like a client would
+    SEND_ADMIN = "mailstack.v1.SendAdmin"
+
+    def stub(self, channel: Any) -> Any:
+        return {Api.ADMIN: pbg.AdminStub, Api.MAILSTORE: pbg.MailstoreStub, Api.SEND_ADMIN: spbg.SendAdminStub}[self](
+            channel
+        )
+
+
+@dataclass(frozen=True)
+class Arg:
+    """One add_argument call."""
+
+    flags: tuple[str, ...]
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+def arg(*flags: str, **options: Any) -> Arg:
+    return Arg(flags, options)
+
+
+@dataclass(frozen=True)
+class OneOf:
+    """Mutually exclusive arguments."""
+
+    args: tuple[Arg, ...]
+
+
+@dataclass(frozen=True)
+class Command:
+    words: tuple[str, ...]  # ("user", "add")
+    help: str
+    handler: Callable[..., Any]
+    api: Api | None  # None: runs here, without the mailstore
+    args: tuple[Arg | OneOf, ...] = ()
+
+
+# The words before the last: groups of commands and their help.
+GROUPS = {
+    "user": "accounts",
+    "alias": "aliases",
+    "domain": "served domains",
+    "token": "API tokens of the Send API",
+    "ca": "identities of the internal gRPC API (mTLS, ADR 0009)",
+    "dkim": "DKIM signing keys",
+    "import": "import mail from another server's storage",
+    "quota": "quota accounting",
+}
+
+PASSWORD = OneOf(
+    (
+        arg("--password", metavar="P", help="the password (visible to other local users; prefer stdin)"),
+        arg("--password-stdin", action="store_true", help="read the password from the first line of stdin"),
+    )
+)
+SIZE = {"type": parse_size, "metavar": "N", "help": "e.g. 500M, 2G (0 = unlimited)"}
+
+COMMANDS: tuple[Command, ...] = (
+    Command(("serve",), "run services (all available ones in one process when none are named)", local.cmd_serve,
+            None, (arg("services", nargs="*", metavar="SERVICE", help=f"one or more of: {', '.join(SERVICES)}"),)),
+    Command(("config",), "print the effective settings (secrets masked)", local.cmd_config, None),
+    Command(("healthcheck",), "check that the services `mailstack serve` runs here answer (container health)",
+            healthcheck.cmd_healthcheck, None,
+            (arg("services", nargs="*", metavar="SERVICE",
+                 help=f"one or more of: {', '.join(healthcheck.CHECKS)} (default: what `serve` runs here)"),)),
+    Command(("user", "add"), "create an account (its domain is served from then on)", admin.cmd_user_add, Api.ADMIN,
+            (arg("address"), PASSWORD, arg("--quota-bytes", default=0, **SIZE),
+             arg("--quota-messages", type=parse_count, default=0, metavar="N", help="0 = unlimited"))),
+    Command(("user", "passwd"), "set an account's password", admin.cmd_user_passwd, Api.ADMIN,
+            (arg("address"), PASSWORD)),
+    Command(("user", "delete"), "delete an account and all its mail", admin.cmd_user_delete, Api.ADMIN,
+            (arg("address"),)),
+    Command(("user", "list"), "list accounts with usage and quota", admin.cmd_user_list, Api.ADMIN),
+    Command(("user", "show"), "show one account", admin.cmd_user_show, Api.ADMIN, (arg("address"),)),
+    Command(("user", "quota"), "set an account's quota (a limit not given is kept)", admin.cmd_user_quota, Api.ADMIN,
+            (arg("address"), arg("--bytes", **SIZE),
+             arg("--messages", type=parse_count, metavar="N", help="0 = unlimited"))),
+    Command(("alias", "add"), 'deliver ADDRESS to ACCOUNT ("@domain" catches all of a domain)', admin.cmd_alias_add,
+            Api.ADMIN, (arg("address"), arg("account"))),
+    Command(("alias", "delete"), "delete an alias", admin.cmd_alias_delete, Api.ADMIN, (arg("address"),)),
+    Command(("alias", "list"), "list aliases (of one account)", admin.cmd_alias_list, Api.ADMIN,
+            (arg("account", nargs="?"),)),
+    Command(("domain", "add"), "serve a domain", admin.cmd_domain_add, Api.ADMIN, (arg("name"),)),
+    Command(("domain", "delete"), "stop serving a domain", admin.cmd_domain_delete, Api.ADMIN, (arg("name"),)),
+    Command(("domain", "list"), "list served domains", admin.cmd_domain_list, Api.ADMIN),
+    Command(("token", "create"), "create a token (printed once) for a service that sends mail", admin.cmd_token_create,
+            Api.SEND_ADMIN,
+            (arg("--name", required=True),
+             arg("--from-domain", action="append", default=[], metavar="DOMAIN", help="may send from DOMAIN"),
+             arg("--from-address", action="append", default=[], metavar="ADDRESS", help="may send as ADDRESS"))),
+    Command(("token", "list"), "list tokens (never their secrets)", admin.cmd_token_list, Api.SEND_ADMIN),
+    Command(("token", "revoke"), "revoke a token at once", admin.cmd_token_revoke, Api.SEND_ADMIN, (arg("name"),)),
+    Command(("ca", "init"), "create the internal CA (default in DATA_DIR/grpc, as `serve` does on first start)",
+            local.cmd_ca_init, None, (arg("--dir", help="folder for ca.crt and ca.key (default DATA_DIR/grpc)"),)),
+    Command(("ca", "issue"), "issue an identity: OUT/tls.crt, tls.key, ca.crt (names cert-manager uses)",
+            local.cmd_ca_issue, None,
+            (arg("name", help="smtp, imap, pop3, outbound, admin, or mailstore (the server)"),
+             arg("--out", required=True, metavar="DIR", help="folder to write (a Secret's files)"),
+             arg("--ca", metavar="DIR", help="the CA's folder (default DATA_DIR/grpc)"))),
+    Command(("dkim", "keygen"), "write a new signing key and print the DNS TXT record to publish",
+            local.cmd_dkim_keygen, None,
+            (arg("domain"), arg("--selector", default="mailstack"), arg("--bits", type=int, default=2048),
+             arg("--out", help="key file (default DATA_DIR/dkim/DOMAIN.SELECTOR.pem)"))),
+    Command(("import", "maildir"), "append a Maildir++ tree (Dovecot, Courier) to an account",
+            admin.cmd_import_maildir, Api.MAILSTORE,
+            (arg("path", help="the Maildir: the folder holding cur/, new/ and the .Folder ones"), arg("account"),
+             arg("--append", action="store_true", help="also into mailboxes that hold mail already"))),
+    Command(("quota", "recompute"), "recount usage from the stored messages (counters drift)",
+            admin.cmd_quota_recompute, Api.ADMIN, (arg("account", nargs="?", help="one account (default: all)"),)),
+    Command(("fsck",), "check that every message has its body (and every body a message)", fsck.cmd_fsck, Api.ADMIN,
+            (arg("account", nargs="?", help="one account (default: all; bodies without a message only then)"),
+             arg("--repair", action="store_true", help="expunge messages without a body, delete orphan bodies"),
+             arg("--min-age", type=int, default=0, metavar="SECONDS",
+                 help="bodies younger than this are deliveries in flight, not orphans "
+                      "(default: orphan_min_age_seconds)"))),
+)  # fmt: skip
+
+
+def add_arguments(parser: argparse.ArgumentParser, args: tuple[Arg | OneOf, ...]) -> None:
+    for item in args:
+        if isinstance(item, OneOf):
+            group = parser.add_mutually_exclusive_group()
+            for one in item.args:
+                group.add_argument(*one.flags, **one.options)
+        else:
+            parser.add_argument(*item.flags, **item.options)

@@ -1,0 +1,102 @@
+"""The commands that run in this process without calling the mailstore: serve, config, the
+internal CA, DKIM keys."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+from pathlib import Path
+
+from mailstack.services.common.config import Settings, describe
+from mailstack.services.common.grpc_client import IdentityError
+
+from .output import EXIT_ERROR, EXIT_OK, CommandError, format_table
+
+
+def cmd_dkim_keygen(settings: Settings, args: argparse.Namespace) -> int:
+    """Write a new DKIM key and print the DNS record to publish (RFC 6376 §3.6.1)."""
+    from pathlib import Path
+
+    from mailstack.services.mailstore.dkim_sign import dns_record, generate_key
+
+    domain = args.domain.lower()
+    path = Path(args.out or Path(settings.data_dir) / "dkim" / f"{domain}.{args.selector}.pem")
+    if path.exists():
+        print(f"mailstack: {path} exists; not overwritten", file=sys.stderr)
+        return EXIT_ERROR
+    pem, public = generate_key(args.bits)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(pem)
+    record = dns_record(domain, args.selector, public)
+    if args.json:
+        print(json.dumps({"key": str(path), "record": record, "setting": f"{domain}={args.selector}:{path}"}))
+    else:
+        print(f"private key: {path}\npublish in DNS:\n{record}")
+        print(f"then set MAILSTACK_DKIM_KEYS={domain}={args.selector}:{path}")
+    return EXIT_OK
+
+
+# ---------------------------------------------------------------- local commands
+
+
+def cmd_ca_init(settings: Settings, args: argparse.Namespace) -> int:
+    """The internal gRPC API's CA (ADR 0009): ca.crt and ca.key (0600) in a folder, unless there."""
+    import fcntl
+
+    from mailstack.services.common import internal_ca
+
+    folder = Path(args.dir) if args.dir else internal_ca.data_folder(settings.data_dir)
+    existed = (folder / "ca.crt").exists()
+    internal_ca.private_folder(folder)
+    with open(folder / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        internal_ca.ensure_ca(folder)
+    print(f"CA {'kept' if existed else 'created'}: {folder / 'ca.crt'} (keep {folder / 'ca.key'} secret)")
+    return EXIT_OK
+
+
+def cmd_ca_issue(settings: Settings, args: argparse.Namespace) -> int:
+    """An identity for a deployment: OUT/tls.crt, tls.key and ca.crt (a kubernetes.io/tls Secret's keys)."""
+    from mailstack.services.common import internal_ca
+
+    folder = Path(args.ca) if args.ca else internal_ca.data_folder(settings.data_dir)
+    if not (folder / "ca.key").exists():
+        raise CommandError(f"no CA in {folder}: run `mailstack ca init` first (or give --ca DIR)")
+    try:
+        written = internal_ca.issue_to_folder(folder, internal_ca.check_name(args.name), Path(args.out))
+    except (OSError, ValueError) as err:
+        raise CommandError(str(err)) from None
+    out = Path(args.out)
+    if not written:
+        print(f"{out / 'tls.crt'} exists; kept")
+    else:
+        print(f"identity {args.name.lower()}: {out / 'tls.crt'}, {out / 'tls.key'}, {out / 'ca.crt'}")
+    return EXIT_OK
+
+
+def cmd_config(settings: Settings, args: argparse.Namespace) -> int:
+    rows = describe(settings)
+    if args.json:
+        print(json.dumps([{"name": n, "value": v, "help": h} for n, v, h in rows], indent=2))
+    else:
+        print(format_table(["SETTING", "VALUE", "DESCRIPTION"], rows))
+    return EXIT_OK
+
+
+def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
+    from mailstack.services.common.allocator import tune_allocator
+    from mailstack.services.common.lifecycle import ServeError, run_services
+    from mailstack.services.common.logs import setup_logging
+
+    setup_logging(settings.log_level, settings.log_format)
+    tune_allocator()
+    try:
+        asyncio.run(run_services(settings, args.services))
+    except (ServeError, IdentityError) as err:  # IdentityError: a gRPC identity file missing or unreadable
+        raise CommandError(str(err)) from None
+    return EXIT_OK
