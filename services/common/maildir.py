@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from mailstack.services.imap.protocol.mailbox_name import decode_mailbox_name
+from mailstack.message.mailbox_name import decode_mailbox_name
 
 SYSTEM_FLAGS = {"D": "\\Draft", "F": "\\Flagged", "R": "\\Answered", "S": "\\Seen", "T": "\\Deleted"}
 

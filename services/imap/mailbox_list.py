@@ -9,7 +9,7 @@ from bisect import bisect_left
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
-from mailstack.services.common.mailbox_patterns import compile_patterns
+from mailstack.message.mailbox_patterns import compile_patterns
 
 
 @dataclass(frozen=True, slots=True)

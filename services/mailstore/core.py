@@ -17,10 +17,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeVar
 
+from mailstack.message import mime, names, sections
 from mailstack.services.common.auth_throttle import AuthThrottle
 from mailstack.services.common.config import Settings
 from mailstack.services.common.metrics import BLOB_CACHE_BYTES, BLOB_CACHE_LOOKUPS
-from mailstack.services.mailstore import mime, names, passwords, search, sections
+from mailstack.services.mailstore import passwords, search
 from mailstack.services.mailstore.instrumented import instrumented
 from mailstack.storage import registry
 from mailstack.storage.blob.base import BlobStore

@@ -16,7 +16,7 @@ from datetime import UTC, date, datetime
 from email.utils import parsedate_tz
 from typing import Protocol
 
-from mailstack.services.mailstore.mime import (
+from mailstack.message.mime import (
     field_value,
     header_values,
     is_message,

@@ -17,8 +17,8 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from mailstack.message import mime
 from mailstack.services.common.metrics import SENDING_REFUSED
-from mailstack.services.mailstore import mime
 from mailstack.storage.errors import NotAllowed
 
 log = logging.getLogger("mailstack.mailstore.sending")

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from mailstack.message import compose, dkim_sign, dsn, names
 from mailstack.services.common.metrics import (
     OUTBOUND_BOUNCES,
     OUTBOUND_DEFERRALS,
@@ -24,7 +25,6 @@ from mailstack.services.common.metrics import (
     OUTBOUND_QUEUED,
     SEND_CALLS,
 )
-from mailstack.services.mailstore import compose, dkim_sign, dsn, names
 from mailstack.services.mailstore.core import (
     AuthFailed,
     InvalidRequest,

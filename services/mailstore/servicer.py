@@ -11,8 +11,8 @@ from datetime import datetime, timedelta, timezone
 from typing import Any, TypeVar
 
 import grpc
+from mailstack.message.mailbox_patterns import PatternTooLongError, compile_patterns
 from mailstack.services.common.auth_throttle import Throttled
-from mailstack.services.common.mailbox_patterns import PatternTooLongError, compile_patterns
 from mailstack.services.mailstore import integrity
 from mailstack.services.mailstore.core import AuthFailed, InvalidRequest, MailstoreCore, TooBig
 from mailstack.storage import errors

@@ -30,15 +30,15 @@ import grpc
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from mailstack.services.common import metrics
-from mailstack.services.common.lifecycle import run_services
-from mailstack.services.common.mailbox_patterns import (
+from mailstack.message.mailbox_patterns import (
     MAX_PATTERN_BYTES,
     MAX_PATTERNS_BYTES,
     MailboxPatterns,
     PatternTooLongError,
     matches,
 )
+from mailstack.services.common import metrics
+from mailstack.services.common.lifecycle import run_services
 from mailstack.services.imap.commands.search import MAX_WIRE_DEPTH
 from mailstack.services.imap.protocol.search import MAX_DEPTH, MAX_KEYS
 from mailstack.storage.private_paths import private_dir

@@ -7,7 +7,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from mailstack.services.mailstore.mime import parse_message
+from mailstack.message.mime import parse_message
 from mailstack.services.mailstore.search import (
     MessageFacts,
     body_text,
@@ -17,7 +17,7 @@ from mailstack.services.mailstore.search import (
 )
 from mailstack.v1 import mailstore_pb2 as pb
 
-from tests.unit.messages import SAMPLES, load
+from tests.unit.message.samples import SAMPLES, load
 
 # 2024-03-14 00:30 in UTC+02:00 is still 2024-03-13 in UTC.
 INTERNAL = datetime(2024, 3, 14, 0, 30, tzinfo=timezone(timedelta(hours=2)))

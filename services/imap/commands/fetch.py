@@ -5,13 +5,13 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING
 
-from mailstack.services.common.body_parts import SectionNotFound, find_part
+from mailstack.message.body_parts import SectionNotFound, find_part
+from mailstack.message.transfer_encoding import UnknownCte, decode_cte
 from mailstack.services.common.grpc_client import collect_bodies, stream_whole_bodies
 from mailstack.v1 import mailstore_pb2 as pb
 
 from ..errors import bad, no
 from ..protocol import Command, Fetch, FetchAttribute, FetchBinarySize, FetchBody, FetchItem, Section
-from ..protocol.binary import UnknownCte, decode_cte
 from ..protocol.encoder import fetch_response, flag_list, literal, literal8
 from ..protocol.message_data import body_structure, envelope, internal_date
 from .common import report_vanished, resolve, selected_view, uid_set

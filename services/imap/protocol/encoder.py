@@ -6,8 +6,9 @@ from __future__ import annotations
 import datetime
 from collections.abc import Iterable
 
+from mailstack.message.mailbox_name import encode_mailbox_name
+
 from .grammar import ASTRING_CHARS, MONTHS
-from .mailbox_name import encode_mailbox_name
 
 CRLF = b"\r\n"
 NIL = b"NIL"

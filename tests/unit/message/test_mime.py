@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from mailstack.services.mailstore.mime import (
+from mailstack.message.mime import (
     MAX_ADDRESS_HEADER,
     MAX_DEPTH,
     MAX_PARTS,
@@ -14,7 +14,7 @@ from mailstack.services.mailstore.mime import (
 )
 from mailstack.v1 import mailstore_pb2 as pb
 
-from tests.unit.messages import SAMPLES, load
+from tests.unit.message.samples import SAMPLES, load
 
 
 def addr(name: bytes | None, mailbox: bytes | None, host: bytes | None, adl: bytes | None = None) -> pb.Address:

@@ -32,8 +32,8 @@ from dataclasses import dataclass
 from datetime import UTC
 from email.utils import parsedate_to_datetime
 
-from mailstack.services.common.body_parts import is_message, is_multipart
-from mailstack.v1 import mailstore_pb2 as pb
+from mailstack.message.body_parts import is_message, is_multipart
+from mailstack.message.structure import Address, BodyPart, Envelope, Param
 
 MAX_DEPTH = 32
 MAX_PARTS = 2000
@@ -56,8 +56,8 @@ _ATTRIBUTE_CHAR = frozenset(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWX
 
 @dataclass(frozen=True)
 class ParsedMessage:
-    envelope: pb.Envelope
-    structure: pb.BodyPart
+    envelope: Envelope
+    structure: BodyPart
     header: bytes  # the top-level header block, including the blank line
     sent_date: int | None  # unix seconds of the Date: header
     size: int
@@ -234,17 +234,17 @@ def parse_mime_value(value: bytes) -> tuple[bytes, list[tuple[bytes, bytes]]]:
     return main, _merge_continuations(params)
 
 
-def param(params: Iterable[tuple[bytes, bytes] | pb.Param], name: bytes) -> bytes | None:
-    """Value of a parameter by case-insensitive name, from (name, value) pairs or pb.Param."""
+def param(params: Iterable[tuple[bytes, bytes] | Param], name: bytes) -> bytes | None:
+    """Value of a parameter by case-insensitive name, from (name, value) pairs or Param."""
     wanted = name.lower()
     for p in params:
-        pname, pvalue = (p.name, p.value) if isinstance(p, pb.Param) else p
+        pname, pvalue = (p.name, p.value) if isinstance(p, Param) else p
         if pname.lower() == wanted:
             return bytes(pvalue)
     return None
 
 
-def is_text(part: pb.BodyPart) -> bool:
+def is_text(part: BodyPart) -> bool:
     return part.type.lower() == b"text"
 
 
@@ -347,12 +347,12 @@ class _AddressParser:
     def __init__(self, value: bytes) -> None:
         self.tokens = _tokenize(value)
         self.i = 0
-        self.out: list[pb.Address] = []
+        self.out: list[Address] = []
 
     def kind(self) -> str | None:
         return self.tokens[self.i].kind if self.i < len(self.tokens) else None
 
-    def parse(self) -> list[pb.Address]:
+    def parse(self) -> list[Address]:
         while self.i < len(self.tokens):
             if self.kind() in (",", ";"):
                 self.i += 1
@@ -392,7 +392,7 @@ class _AddressParser:
     def add(self, name: bytes | None, adl: bytes | None, local: bytes, domain: bytes) -> None:
         if name is None and not local and not domain:
             return
-        addr = pb.Address(mailbox=local or MISSING_MAILBOX, host=domain or MISSING_DOMAIN)
+        addr = Address(mailbox=local or MISSING_MAILBOX, host=domain or MISSING_DOMAIN)
         if name is not None:
             addr.name = name
         if adl:
@@ -404,7 +404,7 @@ class _AddressParser:
         k = self.kind()
         if k == ":" and not in_group:  # group (RFC 5322 §3.4); IMAP: start and end markers
             self.i += 1
-            self.out.append(pb.Address(mailbox=_phrase(words) or b""))
+            self.out.append(Address(mailbox=_phrase(words) or b""))
             while (k := self.kind()) is not None and k != ";":
                 if k == ",":
                     self.i += 1
@@ -415,7 +415,7 @@ class _AddressParser:
                     self.i += 1
             if k == ";":
                 self.i += 1
-            self.out.append(pb.Address())
+            self.out.append(Address())
             return
         if k == "<":
             self.i += 1
@@ -449,7 +449,7 @@ class _AddressParser:
             self.add(comment or trailing, None, _joined(words), b"")
 
 
-def parse_addresses(value: bytes | None) -> list[pb.Address]:
+def parse_addresses(value: bytes | None) -> list[Address]:
     """An address-list header value as IMAP address structures; never raises."""
     if not value:
         return []
@@ -465,9 +465,9 @@ def parse_addresses(value: bytes | None) -> list[pb.Address]:
 # ---------------------------------------------------------------- envelope
 
 
-def build_envelope(values: dict[bytes, bytes]) -> pb.Envelope:
+def build_envelope(values: dict[bytes, bytes]) -> Envelope:
     """ENVELOPE from the first occurrence of each header field (RFC 3501 §7.4.2)."""
-    env = pb.Envelope()
+    env = Envelope()
     for field, attr in ((b"date", "date"), (b"subject", "subject"), (b"in-reply-to", "in_reply_to")):
         if field in values:
             setattr(env, attr, values[field])
@@ -516,13 +516,13 @@ class _Walker:
         self.raw = raw
         self.parts = 0
 
-    def entity(self, start: int, end: int, depth: int, default: tuple[bytes, bytes]) -> pb.BodyPart:
+    def entity(self, start: int, end: int, depth: int, default: tuple[bytes, bytes]) -> BodyPart:
         """BODYSTRUCTURE of the entity (MIME header + body) in raw[start:end]."""
         raw = self.raw
         self.parts += 1
         body = header_end(raw, start, end)
         values = header_values(raw[start:body])
-        part = pb.BodyPart(header_offset=start, body_offset=body, end_offset=end, size=end - body)
+        part = BodyPart(header_offset=start, body_offset=body, end_offset=end, size=end - body)
         self.describe(part, values, default)
         leaf = depth >= MAX_DEPTH or self.parts >= MAX_PARTS
         if (is_multipart(part) or is_message(part)) and leaf:
@@ -541,7 +541,7 @@ class _Walker:
             part.lines = _count_lines(raw, body, end)
         return part
 
-    def describe(self, part: pb.BodyPart, values: dict[bytes, bytes], default: tuple[bytes, bytes]) -> None:
+    def describe(self, part: BodyPart, values: dict[bytes, bytes], default: tuple[bytes, bytes]) -> None:
         ctype, params = parse_mime_value(values.get(b"content-type", b""))
         kind, slash, sub = ctype.partition(b"/")
         kind, sub = kind.strip(_WS), sub.strip(_WS)
@@ -551,7 +551,7 @@ class _Walker:
         part.type, part.subtype = kind, sub
         if kind.lower() == b"text" and param(params, b"charset") is None:
             params.append((b"charset", b"us-ascii"))
-        part.params.extend(pb.Param(name=n, value=v) for n, v in params)
+        part.params.extend(Param(name=n, value=v) for n, v in params)
         part.encoding = values.get(b"content-transfer-encoding") or b"7BIT"
         for field, attr in (
             (b"content-id", "id"),
@@ -566,11 +566,11 @@ class _Walker:
             if dtype:
                 part.has_disposition = True
                 part.disposition.type = dtype
-                part.disposition.params.extend(pb.Param(name=n, value=v) for n, v in dparams)
+                part.disposition.params.extend(Param(name=n, value=v) for n, v in dparams)
         if b"content-language" in values:
             part.language.extend(_language(values[b"content-language"]))
 
-    def multipart(self, part: pb.BodyPart, depth: int) -> None:
+    def multipart(self, part: BodyPart, depth: int) -> None:
         """Split a multipart body at its delimiters (RFC 2046 §5.1.1): the line break before a
         delimiter belongs to the delimiter; preamble and epilogue belong to no part."""
         raw, start, end = self.raw, part.body_offset, part.end_offset
@@ -589,8 +589,8 @@ class _Walker:
         if child_start is not None:  # no close delimiter: the last part runs to the end
             part.parts.append(self.entity(child_start, end, depth + 1, child_default))
         if not part.parts:
-            empty = pb.BodyPart(type=b"text", subtype=b"plain", encoding=b"7BIT")
-            empty.params.append(pb.Param(name=b"charset", value=b"us-ascii"))
+            empty = BodyPart(type=b"text", subtype=b"plain", encoding=b"7BIT")
+            empty.params.append(Param(name=b"charset", value=b"us-ascii"))
             empty.header_offset = empty.body_offset = empty.end_offset = end
             part.parts.append(empty)
 
@@ -628,11 +628,11 @@ def crlf_only(raw: bytes) -> bool:
 
 
 def _fallback(raw: bytes) -> ParsedMessage:
-    part = pb.BodyPart(type=b"text", subtype=b"plain", encoding=b"7BIT", size=len(raw), end_offset=len(raw))
-    part.params.append(pb.Param(name=b"charset", value=b"us-ascii"))
+    part = BodyPart(type=b"text", subtype=b"plain", encoding=b"7BIT", size=len(raw), end_offset=len(raw))
+    part.params.append(Param(name=b"charset", value=b"us-ascii"))
     part.lines = _count_lines(raw, 0, len(raw))
     part.crlf = crlf_only(raw)
-    return ParsedMessage(pb.Envelope(), part, b"", None, len(raw))
+    return ParsedMessage(Envelope(), part, b"", None, len(raw))
 
 
 def parse_message(raw: bytes) -> ParsedMessage:
