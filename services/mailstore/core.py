@@ -18,6 +18,7 @@ from datetime import datetime
 from typing import Any, TypeVar
 
 from mailstack.message import mime, names, sections
+from mailstack.message.flags import is_recent, stored_system_flag
 from mailstack.services.common.auth_throttle import AuthThrottle
 from mailstack.services.common.config import Settings
 from mailstack.services.common.metrics import BLOB_CACHE_BYTES, BLOB_CACHE_LOOKUPS
@@ -66,8 +67,6 @@ DEFAULT_MAILBOXES: tuple[tuple[str, str], ...] = (
     ("Junk", "\\Junk"),
     ("Archive", "\\Archive"),
 )
-SYSTEM_FLAGS = {"\\seen": "\\Seen", "\\answered": "\\Answered", "\\flagged": "\\Flagged",
-                "\\deleted": "\\Deleted", "\\draft": "\\Draft"}  # fmt: skip
 MAX_FLAGS = 100
 MAX_FLAG_LENGTH = 100
 MAX_PASSWORD_LENGTH = 1024
@@ -148,9 +147,9 @@ def normalize_flags(flags: Sequence[str]) -> tuple[str, ...]:
         if not flag or len(flag) > MAX_FLAG_LENGTH or any(ord(c) <= 0x20 or ord(c) >= 0x7F for c in flag):
             raise InvalidRequest(f"invalid flag {flag!r}")
         if flag.startswith("\\"):
-            canonical = SYSTEM_FLAGS.get(flag.lower())
+            canonical = stored_system_flag(flag)
             if canonical is None:
-                if flag.lower() == "\\recent":
+                if is_recent(flag):
                     continue
                 raise InvalidRequest(f"unknown system flag {flag!r}")
             out.add(canonical)

@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
 import grpc
+from mailstack.message.flags import canonical_flag, is_recent
 from mailstack.v1 import mailstore_pb2 as pb
 
 from ..errors import from_grpc, no
@@ -19,7 +20,6 @@ if TYPE_CHECKING:
 CALL_TIMEOUT = 120.0
 CHUNK = 1 << 20
 # The mailstore keeps system flags in this case (and drops \Recent); keywords as given.
-_SYSTEM_FLAGS = {f.lower(): f for f in ("\\Seen", "\\Answered", "\\Flagged", "\\Deleted", "\\Draft")}
 
 
 def _requests(session: Session, mailbox: str, message: AppendMessage) -> AsyncIterator[pb.AppendRequest]:
@@ -70,7 +70,7 @@ async def append(session: Session, command: Command) -> Reply | None:
             raise error from None
         uids.append(reply.uid)
         uidvalidity = reply.uidvalidity
-        flags = (_SYSTEM_FLAGS.get(f.lower(), f) for f in message.flags if f.lower() != "\\recent")
+        flags = (canonical_flag(f) for f in message.flags if not is_recent(f))
         appended.append(Change(reply.uid, reply.modseq, NEW, tuple(flags)))
     if session.view is not None and session.view.name == args.mailbox:
         # announce EXISTS with this completion (RFC 9051 §6.3.12)
