@@ -268,59 +268,69 @@ def _tokenize(value: bytes) -> list[_Token]:
     i, n = 0, len(value)
     space = False
     while i < n:
-        c = value[i]
-        if c in b" \t\r\n":
-            space = True
-            i += 1
-        elif c == 0x28:  # comment, nested, with quoted-pairs
-            depth, j = 0, i
-            buf = bytearray()
-            while j < n:
-                ch = value[j]
-                if ch == 0x5C and j + 1 < n:
-                    buf.append(value[j + 1])
-                    j += 2
-                    continue
-                if ch == 0x28:
-                    depth += 1
-                    if depth > 1:
-                        buf.append(ch)
-                elif ch == 0x29:
-                    depth -= 1
-                    if depth == 0:
-                        j += 1
-                        break
-                    buf.append(ch)
-                else:
-                    buf.append(ch)
-                j += 1
-            tokens.append(_Token("comment", bytes(buf).strip(_WS), space))
-            space, i = True, j
-        elif c == 0x22:
-            j = i + 1
-            buf = bytearray()
-            while j < n and value[j] != 0x22:
-                if value[j] == 0x5C and j + 1 < n:
-                    j += 1
-                buf.append(value[j])
-                j += 1
-            tokens.append(_Token("quoted", bytes(buf), space))
-            space, i = False, j + 1
-        elif c == 0x5B:  # domain literal, kept with its brackets
-            j = value.find(b"]", i)
-            j = n if j < 0 else j + 1
-            tokens.append(_Token("literal", value[i:j], space))
-            space, i = False, j
-        elif chr(c) in _SPECIAL_KINDS:
-            tokens.append(_Token(chr(c), bytes([c]), space))
-            space, i = False, i + 1
-        else:
-            j = i + 1  # value[i] starts no other token, so it is part of an atom
-            while j < n and value[j] not in _ATOM_END:
-                j += 1
-            tokens.append(_Token("atom", value[i:j], space))
-            space, i = False, j
+        if value[i] in b" \t\r\n":
+            space, i = True, i + 1
+            continue
+        kind, text, i = _token_at(value, i)
+        tokens.append(_Token(kind, text, space))
+        space = kind == "comment"  # a comment separates like white space
     return tokens
+
+
+def _token_at(value: bytes, i: int) -> tuple[str, bytes, int]:
+    """(kind, text, end) of the token that starts at value[i], which is not white space."""
+    c = value[i]
+    if c == 0x28:
+        text, end = _comment(value, i)
+        return "comment", text, end
+    if c == 0x22:
+        text, end = _quoted(value, i)
+        return "quoted", text, end
+    if c == 0x5B:  # domain literal, kept with its brackets
+        end = value.find(b"]", i)
+        end = len(value) if end < 0 else end + 1
+        return "literal", value[i:end], end
+    if chr(c) in _SPECIAL_KINDS:
+        return chr(c), bytes([c]), i + 1
+    end = i + 1  # value[i] starts no other token, so it is part of an atom
+    while end < len(value) and value[end] not in _ATOM_END:
+        end += 1
+    return "atom", value[i:end], end
+
+
+def _comment(value: bytes, i: int) -> tuple[bytes, int]:
+    """The text of the comment that opens at value[i] (nested, with quoted-pairs) and its end."""
+    depth, j, n = 0, i, len(value)
+    buf = bytearray()
+    while j < n:
+        ch = value[j]
+        if ch == 0x5C and j + 1 < n:
+            buf.append(value[j + 1])
+            j += 2
+            continue
+        j += 1
+        if ch == 0x28:
+            depth += 1
+            if depth == 1:  # the comment's own parenthesis
+                continue
+        elif ch == 0x29:
+            depth -= 1
+            if depth == 0:
+                break
+        buf.append(ch)
+    return bytes(buf).strip(_WS), j
+
+
+def _quoted(value: bytes, i: int) -> tuple[bytes, int]:
+    """The content of the quoted string that opens at value[i] (quoted-pairs undone) and its end."""
+    j, n = i + 1, len(value)
+    buf = bytearray()
+    while j < n and value[j] != 0x22:
+        if value[j] == 0x5C and j + 1 < n:
+            j += 1
+        buf.append(value[j])
+        j += 1
+    return bytes(buf), j + 1
 
 
 _WORD_KINDS = frozenset({"atom", "quoted", ".", "literal"})
@@ -402,51 +412,62 @@ class _AddressParser:
     def address(self, in_group: bool) -> None:
         words, comment = self.words(_WORD_KINDS)
         k = self.kind()
-        if k == ":" and not in_group:  # group (RFC 5322 §3.4); IMAP: start and end markers
-            self.i += 1
-            self.out.append(Address(mailbox=_phrase(words) or b""))
-            while (k := self.kind()) is not None and k != ";":
-                if k == ",":
-                    self.i += 1
-                    continue
-                start = self.i
-                self.address(in_group=True)
-                if self.i == start:
-                    self.i += 1
-            if k == ";":
-                self.i += 1
-            self.out.append(Address())
-            return
-        if k == "<":
-            self.i += 1
-            adl = None
-            if self.kind() == "@":  # obsolete route (RFC 5322 §4.4): @a,@b:
-                route, _ = self.words(_WORD_KINDS | {"@", ","})
-                if self.kind() == ":":
-                    self.i += 1
-                    adl = _joined(route)
-            local, _ = self.words(_WORD_KINDS)
-            domain: list[_Token] = []
-            if self.kind() == "@":
-                self.i += 1
-                domain, _ = self.words(_WORD_KINDS)
-            while (k := self.kind()) is not None and k not in (">", ",", ";"):
-                self.i += 1
-            if self.kind() == ">":
-                self.i += 1
-            trailing = self.skip_to_end_of_address(in_group)
-            name = _phrase(words)
-            self.add(name if name is not None else (comment or trailing), adl, _joined(local), _joined(domain))
-            return
-        if k == "@":
+        if k == ":" and not in_group:
+            self.group(words)
+        elif k == "<":
+            self.angle_address(words, comment, in_group)
+        elif k == "@":
             self.i += 1
             domain, after = self.words(_WORD_KINDS, dotted=True)
             trailing = self.skip_to_end_of_address(in_group)
             self.add(after or trailing or comment, None, _joined(words), _joined(domain))
-            return
+        else:
+            trailing = self.skip_to_end_of_address(in_group)
+            if words:
+                self.add(comment or trailing, None, _joined(words), b"")
+
+    def group(self, words: list[_Token]) -> None:
+        """A group (RFC 5322 §3.4): in IMAP, a start marker, its addresses, an end marker."""
+        self.i += 1
+        self.out.append(Address(mailbox=_phrase(words) or b""))
+        while (k := self.kind()) is not None and k != ";":
+            if k == ",":
+                self.i += 1
+                continue
+            start = self.i
+            self.address(in_group=True)
+            if self.i == start:
+                self.i += 1
+        if k == ";":
+            self.i += 1
+        self.out.append(Address())
+
+    def angle_address(self, words: list[_Token], comment: bytes | None, in_group: bool) -> None:
+        """[display-name] "<" [route] addr-spec ">" (RFC 5322 §3.4, §4.4)."""
+        self.i += 1
+        adl = self.route()
+        local, _ = self.words(_WORD_KINDS)
+        domain: list[_Token] = []
+        if self.kind() == "@":
+            self.i += 1
+            domain, _ = self.words(_WORD_KINDS)
+        while (k := self.kind()) is not None and k not in (">", ",", ";"):
+            self.i += 1
+        if self.kind() == ">":
+            self.i += 1
         trailing = self.skip_to_end_of_address(in_group)
-        if words:
-            self.add(comment or trailing, None, _joined(words), b"")
+        name = _phrase(words)
+        self.add(name if name is not None else (comment or trailing), adl, _joined(local), _joined(domain))
+
+    def route(self) -> bytes | None:
+        """An obsolete source route "@a,@b:" (RFC 5322 §4.4), if there is one."""
+        if self.kind() != "@":
+            return None
+        route, _ = self.words(_WORD_KINDS | {"@", ","})
+        if self.kind() != ":":
+            return None
+        self.i += 1
+        return _joined(route)
 
 
 def parse_addresses(value: bytes | None) -> list[Address]:
