@@ -2,7 +2,8 @@
 
 Pure functions and types over message bytes and names, no I/O beyond what a caller hands in:
 - structure: the ENVELOPE / BODYSTRUCTURE / section / date types (message.proto's messages)
-- mime: headers, parameters, addresses and the MIME walker with byte offsets (parse_message)
+- headers, addresses: header blocks and fields; address headers as IMAP address structures
+- mime: MIME parameters and the walker that finds ENVELOPE, BODYSTRUCTURE and byte offsets (parse_message)
 - body_parts, sections, transfer_encoding: part lookup, BODY[section] byte ranges, BINARY decoding
 - encoded_words: RFC 2047 header decoding and charsets
 - compose, dsn, dkim_sign: building, reporting on and signing outgoing messages

@@ -6,7 +6,7 @@ from __future__ import annotations
 import binascii
 import re
 
-from mailstack.message.mime import field_value, split_fields
+from mailstack.message.headers import field_value, split_fields
 from mailstack.message.transfer_encoding import decode_base64
 
 

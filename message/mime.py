@@ -17,11 +17,6 @@ Decisions (so that every reader of the stored structure knows them):
   application/octet-stream leaves (the protobuf parser refuses more than 100 nested messages).
 - A multipart without any body part gets one empty text/plain part at its end, because IMAP's
   body-type-mpart needs at least one (Dovecot does the same).
-- Address headers are read up to MAX_ADDRESS_HEADER bytes (thousands of addresses) to bound the work.
-- Addresses: name is the display name (quotes removed, encoded words kept) or else a comment; adl is
-  set only for an obsolete source route (<@a,@b:user@host>).
-- An address without a domain gets host "MISSING_DOMAIN" (and an empty local part "MISSING_MAILBOX"),
-  as Dovecot does, because host NIL would mean "group start" in IMAP.
 """
 
 from __future__ import annotations
@@ -32,23 +27,15 @@ from dataclasses import dataclass
 from datetime import UTC
 from email.utils import parsedate_to_datetime
 
+from mailstack.message.addresses import parse_addresses
 from mailstack.message.body_parts import is_message, is_multipart
-from mailstack.message.structure import Address, BodyPart, Envelope, Param
+from mailstack.message.headers import header_end, header_values
+from mailstack.message.structure import BodyPart, Envelope, Param
 
 MAX_DEPTH = 32
 MAX_PARTS = 2000
-MAX_ADDRESS_HEADER = 64 * 1024  # bytes of an address header that ENVELOPE describes
-MISSING_MAILBOX = b"MISSING_MAILBOX"
-MISSING_DOMAIN = b"MISSING_DOMAIN"
 
 _CR, _LF, _SP, _HT = 0x0D, 0x0A, 0x20, 0x09
-# A field: field-name = 1*ftext (RFC 5322 §3.6.8, 8-bit tolerated), obsolete WSP before the colon
-# (§4.5), then its line and continuation lines. Regular expressions keep big headers fast.
-_LINE = rb"[^\n]*(?:\n|\Z)"
-_FIELD = re.compile(rb"([\x21-\x39\x3b-\x7e\x80-\xff]+)[ \t]*:" + _LINE + rb"(?:[ \t]" + _LINE + rb")*")
-_HEADER_LINES = re.compile(rb"(?:" + _FIELD.pattern + rb")*")
-_OTHER_LINES = re.compile(_LINE + rb"(?:[ \t]" + _LINE + rb")*")
-_FOLD = re.compile(rb"\r?\n(?=[ \t])")
 _WS = b" \t\r\n"
 _RFC2231_NAME = re.compile(rb"^(?P<base>[^*]+)\*(?P<index>\d{1,6})(?P<ext>\*)?$")
 _ATTRIBUTE_CHAR = frozenset(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789!#$&+-.^_`|~")
@@ -61,54 +48,6 @@ class ParsedMessage:
     header: bytes  # the top-level header block, including the blank line
     sent_date: int | None  # unix seconds of the Date: header
     size: int
-
-
-# ---------------------------------------------------------------- headers
-
-
-def header_end(raw: bytes, start: int, end: int) -> int:
-    """Offset where the body of the entity in raw[start:end] begins (RFC 5322 §2.1)."""
-    m = _HEADER_LINES.match(raw, start, end)
-    pos = m.end() if m else start
-    if pos < end and raw[pos] == _LF:
-        return pos + 1  # the blank line belongs to the header
-    if pos + 1 < end and raw[pos] == _CR and raw[pos + 1] == _LF:
-        return pos + 2
-    return pos
-
-
-def split_fields(block: bytes) -> list[tuple[bytes, bytes]]:
-    """(name, field text with its continuation lines and line endings) for each field of a header block.
-
-    Stops at the blank line. Lines that are not a field (only possible at the start) have name b"".
-    """
-    fields: list[tuple[bytes, bytes]] = []
-    pos, n = 0, len(block)
-    while pos < n and block[pos] != _LF and not block.startswith(b"\r\n", pos):
-        m = _FIELD.match(block, pos)
-        if m is not None:
-            fields.append((m.group(1), m.group(0)))
-        else:
-            m = _OTHER_LINES.match(block, pos)
-            assert m is not None  # matches at least the rest of the line
-            fields.append((b"", m.group(0)))
-        pos = m.end()
-    return fields
-
-
-def field_value(field: bytes) -> bytes:
-    """The unfolded value of a field's text (RFC 5322 §2.2.3), surrounding whitespace removed."""
-    colon = field.find(b":")
-    return _FOLD.sub(b"", field[colon + 1 :]).strip(_WS)
-
-
-def header_values(block: bytes) -> dict[bytes, bytes]:
-    """Lower-cased field name -> unfolded value of its first occurrence."""
-    values: dict[bytes, bytes] = {}
-    for name, text in split_fields(block):
-        if name and (key := name.lower()) not in values:
-            values[key] = field_value(text)
-    return values
 
 
 # ---------------------------------------------------------------- MIME header values
@@ -246,241 +185,6 @@ def param(params: Iterable[tuple[bytes, bytes] | Param], name: bytes) -> bytes |
 
 def is_text(part: BodyPart) -> bool:
     return part.type.lower() == b"text"
-
-
-# ---------------------------------------------------------------- addresses
-
-
-@dataclass(frozen=True, slots=True)
-class _Token:
-    kind: str  # "atom", "quoted", "literal", "comment", or the special character itself
-    value: bytes
-    space_before: bool
-
-
-_SPECIAL_KINDS = frozenset("<>@,;:.]")
-_ATOM_END = frozenset(b' \t\r\n("<>@,;:.[]')  # a stray ")" is kept in the atom
-
-
-def _tokenize(value: bytes) -> list[_Token]:
-    """RFC 5322 §3.2 lexical tokens of an address header, lenient about everything."""
-    tokens: list[_Token] = []
-    i, n = 0, len(value)
-    space = False
-    while i < n:
-        if value[i] in b" \t\r\n":
-            space, i = True, i + 1
-            continue
-        kind, text, i = _token_at(value, i)
-        tokens.append(_Token(kind, text, space))
-        space = kind == "comment"  # a comment separates like white space
-    return tokens
-
-
-def _token_at(value: bytes, i: int) -> tuple[str, bytes, int]:
-    """(kind, text, end) of the token that starts at value[i], which is not white space."""
-    c = value[i]
-    if c == 0x28:
-        text, end = _comment(value, i)
-        return "comment", text, end
-    if c == 0x22:
-        text, end = _quoted(value, i)
-        return "quoted", text, end
-    if c == 0x5B:  # domain literal, kept with its brackets
-        end = value.find(b"]", i)
-        end = len(value) if end < 0 else end + 1
-        return "literal", value[i:end], end
-    if chr(c) in _SPECIAL_KINDS:
-        return chr(c), bytes([c]), i + 1
-    end = i + 1  # value[i] starts no other token, so it is part of an atom
-    while end < len(value) and value[end] not in _ATOM_END:
-        end += 1
-    return "atom", value[i:end], end
-
-
-def _comment(value: bytes, i: int) -> tuple[bytes, int]:
-    """The text of the comment that opens at value[i] (nested, with quoted-pairs) and its end."""
-    depth, j, n = 0, i, len(value)
-    buf = bytearray()
-    while j < n:
-        ch = value[j]
-        if ch == 0x5C and j + 1 < n:
-            buf.append(value[j + 1])
-            j += 2
-            continue
-        j += 1
-        if ch == 0x28:
-            depth += 1
-            if depth == 1:  # the comment's own parenthesis
-                continue
-        elif ch == 0x29:
-            depth -= 1
-            if depth == 0:
-                break
-        buf.append(ch)
-    return bytes(buf).strip(_WS), j
-
-
-def _quoted(value: bytes, i: int) -> tuple[bytes, int]:
-    """The content of the quoted string that opens at value[i] (quoted-pairs undone) and its end."""
-    j, n = i + 1, len(value)
-    buf = bytearray()
-    while j < n and value[j] != 0x22:
-        if value[j] == 0x5C and j + 1 < n:
-            j += 1
-        buf.append(value[j])
-        j += 1
-    return bytes(buf), j + 1
-
-
-_WORD_KINDS = frozenset({"atom", "quoted", ".", "literal"})
-
-
-def _phrase(words: list[_Token]) -> bytes | None:
-    """Display name: words joined as written, quotes removed, encoded words kept (RFC 3501 §7.4.2)."""
-    if not words:
-        return None
-    out = bytearray(words[0].value)
-    for w in words[1:]:
-        if w.space_before:
-            out.append(_SP)
-        out += w.value
-    return bytes(out)
-
-
-def _joined(words: list[_Token]) -> bytes:
-    """Local part or domain: CFWS between the pieces dropped (RFC 5322 §3.4.1)."""
-    return b"".join(w.value for w in words)
-
-
-class _AddressParser:
-    def __init__(self, value: bytes) -> None:
-        self.tokens = _tokenize(value)
-        self.i = 0
-        self.out: list[Address] = []
-
-    def kind(self) -> str | None:
-        return self.tokens[self.i].kind if self.i < len(self.tokens) else None
-
-    def parse(self) -> list[Address]:
-        while self.i < len(self.tokens):
-            if self.kind() in (",", ";"):
-                self.i += 1
-                continue
-            start = self.i
-            self.address(in_group=False)
-            if self.i == start:
-                self.i += 1
-        return self.out
-
-    def words(self, kinds: frozenset[str], dotted: bool = False) -> tuple[list[_Token], bytes | None]:
-        """Tokens of the given kinds (comments set aside); `dotted` stops at a word that follows
-        another word after white space, which ends a domain ("a@b c@d")."""
-        words: list[_Token] = []
-        comment = None
-        while (k := self.kind()) is not None and (k in kinds or k == "comment"):
-            tok = self.tokens[self.i]
-            if k == "comment":
-                comment = tok.value or comment
-            elif dotted and words and words[-1].kind != "." and k != "." and tok.space_before:
-                break
-            else:
-                words.append(tok)
-            self.i += 1
-        return words, comment
-
-    def skip_to_end_of_address(self, in_group: bool) -> bytes | None:
-        """Skip what cannot be part of this address; return a trailing comment if any."""
-        comment = None
-        stops = (",", ";") if in_group else (",",)
-        while (k := self.kind()) is not None and k not in stops:
-            if k == "comment":
-                comment = self.tokens[self.i].value or comment
-            self.i += 1
-        return comment
-
-    def add(self, name: bytes | None, adl: bytes | None, local: bytes, domain: bytes) -> None:
-        if name is None and not local and not domain:
-            return
-        addr = Address(mailbox=local or MISSING_MAILBOX, host=domain or MISSING_DOMAIN)
-        if name is not None:
-            addr.name = name
-        if adl:
-            addr.adl = adl
-        self.out.append(addr)
-
-    def address(self, in_group: bool) -> None:
-        words, comment = self.words(_WORD_KINDS)
-        k = self.kind()
-        if k == ":" and not in_group:
-            self.group(words)
-        elif k == "<":
-            self.angle_address(words, comment, in_group)
-        elif k == "@":
-            self.i += 1
-            domain, after = self.words(_WORD_KINDS, dotted=True)
-            trailing = self.skip_to_end_of_address(in_group)
-            self.add(after or trailing or comment, None, _joined(words), _joined(domain))
-        else:
-            trailing = self.skip_to_end_of_address(in_group)
-            if words:
-                self.add(comment or trailing, None, _joined(words), b"")
-
-    def group(self, words: list[_Token]) -> None:
-        """A group (RFC 5322 §3.4): in IMAP, a start marker, its addresses, an end marker."""
-        self.i += 1
-        self.out.append(Address(mailbox=_phrase(words) or b""))
-        while (k := self.kind()) is not None and k != ";":
-            if k == ",":
-                self.i += 1
-                continue
-            start = self.i
-            self.address(in_group=True)
-            if self.i == start:
-                self.i += 1
-        if k == ";":
-            self.i += 1
-        self.out.append(Address())
-
-    def angle_address(self, words: list[_Token], comment: bytes | None, in_group: bool) -> None:
-        """[display-name] "<" [route] addr-spec ">" (RFC 5322 §3.4, §4.4)."""
-        self.i += 1
-        adl = self.route()
-        local, _ = self.words(_WORD_KINDS)
-        domain: list[_Token] = []
-        if self.kind() == "@":
-            self.i += 1
-            domain, _ = self.words(_WORD_KINDS)
-        while (k := self.kind()) is not None and k not in (">", ",", ";"):
-            self.i += 1
-        if self.kind() == ">":
-            self.i += 1
-        trailing = self.skip_to_end_of_address(in_group)
-        name = _phrase(words)
-        self.add(name if name is not None else (comment or trailing), adl, _joined(local), _joined(domain))
-
-    def route(self) -> bytes | None:
-        """An obsolete source route "@a,@b:" (RFC 5322 §4.4), if there is one."""
-        if self.kind() != "@":
-            return None
-        route, _ = self.words(_WORD_KINDS | {"@", ","})
-        if self.kind() != ":":
-            return None
-        self.i += 1
-        return _joined(route)
-
-
-def parse_addresses(value: bytes | None) -> list[Address]:
-    """An address-list header value as IMAP address structures; never raises."""
-    if not value:
-        return []
-    if len(value) > MAX_ADDRESS_HEADER:  # bound the work; cut between two addresses if possible
-        value = value[: value.rfind(b",", 0, MAX_ADDRESS_HEADER) + 1 or MAX_ADDRESS_HEADER]
-    parser = _AddressParser(value)
-    try:
-        return parser.parse()
-    except Exception:  # defensive: keep what was parsed before the surprise
-        return parser.out
 
 
 # ---------------------------------------------------------------- envelope

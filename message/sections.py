@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from mailstack.message.body_parts import SectionNotFound, find_part, is_message
-from mailstack.message.mime import split_fields
+from mailstack.message.headers import split_fields
 from mailstack.message.structure import (
     SECTION_ALL,
     SECTION_HEADER,

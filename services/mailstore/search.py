@@ -15,17 +15,10 @@ from datetime import UTC, date, datetime
 from email.utils import parsedate_tz
 from typing import Protocol
 
+from mailstack.message.body_parts import is_message, is_multipart
 from mailstack.message.encoded_words import decode_charset, decode_header_value, header_text
-from mailstack.message.mime import (
-    field_value,
-    header_values,
-    is_message,
-    is_multipart,
-    is_text,
-    param,
-    parse_message,
-    split_fields,
-)
+from mailstack.message.headers import field_value, header_values, split_fields
+from mailstack.message.mime import is_text, param, parse_message
 from mailstack.message.transfer_encoding import decode_base64
 from mailstack.v1 import mailstore_pb2 as pb
 
