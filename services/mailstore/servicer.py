@@ -306,7 +306,7 @@ class MailstoreServicer(pbg.MailstoreServicer):
 
     @rpc
     async def ListMailboxes(self, request: pb.ListMailboxesRequest, context: Any) -> pb.ListMailboxesResponse:
-        # RFC 3501 §6.3.8 wildcards, matched in linear time (common.mailbox_patterns)
+        # RFC 3501 §6.3.8 wildcards, matched in linear time (message.mailbox_patterns)
         try:
             pattern = compile_patterns((request.pattern or "*",))
         except PatternTooLongError as e:

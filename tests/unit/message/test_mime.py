@@ -1,4 +1,4 @@
-"""ENVELOPE, BODYSTRUCTURE and part offsets computed at delivery (services/mailstore/mime.py)."""
+"""ENVELOPE, BODYSTRUCTURE and part offsets computed at delivery (mailstack.message.mime, .headers, .addresses)."""
 
 from __future__ import annotations
 

@@ -7,6 +7,8 @@ import ast
 from pathlib import Path
 
 import mailstack.message as message
+import mailstack.services.imap.protocol as imap_protocol
+import mailstack.storage as storage
 
 FORBIDDEN = ("mailstack.services", "mailstack.storage", "mailstack.v1.mailstore_pb2", "mailstack.v1.send_pb2")
 FORBIDDEN_IO = {"asyncio", "socket", "ssl", "selectors", "grpc", "redis", "boto3", "threading"}
@@ -45,3 +47,11 @@ def test_the_check_sees_a_wrong_way_import(tmp_path: Path) -> None:
     bad = tmp_path / "bad.py"
     bad.write_text("from mailstack.v1 import mailstore_pb2 as pb\nimport mailstack.storage.errors\n")
     assert "mailstack.v1.mailstore_pb2" in _imports(bad) and "mailstack.storage.errors" in _imports(bad)
+
+
+def test_storage_and_the_imap_protocol_layer_take_structures_from_the_library() -> None:
+    # ENVELOPE and BODYSTRUCTURE come from mailstack.message.structure, not from the gRPC API module
+    paths = [*Path(storage.__file__).parent.rglob("*.py"), *Path(imap_protocol.__file__).parent.glob("*.py")]
+    for path in paths:
+        for name in _imports(path):
+            assert not name.startswith("mailstack.v1.mailstore_pb2"), f"{path} imports {name}"

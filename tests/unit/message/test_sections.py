@@ -1,4 +1,4 @@
-"""BODY[section] plans over stored structures (services/mailstore/sections.py)."""
+"""BODY[section] plans over stored structures (mailstack.message.sections)."""
 
 from __future__ import annotations
 
