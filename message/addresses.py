@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from mailstack.message.headers import quoted_string
 from mailstack.message.structure import Address
 
 MAX_ADDRESS_HEADER = 64 * 1024  # bytes of an address header that ENVELOPE describes
@@ -55,7 +56,7 @@ def _token_at(value: bytes, i: int) -> tuple[str, bytes, int]:
         text, end = _comment(value, i)
         return "comment", text, end
     if c == 0x22:
-        text, end = _quoted(value, i)
+        text, end = quoted_string(value, i)
         return "quoted", text, end
     if c == 0x5B:  # domain literal, kept with its brackets
         end = value.find(b"]", i)
@@ -90,18 +91,6 @@ def _comment(value: bytes, i: int) -> tuple[bytes, int]:
                 break
         buf.append(ch)
     return bytes(buf).strip(_WS), j
-
-
-def _quoted(value: bytes, i: int) -> tuple[bytes, int]:
-    """The content of the quoted string that opens at value[i] (quoted-pairs undone) and its end."""
-    j, n = i + 1, len(value)
-    buf = bytearray()
-    while j < n and value[j] != 0x22:
-        if value[j] == 0x5C and j + 1 < n:
-            j += 1
-        buf.append(value[j])
-        j += 1
-    return bytes(buf), j + 1
 
 
 _WORD_KINDS = frozenset({"atom", "quoted", ".", "literal"})

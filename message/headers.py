@@ -61,3 +61,16 @@ def header_values(block: bytes) -> dict[bytes, bytes]:
         if name and (key := name.lower()) not in values:
             values[key] = field_value(text)
     return values
+
+
+def quoted_string(value: bytes, start: int) -> tuple[bytes, int]:
+    """The content of the quoted-string that opens at value[start] (RFC 5322 §3.2.4: quoted-pairs
+    undone; unterminated runs to the end) and the offset after its closing quote."""
+    out = bytearray()
+    i, n = start + 1, len(value)
+    while i < n and value[i] != 0x22:
+        if value[i] == 0x5C and i + 1 < n:
+            i += 1
+        out.append(value[i])
+        i += 1
+    return bytes(out), i + 1

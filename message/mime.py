@@ -29,7 +29,7 @@ from email.utils import parsedate_to_datetime
 
 from mailstack.message.addresses import parse_addresses
 from mailstack.message.body_parts import is_message, is_multipart
-from mailstack.message.headers import header_end, header_values
+from mailstack.message.headers import header_end, header_values, quoted_string
 from mailstack.message.structure import BodyPart, Envelope, Param
 
 MAX_DEPTH = 32
@@ -105,19 +105,7 @@ def _split_unquoted(value: bytes, sep: int) -> list[bytes]:
 def _unquote(value: bytes) -> bytes:
     if not value.startswith(b'"'):
         return value
-    out = bytearray()
-    i, n = 1, len(value)
-    while i < n:
-        c = value[i]
-        if c == 0x5C and i + 1 < n:
-            out.append(value[i + 1])
-            i += 2
-            continue
-        if c == 0x22:
-            break
-        out.append(c)
-        i += 1
-    return bytes(out)
+    return quoted_string(value, 0)[0]
 
 
 def _percent_encode(value: bytes) -> bytes:
