@@ -14,6 +14,7 @@ COPY mailstack/ mailstack/
 COPY proto/ proto/
 COPY services/ services/
 COPY storage/ storage/
+COPY message/ message/
 RUN pip wheel --wheel-dir /wheels .
 
 # ---------------------------------------------------------------- runtime: no compiler, no sources, no root

@@ -20,7 +20,7 @@ def cmd_dkim_keygen(settings: Settings, args: argparse.Namespace) -> int:
     """Write a new DKIM key and print the DNS record to publish (RFC 6376 §3.6.1)."""
     from pathlib import Path
 
-    from mailstack.services.mailstore.dkim_sign import dns_record, generate_key
+    from mailstack.message.dkim_sign import dns_record, generate_key
 
     domain = args.domain.lower()
     path = Path(args.out or Path(settings.data_dir) / "dkim" / f"{domain}.{args.selector}.pem")

@@ -17,9 +17,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from mailstack.services.imap.protocol.mailbox_name import decode_mailbox_name
+from mailstack.message.flags import ANSWERED, DELETED, DRAFT, FLAGGED, SEEN
+from mailstack.message.mailbox_name import decode_mailbox_name
 
-SYSTEM_FLAGS = {"D": "\\Draft", "F": "\\Flagged", "R": "\\Answered", "S": "\\Seen", "T": "\\Deleted"}
+# The Maildir info letters of the system flags (maildir.html); P (passed) has none.
+FLAG_LETTERS = {"D": DRAFT, "F": FLAGGED, "R": ANSWERED, "S": SEEN, "T": DELETED}
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,7 +57,7 @@ def flags_of(name: str, keywords: dict[str, str]) -> tuple[str, ...]:
     _, sep, info = name.rpartition(":2,")
     if not sep:
         return ()
-    flags = [SYSTEM_FLAGS[c] if c in SYSTEM_FLAGS else keywords.get(c, "") for c in info]
+    flags = [FLAG_LETTERS[c] if c in FLAG_LETTERS else keywords.get(c, "") for c in info]
     return tuple(sorted({f for f in flags if f}))
 
 

@@ -9,7 +9,7 @@ from bisect import bisect_left
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
-from mailstack.services.common.mailbox_patterns import compile_patterns
+from mailstack.message.mailbox_patterns import compile_patterns
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,7 +54,7 @@ def _childinfo(selection: frozenset[str]) -> tuple[str, ...]:
 
 def select(entries: dict[str, Entry], patterns: Iterable[str], selection: frozenset[str]) -> list[Listed]:
     """The names to list, INBOX first, then in name order (patterns: RFC 3501 §6.3.8, matched in
-    linear time by common.mailbox_patterns; raises PatternTooLongError past its bounds)."""
+    linear time by message.mailbox_patterns; raises PatternTooLongError past its bounds)."""
     pats = compile_patterns(tuple(patterns))
     subscribed = "SUBSCRIBED" in selection
     special = "SPECIAL-USE" in selection

@@ -16,16 +16,11 @@ from datetime import UTC, date, datetime
 from email.utils import parsedate_tz
 from typing import Protocol
 
-from mailstack.services.mailstore.mime import (
-    field_value,
-    header_values,
-    is_message,
-    is_multipart,
-    is_text,
-    param,
-    parse_message,
-    split_fields,
-)
+from mailstack.message.body_parts import is_message, is_multipart
+from mailstack.message.encoded_words import decode_charset, decode_header_value, header_text
+from mailstack.message.headers import field_value, header_values, split_fields
+from mailstack.message.mime import is_text, param, parse_message
+from mailstack.message.transfer_encoding import decode_base64
 from mailstack.v1 import mailstore_pb2 as pb
 
 
@@ -62,75 +57,6 @@ class MessageFacts:
     size: int
     sent_date: int | None
     header: bytes
-
-
-# ---------------------------------------------------------------- decoding text
-
-
-def decode_charset(data: bytes, charset: str | None) -> str:
-    """Bytes in a declared charset; undeclared or unknown charsets try UTF-8, then Latin-1."""
-    name = (charset or "").strip().lower()
-    if name and name not in ("us-ascii", "ascii"):  # mislabelled 8-bit "us-ascii" is common
-        try:
-            return data.decode(name, "replace")
-        except (LookupError, ValueError, TypeError):  # unknown, or not a text codec ("hex")
-            pass
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError:
-        return data.decode("latin-1")
-
-
-def decode_base64(data: bytes) -> bytes:
-    """Lenient base64 (RFC 2045 §6.8): ignore garbage, tolerate missing padding."""
-    cleaned = re.sub(rb"[^A-Za-z0-9+/]", b"", data)
-    cleaned = cleaned[: len(cleaned) - len(cleaned) % 4] if len(cleaned) % 4 == 1 else cleaned
-    try:
-        return binascii.a2b_base64(cleaned + b"=" * (-len(cleaned) % 4))
-    except (binascii.Error, ValueError):
-        return b""
-
-
-def _text(raw: bytes) -> str:
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError:
-        return raw.decode("latin-1")
-
-
-_WORD = r"=\?([^?\s]+)\?([QqBb])\?([^?\s]*)\?="
-_ENCODED_WORD = re.compile(_WORD)
-_ENCODED_RUN = re.compile(rf"{_WORD}(?:\s+{_WORD})*")
-
-
-def _decode_run(match: re.Match[str]) -> str:
-    # Adjacent encoded words: the space between them is dropped (RFC 2047 §6.2), and words of one
-    # charset are joined before decoding, since a character may be split across two words.
-    chunks: list[tuple[str, bytearray]] = []
-    for word in _ENCODED_WORD.finditer(match.group(0)):
-        charset = word.group(1).split("*", 1)[0].lower()  # RFC 2231 §5 language suffix
-        payload = word.group(3).encode("utf-8")
-        if word.group(2) in "Qq":
-            data = binascii.a2b_qp(payload, header=True)
-        else:
-            data = decode_base64(payload)
-        if chunks and chunks[-1][0] == charset:
-            chunks[-1][1].extend(data)
-        else:
-            chunks.append((charset, bytearray(data)))
-    return "".join(decode_charset(bytes(data), charset) for charset, data in chunks)
-
-
-def decode_header_value(raw: bytes) -> str:
-    """A raw header value as text, RFC 2047 encoded words decoded; never raises."""
-    return _ENCODED_RUN.sub(_decode_run, _text(raw))
-
-
-def header_text(header: bytes) -> str:
-    """The decoded header block, one "Name: value" line per field."""
-    return "\n".join(
-        f"{_text(name)}: {decode_header_value(field_value(text))}" for name, text in split_fields(header) if name
-    )
 
 
 def _decoded_body(raw: bytes, part: pb.BodyPart) -> str:

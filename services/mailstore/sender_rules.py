@@ -1,8 +1,8 @@
 """Who a message says it is from, read the way this mailstore reads it, and the sending limits.
 
 The From and Sender a reader sees come from the mailstore's own parser (the one that computes
-IMAP ENVELOPE, mime.py), so a check here cannot disagree with what is shown. Constructions that
-other parsers read differently are refused outright: a header field name followed by white space
+IMAP ENVELOPE, mailstack.message.addresses), so a check here cannot disagree with what is shown.
+Constructions that other parsers read differently are refused outright: a header field name followed by white space
 before its colon (RFC 5322 §3.6.8; the obsolete §4.5 form is the "From : x" trick), a line in the
 header that is no field, a second From or Sender field (RFC 5322 §3.6), more than one From address,
 groups, source routes, and a From value that Python's parser reads as another address (issue 13 §3).
@@ -17,8 +17,9 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from mailstack.message import headers
+from mailstack.message.addresses import MAX_ADDRESS_HEADER, MISSING_DOMAIN, MISSING_MAILBOX, parse_addresses
 from mailstack.services.common.metrics import SENDING_REFUSED
-from mailstack.services.mailstore import mime
 from mailstack.storage.errors import NotAllowed
 
 log = logging.getLogger("mailstack.mailstore.sending")
@@ -46,13 +47,13 @@ class HeaderSenders:
 
 def _one_mailbox(name: str, value: bytes) -> str:
     """The single mailbox of a From/Sender value, or SenderRefused."""
-    if len(value) > mime.MAX_ADDRESS_HEADER:
+    if len(value) > MAX_ADDRESS_HEADER:
         raise SenderRefused(f"the {name} field is too long")
-    parsed = mime.parse_addresses(value)
+    parsed = parse_addresses(value)
     if len(parsed) != 1:
         raise SenderRefused(f"the {name} field must hold exactly one address, not {len(parsed)}")
     [address] = parsed
-    if not address.host or address.host == mime.MISSING_DOMAIN or address.mailbox == mime.MISSING_MAILBOX:
+    if not address.host or address.host == MISSING_DOMAIN or address.mailbox == MISSING_MAILBOX:
         raise SenderRefused(f"the {name} field holds no complete address")
     if address.adl:
         raise SenderRefused(f"the {name} field holds a source route")
@@ -68,10 +69,10 @@ def _one_mailbox(name: str, value: bytes) -> str:
 def header_senders(data: bytes) -> HeaderSenders:
     """From and Sender of a message's top-level header as ENVELOPE reads them; SenderRefused for
     any construction that lets readers disagree."""
-    end = mime.header_end(data, 0, len(data))
-    fields = mime.split_fields(data[:end])
+    end = headers.header_end(data, 0, len(data))
+    fields = headers.split_fields(data[:end])
     if end < len(data) and sum(len(text) for _, text in fields) == end:
-        # No blank line ended the header: mime.py stopped at a line that is no field, where other
+        # No blank line ended the header: header_end stopped at a line that is no field, where other
         # parsers skip the line and read on (a From after it would be theirs alone).
         raise SenderRefused("a line in the header is not a header field (RFC 5322 §2.2)")
     values: dict[bytes, list[bytes]] = {b"from": [], b"sender": []}
@@ -83,7 +84,7 @@ def header_senders(data: bytes) -> HeaderSenders:
             raise SenderRefused(f"white space before the colon of header field {shown!r} (RFC 5322 §3.6.8)")
         key = field_name.lower()
         if key in values:
-            values[key].append(mime.field_value(text))
+            values[key].append(headers.field_value(text))
     for key, found in values.items():
         if len(found) > 1:  # RFC 5322 §3.6: From exactly once, Sender at most once
             raise SenderRefused(f"more than one {key.decode().title()} field")

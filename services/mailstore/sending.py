@@ -15,6 +15,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from mailstack.message import compose, dkim_sign, dsn, names
 from mailstack.services.common.metrics import (
     OUTBOUND_BOUNCES,
     OUTBOUND_DEFERRALS,
@@ -23,7 +24,6 @@ from mailstack.services.common.metrics import (
     OUTBOUND_QUEUED,
     SEND_CALLS,
 )
-from mailstack.services.mailstore import compose, dkim_sign, dsn, names
 from mailstack.services.mailstore.core import (
     AuthFailed,
     InvalidRequest,

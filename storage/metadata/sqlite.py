@@ -26,6 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from mailstack.message.flags import canonical_flags
 from mailstack.storage.errors import (
     AccountNotFound,
     AlreadyExists,
@@ -62,8 +63,6 @@ GROUP_COMMIT_MAX = 64  # writes per shared transaction; bounds one COMMIT's late
 
 INBOX = "INBOX"
 UIDVALIDITY_MAX = 0xFFFFFFFF  # RFC 3501 §2.3.1.1: nz-number, 32 bits
-# RFC 9051 §2.3.2 system flags; canonical spelling by lower-case name.
-SYSTEM_FLAGS = {f.lower(): f for f in ("\\Seen", "\\Answered", "\\Flagged", "\\Deleted", "\\Draft")}
 # sqlite3.OperationalError texts that mean "the database is not usable right now".
 _UNAVAILABLE_TEXTS = ("locked", "busy", "disk i/o", "unable to open", "disk is full", "readonly", "interrupted")
 
@@ -75,17 +74,6 @@ _MAILBOX_COLUMNS = (
 # Flags are stored as one space-joined string of sorted names; these test membership in SQL.
 _HAS_SEEN = "instr(' ' || flags || ' ', ' \\Seen ') > 0"
 _HAS_DELETED = "instr(' ' || flags || ' ', ' \\Deleted ') > 0"
-
-
-def canonical_flags(flags: Iterable[str]) -> frozenset[str]:
-    """System flags in canonical case, keywords as given; \\Recent is session state and never stored."""
-    out: set[str] = set()
-    for flag in flags:
-        lower = flag.lower()
-        if not flag or lower == "\\recent":  # RFC 3501 §2.3.2: \Recent cannot be stored
-            continue
-        out.add(SYSTEM_FLAGS.get(lower, flag))
-    return frozenset(out)
 
 
 def _flags_text(flags: Iterable[str]) -> str:

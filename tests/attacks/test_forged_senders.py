@@ -16,8 +16,8 @@ from pathlib import Path
 
 import grpc
 import pytest
+from mailstack.message import mime
 from mailstack.services.common.tls import client_ssl_context
-from mailstack.services.mailstore import mime
 from mailstack.services.smtp.server import SmtpServer
 from mailstack.v1 import mailstore_pb2 as pb
 from mailstack.v1 import send_pb2 as spb

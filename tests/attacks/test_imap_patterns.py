@@ -33,7 +33,7 @@ from hypothesis import strategies as st
 from mailstack.services.common import metrics
 from mailstack.services.common.grpc_client import open_sync_channel
 from mailstack.services.common.lifecycle import run_services
-from mailstack.services.common.mailbox_patterns import (
+from mailstack.message.mailbox_patterns import (
     MAX_PATTERN_BYTES,
     MAX_PATTERNS_BYTES,
     MailboxPatterns,

@@ -14,8 +14,8 @@ from pathlib import Path
 import dkim
 import grpc
 import pytest
+from mailstack.message.dkim_sign import generate_key
 from mailstack.services.common.grpc_client import error_detail
-from mailstack.services.mailstore.dkim_sign import generate_key
 from mailstack.v1 import mailstore_pb2 as pb
 from mailstack.v1 import send_pb2 as spb
 

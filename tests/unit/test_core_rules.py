@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import pytest
-from mailstack.services.common.mailbox_patterns import matches
-from mailstack.services.mailstore import names, passwords
+from mailstack.message import names
+from mailstack.message.mailbox_patterns import matches
+from mailstack.services.mailstore import passwords
 from mailstack.services.mailstore.core import InvalidRequest, normalize_flags
 
 

@@ -14,9 +14,9 @@ import dns.message
 import dns.rcode
 import dns.rrset
 import pytest
-from mailstack.services.mailstore import compose
-from mailstack.services.mailstore.dkim_sign import DkimKey, dns_record, generate_key, parse_keys, sign
-from mailstack.services.mailstore.dsn import status_code
+from mailstack.message import compose
+from mailstack.message.dkim_sign import DkimKey, dns_record, generate_key, parse_keys, sign
+from mailstack.message.dsn import status_code
 from mailstack.services.mailstore.sending import Sending, hash_token, retry_delays
 from mailstack.services.outbound.resolver import DnsResolver, MxHost, ResolveError, StaticResolver, open_resolver
 from mailstack.storage.queue.base import TokenRecord

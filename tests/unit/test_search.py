@@ -7,17 +7,16 @@ from datetime import datetime, timedelta, timezone
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from mailstack.services.mailstore.mime import parse_message
+from mailstack.message.mime import parse_message
 from mailstack.services.mailstore.search import (
     MessageFacts,
     body_text,
-    decode_header_value,
     matches,
     needs_body,
 )
 from mailstack.v1 import mailstore_pb2 as pb
 
-from tests.unit.messages import SAMPLES, load
+from tests.unit.message.samples import SAMPLES, load
 
 # 2024-03-14 00:30 in UTC+02:00 is still 2024-03-13 in UTC.
 INTERNAL = datetime(2024, 3, 14, 0, 30, tzinfo=timezone(timedelta(hours=2)))
@@ -188,16 +187,6 @@ def test_bad_keys_raise_value_error() -> None:
         matches(date(pb.DATE_INTERNAL, pb.DATE_ON, "14-Mar-2024"), msg, 1, 10, None)
     with pytest.raises(ValueError):
         matches(k(body="x"), msg, 1, 10, None)  # the caller must pass the body
-
-
-def test_decode_header_value_never_raises() -> None:
-    assert decode_header_value(b"=?utf-8?b?w6k=?= =?utf-8?b?w6k=?=") == "éé"
-    assert decode_header_value(b"=?utf-8?b?w6?= =?utf-8?b?mp?=") != ""  # split multibyte, bad padding
-    assert decode_header_value(b"=?no-such-charset?q?caf=E9?=") == "café"
-    assert decode_header_value(b"=?hex?q?abc?=") == "abc"  # a codec that is not a text encoding
-    assert decode_header_value(b"=?utf-8*en?q?a_b?=") == "a b"  # RFC 2231 language suffix
-    assert decode_header_value(b"plain \xff text") == "plain \xff text"
-    assert decode_header_value(b"a =?utf-8?q?x?= b") == "a x b"
 
 
 _KEYS: st.SearchStrategy[pb.SearchKey] = st.deferred(

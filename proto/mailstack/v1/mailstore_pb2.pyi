@@ -19,6 +19,21 @@ from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from mailstack.v1 import message_pb2 as _message_pb2
+from mailstack.v1.message_pb2 import Address as Address
+from mailstack.v1.message_pb2 import BodyPart as BodyPart
+from mailstack.v1.message_pb2 import DateTime as DateTime
+from mailstack.v1.message_pb2 import Disposition as Disposition
+from mailstack.v1.message_pb2 import Envelope as Envelope
+from mailstack.v1.message_pb2 import Param as Param
+from mailstack.v1.message_pb2 import SECTION_ALL as SECTION_ALL
+from mailstack.v1.message_pb2 import SECTION_HEADER as SECTION_HEADER
+from mailstack.v1.message_pb2 import SECTION_HEADER_FIELDS as SECTION_HEADER_FIELDS
+from mailstack.v1.message_pb2 import SECTION_HEADER_FIELDS_NOT as SECTION_HEADER_FIELDS_NOT
+from mailstack.v1.message_pb2 import SECTION_MIME as SECTION_MIME
+from mailstack.v1.message_pb2 import SECTION_TEXT as SECTION_TEXT
+from mailstack.v1.message_pb2 import Section as Section
+from mailstack.v1.message_pb2 import SectionText as SectionText
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -176,32 +191,6 @@ RECIPIENT_INVALID: RecipientStatus.ValueType  # 7
 """syntactically invalid address"""
 Global___RecipientStatus: _TypeAlias = RecipientStatus  # noqa: Y015
 
-class _SectionText:
-    ValueType = _typing.NewType("ValueType", _builtins.int)
-    V: _TypeAlias = ValueType  # noqa: Y015
-
-class _SectionTextEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_SectionText.ValueType], _builtins.type):
-    DESCRIPTOR: _descriptor.EnumDescriptor
-    SECTION_ALL: _SectionText.ValueType  # 0
-    """whole part: "" or "1.2" """
-    SECTION_HEADER: _SectionText.ValueType  # 1
-    SECTION_HEADER_FIELDS: _SectionText.ValueType  # 2
-    SECTION_HEADER_FIELDS_NOT: _SectionText.ValueType  # 3
-    SECTION_TEXT: _SectionText.ValueType  # 4
-    SECTION_MIME: _SectionText.ValueType  # 5
-
-class SectionText(_SectionText, metaclass=_SectionTextEnumTypeWrapper):
-    """Section of a message (RFC 3501 §6.4.5 BODY[section])."""
-
-SECTION_ALL: SectionText.ValueType  # 0
-"""whole part: "" or "1.2" """
-SECTION_HEADER: SectionText.ValueType  # 1
-SECTION_HEADER_FIELDS: SectionText.ValueType  # 2
-SECTION_HEADER_FIELDS_NOT: SectionText.ValueType  # 3
-SECTION_TEXT: SectionText.ValueType  # 4
-SECTION_MIME: SectionText.ValueType  # 5
-Global___SectionText: _TypeAlias = SectionText  # noqa: Y015
-
 class _StoreMode:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -350,32 +339,6 @@ class UidSet(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___UidSet: _TypeAlias = UidSet  # noqa: Y015
-
-@_typing.final
-class DateTime(_message.Message):
-    """A point in time with the offset of the zone it was given in (IMAP INTERNALDATE
-    keeps the sender's zone).
-    """
-
-    DESCRIPTOR: _descriptor.Descriptor
-
-    UNIX_SECONDS_FIELD_NUMBER: _builtins.int
-    UTC_OFFSET_MINUTES_FIELD_NUMBER: _builtins.int
-    unix_seconds: _builtins.int
-    utc_offset_minutes: _builtins.int
-    def __init__(
-        self,
-        *,
-        unix_seconds: _builtins.int = ...,
-        utc_offset_minutes: _builtins.int = ...,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["unix_seconds", b"unix_seconds", "utc_offset_minutes", b"utc_offset_minutes"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
-
-Global___DateTime: _TypeAlias = DateTime  # noqa: Y015
 
 @_typing.final
 class AuthenticateRequest(_message.Message):
@@ -1424,281 +1387,11 @@ class ClaimRecentResponse(_message.Message):
 Global___ClaimRecentResponse: _TypeAlias = ClaimRecentResponse  # noqa: Y015
 
 @_typing.final
-class Address(_message.Message):
+class MetadataFields(_message.Message):
     """---------------------------------------------------------------- messages
 
-    IMAP address structure (RFC 3501 §7.4.2). Group start: host unset, mailbox = group name;
-    group end: mailbox and host unset.
+    Which metadata fields a FetchMetadata call wants (uid and modseq always come).
     """
-
-    DESCRIPTOR: _descriptor.Descriptor
-
-    NAME_FIELD_NUMBER: _builtins.int
-    ADL_FIELD_NUMBER: _builtins.int
-    MAILBOX_FIELD_NUMBER: _builtins.int
-    HOST_FIELD_NUMBER: _builtins.int
-    name: _builtins.bytes
-    adl: _builtins.bytes
-    mailbox: _builtins.bytes
-    host: _builtins.bytes
-    def __init__(
-        self,
-        *,
-        name: _builtins.bytes | None = ...,
-        adl: _builtins.bytes | None = ...,
-        mailbox: _builtins.bytes | None = ...,
-        host: _builtins.bytes | None = ...,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_adl", b"_adl", "_host", b"_host", "_mailbox", b"_mailbox", "_name", b"_name", "adl", b"adl", "host", b"host", "mailbox", b"mailbox", "name", b"name"]  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_adl", b"_adl", "_host", b"_host", "_mailbox", b"_mailbox", "_name", b"_name", "adl", b"adl", "host", b"host", "mailbox", b"mailbox", "name", b"name"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType__adl: _TypeAlias = _typing.Literal["adl"]  # noqa: Y015
-    _WhichOneofArgType__adl: _TypeAlias = _typing.Literal["_adl", b"_adl"]  # noqa: Y015
-    _WhichOneofReturnType__host: _TypeAlias = _typing.Literal["host"]  # noqa: Y015
-    _WhichOneofArgType__host: _TypeAlias = _typing.Literal["_host", b"_host"]  # noqa: Y015
-    _WhichOneofReturnType__mailbox: _TypeAlias = _typing.Literal["mailbox"]  # noqa: Y015
-    _WhichOneofArgType__mailbox: _TypeAlias = _typing.Literal["_mailbox", b"_mailbox"]  # noqa: Y015
-    _WhichOneofReturnType__name: _TypeAlias = _typing.Literal["name"]  # noqa: Y015
-    _WhichOneofArgType__name: _TypeAlias = _typing.Literal["_name", b"_name"]  # noqa: Y015
-    @_typing.overload
-    def WhichOneof(self, oneof_group: _WhichOneofArgType__adl) -> _WhichOneofReturnType__adl | None: ...
-    @_typing.overload
-    def WhichOneof(self, oneof_group: _WhichOneofArgType__host) -> _WhichOneofReturnType__host | None: ...
-    @_typing.overload
-    def WhichOneof(self, oneof_group: _WhichOneofArgType__mailbox) -> _WhichOneofReturnType__mailbox | None: ...
-    @_typing.overload
-    def WhichOneof(self, oneof_group: _WhichOneofArgType__name) -> _WhichOneofReturnType__name | None: ...
-
-Global___Address: _TypeAlias = Address  # noqa: Y015
-
-@_typing.final
-class Envelope(_message.Message):
-    """IMAP ENVELOPE (RFC 3501 §7.4.2); raw header values, unset = NIL."""
-
-    DESCRIPTOR: _descriptor.Descriptor
-
-    DATE_FIELD_NUMBER: _builtins.int
-    SUBJECT_FIELD_NUMBER: _builtins.int
-    FROM_FIELD_NUMBER: _builtins.int
-    SENDER_FIELD_NUMBER: _builtins.int
-    REPLY_TO_FIELD_NUMBER: _builtins.int
-    TO_FIELD_NUMBER: _builtins.int
-    CC_FIELD_NUMBER: _builtins.int
-    BCC_FIELD_NUMBER: _builtins.int
-    IN_REPLY_TO_FIELD_NUMBER: _builtins.int
-    MESSAGE_ID_FIELD_NUMBER: _builtins.int
-    date: _builtins.bytes
-    subject: _builtins.bytes
-    in_reply_to: _builtins.bytes
-    message_id: _builtins.bytes
-    @_builtins.property
-    def sender(self) -> _containers.RepeatedCompositeFieldContainer[Global___Address]: ...
-    @_builtins.property
-    def reply_to(self) -> _containers.RepeatedCompositeFieldContainer[Global___Address]: ...
-    @_builtins.property
-    def to(self) -> _containers.RepeatedCompositeFieldContainer[Global___Address]: ...
-    @_builtins.property
-    def cc(self) -> _containers.RepeatedCompositeFieldContainer[Global___Address]: ...
-    @_builtins.property
-    def bcc(self) -> _containers.RepeatedCompositeFieldContainer[Global___Address]: ...
-    def __init__(
-        self,
-        *,
-        date: _builtins.bytes | None = ...,
-        subject: _builtins.bytes | None = ...,
-        sender: _abc.Iterable[Global___Address] | None = ...,
-        reply_to: _abc.Iterable[Global___Address] | None = ...,
-        to: _abc.Iterable[Global___Address] | None = ...,
-        cc: _abc.Iterable[Global___Address] | None = ...,
-        bcc: _abc.Iterable[Global___Address] | None = ...,
-        in_reply_to: _builtins.bytes | None = ...,
-        message_id: _builtins.bytes | None = ...,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_date", b"_date", "_in_reply_to", b"_in_reply_to", "_message_id", b"_message_id", "_subject", b"_subject", "date", b"date", "in_reply_to", b"in_reply_to", "message_id", b"message_id", "subject", b"subject"]  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_date", b"_date", "_in_reply_to", b"_in_reply_to", "_message_id", b"_message_id", "_subject", b"_subject", "bcc", b"bcc", "cc", b"cc", "date", b"date", "from", b"from", "in_reply_to", b"in_reply_to", "message_id", b"message_id", "reply_to", b"reply_to", "sender", b"sender", "subject", b"subject", "to", b"to"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType__date: _TypeAlias = _typing.Literal["date"]  # noqa: Y015
-    _WhichOneofArgType__date: _TypeAlias = _typing.Literal["_date", b"_date"]  # noqa: Y015
-    _WhichOneofReturnType__in_reply_to: _TypeAlias = _typing.Literal["in_reply_to"]  # noqa: Y015
-    _WhichOneofArgType__in_reply_to: _TypeAlias = _typing.Literal["_in_reply_to", b"_in_reply_to"]  # noqa: Y015
-    _WhichOneofReturnType__message_id: _TypeAlias = _typing.Literal["message_id"]  # noqa: Y015
-    _WhichOneofArgType__message_id: _TypeAlias = _typing.Literal["_message_id", b"_message_id"]  # noqa: Y015
-    _WhichOneofReturnType__subject: _TypeAlias = _typing.Literal["subject"]  # noqa: Y015
-    _WhichOneofArgType__subject: _TypeAlias = _typing.Literal["_subject", b"_subject"]  # noqa: Y015
-    @_typing.overload
-    def WhichOneof(self, oneof_group: _WhichOneofArgType__date) -> _WhichOneofReturnType__date | None: ...
-    @_typing.overload
-    def WhichOneof(self, oneof_group: _WhichOneofArgType__in_reply_to) -> _WhichOneofReturnType__in_reply_to | None: ...
-    @_typing.overload
-    def WhichOneof(self, oneof_group: _WhichOneofArgType__message_id) -> _WhichOneofReturnType__message_id | None: ...
-    @_typing.overload
-    def WhichOneof(self, oneof_group: _WhichOneofArgType__subject) -> _WhichOneofReturnType__subject | None: ...
-
-Global___Envelope: _TypeAlias = Envelope  # noqa: Y015
-
-@_typing.final
-class Param(_message.Message):
-    DESCRIPTOR: _descriptor.Descriptor
-
-    NAME_FIELD_NUMBER: _builtins.int
-    VALUE_FIELD_NUMBER: _builtins.int
-    name: _builtins.bytes
-    value: _builtins.bytes
-    def __init__(
-        self,
-        *,
-        name: _builtins.bytes = ...,
-        value: _builtins.bytes = ...,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "value", b"value"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
-
-Global___Param: _TypeAlias = Param  # noqa: Y015
-
-@_typing.final
-class Disposition(_message.Message):
-    DESCRIPTOR: _descriptor.Descriptor
-
-    TYPE_FIELD_NUMBER: _builtins.int
-    PARAMS_FIELD_NUMBER: _builtins.int
-    type: _builtins.bytes
-    @_builtins.property
-    def params(self) -> _containers.RepeatedCompositeFieldContainer[Global___Param]: ...
-    def __init__(
-        self,
-        *,
-        type: _builtins.bytes = ...,
-        params: _abc.Iterable[Global___Param] | None = ...,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["params", b"params", "type", b"type"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
-
-Global___Disposition: _TypeAlias = Disposition  # noqa: Y015
-
-@_typing.final
-class BodyPart(_message.Message):
-    """IMAP BODYSTRUCTURE of one part (RFC 3501 §7.4.2), with the byte offsets of
-    the part in the message so that sections are served by range reads.
-    """
-
-    DESCRIPTOR: _descriptor.Descriptor
-
-    TYPE_FIELD_NUMBER: _builtins.int
-    SUBTYPE_FIELD_NUMBER: _builtins.int
-    PARAMS_FIELD_NUMBER: _builtins.int
-    ID_FIELD_NUMBER: _builtins.int
-    DESCRIPTION_FIELD_NUMBER: _builtins.int
-    ENCODING_FIELD_NUMBER: _builtins.int
-    SIZE_FIELD_NUMBER: _builtins.int
-    LINES_FIELD_NUMBER: _builtins.int
-    MD5_FIELD_NUMBER: _builtins.int
-    DISPOSITION_FIELD_NUMBER: _builtins.int
-    HAS_DISPOSITION_FIELD_NUMBER: _builtins.int
-    LANGUAGE_FIELD_NUMBER: _builtins.int
-    LOCATION_FIELD_NUMBER: _builtins.int
-    PARTS_FIELD_NUMBER: _builtins.int
-    ENVELOPE_FIELD_NUMBER: _builtins.int
-    HEADER_OFFSET_FIELD_NUMBER: _builtins.int
-    BODY_OFFSET_FIELD_NUMBER: _builtins.int
-    END_OFFSET_FIELD_NUMBER: _builtins.int
-    CRLF_FIELD_NUMBER: _builtins.int
-    type: _builtins.bytes
-    """"text", "multipart", ... as in the message (case kept)"""
-    subtype: _builtins.bytes
-    id: _builtins.bytes
-    description: _builtins.bytes
-    encoding: _builtins.bytes
-    """default "7BIT" """
-    size: _builtins.int
-    """octets of the body"""
-    lines: _builtins.int
-    """text/* and message/rfc822"""
-    md5: _builtins.bytes
-    has_disposition: _builtins.bool
-    location: _builtins.bytes
-    header_offset: _builtins.int
-    """start of this part's MIME header"""
-    body_offset: _builtins.int
-    """start of this part's body"""
-    end_offset: _builtins.int
-    """end of this part's body (exclusive)"""
-    crlf: _builtins.bool
-    """Top level only: every line of the message ends in CRLF, with no bare CR or LF anywhere (found
-    at delivery; false for messages stored before it was recorded, meaning "not known").
-    """
-    @_builtins.property
-    def params(self) -> _containers.RepeatedCompositeFieldContainer[Global___Param]: ...
-    @_builtins.property
-    def disposition(self) -> Global___Disposition:
-        """unset = NIL"""
-
-    @_builtins.property
-    def language(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]: ...
-    @_builtins.property
-    def parts(self) -> _containers.RepeatedCompositeFieldContainer[Global___BodyPart]:
-        """multipart children; for message/rfc822 its one body"""
-
-    @_builtins.property
-    def envelope(self) -> Global___Envelope:
-        """message/rfc822 only"""
-
-    def __init__(
-        self,
-        *,
-        type: _builtins.bytes = ...,
-        subtype: _builtins.bytes = ...,
-        params: _abc.Iterable[Global___Param] | None = ...,
-        id: _builtins.bytes | None = ...,
-        description: _builtins.bytes | None = ...,
-        encoding: _builtins.bytes = ...,
-        size: _builtins.int = ...,
-        lines: _builtins.int = ...,
-        md5: _builtins.bytes | None = ...,
-        disposition: Global___Disposition | None = ...,
-        has_disposition: _builtins.bool = ...,
-        language: _abc.Iterable[_builtins.bytes] | None = ...,
-        location: _builtins.bytes | None = ...,
-        parts: _abc.Iterable[Global___BodyPart] | None = ...,
-        envelope: Global___Envelope | None = ...,
-        header_offset: _builtins.int = ...,
-        body_offset: _builtins.int = ...,
-        end_offset: _builtins.int = ...,
-        crlf: _builtins.bool = ...,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_description", b"_description", "_id", b"_id", "_location", b"_location", "_md5", b"_md5", "description", b"description", "disposition", b"disposition", "envelope", b"envelope", "id", b"id", "location", b"location", "md5", b"md5"]  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_description", b"_description", "_id", b"_id", "_location", b"_location", "_md5", b"_md5", "body_offset", b"body_offset", "crlf", b"crlf", "description", b"description", "disposition", b"disposition", "encoding", b"encoding", "end_offset", b"end_offset", "envelope", b"envelope", "has_disposition", b"has_disposition", "header_offset", b"header_offset", "id", b"id", "language", b"language", "lines", b"lines", "location", b"location", "md5", b"md5", "params", b"params", "parts", b"parts", "size", b"size", "subtype", b"subtype", "type", b"type"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType__description: _TypeAlias = _typing.Literal["description"]  # noqa: Y015
-    _WhichOneofArgType__description: _TypeAlias = _typing.Literal["_description", b"_description"]  # noqa: Y015
-    _WhichOneofReturnType__id: _TypeAlias = _typing.Literal["id"]  # noqa: Y015
-    _WhichOneofArgType__id: _TypeAlias = _typing.Literal["_id", b"_id"]  # noqa: Y015
-    _WhichOneofReturnType__location: _TypeAlias = _typing.Literal["location"]  # noqa: Y015
-    _WhichOneofArgType__location: _TypeAlias = _typing.Literal["_location", b"_location"]  # noqa: Y015
-    _WhichOneofReturnType__md5: _TypeAlias = _typing.Literal["md5"]  # noqa: Y015
-    _WhichOneofArgType__md5: _TypeAlias = _typing.Literal["_md5", b"_md5"]  # noqa: Y015
-    @_typing.overload
-    def WhichOneof(self, oneof_group: _WhichOneofArgType__description) -> _WhichOneofReturnType__description | None: ...
-    @_typing.overload
-    def WhichOneof(self, oneof_group: _WhichOneofArgType__id) -> _WhichOneofReturnType__id | None: ...
-    @_typing.overload
-    def WhichOneof(self, oneof_group: _WhichOneofArgType__location) -> _WhichOneofReturnType__location | None: ...
-    @_typing.overload
-    def WhichOneof(self, oneof_group: _WhichOneofArgType__md5) -> _WhichOneofReturnType__md5 | None: ...
-
-Global___BodyPart: _TypeAlias = BodyPart  # noqa: Y015
-
-@_typing.final
-class MetadataFields(_message.Message):
-    """Which metadata fields a FetchMetadata call wants (uid and modseq always come)."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -1751,21 +1444,21 @@ class MessageMetadata(_message.Message):
         """system flags with backslash ("\\\\Seen"), keywords as atoms"""
 
     @_builtins.property
-    def internal_date(self) -> Global___DateTime: ...
+    def internal_date(self) -> _message_pb2.DateTime: ...
     @_builtins.property
-    def envelope(self) -> Global___Envelope: ...
+    def envelope(self) -> _message_pb2.Envelope: ...
     @_builtins.property
-    def body_structure(self) -> Global___BodyPart: ...
+    def body_structure(self) -> _message_pb2.BodyPart: ...
     def __init__(
         self,
         *,
         uid: _builtins.int = ...,
         modseq: _builtins.int = ...,
         flags: _abc.Iterable[_builtins.str] | None = ...,
-        internal_date: Global___DateTime | None = ...,
+        internal_date: _message_pb2.DateTime | None = ...,
         size: _builtins.int = ...,
-        envelope: Global___Envelope | None = ...,
-        body_structure: Global___BodyPart | None = ...,
+        envelope: _message_pb2.Envelope | None = ...,
+        body_structure: _message_pb2.BodyPart | None = ...,
         blob_key: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["body_structure", b"body_structure", "envelope", b"envelope", "internal_date", b"internal_date"]  # noqa: Y015
@@ -1849,37 +1542,6 @@ class FetchMetadataResponse(_message.Message):
 Global___FetchMetadataResponse: _TypeAlias = FetchMetadataResponse  # noqa: Y015
 
 @_typing.final
-class Section(_message.Message):
-    DESCRIPTOR: _descriptor.Descriptor
-
-    PART_FIELD_NUMBER: _builtins.int
-    TEXT_FIELD_NUMBER: _builtins.int
-    FIELDS_FIELD_NUMBER: _builtins.int
-    text: Global___SectionText.ValueType
-    @_builtins.property
-    def part(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
-        """empty = the message itself"""
-
-    @_builtins.property
-    def fields(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """for HEADER.FIELDS[.NOT]"""
-
-    def __init__(
-        self,
-        *,
-        part: _abc.Iterable[_builtins.int] | None = ...,
-        text: Global___SectionText.ValueType = ...,
-        fields: _abc.Iterable[_builtins.str] | None = ...,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["fields", b"fields", "part", b"part", "text", b"text"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
-
-Global___Section: _TypeAlias = Section  # noqa: Y015
-
-@_typing.final
 class FetchBodyRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -1898,14 +1560,14 @@ class FetchBodyRequest(_message.Message):
     offset: _builtins.int
     length: _builtins.int
     @_builtins.property
-    def section(self) -> Global___Section: ...
+    def section(self) -> _message_pb2.Section: ...
     def __init__(
         self,
         *,
         account: _builtins.str = ...,
         mailbox: _builtins.str = ...,
         uid: _builtins.int = ...,
-        section: Global___Section | None = ...,
+        section: _message_pb2.Section | None = ...,
         has_partial: _builtins.bool = ...,
         offset: _builtins.int = ...,
         length: _builtins.int = ...,
@@ -2008,11 +1670,11 @@ class BodySection(_message.Message):
     offset: _builtins.int
     length: _builtins.int
     @_builtins.property
-    def section(self) -> Global___Section: ...
+    def section(self) -> _message_pb2.Section: ...
     def __init__(
         self,
         *,
-        section: Global___Section | None = ...,
+        section: _message_pb2.Section | None = ...,
         has_partial: _builtins.bool = ...,
         offset: _builtins.int = ...,
         length: _builtins.int = ...,
@@ -2119,7 +1781,7 @@ class AppendHeader(_message.Message):
     @_builtins.property
     def flags(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
-    def internal_date(self) -> Global___DateTime:
+    def internal_date(self) -> _message_pb2.DateTime:
         """unset = now"""
 
     def __init__(
@@ -2128,7 +1790,7 @@ class AppendHeader(_message.Message):
         account: _builtins.str = ...,
         mailbox: _builtins.str = ...,
         flags: _abc.Iterable[_builtins.str] | None = ...,
-        internal_date: Global___DateTime | None = ...,
+        internal_date: _message_pb2.DateTime | None = ...,
         size: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["internal_date", b"internal_date"]  # noqa: Y015

@@ -17,6 +17,20 @@ programs call it for everything. Conventions:
 from collections import abc as _abc
 from grpc import aio as _aio
 from mailstack.v1 import mailstore_pb2 as _mailstore_pb2
+from mailstack.v1.message_pb2 import Address as Address
+from mailstack.v1.message_pb2 import BodyPart as BodyPart
+from mailstack.v1.message_pb2 import DateTime as DateTime
+from mailstack.v1.message_pb2 import Disposition as Disposition
+from mailstack.v1.message_pb2 import Envelope as Envelope
+from mailstack.v1.message_pb2 import Param as Param
+from mailstack.v1.message_pb2 import SECTION_ALL as SECTION_ALL
+from mailstack.v1.message_pb2 import SECTION_HEADER as SECTION_HEADER
+from mailstack.v1.message_pb2 import SECTION_HEADER_FIELDS as SECTION_HEADER_FIELDS
+from mailstack.v1.message_pb2 import SECTION_HEADER_FIELDS_NOT as SECTION_HEADER_FIELDS_NOT
+from mailstack.v1.message_pb2 import SECTION_MIME as SECTION_MIME
+from mailstack.v1.message_pb2 import SECTION_TEXT as SECTION_TEXT
+from mailstack.v1.message_pb2 import Section as Section
+from mailstack.v1.message_pb2 import SectionText as SectionText
 import abc as _abc_1
 import grpc as _grpc
 import sys

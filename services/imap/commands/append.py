@@ -5,6 +5,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import grpc
+from mailstack.message.flags import canonical_flag, is_recent
+from mailstack.v1 import mailstore_pb2 as pb
 
 from ..errors import from_grpc
 from ..mailbox_view import NEW, Change
@@ -16,7 +18,6 @@ if TYPE_CHECKING:
     from ..session import Session
 
 # The mailstore keeps system flags in this case (and drops \Recent); keywords as given.
-_SYSTEM_FLAGS = {f.lower(): f for f in ("\\Seen", "\\Answered", "\\Flagged", "\\Deleted", "\\Draft")}
 
 
 async def append(session: Session, command: Command) -> Reply | None:
@@ -43,7 +44,7 @@ async def append(session: Session, command: Command) -> Reply | None:
             raise error from None
         uids.append(reply.uid)
         uidvalidity = reply.uidvalidity
-        flags = (_SYSTEM_FLAGS.get(f.lower(), f) for f in message.flags if f.lower() != "\\recent")
+        flags = (canonical_flag(f) for f in message.flags if not is_recent(f))
         appended.append(Change(reply.uid, reply.modseq, NEW, tuple(flags)))
     if session.view is not None and session.view.name == args.mailbox:
         # announce EXISTS with this completion (RFC 9051 §6.3.12)

@@ -9,12 +9,12 @@ import asyncio
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from mailstack.services.common.body_parts import SectionNotFound, find_part
+from mailstack.message.body_parts import SectionNotFound, find_part
+from mailstack.message.transfer_encoding import UnknownCte, decode_cte
 from mailstack.v1 import mailstore_pb2 as pb
 
 from ..mailstore import LONG, MetadataWanted
 from ..protocol import Command, Fetch, FetchAttribute, FetchBinarySize, FetchBody, FetchItem, Section
-from ..protocol.binary import UnknownCte, decode_cte
 from ..protocol.encoder import Buffer, FetchValue, Literal, fetch_buffers, flag_list
 from ..protocol.message_data import body_structure, envelope, internal_date
 from ..replies import Reply, bad, no

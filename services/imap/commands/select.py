@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from mailstack.message.flags import STORED_FLAGS
 from mailstack.v1 import mailstore_pb2 as pb
 
 from ..mailbox_view import MailboxView
@@ -16,7 +17,6 @@ from .common import report_vanished, resolve, selected_view, writable
 if TYPE_CHECKING:
     from ..session import Session
 
-SYSTEM_FLAGS = ("\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft")
 
 
 async def _listing(
@@ -63,8 +63,8 @@ async def select(session: Session, command: Command) -> Reply | None:
     session.opening(args.mailbox)
     view = await open_view(session, args.mailbox, readonly)
     keywords = sorted({f for u in view.uids for f in view.flags[u] if not f.startswith("\\")})
-    session.untagged(untagged(b"FLAGS " + flag_list([*SYSTEM_FLAGS, *keywords])))
-    permanent = flag_list([*SYSTEM_FLAGS, *keywords, "\\*"]) if not readonly else b"()"
+    session.untagged(untagged(b"FLAGS " + flag_list([*STORED_FLAGS, *keywords])))
+    permanent = flag_list([*STORED_FLAGS, *keywords, "\\*"]) if not readonly else b"()"
     session.untagged(untagged_status("OK", "flags and keywords can be stored", b"PERMANENTFLAGS " + permanent))
     session.untagged(untagged(b"%d EXISTS" % view.exists))
     session.untagged(untagged(b"%d RECENT" % len(view.recent)))

@@ -1,6 +1,8 @@
 """Pure IMAP protocol layer: bytes in, commands out; values in, response bytes out.
 No I/O here (no asyncio, grpc, redis or sockets): the session decides, the server reads and writes."""
 
+from mailstack.message.mailbox_name import decode_mailbox_name, encode_mailbox_name
+
 from .commands import (
     Append,
     AppendMessage,
@@ -28,7 +30,6 @@ from .commands import (
 )
 from .events import NEED_DATA, Command, Event, LiteralTooBig, NeedData, NeedLiteral, ParseError
 from .fetch import FetchAttribute, FetchBinarySize, FetchBody, FetchItem, Section
-from .mailbox_name import decode_mailbox_name, encode_mailbox_name
 from .parser import ArgumentParser, Grammar, ParseContext, Syntax, parse_command
 from .receiver import CommandReceiver, ReceiverState
 from .search import (

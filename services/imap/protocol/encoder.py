@@ -8,8 +8,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TypeAlias
 
+from mailstack.message.mailbox_name import encode_mailbox_name
+
 from .grammar import ASTRING_CHARS, MONTHS
-from .mailbox_name import encode_mailbox_name
 
 # What goes to the connection: a list of these is written with writelines, never joined here.
 Buffer: TypeAlias = bytes | memoryview

@@ -7,6 +7,8 @@ import datetime
 from collections.abc import Callable
 from typing import TypeVar
 
+from mailstack.message.flags import canonical_flag
+
 T = TypeVar("T")
 
 
@@ -33,7 +35,6 @@ MAX_NUMBER = 0xFFFFFFFF  # number = 1*DIGIT ; unsigned 32-bit
 MAX_NUMBER64 = 0x7FFFFFFFFFFFFFFF  # mod-sequence-value = 1*DIGIT ; 63-bit (RFC 7162 §7)
 
 # system flags with their canonical spelling (RFC 3501 §2.3.2)
-SYSTEM_FLAGS = {f.lower(): f for f in ("\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft", "\\Recent")}
 
 MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 _MONTH_NUMBER = {m.lower().encode(): i + 1 for i, m in enumerate(MONTHS)}
@@ -238,7 +239,7 @@ class Reader:
             if allow_wildcard and self.accept(b"*"):
                 return "\\*"
             name = "\\" + self.atom().decode("ascii")
-            return SYSTEM_FLAGS.get(name.lower(), name)
+            return canonical_flag(name)
         return self.atom().decode("ascii")
 
     def flag_list(self) -> tuple[str, ...]:

@@ -6,21 +6,21 @@ from __future__ import annotations
 import datetime
 from collections.abc import Iterable
 
-from mailstack.v1 import mailstore_pb2 as pb
+from mailstack.message.structure import Address, BodyPart, DateTime, Envelope, Param
 
 from .encoder import NIL, date_time, nil_or_list, nstring, paren_list, string
 
 
-def internal_date(value: pb.DateTime) -> bytes:
+def internal_date(value: DateTime) -> bytes:
     zone = datetime.timezone(datetime.timedelta(minutes=value.utc_offset_minutes))
     return date_time(datetime.datetime.fromtimestamp(value.unix_seconds, tz=zone))
 
 
-def _optional(message: pb.Envelope | pb.Address | pb.BodyPart, field: str, utf8: bool) -> bytes:
+def _optional(message: Envelope | Address | BodyPart, field: str, utf8: bool) -> bytes:
     return nstring(getattr(message, field), utf8) if message.HasField(field) else NIL  # type: ignore[arg-type]
 
 
-def _address_list(addresses: Iterable[pb.Address], utf8: bool) -> bytes:
+def _address_list(addresses: Iterable[Address], utf8: bool) -> bytes:
     # address-list = "(" 1*address ")" / nil
     # address = "(" addr-name SP addr-adl SP addr-mailbox SP addr-host ")"
     return (
@@ -32,7 +32,7 @@ def _address_list(addresses: Iterable[pb.Address], utf8: bool) -> bytes:
     )
 
 
-def envelope(env: pb.Envelope, utf8: bool = False) -> bytes:
+def envelope(env: Envelope, utf8: bool = False) -> bytes:
     """envelope = "(" env-date SP env-subject SP env-from SP env-sender SP env-reply-to SP env-to
     SP env-cc SP env-bcc SP env-in-reply-to SP env-message-id ")" """
     # RFC 3501 §7.4.2: absent Sender / Reply-To are given the value of From
@@ -54,25 +54,25 @@ def envelope(env: pb.Envelope, utf8: bool = False) -> bytes:
     )
 
 
-def _params(params: Iterable[pb.Param], utf8: bool) -> bytes:
+def _params(params: Iterable[Param], utf8: bool) -> bytes:
     # body-fld-param = "(" string SP string *(SP string SP string) ")" / nil
     return nil_or_list(string(p.name.upper(), utf8) + b" " + string(p.value, utf8) for p in params)
 
 
-def _disposition(part: pb.BodyPart, utf8: bool) -> bytes:
+def _disposition(part: BodyPart, utf8: bool) -> bytes:
     # body-fld-dsp = "(" string SP body-fld-param ")" / nil
     if not part.has_disposition:
         return NIL
     return b"(" + string(part.disposition.type.upper(), utf8) + b" " + _params(part.disposition.params, utf8) + b")"
 
 
-def _extension_tail(part: pb.BodyPart, utf8: bool) -> bytes:
+def _extension_tail(part: BodyPart, utf8: bool) -> bytes:
     # body-fld-dsp SP body-fld-lang SP body-fld-loc;  body-fld-lang = nstring / "(" string *(SP string) ")"
     language = nil_or_list(string(lang, utf8) for lang in part.language)
     return b" ".join([_disposition(part, utf8), language, _optional(part, "location", utf8)])
 
 
-def body_structure(part: pb.BodyPart, extensible: bool = True, utf8: bool = False) -> bytes:
+def body_structure(part: BodyPart, extensible: bool = True, utf8: bool = False) -> bytes:
     """BODYSTRUCTURE (extensible) or BODY (basic fields only) of a part, types upper-cased as
     Dovecot does ("TEXT" "PLAIN")."""
     media_type = (part.type or b"text").upper()

@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from mailstack.services.common.mailbox_patterns import PatternTooLongError, check_lengths
+from mailstack.message.mailbox_name import decode_mailbox_name
+from mailstack.message.mailbox_patterns import PatternTooLongError, check_lengths
 
 from .commands import (
     Append,
@@ -35,7 +36,6 @@ from .commands import (
 from .events import Command, ParseError
 from .fetch import parse_fetch_items
 from .grammar import ATOM_CHARS, GrammarError, Reader
-from .mailbox_name import decode_mailbox_name
 from .search import parse_search_keys
 from .sequence import SequenceSet, parse_sequence_set
 

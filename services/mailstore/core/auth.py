@@ -7,7 +7,8 @@ import asyncio
 
 from mailstack.services.common.auth_throttle import AuthThrottle
 from mailstack.services.common.config import Settings
-from mailstack.services.mailstore import names, passwords
+from mailstack.message import names
+from mailstack.services.mailstore import passwords
 from mailstack.services.mailstore.core.errors import AuthFailed
 from mailstack.services.mailstore.core.stores import Stores
 

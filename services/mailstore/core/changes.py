@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from mailstack.message.flags import is_recent, stored_system_flag
 from mailstack.services.mailstore.core.errors import InvalidRequest, NotAllowed, OverQuota
 from mailstack.services.mailstore.core.quota import QuotaLedger
 from mailstack.services.mailstore.core.results import (
@@ -21,8 +22,6 @@ from mailstack.services.mailstore.core.results import (
 )
 from mailstack.services.mailstore.core.stores import Stores, checked_address, checked_mailbox_name
 
-SYSTEM_FLAGS = {"\\seen": "\\Seen", "\\answered": "\\Answered", "\\flagged": "\\Flagged",
-                "\\deleted": "\\Deleted", "\\draft": "\\Draft"}  # fmt: skip
 MAX_FLAGS = 100
 MAX_FLAG_LENGTH = 100
 
@@ -36,9 +35,9 @@ def normalize_flags(flags: Sequence[str]) -> tuple[str, ...]:
         if not flag or len(flag) > MAX_FLAG_LENGTH or any(ord(c) <= 0x20 or ord(c) >= 0x7F for c in flag):
             raise InvalidRequest(f"invalid flag {flag!r}")
         if flag.startswith("\\"):
-            canonical = SYSTEM_FLAGS.get(flag.lower())
+            canonical = stored_system_flag(flag)
             if canonical is None:
-                if flag.lower() == "\\recent":
+                if is_recent(flag):
                     continue
                 raise InvalidRequest(f"unknown system flag {flag!r}")
             out.add(canonical)

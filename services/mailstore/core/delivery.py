@@ -19,7 +19,7 @@ from datetime import datetime
 from typing import Any, TypeVar
 
 from mailstack.services.common.config import Settings
-from mailstack.services.mailstore import mime, names
+from mailstack.message import mime, names
 from mailstack.services.mailstore.core.changes import normalize_flags
 from mailstack.services.mailstore.core.errors import InvalidRequest, OverQuota, TooBig
 from mailstack.services.mailstore.core.quota import QuotaLedger, quota_verdict

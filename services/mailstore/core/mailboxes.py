@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from mailstack.services.common.mailbox_patterns import PatternTooLongError, compile_patterns
+from mailstack.message.mailbox_patterns import PatternTooLongError, compile_patterns
 from mailstack.services.mailstore.core.changes import after_expunge
 from mailstack.services.mailstore.core.errors import InvalidRequest, NotAllowed
 from mailstack.services.mailstore.core.quota import QuotaLedger

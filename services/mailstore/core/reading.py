@@ -7,7 +7,8 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Sequence
 
-from mailstack.services.mailstore import search, sections
+from mailstack.message import sections
+from mailstack.services.mailstore import search
 from mailstack.services.mailstore.core.errors import BlobNotFound, InvalidRequest, MailboxNotFound
 from mailstack.services.mailstore.core.results import BodySlice, MailboxRecord, MessageRecord, UidRanges
 from mailstack.services.mailstore.core.stores import Stores, log_missing

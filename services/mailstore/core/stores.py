@@ -14,7 +14,7 @@ from typing import Protocol
 
 from mailstack.services.common.config import Settings
 from mailstack.services.common.metrics import BLOB_CACHE_BYTES, BLOB_CACHE_LOOKUPS
-from mailstack.services.mailstore import names
+from mailstack.message import names
 from mailstack.services.mailstore.core.errors import AccountNotFound, InvalidName, MailboxNotFound, StorageError
 from mailstack.services.mailstore.instrumented import instrumented
 from mailstack.storage import registry

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from mailstack.services.common.mailbox_patterns import matches
+from mailstack.message.mailbox_patterns import matches
 from mailstack.services.imap.mailbox_list import Entry, select, with_parents
 
 TREE = with_parents(

@@ -8,7 +8,7 @@ import quopri
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from mailstack.services.imap.protocol.binary import UnknownCte, decode_cte
+from mailstack.message.transfer_encoding import UnknownCte, decode_cte
 
 
 @given(st.binary(max_size=3000))

@@ -5,23 +5,23 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from mailstack.v1 import mailstore_pb2 as pb
+from mailstack.message.structure import BodyPart
 
 
 class SectionNotFound(LookupError):
     """The section names a part the message does not have."""
 
 
-def is_multipart(part: pb.BodyPart) -> bool:
+def is_multipart(part: BodyPart) -> bool:
     return part.type.lower() == b"multipart"
 
 
-def is_message(part: pb.BodyPart) -> bool:
+def is_message(part: BodyPart) -> bool:
     """message/rfc822 or message/global (RFC 6532 §3.7): an encapsulated message."""
     return part.type.lower() == b"message" and part.subtype.lower() in (b"rfc822", b"global")
 
 
-def _numbered(message: pb.BodyPart, number: int) -> pb.BodyPart:
+def _numbered(message: BodyPart, number: int) -> BodyPart:
     """Part `number` of a message whose body structure is `message` (RFC 3501 §6.4.5: a
     non-multipart message has only part 1, its body)."""
     if is_multipart(message):
@@ -33,7 +33,7 @@ def _numbered(message: pb.BodyPart, number: int) -> pb.BodyPart:
     raise SectionNotFound(f"no part {number}")
 
 
-def find_part(structure: pb.BodyPart, path: Sequence[int]) -> pb.BodyPart:
+def find_part(structure: BodyPart, path: Sequence[int]) -> BodyPart:
     """The part named by a non-empty part path like [2, 1, 3]."""
     node = _numbered(structure, path[0])
     for number in path[1:]:

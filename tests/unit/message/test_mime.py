@@ -1,20 +1,14 @@
-"""ENVELOPE, BODYSTRUCTURE and part offsets computed at delivery (services/mailstore/mime.py)."""
+"""ENVELOPE, BODYSTRUCTURE and part offsets computed at delivery (mailstack.message.mime, .headers, .addresses)."""
 
 from __future__ import annotations
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from mailstack.services.mailstore.mime import (
-    MAX_ADDRESS_HEADER,
-    MAX_DEPTH,
-    MAX_PARTS,
-    parse_addresses,
-    parse_message,
-    parse_mime_value,
-)
+from mailstack.message.addresses import MAX_ADDRESS_HEADER, parse_addresses
+from mailstack.message.mime import MAX_DEPTH, MAX_PARTS, parse_message, parse_mime_value
 from mailstack.v1 import mailstore_pb2 as pb
 
-from tests.unit.messages import SAMPLES, load
+from tests.unit.message.samples import SAMPLES, load
 
 
 def addr(name: bytes | None, mailbox: bytes | None, host: bytes | None, adl: bytes | None = None) -> pb.Address:

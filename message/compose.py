@@ -11,12 +11,12 @@ import email.policy
 import email.utils
 import re
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.message import EmailMessage
 from email.parser import BytesHeaderParser
-
-from mailstack.v1 import send_pb2 as spb
+from typing import Protocol
 
 # Headers the structured input sets itself; a caller's extra header may not replace them.
 RESERVED_HEADERS = frozenset(
@@ -25,6 +25,48 @@ RESERVED_HEADERS = frozenset(
               "Content-Type", "Content-Transfer-Encoding", "Content-Disposition", "Sender", "Return-Path")
 )  # fmt: skip
 HEADER_NAME = re.compile(r"\A[!-9;-~]+\Z")  # RFC 5322 §3.6.8 ftext
+
+
+class ExtraHeader(Protocol):
+    @property
+    def name(self) -> str: ...
+    @property
+    def value(self) -> str: ...
+
+
+class Attachment(Protocol):
+    @property
+    def filename(self) -> str: ...
+    @property
+    def content_type(self) -> str: ...  # "" = application/octet-stream
+    @property
+    def content_id(self) -> str: ...  # set: an inline part (multipart/related)
+    @property
+    def data(self) -> bytes: ...
+
+
+class StructuredMessage(Protocol):
+    """The Send API's structured input (send.proto's StructuredMessage fits), plus a `from` field
+    ("Name <addr>" or "addr") that a Protocol cannot name because it is a Python keyword."""
+
+    @property
+    def reply_to(self) -> Sequence[str]: ...
+    @property
+    def to(self) -> Sequence[str]: ...
+    @property
+    def cc(self) -> Sequence[str]: ...
+    @property
+    def bcc(self) -> Sequence[str]: ...  # recipients only, never a header
+    @property
+    def subject(self) -> str: ...
+    @property
+    def text(self) -> str: ...
+    @property
+    def html(self) -> str: ...
+    @property
+    def attachments(self) -> Sequence[Attachment]: ...
+    @property
+    def headers(self) -> Sequence[ExtraHeader]: ...
 
 
 class ComposeError(ValueError):
@@ -55,10 +97,10 @@ def _address(text: str, what: str) -> str:
     return address
 
 
-def build(structured: spb.StructuredMessage, now: float | None = None) -> Composed:
+def build(structured: StructuredMessage, now: float | None = None) -> Composed:
     """RFC 5322 + MIME from the structured fields: text and html become multipart/alternative,
     attachments make it multipart/mixed (inline parts with a Content-ID: multipart/related)."""
-    from_text = getattr(structured, "from")  # "from" is a Python keyword
+    from_text: str = getattr(structured, "from")  # "from" is a Python keyword
     if not from_text:
         raise ComposeError("from is required")
     sender = _address(from_text, "from")
@@ -70,58 +112,60 @@ def build(structured: spb.StructuredMessage, now: float | None = None) -> Compos
     if not recipients:
         raise ComposeError("at least one of to, cc, bcc is required")
     message = EmailMessage(policy=email.policy.SMTP)
+    message_id = new_message_id(sender.rsplit("@", 1)[1])
     try:
-        message["From"] = from_text
-        if structured.reply_to:
-            message["Reply-To"] = ", ".join(structured.reply_to)
-        if structured.to:
-            message["To"] = ", ".join(structured.to)
-        if structured.cc:
-            message["Cc"] = ", ".join(structured.cc)
-        message["Subject"] = structured.subject
-        message["Date"] = rfc5322_date(now)
-        message_id = new_message_id(sender.rsplit("@", 1)[1])
-        message["Message-ID"] = f"<{message_id}>"
-        for header in structured.headers:
-            if not HEADER_NAME.match(header.name) or header.name.lower() in RESERVED_HEADERS:
-                raise ComposeError(f"header {header.name!r} cannot be set")
-            if "\r" in header.value or "\n" in header.value:
-                raise ComposeError(f"header {header.name!r}: line breaks are not allowed")
-            message[header.name] = header.value
+        _set_headers(message, structured, from_text, message_id, now)
     except (ValueError, TypeError, IndexError) as exc:  # the header registry's parse errors
         if isinstance(exc, ComposeError):
             raise
         raise ComposeError(str(exc)) from None
-    text, html = structured.text, structured.html
+    _set_body(message, structured.text, structured.html)
+    for attachment in structured.attachments:
+        _attach(message, attachment)
+    return Composed(message.as_bytes(policy=email.policy.SMTP), sender, recipients, message_id)
+
+
+def _set_headers(
+    message: EmailMessage, structured: StructuredMessage, from_text: str, message_id: str, now: float | None
+) -> None:
+    message["From"] = from_text
+    for name, values in (("Reply-To", structured.reply_to), ("To", structured.to), ("Cc", structured.cc)):
+        if values:
+            message[name] = ", ".join(values)
+    message["Subject"] = structured.subject
+    message["Date"] = rfc5322_date(now)
+    message["Message-ID"] = f"<{message_id}>"
+    for header in structured.headers:
+        if not HEADER_NAME.match(header.name) or header.name.lower() in RESERVED_HEADERS:
+            raise ComposeError(f"header {header.name!r} cannot be set")
+        if "\r" in header.value or "\n" in header.value:
+            raise ComposeError(f"header {header.name!r}: line breaks are not allowed")
+        message[header.name] = header.value
+
+
+def _set_body(message: EmailMessage, text: str, html: str) -> None:
     if text or not html:
         message.set_content(text or "", cte="quoted-printable" if not text.isascii() else None)
         if html:
             message.add_alternative(html, subtype="html")
     else:
         message.set_content(html, subtype="html")
-    for attachment in structured.attachments:
-        maintype, _, subtype = (attachment.content_type or "application/octet-stream").partition("/")
-        if not maintype or not subtype:
-            raise ComposeError(f"invalid content type {attachment.content_type!r}")
-        cid = f"<{attachment.content_id.strip('<>')}>" if attachment.content_id else None
-        if maintype == "text":
-            message.add_attachment(
-                attachment.data.decode("utf-8", "replace"),
-                subtype=subtype,
-                filename=attachment.filename or None,
-                disposition="inline" if cid else "attachment",
-                cid=cid,
-            )
-        else:
-            message.add_attachment(
-                attachment.data,
-                maintype=maintype,
-                subtype=subtype,
-                filename=attachment.filename or None,
-                disposition="inline" if cid else "attachment",
-                cid=cid,
-            )
-    return Composed(message.as_bytes(policy=email.policy.SMTP), sender, recipients, message_id)
+
+
+def _attach(message: EmailMessage, attachment: Attachment) -> None:
+    maintype, _, subtype = (attachment.content_type or "application/octet-stream").partition("/")
+    if not maintype or not subtype:
+        raise ComposeError(f"invalid content type {attachment.content_type!r}")
+    cid = f"<{attachment.content_id.strip('<>')}>" if attachment.content_id else None
+    disposition = "inline" if cid else "attachment"
+    filename = attachment.filename or None
+    if maintype == "text":
+        text = attachment.data.decode("utf-8", "replace")
+        message.add_attachment(text, subtype=subtype, filename=filename, disposition=disposition, cid=cid)
+    else:
+        message.add_attachment(
+            attachment.data, maintype=maintype, subtype=subtype, filename=filename, disposition=disposition, cid=cid
+        )
 
 
 @dataclass(frozen=True, slots=True)

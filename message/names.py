@@ -18,6 +18,18 @@ def normalize_mailbox_name(name: str) -> str:
     Refused: empty, NUL or other control characters, leading/trailing/double '/',
     '.' or '..' components, over-long names or components, too deep hierarchies.
     """
+    _check_characters(name)
+    parts = name.split("/")
+    if len(parts) > MAX_DEPTH:
+        raise InvalidNameError("mailbox hierarchy too deep")
+    for part in parts:
+        _check_component(part)
+    if parts[0].upper() == "INBOX":
+        parts[0] = "INBOX"
+    return "/".join(parts)
+
+
+def _check_characters(name: str) -> None:
     if not name:
         raise InvalidNameError("empty mailbox name")
     if len(name.encode("utf-8", "surrogatepass")) > MAX_MAILBOX_NAME_BYTES:
@@ -26,19 +38,15 @@ def normalize_mailbox_name(name: str) -> str:
         raise InvalidNameError("control character in mailbox name")
     if any(0xD800 <= ord(c) <= 0xDFFF for c in name):
         raise InvalidNameError("invalid character in mailbox name")
-    parts = name.split("/")
-    if len(parts) > MAX_DEPTH:
-        raise InvalidNameError("mailbox hierarchy too deep")
-    for part in parts:
-        if part == "":
-            raise InvalidNameError("empty component in mailbox name")
-        if part in (".", ".."):
-            raise InvalidNameError("'.' and '..' are not mailbox names")
-        if len(part.encode("utf-8")) > MAX_COMPONENT_BYTES:
-            raise InvalidNameError("mailbox name component too long")
-    if parts[0].upper() == "INBOX":
-        parts[0] = "INBOX"
-    return "/".join(parts)
+
+
+def _check_component(part: str) -> None:
+    if part == "":
+        raise InvalidNameError("empty component in mailbox name")
+    if part in (".", ".."):
+        raise InvalidNameError("'.' and '..' are not mailbox names")
+    if len(part.encode("utf-8")) > MAX_COMPONENT_BYTES:
+        raise InvalidNameError("mailbox name component too long")
 
 
 def normalize_address(address: str, allow_catchall: bool = False) -> str:

@@ -53,21 +53,8 @@ def decode_mailbox_name(raw: bytes, utf8: bool = False) -> str:
             end = raw.find(b"-", i + 1)
             if end < 0:
                 raise ValueError("unterminated mUTF-7 shift sequence")
-            encoded = raw[i + 1 : end]
+            parts.append(_shifted(raw[i + 1 : end]))
             i = end + 1
-            if not encoded:
-                parts.append("&")
-                continue
-            if not set(encoded) <= _B64_CHARS or len(encoded) % 4 == 1:
-                raise ValueError("invalid mUTF-7 base64")
-            try:
-                utf16 = base64.b64decode(encoded.replace(b",", b"/") + b"=" * (-len(encoded) % 4), validate=True)
-                text = utf16.decode("utf-16-be")
-            except (binascii.Error, UnicodeDecodeError):
-                raise ValueError("invalid mUTF-7 sequence") from None
-            if any(0x20 <= ord(ch) <= 0x7E for ch in text):
-                raise ValueError("mUTF-7 encodes printable US-ASCII")
-            parts.append(text)
         elif 0x20 <= c <= 0x7E:
             parts.append(chr(c))
             i += 1
@@ -78,3 +65,19 @@ def decode_mailbox_name(raw: bytes, utf8: bool = False) -> str:
     if encode_mailbox_name(name) != raw:
         raise ValueError("non-canonical mUTF-7")
     return _normalise_inbox(name)
+
+
+def _shifted(encoded: bytes) -> str:
+    """The text of one shift sequence, given what is between "&" and "-" ("&-" is "&")."""
+    if not encoded:
+        return "&"
+    if not set(encoded) <= _B64_CHARS or len(encoded) % 4 == 1:
+        raise ValueError("invalid mUTF-7 base64")
+    try:
+        utf16 = base64.b64decode(encoded.replace(b",", b"/") + b"=" * (-len(encoded) % 4), validate=True)
+        text = utf16.decode("utf-16-be")
+    except (binascii.Error, UnicodeDecodeError):
+        raise ValueError("invalid mUTF-7 sequence") from None
+    if any(0x20 <= ord(ch) <= 0x7E for ch in text):
+        raise ValueError("mUTF-7 encodes printable US-ASCII")
+    return text

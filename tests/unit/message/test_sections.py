@@ -1,12 +1,12 @@
-"""BODY[section] plans over stored structures (services/mailstore/sections.py)."""
+"""BODY[section] plans over stored structures (mailstack.message.sections)."""
 
 from __future__ import annotations
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from mailstack.services.mailstore.mime import parse_message
-from mailstack.services.mailstore.sections import (
+from mailstack.message.mime import parse_message
+from mailstack.message.sections import (
     SectionNotFound,
     SectionPlan,
     apply_header_filter,
@@ -15,7 +15,7 @@ from mailstack.services.mailstore.sections import (
 )
 from mailstack.v1 import mailstore_pb2 as pb
 
-from tests.unit.messages import SAMPLES, load
+from tests.unit.message.samples import SAMPLES, load
 
 ALL, HEADER, FIELDS, FIELDS_NOT, TEXT, MIME = (
     pb.SECTION_ALL,

@@ -11,9 +11,18 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from mailstack.services.common.body_parts import SectionNotFound, find_part, is_message
-from mailstack.services.mailstore.mime import split_fields
-from mailstack.v1 import mailstore_pb2 as pb
+from mailstack.message.body_parts import SectionNotFound, find_part, is_message
+from mailstack.message.headers import split_fields
+from mailstack.message.structure import (
+    SECTION_ALL,
+    SECTION_HEADER,
+    SECTION_HEADER_FIELDS,
+    SECTION_HEADER_FIELDS_NOT,
+    SECTION_MIME,
+    SECTION_TEXT,
+    BodyPart,
+    Section,
+)
 
 
 @dataclass(frozen=True)
@@ -25,31 +34,31 @@ class SectionPlan:
     header_filter: tuple[tuple[str, ...], bool] | None = None
 
 
-def plan_section(structure: pb.BodyPart, section: pb.Section) -> SectionPlan:
+def plan_section(structure: BodyPart, section: Section) -> SectionPlan:
     """Plan for BODY[section] of a message whose stored structure is `structure`."""
     text = section.text
     if not section.part:
         message = structure  # the message itself
     else:
         node = find_part(structure, section.part)
-        if text == pb.SECTION_ALL:
+        if text == SECTION_ALL:
             return SectionPlan(node.body_offset, node.end_offset)
-        if text == pb.SECTION_MIME:
+        if text == SECTION_MIME:
             return SectionPlan(node.header_offset, node.body_offset)
         # HEADER and TEXT after a part number name an encapsulated message (RFC 3501 §6.4.5).
         if not is_message(node) or not node.parts:
             raise SectionNotFound("HEADER and TEXT need a message/rfc822 part")
         message = node.parts[0]
-    if text == pb.SECTION_ALL:
+    if text == SECTION_ALL:
         return SectionPlan(message.header_offset, message.end_offset)
-    if text == pb.SECTION_HEADER:
+    if text == SECTION_HEADER:
         return SectionPlan(message.header_offset, message.body_offset)
-    if text in (pb.SECTION_HEADER_FIELDS, pb.SECTION_HEADER_FIELDS_NOT):
-        fields = (tuple(section.fields), text == pb.SECTION_HEADER_FIELDS_NOT)
+    if text in (SECTION_HEADER_FIELDS, SECTION_HEADER_FIELDS_NOT):
+        fields = (tuple(section.fields), text == SECTION_HEADER_FIELDS_NOT)
         return SectionPlan(message.header_offset, message.body_offset, fields)
-    if text == pb.SECTION_TEXT:
+    if text == SECTION_TEXT:
         return SectionPlan(message.body_offset, message.end_offset)
-    raise SectionNotFound("MIME needs a part number" if text == pb.SECTION_MIME else f"unknown section {text}")
+    raise SectionNotFound("MIME needs a part number" if text == SECTION_MIME else f"unknown section {text}")
 
 
 def apply_header_filter(header: bytes, fields: Sequence[str], exclude: bool) -> bytes:
@@ -67,7 +76,7 @@ def apply_header_filter(header: bytes, fields: Sequence[str], exclude: bool) -> 
     return bytes(out)
 
 
-def extract_section(raw: bytes, structure: pb.BodyPart, section: pb.Section) -> bytes:
+def extract_section(raw: bytes, structure: BodyPart, section: Section) -> bytes:
     """The bytes of BODY[section] of a raw message (b"" for a part that does not exist)."""
     try:
         plan = plan_section(structure, section)

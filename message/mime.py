@@ -17,11 +17,6 @@ Decisions (so that every reader of the stored structure knows them):
   application/octet-stream leaves (the protobuf parser refuses more than 100 nested messages).
 - A multipart without any body part gets one empty text/plain part at its end, because IMAP's
   body-type-mpart needs at least one (Dovecot does the same).
-- Address headers are read up to MAX_ADDRESS_HEADER bytes (thousands of addresses) to bound the work.
-- Addresses: name is the display name (quotes removed, encoded words kept) or else a comment; adl is
-  set only for an obsolete source route (<@a,@b:user@host>).
-- An address without a domain gets host "MISSING_DOMAIN" (and an empty local part "MISSING_MAILBOX"),
-  as Dovecot does, because host NIL would mean "group start" in IMAP.
 """
 
 from __future__ import annotations
@@ -32,23 +27,15 @@ from dataclasses import dataclass
 from datetime import UTC
 from email.utils import parsedate_to_datetime
 
-from mailstack.services.common.body_parts import is_message, is_multipart
-from mailstack.v1 import mailstore_pb2 as pb
+from mailstack.message.addresses import parse_addresses
+from mailstack.message.body_parts import is_message, is_multipart
+from mailstack.message.headers import header_end, header_values, quoted_string
+from mailstack.message.structure import BodyPart, Envelope, Param
 
 MAX_DEPTH = 32
 MAX_PARTS = 2000
-MAX_ADDRESS_HEADER = 64 * 1024  # bytes of an address header that ENVELOPE describes
-MISSING_MAILBOX = b"MISSING_MAILBOX"
-MISSING_DOMAIN = b"MISSING_DOMAIN"
 
 _CR, _LF, _SP, _HT = 0x0D, 0x0A, 0x20, 0x09
-# A field: field-name = 1*ftext (RFC 5322 §3.6.8, 8-bit tolerated), obsolete WSP before the colon
-# (§4.5), then its line and continuation lines. Regular expressions keep big headers fast.
-_LINE = rb"[^\n]*(?:\n|\Z)"
-_FIELD = re.compile(rb"([\x21-\x39\x3b-\x7e\x80-\xff]+)[ \t]*:" + _LINE + rb"(?:[ \t]" + _LINE + rb")*")
-_HEADER_LINES = re.compile(rb"(?:" + _FIELD.pattern + rb")*")
-_OTHER_LINES = re.compile(_LINE + rb"(?:[ \t]" + _LINE + rb")*")
-_FOLD = re.compile(rb"\r?\n(?=[ \t])")
 _WS = b" \t\r\n"
 _RFC2231_NAME = re.compile(rb"^(?P<base>[^*]+)\*(?P<index>\d{1,6})(?P<ext>\*)?$")
 _ATTRIBUTE_CHAR = frozenset(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789!#$&+-.^_`|~")
@@ -56,59 +43,11 @@ _ATTRIBUTE_CHAR = frozenset(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWX
 
 @dataclass(frozen=True)
 class ParsedMessage:
-    envelope: pb.Envelope
-    structure: pb.BodyPart
+    envelope: Envelope
+    structure: BodyPart
     header: bytes  # the top-level header block, including the blank line
     sent_date: int | None  # unix seconds of the Date: header
     size: int
-
-
-# ---------------------------------------------------------------- headers
-
-
-def header_end(raw: bytes, start: int, end: int) -> int:
-    """Offset where the body of the entity in raw[start:end] begins (RFC 5322 §2.1)."""
-    m = _HEADER_LINES.match(raw, start, end)
-    pos = m.end() if m else start
-    if pos < end and raw[pos] == _LF:
-        return pos + 1  # the blank line belongs to the header
-    if pos + 1 < end and raw[pos] == _CR and raw[pos + 1] == _LF:
-        return pos + 2
-    return pos
-
-
-def split_fields(block: bytes) -> list[tuple[bytes, bytes]]:
-    """(name, field text with its continuation lines and line endings) for each field of a header block.
-
-    Stops at the blank line. Lines that are not a field (only possible at the start) have name b"".
-    """
-    fields: list[tuple[bytes, bytes]] = []
-    pos, n = 0, len(block)
-    while pos < n and block[pos] != _LF and not block.startswith(b"\r\n", pos):
-        m = _FIELD.match(block, pos)
-        if m is not None:
-            fields.append((m.group(1), m.group(0)))
-        else:
-            m = _OTHER_LINES.match(block, pos)
-            assert m is not None  # matches at least the rest of the line
-            fields.append((b"", m.group(0)))
-        pos = m.end()
-    return fields
-
-
-def field_value(field: bytes) -> bytes:
-    """The unfolded value of a field's text (RFC 5322 §2.2.3), surrounding whitespace removed."""
-    colon = field.find(b":")
-    return _FOLD.sub(b"", field[colon + 1 :]).strip(_WS)
-
-
-def header_values(block: bytes) -> dict[bytes, bytes]:
-    """Lower-cased field name -> unfolded value of its first occurrence."""
-    values: dict[bytes, bytes] = {}
-    for name, text in split_fields(block):
-        if name and (key := name.lower()) not in values:
-            values[key] = field_value(text)
-    return values
 
 
 # ---------------------------------------------------------------- MIME header values
@@ -166,19 +105,7 @@ def _split_unquoted(value: bytes, sep: int) -> list[bytes]:
 def _unquote(value: bytes) -> bytes:
     if not value.startswith(b'"'):
         return value
-    out = bytearray()
-    i, n = 1, len(value)
-    while i < n:
-        c = value[i]
-        if c == 0x5C and i + 1 < n:
-            out.append(value[i + 1])
-            i += 2
-            continue
-        if c == 0x22:
-            break
-        out.append(c)
-        i += 1
-    return bytes(out)
+    return quoted_string(value, 0)[0]
 
 
 def _percent_encode(value: bytes) -> bytes:
@@ -234,240 +161,26 @@ def parse_mime_value(value: bytes) -> tuple[bytes, list[tuple[bytes, bytes]]]:
     return main, _merge_continuations(params)
 
 
-def param(params: Iterable[tuple[bytes, bytes] | pb.Param], name: bytes) -> bytes | None:
-    """Value of a parameter by case-insensitive name, from (name, value) pairs or pb.Param."""
+def param(params: Iterable[tuple[bytes, bytes] | Param], name: bytes) -> bytes | None:
+    """Value of a parameter by case-insensitive name, from (name, value) pairs or Param."""
     wanted = name.lower()
     for p in params:
-        pname, pvalue = (p.name, p.value) if isinstance(p, pb.Param) else p
+        pname, pvalue = (p.name, p.value) if isinstance(p, Param) else p
         if pname.lower() == wanted:
             return bytes(pvalue)
     return None
 
 
-def is_text(part: pb.BodyPart) -> bool:
+def is_text(part: BodyPart) -> bool:
     return part.type.lower() == b"text"
-
-
-# ---------------------------------------------------------------- addresses
-
-
-@dataclass(frozen=True, slots=True)
-class _Token:
-    kind: str  # "atom", "quoted", "literal", "comment", or the special character itself
-    value: bytes
-    space_before: bool
-
-
-_SPECIAL_KINDS = frozenset("<>@,;:.]")
-_ATOM_END = frozenset(b' \t\r\n("<>@,;:.[]')  # a stray ")" is kept in the atom
-
-
-def _tokenize(value: bytes) -> list[_Token]:
-    """RFC 5322 §3.2 lexical tokens of an address header, lenient about everything."""
-    tokens: list[_Token] = []
-    i, n = 0, len(value)
-    space = False
-    while i < n:
-        c = value[i]
-        if c in b" \t\r\n":
-            space = True
-            i += 1
-        elif c == 0x28:  # comment, nested, with quoted-pairs
-            depth, j = 0, i
-            buf = bytearray()
-            while j < n:
-                ch = value[j]
-                if ch == 0x5C and j + 1 < n:
-                    buf.append(value[j + 1])
-                    j += 2
-                    continue
-                if ch == 0x28:
-                    depth += 1
-                    if depth > 1:
-                        buf.append(ch)
-                elif ch == 0x29:
-                    depth -= 1
-                    if depth == 0:
-                        j += 1
-                        break
-                    buf.append(ch)
-                else:
-                    buf.append(ch)
-                j += 1
-            tokens.append(_Token("comment", bytes(buf).strip(_WS), space))
-            space, i = True, j
-        elif c == 0x22:
-            j = i + 1
-            buf = bytearray()
-            while j < n and value[j] != 0x22:
-                if value[j] == 0x5C and j + 1 < n:
-                    j += 1
-                buf.append(value[j])
-                j += 1
-            tokens.append(_Token("quoted", bytes(buf), space))
-            space, i = False, j + 1
-        elif c == 0x5B:  # domain literal, kept with its brackets
-            j = value.find(b"]", i)
-            j = n if j < 0 else j + 1
-            tokens.append(_Token("literal", value[i:j], space))
-            space, i = False, j
-        elif chr(c) in _SPECIAL_KINDS:
-            tokens.append(_Token(chr(c), bytes([c]), space))
-            space, i = False, i + 1
-        else:
-            j = i + 1  # value[i] starts no other token, so it is part of an atom
-            while j < n and value[j] not in _ATOM_END:
-                j += 1
-            tokens.append(_Token("atom", value[i:j], space))
-            space, i = False, j
-    return tokens
-
-
-_WORD_KINDS = frozenset({"atom", "quoted", ".", "literal"})
-
-
-def _phrase(words: list[_Token]) -> bytes | None:
-    """Display name: words joined as written, quotes removed, encoded words kept (RFC 3501 §7.4.2)."""
-    if not words:
-        return None
-    out = bytearray(words[0].value)
-    for w in words[1:]:
-        if w.space_before:
-            out.append(_SP)
-        out += w.value
-    return bytes(out)
-
-
-def _joined(words: list[_Token]) -> bytes:
-    """Local part or domain: CFWS between the pieces dropped (RFC 5322 §3.4.1)."""
-    return b"".join(w.value for w in words)
-
-
-class _AddressParser:
-    def __init__(self, value: bytes) -> None:
-        self.tokens = _tokenize(value)
-        self.i = 0
-        self.out: list[pb.Address] = []
-
-    def kind(self) -> str | None:
-        return self.tokens[self.i].kind if self.i < len(self.tokens) else None
-
-    def parse(self) -> list[pb.Address]:
-        while self.i < len(self.tokens):
-            if self.kind() in (",", ";"):
-                self.i += 1
-                continue
-            start = self.i
-            self.address(in_group=False)
-            if self.i == start:
-                self.i += 1
-        return self.out
-
-    def words(self, kinds: frozenset[str], dotted: bool = False) -> tuple[list[_Token], bytes | None]:
-        """Tokens of the given kinds (comments set aside); `dotted` stops at a word that follows
-        another word after white space, which ends a domain ("a@b c@d")."""
-        words: list[_Token] = []
-        comment = None
-        while (k := self.kind()) is not None and (k in kinds or k == "comment"):
-            tok = self.tokens[self.i]
-            if k == "comment":
-                comment = tok.value or comment
-            elif dotted and words and words[-1].kind != "." and k != "." and tok.space_before:
-                break
-            else:
-                words.append(tok)
-            self.i += 1
-        return words, comment
-
-    def skip_to_end_of_address(self, in_group: bool) -> bytes | None:
-        """Skip what cannot be part of this address; return a trailing comment if any."""
-        comment = None
-        stops = (",", ";") if in_group else (",",)
-        while (k := self.kind()) is not None and k not in stops:
-            if k == "comment":
-                comment = self.tokens[self.i].value or comment
-            self.i += 1
-        return comment
-
-    def add(self, name: bytes | None, adl: bytes | None, local: bytes, domain: bytes) -> None:
-        if name is None and not local and not domain:
-            return
-        addr = pb.Address(mailbox=local or MISSING_MAILBOX, host=domain or MISSING_DOMAIN)
-        if name is not None:
-            addr.name = name
-        if adl:
-            addr.adl = adl
-        self.out.append(addr)
-
-    def address(self, in_group: bool) -> None:
-        words, comment = self.words(_WORD_KINDS)
-        k = self.kind()
-        if k == ":" and not in_group:  # group (RFC 5322 §3.4); IMAP: start and end markers
-            self.i += 1
-            self.out.append(pb.Address(mailbox=_phrase(words) or b""))
-            while (k := self.kind()) is not None and k != ";":
-                if k == ",":
-                    self.i += 1
-                    continue
-                start = self.i
-                self.address(in_group=True)
-                if self.i == start:
-                    self.i += 1
-            if k == ";":
-                self.i += 1
-            self.out.append(pb.Address())
-            return
-        if k == "<":
-            self.i += 1
-            adl = None
-            if self.kind() == "@":  # obsolete route (RFC 5322 §4.4): @a,@b:
-                route, _ = self.words(_WORD_KINDS | {"@", ","})
-                if self.kind() == ":":
-                    self.i += 1
-                    adl = _joined(route)
-            local, _ = self.words(_WORD_KINDS)
-            domain: list[_Token] = []
-            if self.kind() == "@":
-                self.i += 1
-                domain, _ = self.words(_WORD_KINDS)
-            while (k := self.kind()) is not None and k not in (">", ",", ";"):
-                self.i += 1
-            if self.kind() == ">":
-                self.i += 1
-            trailing = self.skip_to_end_of_address(in_group)
-            name = _phrase(words)
-            self.add(name if name is not None else (comment or trailing), adl, _joined(local), _joined(domain))
-            return
-        if k == "@":
-            self.i += 1
-            domain, after = self.words(_WORD_KINDS, dotted=True)
-            trailing = self.skip_to_end_of_address(in_group)
-            self.add(after or trailing or comment, None, _joined(words), _joined(domain))
-            return
-        trailing = self.skip_to_end_of_address(in_group)
-        if words:
-            self.add(comment or trailing, None, _joined(words), b"")
-
-
-def parse_addresses(value: bytes | None) -> list[pb.Address]:
-    """An address-list header value as IMAP address structures; never raises."""
-    if not value:
-        return []
-    if len(value) > MAX_ADDRESS_HEADER:  # bound the work; cut between two addresses if possible
-        value = value[: value.rfind(b",", 0, MAX_ADDRESS_HEADER) + 1 or MAX_ADDRESS_HEADER]
-    parser = _AddressParser(value)
-    try:
-        return parser.parse()
-    except Exception:  # defensive: keep what was parsed before the surprise
-        return parser.out
 
 
 # ---------------------------------------------------------------- envelope
 
 
-def build_envelope(values: dict[bytes, bytes]) -> pb.Envelope:
+def build_envelope(values: dict[bytes, bytes]) -> Envelope:
     """ENVELOPE from the first occurrence of each header field (RFC 3501 §7.4.2)."""
-    env = pb.Envelope()
+    env = Envelope()
     for field, attr in ((b"date", "date"), (b"subject", "subject"), (b"in-reply-to", "in_reply_to")):
         if field in values:
             setattr(env, attr, values[field])
@@ -516,13 +229,13 @@ class _Walker:
         self.raw = raw
         self.parts = 0
 
-    def entity(self, start: int, end: int, depth: int, default: tuple[bytes, bytes]) -> pb.BodyPart:
+    def entity(self, start: int, end: int, depth: int, default: tuple[bytes, bytes]) -> BodyPart:
         """BODYSTRUCTURE of the entity (MIME header + body) in raw[start:end]."""
         raw = self.raw
         self.parts += 1
         body = header_end(raw, start, end)
         values = header_values(raw[start:body])
-        part = pb.BodyPart(header_offset=start, body_offset=body, end_offset=end, size=end - body)
+        part = BodyPart(header_offset=start, body_offset=body, end_offset=end, size=end - body)
         self.describe(part, values, default)
         leaf = depth >= MAX_DEPTH or self.parts >= MAX_PARTS
         if (is_multipart(part) or is_message(part)) and leaf:
@@ -541,7 +254,7 @@ class _Walker:
             part.lines = _count_lines(raw, body, end)
         return part
 
-    def describe(self, part: pb.BodyPart, values: dict[bytes, bytes], default: tuple[bytes, bytes]) -> None:
+    def describe(self, part: BodyPart, values: dict[bytes, bytes], default: tuple[bytes, bytes]) -> None:
         ctype, params = parse_mime_value(values.get(b"content-type", b""))
         kind, slash, sub = ctype.partition(b"/")
         kind, sub = kind.strip(_WS), sub.strip(_WS)
@@ -551,7 +264,7 @@ class _Walker:
         part.type, part.subtype = kind, sub
         if kind.lower() == b"text" and param(params, b"charset") is None:
             params.append((b"charset", b"us-ascii"))
-        part.params.extend(pb.Param(name=n, value=v) for n, v in params)
+        part.params.extend(Param(name=n, value=v) for n, v in params)
         part.encoding = values.get(b"content-transfer-encoding") or b"7BIT"
         for field, attr in (
             (b"content-id", "id"),
@@ -566,11 +279,11 @@ class _Walker:
             if dtype:
                 part.has_disposition = True
                 part.disposition.type = dtype
-                part.disposition.params.extend(pb.Param(name=n, value=v) for n, v in dparams)
+                part.disposition.params.extend(Param(name=n, value=v) for n, v in dparams)
         if b"content-language" in values:
             part.language.extend(_language(values[b"content-language"]))
 
-    def multipart(self, part: pb.BodyPart, depth: int) -> None:
+    def multipart(self, part: BodyPart, depth: int) -> None:
         """Split a multipart body at its delimiters (RFC 2046 §5.1.1): the line break before a
         delimiter belongs to the delimiter; preamble and epilogue belong to no part."""
         raw, start, end = self.raw, part.body_offset, part.end_offset
@@ -589,8 +302,8 @@ class _Walker:
         if child_start is not None:  # no close delimiter: the last part runs to the end
             part.parts.append(self.entity(child_start, end, depth + 1, child_default))
         if not part.parts:
-            empty = pb.BodyPart(type=b"text", subtype=b"plain", encoding=b"7BIT")
-            empty.params.append(pb.Param(name=b"charset", value=b"us-ascii"))
+            empty = BodyPart(type=b"text", subtype=b"plain", encoding=b"7BIT")
+            empty.params.append(Param(name=b"charset", value=b"us-ascii"))
             empty.header_offset = empty.body_offset = empty.end_offset = end
             part.parts.append(empty)
 
@@ -628,11 +341,11 @@ def crlf_only(raw: bytes) -> bool:
 
 
 def _fallback(raw: bytes) -> ParsedMessage:
-    part = pb.BodyPart(type=b"text", subtype=b"plain", encoding=b"7BIT", size=len(raw), end_offset=len(raw))
-    part.params.append(pb.Param(name=b"charset", value=b"us-ascii"))
+    part = BodyPart(type=b"text", subtype=b"plain", encoding=b"7BIT", size=len(raw), end_offset=len(raw))
+    part.params.append(Param(name=b"charset", value=b"us-ascii"))
     part.lines = _count_lines(raw, 0, len(raw))
     part.crlf = crlf_only(raw)
-    return ParsedMessage(pb.Envelope(), part, b"", None, len(raw))
+    return ParsedMessage(Envelope(), part, b"", None, len(raw))
 
 
 def parse_message(raw: bytes) -> ParsedMessage:

@@ -4,12 +4,23 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from typing import Protocol
 
-from mailstack.services.mailstore.compose import new_message_id, rfc5322_date
-from mailstack.storage.queue.base import RecipientStatus
+from mailstack.message.compose import new_message_id, rfc5322_date
 
 _STATUS = re.compile(r"\b([245])\.(\d{1,3})\.(\d{1,3})\b")
 _REPLY_CODE = re.compile(r"^\s*([245])\d\d\b")
+
+
+class FailedRecipient(Protocol):
+    """What a DSN reports of one recipient (the outbound queue's RecipientStatus fits)."""
+
+    @property
+    def address(self) -> str: ...
+    @property
+    def last_error(self) -> str: ...  # the remote reply or why delivery stopped; "" = unknown
+    @property
+    def remote_mta(self) -> str: ...  # "" = none reached
 
 
 def status_code(error: str) -> str:
@@ -26,7 +37,7 @@ def status_code(error: str) -> str:
 def build_dsn(
     hostname: str,
     sender: str,
-    failed: Sequence[RecipientStatus],
+    failed: Sequence[FailedRecipient],
     original_headers: bytes,
     arrival: str,
 ) -> bytes:

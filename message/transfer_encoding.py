@@ -13,6 +13,18 @@ class UnknownCte(ValueError):
     """An encoding this server cannot undo: NO [UNKNOWN-CTE] (RFC 3516 §4.3)."""
 
 
+def decode_base64(data: bytes) -> bytes:
+    """Lenient base64 (RFC 2045 §6.8): characters outside the alphabet skipped, missing padding
+    mended; never raises."""
+    letters = _NOT_BASE64.sub(b"", data)  # "=" goes too: the padding is made again
+    if len(letters) % 4 == 1:
+        letters = letters[:-1]  # a lone last letter carries no whole octet
+    try:
+        return binascii.a2b_base64(letters + b"=" * (-len(letters) % 4))
+    except (binascii.Error, ValueError):
+        return b""
+
+
 def decode_cte(data: bytes, encoding: bytes) -> bytes:
     """Decoded content of a part whose Content-Transfer-Encoding is `encoding`. Lenient, as mail
     readers are: base64 skips characters outside its alphabet and mends missing padding."""
@@ -20,10 +32,7 @@ def decode_cte(data: bytes, encoding: bytes) -> bytes:
     if name in IDENTITY:
         return data
     if name == b"base64":
-        letters = _NOT_BASE64.sub(b"", data)  # "=" goes too: the padding is made again
-        if len(letters) % 4 == 1:
-            letters = letters[:-1]  # a lone last letter carries no whole octet
-        return binascii.a2b_base64(letters + b"=" * (-len(letters) % 4))
+        return decode_base64(data)
     if name == b"quoted-printable":
         return binascii.a2b_qp(data)
     raise UnknownCte(encoding.decode("ascii", "replace"))
