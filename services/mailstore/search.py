@@ -9,7 +9,6 @@ parts. Flags and keywords match case-insensitively (RFC 3501 §9: atoms are case
 from __future__ import annotations
 
 import binascii
-import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime

@@ -30,9 +30,6 @@ import grpc
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from mailstack.services.common import metrics
-from mailstack.services.common.grpc_client import open_sync_channel
-from mailstack.services.common.lifecycle import run_services
 from mailstack.message.mailbox_patterns import (
     MAX_PATTERN_BYTES,
     MAX_PATTERNS_BYTES,
@@ -40,6 +37,9 @@ from mailstack.message.mailbox_patterns import (
     PatternTooLongError,
     matches,
 )
+from mailstack.services.common import metrics
+from mailstack.services.common.grpc_client import open_sync_channel
+from mailstack.services.common.lifecycle import run_services
 from mailstack.services.imap.commands.search import MAX_WIRE_DEPTH
 from mailstack.services.imap.protocol.search import MAX_DEPTH, MAX_KEYS
 from mailstack.storage.private_paths import private_dir

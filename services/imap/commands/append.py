@@ -6,7 +6,6 @@ from typing import TYPE_CHECKING
 
 import grpc
 from mailstack.message.flags import canonical_flag, is_recent
-from mailstack.v1 import mailstore_pb2 as pb
 
 from ..errors import from_grpc
 from ..mailbox_view import NEW, Change

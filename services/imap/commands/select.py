@@ -18,7 +18,6 @@ if TYPE_CHECKING:
     from ..session import Session
 
 
-
 async def _listing(
     session: Session, name: str
 ) -> tuple[pb.MailboxStatus | None, list[tuple[int, tuple[str, ...], int]]]:

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import asyncio
 
-from mailstack.services.common.config import Settings
 from mailstack.message import names
+from mailstack.services.common.config import Settings
 from mailstack.services.mailstore import passwords
 from mailstack.services.mailstore.core.auth import MAX_PASSWORD_LENGTH
 from mailstack.services.mailstore.core.errors import InvalidName, InvalidRequest

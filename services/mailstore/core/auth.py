@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import asyncio
 
+from mailstack.message import names
 from mailstack.services.common.auth_throttle import AuthThrottle
 from mailstack.services.common.config import Settings
-from mailstack.message import names
 from mailstack.services.mailstore import passwords
 from mailstack.services.mailstore.core.errors import AuthFailed
 from mailstack.services.mailstore.core.stores import Stores

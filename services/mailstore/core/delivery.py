@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeVar
 
-from mailstack.services.common.config import Settings
 from mailstack.message import mime, names
+from mailstack.services.common.config import Settings
 from mailstack.services.mailstore.core.changes import normalize_flags
 from mailstack.services.mailstore.core.errors import InvalidRequest, OverQuota, TooBig
 from mailstack.services.mailstore.core.quota import QuotaLedger, quota_verdict

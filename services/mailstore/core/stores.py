@@ -12,9 +12,9 @@ import logging
 from collections.abc import Sequence
 from typing import Protocol
 
+from mailstack.message import names
 from mailstack.services.common.config import Settings
 from mailstack.services.common.metrics import BLOB_CACHE_BYTES, BLOB_CACHE_LOOKUPS
-from mailstack.message import names
 from mailstack.services.mailstore.core.errors import AccountNotFound, InvalidName, MailboxNotFound, StorageError
 from mailstack.services.mailstore.instrumented import instrumented
 from mailstack.storage import registry
