@@ -486,7 +486,7 @@ async def _serve_mailstore_once(data_dir: Path) -> None:
         await asyncio.sleep(0.02)
     assert not task.done(), task.exception()
     address = next(line.split()[-1] for line in out.getvalue().splitlines() if line.startswith("mailstore"))
-    client = open_client(address)
+    client = open_client(address, data_dir)
     try:
         name = f"modes{time.monotonic_ns()}@example.test"
         await client.admin.CreateAccount(pb.CreateAccountRequest(name=name, password=PASSWORD))
