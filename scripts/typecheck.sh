@@ -9,4 +9,5 @@ for f in mailstack/*.py; do ln -s "$PWD/$f" "$tree/$(basename "$f")"; done
 ln -s "$PWD/services" "$tree/services"
 ln -s "$PWD/storage" "$tree/storage"
 ln -s "$PWD/proto/mailstack/v1" "$tree/v1"
-MYPYPATH=.typecheck "${PYTHON:-.venv/bin/python}" -m mypy -p mailstack "$@"
+# The tests and benchmarks are held to the same settings as the package.
+MYPYPATH=.typecheck "${PYTHON:-.venv/bin/python}" -m mypy -p mailstack -p tests -p bench "$@"
