@@ -42,6 +42,15 @@ def _reply(code: int, message: bytes | str) -> str:
     return f"{code} {' '.join(text.split())}"
 
 
+def _mail_options(conn: smtplib.SMTP, data: bytes) -> list[str]:
+    options = []
+    if not data.isascii() and conn.has_extn("8bitmime"):
+        options.append("BODY=8BITMIME")  # RFC 6152
+    if conn.has_extn("size"):
+        options.append(f"SIZE={len(data)}")  # RFC 1870
+    return options
+
+
 def _outcome(code: int) -> Outcome:
     if 200 <= code < 300:
         return "delivered"
@@ -130,24 +139,22 @@ class SmtpDelivery:
             raise
         return conn
 
-    def _transaction(self, host: MxHost, sender: str, recipients: Sequence[str], data: bytes) -> list[Attempt]:
+    def _connection(self, host: MxHost) -> smtplib.SMTP:
+        """A pooled connection to host that still answers, else a new one."""
         conn = self.pool.take(host)
         if conn is not None:
             try:
                 conn.rset()  # a reused connection: make sure it is alive and clean
+                return conn
             except (OSError, smtplib.SMTPException):
                 conn.close()
-                conn = None
-        if conn is None:
-            conn = self._connect(host)
+        return self._connect(host)
+
+    def _transaction(self, host: MxHost, sender: str, recipients: Sequence[str], data: bytes) -> list[Attempt]:
+        conn = self._connection(host)
         mta = host.host
         try:
-            options = []
-            if not data.isascii() and conn.has_extn("8bitmime"):
-                options.append("BODY=8BITMIME")  # RFC 6152
-            if conn.has_extn("size"):
-                options.append(f"SIZE={len(data)}")  # RFC 1870
-            code, message = conn.mail(sender, options)
+            code, message = conn.mail(sender, _mail_options(conn, data))
             if code >= 300:
                 conn.rset()
                 self.pool.give(host, conn)

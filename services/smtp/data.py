@@ -68,16 +68,8 @@ async def read_data(
             line = line[1:]
         if problem is not None:
             continue  # keep reading to the end, keep nothing
-        if len(line) > MAX_LINE:
-            problem = DataProblem.LINE_TOO_LONG
-        elif b"\r" in line[:-2] or b"\n" in line[:-2]:
-            problem = DataProblem.BARE_NEWLINE
-        else:
-            size += len(line)
-            if max_size and size > max_size:
-                problem = DataProblem.TOO_BIG
-            elif room is not None and size > room.held and not room.cover(size):  # a call per STEP, not per line
-                problem = DataProblem.INSUFFICIENT_STORAGE
+        size += len(line)
+        problem = _line_problem(line, size, max_size, room)
         if problem is not None:
             buffer = _dropped(room)
         else:
@@ -85,6 +77,19 @@ async def read_data(
     if problem is not None:
         return DataResult(b"", problem)
     return DataResult(buffer.getvalue(), None)
+
+
+def _line_problem(line: bytes, size: int, max_size: int, room: Reservation | None) -> DataProblem | None:
+    """What is wrong with one unstuffed content line; `size` counts the content up to and with it."""
+    if len(line) > MAX_LINE:
+        return DataProblem.LINE_TOO_LONG
+    if b"\r" in line[:-2] or b"\n" in line[:-2]:
+        return DataProblem.BARE_NEWLINE
+    if max_size and size > max_size:
+        return DataProblem.TOO_BIG
+    if room is not None and size > room.held and not room.cover(size):  # a call per STEP, not per line
+        return DataProblem.INSUFFICIENT_STORAGE
+    return None
 
 
 def _dropped(room: Reservation | None) -> io.BytesIO:

@@ -251,38 +251,39 @@ class SmtpHandler:
         if len(envelope.rcpt_tos) >= self.settings.smtp_max_recipients:
             count("rejected", "too_many_recipients")
             return replies.TOO_MANY_RECIPIENTS  # RFC 5321 §4.5.3.1.10
-        size = _envelope_size(envelope.mail_options)
-        # Advisory (see recipient_cache): Deliver checks the recipient again at DATA.
-        if self.recipients.is_local(address, size):
-            status: pb.RecipientStatus.ValueType = pb.RECIPIENT_LOCAL
-        else:
-            request = pb.ResolveRecipientRequest(address=address, size=size)
-            try:
-                reply = await self.stub.ResolveRecipient(request, timeout=RPC_TIMEOUT)
-            except grpc.aio.AioRpcError as err:
-                log.warning("smtp RCPT: mailstore error %s", err.code().name)
-                count("rejected", "storage_unavailable")
-                return replies.TEMP_FAILURE
-            status = reply.status
-            if status == pb.RECIPIENT_LOCAL:
-                self.recipients.remember_local(address, size)
-        if status == pb.RECIPIENT_LOCAL:
+        status = await self._recipient_status(address, _envelope_size(envelope.mail_options))
+        if status is None:
+            count("rejected", "storage_unavailable")
+            return replies.TEMP_FAILURE
+        remote = status == pb.RECIPIENT_NOT_LOCAL and self.kind.submission
+        if status == pb.RECIPIENT_LOCAL or (remote and self.outbound is not None):
+            # Another domain in submission: queued at DATA for the outbound worker (ADR 0008).
             if address not in envelope.rcpt_tos:
                 envelope.rcpt_tos.append(address)
                 envelope.rcpt_options.extend(rcpt_options)
+                if remote:
+                    _remote_recipients(envelope).add(address)
             return replies.RECIPIENT_OK
-        if status == pb.RECIPIENT_NOT_LOCAL and self.kind.submission and self.outbound is not None:
-            # Another domain: queued at DATA for the outbound worker (ADR 0008).
-            if address not in envelope.rcpt_tos:
-                envelope.rcpt_tos.append(address)
-                envelope.rcpt_options.extend(rcpt_options)
-                _remote_recipients(envelope).add(address)
-            return replies.RECIPIENT_OK
-        if status == pb.RECIPIENT_NOT_LOCAL and self.kind.submission:
+        if remote:
             count("rejected", "remote_recipient")
             return replies.REMOTE_NOT_YET
         count("rejected", pb.RecipientStatus.Name(status).lower())
         return replies.RECIPIENT_REPLIES.get(status, replies.TEMP_FAILURE)
+
+    async def _recipient_status(self, address: str, size: int) -> pb.RecipientStatus.ValueType | None:
+        """The mailstore's verdict on a recipient; None when it could not be asked."""
+        # Advisory (see recipient_cache): Deliver checks the recipient again at DATA.
+        if self.recipients.is_local(address, size):
+            return pb.RECIPIENT_LOCAL
+        request = pb.ResolveRecipientRequest(address=address, size=size)
+        try:
+            reply = await self.stub.ResolveRecipient(request, timeout=RPC_TIMEOUT)
+        except grpc.aio.AioRpcError as err:
+            log.warning("smtp RCPT: mailstore error %s", err.code().name)
+            return None
+        if reply.status == pb.RECIPIENT_LOCAL:
+            self.recipients.remember_local(address, size)
+        return reply.status
 
     # ---------------------------------------------------------------- DATA
 

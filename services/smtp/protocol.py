@@ -301,16 +301,9 @@ class SmtpProtocol(SMTP):
             return
         size, last = int(words[0]), len(words) == 2
         assert self.envelope is not None
-        refusal = None
-        if not self.session or not self.session.host_name:
-            refusal = "503 5.5.1 Error: send HELO first"
-        elif not self.envelope.rcpt_tos:
-            refusal = "503 5.5.1 Error: need RCPT command"
-        limit = self.data_size_limit or 0
-        if refusal is None and self._bdat_problem is None and limit and self._bdat_size + size > limit:
-            self._bdat_problem = DataProblem.TOO_BIG
-        if refusal is None and self._bdat_problem is None and not self.room.cover(self._bdat_size + size):
-            self._bdat_problem = DataProblem.INSUFFICIENT_STORAGE
+        refusal = self._bdat_refusal()
+        if refusal is None:
+            self._bdat_check_size(size)
         if self._bdat_problem is not None:
             self._bdat_buffer = io.BytesIO()  # keep nothing of a failed transaction
             self.room.release()
@@ -338,6 +331,30 @@ class SmtpProtocol(SMTP):
         if not last:
             await self.push(f"250 2.0.0 {size} octets received")
             return
+        await self._bdat_last()
+
+    def _bdat_refusal(self) -> str | None:
+        assert self.envelope is not None
+        if not self.session or not self.session.host_name:
+            return "503 5.5.1 Error: send HELO first"
+        if not self.envelope.rcpt_tos:
+            return "503 5.5.1 Error: need RCPT command"
+        return None
+
+    def _bdat_check_size(self, size: int) -> None:
+        """The transaction fails when this chunk takes it over the size limit or the in-flight budget."""
+        if self._bdat_problem is not None:
+            return
+        total = self._bdat_size + size
+        limit = self.data_size_limit or 0
+        if limit and total > limit:
+            self._bdat_problem = DataProblem.TOO_BIG
+        elif not self.room.cover(total):
+            self._bdat_problem = DataProblem.INSUFFICIENT_STORAGE
+
+    async def _bdat_last(self) -> None:
+        """The LAST chunk arrived: the whole message goes to the handler, as after DATA."""
+        assert self.envelope is not None
         content = self._bdat_buffer.getvalue()  # shares the buffer, no copy
         self._bdat_buffer = io.BytesIO()
         try:
