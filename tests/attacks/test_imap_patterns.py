@@ -31,6 +31,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from mailstack.services.common import metrics
+from mailstack.services.common.grpc_client import open_sync_channel
 from mailstack.services.common.lifecycle import run_services
 from mailstack.services.common.mailbox_patterns import (
     MAX_PATTERN_BYTES,
@@ -49,7 +50,7 @@ from tests.fixtures.imap_server import PASSWORD, ImapEnv, RawImap, imap_env, mes
 from tests.fixtures.mailstore import append, open_client, settings_for
 from tests.fixtures.redis_server import RedisServer
 from tests.fixtures.s3_server import S3Server
-from tests.fixtures.topology import Topology, build_topology, start_topology
+from tests.fixtures.topology import Topology, admin_channel, build_topology, identity_of, start_topology
 
 T = TypeVar("T")
 ANSWER_WITHIN = 5.0  # seconds for the hostile command's tagged answer
@@ -569,8 +570,10 @@ def topology(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Topology]:
 
 def _topology_account(topo: Topology) -> str:
     user = f"attacker{time.monotonic_ns()}@example.test"
-    with grpc.insecure_channel(topo.mailstore_addr) as channel:
+    # The internal API takes mTLS only (ADR 0009): the admin creates the account, IMAP the folders.
+    with admin_channel(topo) as channel:
         pbg.AdminStub(channel).CreateAccount(pb.CreateAccountRequest(name=user, password=PASSWORD), timeout=10)
+    with open_sync_channel(topo.mailstore_addr, identity_of(topo, "imap")) as channel:
         store = pbg.MailstoreStub(channel)
         for i in range(MAILBOXES // 3):
             name = f"aaaa{i}/aaaa/aaaaaaaaaaaaaaaaaaaa"
