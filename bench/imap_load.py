@@ -26,6 +26,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -89,41 +91,75 @@ async def connect(port: int) -> Client:
     return Client(reader, writer)
 
 
-async def run_phase(name: str, port: int, clients: list[Client], users: list[str], data: list[bytes]) -> int:
-    async def one(i: int) -> int:
-        c = clients[i]
-        if name == "login":  # connect, greeting, LOGIN; the last connection stays for the phases
-            for n in range(LOGINS):
-                if n:
-                    await c.command(b"LOGOUT")
-                    c.writer.close()
-                    c = clients[i] = await connect(port)
-                await c.command(f'LOGIN {users[i]} "{PASSWORD}"'.encode())
-            return LOGINS
-        if name == "append":
-            for m in data:
-                await c.command(b"APPEND INBOX ()", m)
-            return len(data)
-        if name == "select":
-            for _ in range(SELECTS):
-                await c.command(b"SELECT INBOX")
-            return SELECTS
-        if name == "fetch_headers":
-            await c.command(b"FETCH 1:* (UID FLAGS RFC822.SIZE BODY.PEEK[HEADER.FIELDS (FROM SUBJECT DATE)])")
-            return len(data)
-        if name == "fetch_bodies":
-            for n in range(1, len(data) + 1):
-                await c.command(b"FETCH %d (BODY.PEEK[])" % n)
-            return len(data)
-        if name == "store":
-            for n in range(1, len(data) + 1):
-                await c.command(b"STORE %d +FLAGS.SILENT (\\Seen)" % n)
-            return len(data)
-        await c.command(b"STORE 1:* +FLAGS.SILENT (\\Deleted)")
-        await c.command(b"EXPUNGE")  # one operation: flag and expunge every message
-        return 1
+@dataclass
+class Round:
+    port: int
+    clients: list[Client]
+    users: list[str]
+    data: list[bytes]
 
-    counts = await asyncio.gather(*(one(i) for i in range(len(clients))))
+
+async def _login(r: Round, i: int) -> int:
+    """Connect, greeting, LOGIN; the last connection stays for the phases."""
+    c = r.clients[i]
+    for n in range(LOGINS):
+        if n:
+            await c.command(b"LOGOUT")
+            c.writer.close()
+            c = r.clients[i] = await connect(r.port)
+        await c.command(f'LOGIN {r.users[i]} "{PASSWORD}"'.encode())
+    return LOGINS
+
+
+async def _append(r: Round, i: int) -> int:
+    for m in r.data:
+        await r.clients[i].command(b"APPEND INBOX ()", m)
+    return len(r.data)
+
+
+async def _select(r: Round, i: int) -> int:
+    for _ in range(SELECTS):
+        await r.clients[i].command(b"SELECT INBOX")
+    return SELECTS
+
+
+async def _fetch_headers(r: Round, i: int) -> int:
+    await r.clients[i].command(b"FETCH 1:* (UID FLAGS RFC822.SIZE BODY.PEEK[HEADER.FIELDS (FROM SUBJECT DATE)])")
+    return len(r.data)
+
+
+async def _fetch_bodies(r: Round, i: int) -> int:
+    for n in range(1, len(r.data) + 1):
+        await r.clients[i].command(b"FETCH %d (BODY.PEEK[])" % n)
+    return len(r.data)
+
+
+async def _store(r: Round, i: int) -> int:
+    for n in range(1, len(r.data) + 1):
+        await r.clients[i].command(b"STORE %d +FLAGS.SILENT (\\Seen)" % n)
+    return len(r.data)
+
+
+async def _expunge(r: Round, i: int) -> int:
+    await r.clients[i].command(b"STORE 1:* +FLAGS.SILENT (\\Deleted)")
+    await r.clients[i].command(b"EXPUNGE")  # one operation: flag and expunge every message
+    return 1
+
+
+RUNNERS: dict[str, Callable[[Round, int], Awaitable[int]]] = {
+    "login": _login,
+    "append": _append,
+    "select": _select,
+    "fetch_headers": _fetch_headers,
+    "fetch_bodies": _fetch_bodies,
+    "store": _store,
+    "expunge": _expunge,
+}
+
+
+async def run_phase(name: str, port: int, clients: list[Client], users: list[str], data: list[bytes]) -> int:
+    r = Round(port, clients, users, data)
+    counts = await asyncio.gather(*(RUNNERS[name](r, i) for i in range(len(clients))))
     return sum(counts)
 
 

@@ -63,6 +63,21 @@ def split(items: list[bytes], parts: int) -> list[list[bytes]]:
     return [items[i::parts] for i in range(parts)]
 
 
+async def multi_line(reader: asyncio.StreamReader, per_line: bool) -> int:
+    """The octets of a multi-line response before its terminator (see pop3_client)."""
+    if not per_line:
+        first = await reader.readline()
+        if first == b".\r\n":
+            return 0
+        return len(first) + len(await reader.readuntil(b"\r\n.\r\n")) - 3
+    size = 0
+    while (line := await reader.readline()) != b".\r\n":
+        if not line:
+            raise RuntimeError("connection closed in a multi-line response")
+        size += len(line)
+    return size
+
+
 async def pop3_client(port: int, user: str, expected: int, per_line: bool = False) -> int:
     """login, UIDL, RETR every message, QUIT; returns the octets received.
 
@@ -80,30 +95,17 @@ async def pop3_client(port: int, user: str, expected: int, per_line: bool = Fals
             raise RuntimeError(f"{user}: {command!r} -> {line!r}")
         return line
 
-    async def body() -> int:
-        if not per_line:
-            first = await reader.readline()
-            if first == b".\r\n":
-                return 0
-            return len(first) + len(await reader.readuntil(b"\r\n.\r\n")) - 3
-        size = 0
-        while (line := await reader.readline()) != b".\r\n":
-            if not line:
-                raise RuntimeError("connection closed in a multi-line response")
-            size += len(line)
-        return size
-
     try:
         await status(None)
         await status(f"USER {user}".encode())
         await status(f"PASS {PASSWORD}".encode())
         await status(b"UIDL")
-        uidl = await body()
+        uidl = await multi_line(reader, per_line)
         if uidl == 0 and expected:
             raise RuntimeError(f"{user}: empty maildrop")
         for n in range(1, expected + 1):
             await status(f"RETR {n}".encode())
-            received += await body()
+            received += await multi_line(reader, per_line)
         await status(b"QUIT")
     finally:
         writer.close()

@@ -10,4 +10,5 @@ ln -s "$PWD/services" "$tree/services"
 ln -s "$PWD/storage" "$tree/storage"
 ln -s "$PWD/message" "$tree/message"
 ln -s "$PWD/proto/mailstack/v1" "$tree/v1"
-MYPYPATH=.typecheck "${PYTHON:-.venv/bin/python}" -m mypy -p mailstack "$@"
+# The tests and benchmarks are held to the same settings as the package.
+MYPYPATH=.typecheck "${PYTHON:-.venv/bin/python}" -m mypy -p mailstack -p tests -p bench "$@"

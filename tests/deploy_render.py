@@ -51,11 +51,6 @@ def render(target: str) -> list[Manifest]:
     return [doc for doc in yaml.safe_load_all(text) if doc]
 
 
-def kubectl_version() -> str:
-    done = subprocess.run([kubectl_binary(), "version", "--client"], capture_output=True, text=True, check=True)
-    return done.stdout.strip()
-
-
 def load_compose() -> dict[str, Any]:
     data: dict[str, Any] = yaml.safe_load(COMPOSE_FILE.read_text())
     return data

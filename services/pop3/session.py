@@ -147,7 +147,6 @@ class Pop3Session:
         self._ahead = ReadAhead(self._budget, f"pop3 read-ahead {self.holder}")
         self._renewal: asyncio.Task[None] | None = None
         self._lease_held = False
-        self.lease_lost = False
         self._closed = False
         OPEN_SESSIONS.inc()
 
@@ -222,7 +221,6 @@ class Pop3Session:
             await asyncio.sleep(ttl / 3)
             try:
                 if not await self.mailstore.acquire_lease(self.lease_name, self.holder, ttl):
-                    self.lease_lost = True
                     log.warning("maildrop lock %s was taken over; this session keeps no lock", self.lease_name)
                     return
             except MailstoreError as e:

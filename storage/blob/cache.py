@@ -13,7 +13,7 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
 
 from mailstack.storage.blob.base import DEFAULT_CHUNK, BlobStore
-from mailstack.storage.blob.file import clamp_range, validate_key
+from mailstack.storage.blob.keys import clamp_range, validate_key
 
 MAX_BLOB_BYTES = 1024 * 1024  # bigger bodies are rare and would push out many small ones
 

@@ -6,7 +6,7 @@ import time
 from collections.abc import AsyncIterator
 
 from mailstack.storage.blob.base import DEFAULT_CHUNK
-from mailstack.storage.blob.file import clamp_range, validate_key
+from mailstack.storage.blob.keys import clamp_range, validate_key
 from mailstack.storage.errors import BlobNotFound
 
 

@@ -13,7 +13,7 @@ import urllib3.exceptions
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 from mailstack.storage.blob.base import DEFAULT_CHUNK
-from mailstack.storage.blob.file import clamp_range, validate_key
+from mailstack.storage.blob.keys import clamp_range, validate_key
 from mailstack.storage.errors import BlobNotFound, StorageUnavailable
 
 _T = TypeVar("_T")

@@ -16,7 +16,7 @@ import redis.asyncio
 import redis.exceptions
 from mailstack.storage.errors import StorageUnavailable
 from mailstack.storage.events.base import ChangeEvent
-from mailstack.storage.events.memory import DEFAULT_QUEUE_LIMIT, QueueSubscription
+from mailstack.storage.events.queue import DEFAULT_QUEUE_LIMIT, QueueSubscription
 from redis.asyncio.connection import AbstractConnection
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff

@@ -143,8 +143,8 @@ async def test_guesses_at_one_account_from_many_addresses_are_refused(tmp_path: 
 
 async def test_wrong_send_tokens_count_per_peer(tmp_path: Path) -> None:
     async with frontends(tmp_path, auth_max_attempts_per_ip=3) as stack:
-        admin = cast("spbg.SendAdminAsyncStub", spbg.SendAdminStub(stack.client.channel))
-        sender = cast("spbg.SenderAsyncStub", spbg.SenderStub(stack.client.channel))
+        admin = cast("spbg.SendAdminAsyncStub", spbg.SendAdminStub(stack.client.channel))  # type: ignore[call-overload]
+        sender = cast("spbg.SenderAsyncStub", spbg.SenderStub(stack.client.channel))  # type: ignore[call-overload]
         created = await admin.CreateToken(spb.CreateTokenRequest(name="shop", from_domains=["example.test"]))
 
         async def status(secret: str) -> grpc.StatusCode:

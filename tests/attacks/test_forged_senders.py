@@ -130,6 +130,7 @@ def submit(
 def refused_submission(stack: SmtpStack, envelope_sender: str, data: str, rcpts: list[str] | None = None) -> str:
     with pytest.raises(smtplib.SMTPDataError) as refused:
         submit(stack, envelope_sender, data, rcpts)
+    assert isinstance(refused.value.smtp_error, bytes)  # smtplib keeps the server's reply as bytes
     reply = f"{refused.value.smtp_code} {refused.value.smtp_error.decode()}"
     return reply
 
@@ -298,7 +299,8 @@ async def test_checks_and_limits_hold_in_the_mailstore_process_across_smtp_repli
         await asyncio.to_thread(plain_submit, ports[1], own)
         with pytest.raises(smtplib.SMTPDataError) as limited:
             await asyncio.to_thread(plain_submit, ports[0], own)
-        assert limited.value.smtp_code == 450 and limited.value.smtp_error.startswith(b"4.7.1"), limited.value
+        error = limited.value.smtp_error
+        assert limited.value.smtp_code == 450 and isinstance(error, bytes) and error.startswith(b"4.7.1"), limited.value
         status = await client.store.GetMailboxStatus(pb.MailboxStatusRequest(account=BOB, name="INBOX"))
         assert status.messages == 2
     finally:

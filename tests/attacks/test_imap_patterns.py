@@ -59,7 +59,6 @@ T = TypeVar("T")
 ANSWER_WITHIN = 5.0  # seconds for the hostile command's tagged answer
 NOOP_WITHIN = 2.0  # seconds for another client's NOOP while the hostile command runs
 MAILBOXES = 300  # existing (and subscribed) mailboxes the patterns are matched against
-N = 2000  # wildcards in a flood pattern (the server refuses past 1,000 bytes: see the BAD tests)
 
 # The patterns of the attack, each within the length bound so that it is really matched.
 FLOODS = {

@@ -166,9 +166,9 @@ async def outbound_stack(
     settings = settings_for(tmp_path / "data", **{**defaults, **overrides})
     async with running_mailstore(settings) as (mailstore, client):
         await client.admin.CreateAccount(pb.CreateAccountRequest(name=ALICE, password=PASSWORD))
-        admin = cast("spbg.SendAdminAsyncStub", spbg.SendAdminStub(client.channel))
+        admin = cast("spbg.SendAdminAsyncStub", spbg.SendAdminStub(client.channel))  # type: ignore[call-overload]
         token = await admin.CreateToken(spb.CreateTokenRequest(name="shop", from_domains=list(from_domains)))
-        sender = cast("spbg.SenderAsyncStub", spbg.SenderStub(client.channel))
+        sender = cast("spbg.SenderAsyncStub", spbg.SenderStub(client.channel))  # type: ignore[call-overload]
         stack = OutboundStack(settings, mailstore, client, token.secret, sender, admin)
         try:
             yield stack

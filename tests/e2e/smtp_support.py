@@ -88,7 +88,7 @@ class RawSmtp:
 
     async def reply(self, wait: float = 10.0) -> str:
         """One (possibly multi-line) reply, lines joined with "\\n"."""
-        lines = []
+        lines: list[str] = []
         while True:
             line = await asyncio.wait_for(self.reader.readline(), wait)
             if not line:

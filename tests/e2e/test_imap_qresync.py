@@ -102,7 +102,9 @@ def test_qresync_needs_enable(env: ImapEnv) -> None:
 
 def prune_everything(env: ImapEnv) -> int:
     """The change log as it is after change_log_days: every logged expunge forgotten."""
-    return env.run(lambda: env.mailstore.core.maintenance.prune_change_log(time.time() + 91 * 86400))
+    core = env.mailstore.core
+    assert core is not None
+    return env.run(lambda: core.maintenance.prune_change_log(time.time() + 91 * 86400))
 
 
 def test_after_the_log_was_pruned_every_missing_uid_is_vanished(env: ImapEnv) -> None:

@@ -84,7 +84,7 @@ async def test_metrics_count_a_deferral_a_delivery_and_a_bounce(tmp_path: Path) 
     assert moved("mailstack_outbound_bounces_total", reason="5.1.1") == 1
 
     # One span per attempt (per message and domain), carrying what happened.
-    assert sorted(s.attributes["outbound.outcomes"] for s in spans if s.attributes) == [
+    assert sorted(str(s.attributes["outbound.outcomes"]) for s in spans if s.attributes) == [
         "delivered",
         "permanent",
         "temporary",

@@ -106,7 +106,9 @@ async def test_auth_failure_limit_spans_connections_until_the_window_passes(tmp_
             refused = await smtp.cmd("AUTH PLAIN " + plain(ALICE, PASSWORD))
             assert refused.startswith("454 4.7.0") and "Too many" in refused, refused
         # Once the failures age out of the window, the right password works again.
-        assert await eventually(lambda: not stack.mailstore.core.auth.throttle.blocked("127.0.0.1"))
+        core = stack.mailstore.core
+        assert core is not None
+        assert await eventually(lambda: not core.auth.throttle.blocked("127.0.0.1"))
         assert (await fresh.cmd("AUTH PLAIN " + plain(ALICE, PASSWORD))).startswith("235 2.7.0")
         for smtp in (fresh, early):
             await smtp.close()

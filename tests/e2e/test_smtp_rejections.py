@@ -302,7 +302,7 @@ async def test_submission_to_remote_domain_is_queued(tmp_path: Path) -> None:
 
     async with smtp_stack(tmp_path) as stack:
         assert await asyncio.to_thread(_submit, stack, ALICE, "someone@remote.test") == {}
-        leased = await spbg.OutboundStub(stack.client.channel).LeaseOutbound(
+        leased = await spbg.OutboundStub(stack.client.channel).LeaseOutbound(  # type: ignore[call-overload]
             spb.LeaseOutboundRequest(worker="test", max_messages=10)
         )
         [message] = leased.messages
@@ -327,6 +327,7 @@ async def test_auth_failures_are_slowed_and_limited(tmp_path: Path) -> None:
         assert (await second.cmd("AUTH PLAIN " + plain(ALICE, PASSWORD))).startswith("454 4.7.0")
         await second.close()
         await smtp.close()
+        assert stack.mailstore.core is not None
         assert stack.mailstore.core.auth.throttle.blocked("127.0.0.1")
 
 

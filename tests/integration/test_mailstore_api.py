@@ -23,7 +23,8 @@ PASSWORD = "correct horse battery staple"
 
 
 def reason(err: grpc.aio.AioRpcError) -> int:
-    for key, value in err.trailing_metadata() or ():
+    trailers: Any = err.trailing_metadata() or ()  # grpc.aio metadata iterates as (key, value) pairs
+    for key, value in trailers:
         if key == ERROR_DETAIL_KEY:
             return pb.ErrorDetail.FromString(value).reason
     return -1
@@ -141,9 +142,9 @@ async def test_append_flags_search_copy_move_expunge(mailstore: tuple[Any, Clien
     assert await search(pb.SearchKey(flag_unset="\\Seen")) == [second.uid]
     assert await search(pb.SearchKey(body="PEARS")) == [second.uid]
     assert await search(pb.SearchKey(header=pb.HeaderKey(name="subject", value="FIRST"))) == [first.uid]
-    either = pb.SearchKey(**{"or": pb.SearchKeys(keys=[pb.SearchKey(flag_set="\\Seen"), pb.SearchKey(body="pears")])})
+    either = pb.SearchKey(**{"or": pb.SearchKeys(keys=[pb.SearchKey(flag_set="\\Seen"), pb.SearchKey(body="pears")])})  # type: ignore[arg-type]
     assert await search(either) == [first.uid, second.uid]
-    assert await search(pb.SearchKey(**{"not": pb.SearchKey(flag_set="\\Flagged")})) == [first.uid]
+    assert await search(pb.SearchKey(**{"not": pb.SearchKey(flag_set="\\Flagged")})) == [first.uid]  # type: ignore[arg-type]
 
     copied = await client.store.Copy(
         pb.CopyRequest(
@@ -195,6 +196,7 @@ async def test_watch_and_redis_subscriber_receive_change(mailstore: tuple[Any, C
     await asyncio.sleep(0.3)  # the watch subscription is set up server-side
     reply = await deliver(client, [ALICE], simple("watched"))
     event = await asyncio.wait_for(watch.read(), 5)
+    assert isinstance(event, pb.ChangeEvent), event  # not the end of the stream
     assert (event.account, event.mailbox, event.kind) == (ALICE, "INBOX", pb.CHANGE_NEW)
     assert list(event.uids) == [reply.results[0].uid] and event.modseq > 0
     watch.cancel()

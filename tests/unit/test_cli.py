@@ -265,7 +265,7 @@ def admin_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tu
     ensure_data_identities(data_dir)
     monkeypatch.setenv("MAILSTACK_DATA_DIR", str(data_dir))
     identity = identity_for(Settings(data_dir=str(data_dir)), "mailstore")
-    servicer = RecordingAdmin()
+    servicer = RecordingAdmin()  # type: ignore[abstract]  # answers only the calls these tests make
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
     pbg.add_AdminServicer_to_server(servicer, server)
     port = server.add_secure_port("127.0.0.1:0", identity.server_credentials())

@@ -145,7 +145,7 @@ def test_trace_headers_cannot_be_injected_into() -> None:
 # ---------------------------------------------------------------- the DATA verdict
 
 
-def results(*statuses: int) -> list[pb.RecipientResult]:
+def results(*statuses: pb.RecipientStatus.ValueType) -> list[pb.RecipientResult]:
     return [pb.RecipientResult(recipient=f"r{i}@x", status=s) for i, s in enumerate(statuses)]
 
 

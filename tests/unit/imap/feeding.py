@@ -3,6 +3,7 @@ command, and check the events are always the same (after h11's test helper)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from functools import partial
 
 from mailstack.services.imap.protocol import Command, CommandReceiver, Event, NeedData, NeedLiteral, NoArguments
@@ -19,9 +20,9 @@ def events_for(data: bytes, **limits: int) -> list[Event]:
     return feed([data], **limits)
 
 
-def assert_events(data: bytes, expected: list[Event], complete: bool = True, **limits: int) -> None:
+def assert_events(data: bytes, expected: Sequence[Event], complete: bool = True, **limits: int) -> None:
     """`complete`: the input ends at a command boundary, so a following command must still parse."""
-    FEEDER.assert_events(data, expected, complete, **limits)
+    FEEDER.assert_events(data, list(expected), complete, **limits)
 
 
 def parse_one(data: bytes) -> Command:

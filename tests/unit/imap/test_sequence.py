@@ -42,7 +42,7 @@ def test_invalid(text: str) -> None:
 )
 def test_ranges_agree_with_brute_force(items: list[tuple[int, int | None]], largest: int) -> None:
     s = SequenceSet(tuple(items))
-    expected = set()
+    expected: set[int] = set()
     for a, b in items:
         lo, hi = sorted((a, largest if b is None else b))
         expected.update(range(lo, hi + 1))

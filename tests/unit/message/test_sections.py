@@ -28,7 +28,7 @@ ALL, HEADER, FIELDS, FIELDS_NOT, TEXT, MIME = (
 
 
 def section(part: list[int], text: int = ALL, fields: list[str] | None = None) -> pb.Section:
-    return pb.Section(part=part, text=text, fields=fields or [])
+    return pb.Section(part=part, text=text, fields=fields or [])  # type: ignore[arg-type]  # unknown values too
 
 
 def fetch(raw: bytes, part: list[int], text: int = ALL, fields: list[str] | None = None) -> bytes:

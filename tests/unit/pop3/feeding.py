@@ -3,7 +3,7 @@ following command, and check the events are always the same (after h11's test he
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 from mailstack.services.pop3.protocol import Command, CommandReceiver, Event, NeedData
 
@@ -13,8 +13,8 @@ FEEDER = Feeder(CommandReceiver, NeedData, b"NOOP\r\n", Command("NOOP"))
 drain, feed = FEEDER.drain, FEEDER.feed
 
 
-def assert_events(data: bytes, expected: list[Event], **limits: int) -> None:
-    FEEDER.assert_events(data, expected, **limits)
+def assert_events(data: bytes, expected: Sequence[Event], **limits: int) -> None:
+    FEEDER.assert_events(data, list(expected), True, **limits)
 
 
 def stuff(chunks: Iterable[bytes], crlf: bool = False) -> bytes:
