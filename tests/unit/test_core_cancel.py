@@ -83,7 +83,8 @@ async def test_cancel_at_every_await_point_leaves_no_row_without_body(core: Mail
 @pytest.mark.parametrize("operation", ["deliver", "deliver-shared", "append"])
 async def test_cancel_while_the_commit_runs_keeps_the_body(core: MailstoreCore, operation: str) -> None:
     store = _stores(core)[operation]
-    for attempt in range(5):
+    committed = 0
+    for attempt in range(10):
         before = await _row_count(core)
         hold = _hold_writer(core, 0.2)
         task = asyncio.ensure_future(store())
@@ -98,5 +99,11 @@ async def test_cancel_while_the_commit_runs_keeps_the_body(core: MailstoreCore, 
             await task
         await hold
         await _writer_idle(core)
-        assert await _row_count(core) == before + 1, f"attempt {attempt}: the queued write committed"
+        # Usually the queued write is the message's and commits; on a loaded machine the cancel may
+        # land on an earlier write of the store (deliver-shared queues more than one), and then
+        # nothing is committed. Either way: all or nothing, never a row without its body.
+        after = await _row_count(core)
+        assert after in (before, before + 1), f"attempt {attempt}: {after - before} rows"
+        committed += after - before
         assert await _rows_without_body(core) == [], f"attempt {attempt}"
+    assert committed, "no attempt cancelled a store whose write then committed: the race was not reproduced"
