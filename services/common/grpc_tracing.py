@@ -44,7 +44,9 @@ def _with_trace_context(details: grpc.aio.ClientCallDetails) -> grpc.aio.ClientC
     metadata = grpc.aio.Metadata(*(details.metadata or ()))
     for key, value in carrier.items():
         metadata[key] = value
-    return details._replace(metadata=metadata)  # type: ignore[attr-defined]
+    # The stubs declare ClientCallDetails as a plain class; at run time it is a namedtuple.
+    replaced: grpc.aio.ClientCallDetails = details._replace(metadata=metadata)  # type: ignore[attr-defined]
+    return replaced
 
 
 class _UnaryUnary(_UnaryUnaryBase):
