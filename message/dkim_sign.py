@@ -39,7 +39,7 @@ def parse_keys(setting: str) -> dict[str, DkimKey]:
 
 def sign(data: bytes, key: DkimKey) -> bytes:
     """The message with a DKIM-Signature header prepended (relaxed/relaxed, rsa-sha256)."""
-    header = dkim.sign(
+    header: bytes = dkim.sign(
         data,
         key.selector.encode(),
         key.domain.encode(),

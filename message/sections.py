@@ -11,7 +11,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from mailstack.message.body_parts import SectionNotFound, find_part, is_message
+from mailstack.message.body_parts import SectionNotFound as SectionNotFound  # re-exported: plan_section raises it
+from mailstack.message.body_parts import find_part, is_message
 from mailstack.message.headers import split_fields
 from mailstack.message.structure import (
     SECTION_ALL,

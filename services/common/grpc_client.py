@@ -16,7 +16,7 @@ import logging
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 import grpc
 import grpc.aio
@@ -216,8 +216,8 @@ def error_message(err: grpc.RpcError) -> str:
 
 
 def mailstore_stub(channel: grpc.aio.Channel) -> pbg.MailstoreAsyncStub:
-    """The Mailstore stub typed for grpc.aio (mypy-protobuf's overload picks the sync one)."""
-    return cast("pbg.MailstoreAsyncStub", pbg.MailstoreStub(channel))
+    """The Mailstore stub for a grpc.aio channel (mypy-protobuf's overload types it as the async stub)."""
+    return pbg.MailstoreStub(channel)
 
 
 async def stream_bodies(

@@ -10,12 +10,26 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 import grpc.aio
 from opentelemetry import propagate, trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
+
+# The stubs' interceptor classes are generic; grpc's own are not subscriptable at run time.
+if TYPE_CHECKING:
+    _UnaryUnaryBase = grpc.aio.UnaryUnaryClientInterceptor[Any, Any]
+    _UnaryStreamBase = grpc.aio.UnaryStreamClientInterceptor[Any, Any]
+    _StreamUnaryBase = grpc.aio.StreamUnaryClientInterceptor[Any, Any]
+    _StreamStreamBase = grpc.aio.StreamStreamClientInterceptor[Any, Any]
+    _ServerInterceptorBase = grpc.aio.ServerInterceptor[Any, Any]
+else:
+    _UnaryUnaryBase = grpc.aio.UnaryUnaryClientInterceptor
+    _UnaryStreamBase = grpc.aio.UnaryStreamClientInterceptor
+    _StreamUnaryBase = grpc.aio.StreamUnaryClientInterceptor
+    _StreamStreamBase = grpc.aio.StreamStreamClientInterceptor
+    _ServerInterceptorBase = grpc.aio.ServerInterceptor
 
 tracer = trace.get_tracer("mailstack.grpc")
 TRACED_PREFIX = "/mailstack."
@@ -30,25 +44,27 @@ def _with_trace_context(details: grpc.aio.ClientCallDetails) -> grpc.aio.ClientC
     metadata = grpc.aio.Metadata(*(details.metadata or ()))
     for key, value in carrier.items():
         metadata[key] = value
-    return details._replace(metadata=metadata)  # type: ignore[attr-defined]
+    # The stubs declare ClientCallDetails as a plain class; at run time it is a namedtuple.
+    replaced: grpc.aio.ClientCallDetails = details._replace(metadata=metadata)  # type: ignore[attr-defined]
+    return replaced
 
 
-class _UnaryUnary(grpc.aio.UnaryUnaryClientInterceptor):
+class _UnaryUnary(_UnaryUnaryBase):
     async def intercept_unary_unary(self, continuation: Any, client_call_details: Any, request: Any) -> Any:
         return await continuation(_with_trace_context(client_call_details), request)
 
 
-class _UnaryStream(grpc.aio.UnaryStreamClientInterceptor):
+class _UnaryStream(_UnaryStreamBase):
     async def intercept_unary_stream(self, continuation: Any, client_call_details: Any, request: Any) -> Any:
         return await continuation(_with_trace_context(client_call_details), request)
 
 
-class _StreamUnary(grpc.aio.StreamUnaryClientInterceptor):
+class _StreamUnary(_StreamUnaryBase):
     async def intercept_stream_unary(self, continuation: Any, client_call_details: Any, request_iterator: Any) -> Any:
         return await continuation(_with_trace_context(client_call_details), request_iterator)
 
 
-class _StreamStream(grpc.aio.StreamStreamClientInterceptor):
+class _StreamStream(_StreamStreamBase):
     async def intercept_stream_stream(self, continuation: Any, client_call_details: Any, request_iterator: Any) -> Any:
         return await continuation(_with_trace_context(client_call_details), request_iterator)
 
@@ -70,7 +86,7 @@ def _rpc_attributes(method: str) -> dict[str, str]:
     return {"rpc.system": "grpc", "rpc.service": service, "rpc.method": name}
 
 
-def _server_span(name: str, attributes: dict[str, str], context: grpc.aio.ServicerContext) -> Any:
+def _server_span(name: str, attributes: dict[str, str], context: grpc.aio.ServicerContext[Any, Any]) -> Any:
     """A SERVER span whose parent is the caller's context from the metadata."""
     carrier = {k: v for k, v in context.invocation_metadata() or () if isinstance(v, str)}
     return tracer.start_as_current_span(
@@ -78,7 +94,7 @@ def _server_span(name: str, attributes: dict[str, str], context: grpc.aio.Servic
     )
 
 
-def _failed(span: trace.Span, err: BaseException, context: grpc.aio.ServicerContext) -> None:
+def _failed(span: trace.Span, err: BaseException, context: grpc.aio.ServicerContext[Any, Any]) -> None:
     if isinstance(err, grpc.aio.AbortError):
         # abort() ends the RPC with a status the servicer chose (NOT_FOUND, OVER_QUOTA...): an answer.
         code = context.code()
@@ -92,12 +108,12 @@ def _traced(behavior: Callable[..., Any], method: str) -> Callable[..., Any]:
     """The handler inside a SERVER span whose parent is the caller's context from the metadata."""
     name, attributes = _span_name(method), _rpc_attributes(method)
 
-    def start(context: grpc.aio.ServicerContext) -> Any:
+    def start(context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         return _server_span(name, attributes, context)
 
     if inspect.isasyncgenfunction(behavior):
 
-        async def stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        async def stream(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
             with start(context) as span:
                 try:
                     async for item in behavior(request, context):
@@ -108,7 +124,7 @@ def _traced(behavior: Callable[..., Any], method: str) -> Callable[..., Any]:
 
         return stream
 
-    async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+    async def unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         with start(context) as span:
             try:
                 return await behavior(request, context)
@@ -119,14 +135,14 @@ def _traced(behavior: Callable[..., Any], method: str) -> Callable[..., Any]:
     return unary
 
 
-class ServerTraceInterceptor(grpc.aio.ServerInterceptor):
+class ServerTraceInterceptor(_ServerInterceptorBase):
     """A SERVER span per call of mailstack's services, continuing the caller's trace."""
 
     async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any]]],
         handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
+    ) -> grpc.RpcMethodHandler[Any, Any]:
         handler = await continuation(handler_call_details)
         method = handler_call_details.method
         if handler is None or not method.startswith(TRACED_PREFIX):
@@ -148,7 +164,7 @@ class ServerTraceInterceptor(grpc.aio.ServerInterceptor):
         return handler
 
 
-def server_interceptors() -> list[grpc.aio.ServerInterceptor]:
+def server_interceptors() -> list[grpc.aio.ServerInterceptor[Any, Any]]:
     """For the mailstore's server: tracing only while spans are collected (set up before it starts)."""
     from mailstack.services.common import telemetry
 

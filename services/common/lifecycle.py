@@ -71,7 +71,7 @@ def load_service_class(name: str, table: Mapping[str, str] = SERVICES) -> type[A
         if module_name == missing or module_name.startswith(missing + "."):
             return None
         raise
-    cls = getattr(module, class_name, None)
+    cls: type[Any] | None = getattr(module, class_name, None)
     if cls is None:
         raise ServeError(f"{module_name} has no {class_name}")
     return cls

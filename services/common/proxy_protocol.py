@@ -64,6 +64,7 @@ def bytes_wanted(data: bytes) -> int:
     if data.startswith(V2_SIGNATURE[:8]):
         if len(data) < V2_FIXED_LENGTH:
             return V2_FIXED_LENGTH - len(data)
+        length: int
         (length,) = struct.unpack_from("!H", data, 14)
         return max(V2_FIXED_LENGTH + length - len(data), 1)
     # v1 ends at the first CRLF: after a CR it may be one byte away, else at least two

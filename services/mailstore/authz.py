@@ -17,7 +17,7 @@ from __future__ import annotations
 import inspect
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 import grpc.aio
@@ -83,7 +83,7 @@ def allowed(method: str) -> frozenset[str]:
     return POLICY.get(service + "/*", NOBODY)
 
 
-def caller_of(context: grpc.aio.ServicerContext) -> tuple[str | None, str]:
+def caller_of(context: grpc.aio.ServicerContext[Any, Any]) -> tuple[str | None, str]:
     """(identity, why not): the verified certificate's one name, or None and the reason."""
     names = list(context.peer_identities() or ())  # SAN DNS names, else the CN; none without a verified certificate
     if not names:
@@ -93,7 +93,7 @@ def caller_of(context: grpc.aio.ServicerContext) -> tuple[str | None, str]:
     return names[0].decode("ascii", "replace"), ""
 
 
-def _refuse_log(method: str, context: grpc.aio.ServicerContext, caller: str | None, reason: str) -> None:
+def _refuse_log(method: str, context: grpc.aio.ServicerContext[Any, Any], caller: str | None, reason: str) -> None:
     GRPC_REFUSALS.labels(reason="unauthenticated" if caller is None else "permission_denied").inc()
     log.warning(
         "grpc call refused",
@@ -101,7 +101,7 @@ def _refuse_log(method: str, context: grpc.aio.ServicerContext, caller: str | No
     )
 
 
-async def _check(method: str, allowed_names: frozenset[str], context: grpc.aio.ServicerContext) -> None:
+async def _check(method: str, allowed_names: frozenset[str], context: grpc.aio.ServicerContext[Any, Any]) -> None:
     """Return if the caller may call `method`; else abort the call (raises)."""
     caller, why = caller_of(context)
     if caller is None:
@@ -117,14 +117,14 @@ async def _check(method: str, allowed_names: frozenset[str], context: grpc.aio.S
 def _guarded(behavior: Callable[..., Any], method: str, allowed_names: frozenset[str]) -> Callable[..., Any]:
     if inspect.isasyncgenfunction(behavior):
 
-        async def stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        async def stream(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
             await _check(method, allowed_names, context)
             async for item in behavior(request, context):
                 yield item
 
         return stream
 
-    async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+    async def unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         await _check(method, allowed_names, context)
         return await behavior(request, context)
 
@@ -139,20 +139,27 @@ _KINDS = (
 )
 
 
-class AuthzInterceptor(grpc.aio.ServerInterceptor):
+# The stubs' ServerInterceptor is generic; grpc's own is not subscriptable at run time.
+if TYPE_CHECKING:
+    _ServerInterceptorBase = grpc.aio.ServerInterceptor[Any, Any]
+else:
+    _ServerInterceptorBase = grpc.aio.ServerInterceptor
+
+
+class AuthzInterceptor(_ServerInterceptorBase):
     """Checks POLICY before the handler runs. Interceptors see only the method and metadata, so the
     check is wrapped around the handler's behaviour, where the call's auth context is known."""
 
     def __init__(self) -> None:
         # method -> (handler, guarded handler): the servicers' handlers are the same object call after
         # call, so the wrapper is built once per method, not per call.
-        self._guarded: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
+        self._guarded: dict[str, tuple[grpc.RpcMethodHandler[Any, Any], grpc.RpcMethodHandler[Any, Any]]] = {}
 
     async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any]]],
         handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
+    ) -> grpc.RpcMethodHandler[Any, Any]:
         handler = await continuation(handler_call_details)
         method = handler_call_details.method
         allowed_names = allowed(method)

@@ -23,13 +23,13 @@ T = TypeVar("T")
 
 
 async def abort_with(
-    context: grpc.aio.ServicerContext, code: grpc.StatusCode, reason: pb.ErrorReason.ValueType, message: str
+    context: grpc.aio.ServicerContext[Any, Any], code: grpc.StatusCode, reason: pb.ErrorReason.ValueType, message: str
 ) -> None:
     context.set_trailing_metadata(((ERROR_DETAIL_KEY, error_detail(reason, message)),))
     await context.abort(code, message)
 
 
-async def _map_error(context: grpc.aio.ServicerContext, exc: Exception) -> None:
+async def _map_error(context: grpc.aio.ServicerContext[Any, Any], exc: Exception) -> None:
     status = error_status(exc)
     if status is not None:
         await abort_with(context, *status)
@@ -60,7 +60,7 @@ def rpc(method: F) -> F:
     """Map core and storage exceptions of a unary or client-streaming RPC to gRPC status codes."""
 
     @functools.wraps(method)
-    async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
+    async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         try:
             return await method(self, request, context)
         except (grpc.aio.AbortError, grpc.RpcError):
@@ -80,7 +80,7 @@ def stream_rpc(method: F) -> F:
     """The same for server-streaming RPCs (async generators)."""
 
     @functools.wraps(method)
-    async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+    async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
         try:
             async for item in method(self, request, context):
                 yield item

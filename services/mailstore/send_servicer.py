@@ -34,7 +34,7 @@ def refusals(code: grpc.StatusCode, reason: pb.ErrorReason.ValueType) -> Callabl
 
     def decorate(method: F) -> F:
         @functools.wraps(method)
-        async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
             try:
                 return await method(self, request, context)
             except NotAllowed as exc:
@@ -77,7 +77,7 @@ def status_pb(status: OutboundStatus) -> spb.SendStatus:
     )
 
 
-def peer_ip(context: grpc.aio.ServicerContext) -> str:
+def peer_ip(context: grpc.aio.ServicerContext[Any, Any]) -> str:
     """The caller's IP from gRPC's peer string ("ipv4:192.0.2.1:5000", "ipv6:[::1]:5000"); "" for
     a Unix socket."""
     peer = context.peer() or ""
@@ -89,7 +89,7 @@ def peer_ip(context: grpc.aio.ServicerContext) -> str:
     return ""
 
 
-async def checked_token(sending: Sending, context: grpc.aio.ServicerContext) -> TokenRecord:
+async def checked_token(sending: Sending, context: grpc.aio.ServicerContext[Any, Any]) -> TokenRecord:
     """The caller's token, counted per peer IP (ADR 0011); refusals are logged and counted like logins."""
     ip = peer_ip(context)
     try:
@@ -101,7 +101,7 @@ async def checked_token(sending: Sending, context: grpc.aio.ServicerContext) -> 
     return token
 
 
-def bearer_token(context: grpc.aio.ServicerContext) -> str:
+def bearer_token(context: grpc.aio.ServicerContext[Any, Any]) -> str:
     for key, value in context.invocation_metadata() or ():
         if key == "authorization" and isinstance(value, str) and value.lower().startswith("bearer "):
             return value[7:].strip()

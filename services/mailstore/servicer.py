@@ -33,7 +33,7 @@ class _BodiesWriter:
     (chunks.add): each copy of a body into a protobuf message costs, and these are the bulk of
     POP3 RETR's bytes."""
 
-    def __init__(self, context: grpc.aio.ServicerContext) -> None:
+    def __init__(self, context: grpc.aio.ServicerContext[Any, Any]) -> None:
         self.context = context
         self.out = pb.FetchBodiesResponse()
         self.packed = 0

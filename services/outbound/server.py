@@ -15,7 +15,6 @@ import logging
 import os
 import secrets
 import socket
-from typing import cast
 
 import grpc
 import grpc.aio
@@ -71,7 +70,7 @@ class OutboundWorker(Frontend):
 
     async def open(self) -> None:
         assert self.channel is not None
-        self._stub = cast("spbg.OutboundAsyncStub", spbg.OutboundStub(self.channel))
+        self._stub = spbg.OutboundStub(self.channel)
         self._loop_task = asyncio.create_task(self._run(), name="outbound-worker")
         log.info("outbound worker %s started (resolver %s)", self.name, self.settings.outbound_resolver)
 

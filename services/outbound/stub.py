@@ -1,12 +1,10 @@
-"""The Outbound stub typed for grpc.aio (mypy-protobuf's overload picks the sync one)."""
+"""The Outbound stub for a grpc.aio channel (mypy-protobuf's overload types it as the async stub)."""
 
 from __future__ import annotations
-
-from typing import cast
 
 import grpc.aio
 from mailstack.v1 import send_pb2_grpc as spbg
 
 
 def outbound_stub(channel: grpc.aio.Channel) -> spbg.OutboundAsyncStub:
-    return cast("spbg.OutboundAsyncStub", spbg.OutboundStub(channel))
+    return spbg.OutboundStub(channel)

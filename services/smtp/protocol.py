@@ -207,7 +207,7 @@ class SmtpProtocol(SMTP):
         if self.transport is not None and not self.transport.is_closing():
             assert isinstance(self.transport, asyncio.WriteTransport)
             self.transport.write(replies.TIMEOUT.encode() + b"\r\n")
-        super()._timeout_cb()
+        super()._timeout_cb()  # type: ignore[no-untyped-call]  # aiosmtpd leaves it unannotated
 
     def close_for_shutdown(self) -> None:
         """Say 421 and close (RFC 5321 §3.8)."""
@@ -378,7 +378,7 @@ class SmtpProtocol(SMTP):
         return reply
 
     def _set_post_data_state(self) -> None:
-        super()._set_post_data_state()  # also on RSET, HELO/EHLO and STARTTLS
+        super()._set_post_data_state()  # type: ignore[no-untyped-call]  # aiosmtpd: unannotated; runs also on RSET, HELO/EHLO and STARTTLS
         self._bdat_buffer = io.BytesIO()
         self._bdat_size = 0
         self._bdat_problem = None

@@ -160,7 +160,8 @@ class RedisEventBus:
         while not self._closed:
             conn: AbstractConnection | None = None
             try:
-                conn = self._client.connection_pool.make_connection()  # our own, outside the pool
+                # our own, outside the pool; redis-py leaves make_connection unannotated
+                conn = self._client.connection_pool.make_connection()  # type: ignore[no-untyped-call]
                 await conn.connect()
                 await conn.send_command("CLIENT", "SETNAME", CONNECTION_NAME, check_health=False)
                 await conn.read_response()

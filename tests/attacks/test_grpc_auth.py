@@ -15,7 +15,7 @@ import stat
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -56,7 +56,7 @@ ALICE = "alice@example.test"
 TIMEOUT = 10.0
 
 # One cheap call per internal service, each one an attack when made by the wrong party.
-INTERNAL_CALLS = {
+INTERNAL_CALLS: dict[str, Callable[[grpc.aio.Channel], object]] = {
     "Admin.CreateAccount": lambda ch: pbg.AdminStub(ch).CreateAccount(
         pb.CreateAccountRequest(name="mallory@example.test", password="pw-mallory-1"), timeout=TIMEOUT
     ),

@@ -10,8 +10,8 @@ from mailstack.message.flags import canonical_flag, is_recent
 from ..errors import from_grpc
 from ..mailbox_view import NEW, Change
 from ..protocol import Append, Command
+from ..protocol.encoder import set_text
 from ..replies import Reply, no
-from .common import set_text
 
 if TYPE_CHECKING:
     from ..session import Session

@@ -8,9 +8,9 @@ import grpc
 
 from ..errors import from_grpc
 from ..protocol import Command, CopyMove
-from ..protocol.encoder import untagged_status
+from ..protocol.encoder import set_text, untagged_status
 from ..replies import Reply
-from .common import resolve, selected_view, set_text, writable
+from .common import resolve, selected_view, writable
 
 if TYPE_CHECKING:
     from ..session import Session

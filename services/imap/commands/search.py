@@ -7,10 +7,10 @@ from typing import TYPE_CHECKING
 
 from ..mailbox_view import MailboxView
 from ..protocol import Command, Search
-from ..protocol.encoder import quoted, untagged
+from ..protocol.encoder import quoted, set_text, untagged
 from ..replies import Reply, no
 from ..search_keys import MAX_WIRE_DEPTH, translate
-from .common import selected_view, set_text
+from .common import selected_view
 
 if TYPE_CHECKING:
     from ..session import Session

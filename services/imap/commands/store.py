@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from ..protocol import Command, Store
-from ..protocol.encoder import flag_list
+from ..protocol.encoder import flag_list, set_text
 from ..replies import Reply
-from .common import resolve, selected_view, set_text, writable
+from .common import resolve, selected_view, writable
 
 if TYPE_CHECKING:
     from ..mailbox_view import MailboxView
