@@ -56,7 +56,6 @@ class MailboxView:
         self._expunged: set[int] = set()  # gone from the store, not yet announced
         self._flag_changes: set[int] = set()  # flags changed, not yet announced
         self._announced_exists = len(self.uids)
-        self._announced_recent = 0
 
     # ---- numbering
 
@@ -178,7 +177,6 @@ class MailboxView:
             out.append(b"* %d EXISTS\r\n" % len(self.uids))
             self._announced_exists = len(self.uids)
             out.append(b"* %d RECENT\r\n" % len(self.recent))
-            self._announced_recent = len(self.recent)
         for uid in sorted(self._flag_changes):
             seq = self.seq_of(uid)
             if seq is None:

@@ -84,10 +84,6 @@ class ImapServer(StreamFrontend):
             CommandReceiver, GRAMMAR, settings.imap_max_line, settings.max_message_size
         )
 
-    @property
-    def session_count(self) -> int:
-        return len(self.sessions)
-
     async def open(self) -> None:
         settings = self.settings
         assert self.channel is not None

@@ -99,7 +99,7 @@ class Pop3Mailstore:
     ) -> tuple[str, bool, Snapshot | None]:
         """The canonical account, whether the maildrop lock (lease.prefix + account) was taken for
         lease.holder, and, when it was, the maildrop's snapshot: all in one call. The snapshot is
-        None when the mailstore did not send it (a huge maildrop, or an older mailstore): call
+        None when the mailstore did not send it (a maildrop too big for one reply): call
         snapshot() then."""
         request = pb.AuthenticateRequest(
             username=username,
@@ -114,12 +114,8 @@ class Pop3Mailstore:
             reply = await self._stub.Authenticate(request, timeout=CALL_TIMEOUT)
         except grpc.RpcError as err:
             raise _mapped(err) from None
-        account = str(reply.account)
-        if not reply.HasField("lease"):
-            # a mailstore older than the field (a rolling upgrade) ignored it: ask on its own
-            return account, await self.acquire_lease(lease.prefix + account, lease.holder, lease.ttl), None
-        listing = reply.listing if reply.HasField("listing") and reply.listing.uidvalidity else None
-        return account, reply.lease.granted, _snapshot(listing.uidvalidity, [listing]) if listing else None
+        listing = _snapshot(reply.listing.uidvalidity, [reply.listing]) if reply.HasField("listing") else None
+        return str(reply.account), reply.lease.granted, listing
 
     async def acquire_lease(self, name: str, holder: str, ttl: int) -> bool:
         """Acquires or renews; False when someone else holds it."""
@@ -146,11 +142,6 @@ class Pop3Mailstore:
             async for batch in self._stub.FetchMetadata(request, timeout=CALL_TIMEOUT):
                 uidvalidity = batch.uidvalidity  # one call: the UIDs and the uidvalidity they belong to
                 batches.append(batch)
-            if not uidvalidity:  # a mailstore older than the field (a rolling upgrade): ask for it
-                status = await self._stub.GetMailboxStatus(
-                    pb.MailboxStatusRequest(account=account, name=INBOX), timeout=CALL_TIMEOUT
-                )
-                uidvalidity = status.uidvalidity
         except grpc.RpcError as err:
             raise _mapped(err) from None
         return _snapshot(uidvalidity, batches)

@@ -93,6 +93,14 @@ RULES: tuple[Rule, ...] = (
         ("mailstack.v1",),
         allowed=("mailstack.v1.message_pb2",),
     ),
+    Rule(
+        # issue 14 §2: protobuf only in the translation layer; a stored structure is message.proto's
+        # (ADR 0013), and a SEARCH key is evaluated as the API sends it
+        "the mailstore core uses no API wire type but SearchKey",
+        ("mailstack.services.mailstore.core",),
+        ("mailstack.v1",),
+        allowed=("mailstack.v1.message_pb2", "mailstack.v1.mailstore_pb2.SearchKey"),
+    ),
     *(
         Rule(
             "a storage backend stands alone",
@@ -208,6 +216,8 @@ def _plant(root: Path, files: Mapping[str, str]) -> None:
         ({"imap/__init__.py": "", "imap/x.py": "from mailstack.services.common import tls\n"}, []),  # allowed
         ({"imap/__init__.py": "", "imap/x.py": "from mailstack.storage.events.base import ChangeEvent\n"}, []),
         ({"imap/__init__.py": "", "imap/x.py": "from mailstack.storage.registry import open_blob_store\n"}, ["blob"]),
+        ({"mailstore/core/x.py": "from mailstack.v1 import mailstore_pb2 as pb\n"}, ["core"]),
+        ({"mailstore/core/x.py": "from mailstack.v1.mailstore_pb2 import SearchKey\n"}, []),  # allowed
     ],
 )
 def test_checker_catches_a_planted_wrong_way_import(

@@ -131,23 +131,6 @@ class _Plan:
         return plan
 
 
-async def _bodies_with_metadata(
-    session: Session,
-    view: MailboxView,
-    wanted: MetadataWanted,
-    uids: list[int],
-    items: list[FetchBody],
-    missing: set[int] | None = None,
-) -> tuple[Metadata, Texts]:
-    """Bodies and metadata in one FetchBodies call. A mailstore older than
-    FetchBodiesRequest.metadata sends none: then FetchMetadata is asked as well."""
-    metadata: Metadata = {}
-    texts = await session.mailstore.bodies(view.name, uids, items, wanted=wanted, metadata=metadata, missing=missing)
-    if texts and not metadata:
-        metadata = await session.mailstore.metadata(view.name, uids, wanted)
-    return metadata, texts
-
-
 def _whole(item: FetchBody) -> bool:
     return not item.section.part and item.section.text is None and item.partial is None and not item.binary
 
@@ -199,8 +182,10 @@ async def _read_batch(
         return {uid: pb.MessageMetadata(uid=uid) for uid, _ in texts}, texts
     if not plan.bodies:
         return await store.metadata(view.name, uids, plan.wanted, changed_since or 0), {}
-    if not changed_since:
-        return await _bodies_with_metadata(session, view, plan.wanted, uids, plan.bodies, missing)
+    if not changed_since:  # bodies and metadata in one FetchBodies call
+        metadata: Metadata = {}
+        texts = await store.bodies(view.name, uids, plan.bodies, wanted=plan.wanted, metadata=metadata, missing=missing)
+        return metadata, texts
     # CHANGEDSINCE filters by the metadata: it decides which are sent
     return await asyncio.gather(
         store.metadata(view.name, uids, plan.wanted, changed_since),

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from ..protocol import Command, Enable, Id
-from ..protocol.encoder import nstring, paren_list, untagged, untagged_status
+from ..protocol.encoder import untagged, untagged_status
 from ..replies import Reply
 from ..session import State
 
@@ -107,7 +107,3 @@ async def enable(session: Session, command: Command) -> Reply | None:
             enabled.append(b"UTF8=ACCEPT")
     session.untagged(untagged(b" ".join([b"ENABLED", *enabled])))
     return None
-
-
-def quoted_params(params: tuple[tuple[str, str | None], ...]) -> bytes:
-    return paren_list(nstring(k) + b" " + nstring(v) for k, v in params)

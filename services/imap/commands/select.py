@@ -8,7 +8,7 @@ from mailstack.message.flags import STORED_FLAGS
 from mailstack.v1 import mailstore_pb2 as pb
 
 from ..mailbox_view import MailboxView
-from ..mailstore import UNARY, MetadataWanted
+from ..mailstore import MetadataWanted
 from ..protocol import Command, QresyncParameters, Select, SequenceArgument
 from ..protocol.encoder import flag_list, untagged, untagged_status
 from ..replies import Reply, bad
@@ -18,25 +18,15 @@ if TYPE_CHECKING:
     from ..session import Session
 
 
-async def _listing(
-    session: Session, name: str
-) -> tuple[pb.MailboxStatus | None, list[tuple[int, tuple[str, ...], int]]]:
-    status: pb.MailboxStatus | None = None
+async def open_view(session: Session, name: str, readonly: bool) -> MailboxView:
+    """Read a mailbox's messages into a new view, in one call. The MODSEQ is taken before the
+    listing, so anything that changes meanwhile is read again from the change log (at least once)."""
+    status = pb.MailboxStatus()  # with_status: the first reply carries it (ADR 0019: no older mailstore)
     messages: list[tuple[int, tuple[str, ...], int]] = []
     async for batch in session.mailstore.listing(name, MetadataWanted(flags=True), with_status=True):
         if batch.HasField("status"):
             status = batch.status
         messages.extend((m.uid, tuple(m.flags), m.modseq) for m in batch.messages)
-    return status, messages
-
-
-async def open_view(session: Session, name: str, readonly: bool) -> MailboxView:
-    """Read a mailbox's messages into a new view, in one call. The MODSEQ is taken before the
-    listing, so anything that changes meanwhile is read again from the change log (at least once)."""
-    status, messages = await _listing(session, name)
-    if status is None:  # a mailstore older than with_status (a rolling upgrade): status first, then list
-        status = await session.mailstore.status(name, deadline=UNARY)
-        _, messages = await _listing(session, name)
     view = MailboxView(name, readonly, status.uidvalidity, status.uidnext, status.highestmodseq, messages)
     view.modseq = status.highestmodseq
     if not readonly and status.recent:

@@ -8,15 +8,22 @@ import time
 from collections.abc import AsyncIterator, Sequence
 
 from mailstack.message import sections
+from mailstack.message.structure import (
+    SECTION_HEADER,
+    SECTION_HEADER_FIELDS,
+    SECTION_HEADER_FIELDS_NOT,
+    BodyPart,
+    Section,
+)
 from mailstack.services.mailstore import search
 from mailstack.services.mailstore.core.errors import BlobNotFound, InvalidRequest, MailboxNotFound
 from mailstack.services.mailstore.core.results import BodySlice, MailboxRecord, MessageRecord, UidRanges
 from mailstack.services.mailstore.core.stores import Stores, log_missing
 from mailstack.storage.blob.base import BlobStore
-from mailstack.v1 import mailstore_pb2 as pb
+from mailstack.v1.mailstore_pb2 import SearchKey  # the API's own type, evaluated as it is (search.py)
 
 BODY_CHUNK = 1024 * 1024
-_HEADER_TEXTS = (pb.SECTION_HEADER, pb.SECTION_HEADER_FIELDS, pb.SECTION_HEADER_FIELDS_NOT)
+_HEADER_TEXTS = (SECTION_HEADER, SECTION_HEADER_FIELDS, SECTION_HEADER_FIELDS_NOT)
 SEARCH_BODY_CONCURRENCY = 8
 SEARCH_BATCH = 64  # messages whose bodies a SEARCH BODY/TEXT holds at once
 SEARCH_SLICE = 0.02  # seconds a SEARCH evaluates before letting other calls run
@@ -24,7 +31,7 @@ FETCH_BODIES_CONCURRENCY = 8  # blob reads in flight for one FetchBodies call
 SMALL_MAILBOX = 128  # uidnext at most this: whole-mailbox metadata reads name their UID range
 WHOLE_BLOB_READ = 256 * 1024  # up to this size a message is read once, all its sections sliced from it
 
-Wanted = Sequence[tuple[pb.Section, tuple[int, int] | None]]  # (section, partial (offset, length))
+Wanted = Sequence[tuple[Section, tuple[int, int] | None]]  # (section, partial (offset, length))
 
 
 async def _chunks(data: bytes) -> AsyncIterator[bytes]:
@@ -60,7 +67,7 @@ class _ReadAhead:
         async with self.limit:
             return await self.blobs.get(record.blob_key)
 
-    async def raw(self, i: int, record: MessageRecord, structure: pb.BodyPart) -> bytes | None:
+    async def raw(self, i: int, record: MessageRecord, structure: BodyPart) -> bytes | None:
         """The bytes all sections of message `i` are cut from, or None: read each by range."""
         if self.headers_only:
             # Only top-level header sections: the header block kept in the metadata, when it is whole.
@@ -99,7 +106,7 @@ class Reading:
         return mailbox, await self.stores.metadata.fetch(mailbox.id, uids, changed_since)
 
     async def fetch_body(
-        self, account: str, mailbox_name: str, uid: int, section: pb.Section, partial: tuple[int, int] | None
+        self, account: str, mailbox_name: str, uid: int, section: Section, partial: tuple[int, int] | None
     ) -> BodySlice:
         """A section of one message, streamed from the blob store by range reads."""
         mailbox = await self.stores.read_mailbox(account, mailbox_name)
@@ -107,7 +114,7 @@ class Reading:
         if not records:
             raise MailboxNotFound(f"no message with UID {uid}") from None
         record = records[0]
-        return await self._section_slice(record, pb.BodyPart.FromString(record.structure), section, partial, None)
+        return await self._section_slice(record, BodyPart.FromString(record.structure), section, partial, None)
 
     async def fetch_bodies(
         self, account: str, mailbox_name: str, uids: UidRanges, wanted: Wanted, max_bytes: int = 0
@@ -133,7 +140,7 @@ class Reading:
     async def _slices(
         self, mailbox: MailboxRecord, i: int, record: MessageRecord, wanted: Wanted, ahead: _ReadAhead
     ) -> list[BodySlice]:
-        structure = pb.BodyPart.FromString(record.structure)
+        structure = BodyPart.FromString(record.structure)
         try:
             raw = await ahead.raw(i, record, structure)
             return [await self._section_slice(record, structure, section, partial, raw) for section, partial in wanted]
@@ -146,8 +153,8 @@ class Reading:
     async def _section_slice(
         self,
         record: MessageRecord,
-        structure: pb.BodyPart,
-        section: pb.Section,
+        structure: BodyPart,
+        section: Section,
         partial: tuple[int, int] | None,
         raw: bytes | None,
     ) -> BodySlice:
@@ -186,7 +193,7 @@ class Reading:
         """A whole body by its key (a queued message's, for the outbound worker)."""
         return await self.stores.blobs.get(key)
 
-    async def search(self, account: str, mailbox_name: str, key: pb.SearchKey) -> tuple[list[int], int]:
+    async def search(self, account: str, mailbox_name: str, key: SearchKey) -> tuple[list[int], int]:
         """The UIDs matching `key`, and the highest MODSEQ among them (RFC 7162 §3.1.5)."""
         mailbox = await self.stores.read_mailbox(account, mailbox_name)
         records = await self.stores.metadata.fetch(mailbox.id, None, with_header=True)
