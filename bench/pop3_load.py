@@ -39,7 +39,7 @@ from mailstack.services.common.config import env_name
 from mailstack.v1 import mailstore_pb2 as pb
 
 from bench.hashcost import matching_log_n
-from tests.fixtures.mailstore import MailstoreProcess, deliver, free_port, open_client
+from tests.fixtures.mailstore import MailstoreProcess, deliver, free_port, identity_env, open_client
 from tests.fixtures.pop3 import Pop3Process
 
 PASSWORD = "Secret123"  # the peers' default USER_PASSWORD
@@ -187,7 +187,8 @@ async def main() -> None:
         mailstore.start()
         # One pop3 process, or several sharing the ports (MAILSTACK_REUSE_PORT), as replicas would
         shared = "true" if args.pop3_processes > 1 else "false"
-        pop3_env = {env_name("allow_plaintext_auth"): "true", env_name("reuse_port"): shared}
+        pop3_env = {env_name("allow_plaintext_auth"): "true", env_name("reuse_port"): shared,
+                    **identity_env(mailstore.data_dir, "pop3")}  # fmt: skip
         ports = (free_port(), free_port())
         pop3s = [
             Pop3Process(Path(tmp) / f"pop3-{n}", mailstore.address, pop3_env, ports) for n in range(args.pop3_processes)
