@@ -20,7 +20,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-from mailstack.services.common.tls import write_file
+from mailstack.services.common.tls import key_pem, write_file
 
 SERVER = "mailstore"
 ADMIN = "admin"
@@ -58,12 +58,6 @@ def data_identity(data_dir: str | os.PathLike[str], name: str) -> IdentityFiles:
     return IdentityFiles(name, folder / "ca.crt", folder / f"{name}.crt", folder / f"{name}.key")
 
 
-def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
-    return key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
-
-
 def create_ca(common_name: str = "mailstack internal CA") -> tuple[bytes, bytes]:
     """(CA certificate PEM, CA key PEM): EC P-256, may sign leaf certificates only (pathlen 0)."""
     key = ec.generate_private_key(ec.SECP256R1())
@@ -95,7 +89,7 @@ def create_ca(common_name: str = "mailstack internal CA") -> tuple[bytes, bytes]
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
         .sign(key, hashes.SHA256())
     )
-    return cert.public_bytes(serialization.Encoding.PEM), _key_pem(key)
+    return cert.public_bytes(serialization.Encoding.PEM), key_pem(key)
 
 
 def check_name(name: str) -> str:
@@ -146,7 +140,7 @@ def issue(ca_cert_pem: bytes, ca_key_pem: bytes, name: str) -> tuple[bytes, byte
         .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
         .sign(ca_key, hashes.SHA256())
     )
-    return cert.public_bytes(serialization.Encoding.PEM), _key_pem(key)
+    return cert.public_bytes(serialization.Encoding.PEM), key_pem(key)
 
 
 def private_folder(path: Path) -> None:
