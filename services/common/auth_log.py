@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import re
 import secrets
-from typing import Literal
+from typing import Literal, Protocol
 
 from mailstack.services.common.metrics import AUTH_TOTAL, CONNECTIONS_REFUSED
 
@@ -69,6 +69,33 @@ def auth_event(
             "session": session,
             "user": printable_user(user),
         },
+    )
+
+
+class ClientEnd(Protocol):
+    """What the log needs of a frontend's connection (IMAP's and POP3's StreamConnection)."""
+
+    @property
+    def remote_ip(self) -> str: ...
+    @property
+    def local_ip(self) -> str: ...
+    @property
+    def tls(self) -> bool: ...
+
+
+def session_auth_event(
+    result: AuthResult, protocol: str, conn: ClientEnd, session: str, user: str, method: str
+) -> None:
+    """auth_event for a stream session: the connection supplies the addresses and TLS state."""
+    auth_event(
+        result,
+        protocol=protocol,
+        user=user,
+        remote_ip=conn.remote_ip,
+        local_ip=conn.local_ip,
+        method=method,
+        tls=conn.tls,
+        session=session,
     )
 
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 import grpc
-from mailstack.services.common.auth_log import AuthResult, auth_event, new_session_id
+from mailstack.services.common.auth_log import AuthResult, new_session_id, session_auth_event
 from mailstack.services.common.config import Settings
 from mailstack.services.common.read_ahead import ReadAhead, ReadAheadBudget
 from mailstack.storage.events.base import ChangeEvent
@@ -253,16 +253,7 @@ class Session:
         self.services.notifier.add(account, self.on_event)
 
     def auth_event(self, result: AuthResult, user: str, method: str) -> None:
-        auth_event(
-            result,
-            protocol="imap",
-            user=user,
-            remote_ip=self.conn.remote_ip,
-            local_ip=self.conn.local_ip,
-            method=method,
-            tls=self.conn.tls,
-            session=self.session_id,
-        )
+        session_auth_event(result, "imap", self.conn, self.session_id, user, method)
 
     def close(self) -> None:
         self.ahead.drop()

@@ -19,7 +19,7 @@ import time
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import Protocol
 
-from mailstack.services.common.auth_log import AuthResult, auth_event, new_session_id
+from mailstack.services.common.auth_log import AuthResult, new_session_id, session_auth_event
 from mailstack.services.common.config import Settings
 from mailstack.services.common.metrics import (
     COMMAND_SECONDS,
@@ -302,16 +302,7 @@ class Pop3Session:
         return await self._login(authcid, password, authzid, "PLAIN")
 
     def _auth_event(self, result: AuthResult, user: str, method: str) -> None:
-        auth_event(
-            result,
-            protocol="pop3",
-            user=user,
-            remote_ip=self.conn.remote_ip,
-            local_ip=self.conn.local_ip,
-            method=method,
-            tls=self.conn.tls,
-            session=self.session_id,
-        )
+        session_auth_event(result, "pop3", self.conn, self.session_id, user, method)
 
     async def _login(self, username: str, password: str, authzid: str, method: str) -> bool:
         # The mailstore counts the attempt for this IP and account across all protocols (ADR 0011).
