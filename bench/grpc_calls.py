@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import sys
 import tempfile
 import time
@@ -25,17 +24,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from mailstack.services.common.config import env_name
 from mailstack.v1 import mailstore_pb2 as pb
 
+from bench.cpu import process_cpu
 from tests.fixtures.mailstore import MailstoreProcess, deliver, open_client
 
 ACCOUNT = "calls@bench.test"
 PASSWORD = "Secret123"
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU of a process, from /proc."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 async def main() -> None:
@@ -96,11 +89,11 @@ async def main() -> None:
             for name, call in calls.items():
                 await call()
                 pid = store.proc.pid
-                store_start, own_start, wall_start = cpu_seconds(pid), time.process_time(), time.perf_counter()
+                store_start, own_start, wall_start = process_cpu(pid), time.process_time(), time.perf_counter()
                 for _ in range(args.calls):
                     await call()
                 per = 1000 / args.calls
-                store_ms = (cpu_seconds(pid) - store_start) * per
+                store_ms = (process_cpu(pid) - store_start) * per
                 own_ms = (time.process_time() - own_start) * per
                 wall_ms = (time.perf_counter() - wall_start) * per
                 print(f"{name:<38} {store_ms:>13.3f} {own_ms:>10.3f} {wall_ms:>8.3f}")

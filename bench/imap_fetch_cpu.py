@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import statistics
 import sys
 import tempfile
@@ -21,13 +20,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.cpu import process_cpu
 from bench.imap_load import PASSWORD, Client, connect, start_mailstack
-
-
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of a process, from /proc (Linux)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def message(n: int, size: int) -> bytes:
@@ -44,13 +38,13 @@ async def run(port: int, user: str, pid: int, count: int, size: int, rounds: int
     await client.command(b"SELECT INBOX")
     out: dict[str, list[float]] = {"one by one": [], "1:* at once": []}
     for _ in range(rounds):
-        start = cpu_seconds(pid)
+        start = process_cpu(pid)
         for n in range(1, count + 1):
             await client.command(b"FETCH %d (BODY.PEEK[])" % n)
-        out["one by one"].append(cpu_seconds(pid) - start)
-        start = cpu_seconds(pid)
+        out["one by one"].append(process_cpu(pid) - start)
+        start = process_cpu(pid)
         await client.command(b"FETCH 1:* (BODY.PEEK[])")
-        out["1:* at once"].append(cpu_seconds(pid) - start)
+        out["1:* at once"].append(process_cpu(pid) - start)
     client.writer.close()
     return out
 

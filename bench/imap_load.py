@@ -35,6 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from mailstack.services.common.config import env_name
 from mailstack.v1 import mailstore_pb2 as pb
 
+from bench.cpu import dovecot_master, processes_cpu, tree_cpu
 from bench.hashcost import matching_log_n
 from tests.fixtures.mailstore import MailstoreProcess, free_port, identity_env, open_client
 
@@ -163,17 +164,23 @@ async def run_phase(name: str, port: int, clients: list[Client], users: list[str
     return sum(counts)
 
 
-async def measure(port: int, users: list[str], data: list[bytes]) -> dict[str, float]:
-    """One round: every phase once, with fresh connections; operations per second per phase."""
+@dataclass
+class Result:
+    rate: float  # operations per second
+    cpu_ms: float  # server CPU milliseconds per operation (every process of that side)
+
+
+async def measure(port: int, users: list[str], data: list[bytes], cpu: Callable[[], float]) -> dict[str, Result]:
+    """One round: every phase once, with fresh connections; rate and server CPU per phase."""
     clients = [await connect(port) for _ in users]
-    rates = {}
+    out = {}
     for phase in PHASES:
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), cpu()
         ops = await run_phase(phase, port, clients, users, data)
-        rates[phase] = ops / (time.perf_counter() - start)
+        out[phase] = Result(ops / (time.perf_counter() - start), (cpu() - cpu_start) * 1000 / ops)
     for c in clients:
         c.writer.close()
-    return rates
+    return out
 
 
 def start_mailstack(tmp: Path, clients: int) -> tuple[MailstoreProcess, subprocess.Popen[bytes], int, list[str]]:
@@ -226,25 +233,37 @@ def main() -> None:
     if args.peers_dir:  # new Maildirs: a used one's folders never shrink and slow Dovecot down
         for user in dovecot_users:
             shutil.rmtree(Path(args.peers_dir) / "mail" / user, ignore_errors=True)
-    results: dict[str, list[dict[str, float]]] = {"mailstack": [], "dovecot": []}
+    results: dict[str, list[dict[str, Result]]] = {"mailstack": [], "dovecot": []}
     with tempfile.TemporaryDirectory() as d:
         store, proc, port, users = start_mailstack(Path(d), args.clients)
+        assert store.proc is not None
+        pids = [store.proc.pid, proc.pid]
+        master = dovecot_master(args.peers_dir) if args.peers_dir else 0
         try:
             for _ in range(args.rounds):  # interleaved, so both see the same machine load
-                results["mailstack"].append(asyncio.run(measure(port, users, data)))
+                results["mailstack"].append(asyncio.run(measure(port, users, data, lambda: processes_cpu(pids))))
                 if args.peers_dir:
-                    results["dovecot"].append(asyncio.run(measure(DOVECOT_IMAP, dovecot_users, data)))
+                    dovecot = asyncio.run(measure(DOVECOT_IMAP, dovecot_users, data, lambda: tree_cpu(master)))
+                    results["dovecot"].append(dovecot)
         finally:
             proc.terminate()
             proc.wait(15)
             store.stop()
-    print(f"{args.clients} clients x {args.messages} messages, {args.rounds} rounds; median operations per second")
-    print(f"{'operation':<15}{'mailstack':>12}{'dovecot':>12}{'ratio':>8}")
+    report(results, f"{args.clients} clients x {args.messages} messages, {args.rounds} rounds")
+
+
+def report(results: dict[str, list[dict[str, Result]]], title: str) -> None:
+    """Medians per phase: rates and their ratio, and each side's server CPU per operation."""
+    print(f"{title}; medians; CPU = server CPU ms per operation (mailstack: mailstore + imap; Dovecot: its tree)")
+    print(f"{'operation':<15}{'mailstack/s':>12}{'dovecot/s':>12}{'ratio':>8}{'CPU ms ours':>13}{'dovecot':>9}")
     for phase in PHASES:
-        ours = statistics.median(r[phase] for r in results["mailstack"])
-        other = statistics.median(r[phase] for r in results["dovecot"]) if results["dovecot"] else 0.0
+        ours = statistics.median(r[phase].rate for r in results["mailstack"])
+        our_cpu = statistics.median(r[phase].cpu_ms for r in results["mailstack"])
+        theirs = results["dovecot"]
+        other = statistics.median(r[phase].rate for r in theirs) if theirs else 0.0
+        other_cpu = f"{statistics.median(r[phase].cpu_ms for r in theirs):9.3f}" if theirs else f"{'-':>9}"
         ratio = f"{ours / other:.2f}" if other else "-"
-        print(f"{phase:<15}{ours:>12.1f}{other:>12.1f}{ratio:>8}")
+        print(f"{phase:<15}{ours:>12.1f}{other:>12.1f}{ratio:>8}{our_cpu:>13.3f}{other_cpu}")
 
 
 if __name__ == "__main__":

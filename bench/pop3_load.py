@@ -38,6 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from mailstack.services.common.config import env_name
 from mailstack.v1 import mailstore_pb2 as pb
 
+from bench.cpu import dovecot_master, processes_cpu, tree_cpu
 from bench.hashcost import matching_log_n
 from tests.fixtures.mailstore import MailstoreProcess, deliver, free_port, identity_env, open_client
 from tests.fixtures.pop3 import Pop3Process
@@ -201,9 +202,16 @@ async def main() -> None:
             print("loading mailstack over gRPC ...")
             mailstack_users = await load_mailstack(mailstore.address, mailstore.data_dir, groups)
             results: dict[str, list[tuple[float, int]]] = {"mailstack": [], "dovecot": []}
+            cpu = {"mailstack": 0.0, "dovecot": 0.0}
+            ours = [mailstore.proc.pid if mailstore.proc else 0, *(p.proc.pid for p in pop3s if p.proc)]
+            master = dovecot_master(args.peers_dir)
             for _ in range(args.rounds):  # interleaved, so both see the same machine load
+                before = processes_cpu(ours)
                 results["mailstack"].append(await measure(pop3.port, mailstack_users, per_user, args.per_line))
+                cpu["mailstack"] += processes_cpu(ours) - before
+                before = tree_cpu(master)
                 results["dovecot"].append(await measure(DOVECOT_POP3, dovecot_users, per_user, args.per_line))
+                cpu["dovecot"] += tree_cpu(master) - before
         finally:
             for process in pop3s:
                 process.stop()
@@ -221,6 +229,8 @@ async def main() -> None:
             f"{name:<10} {seconds:>8.2f} {rates[name]:>9.0f} {octets / seconds / 1e6:>7.1f} {medians[name]:>14.0f}"
             f"   {rounds}"
         )
+    per = {name: used * 1000 / (args.messages * args.rounds) for name, used in cpu.items()}
+    print(f"server CPU per message: mailstack {per['mailstack']:.3f} ms, dovecot {per['dovecot']:.3f} ms")
     print(
         f"ratio mailstack/dovecot (messages/s): best {rates['mailstack'] / rates['dovecot']:.2f}, "
         f"median {medians['mailstack'] / medians['dovecot']:.2f}"

@@ -32,6 +32,7 @@ from mailstack.services.common.grpc_client import identity_for, open_sync_channe
 from mailstack.v1 import mailstore_pb2 as pb
 from mailstack.v1 import mailstore_pb2_grpc as pbg
 
+from bench.cpu import dovecot_master, process_cpu, tree_cpu
 from tests.fixtures.mailstore import free_port, health_check
 
 PEERS = Path("/work/shared/peers")
@@ -174,12 +175,7 @@ class Mailstack:
 
     def cpu_seconds(self) -> dict[str, float]:
         """CPU time (user + system) each mailstack process has used so far: where the time goes."""
-        ticks = os.sysconf("SC_CLK_TCK")
-        out = {}
-        for name, proc in self.procs.items():
-            fields = Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-            out[name] = (int(fields[11]) + int(fields[12])) / ticks
-        return out
+        return {name: process_cpu(proc.pid) for name, proc in self.procs.items()}
 
     def stop(self) -> None:
         for proc in reversed(list(self.procs.values())):
@@ -192,6 +188,12 @@ class Mailstack:
                     proc.wait(10)
         for extra in self.extra:
             extra.stop()  # type: ignore[attr-defined]
+
+
+def reference_cpu(peer_dir: Path) -> float:
+    """CPU the whole reference has used so far: Postfix's and Dovecot's process trees."""
+    postfix = int((peer_dir / "postfix-spool" / "pid" / "master.pid").read_text().split()[0])
+    return tree_cpu(postfix) + tree_cpu(dovecot_master(peer_dir))
 
 
 def run_mailstack(stack: Mailstack, messages: int, sessions: int, size: int) -> float:
@@ -239,10 +241,12 @@ def main() -> int:
         # Warm-up (connections, caches, SQLite file growth), not counted.
         run_mailstack(stack, 100, args.sessions, args.size)
         run_reference(peer_dir, 100, args.sessions, args.size)
-        cpu_before = stack.cpu_seconds()
+        cpu_before, ref_cpu = stack.cpu_seconds(), 0.0
         for run in range(args.runs):
             ours.append(run_mailstack(stack, args.messages, args.sessions, args.size))
+            ref_before = reference_cpu(peer_dir)
             theirs.append(run_reference(peer_dir, args.messages, args.sessions, args.size))
+            ref_cpu += reference_cpu(peer_dir) - ref_before
             print(f"run {run + 1}: mailstack {ours[-1]:.0f} msg/s, Postfix->Dovecot {theirs[-1]:.0f} msg/s", flush=True)
         peak = stack.smtp_peak_rss_kib()
         cpu_after = stack.cpu_seconds()
@@ -261,7 +265,9 @@ def main() -> int:
         f"Postfix->Dovecot {theirs_median:8.1f} delivered msg/s (median)\n"
         f"ratio            {ours_median / theirs_median:8.2f}x\n"
         f"smtp peak RSS    {peak / 1024:8.1f} MiB\n"
-        f"CPU per message  " + ", ".join(f"{n} {ms:.2f} ms" for n, ms in cpu.items())
+        f"CPU per message  "
+        + ", ".join(f"{n} {ms:.2f} ms" for n, ms in cpu.items())
+        + f" (total {sum(cpu.values()):.2f} ms); Postfix+Dovecot {ref_cpu * 1000 / total:.2f} ms"
     )
     return 0
 

@@ -1,0 +1,61 @@
+"""CPU time of server processes, from /proc (Linux): what a benchmark divides by its operations.
+
+`process_cpu` is one process's own user + system time. `tree_cpu` is a whole process tree's: each
+live process's own time plus what its reaped children used (cutime + cstime), so a forking server
+such as Dovecot, whose per-connection processes come and go, is counted whole as long as its master
+stays up.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def _stat(pid: int) -> list[str]:
+    """The fields of /proc/PID/stat after the command name (field 3 onwards)."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+
+
+def process_cpu(pid: int) -> float:
+    fields = _stat(pid)
+    return (int(fields[11]) + int(fields[12])) / _TICK
+
+
+def processes_cpu(pids: Iterable[int]) -> float:
+    return sum(process_cpu(pid) for pid in pids)
+
+
+def _children() -> dict[int, list[int]]:
+    out: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                parent = int(_stat(int(entry.name))[1])
+            except (OSError, IndexError, ValueError):
+                continue  # gone meanwhile
+            out.setdefault(parent, []).append(int(entry.name))
+    return out
+
+
+def tree_cpu(root: int) -> float:
+    """utime + stime + cutime + cstime over the live tree below (and including) root."""
+    children = _children()
+    total, todo = 0.0, [root]
+    while todo:
+        pid = todo.pop()
+        try:
+            fields = _stat(pid)
+        except OSError:
+            continue
+        total += sum(int(f) for f in fields[11:15]) / _TICK
+        todo.extend(children.get(pid, []))
+    return total
+
+
+def dovecot_master(peers_dir: str | Path) -> int:
+    """The Dovecot master's pid of a ../shared/peers/start.sh DIR."""
+    return int((Path(peers_dir) / "run" / "dovecot" / "master.pid").read_text().split()[0])
