@@ -254,8 +254,10 @@ def _response(
 ) -> list[Buffer]:
     view = session.view
     assert view is not None
+    announce: list[Buffer] = []
     if plan.wanted.flags:
         view.set_flags(uid, m.flags, m.modseq)
+        announce += view.keyword_updates()  # RFC 3501 §7.2.6: another session's new keyword
     out: list[tuple[bytes, FetchValue]] = []
     for label, index, binary_item, attribute in plan.rows:
         if index < 0:
@@ -265,7 +267,7 @@ def _response(
         out.append((label, Literal(raw) if binary_item is None else _binary_value(binary_item, raw, m.body_structure)))
     if newly_seen and "FLAGS" not in plan.names:
         out.append((b"FLAGS", flag_list(sorted(view.flags_of(uid)))))
-    return fetch_buffers(seq, out)
+    return announce + fetch_buffers(seq, out)
 
 
 def _attribute(session: Session, name: str, seq: int, uid: int, m: pb.MessageMetadata) -> bytes:

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from mailstack.message.flags import STORED_FLAGS
 from mailstack.v1 import mailstore_pb2 as pb
 
 from ..mailbox_view import MailboxView
 from ..mailstore import MetadataWanted
 from ..protocol import Command, QresyncParameters, Select, SequenceArgument
-from ..protocol.encoder import flag_list, untagged, untagged_status
+from ..protocol.encoder import untagged, untagged_status
 from ..replies import Reply, bad
 from .common import report_vanished, resolve, selected_view, writable
 
@@ -51,10 +50,8 @@ async def select(session: Session, command: Command) -> Reply | None:
         session.condstore = True
     session.opening(args.mailbox)
     view = await open_view(session, args.mailbox, readonly)
-    keywords = sorted({f for u in view.uids for f in view.flags[u] if not f.startswith("\\")})
-    session.untagged(untagged(b"FLAGS " + flag_list([*STORED_FLAGS, *keywords])))
-    permanent = flag_list([*STORED_FLAGS, *keywords, "\\*"]) if not readonly else b"()"
-    session.untagged(untagged_status("OK", "flags and keywords can be stored", b"PERMANENTFLAGS " + permanent))
+    for line in view.flags_announcement():
+        session.untagged(line)
     session.untagged(untagged(b"%d EXISTS" % view.exists))
     session.untagged(untagged(b"%d RECENT" % len(view.recent)))
     first_unseen = next((seq for seq, uid in enumerate(view.uids, 1) if "\\Seen" not in view.flags[uid]), 0)
