@@ -28,7 +28,11 @@ async def open_view(session: Session, name: str, readonly: bool) -> MailboxView:
         messages.extend((m.uid, tuple(m.flags), m.modseq) for m in batch.messages)
     view = MailboxView(name, readonly, status.uidvalidity, status.uidnext, status.highestmodseq, messages)
     view.modseq = status.highestmodseq
-    if not readonly and status.recent:
+    if readonly and status.recent:
+        # RFC 3501 §6.3.2: EXAMINE shows \Recent (the messages at or above the mailbox's floor: the
+        # last ones) but claims nothing, so a later SELECT still gets them
+        view.recent = set(view.uids[max(0, len(view.uids) - status.recent) :])
+    elif not readonly and status.recent:
         # RFC 3501 §2.3.2: this session is the first to see these (exactly one session gets \Recent).
         # Nothing unclaimed (the usual re-SELECT): no claim, which is a write.
         first, uidnext = await session.mailstore.claim_recent(name)
