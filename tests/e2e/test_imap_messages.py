@@ -132,6 +132,9 @@ def test_store_flags_keywords_and_silent(env: ImapEnv) -> None:
     raw, _ = _selected(env)
     lines = raw.command("a", "STORE 1:2 +FLAGS (\\Flagged $Work)")
     assert lines[:-1] == [
+        # RFC 3501 §7.2.6: the new keyword is announced before a FETCH shows it (issue 15 defect 1)
+        b"* FLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft $Work)",
+        b"* OK [PERMANENTFLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft $Work \\*)] flags and keywords can be stored",
         b"* 1 FETCH (FLAGS ($Work \\Flagged \\Recent))",
         b"* 2 FETCH (FLAGS ($Work \\Flagged \\Recent))",
     ]
@@ -237,7 +240,12 @@ def test_append_to_the_selected_mailbox_and_own_changes(env: ImapEnv) -> None:
     raw.command("s", "SELECT INBOX")
     data = message("mine")
     raw.send(b"a1 APPEND INBOX (\\seen $Mine) {%d+}\r\n" % len(data) + data + b"\r\n")
-    assert raw.until("a1")[:-1] == [b"* 1 EXISTS", b"* 1 RECENT"]
+    assert raw.until("a1")[:-1] == [  # the new keyword first (RFC 3501 §7.2.6)
+        b"* FLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft $Mine)",
+        b"* OK [PERMANENTFLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft $Mine \\*)] flags and keywords can be stored",
+        b"* 1 EXISTS",
+        b"* 1 RECENT",
+    ]
     assert raw.command("f1", "FETCH 1 FLAGS")[0] == b"* 1 FETCH (FLAGS ($Mine \\Recent \\Seen))"
     env.deliver(user, message("theirs"))  # UID 2 arrives before this session's next APPEND (UID 3)
     raw.send(b"a2 APPEND INBOX {%d+}\r\n" % len(data) + data + b"\r\n")

@@ -200,7 +200,7 @@ def _items(session: Session, command: Command, args: Fetch) -> list[FetchItem]:
     if command.uid and "UID" not in names:
         items.insert(0, FetchAttribute("UID"))
     if args.changed_since is not None or "MODSEQ" in names:
-        session.condstore = True  # RFC 7162 §3.1: CONDSTORE-enabling
+        session.enable_condstore()  # RFC 7162 §3.1: CONDSTORE-enabling
         if "MODSEQ" not in names:
             items.append(FetchAttribute("MODSEQ"))
     return items

@@ -145,7 +145,7 @@ async def list_command(session: Session, command: Command) -> Reply | None:
         if args.status is not None and listed.entry.exists and name in statuses:
             session.untagged(_status_line(name, statuses[name], args.status, session))
     if args.status is not None and "HIGHESTMODSEQ" in args.status:
-        session.condstore = True  # RFC 7162 §3.1: a CONDSTORE-enabling command
+        session.enable_condstore()  # RFC 7162 §3.1: a CONDSTORE-enabling command
     return None
 
 
@@ -164,6 +164,6 @@ async def status(session: Session, command: Command) -> Reply | None:
     assert isinstance(command.args, Status)
     reply = await session.mailstore.status(command.args.mailbox)
     if "HIGHESTMODSEQ" in command.args.items:
-        session.condstore = True  # RFC 7162 §3.1: a CONDSTORE-enabling command
+        session.enable_condstore()  # RFC 7162 §3.1: a CONDSTORE-enabling command
     session.untagged(_status_line(command.args.mailbox, reply, command.args.items, session))
     return None

@@ -21,7 +21,7 @@ async def store(session: Session, command: Command) -> Reply | None:
     args = command.args
     assert isinstance(args, Store)
     if args.unchanged_since is not None:
-        session.condstore = True
+        session.enable_condstore()  # RFC 7162 §3.1: CONDSTORE-enabling
     targets = resolve(view, command, args.sequence_set)
     if not targets:
         return None
