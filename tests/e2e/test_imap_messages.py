@@ -134,7 +134,8 @@ def test_store_flags_keywords_and_silent(env: ImapEnv) -> None:
     assert lines[:-1] == [
         # RFC 3501 §7.2.6: the new keyword is announced before a FETCH shows it (issue 15 defect 1)
         b"* FLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft $Work)",
-        b"* OK [PERMANENTFLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft $Work \\*)] flags and keywords can be stored",
+        b"* OK [PERMANENTFLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft $Work \\*)]"
+        b" flags and keywords can be stored",
         b"* 1 FETCH (FLAGS ($Work \\Flagged \\Recent))",
         b"* 2 FETCH (FLAGS ($Work \\Flagged \\Recent))",
     ]
@@ -242,7 +243,8 @@ def test_append_to_the_selected_mailbox_and_own_changes(env: ImapEnv) -> None:
     raw.send(b"a1 APPEND INBOX (\\seen $Mine) {%d+}\r\n" % len(data) + data + b"\r\n")
     assert raw.until("a1")[:-1] == [  # the new keyword first (RFC 3501 §7.2.6)
         b"* FLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft $Mine)",
-        b"* OK [PERMANENTFLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft $Mine \\*)] flags and keywords can be stored",
+        b"* OK [PERMANENTFLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft $Mine \\*)]"
+        b" flags and keywords can be stored",
         b"* 1 EXISTS",
         b"* 1 RECENT",
     ]

@@ -83,7 +83,9 @@ def _esearch(
         parts.append(b"COUNT %d" % len(numbers))
     if with_modseq and numbers:
         # RFC 4731 §3.2: with MIN and/or MAX alone, the highest MODSEQ of the messages returned
-        returned = hits if returns & {"ALL", "COUNT"} else [f(hits) for f, n in ((min, "MIN"), (max, "MAX")) if n in returns]
+        returned = hits
+        if not returns & {"ALL", "COUNT"}:
+            returned = [f(hits) for f, name in ((min, "MIN"), (max, "MAX")) if name in returns]
         parts.append(b"MODSEQ %d" % _highest(view, returned))
     return untagged(b" ".join(parts))
 
