@@ -267,6 +267,9 @@ def _response(
         out.append((label, Literal(raw) if binary_item is None else _binary_value(binary_item, raw, m.body_structure)))
     if newly_seen and "FLAGS" not in plan.names:
         out.append((b"FLAGS", flag_list(sorted(view.flags_of(uid)))))
+    # Fixed-size items first, body literals last, in the asked order within each (as Dovecot:
+    # clients and tools that read FLAGS or UID after a literal miss them otherwise)
+    out.sort(key=lambda item: isinstance(item[1], Literal))
     return announce + fetch_buffers(seq, out)
 
 
