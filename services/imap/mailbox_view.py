@@ -12,8 +12,10 @@ import bisect
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from mailstack.message.flags import STORED_FLAGS
+
 from .protocol import SequenceSet
-from .protocol.encoder import flag_list, set_text
+from .protocol.encoder import flag_list, set_text, untagged, untagged_status
 
 NEW, FLAGS, EXPUNGE = "new", "flags", "expunge"
 
@@ -43,9 +45,14 @@ class MailboxView:
         self.uids: list[int] = []
         self.flags: dict[int, frozenset[str]] = {}
         self.modseqs: dict[int, int] = {}
+        # RFC 3501 §7.2.6: every keyword a message here has had (lower case -> spelling), and those
+        # the last FLAGS response named; a new one is announced before a FETCH can show it.
+        self.keywords: dict[str, str] = {}
+        self._announced: set[str] = set()
         for uid, flags, modseq in sorted(messages, key=lambda m: m[0]):
             self.uids.append(uid)
             self.flags[uid] = frozenset(flags)
+            self._note_keywords(self.flags[uid])
             self.modseqs[uid] = modseq
             self.modseq = max(self.modseq, modseq)
         self.uidnext = max(uidnext, self.uids[-1] + 1 if self.uids else 1)
@@ -96,10 +103,35 @@ class MailboxView:
         flags = self.flags.get(uid, frozenset())
         return flags | {"\\Recent"} if uid in self.recent else flags
 
+    def _note_keywords(self, flags: Iterable[str]) -> None:
+        for flag in flags:
+            if not flag.startswith("\\"):
+                self.keywords.setdefault(flag.lower(), flag)
+
+    def flags_announcement(self) -> list[bytes]:
+        """`* FLAGS (...)` and `* OK [PERMANENTFLAGS (...)]` naming every keyword of the view (SELECT,
+        and whenever a keyword is new: RFC 3501 §7.2.6, RFC 9051 §7.3.5). A read-only view
+        can store nothing: PERMANENTFLAGS is empty (RFC 3501 §6.3.2)."""
+        keywords = sorted(self.keywords.values())
+        self._announced = set(self.keywords)
+        permanent = flag_list([*STORED_FLAGS, *keywords, "\\*"]) if not self.readonly else b"()"
+        return [
+            untagged(b"FLAGS " + flag_list([*STORED_FLAGS, *keywords])),
+            untagged_status("OK", "flags and keywords can be stored", b"PERMANENTFLAGS " + permanent),
+        ]
+
+    def keyword_updates(self) -> list[bytes]:
+        """The FLAGS announcement when a keyword appeared since the last one, else nothing; sent
+        before any FETCH (or EXISTS) that could show the keyword."""
+        if self._announced.issuperset(self.keywords):
+            return []
+        return self.flags_announcement()
+
     def set_flags(self, uid: int, flags: Iterable[str], modseq: int, announced: bool = True) -> None:
         if uid not in self.flags or uid in self._expunged:
             return
         new = frozenset(flags)
+        self._note_keywords(new)
         if new != self.flags[uid] and not announced:
             self._flag_changes.add(uid)
         elif announced:
@@ -134,6 +166,7 @@ class MailboxView:
                 # a message this session has never seen: it gets the next sequence number
                 self.uids.append(change.uid)
                 self.flags[change.uid] = frozenset(change.flags)
+                self._note_keywords(change.flags)
                 self.modseqs[change.uid] = change.modseq
                 self.uidnext = max(self.uidnext, change.uid + 1)
                 new.append(change.uid)
@@ -170,7 +203,7 @@ class MailboxView:
 
     def updates(self, allow_expunge: bool, with_modseq: bool, vanished: bool = False) -> list[bytes]:
         """The untagged responses owed to the client (RFC 9051 §7.5.1 decides allow_expunge)."""
-        out: list[bytes] = []
+        out: list[bytes] = self.keyword_updates()
         if allow_expunge and self._expunged:
             out += self.expunge_responses(list(self._expunged), vanished)
         if len(self.uids) != self._announced_exists:

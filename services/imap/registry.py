@@ -138,4 +138,5 @@ CAPABILITY_COMMANDS: Mapping[str, frozenset[str]] = {
     "BINARY": frozenset({"FETCH", "APPEND"}),
     "UTF8=ACCEPT": frozenset({"ENABLE", "APPEND"}),
     "QUOTA": frozenset({"GETQUOTA", "GETQUOTAROOT", "SETQUOTA"}),
+    "MULTIAPPEND": frozenset({"APPEND"}),
 }

@@ -230,6 +230,16 @@ class Session:
 
     # ---- helpers for handlers
 
+    def enable_condstore(self) -> None:
+        """A CONDSTORE-enabling command (RFC 7162 §3.1): the first one while a mailbox is selected
+        tells its HIGHESTMODSEQ in an untagged OK (SELECT sent it before CONDSTORE was on)."""
+        if self.condstore:
+            return
+        self.condstore = True
+        if self.view is not None:
+            highest = max(self.view.modseq, max(self.view.modseqs.values(), default=0))
+            self.untagged(b"* OK [HIGHESTMODSEQ %d] Highest\r\n" % highest)
+
     def select(self, view: MailboxView | None) -> None:
         self.view = view
         self.ahead.drop()

@@ -238,3 +238,29 @@ def test_list_status(env: ImapEnv) -> None:
         b"A02 OK completed",
     ]
     raw.close()
+
+
+def test_multiappend_over_quota_part_way_keeps_nothing(env: ImapEnv) -> None:
+    # RFC 3502 §6.3.11: the third message is over the message quota; the two stored before it are
+    # withdrawn, and a session that has the mailbox selected ends up with nothing new
+    user = env.new_account(quota_messages=3)
+    env.append(user, "INBOX", message("already here"))
+    watcher = RawImap(env.port())
+    watcher.login(user)
+    watcher.command("s", "SELECT INBOX")
+    raw = RawImap(env.port())
+    raw.login(user)
+    parts = [message(f"m{i}") for i in range(3)]
+    data = b"a1 APPEND INBOX"
+    for part in parts:
+        data += b" {%d+}\r\n" % len(part) + part
+    raw.send(data + b"\r\n")
+    assert raw.until("a1")[-1].startswith(b"a1 NO [OVERQUOTA]")
+    assert raw.command("st", "STATUS INBOX (MESSAGES)")[0] == b"* STATUS INBOX (MESSAGES 1)"
+    watcher.command("n", "NOOP")  # whatever it saw come and go is announced by now
+    assert watcher.command("u", "FETCH 1:* UID")[:-1] == [b"* 1 FETCH (UID 1)"]
+    # within the quota the same APPEND stores all of them
+    raw.send(b"a2 APPEND INBOX" + b"".join(b" {%d+}\r\n" % len(p) + p for p in parts[:2]) + b"\r\n")
+    assert raw.until("a2")[-1].startswith(b"a2 OK [APPENDUID ")
+    raw.close()
+    watcher.close()

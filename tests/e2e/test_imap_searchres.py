@@ -72,7 +72,9 @@ def test_emptied_by_a_failed_search_by_select_and_shrunk_by_expunge(env: ImapEnv
 
 def test_saved_result_in_uid_fetch_vanished(env: ImapEnv) -> None:
     raw = selected(env, ["a", "b", "c"])
-    modseq = int(b"".join(raw.command("m", "STATUS INBOX (HIGHESTMODSEQ)")).split(b"HIGHESTMODSEQ ")[1].split(b")")[0])
+    # STATUS HIGHESTMODSEQ enables CONDSTORE: an untagged OK [HIGHESTMODSEQ] may come first (RFC 7162 §3.1)
+    status = next(line for line in raw.command("m", "STATUS INBOX (HIGHESTMODSEQ)") if line.startswith(b"* STATUS"))
+    modseq = int(status.split(b"HIGHESTMODSEQ ")[1].split(b")")[0])
     raw.command("e", "ENABLE QRESYNC")
     raw.command("s", "SELECT INBOX")
     raw.command("a", "UID SEARCH RETURN (SAVE) UID 2:3")

@@ -35,3 +35,23 @@ def test_flag_changes_are_announced_once_and_only_when_different() -> None:
     assert view.updates(True, with_modseq=True) == []
     view.recent.add(4)
     assert view.flags_of(4) == {"\\Recent"}
+
+
+def test_a_new_keyword_is_announced_once_before_the_fetch_showing_it() -> None:
+    # RFC 3501 §7.2.6: FLAGS and PERMANENTFLAGS name every keyword before a FETCH can show it
+    view = MailboxView("INBOX", False, 7, 5, 10, [(1, ("$Old",), 3), (2, (), 4)])
+    assert view.flags_announcement()[0] == b"* FLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft $Old)\r\n"
+    assert view.keyword_updates() == []
+    view.apply([Change(2, 11, FLAGS, ("$new",)), Change(5, 12, NEW, ("$OLD",))], 12)
+    out = view.updates(True, with_modseq=False)
+    assert out[0] == b"* FLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft $Old $new)\r\n"
+    assert out[1].startswith(b"* OK [PERMANENTFLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft $Old $new \\*)]")
+    assert out[2:] == [b"* 3 EXISTS\r\n", b"* 0 RECENT\r\n", b"* 2 FETCH (UID 2 FLAGS ($new))\r\n"]
+    view.set_flags(1, ("$NEW",), 13)  # keywords compare case-insensitively: nothing new
+    assert view.keyword_updates() == []
+
+
+def test_a_read_only_view_announces_no_permanent_flags() -> None:
+    view = MailboxView("INBOX", True, 7, 5, 10, [(1, (), 3)])
+    view.set_flags(1, ("Junk",), 11)
+    assert view.keyword_updates()[1].startswith(b"* OK [PERMANENTFLAGS ()]")

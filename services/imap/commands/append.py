@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING
 
 import grpc
@@ -16,27 +17,32 @@ from ..replies import Reply, no
 if TYPE_CHECKING:
     from ..session import Session
 
+log = logging.getLogger("mailstack.imap")
+
 # The mailstore keeps system flags in this case (and drops \Recent); keywords as given.
 
 
 async def append(session: Session, command: Command) -> Reply | None:
-    # Command: RFC 9051 §6.3.12: a missing mailbox is NO [TRYCREATE]; over quota NO [OVERQUOTA]
+    # Command: RFC 9051 §6.3.12: a missing mailbox is NO [TRYCREATE]; over quota NO [OVERQUOTA];
+    # MULTIAPPEND (RFC 3502 §6.3.11): if one message fails, none is kept
     args = command.args
     assert isinstance(args, Append)
-    uids: list[int] = []
-    uidvalidity = 0
-    appended: list[Change] = []
-    for message in args.messages:
+    for message in args.messages:  # what can be refused without storing anything, first
         if len(message.data) > session.settings.max_message_size:
             raise no("message too big", "TOOBIG")
         if message.binary and b"\x00" in message.data:
             # RFC 3516 §4.4: a literal8 is taken as 8-bit content; NULs are refused (IMAP cannot
             # send them back in BODY[]), with the code the RFC names for it
             raise no("binary content with NUL octets is not stored", "UNKNOWN-CTE")
+    uids: list[int] = []
+    uidvalidity = 0
+    appended: list[Change] = []
+    for message in args.messages:
         try:
             kept = [f for f in message.flags if f.lower() != "\\recent"]
             reply = await session.mailstore.append(args.mailbox, message.data, kept, message.date_time)
         except grpc.RpcError as e:
+            await _withdraw(session, args.mailbox, uids)
             error = from_grpc(e)
             if error.code == "NONEXISTENT":
                 error.code = "TRYCREATE"
@@ -68,3 +74,16 @@ async def _add_to_view(session: Session, uidvalidity: int, appended: list[Change
         first, uidnext = await session.mailstore.claim_recent(view.name)
         view.recent.update(u for u in new if first <= u < uidnext)
     return True
+
+
+async def _withdraw(session: Session, mailbox: str, uids: list[int]) -> None:
+    """RFC 3502 §6.3.11: a MULTIAPPEND that fails part way keeps none of its messages: those
+    already stored are expunged again (\\Deleted, then UID EXPUNGE of just them). Another session
+    may see them come and go, as if a client had appended and expunged them."""
+    if not uids:
+        return
+    try:
+        await session.mailstore.store_flags(mailbox, uids, "+", ["\\Deleted"])
+        await session.mailstore.expunge(mailbox, uids)
+    except grpc.RpcError as e:  # the original failure is the answer; these stay (logged)
+        log.warning("APPEND: %d messages of a failed MULTIAPPEND not withdrawn: %s", len(uids), e.code())

@@ -23,8 +23,13 @@ def selected_view(view: MailboxView | None) -> MailboxView:
 
 def resolve(view: MailboxView, command: Command, sequence_set: SequenceSet) -> list[tuple[int, int]]:
     """(seq, uid) pairs of a command's set; `$` is the saved search result (RFC 5182)."""
-    if not command.uid and view.exists == 0 and sequence_set.items:
-        raise bad("no messages in the mailbox")  # RFC 9051 §6.4.4: a sequence number must exist
+    if not command.uid and sequence_set.items:
+        # RFC 9051 §9 (seq-number): a number beyond the mailbox, or `*` in an empty one, is BAD (as
+        # Dovecot answers); UID sets are not checked (RFC 9051 §6.4.9: UIDs beyond are no error)
+        if view.exists == 0:
+            raise bad("no messages in the mailbox")
+        if any(n is not None and n > view.exists for pair in sequence_set.items for n in pair):
+            raise bad(f"message sequence number beyond the last message ({view.exists})")
     return view.resolve(sequence_set, command.uid)
 
 

@@ -34,6 +34,8 @@ async def copy_move(session: Session, command: Command) -> Reply | None:
         if error.code == "NONEXISTENT":
             error.code = "TRYCREATE"  # RFC 9051 §6.4.7
         raise error from None
+    if args.mailbox == view.name and reply.mapping:
+        session.mark_dirty()  # into the selected mailbox: EXISTS with this completion (RFC 9051 §6.4.7)
     mapping = sorted(reply.mapping, key=lambda p: p.source)
     code = None
     if mapping:

@@ -200,7 +200,7 @@ def _items(session: Session, command: Command, args: Fetch) -> list[FetchItem]:
     if command.uid and "UID" not in names:
         items.insert(0, FetchAttribute("UID"))
     if args.changed_since is not None or "MODSEQ" in names:
-        session.condstore = True  # RFC 7162 §3.1: CONDSTORE-enabling
+        session.enable_condstore()  # RFC 7162 §3.1: CONDSTORE-enabling
         if "MODSEQ" not in names:
             items.append(FetchAttribute("MODSEQ"))
     return items
@@ -254,8 +254,10 @@ def _response(
 ) -> list[Buffer]:
     view = session.view
     assert view is not None
+    announce: list[Buffer] = []
     if plan.wanted.flags:
         view.set_flags(uid, m.flags, m.modseq)
+        announce += view.keyword_updates()  # RFC 3501 §7.2.6: another session's new keyword
     out: list[tuple[bytes, FetchValue]] = []
     for label, index, binary_item, attribute in plan.rows:
         if index < 0:
@@ -265,7 +267,10 @@ def _response(
         out.append((label, Literal(raw) if binary_item is None else _binary_value(binary_item, raw, m.body_structure)))
     if newly_seen and "FLAGS" not in plan.names:
         out.append((b"FLAGS", flag_list(sorted(view.flags_of(uid)))))
-    return fetch_buffers(seq, out)
+    # Fixed-size items first, body literals last, in the asked order within each (as Dovecot:
+    # clients and tools that read FLAGS or UID after a literal miss them otherwise)
+    out.sort(key=lambda item: isinstance(item[1], Literal))
+    return announce + fetch_buffers(seq, out)
 
 
 def _attribute(session: Session, name: str, seq: int, uid: int, m: pb.MessageMetadata) -> bytes:

@@ -10,7 +10,7 @@ from mailstack.v1 import mailstore_pb2 as pb
 from ..mailbox_list import Entry, Listed, select, with_parents
 from ..mailstore import SPECIAL_USE_ATTRIBUTES, SPECIAL_USE_BY_NAME
 from ..protocol import Command, Create, ListMailboxes, Lsub, MailboxArgument, Rename, Status
-from ..protocol.encoder import mailbox, untagged
+from ..protocol.encoder import mailbox, untagged, untagged_status
 from ..replies import Reply, no
 
 if TYPE_CHECKING:
@@ -45,13 +45,17 @@ async def create(session: Session, command: Command) -> Reply | None:
 
 
 async def delete(session: Session, command: Command) -> Reply | None:
-    # Command: RFC 9051 §6.3.5
+    # Command: RFC 9051 §6.3.5. The selected mailbox may be deleted (Dovecot and James allow it):
+    # this session gets `* OK [CLOSED]` (RFC 9051 §7.1) and is back in the authenticated state, so
+    # its next FETCH is BAD rather than a NO on a mailbox that is gone; other sessions that have it
+    # selected find it gone at their next refresh and get BYE (session.refresh), as in Dovecot.
     assert isinstance(command.args, MailboxArgument)
     if command.args.mailbox == "INBOX":
         raise no("INBOX cannot be deleted", "CANNOT")
-    if session.view is not None and session.view.name == command.args.mailbox:
-        raise no("unselect the mailbox before deleting it", "INUSE")
     await session.mailstore.delete_mailbox(command.args.mailbox)
+    if session.view is not None and session.view.name == command.args.mailbox:
+        session.select(None)
+        session.untagged(untagged_status("OK", "the selected mailbox was deleted", "CLOSED"))
     return None
 
 
@@ -145,7 +149,7 @@ async def list_command(session: Session, command: Command) -> Reply | None:
         if args.status is not None and listed.entry.exists and name in statuses:
             session.untagged(_status_line(name, statuses[name], args.status, session))
     if args.status is not None and "HIGHESTMODSEQ" in args.status:
-        session.condstore = True  # RFC 7162 §3.1: a CONDSTORE-enabling command
+        session.enable_condstore()  # RFC 7162 §3.1: a CONDSTORE-enabling command
     return None
 
 
@@ -164,6 +168,6 @@ async def status(session: Session, command: Command) -> Reply | None:
     assert isinstance(command.args, Status)
     reply = await session.mailstore.status(command.args.mailbox)
     if "HIGHESTMODSEQ" in command.args.items:
-        session.condstore = True  # RFC 7162 §3.1: a CONDSTORE-enabling command
+        session.enable_condstore()  # RFC 7162 §3.1: a CONDSTORE-enabling command
     session.untagged(_status_line(command.args.mailbox, reply, command.args.items, session))
     return None

@@ -37,6 +37,7 @@ EXTENSIONS = (
     "QUOTA",
     "QUOTA=RES-STORAGE",
     "QUOTA=RES-MESSAGE",
+    "MULTIAPPEND",
 )
 
 
@@ -96,10 +97,11 @@ async def enable(session: Session, command: Command) -> Reply | None:
     enabled: list[bytes] = []
     for name in command.args.capabilities:
         if name.upper() == "CONDSTORE" and not session.condstore:
-            session.condstore = True
+            session.enable_condstore()
             enabled.append(b"CONDSTORE")
         elif name.upper() == "QRESYNC" and not session.qresync:
-            session.qresync = session.condstore = True  # RFC 7162 §3.2.3: QRESYNC implies CONDSTORE
+            session.enable_condstore()  # RFC 7162 §3.2.3: QRESYNC implies CONDSTORE
+            session.qresync = True
             enabled.append(b"QRESYNC")
         elif name.upper() == "UTF8=ACCEPT" and not session.utf8:
             # RFC 6855 §3: mailbox names as UTF-8 both ways, UTF-8 in quoted strings, UTF8 APPEND

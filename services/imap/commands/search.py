@@ -39,20 +39,19 @@ async def _search(session: Session, view: MailboxView, command: Command, args: S
         raise no("unsupported charset", "BADCHARSET (UTF-8 US-ASCII)")
     key, modseq_used = translate(args.key, view)
     if modseq_used:
-        session.condstore = True
+        session.enable_condstore()
     found = await session.mailstore.search(view.name, key)
     # Only messages the client knows, numbered as it knows them.
     hits = [(seq, uid) for uid in found if (seq := view.seq_of(uid)) is not None]
     numbers = [uid if command.uid else seq for seq, uid in hits]
-    modseq = max((view.modseqs.get(uid, 0) for _, uid in hits), default=0)
     if args.returns is not None:
-        line = _esearch(view, command, args.returns, hits, modseq if modseq_used else None)
+        line = _esearch(view, command, args.returns, hits, modseq_used)
         if line:
             session.untagged(line)
         return None
     line = b"SEARCH" + b"".join(b" %d" % n for n in numbers)
     if modseq_used and numbers:
-        line += b" (MODSEQ %d)" % modseq  # RFC 7162 §3.1.5
+        line += b" (MODSEQ %d)" % _highest(view, hits)  # RFC 7162 §3.1.5
     session.untagged(untagged(line))
     return None
 
@@ -65,7 +64,7 @@ def _save(view: MailboxView, returns: set[str], hits: list[tuple[int, int]]) -> 
 
 
 def _esearch(
-    view: MailboxView, command: Command, wanted: tuple[str, ...], hits: list[tuple[int, int]], modseq: int | None
+    view: MailboxView, command: Command, wanted: tuple[str, ...], hits: list[tuple[int, int]], with_modseq: bool
 ) -> bytes | None:
     """The ESEARCH response (RFC 4731 §3.1), None for SAVE alone (RFC 5182 §2.4)."""
     returns = set(wanted) or {"ALL"}
@@ -82,9 +81,17 @@ def _esearch(
         parts += _extremes(numbers, returns)
     if "COUNT" in returns:
         parts.append(b"COUNT %d" % len(numbers))
-    if modseq is not None and numbers:
-        parts.append(b"MODSEQ %d" % modseq)
+    if with_modseq and numbers:
+        # RFC 4731 §3.2: with MIN and/or MAX alone, the highest MODSEQ of the messages returned
+        returned = hits
+        if not returns & {"ALL", "COUNT"}:
+            returned = [f(hits) for f, name in ((min, "MIN"), (max, "MAX")) if name in returns]
+        parts.append(b"MODSEQ %d" % _highest(view, returned))
     return untagged(b" ".join(parts))
+
+
+def _highest(view: MailboxView, hits: list[tuple[int, int]]) -> int:
+    return max((view.modseqs.get(uid, 0) for _, uid in hits), default=0)
 
 
 def _extremes(numbers: list[int], returns: set[str]) -> list[bytes]:

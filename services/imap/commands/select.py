@@ -4,13 +4,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from mailstack.message.flags import STORED_FLAGS
 from mailstack.v1 import mailstore_pb2 as pb
 
 from ..mailbox_view import MailboxView
 from ..mailstore import MetadataWanted
 from ..protocol import Command, QresyncParameters, Select, SequenceArgument
-from ..protocol.encoder import flag_list, untagged, untagged_status
+from ..protocol.encoder import untagged, untagged_status
 from ..replies import Reply, bad
 from .common import report_vanished, resolve, selected_view, writable
 
@@ -29,7 +28,11 @@ async def open_view(session: Session, name: str, readonly: bool) -> MailboxView:
         messages.extend((m.uid, tuple(m.flags), m.modseq) for m in batch.messages)
     view = MailboxView(name, readonly, status.uidvalidity, status.uidnext, status.highestmodseq, messages)
     view.modseq = status.highestmodseq
-    if not readonly and status.recent:
+    if readonly and status.recent:
+        # RFC 3501 §6.3.2: EXAMINE shows \Recent (the messages at or above the mailbox's floor: the
+        # last ones) but claims nothing, so a later SELECT still gets them
+        view.recent = set(view.uids[max(0, len(view.uids) - status.recent) :])
+    elif not readonly and status.recent:
         # RFC 3501 §2.3.2: this session is the first to see these (exactly one session gets \Recent).
         # Nothing unclaimed (the usual re-SELECT): no claim, which is a write.
         first, uidnext = await session.mailstore.claim_recent(name)
@@ -51,10 +54,8 @@ async def select(session: Session, command: Command) -> Reply | None:
         session.condstore = True
     session.opening(args.mailbox)
     view = await open_view(session, args.mailbox, readonly)
-    keywords = sorted({f for u in view.uids for f in view.flags[u] if not f.startswith("\\")})
-    session.untagged(untagged(b"FLAGS " + flag_list([*STORED_FLAGS, *keywords])))
-    permanent = flag_list([*STORED_FLAGS, *keywords, "\\*"]) if not readonly else b"()"
-    session.untagged(untagged_status("OK", "flags and keywords can be stored", b"PERMANENTFLAGS " + permanent))
+    for line in view.flags_announcement():
+        session.untagged(line)
     session.untagged(untagged(b"%d EXISTS" % view.exists))
     session.untagged(untagged(b"%d RECENT" % len(view.recent)))
     first_unseen = next((seq for seq, uid in enumerate(view.uids, 1) if "\\Seen" not in view.flags[uid]), 0)

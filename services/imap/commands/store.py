@@ -21,7 +21,7 @@ async def store(session: Session, command: Command) -> Reply | None:
     args = command.args
     assert isinstance(args, Store)
     if args.unchanged_since is not None:
-        session.condstore = True
+        session.enable_condstore()  # RFC 7162 §3.1: CONDSTORE-enabling
     targets = resolve(view, command, args.sequence_set)
     if not targets:
         return None
@@ -33,6 +33,8 @@ async def store(session: Session, command: Command) -> Reply | None:
         view.set_flags(m.uid, m.flags, m.modseq)
         updated.add(m.uid)
     failed = set(reply.failed)
+    for line in view.keyword_updates():  # RFC 3501 §7.2.6: a new keyword before the FETCH showing it
+        session.untagged(line)
     # Not .SILENT: FLAGS of every message of the set, changed or not (those the store left
     # alone keep the flags this session knows). UID STORE always includes UID.
     for seq, uid in targets:

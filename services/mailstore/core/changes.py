@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from mailstack.message.flags import is_recent, stored_system_flag
-from mailstack.services.mailstore.core.errors import InvalidRequest, NotAllowed, OverQuota
+from mailstack.services.mailstore.core.errors import InvalidRequest, OverQuota
 from mailstack.services.mailstore.core.quota import QuotaLedger
 from mailstack.services.mailstore.core.results import (
     AccountRecord,
@@ -90,8 +90,7 @@ class Changes:
     async def copy(self, account: str, mailbox_name: str, uids: UidRanges, destination: str, move: bool) -> CopyResult:
         record, source = await self.stores.mailbox(account, mailbox_name)
         target = await self.stores.metadata.get_mailbox(record.id, checked_mailbox_name(destination))
-        if target.id == source.id and move:
-            raise NotAllowed("cannot move a message into its own mailbox")
+        # RFC 6851 §3.3: MOVE into the same mailbox is allowed (a copy to new UIDs, then an expunge)
         size, count = (0, 0) if move else await self._reserve_copies(record, source, uids)
         try:
             result = await self.stores.metadata.copy(source.id, uids, target.id, move, self.ledger.by_metadata)
