@@ -8,7 +8,6 @@ parts. Flags and keywords match case-insensitively (RFC 3501 §9: atoms are case
 
 from __future__ import annotations
 
-import binascii
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
@@ -19,7 +18,7 @@ from mailstack.message.body_parts import is_message, is_multipart
 from mailstack.message.encoded_words import decode_charset, decode_header_value, header_text
 from mailstack.message.headers import field_value, header_values, split_fields
 from mailstack.message.mime import is_text, param, parse_message
-from mailstack.message.transfer_encoding import decode_base64
+from mailstack.message.transfer_encoding import decode_base64, decode_quoted_printable
 from mailstack.v1 import mailstore_pb2 as pb
 
 
@@ -62,7 +61,7 @@ def _decoded_body(raw: bytes, part: pb.BodyPart) -> str:
     data = raw[part.body_offset : part.end_offset]
     encoding = part.encoding.strip().lower()
     if encoding == b"quoted-printable":
-        data = binascii.a2b_qp(data)
+        data = decode_quoted_printable(data)
     elif encoding == b"base64":
         data = decode_base64(data)
     charset = param(part.params, b"charset")

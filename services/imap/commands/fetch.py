@@ -43,8 +43,8 @@ def _body_item(item: FetchItem) -> tuple[FetchBody, bytes] | None:
     """The section to fetch for an item, and the item's name in the response. BINARY items fetch
     their part as stored (decoded afterwards: a partial applies to the decoded bytes)."""
     if isinstance(item, FetchBody) and item.binary:
-        # RFC 9051 §7.5.2 (ABNF): a BINARY response carries no <origin>
-        return FetchBody(Section(item.section.part), peek=item.peek), b"BINARY[" + bytes(item.section) + b"]"
+        # RFC 3516 §4.3, RFC 9051 §7.5.2: "BINARY[<section-binary>]<<number>>", the origin kept
+        return FetchBody(Section(item.section.part), peek=item.peek), item.label()
     if isinstance(item, FetchBinarySize):
         return FetchBody(Section(item.part), peek=True), item.label()
     if isinstance(item, FetchBody):
