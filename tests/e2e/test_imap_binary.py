@@ -60,7 +60,7 @@ def test_parts_are_decoded(raw: RawImap) -> None:
     head, data = fetched(raw, "b", "FETCH 1 (BINARY.PEEK[1])")
     assert data == TEXT and head.endswith(b"BINARY[1] "), "no NUL: a plain literal"
     head, data = fetched(raw, "c", "FETCH 1 (BINARY.PEEK[2]<10.5>)")
-    assert data == PAYLOAD[10:15] and head.endswith(b"BINARY[2] "), "of the decoded bytes; no <origin> (ABNF)"
+    assert data == PAYLOAD[10:15] and head.endswith(b"BINARY[2]<10> "), "of the decoded bytes; the origin kept (§4.3)"
     lines = raw.command("d", "FETCH 1 (BINARY.SIZE[1] BINARY.SIZE[2])")
     assert f"BINARY.SIZE[1] {len(TEXT)} BINARY.SIZE[2] {len(PAYLOAD)}".encode() in lines[0]
 
