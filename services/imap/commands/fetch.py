@@ -83,6 +83,12 @@ def _binary_value(item: FetchBody | FetchBinarySize, raw: bytes, structure: pb.B
     return Literal(data, binary=b"\x00" in data)
 
 
+def _text_literal(raw: bytes) -> Literal:
+    """BODY[...] data: a literal cannot hold NUL (RFC 3501 §4.3), so binary content stored from a
+    literal8 shows each NUL as 0x80 there, as Dovecot does; the size stays, BINARY has the NULs."""
+    return Literal(raw.replace(b"\x00", b"\x80") if b"\x00" in raw else raw)
+
+
 def _wanted(items: list[FetchItem]) -> MetadataWanted:
     names = {i.name for i in items if isinstance(i, FetchAttribute)}
     return MetadataWanted(
@@ -262,7 +268,8 @@ def _response(
             out.append((label, _attribute(session, attribute, seq, uid, m)))
             continue
         raw = texts.get((uid, index), b"")
-        out.append((label, Literal(raw) if binary_item is None else _binary_value(binary_item, raw, m.body_structure)))
+        value = _text_literal(raw) if binary_item is None else _binary_value(binary_item, raw, m.body_structure)
+        out.append((label, value))
     if newly_seen and "FLAGS" not in plan.names:
         out.append((b"FLAGS", flag_list(sorted(view.flags_of(uid)))))
     return fetch_buffers(seq, out)
