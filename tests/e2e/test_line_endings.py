@@ -38,7 +38,7 @@ class Stack:
     pop3_port: int
 
 
-def import_maildir(address: str, data_dir: Path, root: Path) -> subprocess.CompletedProcess[str]:
+def import_maildir(address: str, data_dir: str, root: Path) -> subprocess.CompletedProcess[str]:
     """`mailstack import maildir` as an operator runs it (its own process, the admin identity)."""
     for sub in ("cur", "new", "tmp"):
         (root / sub).mkdir(parents=True)
