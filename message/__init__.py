@@ -4,6 +4,7 @@ Pure functions and types over message bytes and names, no I/O beyond what a call
 - structure: the ENVELOPE / BODYSTRUCTURE / section / date types (message.proto's messages)
 - headers, addresses: header blocks and fields; address headers as IMAP address structures
 - mime: MIME parameters and the walker that finds ENVELOPE, BODYSTRUCTURE and byte offsets (parse_message)
+- line_endings: every stored line ends in CRLF (to_crlf, ADR 0020)
 - body_parts, sections, transfer_encoding: part lookup, BODY[section] byte ranges, BINARY decoding
 - encoded_words: RFC 2047 header decoding and charsets
 - compose, dsn, dkim_sign: building, reporting on and signing outgoing messages

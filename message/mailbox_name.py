@@ -38,8 +38,8 @@ def encode_mailbox_name(name: str, utf8: bool = False) -> bytes:
 
 
 def decode_mailbox_name(raw: bytes, utf8: bool = False) -> str:
-    """Wire name -> str. Raises ValueError for invalid or non-canonical mUTF-7 (the command is
-    then answered BAD), or invalid UTF-8 in UTF8=ACCEPT mode."""
+    """Wire name -> str. Raises ValueError for invalid or non-canonical mUTF-7 (IMAP answers the
+    command NO: the name fits the grammar but names no mailbox), or invalid UTF-8 in UTF8=ACCEPT mode."""
     if utf8:
         name = raw.decode("utf-8")
         if any(ord(c) < 0x20 or ord(c) == 0x7F for c in name):

@@ -7,6 +7,7 @@ import re
 
 IDENTITY = frozenset({b"", b"7bit", b"8bit", b"binary"})
 _NOT_BASE64 = re.compile(rb"[^A-Za-z0-9+/]")
+_PADDING = re.compile(rb"[ \t]+(?=\r?\n|\Z)")  # blanks at the end of an encoded line
 
 
 class UnknownCte(ValueError):
@@ -25,6 +26,13 @@ def decode_base64(data: bytes) -> bytes:
         return b""
 
 
+def decode_quoted_printable(data: bytes) -> bytes:
+    """Quoted-printable (RFC 2045 §6.7). Rule 3: blanks at the end of an encoded line are
+    transport padding and go, so "=" then blanks then a line break is a soft break. Malformed
+    "=" sequences stay as they are (the robust reading of the RFC's note 1); never raises."""
+    return binascii.a2b_qp(_PADDING.sub(b"", data))
+
+
 def decode_cte(data: bytes, encoding: bytes) -> bytes:
     """Decoded content of a part whose Content-Transfer-Encoding is `encoding`. Lenient, as mail
     readers are: base64 skips characters outside its alphabet and mends missing padding."""
@@ -34,5 +42,5 @@ def decode_cte(data: bytes, encoding: bytes) -> bytes:
     if name == b"base64":
         return decode_base64(data)
     if name == b"quoted-printable":
-        return binascii.a2b_qp(data)
+        return decode_quoted_printable(data)
     raise UnknownCte(encoding.decode("ascii", "replace"))

@@ -14,10 +14,13 @@ from .errors import from_grpc
 from .protocol import Command, Event, LiteralTooBig, NeedData, NeedLiteral, ParseError
 from .protocol.encoder import continuation, tagged, untagged_status
 from .registry import COMMANDS
-from .replies import EndSession, ImapError, Reply
+from .replies import EndSession, ImapError, Reply, no
 from .session import Session, State
 
 log = logging.getLogger("mailstack.imap")
+# Commands whose handler answers an invalid mailbox name itself: SELECT and EXAMINE deselect
+# first (RFC 9051 §6.3.2), whatever the name.
+_NAME_CHECKED_BY_HANDLER = frozenset({"SELECT", "EXAMINE"})
 
 
 async def run(session: Session, greeting: bytes) -> None:
@@ -71,6 +74,15 @@ def _framing_answer(event: Event) -> bytes:
     return tagged(event.tag, "BAD", event.message) if event.tag else untagged_status("BAD", event.message)
 
 
+def refuse_invalid_name(command: Command) -> Reply:
+    """A mailbox name that fits the grammar but is not valid modified UTF-7 names no mailbox: NO
+    [CANNOT] (it can never succeed), and for LIST/LSUB an empty OK (RFC 9051 §7.1.5: BAD is
+    for syntax errors)."""
+    if command.name in ("LIST", "LSUB"):
+        return Reply("OK", f"{command.name} completed")
+    raise no(command.invalid_mailbox, "CANNOT")
+
+
 async def execute(session: Session, command: Command) -> None:
     entry = COMMANDS.get(command.name)
     if entry is None or session.state not in entry.states:
@@ -80,7 +92,10 @@ async def execute(session: Session, command: Command) -> None:
     reply: Reply | ImapError
     with telemetry.command_span(command.name, command.uid):
         try:
-            reply = await entry.handler(session, command) or Reply()
+            if command.invalid_mailbox and command.name not in _NAME_CHECKED_BY_HANDLER:
+                reply = refuse_invalid_name(command)
+            else:
+                reply = await entry.handler(session, command) or Reply()
         except ImapError as e:
             reply = e
         except grpc.RpcError as e:

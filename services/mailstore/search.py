@@ -8,18 +8,18 @@ parts. Flags and keywords match case-insensitively (RFC 3501 §9: atoms are case
 
 from __future__ import annotations
 
-import binascii
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from email.utils import parsedate_tz
 from typing import Protocol
 
+from mailstack.message.addresses import parse_addresses
 from mailstack.message.body_parts import is_message, is_multipart
 from mailstack.message.encoded_words import decode_charset, decode_header_value, header_text
 from mailstack.message.headers import field_value, header_values, split_fields
 from mailstack.message.mime import is_text, param, parse_message
-from mailstack.message.transfer_encoding import decode_base64
+from mailstack.message.transfer_encoding import decode_base64, decode_quoted_printable
 from mailstack.v1 import mailstore_pb2 as pb
 
 
@@ -58,11 +58,26 @@ class MessageFacts:
     header: bytes
 
 
+_ADDRESS_FIELDS = frozenset({b"from", b"to", b"cc", b"bcc", b"sender", b"reply-to"})
+
+
+def _address_texts(value: bytes) -> Iterator[str]:
+    """Each address of an address field as ENVELOPE gives it: "mailbox@host" (comments and
+    blanks inside the addr-spec gone, RFC 5322 §3.4.1) and, with a display name, "name <...>"."""
+    for address in parse_addresses(value):
+        if not address.host:
+            continue  # a group's start or end marker (RFC 3501 §7.4.2)
+        spec = (address.mailbox + b"@" + address.host).decode("utf-8", "replace")
+        yield spec
+        if address.name:
+            yield f"{decode_header_value(address.name)} <{spec}>"
+
+
 def _decoded_body(raw: bytes, part: pb.BodyPart) -> str:
     data = raw[part.body_offset : part.end_offset]
     encoding = part.encoding.strip().lower()
     if encoding == b"quoted-printable":
-        data = binascii.a2b_qp(data)
+        data = decode_quoted_printable(data)
     elif encoding == b"base64":
         data = decode_base64(data)
     charset = param(part.params, b"charset")
@@ -154,10 +169,17 @@ class _Evaluation:
         return self._body
 
     def header_matches(self, key: pb.HeaderKey) -> bool:
+        """The field's decoded text contains the string; for FROM/TO/CC/BCC (and the other address
+        fields) also its addresses as ENVELOPE shows them (RFC 3501 §6.4.4)."""
         name = key.name.encode("utf-8", "surrogateescape").lower()
         needle = key.value.casefold()
         for fname, text in split_fields(self.msg.header):
-            if fname.lower() == name and (not needle or needle in decode_header_value(field_value(text)).casefold()):
+            if fname.lower() != name:
+                continue
+            value = field_value(text)
+            if not needle or needle in decode_header_value(value).casefold():
+                return True
+            if name in _ADDRESS_FIELDS and any(needle in t.casefold() for t in _address_texts(value)):
                 return True
         return False
 

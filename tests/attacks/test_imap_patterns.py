@@ -168,7 +168,7 @@ def test_too_long_patterns_are_refused_with_bad(env: ImapEnv, user: str, command
 
 
 def test_mailstore_refuses_an_over_long_pattern_from_any_caller(env: ImapEnv, user: str) -> None:
-    # ListMailboxes is matched in the mailstore too (LSUB); a caller other than IMAP gets the bound
+    # ListMailboxes matches patterns in the mailstore too; a caller other than IMAP gets the bound
     request = pb.ListMailboxesRequest(account=user, pattern="*" * (MAX_PATTERN_BYTES + 1))
     with pytest.raises(grpc.aio.AioRpcError) as refused:
         env.run(lambda: env.client.store.ListMailboxes(request, timeout=ANSWER_WITHIN))
@@ -179,7 +179,7 @@ def test_mailstore_refuses_an_over_long_pattern_from_any_caller(env: ImapEnv, us
 
 @pytest.mark.parametrize("pattern", FLOODS.values(), ids=FLOODS.keys())
 def test_lsub_wildcard_flood_is_answered_quickly(env: ImapEnv, user: str, pattern: str) -> None:
-    # LSUB's pattern is matched by the mailstore (ListMailboxes subscribed_only)
+    # LSUB's pattern is matched in the IMAP process (mailbox_list.select, the linear automaton)
     lines = attack_while_noop(env.port(), user, f'LSUB "" "{pattern}"'.encode())
     assert lines[-1].startswith(b"A OK") and len(lines) == 1
 

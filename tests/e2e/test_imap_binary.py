@@ -60,7 +60,7 @@ def test_parts_are_decoded(raw: RawImap) -> None:
     head, data = fetched(raw, "b", "FETCH 1 (BINARY.PEEK[1])")
     assert data == TEXT and head.endswith(b"BINARY[1] "), "no NUL: a plain literal"
     head, data = fetched(raw, "c", "FETCH 1 (BINARY.PEEK[2]<10.5>)")
-    assert data == PAYLOAD[10:15] and head.endswith(b"BINARY[2] "), "of the decoded bytes; no <origin> (ABNF)"
+    assert data == PAYLOAD[10:15] and head.endswith(b"BINARY[2]<10> "), "of the decoded bytes; the origin kept (§4.3)"
     lines = raw.command("d", "FETCH 1 (BINARY.SIZE[1] BINARY.SIZE[2])")
     assert f"BINARY.SIZE[1] {len(TEXT)} BINARY.SIZE[2] {len(PAYLOAD)}".encode() in lines[0]
 
@@ -88,4 +88,10 @@ def test_append_literal8(raw: RawImap) -> None:
     raw.send(b"b APPEND INBOX ~{%d}\r\n" % len(with_nul))
     assert raw.line().startswith(b"+")
     raw.send(with_nul + b"\r\n")
-    assert raw.until("b")[-1].startswith(b"b NO [UNKNOWN-CTE]")
+    # RFC 3516 §4.4: stored (it was refused with UNKNOWN-CTE before issue 15)
+    assert raw.until("b")[-1].startswith(b"b OK [APPENDUID")
+    raw.command("c", "SELECT INBOX")
+    head, data = fetched(raw, "d", "FETCH * (BINARY.PEEK[])")
+    assert data == with_nul and head.endswith(b"BINARY[] ~"), "the NUL served back in a literal8"
+    head, data = fetched(raw, "e", "FETCH * (BODY.PEEK[])")
+    assert data == with_nul.replace(b"\x00", b"\x80"), "BODY[] shows the NUL as 0x80, as Dovecot does"

@@ -50,7 +50,10 @@ def test_min_max_and_other_options(env: ImapEnv) -> None:
     raw = selected(env, ["x1", "y", "x2", "x3"])
     lines = raw.command("a", "SEARCH RETURN (SAVE MIN MAX COUNT) SUBJECT x")
     assert lines[0] == b'* ESEARCH (TAG "a") MIN 1 MAX 4 COUNT 3', "the other options still answered"
-    assert uids_fetched(raw.command("b", "FETCH $ (UID)")) == [1, 4], "with MIN/MAX only those are kept"
+    # RFC 5182 §2.4: with COUNT (or ALL) the whole result is saved (this test said [1, 4] before issue 15)
+    assert uids_fetched(raw.command("b", "FETCH $ (UID)")) == [1, 3, 4], "with COUNT the whole result is kept"
+    raw.command("b2", "SEARCH RETURN (SAVE MIN MAX) SUBJECT x")
+    assert uids_fetched(raw.command("b3", "FETCH $ (UID)")) == [1, 4], "with MIN/MAX alone only those are kept"
     raw.command("c", "UID SEARCH RETURN (SAVE MAX) SUBJECT x")
     assert uids_fetched(raw.command("d", "UID FETCH $ (UID)")) == [4]
     raw.close()

@@ -575,8 +575,11 @@ async def test_fetch_bodies_marks_sections_with_only_crlf_line_ends(mailstore: t
     # POP3 skips its own line-end check for these (BodyChunk.crlf, found once at delivery)
     _, client = mailstore
     crlf = (await deliver(client, [ALICE], simple("crlf", ".dot\r\nline\r\n"))).results[0].uid
+    # bare LF and bare CR are made CRLF when stored (ADR 0020); a binary body keeps its octets
     bare = (await append(client, ALICE, "INBOX", b"Subject: bare\n\nlf only\n")).uid
     lone_cr = (await append(client, ALICE, "INBOX", b"Subject: cr\r\n\r\na\rb\r\n")).uid
+    binary = b"Subject: bin\r\nContent-Transfer-Encoding: binary\r\n\r\n\x00\nbinary\r\n"
+    kept = (await append(client, ALICE, "INBOX", binary)).uid
     big = (await append(client, ALICE, "INBOX", simple("big", ("z" * 76 + "\r\n") * 11_500))).uid  # range reads
     sections = [
         pb.BodySection(section=pb.Section()),
@@ -592,9 +595,9 @@ async def test_fetch_bodies_marks_sections_with_only_crlf_line_ends(mailstore: t
     async for reply in client.store.FetchBodies(request):
         for c in reply.chunks:
             flags.setdefault((c.uid, c.section_index), set()).add(c.crlf)
-    for uid in (crlf, big):  # whole message, TEXT and HEADER keep the property; cut or nested parts are not vouched for
+    for uid in (crlf, bare, lone_cr, big):  # whole, TEXT, HEADER keep it; cut or nested parts: not vouched for
         assert [flags[(uid, i)] for i in range(5)] == [{True}, {True}, {True}, {False}, {False}]
-    assert len(flags) == 20 and all(flags[(uid, i)] == {False} for uid in (bare, lone_cr) for i in range(5))
+    assert len(flags) == 25 and all(flags[(kept, i)] == {False} for i in range(5))
 
 
 async def test_login_without_domain_uses_the_only_served_domain(mailstore: tuple[Any, Client]) -> None:

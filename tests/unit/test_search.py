@@ -212,3 +212,23 @@ def test_matches_never_raises_on_odd_messages(key: pb.SearchKey, name: str, nois
     result = matches(key, msg, 1, 1, raw)
     assert isinstance(result, bool)
     assert isinstance(body_text(raw), str)
+
+
+def test_address_keys_match_the_parsed_address() -> None:
+    # RFC 3501 §6.4.4: FROM/TO/CC/BCC look at the envelope's address; comments and blanks inside
+    # the addr-spec are not part of it (RFC 5322 §3.4.1); the raw field text matches as well
+    raw = (
+        b"From: =?utf-8?q?J=C3=B6rg?= (boss) <joe (c)@ (c) example.org>\r\n"
+        b"To: undisclosed: ;, user (c) @example.net\r\nSubject: s\r\n\r\nbody\r\n"
+    )
+    parsed = parse_message(raw)
+    msg = MessageFacts(7, 1, (), 0, 0, len(raw), None, parsed.header)
+
+    def found(name: str, value: str) -> bool:
+        return matches(header(name, value), msg, 1, 7, None)
+
+    assert found("from", "JOE@example.org") and found("from", "Jörg <joe@example.org>")
+    assert found("from", "(boss)"), "the raw field text"
+    assert found("to", "user@example.net") and not found("to", "undisclosed@"), "group markers are no address"
+    assert not found("cc", "user@example.net") and not found("from", "joe@example.net")
+    assert not found("subject", "joe@example.org"), "only address fields are parsed"

@@ -30,10 +30,7 @@ async def append(session: Session, command: Command) -> Reply | None:
     for message in args.messages:  # what can be refused without storing anything, first
         if len(message.data) > session.settings.max_message_size:
             raise no("message too big", "TOOBIG")
-        if message.binary and b"\x00" in message.data:
-            # RFC 3516 §4.4: a literal8 is taken as 8-bit content; NULs are refused (IMAP cannot
-            # send them back in BODY[]), with the code the RFC names for it
-            raise no("binary content with NUL octets is not stored", "UNKNOWN-CTE")
+    # RFC 3516 §4.4: a literal8 (binary content, NULs too) is stored as sent; BINARY serves it
     uids: list[int] = []
     uidvalidity = 0
     appended: list[Change] = []

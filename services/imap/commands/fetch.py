@@ -43,8 +43,8 @@ def _body_item(item: FetchItem) -> tuple[FetchBody, bytes] | None:
     """The section to fetch for an item, and the item's name in the response. BINARY items fetch
     their part as stored (decoded afterwards: a partial applies to the decoded bytes)."""
     if isinstance(item, FetchBody) and item.binary:
-        # RFC 9051 §7.5.2 (ABNF): a BINARY response carries no <origin>
-        return FetchBody(Section(item.section.part), peek=item.peek), b"BINARY[" + bytes(item.section) + b"]"
+        # RFC 3516 §4.3, RFC 9051 §7.5.2: "BINARY[<section-binary>]<<number>>", the origin kept
+        return FetchBody(Section(item.section.part), peek=item.peek), item.label()
     if isinstance(item, FetchBinarySize):
         return FetchBody(Section(item.part), peek=True), item.label()
     if isinstance(item, FetchBody):
@@ -81,6 +81,12 @@ def _binary_value(item: FetchBody | FetchBinarySize, raw: bytes, structure: pb.B
         data = data[start : start + count]
     # RFC 3516 §4.3: literal8 only when the data holds a NUL
     return Literal(data, binary=b"\x00" in data)
+
+
+def _text_literal(raw: bytes) -> Literal:
+    """BODY[...] data: a literal cannot hold NUL (RFC 3501 §4.3), so binary content stored from a
+    literal8 shows each NUL as 0x80 there, as Dovecot does; the size stays, BINARY has the NULs."""
+    return Literal(raw.replace(b"\x00", b"\x80") if b"\x00" in raw else raw)
 
 
 def _wanted(items: list[FetchItem]) -> MetadataWanted:
@@ -264,7 +270,8 @@ def _response(
             out.append((label, _attribute(session, attribute, seq, uid, m)))
             continue
         raw = texts.get((uid, index), b"")
-        out.append((label, Literal(raw) if binary_item is None else _binary_value(binary_item, raw, m.body_structure)))
+        value = _text_literal(raw) if binary_item is None else _binary_value(binary_item, raw, m.body_structure)
+        out.append((label, value))
     if newly_seen and "FLAGS" not in plan.names:
         out.append((b"FLAGS", flag_list(sorted(view.flags_of(uid)))))
     # Fixed-size items first, body literals last, in the asked order within each (as Dovecot:

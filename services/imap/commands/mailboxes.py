@@ -156,10 +156,17 @@ async def list_command(session: Session, command: Command) -> Reply | None:
 async def lsub(session: Session, command: Command) -> Reply | None:
     # Command: RFC 3501 §6.3.9
     assert isinstance(command.args, Lsub)
-    reply = await session.mailstore.list_mailboxes(command.args.reference + command.args.pattern, subscribed_only=True)
-    for item in reply.mailboxes:
-        attrs = b"(\\Noselect)" if item.nonexistent else b"()"
-        session.untagged(untagged(b"LSUB " + attrs + b" " + DELIMITER + b" " + mailbox(item.name, session.utf8)))
+    reply = await session.mailstore.list_mailboxes(subscribed_only=True)  # every subscription
+    gone = {m.name for m in reply.mailboxes if m.nonexistent}
+    entries = with_parents(Entry(m.name, m.name not in gone, subscribed=True) for m in reply.mailboxes)
+    # As LIST (SUBSCRIBED RECURSIVEMATCH) selects: the subscribed names the pattern matches, and a
+    # name that is not subscribed but has subscribed descendants the pattern does not reach ("%"):
+    # "it MUST be flagged with the \Noselect attribute". So is a subscription whose mailbox is gone.
+    pattern = _full_pattern(command.args.reference, command.args.pattern)
+    for listed in select(entries, (pattern,), frozenset({"SUBSCRIBED", "RECURSIVEMATCH"})):
+        entry = listed.entry
+        attrs = b"()" if entry.subscribed and entry.exists else b"(\\Noselect)"
+        session.untagged(untagged(b"LSUB " + attrs + b" " + DELIMITER + b" " + mailbox(entry.name, session.utf8)))
     return None
 
 

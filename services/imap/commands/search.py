@@ -57,10 +57,13 @@ async def _search(session: Session, view: MailboxView, command: Command, args: S
 
 
 def _save(view: MailboxView, returns: set[str], hits: list[tuple[int, int]]) -> None:
-    """RFC 5182 §2.1: with MIN and/or MAX only those are kept; UIDs, so that `$` survives
-    expunges and works in UID and non-UID commands alike."""
+    """RFC 5182 §2.4: with MIN and/or MAX and neither ALL nor COUNT only those are kept, else the
+    whole result; UIDs, so that `$` survives expunges and works in UID and non-UID commands alike."""
+    if {"ALL", "COUNT"} & returns or not {"MIN", "MAX"} & returns:
+        view.saved = [uid for _, uid in hits]
+        return
     extremes = [f(hits) for f, name in ((min, "MIN"), (max, "MAX")) if name in returns and hits]
-    view.saved = [uid for _, uid in (extremes if {"MIN", "MAX"} & returns else hits)]
+    view.saved = [uid for _, uid in extremes]
 
 
 def _esearch(

@@ -10,7 +10,7 @@ from ..mailbox_view import MailboxView
 from ..mailstore import MetadataWanted
 from ..protocol import Command, QresyncParameters, Select, SequenceArgument
 from ..protocol.encoder import untagged, untagged_status
-from ..replies import Reply, bad
+from ..replies import Reply, bad, no
 from .common import report_vanished, resolve, selected_view, writable
 
 if TYPE_CHECKING:
@@ -50,6 +50,8 @@ async def select(session: Session, command: Command) -> Reply | None:
     if session.view is not None and session.qresync:
         session.untagged(untagged_status("OK", "previous mailbox closed", "CLOSED"))  # RFC 7162 §3.2.11
     session.select(None)  # RFC 9051 §6.3.2: a failed SELECT leaves no mailbox selected
+    if command.invalid_mailbox:
+        raise no(command.invalid_mailbox, "CANNOT")  # fits the grammar, names no mailbox: not BAD
     if args.condstore:
         session.condstore = True
     session.opening(args.mailbox)

@@ -49,12 +49,16 @@ class LiteralTooBig:
 @dataclass(frozen=True, slots=True)
 class Command:
     """One complete client command. `name` is upper-case ("FETCH"); `uid` is True for the
-    "UID FETCH" form of COPY/MOVE/FETCH/SEARCH/STORE/EXPUNGE (RFC 3501 §6.4.8)."""
+    "UID FETCH" form of COPY/MOVE/FETCH/SEARCH/STORE/EXPUNGE (RFC 3501 §6.4.8).
+    `invalid_mailbox` says why a mailbox name that fits the grammar cannot name a mailbox (not
+    modified UTF-7, RFC 3501 §5.1.3): the command is answered NO, or an empty OK for LIST and LSUB
+    (RFC 9051 §7.1.5 keeps BAD for syntax errors); "" when every name is valid."""
 
     tag: str
     name: str
     args: Arguments
     uid: bool = False
+    invalid_mailbox: str = ""
 
 
 Event: TypeAlias = Command | NeedData | NeedLiteral | ParseError | LiteralTooBig

@@ -61,16 +61,27 @@ class ParseContext:
         self.r = Reader(data)
         self.utf8 = utf8
         self.uid = uid
+        self.invalid_mailbox = ""  # why a name that fits the grammar names no mailbox (Command)
 
     def mailbox(self) -> str:
         # mailbox = "INBOX" / astring
         return self.mailbox_name(self.r.astring())
 
     def mailbox_name(self, raw: bytes) -> str:
+        """The name, or (not valid modified UTF-7 / UTF-8: no syntax error) a stand-in that is
+        never used, with the reason kept for the command's NO."""
         try:
             return decode_mailbox_name(raw, self.utf8)
         except ValueError as e:
-            raise GrammarError(f"invalid mailbox name: {e}") from None
+            self.invalid_mailbox = self.invalid_mailbox or f"invalid mailbox name: {e}"
+            return raw.decode("latin-1")
+
+    def pattern(self, raw: bytes) -> str | None:
+        """A LIST pattern; None when it is not valid modified UTF-7 (then it matches nothing)."""
+        try:
+            return decode_mailbox_name(raw, self.utf8)
+        except ValueError:
+            return None
 
     def sequence_set(self) -> SequenceSet:
         return parse_sequence_set(self.r)
@@ -241,11 +252,15 @@ def list_mailboxes(c: ParseContext) -> Arguments:
     r.sp()
     if r.peek() == 0x28:
         extended = True
-        patterns = r.sequence(lambda: c.mailbox_name(r.list_mailbox()))
-        if not patterns:
+        raw_patterns = r.sequence(lambda: c.pattern(r.list_mailbox()))
+        if not raw_patterns:
             raise GrammarError("empty pattern list")
     else:
-        patterns = (c.mailbox_name(r.list_mailbox()),)
+        raw_patterns = (c.pattern(r.list_mailbox()),)
+    patterns = tuple(p for p in raw_patterns if p is not None)  # an invalid one matches no name
+    if not patterns:
+        c.invalid_mailbox = c.invalid_mailbox or "invalid mailbox name in the pattern"
+        patterns = ("",)
     returns: frozenset[str] = frozenset()
     status: tuple[str, ...] | None = None
     if r.accept(b" "):
@@ -520,4 +535,4 @@ def parse_command(grammar: Grammar, data: bytes, utf8: bool = False) -> Command 
         r.end()
     except GrammarError as e:
         return ParseError(tag, str(e)[:200])
-    return Command(tag, name, args, context.uid)
+    return Command(tag, name, args, context.uid, context.invalid_mailbox)

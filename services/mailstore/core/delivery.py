@@ -19,6 +19,7 @@ from datetime import datetime
 from typing import Any, TypeVar
 
 from mailstack.message import mime, names
+from mailstack.message.line_endings import to_crlf
 from mailstack.services.common.config import Settings
 from mailstack.services.mailstore.core.changes import normalize_flags
 from mailstack.services.mailstore.core.errors import InvalidRequest, OverQuota, TooBig
@@ -98,6 +99,13 @@ class Delivery:
         if size == 0:
             raise InvalidRequest("empty message")
 
+    @staticmethod
+    async def _canonical(data: bytes) -> bytes:
+        """Every line ended by CRLF (ADR 0020): done here, at the one door every message comes
+        through (APPEND, import, SMTP/LMTP and Send delivery), so that what is stored, counted
+        against the quota and announced as a size is exactly what every protocol sends."""
+        return await asyncio.to_thread(to_crlf, data) if len(data) > PARSE_IN_THREAD else to_crlf(data)
+
     async def _analyse(self, data: bytes, flags: tuple[str, ...], when: datetime | None) -> NewMessage:
         # Parsing a big message is CPU work: keep it off the event loop.
         parse = mime.parse_message
@@ -137,6 +145,7 @@ class Delivery:
     async def append(
         self, account: str, mailbox_name: str, data: bytes, flags: Sequence[str], when: datetime | None
     ) -> InsertResult:
+        data = await self._canonical(data)
         self.check_size(len(data))
         record, mailbox = await self.stores.mailbox(account, mailbox_name)
         message = await self._analyse(data, normalize_flags(flags), when)
@@ -164,6 +173,7 @@ class Delivery:
     ) -> tuple[list[RecipientOutcome], str]:
         """Store one message for several recipients, sharing one blob; a result per recipient, and
         the stored message's id ("" when no recipient got it)."""
+        data = await self._canonical(data)
         self.check_size(len(data))
         outcomes: dict[int, RecipientOutcome] = {}
         targets = await self._targets(recipients, checked_mailbox_name(mailbox_name or "INBOX"), len(data), outcomes)

@@ -102,9 +102,16 @@ def test_mailbox_commands() -> None:
     assert parse_one(b"a SUBSCRIBE x\r\n") == Command("a", "SUBSCRIBE", MailboxArgument("x"))
     assert parse_one(b"a UNSUBSCRIBE x\r\n") == Command("a", "UNSUBSCRIBE", MailboxArgument("x"))
     assert parse_one(b"a GETQUOTAROOT INBOX\r\n") == Command("a", "GETQUOTAROOT", MailboxArgument("INBOX"))
-    assert parse_command(b"a DELETE &Jjo") == ParseError(
-        "a", "invalid mailbox name: unterminated mUTF-7 shift sequence"
-    )
+    # fits the grammar, not modified UTF-7: parsed, marked for NO (RFC 9051 §7.1.5); was a BAD before issue 15
+    invalid = parse_command(b"a DELETE &Jjo")
+    assert isinstance(invalid, Command)
+    assert invalid.invalid_mailbox == "invalid mailbox name: unterminated mUTF-7 shift sequence"
+    assert parse_one(b"a DELETE x\r\n").invalid_mailbox == ""
+    listed = parse_command(b'a LIST "" ("&Jjo" "x*")')
+    assert isinstance(listed, Command) and listed.args == ListMailboxes("", ("x*",), extended=True)
+    assert not listed.invalid_mailbox, "an invalid pattern among others matches nothing"
+    only_invalid = parse_command(b'a LIST "" "&Jjo"')
+    assert isinstance(only_invalid, Command) and only_invalid.invalid_mailbox
 
 
 def test_list_and_lsub() -> None:
@@ -204,7 +211,10 @@ def test_utf8_accept_mailbox_names() -> None:
     assert parse_command('a SELECT "Entwürfe"'.encode(), utf8=True) == Command("a", "SELECT", Select("Entwürfe"))
     # in UTF8=ACCEPT mode "&" is just a character
     assert parse_command(b"a SELECT a&b", utf8=True) == Command("a", "SELECT", Select("a&b"))
-    assert isinstance(parse_command('a SELECT "Entwürfe"'.encode()), ParseError)
+    # without UTF8=ACCEPT 8-bit is not modified UTF-7; it fits RFC 9051's quoted (UTF-8 allowed) and a
+    # literal: NO, not BAD (RFC 9051 §7.1.5; a ParseError before issue 15)
+    eight_bit = parse_command('a SELECT "Entwürfe"'.encode())
+    assert isinstance(eight_bit, Command) and "8-bit" in eight_bit.invalid_mailbox
 
 
 def test_pipelined_commands_each_parsed() -> None:

@@ -30,3 +30,13 @@ def test_identity_encodings_and_leniency() -> None:
 def test_unknown_encoding() -> None:
     with pytest.raises(UnknownCte):
         decode_cte(b"begin 644 x", b"x-uuencode")
+
+
+def test_quoted_printable_drops_transport_padding() -> None:
+    # RFC 2045 §6.7 rule 3: trailing blanks on an encoded line are padding; "=" blanks CRLF is soft
+    assert decode_cte(b"line one   \r\nsoft = \t \r\nbreak\t\r\nkept=20\r\n", b"quoted-printable") == (
+        b"line one\r\nsoft break\r\nkept \r\n"
+    )
+    assert decode_cte(b"bare lf \t\nend  ", b"quoted-printable") == b"bare lf\nend", "LF and the last line too"
+    assert decode_cte(b"inner  blanks stay", b"quoted-printable") == b"inner  blanks stay"
+    assert decode_cte(b"bad =ZZ and =4", b"quoted-printable") == b"bad =ZZ and =4", "malformed kept as is"
