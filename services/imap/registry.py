@@ -138,4 +138,8 @@ CAPABILITY_COMMANDS: Mapping[str, frozenset[str]] = {
     "BINARY": frozenset({"FETCH", "APPEND"}),
     "UTF8=ACCEPT": frozenset({"ENABLE", "APPEND"}),
     "QUOTA": frozenset({"GETQUOTA", "GETQUOTAROOT", "SETQUOTA"}),
+    "STATUS=SIZE": frozenset({"STATUS"}),
+    "OBJECTID": frozenset({"SELECT", "EXAMINE", "STATUS", "FETCH", "SEARCH", "CREATE"}),
+    "SAVEDATE": frozenset({"FETCH", "SEARCH"}),
+    "WITHIN": frozenset({"SEARCH"}),
 }

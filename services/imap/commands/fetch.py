@@ -6,6 +6,8 @@ connection as the mailstore sent it, never copied into the response."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -18,6 +20,7 @@ from ..protocol import Command, Fetch, FetchAttribute, FetchBinarySize, FetchBod
 from ..protocol.encoder import Buffer, FetchValue, Literal, fetch_buffers, flag_list
 from ..protocol.message_data import body_structure, envelope, internal_date
 from ..replies import Reply, bad, no
+from ..search_keys import EMAILID_PREFIX
 from .common import report_vanished, resolve, selected_view
 
 if TYPE_CHECKING:
@@ -91,6 +94,8 @@ def _wanted(items: list[FetchItem]) -> MetadataWanted:
         size="RFC822.SIZE" in names,
         envelope="ENVELOPE" in names,
         body_structure=bool(names & {"BODY", "BODYSTRUCTURE"}),
+        save_date="SAVEDATE" in names,
+        blob_key="EMAILID" in names,
     )
 
 
@@ -122,9 +127,7 @@ class _Plan:
             plan.sets_seen = plan.sets_seen or not body[0].peek
         wanted = _wanted(items)
         if any(decoded is not None for _, _, decoded, _ in plan.rows):
-            wanted = MetadataWanted(  # each part's Content-Transfer-Encoding
-                wanted.flags, wanted.internal_date, wanted.size, wanted.envelope, body_structure=True
-            )
+            wanted = dataclasses.replace(wanted, body_structure=True)  # each part's Content-Transfer-Encoding
         plan.wanted = wanted
         # Only bodies and UID: what FetchBodies returns says which messages exist; no metadata read.
         plan.need_metadata = not plan.bodies or "MODSEQ" in plan.names or changed_since is not None or wanted.any()
@@ -268,23 +271,26 @@ def _response(
     return fetch_buffers(seq, out)
 
 
+# The items without a body section, by name: (session, uid, metadata) -> the value in the response.
+_ATTRIBUTES: dict[str, Callable[[Session, int, pb.MessageMetadata], bytes]] = {
+    "UID": lambda s, uid, m: b"%d" % uid,
+    "FLAGS": lambda s, uid, m: flag_list(sorted(selected_view(s.view).flags_of(uid))),
+    "INTERNALDATE": lambda s, uid, m: internal_date(m.internal_date),
+    "RFC822.SIZE": lambda s, uid, m: b"%d" % m.size,
+    "ENVELOPE": lambda s, uid, m: envelope(m.envelope, s.utf8),
+    "BODYSTRUCTURE": lambda s, uid, m: body_structure(m.body_structure, extensible=True, utf8=s.utf8),
+    "BODY": lambda s, uid, m: body_structure(m.body_structure, extensible=False, utf8=s.utf8),
+    "MODSEQ": lambda s, uid, m: b"(%d)" % m.modseq,
+    # RFC 8514 §3: every message here has a save date (ADR 0024)
+    "SAVEDATE": lambda s, uid, m: internal_date(m.save_date),
+    # RFC 8474 §5.1: the body's identity, shared by its copies; §5.2: no threads are kept, THREADID NIL
+    "EMAILID": lambda s, uid, m: b"(" + (EMAILID_PREFIX + m.blob_key).encode("ascii") + b")",
+    "THREADID": lambda s, uid, m: b"NIL",
+}
+
+
 def _attribute(session: Session, name: str, seq: int, uid: int, m: pb.MessageMetadata) -> bytes:
-    view = session.view
-    assert view is not None
-    if name == "UID":
-        return b"%d" % uid
-    if name == "FLAGS":
-        return flag_list(sorted(view.flags_of(uid)))
-    if name == "INTERNALDATE":
-        return internal_date(m.internal_date)
-    if name == "RFC822.SIZE":
-        return b"%d" % m.size
-    if name == "ENVELOPE":
-        return envelope(m.envelope, session.utf8)
-    if name == "BODYSTRUCTURE":
-        return body_structure(m.body_structure, extensible=True, utf8=session.utf8)
-    if name == "BODY":
-        return body_structure(m.body_structure, extensible=False, utf8=session.utf8)
-    if name == "MODSEQ":
-        return b"(%d)" % m.modseq
-    raise no(f"unknown item {name}")
+    value = _ATTRIBUTES.get(name)
+    if value is None:
+        raise no(f"unknown item {name}")
+    return value(session, uid, m)

@@ -37,6 +37,10 @@ EXTENSIONS = (
     "QUOTA",
     "QUOTA=RES-STORAGE",
     "QUOTA=RES-MESSAGE",
+    "STATUS=SIZE",  # RFC 8438
+    "OBJECTID",  # RFC 8474 (THREADID is NIL: no threads are kept)
+    "SAVEDATE",  # RFC 8514
+    "WITHIN",  # RFC 5032
 )
 
 

@@ -13,6 +13,7 @@ from ..protocol import Command, QresyncParameters, Select, SequenceArgument
 from ..protocol.encoder import flag_list, untagged, untagged_status
 from ..replies import Reply, bad
 from .common import report_vanished, resolve, selected_view, writable
+from .mailboxes import mailbox_id
 
 if TYPE_CHECKING:
     from ..session import Session
@@ -28,6 +29,7 @@ async def open_view(session: Session, name: str, readonly: bool) -> MailboxView:
             status = batch.status
         messages.extend((m.uid, tuple(m.flags), m.modseq) for m in batch.messages)
     view = MailboxView(name, readonly, status.uidvalidity, status.uidnext, status.highestmodseq, messages)
+    view.mailbox_id = status.mailbox_id
     view.modseq = status.highestmodseq
     if not readonly and status.recent:
         # RFC 3501 §2.3.2: this session is the first to see these (exactly one session gets \Recent).
@@ -63,6 +65,7 @@ async def select(session: Session, command: Command) -> Reply | None:
     session.untagged(untagged_status("OK", "UIDs valid", f"UIDVALIDITY {view.uidvalidity}"))
     session.untagged(untagged_status("OK", "predicted next UID", f"UIDNEXT {view.uidnext}"))
     session.untagged(untagged_status("OK", "highest", f"HIGHESTMODSEQ {view.modseq}"))
+    session.untagged(untagged_status("OK", "mailbox id", f"MAILBOXID ({mailbox_id(view.mailbox_id)})"))  # RFC 8474 §4.3
     if args.qresync is not None and args.qresync.uidvalidity == view.uidvalidity:
         await _resync(session, view, args.qresync)
     session.select(view)

@@ -13,6 +13,8 @@ from .grammar import ASTRING_CHARS, DIGITS, GrammarError, Reader
 SIMPLE_ATTRIBUTES = frozenset(
     {"ENVELOPE", "FLAGS", "INTERNALDATE", "RFC822", "RFC822.HEADER", "RFC822.SIZE", "RFC822.TEXT"}
     | {"BODY", "BODYSTRUCTURE", "UID", "MODSEQ"}
+    | {"SAVEDATE"}  # RFC 8514 §3
+    | {"EMAILID", "THREADID"}  # RFC 8474 §5
 )
 # "ALL" / "FULL" / "FAST" macros (RFC 3501 §6.4.5)
 MACROS = {

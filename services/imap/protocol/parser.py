@@ -43,6 +43,7 @@ from .sequence import SequenceSet, parse_sequence_set
 #            / "HIGHESTMODSEQ" (RFC 7162) / "APPENDLIMIT" (RFC 7889)
 STATUS_ITEMS = frozenset(
     {"MESSAGES", "RECENT", "UIDNEXT", "UIDVALIDITY", "UNSEEN", "DELETED", "SIZE", "HIGHESTMODSEQ", "APPENDLIMIT"}
+    | {"MAILBOXID"}  # RFC 8474 §4.2
 )
 # use-attr (RFC 6154 §6)
 USE_ATTRIBUTES = {a.lower(): a for a in ("\\All", "\\Archive", "\\Drafts", "\\Flagged", "\\Junk", "\\Sent", "\\Trash")}
