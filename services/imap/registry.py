@@ -142,4 +142,5 @@ CAPABILITY_COMMANDS: Mapping[str, frozenset[str]] = {
     "OBJECTID": frozenset({"SELECT", "EXAMINE", "STATUS", "FETCH", "SEARCH", "CREATE"}),
     "SAVEDATE": frozenset({"FETCH", "SEARCH"}),
     "WITHIN": frozenset({"SEARCH"}),
+    "PREVIEW": frozenset({"FETCH"}),
 }

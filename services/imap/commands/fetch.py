@@ -9,15 +9,16 @@ import asyncio
 import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeAlias
 
 from mailstack.message.body_parts import SectionNotFound, find_part
+from mailstack.message.preview import preview
 from mailstack.message.transfer_encoding import UnknownCte, decode_cte
 from mailstack.v1 import mailstore_pb2 as pb
 
 from ..mailstore import LONG, MetadataWanted
-from ..protocol import Command, Fetch, FetchAttribute, FetchBinarySize, FetchBody, FetchItem, Section
-from ..protocol.encoder import Buffer, FetchValue, Literal, fetch_buffers, flag_list
+from ..protocol import Command, Fetch, FetchAttribute, FetchBinarySize, FetchBody, FetchItem, FetchPreview, Section
+from ..protocol.encoder import Buffer, FetchValue, Literal, fetch_buffers, flag_list, nstring
 from ..protocol.message_data import body_structure, envelope, internal_date
 from ..replies import Reply, bad, no
 from ..search_keys import EMAILID_PREFIX
@@ -38,6 +39,8 @@ _RFC822 = {
     "RFC822.HEADER": (FetchBody(Section(text="HEADER"), peek=True), b"RFC822.HEADER"),
     "RFC822.TEXT": (FetchBody(Section(text="TEXT")), b"RFC822.TEXT"),
 }
+PREVIEW_LAZY_BYTES = 64 * 1024  # PREVIEW (LAZY) reads no more of a message than this
+Decoded: TypeAlias = FetchBody | FetchBinarySize | FetchPreview  # items whose value is computed
 Texts = dict[tuple[int, int], bytes]  # (uid, body section index) -> bytes
 Metadata = dict[int, pb.MessageMetadata]
 
@@ -50,11 +53,22 @@ def _body_item(item: FetchItem) -> tuple[FetchBody, bytes] | None:
         return FetchBody(Section(item.section.part), peek=item.peek), b"BINARY[" + bytes(item.section) + b"]"
     if isinstance(item, FetchBinarySize):
         return FetchBody(Section(item.part), peek=True), item.label()
+    if isinstance(item, FetchPreview):
+        # RFC 8970 §3: computed from the stored message (never sets \Seen); LAZY reads only its start
+        return FetchBody(Section(), (0, PREVIEW_LAZY_BYTES) if item.lazy else None, peek=True), item.label()
     if isinstance(item, FetchBody):
         return item, item.label()
     if isinstance(item, FetchAttribute) and item.name in _RFC822:
         return _RFC822[item.name]
     return None
+
+
+def _decoded_value(item: Decoded, raw: bytes, structure: pb.BodyPart, utf8: bool) -> FetchValue:
+    """The value of an item computed from stored octets: PREVIEW, or a BINARY item."""
+    if isinstance(item, FetchPreview):
+        # RFC 8970 §3.1: NIL only under LAZY, when the text part lies beyond the octets read
+        return nstring(preview(raw, structure), utf8)
+    return _binary_value(item, raw, structure)
 
 
 def _binary_value(item: FetchBody | FetchBinarySize, raw: bytes, structure: pb.BodyPart) -> FetchValue:
@@ -105,7 +119,7 @@ class _Plan:
     response, index of its body section or -1, the BINARY item to decode or None, the attribute
     name or ""), the body sections to read, and the metadata fields to read."""
 
-    rows: list[tuple[bytes, int, FetchBody | FetchBinarySize | None, str]] = field(default_factory=list)
+    rows: list[tuple[bytes, int, Decoded | None, str]] = field(default_factory=list)
     bodies: list[FetchBody] = field(default_factory=list)
     sets_seen: bool = False  # RFC 3501 §6.4.5: BODY[...] (not PEEK), RFC822 and RFC822.TEXT set \Seen
     wanted: MetadataWanted = field(default_factory=MetadataWanted)
@@ -121,7 +135,7 @@ class _Plan:
                 assert isinstance(item, FetchAttribute)
                 plan.rows.append((item.name.encode("ascii"), -1, None, item.name))
                 continue
-            binary = isinstance(item, FetchBinarySize) or (isinstance(item, FetchBody) and item.binary)
+            binary = isinstance(item, FetchBinarySize | FetchPreview) or (isinstance(item, FetchBody) and item.binary)
             plan.rows.append((body[1], len(plan.bodies), item if binary else None, ""))  # type: ignore[arg-type]
             plan.bodies.append(body[0])
             plan.sets_seen = plan.sets_seen or not body[0].peek
@@ -265,7 +279,10 @@ def _response(
             out.append((label, _attribute(session, attribute, seq, uid, m)))
             continue
         raw = texts.get((uid, index), b"")
-        out.append((label, Literal(raw) if binary_item is None else _binary_value(binary_item, raw, m.body_structure)))
+        value = (
+            Literal(raw) if binary_item is None else _decoded_value(binary_item, raw, m.body_structure, session.utf8)
+        )
+        out.append((label, value))
     if newly_seen and "FLAGS" not in plan.names:
         out.append((b"FLAGS", flag_list(sorted(view.flags_of(uid)))))
     return fetch_buffers(seq, out)

@@ -41,6 +41,7 @@ EXTENSIONS = (
     "OBJECTID",  # RFC 8474 (THREADID is NIL: no threads are kept)
     "SAVEDATE",  # RFC 8514
     "WITHIN",  # RFC 5032
+    "PREVIEW",  # RFC 8970
 )
 
 

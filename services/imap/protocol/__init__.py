@@ -29,7 +29,7 @@ from .commands import (
     Store,
 )
 from .events import NEED_DATA, Command, Event, LiteralTooBig, NeedData, NeedLiteral, ParseError
-from .fetch import FetchAttribute, FetchBinarySize, FetchBody, FetchItem, Section
+from .fetch import FetchAttribute, FetchBinarySize, FetchBody, FetchItem, FetchPreview, Section
 from .parser import ArgumentParser, Grammar, ParseContext, Syntax, parse_command
 from .receiver import CommandReceiver, ReceiverState
 from .search import (
@@ -69,6 +69,7 @@ __all__ = [
     "FetchBinarySize",
     "FetchBody",
     "FetchItem",
+    "FetchPreview",
     "Grammar",
     "Id",
     "ListMailboxes",

@@ -83,7 +83,29 @@ class FetchBinarySize:
         return b"BINARY.SIZE[" + ".".join(str(n) for n in self.part).encode() + b"]"
 
 
-FetchItem: TypeAlias = FetchAttribute | FetchBody | FetchBinarySize
+@dataclass(frozen=True, slots=True)
+class FetchPreview:
+    """PREVIEW [(LAZY)] (RFC 8970 §3): LAZY lets the server answer NIL when it is not cheap."""
+
+    lazy: bool = False
+
+    def label(self) -> bytes:
+        return b"PREVIEW"
+
+
+FetchItem: TypeAlias = FetchAttribute | FetchBody | FetchBinarySize | FetchPreview
+PREVIEW_MODIFIERS = frozenset({"LAZY"})  # preview-mod (RFC 8970 §5)
+
+
+def _preview(reader: Reader) -> FetchPreview:
+    # fetch-att =/ "PREVIEW" [SP "(" preview-mod *(SP preview-mod) ")"]   (RFC 8970 §5)
+    if not (reader.peek_is(b" ") and reader.data[reader.pos + 1 : reader.pos + 2] == b"("):
+        return FetchPreview()
+    reader.sp()
+    modifiers = reader.sequence(reader.keyword)
+    if not modifiers or not set(modifiers) <= PREVIEW_MODIFIERS:
+        raise GrammarError("PREVIEW takes the modifier LAZY")
+    return FetchPreview(lazy=True)
 
 
 def _section_part(reader: Reader) -> tuple[int, ...]:
@@ -160,6 +182,8 @@ def parse_fetch_item(reader: Reader) -> FetchItem:
         return FetchBody(Section(part), _partial(reader), peek=name == "BINARY.PEEK", binary=True)
     if name == "BINARY.SIZE":
         return FetchBinarySize(_binary_section(reader))
+    if name == "PREVIEW":
+        return _preview(reader)
     if name in SIMPLE_ATTRIBUTES:
         return FetchAttribute(name)
     raise GrammarError(f"unknown fetch attribute {name}" if name else "expected fetch attribute")
