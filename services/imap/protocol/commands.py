@@ -169,6 +169,13 @@ class Enable:
 
 
 @dataclass(frozen=True, slots=True)
+class Compress:
+    """COMPRESS mechanism (RFC 4978 §3); DEFLATE is the only one."""
+
+    mechanism: str
+
+
+@dataclass(frozen=True, slots=True)
 class QuotaRoot:
     """GETQUOTA root (RFC 9208 §4.2)."""
 
@@ -202,4 +209,5 @@ Arguments: TypeAlias = (
     | Enable
     | QuotaRoot
     | SetQuota
+    | Compress
 )

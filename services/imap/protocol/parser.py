@@ -13,6 +13,7 @@ from .commands import (
     AppendMessage,
     Arguments,
     Authenticate,
+    Compress,
     CopyMove,
     Create,
     Enable,
@@ -455,6 +456,15 @@ def enable(c: ParseContext) -> Arguments:
         c.r.sp()
         names.append(c.r.keyword())
     return Enable(tuple(names))
+
+
+def compress(c: ParseContext) -> Arguments:
+    # compress = "COMPRESS" SP algorithm;  algorithm = "DEFLATE"   (RFC 4978 §4)
+    c.r.sp()
+    mechanism = c.r.keyword()
+    if mechanism != "DEFLATE":
+        raise GrammarError(f"unknown compression mechanism {mechanism}")
+    return Compress(mechanism)
 
 
 def getquota(c: ParseContext) -> Arguments:
