@@ -145,4 +145,5 @@ CAPABILITY_COMMANDS: Mapping[str, frozenset[str]] = {
     "WITHIN": frozenset({"SEARCH"}),
     "PREVIEW": frozenset({"FETCH"}),
     "COMPRESS=DEFLATE": frozenset({"COMPRESS"}),
+    "CATENATE": frozenset({"APPEND"}),
 }

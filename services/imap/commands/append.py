@@ -1,4 +1,4 @@
-"""APPEND (RFC 9051 §6.3.12; APPENDUID RFC 4315 §3; MULTIAPPEND RFC 3502 shape)."""
+"""APPEND (RFC 9051 §6.3.12; APPENDUID RFC 4315 §3; MULTIAPPEND RFC 3502 shape; CATENATE RFC 4469)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from ..mailbox_view import NEW, Change
 from ..protocol import Append, Command
 from ..protocol.encoder import set_text
 from ..replies import Reply, no
+from . import catenate
 
 if TYPE_CHECKING:
     from ..session import Session
@@ -26,7 +27,7 @@ async def append(session: Session, command: Command) -> Reply | None:
     uids: list[int] = []
     uidvalidity = 0
     appended: list[Change] = []
-    for message in args.messages:
+    for message in await catenate.resolve(session, args.messages):  # RFC 4469: parts joined first
         if len(message.data) > session.settings.max_message_size:
             raise no("message too big", "TOOBIG")
         if message.binary and b"\x00" in message.data:

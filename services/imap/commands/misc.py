@@ -43,6 +43,7 @@ EXTENSIONS = (
     "WITHIN",  # RFC 5032
     "PREVIEW",  # RFC 8970
     "COMPRESS=DEFLATE",  # RFC 4978
+    "CATENATE",  # RFC 4469
 )
 
 

@@ -151,6 +151,14 @@ def _section(reader: Reader) -> Section:
     return Section(part, text, fields)
 
 
+def parse_section(spec: bytes) -> Section:
+    """A section-spec on its own (an IMAP URL's ;SECTION=, RFC 5092 §11 enc-section); GrammarError."""
+    reader = Reader(b"[" + spec + b"]")
+    section = _section(reader)
+    reader.end()
+    return section
+
+
 def _binary_section(reader: Reader) -> tuple[int, ...]:
     # section-binary = "[" [section-part] "]"
     reader.expect(b"[")
