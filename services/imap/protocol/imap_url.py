@@ -5,7 +5,7 @@ user's own mailboxes. Accepted forms:
     /mailbox[;UIDVALIDITY=n]/;UID=n[/;SECTION=s][/;PARTIAL=o[.l]]       (absolute path: this server)
     ;UID=n[/;SECTION=s][/;PARTIAL=o[.l]]                                (relative to the selected mailbox)
 
-Mailbox names and sections are percent-decoded; mailbox names are UTF-8 (RFC 5092 §3.3). URLAUTH
+Mailbox names and sections are percent-decoded; mailbox names are UTF-8 (RFC 5092). URLAUTH
 and URLs of a mailbox, a search or a server alone are refused (BadUrl): they name no message.
 """
 
