@@ -57,6 +57,7 @@ class MailboxView:
             self.modseq = max(self.modseq, modseq)
         self.uidnext = max(uidnext, self.uids[-1] + 1 if self.uids else 1)
         self.recent: set[int] = set()
+        self.mailbox_id = 0  # the store's id of the mailbox (RFC 8474 MAILBOXID)
         # RFC 5182: the result SEARCH RETURN (SAVE) kept, as UIDs; `$` names it. A new view (SELECT,
         # EXAMINE, CLOSE, UNSELECT) starts empty, as the RFC requires.
         self.saved: list[int] = []

@@ -4,6 +4,7 @@ Failures stay grpc.RpcError; the command loop maps them to IMAP answers (errors.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Iterable
 from dataclasses import dataclass
@@ -57,9 +58,11 @@ class MetadataWanted:
     size: bool = False
     envelope: bool = False
     body_structure: bool = False
+    save_date: bool = False  # RFC 8514
+    blob_key: bool = False  # RFC 8474 EMAILID
 
     def any(self) -> bool:
-        return self.flags or self.internal_date or self.size or self.envelope or self.body_structure
+        return any(dataclasses.astuple(self))
 
     def request(self) -> pb.MetadataFields:
         return pb.MetadataFields(
@@ -68,6 +71,8 @@ class MetadataWanted:
             size=self.size,
             envelope=self.envelope,
             body_structure=self.body_structure,
+            save_date=self.save_date,
+            blob_key=self.blob_key,
         )
 
 

@@ -76,6 +76,7 @@ ENTRIES: tuple[CommandEntry, ...] = (
     CommandEntry("GETQUOTA", p.getquota, quota.getquota, AUTHENTICATED, "RFC 9208 §4.2"),
     CommandEntry("GETQUOTAROOT", p.mailbox_only, quota.getquotaroot, AUTHENTICATED, "RFC 9208 §4.3"),
     CommandEntry("SETQUOTA", p.setquota, quota.setquota, AUTHENTICATED, "RFC 9208 §4.1"),
+    CommandEntry("COMPRESS", p.compress, misc.compress, AUTHENTICATED, "RFC 4978 §3"),
     # selected: RFC 9051 §6.4
     CommandEntry("CHECK", p.no_arguments, misc.check, SELECTED, "RFC 3501 §6.4.1", always_refresh=True),
     CommandEntry("CLOSE", p.no_arguments, select.close, SELECTED, "RFC 9051 §6.4.1"),
@@ -139,4 +140,11 @@ CAPABILITY_COMMANDS: Mapping[str, frozenset[str]] = {
     "UTF8=ACCEPT": frozenset({"ENABLE", "APPEND"}),
     "QUOTA": frozenset({"GETQUOTA", "GETQUOTAROOT", "SETQUOTA"}),
     "MULTIAPPEND": frozenset({"APPEND"}),
+    "STATUS=SIZE": frozenset({"STATUS"}),
+    "OBJECTID": frozenset({"SELECT", "EXAMINE", "STATUS", "FETCH", "SEARCH", "CREATE"}),
+    "SAVEDATE": frozenset({"FETCH", "SEARCH"}),
+    "WITHIN": frozenset({"SEARCH"}),
+    "PREVIEW": frozenset({"FETCH"}),
+    "COMPRESS=DEFLATE": frozenset({"COMPRESS"}),
+    "CATENATE": frozenset({"APPEND"}),
 }

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -20,12 +21,16 @@ from .protocol import (
     SearchKey,
     SearchModSeq,
     SearchNot,
+    SearchObjectId,
     SearchOr,
+    SearchSaveDateSupported,
     SearchSequence,
     SearchSize,
     SearchText,
 )
-from .replies import bad, no
+from .replies import bad
+
+EMAILID_PREFIX = "M"  # RFC 8474 objectid: "M" + the blob key (letters, digits, "-")
 
 # Protobuf (upb) refuses messages nested deeper than 100 levels; SearchRequest and a leaf key's own
 # messages (UidSet -> ranges) take a few of them.
@@ -108,12 +113,22 @@ def _text_key(key: SearchText, view: MailboxView, depth: int) -> Translated:
 
 
 def _date_key(key: SearchDate, view: MailboxView, depth: int) -> Translated:
-    field = pb.DATE_SENT if key.sent else pb.DATE_INTERNAL
+    field = pb.DATE_SAVED if key.saved else pb.DATE_SENT if key.sent else pb.DATE_INTERNAL
     return pb.SearchKey(date=pb.DateKey(field=field, op=_DATE_OPS[key.relation], date=key.date.isoformat())), False
 
 
 def _age_key(key: SearchAge, view: MailboxView, depth: int) -> Translated:
-    raise no("OLDER/YOUNGER (WITHIN) is not supported", "CANNOT")
+    # RFC 5032 §3: the interval is counted back from the server's current time
+    cutoff = int(time.time()) - key.seconds
+    return (pb.SearchKey(internal_before=cutoff) if key.older else pb.SearchKey(internal_since=cutoff)), False
+
+
+def _object_id_key(key: SearchObjectId, view: MailboxView, depth: int) -> Translated:
+    # RFC 8474 §5.4: EMAILID is "M" + the body's blob key (commands/fetch.py); THREADID is always NIL
+    # here (no threads are kept), so no message has one.
+    if key.kind == "EMAILID" and key.value.startswith(EMAILID_PREFIX) and len(key.value) > 1:
+        return pb.SearchKey(blob_key=key.value[len(EMAILID_PREFIX) :]), False
+    return _nothing(), False
 
 
 _BY_TYPE: dict[type, Callable[[Any, MailboxView, int], Translated]] = {
@@ -135,6 +150,8 @@ _BY_TYPE: dict[type, Callable[[Any, MailboxView, int], Translated]] = {
     ),
     SearchModSeq: lambda key, view, depth: (pb.SearchKey(modseq=key.modseq), True),
     SearchAge: _age_key,
+    SearchSaveDateSupported: lambda key, view, depth: (pb.SearchKey(all=True), False),  # RFC 8514 §4
+    SearchObjectId: _object_id_key,
 }
 
 

@@ -16,6 +16,7 @@ from collections.abc import Callable
 
 from mailstack.services.common.auth_log import connection_refused
 from mailstack.services.common.config import Settings
+from mailstack.services.common.deflate import CompressionError, Deflate
 from mailstack.services.common.frontend import StreamFrontend
 from mailstack.services.common.grpc_client import mailstore_stub
 from mailstack.services.common.metrics import IMAP_READ_AHEAD_BYTES
@@ -52,19 +53,52 @@ class StreamConnection(BaseConnection):
         super().__init__(reader, writer, tls=tls, tls_context=tls_context, read_limit=READ_SIZE, remote_ip=remote_ip)
         self._new_receiver = new_receiver
         self.receiver = new_receiver()
+        self._deflate: Deflate | None = None  # RFC 4978 COMPRESS=DEFLATE, once the client asked
+
+    @property
+    def compressing(self) -> bool:
+        return self._deflate is not None
+
+    def start_compression(self) -> None:
+        """Compress from now on both ways (RFC 4978 §3: right after the tagged OK). What the client
+        pipelined behind COMPRESS is compressed already: it goes through the decompressor."""
+        self._deflate = Deflate(READ_SIZE)
+        pending = self.receiver.take_pending()
+        if pending:
+            self._inflate(pending)
+
+    def frame(self, data: bytes) -> bytes:
+        """`data` as it goes on the wire (compressed once COMPRESS is active)."""
+        return data if self._deflate is None else self._deflate.compress([data])
 
     async def send(self, buffers: list[Buffer]) -> None:
-        self.writer.writelines(buffers)  # passthrough: a body literal is never joined here
+        if self._deflate is None:
+            self.writer.writelines(buffers)  # passthrough: a body literal is never joined here
+        else:
+            self.writer.write(self._deflate.compress(buffers))
         await asyncio.wait_for(self.writer.drain(), WRITE_TIMEOUT)
 
     async def read_more(self, wait: float | None) -> None:
+        if self._deflate is not None and self._deflate.pending:
+            self._inflate(b"")  # the rest of a bounded inflate first, without reading
+            return
         if wait is None:
             data = await self.reader.read(READ_SIZE)
         else:
             data = await asyncio.wait_for(self.reader.read(READ_SIZE), wait)
         if not data:
             raise ClientGone
-        self.receiver.receive_data(data)
+        if self._deflate is None:
+            self.receiver.receive_data(data)
+        else:
+            self._inflate(data)
+
+    def _inflate(self, data: bytes) -> None:
+        assert self._deflate is not None
+        try:
+            self.receiver.receive_data(self._deflate.decompress(data))
+        except CompressionError as e:
+            raise EndSession(str(e)) from None
 
     def forget_pending(self) -> None:
         # RFC 9051 §6.2.1: nothing the client pipelined behind STARTTLS is executed.
@@ -177,5 +211,6 @@ class ImapServer(StreamFrontend):
             bye = "internal error"
         if bye:
             with contextlib.suppress(Exception):
-                session.conn.writer.write(untagged_status("BYE", bye))  # type: ignore[attr-defined]
-                await asyncio.wait_for(session.conn.writer.drain(), CLOSE_TIMEOUT)  # type: ignore[attr-defined]
+                conn = session.conn
+                conn.writer.write(conn.frame(untagged_status("BYE", bye)))  # type: ignore[attr-defined]
+                await asyncio.wait_for(conn.writer.drain(), CLOSE_TIMEOUT)  # type: ignore[attr-defined]

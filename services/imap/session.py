@@ -61,6 +61,10 @@ class Connection(Protocol):
 
     async def read_more(self, wait: float | None) -> None: ...
     async def start_tls(self, ready: bytes) -> None: ...
+    @property
+    def compressing(self) -> bool: ...
+    def start_compression(self) -> None:
+        """RFC 4978: compress both ways from the next octet on."""
 
 
 @dataclass

@@ -42,6 +42,10 @@ class SearchableMessage(Protocol):
     def sent_date(self) -> int | None: ...  # unix seconds of the Date: header
     @property
     def header(self) -> bytes: ...  # raw top-level header block
+    @property
+    def save_date(self) -> int: ...  # unix seconds it was stored in the mailbox (RFC 8514)
+    @property
+    def blob_key(self) -> str: ...  # its body's blob, shared by its copies (RFC 8474 EMAILID)
 
 
 @dataclass(frozen=True)
@@ -56,6 +60,8 @@ class MessageFacts:
     size: int
     sent_date: int | None
     header: bytes
+    save_date: int = 0
+    blob_key: str = ""
 
 
 _ADDRESS_FIELDS = frozenset({b"from", b"to", b"cc", b"bcc", b"sender", b"reply-to"})
@@ -189,6 +195,8 @@ class _Evaluation:
             if self.msg.sent_date is None:
                 return False
             day = _day(self.msg.sent_date, _sent_offset(self.msg.header))
+        elif key.field == pb.DATE_SAVED:
+            day = _day(self.msg.save_date, 0)  # stored in UTC (RFC 8514 §4: the save date's day)
         else:
             day = _day(self.msg.internal_date, self.msg.tz_offset)
         if key.op == pb.DATE_BEFORE:
@@ -229,6 +237,9 @@ _MATCHERS: dict[str, Callable[[_Evaluation, pb.SearchKey], bool]] = {
     "body": lambda e, k: k.body.casefold() in e.body_text(),
     "text": lambda e, k: e.text_matches(k.text),
     "modseq": lambda e, k: e.msg.modseq >= k.modseq,
+    "internal_before": lambda e, k: e.msg.internal_date < k.internal_before,  # RFC 5032 OLDER
+    "internal_since": lambda e, k: e.msg.internal_date >= k.internal_since,  # RFC 5032 YOUNGER
+    "blob_key": lambda e, k: e.msg.blob_key == k.blob_key,  # RFC 8474 EMAILID
 }
 
 

@@ -133,6 +133,7 @@ def status_pb(mailbox: MailboxRecord, counts: MailboxCounts) -> pb.MailboxStatus
         deleted=counts.deleted,
         recent=counts.recent,
         first_unseen_uid=counts.first_unseen_uid,
+        mailbox_id=mailbox.id,
     )
 
 
@@ -162,6 +163,10 @@ def metadata_pb(record: MessageRecord, fields: pb.MetadataFields) -> pb.MessageM
         out.envelope.ParseFromString(record.envelope)
     if fields.body_structure:
         out.body_structure.ParseFromString(record.structure)
+    if fields.save_date:
+        out.save_date.unix_seconds = record.save_date
+    if fields.blob_key:
+        out.blob_key = record.blob_key
     return out
 
 

@@ -86,6 +86,7 @@ class MessageRecord:
     structure: bytes
     header: bytes  # b"" unless fetched with with_header=True
     sent_date: int | None
+    save_date: int = 0  # unix seconds it was stored in this mailbox (RFC 8514)
 
 
 @dataclass(frozen=True, slots=True)

@@ -326,13 +326,14 @@ def _copy_rows(
 ) -> tuple[list[tuple[int, int]], int]:
     """Copy rows (ascending source UID order) to new UIDs in destination; returns (mapping, modseq)."""
     first, modseq = _allocate(conn, destination_id, len(source_uids))
+    now = int(time.time())  # RFC 8514: a copy (or move) is saved now
     mapping = [(uid, first + i) for i, uid in enumerate(source_uids)]
     conn.executemany(
         "INSERT INTO messages (mailbox_id, uid, modseq, created_modseq, flags, internal_date, tz_offset, size,"
-        " blob_key, envelope, structure, header, sent_date)"
-        " SELECT ?, ?, ?, ?, flags, internal_date, tz_offset, size, blob_key, envelope, structure, header, sent_date"
+        " blob_key, envelope, structure, header, sent_date, save_date)"
+        " SELECT ?, ?, ?, ?, flags, internal_date, tz_offset, size, blob_key, envelope, structure, header, sent_date, ?"
         " FROM messages WHERE mailbox_id = ? AND uid = ?",
-        [(destination_id, new, modseq, modseq, source_id, old) for old, new in mapping],
+        [(destination_id, new, modseq, modseq, now, source_id, old) for old, new in mapping],
     )
     return mapping, modseq
 
@@ -346,7 +347,8 @@ def _insert_message(
     uid, modseq = _allocate(conn, mailbox_id, 1)
     conn.execute(
         "INSERT INTO messages (mailbox_id, uid, modseq, created_modseq, flags, internal_date, tz_offset, size,"
-        " blob_key, envelope, structure, header, sent_date) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        " blob_key, envelope, structure, header, sent_date, save_date)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (
             mailbox_id,
             uid,
@@ -361,6 +363,7 @@ def _insert_message(
             message.structure,
             message.header,
             message.sent_date,
+            int(time.time()),  # RFC 8514 save date
         ),
     )
     _reference_blobs(conn, [message.blob_key])
@@ -940,7 +943,7 @@ class SqliteMetadataStore:
         columns = (
             "uid, modseq, flags, internal_date, tz_offset, size, blob_key, envelope, structure, "
             + ("header" if with_header else "x''")
-            + ", sent_date"
+            + ", sent_date, save_date"
         )
 
         def txn(conn: sqlite3.Connection) -> list[MessageRecord]:
@@ -958,6 +961,7 @@ class SqliteMetadataStore:
                     structure=bytes(r[8]),
                     header=bytes(r[9]),
                     sent_date=r[10],
+                    save_date=r[11] if r[11] is not None else r[3],
                 )
                 for r in _select_uids(conn, mailbox_id, uids, columns, "AND modseq > ?", (changed_since,))
             ]

@@ -139,6 +139,12 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "CREATE INDEX changes_at ON changes (at)",
         "ALTER TABLE mailboxes ADD COLUMN pruned_modseq INTEGER NOT NULL DEFAULT 0",
     ),
+    (
+        # Step 4: RFC 8514 SAVEDATE, when a row was stored in its mailbox (delivery, APPEND, COPY,
+        # MOVE). Rows from before have no record of it: their internal date stands in (ADR 0024).
+        "ALTER TABLE messages ADD COLUMN save_date INTEGER",
+        "UPDATE messages SET save_date = internal_date",
+    ),
 )
 
 

@@ -820,6 +820,51 @@ async def test_migration_from_step_2_dates_the_logged_expunges(tmp_path: Path) -
         await store.close()
 
 
+async def test_save_date_is_when_the_row_was_stored(metadata_store: MetadataStore) -> None:
+    # RFC 8514 §3: the save date of a delivery/APPEND is now, of a COPY or MOVE the time of the copy,
+    # never the internal date the client gave
+    s = metadata_store
+    acc = await account(s)
+    box = await inbox(s, acc)
+    other = await s.create_mailbox(acc.id, "Other")
+    before = int(time.time())
+    first = await insert(s, box.id, "sd1")
+    [stored] = await s.fetch(box.id, [(first.uid, first.uid)])
+    assert before <= stored.save_date <= int(time.time()) and stored.save_date != stored.internal_date
+    await asyncio.sleep(1.1)
+    copied = await s.copy(box.id, [(first.uid, first.uid)], other.id, move=False, enforce_quota=True)
+    [copy] = await s.fetch(other.id, [(copied.mapping[0][1],) * 2])
+    assert copy.save_date > stored.save_date, "a copy is saved when it is copied"
+
+
+async def test_migration_from_step_3_gives_old_rows_a_save_date(tmp_path: Path) -> None:
+    # A database from before SAVEDATE (no save_date column): the upgrade adds it, and the rows already
+    # there get their internal date as save date (ADR 0024); new rows get the time they are stored.
+    path = tmp_path / "old.db"
+    conn = sqlite3.connect(path)
+    for statement in (s for step in MIGRATIONS[:3] for s in step):
+        conn.execute(statement)
+    conn.execute("PRAGMA user_version = 3")
+    conn.execute("INSERT INTO accounts (name, password_hash) VALUES ('a@example.org', 'h')")
+    conn.execute("INSERT INTO mailboxes (account_id, name, uidvalidity, uidnext) VALUES (1, 'INBOX', 7, 2)")
+    conn.execute(
+        "INSERT INTO messages (mailbox_id, uid, modseq, created_modseq, internal_date, tz_offset, size, blob_key,"
+        " envelope, structure, header) VALUES (1, 1, 1, 1, 946720800, 0, 10, 'k', x'', x'', x'')"
+    )
+    conn.commit()
+    conn.close()
+    store = SqliteMetadataStore(str(path))
+    await store.migrate()
+    try:
+        [old] = await store.fetch(1)
+        assert old.save_date == 946720800
+        new = await insert(store, 1, "after")
+        [row] = await store.fetch(1, [(new.uid, new.uid)])
+        assert row.save_date >= int(time.time()) - 5
+    finally:
+        await store.close()
+
+
 # ------------------------------------------------------------------ leases
 
 

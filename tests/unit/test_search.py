@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -232,3 +232,24 @@ def test_address_keys_match_the_parsed_address() -> None:
     assert found("to", "user@example.net") and not found("to", "undisclosed@"), "group markers are no address"
     assert not found("cc", "user@example.net") and not found("from", "joe@example.net")
     assert not found("subject", "joe@example.org"), "only address fields are parsed"
+
+
+def test_within_save_date_and_blob_key_keys() -> None:
+    # RFC 5032 OLDER/YOUNGER as unix-second bounds on the internal date; RFC 8514 SAVED* by the save
+    # date's UTC day; RFC 8474 EMAILID as the blob key
+    raw = load("alternative.eml")
+    parsed = parse_message(raw)
+    internal = int(INTERNAL.timestamp())
+    saved = int(datetime(2025, 1, 2, 23, 30, tzinfo=UTC).timestamp())
+    msg = MessageFacts(1, 1, (), internal, 120, len(raw), parsed.sent_date, parsed.header, saved, "blob-1")
+
+    def hit(key: pb.SearchKey) -> bool:
+        return matches(key, msg, 1, 1, None)
+
+    assert hit(k(internal_before=internal + 1)) and not hit(k(internal_before=internal))
+    assert hit(k(internal_since=internal)) and not hit(k(internal_since=internal + 1))
+    on = pb.DateKey(field=pb.DATE_SAVED, op=pb.DATE_ON, date="2025-01-02")
+    assert hit(pb.SearchKey(date=on))
+    assert not hit(pb.SearchKey(date=pb.DateKey(field=pb.DATE_SAVED, op=pb.DATE_SINCE, date="2025-01-03")))
+    assert hit(pb.SearchKey(date=pb.DateKey(field=pb.DATE_INTERNAL, op=pb.DATE_ON, date="2024-03-14")))
+    assert hit(k(blob_key="blob-1")) and not hit(k(blob_key="blob-2"))

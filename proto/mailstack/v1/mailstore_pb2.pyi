@@ -217,6 +217,8 @@ class _DateFieldEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_DateField.V
     DATE_INTERNAL: _DateField.ValueType  # 0
     DATE_SENT: _DateField.ValueType  # 1
     """the Date: header"""
+    DATE_SAVED: _DateField.ValueType  # 2
+    """when stored in the mailbox (RFC 8514 SAVEDBEFORE/ON/SINCE)"""
 
 class DateField(_DateField, metaclass=_DateFieldEnumTypeWrapper):
     """---------------------------------------------------------------- search"""
@@ -224,6 +226,8 @@ class DateField(_DateField, metaclass=_DateFieldEnumTypeWrapper):
 DATE_INTERNAL: DateField.ValueType  # 0
 DATE_SENT: DateField.ValueType  # 1
 """the Date: header"""
+DATE_SAVED: DateField.ValueType  # 2
+"""when stored in the mailbox (RFC 8514 SAVEDBEFORE/ON/SINCE)"""
 Global___DateField: _TypeAlias = DateField  # noqa: Y015
 
 class _DateOp:
@@ -1129,6 +1133,7 @@ class MailboxStatus(_message.Message):
     DELETED_FIELD_NUMBER: _builtins.int
     RECENT_FIELD_NUMBER: _builtins.int
     FIRST_UNSEEN_UID_FIELD_NUMBER: _builtins.int
+    MAILBOX_ID_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     messages: _builtins.int
     unseen: _builtins.int
@@ -1142,6 +1147,8 @@ class MailboxStatus(_message.Message):
     """UIDs not yet claimed as \\Recent by any session"""
     first_unseen_uid: _builtins.int
     """0 if none"""
+    mailbox_id: _builtins.int
+    """stable for the mailbox's life, kept by RENAME (RFC 8474 MAILBOXID)"""
     def __init__(
         self,
         *,
@@ -1155,10 +1162,11 @@ class MailboxStatus(_message.Message):
         deleted: _builtins.int = ...,
         recent: _builtins.int = ...,
         first_unseen_uid: _builtins.int = ...,
+        mailbox_id: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["deleted", b"deleted", "first_unseen_uid", b"first_unseen_uid", "highestmodseq", b"highestmodseq", "messages", b"messages", "name", b"name", "recent", b"recent", "size", b"size", "uidnext", b"uidnext", "uidvalidity", b"uidvalidity", "unseen", b"unseen"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["deleted", b"deleted", "first_unseen_uid", b"first_unseen_uid", "highestmodseq", b"highestmodseq", "mailbox_id", b"mailbox_id", "messages", b"messages", "name", b"name", "recent", b"recent", "size", b"size", "uidnext", b"uidnext", "uidvalidity", b"uidvalidity", "unseen", b"unseen"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1400,11 +1408,17 @@ class MetadataFields(_message.Message):
     SIZE_FIELD_NUMBER: _builtins.int
     ENVELOPE_FIELD_NUMBER: _builtins.int
     BODY_STRUCTURE_FIELD_NUMBER: _builtins.int
+    SAVE_DATE_FIELD_NUMBER: _builtins.int
+    BLOB_KEY_FIELD_NUMBER: _builtins.int
     flags: _builtins.bool
     internal_date: _builtins.bool
     size: _builtins.bool
     envelope: _builtins.bool
     body_structure: _builtins.bool
+    save_date: _builtins.bool
+    """RFC 8514 SAVEDATE"""
+    blob_key: _builtins.bool
+    """the body's identity, shared by copies (RFC 8474 EMAILID)"""
     def __init__(
         self,
         *,
@@ -1413,10 +1427,12 @@ class MetadataFields(_message.Message):
         size: _builtins.bool = ...,
         envelope: _builtins.bool = ...,
         body_structure: _builtins.bool = ...,
+        save_date: _builtins.bool = ...,
+        blob_key: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["body_structure", b"body_structure", "envelope", b"envelope", "flags", b"flags", "internal_date", b"internal_date", "size", b"size"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["blob_key", b"blob_key", "body_structure", b"body_structure", "envelope", b"envelope", "flags", b"flags", "internal_date", b"internal_date", "save_date", b"save_date", "size", b"size"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1434,11 +1450,12 @@ class MessageMetadata(_message.Message):
     ENVELOPE_FIELD_NUMBER: _builtins.int
     BODY_STRUCTURE_FIELD_NUMBER: _builtins.int
     BLOB_KEY_FIELD_NUMBER: _builtins.int
+    SAVE_DATE_FIELD_NUMBER: _builtins.int
     uid: _builtins.int
     modseq: _builtins.int
     size: _builtins.int
     blob_key: _builtins.str
-    """not for clients; for debugging and admin"""
+    """for debugging and admin, and the IMAP EMAILID (when asked for)"""
     @_builtins.property
     def flags(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """system flags with backslash ("\\\\Seen"), keywords as atoms"""
@@ -1449,6 +1466,10 @@ class MessageMetadata(_message.Message):
     def envelope(self) -> _message_pb2.Envelope: ...
     @_builtins.property
     def body_structure(self) -> _message_pb2.BodyPart: ...
+    @_builtins.property
+    def save_date(self) -> _message_pb2.DateTime:
+        """when the message was stored in this mailbox (RFC 8514)"""
+
     def __init__(
         self,
         *,
@@ -1460,10 +1481,11 @@ class MessageMetadata(_message.Message):
         envelope: _message_pb2.Envelope | None = ...,
         body_structure: _message_pb2.BodyPart | None = ...,
         blob_key: _builtins.str = ...,
+        save_date: _message_pb2.DateTime | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["body_structure", b"body_structure", "envelope", b"envelope", "internal_date", b"internal_date"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["body_structure", b"body_structure", "envelope", b"envelope", "internal_date", b"internal_date", "save_date", b"save_date"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["blob_key", b"blob_key", "body_structure", b"body_structure", "envelope", b"envelope", "flags", b"flags", "internal_date", b"internal_date", "modseq", b"modseq", "size", b"size", "uid", b"uid"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["blob_key", b"blob_key", "body_structure", b"body_structure", "envelope", b"envelope", "flags", b"flags", "internal_date", b"internal_date", "modseq", b"modseq", "save_date", b"save_date", "size", b"size", "uid", b"uid"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -2260,6 +2282,9 @@ class SearchKey(_message.Message):
     BODY_FIELD_NUMBER: _builtins.int
     TEXT_FIELD_NUMBER: _builtins.int
     MODSEQ_FIELD_NUMBER: _builtins.int
+    INTERNAL_BEFORE_FIELD_NUMBER: _builtins.int
+    INTERNAL_SINCE_FIELD_NUMBER: _builtins.int
+    BLOB_KEY_FIELD_NUMBER: _builtins.int
     all: _builtins.bool
     flag_set: _builtins.str
     """"\\\\Seen", keyword"""
@@ -2271,6 +2296,12 @@ class SearchKey(_message.Message):
     """header or body"""
     modseq: _builtins.int
     """RFC 7162 MODSEQ"""
+    internal_before: _builtins.int
+    """internal date earlier than these unix seconds (RFC 5032 OLDER)"""
+    internal_since: _builtins.int
+    """internal date at or after these unix seconds (RFC 5032 YOUNGER)"""
+    blob_key: _builtins.str
+    """the message's body is this blob (RFC 8474 SEARCH EMAILID)"""
     @_builtins.property
     def uids(self) -> Global___UidSet: ...
     @_builtins.property
@@ -2296,12 +2327,15 @@ class SearchKey(_message.Message):
         body: _builtins.str = ...,
         text: _builtins.str = ...,
         modseq: _builtins.int = ...,
+        internal_before: _builtins.int = ...,
+        internal_since: _builtins.int = ...,
+        blob_key: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["all", b"all", "and", b"and", "body", b"body", "date", b"date", "flag_set", b"flag_set", "flag_unset", b"flag_unset", "header", b"header", "key", b"key", "larger", b"larger", "modseq", b"modseq", "not", b"not", "or", b"or", "seqs", b"seqs", "smaller", b"smaller", "text", b"text", "uids", b"uids"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["all", b"all", "and", b"and", "blob_key", b"blob_key", "body", b"body", "date", b"date", "flag_set", b"flag_set", "flag_unset", b"flag_unset", "header", b"header", "internal_before", b"internal_before", "internal_since", b"internal_since", "key", b"key", "larger", b"larger", "modseq", b"modseq", "not", b"not", "or", b"or", "seqs", b"seqs", "smaller", b"smaller", "text", b"text", "uids", b"uids"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["all", b"all", "and", b"and", "body", b"body", "date", b"date", "flag_set", b"flag_set", "flag_unset", b"flag_unset", "header", b"header", "key", b"key", "larger", b"larger", "modseq", b"modseq", "not", b"not", "or", b"or", "seqs", b"seqs", "smaller", b"smaller", "text", b"text", "uids", b"uids"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["all", b"all", "and", b"and", "blob_key", b"blob_key", "body", b"body", "date", b"date", "flag_set", b"flag_set", "flag_unset", b"flag_unset", "header", b"header", "internal_before", b"internal_before", "internal_since", b"internal_since", "key", b"key", "larger", b"larger", "modseq", b"modseq", "not", b"not", "or", b"or", "seqs", b"seqs", "smaller", b"smaller", "text", b"text", "uids", b"uids"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_key: _TypeAlias = _typing.Literal["all", "and", "or", "not", "flag_set", "flag_unset", "uids", "seqs", "date", "larger", "smaller", "header", "body", "text", "modseq"]  # noqa: Y015
+    _WhichOneofReturnType_key: _TypeAlias = _typing.Literal["all", "and", "or", "not", "flag_set", "flag_unset", "uids", "seqs", "date", "larger", "smaller", "header", "body", "text", "modseq", "internal_before", "internal_since", "blob_key"]  # noqa: Y015
     _WhichOneofArgType_key: _TypeAlias = _typing.Literal["key", b"key"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_key) -> _WhichOneofReturnType_key | None: ...
 

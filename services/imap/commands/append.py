@@ -1,4 +1,4 @@
-"""APPEND (RFC 9051 §6.3.12; APPENDUID RFC 4315 §3; MULTIAPPEND RFC 3502 shape)."""
+"""APPEND (RFC 9051 §6.3.12; APPENDUID RFC 4315 §3; MULTIAPPEND RFC 3502 shape; CATENATE RFC 4469)."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from ..mailbox_view import NEW, Change
 from ..protocol import Append, Command
 from ..protocol.encoder import set_text
 from ..replies import Reply, no
+from . import catenate
 
 if TYPE_CHECKING:
     from ..session import Session
@@ -27,14 +28,15 @@ async def append(session: Session, command: Command) -> Reply | None:
     # MULTIAPPEND (RFC 3502 §6.3.11): if one message fails, none is kept
     args = command.args
     assert isinstance(args, Append)
-    for message in args.messages:  # what can be refused without storing anything, first
+    messages = await catenate.resolve(session, args.messages)  # RFC 4469: parts joined first
+    for message in messages:  # what can be refused without storing anything, first
         if len(message.data) > session.settings.max_message_size:
             raise no("message too big", "TOOBIG")
     # RFC 3516 §4.4: a literal8 (binary content, NULs too) is stored as sent; BINARY serves it
     uids: list[int] = []
     uidvalidity = 0
     appended: list[Change] = []
-    for message in args.messages:
+    for message in messages:
         try:
             kept = [f for f in message.flags if f.lower() != "\\recent"]
             reply = await session.mailstore.append(args.mailbox, message.data, kept, message.date_time)

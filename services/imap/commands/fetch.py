@@ -6,18 +6,22 @@ connection as the mailstore sent it, never copied into the response."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeAlias
 
 from mailstack.message.body_parts import SectionNotFound, find_part
+from mailstack.message.preview import preview
 from mailstack.message.transfer_encoding import UnknownCte, decode_cte
 from mailstack.v1 import mailstore_pb2 as pb
 
 from ..mailstore import LONG, MetadataWanted
-from ..protocol import Command, Fetch, FetchAttribute, FetchBinarySize, FetchBody, FetchItem, Section
-from ..protocol.encoder import Buffer, FetchValue, Literal, fetch_buffers, flag_list
+from ..protocol import Command, Fetch, FetchAttribute, FetchBinarySize, FetchBody, FetchItem, FetchPreview, Section
+from ..protocol.encoder import Buffer, FetchValue, Literal, fetch_buffers, flag_list, nstring
 from ..protocol.message_data import body_structure, envelope, internal_date
 from ..replies import Reply, bad, no
+from ..search_keys import EMAILID_PREFIX
 from .common import report_vanished, resolve, selected_view
 
 if TYPE_CHECKING:
@@ -35,6 +39,8 @@ _RFC822 = {
     "RFC822.HEADER": (FetchBody(Section(text="HEADER"), peek=True), b"RFC822.HEADER"),
     "RFC822.TEXT": (FetchBody(Section(text="TEXT")), b"RFC822.TEXT"),
 }
+PREVIEW_LAZY_BYTES = 64 * 1024  # PREVIEW (LAZY) reads no more of a message than this
+Decoded: TypeAlias = FetchBody | FetchBinarySize | FetchPreview  # items whose value is computed
 Texts = dict[tuple[int, int], bytes]  # (uid, body section index) -> bytes
 Metadata = dict[int, pb.MessageMetadata]
 
@@ -47,11 +53,22 @@ def _body_item(item: FetchItem) -> tuple[FetchBody, bytes] | None:
         return FetchBody(Section(item.section.part), peek=item.peek), item.label()
     if isinstance(item, FetchBinarySize):
         return FetchBody(Section(item.part), peek=True), item.label()
+    if isinstance(item, FetchPreview):
+        # RFC 8970 §3: computed from the stored message (never sets \Seen); LAZY reads only its start
+        return FetchBody(Section(), (0, PREVIEW_LAZY_BYTES) if item.lazy else None, peek=True), item.label()
     if isinstance(item, FetchBody):
         return item, item.label()
     if isinstance(item, FetchAttribute) and item.name in _RFC822:
         return _RFC822[item.name]
     return None
+
+
+def _decoded_value(item: Decoded, raw: bytes, structure: pb.BodyPart, utf8: bool) -> FetchValue:
+    """The value of an item computed from stored octets: PREVIEW, or a BINARY item."""
+    if isinstance(item, FetchPreview):
+        # RFC 8970 §3.1: NIL only under LAZY, when the text part lies beyond the octets read
+        return nstring(preview(raw, structure), utf8)
+    return _binary_value(item, raw, structure)
 
 
 def _binary_value(item: FetchBody | FetchBinarySize, raw: bytes, structure: pb.BodyPart) -> FetchValue:
@@ -97,6 +114,8 @@ def _wanted(items: list[FetchItem]) -> MetadataWanted:
         size="RFC822.SIZE" in names,
         envelope="ENVELOPE" in names,
         body_structure=bool(names & {"BODY", "BODYSTRUCTURE"}),
+        save_date="SAVEDATE" in names,
+        blob_key="EMAILID" in names,
     )
 
 
@@ -106,7 +125,7 @@ class _Plan:
     response, index of its body section or -1, the BINARY item to decode or None, the attribute
     name or ""), the body sections to read, and the metadata fields to read."""
 
-    rows: list[tuple[bytes, int, FetchBody | FetchBinarySize | None, str]] = field(default_factory=list)
+    rows: list[tuple[bytes, int, Decoded | None, str]] = field(default_factory=list)
     bodies: list[FetchBody] = field(default_factory=list)
     sets_seen: bool = False  # RFC 3501 §6.4.5: BODY[...] (not PEEK), RFC822 and RFC822.TEXT set \Seen
     wanted: MetadataWanted = field(default_factory=MetadataWanted)
@@ -122,15 +141,13 @@ class _Plan:
                 assert isinstance(item, FetchAttribute)
                 plan.rows.append((item.name.encode("ascii"), -1, None, item.name))
                 continue
-            binary = isinstance(item, FetchBinarySize) or (isinstance(item, FetchBody) and item.binary)
+            binary = isinstance(item, FetchBinarySize | FetchPreview) or (isinstance(item, FetchBody) and item.binary)
             plan.rows.append((body[1], len(plan.bodies), item if binary else None, ""))  # type: ignore[arg-type]
             plan.bodies.append(body[0])
             plan.sets_seen = plan.sets_seen or not body[0].peek
         wanted = _wanted(items)
         if any(decoded is not None for _, _, decoded, _ in plan.rows):
-            wanted = MetadataWanted(  # each part's Content-Transfer-Encoding
-                wanted.flags, wanted.internal_date, wanted.size, wanted.envelope, body_structure=True
-            )
+            wanted = dataclasses.replace(wanted, body_structure=True)  # each part's Content-Transfer-Encoding
         plan.wanted = wanted
         # Only bodies and UID: what FetchBodies returns says which messages exist; no metadata read.
         plan.need_metadata = not plan.bodies or "MODSEQ" in plan.names or changed_since is not None or wanted.any()
@@ -270,7 +287,11 @@ def _response(
             out.append((label, _attribute(session, attribute, seq, uid, m)))
             continue
         raw = texts.get((uid, index), b"")
-        value = _text_literal(raw) if binary_item is None else _binary_value(binary_item, raw, m.body_structure)
+        value = (
+            _text_literal(raw)
+            if binary_item is None
+            else _decoded_value(binary_item, raw, m.body_structure, session.utf8)
+        )
         out.append((label, value))
     if newly_seen and "FLAGS" not in plan.names:
         out.append((b"FLAGS", flag_list(sorted(view.flags_of(uid)))))
@@ -280,23 +301,26 @@ def _response(
     return announce + fetch_buffers(seq, out)
 
 
+# The items without a body section, by name: (session, uid, metadata) -> the value in the response.
+_ATTRIBUTES: dict[str, Callable[[Session, int, pb.MessageMetadata], bytes]] = {
+    "UID": lambda s, uid, m: b"%d" % uid,
+    "FLAGS": lambda s, uid, m: flag_list(sorted(selected_view(s.view).flags_of(uid))),
+    "INTERNALDATE": lambda s, uid, m: internal_date(m.internal_date),
+    "RFC822.SIZE": lambda s, uid, m: b"%d" % m.size,
+    "ENVELOPE": lambda s, uid, m: envelope(m.envelope, s.utf8),
+    "BODYSTRUCTURE": lambda s, uid, m: body_structure(m.body_structure, extensible=True, utf8=s.utf8),
+    "BODY": lambda s, uid, m: body_structure(m.body_structure, extensible=False, utf8=s.utf8),
+    "MODSEQ": lambda s, uid, m: b"(%d)" % m.modseq,
+    # RFC 8514 §3: every message here has a save date (ADR 0024)
+    "SAVEDATE": lambda s, uid, m: internal_date(m.save_date),
+    # RFC 8474 §5.1: the body's identity, shared by its copies; §5.2: no threads are kept, THREADID NIL
+    "EMAILID": lambda s, uid, m: b"(" + (EMAILID_PREFIX + m.blob_key).encode("ascii") + b")",
+    "THREADID": lambda s, uid, m: b"NIL",
+}
+
+
 def _attribute(session: Session, name: str, seq: int, uid: int, m: pb.MessageMetadata) -> bytes:
-    view = session.view
-    assert view is not None
-    if name == "UID":
-        return b"%d" % uid
-    if name == "FLAGS":
-        return flag_list(sorted(view.flags_of(uid)))
-    if name == "INTERNALDATE":
-        return internal_date(m.internal_date)
-    if name == "RFC822.SIZE":
-        return b"%d" % m.size
-    if name == "ENVELOPE":
-        return envelope(m.envelope, session.utf8)
-    if name == "BODYSTRUCTURE":
-        return body_structure(m.body_structure, extensible=True, utf8=session.utf8)
-    if name == "BODY":
-        return body_structure(m.body_structure, extensible=False, utf8=session.utf8)
-    if name == "MODSEQ":
-        return b"(%d)" % m.modseq
-    raise no(f"unknown item {name}")
+    value = _ATTRIBUTES.get(name)
+    if value is None:
+        raise no(f"unknown item {name}")
+    return value(session, uid, m)

@@ -19,6 +19,11 @@ if TYPE_CHECKING:
 DELIMITER = b'"/"'
 
 
+def mailbox_id(store_id: int) -> str:
+    """RFC 8474 objectid of a mailbox: the store's id, which RENAME keeps and no other mailbox gets."""
+    return f"F{store_id}"
+
+
 async def create(session: Session, command: Command) -> Reply | None:
     # Command: RFC 9051 §6.3.4; USE (RFC 6154 §3 CREATE-SPECIAL-USE)
     assert isinstance(command.args, Create)
@@ -41,7 +46,9 @@ async def create(session: Session, command: Command) -> Reply | None:
             if e.code() != grpc.StatusCode.ALREADY_EXISTS:
                 raise
     await session.mailstore.create_mailbox(name, special)
-    return None
+    # RFC 8474 §4.1: the new mailbox's MAILBOXID in the tagged OK
+    created = await session.mailstore.status(name)
+    return Reply("OK", "CREATE completed", f"MAILBOXID ({mailbox_id(created.mailbox_id)})")
 
 
 async def delete(session: Session, command: Command) -> Reply | None:
@@ -101,6 +108,7 @@ def _status_line(name: str, status: pb.MailboxStatus, items: tuple[str, ...], se
         "SIZE": status.size,
         "HIGHESTMODSEQ": status.highestmodseq,
         "APPENDLIMIT": session.settings.max_message_size,
+        "MAILBOXID": f"({mailbox_id(status.mailbox_id)})",  # RFC 8474 §4.2
     }
     pairs = " ".join(f"{item} {values[item]}" for item in items if item in values)
     return untagged(b"STATUS " + mailbox(name, session.utf8) + b" (" + pairs.encode("ascii") + b")")

@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from ..protocol import Command, Enable, Id
-from ..protocol.encoder import untagged, untagged_status
-from ..replies import Reply
+from ..protocol.encoder import tagged, untagged, untagged_status
+from ..replies import Reply, no
 from ..session import State
 
 if TYPE_CHECKING:
@@ -38,6 +38,13 @@ EXTENSIONS = (
     "QUOTA=RES-STORAGE",
     "QUOTA=RES-MESSAGE",
     "MULTIAPPEND",
+    "STATUS=SIZE",  # RFC 8438
+    "OBJECTID",  # RFC 8474 (THREADID is NIL: no threads are kept)
+    "SAVEDATE",  # RFC 8514
+    "WITHIN",  # RFC 5032
+    "PREVIEW",  # RFC 8970
+    "COMPRESS=DEFLATE",  # RFC 4978
+    "CATENATE",  # RFC 4469
 )
 
 
@@ -89,6 +96,16 @@ async def namespace(session: Session, command: Command) -> Reply | None:
     # Command: RFC 2342 §5: one personal namespace, no other users' or shared ones
     session.untagged(untagged(b'NAMESPACE (("" "/")) NIL NIL'))
     return None
+
+
+async def compress(session: Session, command: Command) -> Reply | None:
+    # Command: RFC 4978 §3 (DEFLATE only: the parser refuses others with BAD)
+    if session.conn.compressing:
+        raise no("DEFLATE is active already", "COMPRESSIONACTIVE")
+    session.untagged(tagged(command.tag, "OK", "DEFLATE active"))
+    await session.flush()  # the OK goes out uncompressed; every octet after it is compressed
+    session.conn.start_compression()
+    return Reply("", "")  # already answered
 
 
 async def enable(session: Session, command: Command) -> Reply | None:

@@ -12,6 +12,7 @@ from ..protocol import Command, QresyncParameters, Select, SequenceArgument
 from ..protocol.encoder import untagged, untagged_status
 from ..replies import Reply, bad, no
 from .common import report_vanished, resolve, selected_view, writable
+from .mailboxes import mailbox_id
 
 if TYPE_CHECKING:
     from ..session import Session
@@ -27,6 +28,7 @@ async def open_view(session: Session, name: str, readonly: bool) -> MailboxView:
             status = batch.status
         messages.extend((m.uid, tuple(m.flags), m.modseq) for m in batch.messages)
     view = MailboxView(name, readonly, status.uidvalidity, status.uidnext, status.highestmodseq, messages)
+    view.mailbox_id = status.mailbox_id
     view.modseq = status.highestmodseq
     if readonly and status.recent:
         # RFC 3501 §6.3.2: EXAMINE shows \Recent (the messages at or above the mailbox's floor: the
@@ -66,6 +68,7 @@ async def select(session: Session, command: Command) -> Reply | None:
     session.untagged(untagged_status("OK", "UIDs valid", f"UIDVALIDITY {view.uidvalidity}"))
     session.untagged(untagged_status("OK", "predicted next UID", f"UIDNEXT {view.uidnext}"))
     session.untagged(untagged_status("OK", "highest", f"HIGHESTMODSEQ {view.modseq}"))
+    session.untagged(untagged_status("OK", "mailbox id", f"MAILBOXID ({mailbox_id(view.mailbox_id)})"))  # RFC 8474 §4.3
     if args.qresync is not None and args.qresync.uidvalidity == view.uidvalidity:
         await _resync(session, view, args.qresync)
     session.select(view)

@@ -8,6 +8,8 @@ from .commands import (
     AppendMessage,
     Arguments,
     Authenticate,
+    CatenatePart,
+    Compress,
     CopyMove,
     Create,
     Enable,
@@ -29,7 +31,7 @@ from .commands import (
     Store,
 )
 from .events import NEED_DATA, Command, Event, LiteralTooBig, NeedData, NeedLiteral, ParseError
-from .fetch import FetchAttribute, FetchBinarySize, FetchBody, FetchItem, Section
+from .fetch import FetchAttribute, FetchBinarySize, FetchBody, FetchItem, FetchPreview, Section
 from .parser import ArgumentParser, Grammar, ParseContext, Syntax, parse_command
 from .receiver import CommandReceiver, ReceiverState
 from .search import (
@@ -42,7 +44,9 @@ from .search import (
     SearchKey,
     SearchModSeq,
     SearchNot,
+    SearchObjectId,
     SearchOr,
+    SearchSaveDateSupported,
     SearchSequence,
     SearchSize,
     SearchText,
@@ -56,8 +60,10 @@ __all__ = [
     "ArgumentParser",
     "Arguments",
     "Authenticate",
+    "CatenatePart",
     "Command",
     "CommandReceiver",
+    "Compress",
     "CopyMove",
     "Create",
     "Enable",
@@ -67,6 +73,7 @@ __all__ = [
     "FetchBinarySize",
     "FetchBody",
     "FetchItem",
+    "FetchPreview",
     "Grammar",
     "Id",
     "ListMailboxes",
@@ -93,7 +100,9 @@ __all__ = [
     "SearchKey",
     "SearchModSeq",
     "SearchNot",
+    "SearchObjectId",
     "SearchOr",
+    "SearchSaveDateSupported",
     "SearchSequence",
     "SearchSize",
     "SearchText",

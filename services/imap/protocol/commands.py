@@ -102,6 +102,17 @@ class AppendMessage:
     date_time: datetime.datetime | None
     data: bytes
     binary: bool = False  # sent as literal8 (RFC 3516 §4.4)
+    # CATENATE (RFC 4469 §5): the parts to join, in order, instead of `data` (which is b"" then)
+    parts: tuple[CatenatePart, ...] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CatenatePart:
+    """cat-part = "TEXT" SP literal / "URL" SP astring (RFC 4469 §5): `text` or `url`."""
+
+    text: bytes | None = None
+    url: str | None = None
+    binary: bool = False  # TEXT as literal8 (RFC 3516 §4.4)
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,6 +180,13 @@ class Enable:
 
 
 @dataclass(frozen=True, slots=True)
+class Compress:
+    """COMPRESS mechanism (RFC 4978 §3); DEFLATE is the only one."""
+
+    mechanism: str
+
+
+@dataclass(frozen=True, slots=True)
 class QuotaRoot:
     """GETQUOTA root (RFC 9208 §4.2)."""
 
@@ -202,4 +220,5 @@ Arguments: TypeAlias = (
     | Enable
     | QuotaRoot
     | SetQuota
+    | Compress
 )

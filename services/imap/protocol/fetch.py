@@ -13,6 +13,8 @@ from .grammar import ASTRING_CHARS, DIGITS, GrammarError, Reader
 SIMPLE_ATTRIBUTES = frozenset(
     {"ENVELOPE", "FLAGS", "INTERNALDATE", "RFC822", "RFC822.HEADER", "RFC822.SIZE", "RFC822.TEXT"}
     | {"BODY", "BODYSTRUCTURE", "UID", "MODSEQ"}
+    | {"SAVEDATE"}  # RFC 8514 §3
+    | {"EMAILID", "THREADID"}  # RFC 8474 §5
 )
 # "ALL" / "FULL" / "FAST" macros (RFC 3501 §6.4.5)
 MACROS = {
@@ -81,7 +83,29 @@ class FetchBinarySize:
         return b"BINARY.SIZE[" + ".".join(str(n) for n in self.part).encode() + b"]"
 
 
-FetchItem: TypeAlias = FetchAttribute | FetchBody | FetchBinarySize
+@dataclass(frozen=True, slots=True)
+class FetchPreview:
+    """PREVIEW [(LAZY)] (RFC 8970 §3): LAZY lets the server answer NIL when it is not cheap."""
+
+    lazy: bool = False
+
+    def label(self) -> bytes:
+        return b"PREVIEW"
+
+
+FetchItem: TypeAlias = FetchAttribute | FetchBody | FetchBinarySize | FetchPreview
+PREVIEW_MODIFIERS = frozenset({"LAZY"})  # preview-mod (RFC 8970 §5)
+
+
+def _preview(reader: Reader) -> FetchPreview:
+    # fetch-att =/ "PREVIEW" [SP "(" preview-mod *(SP preview-mod) ")"]   (RFC 8970 §5)
+    if not (reader.peek_is(b" ") and reader.data[reader.pos + 1 : reader.pos + 2] == b"("):
+        return FetchPreview()
+    reader.sp()
+    modifiers = reader.sequence(reader.keyword)
+    if not modifiers or not set(modifiers) <= PREVIEW_MODIFIERS:
+        raise GrammarError("PREVIEW takes the modifier LAZY")
+    return FetchPreview(lazy=True)
 
 
 def _section_part(reader: Reader) -> tuple[int, ...]:
@@ -127,6 +151,14 @@ def _section(reader: Reader) -> Section:
     return Section(part, text, fields)
 
 
+def parse_section(spec: bytes) -> Section:
+    """A section-spec on its own (an IMAP URL's ;SECTION=, RFC 5092 §11 enc-section); GrammarError."""
+    reader = Reader(b"[" + spec + b"]")
+    section = _section(reader)
+    reader.end()
+    return section
+
+
 def _binary_section(reader: Reader) -> tuple[int, ...]:
     # section-binary = "[" [section-part] "]"
     reader.expect(b"[")
@@ -158,6 +190,8 @@ def parse_fetch_item(reader: Reader) -> FetchItem:
         return FetchBody(Section(part), _partial(reader), peek=name == "BINARY.PEEK", binary=True)
     if name == "BINARY.SIZE":
         return FetchBinarySize(_binary_section(reader))
+    if name == "PREVIEW":
+        return _preview(reader)
     if name in SIMPLE_ATTRIBUTES:
         return FetchAttribute(name)
     raise GrammarError(f"unknown fetch attribute {name}" if name else "expected fetch attribute")

@@ -13,6 +13,8 @@ from .commands import (
     AppendMessage,
     Arguments,
     Authenticate,
+    CatenatePart,
+    Compress,
     CopyMove,
     Create,
     Enable,
@@ -43,6 +45,7 @@ from .sequence import SequenceSet, parse_sequence_set
 #            / "HIGHESTMODSEQ" (RFC 7162) / "APPENDLIMIT" (RFC 7889)
 STATUS_ITEMS = frozenset(
     {"MESSAGES", "RECENT", "UIDNEXT", "UIDVALIDITY", "UNSEEN", "DELETED", "SIZE", "HIGHESTMODSEQ", "APPENDLIMIT"}
+    | {"MAILBOXID"}  # RFC 8474 §4.2
 )
 # use-attr (RFC 6154 §6)
 USE_ATTRIBUTES = {a.lower(): a for a in ("\\All", "\\Archive", "\\Drafts", "\\Flagged", "\\Junk", "\\Sent", "\\Trash")}
@@ -328,11 +331,44 @@ def append(c: ParseContext) -> Arguments:
             r.expect(b")")
             messages.append(AppendMessage(flags, date_time, data, True))
             continue
+        if r.peek_keyword(b"CATENATE"):
+            messages.append(AppendMessage(flags, date_time, b"", parts=_catenate(r)))
+            continue
         binary = r.peek() == 0x7E
         if r.peek() not in (0x7B, 0x7E):
             raise GrammarError("expected message literal")
         messages.append(AppendMessage(flags, date_time, r.literal(allow_literal8=True), binary))
     return Append(mailbox, tuple(messages))
+
+
+MAX_CATENATE_PARTS = 100  # per message; each URL is one read of the mailstore
+
+
+def _cat_part(r: Reader) -> CatenatePart:
+    # cat-part = text-literal / url;  text-literal = "TEXT" SP literal;  url = "URL" SP astring
+    kind = r.keyword()
+    r.sp()
+    if kind == "TEXT":
+        binary = r.peek() == 0x7E
+        return CatenatePart(text=r.literal(allow_literal8=True), binary=binary)
+    if kind == "URL":
+        url = r.astring()
+        if not url.isascii():
+            raise GrammarError("a URL is US-ASCII")
+        return CatenatePart(url=url.decode("ascii"))
+    raise GrammarError(f"unknown CATENATE part {kind}")
+
+
+def _catenate(r: Reader) -> tuple[CatenatePart, ...]:
+    # append-data =/ "CATENATE" SP "(" cat-part *(SP cat-part) ")"   (RFC 4469 §5)
+    r.keyword()
+    r.sp()
+    parts = r.sequence(lambda: _cat_part(r))
+    if not parts:
+        raise GrammarError("CATENATE needs at least one part")
+    if len(parts) > MAX_CATENATE_PARTS:
+        raise GrammarError(f"more than {MAX_CATENATE_PARTS} CATENATE parts")
+    return parts
 
 
 def uid_expunge(c: ParseContext) -> Arguments:
@@ -469,6 +505,15 @@ def enable(c: ParseContext) -> Arguments:
         c.r.sp()
         names.append(c.r.keyword())
     return Enable(tuple(names))
+
+
+def compress(c: ParseContext) -> Arguments:
+    # compress = "COMPRESS" SP algorithm;  algorithm = "DEFLATE"   (RFC 4978 §4)
+    c.r.sp()
+    mechanism = c.r.keyword()
+    if mechanism != "DEFLATE":
+        raise GrammarError(f"unknown compression mechanism {mechanism}")
+    return Compress(mechanism)
 
 
 def getquota(c: ParseContext) -> Arguments:

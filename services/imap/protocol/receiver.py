@@ -93,6 +93,17 @@ class CommandReceiver:
         self.state = ReceiverState.LINE
         self._reset_command()
 
+    def take_pending(self) -> bytes:
+        """The octets received and not framed yet, handed back (the receiver keeps none): after
+        COMPRESS (RFC 4978 §3) what the client sent behind the command is compressed already and
+        must go through the decompressor first. Only valid between commands."""
+        if self._command or self.state is not ReceiverState.LINE:
+            raise RuntimeError("take_pending() called in the middle of a command")
+        pending = bytes(self._buffer)
+        self._buffer = bytearray()
+        self._scan_from = 0
+        return pending
+
     def _reset_command(self) -> None:
         self._command = bytearray()
         self._tag = None

@@ -78,6 +78,7 @@ class SearchDate:
     relation: Literal["before", "on", "since"]
     date: datetime.date
     sent: bool = False
+    saved: bool = False  # SAVEDBEFORE/SAVEDON/SAVEDSINCE on the save date (RFC 8514 §4)
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +94,19 @@ class SearchModSeq:
     modseq: int
     entry_name: str | None = None
     entry_type: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SearchSaveDateSupported:
+    """SAVEDATESUPPORTED: every message when the mailbox keeps save dates (RFC 8514 §4)."""
+
+
+@dataclass(frozen=True, slots=True)
+class SearchObjectId:
+    """EMAILID / THREADID objectid (RFC 8474 §5.4)."""
+
+    kind: Literal["EMAILID", "THREADID"]
+    value: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,6 +130,8 @@ SearchKey: TypeAlias = (
     | SearchSize
     | SearchModSeq
     | SearchAge
+    | SearchSaveDateSupported
+    | SearchObjectId
 )
 
 _FLAG_KEYS: dict[str, SearchKey] = {
@@ -134,6 +150,7 @@ _FLAG_KEYS: dict[str, SearchKey] = {
     # NEW = RECENT UNSEEN
     "NEW": SearchAnd((SearchFlag("\\Recent"), SearchFlag("\\Seen", False))),
     "ALL": SearchAll(),
+    "SAVEDATESUPPORTED": SearchSaveDateSupported(),
 }
 _ADDRESS_KEYS = {"BCC": "Bcc", "CC": "Cc", "FROM": "From", "SUBJECT": "Subject", "TO": "To"}
 _DATE_KEYS: dict[str, tuple[Literal["before", "on", "since"], bool]] = {
@@ -144,6 +161,13 @@ _DATE_KEYS: dict[str, tuple[Literal["before", "on", "since"], bool]] = {
     "SENTON": ("on", True),
     "SENTSINCE": ("since", True),
 }
+
+_SAVED_DATE_KEYS: dict[str, Literal["before", "on", "since"]] = {
+    "SAVEDBEFORE": "before",
+    "SAVEDON": "on",
+    "SAVEDSINCE": "since",
+}
+OBJECTID_CHARS = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-")
 
 
 def _header_field_name(reader: Reader) -> str:
@@ -195,6 +219,20 @@ def _date(reader: Reader, name: str, depth: int) -> SearchKey:
     return SearchDate(relation, reader.date(), sent)
 
 
+def _saved_date(reader: Reader, name: str, depth: int) -> SearchKey:
+    # search-key =/ "SAVEDBEFORE" SP date / "SAVEDON" SP date / "SAVEDSINCE" SP date (RFC 8514 §6)
+    return SearchDate(_SAVED_DATE_KEYS[name], reader.date(), saved=True)
+
+
+def _object_id(reader: Reader, name: str, depth: int) -> SearchKey:
+    # search-key =/ "EMAILID" SP objectid / "THREADID" SP objectid (RFC 8474 §7)
+    # objectid = 1*255(ALPHA / DIGIT / "_" / "-")
+    value = reader.take_while(OBJECTID_CHARS)
+    if not value or len(value) > 255:
+        raise GrammarError("invalid objectid")
+    return SearchObjectId("EMAILID" if name == "EMAILID" else "THREADID", value.decode("ascii"))
+
+
 # The keys followed by SP and an argument: keyword -> (reader after the SP, keyword, depth) -> key
 _KEYS_WITH_ARGUMENT: dict[str, Callable[[Reader, str, int], SearchKey]] = {
     **{name: (lambda r, n, d: SearchHeader(_ADDRESS_KEYS[n], r.astring())) for name in _ADDRESS_KEYS},
@@ -208,6 +246,8 @@ _KEYS_WITH_ARGUMENT: dict[str, Callable[[Reader, str, int], SearchKey]] = {
     "NOT": lambda r, n, d: SearchNot(parse_search_key(r, d + 1)),
     "OR": _or,
     "MODSEQ": _modseq,
+    **dict.fromkeys(("SAVEDBEFORE", "SAVEDON", "SAVEDSINCE"), _saved_date),
+    **dict.fromkeys(("EMAILID", "THREADID"), _object_id),
 }
 
 
