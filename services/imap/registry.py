@@ -118,6 +118,11 @@ CAPABILITY_COMMANDS: Mapping[str, frozenset[str]] = {
         | {"DELETE", "RENAME", "SUBSCRIBE", "UNSUBSCRIBE", "LIST", "LSUB", "STATUS", "APPEND", "CHECK", "CLOSE"}
         | {"EXPUNGE", "SEARCH", "FETCH", "STORE", "COPY"}
     ),
+    "IMAP4rev2": frozenset(  # RFC 9051 §6 (CHECK and LSUB are rev1's; rev2 folds in ENABLE ... MOVE)
+        {"CAPABILITY", "NOOP", "LOGOUT", "STARTTLS", "AUTHENTICATE", "LOGIN", "ENABLE", "SELECT", "EXAMINE"}
+        | {"CREATE", "DELETE", "RENAME", "SUBSCRIBE", "UNSUBSCRIBE", "LIST", "NAMESPACE", "STATUS", "APPEND"}
+        | {"IDLE", "CLOSE", "UNSELECT", "EXPUNGE", "SEARCH", "FETCH", "STORE", "COPY", "MOVE"}
+    ),
     "STARTTLS": frozenset({"STARTTLS"}),
     "AUTH=PLAIN": frozenset({"AUTHENTICATE"}),
     "LOGINDISABLED": frozenset({"LOGIN"}),

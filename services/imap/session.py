@@ -89,6 +89,7 @@ class Session:
         self.condstore = False  # RFC 7162 §3.1: enabled by ENABLE or a CONDSTORE-aware command
         self.qresync = False  # RFC 7162 §3.2.3: ENABLE QRESYNC (expunges then go out as VANISHED)
         self.utf8 = False  # RFC 6855 §3: ENABLE UTF8=ACCEPT (UTF-8 mailbox names and strings)
+        self.rev2 = False  # RFC 9051 §6.3.1: ENABLE IMAP4rev2 (rev2 rules: no \Recent, ESEARCH answers)
         self.dirty = False  # a hint said the selected mailbox changed
         # The hints behind `dirty` when they are all flag/new events (None: another reason, or too
         # many): if the view already holds each of them (this session's own STORE), no refresh.
@@ -192,7 +193,7 @@ class Session:
         if reply.pruned_modseq > view.modseq:  # the log lost expunges since this view: list what is left
             changes += await self._gone_from_listing(view, reply.highestmodseq)
         new = view.apply(changes, reply.highestmodseq)
-        if new and not view.readonly:
+        if new and not view.readonly and not view.no_recent:
             # RFC 3501 §2.3.2: \Recent in exactly one session: whoever claims first
             first, uidnext = await self.mailstore.claim_recent(view.name)
             view.recent.update(u for u in new if first <= u < uidnext)
