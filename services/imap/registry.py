@@ -10,9 +10,10 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
-from .commands import append, auth, copy, fetch, idle, mailboxes, misc, quota, search, select, store
+from .commands import append, auth, copy, fetch, idle, mailboxes, misc, notify, quota, search, select, store
 from .protocol import ArgumentParser, Command, Grammar, Syntax
 from .protocol import parser as p
+from .protocol.notify import notify as parse_notify
 from .replies import Reply
 from .session import Session, State
 
@@ -76,6 +77,7 @@ ENTRIES: tuple[CommandEntry, ...] = (
     CommandEntry("GETQUOTA", p.getquota, quota.getquota, AUTHENTICATED, "RFC 9208 §4.2"),
     CommandEntry("GETQUOTAROOT", p.mailbox_only, quota.getquotaroot, AUTHENTICATED, "RFC 9208 §4.3"),
     CommandEntry("SETQUOTA", p.setquota, quota.setquota, AUTHENTICATED, "RFC 9208 §4.1"),
+    CommandEntry("NOTIFY", parse_notify, notify.notify, AUTHENTICATED, "RFC 5465 §3.1"),
     # selected: RFC 9051 §6.4
     CommandEntry("CHECK", p.no_arguments, misc.check, SELECTED, "RFC 3501 §6.4.1", always_refresh=True),
     CommandEntry("CLOSE", p.no_arguments, select.close, SELECTED, "RFC 9051 §6.4.1"),
@@ -143,4 +145,5 @@ CAPABILITY_COMMANDS: Mapping[str, frozenset[str]] = {
     "BINARY": frozenset({"FETCH", "APPEND"}),
     "UTF8=ACCEPT": frozenset({"ENABLE", "APPEND"}),
     "QUOTA": frozenset({"GETQUOTA", "GETQUOTAROOT", "SETQUOTA"}),
+    "NOTIFY": frozenset({"NOTIFY"}),
 }

@@ -37,6 +37,7 @@ EXTENSIONS = (
     "QUOTA",
     "QUOTA=RES-STORAGE",
     "QUOTA=RES-MESSAGE",
+    "NOTIFY",
 )
 
 

@@ -82,7 +82,10 @@ class Mailboxes:
 
     async def subscribe(self, account: str, name: str, subscribed: bool) -> None:
         record = await self.stores.account(account)
-        await self.stores.metadata.set_subscribed(record.id, checked_mailbox_name(name), subscribed)
+        name = checked_mailbox_name(name)
+        await self.stores.metadata.set_subscribed(record.id, name, subscribed)
+        # a hint for NOTIFY SubscriptionChange (RFC 5465 §5.5): sessions re-read the name's LIST
+        await self.stores.publish(ChangeEvent(record.name, name, "mailbox"))
 
     async def status(self, account: str, name: str) -> tuple[MailboxRecord, MailboxCounts]:
         mailbox = await self.stores.read_mailbox(account, name)
