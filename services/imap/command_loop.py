@@ -93,7 +93,7 @@ async def execute(session: Session, command: Command) -> None:
                 log.info("%s failed: %s", command.name, e.code())
         if session.state == State.SELECTED and session.view is not None:
             await session.pending_updates(entry.always_refresh, command.uid or entry.expunge_during)
-        await deliver(session)  # RFC 5465 §5: NOTIFY's news of other mailboxes
+        await deliver(session, command.uid or entry.expunge_during)  # RFC 5465 §5: NOTIFY's news
         if reply.status:  # "" when the handler answered already (STARTTLS)
             session.untagged(tagged(command.tag, reply.status, reply.text, reply.code))
         await session.flush()

@@ -75,9 +75,10 @@ def due(session: Session) -> bool:
     return state.has_pending or (session.dirty and session.view is not None and state.pushes_selected)
 
 
-async def deliver(session: Session) -> None:
+async def deliver(session: Session, allow_expunge: bool = True) -> None:
     """Queue the notifications owed (RFC 5465 §5); the caller flushes. A mailstore failure keeps
-    them owed for the next chance."""
+    them owed for the next chance. `allow_expunge`: False after a FETCH, STORE or SEARCH by
+    sequence number (RFC 9051 §7.5.1 holds with NOTIFY too)."""
     state = session.notify
     if state is None:
         return
@@ -87,17 +88,17 @@ async def deliver(session: Session) -> None:
         session.notify = None
         return
     try:
-        await _deliver(session, state)
+        await _deliver(session, state, allow_expunge)
     except grpc.RpcError as e:
         log.info("NOTIFY delivery failed: %s", e.code())
 
 
-async def _deliver(session: Session, state: NotifyState) -> None:
+async def _deliver(session: Session, state: NotifyState, allow_expunge: bool) -> None:
     if state.subscriptions_stale:
         state.subscriptions_stale = False
         state.subscribed = await _subscriptions(session)
     if session.dirty and session.view is not None and state.pushes_selected:
-        await _selected(session, state)
+        await _selected(session, state, allow_expunge)
     names, state.list_due = state.list_due, set()
     for name in sorted(names):
         await _list(session, state, name)
@@ -138,13 +139,13 @@ async def _list(session: Session, state: NotifyState, name: str) -> None:
     session.untagged(untagged(b"LIST " + attributes + b' "/" ' + mailbox(name, session.utf8)))
 
 
-async def _selected(session: Session, state: NotifyState) -> None:
+async def _selected(session: Session, state: NotifyState, allow_expunge: bool) -> None:
     """The selected mailbox's updates, unsolicited (RFC 5465 §5.1-§5.3); selected-delayed keeps
     EXPUNGE for a command that allows it (§6.1); MessageNew's fetch attributes for new messages."""
     view, group = session.view, state.spec.selected
     assert view is not None and group is not None
     last = view.uids[-1] if view.uids else 0
-    await session.pending_updates(True, group.filter == "SELECTED")
+    await session.pending_updates(True, allow_expunge and group.filter == "SELECTED")
     new = [uid for uid in view.uids if uid > last]
     if group.fetch and new:
         items = Fetch(SequenceSet(((new[0], new[-1]),)), group.fetch)
