@@ -104,6 +104,8 @@ async def enable(session: Session, command: Command) -> Reply | None:
             enabled.append(b"QRESYNC")
         elif name.upper() == "IMAP4REV2" and not session.rev2:
             session.rev2 = True  # RFC 9051 §6.3.1: rev2 rules from now on (the open view keeps its own)
+            # RFC 9051 §5.1, §9 (QUOTED-CHAR, mailbox): UTF-8 mailbox names and strings, as UTF8=ACCEPT
+            session.utf8 = session.conn.receiver.utf8 = True
             enabled.append(b"IMAP4rev2")
         elif name.upper() == "UTF8=ACCEPT" and not session.utf8:
             # RFC 6855 §3: mailbox names as UTF-8 both ways, UTF-8 in quoted strings, UTF8 APPEND
