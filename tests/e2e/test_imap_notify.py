@@ -4,6 +4,7 @@ source is made up for by re-reading the watched mailboxes (ADR 0015, ADR 0022)."
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -86,5 +87,12 @@ def test_notify_in_one_process_without_redis(tmp_path: Path) -> None:
         writer.until("a")
         lines = watcher.command("n", "NOOP")
         assert b"* 2 EXISTS" in lines and not any(line.startswith(b"* STATUS Box") for line in lines)
+        # waiting for its next command with NOTIFY set, it is told BYE at shutdown at once (not
+        # after the grace for busy sessions); the pause lets it get back to waiting after NOOP
+        time.sleep(0.5)
+        started = time.monotonic()
+        env.stop_imap(env.imap, grace=30.0)
+        assert _until(watcher, b"* BYE")[-1].startswith(b"* BYE")
+        assert time.monotonic() - started < 15.0
         for raw in (watcher, writer):
             raw.close()
