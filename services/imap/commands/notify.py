@@ -23,7 +23,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("mailstack.imap")
 
-STATUS_ITEMS = ("MESSAGES", "UIDNEXT", "UNSEEN")  # RFC 5465 §5.1, §5.2, §5.3 ask for these
+# RFC 5465 §3.1 (the STATUS indicator: MESSAGES UIDNEXT UIDVALIDITY, as in its example), §5.3 (UNSEEN)
+STATUS_ITEMS = ("MESSAGES", "UIDNEXT", "UIDVALIDITY", "UNSEEN")
 
 
 async def notify(session: Session, command: Command) -> Reply | None:
