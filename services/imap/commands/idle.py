@@ -66,9 +66,11 @@ async def _push_updates(session: Session, clock: _Clock) -> None:
     """Untagged updates when a hint came or a poll is due; autologout; the keep-alive."""
     settings = session.settings
     session.wake.clear()  # dirty says what the wake-up was about
-    if session.view is not None and (session.dirty or session.poll_due()):
+    if session.view is not None and session.poll_due():
+        session.mark_dirty()
+    if session.view is not None and session.dirty and not (session.notify and session.notify.pushes_selected):
         await session.pending_updates()
-    await deliver(session)  # RFC 5465: NOTIFY's news of other mailboxes
+    await deliver(session, True)  # RFC 5465: NOTIFY's news (the view's too, with MessageNew's attributes)
     if session.has_output:
         await session.flush()
         clock.last_output = time.monotonic()

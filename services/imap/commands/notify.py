@@ -76,10 +76,11 @@ def due(session: Session) -> bool:
     return state.has_pending or (session.dirty and session.view is not None and state.pushes_selected)
 
 
-async def deliver(session: Session, allow_expunge: bool = True) -> None:
+async def deliver(session: Session, allow_expunge: bool | None = None) -> None:
     """Queue the notifications owed (RFC 5465 §5); the caller flushes. A mailstore failure keeps
-    them owed for the next chance. `allow_expunge`: False after a FETCH, STORE or SEARCH by
-    sequence number (RFC 9051 §7.5.1 holds with NOTIFY too)."""
+    them owed for the next chance. `allow_expunge`: after a command, whether it allows EXPUNGE
+    (not after a FETCH, STORE or SEARCH by sequence number, RFC 9051 §7.5.1; IDLE does); None
+    between commands, where only the `selected` filter sends them (`selected-delayed` waits, §6.1)."""
     state = session.notify
     if state is None:
         return
@@ -94,7 +95,7 @@ async def deliver(session: Session, allow_expunge: bool = True) -> None:
         log.info("NOTIFY delivery failed: %s", e.code())
 
 
-async def _deliver(session: Session, state: NotifyState, allow_expunge: bool) -> None:
+async def _deliver(session: Session, state: NotifyState, allow_expunge: bool | None) -> None:
     if state.subscriptions_stale:
         state.subscriptions_stale = False
         state.subscribed = await _subscriptions(session)
@@ -140,13 +141,14 @@ async def _list(session: Session, state: NotifyState, name: str) -> None:
     session.untagged(untagged(b"LIST " + attributes + b' "/" ' + mailbox(name, session.utf8)))
 
 
-async def _selected(session: Session, state: NotifyState, allow_expunge: bool) -> None:
-    """The selected mailbox's updates, unsolicited (RFC 5465 §5.1-§5.3); selected-delayed keeps
-    EXPUNGE for a command that allows it (§6.1); MessageNew's fetch attributes for new messages."""
+async def _selected(session: Session, state: NotifyState, allow_expunge: bool | None) -> None:
+    """The selected mailbox's updates, unsolicited (RFC 5465 §5.1-§5.3), with MessageNew's fetch
+    attributes for the new messages."""
     view, group = session.view, state.spec.selected
     assert view is not None and group is not None
     last = view.uids[-1] if view.uids else 0
-    await session.pending_updates(True, allow_expunge and group.filter == "SELECTED")
+    expunge = group.filter == "SELECTED" if allow_expunge is None else allow_expunge
+    await session.pending_updates(True, expunge)
     new = [uid for uid in view.uids if uid > last]
     if group.fetch and new:
         items = Fetch(SequenceSet(((new[0], new[-1]),)), group.fetch)
