@@ -3,11 +3,16 @@ session's filters take (§6.1) and the overflow bound (§5.8)."""
 
 from __future__ import annotations
 
+import asyncio
+from types import SimpleNamespace
+
 import pytest
+from mailstack.services.imap.commands.notify import deliver
 from mailstack.services.imap.notify import MAX_PENDING, NotifySpec, NotifyState
 from mailstack.services.imap.protocol import Notify, NotifyGroup, ParseError, Syntax, parse_command
 from mailstack.services.imap.protocol.notify import notify
 from mailstack.storage.events.base import ChangeEvent
+from mailstack.v1 import mailstore_pb2 as pb
 
 GRAMMAR = {"NOTIFY": Syntax(notify)}
 
@@ -101,3 +106,58 @@ def test_too_many_mailboxes_with_news_overflow() -> None:
     for i in range(MAX_PENDING + 1):
         state.hint(ChangeEvent("u", f"box{i}", "new", (1,)), selected=None)
     assert state.overflow and not state.status_due  # §5.8: NOTIFICATIONOVERFLOW, then as NOTIFY NONE
+
+
+class _Mailstore:
+    """The two reads delivery makes, answered from a dict of statuses."""
+
+    def __init__(self, statuses: dict[str, pb.MailboxStatus]) -> None:
+        self.statuses = statuses
+        self.reads = 0
+
+    async def status(self, name: str) -> pb.MailboxStatus:
+        self.reads += 1
+        return self.statuses[name]
+
+    async def list_mailboxes(self, pattern: str = "*", **_: object) -> pb.ListMailboxesResponse:
+        return pb.ListMailboxesResponse(mailboxes=[pb.Mailbox(name=pattern)] if pattern in self.statuses else [])
+
+
+def _session(state: NotifyState, mailstore: _Mailstore) -> SimpleNamespace:
+    out: list[bytes] = []
+    return SimpleNamespace(
+        notify=state,
+        view=None,
+        dirty=False,
+        condstore=False,
+        utf8=False,
+        mailstore=mailstore,
+        settings=SimpleNamespace(max_message_size=1000),
+        out=out,
+        untagged=out.append,
+    )
+
+
+def test_delivery_reads_at_send_time_and_does_not_repeat_a_status() -> None:
+    state = _state("SET (personal (MessageNew MessageExpunge MailboxName))")
+    mailstore = _Mailstore({"Box": pb.MailboxStatus(messages=1, uidnext=2, uidvalidity=7, unseen=1)})
+    session = _session(state, mailstore)
+    for _ in range(3):  # a burst of hints is one read
+        state.hint(ChangeEvent("u", "Box", "new", (1,)), selected=None)
+    asyncio.run(deliver(session))  # type: ignore[arg-type]
+    assert session.out == [b"* STATUS Box (MESSAGES 1 UIDNEXT 2 UIDVALIDITY 7 UNSEEN 1)\r\n"]
+    state.hint(ChangeEvent("u", "Box", "expunge", (1,)), selected=None)  # e.g. this session's own change
+    state.hint(ChangeEvent("u", "Gone", "mailbox"), selected=None)
+    asyncio.run(deliver(session))  # type: ignore[arg-type]
+    assert session.out[1:] == [b'* LIST (\\NonExistent) "/" Gone\r\n']  # the same STATUS is not sent again
+    assert mailstore.reads == 2
+
+
+def test_overflow_is_told_once_and_ends_notify() -> None:
+    state = _state("SET (personal (MessageNew MessageExpunge))")
+    for i in range(MAX_PENDING + 1):
+        state.hint(ChangeEvent("u", f"box{i}", "new", (1,)), selected=None)
+    session = _session(state, _Mailstore({}))
+    asyncio.run(deliver(session))  # type: ignore[arg-type]
+    assert len(session.out) == 1 and session.out[0].startswith(b"* OK [NOTIFICATIONOVERFLOW]")
+    assert session.notify is None  # RFC 5465 §5.8: as after NOTIFY NONE
