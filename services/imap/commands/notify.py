@@ -14,6 +14,7 @@ from ..notify import SUPPORTED_EVENTS, NotifySpec, NotifyState
 from ..protocol import Command, Fetch, Notify, SequenceSet
 from ..protocol.encoder import mailbox, untagged, untagged_status
 from ..replies import ImapError, Reply, no
+from ..session import State
 from .common import mailbox_attributes
 from .fetch import fetch
 from .mailboxes import _status_line
@@ -82,7 +83,7 @@ async def deliver(session: Session, allow_expunge: bool | None = None) -> None:
     (not after a FETCH, STORE or SEARCH by sequence number, RFC 9051 §7.5.1; IDLE does); None
     between commands, where only the `selected` filter sends them (`selected-delayed` waits, §6.1)."""
     state = session.notify
-    if state is None:
+    if state is None or session.state == State.LOGOUT:
         return
     if state.overflow:
         # RFC 5465 §5.8: then as if NOTIFY NONE
@@ -101,26 +102,25 @@ async def _deliver(session: Session, state: NotifyState, allow_expunge: bool | N
         state.subscribed = await _subscriptions(session)
     if session.dirty and session.view is not None and state.pushes_selected:
         await _selected(session, state, allow_expunge)
-    names, state.list_due = state.list_due, set()
-    for name in sorted(names):
+    for name in sorted(state.list_due):  # each is done only once told (a failure keeps the rest)
         await _list(session, state, name)
+        state.list_due.discard(name)
     if state.resync:
         state.resync = False
         state.status_due.clear()
         for name, line in await _statuses(session, state):
             _status(session, state, name, line)
-    names, state.status_due = state.status_due, set()
-    selected = session.view.name if session.view is not None else None
-    for name in sorted(names - {selected}):
+    state.status_due.discard(session.view.name if session.view is not None else "")
+    for name in sorted(state.status_due):
         try:
             reply = await session.mailstore.status(name)
         except grpc.RpcError as e:
             if e.code() != grpc.StatusCode.NOT_FOUND:
-                state.status_due.add(name)
                 raise
             state.last_status.pop(name, None)  # deleted: MailboxName tells it, if asked
-            continue
-        _status(session, state, name, _status_line(name, reply, _items(session), session))
+        else:
+            _status(session, state, name, _status_line(name, reply, _items(session), session))
+        state.status_due.discard(name)
 
 
 def _status(session: Session, state: NotifyState, name: str, line: bytes) -> None:

@@ -11,6 +11,7 @@ from mailstack.services.imap.commands.notify import deliver
 from mailstack.services.imap.notify import MAX_PENDING, NotifySpec, NotifyState
 from mailstack.services.imap.protocol import Notify, NotifyGroup, ParseError, Syntax, parse_command
 from mailstack.services.imap.protocol.notify import notify
+from mailstack.services.imap.session import State
 from mailstack.storage.events.base import ChangeEvent
 from mailstack.v1 import mailstore_pb2 as pb
 
@@ -127,6 +128,7 @@ def _session(state: NotifyState, mailstore: _Mailstore) -> SimpleNamespace:
     out: list[bytes] = []
     return SimpleNamespace(
         notify=state,
+        state=State.AUTHENTICATED,
         view=None,
         dirty=False,
         condstore=False,
