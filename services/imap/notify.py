@@ -82,11 +82,14 @@ class NotifyState:
     spec: NotifySpec
     subscribed: set[str] = field(default_factory=set)
     status_due: set[str] = field(default_factory=set)  # names whose STATUS may have changed
-    list_due: set[str] = field(default_factory=set)  # names created, deleted, renamed, (un)subscribed
+    # names created, deleted, renamed, (un)subscribed, with the hint's UIDVALIDITY (a RENAME's two
+    # hints carry the same one, so they pair into one LIST with OLDNAME)
+    list_due: dict[str, int] = field(default_factory=dict)
     resync: bool = False  # the event source was lost: re-read every watched mailbox
     overflow: bool = False
     subscriptions_stale: bool = False
     last_status: dict[str, bytes] = field(default_factory=dict)  # the last STATUS line sent per name
+    last_list: dict[str, bytes] = field(default_factory=dict)  # the attributes last told per name
 
     @property
     def has_pending(self) -> bool:
@@ -107,7 +110,7 @@ class NotifyState:
             self.subscriptions_stale = self.spec.uses_subscriptions
             # a name that stops matching (unsubscribed) is told too: the SUBSCRIBED filter matched it before
             if self.spec.wants_mailbox_events(event.mailbox, self.subscribed | {event.mailbox}):
-                self.list_due.add(event.mailbox)
+                self.list_due[event.mailbox] = event.uidvalidity
                 self._bound()
                 return True
             return False

@@ -9,6 +9,7 @@ import logging
 from typing import TYPE_CHECKING
 
 import grpc
+from mailstack.v1 import mailstore_pb2 as pb
 
 from ..notify import SUPPORTED_EVENTS, NotifySpec, NotifyState
 from ..protocol import Command, Fetch, Notify, SequenceSet
@@ -102,9 +103,8 @@ async def _deliver(session: Session, state: NotifyState, allow_expunge: bool | N
         state.subscribed = await _subscriptions(session)
     if session.dirty and session.view is not None and state.pushes_selected:
         await _selected(session, state, allow_expunge)
-    for name in sorted(state.list_due):  # each is done only once told (a failure keeps the rest)
-        await _list(session, state, name)
-        state.list_due.discard(name)
+    if state.list_due:
+        await _lists(session, state)
     if state.resync:
         state.resync = False
         state.status_due.clear()
@@ -129,16 +129,52 @@ def _status(session: Session, state: NotifyState, name: str, line: bytes) -> Non
         session.untagged(line)
 
 
-async def _list(session: Session, state: NotifyState, name: str) -> None:
-    """RFC 5465 §5.4 MailboxName, §5.5 SubscriptionChange: the name's LIST response as it is now
-    (\\NonExistent once deleted or renamed away)."""
-    reply = await session.mailstore.list_mailboxes(name)
-    found = next((m for m in reply.mailboxes if m.name == name), None)
+async def _lists(session: Session, state: NotifyState) -> None:
+    """RFC 5465 §5.4 MailboxName, §5.5 SubscriptionChange: each name's LIST response as it is now
+    (\\NonExistent once deleted). A name gone whose UIDVALIDITY another mailbox now has was
+    renamed to it: one LIST of the new name with OLDNAME (the hints of a RENAME carry it)."""
+    due = dict(state.list_due)
+    found: dict[str, pb.Mailbox | None] = {}
+    for name in due:
+        reply = await session.mailstore.list_mailboxes(name)
+        found[name] = next((m for m in reply.mailboxes if m.name == name), None)
+    renamed = await _renames(session, {n: due[n] for n, m in found.items() if m is None and due[n]}, found)
     subscribed = any("SubscriptionChange" in g.events for g in state.spec.groups)
-    attributes = b"(\\NonExistent)" if found is None else mailbox_attributes(found, subscribed)
-    if found is None and name in state.subscribed and subscribed:
-        attributes = b"(\\NonExistent \\Subscribed)"
-    session.untagged(untagged(b"LIST " + attributes + b' "/" ' + mailbox(name, session.utf8)))
+    for name in sorted(set(due) | set(renamed)):
+        state.list_due.pop(name, None)
+        if found[name] is None and name in renamed.values():
+            continue  # told by the new name's OLDNAME
+        attributes = _list_attributes(state, name, found[name], subscribed)
+        if state.last_list.get(name) == attributes and name not in renamed:
+            continue  # a repeated hint, or the second hint of a RENAME told already
+        state.last_list[name] = attributes
+        line = b"LIST " + attributes + b' "/" ' + mailbox(name, session.utf8)
+        if name in renamed:
+            line += b' ("OLDNAME" (' + mailbox(renamed[name], session.utf8) + b"))"  # RFC 5465 §5.4
+        session.untagged(untagged(line))
+
+
+async def _renames(session: Session, gone: dict[str, int], found: dict[str, pb.Mailbox | None]) -> dict[str, str]:
+    """New name -> old name for the names gone whose UIDVALIDITY a mailbox has now (adds it to found)."""
+    if not gone:
+        return {}
+    tree = await session.mailstore.list_mailboxes()
+    holders = {m.uidvalidity: m for m in tree.mailboxes if not m.nonexistent and m.uidvalidity}
+    renamed: dict[str, str] = {}
+    for old, uidvalidity in gone.items():
+        holder = holders.get(uidvalidity)
+        if holder is not None:
+            renamed[holder.name] = old
+            found[holder.name] = holder
+    return renamed
+
+
+def _list_attributes(state: NotifyState, name: str, item: pb.Mailbox | None, subscribed: bool) -> bytes:
+    if item is not None:
+        return mailbox_attributes(item, subscribed)
+    if subscribed and name in state.subscribed:
+        return b"(\\NonExistent \\Subscribed)"
+    return b"(\\NonExistent)"
 
 
 async def _selected(session: Session, state: NotifyState, allow_expunge: bool | None) -> None:
