@@ -10,6 +10,7 @@ import logging
 import grpc
 
 from . import telemetry
+from .commands.notify import deliver, wait_for_client
 from .errors import from_grpc
 from .protocol import Command, Event, LiteralTooBig, NeedData, NeedLiteral, ParseError
 from .protocol.encoder import continuation, tagged, untagged_status
@@ -51,7 +52,10 @@ async def run(session: Session, greeting: bytes) -> None:
 async def _read_more(session: Session, wait: float) -> None:
     session.waiting = True
     try:
-        await session.conn.read_more(wait)
+        if session.notify is None:
+            await session.conn.read_more(wait)
+        else:
+            await wait_for_client(session, wait)  # RFC 5465: notifications go out meanwhile
     except TimeoutError:
         raise EndSession("autologout: idle for too long") from None
     finally:
@@ -104,6 +108,7 @@ async def execute(session: Session, command: Command) -> None:
                 log.info("%s failed: %s", command.name, e.code())
         if session.state == State.SELECTED and session.view is not None:
             await session.pending_updates(entry.always_refresh, command.uid or entry.expunge_during)
+        await deliver(session, command.uid or entry.expunge_during)  # RFC 5465 §5: NOTIFY's news
         if reply.status:  # "" when the handler answered already (STARTTLS)
             session.untagged(tagged(command.tag, reply.status, reply.text, reply.code))
         await session.flush()

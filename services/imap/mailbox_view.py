@@ -58,6 +58,8 @@ class MailboxView:
         self.uidnext = max(uidnext, self.uids[-1] + 1 if self.uids else 1)
         self.recent: set[int] = set()
         self.mailbox_id = 0  # the store's id of the mailbox (RFC 8474 MAILBOXID)
+        # RFC 9051 Appendix E: an IMAP4rev2 session has no \Recent and gets no RECENT responses
+        self.no_recent = False
         # RFC 5182: the result SEARCH RETURN (SAVE) kept, as UIDs; `$` names it. A new view (SELECT,
         # EXAMINE, CLOSE, UNSELECT) starts empty, as the RFC requires.
         self.saved: list[int] = []
@@ -210,7 +212,8 @@ class MailboxView:
         if len(self.uids) != self._announced_exists:
             out.append(b"* %d EXISTS\r\n" % len(self.uids))
             self._announced_exists = len(self.uids)
-            out.append(b"* %d RECENT\r\n" % len(self.recent))
+            if not self.no_recent:
+                out.append(b"* %d RECENT\r\n" % len(self.recent))
         for uid in sorted(self._flag_changes):
             seq = self.seq_of(uid)
             if seq is None:

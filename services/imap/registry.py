@@ -10,9 +10,10 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
-from .commands import append, auth, copy, fetch, idle, mailboxes, misc, quota, search, select, store
+from .commands import append, auth, copy, fetch, idle, mailboxes, misc, notify, quota, search, select, store
 from .protocol import ArgumentParser, Command, Grammar, Syntax
 from .protocol import parser as p
+from .protocol.notify import notify as parse_notify
 from .replies import Reply
 from .session import Session, State
 
@@ -77,6 +78,7 @@ ENTRIES: tuple[CommandEntry, ...] = (
     CommandEntry("GETQUOTAROOT", p.mailbox_only, quota.getquotaroot, AUTHENTICATED, "RFC 9208 §4.3"),
     CommandEntry("SETQUOTA", p.setquota, quota.setquota, AUTHENTICATED, "RFC 9208 §4.1"),
     CommandEntry("COMPRESS", p.compress, misc.compress, AUTHENTICATED, "RFC 4978 §3"),
+    CommandEntry("NOTIFY", parse_notify, notify.notify, AUTHENTICATED, "RFC 5465 §3.1"),
     # selected: RFC 9051 §6.4
     CommandEntry("CHECK", p.no_arguments, misc.check, SELECTED, "RFC 3501 §6.4.1", always_refresh=True),
     CommandEntry("CLOSE", p.no_arguments, select.close, SELECTED, "RFC 9051 §6.4.1"),
@@ -119,6 +121,11 @@ CAPABILITY_COMMANDS: Mapping[str, frozenset[str]] = {
         | {"DELETE", "RENAME", "SUBSCRIBE", "UNSUBSCRIBE", "LIST", "LSUB", "STATUS", "APPEND", "CHECK", "CLOSE"}
         | {"EXPUNGE", "SEARCH", "FETCH", "STORE", "COPY"}
     ),
+    "IMAP4rev2": frozenset(  # RFC 9051 §6 (CHECK and LSUB are rev1's; rev2 folds in ENABLE ... MOVE)
+        {"CAPABILITY", "NOOP", "LOGOUT", "STARTTLS", "AUTHENTICATE", "LOGIN", "ENABLE", "SELECT", "EXAMINE"}
+        | {"CREATE", "DELETE", "RENAME", "SUBSCRIBE", "UNSUBSCRIBE", "LIST", "NAMESPACE", "STATUS", "APPEND"}
+        | {"IDLE", "CLOSE", "UNSELECT", "EXPUNGE", "SEARCH", "FETCH", "STORE", "COPY", "MOVE"}
+    ),
     "STARTTLS": frozenset({"STARTTLS"}),
     "AUTH=PLAIN": frozenset({"AUTHENTICATE"}),
     "LOGINDISABLED": frozenset({"LOGIN"}),
@@ -147,4 +154,5 @@ CAPABILITY_COMMANDS: Mapping[str, frozenset[str]] = {
     "PREVIEW": frozenset({"FETCH"}),
     "COMPRESS=DEFLATE": frozenset({"COMPRESS"}),
     "CATENATE": frozenset({"APPEND"}),
+    "NOTIFY": frozenset({"NOTIFY"}),
 }

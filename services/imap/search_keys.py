@@ -164,3 +164,15 @@ def translate(key: SearchKey, view: MailboxView, depth: int = 0) -> Translated:
     if handler is None:
         raise bad("unsupported search key")
     return handler(key, view, depth)
+
+
+def uses_recent(key: SearchKey) -> bool:
+    """Whether a key tree holds RECENT, NEW or OLD (keys IMAP4rev2 removed, RFC 9051 Appendix E).
+    The parser bounds the depth (MAX_WIRE_DEPTH)."""
+    if isinstance(key, SearchFlag):
+        return key.flag.lower() == "\\recent"
+    if isinstance(key, SearchNot):
+        return uses_recent(key.key)
+    if isinstance(key, SearchAnd | SearchOr):
+        return any(uses_recent(k) for k in _children(key))
+    return False

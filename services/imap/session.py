@@ -26,6 +26,7 @@ from .limits import CommandRate, ConnectionLimits
 from .mailbox_view import Change, MailboxView
 from .mailstore import ImapMailstore, MetadataWanted
 from .notifier import Notifier
+from .notify import NotifyState
 from .protocol import CommandReceiver
 from .protocol.encoder import Buffer
 from .replies import ClientGone, EndSession
@@ -93,6 +94,8 @@ class Session:
         self.condstore = False  # RFC 7162 §3.1: enabled by ENABLE or a CONDSTORE-aware command
         self.qresync = False  # RFC 7162 §3.2.3: ENABLE QRESYNC (expunges then go out as VANISHED)
         self.utf8 = False  # RFC 6855 §3: ENABLE UTF8=ACCEPT (UTF-8 mailbox names and strings)
+        self.rev2 = False  # RFC 9051 §6.3.1: ENABLE IMAP4rev2 (rev2 rules: no \Recent, ESEARCH answers)
+        self.notify: NotifyState | None = None  # RFC 5465: what NOTIFY SET asked for
         self.dirty = False  # a hint said the selected mailbox changed
         # The hints behind `dirty` when they are all flag/new events (None: another reason, or too
         # many): if the view already holds each of them (this session's own STORE), no refresh.
@@ -151,7 +154,9 @@ class Session:
     # ---- changes of the selected mailbox
 
     def on_event(self, event: ChangeEvent) -> None:
-        """A hint from the notifier (never blocks): remember it, wake an IDLE."""
+        """A hint from the notifier (never blocks): remember it, wake an IDLE (or a NOTIFY wait)."""
+        if self.notify is not None and self.notify.hint(event, self.view.name if self.view else None):
+            self.wake.set()
         if (
             event.kind == "resync"
             or (self.view is not None and event.mailbox == self.view.name)
@@ -196,7 +201,7 @@ class Session:
         if reply.pruned_modseq > view.modseq:  # the log lost expunges since this view: list what is left
             changes += await self._gone_from_listing(view, reply.highestmodseq)
         new = view.apply(changes, reply.highestmodseq)
-        if new and not view.readonly:
+        if new and not view.readonly and not view.no_recent:
             # RFC 3501 §2.3.2: \Recent in exactly one session: whoever claims first
             first, uidnext = await self.mailstore.claim_recent(view.name)
             view.recent.update(u for u in new if first <= u < uidnext)

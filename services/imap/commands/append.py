@@ -68,7 +68,7 @@ async def _add_to_view(session: Session, uidvalidity: int, appended: list[Change
     if [c.uid for c in appended] != list(range(view.uidnext, view.uidnext + len(appended))):
         return False
     new = view.apply(appended, view.modseq)  # the change-log cursor stays: a refresh re-reads them
-    if new and not view.readonly:
+    if new and not view.readonly and not view.no_recent:
         # RFC 3501 §2.3.2: \Recent in exactly one session: whoever claims first
         first, uidnext = await session.mailstore.claim_recent(view.name)
         view.recent.update(u for u in new if first <= u < uidnext)

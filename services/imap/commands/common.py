@@ -6,12 +6,14 @@ import bisect
 from typing import TYPE_CHECKING
 
 from ..mailbox_view import MailboxView
-from ..mailstore import expunged
+from ..mailstore import SPECIAL_USE_ATTRIBUTES, expunged
 from ..protocol import Command, SequenceSet
 from ..protocol.encoder import ranges_of, ranges_text, set_text
 from ..replies import bad, no
 
 if TYPE_CHECKING:
+    from mailstack.v1 import mailstore_pb2 as pb
+
     from ..session import Session
 
 
@@ -72,3 +74,17 @@ def gaps(ranges: list[tuple[int, int]], present: list[int]) -> list[tuple[int, i
         if start <= high:
             out.append((start, high))
     return out
+
+
+def mailbox_attributes(item: pb.Mailbox, subscribed: bool = False) -> bytes:
+    """A LIST response's attributes for one mailbox (RFC 9051 §7.3.1, RFC 5258 §3, RFC 6154 §2)."""
+    attrs = ["\\NonExistent"] if item.nonexistent else []
+    if item.has_children:
+        attrs.append("\\HasChildren")
+    elif not item.nonexistent:
+        attrs.append("\\HasNoChildren")
+    if SPECIAL_USE_ATTRIBUTES.get(item.special_use):
+        attrs.append(SPECIAL_USE_ATTRIBUTES[item.special_use])
+    if subscribed and item.subscribed:
+        attrs.append("\\Subscribed")
+    return ("(" + " ".join(attrs) + ")").encode("ascii")

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 from ..protocol import Command, NeedData, ParseError
 from ..protocol.encoder import continuation, untagged_status
 from ..replies import EndSession, Reply, bad
+from .notify import deliver
 
 if TYPE_CHECKING:
     from ..session import Session
@@ -65,11 +66,14 @@ async def _push_updates(session: Session, clock: _Clock) -> None:
     """Untagged updates when a hint came or a poll is due; autologout; the keep-alive."""
     settings = session.settings
     session.wake.clear()  # dirty says what the wake-up was about
-    if session.view is not None and (session.dirty or session.poll_due()):
+    if session.view is not None and session.poll_due():
+        session.mark_dirty()
+    if session.view is not None and session.dirty and not (session.notify and session.notify.pushes_selected):
         await session.pending_updates()
-        if session.has_output:
-            await session.flush()
-            clock.last_output = time.monotonic()
+    await deliver(session, True)  # RFC 5465: NOTIFY's news (the view's too, with MessageNew's attributes)
+    if session.has_output:
+        await session.flush()
+        clock.last_output = time.monotonic()
     now = time.monotonic()
     if now - clock.started >= settings.imap_autologout:
         raise EndSession("autologout: idle for too long")  # RFC 2177: re-issue IDLE in 29 min

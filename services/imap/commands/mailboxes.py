@@ -11,7 +11,7 @@ from ..mailbox_list import Entry, Listed, select, with_parents
 from ..mailstore import SPECIAL_USE_ATTRIBUTES, SPECIAL_USE_BY_NAME
 from ..protocol import Command, Create, ListMailboxes, Lsub, MailboxArgument, Rename, Status
 from ..protocol.encoder import mailbox, untagged, untagged_status
-from ..replies import Reply, no
+from ..replies import Reply, bad, no
 
 if TYPE_CHECKING:
     from ..session import Session
@@ -131,6 +131,8 @@ async def list_command(session: Session, command: Command) -> Reply | None:
         return None
     # The whole tree in one call (children, RECURSIVEMATCH and "%" parents need names outside the
     # patterns), with the STATUS of every mailbox when asked for (RFC 5819), not one call each.
+    if session.rev2 and args.status is not None and "RECENT" in args.status:
+        raise bad("RECENT is not an IMAP4rev2 status item")  # RFC 9051 Appendix E
     tree = await session.mailstore.list_mailboxes(with_status=args.status is not None)
     found = [
         Entry(m.name, not m.nonexistent, m.subscribed, SPECIAL_USE_ATTRIBUTES.get(m.special_use, ""))
@@ -181,6 +183,8 @@ async def lsub(session: Session, command: Command) -> Reply | None:
 async def status(session: Session, command: Command) -> Reply | None:
     # Command: RFC 9051 §6.3.11 (+ HIGHESTMODSEQ RFC 7162, SIZE RFC 8438, APPENDLIMIT RFC 7889)
     assert isinstance(command.args, Status)
+    if session.rev2 and "RECENT" in command.args.items:
+        raise bad("RECENT is not an IMAP4rev2 status item")  # RFC 9051 Appendix E
     reply = await session.mailstore.status(command.args.mailbox)
     if "HIGHESTMODSEQ" in command.args.items:
         session.enable_condstore()  # RFC 7162 §3.1: a CONDSTORE-enabling command

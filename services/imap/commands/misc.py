@@ -45,11 +45,12 @@ EXTENSIONS = (
     "PREVIEW",  # RFC 8970
     "COMPRESS=DEFLATE",  # RFC 4978
     "CATENATE",  # RFC 4469
+    "NOTIFY",
 )
 
 
 def capabilities(session: Session) -> str:
-    caps = ["IMAP4rev1"]
+    caps = ["IMAP4rev1", "IMAP4rev2"]  # RFC 9051 §1: a server may offer both
     if session.state == State.NOT_AUTHENTICATED:
         if not session.conn.tls and session.conn.can_start_tls:
             caps.append("STARTTLS")
@@ -120,6 +121,11 @@ async def enable(session: Session, command: Command) -> Reply | None:
             session.enable_condstore()  # RFC 7162 §3.2.3: QRESYNC implies CONDSTORE
             session.qresync = True
             enabled.append(b"QRESYNC")
+        elif name.upper() == "IMAP4REV2" and not session.rev2:
+            session.rev2 = True  # RFC 9051 §6.3.1: rev2 rules from now on (the open view keeps its own)
+            # RFC 9051 §5.1, §9 (QUOTED-CHAR, mailbox): UTF-8 mailbox names and strings, as UTF8=ACCEPT
+            session.utf8 = session.conn.receiver.utf8 = True
+            enabled.append(b"IMAP4rev2")
         elif name.upper() == "UTF8=ACCEPT" and not session.utf8:
             # RFC 6855 §3: mailbox names as UTF-8 both ways, UTF-8 in quoted strings, UTF8 APPEND
             session.utf8 = session.conn.receiver.utf8 = True

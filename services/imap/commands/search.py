@@ -8,8 +8,8 @@ from typing import TYPE_CHECKING
 from ..mailbox_view import MailboxView
 from ..protocol import Command, Search
 from ..protocol.encoder import quoted, set_text, untagged
-from ..replies import Reply, no
-from ..search_keys import MAX_WIRE_DEPTH, translate
+from ..replies import Reply, bad, no
+from ..search_keys import MAX_WIRE_DEPTH, translate, uses_recent
 from .common import selected_view
 
 if TYPE_CHECKING:
@@ -37,6 +37,8 @@ async def search(session: Session, command: Command) -> Reply | None:
 async def _search(session: Session, view: MailboxView, command: Command, args: Search) -> Reply | None:
     if args.charset is not None and args.charset.upper() not in CHARSETS:
         raise no("unsupported charset", "BADCHARSET (UTF-8 US-ASCII)")
+    if session.rev2 and uses_recent(args.key):
+        raise bad("RECENT, NEW and OLD are not IMAP4rev2 search keys")  # RFC 9051 Appendix E
     key, modseq_used = translate(args.key, view)
     if modseq_used:
         session.enable_condstore()
@@ -44,8 +46,9 @@ async def _search(session: Session, view: MailboxView, command: Command, args: S
     # Only messages the client knows, numbered as it knows them.
     hits = [(seq, uid) for uid in found if (seq := view.seq_of(uid)) is not None]
     numbers = [uid if command.uid else seq for seq, uid in hits]
-    if args.returns is not None:
-        line = _esearch(view, command, args.returns, hits, modseq_used)
+    returns = args.returns if args.returns is not None or not session.rev2 else ()
+    if returns is not None:  # RFC 9051 §6.4.4: a rev2 session's SEARCH is RETURN (ALL)
+        line = _esearch(view, command, returns, hits, modseq_used)
         if line:
             session.untagged(line)
         return None

@@ -9,9 +9,9 @@ from mailstack.v1 import mailstore_pb2 as pb
 from ..mailbox_view import MailboxView
 from ..mailstore import MetadataWanted
 from ..protocol import Command, QresyncParameters, Select, SequenceArgument
-from ..protocol.encoder import untagged, untagged_status
+from ..protocol.encoder import mailbox, untagged, untagged_status
 from ..replies import Reply, bad, no
-from .common import report_vanished, resolve, selected_view, writable
+from .common import mailbox_attributes, report_vanished, resolve, selected_view, writable
 from .mailboxes import mailbox_id
 
 if TYPE_CHECKING:
@@ -30,11 +30,12 @@ async def open_view(session: Session, name: str, readonly: bool) -> MailboxView:
     view = MailboxView(name, readonly, status.uidvalidity, status.uidnext, status.highestmodseq, messages)
     view.mailbox_id = status.mailbox_id
     view.modseq = status.highestmodseq
-    if readonly and status.recent:
+    view.no_recent = session.rev2
+    if readonly and status.recent and not session.rev2:
         # RFC 3501 §6.3.2: EXAMINE shows \Recent (the messages at or above the mailbox's floor: the
         # last ones) but claims nothing, so a later SELECT still gets them
         view.recent = set(view.uids[max(0, len(view.uids) - status.recent) :])
-    elif not readonly and status.recent:
+    elif not readonly and status.recent and not session.rev2:
         # RFC 3501 §2.3.2: this session is the first to see these (exactly one session gets \Recent).
         # Nothing unclaimed (the usual re-SELECT): no claim, which is a write.
         first, uidnext = await session.mailstore.claim_recent(name)
@@ -49,8 +50,9 @@ async def select(session: Session, command: Command) -> Reply | None:
     readonly = command.name == "EXAMINE"
     if args.qresync is not None and not session.qresync:
         raise bad("QRESYNC parameter without ENABLE QRESYNC")  # RFC 7162 §3.2.5
-    if session.view is not None and session.qresync:
-        session.untagged(untagged_status("OK", "previous mailbox closed", "CLOSED"))  # RFC 7162 §3.2.11
+    if session.view is not None and (session.qresync or session.rev2):
+        # RFC 7162 §3.2.11; RFC 9051 §6.3.2: also before a SELECT that fails
+        session.untagged(untagged_status("OK", "previous mailbox closed", "CLOSED"))
     session.select(None)  # RFC 9051 §6.3.2: a failed SELECT leaves no mailbox selected
     if command.invalid_mailbox:
         raise no(command.invalid_mailbox, "CANNOT")  # fits the grammar, names no mailbox: not BAD
@@ -61,10 +63,10 @@ async def select(session: Session, command: Command) -> Reply | None:
     for line in view.flags_announcement():
         session.untagged(line)
     session.untagged(untagged(b"%d EXISTS" % view.exists))
-    session.untagged(untagged(b"%d RECENT" % len(view.recent)))
-    first_unseen = next((seq for seq, uid in enumerate(view.uids, 1) if "\\Seen" not in view.flags[uid]), 0)
-    if first_unseen:
-        session.untagged(untagged_status("OK", "first unseen", f"UNSEEN {first_unseen}"))
+    if session.rev2:
+        await _list_response(session, args.mailbox)  # RFC 9051 §6.3.2: no RECENT, no UNSEEN; a LIST
+    else:
+        _rev1_responses(session, view)
     session.untagged(untagged_status("OK", "UIDs valid", f"UIDVALIDITY {view.uidvalidity}"))
     session.untagged(untagged_status("OK", "predicted next UID", f"UIDNEXT {view.uidnext}"))
     session.untagged(untagged_status("OK", "highest", f"HIGHESTMODSEQ {view.modseq}"))
@@ -73,6 +75,23 @@ async def select(session: Session, command: Command) -> Reply | None:
         await _resync(session, view, args.qresync)
     session.select(view)
     return Reply("OK", f"{command.name} completed", "READ-ONLY" if readonly else "READ-WRITE")
+
+
+def _rev1_responses(session: Session, view: MailboxView) -> None:
+    """RECENT and UNSEEN (RFC 3501 §6.3.1), which RFC 9051 Appendix E removed."""
+    session.untagged(untagged(b"%d RECENT" % len(view.recent)))
+    first_unseen = next((seq for seq, uid in enumerate(view.uids, 1) if "\\Seen" not in view.flags[uid]), 0)
+    if first_unseen:
+        session.untagged(untagged_status("OK", "first unseen", f"UNSEEN {first_unseen}"))
+
+
+async def _list_response(session: Session, name: str) -> None:
+    """RFC 9051 §6.3.2: the mailbox's LIST response, with accurate attributes."""
+    reply = await session.mailstore.list_mailboxes(name)
+    for item in reply.mailboxes:
+        if item.name == name:
+            attributes = mailbox_attributes(item)
+            session.untagged(untagged(b"LIST " + attributes + b' "/" ' + mailbox(name, session.utf8)))
 
 
 async def _resync(session: Session, view: MailboxView, params: QresyncParameters) -> None:

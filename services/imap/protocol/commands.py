@@ -199,6 +199,26 @@ class SetQuota:
     limits: tuple[tuple[str, int], ...]
 
 
+@dataclass(frozen=True, slots=True)
+class NotifyGroup:
+    """One event-group of NOTIFY SET (RFC 5465 §8): a mailbox filter ("SELECTED", "SELECTED-DELAYED",
+    "INBOXES", "PERSONAL", "SUBSCRIBED", "SUBTREE", "MAILBOXES"), its names (SUBTREE, MAILBOXES),
+    the events as written (canonical case; () for NONE) and MessageNew's fetch attributes."""
+
+    filter: str
+    mailboxes: tuple[str, ...]
+    events: tuple[str, ...]
+    fetch: tuple[FetchItem, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Notify:
+    """NOTIFY SET [STATUS] groups, or NOTIFY NONE (groups None)."""
+
+    groups: tuple[NotifyGroup, ...] | None
+    status: bool = False
+
+
 Arguments: TypeAlias = (
     NoArguments
     | Authenticate
@@ -221,4 +241,5 @@ Arguments: TypeAlias = (
     | QuotaRoot
     | SetQuota
     | Compress
+    | Notify
 )

@@ -77,12 +77,18 @@ class Mailboxes:
         if new_name == name or new_name.startswith(name + "/"):
             raise NotAllowed("cannot rename a mailbox into itself")
         await self.stores.metadata.rename_mailbox(record.id, name, new_name)
-        await self.stores.publish(ChangeEvent(record.name, name, "mailbox"))
-        await self.stores.publish(ChangeEvent(record.name, new_name, "mailbox"))
+        # Both hints carry the UIDVALIDITY the mailbox keeps: NOTIFY pairs them into one LIST
+        # with OLDNAME (RFC 5465 §5.4, ADR 0022).
+        uidvalidity = (await self.stores.read_mailbox(account, new_name)).uidvalidity
+        await self.stores.publish(ChangeEvent(record.name, name, "mailbox", (), 0, uidvalidity))
+        await self.stores.publish(ChangeEvent(record.name, new_name, "mailbox", (), 0, uidvalidity))
 
     async def subscribe(self, account: str, name: str, subscribed: bool) -> None:
         record = await self.stores.account(account)
-        await self.stores.metadata.set_subscribed(record.id, checked_mailbox_name(name), subscribed)
+        name = checked_mailbox_name(name)
+        await self.stores.metadata.set_subscribed(record.id, name, subscribed)
+        # a hint for NOTIFY SubscriptionChange (RFC 5465 §5.5): sessions re-read the name's LIST
+        await self.stores.publish(ChangeEvent(record.name, name, "mailbox"))
 
     async def status(self, account: str, name: str) -> tuple[MailboxRecord, MailboxCounts]:
         mailbox = await self.stores.read_mailbox(account, name)

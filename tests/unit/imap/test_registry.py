@@ -59,6 +59,7 @@ def test_the_tables_hold_what_the_rfcs_say() -> None:
     authenticated |= {"LIST", "LSUB", "STATUS", "APPEND", "NAMESPACE", "ENABLE", "IDLE"}
     authenticated |= {"GETQUOTA", "GETQUOTAROOT", "SETQUOTA"}
     authenticated |= {"COMPRESS"}  # RFC 4978
+    authenticated |= {"NOTIFY"}  # RFC 5465 §3.1
     assert STATE_COMMANDS[State.AUTHENTICATED] == authenticated
     selected = {"CHECK", "CLOSE", "UNSELECT", "EXPUNGE", "SEARCH", "FETCH", "STORE", "COPY", "MOVE"}
     assert STATE_COMMANDS[State.SELECTED] == authenticated | selected
