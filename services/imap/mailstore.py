@@ -14,6 +14,7 @@ from mailstack.services.common.grpc_client import collect_bodies, error_detail, 
 from mailstack.v1 import mailstore_pb2 as pb
 from mailstack.v1 import mailstore_pb2_grpc as pbg
 
+from .mailbox_view import EXPUNGE, FLAGS, NEW, Change
 from .protocol import FetchBody
 from .protocol.encoder import ranges_of
 
@@ -83,9 +84,21 @@ class Appended:
     modseq: int
 
 
-def expunged(changes: pb.GetChangesResponse) -> list[int]:
-    """The UIDs a change log reply says were expunged."""
-    return [c.uid for c in changes.changes if c.kind == pb.CHANGE_EXPUNGE]
+_CHANGE_KINDS = {pb.CHANGE_NEW: NEW, pb.CHANGE_FLAGS: FLAGS, pb.CHANGE_EXPUNGE: EXPUNGE}
+
+
+@dataclass(frozen=True, slots=True)
+class ChangeLog:
+    """A mailbox's changes after a MODSEQ. `pruned_modseq` above the asked one: the log has lost
+    expunges since then (the caller lists what is left instead)."""
+
+    uidvalidity: int
+    highestmodseq: int
+    pruned_modseq: int
+    changes: list[Change]
+
+    def expunged(self) -> list[int]:
+        return [c.uid for c in self.changes if c.kind == EXPUNGE]
 
 
 def throttled(err: grpc.RpcError) -> bool:
@@ -166,9 +179,11 @@ class ImapMailstore:
 
     # ---- the selected mailbox
 
-    async def changes(self, mailbox: str, since_modseq: int) -> pb.GetChangesResponse:
+    async def changes(self, mailbox: str, since_modseq: int) -> ChangeLog:
         request = pb.GetChangesRequest(account=self.account, mailbox=mailbox, since_modseq=since_modseq)
-        return await self.stub.GetChanges(request, timeout=UNARY)
+        reply = await self.stub.GetChanges(request, timeout=UNARY)
+        changes = [Change(c.uid, c.modseq, _CHANGE_KINDS.get(c.kind, FLAGS), tuple(c.flags)) for c in reply.changes]
+        return ChangeLog(reply.uidvalidity, reply.highestmodseq, reply.pruned_modseq, changes)
 
     async def claim_recent(self, mailbox: str) -> tuple[int, int]:
         """RFC 3501 §2.3.2: the UIDs [first, uidnext) whose \\Recent this session gets."""

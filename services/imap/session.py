@@ -19,7 +19,6 @@ from mailstack.services.common.auth_log import AuthResult, new_session_id, sessi
 from mailstack.services.common.config import Settings
 from mailstack.services.common.read_ahead import ReadAhead, ReadAheadBudget
 from mailstack.storage.events.base import ChangeEvent
-from mailstack.v1 import mailstore_pb2 as pb
 from mailstack.v1 import mailstore_pb2_grpc as pbg
 
 from .limits import CommandRate, ConnectionLimits
@@ -196,10 +195,9 @@ class Session:
             return
         if reply.uidvalidity != view.uidvalidity:
             raise EndSession("the selected mailbox was replaced (UIDVALIDITY changed)")
-        kinds = {pb.CHANGE_NEW: "new", pb.CHANGE_FLAGS: "flags", pb.CHANGE_EXPUNGE: "expunge"}
-        changes = [Change(c.uid, c.modseq, kinds.get(c.kind, "flags"), tuple(c.flags)) for c in reply.changes]
+        changes = reply.changes
         if reply.pruned_modseq > view.modseq:  # the log lost expunges since this view: list what is left
-            changes += await self._gone_from_listing(view, reply.highestmodseq)
+            changes = changes + await self._gone_from_listing(view, reply.highestmodseq)
         new = view.apply(changes, reply.highestmodseq)
         if new and not view.readonly and not view.no_recent:
             # RFC 3501 §2.3.2: \Recent in exactly one session: whoever claims first

@@ -6,7 +6,7 @@ import bisect
 from typing import TYPE_CHECKING
 
 from ..mailbox_view import MailboxView
-from ..mailstore import SPECIAL_USE_ATTRIBUTES, expunged
+from ..mailstore import SPECIAL_USE_ATTRIBUTES
 from ..protocol import Command, SequenceSet
 from ..protocol.encoder import ranges_of, ranges_text, set_text
 from ..replies import bad, no
@@ -53,7 +53,7 @@ async def report_vanished(session: Session, view: MailboxView, modseq: int, with
     if reply.pruned_modseq > modseq:
         text = ranges_text(gaps(ranges, view.uids))
     else:
-        gone = expunged(reply)
+        gone = reply.expunged()
         text = set_text(uid for uid in gone if any(low <= uid <= high for low, high in ranges))
     if text:
         session.untagged(b"* VANISHED (EARLIER) %s\r\n" % text.encode("ascii"))
