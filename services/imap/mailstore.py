@@ -266,6 +266,12 @@ class ImapMailstore:
         reply = await self.stub.Search(pb.SearchRequest(account=self.account, mailbox=mailbox, key=key), timeout=LONG)
         return list(reply.uids)
 
+    async def sort_data(self, mailbox: str, key: pb.SearchKey) -> list[tuple[int, pb.SortData]]:
+        """(UID, what SORT/THREAD order by) of each message matching `key`, in UID order."""
+        request = pb.SearchRequest(account=self.account, mailbox=mailbox, key=key, with_sort_data=True)
+        reply = await self.stub.Search(request, timeout=LONG)
+        return list(zip(reply.uids, reply.sort_data, strict=True))
+
     async def expunge(self, mailbox: str, uids: Iterable[int] | None = None) -> list[int]:
         """Expunge the \\Deleted messages (of `uids`, when given); the UIDs expunged."""
         request = pb.ExpungeRequest(account=self.account, mailbox=mailbox)

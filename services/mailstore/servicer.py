@@ -298,8 +298,15 @@ class MailstoreServicer(pbg.MailstoreServicer):
     @rpc
     async def Search(self, request: pb.SearchRequest, context: Any) -> pb.SearchResponse:
         key = request.key if request.HasField("key") else pb.SearchKey(all=True)
-        uids, top = await self.core.reading.search(request.account, request.mailbox, key)
-        return pb.SearchResponse(uids=uids, highestmodseq=top)
+        if not request.with_sort_data:
+            uids, top = await self.core.reading.search(request.account, request.mailbox, key)
+            return pb.SearchResponse(uids=uids, highestmodseq=top)
+        hits = await self.core.reading.search_records(request.account, request.mailbox, key)
+        return pb.SearchResponse(
+            uids=[r.uid for r in hits],
+            highestmodseq=max((r.modseq for r in hits), default=0),
+            sort_data=[translate.sort_data_pb(r) for r in hits],
+        )
 
     @rpc
     async def GetQuota(self, request: pb.GetQuotaRequest, context: Any) -> pb.Quota:

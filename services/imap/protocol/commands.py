@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import TypeAlias
 
 from .fetch import FetchItem
+from .ordering import Sort, Thread
 from .search import SearchKey
 from .sequence import SequenceSet
 
@@ -202,4 +203,6 @@ Arguments: TypeAlias = (
     | Enable
     | QuotaRoot
     | SetQuota
+    | Sort
+    | Thread
 )

@@ -36,6 +36,7 @@ from .commands import (
 from .events import Command, ParseError
 from .fetch import parse_fetch_items
 from .grammar import ATOM_CHARS, GrammarError, Reader
+from .ordering import parse_sort, parse_thread
 from .search import parse_search_keys
 from .sequence import SequenceSet, parse_sequence_set
 
@@ -349,6 +350,16 @@ def search(c: ParseContext) -> Arguments:
         charset = raw.decode("ascii", "replace").upper()
         r.sp()
     return Search(parse_search_keys(r), charset, returns)
+
+
+def sort(c: ParseContext) -> Arguments:
+    # RFC 5256 §4, RFC 5267 §3 (protocol/ordering.py)
+    return parse_sort(c.r)
+
+
+def thread(c: ParseContext) -> Arguments:
+    # RFC 5256 §4
+    return parse_thread(c.r)
 
 
 def fetch(c: ParseContext) -> Arguments:

@@ -1,0 +1,82 @@
+"""SORT, THREAD and their UID forms (RFC 5256), SORT=DISPLAY (RFC 5957), ESORT (RFC 5267 §3).
+
+The matching messages and what they are ordered by come in one Search call (envelope, dates, size,
+References from the metadata; no body is read); the order is computed here (sorting.py, threads.py).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from ..mailbox_view import MailboxView
+from ..protocol import Command
+from ..protocol.encoder import quoted, untagged
+from ..protocol.ordering import Sort, Thread
+from ..protocol.search import SearchKey
+from ..replies import Reply, no
+from ..search_keys import translate
+from ..sorting import OrderedMessage, sort_messages
+from ..threads import ordered_subject, references, thread_list
+from .common import selected_view
+
+if TYPE_CHECKING:
+    from ..session import Session
+
+CHARSETS = {"UTF-8", "US-ASCII"}
+THREAD_ALGORITHMS = {"ORDEREDSUBJECT": ordered_subject, "REFERENCES": references}
+
+
+async def _matching(session: Session, view: MailboxView, charset: str, key: SearchKey) -> list[OrderedMessage]:
+    """The messages the client knows that match `key`, with their sort data, in sequence order."""
+    if charset not in CHARSETS:  # RFC 5256 §3: an unsupported charset is NO [BADCHARSET]
+        raise no(f"unsupported charset {charset}", "BADCHARSET (UTF-8 US-ASCII)")
+    wire_key, modseq_used = translate(key, view)
+    if modseq_used:
+        session.condstore = True
+    found = await session.mailstore.sort_data(view.name, wire_key)
+    return [OrderedMessage(seq, uid, data) for uid, data in found if (seq := view.seq_of(uid)) is not None]
+
+
+async def sort(session: Session, command: Command) -> Reply | None:
+    # Command: RFC 5256 §3 SORT, RFC 5957 §3 DISPLAYFROM/DISPLAYTO, RFC 5267 §3 SORT RETURN
+    view = selected_view(session.view)
+    args = command.args
+    assert isinstance(args, Sort)
+    ordered = sort_messages(await _matching(session, view, args.charset, args.key), args.criteria)
+    numbers = [m.uid if command.uid else m.seq for m in ordered]
+    if args.returns is None:
+        session.untagged(untagged(b"SORT" + b"".join(b" %d" % n for n in numbers)))
+        return None
+    session.untagged(_esort(command, args.returns, numbers))
+    return None
+
+
+def _esort(command: Command, wanted: tuple[str, ...], numbers: list[int]) -> bytes:
+    """RFC 5267 §3: ESEARCH's answer with MIN/MAX the first/last in sort order and ALL in sort order
+    (a comma list: a range would lose the order)."""
+    returns = set(wanted) or {"ALL"}
+    parts = [b"ESEARCH (TAG " + quoted(command.tag) + b")"]
+    if command.uid:
+        parts.append(b"UID")
+    if numbers and "MIN" in returns:
+        parts.append(b"MIN %d" % numbers[0])
+    if numbers and "MAX" in returns:
+        parts.append(b"MAX %d" % numbers[-1])
+    if numbers and "ALL" in returns:
+        parts.append(b"ALL " + b",".join(b"%d" % n for n in numbers))
+    if "COUNT" in returns:
+        parts.append(b"COUNT %d" % len(numbers))
+    return untagged(b" ".join(parts))
+
+
+async def thread(session: Session, command: Command) -> Reply | None:
+    # Command: RFC 5256 §4 THREAD (algorithms §2.2 ORDEREDSUBJECT, §2.3 REFERENCES)
+    view = selected_view(session.view)
+    args = command.args
+    assert isinstance(args, Thread)
+    messages = await _matching(session, view, args.charset, args.key)
+    roots = THREAD_ALGORITHMS[args.algorithm](messages)
+    number = {m.seq: m.uid if command.uid else m.seq for m in messages}
+    data = thread_list(roots, number)
+    session.untagged(untagged(b"THREAD " + data if data else b"THREAD"))
+    return None
