@@ -169,9 +169,10 @@ def _subject_table(roots: list[Node]) -> dict[bytes, Node]:
 
 
 def _better_subject_root(node: Node, old: Node) -> bool:
+    # a dummy over a message; an original over a reply or forward (which then joins it in 5C)
     if node.message is None:
         return old.message is not None
-    return old.message is not None and node.message.subject[1] and not old.message.subject[1]
+    return old.message is not None and old.message.subject[1] and not node.message.subject[1]
 
 
 def _group_by_subject(roots: list[Node]) -> list[Node]:
