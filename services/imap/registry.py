@@ -103,6 +103,7 @@ ENTRIES: tuple[CommandEntry, ...] = (
         "SORT", p.sort, ordering.sort, SELECTED, "RFC 5256 §3, RFC 5957, RFC 5267 §3", uid=True, expunge_during=False
     ),
     CommandEntry("THREAD", p.thread, ordering.thread, SELECTED, "RFC 5256 §4", uid=True, expunge_during=False),
+    CommandEntry("CANCELUPDATE", p.cancelupdate, ordering.cancelupdate, SELECTED, "RFC 5267 §4.3.5"),
 )
 
 COMMANDS: Mapping[str, CommandEntry] = {e.name: e for e in ENTRIES}
@@ -148,4 +149,6 @@ CAPABILITY_COMMANDS: Mapping[str, frozenset[str]] = {
     "THREAD=ORDEREDSUBJECT": frozenset({"THREAD"}),
     "THREAD=REFERENCES": frozenset({"THREAD"}),
     "ESORT": frozenset({"SORT"}),
+    "CONTEXT=SEARCH": frozenset({"SEARCH", "CANCELUPDATE"}),
+    "CONTEXT=SORT": frozenset({"SORT", "CANCELUPDATE"}),
 }

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from ..contexts import UpdateContext, partial_item
 from ..mailbox_view import MailboxView
 from ..protocol import Command
 from ..protocol.encoder import quoted, untagged
-from ..protocol.ordering import Sort, Thread
+from ..protocol.ordering import CancelUpdate, Sort, Thread
 from ..protocol.search import SearchKey
 from ..replies import Reply, no
 from ..search_keys import translate
@@ -42,19 +43,24 @@ async def sort(session: Session, command: Command) -> Reply | None:
     view = selected_view(session.view)
     args = command.args
     assert isinstance(args, Sort)
+    session.contexts.check_tag(command.tag, args.returns)
     ordered = sort_messages(await _matching(session, view, args.charset, args.key), args.criteria)
     numbers = [m.uid if command.uid else m.seq for m in ordered]
     if args.returns is None:
         session.untagged(untagged(b"SORT" + b"".join(b" %d" % n for n in numbers)))
         return None
-    session.untagged(_esort(command, args.returns, numbers))
+    if "UPDATE" in args.returns:  # RFC 5267 §4.3 (CONTEXT=SORT)
+        context = UpdateContext(command.tag, command.uid, args.key, args.criteria, [m.uid for m in ordered])
+        for line in session.contexts.start(context, view):
+            session.untagged(line)
+    session.untagged(_esort(command, args.returns, numbers, args.partial))
     return None
 
 
-def _esort(command: Command, wanted: tuple[str, ...], numbers: list[int]) -> bytes:
+def _esort(command: Command, wanted: tuple[str, ...], numbers: list[int], partial: tuple[int, int] | None) -> bytes:
     """RFC 5267 §3: ESEARCH's answer with MIN/MAX the first/last in sort order and ALL in sort order
-    (a comma list: a range would lose the order)."""
-    returns = set(wanted) or {"ALL"}
+    (a comma list: a range would lose the order); PARTIAL (§4.4) a window of that order."""
+    returns = (set(wanted) or {"ALL"}) - {"CONTEXT", "UPDATE"}
     parts = [b"ESEARCH (TAG " + quoted(command.tag) + b")"]
     if command.uid:
         parts.append(b"UID")
@@ -66,7 +72,20 @@ def _esort(command: Command, wanted: tuple[str, ...], numbers: list[int]) -> byt
         parts.append(b"ALL " + b",".join(b"%d" % n for n in numbers))
     if "COUNT" in returns:
         parts.append(b"COUNT %d" % len(numbers))
+    if partial is not None:
+        parts.append(partial_item(partial, [b"%d" % n for n in numbers], ordered=True))
     return untagged(b" ".join(parts))
+
+
+async def cancelupdate(session: Session, command: Command) -> Reply | None:
+    # Command: RFC 5267 §4.3.5 CANCELUPDATE
+    selected_view(session.view)
+    args = command.args
+    assert isinstance(args, CancelUpdate)
+    unknown = session.contexts.cancel(args.tags)
+    if unknown:
+        raise no(f"no update context for tag {unknown[0]}")
+    return None
 
 
 async def thread(session: Session, command: Command) -> Reply | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from ..contexts import UpdateContext, partial_item
 from ..mailbox_view import MailboxView
 from ..protocol import Command, Search
 from ..protocol.encoder import quoted, set_text, untagged
@@ -35,6 +36,7 @@ async def search(session: Session, command: Command) -> Reply | None:
 
 
 async def _search(session: Session, view: MailboxView, command: Command, args: Search) -> Reply | None:
+    session.contexts.check_tag(command.tag, args.returns)
     if args.charset is not None and args.charset.upper() not in CHARSETS:
         raise no("unsupported charset", "BADCHARSET (UTF-8 US-ASCII)")
     key, modseq_used = translate(args.key, view)
@@ -46,7 +48,11 @@ async def _search(session: Session, view: MailboxView, command: Command, args: S
     numbers = [uid if command.uid else seq for seq, uid in hits]
     modseq = max((view.modseqs.get(uid, 0) for _, uid in hits), default=0)
     if args.returns is not None:
-        line = _esearch(view, command, args.returns, hits, modseq if modseq_used else None)
+        if "UPDATE" in args.returns:  # RFC 5267 §4.3
+            context = UpdateContext(command.tag, command.uid, args.key, None, [u for _, u in hits])
+            for refusal in session.contexts.start(context, view):
+                session.untagged(refusal)
+        line = _esearch(view, command, args.returns, hits, modseq if modseq_used else None, args.partial)
         if line:
             session.untagged(line)
         return None
@@ -65,10 +71,15 @@ def _save(view: MailboxView, returns: set[str], hits: list[tuple[int, int]]) -> 
 
 
 def _esearch(
-    view: MailboxView, command: Command, wanted: tuple[str, ...], hits: list[tuple[int, int]], modseq: int | None
+    view: MailboxView,
+    command: Command,
+    wanted: tuple[str, ...],
+    hits: list[tuple[int, int]],
+    modseq: int | None,
+    partial: tuple[int, int] | None = None,
 ) -> bytes | None:
     """The ESEARCH response (RFC 4731 §3.1), None for SAVE alone (RFC 5182 §2.4)."""
-    returns = set(wanted) or {"ALL"}
+    returns = (set(wanted) or {"ALL"}) - {"CONTEXT", "UPDATE"}  # RFC 5267 §4.2-4.3: no data of their own
     if "SAVE" in returns:
         _save(view, returns, hits)
         returns.discard("SAVE")
@@ -82,6 +93,8 @@ def _esearch(
         parts += _extremes(numbers, returns)
     if "COUNT" in returns:
         parts.append(b"COUNT %d" % len(numbers))
+    if partial is not None:  # RFC 5267 §4.4, in mailbox order
+        parts.append(partial_item(partial, [b"%d" % n for n in numbers], ordered=False))
     if modseq is not None and numbers:
         parts.append(b"MODSEQ %d" % modseq)
     return untagged(b" ".join(parts))
