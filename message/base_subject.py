@@ -10,6 +10,7 @@ and the i;ascii-casemap collation (RFC 4790 §9.2) its comparisons use. Pure; ne
 
 from __future__ import annotations
 
+import functools
 import re
 
 from mailstack.message.encoded_words import decode_header_value
@@ -17,6 +18,13 @@ from mailstack.message.encoded_words import decode_header_value
 _SPACES = re.compile(r"[ \t\r\n]+")
 _BLOB = re.compile(r"\[[^\[\]]*\][ ]*")
 _REFWD = re.compile(r"(?:re|fwd?)[ ]*(?:\[[^\[\]]*\][ ]*)?:", re.IGNORECASE)
+
+
+def _text(raw: bytes) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return raw.decode("latin-1")  # as decode_header_value reads undeclared 8-bit text
 
 
 def casemap(text: str) -> bytes:
@@ -62,12 +70,13 @@ def _strip_leaders(text: str) -> tuple[str, bool]:
         return text, marked
 
 
+@functools.lru_cache(maxsize=16384)  # a mailbox repeats its subjects (threads); SORT runs again and again
 def base_subject(raw: bytes | None) -> tuple[str, bool]:
     """(base subject, whether extraction found a reply or forward: a subj-refwd, "(fwd)" or "[fwd: ]").
 
     `raw` is the Subject header value as the envelope keeps it (encoded words undecoded)."""
     # step 1: decode encoded words; tabs and continuations to one space, runs of spaces to one
-    text = _SPACES.sub(" ", decode_header_value(raw or b"")).strip(" ")
+    text = _SPACES.sub(" ", decode_header_value(raw) if raw and b"=?" in raw else _text(raw or b"")).strip(" ")
     marked = False
     while True:
         text, trailer = _strip_trailers(text)

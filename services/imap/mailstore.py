@@ -268,9 +268,11 @@ class ImapMailstore:
 
     async def sort_data(self, mailbox: str, key: pb.SearchKey) -> list[tuple[int, pb.SortData]]:
         """(UID, what SORT/THREAD order by) of each message matching `key`, in UID order."""
-        request = pb.SearchRequest(account=self.account, mailbox=mailbox, key=key, with_sort_data=True)
-        reply = await self.stub.Search(request, timeout=LONG)
-        return list(zip(reply.uids, reply.sort_data, strict=True))
+        request = pb.SearchRequest(account=self.account, mailbox=mailbox, key=key)
+        out: list[tuple[int, pb.SortData]] = []
+        async for reply in self.stub.SearchSortData(request, timeout=LONG):
+            out += zip(reply.uids, reply.sort_data, strict=True)
+        return out
 
     async def expunge(self, mailbox: str, uids: Iterable[int] | None = None) -> list[int]:
         """Expunge the \\Deleted messages (of `uids`, when given); the UIDs expunged."""

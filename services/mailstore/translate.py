@@ -167,6 +167,9 @@ def metadata_pb(record: MessageRecord, fields: pb.MetadataFields) -> pb.MessageM
     return out
 
 
+SMALL_ENVELOPE = 2048  # bytes: sent as stored; a bigger one (many recipients) is cut to what SORT reads
+
+
 def _up_to_first(addresses: Sequence[message_pb2.Address]) -> list[message_pb2.Address]:
     # group markers (host unset, RFC 3501 §7.4.2) are skipped by SORT: keep them up to the first address
     for i, address in enumerate(addresses):
@@ -189,8 +192,9 @@ def _sort_envelope(stored: bytes) -> bytes:
 
 def sort_data_pb(record: MessageRecord) -> pb.SortData:
     """What IMAP SORT/THREAD (RFC 5256) order by, from the record and its stored header block."""
+    envelope = record.envelope if len(record.envelope) <= SMALL_ENVELOPE else _sort_envelope(record.envelope)
     out = pb.SortData(
-        envelope=_sort_envelope(record.envelope),
+        envelope=envelope,
         internal_date=record.internal_date,
         size=record.size,
         references=header_value(record.header, b"references") or b"",

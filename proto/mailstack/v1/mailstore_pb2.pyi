@@ -2314,11 +2314,8 @@ class SearchRequest(_message.Message):
     ACCOUNT_FIELD_NUMBER: _builtins.int
     MAILBOX_FIELD_NUMBER: _builtins.int
     KEY_FIELD_NUMBER: _builtins.int
-    WITH_SORT_DATA_FIELD_NUMBER: _builtins.int
     account: _builtins.str
     mailbox: _builtins.str
-    with_sort_data: _builtins.bool
-    """IMAP SORT/THREAD (RFC 5256): SearchResponse.sort_data"""
     @_builtins.property
     def key(self) -> Global___SearchKey: ...
     def __init__(
@@ -2327,11 +2324,10 @@ class SearchRequest(_message.Message):
         account: _builtins.str = ...,
         mailbox: _builtins.str = ...,
         key: Global___SearchKey | None = ...,
-        with_sort_data: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["key", b"key"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account", b"account", "key", b"key", "mailbox", b"mailbox", "with_sort_data", b"with_sort_data"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account", b"account", "key", b"key", "mailbox", b"mailbox"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -2339,7 +2335,7 @@ Global___SearchRequest: _TypeAlias = SearchRequest  # noqa: Y015
 
 @_typing.final
 class SortData(_message.Message):
-    """What SORT and THREAD order by, from the metadata (never a body read)."""
+    """What IMAP SORT and THREAD (RFC 5256) order by, from the metadata (never a body read)."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -2382,29 +2378,49 @@ class SearchResponse(_message.Message):
 
     UIDS_FIELD_NUMBER: _builtins.int
     HIGHESTMODSEQ_FIELD_NUMBER: _builtins.int
-    SORT_DATA_FIELD_NUMBER: _builtins.int
     highestmodseq: _builtins.int
     """highest modseq among the matches"""
     @_builtins.property
     def uids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
-    @_builtins.property
-    def sort_data(self) -> _containers.RepeatedCompositeFieldContainer[Global___SortData]:
-        """with_sort_data: one per uid, in the same order"""
-
     def __init__(
         self,
         *,
         uids: _abc.Iterable[_builtins.int] | None = ...,
         highestmodseq: _builtins.int = ...,
-        sort_data: _abc.Iterable[Global___SortData] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["highestmodseq", b"highestmodseq", "sort_data", b"sort_data", "uids", b"uids"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["highestmodseq", b"highestmodseq", "uids", b"uids"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___SearchResponse: _TypeAlias = SearchResponse  # noqa: Y015
+
+@_typing.final
+class SortDataResponse(_message.Message):
+    """SearchSortData: the matches in UID order, a batch per response; sort_data[i] is of uids[i]."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    UIDS_FIELD_NUMBER: _builtins.int
+    SORT_DATA_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def uids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
+    @_builtins.property
+    def sort_data(self) -> _containers.RepeatedCompositeFieldContainer[Global___SortData]: ...
+    def __init__(
+        self,
+        *,
+        uids: _abc.Iterable[_builtins.int] | None = ...,
+        sort_data: _abc.Iterable[Global___SortData] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["sort_data", b"sort_data", "uids", b"uids"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SortDataResponse: _TypeAlias = SortDataResponse  # noqa: Y015
 
 @_typing.final
 class GetQuotaRequest(_message.Message):
