@@ -16,6 +16,7 @@ from mailstack.v1 import message_pb2 as mpb
 
 from .protocol.ordering import SortCriterion
 
+MAX_REFERENCES = 100
 _MSG_ID = re.compile(rb"<([^<>]*)>")
 _MSG_ID_SPACE = re.compile(rb"\s+")
 
@@ -51,7 +52,8 @@ class OrderedMessage:
     @cached_property
     def references(self) -> list[bytes]:
         """The parent chain, oldest first: References, else the first msg-id of In-Reply-To (§2.2 step 1)."""
-        return msg_ids(self.data.references) or msg_ids(self.envelope.in_reply_to)[:1]
+        # the nearest MAX_REFERENCES ancestors: linking is per reference, so bounded per message
+        return (msg_ids(self.data.references) or msg_ids(self.envelope.in_reply_to)[:1])[-MAX_REFERENCES:]
 
 
 def msg_ids(raw: bytes) -> list[bytes]:

@@ -81,7 +81,8 @@ def _is_ancestor(node: Node, of: Node) -> bool:
 
 def _link(parent: Node, child: Node) -> None:
     """Make `child` a child of `parent` unless that would make a loop."""
-    if parent is child or _is_ancestor(child, parent):
+    # a child without children is nobody's ancestor: the walk up is only needed when it has some
+    if parent is child or (child.children and _is_ancestor(child, parent)):
         return
     if child.parent is not None:
         child.parent.children.remove(child)
