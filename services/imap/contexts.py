@@ -56,7 +56,7 @@ def _state(view: MailboxView) -> tuple[int, ...]:
     return (view.modseq, len(view.uids), view.uids[-1] if view.uids else 0, max(view.modseqs.values(), default=0))
 
 
-def _removals(old: list[int], new: set[int], sorted_context: bool) -> Pairs:
+def removal_pairs(old: list[int], new: set[int], sorted_context: bool) -> Pairs:
     """REMOVEFROM pairs taking `old` to its members in `new` (§4.3.4: each pair removes its set
     starting at its position; a SEARCH context uses position 0)."""
     pairs: Pairs = []
@@ -73,7 +73,7 @@ def _removals(old: list[int], new: set[int], sorted_context: bool) -> Pairs:
     return pairs
 
 
-def _additions(kept: set[int], new: list[int], sorted_context: bool) -> Pairs:
+def addition_pairs(kept: set[int], new: list[int], sorted_context: bool) -> Pairs:
     """ADDTO pairs taking the kept members to `new` (§4.3.3: inserted at their final positions, in
     increasing order, so each insertion lands where `new` has it)."""
     pairs: Pairs = []
@@ -145,13 +145,13 @@ class UpdateContexts:
                 continue
             new = await evaluate(mailstore, view, context)
             members = set(new)
-            removed = _removals(context.result, members, context.sorted)
+            removed = removal_pairs(context.result, members, context.sorted)
             kept = [u for u in context.result if u in members]
             if kept != [u for u in new if u in set(kept)]:  # keys never change; all the same, stay right
-                removed, kept = _removals(context.result, set(), context.sorted), []
+                removed, kept = removal_pairs(context.result, set(), context.sorted), []
             if removed:
                 out.append(_line(context, "REMOVEFROM", removed, view))
-            added = _additions(set(kept), new, context.sorted)
+            added = addition_pairs(set(kept), new, context.sorted)
             if added:
                 self._pending.append((context, added))
             context.result, context.seen = new, state
@@ -165,7 +165,7 @@ class UpdateContexts:
         for context in self.by_tag.values():
             kept = [u for u in context.result if u not in gone]
             if len(kept) != len(context.result):
-                out.append(_line(context, "REMOVEFROM", _removals(context.result, set(kept), context.sorted), view))
+                out.append(_line(context, "REMOVEFROM", removal_pairs(context.result, set(kept), context.sorted), view))
                 context.result = kept
         return out
 
