@@ -266,9 +266,12 @@ class ImapMailstore:
         reply = await self.stub.Search(pb.SearchRequest(account=self.account, mailbox=mailbox, key=key), timeout=LONG)
         return list(reply.uids)
 
-    async def sort_data(self, mailbox: str, key: pb.SearchKey) -> list[tuple[int, pb.SortData]]:
-        """(UID, what SORT/THREAD order by) of each message matching `key`, in UID order."""
-        request = pb.SearchRequest(account=self.account, mailbox=mailbox, key=key)
+    async def sort_data(
+        self, mailbox: str, key: pb.SearchKey, references: bool = False
+    ) -> list[tuple[int, pb.SortData]]:
+        """(UID, what SORT/THREAD order by) of each message matching `key`, in UID order; with
+        `references`, the References header too (THREAD REFERENCES)."""
+        request = pb.SearchRequest(account=self.account, mailbox=mailbox, key=key, with_references=references)
         out: list[tuple[int, pb.SortData]] = []
         async for reply in self.stub.SearchSortData(request, timeout=LONG):
             out += zip(reply.uids, reply.sort_data, strict=True)

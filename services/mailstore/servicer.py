@@ -309,7 +309,8 @@ class MailstoreServicer(pbg.MailstoreServicer):
         hits = await self.core.reading.search_records(request.account, request.mailbox, key)
         for i in range(0, len(hits), SORT_DATA_BATCH):
             batch = hits[i : i + SORT_DATA_BATCH]
-            yield pb.SortDataResponse(uids=[r.uid for r in batch], sort_data=[translate.sort_data_pb(r) for r in batch])
+            data = [translate.sort_data_pb(r, request.with_references) for r in batch]
+            yield pb.SortDataResponse(uids=[r.uid for r in batch], sort_data=data)
 
     @rpc
     async def GetQuota(self, request: pb.GetQuotaRequest, context: Any) -> pb.Quota:

@@ -190,14 +190,15 @@ def _sort_envelope(stored: bytes) -> bytes:
     return part.SerializeToString()
 
 
-def sort_data_pb(record: MessageRecord) -> pb.SortData:
-    """What IMAP SORT/THREAD (RFC 5256) order by, from the record and its stored header block."""
+def sort_data_pb(record: MessageRecord, with_references: bool = True) -> pb.SortData:
+    """What IMAP SORT/THREAD (RFC 5256) order by, from the record and its stored header block
+    (References only when asked: only THREAD REFERENCES reads it, and finding it is most of the cost)."""
     envelope = record.envelope if len(record.envelope) <= SMALL_ENVELOPE else _sort_envelope(record.envelope)
     out = pb.SortData(
         envelope=envelope,
         internal_date=record.internal_date,
         size=record.size,
-        references=header_value(record.header, b"references") or b"",
+        references=(header_value(record.header, b"references") or b"") if with_references else b"",
     )
     if record.sent_date is not None:
         out.sent_date = record.sent_date

@@ -2314,8 +2314,11 @@ class SearchRequest(_message.Message):
     ACCOUNT_FIELD_NUMBER: _builtins.int
     MAILBOX_FIELD_NUMBER: _builtins.int
     KEY_FIELD_NUMBER: _builtins.int
+    WITH_REFERENCES_FIELD_NUMBER: _builtins.int
     account: _builtins.str
     mailbox: _builtins.str
+    with_references: _builtins.bool
+    """SearchSortData: fill SortData.references (THREAD REFERENCES)"""
     @_builtins.property
     def key(self) -> Global___SearchKey: ...
     def __init__(
@@ -2324,10 +2327,11 @@ class SearchRequest(_message.Message):
         account: _builtins.str = ...,
         mailbox: _builtins.str = ...,
         key: Global___SearchKey | None = ...,
+        with_references: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["key", b"key"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account", b"account", "key", b"key", "mailbox", b"mailbox"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account", b"account", "key", b"key", "mailbox", b"mailbox", "with_references", b"with_references"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -2352,7 +2356,7 @@ class SortData(_message.Message):
     """unix seconds of the Date: header; unset if absent or unparsable"""
     size: _builtins.int
     references: _builtins.bytes
-    """raw unfolded References: value, empty if absent"""
+    """raw unfolded References: value, empty if absent or not asked for"""
     def __init__(
         self,
         *,

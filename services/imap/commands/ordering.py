@@ -28,7 +28,7 @@ THREAD_ALGORITHMS = {"ORDEREDSUBJECT": ordered_subject, "REFERENCES": references
 
 
 async def _matching(
-    session: Session, view: MailboxView, charset: str, key: SearchKey
+    session: Session, view: MailboxView, charset: str, key: SearchKey, references: bool = False
 ) -> tuple[list[OrderedMessage], bool]:
     """The messages the client knows that match `key`, with their sort data, in sequence order;
     and whether the key used MODSEQ (RFC 7162 §3.1.5)."""
@@ -37,7 +37,7 @@ async def _matching(
     wire_key, modseq_used = translate(key, view)
     if modseq_used:
         session.condstore = True
-    found = await session.mailstore.sort_data(view.name, wire_key)
+    found = await session.mailstore.sort_data(view.name, wire_key, references)
     messages = [OrderedMessage(seq, uid, data) for uid, data in found if (seq := view.seq_of(uid)) is not None]
     return messages, modseq_used
 
@@ -114,7 +114,7 @@ async def thread(session: Session, command: Command) -> Reply | None:
     view = selected_view(session.view)
     args = command.args
     assert isinstance(args, Thread)
-    messages, _ = await _matching(session, view, args.charset, args.key)
+    messages, _ = await _matching(session, view, args.charset, args.key, args.algorithm == "REFERENCES")
     roots = THREAD_ALGORITHMS[args.algorithm](messages)
     number = {m.seq: m.uid if command.uid else m.seq for m in messages}
     data = thread_list(roots, number)
