@@ -74,3 +74,22 @@ def quoted_string(value: bytes, start: int) -> tuple[bytes, int]:
         out.append(value[i])
         i += 1
     return bytes(out), i + 1
+
+
+def header_value(block: bytes, name: bytes) -> bytes | None:
+    """The unfolded value of the first field called `name` (lower-case), None if absent. Looks only
+    for that field, so it is cheap on every message of a mailbox (IMAP THREAD's References)."""
+    pattern = _NAMED_FIELDS.get(name)
+    if pattern is None:
+        pattern = re.compile(rb"(?:^|\n)(" + re.escape(name) + rb")[ \t]*:", re.IGNORECASE)
+        if len(_NAMED_FIELDS) < 64:
+            _NAMED_FIELDS[name] = pattern
+    end = header_end(block, 0, len(block))
+    m = pattern.search(block, 0, end)
+    if m is None:
+        return None
+    field = _FIELD.match(block, m.start(1))
+    return field_value(field.group(0)) if field is not None else None
+
+
+_NAMED_FIELDS: dict[bytes, re.Pattern[bytes]] = {}

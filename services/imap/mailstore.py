@@ -286,6 +286,17 @@ class ImapMailstore:
         reply = await self.stub.Search(pb.SearchRequest(account=self.account, mailbox=mailbox, key=key), timeout=LONG)
         return list(reply.uids)
 
+    async def sort_data(
+        self, mailbox: str, key: pb.SearchKey, references: bool = False
+    ) -> list[tuple[int, pb.SortData]]:
+        """(UID, what SORT/THREAD order by) of each message matching `key`, in UID order; with
+        `references`, the References header too (THREAD REFERENCES)."""
+        request = pb.SearchRequest(account=self.account, mailbox=mailbox, key=key, with_references=references)
+        out: list[tuple[int, pb.SortData]] = []
+        async for reply in self.stub.SearchSortData(request, timeout=LONG):
+            out += zip(reply.uids, reply.sort_data, strict=True)
+        return out
+
     async def expunge(self, mailbox: str, uids: Iterable[int] | None = None) -> list[int]:
         """Expunge the \\Deleted messages (of `uids`, when given); the UIDs expunged."""
         request = pb.ExpungeRequest(account=self.account, mailbox=mailbox)

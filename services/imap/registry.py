@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
-from .commands import append, auth, copy, fetch, idle, mailboxes, misc, notify, quota, search, select, store
+from .commands import append, auth, copy, fetch, idle, mailboxes, misc, notify, ordering, quota, search, select, store
 from .protocol import ArgumentParser, Command, Grammar, Syntax
 from .protocol import parser as p
 from .protocol.notify import notify as parse_notify
@@ -101,6 +101,12 @@ ENTRIES: tuple[CommandEntry, ...] = (
     ),
     CommandEntry("COPY", p.copy_move, copy.copy_move, SELECTED, "RFC 9051 §6.4.7, RFC 4315 §3", uid=True),
     CommandEntry("MOVE", p.copy_move, copy.copy_move, SELECTED, "RFC 9051 §6.4.8, RFC 6851 §3", uid=True),
+    # RFC 5256 SORT/THREAD, RFC 5957 SORT=DISPLAY, RFC 5267 ESORT: by sequence number like SEARCH
+    CommandEntry(
+        "SORT", p.sort, ordering.sort, SELECTED, "RFC 5256 §3, RFC 5957, RFC 5267 §3", uid=True, expunge_during=False
+    ),
+    CommandEntry("THREAD", p.thread, ordering.thread, SELECTED, "RFC 5256 §4", uid=True, expunge_during=False),
+    CommandEntry("CANCELUPDATE", p.cancelupdate, ordering.cancelupdate, SELECTED, "RFC 5267 §4.3.5"),
 )
 
 COMMANDS: Mapping[str, CommandEntry] = {e.name: e for e in ENTRIES}
@@ -155,4 +161,11 @@ CAPABILITY_COMMANDS: Mapping[str, frozenset[str]] = {
     "COMPRESS=DEFLATE": frozenset({"COMPRESS"}),
     "CATENATE": frozenset({"APPEND"}),
     "NOTIFY": frozenset({"NOTIFY"}),
+    "SORT": frozenset({"SORT"}),
+    "SORT=DISPLAY": frozenset({"SORT"}),
+    "THREAD=ORDEREDSUBJECT": frozenset({"THREAD"}),
+    "THREAD=REFERENCES": frozenset({"THREAD"}),
+    "ESORT": frozenset({"SORT"}),
+    "CONTEXT=SEARCH": frozenset({"SEARCH", "CANCELUPDATE"}),
+    "CONTEXT=SORT": frozenset({"SORT", "CANCELUPDATE"}),
 }

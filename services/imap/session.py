@@ -21,6 +21,7 @@ from mailstack.services.common.read_ahead import ReadAhead, ReadAheadBudget
 from mailstack.storage.events.base import ChangeEvent
 from mailstack.v1 import mailstore_pb2_grpc as pbg
 
+from .contexts import UpdateContexts
 from .limits import CommandRate, ConnectionLimits
 from .mailbox_view import Change, MailboxView
 from .mailstore import ImapMailstore, MetadataWanted
@@ -112,6 +113,7 @@ class Session:
         # another (commands/fetch.py); of the selected mailbox only (select() drops them).
         self.ahead = ReadAhead(services.read_ahead, "imap read-ahead")
         self.last_body_uid = 0  # the UID of the last lone FETCH BODY[] in this mailbox
+        self.contexts = UpdateContexts()  # RFC 5267 §4.3: SEARCH/SORT RETURN (UPDATE) kept live
 
     @property
     def mailstore(self) -> ImapMailstore:
@@ -229,7 +231,13 @@ class Session:
                 self._hints = None
         if self.dirty or always_refresh:
             await self.refresh()
+        # RFC 5267 §4.3: context updates only where EXPUNGE may go (REMOVEFROM must precede it)
+        contexts = self.contexts if allow_expunge else None
+        for line in await contexts.removals(self.mailstore, view) if contexts else []:
+            self.untagged(line)
         for line in view.updates(allow_expunge, self.condstore, self.qresync):
+            self.untagged(line)
+        for line in contexts.additions(view) if contexts else []:
             self.untagged(line)
 
     def poll_due(self) -> bool:
@@ -249,6 +257,7 @@ class Session:
 
     def select(self, view: MailboxView | None) -> None:
         self.view = view
+        self.contexts.clear()  # RFC 5267 §4.3: updates end when the mailbox is no longer selected
         self.ahead.drop()
         self.last_body_uid = 0
         self.state = State.SELECTED if view is not None else State.AUTHENTICATED

@@ -53,6 +53,7 @@ POLICY: dict[str, frozenset[str]] = {
     _MAILSTORE + "Move": frozenset({IMAP}),
     _MAILSTORE + "Expunge": frozenset({IMAP, POP3}),
     _MAILSTORE + "Search": frozenset({IMAP}),
+    _MAILSTORE + "SearchSortData": frozenset({IMAP}),
     _MAILSTORE + "GetQuota": frozenset({IMAP}),
     _MAILSTORE + "GetChanges": frozenset({IMAP}),
     _MAILSTORE + "Watch": frozenset({IMAP}),

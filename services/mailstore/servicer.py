@@ -21,6 +21,7 @@ from mailstack.v1 import mailstore_pb2_grpc as pbg
 log = logging.getLogger("mailstack.mailstore.grpc")
 
 METADATA_BATCH = 500
+SORT_DATA_BATCH = 2000  # SortData of ~0.2-1 KB each: a response stays far below the 8 MiB message limit
 # Messages listed in an AuthenticateResponse at most (~10-20 bytes each with UID and size: ~1-2 MB)
 LISTING_MAX = 100_000
 LISTING_MAX_BYTES = 4 * 1024 * 1024  # the callers' channels take 8 MiB messages
@@ -300,6 +301,16 @@ class MailstoreServicer(pbg.MailstoreServicer):
         key = request.key if request.HasField("key") else pb.SearchKey(all=True)
         uids, top = await self.core.reading.search(request.account, request.mailbox, key)
         return pb.SearchResponse(uids=uids, highestmodseq=top)
+
+    @stream_rpc
+    async def SearchSortData(self, request: pb.SearchRequest, context: Any) -> AsyncIterator[pb.SortDataResponse]:
+        # IMAP SORT/THREAD (RFC 5256): a batch per response, so no mailbox is too big for one message
+        key = request.key if request.HasField("key") else pb.SearchKey(all=True)
+        hits = await self.core.reading.search_records(request.account, request.mailbox, key)
+        for i in range(0, len(hits), SORT_DATA_BATCH):
+            batch = hits[i : i + SORT_DATA_BATCH]
+            data = [translate.sort_data_pb(r, request.with_references) for r in batch]
+            yield pb.SortDataResponse(uids=[r.uid for r in batch], sort_data=data)
 
     @rpc
     async def GetQuota(self, request: pb.GetQuotaRequest, context: Any) -> pb.Quota:

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta, timezone
 
 import grpc
+from mailstack.message.headers import header_value
 from mailstack.services.mailstore.core import errors
 from mailstack.services.mailstore.core.results import (
     AccountSummary,
@@ -23,6 +24,7 @@ from mailstack.services.mailstore.core.results import (
     UidRanges,
 )
 from mailstack.v1 import mailstore_pb2 as pb
+from mailstack.v1 import message_pb2
 
 MAX_UID_RANGES = 10_000
 
@@ -167,6 +169,44 @@ def metadata_pb(record: MessageRecord, fields: pb.MetadataFields) -> pb.MessageM
         out.save_date.unix_seconds = record.save_date
     if fields.blob_key:
         out.blob_key = record.blob_key
+    return out
+
+
+SMALL_ENVELOPE = 2048  # bytes: sent as stored; a bigger one (many recipients) is cut to what SORT reads
+
+
+def _up_to_first(addresses: Sequence[message_pb2.Address]) -> list[message_pb2.Address]:
+    # group markers (host unset, RFC 3501 §7.4.2) are skipped by SORT: keep them up to the first address
+    for i, address in enumerate(addresses):
+        if address.HasField("host"):
+            return list(addresses[: i + 1])
+    return []
+
+
+def _sort_envelope(stored: bytes) -> bytes:
+    """The envelope fields SORT and THREAD read (subject, ids, the first From/To/Cc address): a
+    message with hundreds of recipients costs a SortData no more than one with a single one."""
+    full = message_pb2.Envelope.FromString(stored)
+    part = message_pb2.Envelope(to=_up_to_first(full.to), cc=_up_to_first(full.cc))
+    getattr(part, "from").extend(_up_to_first(getattr(full, "from")))
+    for name in ("subject", "message_id", "in_reply_to"):
+        if full.HasField(name):
+            setattr(part, name, getattr(full, name))
+    return part.SerializeToString()
+
+
+def sort_data_pb(record: MessageRecord, with_references: bool = True) -> pb.SortData:
+    """What IMAP SORT/THREAD (RFC 5256) order by, from the record and its stored header block
+    (References only when asked: only THREAD REFERENCES reads it, and finding it is most of the cost)."""
+    envelope = record.envelope if len(record.envelope) <= SMALL_ENVELOPE else _sort_envelope(record.envelope)
+    out = pb.SortData(
+        envelope=envelope,
+        internal_date=record.internal_date,
+        size=record.size,
+        references=(header_value(record.header, b"references") or b"") if with_references else b"",
+    )
+    if record.sent_date is not None:
+        out.sent_date = record.sent_date
     return out
 
 

@@ -2348,8 +2348,11 @@ class SearchRequest(_message.Message):
     ACCOUNT_FIELD_NUMBER: _builtins.int
     MAILBOX_FIELD_NUMBER: _builtins.int
     KEY_FIELD_NUMBER: _builtins.int
+    WITH_REFERENCES_FIELD_NUMBER: _builtins.int
     account: _builtins.str
     mailbox: _builtins.str
+    with_references: _builtins.bool
+    """SearchSortData: fill SortData.references (THREAD REFERENCES)"""
     @_builtins.property
     def key(self) -> Global___SearchKey: ...
     def __init__(
@@ -2358,14 +2361,54 @@ class SearchRequest(_message.Message):
         account: _builtins.str = ...,
         mailbox: _builtins.str = ...,
         key: Global___SearchKey | None = ...,
+        with_references: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["key", b"key"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account", b"account", "key", b"key", "mailbox", b"mailbox"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account", b"account", "key", b"key", "mailbox", b"mailbox", "with_references", b"with_references"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___SearchRequest: _TypeAlias = SearchRequest  # noqa: Y015
+
+@_typing.final
+class SortData(_message.Message):
+    """What IMAP SORT and THREAD (RFC 5256) order by, from the metadata (never a body read)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ENVELOPE_FIELD_NUMBER: _builtins.int
+    INTERNAL_DATE_FIELD_NUMBER: _builtins.int
+    SENT_DATE_FIELD_NUMBER: _builtins.int
+    SIZE_FIELD_NUMBER: _builtins.int
+    REFERENCES_FIELD_NUMBER: _builtins.int
+    envelope: _builtins.bytes
+    """the stored serialized Envelope"""
+    internal_date: _builtins.int
+    """unix seconds"""
+    sent_date: _builtins.int
+    """unix seconds of the Date: header; unset if absent or unparsable"""
+    size: _builtins.int
+    references: _builtins.bytes
+    """raw unfolded References: value, empty if absent or not asked for"""
+    def __init__(
+        self,
+        *,
+        envelope: _builtins.bytes = ...,
+        internal_date: _builtins.int = ...,
+        sent_date: _builtins.int | None = ...,
+        size: _builtins.int = ...,
+        references: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_sent_date", b"_sent_date", "sent_date", b"sent_date"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_sent_date", b"_sent_date", "envelope", b"envelope", "internal_date", b"internal_date", "references", b"references", "sent_date", b"sent_date", "size", b"size"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__sent_date: _TypeAlias = _typing.Literal["sent_date"]  # noqa: Y015
+    _WhichOneofArgType__sent_date: _TypeAlias = _typing.Literal["_sent_date", b"_sent_date"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__sent_date) -> _WhichOneofReturnType__sent_date | None: ...
+
+Global___SortData: _TypeAlias = SortData  # noqa: Y015
 
 @_typing.final
 class SearchResponse(_message.Message):
@@ -2390,6 +2433,32 @@ class SearchResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___SearchResponse: _TypeAlias = SearchResponse  # noqa: Y015
+
+@_typing.final
+class SortDataResponse(_message.Message):
+    """SearchSortData: the matches in UID order, a batch per response; sort_data[i] is of uids[i]."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    UIDS_FIELD_NUMBER: _builtins.int
+    SORT_DATA_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def uids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
+    @_builtins.property
+    def sort_data(self) -> _containers.RepeatedCompositeFieldContainer[Global___SortData]: ...
+    def __init__(
+        self,
+        *,
+        uids: _abc.Iterable[_builtins.int] | None = ...,
+        sort_data: _abc.Iterable[Global___SortData] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["sort_data", b"sort_data", "uids", b"uids"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SortDataResponse: _TypeAlias = SortDataResponse  # noqa: Y015
 
 @_typing.final
 class GetQuotaRequest(_message.Message):

@@ -138,6 +138,11 @@ class MailstoreStub:
                 request_serializer=mailstack_dot_v1_dot_mailstore__pb2.SearchRequest.SerializeToString,
                 response_deserializer=mailstack_dot_v1_dot_mailstore__pb2.SearchResponse.FromString,
                 _registered_method=True)
+        self.SearchSortData = channel.unary_stream(
+                '/mailstack.v1.Mailstore/SearchSortData',
+                request_serializer=mailstack_dot_v1_dot_mailstore__pb2.SearchRequest.SerializeToString,
+                response_deserializer=mailstack_dot_v1_dot_mailstore__pb2.SortDataResponse.FromString,
+                _registered_method=True)
         self.GetQuota = channel.unary_unary(
                 '/mailstack.v1.Mailstore/GetQuota',
                 request_serializer=mailstack_dot_v1_dot_mailstore__pb2.GetQuotaRequest.SerializeToString,
@@ -291,6 +296,12 @@ class MailstoreServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SearchSortData(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetQuota(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -424,6 +435,11 @@ def add_MailstoreServicer_to_server(servicer, server):
                     servicer.Search,
                     request_deserializer=mailstack_dot_v1_dot_mailstore__pb2.SearchRequest.FromString,
                     response_serializer=mailstack_dot_v1_dot_mailstore__pb2.SearchResponse.SerializeToString,
+            ),
+            'SearchSortData': grpc.unary_stream_rpc_method_handler(
+                    servicer.SearchSortData,
+                    request_deserializer=mailstack_dot_v1_dot_mailstore__pb2.SearchRequest.FromString,
+                    response_serializer=mailstack_dot_v1_dot_mailstore__pb2.SortDataResponse.SerializeToString,
             ),
             'GetQuota': grpc.unary_unary_rpc_method_handler(
                     servicer.GetQuota,
@@ -994,6 +1010,33 @@ class Mailstore:
             '/mailstack.v1.Mailstore/Search',
             mailstack_dot_v1_dot_mailstore__pb2.SearchRequest.SerializeToString,
             mailstack_dot_v1_dot_mailstore__pb2.SearchResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SearchSortData(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/mailstack.v1.Mailstore/SearchSortData',
+            mailstack_dot_v1_dot_mailstore__pb2.SearchRequest.SerializeToString,
+            mailstack_dot_v1_dot_mailstore__pb2.SortDataResponse.FromString,
             options,
             channel_credentials,
             insecure,

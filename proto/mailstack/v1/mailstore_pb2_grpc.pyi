@@ -81,6 +81,7 @@ class MailstoreStub:
     Move: _grpc.UnaryUnaryMultiCallable[_mailstore_pb2.CopyRequest, _mailstore_pb2.CopyResponse]
     Expunge: _grpc.UnaryUnaryMultiCallable[_mailstore_pb2.ExpungeRequest, _mailstore_pb2.ExpungeResponse]
     Search: _grpc.UnaryUnaryMultiCallable[_mailstore_pb2.SearchRequest, _mailstore_pb2.SearchResponse]
+    SearchSortData: _grpc.UnaryStreamMultiCallable[_mailstore_pb2.SearchRequest, _mailstore_pb2.SortDataResponse]
     GetQuota: _grpc.UnaryUnaryMultiCallable[_mailstore_pb2.GetQuotaRequest, _mailstore_pb2.Quota]
     GetChanges: _grpc.UnaryUnaryMultiCallable[_mailstore_pb2.GetChangesRequest, _mailstore_pb2.GetChangesResponse]
     Watch: _grpc.UnaryStreamMultiCallable[_mailstore_pb2.WatchRequest, _mailstore_pb2.ChangeEvent]
@@ -116,6 +117,7 @@ class MailstoreAsyncStub(MailstoreStub):
     Move: _aio.UnaryUnaryMultiCallable[_mailstore_pb2.CopyRequest, _mailstore_pb2.CopyResponse]  # type: ignore[assignment]
     Expunge: _aio.UnaryUnaryMultiCallable[_mailstore_pb2.ExpungeRequest, _mailstore_pb2.ExpungeResponse]  # type: ignore[assignment]
     Search: _aio.UnaryUnaryMultiCallable[_mailstore_pb2.SearchRequest, _mailstore_pb2.SearchResponse]  # type: ignore[assignment]
+    SearchSortData: _aio.UnaryStreamMultiCallable[_mailstore_pb2.SearchRequest, _mailstore_pb2.SortDataResponse]  # type: ignore[assignment]
     GetQuota: _aio.UnaryUnaryMultiCallable[_mailstore_pb2.GetQuotaRequest, _mailstore_pb2.Quota]  # type: ignore[assignment]
     GetChanges: _aio.UnaryUnaryMultiCallable[_mailstore_pb2.GetChangesRequest, _mailstore_pb2.GetChangesResponse]  # type: ignore[assignment]
     Watch: _aio.UnaryStreamMultiCallable[_mailstore_pb2.WatchRequest, _mailstore_pb2.ChangeEvent]  # type: ignore[assignment]
@@ -268,6 +270,13 @@ class MailstoreServicer(metaclass=_abc_1.ABCMeta):
         request: _mailstore_pb2.SearchRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_mailstore_pb2.SearchResponse, _abc.Awaitable[_mailstore_pb2.SearchResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def SearchSortData(
+        self,
+        request: _mailstore_pb2.SearchRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_mailstore_pb2.SortDataResponse], _abc.AsyncIterator[_mailstore_pb2.SortDataResponse]]: ...
 
     @_abc_1.abstractmethod
     def GetQuota(

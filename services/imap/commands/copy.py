@@ -49,6 +49,7 @@ async def copy_move(session: Session, command: Command) -> Reply | None:
     # RFC 6851 §4.3: COPYUID in an untagged OK, then the EXPUNGEs, then the tagged OK
     if code:
         session.untagged(untagged_status("OK", "moved", code))
-    for line in view.expunge_responses([pair.source for pair in mapping], session.qresync):
-        session.untagged(line)
+    moved = [pair.source for pair in mapping]
+    for line in session.contexts.forget(view, moved) + view.expunge_responses(moved, session.qresync):
+        session.untagged(line)  # RFC 5267 §4.3.4: REMOVEFROM before EXPUNGE
     return Reply("OK", "MOVE completed")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from ..contexts import UpdateContext, partial_item
 from ..mailbox_view import MailboxView
 from ..protocol import Command, Search
 from ..protocol.encoder import quoted, set_text, untagged
@@ -35,6 +36,7 @@ async def search(session: Session, command: Command) -> Reply | None:
 
 
 async def _search(session: Session, view: MailboxView, command: Command, args: Search) -> Reply | None:
+    session.contexts.check_tag(command.tag, args.returns)
     if args.charset is not None and args.charset.upper() not in CHARSETS:
         raise no("unsupported charset", "BADCHARSET (UTF-8 US-ASCII)")
     if session.rev2 and uses_recent(args.key):
@@ -48,7 +50,11 @@ async def _search(session: Session, view: MailboxView, command: Command, args: S
     numbers = [uid if command.uid else seq for seq, uid in hits]
     returns = args.returns if args.returns is not None or not session.rev2 else ()
     if returns is not None:  # RFC 9051 §6.4.4: a rev2 session's SEARCH is RETURN (ALL)
-        line = _esearch(view, command, returns, hits, modseq_used)
+        if "UPDATE" in returns:  # RFC 5267 §4.3
+            context = UpdateContext(command.tag, command.uid, args.key, None, [u for _, u in hits])
+            for refusal in session.contexts.start(context, view):
+                session.untagged(refusal)
+        line = _esearch(view, command, returns, hits, modseq_used, args.partial)
         if line:
             session.untagged(line)
         return None
@@ -70,10 +76,15 @@ def _save(view: MailboxView, returns: set[str], hits: list[tuple[int, int]]) -> 
 
 
 def _esearch(
-    view: MailboxView, command: Command, wanted: tuple[str, ...], hits: list[tuple[int, int]], with_modseq: bool
+    view: MailboxView,
+    command: Command,
+    wanted: tuple[str, ...],
+    hits: list[tuple[int, int]],
+    with_modseq: bool,
+    partial: tuple[int, int] | None = None,
 ) -> bytes | None:
     """The ESEARCH response (RFC 4731 §3.1), None for SAVE alone (RFC 5182 §2.4)."""
-    returns = set(wanted) or {"ALL"}
+    returns = (set(wanted) or {"ALL"}) - {"CONTEXT", "UPDATE"}  # RFC 5267 §4.2-4.3: no data of their own
     if "SAVE" in returns:
         _save(view, returns, hits)
         returns.discard("SAVE")
@@ -87,10 +98,12 @@ def _esearch(
         parts += _extremes(numbers, returns)
     if "COUNT" in returns:
         parts.append(b"COUNT %d" % len(numbers))
+    if partial is not None:  # RFC 5267 §4.4, in mailbox order
+        parts.append(partial_item(partial, [b"%d" % n for n in numbers], ordered=False))
     if with_modseq and numbers:
         # RFC 4731 §3.2: with MIN and/or MAX alone, the highest MODSEQ of the messages returned
         returned = hits
-        if not returns & {"ALL", "COUNT"}:
+        if partial is None and not returns & {"ALL", "COUNT"}:
             returned = [f(hits) for f, name in ((min, "MIN"), (max, "MAX")) if name in returns]
         parts.append(b"MODSEQ %d" % _highest(view, returned))
     return untagged(b" ".join(parts))

@@ -131,6 +131,6 @@ async def expunge(session: Session, command: Command) -> Reply | None:
         if not targets:
             return None
     expunged = await session.mailstore.expunge(view.name, targets)
-    for line in view.expunge_responses(expunged, session.qresync):
+    for line in session.contexts.forget(view, expunged) + view.expunge_responses(expunged, session.qresync):
         session.untagged(line)
     return None

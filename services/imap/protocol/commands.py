@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import TypeAlias
 
 from .fetch import FetchItem
+from .ordering import CancelUpdate, Sort, Thread
 from .search import SearchKey
 from .sequence import SequenceSet
 
@@ -138,6 +139,7 @@ class Search:
     key: SearchKey
     charset: str | None = None
     returns: tuple[str, ...] | None = None
+    partial: tuple[int, int] | None = None  # RFC 5267 §4.4 PARTIAL low:high
 
 
 @dataclass(frozen=True, slots=True)
@@ -242,4 +244,7 @@ Arguments: TypeAlias = (
     | SetQuota
     | Compress
     | Notify
+    | Sort
+    | Thread
+    | CancelUpdate
 )

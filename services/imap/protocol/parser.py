@@ -38,6 +38,7 @@ from .commands import (
 from .events import Command, ParseError
 from .fetch import parse_fetch_items
 from .grammar import ATOM_CHARS, GrammarError, Reader
+from .ordering import CONTEXT_RETURNS, parse_cancelupdate, parse_return_options, parse_sort, parse_thread
 from .search import parse_search_keys
 from .sequence import SequenceSet, parse_sequence_set
 
@@ -385,12 +386,11 @@ def search(c: ParseContext) -> Arguments:
     r = c.r
     r.sp()
     returns: tuple[str, ...] | None = None
+    partial = None
     if r.peek_keyword(b"RETURN"):
         r.pos += 6
         r.sp()
-        returns = r.sequence(r.keyword)
-        if not set(returns) <= SEARCH_RETURNS:
-            raise GrammarError("unknown SEARCH return option")
+        returns, partial = parse_return_options(r, SEARCH_RETURNS | CONTEXT_RETURNS, "SEARCH")  # RFC 5267 §4
         r.sp()
     charset = None
     if r.peek_keyword(b"CHARSET"):
@@ -399,7 +399,22 @@ def search(c: ParseContext) -> Arguments:
         raw = r.quoted() if r.peek() == 0x22 else r.atom()
         charset = raw.decode("ascii", "replace").upper()
         r.sp()
-    return Search(parse_search_keys(r), charset, returns)
+    return Search(parse_search_keys(r), charset, returns, partial)
+
+
+def sort(c: ParseContext) -> Arguments:
+    # RFC 5256 §4, RFC 5267 §3 (protocol/ordering.py)
+    return parse_sort(c.r)
+
+
+def cancelupdate(c: ParseContext) -> Arguments:
+    # RFC 5267 §4.3.5
+    return parse_cancelupdate(c.r)
+
+
+def thread(c: ParseContext) -> Arguments:
+    # RFC 5256 §4
+    return parse_thread(c.r)
 
 
 def fetch(c: ParseContext) -> Arguments:

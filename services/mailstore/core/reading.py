@@ -195,6 +195,12 @@ class Reading:
 
     async def search(self, account: str, mailbox_name: str, key: SearchKey) -> tuple[list[int], int]:
         """The UIDs matching `key`, and the highest MODSEQ among them (RFC 7162 §3.1.5)."""
+        hits = await self.search_records(account, mailbox_name, key)
+        return [r.uid for r in hits], max((r.modseq for r in hits), default=0)
+
+    async def search_records(self, account: str, mailbox_name: str, key: SearchKey) -> list[MessageRecord]:
+        """The records matching `key` in UID order, with their header blocks (what IMAP SORT and
+        THREAD order by: RFC 5256 keys come from the envelope, dates, size and References)."""
         mailbox = await self.stores.read_mailbox(account, mailbox_name)
         records = await self.stores.metadata.fetch(mailbox.id, None, with_header=True)
         max_uid = records[-1].uid if records else 0
@@ -229,4 +235,4 @@ class Reading:
                         hits.append(r)
                 except ValueError as e:
                     raise InvalidRequest(f"bad search key: {e}") from None
-        return [r.uid for r in hits], max((r.modseq for r in hits), default=0)
+        return hits

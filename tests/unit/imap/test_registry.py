@@ -62,9 +62,11 @@ def test_the_tables_hold_what_the_rfcs_say() -> None:
     authenticated |= {"NOTIFY"}  # RFC 5465 §3.1
     assert STATE_COMMANDS[State.AUTHENTICATED] == authenticated
     selected = {"CHECK", "CLOSE", "UNSELECT", "EXPUNGE", "SEARCH", "FETCH", "STORE", "COPY", "MOVE"}
+    selected |= {"SORT", "THREAD", "CANCELUPDATE"}  # RFC 5256 §3-4, RFC 5267 §4.3.5
     assert STATE_COMMANDS[State.SELECTED] == authenticated | selected
-    assert UID_COMMANDS == {"COPY", "MOVE", "FETCH", "SEARCH", "STORE", "EXPUNGE"}  # RFC 9051 §6.4.9
-    assert NO_EXPUNGE_DURING == {"FETCH", "STORE", "SEARCH"}  # RFC 9051 §7.5.1
+    # RFC 9051 §6.4.9, RFC 5256 §3-4 (UID SORT, UID THREAD)
+    assert UID_COMMANDS == {"COPY", "MOVE", "FETCH", "SEARCH", "STORE", "EXPUNGE", "SORT", "THREAD"}
+    assert NO_EXPUNGE_DURING == {"FETCH", "STORE", "SEARCH", "SORT", "THREAD"}  # RFC 9051 §7.5.1
     assert ALWAYS_REFRESH == {"NOOP", "CHECK", "IDLE"}
 
 
