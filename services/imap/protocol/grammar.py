@@ -116,7 +116,8 @@ class Reader:
 
     def tag(self) -> str:
         value = self.take_while(TAG_CHARS)
-        if not value:
+        # the tag ends at SP: of "a+b NOOP" no tag can be told, so the BAD goes untagged (RFC 9051 §7.1.5)
+        if not value or not (self.at_end() or self.peek_is(b" ")):
             raise GrammarError("invalid tag")
         return value.decode("ascii")
 
