@@ -32,7 +32,13 @@ async def create(session: Session, command: Command) -> Reply | None:
         if len(command.args.special_use) > 1 or command.args.special_use[0].lower() not in SPECIAL_USE_BY_NAME:
             raise no("one of \\Sent \\Drafts \\Trash \\Junk \\Archive \\All \\Flagged", "USEATTR")
         special = command.args.special_use[0]
-    # RFC 3501 §6.3.3: superior names that are needed are created too
+    await _create_superiors(session, name)
+    await session.mailstore.create_mailbox(name, special)
+    return None
+
+
+async def _create_superiors(session: Session, name: str) -> None:
+    # RFC 3501 §6.3.3 (CREATE), §6.3.5 (RENAME): superior names that are needed are created too
     parts = name.split("/")
     for i in range(1, len(parts)):
         try:
@@ -40,8 +46,6 @@ async def create(session: Session, command: Command) -> Reply | None:
         except grpc.RpcError as e:
             if e.code() != grpc.StatusCode.ALREADY_EXISTS:
                 raise
-    await session.mailstore.create_mailbox(name, special)
-    return None
 
 
 async def delete(session: Session, command: Command) -> Reply | None:
@@ -58,7 +62,9 @@ async def delete(session: Session, command: Command) -> Reply | None:
 async def rename(session: Session, command: Command) -> Reply | None:
     # Command: RFC 9051 §6.3.6 (children move; renaming INBOX moves its messages: the mailstore does both)
     assert isinstance(command.args, Rename)
-    await session.mailstore.rename_mailbox(command.args.mailbox, command.args.new_name.rstrip("/"))
+    new_name = command.args.new_name.rstrip("/")
+    await session.mailstore.rename_mailbox(command.args.mailbox, new_name)
+    await _create_superiors(session, new_name)  # after: a refused RENAME creates nothing
     return None
 
 
