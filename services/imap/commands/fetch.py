@@ -265,6 +265,9 @@ def _response(
         out.append((label, Literal(raw) if binary_item is None else _binary_value(binary_item, raw, m.body_structure)))
     if newly_seen and "FLAGS" not in plan.names:
         out.append((b"FLAGS", flag_list(sorted(view.flags_of(uid)))))
+    if newly_seen and session.condstore:  # RFC 7162 §3.1: a FETCH that set \Seen tells UID and MODSEQ
+        out += [(b"UID", b"%d" % uid)] if "UID" not in plan.names else []
+        out += [(b"MODSEQ", b"(%d)" % view.modseqs.get(uid, 0))] if "MODSEQ" not in plan.names else []
     return fetch_buffers(seq, out)
 
 
