@@ -23,7 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.imap_fetch_cpu import cpu_seconds
+from bench.cpu import process_cpu as cpu_seconds
 from bench.imap_load import PASSWORD, Client, connect, start_mailstack
 
 COMMANDS = {

@@ -6,6 +6,10 @@ from __future__ import annotations
 import time
 from collections import Counter
 
+# Before login a client needs literals only for LOGIN's user name and password: a larger one is
+# refused without the "+" (RFC 7888 §4), so an anonymous connection can't make us buffer a message.
+PREAUTH_MAX_LITERAL = 8 * 1024
+
 
 class ConnectionLimits:
     """Counts of open connections (per IP) and of authenticated sessions (per account)."""

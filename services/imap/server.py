@@ -25,7 +25,7 @@ from mailstack.services.common.stream_connection import CLOSE_TIMEOUT
 from mailstack.services.common.stream_connection import StreamConnection as BaseConnection
 
 from . import command_loop, telemetry
-from .limits import ConnectionLimits
+from .limits import PREAUTH_MAX_LITERAL, ConnectionLimits
 from .notifier import Notifier
 from .protocol import CommandReceiver
 from .protocol.encoder import Buffer, untagged_status
@@ -113,10 +113,9 @@ class ImapServer(StreamFrontend):
         super().__init__(settings)
         self.sessions: dict[asyncio.Task[None], Session | None] = {}
         self._services: Services | None = None
-        # A connection's receiver, made again after STARTTLS (nothing pipelined before it survives).
-        self._new_receiver = functools.partial(
-            CommandReceiver, GRAMMAR, settings.imap_max_line, settings.max_message_size
-        )
+        # A connection's receiver, made again after STARTTLS (nothing pipelined before it survives);
+        # its literal bound grows to the APPENDLIMIT at login (Session.logged_in).
+        self._new_receiver = functools.partial(CommandReceiver, GRAMMAR, settings.imap_max_line, PREAUTH_MAX_LITERAL)
 
     async def open(self) -> None:
         settings = self.settings

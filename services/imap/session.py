@@ -276,6 +276,7 @@ class Session:
     def logged_in(self, account: str) -> None:
         self.account = account
         self.state = State.AUTHENTICATED
+        self.conn.receiver.max_literal = self.settings.max_message_size  # was PREAUTH_MAX_LITERAL
         self.services.notifier.add(account, self.on_event)
 
     def auth_event(self, result: AuthResult, user: str, method: str) -> None:

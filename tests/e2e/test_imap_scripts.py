@@ -40,6 +40,7 @@ def test_the_suite_has_scripts() -> None:
 def test_script(env: ImapEnv, path: Path) -> None:
     runner = Runner(
         port=env.port(),
+        tls_port=env.port(tls=True),
         accounts=env.new_account,
         append=lambda user, mailbox, data, flags: env.append(user, mailbox, data, flags) and None,
         password=PASSWORD,

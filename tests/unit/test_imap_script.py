@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
+from typing import cast
 
 import pytest
 
-from tests.fixtures.imap_script import Runner, parse, render
+from tests.fixtures.imap_script import Connection, Runner, ScriptError, parse, render
 
 
 def _runner() -> Runner:
@@ -38,3 +40,25 @@ def test_parse_rejects_unknown_lines(tmp_path: Path) -> None:
     good.write_text("# c\n@login 2\nC2: a NOOP\nS2: a OK $*\n!: * BYE $*\n")
     steps = parse(good).steps
     assert [(s.kind, s.conn) for s in steps] == [("@", 1), ("C", 2), ("S", 2), ("!", 1)]
+
+
+def test_value_directives() -> None:
+    r = _runner()
+    r.values.update(user="u@x", password="p")
+    r.set_base64("plain \\x00${user}\\x00${password}", "t")
+    assert r.values["plain"] == "AHVAeABw"  # base64 of b"\0u@x\0p"
+    r.set_repeat("pad 3 ab", "t")
+    assert r.values["pad"] == "ababab"
+
+
+def test_also_checks_the_line_the_last_s_matched(tmp_path: Path) -> None:
+    script = tmp_path / "also.imap"
+    script.write_text("A: * 1 FETCH ($*UID ${u}$*)\nA: * 1 FETCH ($*FLAGS ()$*)\n")
+    first, second = parse(script).steps
+    assert first.kind == "A"
+    r = _runner()
+    r.conns[1] = cast(Connection, SimpleNamespace(matched="* 1 FETCH (UID 7 MODSEQ (3))"))
+    r.also(first, "t")
+    assert r.values["u"] == "7"
+    with pytest.raises(ScriptError):
+        r.also(second, "t")

@@ -295,6 +295,9 @@ def _response(
         out.append((label, value))
     if newly_seen and "FLAGS" not in plan.names:
         out.append((b"FLAGS", flag_list(sorted(view.flags_of(uid)))))
+    if newly_seen and session.condstore:  # RFC 7162 §3.1: a FETCH that set \Seen tells UID and MODSEQ
+        out += [(b"UID", b"%d" % uid)] if "UID" not in plan.names else []
+        out += [(b"MODSEQ", b"(%d)" % view.modseqs.get(uid, 0))] if "MODSEQ" not in plan.names else []
     # Fixed-size items first, body literals last, in the asked order within each (as Dovecot:
     # clients and tools that read FLAGS or UID after a literal miss them otherwise)
     out.sort(key=lambda item: isinstance(item[1], Literal))

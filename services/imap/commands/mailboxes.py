@@ -37,7 +37,15 @@ async def create(session: Session, command: Command) -> Reply | None:
         if len(command.args.special_use) > 1 or command.args.special_use[0].lower() not in SPECIAL_USE_BY_NAME:
             raise no("one of \\Sent \\Drafts \\Trash \\Junk \\Archive \\All \\Flagged", "USEATTR")
         special = command.args.special_use[0]
-    # RFC 3501 §6.3.3: superior names that are needed are created too
+    await _create_superiors(session, name)
+    await session.mailstore.create_mailbox(name, special)
+    # RFC 8474 §4.1: the new mailbox's MAILBOXID in the tagged OK
+    created = await session.mailstore.status(name)
+    return Reply("OK", "CREATE completed", f"MAILBOXID ({mailbox_id(created.mailbox_id)})")
+
+
+async def _create_superiors(session: Session, name: str) -> None:
+    # RFC 3501 §6.3.3 (CREATE), §6.3.5 (RENAME): superior names that are needed are created too
     parts = name.split("/")
     for i in range(1, len(parts)):
         try:
@@ -45,10 +53,6 @@ async def create(session: Session, command: Command) -> Reply | None:
         except grpc.RpcError as e:
             if e.code() != grpc.StatusCode.ALREADY_EXISTS:
                 raise
-    await session.mailstore.create_mailbox(name, special)
-    # RFC 8474 §4.1: the new mailbox's MAILBOXID in the tagged OK
-    created = await session.mailstore.status(name)
-    return Reply("OK", "CREATE completed", f"MAILBOXID ({mailbox_id(created.mailbox_id)})")
 
 
 async def delete(session: Session, command: Command) -> Reply | None:
@@ -69,7 +73,15 @@ async def delete(session: Session, command: Command) -> Reply | None:
 async def rename(session: Session, command: Command) -> Reply | None:
     # Command: RFC 9051 §6.3.6 (children move; renaming INBOX moves its messages: the mailstore does both)
     assert isinstance(command.args, Rename)
-    await session.mailstore.rename_mailbox(command.args.mailbox, command.args.new_name.rstrip("/"))
+    new_name = command.args.new_name.rstrip("/")
+    old_name = command.args.mailbox
+    await session.mailstore.rename_mailbox(old_name, new_name)
+    await _create_superiors(session, new_name)  # after: a refused RENAME creates nothing
+    view = session.view
+    if view is not None and old_name != "INBOX" and (view.name == old_name or view.name.startswith(old_name + "/")):
+        # Nothing in RFC 9051 §6.3.6 closes the selected mailbox: it stays selected under its new
+        # name, with the same UIDVALIDITY (as Dovecot); renaming INBOX leaves INBOX itself in place
+        view.name = new_name + view.name[len(old_name) :]
     return None
 
 

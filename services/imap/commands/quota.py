@@ -12,7 +12,9 @@ if TYPE_CHECKING:
     from ..session import Session
 
 
-async def _quota_line(session: Session) -> bytes:
+async def _quota_line(session: Session) -> bytes | None:
+    """The QUOTA response of the account's one root "", or None when the account has no limits:
+    then there is no root, as a quota-list holds at least one resource (RFC 9208 §9)."""
     quota = await session.mailstore.quota()
     resources = []
     # RFC 9208 §5.1: STORAGE in units of 1024 octets; unlimited resources are not listed
@@ -20,24 +22,28 @@ async def _quota_line(session: Session) -> bytes:
         resources.append(b"STORAGE %d %d" % ((quota.used_bytes + 1023) // 1024, quota.limit_bytes // 1024))
     if quota.limit_messages:
         resources.append(b"MESSAGE %d %d" % (quota.used_messages, quota.limit_messages))
-    return untagged(b'QUOTA "" (' + b" ".join(resources) + b")")
+    return untagged(b'QUOTA "" (' + b" ".join(resources) + b")") if resources else None
 
 
 async def getquota(session: Session, command: Command) -> Reply | None:
     # Command: RFC 9208 §4.2
     assert isinstance(command.args, QuotaRoot)
-    if command.args.root != "":
+    line = await _quota_line(session) if command.args.root == "" else None
+    if line is None:
         raise no("no such quota root", "NONEXISTENT")
-    session.untagged(await _quota_line(session))
+    session.untagged(line)
     return None
 
 
 async def getquotaroot(session: Session, command: Command) -> Reply | None:
-    # Command: RFC 9208 §4.3
+    # Command: RFC 9208 §4.3 (no limits: no root, "* QUOTAROOT INBOX" alone)
     assert isinstance(command.args, MailboxArgument)
     await session.mailstore.status(command.args.mailbox)
-    session.untagged(untagged(b"QUOTAROOT " + mailbox(command.args.mailbox, session.utf8) + b' ""'))
-    session.untagged(await _quota_line(session))
+    line = await _quota_line(session)
+    name = mailbox(command.args.mailbox, session.utf8)
+    session.untagged(untagged(b"QUOTAROOT " + name + (b' ""' if line else b"")))
+    if line:
+        session.untagged(line)
     return None
 
 

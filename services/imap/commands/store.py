@@ -50,9 +50,10 @@ async def store(session: Session, command: Command) -> Reply | None:
 
 
 def _fetch_line(session: Session, view: MailboxView, uid_form: bool, silent: bool, seq: int, uid: int) -> bytes:
-    """`* seq FETCH (UID FLAGS MODSEQ)`, each when it belongs (RFC 9051 §6.4.6, RFC 7162 §3.1.3)."""
+    """`* seq FETCH (UID FLAGS MODSEQ)`, each when it belongs (RFC 9051 §6.4.6, RFC 7162 §3.1.3;
+    under CONDSTORE every untagged FETCH carries UID and MODSEQ, RFC 7162 §3.1)."""
     items = []
-    if uid_form:
+    if uid_form or session.condstore:
         items.append(b"UID %d" % uid)
     if not silent:
         items.append(b"FLAGS " + flag_list(sorted(view.flags_of(uid))))

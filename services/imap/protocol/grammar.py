@@ -116,7 +116,8 @@ class Reader:
 
     def tag(self) -> str:
         value = self.take_while(TAG_CHARS)
-        if not value:
+        # the tag ends at SP: of "a+b NOOP" no tag can be told, so the BAD goes untagged (RFC 9051 §7.1.5)
+        if not value or not (self.at_end() or self.peek_is(b" ")):
             raise GrammarError("invalid tag")
         return value.decode("ascii")
 
@@ -173,9 +174,8 @@ class Reader:
     def literal(self, allow_literal8: bool = False) -> bytes:
         # literal = "{" number64 ["+"] "}" CRLF *CHAR8   (RFC 9051; "+" is LITERAL+, RFC 7888)
         # literal8 = "~{" number64 "}" CRLF *OCTET        (RFC 3516 BINARY)
-        if self.accept(b"~"):
-            if not allow_literal8:
-                raise GrammarError("literal8 not allowed here")
+        if self.accept(b"~") and not allow_literal8:
+            raise GrammarError("literal8 not allowed here")
         self.expect(b"{")
         size = self.number64()
         self.accept(b"+")
@@ -184,6 +184,9 @@ class Reader:
         if self.pos + size > len(self.data):
             raise GrammarError("truncated literal")
         value = self.data[self.pos : self.pos + size]
+        # a string literal is CHAR8 (%x01-ff): no NUL (APPEND's message is left to its handler)
+        if not allow_literal8 and b"\x00" in value:
+            raise GrammarError("NUL octet in a literal")
         self.pos += size
         return value
 

@@ -179,9 +179,10 @@ def create(c: ParseContext) -> Arguments:
                 raise GrammarError("unknown CREATE parameter")
             r.sp()
             for flag in r.flag_list():
-                if flag.lower() not in USE_ATTRIBUTES:
-                    raise GrammarError(f"unknown special-use attribute {flag}")
-                uses.append(USE_ATTRIBUTES[flag.lower()])
+                if not flag.startswith("\\"):
+                    raise GrammarError(f"a special-use attribute starts with a backslash: {flag}")
+                # an unknown "\atom" is valid syntax: the handler answers NO [USEATTR] (RFC 6154 §3)
+                uses.append(USE_ATTRIBUTES.get(flag.lower(), flag))
 
         if not r.sequence(param):
             raise GrammarError("empty CREATE parameters")

@@ -217,7 +217,10 @@ class CommandReceiver:
     def _literal_announced(self, size: int | None, synchronizing: bool) -> Event | None:
         tag = self._tag
         if size is None:
-            return self._fail(tag, "literal size out of range")
+            if not synchronizing:
+                return self._fail(tag, "literal size out of range")  # its octets can't be told apart
+            self._reset_command()  # the client sends nothing before our "+": just refuse the command
+            return ParseError(tag, "literal size out of range")
         # the whole command is bounded too, or chains of small literals could grow it forever
         if size > self.max_literal or len(self._command) + size > self.max_literal + self.max_line:
             self._reset_command()

@@ -96,7 +96,11 @@ def test_select_examine_with_condstore_and_qresync() -> None:
 def test_mailbox_commands() -> None:
     assert parse_one(b"a CREATE foo/bar\r\n").args == Create("foo/bar")
     assert parse_one(b"a CREATE Sent (USE (\\sent \\Archive))\r\n").args == Create("Sent", ("\\Sent", "\\Archive"))
-    assert isinstance(parse_command(b"a CREATE x (USE (\\Bogus))"), ParseError)
+    # RFC 9051 §9: a string literal is CHAR8, no NUL
+    assert isinstance(parse_command(b"a CREATE {3}\r\na\x00b"), ParseError)
+    # RFC 6154 §6 use-attr-ext = "\\" atom: an unknown one parses (the handler says NO [USEATTR])
+    assert parse_one(b"a CREATE x (USE (\\Bogus))\r\n").args == Create("x", ("\\Bogus",))
+    assert isinstance(parse_command(b"a CREATE x (USE (Bogus))"), ParseError)
     assert parse_one(b"a DELETE x\r\n") == Command("a", "DELETE", MailboxArgument("x"))
     assert parse_one(b'a RENAME "a b" c\r\n').args == Rename("a b", "c")
     assert parse_one(b"a SUBSCRIBE x\r\n") == Command("a", "SUBSCRIBE", MailboxArgument("x"))

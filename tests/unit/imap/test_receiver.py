@@ -161,6 +161,13 @@ def test_absurd_literal_size_is_fatal() -> None:
     assert_events(data, [ParseError("A1", "literal size out of range", fatal=True)], complete=False)
 
 
+def test_absurd_synchronizing_literal_size_is_refused_and_the_session_goes_on() -> None:
+    receiver = CommandReceiver(GRAMMAR)
+    receiver.receive_data(b"A1 LOGIN {" + b"9" * 25 + b"}\r\n" + FOLLOWER)
+    assert receiver.next_event() == ParseError("A1", "literal size out of range")
+    assert receiver.next_event() == FOLLOWER_EVENT
+
+
 def test_reject_literal_drops_the_command() -> None:
     receiver = CommandReceiver(GRAMMAR)
     receiver.receive_data(b"A1 APPEND INBOX {50}\r\n")
