@@ -95,6 +95,20 @@ def _partial_range(r: Reader) -> tuple[int, int]:
     return min(first, last), max(first, last)
 
 
+def optional_return(
+    r: Reader, allowed: frozenset[str], command: str
+) -> tuple[tuple[str, ...] | None, tuple[int, int] | None]:
+    """`RETURN (...) SP` if it comes next (RFC 4731 §3.1, RFC 5256 via RFC 5267 §3): the options and
+    PARTIAL range; (None, None) when there is none."""
+    if not r.peek_keyword(b"RETURN"):
+        return None, None
+    r.pos += 6
+    r.sp()
+    returns, partial = parse_return_options(r, allowed, command)
+    r.sp()
+    return returns, partial
+
+
 def parse_return_options(
     r: Reader, allowed: frozenset[str], command: str
 ) -> tuple[tuple[str, ...], tuple[int, int] | None]:
@@ -120,13 +134,7 @@ def parse_return_options(
 def parse_sort(r: Reader, allowed: frozenset[str] = SORT_RETURNS | CONTEXT_RETURNS) -> Sort:
     """The arguments after "SORT" (the reader is at the SP that follows it)."""
     r.sp()
-    returns: tuple[str, ...] | None = None
-    partial = None
-    if r.peek_keyword(b"RETURN"):
-        r.pos += 6
-        r.sp()
-        returns, partial = parse_return_options(r, allowed, "SORT")
-        r.sp()
+    returns, partial = optional_return(r, allowed, "SORT")
     if r.peek() != 0x28:
         raise GrammarError("sort criteria must be a parenthesized list")
     criteria = r.sequence(lambda: _criterion(r))

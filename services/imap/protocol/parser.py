@@ -38,7 +38,7 @@ from .commands import (
 from .events import Command, ParseError
 from .fetch import parse_fetch_items
 from .grammar import ATOM_CHARS, GrammarError, Reader
-from .ordering import CONTEXT_RETURNS, parse_cancelupdate, parse_return_options, parse_sort, parse_thread
+from .ordering import CONTEXT_RETURNS, optional_return, parse_cancelupdate, parse_sort, parse_thread
 from .search import parse_search_keys
 from .sequence import SequenceSet, parse_sequence_set
 
@@ -386,13 +386,7 @@ def search(c: ParseContext) -> Arguments:
     # search-program = ["CHARSET" SP charset SP] search-key *(SP search-key);  charset = atom / quoted
     r = c.r
     r.sp()
-    returns: tuple[str, ...] | None = None
-    partial = None
-    if r.peek_keyword(b"RETURN"):
-        r.pos += 6
-        r.sp()
-        returns, partial = parse_return_options(r, SEARCH_RETURNS | CONTEXT_RETURNS, "SEARCH")  # RFC 5267 §4
-        r.sp()
+    returns, partial = optional_return(r, SEARCH_RETURNS | CONTEXT_RETURNS, "SEARCH")  # RFC 5267 §4
     charset = None
     if r.peek_keyword(b"CHARSET"):
         r.pos += 7
