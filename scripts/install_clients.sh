@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs the Debian packages the end-to-end tests drive as real clients and MTAs, and the
-# PostgreSQL server the metadata contract tests start (tests/fixtures/postgres_server.py), only those missing. Needs root (apt-get) when something is missing.
+# PostgreSQL server the metadata contract tests start (tests/fixtures/postgres_server.py),
+# only those missing. Needs root (apt-get) when something is missing.
 set -euo pipefail
 
 # swaks only Recommends its TLS modules (Net::SSLeay, IO::Socket::SSL), which --no-install-recommends leaves out.

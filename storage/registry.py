@@ -1,4 +1,4 @@
-"""Open a storage backend from its URL: file:// s3:// sqlite:// redis:// memory://."""
+"""Open a storage backend from its URL: file:// s3:// sqlite:// postgresql:// redis:// memory://."""
 
 from __future__ import annotations
 
@@ -59,7 +59,11 @@ def open_metadata_store(url: str) -> MetadataStore:
         from mailstack.storage.metadata.sqlite import SqliteMetadataStore
 
         return SqliteMetadataStore(_path(url))
-    raise ValueError(f"unsupported metadata URL {url!r} (sqlite://PATH)")
+    if scheme in ("postgresql", "postgres"):
+        from mailstack.storage.metadata.postgresql import PostgresMetadataStore
+
+        return PostgresMetadataStore(url)
+    raise ValueError(f"unsupported metadata URL {scheme + '://'!r} (sqlite://PATH, postgresql://USER@HOST/DB)")
 
 
 def open_event_bus(url: str) -> EventBus:
