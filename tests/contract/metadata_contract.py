@@ -73,6 +73,61 @@ async def usage(store: MetadataStore, name: str) -> tuple[int, int]:
     return found.used_bytes, found.used_messages
 
 
+class ClientView:
+    """What one IMAP client of a mailbox relies on, checked at every look: a UID it has not seen before is
+    above every UID it has seen, and a message that changed since its last look has a MODSEQ above
+    everything that look showed."""
+
+    def __init__(self, store: MetadataStore, mailbox_id: int) -> None:
+        self.store = store
+        self.mailbox_id = mailbox_id
+        self.seen: dict[int, int] = {}  # uid -> modseq at the last look
+        self.max_uid = 0
+        self.high = 0
+        self.looks = 0
+        self.done = asyncio.Event()
+
+    async def look(self) -> None:
+        now = {m.uid: m.modseq for m in await self.store.fetch(self.mailbox_id)}
+        if self.looks:
+            for uid, modseq in now.items():
+                assert uid in self.seen or uid > self.max_uid, f"UID {uid} appeared after UID {self.max_uid}"
+                if self.seen.get(uid) != modseq:
+                    assert modseq > self.high, f"UID {uid} changed at MODSEQ {modseq} <= {self.high} already seen"
+        self.max_uid = max([self.max_uid, *now])
+        self.high = max([self.high, *now.values()])
+        self.seen = now
+        self.looks += 1
+
+    async def watch(self) -> None:
+        while not self.done.is_set() or self.looks < 2:
+            await self.look()
+            await asyncio.sleep(0)
+
+    @staticmethod
+    async def until_done(views: list[ClientView], *work: Awaitable[None]) -> None:
+        try:
+            await asyncio.gather(*work)
+        finally:
+            for view in views:
+                view.done.set()
+
+
+async def check_mailboxes(store: MetadataStore, acc: AccountRecord, mailboxes: list[MailboxRecord]) -> int:
+    """Each mailbox's UIDs are distinct, below UIDNEXT, logged once, at MODSEQs up to HIGHESTMODSEQ;
+    returns how many messages they hold."""
+    present = 0
+    for mailbox in mailboxes:
+        record = await store.get_mailbox(acc.id, mailbox.name)
+        uids = [m.uid for m in await store.fetch(mailbox.id)]
+        assert uids == sorted(set(uids)) and all(u < record.uidnext for u in uids)
+        changes = await store.changes_since(mailbox.id, 0)
+        assert all(c.modseq <= record.highestmodseq for c in changes)
+        assert len({c.uid for c in changes}) == len(changes), "a UID used twice in one mailbox"
+        present += len(uids)
+    return present
+
+
 class MetadataStoreContract:
     """Every MetadataStore passes these. A subclass provides the fixture `metadata_url`."""
 
@@ -792,3 +847,113 @@ class MetadataStoreContract:
         assert await s.acquire_lease("pop3:alice", "s2", 60) == (True, "s2")
         await s.release_lease("pop3:alice", "s2")
         assert await s.acquire_lease("pop3:alice", "s3", 60) == (True, "s3")
+
+    # ------------------------------------------------------------------ two replicas at once
+
+    async def test_two_replicas_hammering_one_mailbox_keep_uid_and_modseq_invariants(
+        self, open_store: OpenStore
+    ) -> None:
+        """APPEND, STORE, MOVE and EXPUNGE through two store instances (as two mailstore replicas) on one
+        mailbox, while a client on each checks what IMAP relies on (ClientView)."""
+        first, second = await open_store(), await open_store()
+        acc = await account(first)
+        box = await inbox(first, acc)
+        archive = await second.create_mailbox(acc.id, "Archive")
+        inserted: list[InsertResult] = []
+        expunged: list[int] = []  # messages gone for good (moves keep them)
+
+        async def appender(store: MetadataStore, tag: str) -> None:
+            for i in range(24):
+                inserted.append(await insert(store, box.id, f"{tag}{i}", size=10))
+
+        async def flagger(store: MetadataStore, flag: str) -> None:
+            for i in range(12):
+                await store.store_flags(box.id, [(1 + i % 5, 0)], "add" if i % 2 else "remove", [flag], None)
+
+        async def mover(store: MetadataStore) -> None:
+            for i in range(8):
+                source, target = (box.id, archive.id) if i % 2 == 0 else (archive.id, box.id)
+                await store.copy(source, [(1, 0)] if i % 4 else [(i + 1, i + 3)], target, move=True, enforce_quota=True)
+
+        async def expunger(store: MetadataStore) -> None:
+            for i in range(8):
+                await store.store_flags(box.id, [(3 * i + 1, 3 * i + 1)], "add", ["\\Deleted"], None)
+                expunged.extend((await store.expunge(box.id, None)).expunged)
+
+        views = [ClientView(first, box.id), ClientView(second, box.id)]
+        await asyncio.gather(
+            views[0].watch(), views[1].watch(),
+            ClientView.until_done(
+                views, appender(first, "a"), appender(second, "b"), flagger(first, "\\Seen"), flagger(second, "kw"),
+                mover(first), mover(second), expunger(second), expunger(first),
+            ),
+        )  # fmt: skip
+        assert min(v.looks for v in views) >= 2
+
+        # Inserts into one mailbox: UIDs distinct, and in UID order their MODSEQs rise (commit order).
+        assert len({r.uid for r in inserted}) == len(inserted) == 48
+        by_uid = sorted(inserted, key=lambda r: r.uid)
+        assert [r.modseq for r in by_uid] == sorted({r.modseq for r in by_uid})
+        for store in (first, second):
+            present = await check_mailboxes(store, acc, [box, archive])
+            assert present + len(expunged) == 48  # moved messages are neither lost nor doubled
+            assert await usage(store, acc.name) == (present * 10, present)
+        assert await first.recompute_usage(acc.id) == (present * 10, present)
+
+    async def test_flag_changes_from_two_replicas_at_once_are_never_lost(self, open_store: OpenStore) -> None:
+        # STORE reads flags and writes them back: without the mailbox lock one replica's change would be lost.
+        first, second = await open_store(), await open_store()
+        box = await inbox(first, await account(first))
+        for i in range(10):
+            await insert(second, box.id, f"k{i}")
+        for k in range(5):
+            await asyncio.gather(
+                first.store_flags(box.id, [(1, 0)], "add", [f"a{k}"], None),
+                second.store_flags(box.id, [(1, 0)], "add", [f"b{k}"], None),
+            )
+        for record in await second.fetch(box.id):
+            assert {f"a{k}" for k in range(5)} | {f"b{k}" for k in range(5)} <= set(record.flags)
+
+    async def test_delivery_racing_mailbox_delete_leaves_no_orphan(self, open_store: OpenStore) -> None:
+        first, second = await open_store(), await open_store()
+        acc = await account(first)
+        for round_ in range(3):
+            target = await first.create_mailbox(acc.id, f"Doomed{round_}")
+
+            async def deliveries(target_id: int = target.id, tag: str = f"r{round_}-") -> list[object]:
+                return [(await second.deliver([target_id], message(f"{tag}{i}"), True))[0] for i in range(10)]
+
+            async def delete(name: str = target.name) -> None:
+                await asyncio.sleep(0.005)
+                await first.delete_mailbox(acc.id, name)
+
+            outcomes, _ = await asyncio.gather(deliveries(), delete())
+            assert all(isinstance(o, InsertResult | MailboxNotFound) for o in outcomes)
+        # Every stored message went with its mailbox: no counters, no blob references left behind.
+        assert await usage(first, acc.name) == (0, 0)
+        assert await second.recompute_usage(acc.id) == (0, 0)
+        assert await first.body_references(acc.id) == []
+        for round_ in range(3):
+            assert not any([await second.blob_referenced(f"r{round_}-{i}") for i in range(10)])
+
+    async def test_replicas_share_leases_and_recent_claims(self, open_store: OpenStore) -> None:
+        first, second = await open_store(), await open_store()
+        grants = await asyncio.gather(
+            *(store.acquire_lease("job:sweep", f"replica-{i}", 60) for i, store in enumerate([first, second] * 4))
+        )
+        assert sum(granted for granted, _ in grants) == 1, "one replica holds a background job"
+        assert len({holder for _, holder in grants}) == 1
+        acc = await account(first)
+        box = await inbox(first, acc)
+
+        async def deliver_and_claim(store: MetadataStore, tag: str) -> list[tuple[int, int]]:
+            claims = []
+            for i in range(6):
+                await insert(store, box.id, f"{tag}{i}")
+                claims.append(await store.claim_recent(box.id))
+            return claims
+
+        claims = [c for batch in await asyncio.gather(deliver_and_claim(first, "a"), deliver_and_claim(second, "b"))
+                  for c in batch]  # fmt: skip
+        claimed = sorted(uid for floor, uidnext in claims for uid in range(floor, uidnext))
+        assert claimed == list(range(1, 13)), "each message is \\Recent in exactly one session"
