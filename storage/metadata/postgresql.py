@@ -196,7 +196,7 @@ async def _bump_modseq(conn: Conn, mailbox: _Mailbox) -> int:
     return mailbox.highestmodseq
 
 
-async def _reference_blobs(conn: Conn, keys: Iterable[str]) -> None:
+async def reference_blobs(conn: Conn, keys: Iterable[str]) -> None:
     counts = sorted(Counter(keys).items())  # one order for every writer: fewer lock waits in a cycle
     await conn.execute(
         "INSERT INTO blobs (key, refcount) SELECT k, c FROM unnest($1::text[], $2::bigint[]) AS t(k, c)"
@@ -206,7 +206,7 @@ async def _reference_blobs(conn: Conn, keys: Iterable[str]) -> None:
     )
 
 
-async def _release_blobs(conn: Conn, keys: Iterable[str]) -> list[str]:
+async def release_blobs(conn: Conn, keys: Iterable[str]) -> list[str]:
     """Drop one reference per key occurrence; delete and return the keys nobody references any more."""
     counts = sorted(Counter(keys).items())
     if not counts:
@@ -323,7 +323,7 @@ async def _insert_message(
         message.header,
         message.sent_date,
     )
-    await _reference_blobs(conn, [message.blob_key])
+    await reference_blobs(conn, [message.blob_key])
     await _add_usage(conn, locked, mailbox.account_id, message.size, 1)
     return InsertResult(uid=uid, uidvalidity=mailbox.uidvalidity, modseq=modseq)
 
@@ -338,7 +338,7 @@ async def _expunge(
     modseq = await _bump_modseq(conn, mailbox)
     expunged = [r[0] for r in rows]
     await _remove_messages(conn, mailbox_id, expunged, modseq)
-    freed = await _release_blobs(conn, [r[2] for r in rows])
+    freed = await release_blobs(conn, [r[2] for r in rows])
     freed_bytes = sum(r[1] for r in rows)
     await _add_usage(conn, locked, mailbox.account_id, -freed_bytes, -len(rows))
     return ExpungeResult(tuple(expunged), modseq, tuple(freed), freed_bytes, len(rows))
@@ -491,6 +491,15 @@ class PostgresMetadataStore:
             async with conn.transaction(isolation="repeatable_read", readonly=True):
                 return await fn(conn)
 
+    # ---- for siblings on the same database (the outbound queue, storage/queue/postgresql.py)
+
+    async def run_write(self, fn: Callable[[Conn], Awaitable[T]]) -> T:
+        """fn as one read-write transaction, with this store's retries, error mapping and shielding."""
+        return await self._write(fn)
+
+    async def run_read(self, fn: Callable[[Conn], Awaitable[T]], *, snapshot: bool = False) -> T:
+        return await self._read(fn, snapshot=snapshot)
+
     # ---- lifecycle
 
     async def migrate(self) -> None:
@@ -588,7 +597,7 @@ class PostgresMetadataStore:
                     "SELECT blob_key FROM messages WHERE mailbox_id = ANY($1::bigint[])", sorted(ids)
                 )
             ]
-            freed = await _release_blobs(conn, keys)
+            freed = await release_blobs(conn, keys)
             # Cascades to aliases, subscriptions, mailboxes, their messages and change log.
             await conn.execute("DELETE FROM accounts WHERE id = $1", account_id)
             return freed
@@ -910,7 +919,7 @@ class PostgresMetadataStore:
                     await _add_usage(conn, locked, source.account_id, -size, -len(rows))
                     await _add_usage(conn, locked, destination.account_id, size, len(rows))
             else:
-                await _reference_blobs(conn, [r[2] for r in rows])
+                await reference_blobs(conn, [r[2] for r in rows])
                 await _add_usage(conn, locked, destination.account_id, size, len(rows))
             return CopyResult(
                 uidvalidity=destination.uidvalidity,

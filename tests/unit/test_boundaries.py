@@ -44,6 +44,7 @@ BACKENDS = (
     "mailstack.storage.metadata.sqlite",
     "mailstack.storage.metadata.postgresql",
     "mailstack.storage.queue.sqlite",
+    "mailstack.storage.queue.postgresql",
     "mailstack.storage.quota.redis",
     "mailstack.storage.quota.sql",
 )
@@ -67,6 +68,8 @@ SIBLINGS = {
     # The queue's tables live in the metadata database; its transactions run through the metadata store's
     # writer thread, sharing group commit and the `blobs` table the orphan sweeper reads (queue/sqlite.py).
     ("mailstack.storage.queue.sqlite", "mailstack.storage.metadata.sqlite"),
+    # The same on PostgreSQL: one pool, one transaction discipline, one `blobs` table (queue/postgresql.py).
+    ("mailstack.storage.queue.postgresql", "mailstack.storage.metadata.postgresql"),
 }
 
 RULES: tuple[Rule, ...] = (
