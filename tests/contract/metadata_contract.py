@@ -957,3 +957,19 @@ class MetadataStoreContract:
                   for c in batch]  # fmt: skip
         claimed = sorted(uid for floor, uidnext in claims for uid in range(floor, uidnext))
         assert claimed == list(range(1, 13)), "each message is \\Recent in exactly one session"
+
+    async def test_two_replicas_delivering_to_a_full_account_never_overshoot(self, open_store: OpenStore) -> None:
+        first, second = await open_store(), await open_store()
+        acc = await account(first, quota_messages=5)
+        box = await inbox(first, acc)
+        sent = await first.get_mailbox(acc.id, "Sent")  # two mailboxes, one account: one quota
+        outcomes = await asyncio.gather(
+            *(
+                store.insert_message(target, message(f"q{i}"), enforce_quota=True)
+                for i, (store, target) in enumerate([(first, box.id), (second, sent.id)] * 8)
+            ),
+            return_exceptions=True,
+        )
+        assert sum(isinstance(o, InsertResult) for o in outcomes) == 5
+        assert all(isinstance(o, InsertResult | OverQuota) for o in outcomes)
+        assert await usage(second, acc.name) == (500, 5) == await first.recompute_usage(acc.id)
