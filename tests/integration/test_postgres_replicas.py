@@ -12,7 +12,9 @@ from pathlib import Path
 import pytest
 from imapclient import IMAPClient
 from mailstack.services.mailstore.server import MailstoreServer
+from mailstack.v1 import send_pb2 as spb
 
+from tests.e2e.outbound_support import ScriptedMx, outbound_stack, scripted_mx
 from tests.fixtures.imap_server import PASSWORD, ImapEnv, imap_env, message
 from tests.fixtures.mailstore import Client, deliver, open_client
 
@@ -84,3 +86,23 @@ def test_mail_through_either_replica_reads_the_same_over_imap_through_the_other(
         via_b.append("INBOX", message("appended"))
         until(lambda: via_a.noop() is not None and via_a.search("ALL")[-1:] == [22])
         assert via_b.search(["SUBJECT", "appended"]) == [22]
+
+
+async def test_send_api_queues_and_delivers_with_postgresql_metadata(tmp_path: Path, postgres_url: str) -> None:
+    # The outbound queue and API tokens live in PostgreSQL too: no SQLite file is made at all.
+    mx = ScriptedMx()
+    async with (
+        scripted_mx(mx) as port,
+        outbound_stack(tmp_path, {"remote.test": port}, metadata_url=postgres_url) as stack,
+    ):
+        raw = b"From: Shop <shop@example.test>\r\nTo: bob@remote.test\r\nSubject: raw\r\n\r\nbody\r\n"
+        header = spb.SendHeader(idempotency_key="order-42", size=len(raw))
+        first = await stack.send(header, raw)
+        assert (await stack.send(header, raw)).duplicate
+        await stack.start_worker()
+        await stack.wait_status(
+            first.message_id, lambda s: all(r.state == spb.DELIVERY_DELIVERED for r in s.recipients)
+        )
+        assert [r.recipients for r in mx.received] == [["bob@remote.test"]]
+    sqlite_files = await asyncio.to_thread(lambda: list(tmp_path.rglob("*.sqlite3")))
+    assert sqlite_files == [], "nothing needs SQLite when PostgreSQL is configured"
