@@ -7,10 +7,12 @@ import asyncio
 
 import asyncpg
 import pytest
+from mailstack.storage.errors import StorageUnavailable
 from mailstack.storage.metadata.postgresql_schema import MIGRATIONS
 from mailstack.storage.registry import open_metadata_store
 
 from tests.contract.metadata_contract import MetadataStoreContract, account
+from tests.fixtures.postgres_server import PostgresServer, database_url
 
 
 class TestPostgresMetadataStore(MetadataStoreContract):
@@ -34,3 +36,29 @@ class TestPostgresMetadataStore(MetadataStoreContract):
         finally:
             for s in stores:
                 await s.close()
+
+
+async def test_database_down_is_unavailable_and_the_store_recovers(restartable_postgres_server: PostgresServer) -> None:
+    server = restartable_postgres_server
+    store = open_metadata_store(database_url(server.url, "postgres"))
+    try:
+        await store.migrate()
+        acc = await account(store)
+        await asyncio.to_thread(server.stop)
+        for call in (store.get_account(acc.name), store.create_mailbox(acc.id, "Down")):
+            async with asyncio.timeout(10):
+                with pytest.raises(StorageUnavailable):
+                    await call
+        await asyncio.to_thread(server.start)
+        # Pooled connections died with the server; each failing call discards its own, so the
+        # store is usable again within a few calls, without being reopened.
+        for _ in range(20):
+            try:
+                await store.create_mailbox(acc.id, "Up")
+                break
+            except StorageUnavailable:
+                await asyncio.sleep(0.1)
+        assert (await store.get_mailbox(acc.id, "Up")).name == "Up"
+        assert await store.get_account(acc.name) == acc
+    finally:
+        await store.close()
