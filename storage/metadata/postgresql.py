@@ -299,34 +299,60 @@ async def _copy_rows(
     return mapping, modseq
 
 
-async def _insert_message(
-    conn: Conn, locked: _Locked, mailbox_id: int, message: NewMessage, enforce: bool
-) -> InsertResult:
-    mailbox = locked.mailbox(mailbox_id)
-    usage = locked.usage[mailbox.account_id]
-    if enforce:
-        usage.check(mailbox.account_id, message.size, 1)  # before any write: a refusal leaves nothing
-    uid, modseq = await _allocate(conn, mailbox, 1)
-    await conn.execute(
-        "INSERT INTO messages (mailbox_id, uid, modseq, created_modseq, flags, internal_date, tz_offset, size,"
-        " blob_key, envelope, structure, header, sent_date) VALUES ($1, $2, $3, $3, $4, $5, $6, $7, $8, $9, $10,"
-        " $11, $12)",
+# The whole of an insert in one statement (one round trip; alone, it is its own transaction): lock the
+# mailbox row, then its account's row only if the quota allows the message, allocate UID and MODSEQ
+# on the locked row, insert, reference the blob, count the usage. Rows locked after this statement's
+# snapshot was taken are re-read at their newest version (READ COMMITTED's re-check), so the
+# allocation and the quota check see every commit before the lock. The lock order is ADR 0028's:
+# the mailbox, then its account.
+_INSERT = """
+WITH mb AS (
+    SELECT id, account_id, uidvalidity FROM mailboxes WHERE id = $1 FOR UPDATE
+), acc AS (
+    SELECT a.id FROM accounts a JOIN mb ON a.id = mb.account_id
+    WHERE NOT $2::boolean OR ((a.quota_bytes = 0 OR a.used_bytes + $3::bigint <= a.quota_bytes)
+        AND (a.quota_messages = 0 OR a.used_messages + 1 <= a.quota_messages))
+    FOR UPDATE OF a
+), alloc AS (
+    UPDATE mailboxes m SET uidnext = m.uidnext + 1, highestmodseq = m.highestmodseq + 1
+    FROM acc WHERE m.id = $1 RETURNING m.uidnext - 1 AS uid, m.highestmodseq AS modseq
+), ins AS (
+    INSERT INTO messages (mailbox_id, uid, modseq, created_modseq, flags, internal_date, tz_offset, size,
+        blob_key, envelope, structure, header, sent_date)
+    SELECT $1::bigint, uid, modseq, modseq, $4::text, $5::bigint, $6::integer, $3::bigint, $7::text,
+        $8::bytea, $9::bytea, $10::bytea, $11::bigint FROM alloc
+    RETURNING uid, modseq
+), blob AS (
+    INSERT INTO blobs (key, refcount) SELECT $7::text, 1 FROM ins
+    ON CONFLICT (key) DO UPDATE SET refcount = blobs.refcount + 1
+), counted AS (
+    UPDATE accounts a SET used_bytes = a.used_bytes + $3::bigint, used_messages = a.used_messages + 1
+    FROM acc, ins WHERE a.id = acc.id
+)
+SELECT (SELECT uidvalidity FROM mb), (SELECT uid FROM ins), (SELECT modseq FROM ins)
+"""
+
+
+async def _insert_message(conn: Conn, mailbox_id: int, message: NewMessage, enforce: bool) -> InsertResult:
+    uidvalidity, uid, modseq = await conn.fetchrow(
+        _INSERT,
         mailbox_id,
-        uid,
-        modseq,
+        enforce,
+        message.size,
         flags_text(canonical_flags(message.flags)),
         message.internal_date,
         message.tz_offset,
-        message.size,
         message.blob_key,
         message.envelope,
         message.structure,
         message.header,
         message.sent_date,
     )
-    await reference_blobs(conn, [message.blob_key])
-    await _add_usage(conn, locked, mailbox.account_id, message.size, 1)
-    return InsertResult(uid=uid, uidvalidity=mailbox.uidvalidity, modseq=modseq)
+    if uidvalidity is None:
+        raise MailboxNotFound(str(mailbox_id))
+    if uid is None:  # the account row did not pass the quota check: nothing was written
+        raise OverQuota(f"mailbox {mailbox_id}: +{message.size} bytes, +1 message")
+    return InsertResult(uid=uid, uidvalidity=uidvalidity, modseq=modseq)
 
 
 async def _expunge(
@@ -415,6 +441,16 @@ def _message(row: Any) -> MessageRecord:
     )
 
 
+async def _keep_session(conn: Conn) -> None:
+    """The pool's reset of a returned connection. asyncpg rolls back an open transaction itself; its
+    default reset query (unlock advisory locks, close cursors, UNLISTEN, RESET ALL) would cost a round
+    trip per call for session state this store never sets (its advisory lock is transaction-scoped)."""
+
+
+async def _single(outcome: Awaitable[T]) -> list[T]:
+    return [await outcome]
+
+
 # ------------------------------------------------------------------ the store
 
 
@@ -454,6 +490,7 @@ class PostgresMetadataStore:
                             min_size=self._min,
                             max_size=self._max,
                             command_timeout=COMMAND_TIMEOUT,
+                            reset=_keep_session,
                         )
         assert self._pool is not None
         return self._pool
@@ -465,21 +502,25 @@ class PostgresMetadataStore:
             async with pool.acquire() as conn:
                 yield conn
 
-    async def _attempts(self, fn: Callable[[Conn], Awaitable[T]]) -> T:
+    async def _attempts(self, fn: Callable[[Conn], Awaitable[T]], transaction: bool) -> T:
         for attempt in range(RETRIES):
             try:
-                async with self._connection() as conn, conn.transaction():
-                    return await fn(conn)
+                async with self._connection() as conn:
+                    if not transaction:  # one statement: its own transaction, one round trip
+                        return await fn(conn)
+                    async with conn.transaction():
+                        return await fn(conn)
             except _RETRY:
                 # Another replica's transaction won a lock cycle; start again after a short, jittered pause.
                 await asyncio.sleep(random.uniform(0, 0.005 * 2**attempt))
         raise StorageUnavailable(f"metadata transaction still conflicting after {RETRIES} attempts")
 
-    async def _write(self, fn: Callable[[Conn], Awaitable[T]]) -> T:
-        """One read-write transaction, retried whole on deadlock; shielded from the caller's cancellation."""
+    async def _write(self, fn: Callable[[Conn], Awaitable[T]], *, transaction: bool = True) -> T:
+        """One read-write transaction, retried whole on deadlock; shielded from the caller's cancellation.
+        transaction=False: fn runs a single statement, which is a transaction by itself."""
         if self._closed:
             raise StorageUnavailable("metadata store is closed")
-        task = asyncio.ensure_future(self._attempts(fn))
+        task = asyncio.ensure_future(self._attempts(fn, transaction))
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
         return await asyncio.shield(task)
@@ -828,39 +869,59 @@ class PostgresMetadataStore:
     # ---- messages
 
     async def insert_message(self, mailbox_id: int, message: NewMessage, enforce_quota: bool) -> InsertResult:
-        async def txn(conn: Conn) -> InsertResult:
-            return await _insert_message(conn, await _lock(conn, [mailbox_id]), mailbox_id, message, enforce_quota)
-
-        return await self._write(txn)
+        return await self._write(
+            lambda conn: _insert_message(conn, mailbox_id, message, enforce_quota), transaction=False
+        )
 
     async def deliver(
         self, mailbox_ids: Sequence[int], message: NewMessage, enforce_quota: bool
     ) -> list[InsertResult | OverQuota | MailboxNotFound]:
-        async def txn(conn: Conn) -> list[InsertResult | OverQuota | MailboxNotFound]:
-            locked = await _lock(conn, mailbox_ids)  # every target at once, in the one lock order
-            results: list[InsertResult | OverQuota | MailboxNotFound] = []
-            for mailbox_id in mailbox_ids:
-                # Each refusal is raised before its target writes anything, so no savepoint is needed.
-                try:
-                    results.append(await _insert_message(conn, locked, mailbox_id, message, enforce_quota))
-                except (OverQuota, MailboxNotFound) as exc:
-                    results.append(exc)
-            return results
+        async def one(conn: Conn, mailbox_id: int) -> InsertResult | OverQuota | MailboxNotFound:
+            # A refused target writes nothing (one statement), so no savepoint is needed.
+            try:
+                return await _insert_message(conn, mailbox_id, message, enforce_quota)
+            except (OverQuota, MailboxNotFound) as exc:
+                return exc
 
+        async def txn(conn: Conn) -> list[InsertResult | OverQuota | MailboxNotFound]:
+            done: dict[int, InsertResult | OverQuota | MailboxNotFound] = {}
+            # In mailbox id order (fewer lock cycles between deliveries), answered in the caller's order.
+            for index in sorted(range(len(mailbox_ids)), key=lambda i: mailbox_ids[i]):
+                done[index] = await one(conn, mailbox_ids[index])
+            return [done[index] for index in range(len(mailbox_ids))]
+
+        if len(mailbox_ids) == 1:
+            return await self._write(lambda conn: _single(one(conn, mailbox_ids[0])), transaction=False)
         return await self._write(txn)
 
     async def fetch(
         self, mailbox_id: int, uids: UidRanges | None = None, changed_since: int = 0, with_header: bool = False
     ) -> list[MessageRecord]:
-        header = "header" if with_header else "''::bytea"
-        columns = f"{_MESSAGE_COLUMNS}, {header}, sent_date"
+        header = "m.header" if with_header else "''::bytea"
+        columns = ", ".join(f"m.{c.strip()}" for c in _MESSAGE_COLUMNS.split(",")) + f", {header}, m.sent_date"
 
         async def txn(conn: Conn) -> list[MessageRecord]:
-            if await conn.fetchval("SELECT 1 FROM mailboxes WHERE id = $1", mailbox_id) is None:
+            # One statement for IMAP's hottest read: the mailbox row LEFT JOIN its messages in the ranges,
+            # so that "no such mailbox" (no row) and "no such messages" (one row of NULLs) differ.
+            params: list[Any] = [mailbox_id, changed_since]
+            messages = "messages m ON m.mailbox_id = b.id AND m.modseq > $2"
+            if uids is not None:
+                merged = await _ranges(conn, mailbox_id, uids)
+                params += [[lo for lo, _ in merged], [hi for _, hi in merged]]
+                messages = (
+                    "(messages m JOIN unnest($3::bigint[], $4::bigint[]) AS r(lo, hi)"
+                    " ON m.mailbox_id = $1 AND m.uid BETWEEN r.lo AND r.hi AND m.modseq > $2) ON true"
+                )
+            rows = await conn.fetch(
+                f"SELECT {columns} FROM mailboxes b LEFT JOIN {messages} WHERE b.id = $1 ORDER BY m.uid", *params
+            )
+            if not rows:
                 raise MailboxNotFound(str(mailbox_id))
-            return [_message(r) for r in await _select(conn, mailbox_id, uids, columns, changed_since=changed_since)]
+            return [_message(r) for r in rows if r[0] is not None]
 
-        return await self._read(txn, snapshot=True)
+        # "*" costs a read of the highest UID first: then both statements share one snapshot.
+        star = uids is not None and any(first == 0 or last == 0 for first, last in uids)
+        return await self._read(txn, snapshot=star)
 
     async def store_flags(
         self, mailbox_id: int, uids: UidRanges, mode: StoreMode, flags: Sequence[str], unchanged_since: int | None
