@@ -973,3 +973,29 @@ class MetadataStoreContract:
         assert sum(isinstance(o, InsertResult) for o in outcomes) == 5
         assert all(isinstance(o, InsertResult | OverQuota) for o in outcomes)
         assert await usage(second, acc.name) == (500, 5) == await first.recompute_usage(acc.id)
+
+    async def test_delivery_racing_renames_loses_and_doubles_nothing(self, open_store: OpenStore) -> None:
+        # Replica A renames a mailbox back and forth and renames INBOX (which moves its messages out)
+        # while replica B delivers into both: every message ends up exactly once somewhere.
+        first, second = await open_store(), await open_store()
+        acc = await account(first)
+        box = await inbox(first, acc)
+        work = await first.create_mailbox(acc.id, "Work")
+
+        async def deliveries() -> int:
+            stored = 0
+            for i in range(30):
+                outcome = (await second.deliver([box.id if i % 2 else work.id], message(f"r{i}"), True))[0]
+                stored += isinstance(outcome, InsertResult)
+            return stored
+
+        async def renames() -> None:
+            for i in range(6):
+                await first.rename_mailbox(acc.id, "Work" if i % 2 == 0 else "Play", "Play" if i % 2 == 0 else "Work")
+                await first.rename_mailbox(acc.id, "INBOX", f"Old{i}")
+
+        stored, _ = await asyncio.gather(deliveries(), renames())
+        assert stored == 30
+        keys = [m.blob_key for mailbox in await first.list_mailboxes(acc.id) for m in await first.fetch(mailbox.id)]
+        assert sorted(keys) == sorted(f"r{i}" for i in range(30))
+        assert await usage(second, acc.name) == (3000, 30) == await first.recompute_usage(acc.id)
