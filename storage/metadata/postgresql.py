@@ -56,7 +56,8 @@ from mailstack.storage.metadata.base import (
     UidRanges,
 )
 from mailstack.storage.metadata.postgresql_schema import NAME_CONSTRAINTS, apply_migrations
-from mailstack.storage.metadata.rules import INBOX, apply_mode, flags_text, flags_tuple, mailbox_name
+from mailstack.storage.metadata.rules import INBOX, apply_mode, flags_text, flags_tuple
+from mailstack.storage.metadata.rules import mailbox_name as _mailbox_name
 
 T = TypeVar("T")
 Conn = Any  # an asyncpg connection (asyncpg ships no type information)
@@ -572,7 +573,7 @@ class PostgresMetadataStore:
         name = name.lower()
         wanted: dict[str, str] = {INBOX: ""}  # INBOX always exists
         for box, special_use in mailboxes:
-            wanted[mailbox_name(box)] = special_use
+            wanted[_mailbox_name(box)] = special_use
 
         async def txn(conn: Conn) -> AccountRecord:
             account_id = await conn.fetchval(
@@ -692,8 +693,8 @@ class PostgresMetadataStore:
     async def resolve_address(self, address: str) -> AccountRecord | None:
         return await self._read(lambda conn: _resolve_address(conn, address.lower()))
 
-    async def resolve_delivery(self, addresses: Sequence[str], mailbox_name_: str) -> list[DeliveryTarget | None]:
-        wanted = mailbox_name(mailbox_name_)
+    async def resolve_delivery(self, addresses: Sequence[str], mailbox_name: str) -> list[DeliveryTarget | None]:
+        wanted = _mailbox_name(mailbox_name)
 
         async def txn(conn: Conn) -> list[DeliveryTarget | None]:
             out: list[DeliveryTarget | None] = []
@@ -723,14 +724,14 @@ class PostgresMetadataStore:
         return [_mailbox_record(r) for r in rows]
 
     async def get_mailbox(self, account_id: int, name: str) -> MailboxRecord:
-        name = mailbox_name(name)
+        name = _mailbox_name(name)
         record = await self._read(lambda conn: _find_mailbox(conn, account_id, name))
         if record is None:
             raise MailboxNotFound(name)
         return record
 
     async def create_mailbox(self, account_id: int, name: str, special_use: str = "") -> MailboxRecord:
-        name = mailbox_name(name)
+        name = _mailbox_name(name)
 
         async def txn(conn: Conn) -> MailboxRecord:
             if await conn.fetchval("SELECT 1 FROM accounts WHERE id = $1", account_id) is None:
@@ -743,7 +744,7 @@ class PostgresMetadataStore:
         return await self._write(txn)
 
     async def delete_mailbox(self, account_id: int, name: str) -> ExpungeResult:
-        name = mailbox_name(name)
+        name = _mailbox_name(name)
         if name == INBOX:
             raise NotAllowed("INBOX cannot be deleted")
 
@@ -762,7 +763,7 @@ class PostgresMetadataStore:
         return await self._write(txn)
 
     async def rename_mailbox(self, account_id: int, name: str, new_name: str) -> None:
-        name, new_name = mailbox_name(name), mailbox_name(new_name)
+        name, new_name = _mailbox_name(name), _mailbox_name(new_name)
 
         async def txn(conn: Conn) -> None:
             if name == INBOX:
@@ -819,7 +820,7 @@ class PostgresMetadataStore:
             await _remove_messages(conn, source.id, uids, await _bump_modseq(conn, locked.mailbox(source.id)))
 
     async def set_subscribed(self, account_id: int, name: str, subscribed: bool) -> None:
-        name = mailbox_name(name)
+        name = _mailbox_name(name)
 
         async def txn(conn: Conn) -> None:
             if await conn.fetchval("SELECT 1 FROM accounts WHERE id = $1", account_id) is None:
