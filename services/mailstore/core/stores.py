@@ -17,8 +17,7 @@ from mailstack.services.common.metrics import BLOB_CACHE_BYTES, BLOB_CACHE_LOOKU
 from mailstack.services.mailstore.core.errors import AccountNotFound, InvalidName, MailboxNotFound, StorageError
 from mailstack.services.mailstore.instrumented import instrumented
 from mailstack.storage import registry
-from mailstack.storage.blob.base import BlobStore
-from mailstack.storage.blob.cache import CachedBlobStore
+from mailstack.storage.blob.base import BlobCache, BlobStore
 from mailstack.storage.events.base import ChangeEvent, EventBus
 from mailstack.storage.metadata.base import AccountRecord, MailboxRecord, MessageRecord, MetadataStore
 from mailstack.storage.queue.base import QueueBackend
@@ -44,7 +43,7 @@ def checked_address(name: str, allow_catchall: bool = False) -> str:
         raise InvalidName(str(e)) from None
 
 
-def export_cache_metrics(cache: CachedBlobStore) -> None:
+def export_cache_metrics(cache: BlobCache) -> None:
     hit, miss = BLOB_CACHE_LOOKUPS.labels("hit"), BLOB_CACHE_LOOKUPS.labels("miss")
     cache.on_lookup = lambda found: (hit if found else miss).inc()
     BLOB_CACHE_BYTES.set_function(lambda: cache.cached_bytes)
@@ -76,7 +75,7 @@ class Stores:
             s3_path_style=settings.s3_path_style,
             cache_bytes=settings.blob_cache_bytes,
         )
-        if isinstance(blobs, CachedBlobStore):
+        if isinstance(blobs, BlobCache):
             export_cache_metrics(blobs)
         events = registry.open_event_bus(settings.events_url)
         quota = registry.open_quota_store(settings.quota_url, metadata)
