@@ -11,12 +11,13 @@ from pathlib import Path
 
 import pytest
 from imapclient import IMAPClient
+from mailstack.services.mailstore.core import MailstoreCore
 from mailstack.services.mailstore.server import MailstoreServer
 from mailstack.v1 import send_pb2 as spb
 
 from tests.e2e.outbound_support import ScriptedMx, outbound_stack, scripted_mx
 from tests.fixtures.imap_server import PASSWORD, ImapEnv, imap_env, message
-from tests.fixtures.mailstore import Client, deliver, open_client
+from tests.fixtures.mailstore import Client, deliver, open_client, settings_for
 
 
 @pytest.fixture
@@ -106,3 +107,18 @@ async def test_send_api_queues_and_delivers_with_postgresql_metadata(tmp_path: P
         assert [r.recipients for r in mx.received] == [["bob@remote.test"]]
     sqlite_files = await asyncio.to_thread(lambda: list(tmp_path.rglob("*.sqlite3")))
     assert sqlite_files == [], "nothing needs SQLite when PostgreSQL is configured"
+
+
+async def test_background_jobs_run_on_one_replica_and_move_on_when_it_stops(tmp_path: Path, postgres_url: str) -> None:
+    # Two mailstore cores (as two replicas) on one database: one leads each background job; a graceful
+    # stop hands it over at once (a crash would, after LEASE_ROUNDS rounds).
+    cores = [await MailstoreCore.open(settings_for(tmp_path / name, metadata_url=postgres_url)) for name in ("a", "b")]
+    first, second = (core.maintenance for core in cores)
+    try:
+        assert await first.lead("orphan-sweep", 60) and not await second.lead("orphan-sweep", 60)
+        assert await first.lead("orphan-sweep", 60), "the leader renews its lease every round"
+        assert await second.lead("quota-repair", 30) and not await first.lead("quota-repair", 30)
+        await cores[0].close()
+        assert await second.lead("orphan-sweep", 60)
+    finally:
+        await cores[1].close()
