@@ -21,7 +21,7 @@ from mailstack.services.mailstore.core.stores import Stores
 log = logging.getLogger("mailstack.mailstore")
 
 QUOTA_WATCH_SECONDS = 30.0  # how soon counters lost with a Redis outage or restart are recomputed
-LEASE_ROUNDS = 2  # a job's lease outlives this many rounds (a round and its work): a dead leader's job moves on after that
+LEASE_ROUNDS = 2  # a job's lease outlives this many rounds: a dead leader's job moves on after that
 
 
 class Maintenance:
