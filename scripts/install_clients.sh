@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# Installs the Debian packages the end-to-end tests drive as real clients and MTAs,
+# Installs the Debian packages the end-to-end tests drive as real clients and MTAs, and the
+# PostgreSQL server the metadata contract tests start (tests/fixtures/postgres_server.py),
 # only those missing. Needs root (apt-get) when something is missing.
 set -euo pipefail
 
 # swaks only Recommends its TLS modules (Net::SSLeay, IO::Socket::SSL), which --no-install-recommends leaves out.
-PACKAGES=(swaks libnet-ssleay-perl libio-socket-ssl-perl curl fetchmail isync mutt getmail6 postfix bsdutils libsasl2-modules ca-certificates fail2ban)
+PACKAGES=(swaks libnet-ssleay-perl libio-socket-ssl-perl curl fetchmail isync mutt getmail6 postfix bsdutils libsasl2-modules ca-certificates fail2ban postgresql)
 
 if ! command -v dpkg-query >/dev/null 2>&1; then
     echo "install_clients: not a Debian-like system (no dpkg-query); install these yourself: ${PACKAGES[*]}" >&2

@@ -1,4 +1,4 @@
-"""Open a storage backend from its URL: file:// s3:// sqlite:// redis:// memory://."""
+"""Open a storage backend from its URL: file:// s3:// sqlite:// postgresql:// redis:// memory://."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from urllib.parse import urlsplit
 from mailstack.storage.blob.base import BlobStore
 from mailstack.storage.events.base import EventBus
 from mailstack.storage.metadata.base import MetadataStore
+from mailstack.storage.queue.base import QueueBackend
 from mailstack.storage.quota.base import QuotaStore
 
 
@@ -59,7 +60,29 @@ def open_metadata_store(url: str) -> MetadataStore:
         from mailstack.storage.metadata.sqlite import SqliteMetadataStore
 
         return SqliteMetadataStore(_path(url))
-    raise ValueError(f"unsupported metadata URL {url!r} (sqlite://PATH)")
+    if scheme in ("postgresql", "postgres"):
+        from mailstack.storage.metadata.postgresql import PostgresMetadataStore
+
+        return PostgresMetadataStore(url)
+    raise ValueError(f"unsupported metadata URL {scheme + '://'!r} (sqlite://PATH, postgresql://USER@HOST/DB)")
+
+
+def open_queue_store(metadata: MetadataStore) -> QueueBackend:
+    """The outbound queue and API tokens, in the database of this metadata store (ADR 0008): its queue
+    shares the store's transactions and the `blobs` table the orphan sweeper reads."""
+    from mailstack.storage.metadata.sqlite import SqliteMetadataStore
+
+    if isinstance(metadata, SqliteMetadataStore):
+        from mailstack.storage.queue.sqlite import SqliteQueueStore
+
+        return SqliteQueueStore(metadata)
+    from mailstack.storage.metadata.postgresql import PostgresMetadataStore
+
+    if isinstance(metadata, PostgresMetadataStore):
+        from mailstack.storage.queue.postgresql import PostgresQueueStore
+
+        return PostgresQueueStore(metadata)
+    raise ValueError(f"no outbound queue for a {type(metadata).__name__}")
 
 
 def open_event_bus(url: str) -> EventBus:

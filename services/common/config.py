@@ -27,7 +27,9 @@ def _setting(default: Any, help: str, secret: bool = False) -> Any:
 class Settings:
     # storage (the mailstore)
     data_dir: str = _setting("./mailstack-data", "Folder for the embedded default (SQLite, blobs, TLS).")
-    metadata_url: str = _setting("", "Metadata store URL; default sqlite://DATA_DIR/metadata.sqlite3.")
+    metadata_url: str = _setting(
+        "", "Metadata store URL: sqlite://PATH (default DATA_DIR/metadata.sqlite3) or postgresql://USER@HOST/DB."
+    )
     blob_url: str = _setting("", "Blob store URL (file://PATH or s3://BUCKET/PREFIX); default file://DATA_DIR/blobs.")
     events_url: str = _setting("memory://", "Event bus URL: memory:// (one process) or redis://HOST:PORT/DB.")
     quota_url: str = _setting("", "Quota counters: empty = inside the metadata transaction, or redis://...")

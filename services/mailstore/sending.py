@@ -34,7 +34,6 @@ from mailstack.services.mailstore.core import (
     write_failed,
 )
 from mailstack.services.mailstore.core.results import RecipientOutcome as LocalOutcome
-from mailstack.services.mailstore.core.stores import QueueBackend
 from mailstack.services.mailstore.sender_rules import (
     HeaderSenders,
     RateLimited,
@@ -50,6 +49,7 @@ from mailstack.storage.queue.base import (
     NewOutbound,
     NewRecipient,
     OutboundStatus,
+    QueueBackend,
     RecipientOutcome,
     RecipientStatus,
     ReportResult,

@@ -1,7 +1,7 @@
 """The blob store: opaque keys, written once, never modified."""
 
-from collections.abc import AsyncIterator
-from typing import Protocol
+from collections.abc import AsyncIterator, Callable
+from typing import Protocol, runtime_checkable
 
 DEFAULT_CHUNK = 256 * 1024
 
@@ -30,3 +30,14 @@ class BlobStore(Protocol):
         """Every key with its last-modified time (unix seconds), for the orphan sweeper."""
 
     async def close(self) -> None: ...
+
+
+@runtime_checkable
+class BlobCache(Protocol):
+    """A blob store that keeps bodies in memory (the registry's cache_bytes > 0): what metrics read.
+    The mailstore asks for this interface, never for the class that implements it."""
+
+    on_lookup: Callable[[bool], None] | None  # called with hit=True/False on every lookup
+
+    @property
+    def cached_bytes(self) -> int: ...

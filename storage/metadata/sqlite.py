@@ -54,6 +54,11 @@ from mailstack.storage.metadata.base import (
     StoreMode,
     UidRanges,
 )
+from mailstack.storage.metadata.rules import INBOX, UIDVALIDITY_MAX
+from mailstack.storage.metadata.rules import apply_mode as _apply_mode
+from mailstack.storage.metadata.rules import flags_text as _flags_text
+from mailstack.storage.metadata.rules import flags_tuple as _flags_tuple
+from mailstack.storage.metadata.rules import mailbox_name as _mailbox_name
 from mailstack.storage.metadata.sqlite_schema import apply_migrations
 from mailstack.storage.private_paths import private_dir, private_sqlite
 
@@ -61,8 +66,6 @@ T = TypeVar("T")
 
 GROUP_COMMIT_MAX = 64  # writes per shared transaction; bounds one COMMIT's latency
 
-INBOX = "INBOX"
-UIDVALIDITY_MAX = 0xFFFFFFFF  # RFC 3501 §2.3.1.1: nz-number, 32 bits
 # sqlite3.OperationalError texts that mean "the database is not usable right now".
 _UNAVAILABLE_TEXTS = ("locked", "busy", "disk i/o", "unable to open", "disk is full", "readonly", "interrupted")
 
@@ -74,19 +77,6 @@ _MAILBOX_COLUMNS = (
 # Flags are stored as one space-joined string of sorted names; these test membership in SQL.
 _HAS_SEEN = "instr(' ' || flags || ' ', ' \\Seen ') > 0"
 _HAS_DELETED = "instr(' ' || flags || ' ', ' \\Deleted ') > 0"
-
-
-def _flags_text(flags: Iterable[str]) -> str:
-    return " ".join(sorted(flags))
-
-
-def _flags_tuple(text: str) -> tuple[str, ...]:
-    return tuple(sorted(text.split()))
-
-
-def _mailbox_name(name: str) -> str:
-    # RFC 3501 §5.1: INBOX is case-insensitive, every other name case-sensitive.
-    return INBOX if name.upper() == INBOX else name
 
 
 def _unavailable(exc: sqlite3.OperationalError) -> bool:
@@ -384,16 +374,6 @@ def _expunge_all(
     freed_bytes = sum(r[1] for r in rows)
     _add_usage(conn, mailbox.account_id, -freed_bytes, -len(rows))
     return ExpungeResult(tuple(expunged), modseq, tuple(freed), freed_bytes, len(rows))
-
-
-def _apply_mode(current: frozenset[str], mode: StoreMode, flags: frozenset[str]) -> frozenset[str]:
-    if mode == "replace":
-        return flags
-    if mode == "add":
-        return current | flags
-    if mode == "remove":
-        return current - flags
-    raise ValueError(f"unknown store mode {mode!r}")
 
 
 @contextlib.contextmanager

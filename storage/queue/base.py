@@ -144,3 +144,7 @@ class TokenStore(Protocol):
     async def revoke_token(self, name: str) -> None:
         """Raises NotFound for an unknown name."""
         ...
+
+
+class QueueBackend(QueueStore, TokenStore, Protocol):
+    """Both, as one backend implements them in the metadata database (registry.open_queue_store)."""

@@ -39,6 +39,11 @@ def test_the_suite_has_scripts() -> None:
 
 @pytest.mark.parametrize("path", SCRIPT_FILES, ids=[str(p.relative_to(SCRIPTS)) for p in SCRIPT_FILES])
 def test_script(env: ImapEnv, path: Path) -> None:
+    run_script(env, path)
+
+
+def run_script(env: ImapEnv, path: Path) -> None:
+    """One script against the env's IMAP server, with fresh accounts."""
     runner = Runner(
         port=env.port(),
         tls_port=env.port(tls=True),

@@ -1,4 +1,5 @@
-"""The mailstore's gRPC API end to end, on the embedded default and on SeaweedFS S3 + Redis."""
+"""The mailstore's gRPC API end to end, on the embedded default and on SeaweedFS S3 + Redis with the
+metadata in SQLite or PostgreSQL."""
 
 from __future__ import annotations
 
@@ -30,11 +31,12 @@ def reason(err: grpc.aio.AioRpcError) -> int:
     return -1
 
 
-@pytest.fixture(params=["embedded", "s3redis"])
+@pytest.fixture(params=["embedded", "s3redis", "postgresql"])
 async def mailstore(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[tuple[Any, Client]]:
     if request.param == "embedded":
         settings = settings_for(tmp_path, max_message_size=1 << 20)
     else:
+        # The deployed shapes: S3 bodies, Redis events and quota; metadata in SQLite or PostgreSQL.
         endpoint, bucket = request.getfixturevalue("s3_bucket")
         redis_url = request.getfixturevalue("redis_url")
         settings = settings_for(
@@ -45,6 +47,8 @@ async def mailstore(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIter
             events_url=redis_url,
             quota_url=redis_url,
         )
+        if request.param == "postgresql":
+            settings = settings.replace(metadata_url=request.getfixturevalue("postgres_url"))
     async with running_mailstore(settings) as (server, client):
         await client.admin.CreateAccount(pb.CreateAccountRequest(name=ALICE, password=PASSWORD))
         yield server, client

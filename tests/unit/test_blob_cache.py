@@ -1,5 +1,5 @@
 """The blob cache's own rules (LRU by bytes, what is kept, evictions); the BlobStore contract
-runs against it over a real S3 server in tests/contract/test_blob_store.py."""
+runs against it over a real S3 server in tests/contract/test_blob_s3.py."""
 
 from __future__ import annotations
 

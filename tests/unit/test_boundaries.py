@@ -32,8 +32,8 @@ def _services(*names: str) -> tuple[str, ...]:
 
 # Storage backends: one module per implementation. base.py (the interface), registry.py (which picks
 # an implementation by URL) and the helpers every backend of a kind shares (blob/keys.py,
-# events/queue.py) are not backends; helpers private to one backend (metadata/sqlite_schema.py,
-# metadata/uidranges.py) belong to it.
+# events/queue.py, metadata/rules.py, metadata/uidranges.py) are not backends; helpers private to one
+# backend (metadata/sqlite_schema.py, metadata/postgresql_schema.py) belong to it.
 BACKENDS = (
     "mailstack.storage.blob.file",
     "mailstack.storage.blob.memory",
@@ -42,7 +42,9 @@ BACKENDS = (
     "mailstack.storage.events.memory",
     "mailstack.storage.events.redis",
     "mailstack.storage.metadata.sqlite",
+    "mailstack.storage.metadata.postgresql",
     "mailstack.storage.queue.sqlite",
+    "mailstack.storage.queue.postgresql",
     "mailstack.storage.quota.redis",
     "mailstack.storage.quota.sql",
 )
@@ -55,7 +57,9 @@ NOT_BACKENDS = (
     "mailstack.storage.blob.keys",
     "mailstack.storage.events.queue",
     "mailstack.storage.metadata.sqlite_schema",  # the sqlite backend's own
-    "mailstack.storage.metadata.uidranges",  # the sqlite backend's own
+    "mailstack.storage.metadata.postgresql_schema",  # the postgresql backend's own
+    "mailstack.storage.metadata.uidranges",  # UID-set arithmetic both SQL backends use
+    "mailstack.storage.metadata.rules",  # INBOX, stored flags, STORE modes: every metadata backend's
 )
 
 # Two modules that are one backend, each pair with its reason. Code both use goes to a shared module
@@ -64,6 +68,8 @@ SIBLINGS = {
     # The queue's tables live in the metadata database; its transactions run through the metadata store's
     # writer thread, sharing group commit and the `blobs` table the orphan sweeper reads (queue/sqlite.py).
     ("mailstack.storage.queue.sqlite", "mailstack.storage.metadata.sqlite"),
+    # The same on PostgreSQL: one pool, one transaction discipline, one `blobs` table (queue/postgresql.py).
+    ("mailstack.storage.queue.postgresql", "mailstack.storage.metadata.postgresql"),
 }
 
 RULES: tuple[Rule, ...] = (

@@ -12,7 +12,8 @@ from mailstack.services.mailstore.core.mailboxes import Mailboxes
 from mailstack.services.mailstore.core.maintenance import Maintenance
 from mailstack.services.mailstore.core.quota import QuotaLedger
 from mailstack.services.mailstore.core.reading import Reading
-from mailstack.services.mailstore.core.stores import QueueBackend, Stores
+from mailstack.services.mailstore.core.stores import Stores
+from mailstack.storage.queue.base import QueueBackend
 
 
 class MailstoreCore:

@@ -6,7 +6,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import socket
 import time
+import uuid
 
 from mailstack.services.common.config import Settings
 from mailstack.services.mailstore.core import integrity
@@ -18,6 +21,7 @@ from mailstack.services.mailstore.core.stores import Stores
 log = logging.getLogger("mailstack.mailstore")
 
 QUOTA_WATCH_SECONDS = 30.0  # how soon counters lost with a Redis outage or restart are recomputed
+LEASE_ROUNDS = 2  # a job's lease outlives this many rounds: a dead leader's job moves on after that
 
 
 class Maintenance:
@@ -27,6 +31,9 @@ class Maintenance:
         self.ledger = ledger
         self._sweeper: asyncio.Task[None] | None = None
         self._quota_watch: asyncio.Task[None] | None = None
+        # This replica, as the holder of background jobs' leases (names unique even across restarts).
+        self.holder = f"{socket.gethostname()}/{os.getpid()}/{uuid.uuid4().hex[:8]}"
+        self._led: set[str] = set()
 
     def start_background(self) -> None:
         if self.settings.orphan_sweep_seconds > 0 and self._sweeper is None:
@@ -41,6 +48,23 @@ class Maintenance:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
         self._quota_watch = self._sweeper = None
+        for job in sorted(self._led):  # a graceful stop hands the jobs over at once
+            with contextlib.suppress(Exception):
+                await self.stores.metadata.release_lease(f"job:{job}", self.holder)
+        self._led.clear()
+
+    async def lead(self, job: str, every: float) -> bool:
+        """Whether this replica runs the background `job` this round: one replica at a time holds its
+        lease in the metadata store and renews it every round; when it dies, the lease expires after
+        LEASE_ROUNDS rounds and another replica takes the job over (ADR 0028)."""
+        granted, _ = await self.stores.metadata.acquire_lease(
+            f"job:{job}", self.holder, max(1, int(every * LEASE_ROUNDS))
+        )
+        if granted:
+            self._led.add(job)
+        else:
+            self._led.discard(job)
+        return granted
 
     async def sweep_orphans(self, min_age_seconds: float | None = None) -> int:
         """Remove blobs no message references (left by a crash between blob and metadata write)."""
@@ -80,7 +104,10 @@ class Maintenance:
     async def _watch_quota_forever(self) -> None:
         while True:
             try:
-                await self.repair_quota()
+                # A replica that saw a reserve fail knows what the others do not: it repairs at once. The
+                # check for counters Redis lost (a restart) is one replica's job.
+                if self.ledger.suspect or await self.lead("quota-repair", QUOTA_WATCH_SECONDS):
+                    await self.repair_quota()
             except StorageUnavailable as e:
                 log.debug("quota store still unavailable: %s", e)
             except Exception:
@@ -91,8 +118,9 @@ class Maintenance:
         while True:
             await asyncio.sleep(self.settings.orphan_sweep_seconds)
             try:
-                await self.sweep_orphans()
-                await self.prune_change_log()
+                if await self.lead("orphan-sweep", self.settings.orphan_sweep_seconds):
+                    await self.sweep_orphans()
+                    await self.prune_change_log()
             except StorageUnavailable as e:
                 log.warning("orphan sweep skipped: %s", e)
             except Exception:

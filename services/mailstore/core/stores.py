@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Sequence
-from typing import Protocol
 
 from mailstack.message import names
 from mailstack.services.common.config import Settings
@@ -18,21 +17,16 @@ from mailstack.services.common.metrics import BLOB_CACHE_BYTES, BLOB_CACHE_LOOKU
 from mailstack.services.mailstore.core.errors import AccountNotFound, InvalidName, MailboxNotFound, StorageError
 from mailstack.services.mailstore.instrumented import instrumented
 from mailstack.storage import registry
-from mailstack.storage.blob.base import BlobStore
-from mailstack.storage.blob.cache import CachedBlobStore
+from mailstack.storage.blob.base import BlobCache, BlobStore
 from mailstack.storage.events.base import ChangeEvent, EventBus
 from mailstack.storage.metadata.base import AccountRecord, MailboxRecord, MessageRecord, MetadataStore
-from mailstack.storage.queue.base import QueueStore, TokenStore
+from mailstack.storage.queue.base import QueueBackend
 from mailstack.storage.quota.base import QuotaStore
 
 log = logging.getLogger("mailstack.mailstore")
 
 ACCOUNT_ID_CACHE = 10_000
 BLOB_DELETE_CONCURRENCY = 8
-
-
-class QueueBackend(QueueStore, TokenStore, Protocol):
-    pass
 
 
 def checked_mailbox_name(name: str) -> str:
@@ -49,7 +43,7 @@ def checked_address(name: str, allow_catchall: bool = False) -> str:
         raise InvalidName(str(e)) from None
 
 
-def export_cache_metrics(cache: CachedBlobStore) -> None:
+def export_cache_metrics(cache: BlobCache) -> None:
     hit, miss = BLOB_CACHE_LOOKUPS.labels("hit"), BLOB_CACHE_LOOKUPS.labels("miss")
     cache.on_lookup = lambda found: (hit if found else miss).inc()
     BLOB_CACHE_BYTES.set_function(lambda: cache.cached_bytes)
@@ -81,7 +75,7 @@ class Stores:
             s3_path_style=settings.s3_path_style,
             cache_bytes=settings.blob_cache_bytes,
         )
-        if isinstance(blobs, CachedBlobStore):
+        if isinstance(blobs, BlobCache):
             export_cache_metrics(blobs)
         events = registry.open_event_bus(settings.events_url)
         quota = registry.open_quota_store(settings.quota_url, metadata)
@@ -94,14 +88,10 @@ class Stores:
         )
 
     def open_queue(self) -> QueueBackend:
-        """The outbound queue lives beside the metadata (ADR 0008); only SQLite exists so far."""
-        from mailstack.storage.metadata.sqlite import SqliteMetadataStore
-        from mailstack.storage.queue.sqlite import SqliteQueueStore
-
+        """The outbound queue lives in the metadata database (ADR 0008): the registry opens the one
+        beside whichever metadata store this is."""
         backend = getattr(self.metadata, "_backend", self.metadata)  # under the telemetry wrapper
-        if not isinstance(backend, SqliteMetadataStore):
-            raise ValueError("the outbound queue needs the SQLite metadata store")
-        return instrumented(SqliteQueueStore(backend), "queue")
+        return instrumented(registry.open_queue_store(backend), "queue")
 
     async def close(self) -> None:
         for closer in (self.events.close, self.quota.close, self.blobs.close, self.metadata.close):

@@ -1,0 +1,36 @@
+"""What every metadata backend must agree on: INBOX's name, how flags are stored, STORE modes.
+
+Shared by the backends (sqlite, postgresql) so that the same data reads the same on each, and a
+migration between them copies rows verbatim.
+"""
+
+from collections.abc import Iterable
+
+from mailstack.storage.metadata.base import StoreMode
+
+INBOX = "INBOX"
+UIDVALIDITY_MAX = 0xFFFFFFFF  # RFC 3501 §2.3.1.1: nz-number, 32 bits
+
+
+def flags_text(flags: Iterable[str]) -> str:
+    """Flags are stored as one space-joined string of sorted names."""
+    return " ".join(sorted(flags))
+
+
+def flags_tuple(text: str) -> tuple[str, ...]:
+    return tuple(sorted(text.split()))
+
+
+def mailbox_name(name: str) -> str:
+    # RFC 3501 §5.1: INBOX is case-insensitive, every other name case-sensitive.
+    return INBOX if name.upper() == INBOX else name
+
+
+def apply_mode(current: frozenset[str], mode: StoreMode, flags: frozenset[str]) -> frozenset[str]:
+    if mode == "replace":
+        return flags
+    if mode == "add":
+        return current | flags
+    if mode == "remove":
+        return current - flags
+    raise ValueError(f"unknown store mode {mode!r}")

@@ -1,0 +1,124 @@
+"""Two mailstore replicas on one PostgreSQL (issue 20): mail delivered through either is read over IMAP
+through the other, with one UID sequence per mailbox and each session catching up by MODSEQ (the event
+bus here is per process, so nothing is pushed from one replica to the other: polling alone must do)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from imapclient import IMAPClient
+from mailstack.services.mailstore.core import MailstoreCore
+from mailstack.services.mailstore.server import MailstoreServer
+from mailstack.v1 import send_pb2 as spb
+
+from tests.e2e.outbound_support import ScriptedMx, outbound_stack, scripted_mx
+from tests.fixtures.imap_server import PASSWORD, ImapEnv, imap_env, message
+from tests.fixtures.mailstore import Client, deliver, open_client, settings_for
+
+
+@pytest.fixture
+def replicas(tmp_path: Path, postgres_url: str) -> Iterator[tuple[ImapEnv, Client]]:
+    """env: replica A with IMAP server 0; a replica B on the same database, data folder (internal CA,
+    blobs) and settings, with IMAP server 1 in front of it; and a gRPC client of B."""
+    with imap_env(tmp_path, metadata_url=postgres_url) as env:
+        replica = MailstoreServer(env.settings.replace(mailstore_listen="127.0.0.1:0", send_listen="127.0.0.1:0"))
+        env.run(replica.start)
+
+        async def open_b() -> Client:  # gRPC aio channels belong to the loop that makes them
+            return open_client(replica.address, env.settings.data_dir, replica.send_address)
+
+        client = env.run(open_b)
+        try:
+            env.start_imap(mailstore_addr=replica.address)
+            yield env, client
+        finally:
+            env.run(lambda: client.channel.close(None))
+            env.run(lambda: replica.stop(1.0))
+
+
+def until(check: object, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not callable(check) or not check():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.2)
+
+
+def test_mail_through_either_replica_reads_the_same_over_imap_through_the_other(
+    replicas: tuple[ImapEnv, Client],
+) -> None:
+    env, replica_b = replicas
+    account = env.new_account()
+    env.deliver(account, message("first"))  # through replica A
+    with (
+        IMAPClient("127.0.0.1", port=env.port(0), ssl=False) as via_a,
+        IMAPClient("127.0.0.1", port=env.port(1), ssl=False) as via_b,
+    ):
+        via_a.login(account, PASSWORD)
+        via_b.login(account, PASSWORD)
+        selected_a = via_a.select_folder("INBOX")
+        selected_b = via_b.select_folder("INBOX")
+        assert selected_a[b"UIDVALIDITY"] == selected_b[b"UIDVALIDITY"]
+        assert via_b.search("ALL") == [1]
+
+        async def both_replicas_deliver() -> None:
+            await asyncio.gather(
+                *(deliver(env.client if i % 2 else replica_b, [account], message(f"m{i}")) for i in range(20))
+            )
+
+        env.run(both_replicas_deliver)
+        # Each session sees all 21, with the same UIDs, from polling alone.
+        for session in (via_a, via_b):
+            until(lambda session=session: session.noop() is not None and len(session.search("ALL")) == 21)
+        uids = via_b.search("ALL")
+        assert uids == via_a.search("ALL") == list(range(1, 22))
+        subjects_b = {uid: data[b"ENVELOPE"].subject for uid, data in via_b.fetch(uids, ["ENVELOPE"]).items()}
+        subjects_a = {uid: data[b"ENVELOPE"].subject for uid, data in via_a.fetch(uids, ["ENVELOPE"]).items()}
+        assert subjects_a == subjects_b and sorted(subjects_b.values()) == sorted(
+            [b"first", *(f"m{i}".encode() for i in range(20))]
+        )
+
+        # A flag set through A is read through B; an APPEND through B takes the next UID.
+        via_a.add_flags([3], [b"\\Flagged"])
+        until(lambda: b"\\Flagged" in via_b.get_flags([3])[3])
+        via_b.append("INBOX", message("appended"))
+        until(lambda: via_a.noop() is not None and via_a.search("ALL")[-1:] == [22])
+        assert via_b.search(["SUBJECT", "appended"]) == [22]
+
+
+async def test_send_api_queues_and_delivers_with_postgresql_metadata(tmp_path: Path, postgres_url: str) -> None:
+    # The outbound queue and API tokens live in PostgreSQL too: no SQLite file is made at all.
+    mx = ScriptedMx()
+    async with (
+        scripted_mx(mx) as port,
+        outbound_stack(tmp_path, {"remote.test": port}, metadata_url=postgres_url) as stack,
+    ):
+        raw = b"From: Shop <shop@example.test>\r\nTo: bob@remote.test\r\nSubject: raw\r\n\r\nbody\r\n"
+        header = spb.SendHeader(idempotency_key="order-42", size=len(raw))
+        first = await stack.send(header, raw)
+        assert (await stack.send(header, raw)).duplicate
+        await stack.start_worker()
+        await stack.wait_status(
+            first.message_id, lambda s: all(r.state == spb.DELIVERY_DELIVERED for r in s.recipients)
+        )
+        assert [r.recipients for r in mx.received] == [["bob@remote.test"]]
+    sqlite_files = await asyncio.to_thread(lambda: list(tmp_path.rglob("*.sqlite3")))
+    assert sqlite_files == [], "nothing needs SQLite when PostgreSQL is configured"
+
+
+async def test_background_jobs_run_on_one_replica_and_move_on_when_it_stops(tmp_path: Path, postgres_url: str) -> None:
+    # Two mailstore cores (as two replicas) on one database: one leads each background job; a graceful
+    # stop hands it over at once (a crash would, after LEASE_ROUNDS rounds).
+    cores = [await MailstoreCore.open(settings_for(tmp_path / name, metadata_url=postgres_url)) for name in ("a", "b")]
+    first, second = (core.maintenance for core in cores)
+    try:
+        assert await first.lead("orphan-sweep", 60) and not await second.lead("orphan-sweep", 60)
+        assert await first.lead("orphan-sweep", 60), "the leader renews its lease every round"
+        assert await second.lead("quota-repair", 30) and not await first.lead("quota-repair", 30)
+        await cores[0].close()
+        assert await second.lead("orphan-sweep", 60)
+    finally:
+        await cores[1].close()
