@@ -24,6 +24,11 @@ leaves the outcome open (NO to a STORE/COPY/MOVE that addressed a message anothe
 expunged), the truth is re-read by a separate observer session (EXAMINE, UID FETCH 1:* FLAGS); the
 rule `observe` compares the model with that observer at random points. After each command the
 session learns the UIDs of messages announced by EXISTS with `FETCH n:m (UID FLAGS)`, as clients do.
+A session may be answered from its own view until it syncs: flags another session changed since its
+last NOOP may still be shown, searched and expunged as it last saw them (RFC 3501 leaves the moment
+to the server; Dovecot works so). FETCH/STORE/SEARCH checks skip such messages, an EXPUNGE that may
+have seen them re-reads the truth (and checks nothing without \\Deleted went), and the NOOP check
+holds every session to the exact truth. HIGHESTMODSEQ outside SELECT is checked per session.
 
 Runs:
   .venv/bin/python -m pytest -q tests/e2e/test_imap_model.py                      # CI budget
