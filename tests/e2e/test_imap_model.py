@@ -58,7 +58,7 @@ from hypothesis.stateful import RuleBasedStateMachine, get_state_machine_test, i
 
 from tests.fixtures import imap_model as m
 from tests.fixtures.imap_server import PASSWORD, imap_env
-from tests.fixtures.imap_wire import Wire, format_set, parse_set
+from tests.fixtures.imap_wire import Completion, Wire, format_set, parse_set
 
 pytestmark = pytest.mark.slow
 
@@ -67,7 +67,7 @@ KEYWORDS = ("$label1", "work", "todo")
 NEW = "<new>"  # replaced by a keyword never used before in the run
 CRITERIA = ("ALL", "DELETED", "UNDELETED", "SEEN", "UNFLAGGED", "KEYWORD work", "UNKEYWORD todo", "KEYWORD $label1")
 STEPS_PER_EXAMPLE = 60
-CI_STEPS = 480
+CI_STEPS = 1200
 AVOID = set(filter(None, os.environ.get("MAILSTACK_MODEL_AVOID", "").split(",")))
 
 sessions = st.integers(0, len(MODES) - 1)
@@ -110,6 +110,9 @@ class ImapModel(RuleBasedStateMachine):
         for name in self.names:
             assert observer.command(f"CREATE {name}").status == "OK"
         self.model = m.Model(self.names, observer, AVOID)
+        for name in self.names:  # a few messages to start with, so that early steps have work
+            for flags in ((), ("\\Seen",), ("$label1", "\\Flagged")):
+                self.put(observer, name, frozenset(flags))
         for i, mode in enumerate(MODES):
             s = m.Session(self.connect(user, f"s{i}"))
             if mode != "plain":
@@ -123,7 +126,8 @@ class ImapModel(RuleBasedStateMachine):
         if self.wires:
             observer = self.wires[0]
             try:
-                observer.command("UNSELECT")
+                if self.model.observed:
+                    observer.command("UNSELECT")
                 for name in self.names:
                     observer.command(f"DELETE {name}")  # the run's own mailboxes only
             finally:
@@ -175,8 +179,24 @@ class ImapModel(RuleBasedStateMachine):
     def append(self, i: int, b: int, chosen: list[str]) -> None:
         s, name = self.sessions[i], self.names[b]
         flags = self.flags(chosen)
-        body = f"From: a@example.test\r\nSubject: m{next(self.fresh)}\r\n\r\nbody\r\n".encode()
-        done, ctx = self.model.run(s, f"APPEND {name} ({' '.join(sorted(flags))})", literal=body)
+        done, ctx = self.model.run(s, f"APPEND {name} ({' '.join(sorted(flags))})", literal=self.body())
+        self.appended(s, name, flags, done)
+        self.after(s, ctx)
+
+    @rule(i=sessions, chosen=flag_lists)
+    def append_here(self, i: int, chosen: list[str]) -> None:
+        """APPEND into the session's own mailbox (EXISTS and new keywords during the command)."""
+        s = self.sessions[i]
+        if s.mailbox is not None:
+            self.append(i, self.names.index(s.mailbox), chosen)
+
+    def body(self) -> bytes:
+        return f"From: a@example.test\r\nSubject: m{next(self.fresh)}\r\n\r\nbody\r\n".encode()
+
+    def put(self, wire: Wire, name: str, flags: frozenset[str]) -> None:
+        self.appended(None, name, flags, wire.command(f"APPEND {name} ({' '.join(sorted(flags))})", self.body()))
+
+    def appended(self, s: m.Session | None, name: str, flags: frozenset[str], done: Completion) -> None:
         if done.status != "OK" or done.code != "APPENDUID":
             self.model.fail(m.CommandFailed, s, f"APPEND: {done.status} {done.code} {done.text}")
         validity, uid = (int(x) for x in done.code_args.split())
@@ -184,7 +204,6 @@ class ImapModel(RuleBasedStateMachine):
         self.model.mailbox_number(s, box, "UIDVALIDITY", validity)
         self.model.new_uid(s, box, uid)
         box.messages[uid] = flags
-        self.after(s, ctx)
 
     @precondition(lambda self: any(s.view and not s.readonly for s in self.sessions))
     @rule(
@@ -235,6 +254,12 @@ class ImapModel(RuleBasedStateMachine):
             if u in s.view:
                 s.flags[u] = m.apply_store(op, s.flags.get(u, frozenset()), flags)
         self.after(s, ctx)
+
+    @precondition(lambda self: any(s.view and not s.readonly for s in self.sessions))
+    @rule(i=sessions, chosen=picks, uid=st.booleans())
+    def delete(self, i: int, chosen: list[int], uid: bool) -> None:
+        """\\Deleted more often than a random STORE sets it, so that EXPUNGE has work."""
+        self.store(i, chosen, "+FLAGS", ["\\Deleted"], True, None, uid)
 
     def refused(self, s: m.Session, text: str, why: str, uids: list[int]) -> None:
         """NO is acceptable only when another session expunged an addressed message (RFC 3501 §7.4.1)."""
