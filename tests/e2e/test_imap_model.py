@@ -35,6 +35,7 @@ Runs:
   MAILSTACK_MODEL_STEPS=5000 .venv/bin/python -m pytest -q tests/e2e/test_imap_model.py   # longer
   MAILSTACK_MODEL_SEED=123 ...                                                    # replay a run
   MAILSTACK_MODEL_SHRINK=0 ...    # report failures unshrunk (shrinking takes up to five minutes)
+  MAILSTACK_MODEL_TRANSCRIPT=400 ...  # lines of the interleaved transcript shown on failure (40)
   MAILSTACK_MODEL_TARGET=127.0.0.1:23143 MAILSTACK_MODEL_USER=u20 \\
   MAILSTACK_MODEL_PASSWORD=Secret123 ... # against another server (the reference Dovecot: must pass)
   MAILSTACK_MODEL_AVOID=keywords,condstore,selfmove ...  # skip a check/command while its defect is open
@@ -94,9 +95,10 @@ class ImapModel(RuleBasedStateMachine):
         self.names: list[str] = []
         self.fresh = itertools.count(1)
         self.wires: list[Wire] = []
+        self.transcript: list[str] = []
 
     def connect(self, user: str, name: str) -> Wire:
-        wire = Wire(self.target.host, self.target.port, name)
+        wire = Wire(self.target.host, self.target.port, name, shared=self.transcript)
         self.wires.append(wire)
         assert wire.command(f'LOGIN "{user}" "{self.target.password}"').status == "OK"
         return wire
