@@ -158,7 +158,9 @@ class MailboxView:
     def apply(self, changes: Iterable[Change], highestmodseq: int) -> list[int]:
         """Take changes from the change log; returns the UIDs that are new to this session."""
         new: list[int] = []
-        for change in changes:
+        # UID order, not the log's MODSEQ order: a new message whose flags changed after a later one
+        # arrived must still get its sequence number before that one (each UID appears once).
+        for change in sorted(changes, key=lambda c: c.uid):
             if change.kind == EXPUNGE:
                 if change.uid in self.flags:
                     self._expunged.add(change.uid)
