@@ -24,3 +24,6 @@ lax_umask
 StandInMailstore
 CrashingFrontend
 _.__test__
+
+# hypothesis: RuleBasedStateMachine calls teardown() after each run.
+_.teardown

@@ -23,7 +23,6 @@ THREAD_ALGORITHMS = frozenset({"ORDEREDSUBJECT", "REFERENCES"})
 SORT_RETURNS = frozenset({"MIN", "MAX", "ALL", "COUNT"})  # RFC 5267 §3 (ESEARCH's, RFC 4731 §3.1)
 # RFC 5267 §4: CONTEXT=SEARCH and CONTEXT=SORT add these to SEARCH and SORT
 CONTEXT_RETURNS = frozenset({"CONTEXT", "UPDATE", "PARTIAL"})
-MAX_PARTIAL = 0xFFFFFFFF
 MAX_SORT_CRITERIA = 16  # nine keys, each once or reversed: more is a client bug
 
 
