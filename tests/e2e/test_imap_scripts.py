@@ -3,6 +3,7 @@ against S3 + Redis (the script format is described in tests/fixtures/imap_script
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -38,8 +39,16 @@ def test_the_suite_has_scripts() -> None:
 
 
 @pytest.mark.parametrize("path", SCRIPT_FILES, ids=[str(p.relative_to(SCRIPTS)) for p in SCRIPT_FILES])
-def test_script(env: ImapEnv, path: Path) -> None:
+def test_script(env: ImapEnv, path: Path, caplog: pytest.LogCaptureFixture) -> None:
     run_script(env, path)
+    no_tracebacks(caplog)
+
+
+def no_tracebacks(caplog: pytest.LogCaptureFixture) -> None:
+    """Bad input gets a protocol answer, never a server error: nothing the servers logged while the
+    script ran may carry an exception or be an ERROR."""
+    bad = [r for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR]
+    assert not bad, "the servers logged errors: " + "; ".join(f"{r.name}: {r.getMessage()}" for r in bad[:5])
 
 
 def run_script(env: ImapEnv, path: Path) -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.test_imap_scripts import SCRIPT_FILES, SCRIPTS, run_script
+from tests.e2e.test_imap_scripts import SCRIPT_FILES, SCRIPTS, no_tracebacks, run_script
 from tests.fixtures.imap_server import ImapEnv, imap_env
 from tests.fixtures.postgres_server import ExternalPostgresServer, PostgresServer, fresh_database
 from tests.fixtures.redis_server import ExternalRedisServer, RedisServer
@@ -40,5 +40,6 @@ def env(
 
 
 @pytest.mark.parametrize("path", SCRIPT_FILES, ids=[str(p.relative_to(SCRIPTS)) for p in SCRIPT_FILES])
-def test_script(env: ImapEnv, path: Path) -> None:
+def test_script(env: ImapEnv, path: Path, caplog: pytest.LogCaptureFixture) -> None:
     run_script(env, path)
+    no_tracebacks(caplog)
