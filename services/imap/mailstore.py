@@ -4,7 +4,6 @@ Failures stay grpc.RpcError; the command loop maps them to IMAP answers (errors.
 
 from __future__ import annotations
 
-import dataclasses
 import datetime
 from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Iterable
 from dataclasses import dataclass
@@ -63,7 +62,16 @@ class MetadataWanted:
     blob_key: bool = False  # RFC 8474 EMAILID
 
     def any(self) -> bool:
-        return any(dataclasses.astuple(self))
+        # field by field: dataclasses.astuple deep-copies, and this runs once per FETCH
+        return (
+            self.flags
+            or self.internal_date
+            or self.size
+            or self.envelope
+            or self.body_structure
+            or self.save_date
+            or self.blob_key
+        )
 
     def request(self) -> pb.MetadataFields:
         return pb.MetadataFields(
