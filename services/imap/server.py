@@ -209,7 +209,8 @@ class ImapServer(StreamFrontend):
             log.exception("IMAP session failed")
             bye = "internal error"
         if bye:
+            conn = session.conn
+            assert isinstance(conn, StreamConnection)  # accept() made it; frame() compresses under COMPRESS
             with contextlib.suppress(Exception):
-                conn = session.conn
-                conn.writer.write(conn.frame(untagged_status("BYE", bye)))  # type: ignore[attr-defined]
-                await asyncio.wait_for(conn.writer.drain(), CLOSE_TIMEOUT)  # type: ignore[attr-defined]
+                conn.writer.write(conn.frame(untagged_status("BYE", bye)))
+                await asyncio.wait_for(conn.writer.drain(), CLOSE_TIMEOUT)
