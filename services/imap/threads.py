@@ -72,10 +72,11 @@ def ordered_subject(messages: Sequence[Threadable]) -> list[Node]:
 
 
 def _is_ancestor(node: Node, of: Node) -> bool:
-    while of is not None:
-        if of is node:
+    walk: Node | None = of
+    while walk is not None:
+        if walk is node:
             return True
-        of = of.parent  # type: ignore[assignment]
+        walk = walk.parent
     return False
 
 
