@@ -4,11 +4,13 @@ against S3 + Redis (the script format is described in tests/fixtures/imap_script
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from mailstack.services.imap.commands.misc import EXTENSIONS
+from mailstack.services.imap.registry import COMMANDS
 
 from tests.fixtures.imap_script import Runner, parse
 from tests.fixtures.imap_server import PASSWORD, ImapEnv, imap_env
@@ -126,3 +128,15 @@ def test_every_capability_has_a_script() -> None:
             words = {capability.split("=")[0].upper(), capability.upper()}
             text = " ".join(p.read_text(encoding="utf-8").upper() for p in found)
             assert any(w in text for w in words), f"{capability}: not mentioned in tests/imap_scripts/{where}"
+
+
+def test_every_command_has_a_script() -> None:
+    # every command of the registry is sent by at least one script (as `tag CMD` or `tag UID CMD`)
+    sent: set[str] = set()
+    for path in SCRIPT_FILES:
+        for line in path.read_text(encoding="utf-8").splitlines():
+            m = re.match(r"C\d*: \S+ (?:UID )?([A-Za-z]+)", line)
+            if m:
+                sent.add(m.group(1).upper())
+    missing = set(COMMANDS) - sent
+    assert not missing, f"no script sends {sorted(missing)}"
