@@ -18,7 +18,7 @@ from mailstack.services.common.lifecycle import SERVICES
 from mailstack.v1 import mailstore_pb2_grpc as pbg
 from mailstack.v1 import send_pb2_grpc as spbg
 
-from . import admin, fsck, healthcheck, local
+from . import admin, fsck, healthcheck, local, passwd_file
 from .output import parse_count, parse_size
 
 
@@ -79,8 +79,10 @@ PASSWORD = OneOf(
     (
         arg("--password", metavar="P", help="the password (visible to other local users; prefer stdin)"),
         arg("--password-stdin", action="store_true", help="read the password from the first line of stdin"),
+        arg("--password-hash", metavar="HASH",
+            help="a hash from another server, kept until the first login: {SHA512-CRYPT}$6$... (ADR 0037)"),
     )
-)
+)  # fmt: skip
 SIZE = {"type": parse_size, "metavar": "N", "help": "e.g. 500M, 2G (0 = unlimited)"}
 
 COMMANDS: tuple[Command, ...] = (
@@ -96,6 +98,11 @@ COMMANDS: tuple[Command, ...] = (
              arg("--quota-messages", type=parse_count, default=0, metavar="N", help="0 = unlimited"))),
     Command(("user", "passwd"), "set an account's password", admin.cmd_user_passwd, Api.ADMIN,
             (arg("address"), PASSWORD)),
+    Command(("user", "import"), "create accounts from Dovecot's passwd-file, password hashes and quotas kept",
+            passwd_file.cmd_user_import_passwd_file, Api.ADMIN,
+            (arg("format", choices=["passwd-file"]), arg("file"),
+             arg("--domain", help="domain of users listed without one"),
+             arg("--update", action="store_true", help="replace hash and quota of accounts that exist"))),
     Command(("user", "delete"), "delete an account and all its mail", admin.cmd_user_delete, Api.ADMIN,
             (arg("address"),)),
     Command(("user", "list"), "list accounts with usage and quota", admin.cmd_user_list, Api.ADMIN),

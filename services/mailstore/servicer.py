@@ -365,12 +365,14 @@ class AdminServicer(pbg.AdminServicer):
 
     @rpc
     async def CreateAccount(self, request: pb.CreateAccountRequest, context: Any) -> pb.Account:
-        record = await self.accounts.create(request.name, request.password, request.quota_bytes, request.quota_messages)
+        record = await self.accounts.create(
+            request.name, request.password, request.quota_bytes, request.quota_messages, request.password_hash
+        )
         return translate.account_pb(await self.accounts.summary(record))
 
     @rpc
     async def SetPassword(self, request: pb.SetPasswordRequest, context: Any) -> pb.Empty:
-        await self.accounts.set_password(request.name, request.password)
+        await self.accounts.set_password(request.name, request.password, request.password_hash)
         return pb.Empty()
 
     @rpc

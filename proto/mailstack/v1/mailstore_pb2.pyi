@@ -494,10 +494,13 @@ class CreateAccountRequest(_message.Message):
     PASSWORD_FIELD_NUMBER: _builtins.int
     QUOTA_BYTES_FIELD_NUMBER: _builtins.int
     QUOTA_MESSAGES_FIELD_NUMBER: _builtins.int
+    PASSWORD_HASH_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     password: _builtins.str
     quota_bytes: _builtins.int
     quota_messages: _builtins.int
+    password_hash: _builtins.str
+    """instead of password: a hash from another server, "{SHA512-CRYPT}$6$..." (ADR 0037)"""
     def __init__(
         self,
         *,
@@ -505,10 +508,11 @@ class CreateAccountRequest(_message.Message):
         password: _builtins.str = ...,
         quota_bytes: _builtins.int = ...,
         quota_messages: _builtins.int = ...,
+        password_hash: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "password", b"password", "quota_bytes", b"quota_bytes", "quota_messages", b"quota_messages"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "password", b"password", "password_hash", b"password_hash", "quota_bytes", b"quota_bytes", "quota_messages", b"quota_messages"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -520,17 +524,21 @@ class SetPasswordRequest(_message.Message):
 
     NAME_FIELD_NUMBER: _builtins.int
     PASSWORD_FIELD_NUMBER: _builtins.int
+    PASSWORD_HASH_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     password: _builtins.str
+    password_hash: _builtins.str
+    """instead of password, as in CreateAccountRequest"""
     def __init__(
         self,
         *,
         name: _builtins.str = ...,
         password: _builtins.str = ...,
+        password_hash: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "password", b"password"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "password", b"password", "password_hash", b"password_hash"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
