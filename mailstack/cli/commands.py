@@ -18,7 +18,7 @@ from mailstack.services.common.lifecycle import SERVICES
 from mailstack.v1 import mailstore_pb2_grpc as pbg
 from mailstack.v1 import send_pb2_grpc as spbg
 
-from . import admin, fsck, healthcheck, local, passwd_file
+from . import admin, fsck, healthcheck, local, mail, passwd_file
 from .output import parse_count, parse_size
 
 
@@ -73,7 +73,10 @@ GROUPS = {
     "dkim": "DKIM signing keys",
     "import": "import mail from another server's storage",
     "quota": "quota accounting",
+    "mail": "an account's mail by IMAP SEARCH query (doveadm search, fetch, expunge, move)",
 }
+QUERY = arg("query", nargs="+", metavar="KEY", help="IMAP SEARCH keys (RFC 9051 §6.4.4): ALL, FROM bob, UID 5:*, ...")
+IN_MAILBOX = arg("--mailbox", default="", metavar="NAME", help="only this mailbox (default: all)")
 
 PASSWORD = OneOf(
     (
@@ -140,6 +143,15 @@ COMMANDS: tuple[Command, ...] = (
             admin.cmd_import_maildir, Api.MAILSTORE,
             (arg("path", help="the Maildir: the folder holding cur/, new/ and the .Folder ones"), arg("account"),
              arg("--append", action="store_true", help="also into mailboxes that hold mail already"))),
+    Command(("mail", "search"), "list the messages a query matches, with mailbox, UIDVALIDITY and UID",
+            mail.cmd_mail_search, Api.MAILSTORE, (arg("account"), IN_MAILBOX, QUERY)),
+    Command(("mail", "fetch"), "write one message to stdout, byte for byte", mail.cmd_mail_fetch, Api.MAILSTORE,
+            (arg("account"), arg("mailbox"), arg("uid", type=int),
+             arg("--header", action="store_true", help="only its header"))),
+    Command(("mail", "expunge"), "expunge the messages a query matches (for good)", mail.cmd_mail_expunge,
+            Api.MAILSTORE, (arg("account"), IN_MAILBOX, QUERY)),
+    Command(("mail", "move"), "move the messages a query matches into DESTINATION", mail.cmd_mail_move,
+            Api.MAILSTORE, (arg("account"), arg("destination"), IN_MAILBOX, QUERY)),
     Command(("quota", "recompute"), "recount usage from the stored messages (counters drift)",
             admin.cmd_quota_recompute, Api.ADMIN, (arg("account", nargs="?", help="one account (default: all)"),)),
     Command(("fsck",), "check that every message has its body (and every body a message)", fsck.cmd_fsck, Api.ADMIN,
