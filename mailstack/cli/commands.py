@@ -18,7 +18,7 @@ from mailstack.services.common.lifecycle import SERVICES
 from mailstack.v1 import mailstore_pb2_grpc as pbg
 from mailstack.v1 import send_pb2_grpc as spbg
 
-from . import admin, fsck, healthcheck, local, mail, passwd_file
+from . import admin, fsck, healthcheck, local, mail, passwd_file, sessions
 from .output import parse_count, parse_size
 
 
@@ -152,6 +152,11 @@ COMMANDS: tuple[Command, ...] = (
             Api.MAILSTORE, (arg("account"), IN_MAILBOX, QUERY)),
     Command(("mail", "move"), "move the messages a query matches into DESTINATION", mail.cmd_mail_move,
             Api.MAILSTORE, (arg("account"), arg("destination"), IN_MAILBOX, QUERY)),
+    Command(("who",), "logged-in IMAP and POP3 sessions per account (as frontends report them)", sessions.cmd_who,
+            Api.ADMIN, (arg("account", nargs="?", help="one account (default: all)"),
+                        arg("--sessions", action="store_true", help="one line per session"))),
+    Command(("kick",), "close an account's IMAP and POP3 sessions", sessions.cmd_kick, Api.ADMIN,
+            (arg("account"), arg("--protocol", choices=["imap", "pop3"], help="only these (default: both)"))),
     Command(("quota", "recompute"), "recount usage from the stored messages (counters drift)",
             admin.cmd_quota_recompute, Api.ADMIN, (arg("account", nargs="?", help="one account (default: all)"),)),
     Command(("fsck",), "check that every message has its body (and every body a message)", fsck.cmd_fsck, Api.ADMIN,

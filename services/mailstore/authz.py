@@ -59,6 +59,7 @@ POLICY: dict[str, frozenset[str]] = {
     _MAILSTORE + "Watch": frozenset({IMAP}),
     _MAILSTORE + "AcquireLease": frozenset({POP3}),
     _MAILSTORE + "ReleaseLease": frozenset({POP3}),
+    _MAILSTORE + "ReportSessions": frozenset({IMAP, POP3}),
     # Outbound: SMTP submission queues mail; only the worker leases and reports.
     _OUTBOUND + "Submit": frozenset({SMTP}),
     _OUTBOUND + "LeaseOutbound": frozenset({OUTBOUND}),
