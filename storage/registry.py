@@ -9,6 +9,7 @@ from mailstack.storage.events.base import EventBus
 from mailstack.storage.metadata.base import MetadataStore
 from mailstack.storage.queue.base import QueueBackend
 from mailstack.storage.quota.base import QuotaStore
+from mailstack.storage.sessions.base import SessionDirectory
 
 
 def _path(url: str) -> str:
@@ -109,3 +110,18 @@ def open_quota_store(url: str, metadata: MetadataStore) -> QuotaStore:
 
         return RedisQuotaStore(url)
     raise ValueError(f"unsupported quota URL {url!r} (empty for SQL, redis://)")
+
+
+def open_session_directory(events_url: str) -> SessionDirectory:
+    """Where the events go, the session directory goes: Redis shared by every replica, else the
+    mailstore's memory (one mailstore process)."""
+    scheme = urlsplit(events_url).scheme
+    if scheme in ("redis", "rediss", "unix"):
+        from mailstack.storage.sessions.redis import RedisSessionDirectory
+
+        return RedisSessionDirectory(events_url)
+    if scheme == "memory":
+        from mailstack.storage.sessions.memory import MemorySessionDirectory
+
+        return MemorySessionDirectory()
+    raise ValueError(f"unsupported event bus URL {events_url!r} for the session directory (redis://, memory://)")

@@ -50,19 +50,24 @@ def _read_password(args: argparse.Namespace) -> str:
 
 
 def cmd_user_add(admin: pbg.AdminStub, args: argparse.Namespace, out: Output) -> None:
-    password = _read_password(args)
+    password = "" if args.password_hash else _read_password(args)
     account = _call(
         admin.CreateAccount,
         pb.CreateAccountRequest(
-            name=args.address, password=password, quota_bytes=args.quota_bytes, quota_messages=args.quota_messages
+            name=args.address,
+            password=password,
+            password_hash=args.password_hash or "",
+            quota_bytes=args.quota_bytes,
+            quota_messages=args.quota_messages,
         ),
     )
     out.done({"account": account_dict(account)}, f"created {account.name}")
 
 
 def cmd_user_passwd(admin: pbg.AdminStub, args: argparse.Namespace, out: Output) -> None:
-    password = _read_password(args)
-    _call(admin.SetPassword, pb.SetPasswordRequest(name=args.address, password=password))
+    password = "" if args.password_hash else _read_password(args)
+    request = pb.SetPasswordRequest(name=args.address, password=password, password_hash=args.password_hash or "")
+    _call(admin.SetPassword, request)
     out.done({"account": args.address}, f"password changed for {args.address}")
 
 

@@ -18,7 +18,7 @@ from mailstack.services.common.lifecycle import SERVICES
 from mailstack.v1 import mailstore_pb2_grpc as pbg
 from mailstack.v1 import send_pb2_grpc as spbg
 
-from . import admin, fsck, healthcheck, local
+from . import admin, fsck, healthcheck, local, mail, passwd_file, sessions
 from .output import parse_count, parse_size
 
 
@@ -73,14 +73,19 @@ GROUPS = {
     "dkim": "DKIM signing keys",
     "import": "import mail from another server's storage",
     "quota": "quota accounting",
+    "mail": "an account's mail by IMAP SEARCH query (doveadm search, fetch, expunge, move)",
 }
+QUERY = arg("query", nargs="+", metavar="KEY", help="IMAP SEARCH keys (RFC 9051 §6.4.4): ALL, FROM bob, UID 5:*, ...")
+IN_MAILBOX = arg("--mailbox", default="", metavar="NAME", help="only this mailbox (default: all)")
 
 PASSWORD = OneOf(
     (
         arg("--password", metavar="P", help="the password (visible to other local users; prefer stdin)"),
         arg("--password-stdin", action="store_true", help="read the password from the first line of stdin"),
+        arg("--password-hash", metavar="HASH",
+            help="a hash from another server, kept until the first login: {SHA512-CRYPT}$6$... (ADR 0037)"),
     )
-)
+)  # fmt: skip
 SIZE = {"type": parse_size, "metavar": "N", "help": "e.g. 500M, 2G (0 = unlimited)"}
 
 COMMANDS: tuple[Command, ...] = (
@@ -96,6 +101,11 @@ COMMANDS: tuple[Command, ...] = (
              arg("--quota-messages", type=parse_count, default=0, metavar="N", help="0 = unlimited"))),
     Command(("user", "passwd"), "set an account's password", admin.cmd_user_passwd, Api.ADMIN,
             (arg("address"), PASSWORD)),
+    Command(("user", "import"), "create accounts from Dovecot's passwd-file, password hashes and quotas kept",
+            passwd_file.cmd_user_import_passwd_file, Api.ADMIN,
+            (arg("format", choices=["passwd-file"]), arg("file"),
+             arg("--domain", help="domain of users listed without one"),
+             arg("--update", action="store_true", help="replace hash and quota of accounts that exist"))),
     Command(("user", "delete"), "delete an account and all its mail", admin.cmd_user_delete, Api.ADMIN,
             (arg("address"),)),
     Command(("user", "list"), "list accounts with usage and quota", admin.cmd_user_list, Api.ADMIN),
@@ -133,6 +143,20 @@ COMMANDS: tuple[Command, ...] = (
             admin.cmd_import_maildir, Api.MAILSTORE,
             (arg("path", help="the Maildir: the folder holding cur/, new/ and the .Folder ones"), arg("account"),
              arg("--append", action="store_true", help="also into mailboxes that hold mail already"))),
+    Command(("mail", "search"), "list the messages a query matches, with mailbox, UIDVALIDITY and UID",
+            mail.cmd_mail_search, Api.MAILSTORE, (arg("account"), IN_MAILBOX, QUERY)),
+    Command(("mail", "fetch"), "write one message to stdout, byte for byte", mail.cmd_mail_fetch, Api.MAILSTORE,
+            (arg("account"), arg("mailbox"), arg("uid", type=int),
+             arg("--header", action="store_true", help="only its header"))),
+    Command(("mail", "expunge"), "expunge the messages a query matches (for good)", mail.cmd_mail_expunge,
+            Api.MAILSTORE, (arg("account"), IN_MAILBOX, QUERY)),
+    Command(("mail", "move"), "move the messages a query matches into DESTINATION", mail.cmd_mail_move,
+            Api.MAILSTORE, (arg("account"), arg("destination"), IN_MAILBOX, QUERY)),
+    Command(("who",), "logged-in IMAP and POP3 sessions per account (as frontends report them)", sessions.cmd_who,
+            Api.ADMIN, (arg("account", nargs="?", help="one account (default: all)"),
+                        arg("--sessions", action="store_true", help="one line per session"))),
+    Command(("kick",), "close an account's IMAP and POP3 sessions", sessions.cmd_kick, Api.ADMIN,
+            (arg("account"), arg("--protocol", choices=["imap", "pop3"], help="only these (default: both)"))),
     Command(("quota", "recompute"), "recount usage from the stored messages (counters drift)",
             admin.cmd_quota_recompute, Api.ADMIN, (arg("account", nargs="?", help="one account (default: all)"),)),
     Command(("fsck",), "check that every message has its body (and every body a message)", fsck.cmd_fsck, Api.ADMIN,

@@ -45,6 +45,15 @@ class Settings:
     password_scrypt_log_n: int = _setting(
         14, "scrypt cost of new password hashes, log2(N) in 10..20 (14: ~40 ms; existing hashes keep theirs)."
     )
+    master_users: str = _setting(
+        "",
+        "Accounts that may log in as any other (migrations, support): 'user*master' logins and SASL PLAIN "
+        "authzid; comma-separated; empty = off. Every use is logged.",
+    )
+    master_user_separator: str = _setting("*", "Separates the user from the master in a 'user*master' login.")
+    session_report_seconds: int = _setting(
+        5, "How often IMAP and POP3 report their sessions (mailstack who); a kick takes effect within this."
+    )
     orphan_sweep_seconds: int = _setting(3600, "How often the sweeper removes unreferenced blobs (0 = never).")
     orphan_min_age_seconds: int = _setting(3600, "Blobs younger than this are never swept (deliveries in flight).")
     change_log_days: int = _setting(

@@ -21,6 +21,7 @@ from mailstack.services.common.frontend import StreamFrontend
 from mailstack.services.common.grpc_client import mailstore_stub
 from mailstack.services.common.metrics import IMAP_READ_AHEAD_BYTES
 from mailstack.services.common.read_ahead import ReadAheadBudget
+from mailstack.services.common.session_report import LiveSession, SessionReporter
 from mailstack.services.common.stream_connection import CLOSE_TIMEOUT
 from mailstack.services.common.stream_connection import StreamConnection as BaseConnection
 
@@ -105,6 +106,11 @@ class StreamConnection(BaseConnection):
         self.receiver = self._new_receiver()
 
 
+def _kick(task: asyncio.Task[None], session: Session) -> None:
+    session.kicked = True
+    task.cancel()
+
+
 class ImapServer(StreamFrontend):
     grpc_identity = "imap"
     READ_SIZE = READ_SIZE
@@ -113,6 +119,7 @@ class ImapServer(StreamFrontend):
         super().__init__(settings)
         self.sessions: dict[asyncio.Task[None], Session | None] = {}
         self._services: Services | None = None
+        self._reporter: SessionReporter | None = None
         # A connection's receiver, made again after STARTTLS (nothing pipelined before it survives);
         # its literal bound grows to the APPENDLIMIT at login (Session.logged_in).
         self._new_receiver = functools.partial(CommandReceiver, GRAMMAR, settings.imap_max_line, PREAUTH_MAX_LITERAL)
@@ -134,9 +141,19 @@ class ImapServer(StreamFrontend):
                 settings.imap_max_connections_per_user,
             ),
         )
+        self._reporter = SessionReporter(stub, settings.session_report_seconds, self._live_sessions)
+        self._reporter.start()
         await self.listen_streams(
             [("IMAP (STARTTLS)", settings.imap_port, False), ("IMAPS", settings.imaps_port, True)]
         )
+
+    def _live_sessions(self) -> list[LiveSession]:
+        """The logged-in sessions, for `mailstack who` and `mailstack kick`."""
+        return [
+            LiveSession("imap", s.account, s.conn.remote_ip, s.conn.tls, s.logged_in_at, functools.partial(_kick, t, s))
+            for t, s in self.sessions.items()
+            if s is not None and s.account
+        ]
 
     async def drain(self, grace: float) -> None:
         """Sessions waiting for a command (or IDLE) get `* BYE` at once, busy ones finish their
@@ -146,6 +163,8 @@ class ImapServer(StreamFrontend):
         await super().drain(grace)
 
     async def release(self) -> None:
+        if self._reporter is not None:
+            await self._reporter.stop()
         if self._services is not None:
             await self._services.notifier.stop()
 
@@ -200,9 +219,12 @@ class ImapServer(StreamFrontend):
         except EndSession as e:
             bye = e.text
         except asyncio.CancelledError:
-            if not session.services.stopping:
+            if session.kicked:
+                bye = "session closed by the administrator"
+            elif not session.services.stopping:
                 raise
-            bye = "server shutting down"
+            else:
+                bye = "server shutting down"
         except (ClientGone, ConnectionError, ssl.SSLError, asyncio.IncompleteReadError, TimeoutError) as e:
             log.debug("connection ended: %r", e)
         except Exception:

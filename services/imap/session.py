@@ -90,6 +90,8 @@ class Session:
         self.conn = conn
         self.state = State.NOT_AUTHENTICATED
         self.account = ""
+        self.logged_in_at = 0.0  # unix time, for `mailstack who`
+        self.kicked = False  # `mailstack kick` ended it: the goodbye says so
         self.view: MailboxView | None = None
         self.condstore = False  # RFC 7162 §3.1: enabled by ENABLE or a CONDSTORE-aware command
         self.qresync = False  # RFC 7162 §3.2.3: ENABLE QRESYNC (expunges then go out as VANISHED)
@@ -275,6 +277,7 @@ class Session:
 
     def logged_in(self, account: str) -> None:
         self.account = account
+        self.logged_in_at = time.time()
         self.state = State.AUTHENTICATED
         self.conn.receiver.max_literal = self.settings.max_message_size  # was PREAUTH_MAX_LITERAL
         self.services.notifier.add(account, self.on_event)

@@ -32,12 +32,12 @@ _MAILSTORE = "/mailstack.v1.Mailstore/"
 _OUTBOUND = "/mailstack.v1.Outbound/"
 
 POLICY: dict[str, frozenset[str]] = {
-    # Mailstore: what the frontends call; admin for `mailstack import maildir`.
+    # Mailstore: what the frontends call; admin for `mailstack import maildir` and `mailstack mail`.
     _MAILSTORE + "Authenticate": frozenset({SMTP, IMAP, POP3}),
     _MAILSTORE + "ResolveRecipient": frozenset({SMTP}),
     _MAILSTORE + "CheckSender": frozenset({SMTP}),
     _MAILSTORE + "Deliver": frozenset({SMTP}),
-    _MAILSTORE + "ListMailboxes": frozenset({IMAP}),
+    _MAILSTORE + "ListMailboxes": frozenset({IMAP, ADMIN}),
     _MAILSTORE + "CreateMailbox": frozenset({IMAP, ADMIN}),
     _MAILSTORE + "DeleteMailbox": frozenset({IMAP}),
     _MAILSTORE + "RenameMailbox": frozenset({IMAP}),
@@ -45,20 +45,21 @@ POLICY: dict[str, frozenset[str]] = {
     _MAILSTORE + "GetMailboxStatus": frozenset({IMAP, POP3, ADMIN}),
     _MAILSTORE + "ClaimRecent": frozenset({IMAP}),
     _MAILSTORE + "Append": frozenset({IMAP, ADMIN}),
-    _MAILSTORE + "FetchMetadata": frozenset({IMAP, POP3}),
-    _MAILSTORE + "FetchBody": frozenset({POP3}),
+    _MAILSTORE + "FetchMetadata": frozenset({IMAP, POP3, ADMIN}),
+    _MAILSTORE + "FetchBody": frozenset({POP3, ADMIN}),
     _MAILSTORE + "FetchBodies": frozenset({IMAP, POP3}),
-    _MAILSTORE + "StoreFlags": frozenset({IMAP, POP3}),
+    _MAILSTORE + "StoreFlags": frozenset({IMAP, POP3, ADMIN}),
     _MAILSTORE + "Copy": frozenset({IMAP}),
-    _MAILSTORE + "Move": frozenset({IMAP}),
-    _MAILSTORE + "Expunge": frozenset({IMAP, POP3}),
-    _MAILSTORE + "Search": frozenset({IMAP}),
+    _MAILSTORE + "Move": frozenset({IMAP, ADMIN}),
+    _MAILSTORE + "Expunge": frozenset({IMAP, POP3, ADMIN}),
+    _MAILSTORE + "Search": frozenset({IMAP, ADMIN}),
     _MAILSTORE + "SearchSortData": frozenset({IMAP}),
     _MAILSTORE + "GetQuota": frozenset({IMAP}),
     _MAILSTORE + "GetChanges": frozenset({IMAP}),
     _MAILSTORE + "Watch": frozenset({IMAP}),
     _MAILSTORE + "AcquireLease": frozenset({POP3}),
     _MAILSTORE + "ReleaseLease": frozenset({POP3}),
+    _MAILSTORE + "ReportSessions": frozenset({IMAP, POP3}),
     # Outbound: SMTP submission queues mail; only the worker leases and reports.
     _OUTBOUND + "Submit": frozenset({SMTP}),
     _OUTBOUND + "LeaseOutbound": frozenset({OUTBOUND}),

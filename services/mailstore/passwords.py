@@ -7,6 +7,8 @@ import hashlib
 import hmac
 import os
 
+from mailstack.services.mailstore import imported_hashes
+
 # scrypt cost: N=2**14, r=8, p=1 -> 16 MiB of memory and ~40 ms per hash here. New hashes may use
 # another log2(N) (setting password_scrypt_log_n); stored hashes keep the cost they were made with.
 LOG_N = 14
@@ -43,10 +45,11 @@ def hash_password(password: str, log_n: int = LOG_N) -> str:
 
 
 def verify_password(password: str, stored: str) -> bool:
-    """Constant-time comparison; a malformed stored hash never matches."""
+    """Constant-time comparison; a malformed stored hash never matches. Hashes imported from other
+    servers (`{SHA512-CRYPT}...`) are verified as they are (ADR 0037)."""
+    if not stored.startswith(PREFIX):
+        return imported_hashes.verify(password, stored)
     try:
-        if not stored.startswith(PREFIX):
-            return False
         params, salt_text, key_text = stored[len(PREFIX) :].split("$")
         fields = dict(item.split("=", 1) for item in params.split(","))
         log_n, r, p = int(fields["ln"]), int(fields["r"]), int(fields["p"])
@@ -57,6 +60,11 @@ def verify_password(password: str, stored: str) -> bool:
     except (ValueError, KeyError):
         return False
     return hmac.compare_digest(actual, expected)
+
+
+def needs_rehash(stored: str) -> bool:
+    """An imported hash is replaced by ours at the first successful login (ADR 0037)."""
+    return not stored.startswith(PREFIX)
 
 
 _dummies: dict[int, str] = {}

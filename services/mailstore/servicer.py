@@ -354,6 +354,12 @@ class MailstoreServicer(pbg.MailstoreServicer):
         await self.core.changes.release_lease(request.name, request.holder)
         return pb.Empty()
 
+    @rpc
+    async def ReportSessions(self, request: pb.ReportSessionsRequest, context: Any) -> pb.ReportSessionsResponse:
+        records = [translate.session_record(s, request.frontend) for s in request.sessions]
+        kicks = await self.core.sessions.report(request.frontend, records, request.ttl_seconds)
+        return pb.ReportSessionsResponse(kicks=[translate.kick_pb(k) for k in kicks])
+
 
 class AdminServicer(pbg.AdminServicer):
     def __init__(self, core: MailstoreCore) -> None:
@@ -365,12 +371,14 @@ class AdminServicer(pbg.AdminServicer):
 
     @rpc
     async def CreateAccount(self, request: pb.CreateAccountRequest, context: Any) -> pb.Account:
-        record = await self.accounts.create(request.name, request.password, request.quota_bytes, request.quota_messages)
+        record = await self.accounts.create(
+            request.name, request.password, request.quota_bytes, request.quota_messages, request.password_hash
+        )
         return translate.account_pb(await self.accounts.summary(record))
 
     @rpc
     async def SetPassword(self, request: pb.SetPasswordRequest, context: Any) -> pb.Empty:
-        await self.accounts.set_password(request.name, request.password)
+        await self.accounts.set_password(request.name, request.password, request.password_hash)
         return pb.Empty()
 
     @rpc
@@ -433,3 +441,12 @@ class AdminServicer(pbg.AdminServicer):
             request.account, request.repair, request.min_age_seconds or None
         )
         return translate.integrity_pb(report)
+
+    @rpc
+    async def ListSessions(self, request: pb.ListSessionsRequest, context: Any) -> pb.ListSessionsResponse:
+        records = await self.core.sessions.list(request.account)
+        return pb.ListSessionsResponse(sessions=[translate.session_pb(r) for r in records])
+
+    @rpc
+    async def KickSessions(self, request: pb.KickSessionsRequest, context: Any) -> pb.KickSessionsResponse:
+        return pb.KickSessionsResponse(sessions=await self.core.sessions.kick(request.account, request.protocol))

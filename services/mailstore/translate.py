@@ -23,6 +23,7 @@ from mailstack.services.mailstore.core.results import (
     StoreMode,
     UidRanges,
 )
+from mailstack.storage.sessions.base import KickOrder, SessionRecord
 from mailstack.v1 import mailstore_pb2 as pb
 from mailstack.v1 import message_pb2
 
@@ -250,3 +251,23 @@ def integrity_pb(report: IntegrityReport) -> pb.CheckIntegrityResponse:
         blobs_checked=report.blobs_checked,
         repaired=report.repaired,
     )  # fmt: skip
+
+
+def session_record(info: pb.SessionInfo, frontend: str) -> SessionRecord:
+    """A reported session, under the name of the frontend that reports it (not one it claims)."""
+    return SessionRecord(frontend, info.protocol[:16], info.account[:320], info.remote_ip[:64], info.tls, info.started)
+
+
+def session_pb(record: SessionRecord) -> pb.SessionInfo:
+    return pb.SessionInfo(
+        frontend=record.frontend,
+        protocol=record.protocol,
+        account=record.account,
+        remote_ip=record.remote_ip,
+        tls=record.tls,
+        started=record.started,
+    )
+
+
+def kick_pb(order: KickOrder) -> pb.KickOrder:
+    return pb.KickOrder(account=order.account, protocol=order.protocol, before=order.before)

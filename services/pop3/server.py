@@ -11,11 +11,14 @@ import asyncio
 import contextlib
 import logging
 import ssl
+from collections.abc import Callable
 
 from mailstack.services.common.auth_log import connection_refused
 from mailstack.services.common.config import Settings
 from mailstack.services.common.connection_limits import ConnectionLimiter
 from mailstack.services.common.frontend import StreamFrontend
+from mailstack.services.common.grpc_client import mailstore_stub
+from mailstack.services.common.session_report import LiveSession, SessionReporter
 from mailstack.services.common.stream_connection import CLOSE_TIMEOUT
 from mailstack.services.common.stream_connection import StreamConnection as BaseConnection
 
@@ -133,6 +136,9 @@ class Pop3Server(StreamFrontend):
     def __init__(self, settings: Settings) -> None:
         super().__init__(settings)
         self.sessions: dict[asyncio.Task[None], StreamConnection] = {}
+        self._logins: dict[asyncio.Task[None], Pop3Session] = {}  # for `mailstack who` and `kick`
+        self._kicked: set[asyncio.Task[None]] = set()
+        self._reporter: SessionReporter | None = None
         self._mailstore: Pop3Mailstore | None = None
         self._read_ahead = read_ahead_budget(settings)
         self._limiter = ConnectionLimiter(settings.pop3_max_connections, settings.pop3_max_connections_per_ip)
@@ -141,10 +147,41 @@ class Pop3Server(StreamFrontend):
         assert self.channel is not None
         self._mailstore = Pop3Mailstore(self.channel)
         settings = self.settings
+        self._reporter = SessionReporter(
+            mailstore_stub(self.channel), settings.session_report_seconds, self._live_sessions
+        )
+        self._reporter.start()
         await self.listen_streams([("POP3 (STLS)", settings.pop3_port, False), ("POP3S", settings.pop3s_port, True)])
 
     def waiting(self, task: asyncio.Task[None]) -> bool:
         return task in self.sessions and self.sessions[task].idle
+
+    async def release(self) -> None:
+        if self._reporter is not None:
+            await self._reporter.stop()
+
+    def _live_sessions(self) -> list[LiveSession]:
+        """Sessions holding a maildrop (TRANSACTION state), for `mailstack who` and `mailstack kick`."""
+        return [
+            LiveSession("pop3", s.account, s.conn.remote_ip, s.conn.tls, s.logged_in_at, self._kicker(t))
+            for t, s in self._logins.items()
+            if s.logged_in_at
+        ]
+
+    def _cancelled_goodbye(self) -> bytes | None:
+        """The last line of a session whose task was cancelled; None: not ours to end (re-raise)."""
+        if asyncio.current_task() in self._kicked:  # RFC 1939 §3: no UPDATE state, nothing is deleted
+            return err("session closed by the administrator", "SYS/PERM")
+        if self.stopping:
+            return err("server shutting down", "SYS/TEMP")
+        return None
+
+    def _kicker(self, task: asyncio.Task[None]) -> Callable[[], None]:
+        def kick() -> None:
+            self._kicked.add(task)
+            task.cancel()
+
+        return kick
 
     async def accept(
         self,
@@ -177,12 +214,15 @@ class Pop3Server(StreamFrontend):
         self._limiter.acquire(conn.remote_ip)
         self.sessions[task] = conn
         session = Pop3Session(self.settings, self._mailstore, conn, read_ahead=self._read_ahead)
+        self._logins[task] = session
         try:
             await self._serve(conn, session)
         finally:
             conn.close_watchdog()
             self._limiter.release(conn.remote_ip)
             self.sessions.pop(task, None)
+            self._logins.pop(task, None)
+            self._kicked.discard(task)
             # the lease must go back even when this task is being cancelled
             with contextlib.suppress(Exception, asyncio.CancelledError):
                 await asyncio.shield(session.close())
@@ -214,9 +254,10 @@ class Pop3Server(StreamFrontend):
             with contextlib.suppress(Exception):
                 conn.writer.write(err("autologout: idle for too long"))
         except asyncio.CancelledError:
-            if not self.stopping:
+            goodbye = self._cancelled_goodbye()
+            if goodbye is None:
                 raise
             with contextlib.suppress(Exception):
-                conn.writer.write(err("server shutting down", "SYS/TEMP"))
+                conn.writer.write(goodbye)
         except (_ClientGone, ConnectionError, ssl.SSLError, asyncio.IncompleteReadError):
             pass

@@ -135,6 +135,7 @@ class Pop3Session:
         self.conn = connection
         self.state = State.AUTHORIZATION
         self.account = ""
+        self.logged_in_at = 0.0  # unix time the maildrop was opened, for `mailstack who`
         self.holder = new_holder_id()
         self._sleep = sleep
         self._user: str | None = None  # from USER, waiting for PASS
@@ -341,6 +342,7 @@ class Pop3Session:
             raise
         self._renewal = asyncio.create_task(self._renew_lease(), name=f"pop3 lease {self.holder}")
         self.state = State.TRANSACTION
+        self.logged_in_at = time.time()
         count, octets = self._totals()
         await self.conn.send(ok(f"maildrop has {count} messages ({octets} octets)"))
         return False

@@ -47,6 +47,8 @@ BACKENDS = (
     "mailstack.storage.queue.postgresql",
     "mailstack.storage.quota.redis",
     "mailstack.storage.quota.sql",
+    "mailstack.storage.sessions.memory",
+    "mailstack.storage.sessions.redis",
 )
 
 # Every other storage module, so that a new backend cannot go unclassified (see the test below).

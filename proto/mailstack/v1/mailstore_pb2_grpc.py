@@ -168,6 +168,11 @@ class MailstoreStub:
                 request_serializer=mailstack_dot_v1_dot_mailstore__pb2.LeaseRequest.SerializeToString,
                 response_deserializer=mailstack_dot_v1_dot_mailstore__pb2.Empty.FromString,
                 _registered_method=True)
+        self.ReportSessions = channel.unary_unary(
+                '/mailstack.v1.Mailstore/ReportSessions',
+                request_serializer=mailstack_dot_v1_dot_mailstore__pb2.ReportSessionsRequest.SerializeToString,
+                response_deserializer=mailstack_dot_v1_dot_mailstore__pb2.ReportSessionsResponse.FromString,
+                _registered_method=True)
 
 
 class MailstoreServicer:
@@ -333,6 +338,12 @@ class MailstoreServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ReportSessions(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_MailstoreServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -465,6 +476,11 @@ def add_MailstoreServicer_to_server(servicer, server):
                     servicer.ReleaseLease,
                     request_deserializer=mailstack_dot_v1_dot_mailstore__pb2.LeaseRequest.FromString,
                     response_serializer=mailstack_dot_v1_dot_mailstore__pb2.Empty.SerializeToString,
+            ),
+            'ReportSessions': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReportSessions,
+                    request_deserializer=mailstack_dot_v1_dot_mailstore__pb2.ReportSessionsRequest.FromString,
+                    response_serializer=mailstack_dot_v1_dot_mailstore__pb2.ReportSessionsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1182,6 +1198,33 @@ class Mailstore:
             metadata,
             _registered_method=True)
 
+    @staticmethod
+    def ReportSessions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mailstack.v1.Mailstore/ReportSessions',
+            mailstack_dot_v1_dot_mailstore__pb2.ReportSessionsRequest.SerializeToString,
+            mailstack_dot_v1_dot_mailstore__pb2.ReportSessionsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
 
 class AdminStub:
     """Administration (the `mailstack` CLI).
@@ -1262,6 +1305,16 @@ class AdminStub:
                 '/mailstack.v1.Admin/CheckIntegrity',
                 request_serializer=mailstack_dot_v1_dot_mailstore__pb2.CheckIntegrityRequest.SerializeToString,
                 response_deserializer=mailstack_dot_v1_dot_mailstore__pb2.CheckIntegrityResponse.FromString,
+                _registered_method=True)
+        self.ListSessions = channel.unary_unary(
+                '/mailstack.v1.Admin/ListSessions',
+                request_serializer=mailstack_dot_v1_dot_mailstore__pb2.ListSessionsRequest.SerializeToString,
+                response_deserializer=mailstack_dot_v1_dot_mailstore__pb2.ListSessionsResponse.FromString,
+                _registered_method=True)
+        self.KickSessions = channel.unary_unary(
+                '/mailstack.v1.Admin/KickSessions',
+                request_serializer=mailstack_dot_v1_dot_mailstore__pb2.KickSessionsRequest.SerializeToString,
+                response_deserializer=mailstack_dot_v1_dot_mailstore__pb2.KickSessionsResponse.FromString,
                 _registered_method=True)
 
 
@@ -1353,6 +1406,18 @@ class AdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListSessions(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def KickSessions(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -1425,6 +1490,16 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.CheckIntegrity,
                     request_deserializer=mailstack_dot_v1_dot_mailstore__pb2.CheckIntegrityRequest.FromString,
                     response_serializer=mailstack_dot_v1_dot_mailstore__pb2.CheckIntegrityResponse.SerializeToString,
+            ),
+            'ListSessions': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListSessions,
+                    request_deserializer=mailstack_dot_v1_dot_mailstore__pb2.ListSessionsRequest.FromString,
+                    response_serializer=mailstack_dot_v1_dot_mailstore__pb2.ListSessionsResponse.SerializeToString,
+            ),
+            'KickSessions': grpc.unary_unary_rpc_method_handler(
+                    servicer.KickSessions,
+                    request_deserializer=mailstack_dot_v1_dot_mailstore__pb2.KickSessionsRequest.FromString,
+                    response_serializer=mailstack_dot_v1_dot_mailstore__pb2.KickSessionsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1806,6 +1881,60 @@ class Admin:
             '/mailstack.v1.Admin/CheckIntegrity',
             mailstack_dot_v1_dot_mailstore__pb2.CheckIntegrityRequest.SerializeToString,
             mailstack_dot_v1_dot_mailstore__pb2.CheckIntegrityResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListSessions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mailstack.v1.Admin/ListSessions',
+            mailstack_dot_v1_dot_mailstore__pb2.ListSessionsRequest.SerializeToString,
+            mailstack_dot_v1_dot_mailstore__pb2.ListSessionsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def KickSessions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mailstack.v1.Admin/KickSessions',
+            mailstack_dot_v1_dot_mailstore__pb2.KickSessionsRequest.SerializeToString,
+            mailstack_dot_v1_dot_mailstore__pb2.KickSessionsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -88,6 +88,7 @@ class MailstoreStub:
     AcquireLease: _grpc.UnaryUnaryMultiCallable[_mailstore_pb2.LeaseRequest, _mailstore_pb2.LeaseResponse]
     """also renews for the same holder"""
     ReleaseLease: _grpc.UnaryUnaryMultiCallable[_mailstore_pb2.LeaseRequest, _mailstore_pb2.Empty]
+    ReportSessions: _grpc.UnaryUnaryMultiCallable[_mailstore_pb2.ReportSessionsRequest, _mailstore_pb2.ReportSessionsResponse]
 
 @_typing.type_check_only
 class MailstoreAsyncStub(MailstoreStub):
@@ -124,6 +125,7 @@ class MailstoreAsyncStub(MailstoreStub):
     AcquireLease: _aio.UnaryUnaryMultiCallable[_mailstore_pb2.LeaseRequest, _mailstore_pb2.LeaseResponse]  # type: ignore[assignment]
     """also renews for the same holder"""
     ReleaseLease: _aio.UnaryUnaryMultiCallable[_mailstore_pb2.LeaseRequest, _mailstore_pb2.Empty]  # type: ignore[assignment]
+    ReportSessions: _aio.UnaryUnaryMultiCallable[_mailstore_pb2.ReportSessionsRequest, _mailstore_pb2.ReportSessionsResponse]  # type: ignore[assignment]
 
 class MailstoreServicer(metaclass=_abc_1.ABCMeta):
     """---------------------------------------------------------------- services
@@ -314,6 +316,13 @@ class MailstoreServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_mailstore_pb2.Empty, _abc.Awaitable[_mailstore_pb2.Empty]]: ...
 
+    @_abc_1.abstractmethod
+    def ReportSessions(
+        self,
+        request: _mailstore_pb2.ReportSessionsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_mailstore_pb2.ReportSessionsResponse, _abc.Awaitable[_mailstore_pb2.ReportSessionsResponse]]: ...
+
 def add_MailstoreServicer_to_server(servicer: MailstoreServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
 
 class AdminStub:
@@ -337,6 +346,8 @@ class AdminStub:
     ListAliases: _grpc.UnaryUnaryMultiCallable[_mailstore_pb2.ListAliasesRequest, _mailstore_pb2.ListAliasesResponse]
     RecomputeQuota: _grpc.UnaryUnaryMultiCallable[_mailstore_pb2.RecomputeQuotaRequest, _mailstore_pb2.RecomputeQuotaResponse]
     CheckIntegrity: _grpc.UnaryUnaryMultiCallable[_mailstore_pb2.CheckIntegrityRequest, _mailstore_pb2.CheckIntegrityResponse]
+    ListSessions: _grpc.UnaryUnaryMultiCallable[_mailstore_pb2.ListSessionsRequest, _mailstore_pb2.ListSessionsResponse]
+    KickSessions: _grpc.UnaryUnaryMultiCallable[_mailstore_pb2.KickSessionsRequest, _mailstore_pb2.KickSessionsResponse]
 
 @_typing.type_check_only
 class AdminAsyncStub(AdminStub):
@@ -357,6 +368,8 @@ class AdminAsyncStub(AdminStub):
     ListAliases: _aio.UnaryUnaryMultiCallable[_mailstore_pb2.ListAliasesRequest, _mailstore_pb2.ListAliasesResponse]  # type: ignore[assignment]
     RecomputeQuota: _aio.UnaryUnaryMultiCallable[_mailstore_pb2.RecomputeQuotaRequest, _mailstore_pb2.RecomputeQuotaResponse]  # type: ignore[assignment]
     CheckIntegrity: _aio.UnaryUnaryMultiCallable[_mailstore_pb2.CheckIntegrityRequest, _mailstore_pb2.CheckIntegrityResponse]  # type: ignore[assignment]
+    ListSessions: _aio.UnaryUnaryMultiCallable[_mailstore_pb2.ListSessionsRequest, _mailstore_pb2.ListSessionsResponse]  # type: ignore[assignment]
+    KickSessions: _aio.UnaryUnaryMultiCallable[_mailstore_pb2.KickSessionsRequest, _mailstore_pb2.KickSessionsResponse]  # type: ignore[assignment]
 
 class AdminServicer(metaclass=_abc_1.ABCMeta):
     """Administration (the `mailstack` CLI)."""
@@ -458,5 +471,19 @@ class AdminServicer(metaclass=_abc_1.ABCMeta):
         request: _mailstore_pb2.CheckIntegrityRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_mailstore_pb2.CheckIntegrityResponse, _abc.Awaitable[_mailstore_pb2.CheckIntegrityResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def ListSessions(
+        self,
+        request: _mailstore_pb2.ListSessionsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_mailstore_pb2.ListSessionsResponse, _abc.Awaitable[_mailstore_pb2.ListSessionsResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def KickSessions(
+        self,
+        request: _mailstore_pb2.KickSessionsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_mailstore_pb2.KickSessionsResponse, _abc.Awaitable[_mailstore_pb2.KickSessionsResponse]]: ...
 
 def add_AdminServicer_to_server(servicer: AdminServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

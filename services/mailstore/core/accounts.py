@@ -7,7 +7,7 @@ import asyncio
 
 from mailstack.message import names
 from mailstack.services.common.config import Settings
-from mailstack.services.mailstore import passwords
+from mailstack.services.mailstore import imported_hashes, passwords
 from mailstack.services.mailstore.core.auth import MAX_PASSWORD_LENGTH
 from mailstack.services.mailstore.core.errors import InvalidName, InvalidRequest
 from mailstack.services.mailstore.core.quota import QuotaLedger, quota_verdict
@@ -30,6 +30,22 @@ def _checked_password(password: str) -> str:
     return password
 
 
+async def _stored_hash(password: str, password_hash: str, log_n: int) -> str:
+    """What to store: our hash of a password, or a hash imported from another server as it is
+    (ADR 0037; re-hashed to ours at the first successful login)."""
+    if password and password_hash:
+        raise InvalidRequest("give a password or a password hash, not both")
+    if password_hash:
+        if not passwords.needs_rehash(password_hash):
+            raise InvalidRequest("a hash of our own scheme cannot be imported; give the password")
+        try:
+            imported_hashes.check(password_hash)
+        except imported_hashes.UnsupportedHash as e:
+            raise InvalidRequest(f"password hash refused: {e}") from None
+        return password_hash
+    return await asyncio.to_thread(passwords.hash_password, _checked_password(password), log_n)
+
+
 class Accounts:
     def __init__(self, stores: Stores, settings: Settings, ledger: QuotaLedger) -> None:
         self.stores = stores
@@ -47,14 +63,15 @@ class Accounts:
     async def usage(self, record: AccountRecord) -> QuotaUsage:
         return await self.ledger.usage(record)
 
-    async def create(self, name: str, password: str, quota_bytes: int, quota_messages: int) -> AccountRecord:
+    async def create(
+        self, name: str, password: str, quota_bytes: int, quota_messages: int, password_hash: str = ""
+    ) -> AccountRecord:
         name = checked_address(name)
-        _checked_password(password)
+        hashed = await _stored_hash(password, password_hash, self.settings.password_scrypt_log_n)
         metadata = self.stores.metadata
         domain = names.domain_of(name)
         if domain not in await metadata.list_domains():
             await metadata.add_domain(domain)
-        hashed = await asyncio.to_thread(passwords.hash_password, password, self.settings.password_scrypt_log_n)
         quota_bytes = quota_bytes or self.settings.default_quota_bytes
         quota_messages = quota_messages or self.settings.default_quota_messages
         record = await metadata.create_account(name, hashed, quota_bytes, quota_messages, DEFAULT_MAILBOXES)
@@ -63,9 +80,8 @@ class Accounts:
             await metadata.set_subscribed(record.id, mailbox, True)
         return record
 
-    async def set_password(self, name: str, password: str) -> None:
-        _checked_password(password)
-        hashed = await asyncio.to_thread(passwords.hash_password, password, self.settings.password_scrypt_log_n)
+    async def set_password(self, name: str, password: str, password_hash: str = "") -> None:
+        hashed = await _stored_hash(password, password_hash, self.settings.password_scrypt_log_n)
         await self.stores.metadata.set_password(checked_address(name), hashed)
 
     async def delete(self, name: str) -> None:

@@ -12,12 +12,15 @@ from mailstack.services.mailstore.core.mailboxes import Mailboxes
 from mailstack.services.mailstore.core.maintenance import Maintenance
 from mailstack.services.mailstore.core.quota import QuotaLedger
 from mailstack.services.mailstore.core.reading import Reading
+from mailstack.services.mailstore.core.sessions import Sessions
 from mailstack.services.mailstore.core.stores import Stores
+from mailstack.storage import registry
 from mailstack.storage.queue.base import QueueBackend
+from mailstack.storage.sessions.base import SessionDirectory
 
 
 class MailstoreCore:
-    def __init__(self, settings: Settings, stores: Stores) -> None:
+    def __init__(self, settings: Settings, stores: Stores, sessions: SessionDirectory | None = None) -> None:
         self.settings = settings
         self.stores = stores  # for the use cases and for tests; callers use the use cases
         ledger = QuotaLedger(stores)
@@ -28,10 +31,11 @@ class MailstoreCore:
         self.reading = Reading(stores)
         self.changes = Changes(stores, ledger)
         self.maintenance = Maintenance(stores, settings, ledger)
+        self.sessions = Sessions(sessions or registry.open_session_directory("memory://"), settings)
 
     @classmethod
     async def open(cls, settings: Settings) -> MailstoreCore:
-        return cls(settings, await Stores.open(settings))
+        return cls(settings, await Stores.open(settings), registry.open_session_directory(settings.events_url))
 
     def open_queue(self) -> QueueBackend:
         """The outbound queue's store, beside the metadata (ADR 0008)."""
@@ -42,4 +46,5 @@ class MailstoreCore:
 
     async def close(self) -> None:
         await self.maintenance.stop_background()
+        await self.sessions.close()
         await self.stores.close()
