@@ -89,6 +89,14 @@ class Settings:
     pop3s_port: int = _setting(1995, "POP3 over implicit TLS; 995 in containers.")
     tls_cert: str = _setting("", "PEM certificate; default DATA_DIR/tls/cert.pem, self-signed on first start.")
     tls_key: str = _setting("", "PEM private key; default DATA_DIR/tls/key.pem.", secret=True)
+    tls_certificates: str = _setting(
+        "",
+        "More certificates for SNI: CERT:KEY,... (PEM paths); each serves the DNS names in it, wildcards"
+        " too; other names get MAILSTACK_TLS_CERT.",
+    )
+    tls_reload_interval: int = _setting(
+        30, "Seconds between checks of the TLS files for a change (renewals; SIGHUP reloads at once; 0 = never)."
+    )
     allow_plaintext_auth: bool = _setting(False, "Allow LOGIN/AUTH before TLS (tests only).")
 
     # operation
