@@ -178,7 +178,11 @@ class Settings:
     outbound_poll_ms: int = _setting(1000, "Milliseconds between queue polls of an idle outbound worker.")
     outbound_connect_timeout: int = _setting(30, "Seconds to connect to a remote MX and for each SMTP reply.")
     outbound_helo_name: str = _setting("", "EHLO name of the outbound worker (default: hostname).")
-    dkim_keys: str = _setting("", "DKIM signing keys: DOMAIN=SELECTOR:/path/key.pem,... (mount from a Secret).")
+    dkim_keys: str = _setting(
+        "",
+        "DKIM signing keys: DOMAIN=SELECTOR:/path/key.pem,... or a folder of DOMAIN.SELECTOR.pem files"
+        " (mount from a Secret).",
+    )
     save_sent_copies: bool = _setting(False, "Save a copy of submitted/sent mail in the sender's Sent mailbox.")
     submission_from_check: str = _setting(
         "strict",
