@@ -240,7 +240,7 @@ class MailstoreServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ClaimRecent(self, request, context):
-        """Claim the \Recent messages for a session that selects a mailbox.
+        """Claim the messages with the Recent flag (RFC 3501 §2.3.2) for a session that selects a mailbox.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

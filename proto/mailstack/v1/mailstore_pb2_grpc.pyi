@@ -80,7 +80,7 @@ class MailstoreStub:
     GetMailboxStatus: _grpc.UnaryUnaryMultiCallable[_mailstore_pb2.MailboxStatusRequest, _mailstore_pb2.MailboxStatus]
     """A mailbox's counters (IMAP STATUS, SELECT)."""
     ClaimRecent: _grpc.UnaryUnaryMultiCallable[_mailstore_pb2.ClaimRecentRequest, _mailstore_pb2.ClaimRecentResponse]
-    """Claim the \\Recent messages for a session that selects a mailbox."""
+    """Claim the messages with the Recent flag (RFC 3501 §2.3.2) for a session that selects a mailbox."""
     Append: _grpc.StreamUnaryMultiCallable[_mailstore_pb2.AppendRequest, _mailstore_pb2.AppendResponse]
     """Store a message in a mailbox (IMAP APPEND); a header, then the message in chunks."""
     Deliver: _grpc.StreamUnaryMultiCallable[_mailstore_pb2.DeliverRequest, _mailstore_pb2.DeliverResponse]
@@ -141,7 +141,7 @@ class MailstoreAsyncStub(MailstoreStub):
     GetMailboxStatus: _aio.UnaryUnaryMultiCallable[_mailstore_pb2.MailboxStatusRequest, _mailstore_pb2.MailboxStatus]  # type: ignore[assignment]
     """A mailbox's counters (IMAP STATUS, SELECT)."""
     ClaimRecent: _aio.UnaryUnaryMultiCallable[_mailstore_pb2.ClaimRecentRequest, _mailstore_pb2.ClaimRecentResponse]  # type: ignore[assignment]
-    """Claim the \\Recent messages for a session that selects a mailbox."""
+    """Claim the messages with the Recent flag (RFC 3501 §2.3.2) for a session that selects a mailbox."""
     Append: _aio.StreamUnaryMultiCallable[_mailstore_pb2.AppendRequest, _mailstore_pb2.AppendResponse]  # type: ignore[assignment]
     """Store a message in a mailbox (IMAP APPEND); a header, then the message in chunks."""
     Deliver: _aio.StreamUnaryMultiCallable[_mailstore_pb2.DeliverRequest, _mailstore_pb2.DeliverResponse]  # type: ignore[assignment]
@@ -259,7 +259,7 @@ class MailstoreServicer(metaclass=_abc_1.ABCMeta):
         request: _mailstore_pb2.ClaimRecentRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_mailstore_pb2.ClaimRecentResponse, _abc.Awaitable[_mailstore_pb2.ClaimRecentResponse]]:
-        """Claim the \\Recent messages for a session that selects a mailbox."""
+        """Claim the messages with the Recent flag (RFC 3501 §2.3.2) for a session that selects a mailbox."""
 
     @_abc_1.abstractmethod
     def Append(
