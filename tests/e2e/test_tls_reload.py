@@ -261,3 +261,39 @@ def test_sni_picks_the_certificate_for_the_name(tmp_path: Path) -> None:
 def default_files(cert: Cert, folder: Path) -> dict[str, str]:
     cert_path, key_path = cert.write(folder)
     return {"MAILSTACK_TLS_CERT": str(cert_path), "MAILSTACK_TLS_KEY": str(key_path)}
+
+
+def send_api_cert(port: int) -> bytes:
+    """The certificate of a TLS handshake on the Send API port, as a gRPC client makes it (ALPN h2)."""
+    ctx = client_context()
+    ctx.set_alpn_protocols(["h2"])
+    with ctx.wrap_socket(socket.create_connection(("127.0.0.1", port), timeout=10)) as sock:
+        der = sock.getpeercert(binary_form=True)
+        assert der is not None
+        return der
+
+
+def test_the_send_api_certificate_is_reloaded_too(tmp_path: Path) -> None:
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    a, b, other = Cert("send.a.test"), Cert("send.b.test"), Cert("send.c.test")
+    secret = tmp_path / "send-secret"
+    publish(secret, "1", a.pem, a.key_pem)
+    files = {"MAILSTACK_SEND_TLS_CERT": str(secret / "tls.crt"), "MAILSTACK_SEND_TLS_KEY": str(secret / "tls.key")}
+    with running_serve(tmp_path, files) as served:
+        port = served.ports["send"]
+        assert send_api_cert(port) == a.der
+        publish(secret, "2", b.pem, b.key_pem)
+        wait_for(lambda: send_api_cert(port) == b.der, "the Send API serves the renewed certificate")
+        credentials = grpc.ssl_channel_credentials(root_certificates=b.pem)
+        options = [("grpc.ssl_target_name_override", "send.b.test")]
+        with grpc.secure_channel(f"127.0.0.1:{port}", credentials, options) as channel:
+            reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=10)
+            assert reply.status == health_pb2.HealthCheckResponse.SERVING
+        publish(secret, "3", other.pem, a.key_pem)  # a broken renewal, noticed at the next handshake
+        wait_for(
+            lambda: send_api_cert(port) == b.der and "keeping the certificate loaded before" in served.log(),
+            "the broken pair is logged, the working one kept",
+        )
+        assert send_api_cert(port) == b.der
