@@ -41,7 +41,8 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     MAILSTACK_IMAPS_PORT=993 \
     MAILSTACK_POP3_PORT=110 \
     MAILSTACK_POP3S_PORT=995 \
-    MAILSTACK_LOG_FORMAT=json
+    MAILSTACK_LOG_FORMAT=json \
+    MAILSTACK_METRICS_PORT=9090
 
 # /grpc/* and /etc/mailstack/grpc*: mount points of the gRPC identity volumes (compose's grpc-init writes
 # them, ADR 0009); an empty named volume takes its owner from the image, so the unprivileged user can use it.
@@ -57,11 +58,12 @@ RUN --mount=type=bind,from=builder,source=/wheels,target=/wheels \
 USER 10001:10001
 WORKDIR /data
 # SMTP 25, submissions 465, submission 587, IMAP 143, IMAPS 993, POP3 110, POP3S 995,
-# mailstore gRPC 50051 (internal, mTLS) and 50052 (Send API)
-EXPOSE 25 465 587 143 993 110 995 50051 50052
+# mailstore gRPC 50051 (internal, mTLS) and 50052 (Send API), /metrics /ready /live 9090
+EXPOSE 25 465 587 143 993 110 995 50051 50052 9090
 STOPSIGNAL SIGTERM
-# `mailstack healthcheck` finds what `mailstack serve` runs in this container and checks that (the
-# mailstore's gRPC health, a frontend's greeting, the outbound worker's /ready); Kubernetes has its own probes.
+# `mailstack healthcheck` asks GET /ready on MAILSTACK_METRICS_PORT, which answers for whatever `mailstack
+# serve` runs here; it speaks no mail protocol, so MAILSTACK_PROXY_PROTOCOL=true does not fail it. Kubernetes
+# has its own probes.
 HEALTHCHECK --interval=30s --timeout=10s --start-period=20s --retries=3 CMD ["mailstack", "healthcheck"]
 ENTRYPOINT ["mailstack"]
 CMD ["serve"]

@@ -57,5 +57,5 @@ def tree_cpu(root: int) -> float:
 
 
 def dovecot_master(peers_dir: str | Path) -> int:
-    """The Dovecot master's pid of a ../shared/peers/start.sh DIR."""
+    """The Dovecot master's pid of a PEERS_KIT/start.sh PEER_DIR."""
     return int((Path(peers_dir) / "run" / "dovecot" / "master.pid").read_text().split()[0])

@@ -1,7 +1,7 @@
 """Same password-hash cost on both sides of a login benchmark.
 
-Dovecot (../shared/peers/) stores SHA512-CRYPT hashes (glibc crypt, 5000 rounds); mailstack
-stores scrypt (ADR 0002, log2(N)=14 by default, ~40 ms). Comparing login rates at those two
+Dovecot (of the reference-peers kit, PEERS_KIT) stores SHA512-CRYPT hashes (glibc crypt, 5000
+rounds); mailstack stores scrypt (ADR 0002, log2(N)=14 by default, ~40 ms). Comparing login rates at those two
 costs measures the hash, not the server, so the benches time one SHA512-CRYPT verification with
 the same glibc routine Dovecot calls and pick the scrypt log2(N) whose verification costs nearest
 to it. Production keeps its default; this is for side-by-side runs only.

@@ -5,11 +5,12 @@ with the same client code, in interleaved rounds (medians reported).
 
 Not a test. Every client APPENDs the same messages (fixed seed, 2-40 KB) to its own account on
 both systems, so both hold the same data. mailstack runs as deployed: a mailstore process and a
-`mailstack serve imap` process. Dovecot is ../shared/peers/start.sh DIR (users u1..uN, SHA512-CRYPT
-password hashes there; bench/hashcost.py sets mailstack's scrypt cost to match and prints both).
+`mailstack serve imap` process. Dovecot is PEERS_KIT/start.sh PEER_DIR (the reference-peers
+kit; users u1..uN, SHA512-CRYPT password hashes there; bench/hashcost.py sets mailstack's
+scrypt cost to match and prints both).
 
-    /work/shared/peers/start.sh /tmp/refmail
-    .venv/bin/python bench/imap_load.py --peers-dir /tmp/refmail [--clients 5] [--messages 100] [--rounds 3]
+    PEERS_KIT/start.sh PEER_DIR
+    .venv/bin/python bench/imap_load.py --peers-dir PEER_DIR [--clients 5] [--messages 100] [--rounds 3]
         [--first-user 16]   (Dovecot users uK..; their Maildirs are replaced by new ones)
 """
 
@@ -222,7 +223,7 @@ def start_mailstack(tmp: Path, clients: int) -> tuple[MailstoreProcess, subproce
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--peers-dir", help="directory of a running ../shared/peers/start.sh DIR (Dovecot)")
+    parser.add_argument("--peers-dir", help="PEER_DIR of a running PEERS_KIT/start.sh PEER_DIR (Dovecot)")
     parser.add_argument("--clients", type=int, default=5)
     parser.add_argument("--messages", type=int, default=100)
     parser.add_argument("--rounds", type=int, default=3, help="rounds per system, interleaved; medians reported")

@@ -3,7 +3,7 @@
 
 Not a test. The same messages (--messages, 4-50 KB, fixed seed) are loaded into N accounts
 (one per client: the maildrop lock is exclusive) on both systems: into mailstack through
-the mailstore's gRPC Deliver, into Dovecot (../shared/peers/start.sh DIR) over LMTP. Then each
+the mailstore's gRPC Deliver, into Dovecot (PEERS_KIT/start.sh PEER_DIR, the reference-peers kit) over LMTP. Then each
 system is measured in the same run with the same client code (plaintext USER/PASS, one command
 at a time). mailstack runs as deployed: a mailstore process and a `mailstack serve pop3` process.
 
@@ -12,8 +12,8 @@ servers (~0.06 ms of CPU per message). `--per-line` reads line by line instead, 
 client would: that client then needs ~0.4 ms per message of the same two cores and bounds both
 systems, which hides most of the difference between them.
 
-    /work/shared/peers/start.sh /tmp/refmail
-    .venv/bin/python bench/pop3_load.py --peers-dir /tmp/refmail [--messages 1000] [--clients 10] [--rounds 3]
+    PEERS_KIT/start.sh PEER_DIR
+    .venv/bin/python bench/pop3_load.py --peers-dir PEER_DIR [--messages 1000] [--clients 10] [--rounds 3]
         [--dovecot-first-user N]   (users uN..uN+clients-1; their Maildirs are replaced by new ones)
 
 Each round includes the logins; both sides hash passwords at the same cost (bench/hashcost.py
@@ -146,7 +146,7 @@ async def load_mailstack(address: str, data_dir: Path, groups: list[list[bytes]]
 
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--peers-dir", required=True, help="directory of a running peers/start.sh")
+    parser.add_argument("--peers-dir", required=True, help="PEER_DIR of a running PEERS_KIT/start.sh PEER_DIR")
     parser.add_argument("--messages", type=int, default=1000)
     parser.add_argument("--clients", type=int, default=10, help="concurrent clients (<= the peers' USER_COUNT)")
     parser.add_argument("--rounds", type=int, default=3, help="measured rounds per system (best and median reported)")

@@ -8,9 +8,11 @@ SMTP process's peak memory (VmHWM). Not a test: numbers, never assertions.
     .venv/bin/python bench/smtp_ingest.py --backend s3-redis    # SeaweedFS + Valkey/Redis
     .venv/bin/python bench/smtp_ingest.py --messages 2000 --sessions 20 --size 4096 --runs 3
 
-The reference is started with /work/shared/peers/start.sh DIR (and stopped again if this
-script started it). mailstack runs as two processes, `mailstack serve mailstore` and
-`mailstack serve smtp`, as deployed.
+The reference is started with PEERS_KIT/start.sh PEER_DIR (and stopped again if this script
+started it): PEERS_KIT is the folder of the reference-peers kit (start.sh and stop.sh run a
+private Postfix and Dovecot in PEER_DIR), given as --peers-kit or MAILSTACK_BENCH_PEERS_KIT.
+mailstack runs as two processes, `mailstack serve mailstore` and `mailstack serve smtp`, as
+deployed.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from mailstack.v1 import mailstore_pb2_grpc as pbg
 from bench.cpu import dovecot_master, process_cpu, tree_cpu
 from tests.fixtures.mailstore import free_port, health_check
 
-PEERS = Path("/work/shared/peers")
+PEERS_KIT_ENV = "MAILSTACK_BENCH_PEERS_KIT"
 PEER_SMTP = "127.0.0.1:23025"
 USER = "u1"  # --user changes these
 ADDRESS = f"{USER}@test"
@@ -215,7 +217,12 @@ def main() -> int:
     parser.add_argument("--size", type=int, default=4096)
     parser.add_argument("--runs", type=int, default=3, help="alternating runs of each; medians are compared")
     parser.add_argument(
-        "--peer-dir", default="/tmp/mailstack-bench-peer", help="a running peers/start.sh DIR is reused as it is"
+        "--peer-dir",
+        default=str(Path(tempfile.gettempdir()) / "mailstack-bench-peer"),
+        help="PEER_DIR: a running PEERS_KIT/start.sh PEER_DIR is reused as it is",
+    )
+    parser.add_argument(
+        "--peers-kit", default=os.environ.get(PEERS_KIT_ENV, ""), help=f"PEERS_KIT (default ${PEERS_KIT_ENV})"
     )
     parser.add_argument("--user", default="u1", help="the peer user (uN) and mailstack account (uN@test) to fill")
     args = parser.parse_args()
@@ -225,9 +232,12 @@ def main() -> int:
         print("smtp-source not found (Debian package postfix)", file=sys.stderr)
         return 2
 
-    peer_dir = Path(args.peer_dir)
+    if not args.peers_kit:
+        print(f"--peers-kit or {PEERS_KIT_ENV}: the folder with the peers' start.sh and stop.sh", file=sys.stderr)
+        return 2
+    kit, peer_dir = Path(args.peers_kit), Path(args.peer_dir)
     peer_was_running = (peer_dir / "postfix-spool" / "pid" / "master.pid").exists()
-    subprocess.run([str(PEERS / "start.sh"), str(peer_dir)], check=True, stdout=subprocess.DEVNULL)
+    subprocess.run([str(kit / "start.sh"), str(peer_dir)], check=True, stdout=subprocess.DEVNULL)
     # Both start empty: mailstack gets a new data folder, the peer user a new Maildir. Left to
     # grow run after run, Dovecot's delivery slowed from 330 to 37 msg/s (a Maildir's new/ folder
     # never shrinks once it held 60,000 files; expunging does not help).
@@ -255,7 +265,7 @@ def main() -> int:
     finally:
         stack.stop()
         if not peer_was_running:
-            subprocess.run([str(PEERS / "stop.sh"), str(peer_dir)], check=False, stdout=subprocess.DEVNULL)
+            subprocess.run([str(kit / "stop.sh"), str(peer_dir)], check=False, stdout=subprocess.DEVNULL)
         shutil.rmtree(work, ignore_errors=True)
     ours_median, theirs_median = statistics.median(ours), statistics.median(theirs)
     print(

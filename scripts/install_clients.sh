@@ -4,8 +4,26 @@
 # only those missing. Needs root (apt-get) when something is missing.
 set -euo pipefail
 
+# npm: scripts/install_buf.sh installs buf (the proto linter) with it.
 # swaks only Recommends its TLS modules (Net::SSLeay, IO::Socket::SSL), which --no-install-recommends leaves out.
-PACKAGES=(swaks libnet-ssleay-perl libio-socket-ssl-perl curl fetchmail isync mutt getmail6 postfix bsdutils libsasl2-modules ca-certificates fail2ban postgresql dovecot-core)
+PACKAGES=(  # one per line, so that additions merge
+    swaks
+    libnet-ssleay-perl
+    libio-socket-ssl-perl
+    curl
+    fetchmail
+    isync
+    mutt
+    getmail6
+    postfix
+    bsdutils
+    libsasl2-modules
+    ca-certificates
+    fail2ban
+    postgresql
+    dovecot-core
+    npm
+)
 
 if ! command -v dpkg-query >/dev/null 2>&1; then
     echo "install_clients: not a Debian-like system (no dpkg-query); install these yourself: ${PACKAGES[*]}" >&2

@@ -12,6 +12,7 @@ ensure_venv "[test]"
 
 say "client packages"
 bash scripts/install_clients.sh || die "client packages missing (see above)"
+bash scripts/install_buf.sh || die "buf (the proto linter) missing (see above)"
 
 # ---------------------------------------------------------------- checks (all run; summary at the end)
 

@@ -1,16 +1,17 @@
 """`mailstack healthcheck [SERVICE...]`: the container health check (Docker, compose; Kubernetes
-has its own probes). Without names it finds what `mailstack serve` runs in this container (from
-/proc) and checks that: the mailstore with grpc.health.v1 on the Send API port (the internal
-port wants a client certificate, ADR 0009), a mail frontend by reading its greeting on its main
-port, the outbound worker (which has no port) by asking its /ready."""
+has its own probes). It asks the process's HTTP readiness endpoint (`/ready` on
+MAILSTACK_METRICS_PORT), which answers for every service `mailstack serve` runs there, rather than
+speaking a mail protocol: a mail port behind MAILSTACK_PROXY_PROTOCOL wants a PROXY header from
+127.0.0.1 first (ADR 0007), and a greeting says nothing about the mailstore behind it. Without a
+metrics port only the mailstore can be checked, with grpc.health.v1 on the Send API port (the
+internal port wants a client certificate, ADR 0009). Without names it finds what `mailstack
+serve` runs in this container (from /proc)."""
 
 from __future__ import annotations
 
 import argparse
-import socket
 import sys
 import urllib.request
-from collections.abc import Callable
 from pathlib import Path
 
 from mailstack.services.common.config import Settings
@@ -19,12 +20,7 @@ from .output import EXIT_ERROR, EXIT_OK
 
 TIMEOUT = 4.0
 PROC = Path("/proc")
-# service: (its port, greeting prefix, goodbye)
-GREETINGS: dict[str, tuple[Callable[[Settings], int], bytes, bytes]] = {
-    "smtp": (lambda s: s.smtp_port, b"220", b"QUIT\r\n"),
-    "imap": (lambda s: s.imap_port, b"* OK", b"a LOGOUT\r\n"),
-    "pop3": (lambda s: s.pop3_port, b"+OK", b"QUIT\r\n"),
-}
+CHECKS = ("mailstore", "smtp", "imap", "pop3", "outbound")
 
 
 def served(proc: Path | None = None) -> list[str]:
@@ -36,7 +32,7 @@ def served(proc: Path | None = None) -> list[str]:
             continue
         if "serve" in args and any(a.endswith("mailstack") for a in args):
             names = [a for a in args[args.index("serve") + 1 :] if a and not a.startswith("-")]
-            return names or ["mailstore", *GREETINGS]
+            return names or ["mailstore", "smtp", "imap", "pop3"]
     return []
 
 
@@ -51,32 +47,19 @@ def check_mailstore(settings: Settings) -> None:
         raise RuntimeError(f"mailstore health is {reply.status}")
 
 
-def check_greeting(settings: Settings, name: str) -> None:
-    port, prefix, goodbye = GREETINGS[name]
-    with socket.create_connection(("127.0.0.1", port(settings)), timeout=TIMEOUT) as conn:
-        line = conn.makefile("rb").readline(512)
-        conn.sendall(goodbye)
-    if not line.startswith(prefix):
-        raise RuntimeError(f"{name} greeted with {line[:60]!r}")
-
-
 def check_ready(settings: Settings) -> None:
-    """/ready answers 200 once started and while the mailstore answers, 503 while draining."""
-    if not settings.metrics_port:
-        raise RuntimeError("MAILSTACK_METRICS_PORT is not set: no /ready to ask")
+    """/ready answers 200 once every service started (a frontend: and the mailstore answers), 503
+    before and while draining; urlopen raises on anything but 2xx."""
     urllib.request.urlopen(f"http://127.0.0.1:{settings.metrics_port}/ready", timeout=TIMEOUT).close()
 
 
-def check(settings: Settings, name: str) -> None:
-    if name == "mailstore":
+def check(settings: Settings, names: list[str]) -> None:
+    if settings.metrics_port:
+        check_ready(settings)  # one endpoint answers for all the process runs
+    elif names == ["mailstore"]:
         check_mailstore(settings)
-    elif name == "outbound":
-        check_ready(settings)
     else:
-        check_greeting(settings, name)
-
-
-CHECKS = ("mailstore", *GREETINGS, "outbound")
+        raise RuntimeError("MAILSTACK_METRICS_PORT is not set: no /ready to ask (the image sets 9090)")
 
 
 def cmd_healthcheck(settings: Settings, args: argparse.Namespace) -> int:
@@ -84,13 +67,13 @@ def cmd_healthcheck(settings: Settings, args: argparse.Namespace) -> int:
     if not names:
         print("mailstack healthcheck: no `mailstack serve` process found", file=sys.stderr)
         return EXIT_ERROR
-    for name in names:
-        if name not in CHECKS:
-            print(f"mailstack healthcheck: unknown service {name!r} (known: {', '.join(CHECKS)})", file=sys.stderr)
-            return EXIT_ERROR
-        try:
-            check(settings, name)
-        except Exception as err:  # any failure is "unhealthy", said in one line
-            print(f"mailstack healthcheck: {name}: {err}", file=sys.stderr)
-            return EXIT_ERROR
+    unknown = [name for name in names if name not in CHECKS]
+    if unknown:
+        print(f"mailstack healthcheck: unknown service {unknown[0]!r} (known: {', '.join(CHECKS)})", file=sys.stderr)
+        return EXIT_ERROR
+    try:
+        check(settings, names)
+    except Exception as err:  # any failure is "unhealthy", said in one line
+        print(f"mailstack healthcheck: {', '.join(names)}: {err}", file=sys.stderr)
+        return EXIT_ERROR
     return EXIT_OK

@@ -23,7 +23,8 @@ def cmd_dkim_keygen(settings: Settings, args: argparse.Namespace) -> int:
     from mailstack.message.dkim_sign import dns_record, generate_key
 
     domain = args.domain.lower()
-    path = Path(args.out or Path(settings.data_dir) / "dkim" / f"{domain}.{args.selector}.pem")
+    # Absolute: MAILSTACK_DKIM_KEYS is read by a process that may run in another folder.
+    path = Path(args.out or Path(settings.data_dir) / "dkim" / f"{domain}.{args.selector}.pem").resolve()
     if path.exists():
         print(f"mailstack: {path} exists; not overwritten", file=sys.stderr)
         return EXIT_ERROR
@@ -38,6 +39,7 @@ def cmd_dkim_keygen(settings: Settings, args: argparse.Namespace) -> int:
     else:
         print(f"private key: {path}\npublish in DNS:\n{record}")
         print(f"then set MAILSTACK_DKIM_KEYS={domain}={args.selector}:{path}")
+        print(f"(or MAILSTACK_DKIM_KEYS={path.parent}: every DOMAIN.SELECTOR.pem in the folder)")
     return EXIT_OK
 
 

@@ -98,6 +98,14 @@ class Settings:
     pop3s_port: int = _setting(1995, "POP3 over implicit TLS; 995 in containers.")
     tls_cert: str = _setting("", "PEM certificate; default DATA_DIR/tls/cert.pem, self-signed on first start.")
     tls_key: str = _setting("", "PEM private key; default DATA_DIR/tls/key.pem.", secret=True)
+    tls_certificates: str = _setting(
+        "",
+        "More certificates for SNI: CERT:KEY,... (PEM paths); each serves the DNS names in it, wildcards"
+        " too; other names get MAILSTACK_TLS_CERT.",
+    )
+    tls_reload_interval: int = _setting(
+        30, "Seconds between checks of the TLS files for a change (renewals; SIGHUP reloads at once; 0 = never)."
+    )
     allow_plaintext_auth: bool = _setting(False, "Allow LOGIN/AUTH before TLS (tests only).")
 
     # operation
@@ -179,7 +187,11 @@ class Settings:
     outbound_poll_ms: int = _setting(1000, "Milliseconds between queue polls of an idle outbound worker.")
     outbound_connect_timeout: int = _setting(30, "Seconds to connect to a remote MX and for each SMTP reply.")
     outbound_helo_name: str = _setting("", "EHLO name of the outbound worker (default: hostname).")
-    dkim_keys: str = _setting("", "DKIM signing keys: DOMAIN=SELECTOR:/path/key.pem,... (mount from a Secret).")
+    dkim_keys: str = _setting(
+        "",
+        "DKIM signing keys: DOMAIN=SELECTOR:/path/key.pem,... or a folder of DOMAIN.SELECTOR.pem files"
+        " (mount from a Secret).",
+    )
     save_sent_copies: bool = _setting(False, "Save a copy of submitted/sent mail in the sender's Sent mailbox.")
     submission_from_check: str = _setting(
         "strict",

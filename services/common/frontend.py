@@ -19,22 +19,25 @@ from typing import Any, ClassVar
 
 import grpc
 import grpc.aio
+from mailstack.services.common.certificates import CertificateStore, parse_pairs
 from mailstack.services.common.config import Settings
 from mailstack.services.common.grpc_client import identity_for, open_channel
 from mailstack.services.common.listeners import ConnectionFactory, Listener, addresses, open_listener
 from mailstack.services.common.proxy_listener import stream_factory
 from mailstack.services.common.stream_connection import CLOSE_TIMEOUT
-from mailstack.services.common.tls import ensure_self_signed, server_ssl_context
+from mailstack.services.common.tls import ensure_self_signed
 
 log = logging.getLogger("mailstack.frontend")
 
 
-async def server_tls(settings: Settings) -> ssl.SSLContext:
-    """The mail listeners' TLS context; a self-signed certificate on first start when none is set."""
+async def server_tls(settings: Settings) -> CertificateStore:
+    """The mail listeners' certificates (the default first, then the SNI ones); a self-signed
+    default on first start when none is set. Watched for changes from `start()` on."""
     cert, key = settings.effective_tls_cert, settings.effective_tls_key
     if not settings.tls_cert:  # a no-op when the files exist
         await asyncio.to_thread(ensure_self_signed, cert, key, settings.hostname)
-    return await asyncio.to_thread(server_ssl_context, cert, key)
+    pairs = [(cert, key), *parse_pairs(settings.tls_certificates)]
+    return await asyncio.to_thread(CertificateStore, pairs, settings.tls_reload_interval)
 
 
 class Frontend:
@@ -47,7 +50,8 @@ class Frontend:
         self.settings = settings
         self.servers: list[tuple[str, Listener]] = []
         self.channel: grpc.aio.Channel | None = None
-        self.tls_context: ssl.SSLContext | None = None
+        self.tls_context: ssl.SSLContext | None = None  # one for the listeners' life; certificates swap inside
+        self.certificates: CertificateStore | None = None
         self.stopping = False
         self._started = False
         self._closed = asyncio.Event()
@@ -75,7 +79,9 @@ class Frontend:
     async def start(self) -> None:
         settings = self.settings
         if self.serves_mail:
-            self.tls_context = await server_tls(settings)
+            self.certificates = await server_tls(settings)
+            self.certificates.start()
+            self.tls_context = self.certificates.context
         identity = await asyncio.to_thread(identity_for, settings, self.grpc_identity)
         self.channel = open_channel(settings.mailstore_addr, identity)
         try:
@@ -105,6 +111,8 @@ class Frontend:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(server.wait_closed(), CLOSE_TIMEOUT)
         await self.release()
+        if self.certificates is not None:
+            await self.certificates.close()
         if self.channel is not None:
             await self.channel.close(None)
             self.channel = None

@@ -24,7 +24,7 @@ from typing import Any, Protocol, TextIO
 import grpc
 import grpc.aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from mailstack.services.common import telemetry
+from mailstack.services.common import certificates, telemetry
 from mailstack.services.common.config import Settings
 from mailstack.services.common.grpc_client import Identity, IdentityError, identity_for, open_channel
 from mailstack.services.common.metrics import MetricsServer
@@ -300,9 +300,14 @@ def _install_signal_handlers(loop: asyncio.AbstractEventLoop, stop: asyncio.Even
         print(f"{signal.Signals(sig).name}: shutting down (Ctrl-C again to exit at once)", file=out, flush=True)
         stop.set()
 
-    for sig in (signal.SIGTERM, signal.SIGINT):
+    handlers: list[tuple[int, Callable[..., None], tuple[int, ...]]] = [
+        (signal.SIGTERM, on_signal, (signal.SIGTERM,)),
+        (signal.SIGINT, on_signal, (signal.SIGINT,)),
+        (signal.SIGHUP, certificates.reload_all, ()),  # reload the TLS certificates (and not die of it)
+    ]
+    for sig, handler, args in handlers:
         try:
-            loop.add_signal_handler(sig, on_signal, sig)
+            loop.add_signal_handler(sig, handler, *args)
         except (NotImplementedError, RuntimeError):  # not the main thread, or no signal support
             continue
         installed.append(sig)

@@ -111,6 +111,12 @@ OUTBOUND_QUEUE_DEPTH = Gauge(
 )
 # The internal gRPC API's refusals (ADR 0009): reason unauthenticated or permission_denied.
 GRPC_REFUSALS = Counter("mailstack_grpc_refusals", "Internal gRPC calls refused, by reason", ["reason"])
+# The mail listeners' certificates (services/common/certificates.py); alerts fire days before expiry.
+TLS_CERT_EXPIRY = Gauge(
+    "mailstack_tls_certificate_expiry_timestamp_seconds",
+    "notAfter of each TLS certificate the mail listeners serve, as unix time, by name (its first DNS name)",
+    ["name"],
+)
 
 EVENT_LOOP_LAG = Gauge(
     "mailstack_event_loop_lag_seconds",

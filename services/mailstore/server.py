@@ -16,6 +16,7 @@ from grpc_health.v1 import _async as health_aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from mailstack.services.common.config import Settings
+from mailstack.services.common.grpc_certificates import ReloadingServerCertificate
 from mailstack.services.common.grpc_client import SERVER_OPTIONS, identity_for
 from mailstack.services.common.grpc_tracing import server_interceptors
 from mailstack.services.common.internal_ca import SERVER
@@ -50,8 +51,8 @@ def _send_credentials(settings: Settings) -> grpc.ServerCredentials | None:
         raise ValueError("set both MAILSTACK_SEND_TLS_CERT and MAILSTACK_SEND_TLS_KEY, or neither")
     if not settings.send_tls_cert:
         return None
-    with open(settings.send_tls_cert, "rb") as cert, open(settings.send_tls_key, "rb") as key:
-        return grpc.ssl_server_credentials([(key.read(), cert.read())])
+    # Read again when the files change (a renewed Secret), ADR 0031.
+    return ReloadingServerCertificate(settings.send_tls_cert, settings.send_tls_key).credentials()
 
 
 class MailstoreServer:

@@ -1,5 +1,6 @@
 """The container image: Dockerfile structure, the build context, and its health check (`mailstack
-healthcheck`) run for real against a running mailstore and POP3 server."""
+healthcheck`) run for real against a running mailstore (tests/e2e/test_healthcheck_proxy.py runs it
+against `mailstack serve` with PROXY on)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from mailstack import cli
 from mailstack.cli import healthcheck
 from tests.deploy_render import ROOT
 from tests.fixtures.mailstore import running_mailstore, settings_for
-from tests.fixtures.pop3 import port_of, running_pop3
+from tests.fixtures.pop3 import running_pop3
 
 DOCKERFILE = (ROOT / "Dockerfile").read_text()
 MAIL_PORTS = {25, 465, 587, 143, 993, 110, 995}
@@ -78,7 +79,7 @@ def test_labels_healthcheck_ports_and_command() -> None:
     assert healthcheck.endswith('CMD ["mailstack", "healthcheck"]')  # the CLI command, not a script of its own
     assert "<<" not in DOCKERFILE, "no script embedded in the Dockerfile"
     exposed = {int(p) for p in " ".join(instructions(runtime, "EXPOSE")).split()}
-    assert exposed == MAIL_PORTS | {50051, 50052}  # the internal API and the Send API
+    assert exposed == MAIL_PORTS | {50051, 50052, 9090}  # the internal API, the Send API, /metrics and /ready
     assert instructions(runtime, "ENTRYPOINT") == ['["mailstack"]']
 
 
@@ -87,7 +88,8 @@ def test_image_defaults_use_the_standard_ports() -> None:
         item.split("=", 1) for run in instructions(stages()[-1], "ENV") for item in shlex.split(run) if "=" in item
     )
     ports = {k: int(v) for k, v in env.items() if re.fullmatch(r"MAILSTACK_\w+_PORT", k)}
-    assert set(ports.values()) == MAIL_PORTS
+    assert set(ports.values()) == MAIL_PORTS | {9090}
+    assert env["MAILSTACK_METRICS_PORT"] == "9090"  # the HEALTHCHECK asks its /ready
     assert env["MAILSTACK_BIND"] == "0.0.0.0" and env["MAILSTACK_LOG_FORMAT"] == "json"
 
 
@@ -121,14 +123,14 @@ def test_healthcheck_finds_what_serve_runs(tmp_path: Path) -> None:
     assert healthcheck.served(tmp_path) == ["mailstore", "smtp", "imap", "pop3"]  # all in one
 
 
-async def test_healthcheck_passes_against_a_running_mailstore_and_pop3(tmp_path: Path) -> None:
-    settings = settings_for(tmp_path)
+async def test_healthcheck_without_a_metrics_port_checks_only_the_mailstore(tmp_path: Path) -> None:
+    settings = settings_for(tmp_path).replace(metrics_port=0)
     async with running_mailstore(settings) as (mailstore, _client):
-        async with running_pop3(settings.replace(mailstore_addr=mailstore.address)) as pop3:
-            # health in the clear on the Send API port
-            probed = settings.replace(send_listen=mailstore.send_address, pop3_port=port_of(pop3, "POP3 (STLS)"))
-            await asyncio.to_thread(healthcheck.check, probed, "mailstore")
-            await asyncio.to_thread(healthcheck.check, probed, "pop3")
+        async with running_pop3(settings.replace(mailstore_addr=mailstore.address)):
+            probed = settings.replace(send_listen=mailstore.send_address)  # health in the clear on the Send API port
+            await asyncio.to_thread(healthcheck.check, probed, ["mailstore"])
+            with pytest.raises(RuntimeError, match="MAILSTACK_METRICS_PORT is not set"):
+                await asyncio.to_thread(healthcheck.check, probed, ["pop3"])  # no mail protocol spoken
 
 
 async def test_healthcheck_fails_when_nothing_listens(
@@ -136,7 +138,7 @@ async def test_healthcheck_fails_when_nothing_listens(
 ) -> None:
     from tests.fixtures.mailstore import free_port
 
-    monkeypatch.setenv("MAILSTACK_SMTP_PORT", str(free_port()))
+    monkeypatch.setenv("MAILSTACK_METRICS_PORT", str(free_port()))
     assert await asyncio.to_thread(cli.main, ["healthcheck", "smtp"]) == 1
     assert "mailstack healthcheck: smtp:" in capsys.readouterr().err
     assert cli.main(["healthcheck", "nosuch"]) == 1

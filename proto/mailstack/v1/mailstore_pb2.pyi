@@ -52,36 +52,37 @@ class _ErrorReason:
 class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReason.ValueType], _builtins.type):
     DESCRIPTOR: _descriptor.EnumDescriptor
     ERROR_REASON_UNSPECIFIED: _ErrorReason.ValueType  # 0
+    """No reason given (an older mailstore, or an unexpected error)."""
     ACCOUNT_NOT_FOUND: _ErrorReason.ValueType  # 1
-    """NOT_FOUND"""
+    """No such account (status NOT_FOUND)."""
     MAILBOX_NOT_FOUND: _ErrorReason.ValueType  # 2
-    """NOT_FOUND"""
+    """No such mailbox (status NOT_FOUND)."""
     MESSAGE_NOT_FOUND: _ErrorReason.ValueType  # 3
-    """NOT_FOUND"""
+    """No such message (status NOT_FOUND)."""
     ALREADY_EXISTS: _ErrorReason.ValueType  # 4
-    """ALREADY_EXISTS"""
+    """The account, domain, alias, mailbox or token exists already (status ALREADY_EXISTS)."""
     INVALID_NAME: _ErrorReason.ValueType  # 5
-    """INVALID_ARGUMENT (mailbox or address syntax)"""
+    """A mailbox name or address of invalid syntax (status INVALID_ARGUMENT)."""
     INVALID_REQUEST: _ErrorReason.ValueType  # 6
-    """INVALID_ARGUMENT (anything else malformed)"""
+    """Any other malformed request (status INVALID_ARGUMENT)."""
     OVER_QUOTA: _ErrorReason.ValueType  # 7
-    """RESOURCE_EXHAUSTED"""
+    """The account's quota is full (status RESOURCE_EXHAUSTED)."""
     TOO_BIG: _ErrorReason.ValueType  # 8
-    """RESOURCE_EXHAUSTED (message over the size limit)"""
+    """The message is over the size limit (status RESOURCE_EXHAUSTED)."""
     STORAGE_UNAVAILABLE: _ErrorReason.ValueType  # 9
-    """UNAVAILABLE (blob store or database down; retry)"""
+    """The blob store or the database is down; retry (status UNAVAILABLE)."""
     AUTH_FAILED: _ErrorReason.ValueType  # 10
-    """UNAUTHENTICATED (never says whether the user exists)"""
+    """Wrong credentials; never says whether the user exists (status UNAUTHENTICATED)."""
     NOT_ALLOWED: _ErrorReason.ValueType  # 11
-    """PERMISSION_DENIED / FAILED_PRECONDITION (e.g. delete INBOX)"""
+    """Not allowed, e.g. deleting INBOX (status PERMISSION_DENIED or FAILED_PRECONDITION)."""
     HAS_CHILDREN: _ErrorReason.ValueType  # 12
-    """FAILED_PRECONDITION (delete of a mailbox with children)"""
+    """Deleting a mailbox that has children (status FAILED_PRECONDITION)."""
     LOCKED: _ErrorReason.ValueType  # 13
-    """ABORTED (a lease is held by someone else)"""
+    """A lease is held by someone else (status ABORTED)."""
     UIDVALIDITY_CHANGED: _ErrorReason.ValueType  # 14
-    """FAILED_PRECONDITION"""
+    """The mailbox's UIDVALIDITY is not the one the caller knows (status FAILED_PRECONDITION)."""
     AUTH_THROTTLED: _ErrorReason.ValueType  # 15
-    """RESOURCE_EXHAUSTED (too many logins from this IP or at this account; later)"""
+    """Too many logins from this IP or at this account; try later (status RESOURCE_EXHAUSTED)."""
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """---------------------------------------------------------------- errors
@@ -90,36 +91,37 @@ class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """
 
 ERROR_REASON_UNSPECIFIED: ErrorReason.ValueType  # 0
+"""No reason given (an older mailstore, or an unexpected error)."""
 ACCOUNT_NOT_FOUND: ErrorReason.ValueType  # 1
-"""NOT_FOUND"""
+"""No such account (status NOT_FOUND)."""
 MAILBOX_NOT_FOUND: ErrorReason.ValueType  # 2
-"""NOT_FOUND"""
+"""No such mailbox (status NOT_FOUND)."""
 MESSAGE_NOT_FOUND: ErrorReason.ValueType  # 3
-"""NOT_FOUND"""
+"""No such message (status NOT_FOUND)."""
 ALREADY_EXISTS: ErrorReason.ValueType  # 4
-"""ALREADY_EXISTS"""
+"""The account, domain, alias, mailbox or token exists already (status ALREADY_EXISTS)."""
 INVALID_NAME: ErrorReason.ValueType  # 5
-"""INVALID_ARGUMENT (mailbox or address syntax)"""
+"""A mailbox name or address of invalid syntax (status INVALID_ARGUMENT)."""
 INVALID_REQUEST: ErrorReason.ValueType  # 6
-"""INVALID_ARGUMENT (anything else malformed)"""
+"""Any other malformed request (status INVALID_ARGUMENT)."""
 OVER_QUOTA: ErrorReason.ValueType  # 7
-"""RESOURCE_EXHAUSTED"""
+"""The account's quota is full (status RESOURCE_EXHAUSTED)."""
 TOO_BIG: ErrorReason.ValueType  # 8
-"""RESOURCE_EXHAUSTED (message over the size limit)"""
+"""The message is over the size limit (status RESOURCE_EXHAUSTED)."""
 STORAGE_UNAVAILABLE: ErrorReason.ValueType  # 9
-"""UNAVAILABLE (blob store or database down; retry)"""
+"""The blob store or the database is down; retry (status UNAVAILABLE)."""
 AUTH_FAILED: ErrorReason.ValueType  # 10
-"""UNAUTHENTICATED (never says whether the user exists)"""
+"""Wrong credentials; never says whether the user exists (status UNAUTHENTICATED)."""
 NOT_ALLOWED: ErrorReason.ValueType  # 11
-"""PERMISSION_DENIED / FAILED_PRECONDITION (e.g. delete INBOX)"""
+"""Not allowed, e.g. deleting INBOX (status PERMISSION_DENIED or FAILED_PRECONDITION)."""
 HAS_CHILDREN: ErrorReason.ValueType  # 12
-"""FAILED_PRECONDITION (delete of a mailbox with children)"""
+"""Deleting a mailbox that has children (status FAILED_PRECONDITION)."""
 LOCKED: ErrorReason.ValueType  # 13
-"""ABORTED (a lease is held by someone else)"""
+"""A lease is held by someone else (status ABORTED)."""
 UIDVALIDITY_CHANGED: ErrorReason.ValueType  # 14
-"""FAILED_PRECONDITION"""
+"""The mailbox's UIDVALIDITY is not the one the caller knows (status FAILED_PRECONDITION)."""
 AUTH_THROTTLED: ErrorReason.ValueType  # 15
-"""RESOURCE_EXHAUSTED (too many logins from this IP or at this account; later)"""
+"""Too many logins from this IP or at this account; try later (status RESOURCE_EXHAUSTED)."""
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015
 
 class _SpecialUse:
@@ -129,24 +131,41 @@ class _SpecialUse:
 class _SpecialUseEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_SpecialUse.ValueType], _builtins.type):
     DESCRIPTOR: _descriptor.EnumDescriptor
     SPECIAL_USE_NONE: _SpecialUse.ValueType  # 0
+    """An ordinary mailbox."""
     SPECIAL_USE_SENT: _SpecialUse.ValueType  # 1
+    """\\Sent: copies of sent messages."""
     SPECIAL_USE_DRAFTS: _SpecialUse.ValueType  # 2
+    """\\Drafts: messages being written."""
     SPECIAL_USE_TRASH: _SpecialUse.ValueType  # 3
+    """\\Trash: deleted messages."""
     SPECIAL_USE_JUNK: _SpecialUse.ValueType  # 4
+    """\\Junk: spam."""
     SPECIAL_USE_ARCHIVE: _SpecialUse.ValueType  # 5
+    """\\Archive: archived messages."""
     SPECIAL_USE_ALL: _SpecialUse.ValueType  # 6
+    """\\All: every message of the account (virtual)."""
     SPECIAL_USE_FLAGGED: _SpecialUse.ValueType  # 7
+    """\\Flagged: flagged messages (virtual)."""
 
-class SpecialUse(_SpecialUse, metaclass=_SpecialUseEnumTypeWrapper): ...
+class SpecialUse(_SpecialUse, metaclass=_SpecialUseEnumTypeWrapper):
+    """A mailbox's special use (RFC 6154)."""
 
 SPECIAL_USE_NONE: SpecialUse.ValueType  # 0
+"""An ordinary mailbox."""
 SPECIAL_USE_SENT: SpecialUse.ValueType  # 1
+"""\\Sent: copies of sent messages."""
 SPECIAL_USE_DRAFTS: SpecialUse.ValueType  # 2
+"""\\Drafts: messages being written."""
 SPECIAL_USE_TRASH: SpecialUse.ValueType  # 3
+"""\\Trash: deleted messages."""
 SPECIAL_USE_JUNK: SpecialUse.ValueType  # 4
+"""\\Junk: spam."""
 SPECIAL_USE_ARCHIVE: SpecialUse.ValueType  # 5
+"""\\Archive: archived messages."""
 SPECIAL_USE_ALL: SpecialUse.ValueType  # 6
+"""\\All: every message of the account (virtual)."""
 SPECIAL_USE_FLAGGED: SpecialUse.ValueType  # 7
+"""\\Flagged: flagged messages (virtual)."""
 Global___SpecialUse: _TypeAlias = SpecialUse  # noqa: Y015
 
 class _RecipientStatus:
@@ -156,39 +175,44 @@ class _RecipientStatus:
 class _RecipientStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_RecipientStatus.ValueType], _builtins.type):
     DESCRIPTOR: _descriptor.EnumDescriptor
     RECIPIENT_STATUS_UNSPECIFIED: _RecipientStatus.ValueType  # 0
+    """Not set."""
     RECIPIENT_LOCAL: _RecipientStatus.ValueType  # 1
-    """delivered / deliverable to a local account"""
+    """Delivered, or deliverable, to a local account."""
     RECIPIENT_UNKNOWN: _RecipientStatus.ValueType  # 2
-    """a served domain, but no such address"""
+    """A served domain, but no such address (550 5.1.1)."""
     RECIPIENT_NOT_LOCAL: _RecipientStatus.ValueType  # 3
-    """a domain we do not serve (relay)"""
+    """A domain not served here (relay; submission only)."""
     RECIPIENT_OVER_QUOTA: _RecipientStatus.ValueType  # 4
-    """temporarily full (452 4.2.2)"""
+    """Temporarily full (452 4.2.2)."""
     RECIPIENT_TOO_BIG_FOR_QUOTA: _RecipientStatus.ValueType  # 5
-    """could never fit (552 5.2.2)"""
+    """Could never fit the quota (552 5.2.2)."""
     RECIPIENT_TEMP_FAILURE: _RecipientStatus.ValueType  # 6
-    """storage trouble, retry later (451 4.3.0)"""
+    """Storage trouble; retry later (451 4.3.0)."""
     RECIPIENT_INVALID: _RecipientStatus.ValueType  # 7
-    """syntactically invalid address"""
+    """A syntactically invalid address."""
 
 class RecipientStatus(_RecipientStatus, metaclass=_RecipientStatusEnumTypeWrapper):
-    """---------------------------------------------------------------- recipients (SMTP)"""
+    """---------------------------------------------------------------- recipients (SMTP)
+
+    What the mailstore does with mail to a recipient (SMTP RCPT TO).
+    """
 
 RECIPIENT_STATUS_UNSPECIFIED: RecipientStatus.ValueType  # 0
+"""Not set."""
 RECIPIENT_LOCAL: RecipientStatus.ValueType  # 1
-"""delivered / deliverable to a local account"""
+"""Delivered, or deliverable, to a local account."""
 RECIPIENT_UNKNOWN: RecipientStatus.ValueType  # 2
-"""a served domain, but no such address"""
+"""A served domain, but no such address (550 5.1.1)."""
 RECIPIENT_NOT_LOCAL: RecipientStatus.ValueType  # 3
-"""a domain we do not serve (relay)"""
+"""A domain not served here (relay; submission only)."""
 RECIPIENT_OVER_QUOTA: RecipientStatus.ValueType  # 4
-"""temporarily full (452 4.2.2)"""
+"""Temporarily full (452 4.2.2)."""
 RECIPIENT_TOO_BIG_FOR_QUOTA: RecipientStatus.ValueType  # 5
-"""could never fit (552 5.2.2)"""
+"""Could never fit the quota (552 5.2.2)."""
 RECIPIENT_TEMP_FAILURE: RecipientStatus.ValueType  # 6
-"""storage trouble, retry later (451 4.3.0)"""
+"""Storage trouble; retry later (451 4.3.0)."""
 RECIPIENT_INVALID: RecipientStatus.ValueType  # 7
-"""syntactically invalid address"""
+"""A syntactically invalid address."""
 Global___RecipientStatus: _TypeAlias = RecipientStatus  # noqa: Y015
 
 class _StoreMode:
@@ -198,14 +222,21 @@ class _StoreMode:
 class _StoreModeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_StoreMode.ValueType], _builtins.type):
     DESCRIPTOR: _descriptor.EnumDescriptor
     STORE_REPLACE: _StoreMode.ValueType  # 0
+    """FLAGS: set exactly these."""
     STORE_ADD: _StoreMode.ValueType  # 1
+    """+FLAGS: add these."""
     STORE_REMOVE: _StoreMode.ValueType  # 2
+    """-FLAGS: remove these."""
 
-class StoreMode(_StoreMode, metaclass=_StoreModeEnumTypeWrapper): ...
+class StoreMode(_StoreMode, metaclass=_StoreModeEnumTypeWrapper):
+    """How STORE changes the flags (RFC 3501 §6.4.6)."""
 
 STORE_REPLACE: StoreMode.ValueType  # 0
+"""FLAGS: set exactly these."""
 STORE_ADD: StoreMode.ValueType  # 1
+"""+FLAGS: add these."""
 STORE_REMOVE: StoreMode.ValueType  # 2
+"""-FLAGS: remove these."""
 Global___StoreMode: _TypeAlias = StoreMode  # noqa: Y015
 
 class _DateField:
@@ -215,19 +246,24 @@ class _DateField:
 class _DateFieldEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_DateField.ValueType], _builtins.type):
     DESCRIPTOR: _descriptor.EnumDescriptor
     DATE_INTERNAL: _DateField.ValueType  # 0
+    """The INTERNALDATE (BEFORE, ON, SINCE)."""
     DATE_SENT: _DateField.ValueType  # 1
-    """the Date: header"""
+    """The Date: header (SENTBEFORE, SENTON, SENTSINCE)."""
     DATE_SAVED: _DateField.ValueType  # 2
-    """when stored in the mailbox (RFC 8514 SAVEDBEFORE/ON/SINCE)"""
+    """When stored in the mailbox (RFC 8514 SAVEDBEFORE, SAVEDON, SAVEDSINCE)."""
 
 class DateField(_DateField, metaclass=_DateFieldEnumTypeWrapper):
-    """---------------------------------------------------------------- search"""
+    """---------------------------------------------------------------- search
+
+    Which date of a message a search key compares.
+    """
 
 DATE_INTERNAL: DateField.ValueType  # 0
+"""The INTERNALDATE (BEFORE, ON, SINCE)."""
 DATE_SENT: DateField.ValueType  # 1
-"""the Date: header"""
+"""The Date: header (SENTBEFORE, SENTON, SENTSINCE)."""
 DATE_SAVED: DateField.ValueType  # 2
-"""when stored in the mailbox (RFC 8514 SAVEDBEFORE/ON/SINCE)"""
+"""When stored in the mailbox (RFC 8514 SAVEDBEFORE, SAVEDON, SAVEDSINCE)."""
 Global___DateField: _TypeAlias = DateField  # noqa: Y015
 
 class _DateOp:
@@ -237,14 +273,21 @@ class _DateOp:
 class _DateOpEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_DateOp.ValueType], _builtins.type):
     DESCRIPTOR: _descriptor.EnumDescriptor
     DATE_BEFORE: _DateOp.ValueType  # 0
+    """Earlier than the day."""
     DATE_ON: _DateOp.ValueType  # 1
+    """On the day."""
     DATE_SINCE: _DateOp.ValueType  # 2
+    """On or after the day."""
 
-class DateOp(_DateOp, metaclass=_DateOpEnumTypeWrapper): ...
+class DateOp(_DateOp, metaclass=_DateOpEnumTypeWrapper):
+    """How a date is compared."""
 
 DATE_BEFORE: DateOp.ValueType  # 0
+"""Earlier than the day."""
 DATE_ON: DateOp.ValueType  # 1
+"""On the day."""
 DATE_SINCE: DateOp.ValueType  # 2
+"""On or after the day."""
 Global___DateOp: _TypeAlias = DateOp  # noqa: Y015
 
 class _ChangeKind:
@@ -254,33 +297,46 @@ class _ChangeKind:
 class _ChangeKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ChangeKind.ValueType], _builtins.type):
     DESCRIPTOR: _descriptor.EnumDescriptor
     CHANGE_KIND_UNSPECIFIED: _ChangeKind.ValueType  # 0
+    """Not set."""
     CHANGE_NEW: _ChangeKind.ValueType  # 1
-    """messages appended/delivered"""
+    """Messages appended or delivered."""
     CHANGE_FLAGS: _ChangeKind.ValueType  # 2
+    """Flags changed."""
     CHANGE_EXPUNGE: _ChangeKind.ValueType  # 3
+    """Messages expunged."""
     CHANGE_MAILBOX: _ChangeKind.ValueType  # 4
-    """mailbox created, deleted, renamed, subscribed"""
+    """A mailbox created, deleted, renamed or (un)subscribed."""
 
 class ChangeKind(_ChangeKind, metaclass=_ChangeKindEnumTypeWrapper):
-    """---------------------------------------------------------------- changes"""
+    """---------------------------------------------------------------- changes
+
+    What kind of change.
+    """
 
 CHANGE_KIND_UNSPECIFIED: ChangeKind.ValueType  # 0
+"""Not set."""
 CHANGE_NEW: ChangeKind.ValueType  # 1
-"""messages appended/delivered"""
+"""Messages appended or delivered."""
 CHANGE_FLAGS: ChangeKind.ValueType  # 2
+"""Flags changed."""
 CHANGE_EXPUNGE: ChangeKind.ValueType  # 3
+"""Messages expunged."""
 CHANGE_MAILBOX: ChangeKind.ValueType  # 4
-"""mailbox created, deleted, renamed, subscribed"""
+"""A mailbox created, deleted, renamed or (un)subscribed."""
 Global___ChangeKind: _TypeAlias = ChangeKind  # noqa: Y015
 
 @_typing.final
 class ErrorDetail(_message.Message):
+    """The machine-readable detail of an error, in the trailing metadata "mailstack-error-bin"."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     REASON_FIELD_NUMBER: _builtins.int
     MESSAGE_FIELD_NUMBER: _builtins.int
     reason: Global___ErrorReason.ValueType
+    """Why the call failed."""
     message: _builtins.str
+    """A human-readable explanation (safe to show to the client)."""
     def __init__(
         self,
         *,
@@ -307,7 +363,9 @@ class UidRange(_message.Message):
     FIRST_FIELD_NUMBER: _builtins.int
     LAST_FIELD_NUMBER: _builtins.int
     first: _builtins.int
+    """The first UID (or sequence number) of the range."""
     last: _builtins.int
+    """The last one, inclusive; 0 = "*", the largest."""
     def __init__(
         self,
         *,
@@ -330,7 +388,9 @@ class UidSet(_message.Message):
 
     RANGES_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def ranges(self) -> _containers.RepeatedCompositeFieldContainer[Global___UidRange]: ...
+    def ranges(self) -> _containers.RepeatedCompositeFieldContainer[Global___UidRange]:
+        """The ranges, in any order; they may overlap."""
+
     def __init__(
         self,
         *,
@@ -361,12 +421,15 @@ class AuthenticateRequest(_message.Message):
     LEASE_FIELD_NUMBER: _builtins.int
     LISTING_FIELD_NUMBER: _builtins.int
     username: _builtins.str
+    """The login as the client gave it (an address, or a local part with login_domain)."""
     password: _builtins.str
+    """The password, in the clear (the frontends accept it only over TLS)."""
     authzid: _builtins.str
+    """The SASL authorization identity: empty, or the account itself."""
     remote_ip: _builtins.str
-    """for logs and rate limits"""
+    """The client's IP address, for logs and the login throttle (ADR 0011)."""
     protocol: _builtins.str
-    """"imap", "pop3", "smtp" """
+    """The protocol of the login: "imap", "pop3", "smtp"."""
     @_builtins.property
     def lease(self) -> Global___LeaseRequest:
         """Optional: after a successful login also acquire this lease, named lease.name + the account
@@ -408,16 +471,18 @@ Global___AuthenticateRequest: _TypeAlias = AuthenticateRequest  # noqa: Y015
 
 @_typing.final
 class AuthenticateResponse(_message.Message):
+    """A successful login; a failed one is an error (AUTH_FAILED, AUTH_THROTTLED)."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     ACCOUNT_FIELD_NUMBER: _builtins.int
     LEASE_FIELD_NUMBER: _builtins.int
     LISTING_FIELD_NUMBER: _builtins.int
     account: _builtins.str
-    """canonical account name"""
+    """The canonical account name the login belongs to."""
     @_builtins.property
     def lease(self) -> Global___LeaseResponse:
-        """set when the request asked for a lease (absent: an older mailstore)"""
+        """The lease asked for in the request (absent: not asked, or an older mailstore)."""
 
     @_builtins.property
     def listing(self) -> Global___FetchMetadataResponse:
@@ -449,7 +514,10 @@ Global___AuthenticateResponse: _TypeAlias = AuthenticateResponse  # noqa: Y015
 
 @_typing.final
 class Account(_message.Message):
-    """---------------------------------------------------------------- administration"""
+    """---------------------------------------------------------------- administration
+
+    An account: its quota, its usage and its aliases.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -460,14 +528,19 @@ class Account(_message.Message):
     USED_MESSAGES_FIELD_NUMBER: _builtins.int
     ALIASES_FIELD_NUMBER: _builtins.int
     name: _builtins.str
+    """The login address (lower case)."""
     quota_bytes: _builtins.int
-    """0 = unlimited"""
+    """Quota in octets; 0 = unlimited."""
     quota_messages: _builtins.int
-    """0 = unlimited"""
+    """Quota in messages; 0 = unlimited."""
     used_bytes: _builtins.int
+    """Octets used by the stored messages."""
     used_messages: _builtins.int
+    """Messages stored."""
     @_builtins.property
-    def aliases(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def aliases(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The addresses that deliver to this account."""
+
     def __init__(
         self,
         *,
@@ -488,6 +561,8 @@ Global___Account: _TypeAlias = Account  # noqa: Y015
 
 @_typing.final
 class CreateAccountRequest(_message.Message):
+    """A new account; its domain is served from then on."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     NAME_FIELD_NUMBER: _builtins.int
@@ -496,11 +571,15 @@ class CreateAccountRequest(_message.Message):
     QUOTA_MESSAGES_FIELD_NUMBER: _builtins.int
     PASSWORD_HASH_FIELD_NUMBER: _builtins.int
     name: _builtins.str
+    """The login address."""
     password: _builtins.str
+    """The password; stored as a scrypt hash (ADR 0002)."""
     quota_bytes: _builtins.int
+    """Quota in octets; 0 = the server's default_quota_bytes."""
     quota_messages: _builtins.int
+    """Quota in messages; 0 = the server's default_quota_messages."""
     password_hash: _builtins.str
-    """instead of password: a hash from another server, "{SHA512-CRYPT}$6$..." (ADR 0037)"""
+    """Instead of password: a hash from another server, "{SHA512-CRYPT}$6$..." (ADR 0037)."""
     def __init__(
         self,
         *,
@@ -520,15 +599,19 @@ Global___CreateAccountRequest: _TypeAlias = CreateAccountRequest  # noqa: Y015
 
 @_typing.final
 class SetPasswordRequest(_message.Message):
+    """A new password for an account."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     NAME_FIELD_NUMBER: _builtins.int
     PASSWORD_FIELD_NUMBER: _builtins.int
     PASSWORD_HASH_FIELD_NUMBER: _builtins.int
     name: _builtins.str
+    """The account."""
     password: _builtins.str
+    """The new password."""
     password_hash: _builtins.str
-    """instead of password, as in CreateAccountRequest"""
+    """Instead of password: a hash from another server, as in CreateAccountRequest."""
     def __init__(
         self,
         *,
@@ -546,10 +629,13 @@ Global___SetPasswordRequest: _TypeAlias = SetPasswordRequest  # noqa: Y015
 
 @_typing.final
 class DeleteAccountRequest(_message.Message):
+    """Delete an account with its mailboxes, messages and aliases."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     NAME_FIELD_NUMBER: _builtins.int
     name: _builtins.str
+    """The account."""
     def __init__(
         self,
         *,
@@ -565,10 +651,13 @@ Global___DeleteAccountRequest: _TypeAlias = DeleteAccountRequest  # noqa: Y015
 
 @_typing.final
 class GetAccountRequest(_message.Message):
+    """Read one account."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     NAME_FIELD_NUMBER: _builtins.int
     name: _builtins.str
+    """The account."""
     def __init__(
         self,
         *,
@@ -584,6 +673,8 @@ Global___GetAccountRequest: _TypeAlias = GetAccountRequest  # noqa: Y015
 
 @_typing.final
 class ListAccountsRequest(_message.Message):
+    """List every account (no parameters)."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     def __init__(
@@ -599,11 +690,15 @@ Global___ListAccountsRequest: _TypeAlias = ListAccountsRequest  # noqa: Y015
 
 @_typing.final
 class ListAccountsResponse(_message.Message):
+    """Every account, by name."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     ACCOUNTS_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def accounts(self) -> _containers.RepeatedCompositeFieldContainer[Global___Account]: ...
+    def accounts(self) -> _containers.RepeatedCompositeFieldContainer[Global___Account]:
+        """The accounts."""
+
     def __init__(
         self,
         *,
@@ -619,14 +714,19 @@ Global___ListAccountsResponse: _TypeAlias = ListAccountsResponse  # noqa: Y015
 
 @_typing.final
 class SetQuotaRequest(_message.Message):
+    """Change an account's quota."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     NAME_FIELD_NUMBER: _builtins.int
     QUOTA_BYTES_FIELD_NUMBER: _builtins.int
     QUOTA_MESSAGES_FIELD_NUMBER: _builtins.int
     name: _builtins.str
+    """The account."""
     quota_bytes: _builtins.int
+    """Quota in octets; 0 = unlimited."""
     quota_messages: _builtins.int
+    """Quota in messages; 0 = unlimited."""
     def __init__(
         self,
         *,
@@ -644,10 +744,13 @@ Global___SetQuotaRequest: _TypeAlias = SetQuotaRequest  # noqa: Y015
 
 @_typing.final
 class Domain(_message.Message):
+    """A domain the server receives mail for."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     NAME_FIELD_NUMBER: _builtins.int
     name: _builtins.str
+    """The domain name (lower case)."""
     def __init__(
         self,
         *,
@@ -663,10 +766,13 @@ Global___Domain: _TypeAlias = Domain  # noqa: Y015
 
 @_typing.final
 class AddDomainRequest(_message.Message):
+    """Serve a domain (before it has accounts, e.g. for a catch-all alias)."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     NAME_FIELD_NUMBER: _builtins.int
     name: _builtins.str
+    """The domain name."""
     def __init__(
         self,
         *,
@@ -682,10 +788,13 @@ Global___AddDomainRequest: _TypeAlias = AddDomainRequest  # noqa: Y015
 
 @_typing.final
 class DeleteDomainRequest(_message.Message):
+    """Stop serving a domain."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     NAME_FIELD_NUMBER: _builtins.int
     name: _builtins.str
+    """The domain name."""
     def __init__(
         self,
         *,
@@ -701,6 +810,8 @@ Global___DeleteDomainRequest: _TypeAlias = DeleteDomainRequest  # noqa: Y015
 
 @_typing.final
 class ListDomainsRequest(_message.Message):
+    """List the served domains (no parameters)."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     def __init__(
@@ -716,11 +827,15 @@ Global___ListDomainsRequest: _TypeAlias = ListDomainsRequest  # noqa: Y015
 
 @_typing.final
 class ListDomainsResponse(_message.Message):
+    """The served domains."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     DOMAINS_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def domains(self) -> _containers.RepeatedCompositeFieldContainer[Global___Domain]: ...
+    def domains(self) -> _containers.RepeatedCompositeFieldContainer[Global___Domain]:
+        """The domains."""
+
     def __init__(
         self,
         *,
@@ -743,7 +858,9 @@ class Alias(_message.Message):
     ADDRESS_FIELD_NUMBER: _builtins.int
     ACCOUNT_FIELD_NUMBER: _builtins.int
     address: _builtins.str
+    """The address mail is sent to; "@domain" is the domain's catch-all."""
     account: _builtins.str
+    """The account that receives it."""
     def __init__(
         self,
         *,
@@ -760,12 +877,16 @@ Global___Alias: _TypeAlias = Alias  # noqa: Y015
 
 @_typing.final
 class AddAliasRequest(_message.Message):
+    """Add an alias."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     ADDRESS_FIELD_NUMBER: _builtins.int
     ACCOUNT_FIELD_NUMBER: _builtins.int
     address: _builtins.str
+    """The address; "@domain" for the catch-all."""
     account: _builtins.str
+    """The account that receives its mail."""
     def __init__(
         self,
         *,
@@ -782,10 +903,13 @@ Global___AddAliasRequest: _TypeAlias = AddAliasRequest  # noqa: Y015
 
 @_typing.final
 class DeleteAliasRequest(_message.Message):
+    """Delete an alias."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     ADDRESS_FIELD_NUMBER: _builtins.int
     address: _builtins.str
+    """The alias's address."""
     def __init__(
         self,
         *,
@@ -801,10 +925,13 @@ Global___DeleteAliasRequest: _TypeAlias = DeleteAliasRequest  # noqa: Y015
 
 @_typing.final
 class ListAliasesRequest(_message.Message):
+    """List aliases."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     ACCOUNT_FIELD_NUMBER: _builtins.int
     account: _builtins.str
+    """Only the aliases of this account; empty = all."""
     def __init__(
         self,
         *,
@@ -820,11 +947,15 @@ Global___ListAliasesRequest: _TypeAlias = ListAliasesRequest  # noqa: Y015
 
 @_typing.final
 class ListAliasesResponse(_message.Message):
+    """The aliases asked for."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     ALIASES_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def aliases(self) -> _containers.RepeatedCompositeFieldContainer[Global___Alias]: ...
+    def aliases(self) -> _containers.RepeatedCompositeFieldContainer[Global___Alias]:
+        """The aliases."""
+
     def __init__(
         self,
         *,
@@ -840,10 +971,13 @@ Global___ListAliasesResponse: _TypeAlias = ListAliasesResponse  # noqa: Y015
 
 @_typing.final
 class RecomputeQuotaRequest(_message.Message):
+    """Recount quota usage from the stored messages (`mailstack quota recompute`)."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     ACCOUNT_FIELD_NUMBER: _builtins.int
     account: _builtins.str
+    """The account; empty = every account."""
     def __init__(
         self,
         *,
@@ -859,11 +993,15 @@ Global___RecomputeQuotaRequest: _TypeAlias = RecomputeQuotaRequest  # noqa: Y015
 
 @_typing.final
 class RecomputeQuotaResponse(_message.Message):
+    """The accounts recounted, with their usage now."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     ACCOUNTS_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def accounts(self) -> _containers.RepeatedCompositeFieldContainer[Global___Account]: ...
+    def accounts(self) -> _containers.RepeatedCompositeFieldContainer[Global___Account]:
+        """The accounts."""
+
     def __init__(
         self,
         *,
@@ -891,10 +1029,11 @@ class CheckIntegrityRequest(_message.Message):
     REPAIR_FIELD_NUMBER: _builtins.int
     MIN_AGE_SECONDS_FIELD_NUMBER: _builtins.int
     account: _builtins.str
-    """empty = every account; orphans are only looked for with every account"""
+    """The account; empty = every account (orphans are only looked for then)."""
     repair: _builtins.bool
+    """Expunge the broken messages and delete the orphans."""
     min_age_seconds: _builtins.int
-    """0 = the server's orphan_min_age_seconds"""
+    """Bodies younger than this are never orphans; 0 = the server's orphan_min_age_seconds."""
     def __init__(
         self,
         *,
@@ -912,6 +1051,8 @@ Global___CheckIntegrityRequest: _TypeAlias = CheckIntegrityRequest  # noqa: Y015
 
 @_typing.final
 class BrokenMessage(_message.Message):
+    """A message whose body is missing from the blob store."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     ACCOUNT_FIELD_NUMBER: _builtins.int
@@ -921,11 +1062,17 @@ class BrokenMessage(_message.Message):
     BLOB_KEY_FIELD_NUMBER: _builtins.int
     SIZE_FIELD_NUMBER: _builtins.int
     account: _builtins.str
+    """Its account."""
     mailbox: _builtins.str
+    """Its mailbox."""
     uid: _builtins.int
+    """Its UID."""
     uidvalidity: _builtins.int
+    """Its mailbox's UIDVALIDITY."""
     blob_key: _builtins.str
+    """The key of the missing body."""
     size: _builtins.int
+    """Its size as stored, in octets."""
     def __init__(
         self,
         *,
@@ -946,6 +1093,8 @@ Global___BrokenMessage: _TypeAlias = BrokenMessage  # noqa: Y015
 
 @_typing.final
 class CheckIntegrityResponse(_message.Message):
+    """What `mailstack fsck` found (and repaired)."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     BROKEN_FIELD_NUMBER: _builtins.int
@@ -954,15 +1103,18 @@ class CheckIntegrityResponse(_message.Message):
     BLOBS_CHECKED_FIELD_NUMBER: _builtins.int
     REPAIRED_FIELD_NUMBER: _builtins.int
     messages_checked: _builtins.int
+    """How many messages were checked."""
     blobs_checked: _builtins.int
+    """How many bodies in the blob store were checked."""
     repaired: _builtins.bool
+    """Whether the problems found were repaired."""
     @_builtins.property
     def broken(self) -> _containers.RepeatedCompositeFieldContainer[Global___BrokenMessage]:
-        """rows without a body (expunged when repaired)"""
+        """Messages without a body (expunged when repaired)."""
 
     @_builtins.property
     def orphans(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """blob keys without a row (deleted when repaired)"""
+        """Blob keys no message references (deleted when repaired)."""
 
     def __init__(
         self,
@@ -983,6 +1135,8 @@ Global___CheckIntegrityResponse: _TypeAlias = CheckIntegrityResponse  # noqa: Y0
 
 @_typing.final
 class Empty(_message.Message):
+    """No content: the reply of calls that only succeed or fail."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     def __init__(
@@ -998,13 +1152,16 @@ Global___Empty: _TypeAlias = Empty  # noqa: Y015
 
 @_typing.final
 class ResolveRecipientRequest(_message.Message):
+    """Whether mail to an address is accepted here (SMTP RCPT TO)."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     ADDRESS_FIELD_NUMBER: _builtins.int
     SIZE_FIELD_NUMBER: _builtins.int
     address: _builtins.str
+    """The recipient address."""
     size: _builtins.int
-    """announced size (SMTP SIZE=), 0 if unknown"""
+    """The announced size (SMTP SIZE=), 0 if unknown: a quota that could never fit refuses early."""
     def __init__(
         self,
         *,
@@ -1021,12 +1178,16 @@ Global___ResolveRecipientRequest: _TypeAlias = ResolveRecipientRequest  # noqa: 
 
 @_typing.final
 class ResolveRecipientResponse(_message.Message):
+    """The verdict on a recipient."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     STATUS_FIELD_NUMBER: _builtins.int
     ACCOUNT_FIELD_NUMBER: _builtins.int
     status: Global___RecipientStatus.ValueType
+    """Accepted, unknown, remote, or why not now."""
     account: _builtins.str
+    """The local account it delivers to (RECIPIENT_LOCAL)."""
     def __init__(
         self,
         *,
@@ -1050,7 +1211,9 @@ class CheckSenderRequest(_message.Message):
     ACCOUNT_FIELD_NUMBER: _builtins.int
     ADDRESS_FIELD_NUMBER: _builtins.int
     account: _builtins.str
+    """The authenticated account."""
     address: _builtins.str
+    """The envelope sender it wants to use."""
     def __init__(
         self,
         *,
@@ -1067,10 +1230,13 @@ Global___CheckSenderRequest: _TypeAlias = CheckSenderRequest  # noqa: Y015
 
 @_typing.final
 class CheckSenderResponse(_message.Message):
+    """The verdict on a sender address."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     ALLOWED_FIELD_NUMBER: _builtins.int
     allowed: _builtins.bool
+    """The address is the account's own or one of its aliases."""
     def __init__(
         self,
         *,
@@ -1086,7 +1252,10 @@ Global___CheckSenderResponse: _TypeAlias = CheckSenderResponse  # noqa: Y015
 
 @_typing.final
 class Mailbox(_message.Message):
-    """---------------------------------------------------------------- mailboxes"""
+    """---------------------------------------------------------------- mailboxes
+
+    A mailbox as LIST shows it.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -1098,15 +1267,20 @@ class Mailbox(_message.Message):
     NONEXISTENT_FIELD_NUMBER: _builtins.int
     STATUS_FIELD_NUMBER: _builtins.int
     name: _builtins.str
+    """Its full name."""
     uidvalidity: _builtins.int
+    """Its UIDVALIDITY."""
     special_use: Global___SpecialUse.ValueType
+    """Its special use (RFC 6154)."""
     subscribed: _builtins.bool
+    """Subscribed (LSUB, LIST (SUBSCRIBED))."""
     has_children: _builtins.bool
+    """It has child mailboxes (\\HasChildren)."""
     nonexistent: _builtins.bool
     """A name that exists only as a parent of subscribed or existing children (\\NonExistent / \\Noselect)."""
     @_builtins.property
     def status(self) -> Global___MailboxStatus:
-        """set when ListMailboxesRequest.with_status"""
+        """Its status; set when ListMailboxesRequest.with_status."""
 
     def __init__(
         self,
@@ -1129,6 +1303,8 @@ Global___Mailbox: _TypeAlias = Mailbox  # noqa: Y015
 
 @_typing.final
 class MailboxStatus(_message.Message):
+    """What STATUS and SELECT report of a mailbox."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     NAME_FIELD_NUMBER: _builtins.int
@@ -1143,20 +1319,27 @@ class MailboxStatus(_message.Message):
     FIRST_UNSEEN_UID_FIELD_NUMBER: _builtins.int
     MAILBOX_ID_FIELD_NUMBER: _builtins.int
     name: _builtins.str
+    """The mailbox."""
     messages: _builtins.int
+    """Messages in it (MESSAGES)."""
     unseen: _builtins.int
+    """Messages without \\Seen (UNSEEN)."""
     uidnext: _builtins.int
+    """The UID the next message will get (UIDNEXT)."""
     uidvalidity: _builtins.int
+    """Its UIDVALIDITY."""
     highestmodseq: _builtins.int
+    """Its HIGHESTMODSEQ (RFC 7162)."""
     size: _builtins.int
+    """Octets of its messages (RFC 8438 STATUS SIZE)."""
     deleted: _builtins.int
-    """messages with \\Deleted"""
+    """Messages with \\Deleted (RFC 9051 DELETED)."""
     recent: _builtins.int
-    """UIDs not yet claimed as \\Recent by any session"""
+    """UIDs not yet claimed as \\Recent by any session."""
     first_unseen_uid: _builtins.int
-    """0 if none"""
+    """The UID of the first message without \\Seen; 0 if none."""
     mailbox_id: _builtins.int
-    """stable for the mailbox's life, kept by RENAME (RFC 8474 MAILBOXID)"""
+    """Stable for the mailbox's life, kept by RENAME (RFC 8474 MAILBOXID)."""
     def __init__(
         self,
         *,
@@ -1191,10 +1374,13 @@ class ListMailboxesRequest(_message.Message):
     SUBSCRIBED_ONLY_FIELD_NUMBER: _builtins.int
     WITH_STATUS_FIELD_NUMBER: _builtins.int
     account: _builtins.str
+    """The account."""
     pattern: _builtins.str
-    """empty = "*" """
+    """The LIST pattern; empty = "*"."""
     subscribed_only: _builtins.bool
+    """Only subscribed mailboxes (LSUB)."""
     with_status: _builtins.bool
+    """Fill Mailbox.status (LIST-STATUS, RFC 5819)."""
     def __init__(
         self,
         *,
@@ -1213,11 +1399,15 @@ Global___ListMailboxesRequest: _TypeAlias = ListMailboxesRequest  # noqa: Y015
 
 @_typing.final
 class ListMailboxesResponse(_message.Message):
+    """The mailboxes that match, parents before children."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     MAILBOXES_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def mailboxes(self) -> _containers.RepeatedCompositeFieldContainer[Global___Mailbox]: ...
+    def mailboxes(self) -> _containers.RepeatedCompositeFieldContainer[Global___Mailbox]:
+        """The mailboxes."""
+
     def __init__(
         self,
         *,
@@ -1233,14 +1423,19 @@ Global___ListMailboxesResponse: _TypeAlias = ListMailboxesResponse  # noqa: Y015
 
 @_typing.final
 class CreateMailboxRequest(_message.Message):
+    """Create a mailbox (and its missing parents)."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     ACCOUNT_FIELD_NUMBER: _builtins.int
     NAME_FIELD_NUMBER: _builtins.int
     SPECIAL_USE_FIELD_NUMBER: _builtins.int
     account: _builtins.str
+    """The account."""
     name: _builtins.str
+    """The new mailbox's name."""
     special_use: Global___SpecialUse.ValueType
+    """Its special use (RFC 6154 CREATE-SPECIAL-USE)."""
     def __init__(
         self,
         *,
@@ -1258,12 +1453,16 @@ Global___CreateMailboxRequest: _TypeAlias = CreateMailboxRequest  # noqa: Y015
 
 @_typing.final
 class DeleteMailboxRequest(_message.Message):
+    """Delete a mailbox and its messages (not INBOX, not one with children)."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     ACCOUNT_FIELD_NUMBER: _builtins.int
     NAME_FIELD_NUMBER: _builtins.int
     account: _builtins.str
+    """The account."""
     name: _builtins.str
+    """The mailbox."""
     def __init__(
         self,
         *,
@@ -1290,8 +1489,11 @@ class RenameMailboxRequest(_message.Message):
     NAME_FIELD_NUMBER: _builtins.int
     NEW_NAME_FIELD_NUMBER: _builtins.int
     account: _builtins.str
+    """The account."""
     name: _builtins.str
+    """The mailbox."""
     new_name: _builtins.str
+    """Its new name."""
     def __init__(
         self,
         *,
@@ -1309,14 +1511,19 @@ Global___RenameMailboxRequest: _TypeAlias = RenameMailboxRequest  # noqa: Y015
 
 @_typing.final
 class SubscribeRequest(_message.Message):
+    """Subscribe to a mailbox or unsubscribe (the name need not exist)."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     ACCOUNT_FIELD_NUMBER: _builtins.int
     NAME_FIELD_NUMBER: _builtins.int
     SUBSCRIBED_FIELD_NUMBER: _builtins.int
     account: _builtins.str
+    """The account."""
     name: _builtins.str
+    """The mailbox name."""
     subscribed: _builtins.bool
+    """true = SUBSCRIBE, false = UNSUBSCRIBE."""
     def __init__(
         self,
         *,
@@ -1334,12 +1541,16 @@ Global___SubscribeRequest: _TypeAlias = SubscribeRequest  # noqa: Y015
 
 @_typing.final
 class MailboxStatusRequest(_message.Message):
+    """Read one mailbox's status."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     ACCOUNT_FIELD_NUMBER: _builtins.int
     NAME_FIELD_NUMBER: _builtins.int
     account: _builtins.str
+    """The account."""
     name: _builtins.str
+    """The mailbox."""
     def __init__(
         self,
         *,
@@ -1365,7 +1576,9 @@ class ClaimRecentRequest(_message.Message):
     ACCOUNT_FIELD_NUMBER: _builtins.int
     MAILBOX_FIELD_NUMBER: _builtins.int
     account: _builtins.str
+    """The account."""
     mailbox: _builtins.str
+    """The mailbox being selected."""
     def __init__(
         self,
         *,
@@ -1382,12 +1595,16 @@ Global___ClaimRecentRequest: _TypeAlias = ClaimRecentRequest  # noqa: Y015
 
 @_typing.final
 class ClaimRecentResponse(_message.Message):
+    """The \\Recent UIDs this session claimed: first_uid up to uidnext - 1."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     FIRST_UID_FIELD_NUMBER: _builtins.int
     UIDNEXT_FIELD_NUMBER: _builtins.int
     first_uid: _builtins.int
+    """The first UID that is \\Recent in this session (uidnext when none is)."""
     uidnext: _builtins.int
+    """The mailbox's UIDNEXT when claimed."""
     def __init__(
         self,
         *,
@@ -1419,14 +1636,19 @@ class MetadataFields(_message.Message):
     SAVE_DATE_FIELD_NUMBER: _builtins.int
     BLOB_KEY_FIELD_NUMBER: _builtins.int
     flags: _builtins.bool
+    """The flags."""
     internal_date: _builtins.bool
+    """The INTERNALDATE."""
     size: _builtins.bool
+    """The RFC822.SIZE."""
     envelope: _builtins.bool
+    """The ENVELOPE."""
     body_structure: _builtins.bool
+    """The BODYSTRUCTURE."""
     save_date: _builtins.bool
-    """RFC 8514 SAVEDATE"""
+    """The SAVEDATE (RFC 8514)."""
     blob_key: _builtins.bool
-    """the body's identity, shared by copies (RFC 8474 EMAILID)"""
+    """The body's identity, shared by copies (RFC 8474 EMAILID)."""
     def __init__(
         self,
         *,
@@ -1448,6 +1670,8 @@ Global___MetadataFields: _TypeAlias = MetadataFields  # noqa: Y015
 
 @_typing.final
 class MessageMetadata(_message.Message):
+    """One message's metadata; only the fields asked for are set (uid and modseq always)."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     UID_FIELD_NUMBER: _builtins.int
@@ -1460,23 +1684,32 @@ class MessageMetadata(_message.Message):
     BLOB_KEY_FIELD_NUMBER: _builtins.int
     SAVE_DATE_FIELD_NUMBER: _builtins.int
     uid: _builtins.int
+    """Its UID."""
     modseq: _builtins.int
+    """Its MODSEQ (RFC 7162)."""
     size: _builtins.int
+    """Its size in octets (RFC822.SIZE)."""
     blob_key: _builtins.str
-    """for debugging and admin, and the IMAP EMAILID (when asked for)"""
+    """Its body's key in the blob store (IMAP EMAILID; for debugging and admin)."""
     @_builtins.property
     def flags(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """system flags with backslash ("\\\\Seen"), keywords as atoms"""
+        """System flags with a backslash ("\\\\Seen"), keywords as atoms."""
 
     @_builtins.property
-    def internal_date(self) -> _message_pb2.DateTime: ...
+    def internal_date(self) -> _message_pb2.DateTime:
+        """Its INTERNALDATE."""
+
     @_builtins.property
-    def envelope(self) -> _message_pb2.Envelope: ...
+    def envelope(self) -> _message_pb2.Envelope:
+        """Its ENVELOPE."""
+
     @_builtins.property
-    def body_structure(self) -> _message_pb2.BodyPart: ...
+    def body_structure(self) -> _message_pb2.BodyPart:
+        """Its BODYSTRUCTURE, with the offsets of every part."""
+
     @_builtins.property
     def save_date(self) -> _message_pb2.DateTime:
-        """when the message was stored in this mailbox (RFC 8514)"""
+        """When it was stored in this mailbox (RFC 8514)."""
 
     def __init__(
         self,
@@ -1501,6 +1734,8 @@ Global___MessageMetadata: _TypeAlias = MessageMetadata  # noqa: Y015
 
 @_typing.final
 class FetchMetadataRequest(_message.Message):
+    """The metadata of some messages of a mailbox, in UID order, in batches."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     ACCOUNT_FIELD_NUMBER: _builtins.int
@@ -1510,19 +1745,23 @@ class FetchMetadataRequest(_message.Message):
     CHANGED_SINCE_FIELD_NUMBER: _builtins.int
     WITH_STATUS_FIELD_NUMBER: _builtins.int
     account: _builtins.str
+    """The account."""
     mailbox: _builtins.str
+    """The mailbox."""
     changed_since: _builtins.int
-    """CONDSTORE: only messages with modseq > this"""
+    """CONDSTORE: only messages with a MODSEQ above this (0 = all)."""
     with_status: _builtins.bool
     """Also send the mailbox's status, read before the listing (as GetMailboxStatus then
     FetchMetadata would, in one call: IMAP SELECT).
     """
     @_builtins.property
     def uids(self) -> Global___UidSet:
-        """empty = all messages"""
+        """The messages; empty = all."""
 
     @_builtins.property
-    def fields(self) -> Global___MetadataFields: ...
+    def fields(self) -> Global___MetadataFields:
+        """Which fields to send."""
+
     def __init__(
         self,
         *,
@@ -1543,18 +1782,22 @@ Global___FetchMetadataRequest: _TypeAlias = FetchMetadataRequest  # noqa: Y015
 
 @_typing.final
 class FetchMetadataResponse(_message.Message):
+    """A batch of FetchMetadata's messages."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     MESSAGES_FIELD_NUMBER: _builtins.int
     UIDVALIDITY_FIELD_NUMBER: _builtins.int
     STATUS_FIELD_NUMBER: _builtins.int
     uidvalidity: _builtins.int
-    """of the mailbox these UIDs belong to (no GetMailboxStatus needed)"""
+    """Of the mailbox these UIDs belong to (no GetMailboxStatus needed)."""
     @_builtins.property
-    def messages(self) -> _containers.RepeatedCompositeFieldContainer[Global___MessageMetadata]: ...
+    def messages(self) -> _containers.RepeatedCompositeFieldContainer[Global___MessageMetadata]:
+        """The messages, in UID order."""
+
     @_builtins.property
     def status(self) -> Global___MailboxStatus:
-        """in the first response, when with_status was asked"""
+        """In the first response, when with_status was asked."""
 
     def __init__(
         self,
@@ -1573,6 +1816,8 @@ Global___FetchMetadataResponse: _TypeAlias = FetchMetadataResponse  # noqa: Y015
 
 @_typing.final
 class FetchBodyRequest(_message.Message):
+    """One section of one message, streamed."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     ACCOUNT_FIELD_NUMBER: _builtins.int
@@ -1583,14 +1828,21 @@ class FetchBodyRequest(_message.Message):
     OFFSET_FIELD_NUMBER: _builtins.int
     LENGTH_FIELD_NUMBER: _builtins.int
     account: _builtins.str
+    """The account."""
     mailbox: _builtins.str
+    """The mailbox."""
     uid: _builtins.int
+    """The message."""
     has_partial: _builtins.bool
     """Partial fetch <offset.length> of the section; has_partial = false means all of it."""
     offset: _builtins.int
+    """Partial fetch: the first octet."""
     length: _builtins.int
+    """Partial fetch: how many octets at most."""
     @_builtins.property
-    def section(self) -> _message_pb2.Section: ...
+    def section(self) -> _message_pb2.Section:
+        """Which section."""
+
     def __init__(
         self,
         *,
@@ -1619,7 +1871,9 @@ class FetchBodyResponse(_message.Message):
     TOTAL_SIZE_FIELD_NUMBER: _builtins.int
     DATA_FIELD_NUMBER: _builtins.int
     total_size: _builtins.int
+    """Octets that will follow, in the first response."""
     data: _builtins.bytes
+    """The next piece (at most 1 MiB)."""
     def __init__(
         self,
         *,
@@ -1650,17 +1904,21 @@ class FetchBodiesRequest(_message.Message):
     MAX_BYTES_FIELD_NUMBER: _builtins.int
     METADATA_FIELD_NUMBER: _builtins.int
     account: _builtins.str
+    """The account."""
     mailbox: _builtins.str
+    """The mailbox."""
     max_bytes: _builtins.int
     """Read-ahead: 0 = no limit; else the messages (in UID order, the first always) whose stored
     sizes add up to at most this many bytes; the rest are not sent.
     """
     @_builtins.property
     def uids(self) -> Global___UidSet:
-        """empty = no messages"""
+        """The messages; empty = none."""
 
     @_builtins.property
-    def sections(self) -> _containers.RepeatedCompositeFieldContainer[Global___BodySection]: ...
+    def sections(self) -> _containers.RepeatedCompositeFieldContainer[Global___BodySection]:
+        """The sections to send of each message."""
+
     @_builtins.property
     def metadata(self) -> Global___MetadataFields:
         """When set, each message's metadata (these fields, as FetchMetadata sends them) comes with its
@@ -1696,11 +1954,15 @@ class BodySection(_message.Message):
     OFFSET_FIELD_NUMBER: _builtins.int
     LENGTH_FIELD_NUMBER: _builtins.int
     has_partial: _builtins.bool
-    """false = all of the section"""
+    """Partial fetch <offset.length>; false = all of the section."""
     offset: _builtins.int
+    """Partial fetch: the first octet."""
     length: _builtins.int
+    """Partial fetch: how many octets at most."""
     @_builtins.property
-    def section(self) -> _message_pb2.Section: ...
+    def section(self) -> _message_pb2.Section:
+        """Which section."""
+
     def __init__(
         self,
         *,
@@ -1736,20 +1998,24 @@ class BodyChunk(_message.Message):
     METADATA_FIELD_NUMBER: _builtins.int
     MISSING_FIELD_NUMBER: _builtins.int
     uid: _builtins.int
+    """The message."""
     section_index: _builtins.int
-    """index into FetchBodiesRequest.sections"""
+    """Index into FetchBodiesRequest.sections."""
     total_size: _builtins.int
+    """The octets of all the item's chunks, in its first chunk."""
     data: _builtins.bytes
+    """The chunk's data."""
     last: _builtins.bool
+    """The item's final chunk."""
     crlf: _builtins.bool
-    """the section has only CRLF line ends (no bare CR or LF); false = not known"""
+    """The section has only CRLF line ends (no bare CR or LF); false = not known."""
     missing: _builtins.bool
     """The message's body is missing from the blob store (a broken message; `mailstack fsck`
     repairs it): one chunk per section, no data, last = true. The other messages still come.
     """
     @_builtins.property
     def metadata(self) -> Global___MessageMetadata:
-        """with a message's first chunk, when FetchBodiesRequest.metadata is set"""
+        """With a message's first chunk, when FetchBodiesRequest.metadata is set."""
 
     def __init__(
         self,
@@ -1781,7 +2047,9 @@ class FetchBodiesResponse(_message.Message):
 
     CHUNKS_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def chunks(self) -> _containers.RepeatedCompositeFieldContainer[Global___BodyChunk]: ...
+    def chunks(self) -> _containers.RepeatedCompositeFieldContainer[Global___BodyChunk]:
+        """The chunks, in order."""
+
     def __init__(
         self,
         *,
@@ -1797,6 +2065,8 @@ Global___FetchBodiesResponse: _TypeAlias = FetchBodiesResponse  # noqa: Y015
 
 @_typing.final
 class AppendHeader(_message.Message):
+    """What an Append stores, before the message's chunks."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     ACCOUNT_FIELD_NUMBER: _builtins.int
@@ -1805,14 +2075,18 @@ class AppendHeader(_message.Message):
     INTERNAL_DATE_FIELD_NUMBER: _builtins.int
     SIZE_FIELD_NUMBER: _builtins.int
     account: _builtins.str
+    """The account."""
     mailbox: _builtins.str
+    """The mailbox to append to."""
     size: _builtins.int
-    """announced size; the stream must match it when non-zero"""
+    """The announced size; when non-zero the stream must match it."""
     @_builtins.property
-    def flags(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def flags(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The message's flags."""
+
     @_builtins.property
     def internal_date(self) -> _message_pb2.DateTime:
-        """unset = now"""
+        """Its INTERNALDATE; unset = now."""
 
     def __init__(
         self,
@@ -1840,8 +2114,11 @@ class AppendRequest(_message.Message):
     HEADER_FIELD_NUMBER: _builtins.int
     CHUNK_FIELD_NUMBER: _builtins.int
     chunk: _builtins.bytes
+    """The next piece of the message (at most 1 MiB); every message after the first."""
     @_builtins.property
-    def header(self) -> Global___AppendHeader: ...
+    def header(self) -> Global___AppendHeader:
+        """The first message of the stream."""
+
     def __init__(
         self,
         *,
@@ -1860,14 +2137,19 @@ Global___AppendRequest: _TypeAlias = AppendRequest  # noqa: Y015
 
 @_typing.final
 class AppendResponse(_message.Message):
+    """Where the message was stored (RFC 4315 APPENDUID)."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     UID_FIELD_NUMBER: _builtins.int
     UIDVALIDITY_FIELD_NUMBER: _builtins.int
     MODSEQ_FIELD_NUMBER: _builtins.int
     uid: _builtins.int
+    """Its UID."""
     uidvalidity: _builtins.int
+    """The mailbox's UIDVALIDITY."""
     modseq: _builtins.int
+    """Its MODSEQ."""
     def __init__(
         self,
         *,
@@ -1885,6 +2167,8 @@ Global___AppendResponse: _TypeAlias = AppendResponse  # noqa: Y015
 
 @_typing.final
 class DeliverEnvelope(_message.Message):
+    """The SMTP envelope of a delivery, before the message's chunks."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     SENDER_FIELD_NUMBER: _builtins.int
@@ -1893,15 +2177,17 @@ class DeliverEnvelope(_message.Message):
     SIZE_FIELD_NUMBER: _builtins.int
     QUEUE_ID_FIELD_NUMBER: _builtins.int
     sender: _builtins.str
-    """envelope MAIL FROM ("" = null sender)"""
+    """The envelope MAIL FROM ("" = the null sender)."""
     mailbox: _builtins.str
-    """target mailbox, default INBOX"""
+    """The target mailbox; default INBOX."""
     size: _builtins.int
-    """announced size, 0 if unknown"""
+    """The announced size, 0 if unknown."""
     queue_id: _builtins.str
-    """the caller's id for logs"""
+    """The caller's id of the transaction, for logs."""
     @_builtins.property
-    def recipients(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def recipients(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The RCPT TO addresses (each resolved again)."""
+
     def __init__(
         self,
         *,
@@ -1921,13 +2207,18 @@ Global___DeliverEnvelope: _TypeAlias = DeliverEnvelope  # noqa: Y015
 
 @_typing.final
 class DeliverRequest(_message.Message):
+    """A stream: the envelope, then the message in chunks."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     ENVELOPE_FIELD_NUMBER: _builtins.int
     CHUNK_FIELD_NUMBER: _builtins.int
     chunk: _builtins.bytes
+    """The next piece of the message (at most 1 MiB); every message after the first."""
     @_builtins.property
-    def envelope(self) -> Global___DeliverEnvelope: ...
+    def envelope(self) -> Global___DeliverEnvelope:
+        """The first message of the stream."""
+
     def __init__(
         self,
         *,
@@ -1946,6 +2237,8 @@ Global___DeliverRequest: _TypeAlias = DeliverRequest  # noqa: Y015
 
 @_typing.final
 class RecipientResult(_message.Message):
+    """What happened to one recipient of a delivery."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     RECIPIENT_FIELD_NUMBER: _builtins.int
@@ -1955,11 +2248,17 @@ class RecipientResult(_message.Message):
     UIDVALIDITY_FIELD_NUMBER: _builtins.int
     DETAIL_FIELD_NUMBER: _builtins.int
     recipient: _builtins.str
+    """The address as given."""
     status: Global___RecipientStatus.ValueType
+    """Delivered, or why not."""
     account: _builtins.str
+    """The account it was delivered to."""
     uid: _builtins.int
+    """The message's UID in the account's mailbox."""
     uidvalidity: _builtins.int
+    """That mailbox's UIDVALIDITY."""
     detail: _builtins.str
+    """A human-readable reason when not delivered."""
     def __init__(
         self,
         *,
@@ -1980,14 +2279,18 @@ Global___RecipientResult: _TypeAlias = RecipientResult  # noqa: Y015
 
 @_typing.final
 class DeliverResponse(_message.Message):
+    """The result of a delivery, per recipient."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     RESULTS_FIELD_NUMBER: _builtins.int
     MESSAGE_ID_FIELD_NUMBER: _builtins.int
     message_id: _builtins.str
-    """the mailstore's id of the stored blob"""
+    """The mailstore's id of the stored body."""
     @_builtins.property
-    def results(self) -> _containers.RepeatedCompositeFieldContainer[Global___RecipientResult]: ...
+    def results(self) -> _containers.RepeatedCompositeFieldContainer[Global___RecipientResult]:
+        """One result per recipient, in the envelope's order."""
+
     def __init__(
         self,
         *,
@@ -2004,6 +2307,8 @@ Global___DeliverResponse: _TypeAlias = DeliverResponse  # noqa: Y015
 
 @_typing.final
 class StoreFlagsRequest(_message.Message):
+    """Change the flags of some messages (IMAP STORE)."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     ACCOUNT_FIELD_NUMBER: _builtins.int
@@ -2014,15 +2319,23 @@ class StoreFlagsRequest(_message.Message):
     HAS_UNCHANGED_SINCE_FIELD_NUMBER: _builtins.int
     UNCHANGED_SINCE_FIELD_NUMBER: _builtins.int
     account: _builtins.str
+    """The account, by its login address (lower case)."""
     mailbox: _builtins.str
+    """The mailbox name (UTF-8, "/" between levels, "INBOX" in any case)."""
     mode: Global___StoreMode.ValueType
+    """Replace, add or remove."""
     has_unchanged_since: _builtins.bool
+    """Whether unchanged_since applies."""
     unchanged_since: _builtins.int
-    """RFC 7162 §3.1.3 UNCHANGEDSINCE"""
+    """Only messages whose MODSEQ is at most this (RFC 7162 §3.1.3 UNCHANGEDSINCE)."""
     @_builtins.property
-    def uids(self) -> Global___UidSet: ...
+    def uids(self) -> Global___UidSet:
+        """The messages."""
+
     @_builtins.property
-    def flags(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def flags(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The flags."""
+
     def __init__(
         self,
         *,
@@ -2044,17 +2357,19 @@ Global___StoreFlagsRequest: _TypeAlias = StoreFlagsRequest  # noqa: Y015
 
 @_typing.final
 class StoreFlagsResponse(_message.Message):
+    """The messages changed and the ones UNCHANGEDSINCE refused."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     UPDATED_FIELD_NUMBER: _builtins.int
     FAILED_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def updated(self) -> _containers.RepeatedCompositeFieldContainer[Global___MessageMetadata]:
-        """uid, modseq, flags of each changed message"""
+        """Uid, modseq and flags of each changed message."""
 
     @_builtins.property
     def failed(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
-        """UNCHANGEDSINCE failures (MODIFIED)"""
+        """UNCHANGEDSINCE failures (the MODIFIED response code)."""
 
     def __init__(
         self,
@@ -2072,6 +2387,8 @@ Global___StoreFlagsResponse: _TypeAlias = StoreFlagsResponse  # noqa: Y015
 
 @_typing.final
 class CopyRequest(_message.Message):
+    """Copy or move messages to another mailbox of the account."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     ACCOUNT_FIELD_NUMBER: _builtins.int
@@ -2079,10 +2396,15 @@ class CopyRequest(_message.Message):
     UIDS_FIELD_NUMBER: _builtins.int
     DESTINATION_FIELD_NUMBER: _builtins.int
     account: _builtins.str
+    """The account, by its login address (lower case)."""
     mailbox: _builtins.str
+    """The source mailbox."""
     destination: _builtins.str
+    """The destination mailbox."""
     @_builtins.property
-    def uids(self) -> Global___UidSet: ...
+    def uids(self) -> Global___UidSet:
+        """The messages."""
+
     def __init__(
         self,
         *,
@@ -2101,12 +2423,16 @@ Global___CopyRequest: _TypeAlias = CopyRequest  # noqa: Y015
 
 @_typing.final
 class UidPair(_message.Message):
+    """A message's UID in the source and in the destination (RFC 4315 COPYUID)."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     SOURCE_FIELD_NUMBER: _builtins.int
     DESTINATION_FIELD_NUMBER: _builtins.int
     source: _builtins.int
+    """Its UID in the source mailbox."""
     destination: _builtins.int
+    """Its UID in the destination."""
     def __init__(
         self,
         *,
@@ -2123,14 +2449,18 @@ Global___UidPair: _TypeAlias = UidPair  # noqa: Y015
 
 @_typing.final
 class CopyResponse(_message.Message):
+    """Where the messages went."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     UIDVALIDITY_FIELD_NUMBER: _builtins.int
     MAPPING_FIELD_NUMBER: _builtins.int
     uidvalidity: _builtins.int
-    """of the destination"""
+    """The destination's UIDVALIDITY."""
     @_builtins.property
-    def mapping(self) -> _containers.RepeatedCompositeFieldContainer[Global___UidPair]: ...
+    def mapping(self) -> _containers.RepeatedCompositeFieldContainer[Global___UidPair]:
+        """Source and destination UIDs, in source UID order."""
+
     def __init__(
         self,
         *,
@@ -2147,6 +2477,8 @@ Global___CopyResponse: _TypeAlias = CopyResponse  # noqa: Y015
 
 @_typing.final
 class ExpungeRequest(_message.Message):
+    """Remove messages for good (IMAP EXPUNGE, UID EXPUNGE, CLOSE, POP3 QUIT)."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     ACCOUNT_FIELD_NUMBER: _builtins.int
@@ -2154,12 +2486,14 @@ class ExpungeRequest(_message.Message):
     UIDS_FIELD_NUMBER: _builtins.int
     ALL_DELETED_FIELD_NUMBER: _builtins.int
     account: _builtins.str
+    """The account, by its login address (lower case)."""
     mailbox: _builtins.str
+    """The mailbox name (UTF-8, "/" between levels, "INBOX" in any case)."""
     all_deleted: _builtins.bool
-    """every message with \\Deleted (uids ignored)"""
+    """Every message with \\Deleted (uids ignored)."""
     @_builtins.property
     def uids(self) -> Global___UidSet:
-        """only these (UID EXPUNGE); unset with all_deleted"""
+        """Only these (UID EXPUNGE); unset with all_deleted."""
 
     def __init__(
         self,
@@ -2179,13 +2513,18 @@ Global___ExpungeRequest: _TypeAlias = ExpungeRequest  # noqa: Y015
 
 @_typing.final
 class ExpungeResponse(_message.Message):
+    """What was expunged."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     EXPUNGED_FIELD_NUMBER: _builtins.int
     HIGHESTMODSEQ_FIELD_NUMBER: _builtins.int
     highestmodseq: _builtins.int
+    """The mailbox's HIGHESTMODSEQ after the call (RFC 7162)."""
     @_builtins.property
-    def expunged(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
+    def expunged(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """The UIDs expunged."""
+
     def __init__(
         self,
         *,
@@ -2202,15 +2541,19 @@ Global___ExpungeResponse: _TypeAlias = ExpungeResponse  # noqa: Y015
 
 @_typing.final
 class DateKey(_message.Message):
+    """A date search key."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     FIELD_FIELD_NUMBER: _builtins.int
     OP_FIELD_NUMBER: _builtins.int
     DATE_FIELD_NUMBER: _builtins.int
     field: Global___DateField.ValueType
+    """Which date."""
     op: Global___DateOp.ValueType
+    """How compared."""
     date: _builtins.str
-    """"YYYY-MM-DD"; compared by day, ignoring time and zone"""
+    """"YYYY-MM-DD"; compared by day, ignoring time and zone."""
     def __init__(
         self,
         *,
@@ -2228,13 +2571,16 @@ Global___DateKey: _TypeAlias = DateKey  # noqa: Y015
 
 @_typing.final
 class HeaderKey(_message.Message):
+    """A HEADER search key."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     NAME_FIELD_NUMBER: _builtins.int
     VALUE_FIELD_NUMBER: _builtins.int
     name: _builtins.str
+    """The header field name."""
     value: _builtins.str
-    """case-insensitive substring; empty = header present"""
+    """A case-insensitive substring; empty = the header is present."""
     def __init__(
         self,
         *,
@@ -2251,11 +2597,15 @@ Global___HeaderKey: _TypeAlias = HeaderKey  # noqa: Y015
 
 @_typing.final
 class SearchKeys(_message.Message):
+    """A list of search keys (for and, or)."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     KEYS_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def keys(self) -> _containers.RepeatedCompositeFieldContainer[Global___SearchKey]: ...
+    def keys(self) -> _containers.RepeatedCompositeFieldContainer[Global___SearchKey]:
+        """The keys."""
+
     def __init__(
         self,
         *,
@@ -2294,32 +2644,43 @@ class SearchKey(_message.Message):
     INTERNAL_SINCE_FIELD_NUMBER: _builtins.int
     BLOB_KEY_FIELD_NUMBER: _builtins.int
     all: _builtins.bool
+    """ALL: every message."""
     flag_set: _builtins.str
-    """"\\\\Seen", keyword"""
+    """The flag is set ("\\\\Seen", or a keyword)."""
     flag_unset: _builtins.str
+    """The flag is not set."""
     larger: _builtins.int
+    """LARGER: size above this many octets."""
     smaller: _builtins.int
+    """SMALLER: size below this many octets."""
     body: _builtins.str
+    """BODY: a case-insensitive substring of the body."""
     text: _builtins.str
-    """header or body"""
+    """TEXT: a case-insensitive substring of the header or the body."""
     modseq: _builtins.int
-    """RFC 7162 MODSEQ"""
+    """MODSEQ: at least this (RFC 7162)."""
     internal_before: _builtins.int
-    """internal date earlier than these unix seconds (RFC 5032 OLDER)"""
+    """Internal date earlier than these unix seconds (RFC 5032 OLDER)."""
     internal_since: _builtins.int
-    """internal date at or after these unix seconds (RFC 5032 YOUNGER)"""
+    """Internal date at or after these unix seconds (RFC 5032 YOUNGER)."""
     blob_key: _builtins.str
-    """the message's body is this blob (RFC 8474 SEARCH EMAILID)"""
+    """The message's body is this blob (RFC 8474 SEARCH EMAILID)."""
     @_builtins.property
-    def uids(self) -> Global___UidSet: ...
-    @_builtins.property
-    def seqs(self) -> Global___UidSet:
-        """message sequence numbers in the store's UID order"""
+    def uids(self) -> Global___UidSet:
+        """UID set."""
 
     @_builtins.property
-    def date(self) -> Global___DateKey: ...
+    def seqs(self) -> Global___UidSet:
+        """Message sequence numbers in the store's UID order."""
+
     @_builtins.property
-    def header(self) -> Global___HeaderKey: ...
+    def date(self) -> Global___DateKey:
+        """A date comparison."""
+
+    @_builtins.property
+    def header(self) -> Global___HeaderKey:
+        """HEADER (and FROM, TO, CC, BCC, SUBJECT)."""
+
     def __init__(
         self,
         *,
@@ -2351,6 +2712,8 @@ Global___SearchKey: _TypeAlias = SearchKey  # noqa: Y015
 
 @_typing.final
 class SearchRequest(_message.Message):
+    """Search a mailbox (IMAP SEARCH; SearchSortData for SORT and THREAD)."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     ACCOUNT_FIELD_NUMBER: _builtins.int
@@ -2358,11 +2721,15 @@ class SearchRequest(_message.Message):
     KEY_FIELD_NUMBER: _builtins.int
     WITH_REFERENCES_FIELD_NUMBER: _builtins.int
     account: _builtins.str
+    """The account, by its login address (lower case)."""
     mailbox: _builtins.str
+    """The mailbox name (UTF-8, "/" between levels, "INBOX" in any case)."""
     with_references: _builtins.bool
-    """SearchSortData: fill SortData.references (THREAD REFERENCES)"""
+    """SearchSortData: fill SortData.references (THREAD REFERENCES)."""
     @_builtins.property
-    def key(self) -> Global___SearchKey: ...
+    def key(self) -> Global___SearchKey:
+        """The key; unset = ALL."""
+
     def __init__(
         self,
         *,
@@ -2391,14 +2758,15 @@ class SortData(_message.Message):
     SIZE_FIELD_NUMBER: _builtins.int
     REFERENCES_FIELD_NUMBER: _builtins.int
     envelope: _builtins.bytes
-    """the stored serialized Envelope"""
+    """The stored serialized Envelope."""
     internal_date: _builtins.int
-    """unix seconds"""
+    """The INTERNALDATE, unix seconds."""
     sent_date: _builtins.int
-    """unix seconds of the Date: header; unset if absent or unparsable"""
+    """Unix seconds of the Date: header; unset if absent or unparsable."""
     size: _builtins.int
+    """The size in octets."""
     references: _builtins.bytes
-    """raw unfolded References: value, empty if absent or not asked for"""
+    """The raw unfolded References: value; empty if absent or not asked for."""
     def __init__(
         self,
         *,
@@ -2420,14 +2788,18 @@ Global___SortData: _TypeAlias = SortData  # noqa: Y015
 
 @_typing.final
 class SearchResponse(_message.Message):
+    """The matches."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     UIDS_FIELD_NUMBER: _builtins.int
     HIGHESTMODSEQ_FIELD_NUMBER: _builtins.int
     highestmodseq: _builtins.int
-    """highest modseq among the matches"""
+    """The highest MODSEQ among the matches (RFC 7162 §3.1.5)."""
     @_builtins.property
-    def uids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
+    def uids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """The UIDs that match, ascending."""
+
     def __init__(
         self,
         *,
@@ -2451,9 +2823,13 @@ class SortDataResponse(_message.Message):
     UIDS_FIELD_NUMBER: _builtins.int
     SORT_DATA_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def uids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
+    def uids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """A batch of matching UIDs, ascending."""
+
     @_builtins.property
-    def sort_data(self) -> _containers.RepeatedCompositeFieldContainer[Global___SortData]: ...
+    def sort_data(self) -> _containers.RepeatedCompositeFieldContainer[Global___SortData]:
+        """What to sort by, sort_data[i] of uids[i]."""
+
     def __init__(
         self,
         *,
@@ -2470,12 +2846,16 @@ Global___SortDataResponse: _TypeAlias = SortDataResponse  # noqa: Y015
 
 @_typing.final
 class GetQuotaRequest(_message.Message):
-    """---------------------------------------------------------------- quota"""
+    """---------------------------------------------------------------- quota
+
+    Read an account's quota and usage (IMAP GETQUOTAROOT).
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
     ACCOUNT_FIELD_NUMBER: _builtins.int
     account: _builtins.str
+    """The account."""
     def __init__(
         self,
         *,
@@ -2491,6 +2871,8 @@ Global___GetQuotaRequest: _TypeAlias = GetQuotaRequest  # noqa: Y015
 
 @_typing.final
 class Quota(_message.Message):
+    """An account's quota and usage (RFC 9208 STORAGE and MESSAGE)."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     USED_BYTES_FIELD_NUMBER: _builtins.int
@@ -2498,10 +2880,13 @@ class Quota(_message.Message):
     USED_MESSAGES_FIELD_NUMBER: _builtins.int
     LIMIT_MESSAGES_FIELD_NUMBER: _builtins.int
     used_bytes: _builtins.int
+    """Octets used."""
     limit_bytes: _builtins.int
-    """0 = unlimited"""
+    """Limit in octets; 0 = unlimited."""
     used_messages: _builtins.int
+    """Messages stored."""
     limit_messages: _builtins.int
+    """Limit in messages; 0 = unlimited."""
     def __init__(
         self,
         *,
@@ -2531,12 +2916,19 @@ class ChangeEvent(_message.Message):
     MODSEQ_FIELD_NUMBER: _builtins.int
     UIDVALIDITY_FIELD_NUMBER: _builtins.int
     account: _builtins.str
+    """The account, by its login address (lower case)."""
     mailbox: _builtins.str
+    """The mailbox changed."""
     kind: Global___ChangeKind.ValueType
+    """What changed."""
     modseq: _builtins.int
+    """The MODSEQ of the change."""
     uidvalidity: _builtins.int
+    """The mailbox's UIDVALIDITY."""
     @_builtins.property
-    def uids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
+    def uids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """The messages concerned (may be empty: ask GetChanges)."""
+
     def __init__(
         self,
         *,
@@ -2557,14 +2949,19 @@ Global___ChangeEvent: _TypeAlias = ChangeEvent  # noqa: Y015
 
 @_typing.final
 class GetChangesRequest(_message.Message):
+    """Every change to a mailbox since a MODSEQ (IDLE, NOOP, QRESYNC)."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     ACCOUNT_FIELD_NUMBER: _builtins.int
     MAILBOX_FIELD_NUMBER: _builtins.int
     SINCE_MODSEQ_FIELD_NUMBER: _builtins.int
     account: _builtins.str
+    """The account, by its login address (lower case)."""
     mailbox: _builtins.str
+    """The mailbox name (UTF-8, "/" between levels, "INBOX" in any case)."""
     since_modseq: _builtins.int
+    """Changes with a MODSEQ above this."""
     def __init__(
         self,
         *,
@@ -2582,6 +2979,8 @@ Global___GetChangesRequest: _TypeAlias = GetChangesRequest  # noqa: Y015
 
 @_typing.final
 class Change(_message.Message):
+    """One message's change."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     UID_FIELD_NUMBER: _builtins.int
@@ -2589,11 +2988,14 @@ class Change(_message.Message):
     KIND_FIELD_NUMBER: _builtins.int
     FLAGS_FIELD_NUMBER: _builtins.int
     uid: _builtins.int
+    """The message."""
     modseq: _builtins.int
+    """The MODSEQ of the change."""
     kind: Global___ChangeKind.ValueType
+    """New, flags or expunge."""
     @_builtins.property
     def flags(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """current flags for NEW and FLAGS"""
+        """The current flags, for NEW and FLAGS."""
 
     def __init__(
         self,
@@ -2613,6 +3015,8 @@ Global___Change: _TypeAlias = Change  # noqa: Y015
 
 @_typing.final
 class GetChangesResponse(_message.Message):
+    """The changes, in MODSEQ order."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     CHANGES_FIELD_NUMBER: _builtins.int
@@ -2620,13 +3024,17 @@ class GetChangesResponse(_message.Message):
     UIDVALIDITY_FIELD_NUMBER: _builtins.int
     PRUNED_MODSEQ_FIELD_NUMBER: _builtins.int
     highestmodseq: _builtins.int
+    """The mailbox's HIGHESTMODSEQ now."""
     uidvalidity: _builtins.int
+    """The mailbox's UIDVALIDITY."""
     pruned_modseq: _builtins.int
     """Expunges at or below this MODSEQ may be missing (the log was pruned, change_log_days): a
     since_modseq below it gets every NEW and FLAGS change but not every EXPUNGE.
     """
     @_builtins.property
-    def changes(self) -> _containers.RepeatedCompositeFieldContainer[Global___Change]: ...
+    def changes(self) -> _containers.RepeatedCompositeFieldContainer[Global___Change]:
+        """The changes."""
+
     def __init__(
         self,
         *,
@@ -2645,10 +3053,13 @@ Global___GetChangesResponse: _TypeAlias = GetChangesResponse  # noqa: Y015
 
 @_typing.final
 class WatchRequest(_message.Message):
+    """Stream an account's change events (push for IDLE and NOTIFY)."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     ACCOUNT_FIELD_NUMBER: _builtins.int
     account: _builtins.str
+    """The account."""
     def __init__(
         self,
         *,
@@ -2675,8 +3086,11 @@ class LeaseRequest(_message.Message):
     HOLDER_FIELD_NUMBER: _builtins.int
     TTL_SECONDS_FIELD_NUMBER: _builtins.int
     name: _builtins.str
+    """The lease's name (e.g. "pop3:alice@example.test"; a prefix when sent with Authenticate)."""
     holder: _builtins.str
+    """Who asks: a name unique per session."""
     ttl_seconds: _builtins.int
+    """How long the lease lasts unless renewed."""
     def __init__(
         self,
         *,
@@ -2694,13 +3108,16 @@ Global___LeaseRequest: _TypeAlias = LeaseRequest  # noqa: Y015
 
 @_typing.final
 class LeaseResponse(_message.Message):
+    """Whether the lease was granted."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     GRANTED_FIELD_NUMBER: _builtins.int
     HOLDER_FIELD_NUMBER: _builtins.int
     granted: _builtins.bool
+    """It is the caller's now."""
     holder: _builtins.str
-    """current holder when not granted"""
+    """The current holder when not granted."""
     def __init__(
         self,
         *,
@@ -2719,7 +3136,7 @@ Global___LeaseResponse: _TypeAlias = LeaseResponse  # noqa: Y015
 class SessionInfo(_message.Message):
     """---------------------------------------------------------------- sessions (mailstack who, kick)
 
-    One logged-in IMAP or POP3 session, as its frontend reports it.
+    One logged-in IMAP or POP3 session, as its frontend reports it (ADR 0038).
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -2731,14 +3148,17 @@ class SessionInfo(_message.Message):
     TLS_FIELD_NUMBER: _builtins.int
     STARTED_FIELD_NUMBER: _builtins.int
     frontend: _builtins.str
-    """the reporting process (host, pid, a random part)"""
+    """The reporting process (host, pid, a random part); set by the mailstore from the report."""
     protocol: _builtins.str
-    """"imap", "pop3" """
+    """"imap" or "pop3"."""
     account: _builtins.str
+    """The account logged in."""
     remote_ip: _builtins.str
+    """The client's address (from a PROXY header where one is used)."""
     tls: _builtins.bool
+    """Whether the connection is under TLS (implicit or STARTTLS)."""
     started: _builtins.float
-    """unix time of the login"""
+    """Unix time of the login."""
     def __init__(
         self,
         *,
@@ -2767,9 +3187,13 @@ class ReportSessionsRequest(_message.Message):
     SESSIONS_FIELD_NUMBER: _builtins.int
     TTL_SECONDS_FIELD_NUMBER: _builtins.int
     frontend: _builtins.str
+    """The reporting process; a report replaces its previous one."""
     ttl_seconds: _builtins.float
+    """How long the list stands without another report."""
     @_builtins.property
-    def sessions(self) -> _containers.RepeatedCompositeFieldContainer[Global___SessionInfo]: ...
+    def sessions(self) -> _containers.RepeatedCompositeFieldContainer[Global___SessionInfo]:
+        """Every logged-in session of the process (empty: withdraw the list)."""
+
     def __init__(
         self,
         *,
@@ -2787,7 +3211,7 @@ Global___ReportSessionsRequest: _TypeAlias = ReportSessionsRequest  # noqa: Y015
 
 @_typing.final
 class KickOrder(_message.Message):
-    """Close the sessions of account (of protocol, or every protocol when empty) that logged in at or before `before`."""
+    """Close the sessions of an account that logged in at or before `before`."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -2795,8 +3219,11 @@ class KickOrder(_message.Message):
     PROTOCOL_FIELD_NUMBER: _builtins.int
     BEFORE_FIELD_NUMBER: _builtins.int
     account: _builtins.str
+    """Whose sessions."""
     protocol: _builtins.str
+    """"imap", "pop3", or empty for both."""
     before: _builtins.float
+    """Unix time of the order: sessions that logged in later are left alone."""
     def __init__(
         self,
         *,
@@ -2814,11 +3241,15 @@ Global___KickOrder: _TypeAlias = KickOrder  # noqa: Y015
 
 @_typing.final
 class ReportSessionsResponse(_message.Message):
+    """What a report learns back."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     KICKS_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def kicks(self) -> _containers.RepeatedCompositeFieldContainer[Global___KickOrder]: ...
+    def kicks(self) -> _containers.RepeatedCompositeFieldContainer[Global___KickOrder]:
+        """The kick orders not yet expired; the frontend closes the sessions they cover."""
+
     def __init__(
         self,
         *,
@@ -2834,10 +3265,13 @@ Global___ReportSessionsResponse: _TypeAlias = ReportSessionsResponse  # noqa: Y0
 
 @_typing.final
 class ListSessionsRequest(_message.Message):
+    """mailstack who."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     ACCOUNT_FIELD_NUMBER: _builtins.int
     account: _builtins.str
+    """One account, or empty for every account."""
     def __init__(
         self,
         *,
@@ -2853,11 +3287,15 @@ Global___ListSessionsRequest: _TypeAlias = ListSessionsRequest  # noqa: Y015
 
 @_typing.final
 class ListSessionsResponse(_message.Message):
+    """The listed sessions, oldest login first."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     SESSIONS_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def sessions(self) -> _containers.RepeatedCompositeFieldContainer[Global___SessionInfo]: ...
+    def sessions(self) -> _containers.RepeatedCompositeFieldContainer[Global___SessionInfo]:
+        """Each session as its frontend last reported it."""
+
     def __init__(
         self,
         *,
@@ -2873,12 +3311,16 @@ Global___ListSessionsResponse: _TypeAlias = ListSessionsResponse  # noqa: Y015
 
 @_typing.final
 class KickSessionsRequest(_message.Message):
+    """mailstack kick."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     ACCOUNT_FIELD_NUMBER: _builtins.int
     PROTOCOL_FIELD_NUMBER: _builtins.int
     account: _builtins.str
+    """Whose sessions."""
     protocol: _builtins.str
+    """"imap", "pop3", or empty for both."""
     def __init__(
         self,
         *,
@@ -2895,10 +3337,13 @@ Global___KickSessionsRequest: _TypeAlias = KickSessionsRequest  # noqa: Y015
 
 @_typing.final
 class KickSessionsResponse(_message.Message):
+    """What the order covers now."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     SESSIONS_FIELD_NUMBER: _builtins.int
     sessions: _builtins.int
+    """Listed sessions the order covers (they close within one report interval)."""
     def __init__(
         self,
         *,

@@ -182,164 +182,190 @@ class MailstoreServicer:
     """
 
     def Authenticate(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Check a login (SASL PLAIN); optionally take a lease and list a mailbox in the same round trip.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ResolveRecipient(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Whether mail to an address is accepted, and for which account (SMTP RCPT TO).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def CheckSender(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Whether an account may use an address as envelope sender (submission).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ListMailboxes(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """The account's mailboxes that match a pattern (IMAP LIST, LSUB).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def CreateMailbox(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Create a mailbox (IMAP CREATE).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def DeleteMailbox(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Delete a mailbox (IMAP DELETE).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def RenameMailbox(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Rename a mailbox with its children (IMAP RENAME).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def Subscribe(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Subscribe or unsubscribe (IMAP SUBSCRIBE, UNSUBSCRIBE).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetMailboxStatus(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """A mailbox's counters (IMAP STATUS, SELECT).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ClaimRecent(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Claim the messages with the Recent flag (RFC 3501 §2.3.2) for a session that selects a mailbox.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def Append(self, request_iterator, context):
-        """Missing associated documentation comment in .proto file."""
+        """Store a message in a mailbox (IMAP APPEND); a header, then the message in chunks.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def Deliver(self, request_iterator, context):
-        """Missing associated documentation comment in .proto file."""
+        """Deliver a message to local recipients (SMTP DATA); an envelope, then the message in chunks.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def FetchMetadata(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Messages' metadata (IMAP FETCH FLAGS, ENVELOPE, ...; POP3 listings), in batches.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def FetchBody(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """One section of one message, in chunks (IMAP FETCH BODY[...], POP3 RETR).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def FetchBodies(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Sections of many messages in one call, in chunks.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def StoreFlags(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Change messages' flags (IMAP STORE).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def Copy(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Copy messages to another mailbox (IMAP COPY).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def Move(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Move messages to another mailbox (IMAP MOVE, RFC 6851).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def Expunge(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Remove messages for good (IMAP EXPUNGE, POP3 DELE at QUIT).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def Search(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """The messages of a mailbox that match a search key (IMAP SEARCH).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def SearchSortData(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """The matches with what SORT and THREAD order by, in batches.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetQuota(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """An account's quota and usage (IMAP GETQUOTA, GETQUOTAROOT).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetChanges(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """A mailbox's changes since a MODSEQ.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def Watch(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """An account's change events as they happen (hints: ADR 0015).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def AcquireLease(self, request, context):
-        """also renews for the same holder
+        """Take a named lease, or renew it for the same holder (the POP3 maildrop lock).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ReleaseLease(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Give a lease up (only its holder can).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ReportSessions(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """A frontend's logged-in sessions (mailstack who); the answer carries the kick orders.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -1323,97 +1349,113 @@ class AdminServicer:
     """
 
     def CreateAccount(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Create an account (`mailstack user add`).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def SetPassword(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Change an account's password (`mailstack user passwd`).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def DeleteAccount(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Delete an account with its mail (`mailstack user delete`).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetAccount(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """One account (`mailstack user show`).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ListAccounts(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Every account (`mailstack user list`).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def SetQuota(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Change an account's quota (`mailstack user quota`).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def AddDomain(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Serve a domain (`mailstack domain add`).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def DeleteDomain(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Stop serving a domain (`mailstack domain delete`).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ListDomains(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """The served domains (`mailstack domain list`).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def AddAlias(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Add an alias (`mailstack alias add`).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def DeleteAlias(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Delete an alias (`mailstack alias delete`).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ListAliases(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """The aliases (`mailstack alias list`).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def RecomputeQuota(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Recount quota usage from the stored messages (`mailstack quota recompute`).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def CheckIntegrity(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Find (and repair) messages without a body and orphaned bodies (`mailstack fsck`).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ListSessions(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """The logged-in IMAP and POP3 sessions, as the frontends report them (mailstack who).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def KickSessions(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Order an account's sessions closed (mailstack kick).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')

@@ -62,33 +62,59 @@ class MailstoreStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> MailstoreAsyncStub: ...
     Authenticate: _grpc.UnaryUnaryMultiCallable[_mailstore_pb2.AuthenticateRequest, _mailstore_pb2.AuthenticateResponse]
+    """Check a login (SASL PLAIN); optionally take a lease and list a mailbox in the same round trip."""
     ResolveRecipient: _grpc.UnaryUnaryMultiCallable[_mailstore_pb2.ResolveRecipientRequest, _mailstore_pb2.ResolveRecipientResponse]
+    """Whether mail to an address is accepted, and for which account (SMTP RCPT TO)."""
     CheckSender: _grpc.UnaryUnaryMultiCallable[_mailstore_pb2.CheckSenderRequest, _mailstore_pb2.CheckSenderResponse]
+    """Whether an account may use an address as envelope sender (submission)."""
     ListMailboxes: _grpc.UnaryUnaryMultiCallable[_mailstore_pb2.ListMailboxesRequest, _mailstore_pb2.ListMailboxesResponse]
+    """The account's mailboxes that match a pattern (IMAP LIST, LSUB)."""
     CreateMailbox: _grpc.UnaryUnaryMultiCallable[_mailstore_pb2.CreateMailboxRequest, _mailstore_pb2.Mailbox]
+    """Create a mailbox (IMAP CREATE)."""
     DeleteMailbox: _grpc.UnaryUnaryMultiCallable[_mailstore_pb2.DeleteMailboxRequest, _mailstore_pb2.Empty]
+    """Delete a mailbox (IMAP DELETE)."""
     RenameMailbox: _grpc.UnaryUnaryMultiCallable[_mailstore_pb2.RenameMailboxRequest, _mailstore_pb2.Empty]
+    """Rename a mailbox with its children (IMAP RENAME)."""
     Subscribe: _grpc.UnaryUnaryMultiCallable[_mailstore_pb2.SubscribeRequest, _mailstore_pb2.Empty]
+    """Subscribe or unsubscribe (IMAP SUBSCRIBE, UNSUBSCRIBE)."""
     GetMailboxStatus: _grpc.UnaryUnaryMultiCallable[_mailstore_pb2.MailboxStatusRequest, _mailstore_pb2.MailboxStatus]
+    """A mailbox's counters (IMAP STATUS, SELECT)."""
     ClaimRecent: _grpc.UnaryUnaryMultiCallable[_mailstore_pb2.ClaimRecentRequest, _mailstore_pb2.ClaimRecentResponse]
+    """Claim the messages with the Recent flag (RFC 3501 §2.3.2) for a session that selects a mailbox."""
     Append: _grpc.StreamUnaryMultiCallable[_mailstore_pb2.AppendRequest, _mailstore_pb2.AppendResponse]
+    """Store a message in a mailbox (IMAP APPEND); a header, then the message in chunks."""
     Deliver: _grpc.StreamUnaryMultiCallable[_mailstore_pb2.DeliverRequest, _mailstore_pb2.DeliverResponse]
+    """Deliver a message to local recipients (SMTP DATA); an envelope, then the message in chunks."""
     FetchMetadata: _grpc.UnaryStreamMultiCallable[_mailstore_pb2.FetchMetadataRequest, _mailstore_pb2.FetchMetadataResponse]
+    """Messages' metadata (IMAP FETCH FLAGS, ENVELOPE, ...; POP3 listings), in batches."""
     FetchBody: _grpc.UnaryStreamMultiCallable[_mailstore_pb2.FetchBodyRequest, _mailstore_pb2.FetchBodyResponse]
+    """One section of one message, in chunks (IMAP FETCH BODY[...], POP3 RETR)."""
     FetchBodies: _grpc.UnaryStreamMultiCallable[_mailstore_pb2.FetchBodiesRequest, _mailstore_pb2.FetchBodiesResponse]
+    """Sections of many messages in one call, in chunks."""
     StoreFlags: _grpc.UnaryUnaryMultiCallable[_mailstore_pb2.StoreFlagsRequest, _mailstore_pb2.StoreFlagsResponse]
+    """Change messages' flags (IMAP STORE)."""
     Copy: _grpc.UnaryUnaryMultiCallable[_mailstore_pb2.CopyRequest, _mailstore_pb2.CopyResponse]
+    """Copy messages to another mailbox (IMAP COPY)."""
     Move: _grpc.UnaryUnaryMultiCallable[_mailstore_pb2.CopyRequest, _mailstore_pb2.CopyResponse]
+    """Move messages to another mailbox (IMAP MOVE, RFC 6851)."""
     Expunge: _grpc.UnaryUnaryMultiCallable[_mailstore_pb2.ExpungeRequest, _mailstore_pb2.ExpungeResponse]
+    """Remove messages for good (IMAP EXPUNGE, POP3 DELE at QUIT)."""
     Search: _grpc.UnaryUnaryMultiCallable[_mailstore_pb2.SearchRequest, _mailstore_pb2.SearchResponse]
+    """The messages of a mailbox that match a search key (IMAP SEARCH)."""
     SearchSortData: _grpc.UnaryStreamMultiCallable[_mailstore_pb2.SearchRequest, _mailstore_pb2.SortDataResponse]
+    """The matches with what SORT and THREAD order by, in batches."""
     GetQuota: _grpc.UnaryUnaryMultiCallable[_mailstore_pb2.GetQuotaRequest, _mailstore_pb2.Quota]
+    """An account's quota and usage (IMAP GETQUOTA, GETQUOTAROOT)."""
     GetChanges: _grpc.UnaryUnaryMultiCallable[_mailstore_pb2.GetChangesRequest, _mailstore_pb2.GetChangesResponse]
+    """A mailbox's changes since a MODSEQ."""
     Watch: _grpc.UnaryStreamMultiCallable[_mailstore_pb2.WatchRequest, _mailstore_pb2.ChangeEvent]
+    """An account's change events as they happen (hints: ADR 0015)."""
     AcquireLease: _grpc.UnaryUnaryMultiCallable[_mailstore_pb2.LeaseRequest, _mailstore_pb2.LeaseResponse]
-    """also renews for the same holder"""
+    """Take a named lease, or renew it for the same holder (the POP3 maildrop lock)."""
     ReleaseLease: _grpc.UnaryUnaryMultiCallable[_mailstore_pb2.LeaseRequest, _mailstore_pb2.Empty]
+    """Give a lease up (only its holder can)."""
     ReportSessions: _grpc.UnaryUnaryMultiCallable[_mailstore_pb2.ReportSessionsRequest, _mailstore_pb2.ReportSessionsResponse]
+    """A frontend's logged-in sessions (mailstack who); the answer carries the kick orders."""
 
 @_typing.type_check_only
 class MailstoreAsyncStub(MailstoreStub):
@@ -99,33 +125,59 @@ class MailstoreAsyncStub(MailstoreStub):
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     Authenticate: _aio.UnaryUnaryMultiCallable[_mailstore_pb2.AuthenticateRequest, _mailstore_pb2.AuthenticateResponse]  # type: ignore[assignment]
+    """Check a login (SASL PLAIN); optionally take a lease and list a mailbox in the same round trip."""
     ResolveRecipient: _aio.UnaryUnaryMultiCallable[_mailstore_pb2.ResolveRecipientRequest, _mailstore_pb2.ResolveRecipientResponse]  # type: ignore[assignment]
+    """Whether mail to an address is accepted, and for which account (SMTP RCPT TO)."""
     CheckSender: _aio.UnaryUnaryMultiCallable[_mailstore_pb2.CheckSenderRequest, _mailstore_pb2.CheckSenderResponse]  # type: ignore[assignment]
+    """Whether an account may use an address as envelope sender (submission)."""
     ListMailboxes: _aio.UnaryUnaryMultiCallable[_mailstore_pb2.ListMailboxesRequest, _mailstore_pb2.ListMailboxesResponse]  # type: ignore[assignment]
+    """The account's mailboxes that match a pattern (IMAP LIST, LSUB)."""
     CreateMailbox: _aio.UnaryUnaryMultiCallable[_mailstore_pb2.CreateMailboxRequest, _mailstore_pb2.Mailbox]  # type: ignore[assignment]
+    """Create a mailbox (IMAP CREATE)."""
     DeleteMailbox: _aio.UnaryUnaryMultiCallable[_mailstore_pb2.DeleteMailboxRequest, _mailstore_pb2.Empty]  # type: ignore[assignment]
+    """Delete a mailbox (IMAP DELETE)."""
     RenameMailbox: _aio.UnaryUnaryMultiCallable[_mailstore_pb2.RenameMailboxRequest, _mailstore_pb2.Empty]  # type: ignore[assignment]
+    """Rename a mailbox with its children (IMAP RENAME)."""
     Subscribe: _aio.UnaryUnaryMultiCallable[_mailstore_pb2.SubscribeRequest, _mailstore_pb2.Empty]  # type: ignore[assignment]
+    """Subscribe or unsubscribe (IMAP SUBSCRIBE, UNSUBSCRIBE)."""
     GetMailboxStatus: _aio.UnaryUnaryMultiCallable[_mailstore_pb2.MailboxStatusRequest, _mailstore_pb2.MailboxStatus]  # type: ignore[assignment]
+    """A mailbox's counters (IMAP STATUS, SELECT)."""
     ClaimRecent: _aio.UnaryUnaryMultiCallable[_mailstore_pb2.ClaimRecentRequest, _mailstore_pb2.ClaimRecentResponse]  # type: ignore[assignment]
+    """Claim the messages with the Recent flag (RFC 3501 §2.3.2) for a session that selects a mailbox."""
     Append: _aio.StreamUnaryMultiCallable[_mailstore_pb2.AppendRequest, _mailstore_pb2.AppendResponse]  # type: ignore[assignment]
+    """Store a message in a mailbox (IMAP APPEND); a header, then the message in chunks."""
     Deliver: _aio.StreamUnaryMultiCallable[_mailstore_pb2.DeliverRequest, _mailstore_pb2.DeliverResponse]  # type: ignore[assignment]
+    """Deliver a message to local recipients (SMTP DATA); an envelope, then the message in chunks."""
     FetchMetadata: _aio.UnaryStreamMultiCallable[_mailstore_pb2.FetchMetadataRequest, _mailstore_pb2.FetchMetadataResponse]  # type: ignore[assignment]
+    """Messages' metadata (IMAP FETCH FLAGS, ENVELOPE, ...; POP3 listings), in batches."""
     FetchBody: _aio.UnaryStreamMultiCallable[_mailstore_pb2.FetchBodyRequest, _mailstore_pb2.FetchBodyResponse]  # type: ignore[assignment]
+    """One section of one message, in chunks (IMAP FETCH BODY[...], POP3 RETR)."""
     FetchBodies: _aio.UnaryStreamMultiCallable[_mailstore_pb2.FetchBodiesRequest, _mailstore_pb2.FetchBodiesResponse]  # type: ignore[assignment]
+    """Sections of many messages in one call, in chunks."""
     StoreFlags: _aio.UnaryUnaryMultiCallable[_mailstore_pb2.StoreFlagsRequest, _mailstore_pb2.StoreFlagsResponse]  # type: ignore[assignment]
+    """Change messages' flags (IMAP STORE)."""
     Copy: _aio.UnaryUnaryMultiCallable[_mailstore_pb2.CopyRequest, _mailstore_pb2.CopyResponse]  # type: ignore[assignment]
+    """Copy messages to another mailbox (IMAP COPY)."""
     Move: _aio.UnaryUnaryMultiCallable[_mailstore_pb2.CopyRequest, _mailstore_pb2.CopyResponse]  # type: ignore[assignment]
+    """Move messages to another mailbox (IMAP MOVE, RFC 6851)."""
     Expunge: _aio.UnaryUnaryMultiCallable[_mailstore_pb2.ExpungeRequest, _mailstore_pb2.ExpungeResponse]  # type: ignore[assignment]
+    """Remove messages for good (IMAP EXPUNGE, POP3 DELE at QUIT)."""
     Search: _aio.UnaryUnaryMultiCallable[_mailstore_pb2.SearchRequest, _mailstore_pb2.SearchResponse]  # type: ignore[assignment]
+    """The messages of a mailbox that match a search key (IMAP SEARCH)."""
     SearchSortData: _aio.UnaryStreamMultiCallable[_mailstore_pb2.SearchRequest, _mailstore_pb2.SortDataResponse]  # type: ignore[assignment]
+    """The matches with what SORT and THREAD order by, in batches."""
     GetQuota: _aio.UnaryUnaryMultiCallable[_mailstore_pb2.GetQuotaRequest, _mailstore_pb2.Quota]  # type: ignore[assignment]
+    """An account's quota and usage (IMAP GETQUOTA, GETQUOTAROOT)."""
     GetChanges: _aio.UnaryUnaryMultiCallable[_mailstore_pb2.GetChangesRequest, _mailstore_pb2.GetChangesResponse]  # type: ignore[assignment]
+    """A mailbox's changes since a MODSEQ."""
     Watch: _aio.UnaryStreamMultiCallable[_mailstore_pb2.WatchRequest, _mailstore_pb2.ChangeEvent]  # type: ignore[assignment]
+    """An account's change events as they happen (hints: ADR 0015)."""
     AcquireLease: _aio.UnaryUnaryMultiCallable[_mailstore_pb2.LeaseRequest, _mailstore_pb2.LeaseResponse]  # type: ignore[assignment]
-    """also renews for the same holder"""
+    """Take a named lease, or renew it for the same holder (the POP3 maildrop lock)."""
     ReleaseLease: _aio.UnaryUnaryMultiCallable[_mailstore_pb2.LeaseRequest, _mailstore_pb2.Empty]  # type: ignore[assignment]
+    """Give a lease up (only its holder can)."""
     ReportSessions: _aio.UnaryUnaryMultiCallable[_mailstore_pb2.ReportSessionsRequest, _mailstore_pb2.ReportSessionsResponse]  # type: ignore[assignment]
+    """A frontend's logged-in sessions (mailstack who); the answer carries the kick orders."""
 
 class MailstoreServicer(metaclass=_abc_1.ABCMeta):
     """---------------------------------------------------------------- services
@@ -138,168 +190,192 @@ class MailstoreServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _mailstore_pb2.AuthenticateRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_mailstore_pb2.AuthenticateResponse, _abc.Awaitable[_mailstore_pb2.AuthenticateResponse]]: ...
+    ) -> _typing.Union[_mailstore_pb2.AuthenticateResponse, _abc.Awaitable[_mailstore_pb2.AuthenticateResponse]]:
+        """Check a login (SASL PLAIN); optionally take a lease and list a mailbox in the same round trip."""
 
     @_abc_1.abstractmethod
     def ResolveRecipient(
         self,
         request: _mailstore_pb2.ResolveRecipientRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_mailstore_pb2.ResolveRecipientResponse, _abc.Awaitable[_mailstore_pb2.ResolveRecipientResponse]]: ...
+    ) -> _typing.Union[_mailstore_pb2.ResolveRecipientResponse, _abc.Awaitable[_mailstore_pb2.ResolveRecipientResponse]]:
+        """Whether mail to an address is accepted, and for which account (SMTP RCPT TO)."""
 
     @_abc_1.abstractmethod
     def CheckSender(
         self,
         request: _mailstore_pb2.CheckSenderRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_mailstore_pb2.CheckSenderResponse, _abc.Awaitable[_mailstore_pb2.CheckSenderResponse]]: ...
+    ) -> _typing.Union[_mailstore_pb2.CheckSenderResponse, _abc.Awaitable[_mailstore_pb2.CheckSenderResponse]]:
+        """Whether an account may use an address as envelope sender (submission)."""
 
     @_abc_1.abstractmethod
     def ListMailboxes(
         self,
         request: _mailstore_pb2.ListMailboxesRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_mailstore_pb2.ListMailboxesResponse, _abc.Awaitable[_mailstore_pb2.ListMailboxesResponse]]: ...
+    ) -> _typing.Union[_mailstore_pb2.ListMailboxesResponse, _abc.Awaitable[_mailstore_pb2.ListMailboxesResponse]]:
+        """The account's mailboxes that match a pattern (IMAP LIST, LSUB)."""
 
     @_abc_1.abstractmethod
     def CreateMailbox(
         self,
         request: _mailstore_pb2.CreateMailboxRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_mailstore_pb2.Mailbox, _abc.Awaitable[_mailstore_pb2.Mailbox]]: ...
+    ) -> _typing.Union[_mailstore_pb2.Mailbox, _abc.Awaitable[_mailstore_pb2.Mailbox]]:
+        """Create a mailbox (IMAP CREATE)."""
 
     @_abc_1.abstractmethod
     def DeleteMailbox(
         self,
         request: _mailstore_pb2.DeleteMailboxRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_mailstore_pb2.Empty, _abc.Awaitable[_mailstore_pb2.Empty]]: ...
+    ) -> _typing.Union[_mailstore_pb2.Empty, _abc.Awaitable[_mailstore_pb2.Empty]]:
+        """Delete a mailbox (IMAP DELETE)."""
 
     @_abc_1.abstractmethod
     def RenameMailbox(
         self,
         request: _mailstore_pb2.RenameMailboxRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_mailstore_pb2.Empty, _abc.Awaitable[_mailstore_pb2.Empty]]: ...
+    ) -> _typing.Union[_mailstore_pb2.Empty, _abc.Awaitable[_mailstore_pb2.Empty]]:
+        """Rename a mailbox with its children (IMAP RENAME)."""
 
     @_abc_1.abstractmethod
     def Subscribe(
         self,
         request: _mailstore_pb2.SubscribeRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_mailstore_pb2.Empty, _abc.Awaitable[_mailstore_pb2.Empty]]: ...
+    ) -> _typing.Union[_mailstore_pb2.Empty, _abc.Awaitable[_mailstore_pb2.Empty]]:
+        """Subscribe or unsubscribe (IMAP SUBSCRIBE, UNSUBSCRIBE)."""
 
     @_abc_1.abstractmethod
     def GetMailboxStatus(
         self,
         request: _mailstore_pb2.MailboxStatusRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_mailstore_pb2.MailboxStatus, _abc.Awaitable[_mailstore_pb2.MailboxStatus]]: ...
+    ) -> _typing.Union[_mailstore_pb2.MailboxStatus, _abc.Awaitable[_mailstore_pb2.MailboxStatus]]:
+        """A mailbox's counters (IMAP STATUS, SELECT)."""
 
     @_abc_1.abstractmethod
     def ClaimRecent(
         self,
         request: _mailstore_pb2.ClaimRecentRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_mailstore_pb2.ClaimRecentResponse, _abc.Awaitable[_mailstore_pb2.ClaimRecentResponse]]: ...
+    ) -> _typing.Union[_mailstore_pb2.ClaimRecentResponse, _abc.Awaitable[_mailstore_pb2.ClaimRecentResponse]]:
+        """Claim the messages with the Recent flag (RFC 3501 §2.3.2) for a session that selects a mailbox."""
 
     @_abc_1.abstractmethod
     def Append(
         self,
         request_iterator: _MaybeAsyncIterator[_mailstore_pb2.AppendRequest],
         context: _ServicerContext,
-    ) -> _typing.Union[_mailstore_pb2.AppendResponse, _abc.Awaitable[_mailstore_pb2.AppendResponse]]: ...
+    ) -> _typing.Union[_mailstore_pb2.AppendResponse, _abc.Awaitable[_mailstore_pb2.AppendResponse]]:
+        """Store a message in a mailbox (IMAP APPEND); a header, then the message in chunks."""
 
     @_abc_1.abstractmethod
     def Deliver(
         self,
         request_iterator: _MaybeAsyncIterator[_mailstore_pb2.DeliverRequest],
         context: _ServicerContext,
-    ) -> _typing.Union[_mailstore_pb2.DeliverResponse, _abc.Awaitable[_mailstore_pb2.DeliverResponse]]: ...
+    ) -> _typing.Union[_mailstore_pb2.DeliverResponse, _abc.Awaitable[_mailstore_pb2.DeliverResponse]]:
+        """Deliver a message to local recipients (SMTP DATA); an envelope, then the message in chunks."""
 
     @_abc_1.abstractmethod
     def FetchMetadata(
         self,
         request: _mailstore_pb2.FetchMetadataRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_abc.Iterator[_mailstore_pb2.FetchMetadataResponse], _abc.AsyncIterator[_mailstore_pb2.FetchMetadataResponse]]: ...
+    ) -> _typing.Union[_abc.Iterator[_mailstore_pb2.FetchMetadataResponse], _abc.AsyncIterator[_mailstore_pb2.FetchMetadataResponse]]:
+        """Messages' metadata (IMAP FETCH FLAGS, ENVELOPE, ...; POP3 listings), in batches."""
 
     @_abc_1.abstractmethod
     def FetchBody(
         self,
         request: _mailstore_pb2.FetchBodyRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_abc.Iterator[_mailstore_pb2.FetchBodyResponse], _abc.AsyncIterator[_mailstore_pb2.FetchBodyResponse]]: ...
+    ) -> _typing.Union[_abc.Iterator[_mailstore_pb2.FetchBodyResponse], _abc.AsyncIterator[_mailstore_pb2.FetchBodyResponse]]:
+        """One section of one message, in chunks (IMAP FETCH BODY[...], POP3 RETR)."""
 
     @_abc_1.abstractmethod
     def FetchBodies(
         self,
         request: _mailstore_pb2.FetchBodiesRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_abc.Iterator[_mailstore_pb2.FetchBodiesResponse], _abc.AsyncIterator[_mailstore_pb2.FetchBodiesResponse]]: ...
+    ) -> _typing.Union[_abc.Iterator[_mailstore_pb2.FetchBodiesResponse], _abc.AsyncIterator[_mailstore_pb2.FetchBodiesResponse]]:
+        """Sections of many messages in one call, in chunks."""
 
     @_abc_1.abstractmethod
     def StoreFlags(
         self,
         request: _mailstore_pb2.StoreFlagsRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_mailstore_pb2.StoreFlagsResponse, _abc.Awaitable[_mailstore_pb2.StoreFlagsResponse]]: ...
+    ) -> _typing.Union[_mailstore_pb2.StoreFlagsResponse, _abc.Awaitable[_mailstore_pb2.StoreFlagsResponse]]:
+        """Change messages' flags (IMAP STORE)."""
 
     @_abc_1.abstractmethod
     def Copy(
         self,
         request: _mailstore_pb2.CopyRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_mailstore_pb2.CopyResponse, _abc.Awaitable[_mailstore_pb2.CopyResponse]]: ...
+    ) -> _typing.Union[_mailstore_pb2.CopyResponse, _abc.Awaitable[_mailstore_pb2.CopyResponse]]:
+        """Copy messages to another mailbox (IMAP COPY)."""
 
     @_abc_1.abstractmethod
     def Move(
         self,
         request: _mailstore_pb2.CopyRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_mailstore_pb2.CopyResponse, _abc.Awaitable[_mailstore_pb2.CopyResponse]]: ...
+    ) -> _typing.Union[_mailstore_pb2.CopyResponse, _abc.Awaitable[_mailstore_pb2.CopyResponse]]:
+        """Move messages to another mailbox (IMAP MOVE, RFC 6851)."""
 
     @_abc_1.abstractmethod
     def Expunge(
         self,
         request: _mailstore_pb2.ExpungeRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_mailstore_pb2.ExpungeResponse, _abc.Awaitable[_mailstore_pb2.ExpungeResponse]]: ...
+    ) -> _typing.Union[_mailstore_pb2.ExpungeResponse, _abc.Awaitable[_mailstore_pb2.ExpungeResponse]]:
+        """Remove messages for good (IMAP EXPUNGE, POP3 DELE at QUIT)."""
 
     @_abc_1.abstractmethod
     def Search(
         self,
         request: _mailstore_pb2.SearchRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_mailstore_pb2.SearchResponse, _abc.Awaitable[_mailstore_pb2.SearchResponse]]: ...
+    ) -> _typing.Union[_mailstore_pb2.SearchResponse, _abc.Awaitable[_mailstore_pb2.SearchResponse]]:
+        """The messages of a mailbox that match a search key (IMAP SEARCH)."""
 
     @_abc_1.abstractmethod
     def SearchSortData(
         self,
         request: _mailstore_pb2.SearchRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_abc.Iterator[_mailstore_pb2.SortDataResponse], _abc.AsyncIterator[_mailstore_pb2.SortDataResponse]]: ...
+    ) -> _typing.Union[_abc.Iterator[_mailstore_pb2.SortDataResponse], _abc.AsyncIterator[_mailstore_pb2.SortDataResponse]]:
+        """The matches with what SORT and THREAD order by, in batches."""
 
     @_abc_1.abstractmethod
     def GetQuota(
         self,
         request: _mailstore_pb2.GetQuotaRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_mailstore_pb2.Quota, _abc.Awaitable[_mailstore_pb2.Quota]]: ...
+    ) -> _typing.Union[_mailstore_pb2.Quota, _abc.Awaitable[_mailstore_pb2.Quota]]:
+        """An account's quota and usage (IMAP GETQUOTA, GETQUOTAROOT)."""
 
     @_abc_1.abstractmethod
     def GetChanges(
         self,
         request: _mailstore_pb2.GetChangesRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_mailstore_pb2.GetChangesResponse, _abc.Awaitable[_mailstore_pb2.GetChangesResponse]]: ...
+    ) -> _typing.Union[_mailstore_pb2.GetChangesResponse, _abc.Awaitable[_mailstore_pb2.GetChangesResponse]]:
+        """A mailbox's changes since a MODSEQ."""
 
     @_abc_1.abstractmethod
     def Watch(
         self,
         request: _mailstore_pb2.WatchRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_abc.Iterator[_mailstore_pb2.ChangeEvent], _abc.AsyncIterator[_mailstore_pb2.ChangeEvent]]: ...
+    ) -> _typing.Union[_abc.Iterator[_mailstore_pb2.ChangeEvent], _abc.AsyncIterator[_mailstore_pb2.ChangeEvent]]:
+        """An account's change events as they happen (hints: ADR 0015)."""
 
     @_abc_1.abstractmethod
     def AcquireLease(
@@ -307,21 +383,23 @@ class MailstoreServicer(metaclass=_abc_1.ABCMeta):
         request: _mailstore_pb2.LeaseRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_mailstore_pb2.LeaseResponse, _abc.Awaitable[_mailstore_pb2.LeaseResponse]]:
-        """also renews for the same holder"""
+        """Take a named lease, or renew it for the same holder (the POP3 maildrop lock)."""
 
     @_abc_1.abstractmethod
     def ReleaseLease(
         self,
         request: _mailstore_pb2.LeaseRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_mailstore_pb2.Empty, _abc.Awaitable[_mailstore_pb2.Empty]]: ...
+    ) -> _typing.Union[_mailstore_pb2.Empty, _abc.Awaitable[_mailstore_pb2.Empty]]:
+        """Give a lease up (only its holder can)."""
 
     @_abc_1.abstractmethod
     def ReportSessions(
         self,
         request: _mailstore_pb2.ReportSessionsRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_mailstore_pb2.ReportSessionsResponse, _abc.Awaitable[_mailstore_pb2.ReportSessionsResponse]]: ...
+    ) -> _typing.Union[_mailstore_pb2.ReportSessionsResponse, _abc.Awaitable[_mailstore_pb2.ReportSessionsResponse]]:
+        """A frontend's logged-in sessions (mailstack who); the answer carries the kick orders."""
 
 def add_MailstoreServicer_to_server(servicer: MailstoreServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
 
@@ -333,21 +411,37 @@ class AdminStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> AdminAsyncStub: ...
     CreateAccount: _grpc.UnaryUnaryMultiCallable[_mailstore_pb2.CreateAccountRequest, _mailstore_pb2.Account]
+    """Create an account (`mailstack user add`)."""
     SetPassword: _grpc.UnaryUnaryMultiCallable[_mailstore_pb2.SetPasswordRequest, _mailstore_pb2.Empty]
+    """Change an account's password (`mailstack user passwd`)."""
     DeleteAccount: _grpc.UnaryUnaryMultiCallable[_mailstore_pb2.DeleteAccountRequest, _mailstore_pb2.Empty]
+    """Delete an account with its mail (`mailstack user delete`)."""
     GetAccount: _grpc.UnaryUnaryMultiCallable[_mailstore_pb2.GetAccountRequest, _mailstore_pb2.Account]
+    """One account (`mailstack user show`)."""
     ListAccounts: _grpc.UnaryUnaryMultiCallable[_mailstore_pb2.ListAccountsRequest, _mailstore_pb2.ListAccountsResponse]
+    """Every account (`mailstack user list`)."""
     SetQuota: _grpc.UnaryUnaryMultiCallable[_mailstore_pb2.SetQuotaRequest, _mailstore_pb2.Account]
+    """Change an account's quota (`mailstack user quota`)."""
     AddDomain: _grpc.UnaryUnaryMultiCallable[_mailstore_pb2.AddDomainRequest, _mailstore_pb2.Domain]
+    """Serve a domain (`mailstack domain add`)."""
     DeleteDomain: _grpc.UnaryUnaryMultiCallable[_mailstore_pb2.DeleteDomainRequest, _mailstore_pb2.Empty]
+    """Stop serving a domain (`mailstack domain delete`)."""
     ListDomains: _grpc.UnaryUnaryMultiCallable[_mailstore_pb2.ListDomainsRequest, _mailstore_pb2.ListDomainsResponse]
+    """The served domains (`mailstack domain list`)."""
     AddAlias: _grpc.UnaryUnaryMultiCallable[_mailstore_pb2.AddAliasRequest, _mailstore_pb2.Alias]
+    """Add an alias (`mailstack alias add`)."""
     DeleteAlias: _grpc.UnaryUnaryMultiCallable[_mailstore_pb2.DeleteAliasRequest, _mailstore_pb2.Empty]
+    """Delete an alias (`mailstack alias delete`)."""
     ListAliases: _grpc.UnaryUnaryMultiCallable[_mailstore_pb2.ListAliasesRequest, _mailstore_pb2.ListAliasesResponse]
+    """The aliases (`mailstack alias list`)."""
     RecomputeQuota: _grpc.UnaryUnaryMultiCallable[_mailstore_pb2.RecomputeQuotaRequest, _mailstore_pb2.RecomputeQuotaResponse]
+    """Recount quota usage from the stored messages (`mailstack quota recompute`)."""
     CheckIntegrity: _grpc.UnaryUnaryMultiCallable[_mailstore_pb2.CheckIntegrityRequest, _mailstore_pb2.CheckIntegrityResponse]
+    """Find (and repair) messages without a body and orphaned bodies (`mailstack fsck`)."""
     ListSessions: _grpc.UnaryUnaryMultiCallable[_mailstore_pb2.ListSessionsRequest, _mailstore_pb2.ListSessionsResponse]
+    """The logged-in IMAP and POP3 sessions, as the frontends report them (mailstack who)."""
     KickSessions: _grpc.UnaryUnaryMultiCallable[_mailstore_pb2.KickSessionsRequest, _mailstore_pb2.KickSessionsResponse]
+    """Order an account's sessions closed (mailstack kick)."""
 
 @_typing.type_check_only
 class AdminAsyncStub(AdminStub):
@@ -355,21 +449,37 @@ class AdminAsyncStub(AdminStub):
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     CreateAccount: _aio.UnaryUnaryMultiCallable[_mailstore_pb2.CreateAccountRequest, _mailstore_pb2.Account]  # type: ignore[assignment]
+    """Create an account (`mailstack user add`)."""
     SetPassword: _aio.UnaryUnaryMultiCallable[_mailstore_pb2.SetPasswordRequest, _mailstore_pb2.Empty]  # type: ignore[assignment]
+    """Change an account's password (`mailstack user passwd`)."""
     DeleteAccount: _aio.UnaryUnaryMultiCallable[_mailstore_pb2.DeleteAccountRequest, _mailstore_pb2.Empty]  # type: ignore[assignment]
+    """Delete an account with its mail (`mailstack user delete`)."""
     GetAccount: _aio.UnaryUnaryMultiCallable[_mailstore_pb2.GetAccountRequest, _mailstore_pb2.Account]  # type: ignore[assignment]
+    """One account (`mailstack user show`)."""
     ListAccounts: _aio.UnaryUnaryMultiCallable[_mailstore_pb2.ListAccountsRequest, _mailstore_pb2.ListAccountsResponse]  # type: ignore[assignment]
+    """Every account (`mailstack user list`)."""
     SetQuota: _aio.UnaryUnaryMultiCallable[_mailstore_pb2.SetQuotaRequest, _mailstore_pb2.Account]  # type: ignore[assignment]
+    """Change an account's quota (`mailstack user quota`)."""
     AddDomain: _aio.UnaryUnaryMultiCallable[_mailstore_pb2.AddDomainRequest, _mailstore_pb2.Domain]  # type: ignore[assignment]
+    """Serve a domain (`mailstack domain add`)."""
     DeleteDomain: _aio.UnaryUnaryMultiCallable[_mailstore_pb2.DeleteDomainRequest, _mailstore_pb2.Empty]  # type: ignore[assignment]
+    """Stop serving a domain (`mailstack domain delete`)."""
     ListDomains: _aio.UnaryUnaryMultiCallable[_mailstore_pb2.ListDomainsRequest, _mailstore_pb2.ListDomainsResponse]  # type: ignore[assignment]
+    """The served domains (`mailstack domain list`)."""
     AddAlias: _aio.UnaryUnaryMultiCallable[_mailstore_pb2.AddAliasRequest, _mailstore_pb2.Alias]  # type: ignore[assignment]
+    """Add an alias (`mailstack alias add`)."""
     DeleteAlias: _aio.UnaryUnaryMultiCallable[_mailstore_pb2.DeleteAliasRequest, _mailstore_pb2.Empty]  # type: ignore[assignment]
+    """Delete an alias (`mailstack alias delete`)."""
     ListAliases: _aio.UnaryUnaryMultiCallable[_mailstore_pb2.ListAliasesRequest, _mailstore_pb2.ListAliasesResponse]  # type: ignore[assignment]
+    """The aliases (`mailstack alias list`)."""
     RecomputeQuota: _aio.UnaryUnaryMultiCallable[_mailstore_pb2.RecomputeQuotaRequest, _mailstore_pb2.RecomputeQuotaResponse]  # type: ignore[assignment]
+    """Recount quota usage from the stored messages (`mailstack quota recompute`)."""
     CheckIntegrity: _aio.UnaryUnaryMultiCallable[_mailstore_pb2.CheckIntegrityRequest, _mailstore_pb2.CheckIntegrityResponse]  # type: ignore[assignment]
+    """Find (and repair) messages without a body and orphaned bodies (`mailstack fsck`)."""
     ListSessions: _aio.UnaryUnaryMultiCallable[_mailstore_pb2.ListSessionsRequest, _mailstore_pb2.ListSessionsResponse]  # type: ignore[assignment]
+    """The logged-in IMAP and POP3 sessions, as the frontends report them (mailstack who)."""
     KickSessions: _aio.UnaryUnaryMultiCallable[_mailstore_pb2.KickSessionsRequest, _mailstore_pb2.KickSessionsResponse]  # type: ignore[assignment]
+    """Order an account's sessions closed (mailstack kick)."""
 
 class AdminServicer(metaclass=_abc_1.ABCMeta):
     """Administration (the `mailstack` CLI)."""
@@ -379,111 +489,127 @@ class AdminServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _mailstore_pb2.CreateAccountRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_mailstore_pb2.Account, _abc.Awaitable[_mailstore_pb2.Account]]: ...
+    ) -> _typing.Union[_mailstore_pb2.Account, _abc.Awaitable[_mailstore_pb2.Account]]:
+        """Create an account (`mailstack user add`)."""
 
     @_abc_1.abstractmethod
     def SetPassword(
         self,
         request: _mailstore_pb2.SetPasswordRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_mailstore_pb2.Empty, _abc.Awaitable[_mailstore_pb2.Empty]]: ...
+    ) -> _typing.Union[_mailstore_pb2.Empty, _abc.Awaitable[_mailstore_pb2.Empty]]:
+        """Change an account's password (`mailstack user passwd`)."""
 
     @_abc_1.abstractmethod
     def DeleteAccount(
         self,
         request: _mailstore_pb2.DeleteAccountRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_mailstore_pb2.Empty, _abc.Awaitable[_mailstore_pb2.Empty]]: ...
+    ) -> _typing.Union[_mailstore_pb2.Empty, _abc.Awaitable[_mailstore_pb2.Empty]]:
+        """Delete an account with its mail (`mailstack user delete`)."""
 
     @_abc_1.abstractmethod
     def GetAccount(
         self,
         request: _mailstore_pb2.GetAccountRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_mailstore_pb2.Account, _abc.Awaitable[_mailstore_pb2.Account]]: ...
+    ) -> _typing.Union[_mailstore_pb2.Account, _abc.Awaitable[_mailstore_pb2.Account]]:
+        """One account (`mailstack user show`)."""
 
     @_abc_1.abstractmethod
     def ListAccounts(
         self,
         request: _mailstore_pb2.ListAccountsRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_mailstore_pb2.ListAccountsResponse, _abc.Awaitable[_mailstore_pb2.ListAccountsResponse]]: ...
+    ) -> _typing.Union[_mailstore_pb2.ListAccountsResponse, _abc.Awaitable[_mailstore_pb2.ListAccountsResponse]]:
+        """Every account (`mailstack user list`)."""
 
     @_abc_1.abstractmethod
     def SetQuota(
         self,
         request: _mailstore_pb2.SetQuotaRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_mailstore_pb2.Account, _abc.Awaitable[_mailstore_pb2.Account]]: ...
+    ) -> _typing.Union[_mailstore_pb2.Account, _abc.Awaitable[_mailstore_pb2.Account]]:
+        """Change an account's quota (`mailstack user quota`)."""
 
     @_abc_1.abstractmethod
     def AddDomain(
         self,
         request: _mailstore_pb2.AddDomainRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_mailstore_pb2.Domain, _abc.Awaitable[_mailstore_pb2.Domain]]: ...
+    ) -> _typing.Union[_mailstore_pb2.Domain, _abc.Awaitable[_mailstore_pb2.Domain]]:
+        """Serve a domain (`mailstack domain add`)."""
 
     @_abc_1.abstractmethod
     def DeleteDomain(
         self,
         request: _mailstore_pb2.DeleteDomainRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_mailstore_pb2.Empty, _abc.Awaitable[_mailstore_pb2.Empty]]: ...
+    ) -> _typing.Union[_mailstore_pb2.Empty, _abc.Awaitable[_mailstore_pb2.Empty]]:
+        """Stop serving a domain (`mailstack domain delete`)."""
 
     @_abc_1.abstractmethod
     def ListDomains(
         self,
         request: _mailstore_pb2.ListDomainsRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_mailstore_pb2.ListDomainsResponse, _abc.Awaitable[_mailstore_pb2.ListDomainsResponse]]: ...
+    ) -> _typing.Union[_mailstore_pb2.ListDomainsResponse, _abc.Awaitable[_mailstore_pb2.ListDomainsResponse]]:
+        """The served domains (`mailstack domain list`)."""
 
     @_abc_1.abstractmethod
     def AddAlias(
         self,
         request: _mailstore_pb2.AddAliasRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_mailstore_pb2.Alias, _abc.Awaitable[_mailstore_pb2.Alias]]: ...
+    ) -> _typing.Union[_mailstore_pb2.Alias, _abc.Awaitable[_mailstore_pb2.Alias]]:
+        """Add an alias (`mailstack alias add`)."""
 
     @_abc_1.abstractmethod
     def DeleteAlias(
         self,
         request: _mailstore_pb2.DeleteAliasRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_mailstore_pb2.Empty, _abc.Awaitable[_mailstore_pb2.Empty]]: ...
+    ) -> _typing.Union[_mailstore_pb2.Empty, _abc.Awaitable[_mailstore_pb2.Empty]]:
+        """Delete an alias (`mailstack alias delete`)."""
 
     @_abc_1.abstractmethod
     def ListAliases(
         self,
         request: _mailstore_pb2.ListAliasesRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_mailstore_pb2.ListAliasesResponse, _abc.Awaitable[_mailstore_pb2.ListAliasesResponse]]: ...
+    ) -> _typing.Union[_mailstore_pb2.ListAliasesResponse, _abc.Awaitable[_mailstore_pb2.ListAliasesResponse]]:
+        """The aliases (`mailstack alias list`)."""
 
     @_abc_1.abstractmethod
     def RecomputeQuota(
         self,
         request: _mailstore_pb2.RecomputeQuotaRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_mailstore_pb2.RecomputeQuotaResponse, _abc.Awaitable[_mailstore_pb2.RecomputeQuotaResponse]]: ...
+    ) -> _typing.Union[_mailstore_pb2.RecomputeQuotaResponse, _abc.Awaitable[_mailstore_pb2.RecomputeQuotaResponse]]:
+        """Recount quota usage from the stored messages (`mailstack quota recompute`)."""
 
     @_abc_1.abstractmethod
     def CheckIntegrity(
         self,
         request: _mailstore_pb2.CheckIntegrityRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_mailstore_pb2.CheckIntegrityResponse, _abc.Awaitable[_mailstore_pb2.CheckIntegrityResponse]]: ...
+    ) -> _typing.Union[_mailstore_pb2.CheckIntegrityResponse, _abc.Awaitable[_mailstore_pb2.CheckIntegrityResponse]]:
+        """Find (and repair) messages without a body and orphaned bodies (`mailstack fsck`)."""
 
     @_abc_1.abstractmethod
     def ListSessions(
         self,
         request: _mailstore_pb2.ListSessionsRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_mailstore_pb2.ListSessionsResponse, _abc.Awaitable[_mailstore_pb2.ListSessionsResponse]]: ...
+    ) -> _typing.Union[_mailstore_pb2.ListSessionsResponse, _abc.Awaitable[_mailstore_pb2.ListSessionsResponse]]:
+        """The logged-in IMAP and POP3 sessions, as the frontends report them (mailstack who)."""
 
     @_abc_1.abstractmethod
     def KickSessions(
         self,
         request: _mailstore_pb2.KickSessionsRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_mailstore_pb2.KickSessionsResponse, _abc.Awaitable[_mailstore_pb2.KickSessionsResponse]]: ...
+    ) -> _typing.Union[_mailstore_pb2.KickSessionsResponse, _abc.Awaitable[_mailstore_pb2.KickSessionsResponse]]:
+        """Order an account's sessions closed (mailstack kick)."""
 
 def add_AdminServicer_to_server(servicer: AdminServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

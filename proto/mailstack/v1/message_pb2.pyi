@@ -35,23 +35,33 @@ class _SectionText:
 class _SectionTextEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_SectionText.ValueType], _builtins.type):
     DESCRIPTOR: _descriptor.EnumDescriptor
     SECTION_ALL: _SectionText.ValueType  # 0
-    """whole part: "" or "1.2" """
+    """The whole part: BODY[] or BODY[1.2]."""
     SECTION_HEADER: _SectionText.ValueType  # 1
+    """The header: BODY[HEADER]."""
     SECTION_HEADER_FIELDS: _SectionText.ValueType  # 2
+    """Only the named header fields: BODY[HEADER.FIELDS (...)]."""
     SECTION_HEADER_FIELDS_NOT: _SectionText.ValueType  # 3
+    """All but the named header fields: BODY[HEADER.FIELDS.NOT (...)]."""
     SECTION_TEXT: _SectionText.ValueType  # 4
+    """The body without the header: BODY[TEXT]."""
     SECTION_MIME: _SectionText.ValueType  # 5
+    """The MIME header of a part: BODY[1.MIME]."""
 
 class SectionText(_SectionText, metaclass=_SectionTextEnumTypeWrapper):
     """Section of a message (RFC 3501 §6.4.5 BODY[section])."""
 
 SECTION_ALL: SectionText.ValueType  # 0
-"""whole part: "" or "1.2" """
+"""The whole part: BODY[] or BODY[1.2]."""
 SECTION_HEADER: SectionText.ValueType  # 1
+"""The header: BODY[HEADER]."""
 SECTION_HEADER_FIELDS: SectionText.ValueType  # 2
+"""Only the named header fields: BODY[HEADER.FIELDS (...)]."""
 SECTION_HEADER_FIELDS_NOT: SectionText.ValueType  # 3
+"""All but the named header fields: BODY[HEADER.FIELDS.NOT (...)]."""
 SECTION_TEXT: SectionText.ValueType  # 4
+"""The body without the header: BODY[TEXT]."""
 SECTION_MIME: SectionText.ValueType  # 5
+"""The MIME header of a part: BODY[1.MIME]."""
 Global___SectionText: _TypeAlias = SectionText  # noqa: Y015
 
 @_typing.final
@@ -65,7 +75,9 @@ class DateTime(_message.Message):
     UNIX_SECONDS_FIELD_NUMBER: _builtins.int
     UTC_OFFSET_MINUTES_FIELD_NUMBER: _builtins.int
     unix_seconds: _builtins.int
+    """Seconds since the Unix epoch (UTC)."""
     utc_offset_minutes: _builtins.int
+    """The zone's offset from UTC in minutes (+120 for +0200), kept for display."""
     def __init__(
         self,
         *,
@@ -93,9 +105,13 @@ class Address(_message.Message):
     MAILBOX_FIELD_NUMBER: _builtins.int
     HOST_FIELD_NUMBER: _builtins.int
     name: _builtins.bytes
+    """The display name (phrase), raw; unset = NIL."""
     adl: _builtins.bytes
+    """The source route (obsolete at-domain-list), raw; unset = NIL."""
     mailbox: _builtins.bytes
+    """The local part, or a group's name at a group start; unset = NIL."""
     host: _builtins.bytes
+    """The domain; unset = NIL (which marks a group start or end)."""
     def __init__(
         self,
         *,
@@ -144,19 +160,33 @@ class Envelope(_message.Message):
     IN_REPLY_TO_FIELD_NUMBER: _builtins.int
     MESSAGE_ID_FIELD_NUMBER: _builtins.int
     date: _builtins.bytes
+    """The Date: header."""
     subject: _builtins.bytes
+    """The Subject: header."""
     in_reply_to: _builtins.bytes
+    """The In-Reply-To: header."""
     message_id: _builtins.bytes
+    """The Message-ID: header."""
     @_builtins.property
-    def sender(self) -> _containers.RepeatedCompositeFieldContainer[Global___Address]: ...
+    def sender(self) -> _containers.RepeatedCompositeFieldContainer[Global___Address]:
+        """The Sender: addresses (From when absent, as RFC 3501 says)."""
+
     @_builtins.property
-    def reply_to(self) -> _containers.RepeatedCompositeFieldContainer[Global___Address]: ...
+    def reply_to(self) -> _containers.RepeatedCompositeFieldContainer[Global___Address]:
+        """The Reply-To: addresses (From when absent)."""
+
     @_builtins.property
-    def to(self) -> _containers.RepeatedCompositeFieldContainer[Global___Address]: ...
+    def to(self) -> _containers.RepeatedCompositeFieldContainer[Global___Address]:
+        """The To: addresses."""
+
     @_builtins.property
-    def cc(self) -> _containers.RepeatedCompositeFieldContainer[Global___Address]: ...
+    def cc(self) -> _containers.RepeatedCompositeFieldContainer[Global___Address]:
+        """The Cc: addresses."""
+
     @_builtins.property
-    def bcc(self) -> _containers.RepeatedCompositeFieldContainer[Global___Address]: ...
+    def bcc(self) -> _containers.RepeatedCompositeFieldContainer[Global___Address]:
+        """The Bcc: addresses."""
+
     def __init__(
         self,
         *,
@@ -195,12 +225,16 @@ Global___Envelope: _TypeAlias = Envelope  # noqa: Y015
 
 @_typing.final
 class Param(_message.Message):
+    """One MIME parameter (RFC 2045 §5.1), as name and value."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     NAME_FIELD_NUMBER: _builtins.int
     VALUE_FIELD_NUMBER: _builtins.int
     name: _builtins.bytes
+    """The attribute, as in the message."""
     value: _builtins.bytes
+    """The value, decoded from RFC 2231 continuations when present."""
     def __init__(
         self,
         *,
@@ -217,13 +251,18 @@ Global___Param: _TypeAlias = Param  # noqa: Y015
 
 @_typing.final
 class Disposition(_message.Message):
+    """A Content-Disposition (RFC 2183): its type and parameters."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     TYPE_FIELD_NUMBER: _builtins.int
     PARAMS_FIELD_NUMBER: _builtins.int
     type: _builtins.bytes
+    """"inline", "attachment", ... as in the message."""
     @_builtins.property
-    def params(self) -> _containers.RepeatedCompositeFieldContainer[Global___Param]: ...
+    def params(self) -> _containers.RepeatedCompositeFieldContainer[Global___Param]:
+        """Its parameters (filename, ...)."""
+
     def __init__(
         self,
         *,
@@ -266,44 +305,54 @@ class BodyPart(_message.Message):
     END_OFFSET_FIELD_NUMBER: _builtins.int
     CRLF_FIELD_NUMBER: _builtins.int
     type: _builtins.bytes
-    """"text", "multipart", ... as in the message (case kept)"""
+    """The media type: "text", "multipart", ... as in the message (case kept)."""
     subtype: _builtins.bytes
+    """The media subtype ("plain", "mixed", ...)."""
     id: _builtins.bytes
+    """The Content-ID header."""
     description: _builtins.bytes
+    """The Content-Description header."""
     encoding: _builtins.bytes
-    """default "7BIT" """
+    """The Content-Transfer-Encoding; default "7BIT"."""
     size: _builtins.int
-    """octets of the body"""
+    """Octets of the part's body."""
     lines: _builtins.int
-    """text/* and message/rfc822"""
+    """Lines of the body; text/* and message/rfc822 only."""
     md5: _builtins.bytes
+    """The Content-MD5 header."""
     has_disposition: _builtins.bool
+    """Whether `disposition` is set (it is a message field, so unset is not visible otherwise)."""
     location: _builtins.bytes
+    """The Content-Location header."""
     header_offset: _builtins.int
-    """start of this part's MIME header"""
+    """Offset of the start of this part's MIME header in the message."""
     body_offset: _builtins.int
-    """start of this part's body"""
+    """Offset of the start of this part's body."""
     end_offset: _builtins.int
-    """end of this part's body (exclusive)"""
+    """Offset of the end of this part's body (exclusive)."""
     crlf: _builtins.bool
     """Top level only: every line of the message ends in CRLF, with no bare CR or LF anywhere (found
     at delivery; false for messages stored before it was recorded, meaning "not known").
     """
     @_builtins.property
-    def params(self) -> _containers.RepeatedCompositeFieldContainer[Global___Param]: ...
-    @_builtins.property
-    def disposition(self) -> Global___Disposition:
-        """unset = NIL"""
+    def params(self) -> _containers.RepeatedCompositeFieldContainer[Global___Param]:
+        """The Content-Type parameters (charset, boundary, ...)."""
 
     @_builtins.property
-    def language(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]: ...
+    def disposition(self) -> Global___Disposition:
+        """The Content-Disposition; unset = NIL."""
+
+    @_builtins.property
+    def language(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]:
+        """The Content-Language values."""
+
     @_builtins.property
     def parts(self) -> _containers.RepeatedCompositeFieldContainer[Global___BodyPart]:
-        """multipart children; for message/rfc822 its one body"""
+        """The children of a multipart; for message/rfc822 its one body."""
 
     @_builtins.property
     def envelope(self) -> Global___Envelope:
-        """message/rfc822 only"""
+        """The ENVELOPE of an enclosed message; message/rfc822 only."""
 
     def __init__(
         self,
@@ -353,19 +402,22 @@ Global___BodyPart: _TypeAlias = BodyPart  # noqa: Y015
 
 @_typing.final
 class Section(_message.Message):
+    """A section of a message (RFC 3501 §6.4.5 BODY[section]): a part number and what of it."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     PART_FIELD_NUMBER: _builtins.int
     TEXT_FIELD_NUMBER: _builtins.int
     FIELDS_FIELD_NUMBER: _builtins.int
     text: Global___SectionText.ValueType
+    """What of the part: all of it, its header (or some fields of it), its text, its MIME header."""
     @_builtins.property
     def part(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
-        """empty = the message itself"""
+        """The part number ("1.2" is [1, 2]); empty = the message itself."""
 
     @_builtins.property
     def fields(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """for HEADER.FIELDS[.NOT]"""
+        """The header field names, for HEADER.FIELDS and HEADER.FIELDS.NOT."""
 
     def __init__(
         self,

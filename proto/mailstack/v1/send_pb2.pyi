@@ -33,26 +33,29 @@ class _DeliveryState:
 class _DeliveryStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_DeliveryState.ValueType], _builtins.type):
     DESCRIPTOR: _descriptor.EnumDescriptor
     DELIVERY_STATE_UNSPECIFIED: _DeliveryState.ValueType  # 0
+    """Not set."""
     DELIVERY_QUEUED: _DeliveryState.ValueType  # 1
-    """waiting for its first attempt"""
+    """Waiting for its first attempt."""
     DELIVERY_DELIVERED: _DeliveryState.ValueType  # 2
-    """stored locally, or accepted by the remote MX"""
+    """Stored locally, or accepted by the remote MX."""
     DELIVERY_DEFERRED: _DeliveryState.ValueType  # 3
-    """a temporary failure; retried at next_attempt"""
+    """A temporary failure; retried at next_attempt."""
     DELIVERY_BOUNCED: _DeliveryState.ValueType  # 4
-    """a permanent failure or the lifetime expired; a DSN went to the sender"""
+    """A permanent failure or the lifetime expired; a DSN went to the sender."""
 
-class DeliveryState(_DeliveryState, metaclass=_DeliveryStateEnumTypeWrapper): ...
+class DeliveryState(_DeliveryState, metaclass=_DeliveryStateEnumTypeWrapper):
+    """Where a recipient of a sent message stands."""
 
 DELIVERY_STATE_UNSPECIFIED: DeliveryState.ValueType  # 0
+"""Not set."""
 DELIVERY_QUEUED: DeliveryState.ValueType  # 1
-"""waiting for its first attempt"""
+"""Waiting for its first attempt."""
 DELIVERY_DELIVERED: DeliveryState.ValueType  # 2
-"""stored locally, or accepted by the remote MX"""
+"""Stored locally, or accepted by the remote MX."""
 DELIVERY_DEFERRED: DeliveryState.ValueType  # 3
-"""a temporary failure; retried at next_attempt"""
+"""A temporary failure; retried at next_attempt."""
 DELIVERY_BOUNCED: DeliveryState.ValueType  # 4
-"""a permanent failure or the lifetime expired; a DSN went to the sender"""
+"""A permanent failure or the lifetime expired; a DSN went to the sender."""
 Global___DeliveryState: _TypeAlias = DeliveryState  # noqa: Y015
 
 class _AttemptOutcome:
@@ -62,25 +65,33 @@ class _AttemptOutcome:
 class _AttemptOutcomeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_AttemptOutcome.ValueType], _builtins.type):
     DESCRIPTOR: _descriptor.EnumDescriptor
     ATTEMPT_OUTCOME_UNSPECIFIED: _AttemptOutcome.ValueType  # 0
+    """Not set."""
     ATTEMPT_DELIVERED: _AttemptOutcome.ValueType  # 1
+    """The remote MX accepted it."""
     ATTEMPT_TEMPORARY: _AttemptOutcome.ValueType  # 2
-    """4xx, connection failure: retry later"""
+    """4xx, or a connection failure: retry later."""
     ATTEMPT_PERMANENT: _AttemptOutcome.ValueType  # 3
-    """5xx, null MX: bounce"""
+    """5xx, or a null MX: bounce."""
 
-class AttemptOutcome(_AttemptOutcome, metaclass=_AttemptOutcomeEnumTypeWrapper): ...
+class AttemptOutcome(_AttemptOutcome, metaclass=_AttemptOutcomeEnumTypeWrapper):
+    """The result of a delivery attempt to one recipient."""
 
 ATTEMPT_OUTCOME_UNSPECIFIED: AttemptOutcome.ValueType  # 0
+"""Not set."""
 ATTEMPT_DELIVERED: AttemptOutcome.ValueType  # 1
+"""The remote MX accepted it."""
 ATTEMPT_TEMPORARY: AttemptOutcome.ValueType  # 2
-"""4xx, connection failure: retry later"""
+"""4xx, or a connection failure: retry later."""
 ATTEMPT_PERMANENT: AttemptOutcome.ValueType  # 3
-"""5xx, null MX: bounce"""
+"""5xx, or a null MX: bounce."""
 Global___AttemptOutcome: _TypeAlias = AttemptOutcome  # noqa: Y015
 
 @_typing.final
 class Attachment(_message.Message):
-    """---------------------------------------------------------------- Send"""
+    """---------------------------------------------------------------- Send
+
+    A file attached to a StructuredMessage.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -89,11 +100,13 @@ class Attachment(_message.Message):
     DATA_FIELD_NUMBER: _builtins.int
     CONTENT_ID_FIELD_NUMBER: _builtins.int
     filename: _builtins.str
+    """Its file name (non-ASCII is encoded per RFC 2231)."""
     content_type: _builtins.str
-    """default application/octet-stream"""
+    """Its media type; default application/octet-stream."""
     data: _builtins.bytes
+    """Its content."""
     content_id: _builtins.str
-    """set for an inline part (cid:)"""
+    """Set for an inline part, referenced as cid: from the HTML."""
     def __init__(
         self,
         *,
@@ -112,12 +125,16 @@ Global___Attachment: _TypeAlias = Attachment  # noqa: Y015
 
 @_typing.final
 class ExtraHeader(_message.Message):
+    """A header field added to a StructuredMessage."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     NAME_FIELD_NUMBER: _builtins.int
     VALUE_FIELD_NUMBER: _builtins.int
     name: _builtins.str
+    """The field name."""
     value: _builtins.str
+    """The field value (non-ASCII becomes RFC 2047 encoded words)."""
     def __init__(
         self,
         *,
@@ -151,22 +168,35 @@ class StructuredMessage(_message.Message):
     ATTACHMENTS_FIELD_NUMBER: _builtins.int
     HEADERS_FIELD_NUMBER: _builtins.int
     subject: _builtins.str
+    """The subject."""
     text: _builtins.str
+    """The plain-text body."""
     html: _builtins.str
+    """The HTML body (with text: multipart/alternative)."""
     @_builtins.property
-    def reply_to(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
-    @_builtins.property
-    def to(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
-    @_builtins.property
-    def cc(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
-    @_builtins.property
-    def bcc(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """recipients only, never a header"""
+    def reply_to(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Reply-To addresses."""
 
     @_builtins.property
-    def attachments(self) -> _containers.RepeatedCompositeFieldContainer[Global___Attachment]: ...
+    def to(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """To addresses."""
+
     @_builtins.property
-    def headers(self) -> _containers.RepeatedCompositeFieldContainer[Global___ExtraHeader]: ...
+    def cc(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Cc addresses."""
+
+    @_builtins.property
+    def bcc(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Bcc addresses: recipients only, never a header."""
+
+    @_builtins.property
+    def attachments(self) -> _containers.RepeatedCompositeFieldContainer[Global___Attachment]:
+        """Attachments and inline parts."""
+
+    @_builtins.property
+    def headers(self) -> _containers.RepeatedCompositeFieldContainer[Global___ExtraHeader]:
+        """More header fields."""
+
     def __init__(
         self,
         *,
@@ -190,6 +220,8 @@ Global___StructuredMessage: _TypeAlias = StructuredMessage  # noqa: Y015
 
 @_typing.final
 class SendHeader(_message.Message):
+    """The first message of a Send stream: the message, or the envelope of raw chunks."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
@@ -205,16 +237,16 @@ class SendHeader(_message.Message):
     default: the From header's address
     """
     size: _builtins.int
-    """raw input: total bytes of the chunks"""
+    """Raw input: the total octets of the chunks."""
     save_sent_copy: _builtins.bool
-    """a copy in the Sent mailbox when the sender is a local account"""
+    """Save a copy in the Sent mailbox when the sender is a local account."""
     @_builtins.property
     def recipients(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """default (structured): to + cc + bcc"""
+        """The recipients; default: to + cc + bcc (raw input: To, Cc, Bcc)."""
 
     @_builtins.property
     def structured(self) -> Global___StructuredMessage:
-        """set: structured input (no chunks follow)"""
+        """Set: structured input (no chunks follow)."""
 
     def __init__(
         self,
@@ -236,15 +268,17 @@ Global___SendHeader: _TypeAlias = SendHeader  # noqa: Y015
 
 @_typing.final
 class SendRequest(_message.Message):
+    """A Send stream: the header, then (raw input) the message in chunks."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     HEADER_FIELD_NUMBER: _builtins.int
     CHUNK_FIELD_NUMBER: _builtins.int
     chunk: _builtins.bytes
-    """then the raw message in chunks"""
+    """Then the raw message in chunks of at most 1 MiB."""
     @_builtins.property
     def header(self) -> Global___SendHeader:
-        """first message"""
+        """The first message."""
 
     def __init__(
         self,
@@ -264,6 +298,8 @@ Global___SendRequest: _TypeAlias = SendRequest  # noqa: Y015
 
 @_typing.final
 class RecipientState(_message.Message):
+    """One recipient of a sent message and its delivery."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     RECIPIENT_FIELD_NUMBER: _builtins.int
@@ -274,14 +310,19 @@ class RecipientState(_message.Message):
     NEXT_ATTEMPT_UNIX_FIELD_NUMBER: _builtins.int
     UPDATED_UNIX_FIELD_NUMBER: _builtins.int
     recipient: _builtins.str
+    """The address."""
     state: Global___DeliveryState.ValueType
+    """Queued, delivered, deferred or bounced."""
     local: _builtins.bool
+    """A local account (delivered at once) rather than a remote one (queued)."""
     attempts: _builtins.int
+    """Delivery attempts so far."""
     last_error: _builtins.str
-    """the last SMTP reply or connection error"""
+    """The last SMTP reply or connection error."""
     next_attempt_unix: _builtins.int
-    """deferred: when it is tried again"""
+    """Deferred: when it is tried again (unix seconds)."""
     updated_unix: _builtins.int
+    """When its state last changed (unix seconds)."""
     def __init__(
         self,
         *,
@@ -303,6 +344,8 @@ Global___RecipientState: _TypeAlias = RecipientState  # noqa: Y015
 
 @_typing.final
 class SendResponse(_message.Message):
+    """A sent (or submitted) message: its ids and its recipients."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     MESSAGE_ID_FIELD_NUMBER: _builtins.int
@@ -310,13 +353,15 @@ class SendResponse(_message.Message):
     RECIPIENTS_FIELD_NUMBER: _builtins.int
     DUPLICATE_FIELD_NUMBER: _builtins.int
     message_id: _builtins.str
-    """the queue id, for GetSendStatus"""
+    """The queue id, for GetSendStatus."""
     rfc5322_message_id: _builtins.str
-    """the Message-ID header, without <>"""
+    """The Message-ID header, without <>."""
     duplicate: _builtins.bool
-    """an earlier call with the same idempotency key"""
+    """An earlier call with the same idempotency key sent it; this is its result."""
     @_builtins.property
-    def recipients(self) -> _containers.RepeatedCompositeFieldContainer[Global___RecipientState]: ...
+    def recipients(self) -> _containers.RepeatedCompositeFieldContainer[Global___RecipientState]:
+        """Each recipient's state."""
+
     def __init__(
         self,
         *,
@@ -335,10 +380,13 @@ Global___SendResponse: _TypeAlias = SendResponse  # noqa: Y015
 
 @_typing.final
 class GetSendStatusRequest(_message.Message):
+    """Ask where a sent message's recipients stand."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     MESSAGE_ID_FIELD_NUMBER: _builtins.int
     message_id: _builtins.str
+    """The queue id (SendResponse.message_id)."""
     def __init__(
         self,
         *,
@@ -354,6 +402,8 @@ Global___GetSendStatusRequest: _TypeAlias = GetSendStatusRequest  # noqa: Y015
 
 @_typing.final
 class SendStatus(_message.Message):
+    """Where a sent message's recipients stand."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     MESSAGE_ID_FIELD_NUMBER: _builtins.int
@@ -361,10 +411,15 @@ class SendStatus(_message.Message):
     CREATED_UNIX_FIELD_NUMBER: _builtins.int
     RECIPIENTS_FIELD_NUMBER: _builtins.int
     message_id: _builtins.str
+    """The queue id."""
     sender: _builtins.str
+    """The envelope sender."""
     created_unix: _builtins.int
+    """When it was sent (unix seconds)."""
     @_builtins.property
-    def recipients(self) -> _containers.RepeatedCompositeFieldContainer[Global___RecipientState]: ...
+    def recipients(self) -> _containers.RepeatedCompositeFieldContainer[Global___RecipientState]:
+        """Each recipient's state."""
+
     def __init__(
         self,
         *,
@@ -383,7 +438,10 @@ Global___SendStatus: _TypeAlias = SendStatus  # noqa: Y015
 
 @_typing.final
 class ApiToken(_message.Message):
-    """---------------------------------------------------------------- tokens (operators)"""
+    """---------------------------------------------------------------- tokens (operators)
+
+    An API token of the Send API (its secret is never shown again).
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -392,11 +450,17 @@ class ApiToken(_message.Message):
     FROM_ADDRESSES_FIELD_NUMBER: _builtins.int
     CREATED_UNIX_FIELD_NUMBER: _builtins.int
     name: _builtins.str
+    """The token's name, unique."""
     created_unix: _builtins.int
+    """When it was created (unix seconds)."""
     @_builtins.property
-    def from_domains(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def from_domains(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Domains it may send from."""
+
     @_builtins.property
-    def from_addresses(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def from_addresses(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Addresses it may send from."""
+
     def __init__(
         self,
         *,
@@ -415,16 +479,23 @@ Global___ApiToken: _TypeAlias = ApiToken  # noqa: Y015
 
 @_typing.final
 class CreateTokenRequest(_message.Message):
+    """Create an API token (`mailstack token create`)."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     NAME_FIELD_NUMBER: _builtins.int
     FROM_DOMAINS_FIELD_NUMBER: _builtins.int
     FROM_ADDRESSES_FIELD_NUMBER: _builtins.int
     name: _builtins.str
+    """The token's name."""
     @_builtins.property
-    def from_domains(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def from_domains(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Domains it may send from."""
+
     @_builtins.property
-    def from_addresses(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def from_addresses(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Addresses it may send from."""
+
     def __init__(
         self,
         *,
@@ -442,14 +513,18 @@ Global___CreateTokenRequest: _TypeAlias = CreateTokenRequest  # noqa: Y015
 
 @_typing.final
 class CreateTokenResponse(_message.Message):
+    """The new token and its secret."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     TOKEN_FIELD_NUMBER: _builtins.int
     SECRET_FIELD_NUMBER: _builtins.int
     secret: _builtins.str
-    """shown once; only its hash is stored"""
+    """The bearer secret: shown once; only its SHA-256 is stored."""
     @_builtins.property
-    def token(self) -> Global___ApiToken: ...
+    def token(self) -> Global___ApiToken:
+        """The token."""
+
     def __init__(
         self,
         *,
@@ -466,6 +541,8 @@ Global___CreateTokenResponse: _TypeAlias = CreateTokenResponse  # noqa: Y015
 
 @_typing.final
 class ListTokensRequest(_message.Message):
+    """List the API tokens (no parameters)."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     def __init__(
@@ -481,11 +558,15 @@ Global___ListTokensRequest: _TypeAlias = ListTokensRequest  # noqa: Y015
 
 @_typing.final
 class ListTokensResponse(_message.Message):
+    """The API tokens."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     TOKENS_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def tokens(self) -> _containers.RepeatedCompositeFieldContainer[Global___ApiToken]: ...
+    def tokens(self) -> _containers.RepeatedCompositeFieldContainer[Global___ApiToken]:
+        """The tokens, without secrets."""
+
     def __init__(
         self,
         *,
@@ -501,10 +582,13 @@ Global___ListTokensResponse: _TypeAlias = ListTokensResponse  # noqa: Y015
 
 @_typing.final
 class RevokeTokenRequest(_message.Message):
+    """Revoke an API token (`mailstack token revoke`)."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     NAME_FIELD_NUMBER: _builtins.int
     name: _builtins.str
+    """The token's name."""
     def __init__(
         self,
         *,
@@ -533,13 +617,17 @@ class SubmitHeader(_message.Message):
     SIZE_FIELD_NUMBER: _builtins.int
     QUEUE_ID_FIELD_NUMBER: _builtins.int
     account: _builtins.str
-    """the authenticated account"""
+    """The authenticated account."""
     sender: _builtins.str
-    """envelope sender ("" = null)"""
+    """The envelope sender ("" = null)."""
     size: _builtins.int
+    """The announced size in octets, 0 if unknown."""
     queue_id: _builtins.str
+    """The SMTP frontend's id of the transaction, for logs."""
     @_builtins.property
-    def recipients(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def recipients(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The RCPT TO addresses."""
+
     def __init__(
         self,
         *,
@@ -559,13 +647,18 @@ Global___SubmitHeader: _TypeAlias = SubmitHeader  # noqa: Y015
 
 @_typing.final
 class SubmitRequest(_message.Message):
+    """A Submit stream: the header, then the message in chunks."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     HEADER_FIELD_NUMBER: _builtins.int
     CHUNK_FIELD_NUMBER: _builtins.int
     chunk: _builtins.bytes
+    """The next piece of the message (at most 1 MiB); every message after the first."""
     @_builtins.property
-    def header(self) -> Global___SubmitHeader: ...
+    def header(self) -> Global___SubmitHeader:
+        """The first message."""
+
     def __init__(
         self,
         *,
@@ -584,15 +677,19 @@ Global___SubmitRequest: _TypeAlias = SubmitRequest  # noqa: Y015
 
 @_typing.final
 class LeaseOutboundRequest(_message.Message):
+    """A worker asks for messages due for delivery."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     WORKER_FIELD_NUMBER: _builtins.int
     MAX_MESSAGES_FIELD_NUMBER: _builtins.int
     LEASE_SECONDS_FIELD_NUMBER: _builtins.int
     worker: _builtins.str
-    """a unique name per worker process"""
+    """A unique name per worker process."""
     max_messages: _builtins.int
+    """At most this many messages."""
     lease_seconds: _builtins.int
+    """How long the messages are the worker's (then another may take them)."""
     def __init__(
         self,
         *,
@@ -610,13 +707,18 @@ Global___LeaseOutboundRequest: _TypeAlias = LeaseOutboundRequest  # noqa: Y015
 
 @_typing.final
 class DomainRecipients(_message.Message):
+    """The pending recipients of one domain (one MX transaction)."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     DOMAIN_FIELD_NUMBER: _builtins.int
     RECIPIENTS_FIELD_NUMBER: _builtins.int
     domain: _builtins.str
+    """The domain."""
     @_builtins.property
-    def recipients(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def recipients(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Its recipients."""
+
     def __init__(
         self,
         *,
@@ -633,6 +735,8 @@ Global___DomainRecipients: _TypeAlias = DomainRecipients  # noqa: Y015
 
 @_typing.final
 class LeasedMessage(_message.Message):
+    """A message leased to a worker, with its pending recipients."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     MESSAGE_ID_FIELD_NUMBER: _builtins.int
@@ -641,12 +745,17 @@ class LeasedMessage(_message.Message):
     ATTEMPT_FIELD_NUMBER: _builtins.int
     DOMAINS_FIELD_NUMBER: _builtins.int
     message_id: _builtins.str
+    """The queue id."""
     sender: _builtins.str
+    """The envelope sender ("" = null)."""
     size: _builtins.int
+    """The message's size in octets."""
     attempt: _builtins.int
-    """1 for the first attempt"""
+    """Which attempt this is; 1 for the first."""
     @_builtins.property
-    def domains(self) -> _containers.RepeatedCompositeFieldContainer[Global___DomainRecipients]: ...
+    def domains(self) -> _containers.RepeatedCompositeFieldContainer[Global___DomainRecipients]:
+        """The pending recipients, by domain."""
+
     def __init__(
         self,
         *,
@@ -666,11 +775,15 @@ Global___LeasedMessage: _TypeAlias = LeasedMessage  # noqa: Y015
 
 @_typing.final
 class LeaseOutboundResponse(_message.Message):
+    """The messages leased (none: nothing is due)."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     MESSAGES_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def messages(self) -> _containers.RepeatedCompositeFieldContainer[Global___LeasedMessage]: ...
+    def messages(self) -> _containers.RepeatedCompositeFieldContainer[Global___LeasedMessage]:
+        """The messages."""
+
     def __init__(
         self,
         *,
@@ -686,12 +799,16 @@ Global___LeaseOutboundResponse: _TypeAlias = LeaseOutboundResponse  # noqa: Y015
 
 @_typing.final
 class FetchOutboundBodyRequest(_message.Message):
+    """The body of a leased message."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     MESSAGE_ID_FIELD_NUMBER: _builtins.int
     WORKER_FIELD_NUMBER: _builtins.int
     message_id: _builtins.str
+    """The queue id of the message (SendResponse.message_id)."""
     worker: _builtins.str
+    """The worker's unique name, as in LeaseOutboundRequest.worker: only the lease holder may call."""
     def __init__(
         self,
         *,
@@ -708,10 +825,13 @@ Global___FetchOutboundBodyRequest: _TypeAlias = FetchOutboundBodyRequest  # noqa
 
 @_typing.final
 class FetchOutboundBodyResponse(_message.Message):
+    """A piece of the message, in order."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     DATA_FIELD_NUMBER: _builtins.int
     data: _builtins.bytes
+    """At most 1 MiB of it."""
     def __init__(
         self,
         *,
@@ -727,6 +847,8 @@ Global___FetchOutboundBodyResponse: _TypeAlias = FetchOutboundBodyResponse  # no
 
 @_typing.final
 class RecipientAttempt(_message.Message):
+    """A worker's result for one recipient."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     RECIPIENT_FIELD_NUMBER: _builtins.int
@@ -734,10 +856,13 @@ class RecipientAttempt(_message.Message):
     REPLY_FIELD_NUMBER: _builtins.int
     REMOTE_MTA_FIELD_NUMBER: _builtins.int
     recipient: _builtins.str
+    """The address."""
     outcome: Global___AttemptOutcome.ValueType
+    """Delivered, temporary or permanent."""
     reply: _builtins.str
-    """the remote server's reply (or our error) for logs and DSNs"""
+    """The remote server's reply (or our error), for logs and DSNs."""
     remote_mta: _builtins.str
+    """The MX host that answered (the DSN's Remote-MTA)."""
     def __init__(
         self,
         *,
@@ -756,15 +881,21 @@ Global___RecipientAttempt: _TypeAlias = RecipientAttempt  # noqa: Y015
 
 @_typing.final
 class ReportOutboundRequest(_message.Message):
+    """A worker reports an attempt; the mailstore decides each recipient's fate."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     MESSAGE_ID_FIELD_NUMBER: _builtins.int
     WORKER_FIELD_NUMBER: _builtins.int
     RESULTS_FIELD_NUMBER: _builtins.int
     message_id: _builtins.str
+    """The queue id of the message (SendResponse.message_id)."""
     worker: _builtins.str
+    """The worker's unique name, as in LeaseOutboundRequest.worker: only the lease holder may call."""
     @_builtins.property
-    def results(self) -> _containers.RepeatedCompositeFieldContainer[Global___RecipientAttempt]: ...
+    def results(self) -> _containers.RepeatedCompositeFieldContainer[Global___RecipientAttempt]:
+        """One result per recipient attempted."""
+
     def __init__(
         self,
         *,

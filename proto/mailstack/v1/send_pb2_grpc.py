@@ -54,13 +54,15 @@ class SenderServicer:
     """
 
     def Send(self, request_iterator, context):
-        """Missing associated documentation comment in .proto file."""
+        """Send a message: a SendHeader, then (raw input) its chunks.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetSendStatus(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Where a message sent with this token stands.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -146,7 +148,8 @@ class Sender:
 
 
 class SendAdminStub:
-    """Missing associated documentation comment in .proto file."""
+    """Administration of the Send API's tokens (the admin identity only, ADR 0009).
+    """
 
     def __init__(self, channel):
         """Constructor.
@@ -172,22 +175,26 @@ class SendAdminStub:
 
 
 class SendAdminServicer:
-    """Missing associated documentation comment in .proto file."""
+    """Administration of the Send API's tokens (the admin identity only, ADR 0009).
+    """
 
     def CreateToken(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Create a token and return its secret once.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ListTokens(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """The tokens, without secrets.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def RevokeToken(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Revoke a token: calls with it fail from now on.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -219,7 +226,8 @@ def add_SendAdminServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class SendAdmin:
-    """Missing associated documentation comment in .proto file."""
+    """Administration of the Send API's tokens (the admin identity only, ADR 0009).
+    """
 
     @staticmethod
     def CreateToken(request,
@@ -340,25 +348,29 @@ class OutboundServicer:
     """
 
     def Submit(self, request_iterator, context):
-        """Missing associated documentation comment in .proto file."""
+        """SMTP submission: deliver to the local recipients, queue the remote ones.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def LeaseOutbound(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Lease messages due for delivery.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def FetchOutboundBody(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """The body of a leased message, in chunks.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ReportOutbound(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Report a delivery attempt; the lease ends.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')

@@ -42,7 +42,9 @@ class SenderStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> SenderAsyncStub: ...
     Send: _grpc.StreamUnaryMultiCallable[_send_pb2.SendRequest, _send_pb2.SendResponse]
+    """Send a message: a SendHeader, then (raw input) its chunks."""
     GetSendStatus: _grpc.UnaryUnaryMultiCallable[_send_pb2.GetSendStatusRequest, _send_pb2.SendStatus]
+    """Where a message sent with this token stands."""
 
 @_typing.type_check_only
 class SenderAsyncStub(SenderStub):
@@ -50,7 +52,9 @@ class SenderAsyncStub(SenderStub):
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     Send: _aio.StreamUnaryMultiCallable[_send_pb2.SendRequest, _send_pb2.SendResponse]  # type: ignore[assignment]
+    """Send a message: a SendHeader, then (raw input) its chunks."""
     GetSendStatus: _aio.UnaryUnaryMultiCallable[_send_pb2.GetSendStatusRequest, _send_pb2.SendStatus]  # type: ignore[assignment]
+    """Where a message sent with this token stands."""
 
 class SenderServicer(metaclass=_abc_1.ABCMeta):
     """For other services: every call is authenticated by an API token."""
@@ -60,54 +64,71 @@ class SenderServicer(metaclass=_abc_1.ABCMeta):
         self,
         request_iterator: _MaybeAsyncIterator[_send_pb2.SendRequest],
         context: _ServicerContext,
-    ) -> _typing.Union[_send_pb2.SendResponse, _abc.Awaitable[_send_pb2.SendResponse]]: ...
+    ) -> _typing.Union[_send_pb2.SendResponse, _abc.Awaitable[_send_pb2.SendResponse]]:
+        """Send a message: a SendHeader, then (raw input) its chunks."""
 
     @_abc_1.abstractmethod
     def GetSendStatus(
         self,
         request: _send_pb2.GetSendStatusRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_send_pb2.SendStatus, _abc.Awaitable[_send_pb2.SendStatus]]: ...
+    ) -> _typing.Union[_send_pb2.SendStatus, _abc.Awaitable[_send_pb2.SendStatus]]:
+        """Where a message sent with this token stands."""
 
 def add_SenderServicer_to_server(servicer: SenderServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
 
 class SendAdminStub:
+    """Administration of the Send API's tokens (the admin identity only, ADR 0009)."""
+
     @_typing.overload
     def __new__(cls, channel: _grpc.Channel) -> _Self: ...
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> SendAdminAsyncStub: ...
     CreateToken: _grpc.UnaryUnaryMultiCallable[_send_pb2.CreateTokenRequest, _send_pb2.CreateTokenResponse]
+    """Create a token and return its secret once."""
     ListTokens: _grpc.UnaryUnaryMultiCallable[_send_pb2.ListTokensRequest, _send_pb2.ListTokensResponse]
+    """The tokens, without secrets."""
     RevokeToken: _grpc.UnaryUnaryMultiCallable[_send_pb2.RevokeTokenRequest, _mailstore_pb2.Empty]
+    """Revoke a token: calls with it fail from now on."""
 
 @_typing.type_check_only
 class SendAdminAsyncStub(SendAdminStub):
+    """Administration of the Send API's tokens (the admin identity only, ADR 0009)."""
+
     def __init__(self, channel: _aio.Channel) -> None: ...
     CreateToken: _aio.UnaryUnaryMultiCallable[_send_pb2.CreateTokenRequest, _send_pb2.CreateTokenResponse]  # type: ignore[assignment]
+    """Create a token and return its secret once."""
     ListTokens: _aio.UnaryUnaryMultiCallable[_send_pb2.ListTokensRequest, _send_pb2.ListTokensResponse]  # type: ignore[assignment]
+    """The tokens, without secrets."""
     RevokeToken: _aio.UnaryUnaryMultiCallable[_send_pb2.RevokeTokenRequest, _mailstore_pb2.Empty]  # type: ignore[assignment]
+    """Revoke a token: calls with it fail from now on."""
 
 class SendAdminServicer(metaclass=_abc_1.ABCMeta):
+    """Administration of the Send API's tokens (the admin identity only, ADR 0009)."""
+
     @_abc_1.abstractmethod
     def CreateToken(
         self,
         request: _send_pb2.CreateTokenRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_send_pb2.CreateTokenResponse, _abc.Awaitable[_send_pb2.CreateTokenResponse]]: ...
+    ) -> _typing.Union[_send_pb2.CreateTokenResponse, _abc.Awaitable[_send_pb2.CreateTokenResponse]]:
+        """Create a token and return its secret once."""
 
     @_abc_1.abstractmethod
     def ListTokens(
         self,
         request: _send_pb2.ListTokensRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_send_pb2.ListTokensResponse, _abc.Awaitable[_send_pb2.ListTokensResponse]]: ...
+    ) -> _typing.Union[_send_pb2.ListTokensResponse, _abc.Awaitable[_send_pb2.ListTokensResponse]]:
+        """The tokens, without secrets."""
 
     @_abc_1.abstractmethod
     def RevokeToken(
         self,
         request: _send_pb2.RevokeTokenRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_mailstore_pb2.Empty, _abc.Awaitable[_mailstore_pb2.Empty]]: ...
+    ) -> _typing.Union[_mailstore_pb2.Empty, _abc.Awaitable[_mailstore_pb2.Empty]]:
+        """Revoke a token: calls with it fail from now on."""
 
 def add_SendAdminServicer_to_server(servicer: SendAdminServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
 
@@ -119,9 +140,13 @@ class OutboundStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> OutboundAsyncStub: ...
     Submit: _grpc.StreamUnaryMultiCallable[_send_pb2.SubmitRequest, _send_pb2.SendResponse]
+    """SMTP submission: deliver to the local recipients, queue the remote ones."""
     LeaseOutbound: _grpc.UnaryUnaryMultiCallable[_send_pb2.LeaseOutboundRequest, _send_pb2.LeaseOutboundResponse]
+    """Lease messages due for delivery."""
     FetchOutboundBody: _grpc.UnaryStreamMultiCallable[_send_pb2.FetchOutboundBodyRequest, _send_pb2.FetchOutboundBodyResponse]
+    """The body of a leased message, in chunks."""
     ReportOutbound: _grpc.UnaryUnaryMultiCallable[_send_pb2.ReportOutboundRequest, _mailstore_pb2.Empty]
+    """Report a delivery attempt; the lease ends."""
 
 @_typing.type_check_only
 class OutboundAsyncStub(OutboundStub):
@@ -129,9 +154,13 @@ class OutboundAsyncStub(OutboundStub):
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     Submit: _aio.StreamUnaryMultiCallable[_send_pb2.SubmitRequest, _send_pb2.SendResponse]  # type: ignore[assignment]
+    """SMTP submission: deliver to the local recipients, queue the remote ones."""
     LeaseOutbound: _aio.UnaryUnaryMultiCallable[_send_pb2.LeaseOutboundRequest, _send_pb2.LeaseOutboundResponse]  # type: ignore[assignment]
+    """Lease messages due for delivery."""
     FetchOutboundBody: _aio.UnaryStreamMultiCallable[_send_pb2.FetchOutboundBodyRequest, _send_pb2.FetchOutboundBodyResponse]  # type: ignore[assignment]
+    """The body of a leased message, in chunks."""
     ReportOutbound: _aio.UnaryUnaryMultiCallable[_send_pb2.ReportOutboundRequest, _mailstore_pb2.Empty]  # type: ignore[assignment]
+    """Report a delivery attempt; the lease ends."""
 
 class OutboundServicer(metaclass=_abc_1.ABCMeta):
     """The outbound worker's view of the queue (never called by other services)."""
@@ -141,27 +170,31 @@ class OutboundServicer(metaclass=_abc_1.ABCMeta):
         self,
         request_iterator: _MaybeAsyncIterator[_send_pb2.SubmitRequest],
         context: _ServicerContext,
-    ) -> _typing.Union[_send_pb2.SendResponse, _abc.Awaitable[_send_pb2.SendResponse]]: ...
+    ) -> _typing.Union[_send_pb2.SendResponse, _abc.Awaitable[_send_pb2.SendResponse]]:
+        """SMTP submission: deliver to the local recipients, queue the remote ones."""
 
     @_abc_1.abstractmethod
     def LeaseOutbound(
         self,
         request: _send_pb2.LeaseOutboundRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_send_pb2.LeaseOutboundResponse, _abc.Awaitable[_send_pb2.LeaseOutboundResponse]]: ...
+    ) -> _typing.Union[_send_pb2.LeaseOutboundResponse, _abc.Awaitable[_send_pb2.LeaseOutboundResponse]]:
+        """Lease messages due for delivery."""
 
     @_abc_1.abstractmethod
     def FetchOutboundBody(
         self,
         request: _send_pb2.FetchOutboundBodyRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_abc.Iterator[_send_pb2.FetchOutboundBodyResponse], _abc.AsyncIterator[_send_pb2.FetchOutboundBodyResponse]]: ...
+    ) -> _typing.Union[_abc.Iterator[_send_pb2.FetchOutboundBodyResponse], _abc.AsyncIterator[_send_pb2.FetchOutboundBodyResponse]]:
+        """The body of a leased message, in chunks."""
 
     @_abc_1.abstractmethod
     def ReportOutbound(
         self,
         request: _send_pb2.ReportOutboundRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_mailstore_pb2.Empty, _abc.Awaitable[_mailstore_pb2.Empty]]: ...
+    ) -> _typing.Union[_mailstore_pb2.Empty, _abc.Awaitable[_mailstore_pb2.Empty]]:
+        """Report a delivery attempt; the lease ends."""
 
 def add_OutboundServicer_to_server(servicer: OutboundServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
