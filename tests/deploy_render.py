@@ -85,11 +85,11 @@ def render_with(overlay: str, *components: str) -> list[Manifest]:
 
 
 def render_chart(values: Mapping[str, Any] | None = None, namespace: str = "mailstack") -> list[Manifest]:
-    """Every object the Helm chart renders with these values (release "mailstack"), by Helm's engine."""
+    """Every object the Helm chart renders with these values (release "mailstack"), by Helm's engine,
+    which first checks the values against values.schema.json (helm_python.HelmValuesError)."""
     import helm_python
 
     with helm_python.Chart.load(CHART) as chart:
-        chart.validate_schema(dict(values or {}))
         rendered = chart.render(dict(values or {}), name="mailstack", namespace=namespace, is_install=True)
     documents = [doc for name in sorted(rendered) for doc in yaml.safe_load_all(rendered[name]) if doc]
     return [doc for doc in documents if isinstance(doc, dict)]
