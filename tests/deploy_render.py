@@ -33,6 +33,7 @@ CRD_SCHEMAS = {
     ("postgresql.cnpg.io/v1", "Cluster"): SCHEMAS / "cnpg-cluster.json",
 }
 COMPOSE_FILE = ROOT / "docker-compose.yml"
+COMPOSE_OVERRIDES = ("docker-compose.postgresql.yml",)
 COMPOSE_SCHEMA = ROOT / "tests" / "schemas" / "compose-spec.json"
 KUBERNETES_VERSION = "1.30.0"  # the oldest version the manifests must work on (preStop `sleep` is 1.30)
 WORKLOAD_KINDS = ("Deployment", "StatefulSet", "DaemonSet", "Job")
@@ -103,9 +104,21 @@ def validate_custom_resource(manifest: Manifest) -> None:
     jsonschema.Draft202012Validator(schema).validate(manifest)
 
 
-def load_compose() -> dict[str, Any]:
+def load_compose(*overrides: str) -> dict[str, Any]:
+    """docker-compose.yml, with override files (e.g. "docker-compose.postgresql.yml") merged on top as
+    `docker compose -f ... -f ...` does for what they use: mappings merge, a later scalar wins, lists add."""
     data: dict[str, Any] = yaml.safe_load(COMPOSE_FILE.read_text())
+    for name in overrides:
+        data = _merge(data, yaml.safe_load((ROOT / name).read_text()))
     return data
+
+
+def _merge(base: Any, override: Any) -> Any:
+    if isinstance(base, dict) and isinstance(override, dict):
+        return {**base, **{k: _merge(base[k], v) if k in base else v for k, v in override.items()}}
+    if isinstance(base, list) and isinstance(override, list):
+        return base + [item for item in override if item not in base]
+    return override
 
 
 def find(manifests: list[Manifest], kind: str, name: str | None = None) -> list[Manifest]:
