@@ -4,6 +4,7 @@ fail) and are wired together: addresses, probes, ports, NetworkPolicy flows, sec
 from __future__ import annotations
 
 import dataclasses
+import re
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -14,6 +15,7 @@ from mailstack.services.common.config import Settings, env_name
 from mailstack.services.common.lifecycle import FRONTEND_GRACE
 
 from tests.deploy_render import (
+    K8S,
     KUBERNETES_VERSION,
     OVERLAYS,
     Endpoint,
@@ -553,3 +555,36 @@ def test_common_labels(manifests: list[Manifest]) -> None:
         assert {"app.kubernetes.io/name", "app.kubernetes.io/component"} <= set(labels)
         if labels["app.kubernetes.io/name"] == "mailstack":
             assert labels["app.kubernetes.io/part-of"] == "mailstack"
+
+
+def test_the_operator_guide_names_what_the_manifests_use() -> None:
+    """k8s/README.md walks an operator through a first install: each Secret the pods need has its create
+    command, each public Service and each `kubectl exec` target it names exists in that overlay."""
+    guide = (K8S / "README.md").read_text()
+    created = set(re.findall(r"create secret (?:tls|generic) (mailstack-[a-z0-9-]+)", guide))
+    created |= {f"mailstack-grpc-{n}" for n in (*IDENTITIES, "admin")} if "mailstack-grpc-$n" in guide else set()
+    for name in ("production", "single-node"):
+        manifests = render(f"overlays/{name}")
+        needed = {
+            v["secret"]["secretName"]
+            for w in workloads(manifests)
+            for v in pod_spec(w).get("volumes", [])
+            if "secret" in v and not v["secret"].get("optional")
+        }
+        needed |= {
+            e["valueFrom"]["secretKeyRef"]["name"]
+            for w in workloads(manifests)
+            for c in containers(w)
+            for e in c.get("env", [])
+            if "secretKeyRef" in e.get("valueFrom", {})
+        }
+        assert needed <= created, f"{name}: no create command for {needed - created}"
+        for service in find(manifests, "Service"):
+            if service["spec"].get("type") == "LoadBalancer":
+                assert f"`{service['metadata']['name']}`" in guide or service["metadata"]["name"] in guide
+        (mailstore,) = [w for w in workloads(manifests) if w["metadata"]["name"] == "mailstore"]
+        target = {"Deployment": "deploy/mailstore", "StatefulSet": "statefulset/mailstore"}[mailstore["kind"]]
+        assert f"exec -it {target} -- mailstack user add" in guide or f"`{target}`" in guide, target
+    assert "exec -it deploy/mailstore -- mailstack user add" in guide
+    for record in ("MX", "v=spf1", "_domainkey", "_dmarc", "PTR", "_mta-sts"):
+        assert record in guide, record
