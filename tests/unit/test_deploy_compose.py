@@ -243,9 +243,9 @@ def test_dkim_keys_are_a_read_only_folder_of_the_mailstore_only() -> None:
     assert {name for name, b in binds.items() if b} == {"mailstore"}
     (dkim,) = binds["mailstore"]
     assert dkim["type"] == "bind" and dkim["read_only"] is True and dkim["target"] == "/etc/mailstack/dkim"
-    assert INTERPOLATION.match(dkim["source"])  # MAILSTACK_DKIM_DIR, ./dkim by default (git-ignored)
+    assert INTERPOLATION.match(dkim["source"])  # MAILSTACK_DKIM_DIR, ./dkim-keys by default (git-ignored)
     assert environment(services["mailstore"])["MAILSTACK_DKIM_KEYS"] == "${MAILSTACK_DKIM_KEYS:-}"
-    ignore = (ROOT / "dkim" / ".gitignore").read_text().splitlines()
+    ignore = (ROOT / "dkim-keys" / ".gitignore").read_text().splitlines()
     assert "*" in ignore and "!.gitignore" in ignore  # keys put there are never committed
 
 

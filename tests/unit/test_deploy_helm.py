@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from typing import Any
 
 import helm_python
@@ -33,7 +34,7 @@ from tests.deploy_render import (
 LATEST = kubernetes_validate.utils.latest_version()
 CONFIG_NAME = re.compile(r"mailstack-config-[a-z0-9]+")
 # (chart values, what kustomize renders for the same installation)
-EQUIVALENT = {
+EQUIVALENT: dict[str, tuple[dict[str, Any], Callable[[], list[Manifest]]]] = {
     "production": ({}, lambda: render("overlays/production")),
     "single-node": ({"backend": "sqlite"}, lambda: render("overlays/single-node")),
     "monitoring": ({"monitoring": {"enabled": True}}, lambda: render_with("production", "monitoring")),

@@ -94,11 +94,6 @@ def alert_rules(manifests: list[Manifest]) -> Iterator[dict[str, Any]]:
             yield from group["rules"]
 
 
-def dashboard_exprs() -> list[str]:
-    dashboard = json.loads(DASHBOARD.read_text())
-    return [target["expr"] for panel in dashboard["panels"] for target in panel["targets"]]
-
-
 def selected(expr: str, metrics: dict[str, frozenset[str]]) -> set[str]:
     """Metric names an expression selects; fails on a name or label the code does not define."""
     tree = promql_parser.parse(expr)  # ValueError on a syntax error
