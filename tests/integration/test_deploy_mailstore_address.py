@@ -44,4 +44,4 @@ async def test_a_frontend_reaches_the_mailstore_through_a_dns_target(tmp_path: P
                 await stub.ListMailboxes(pb.ListMailboxesRequest(account="nobody@example.test"), timeout=10)
             assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
         finally:
-            await channel.close()
+            await channel.close(None)
