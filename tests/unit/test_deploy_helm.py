@@ -5,6 +5,7 @@ bad values before anything renders."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from collections.abc import Callable
@@ -14,6 +15,7 @@ import helm_python
 import kubernetes_validate
 import pytest
 import yaml
+from mailstack.services.common.config import Settings, env_name
 
 from tests.deploy_render import (
     CHART,
@@ -209,3 +211,17 @@ def test_helm_lint_is_clean() -> None:
     report = helm_python.lint(CHART, strict=True, kube_version=f"v{KUBERNETES_VERSION}")
     assert not report["errors"]
     assert not [m for m in report["messages"] if m["severity"] >= 2], report["messages"]
+
+
+@pytest.mark.parametrize("values", VARIANTS, ids=lambda v: ",".join(v) or "defaults")
+def test_every_setting_the_chart_sets_exists(values: dict[str, Any]) -> None:
+    known = {env_name(f.name) for f in dataclasses.fields(Settings)}
+    manifests = render_chart(values)
+    checked = 0
+    for workload in (m for m in manifests if m["kind"] in ("Deployment", "StatefulSet")):
+        for container in containers(workload):
+            env = container_env(container, manifests)
+            unknown = {k for k in env if k.startswith("MAILSTACK_")} - known
+            assert not unknown, f"{workload['metadata']['name']}: not settings: {unknown}"
+            checked += 1
+    assert checked == 5
