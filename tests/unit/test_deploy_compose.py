@@ -16,7 +16,7 @@ import pytest
 from mailstack.services.common.config import Settings, env_name
 from mailstack.services.common.metrics import MetricsServer
 
-from tests.deploy_render import COMPOSE_SCHEMA, load_compose
+from tests.deploy_render import COMPOSE_OVERRIDES, COMPOSE_SCHEMA, ROOT, load_compose
 
 MAIL_PORTS = {"smtp": {25, 465, 587}, "imap": {143, 993}, "pop3": {110, 995}}
 MAILSTACK = ("mailstore", "smtp", "imap", "pop3", "outbound")
@@ -25,9 +25,17 @@ ADDRESS_SETTINGS = ("MAILSTACK_MAILSTORE_ADDR", "MAILSTACK_EVENTS_URL", "MAILSTA
 INTERPOLATION = re.compile(r"^\$\{[A-Z0-9_]+(:?-[^}]*)?\}$")
 
 
-@pytest.fixture(scope="module")
-def compose() -> dict[str, Any]:
-    return load_compose()
+VARIANTS = ((), *((name,) for name in COMPOSE_OVERRIDES))  # the default stack, and each override on top
+
+
+@pytest.fixture(scope="module", params=VARIANTS, ids=lambda v: "+".join(v) or "default")
+def compose(request: pytest.FixtureRequest) -> dict[str, Any]:
+    return load_compose(*request.param)
+
+
+def named_volumes(service: dict[str, Any]) -> list[str]:
+    """The short-syntax volume entries (NAME:PATH[:ro]); long-syntax ones are host binds (the DKIM folder)."""
+    return [v for v in service.get("volumes", []) if isinstance(v, str)]
 
 
 def environment(service: dict[str, Any]) -> dict[str, str]:
@@ -81,7 +89,8 @@ def test_schema_check_catches_a_mistake(compose: dict[str, Any]) -> None:
 
 def test_the_stack_has_its_services(compose: dict[str, Any]) -> None:
     services = compose["services"]
-    assert set(MAILSTACK) | {"redis", "s3", "s3-init", "grpc-init", "otel-collector"} == set(services)
+    databases = {"postgres"} if "postgres" in services else set()
+    assert set(MAILSTACK) | {"redis", "s3", "s3-init", "grpc-init", "otel-collector"} | databases == set(services)
     for name in MAILSTACK:
         assert services[name]["command"] == ["serve", name]
     assert services["otel-collector"]["profiles"] == ["telemetry"]
@@ -123,7 +132,7 @@ def test_every_service_mounts_only_its_own_grpc_identity(compose: dict[str, Any]
         assert env["MAILSTACK_GRPC_CERT"] == "/etc/mailstack/grpc/tls.crt", name
         assert env["MAILSTACK_GRPC_KEY"] == "/etc/mailstack/grpc/tls.key", name
         assert env["MAILSTACK_GRPC_CA"] == "/etc/mailstack/grpc/ca.crt", name
-        grpc_volumes = [v for v in services[name]["volumes"] if v.startswith("grpc-")]
+        grpc_volumes = [v for v in named_volumes(services[name]) if v.startswith("grpc-")]
         expected = [f"grpc-{name}:/etc/mailstack/grpc:ro"]
         if name == "mailstore":
             expected.append("grpc-admin:/etc/mailstack/grpc-admin:ro")
@@ -202,16 +211,43 @@ def test_settings_are_environment_variables_that_exist(compose: dict[str, Any]) 
         env = environment(service)
         unknown = {k for k in env if k.startswith("MAILSTACK_")} - known
         assert not unknown, f"{name}: not settings: {unknown}"
-        for volume in service.get("volumes", []):
+        for volume in named_volumes(service):
             assert volume.split(":")[0] in compose["volumes"], f"{name}: {volume} is not a named volume"
 
 
-def test_storage_lives_in_the_mailstore_volume(compose: dict[str, Any]) -> None:
-    mailstore = compose["services"]["mailstore"]
+def test_storage_lives_in_the_mailstore_volume() -> None:
+    mailstore = load_compose()["services"]["mailstore"]
     env = environment(mailstore)
-    mount = next(v.split(":")[1] for v in mailstore["volumes"] if v.startswith("mailstore-data:"))
+    mount = next(v.split(":")[1] for v in named_volumes(mailstore) if v.startswith("mailstore-data:"))
     assert env["MAILSTACK_METADATA_URL"] == f"sqlite://{mount}/metadata.sqlite3"
     assert env["MAILSTACK_BLOB_URL"].startswith("s3://")
+
+
+def test_postgresql_variant_waits_for_its_database() -> None:
+    """docker-compose.postgresql.yml: the mailstore's metadata URL names the postgres service, on a port it
+    exposes, with the database and user it creates, and the mailstore starts only once it is healthy."""
+    services = load_compose("docker-compose.postgresql.yml")["services"]
+    url = urlsplit(environment(services["mailstore"])["MAILSTACK_METADATA_URL"])
+    postgres = services["postgres"]
+    database = environment(postgres)
+    assert url.scheme == "postgresql" and url.hostname == "postgres" and url.port in exposed(postgres)
+    assert url.path == f"/{database['POSTGRES_DB']}" and url.username == database["POSTGRES_USER"]
+    assert url.password == database["POSTGRES_PASSWORD"]  # the same ${...} interpolation on both sides
+    assert services["mailstore"]["depends_on"]["postgres"] == {"condition": "service_healthy"}
+    assert postgres["healthcheck"]["test"][:2] == ["CMD", "pg_isready"]
+    assert "ports" not in postgres  # not published on the host
+
+
+def test_dkim_keys_are_a_read_only_folder_of_the_mailstore_only() -> None:
+    services = load_compose()["services"]
+    binds = {name: [v for v in s.get("volumes", []) if isinstance(v, dict)] for name, s in services.items()}
+    assert {name for name, b in binds.items() if b} == {"mailstore"}
+    (dkim,) = binds["mailstore"]
+    assert dkim["type"] == "bind" and dkim["read_only"] is True and dkim["target"] == "/etc/mailstack/dkim"
+    assert INTERPOLATION.match(dkim["source"])  # MAILSTACK_DKIM_DIR, ./dkim-keys by default (git-ignored)
+    assert environment(services["mailstore"])["MAILSTACK_DKIM_KEYS"] == "${MAILSTACK_DKIM_KEYS:-}"
+    ignore = (ROOT / "dkim-keys" / ".gitignore").read_text().splitlines()
+    assert "*" in ignore and "!.gitignore" in ignore  # keys put there are never committed
 
 
 def test_no_secret_value_is_written_out(compose: dict[str, Any]) -> None:

@@ -4,15 +4,18 @@ fail) and are wired together: addresses, probes, ports, NetworkPolicy flows, sec
 from __future__ import annotations
 
 import dataclasses
+import re
 from typing import Any
 from urllib.parse import urlsplit
 
+import jsonschema
 import kubernetes_validate
 import pytest
 from mailstack.services.common.config import Settings, env_name
 from mailstack.services.common.lifecycle import FRONTEND_GRACE
 
 from tests.deploy_render import (
+    K8S,
     KUBERNETES_VERSION,
     OVERLAYS,
     Endpoint,
@@ -26,18 +29,24 @@ from tests.deploy_render import (
     pod_labels,
     pod_spec,
     render,
+    render_with,
     selector_matches,
     service_selects,
+    validate_custom_resource,
     workloads,
 )
 
-TARGETS = ("base", *(f"overlays/{name}" for name in OVERLAYS))
+# The base alone has no mailstore workload (a component brings it), so only the overlays are deployable.
+TARGETS = tuple(f"overlays/{name}" for name in OVERLAYS)
+SQLITE_OVERLAYS = ("development", "single-node")  # the mailstore as one StatefulSet replica
+POSTGRESQL_OVERLAYS = ("production",)  # the mailstore as a Deployment of several replicas
 FRONTENDS = ("smtp", "imap", "pop3")
 WORKERS = ("outbound",)  # no listener: not behind the load balancer, no privileged port
 MAIL_PORTS = {"smtp": {25, 465, 587}, "imap": {143, 993}, "pop3": {110, 995}}
 ADDRESS_SETTINGS = ("MAILSTACK_MAILSTORE_ADDR", "MAILSTACK_EVENTS_URL", "MAILSTACK_QUOTA_URL", "MAILSTACK_S3_ENDPOINT")
 IDENTITIES = ("mailstore", "smtp", "imap", "pop3", "outbound")  # each workload's own gRPC identity (ADR 0009)
-SECRETS = {"mailstack-tls", "mailstack-s3", "mailstack-redis", "mailstack-grpc-admin"}
+SECRETS = {"mailstack-tls", "mailstack-s3", "mailstack-redis", "mailstack-grpc-admin", "mailstack-dkim"}
+SECRETS |= {"mailstack-postgres", "mailstack-db-app"}  # an external PostgreSQL's URL; CloudNativePG's
 SECRETS |= {f"mailstack-grpc-{name}" for name in IDENTITIES}
 EXTERNAL = Endpoint(external=True)
 PROMETHEUS = Endpoint(
@@ -102,7 +111,9 @@ def test_workloads_and_their_companions(overlay: tuple[str, list[Manifest]]) -> 
     assert set(deployments) == set(FRONTENDS)
     hpas = {h["spec"]["scaleTargetRef"]["name"]: h for h in find(manifests, "HorizontalPodAutoscaler")}
     pdbs = find(manifests, "PodDisruptionBudget")
-    assert set(hpas) == set(FRONTENDS) and len(pdbs) == len(FRONTENDS) + len(WORKERS)
+    replicated_mailstore = name in POSTGRESQL_OVERLAYS  # it has its own HPA and PDB then
+    assert set(hpas) == set(FRONTENDS) | ({"mailstore"} if replicated_mailstore else set())
+    assert len(pdbs) == len(FRONTENDS) + len(WORKERS) + replicated_mailstore
     for frontend, deployment in deployments.items():
         replicas = deployment["spec"]["replicas"]
         assert replicas >= (2 if name == "production" else 1)
@@ -127,8 +138,10 @@ def test_workloads_and_their_companions(overlay: tuple[str, list[Manifest]]) -> 
     assert not [s for s in services if service_selects(s, pod_labels(outbound))]
 
 
-def test_mailstore_is_one_stateful_replica_with_its_volume(overlay: tuple[str, list[Manifest]]) -> None:
-    _, manifests = overlay
+@pytest.mark.parametrize("name", SQLITE_OVERLAYS)
+def test_sqlite_mailstore_is_one_stateful_replica_with_its_volume(name: str) -> None:
+    manifests = render(f"overlays/{name}")
+    assert not find(manifests, "Deployment", "mailstore")
     (mailstore,) = find(manifests, "StatefulSet", "mailstore")
     assert mailstore["spec"]["replicas"] == 1  # SQLite: one writer (ADR 0006)
     (claim,) = mailstore["spec"]["volumeClaimTemplates"]
@@ -159,13 +172,18 @@ def test_every_address_names_a_service_and_port_that_exist(overlay: tuple[str, l
                 assert name != "development", f"{key} is plain configuration in development"
                 continue
             if not value:
-                assert key == "MAILSTACK_S3_ENDPOINT" and name == "production", key  # AWS S3
+                assert key == "MAILSTACK_S3_ENDPOINT" and name != "development", key  # AWS S3
                 continue
+            if value.startswith("dns:///"):  # gRPC's DNS resolver: NAME[.NAMESPACE.svc]:PORT (ADR 0032)
+                value = value.removeprefix("dns:///")
             parts = urlsplit(value if "://" in value else f"grpc://{value}")
             if parts.hostname == "127.0.0.1":
-                assert workload["kind"] == "StatefulSet", "only the mailstore calls itself"
+                assert pod_labels(workload)["app.kubernetes.io/component"] == "mailstore", "only it calls itself"
                 continue
-            service = services.get(str(parts.hostname))
+            service_name, _, domain = str(parts.hostname).partition(".")
+            if domain:  # a namespace-qualified name must name this namespace
+                assert domain == f"{workload['metadata']['namespace']}.svc", f"{key}={value}: another namespace"
+            service = services.get(service_name)
             assert service, f"{workload['metadata']['name']}: {key}={value}: no such Service"
             assert parts.port in {p["port"] for p in service["spec"]["ports"]}, f"{key}={value}: port not served"
             backends = [w for w in workloads(manifests) if service_selects(service, pod_labels(w))]
@@ -219,28 +237,149 @@ def test_liveness_is_answered_by_the_event_loop(manifests: list[Manifest]) -> No
     assert checked == len(FRONTENDS) + len(WORKERS)
 
 
-def test_the_load_balancer_exposes_exactly_the_mail_ports(manifests: list[Manifest]) -> None:
-    (balancer,) = [s for s in find(manifests, "Service") if s["spec"].get("type") == "LoadBalancer"]
-    assert balancer["spec"]["externalTrafficPolicy"] == "Local"
-    ports = balancer["spec"]["ports"]
-    assert {p["port"] for p in ports} == set().union(*MAIL_PORTS.values()) and len(ports) == 7
-    for port in ports:
-        # The named targetPort must exist on exactly one frontend, the one that speaks that protocol.
-        owners = [
-            f
-            for f in FRONTENDS
-            if port["targetPort"] in {p.get("name") for c in containers(component(manifests, f)) for p in c["ports"]}
-        ]
-        assert len(owners) == 1 and port["port"] in MAIL_PORTS[owners[0]], port
-        (container_port,) = [
-            p["containerPort"]
-            for c in containers(component(manifests, owners[0]))
-            for p in c["ports"]
-            if p.get("name") == port["targetPort"]
-        ]
-        assert container_port == port["port"]
-    others = [s for s in find(manifests, "Service") if s is not balancer]
+def test_one_load_balancer_per_protocol_exposes_exactly_the_mail_ports(manifests: list[Manifest]) -> None:
+    """Issue 17: kube-proxy's health check for externalTrafficPolicy Local counts the local endpoints of a
+    whole Service; a node is healthy for a Service's every port if one selected pod runs there. So each
+    LoadBalancer must select only pods that serve all of its ports, else a node with only imap pods
+    attracts port-25 traffic and drops it."""
+    balancers = [s for s in find(manifests, "Service") if s["spec"].get("type") == "LoadBalancer"]
+    assert {b["metadata"]["name"] for b in balancers} == {"mail-smtp", "mail-submission", "mail-imap", "mail-pop3"}
+    exposed: list[int] = []
+    for balancer in balancers:
+        name = balancer["metadata"]["name"]
+        assert balancer["spec"]["externalTrafficPolicy"] == "Local", name
+        selected = [w for w in workloads(manifests) if service_selects(balancer, pod_labels(w))]
+        assert len(selected) == 1, f"{name} selects {[w['metadata']['name'] for w in selected]}"
+        (frontend,) = selected
+        owner = pod_labels(frontend)["app.kubernetes.io/component"]
+        served = {p.get("name"): p["containerPort"] for c in containers(frontend) for p in c["ports"]}
+        for port in balancer["spec"]["ports"]:
+            # Every port of this Service is served by every pod it selects, at the same number.
+            assert served.get(port["targetPort"]) == port["port"] and port["port"] in MAIL_PORTS[owner], (name, port)
+            exposed.append(port["port"])
+    assert sorted(exposed) == sorted(set().union(*MAIL_PORTS.values())), "each mail port exactly once"
+    smtp = {p["port"] for b in balancers if b["metadata"]["name"] == "mail-smtp" for p in b["spec"]["ports"]}
+    assert smtp == {25}, "the MX address carries port 25 only (its own IP, PTR and reputation)"
+    others = [s for s in find(manifests, "Service") if s not in balancers]
     assert all(s["spec"].get("type", "ClusterIP") == "ClusterIP" for s in others)
+
+
+def test_a_node_with_only_imap_pods_is_healthy_for_no_smtp_port() -> None:
+    """The failure of issue 17, replayed: endpoints per Service on a node that runs one imap pod."""
+    manifests = render("overlays/production")
+    imap_pod = pod_labels(component(manifests, "imap"))
+    for balancer in (s for s in find(manifests, "Service") if s["spec"].get("type") == "LoadBalancer"):
+        ports = {p["port"] for p in balancer["spec"]["ports"]}
+        local_endpoints = 1 if service_selects(balancer, imap_pod) else 0
+        assert (local_endpoints > 0) is bool(ports & MAIL_PORTS["imap"]), balancer["metadata"]["name"]
+
+
+@pytest.mark.parametrize("name", POSTGRESQL_OVERLAYS)
+def test_postgresql_mailstore_is_a_replicated_deployment(name: str) -> None:
+    """Issue 20: several mailstore replicas on one PostgreSQL, each taken out of rotation while its
+    database is unreachable (readiness /ready), a PDB that keeps a majority through drains, an HPA."""
+    manifests = render(f"overlays/{name}")
+    assert not find(manifests, "StatefulSet") and not find(manifests, "PersistentVolumeClaim")
+    (mailstore,) = find(manifests, "Deployment", "mailstore")
+    replicas = mailstore["spec"]["replicas"]
+    assert replicas >= 3
+    assert mailstore["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0  # a rollout never dips below
+    (container,) = containers(mailstore)
+    env = container_env(container, manifests)
+    assert env["MAILSTACK_METADATA_URL"] == ("secret", "mailstack-postgres", "url")
+    assert container["readinessProbe"]["httpGet"] == {"path": "/ready", "port": "metrics"}
+    volumes = {v["name"]: v for v in pod_spec(mailstore)["volumes"]}
+    data = next(m for m in container["volumeMounts"] if m["mountPath"] == env["MAILSTACK_DATA_DIR"])
+    assert "emptyDir" in volumes[data["name"]], "a replica keeps nothing of its own"
+    (pdb,) = [p for p in find(manifests, "PodDisruptionBudget") if p["metadata"]["name"] == "mailstore"]
+    assert pdb["spec"]["selector"] == mailstore["spec"]["selector"] and pdb["spec"]["maxUnavailable"] == 1
+    (hpa,) = find(manifests, "HorizontalPodAutoscaler", "mailstore")
+    assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": "mailstore"}
+    assert hpa["spec"]["minReplicas"] == replicas < hpa["spec"]["maxReplicas"]
+    spread = pod_spec(mailstore)["topologySpreadConstraints"][0]
+    assert selector_matches(spread["labelSelector"], pod_labels(mailstore))
+    # Readiness matters only if the frontends' resolver drops not-ready pods: the headless Service must
+    # not publish them, and every frontend must resolve it (dns:///) rather than the ClusterIP Service.
+    (headless,) = find(manifests, "Service", "mailstore-headless")
+    assert headless["spec"]["clusterIP"] == "None" and not headless["spec"].get("publishNotReadyAddresses")
+    namespace = mailstore["metadata"]["namespace"]
+    for frontend in (*FRONTENDS, *WORKERS):
+        (caller,) = containers(component(manifests, frontend))
+        address = container_env(caller, manifests)["MAILSTACK_MAILSTORE_ADDR"]
+        assert address == f"dns:///mailstore-headless.{namespace}.svc:50051", frontend
+
+
+def test_the_mailstore_reaches_postgresql_and_nothing_else_does() -> None:
+    manifests = render("overlays/production")
+    external_db = Endpoint(external=True)
+    mailstore = endpoint_for(component(manifests, "mailstore"))
+    assert connection_allowed(manifests, mailstore, external_db, 5432)
+    for other in (*FRONTENDS, *WORKERS):
+        assert not connection_allowed(manifests, endpoint_for(component(manifests, other)), external_db, 5432), other
+    sqlite = render("overlays/single-node")
+    assert not connection_allowed(sqlite, endpoint_for(component(sqlite, "mailstore")), external_db, 5432)
+
+
+def test_cloudnative_pg_component() -> None:
+    """Optional in-cluster PostgreSQL: the CNPG Cluster validates against its CRD, the mailstore reads the
+    operator's app Secret, and the default-deny namespace lets exactly the database's flows through."""
+    manifests = render_with("production", "cloudnative-pg")
+    (cluster,) = find(manifests, "Cluster", "mailstack-db")
+    validate_custom_resource(cluster)
+    assert cluster["spec"]["instances"] >= 3 and cluster["spec"]["bootstrap"]["initdb"]["database"] == "mailstack"
+    (container,) = containers(component(manifests, "mailstore"))
+    assert container_env(container, manifests)["MAILSTACK_METADATA_URL"] == ("secret", "mailstack-db-app", "uri")
+    namespace = cluster["metadata"]["namespace"]
+    instance = Endpoint(
+        labels={"cnpg.io/cluster": "mailstack-db"},
+        namespace=namespace,
+        namespace_labels={"kubernetes.io/metadata.name": namespace},
+    )
+    operator = Endpoint(
+        labels={"app.kubernetes.io/name": "cloudnative-pg"},
+        namespace="cnpg-system",
+        namespace_labels={"kubernetes.io/metadata.name": "cnpg-system"},
+    )
+    mailstore = endpoint_for(component(manifests, "mailstore"))
+    assert connection_allowed(manifests, mailstore, instance, 5432)
+    assert connection_allowed(manifests, instance, instance, 5432)  # streaming replication
+    assert connection_allowed(manifests, operator, instance, 8000)  # the instance manager's status port
+    assert connection_allowed(manifests, instance, EXTERNAL, 443)  # the Kubernetes API
+    for other in ("smtp", "imap", "pop3", "outbound"):
+        assert not connection_allowed(manifests, endpoint_for(component(manifests, other)), instance, 5432), other
+    assert not connection_allowed(manifests, EXTERNAL, instance, 5432)
+    assert not connection_allowed(manifests, OTHER_NAMESPACE, instance, 5432)
+    broken = {**cluster, "spec": {**cluster["spec"], "instance": 3}}  # misspelt
+    with pytest.raises(jsonschema.ValidationError):
+        validate_custom_resource(broken)
+
+
+def test_dkim_keys_come_from_a_read_only_secret(overlay: tuple[str, list[Manifest]]) -> None:
+    """Issue 17: the mailstore (which signs what it sends) mounts the DKIM Secret read-only where
+    MAILSTACK_DKIM_KEYS points; no other pod holds the keys."""
+    _, manifests = overlay
+    for workload in (w for w in workloads(manifests) if pod_labels(w).get("app.kubernetes.io/name") == "mailstack"):
+        volumes = {v["name"]: v for v in pod_spec(workload).get("volumes", [])}
+        dkim = [v for v in volumes.values() if v.get("secret", {}).get("secretName") == "mailstack-dkim"]
+        is_mailstore = pod_labels(workload)["app.kubernetes.io/component"] == "mailstore"
+        assert bool(dkim) is is_mailstore, workload["metadata"]["name"]
+        if not is_mailstore:
+            continue
+        (volume,) = dkim
+        assert volume["secret"]["defaultMode"] == 0o440 and volume["secret"]["optional"] is True
+        (container,) = containers(workload)
+        (mount,) = [m for m in container["volumeMounts"] if m["name"] == volume["name"]]
+        assert mount == {"name": volume["name"], "mountPath": "/etc/mailstack/dkim", "readOnly": True}
+        env = container_env(container, manifests)
+        for item in filter(None, env["MAILSTACK_DKIM_KEYS"].split(",")):
+            path = item.split("=", 1)[1].split(":", 1)[1]
+            assert path.startswith(mount["mountPath"] + "/"), f"{item}: not an absolute path in the Secret"
+
+
+def test_proxy_protocol_is_off_unless_the_load_balancer_sends_it(overlay: tuple[str, list[Manifest]]) -> None:
+    _, manifests = overlay
+    (config,) = find(manifests, "ConfigMap")
+    assert config["data"]["MAILSTACK_PROXY_PROTOCOL"] == "false"
 
 
 @pytest.mark.parametrize(
@@ -416,3 +555,36 @@ def test_common_labels(manifests: list[Manifest]) -> None:
         assert {"app.kubernetes.io/name", "app.kubernetes.io/component"} <= set(labels)
         if labels["app.kubernetes.io/name"] == "mailstack":
             assert labels["app.kubernetes.io/part-of"] == "mailstack"
+
+
+def test_the_operator_guide_names_what_the_manifests_use() -> None:
+    """k8s/README.md walks an operator through a first install: each Secret the pods need has its create
+    command, each public Service and each `kubectl exec` target it names exists in that overlay."""
+    guide = (K8S / "README.md").read_text()
+    created = set(re.findall(r"create secret (?:tls|generic) (mailstack-[a-z0-9-]+)", guide))
+    created |= {f"mailstack-grpc-{n}" for n in (*IDENTITIES, "admin")} if "mailstack-grpc-$n" in guide else set()
+    for name in ("production", "single-node"):
+        manifests = render(f"overlays/{name}")
+        needed = {
+            v["secret"]["secretName"]
+            for w in workloads(manifests)
+            for v in pod_spec(w).get("volumes", [])
+            if "secret" in v and not v["secret"].get("optional")
+        }
+        needed |= {
+            e["valueFrom"]["secretKeyRef"]["name"]
+            for w in workloads(manifests)
+            for c in containers(w)
+            for e in c.get("env", [])
+            if "secretKeyRef" in e.get("valueFrom", {})
+        }
+        assert needed <= created, f"{name}: no create command for {needed - created}"
+        for service in find(manifests, "Service"):
+            if service["spec"].get("type") == "LoadBalancer":
+                assert f"`{service['metadata']['name']}`" in guide or service["metadata"]["name"] in guide
+        (mailstore,) = [w for w in workloads(manifests) if w["metadata"]["name"] == "mailstore"]
+        target = {"Deployment": "deploy/mailstore", "StatefulSet": "statefulset/mailstore"}[mailstore["kind"]]
+        assert f"exec -it {target} -- mailstack user add" in guide or f"`{target}`" in guide, target
+    assert "exec -it deploy/mailstore -- mailstack user add" in guide
+    for record in ("MX", "v=spf1", "_domainkey", "_dmarc", "PTR", "_mta-sts"):
+        assert record in guide, record
