@@ -86,7 +86,9 @@ SIZE = {"type": parse_size, "metavar": "N", "help": "e.g. 500M, 2G (0 = unlimite
 COMMANDS: tuple[Command, ...] = (
     Command(("serve",), "run services (all available ones in one process when none are named)", local.cmd_serve,
             None, (arg("services", nargs="*", metavar="SERVICE", help=f"one or more of: {', '.join(SERVICES)}"),)),
-    Command(("config",), "print the effective settings (secrets masked)", local.cmd_config, None),
+    Command(("config",), "print the effective settings (secrets masked), where each came from, and check them",
+            local.cmd_config, None,
+            (arg("--check", action="store_true", help="only check them, as `serve` does first (exit 2 if bad)"),)),
     Command(("healthcheck",), "check that the services `mailstack serve` runs here answer (container health)",
             healthcheck.cmd_healthcheck, None,
             (arg("services", nargs="*", metavar="SERVICE",
