@@ -148,8 +148,18 @@ def cmd_domain_add(admin: pbg.AdminStub, args: argparse.Namespace, out: Output) 
 
 
 def cmd_domain_delete(admin: pbg.AdminStub, args: argparse.Namespace, out: Output) -> None:
-    _call(admin.DeleteDomain, pb.DeleteDomainRequest(name=args.name))
-    out.done({"domain": args.name}, f"deleted domain {args.name}")
+    """Refused by the mailstore while the domain has accounts or aliases (it says how many); --force
+    deletes them too and says how many it deleted."""
+    reply = _call(admin.DeleteDomain, pb.DeleteDomainRequest(name=args.name, force=args.force))
+    also = ""
+    if reply.accounts_deleted or reply.aliases_deleted:
+        accounts = f"{reply.accounts_deleted} account{'s' * (reply.accounts_deleted != 1)}"
+        aliases = f"{reply.aliases_deleted} alias{'es' * (reply.aliases_deleted != 1)}"
+        also = f" with its {accounts} (and their mail) and {aliases}"
+    out.done(
+        {"domain": args.name, "accounts_deleted": reply.accounts_deleted, "aliases_deleted": reply.aliases_deleted},
+        f"deleted domain {args.name}{also}",
+    )
 
 
 def cmd_domain_list(admin: pbg.AdminStub, args: argparse.Namespace, out: Output) -> None:

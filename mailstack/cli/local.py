@@ -89,7 +89,7 @@ def cmd_config(settings: Settings, args: argparse.Namespace) -> int:
     """The effective settings, where each came from, and whether they would start (exit 2 if not).
     With --check only the verdict: what `serve` refuses, without starting anything."""
     loaded: Loaded = args.loaded
-    errors = check_settings(loaded)
+    errors = check_settings(loaded, args.services or None)
     if not args.check:
         named = zip(describe(settings), fields(Settings), strict=True)
         rows = [(n, v, _origin(loaded, f.name), h) for (n, v, h), f in named]
@@ -112,10 +112,10 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     from mailstack.services.common.logs import setup_logging
     from mailstack.services.common.preflight import PortClash, PortProblem, preflight
 
-    if errors := check_settings(args.loaded):
-        raise settings_refused(errors)
     if unknown := [name for name in args.services if name not in SERVICES]:
         raise UsageError(f"unknown service {unknown[0]!r} (known: {', '.join(SERVICES)})")
+    if errors := check_settings(args.loaded, args.services or list(SERVICES)):
+        raise settings_refused(errors)
     try:
         preflight(settings, args.services or SERVICES)
     except PortClash as err:

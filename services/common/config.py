@@ -13,7 +13,7 @@ import difflib
 import os
 import ssl
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,10 +44,18 @@ from mailstack.services.common.setting_rules import (
 MiB = 1024 * 1024
 
 
-def _setting(default: Any, help: str, secret: bool = False, rule: Rule | None = None) -> Any:
-    """A setting: its default, its help, whether it is secret, and the rule its values follow
-    (setting_rules.py; a whole number without one must be >= 0)."""
-    return field(default=default, metadata={"help": help, "secret": secret, "rule": rule or rule_for(default)})
+FRONTENDS = ("smtp", "imap", "pop3")
+
+
+def _setting(
+    default: Any, help: str, secret: bool = False, rule: Rule | None = None, used_by: tuple[str, ...] = ()
+) -> Any:
+    """A setting: its default, its help, whether it is secret, the rule its values follow
+    (setting_rules.py; a whole number without one must be >= 0), and the services that read it when
+    not all do ("admin": the CLI's admin commands): a file only they read is checked only for them
+    (a ConfigMap shared by every workload names the mail certificate, mounted only where it is used)."""
+    rule = rule or rule_for(default)
+    return field(default=default, metadata={"help": help, "secret": secret, "rule": rule, "used_by": used_by})
 
 
 @dataclass(frozen=True)
@@ -118,9 +126,14 @@ class Settings:
     )
     grpc_key: str = _setting("", "The key of MAILSTACK_GRPC_CERT.", secret=True, rule=FILE_OR_EMPTY)
     grpc_admin_cert: str = _setting(
-        "", "Admin identity the CLI calls with (else DATA_DIR/grpc, else GRPC_CERT).", rule=FILE_OR_EMPTY
+        "",
+        "Admin identity the CLI calls with (else DATA_DIR/grpc, else GRPC_CERT).",
+        rule=FILE_OR_EMPTY,
+        used_by=("admin",),
     )
-    grpc_admin_key: str = _setting("", "The key of MAILSTACK_GRPC_ADMIN_CERT.", secret=True, rule=FILE_OR_EMPTY)
+    grpc_admin_key: str = _setting(
+        "", "The key of MAILSTACK_GRPC_ADMIN_CERT.", secret=True, rule=FILE_OR_EMPTY, used_by=("admin",)
+    )
     grpc_reflection: bool = _setting(False, "Serve gRPC reflection on the internal port (admin identity only).")
     send_listen: str = _setting(
         "127.0.0.1:50052",
@@ -128,9 +141,14 @@ class Settings:
         rule=LISTEN,
     )
     send_tls_cert: str = _setting(
-        "", "PEM certificate for TLS on the Send API port (empty: plaintext).", rule=FILE_OR_EMPTY
+        "",
+        "PEM certificate for TLS on the Send API port (empty: plaintext).",
+        rule=FILE_OR_EMPTY,
+        used_by=("mailstore",),
     )
-    send_tls_key: str = _setting("", "The key of MAILSTACK_SEND_TLS_CERT.", secret=True, rule=FILE_OR_EMPTY)
+    send_tls_key: str = _setting(
+        "", "The key of MAILSTACK_SEND_TLS_CERT.", secret=True, rule=FILE_OR_EMPTY, used_by=("mailstore",)
+    )
 
     # frontends
     hostname: str = _setting("localhost", "This server's name in greetings and Received: headers.", rule=HOSTNAME)
@@ -151,9 +169,14 @@ class Settings:
     pop3_port: int = _setting(1110, "POP3 port (STLS); 110 in containers.", rule=PORT)
     pop3s_port: int = _setting(1995, "POP3 over implicit TLS; 995 in containers.", rule=PORT)
     tls_cert: str = _setting(
-        "", "PEM certificate; default DATA_DIR/tls/cert.pem, self-signed on first start.", rule=FILE_OR_EMPTY
+        "",
+        "PEM certificate; default DATA_DIR/tls/cert.pem, self-signed on first start.",
+        rule=FILE_OR_EMPTY,
+        used_by=FRONTENDS,
     )
-    tls_key: str = _setting("", "PEM private key; default DATA_DIR/tls/key.pem.", secret=True, rule=FILE_OR_EMPTY)
+    tls_key: str = _setting(
+        "", "PEM private key; default DATA_DIR/tls/key.pem.", secret=True, rule=FILE_OR_EMPTY, used_by=FRONTENDS
+    )
     allow_plaintext_auth: bool = _setting(False, "Allow LOGIN/AUTH before TLS (tests only).")
 
     # operation
@@ -284,7 +307,10 @@ class Settings:
         "", "EHLO name of the outbound worker (default: hostname).", rule=DOMAIN_OR_EMPTY
     )
     dkim_keys: str = _setting(
-        "", "DKIM signing keys: DOMAIN=SELECTOR:/path/key.pem,... (mount from a Secret).", rule=DKIM_KEYS
+        "",
+        "DKIM signing keys: DOMAIN=SELECTOR:/path/key.pem,... (mount from a Secret).",
+        rule=DKIM_KEYS,
+        used_by=("mailstore",),
     )
     save_sent_copies: bool = _setting(False, "Save a copy of submitted/sent mail in the sender's Sent mailbox.")
     submission_from_check: str = _setting(
@@ -468,16 +494,20 @@ PAIRS = (("tls_cert", "tls_key"), ("send_tls_cert", "send_tls_key"), ("grpc_cert
          ("grpc_admin_cert", "grpc_admin_key"))  # fmt: skip
 
 
-def check_settings(loaded: Loaded) -> list[SettingError]:
+def check_settings(loaded: Loaded, services: Collection[str] | None = None) -> list[SettingError]:
     """Every value against its setting's rule, and certificates against their keys: what `mailstack
-    serve` and `mailstack config --check` refuse, one SettingError per bad setting."""
+    serve` and `mailstack config --check` refuse, one SettingError per bad setting. With services,
+    a setting only others read is left alone."""
     settings, origins = loaded.settings, loaded.origins
     errors = list(loaded.errors)
     bad = {e.name for e in errors}
     for f in dataclasses.fields(Settings):
         rule: Rule | None = f.metadata.get("rule")
         value = getattr(settings, f.name)
-        if f.name not in bad and rule is not None and (problem := rule(value)):
+        used_by = f.metadata.get("used_by") or ()
+        if services is not None and used_by and not set(used_by) & set(services):
+            bad.add(f.name)  # not read here: neither its rule nor its pair is checked
+        elif f.name not in bad and rule is not None and (problem := rule(value)):
             errors.append(SettingError(f.name, value, problem, rule.allowed, origins.get(f.name, "")))
             bad.add(f.name)
     for cert, key in PAIRS:

@@ -1231,7 +1231,7 @@ class AdminStub:
         self.DeleteDomain = channel.unary_unary(
                 '/mailstack.v1.Admin/DeleteDomain',
                 request_serializer=mailstack_dot_v1_dot_mailstore__pb2.DeleteDomainRequest.SerializeToString,
-                response_deserializer=mailstack_dot_v1_dot_mailstore__pb2.Empty.FromString,
+                response_deserializer=mailstack_dot_v1_dot_mailstore__pb2.DeleteDomainResponse.FromString,
                 _registered_method=True)
         self.ListDomains = channel.unary_unary(
                 '/mailstack.v1.Admin/ListDomains',
@@ -1394,7 +1394,7 @@ def add_AdminServicer_to_server(servicer, server):
             'DeleteDomain': grpc.unary_unary_rpc_method_handler(
                     servicer.DeleteDomain,
                     request_deserializer=mailstack_dot_v1_dot_mailstore__pb2.DeleteDomainRequest.FromString,
-                    response_serializer=mailstack_dot_v1_dot_mailstore__pb2.Empty.SerializeToString,
+                    response_serializer=mailstack_dot_v1_dot_mailstore__pb2.DeleteDomainResponse.SerializeToString,
             ),
             'ListDomains': grpc.unary_unary_rpc_method_handler(
                     servicer.ListDomains,
@@ -1643,7 +1643,7 @@ class Admin:
             target,
             '/mailstack.v1.Admin/DeleteDomain',
             mailstack_dot_v1_dot_mailstore__pb2.DeleteDomainRequest.SerializeToString,
-            mailstack_dot_v1_dot_mailstore__pb2.Empty.FromString,
+            mailstack_dot_v1_dot_mailstore__pb2.DeleteDomainResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -330,7 +330,7 @@ class AdminStub:
     ListAccounts: _grpc.UnaryUnaryMultiCallable[_mailstore_pb2.ListAccountsRequest, _mailstore_pb2.ListAccountsResponse]
     SetQuota: _grpc.UnaryUnaryMultiCallable[_mailstore_pb2.SetQuotaRequest, _mailstore_pb2.Account]
     AddDomain: _grpc.UnaryUnaryMultiCallable[_mailstore_pb2.AddDomainRequest, _mailstore_pb2.Domain]
-    DeleteDomain: _grpc.UnaryUnaryMultiCallable[_mailstore_pb2.DeleteDomainRequest, _mailstore_pb2.Empty]
+    DeleteDomain: _grpc.UnaryUnaryMultiCallable[_mailstore_pb2.DeleteDomainRequest, _mailstore_pb2.DeleteDomainResponse]
     ListDomains: _grpc.UnaryUnaryMultiCallable[_mailstore_pb2.ListDomainsRequest, _mailstore_pb2.ListDomainsResponse]
     AddAlias: _grpc.UnaryUnaryMultiCallable[_mailstore_pb2.AddAliasRequest, _mailstore_pb2.Alias]
     DeleteAlias: _grpc.UnaryUnaryMultiCallable[_mailstore_pb2.DeleteAliasRequest, _mailstore_pb2.Empty]
@@ -350,7 +350,7 @@ class AdminAsyncStub(AdminStub):
     ListAccounts: _aio.UnaryUnaryMultiCallable[_mailstore_pb2.ListAccountsRequest, _mailstore_pb2.ListAccountsResponse]  # type: ignore[assignment]
     SetQuota: _aio.UnaryUnaryMultiCallable[_mailstore_pb2.SetQuotaRequest, _mailstore_pb2.Account]  # type: ignore[assignment]
     AddDomain: _aio.UnaryUnaryMultiCallable[_mailstore_pb2.AddDomainRequest, _mailstore_pb2.Domain]  # type: ignore[assignment]
-    DeleteDomain: _aio.UnaryUnaryMultiCallable[_mailstore_pb2.DeleteDomainRequest, _mailstore_pb2.Empty]  # type: ignore[assignment]
+    DeleteDomain: _aio.UnaryUnaryMultiCallable[_mailstore_pb2.DeleteDomainRequest, _mailstore_pb2.DeleteDomainResponse]  # type: ignore[assignment]
     ListDomains: _aio.UnaryUnaryMultiCallable[_mailstore_pb2.ListDomainsRequest, _mailstore_pb2.ListDomainsResponse]  # type: ignore[assignment]
     AddAlias: _aio.UnaryUnaryMultiCallable[_mailstore_pb2.AddAliasRequest, _mailstore_pb2.Alias]  # type: ignore[assignment]
     DeleteAlias: _aio.UnaryUnaryMultiCallable[_mailstore_pb2.DeleteAliasRequest, _mailstore_pb2.Empty]  # type: ignore[assignment]
@@ -415,7 +415,7 @@ class AdminServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _mailstore_pb2.DeleteDomainRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_mailstore_pb2.Empty, _abc.Awaitable[_mailstore_pb2.Empty]]: ...
+    ) -> _typing.Union[_mailstore_pb2.DeleteDomainResponse, _abc.Awaitable[_mailstore_pb2.DeleteDomainResponse]]: ...
 
     @_abc_1.abstractmethod
     def ListDomains(
