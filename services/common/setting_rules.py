@@ -11,7 +11,7 @@ import ipaddress
 import os
 import re
 import socket
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -209,14 +209,3 @@ DKIM_KEYS = Rule("empty, or DOMAIN=SELECTOR:/path/key.pem,... (readable files)",
 def rule_for(default: Any) -> Rule | None:
     """The rule of a setting declared without one: whole numbers are counts, sizes or seconds."""
     return AT_LEAST_0 if isinstance(default, int) and not isinstance(default, bool) else None
-
-
-def duplicates(items: Sequence[tuple[str, int]]) -> list[tuple[str, str, int]]:
-    """(first, second, value) for each later item whose non-zero value an earlier one has."""
-    seen: dict[int, str] = {}
-    found = []
-    for name, value in items:
-        if value and value in seen:
-            found.append((seen[value], name, value))
-        seen.setdefault(value, name)
-    return found

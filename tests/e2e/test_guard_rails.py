@@ -324,8 +324,8 @@ def test_domain_delete_is_refused_while_it_has_accounts_and_mail_keeps_working(s
     refused = admin(served, "domain", "delete", "keep.test")
     assert (refused.returncode, refused.stdout) == (1, "")
     assert refused.stderr == (
-        "mailstack: not allowed: domain keep.test still has 2 accounts and 1 alias: delete them first, or force the delete "
-        "(`mailstack domain delete --force`) to delete them with it\n"
+        "mailstack: not allowed: domain keep.test still has 2 accounts and 1 alias: delete them first, "
+        "or force the delete (`mailstack domain delete --force`) to delete them with it\n"
     )
     as_json = admin(served, "--json", "domain", "delete", "keep.test")
     error = json.loads(as_json.stderr)["error"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from mailstack.services.common.config import Settings, SettingError, describe, load, load_settings, mask_url
+from mailstack.services.common.config import SettingError, Settings, describe, load, load_settings, mask_url
 
 
 def write_toml(tmp_path: Path, text: str) -> str:
