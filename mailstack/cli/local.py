@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import json
 import os
 import sys
@@ -128,6 +129,10 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
         asyncio.run(run_services(settings, args.services))
     except FolderInUse as err:  # taken since the preflight
         raise InUse(str(err)) from None
+    except OSError as err:  # a port taken since the preflight, a file the settings name unreadable now, ...
+        if err.errno == errno.EADDRINUSE or "cannot listen" in str(err):
+            raise InUse(f"{err} (another mailstack may be running)") from None
+        raise CommandError(str(err)) from None
     except (ServeError, IdentityError) as err:  # IdentityError: a gRPC identity file missing or unreadable
         raise CommandError(str(err)) from None
     return EXIT_OK
