@@ -2,10 +2,21 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
-from mailstack.services.common.config import SettingError, Settings, describe, load, load_settings, mask_url
+from mailstack.services.common.config import (
+    SettingError,
+    Settings,
+    check_settings,
+    describe,
+    load,
+    load_settings,
+    mask_url,
+)
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def write_toml(tmp_path: Path, text: str) -> str:
@@ -147,3 +158,82 @@ def test_describe_covers_every_setting_with_help() -> None:
 def test_mask_url_leaves_urls_without_password_alone() -> None:
     assert mask_url("redis://redis.internal:6379/0") == "redis://redis.internal:6379/0"
     assert mask_url("s3://bucket/prefix") == "s3://bucket/prefix"
+
+
+# ---------------------------------------------------------------- rules: what serve and config --check accept
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("MAILSTACK_BIND", "0.0.0.0"),
+        ("MAILSTACK_BIND", "::"),
+        ("MAILSTACK_BIND", "localhost"),
+        ("MAILSTACK_MAILSTORE_LISTEN", "[::]:50051"),
+        ("MAILSTACK_MAILSTORE_LISTEN", "unix:/run/mailstack/grpc.sock"),
+        ("MAILSTACK_SEND_LISTEN", "0.0.0.0:0"),
+        ("MAILSTACK_MAILSTORE_ADDR", "mailstore:50051"),
+        ("MAILSTACK_MAILSTORE_ADDR", "[::1]:50051"),
+        ("MAILSTACK_MAILSTORE_ADDR", "unix:/run/mailstack/grpc.sock"),
+        ("MAILSTACK_EVENTS_URL", "redis://:secret@redis.internal:6379/0"),
+        ("MAILSTACK_QUOTA_URL", "rediss://redis.internal:6380/1"),
+        ("MAILSTACK_METADATA_URL", "postgresql://mailstack@db.internal/mail"),
+        ("MAILSTACK_BLOB_URL", "s3://bucket/prefix"),
+        ("MAILSTACK_S3_ENDPOINT", "http://127.0.0.1:8333"),
+        ("MAILSTACK_OUTBOUND_RETRY_SCHEDULE", "60, 120,0.5"),
+        ("MAILSTACK_OUTBOUND_RESOLVER", "static:*=127.0.0.1:2525,example.test=[::1]:25"),
+        ("MAILSTACK_OUTBOUND_SMARTHOST", "relay.example.test:587"),
+        ("MAILSTACK_PROXY_TRUSTED_NETWORKS", "10.0.0.0/8, ::1"),
+        ("MAILSTACK_HOSTNAME", "mx.example.test"),
+        ("MAILSTACK_LOG_LEVEL", "debug"),
+        ("MAILSTACK_SMTP_PORT", "0"),
+        ("MAILSTACK_IMAPS_PORT", "65535"),
+    ],
+)
+def test_values_a_deployment_uses_are_accepted(variable: str, value: str) -> None:
+    assert check_settings(load(env={variable: value})) == []
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("MAILSTACK_OUTBOUND_RETRY_SCHEDULE", ""),
+        ("MAILSTACK_OUTBOUND_RETRY_SCHEDULE", "300,,900"),
+        ("MAILSTACK_OUTBOUND_RETRY_SCHEDULE", "-5"),
+        ("MAILSTACK_OUTBOUND_RETRY_SCHEDULE", "nan"),
+        ("MAILSTACK_OUTBOUND_RETRY_SCHEDULE", "inf"),
+        ("MAILSTACK_BIND", ""),
+        ("MAILSTACK_BIND", "256.0.0.1"),
+        ("MAILSTACK_BIND", "no-such-host.invalid"),
+        ("MAILSTACK_MAILSTORE_LISTEN", "unix:"),
+        ("MAILSTACK_MAILSTORE_ADDR", "mailstore:0"),
+        ("MAILSTACK_METADATA_URL", "mysql://db/mail"),
+        ("MAILSTACK_BLOB_URL", "file://"),
+        ("MAILSTACK_HOSTNAME", "-mx.example.test"),
+        ("MAILSTACK_LOGIN_DOMAIN", "exa mple.test"),
+        ("MAILSTACK_DATA_DIR", " "),
+        ("MAILSTACK_IMAP_MAX_LINE", "100"),
+        ("MAILSTACK_ORPHAN_SWEEP_SECONDS", "-1"),  # no rule of its own: a whole number >= 0
+    ],
+)
+def test_values_that_would_fail_later_are_refused_now(variable: str, value: str) -> None:
+    (error,) = check_settings(load(env={variable: value}))
+    assert str(error).startswith(f"{variable}=") and "; allowed: " in str(error)
+
+
+def test_every_setting_has_a_rule_or_is_a_free_string_or_a_boolean() -> None:
+    for f in dataclasses.fields(Settings):
+        assert f.metadata["rule"] is not None or isinstance(f.default, str | bool), f.name
+
+
+def test_the_shipped_configmap_is_valid_apart_from_files_this_machine_lacks() -> None:
+    env = {}
+    for line in (ROOT / "k8s" / "base" / "config.env").read_text().splitlines():
+        if line.startswith("MAILSTACK_"):
+            key, _, value = line.partition("=")
+            env[key] = value
+    for services in (["mailstore"], ["smtp"], ["outbound"]):
+        errors = check_settings(load(env=env), services)
+        assert {e.problem for e in errors} <= {"no such file"}, errors
+        assert all(e.name.startswith(("grpc_", "tls_")) for e in errors)
+    assert not [e for e in check_settings(load(env=env), ["mailstore"]) if e.name.startswith("tls_")]
