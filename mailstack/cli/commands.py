@@ -89,6 +89,7 @@ COMMANDS: tuple[Command, ...] = (
     Command(("config",), "print the effective settings (secrets masked), where each came from, and check them",
             local.cmd_config, None,
             (arg("--check", action="store_true", help="only check them, as `serve` does first (exit 2 if bad)"),
+             arg("--changed", action="store_true", help="only those not at their default (as `postconf -n`)"),
              arg("services", nargs="*", metavar="SERVICE",
                  help="check what these read (as `serve SERVICE...`; default: everything, the CLI's too)"))),
     Command(("healthcheck",), "check that the services `mailstack serve` runs here answer (container health)",

@@ -93,7 +93,9 @@ def cmd_config(settings: Settings, args: argparse.Namespace) -> int:
     errors = check_settings(loaded, args.services or None)
     if not args.check:
         named = zip(describe(settings), fields(Settings), strict=True)
-        rows = [(n, v, _origin(loaded, f.name), h) for (n, v, h), f in named]
+        rows = [
+            (n, v, _origin(loaded, f.name), h) for (n, v, h), f in named if f.name in loaded.origins or not args.changed
+        ]
         if args.json:
             print(json.dumps([{"name": n, "value": v, "from": o, "help": h} for n, v, o, h in rows], indent=2))
         else:

@@ -89,7 +89,7 @@ def warn(message: str, as_json: bool) -> None:
 def settings_refused(errors: Sequence[SettingError]) -> UsageError:
     """One line per bad setting."""
     details = [
-        {"setting": env_name(e.name), "value": str(e.value), "problem": e.problem, "allowed": e.allowed} for e in errors
+        {"setting": env_name(e.name), "value": e.shown, "problem": e.problem, "allowed": e.allowed} for e in errors
     ]
     return UsageError("\n".join(str(e) for e in errors), details=details)
 

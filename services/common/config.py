@@ -369,13 +369,15 @@ class SettingError(ValueError):
     when not in the environment, the problem, and what is allowed."""
 
     def __init__(self, name: str, value: Any, problem: str, allowed: str, origin: str = "") -> None:
-        self.name, self.value, self.problem, self.allowed, self.origin = name, value, problem, allowed, origin
+        self.name, self.problem, self.allowed, self.origin = name, problem, allowed, origin
+        self.shown = _shown(value)  # never the value itself: a URL's password stays out of every output
         where = f" (from {origin})" if origin and origin != "environment" else ""
-        super().__init__(f"{env_name(name)}={_shown(value)}{where}: {problem}; allowed: {allowed}")
+        super().__init__(f"{env_name(name)}={self.shown}{where}: {problem}; allowed: {allowed}")
 
 
 def _shown(value: Any) -> str:
-    text = str(value).lower() if isinstance(value, bool) else str(value)
+    """The value for an error line: a password in a URL masked (a key file's path is no secret)."""
+    text = str(value).lower() if isinstance(value, bool) else mask_url(str(value))
     if len(text) > 120:
         text = text[:117] + "..."
     return text if text and text.isprintable() and " " not in text else repr(text)

@@ -237,3 +237,9 @@ def test_the_shipped_configmap_is_valid_apart_from_files_this_machine_lacks() ->
         assert {e.problem for e in errors} <= {"no such file"}, errors
         assert all(e.name.startswith(("grpc_", "tls_")) for e in errors)
     assert not [e for e in check_settings(load(env=env), ["mailstore"]) if e.name.startswith("tls_")]
+
+
+def test_an_error_line_never_shows_a_password_of_a_url() -> None:
+    (error,) = check_settings(load(env={"MAILSTACK_EVENTS_URL": "valkey://:hunter2@redis.internal:6379/0"}))
+    assert str(error).startswith("MAILSTACK_EVENTS_URL=valkey://:***@redis.internal:6379/0: unsupported scheme")
+    assert "hunter2" not in repr(vars(error)) + repr(error.args)
