@@ -139,6 +139,13 @@ def test_serve_names_and_optional_arguments() -> None:
     assert parser.parse_args(["quota", "recompute", "alice@example.test"]).account == "alice@example.test"
 
 
+def test_serving_an_unknown_service_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["serve", "smtp", "ftp"]) == 2
+    assert capsys.readouterr().err == (
+        "mailstack: unknown service 'ftp' (known: mailstore, smtp, imap, pop3, outbound)\n"
+    )
+
+
 # ---------------------------------------------------------------- local commands
 
 
