@@ -515,19 +515,21 @@ def check_settings(loaded: Loaded, services: Collection[str] | None = None) -> l
     for cert, key in PAIRS:
         if cert in bad or key in bad:
             continue
-        if problem := _pair_problem(getattr(settings, cert), getattr(settings, key), key):
+        if problem := _pair_problem(settings, cert, key):
             name = cert if getattr(settings, cert) else key
             allowed = f"{env_name(cert)} and {env_name(key)} both (a PEM certificate and its key), or neither"
             errors.append(SettingError(name, getattr(settings, name), problem, allowed, origins.get(name, "")))
     return errors
 
 
-def _pair_problem(cert: str, key: str, key_name: str) -> str | None:
+def _pair_problem(settings: Settings, cert_name: str, key_name: str) -> str | None:
+    cert, key = getattr(settings, cert_name), getattr(settings, key_name)
     if not cert and not key:
         return None
     if not cert or not key:
-        return f"{env_name(key_name if cert else key_name.replace('key', 'cert'))} is not set"
+        return f"{env_name(key_name if cert else cert_name)} is not set"
     try:
+        # No password: an encrypted key fails here rather than asking for a passphrase on a terminal.
         ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(cert, key, password=lambda: b"")
     except (ssl.SSLError, OSError, ValueError):
         return f"does not load as a PEM certificate with the key {key}"
