@@ -377,7 +377,12 @@ class SettingError(ValueError):
 
 def _shown(value: Any) -> str:
     """The value for an error line: a password in a URL masked (a key file's path is no secret)."""
-    text = str(value).lower() if isinstance(value, bool) else mask_url(str(value))
+    text = str(value).lower() if isinstance(value, bool) else str(value)
+    if "://" in text:
+        try:
+            text = mask_url(text)
+        except ValueError:  # not even a URL: it could still hold a password
+            text = text.split("://", 1)[0] + "://(not shown)"
     if len(text) > 120:
         text = text[:117] + "..."
     return text if text and text.isprintable() and " " not in text else repr(text)

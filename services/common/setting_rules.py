@@ -26,7 +26,10 @@ class Rule:
     problem: Callable[[Any], str | None]
 
     def __call__(self, value: Any) -> str | None:
-        return self.problem(value)
+        try:
+            return self.problem(value)
+        except (ValueError, UnicodeError):  # urlsplit("redis://[::1"), a NUL byte for getaddrinfo, ...
+            return "not understood"
 
 
 def _empty_ok(rule: Rule) -> Rule:

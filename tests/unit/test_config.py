@@ -243,3 +243,16 @@ def test_an_error_line_never_shows_a_password_of_a_url() -> None:
     (error,) = check_settings(load(env={"MAILSTACK_EVENTS_URL": "valkey://:hunter2@redis.internal:6379/0"}))
     assert str(error).startswith("MAILSTACK_EVENTS_URL=valkey://:***@redis.internal:6379/0: unsupported scheme")
     assert "hunter2" not in repr(vars(error)) + repr(error.args)
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("MAILSTACK_EVENTS_URL", "redis://:pw@[::1"),
+        ("MAILSTACK_BIND", "a\x00b"),
+        ("MAILSTACK_MAILSTORE_ADDR", "[::1:x"),
+    ],
+)
+def test_a_value_no_parser_understands_is_an_error_line_not_a_crash(variable: str, value: str) -> None:
+    (error,) = check_settings(load(env={variable: value}))
+    assert str(error).startswith(f"{variable}=") and "pw" not in str(error)
