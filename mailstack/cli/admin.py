@@ -70,7 +70,7 @@ def _prompt() -> str:
         print(file=sys.stderr)
         raise Interrupted("interrupted at the password prompt; nothing changed") from None
     if again != password:
-        raise CommandError("passwords do not match")
+        raise UsageError("passwords do not match; nothing changed")
     return password
 
 

@@ -159,7 +159,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     as_json = "--json" in argv  # known before parsing, so that argument errors are JSON too
     try:
-        return _run(argv, as_json)
+        return _run(argv)
     except CommandError as err:
         return report(err, as_json)
     except KeyboardInterrupt:
@@ -182,7 +182,7 @@ def _load(args: argparse.Namespace) -> Loaded:
     return loaded
 
 
-def _run(argv: list[str], as_json: bool) -> int:
+def _run(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     loaded = _load(args)
     settings = loaded.settings
