@@ -266,6 +266,9 @@ def test_config_says_where_each_value_came_from(tmp_path: Path) -> None:
     assert origin["MAILSTACK_HOSTNAME"] == f"{config}: hostname"
     assert origin["MAILSTACK_SMTP_MAX_RECIPIENTS"] == f"{config}: smtp.max_recipients"
     assert origin["MAILSTACK_IMAP_PORT"] == "env" and origin["MAILSTACK_POP3_IDLE_TIMEOUT"] == "default"
+    changed = run(["config", "--json", "--changed"], env)  # as `postconf -n`: what differs from the defaults
+    assert {row["name"] for row in json.loads(changed.stdout)} == {n for n, o in origin.items() if o != "default"}
+    assert "MAILSTACK_HOSTNAME" in {row["name"] for row in json.loads(changed.stdout)}
 
 
 # ---------------------------------------------------------------- ports and the data folder in use: exit 4
