@@ -17,8 +17,10 @@ ensure_venv() {
         if ! "$PYTHON" -c 'import venv, ensurepip' 2>/dev/null; then
             # Debian ships venv/ensurepip separately.
             [ "$(id -u)" -eq 0 ] || die "the Python venv module is missing: run as root: apt-get install python3-venv"
-            DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
-                DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null \
+            # A freshly booted machine runs its own apt (unattended-upgrades): wait for its lock.
+            DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 update -qq && \
+                DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -qq python3-venv \
+                >/dev/null \
                 || die "installing python3-venv failed"
         fi
         "$PYTHON" -m venv "$VENV" || { rm -rf "$VENV"; die "creating the virtualenv failed"; }

@@ -52,6 +52,7 @@ echo "install_clients: installing ${missing[*]}"
 export DEBIAN_FRONTEND=noninteractive
 # postfix is only a client-side tool here (sendmail, postqueue); "No configuration" keeps it from starting a daemon.
 echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
-apt-get update -qq
-apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+# A freshly booted machine runs its own apt (unattended-upgrades): wait up to 10 minutes for its lock.
+apt-get -o DPkg::Lock::Timeout=600 update -qq
+apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 echo "install_clients: installed ${missing[*]}"

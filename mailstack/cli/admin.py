@@ -19,7 +19,17 @@ from mailstack.v1 import mailstore_pb2_grpc as pbg
 from mailstack.v1 import send_pb2 as spb
 from mailstack.v1 import send_pb2_grpc as spbg
 
-from .output import CommandError, Output, _limit, account_dict, accounts_table, format_table, human_size
+from .output import (
+    CommandError,
+    Interrupted,
+    Output,
+    UsageError,
+    _limit,
+    account_dict,
+    accounts_table,
+    format_table,
+    human_size,
+)
 
 CALL_TIMEOUT = 60.0
 IMPORT_TIMEOUT = 300.0  # one message, however big (the mailstore bounds the size)
@@ -39,13 +49,28 @@ def _read_password(args: argparse.Namespace) -> str:
     elif args.password_stdin:
         password = sys.stdin.readline().rstrip("\r\n")
     elif sys.stdin.isatty():
-        password = getpass.getpass("Password: ")
-        if getpass.getpass("Password (again): ") != password:
-            raise CommandError("passwords do not match")
+        password = _prompt()
     else:
-        raise CommandError("no password given: use --password-stdin (or --password) when not interactive")
+        raise UsageError("no password given: use --password-stdin (or --password) when not interactive")
     if not password:
-        raise CommandError("empty password")
+        raise UsageError("empty password")
+    return password
+
+
+def _prompt() -> str:
+    """The password, typed twice. Ctrl-D and Ctrl-C end the command with one line (the prompt's line
+    is ended first, so the message does not follow "Password:")."""
+    try:
+        password = getpass.getpass("Password: ")
+        again = getpass.getpass("Password (again): ")
+    except EOFError:
+        print(file=sys.stderr)
+        raise UsageError("no password given (end of input at the prompt); nothing changed") from None
+    except KeyboardInterrupt:
+        print(file=sys.stderr)
+        raise Interrupted("interrupted at the password prompt; nothing changed") from None
+    if again != password:
+        raise UsageError("passwords do not match; nothing changed")
     return password
 
 
@@ -128,8 +153,18 @@ def cmd_domain_add(admin: pbg.AdminStub, args: argparse.Namespace, out: Output) 
 
 
 def cmd_domain_delete(admin: pbg.AdminStub, args: argparse.Namespace, out: Output) -> None:
-    _call(admin.DeleteDomain, pb.DeleteDomainRequest(name=args.name))
-    out.done({"domain": args.name}, f"deleted domain {args.name}")
+    """Refused by the mailstore while the domain has accounts or aliases (it says how many); --force
+    deletes them too and says how many it deleted."""
+    reply = _call(admin.DeleteDomain, pb.DeleteDomainRequest(name=args.name, force=args.force))
+    also = ""
+    if reply.accounts_deleted or reply.aliases_deleted:
+        accounts = f"{reply.accounts_deleted} account{'s' * (reply.accounts_deleted != 1)}"
+        aliases = f"{reply.aliases_deleted} alias{'es' * (reply.aliases_deleted != 1)}"
+        also = f" with its {accounts} (and their mail) and {aliases}"
+    out.done(
+        {"domain": args.name, "accounts_deleted": reply.accounts_deleted, "aliases_deleted": reply.aliases_deleted},
+        f"deleted domain {args.name}{also}",
+    )
 
 
 def cmd_domain_list(admin: pbg.AdminStub, args: argparse.Namespace, out: Output) -> None:

@@ -1,7 +1,7 @@
 """`mailstack fsck [ACCOUNT] [--repair]`: messages without their body, bodies without a message.
 
-Exit codes (as e2fsck's 0 and 1, and the CLI's 2): 0 nothing wrong, 1 problems found (repaired
-with --repair: the report says so), 2 mailstore unreachable.
+Exit codes (as e2fsck's 0 and 1, and the CLI's 3): 0 nothing wrong, 1 problems found (repaired
+with --repair: the report says so), 3 mailstore unreachable.
 """
 
 from __future__ import annotations

@@ -5,15 +5,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import json
 import os
 import sys
+from dataclasses import fields
 from pathlib import Path
 
-from mailstack.services.common.config import Settings, describe
+from mailstack.services.common.config import Loaded, Settings, check_settings, describe
 from mailstack.services.common.grpc_client import IdentityError
 
-from .output import EXIT_ERROR, EXIT_OK, CommandError, format_table
+from .output import EXIT_ERROR, EXIT_OK, CommandError, InUse, Output, UsageError, format_table, settings_refused
 
 
 def cmd_dkim_keygen(settings: Settings, args: argparse.Namespace) -> int:
@@ -81,24 +83,60 @@ def cmd_ca_issue(settings: Settings, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _origin(loaded: Loaded, name: str) -> str:
+    origin = loaded.origins.get(name, "default")
+    return "env" if origin == "environment" else origin
+
+
 def cmd_config(settings: Settings, args: argparse.Namespace) -> int:
-    rows = describe(settings)
-    if args.json:
-        print(json.dumps([{"name": n, "value": v, "help": h} for n, v, h in rows], indent=2))
-    else:
-        print(format_table(["SETTING", "VALUE", "DESCRIPTION"], rows))
+    """The effective settings, where each came from, and whether they would start (exit 2 if not).
+    With --check only the verdict: what `serve` refuses, without starting anything."""
+    loaded: Loaded = args.loaded
+    errors = check_settings(loaded, args.services or None)
+    if not args.check:
+        named = zip(describe(settings), fields(Settings), strict=True)
+        rows = [
+            (n, v, _origin(loaded, f.name), h) for (n, v, h), f in named if f.name in loaded.origins or not args.changed
+        ]
+        if args.json:
+            print(json.dumps([{"name": n, "value": v, "from": o, "help": h} for n, v, o, h in rows], indent=2))
+        else:
+            print(format_table(["SETTING", "VALUE", "FROM", "DESCRIPTION"], rows))
+    if errors:
+        raise settings_refused(errors)
+    if args.check:
+        Output(args.json).done({"settings": "valid"}, "settings are valid")
     return EXIT_OK
 
 
 def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
+    """Check the settings, then the ports and the data folder, and only then start anything."""
     from mailstack.services.common.allocator import tune_allocator
-    from mailstack.services.common.lifecycle import ServeError, run_services
+    from mailstack.services.common.folder_lock import FolderInUse
+    from mailstack.services.common.lifecycle import SERVICES, ServeError, run_services
     from mailstack.services.common.logs import setup_logging
+    from mailstack.services.common.preflight import PortClash, PortProblem, preflight
 
+    if unknown := [name for name in args.services if name not in SERVICES]:
+        raise UsageError(f"unknown service {unknown[0]!r} (known: {', '.join(SERVICES)})")
+    if errors := check_settings(args.loaded, args.services or list(SERVICES)):
+        raise settings_refused(errors)
+    try:
+        preflight(settings, args.services or SERVICES)
+    except PortClash as err:
+        raise UsageError(str(err)) from None
+    except (PortProblem, FolderInUse) as err:
+        raise InUse(str(err)) from None
     setup_logging(settings.log_level, settings.log_format)
     tune_allocator()
     try:
         asyncio.run(run_services(settings, args.services))
+    except FolderInUse as err:  # taken since the preflight
+        raise InUse(str(err)) from None
+    except OSError as err:  # a port taken since the preflight, a file the settings name unreadable now, ...
+        if err.errno == errno.EADDRINUSE or "cannot listen" in str(err):
+            raise InUse(f"{err} (another mailstack may be running)") from None
+        raise CommandError(str(err)) from None
     except (ServeError, IdentityError) as err:  # IdentityError: a gRPC identity file missing or unreadable
         raise CommandError(str(err)) from None
     return EXIT_OK

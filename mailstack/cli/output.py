@@ -6,21 +6,92 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import sys
 from collections.abc import Callable, Sequence
 from decimal import Decimal
 from typing import Any
 
+from mailstack.services.common.config import SettingError, env_name
 from mailstack.v1 import mailstore_pb2 as pb
 
-EXIT_OK, EXIT_ERROR, EXIT_UNREACHABLE = 0, 1, 2
+# Exit codes (README "Exit codes" and `mailstack --help` list them): scripts tell "fix the command
+# or the settings" from "the mailstore is down" from "it said no".
+EXIT_OK = 0
+EXIT_ERROR = 1  # refused: the mailstore (or this command) said no, the reason is printed; fsck found problems
+EXIT_USAGE = 2  # bad arguments or settings: nothing was started or changed
+EXIT_UNREACHABLE = 3  # the mailstore did not answer (not running, wrong address, another CA)
+EXIT_IN_USE = 4  # serve: a port or the data folder is taken (another mailstack?) or not allowed
+EXIT_INTERRUPTED = 130  # Ctrl-C (128 + SIGINT, as shells report it)
+
+EXIT_CODES = {
+    EXIT_OK: "done",
+    EXIT_ERROR: "refused or failed: the mailstore or the command said no (the reason is printed); fsck: problems",
+    EXIT_USAGE: "usage: bad arguments or settings (nothing was started or changed)",
+    EXIT_UNREACHABLE: "the mailstore did not answer (not running, wrong address, or another CA)",
+    EXIT_IN_USE: "serve: a port or the data folder is in use (another mailstack?) or not allowed",
+    EXIT_INTERRUPTED: "interrupted (Ctrl-C)",
+}
 
 
 class CommandError(Exception):
-    """A one-line message for stderr; the command exits 1."""
+    """A one-line message for stderr (JSON with --json); the command exits with exit_code."""
+
+    exit_code = EXIT_ERROR
+    kind = "refused"
+
+    def __init__(self, message: str, reason: str = "", details: list[dict[str, Any]] | None = None) -> None:
+        super().__init__(message)
+        self.reason = reason  # the mailstore's ErrorDetail reason (ACCOUNT_NOT_FOUND, ...), if it gave one
+        self.details = details or []
 
 
-class Unreachable(Exception):
-    pass
+class UsageError(CommandError):
+    exit_code = EXIT_USAGE
+    kind = "usage"
+
+
+class Unreachable(CommandError):
+    exit_code = EXIT_UNREACHABLE
+    kind = "unreachable"
+
+
+class InUse(CommandError):
+    exit_code = EXIT_IN_USE
+    kind = "in_use"
+
+
+class Interrupted(CommandError):
+    exit_code = EXIT_INTERRUPTED
+    kind = "interrupted"
+
+
+def report(err: CommandError, as_json: bool) -> int:
+    """Print an error as `mailstack: MESSAGE` lines (several for several bad settings), or as one JSON
+    object on stderr with --json; stdout keeps only results. Returns the exit code."""
+    if as_json:
+        error: dict[str, Any] = {"kind": err.kind, "exit_code": err.exit_code, "message": str(err).splitlines()[0]}
+        if err.reason:
+            error["reason"] = err.reason
+        if err.details:
+            error["details"] = err.details
+        print(json.dumps({"error": error}, ensure_ascii=False), file=sys.stderr)
+    else:
+        for line in str(err).splitlines():
+            print(f"mailstack: {line}", file=sys.stderr)
+    return err.exit_code
+
+
+def warn(message: str, as_json: bool) -> None:
+    line = json.dumps({"warning": message}, ensure_ascii=False) if as_json else f"mailstack: warning: {message}"
+    print(line, file=sys.stderr)
+
+
+def settings_refused(errors: Sequence[SettingError]) -> UsageError:
+    """One line per bad setting."""
+    details = [
+        {"setting": env_name(e.name), "value": e.shown, "problem": e.problem, "allowed": e.allowed} for e in errors
+    ]
+    return UsageError("\n".join(str(e) for e in errors), details=details)
 
 
 # ---------------------------------------------------------------- value parsing and formatting

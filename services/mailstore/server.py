@@ -16,6 +16,7 @@ from grpc_health.v1 import _async as health_aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from mailstack.services.common.config import Settings
+from mailstack.services.common.folder_lock import FolderLock, lock_path
 from mailstack.services.common.grpc_certificates import ReloadingServerCertificate
 from mailstack.services.common.grpc_client import SERVER_OPTIONS, identity_for
 from mailstack.services.common.grpc_tracing import server_interceptors
@@ -65,6 +66,7 @@ class MailstoreServer:
         self._health = health_aio.HealthServicer()
         self._address = ""
         self._send_address = ""
+        self._lock: FolderLock | None = None
 
     @property
     def address(self) -> str:
@@ -81,6 +83,22 @@ class MailstoreServer:
         return [("gRPC", self._address), ("Send API", self._send_address)]
 
     async def start(self) -> None:
+        # One mailstore per SQLite database (a second would corrupt it), before anything else.
+        if (path := lock_path(self.settings.effective_metadata_url)) is not None:
+            self._lock = FolderLock(path)
+            await asyncio.to_thread(self._lock.acquire)
+        try:
+            await self._start()
+        except BaseException:
+            self._release_lock()
+            raise
+
+    def _release_lock(self) -> None:
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+
+    async def _start(self) -> None:
         # Identities first (the embedded default creates its CA here), before anything listens.
         identity = await asyncio.to_thread(identity_for, self.settings, SERVER)
         send_credentials = await asyncio.to_thread(_send_credentials, self.settings)
@@ -137,6 +155,7 @@ class MailstoreServer:
         if self.core is not None:
             await self.core.close()
             self.core = None
+        self._release_lock()
 
     async def wait_closed(self) -> None:
         if self._server is not None:

@@ -405,9 +405,9 @@ class AdminServicer(pbg.AdminServicer):
         return pb.Domain(name=await self.accounts.add_domain(request.name))
 
     @rpc
-    async def DeleteDomain(self, request: pb.DeleteDomainRequest, context: Any) -> pb.Empty:
-        await self.accounts.delete_domain(request.name)
-        return pb.Empty()
+    async def DeleteDomain(self, request: pb.DeleteDomainRequest, context: Any) -> pb.DeleteDomainResponse:
+        accounts, aliases = await self.accounts.delete_domain(request.name, force=request.force)
+        return pb.DeleteDomainResponse(accounts_deleted=accounts, aliases_deleted=aliases)
 
     @rpc
     async def ListDomains(self, request: pb.ListDomainsRequest, context: Any) -> pb.ListDomainsResponse:

@@ -427,7 +427,7 @@ async def test_fsck_says_when_the_mailstore_is_unreachable(tmp_path: Path) -> No
     command = [sys.executable, "-m", "mailstack", "fsck", "--mailstore", f"127.0.0.1:{free_port()}"]
     env = {**os.environ, env_name("data_dir"): str(tmp_path)}
     done = await asyncio.to_thread(subprocess.run, command, capture_output=True, timeout=60, env=env)
-    assert done.returncode == 2 and b"not reachable" in done.stderr
+    assert done.returncode == 3 and b"not reachable" in done.stderr
 
 
 # ---------------------------------------------------------------- SIGKILL of SMTP under load

@@ -653,3 +653,26 @@ async def test_a_cancelled_body_stream_lets_its_blob_file_go_at_once(tmp_path: P
                 assert _open_blob_files(tmp_path / "blobs") == 0
     finally:
         gc.enable()
+
+
+async def test_a_domain_with_accounts_or_aliases_is_deleted_only_when_forced(mailstore: tuple[Any, Client]) -> None:
+    """Refused for every API caller, not only the CLI: deleted under its accounts, a domain's users
+    would still get mail while typos to it were relayed out."""
+    _, client = mailstore
+    await client.admin.AddAlias(pb.AddAliasRequest(address="info@other.test", account=ALICE))
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await client.admin.DeleteDomain(pb.DeleteDomainRequest(name="example.test"))
+    assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION and reason(refused.value) == pb.NOT_ALLOWED
+    assert "domain example.test still has 1 account and 1 alias" in (refused.value.details() or "")
+    domains = await client.admin.ListDomains(pb.ListDomainsRequest())
+    assert {d.name for d in domains.domains} == {"example.test", "other.test"}
+    assert [r.status for r in (await deliver(client, [ALICE], simple("still here"))).results] == [pb.RECIPIENT_LOCAL]
+
+    forced = await client.admin.DeleteDomain(pb.DeleteDomainRequest(name="Example.Test", force=True))
+    assert (forced.accounts_deleted, forced.aliases_deleted) == (1, 1)
+    domains = await client.admin.ListDomains(pb.ListDomainsRequest())
+    assert [d.name for d in domains.domains] == ["other.test"]  # its alias went with the account
+    assert (await client.admin.ListAliases(pb.ListAliasesRequest())).aliases == []
+    assert [r.status for r in (await deliver(client, [ALICE], simple("gone"))).results] == [pb.RECIPIENT_NOT_LOCAL]
+    empty = await client.admin.DeleteDomain(pb.DeleteDomainRequest(name="other.test"))
+    assert (empty.accounts_deleted, empty.aliases_deleted) == (0, 0)

@@ -119,17 +119,16 @@ def test_global_options_before_or_after_the_command() -> None:
 
 
 def test_password_options_are_exclusive(capsys: pytest.CaptureFixture[str]) -> None:
-    with pytest.raises(SystemExit) as exc:
-        cli.build_parser().parse_args(["user", "add", "a@example.test", "--password", "x", "--password-stdin"])
-    assert exc.value.code == 2
+    assert cli.main(["user", "add", "a@example.test", "--password", "x", "--password-stdin"]) == 2
     assert "not allowed with" in capsys.readouterr().err
 
 
 def test_bad_size_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
-    with pytest.raises(SystemExit) as exc:
-        cli.build_parser().parse_args(["user", "quota", "a@example.test", "--bytes", "lots"])
-    assert exc.value.code == 2
-    assert "invalid size 'lots'" in capsys.readouterr().err
+    assert cli.main(["user", "quota", "a@example.test", "--bytes", "lots"]) == 2
+    assert capsys.readouterr().err == (
+        "mailstack: argument --bytes: invalid size 'lots' (examples: 1048576, 500M, 2G)"
+        " (see `mailstack user quota --help`)\n"
+    )
 
 
 def test_serve_names_and_optional_arguments() -> None:
@@ -140,6 +139,13 @@ def test_serve_names_and_optional_arguments() -> None:
     assert parser.parse_args(["quota", "recompute", "alice@example.test"]).account == "alice@example.test"
 
 
+def test_serving_an_unknown_service_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["serve", "smtp", "ftp"]) == 2
+    assert capsys.readouterr().err == (
+        "mailstack: unknown service 'ftp' (known: mailstore, smtp, imap, pop3, outbound)\n"
+    )
+
+
 # ---------------------------------------------------------------- local commands
 
 
@@ -147,19 +153,19 @@ def test_config_masks_secrets(monkeypatch: pytest.MonkeyPatch, capsys: pytest.Ca
     monkeypatch.setenv("MAILSTACK_TLS_KEY", "/run/secrets/key.pem")
     monkeypatch.setenv("MAILSTACK_EVENTS_URL", "redis://:hunter2@redis:6379/0")
     monkeypatch.delenv("MAILSTACK_CONFIG", raising=False)
-    assert cli.main(["config", "--json"]) == 0
+    assert cli.main(["config", "--json"]) == 2  # printed, then refused: the key file is not there
     rows = {row["name"]: row["value"] for row in json.loads(capsys.readouterr().out)}
     assert rows["MAILSTACK_TLS_KEY"] == "***"
     assert rows["MAILSTACK_EVENTS_URL"] == "redis://:***@redis:6379/0"
-    assert cli.main(["config"]) == 0
+    assert cli.main(["config"]) == 2
     text = capsys.readouterr().out
     assert "MAILSTACK_SMTP_PORT" in text and "hunter2" not in text and "/run/secrets" not in text
 
 
-def test_bad_settings_exit_1(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+def test_bad_settings_exit_2(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.setenv("MAILSTACK_SMTP_PORT", "twenty-five")
-    assert cli.main(["config"]) == 1
-    assert "smtp_port: expected an integer" in capsys.readouterr().err
+    assert cli.main(["config"]) == 2
+    assert "MAILSTACK_SMTP_PORT=twenty-five: not a whole number" in capsys.readouterr().err
 
 
 def test_malformed_mailstore_address_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
@@ -173,7 +179,7 @@ def closed_port() -> int:
         return int(s.getsockname()[1])
 
 
-def test_unreachable_mailstore_exits_2_quickly(tmp_path: Path) -> None:
+def test_unreachable_mailstore_exits_3_quickly(tmp_path: Path) -> None:
     port = closed_port()
     ensure_data_identities(tmp_path)
     started = time.monotonic()
@@ -184,7 +190,7 @@ def test_unreachable_mailstore_exits_2_quickly(tmp_path: Path) -> None:
         timeout=30,
         env={**os.environ, "MAILSTACK_DATA_DIR": str(tmp_path)},
     )
-    assert proc.returncode == 2, proc.stderr
+    assert proc.returncode == 3, proc.stderr
     assert f"mailstore not reachable at 127.0.0.1:{port} (is `mailstack serve` running?" in proc.stderr
     assert proc.stdout == ""
     assert time.monotonic() - started < 15
@@ -293,7 +299,7 @@ def test_user_add_without_password_when_not_interactive(
 ) -> None:
     address, servicer = admin_server
     monkeypatch.setattr(sys, "stdin", io.StringIO(""))
-    assert cli.main(["user", "add", "carol@example.test", "--mailstore", address]) == 1
+    assert cli.main(["user", "add", "carol@example.test", "--mailstore", address]) == 2  # a usage error
     assert "--password-stdin" in capsys.readouterr().err
     assert servicer.created == []
 

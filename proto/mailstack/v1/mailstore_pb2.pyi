@@ -788,25 +788,58 @@ Global___AddDomainRequest: _TypeAlias = AddDomainRequest  # noqa: Y015
 
 @_typing.final
 class DeleteDomainRequest(_message.Message):
-    """Stop serving a domain."""
+    """Stop serving a domain. Refused (NOT_ALLOWED, saying how many) while accounts or aliases of the
+    domain exist, unless force: a domain deleted under its accounts leaves them receiving mail while
+    typos to it are relayed out.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
     NAME_FIELD_NUMBER: _builtins.int
+    FORCE_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """The domain name."""
+    force: _builtins.bool
+    """Delete the domain's accounts (with their mail) and aliases too."""
     def __init__(
         self,
         *,
         name: _builtins.str = ...,
+        force: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["force", b"force", "name", b"name"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___DeleteDomainRequest: _TypeAlias = DeleteDomainRequest  # noqa: Y015
+
+@_typing.final
+class DeleteDomainResponse(_message.Message):
+    """What a forced delete removed besides the domain."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACCOUNTS_DELETED_FIELD_NUMBER: _builtins.int
+    ALIASES_DELETED_FIELD_NUMBER: _builtins.int
+    accounts_deleted: _builtins.int
+    """Accounts of the domain deleted with their mail."""
+    aliases_deleted: _builtins.int
+    """Addresses of the domain, and aliases elsewhere of its accounts."""
+    def __init__(
+        self,
+        *,
+        accounts_deleted: _builtins.int = ...,
+        aliases_deleted: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accounts_deleted", b"accounts_deleted", "aliases_deleted", b"aliases_deleted"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteDomainResponse: _TypeAlias = DeleteDomainResponse  # noqa: Y015
 
 @_typing.final
 class ListDomainsRequest(_message.Message):

@@ -1300,7 +1300,7 @@ class AdminStub:
         self.DeleteDomain = channel.unary_unary(
                 '/mailstack.v1.Admin/DeleteDomain',
                 request_serializer=mailstack_dot_v1_dot_mailstore__pb2.DeleteDomainRequest.SerializeToString,
-                response_deserializer=mailstack_dot_v1_dot_mailstore__pb2.Empty.FromString,
+                response_deserializer=mailstack_dot_v1_dot_mailstore__pb2.DeleteDomainResponse.FromString,
                 _registered_method=True)
         self.ListDomains = channel.unary_unary(
                 '/mailstack.v1.Admin/ListDomains',
@@ -1398,7 +1398,7 @@ class AdminServicer:
         raise NotImplementedError('Method not implemented!')
 
     def DeleteDomain(self, request, context):
-        """Stop serving a domain (`mailstack domain delete`).
+        """Stop serving a domain (`mailstack domain delete [--force]`).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -1501,7 +1501,7 @@ def add_AdminServicer_to_server(servicer, server):
             'DeleteDomain': grpc.unary_unary_rpc_method_handler(
                     servicer.DeleteDomain,
                     request_deserializer=mailstack_dot_v1_dot_mailstore__pb2.DeleteDomainRequest.FromString,
-                    response_serializer=mailstack_dot_v1_dot_mailstore__pb2.Empty.SerializeToString,
+                    response_serializer=mailstack_dot_v1_dot_mailstore__pb2.DeleteDomainResponse.SerializeToString,
             ),
             'ListDomains': grpc.unary_unary_rpc_method_handler(
                     servicer.ListDomains,
@@ -1760,7 +1760,7 @@ class Admin:
             target,
             '/mailstack.v1.Admin/DeleteDomain',
             mailstack_dot_v1_dot_mailstore__pb2.DeleteDomainRequest.SerializeToString,
-            mailstack_dot_v1_dot_mailstore__pb2.Empty.FromString,
+            mailstack_dot_v1_dot_mailstore__pb2.DeleteDomainResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -424,8 +424,8 @@ class AdminStub:
     """Change an account's quota (`mailstack user quota`)."""
     AddDomain: _grpc.UnaryUnaryMultiCallable[_mailstore_pb2.AddDomainRequest, _mailstore_pb2.Domain]
     """Serve a domain (`mailstack domain add`)."""
-    DeleteDomain: _grpc.UnaryUnaryMultiCallable[_mailstore_pb2.DeleteDomainRequest, _mailstore_pb2.Empty]
-    """Stop serving a domain (`mailstack domain delete`)."""
+    DeleteDomain: _grpc.UnaryUnaryMultiCallable[_mailstore_pb2.DeleteDomainRequest, _mailstore_pb2.DeleteDomainResponse]
+    """Stop serving a domain (`mailstack domain delete [--force]`)."""
     ListDomains: _grpc.UnaryUnaryMultiCallable[_mailstore_pb2.ListDomainsRequest, _mailstore_pb2.ListDomainsResponse]
     """The served domains (`mailstack domain list`)."""
     AddAlias: _grpc.UnaryUnaryMultiCallable[_mailstore_pb2.AddAliasRequest, _mailstore_pb2.Alias]
@@ -462,8 +462,8 @@ class AdminAsyncStub(AdminStub):
     """Change an account's quota (`mailstack user quota`)."""
     AddDomain: _aio.UnaryUnaryMultiCallable[_mailstore_pb2.AddDomainRequest, _mailstore_pb2.Domain]  # type: ignore[assignment]
     """Serve a domain (`mailstack domain add`)."""
-    DeleteDomain: _aio.UnaryUnaryMultiCallable[_mailstore_pb2.DeleteDomainRequest, _mailstore_pb2.Empty]  # type: ignore[assignment]
-    """Stop serving a domain (`mailstack domain delete`)."""
+    DeleteDomain: _aio.UnaryUnaryMultiCallable[_mailstore_pb2.DeleteDomainRequest, _mailstore_pb2.DeleteDomainResponse]  # type: ignore[assignment]
+    """Stop serving a domain (`mailstack domain delete [--force]`)."""
     ListDomains: _aio.UnaryUnaryMultiCallable[_mailstore_pb2.ListDomainsRequest, _mailstore_pb2.ListDomainsResponse]  # type: ignore[assignment]
     """The served domains (`mailstack domain list`)."""
     AddAlias: _aio.UnaryUnaryMultiCallable[_mailstore_pb2.AddAliasRequest, _mailstore_pb2.Alias]  # type: ignore[assignment]
@@ -545,8 +545,8 @@ class AdminServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _mailstore_pb2.DeleteDomainRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_mailstore_pb2.Empty, _abc.Awaitable[_mailstore_pb2.Empty]]:
-        """Stop serving a domain (`mailstack domain delete`)."""
+    ) -> _typing.Union[_mailstore_pb2.DeleteDomainResponse, _abc.Awaitable[_mailstore_pb2.DeleteDomainResponse]]:
+        """Stop serving a domain (`mailstack domain delete [--force]`)."""
 
     @_abc_1.abstractmethod
     def ListDomains(

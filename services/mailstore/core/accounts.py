@@ -9,7 +9,7 @@ from mailstack.message import names
 from mailstack.services.common.config import Settings
 from mailstack.services.mailstore import imported_hashes, passwords
 from mailstack.services.mailstore.core.auth import MAX_PASSWORD_LENGTH
-from mailstack.services.mailstore.core.errors import InvalidName, InvalidRequest
+from mailstack.services.mailstore.core.errors import InvalidName, InvalidRequest, NotAllowed
 from mailstack.services.mailstore.core.quota import QuotaLedger, quota_verdict
 from mailstack.services.mailstore.core.results import AccountRecord, AccountSummary, QuotaUsage, RecipientVerdict
 from mailstack.services.mailstore.core.stores import Stores, checked_address
@@ -22,6 +22,10 @@ DEFAULT_MAILBOXES: tuple[tuple[str, str], ...] = (
     ("Junk", "\\Junk"),
     ("Archive", "\\Archive"),
 )
+
+
+def _count(n: int, one: str, many: str = "") -> str:
+    return f"{n} {one if n == 1 else many or one + 's'}"
 
 
 def _checked_password(password: str) -> str:
@@ -51,6 +55,9 @@ class Accounts:
         self.stores = stores
         self.settings = settings
         self.ledger = ledger
+        # Serializes the steps that add a domain with those that delete one, so that a domain is never
+        # deleted between an account's domain check and its insert (within this mailstore).
+        self._domains = asyncio.Lock()
 
     async def account(self, name: str) -> AccountRecord:
         return await self.stores.account(name)
@@ -70,11 +77,12 @@ class Accounts:
         hashed = await _stored_hash(password, password_hash, self.settings.password_scrypt_log_n)
         metadata = self.stores.metadata
         domain = names.domain_of(name)
-        if domain not in await metadata.list_domains():
-            await metadata.add_domain(domain)
         quota_bytes = quota_bytes or self.settings.default_quota_bytes
         quota_messages = quota_messages or self.settings.default_quota_messages
-        record = await metadata.create_account(name, hashed, quota_bytes, quota_messages, DEFAULT_MAILBOXES)
+        async with self._domains:
+            if domain not in await metadata.list_domains():
+                await metadata.add_domain(domain)
+            record = await metadata.create_account(name, hashed, quota_bytes, quota_messages, DEFAULT_MAILBOXES)
         # Clients that show only subscribed folders (Thunderbird, phones) must see the defaults.
         for mailbox, _ in DEFAULT_MAILBOXES:
             await metadata.set_subscribed(record.id, mailbox, True)
@@ -109,8 +117,31 @@ class Accounts:
         await self.stores.metadata.add_domain(domain)
         return domain
 
-    async def delete_domain(self, name: str) -> None:
-        await self.stores.metadata.delete_domain(name.strip().lower())
+    async def delete_domain(self, name: str, force: bool = False) -> tuple[int, int]:
+        """Stop serving a domain; refused (NotAllowed, saying how many) while accounts or aliases of it
+        exist, unless force deletes them too. (accounts, aliases) deleted. A domain deleted under its
+        accounts would leave them receiving mail while typos to it are answered "relay denied" and
+        submission sends them out to the internet."""
+        domain = name.strip().lower()
+        async with self._domains:
+            accounts = [a.name for a in await self.stores.metadata.list_accounts() if names.domain_of(a.name) == domain]
+            aliases = [
+                alias
+                for alias, account in await self.stores.metadata.list_aliases(None)
+                if domain in (names.domain_of(alias), names.domain_of(account))
+            ]
+            if (accounts or aliases) and not force:
+                raise NotAllowed(
+                    f"domain {domain} still has {_count(len(accounts), 'account')} and "
+                    f"{_count(len(aliases), 'alias', 'aliases')}: delete them first, or force the delete "
+                    "(`mailstack domain delete --force`) to delete them with it"
+                )
+            for alias in aliases:
+                await self.stores.metadata.delete_alias(alias)
+            for account in accounts:
+                await self.delete(account)
+            await self.stores.metadata.delete_domain(domain)
+        return len(accounts), len(aliases)
 
     async def list_domains(self) -> list[str]:
         return await self.stores.metadata.list_domains()
@@ -119,9 +150,10 @@ class Accounts:
         alias = checked_address(alias, allow_catchall=True)
         record = await self.stores.account(account)
         domain = names.domain_of(alias)
-        if domain not in await self.stores.metadata.list_domains():
-            await self.stores.metadata.add_domain(domain)
-        await self.stores.metadata.add_alias(alias, record.name)
+        async with self._domains:
+            if domain not in await self.stores.metadata.list_domains():
+                await self.stores.metadata.add_domain(domain)
+            await self.stores.metadata.add_alias(alias, record.name)
         return alias, record.name
 
     async def delete_alias(self, alias: str) -> None:
