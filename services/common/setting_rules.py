@@ -196,11 +196,25 @@ RESOLVER = Rule("dns, or static:DOMAIN=HOST:PORT,... ('*' = any domain)", _resol
 
 
 def _dkim_problem(value: str) -> str | None:
-    """The keys as the mailstore will read them: DOMAIN=SELECTOR:PATH items or folders of keys."""
+    for item in filter(None, (part.strip() for part in value.split(","))):
+        if "=" not in item and os.path.isdir(item):  # a folder of DOMAIN.SELECTOR.pem (a mounted Secret)
+            if problem := _dkim_folder_problem(item):
+                return problem
+            continue
+        domain, _, rest = item.partition("=")
+        selector, _, path = rest.partition(":")
+        if not domain.strip() or not selector.strip() or not path.strip():
+            return f"{item!r} is not DOMAIN=SELECTOR:PATH or a folder"
+        if problem := _file_problem(path.strip()):
+            return f"{path.strip()}: {problem}"
+    return None
+
+
+def _dkim_folder_problem(folder: str) -> str | None:
     from mailstack.message.dkim_sign import parse_keys
 
     try:
-        parse_keys(value)
+        parse_keys(folder)
     except (ValueError, OSError) as e:
         return str(e)
     return None
