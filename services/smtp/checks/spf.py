@@ -68,7 +68,7 @@ class Term:
 
 
 @dataclass
-class _Context:
+class SpfContext:
     """One check_host() evaluation with its includes and redirects: the limits count across them."""
 
     dns: SpfDns
@@ -106,7 +106,7 @@ async def check_host(dns: SpfDns, ip: str, domain: str, sender: str, helo: str) 
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
         address = address.ipv4_mapped  # §5: an IPv4-mapped client is an IPv4 client
     domain = domain.lower().removesuffix(".")
-    context = _Context(dns, address, sender, helo)
+    context = SpfContext(dns, address, sender, helo)
     try:
         result, reason = await _evaluate(context, domain)
     except PermError as err:
@@ -116,7 +116,7 @@ async def check_host(dns: SpfDns, ip: str, domain: str, sender: str, helo: str) 
     return SpfVerdict(result, domain, reason)
 
 
-async def _evaluate(context: _Context, domain: str) -> tuple[SpfResult, str]:
+async def _evaluate(context: SpfContext, domain: str) -> tuple[SpfResult, str]:
     if not valid_domain(domain):
         return SpfResult.NONE, f"{domain!r} is not a domain"
     record = await _record(context.dns, domain)
@@ -224,7 +224,7 @@ def _in_network(ip: IpAddress, address: str, term: Term) -> bool:
     return ip in network
 
 
-async def _matches(context: _Context, term: Term, domain: str) -> bool:
+async def _matches(context: SpfContext, term: Term, domain: str) -> bool:
     """RFC 7208 §5: whether one mechanism matches the client."""
     if term.name == "all":
         return True
@@ -244,7 +244,7 @@ async def _matches(context: _Context, term: Term, domain: str) -> bool:
     return await _any_address(context, names, term, void_counts=term.name == "a")
 
 
-async def _include(context: _Context, target: str) -> bool:
+async def _include(context: SpfContext, target: str) -> bool:
     """§5.2: pass matches; fail, softfail and neutral do not; none and permerror are permerrors."""
     result, _ = await _evaluate(context, target)
     if result == SpfResult.TEMPERROR:
@@ -254,7 +254,7 @@ async def _include(context: _Context, target: str) -> bool:
     return result == SpfResult.PASS
 
 
-async def _mx_names(context: _Context, target: str) -> list[str]:
+async def _mx_names(context: SpfContext, target: str) -> list[str]:
     names = await context.dns.mx(target)
     context.count_void(names)
     if len(names) > MAX_MX_NAMES:
@@ -262,7 +262,7 @@ async def _mx_names(context: _Context, target: str) -> list[str]:
     return names
 
 
-async def _any_address(context: _Context, names: list[str], term: Term, void_counts: bool) -> bool:
+async def _any_address(context: SpfContext, names: list[str], term: Term, void_counts: bool) -> bool:
     ipv6 = context.ip.version == 6
     for name in names:
         found = await context.dns.addresses(name, ipv6)
@@ -273,7 +273,7 @@ async def _any_address(context: _Context, names: list[str], term: Term, void_cou
     return False
 
 
-async def _ptr(context: _Context, target: str) -> bool:
+async def _ptr(context: SpfContext, target: str) -> bool:
     """§5.5: a validated reverse name equal to or under the target domain (discouraged, still valid)."""
     names = (await context.dns.ptr(str(context.ip)))[:MAX_PTR_NAMES]
     context.count_void(names)
@@ -292,7 +292,7 @@ async def _ptr(context: _Context, target: str) -> bool:
 _MACRO = re.compile(r"%(?:\{([a-zA-Z])(\d*)(r?)([.\-+,/_=]*)\}|(.))", re.S)
 
 
-def _letter_value(letter: str, context: _Context, domain: str) -> str:
+def _letter_value(letter: str, context: SpfContext, domain: str) -> str:
     local, _, sender_domain = context.sender.rpartition("@")
     ip = context.ip
     if letter == "i" and ip.version == 6:
@@ -318,7 +318,7 @@ def _transform(value: str, digits: str, reverse: str, delimiters: str) -> str:
     return ".".join(parts)
 
 
-def expand(spec: str, context: _Context, domain: str) -> str:
+def expand(spec: str, context: SpfContext, domain: str) -> str:
     """A domain-spec with its macros expanded, shortened to 253 characters from the left (§7.3)."""
 
     def one(match: re.Match[str]) -> str:
