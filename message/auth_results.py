@@ -46,7 +46,7 @@ def header_field(authserv_id: str, results: list[MethodResult]) -> bytes:
         if item.method == "none":
             parts.append("none")  # RFC 8601 §2.2: no method was applied
             continue
-        props = "".join(f" {name}={_value(value)}" for name, value in item.properties)
+        props = "".join(f" {name}={_value(value)}" for name, value in item.properties if value)
         parts.append(f"{item.method}={item.result}{_comment(item.comment)}{props}")
     return (f"{NAME}: " + ";\r\n\t".join(parts) + "\r\n").encode("utf-8", "replace")
 

@@ -82,7 +82,7 @@ class SenderAuth:
     async def check(self, client_ip: str, helo: str, mail_from: str, content: bytes) -> AuthVerdict:
         helo = helo.lower().removesuffix(".")
         helo_known = _is_domain(helo)
-        none_helo = SpfVerdict(SpfResult.NONE, helo, "HELO is not a domain name")
+        none_helo = SpfVerdict(SpfResult.NONE, "", "HELO is not a domain name")  # and not reported
         mfrom_domain = mail_from.rpartition("@")[2].lower()
         spf_helo, spf_mfrom, dkim, arc = await asyncio.gather(
             self._spf(client_ip, helo, f"postmaster@{helo}", helo) if helo_known else _value(none_helo),
