@@ -53,10 +53,8 @@ class Resolver:
         self._resolver.lifetime = timeout  # the whole lookup, retries and TCP fallback included
         self._resolver.timeout = timeout
         self._resolver.cache = dns.resolver.LRUCache(cache_size)
-        self.lookups = 0  # answered from the network or the cache; the SPF limits count their own
 
     async def _answer(self, name: str, rdtype: dns.rdatatype.RdataType) -> list[object]:
-        self.lookups += 1
         try:
             qname = dns.name.from_text(name)
         except dns.exception.DNSException:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import enum
 import ipaddress
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Protocol
 
 from mailstack.services.smtp.checks.dns import DnsTempError
@@ -77,7 +77,6 @@ class SpfContext:
     helo: str
     dns_terms: int = 0
     void_lookups: int = 0
-    visited: list[str] = field(default_factory=list)
 
     def count_term(self) -> None:
         self.dns_terms += 1
