@@ -276,6 +276,13 @@ async def test_malformed_and_many_signatures_are_bounded(
         assert [r.result for r in ours(first)["dkim"]] == ["permerror", "pass"]
         assert len(ours(second)["dkim"]) == 5  # the first five signatures, no more
         assert dns.asked("TXT") < 40
+        # An ARC chain longer than anyone forwards is refused without a lookup of its keys.
+        seals = b"".join(f"ARC-Seal: i={i}; a=rsa-sha256; cv=pass; d=f{i}.test; s=s; b=AA==\r\n".encode()
+                         for i in range(1, 30))  # fmt: skip
+        asked = dns.asked("TXT")
+        assert (await send(running, "a@relaxed.test", seals + good)).startswith("250")
+        assert ours((await stored(running))[2])["arc"][0].result == "fail"
+        assert dns.asked("TXT") - asked < 10
 
 
 async def test_submission_is_not_checked(tmp_path: Path, dns: DnsServer) -> None:

@@ -6,6 +6,7 @@ package (no network at run time; the list is as fresh as the installed package).
 from __future__ import annotations
 
 import enum
+import functools
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -15,7 +16,12 @@ from mailstack.services.smtp.checks.signatures import DkimResult, DkimVerdict
 from mailstack.services.smtp.checks.spf import SpfResult, SpfVerdict
 from publicsuffixlist import PublicSuffixList
 
-_PSL = PublicSuffixList()
+
+@functools.cache
+def _suffix_list() -> PublicSuffixList:
+    return PublicSuffixList()  # parsed once, on first use (~10k rules): not at start when the checks are off
+
+
 POLICIES = ("none", "quarantine", "reject")
 
 
@@ -49,7 +55,7 @@ class DmarcVerdict:
 def organizational_domain(domain: str) -> str:
     """RFC 7489 §3.2: the public suffix plus one label (the domain itself when the PSL knows nothing)."""
     domain = domain.lower().removesuffix(".")
-    return _PSL.privatesuffix(domain) or domain
+    return _suffix_list().privatesuffix(domain) or domain
 
 
 def aligned(identifier: str, from_domain: str, strict: bool) -> bool:
