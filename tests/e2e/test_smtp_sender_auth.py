@@ -4,7 +4,10 @@ the stored Authentication-Results field read back with `authres` (RFC 7208, 6376
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import smtplib
+import ssl
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -16,8 +19,9 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from mailstack.message.headers import field_value, header_end, split_fields
 from mailstack.v1 import mailstore_pb2 as pb
+from prometheus_client import REGISTRY
 
-from tests.e2e.smtp_support import ALICE, RawSmtp, SmtpStack, smtp_stack
+from tests.e2e.smtp_support import ALICE, PASSWORD, RawSmtp, SmtpStack, smtp_stack
 from tests.fixtures.dns_server import DnsServer
 from tests.fixtures.mailstore import fetch_body
 
@@ -136,6 +140,7 @@ async def test_aligned_spf_and_dkim_pass(tmp_path: Path, dns: DnsServer, key: tu
         [dmarc] = results["dmarc"]
         assert (dmarc.result, prop(dmarc, "header.from")) == ("pass", "signed.test")
         assert results["arc"][0].result == "none"
+        assert REGISTRY.get_sample_value("mailstack_smtp_auth_results_total", {"method": "dmarc", "result": "pass"})
         # RFC 8601 §5: ours comes right below our own Received field, above the message's fields
         assert copy.index(b"Received:") < copy.index(b"Authentication-Results:") < copy.index(b"DKIM-Signature:")
 
@@ -243,6 +248,22 @@ async def test_dmarc_record_servfail_is_temperror(tmp_path: Path, dns: DnsServer
         assert ours((await stored(running))[0])["dmarc"][0].result == "temperror"
 
 
+async def test_slow_dns_is_cut_off_by_the_check_deadline(tmp_path: Path, dns: DnsServer) -> None:
+    # Every answer takes 0.3 s, within the lookup timeout; an SPF chain of ten includes would take
+    # over 3 s: the one-second deadline of each check makes it a temperror, and the aligned
+    # temperror makes DMARC undecided (451) rather than failed.
+    for i in range(10):
+        dns.txt(f"i{i}.slow.test", f"v=spf1 include:i{i + 1}.slow.test -all")
+    dns.txt("slow.test", "v=spf1 include:i0.slow.test -all")
+    dns.txt("_dmarc.slow.test", "v=DMARC1; p=reject")
+    async with stack(tmp_path, dns, smtp_auth_timeout=1) as running:
+        dns.delay = 0.3
+        started = asyncio.get_running_loop().time()
+        reply = await send(running, "x@slow.test", message("x@slow.test"), helo="[127.0.0.1]")
+        assert reply.startswith("451 4.7.5"), reply
+        assert asyncio.get_running_loop().time() - started < 3.0  # the whole chain would take 3.6 s
+
+
 # ---------------------------------------------------------------- forged and hostile input
 
 
@@ -286,11 +307,6 @@ async def test_malformed_and_many_signatures_are_bounded(
 
 
 async def test_submission_is_not_checked(tmp_path: Path, dns: DnsServer) -> None:
-    import smtplib
-    import ssl
-
-    from tests.e2e.smtp_support import PASSWORD
-
     async with stack(tmp_path, dns) as running:
         asked = dns.asked()
 
@@ -301,8 +317,6 @@ async def test_submission_is_not_checked(tmp_path: Path, dns: DnsServer) -> None
                 client.starttls(context=context)
                 client.login(ALICE, PASSWORD)
                 client.sendmail(ALICE, [ALICE], message(ALICE))
-
-        import asyncio
 
         await asyncio.to_thread(submit)
         [copy] = await stored(running)

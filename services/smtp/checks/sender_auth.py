@@ -15,6 +15,7 @@ from typing import TypeVar
 from mailstack.message.addresses import parse_addresses
 from mailstack.message.auth_results import MethodResult, header_field, without_forged
 from mailstack.message.headers import field_value, header_end, split_fields
+from mailstack.services.common.metrics import SMTP_AUTH_RESULTS
 from mailstack.services.smtp.checks import dmarc as dmarc_check
 from mailstack.services.smtp.checks.dmarc import DmarcResult, DmarcVerdict
 from mailstack.services.smtp.checks.dns import Resolver
@@ -97,7 +98,10 @@ class SenderAuth:
             for d in from_domains(content)
         ]
         results = _spf_results(spf_mfrom, mail_from, spf_helo) + _dkim_results(dkim)
-        results += [_dmarc_result(d) for d in dmarcs] + [MethodResult("arc", arc.result, arc.reason)]
+        dmarc = [_dmarc_result(d) for d in dmarcs] or [MethodResult("dmarc", "none", "no From domain")]
+        results += [*dmarc, MethodResult("arc", arc.result, arc.reason)]
+        for item in results:
+            SMTP_AUTH_RESULTS.labels(item.method, item.result).inc()
         header = header_field(self.policy.authserv_id, results)
         stripped = without_forged(content, self.policy.authserv_id)
         return self._decide(header, stripped, dmarcs)
