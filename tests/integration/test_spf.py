@@ -216,6 +216,8 @@ async def test_huge_txt_records_are_bounded(dns: DnsServer) -> None:
     dns.txt("huge.test", "v=spf1 " + " ".join(f"ip4:198.51.{i // 250}.{i % 250}" for i in range(300)) + " -all")
     dns.txt("noise.test", "x" * 8000, f"v=spf1 ip4:{IP} -all")
     assert await spf(dns, "huge.test") == SpfResult.PERMERROR
+    dns.txt("huger.test", "v=spf1 " + "a" * 20000 + " -all")  # 20 KiB over TCP, refused unparsed
+    assert await spf(dns, "huger.test") == SpfResult.PERMERROR
     assert await spf(dns, "noise.test") == SpfResult.PASS
 
 
