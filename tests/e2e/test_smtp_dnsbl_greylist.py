@@ -21,10 +21,12 @@ MESSAGE = b"From: x@remote.test\r\nTo: alice@example.test\r\nSubject: hi\r\n\r\n
 
 @pytest.fixture
 def dns() -> Iterator[DnsServer]:
-    with DnsServer() as server:
-        server.add("1.0.0.127.zen.test", "A", "127.0.0.2")
-        server.add("1.0.0.127.weak.test", "A", "127.0.0.4")
-        server.add("1.0.0.127.refuses-us.test", "A", "127.255.255.254")  # "you may not query", not a listing
+    zone = {
+        "1.0.0.127.zen.test": {"A": ["127.0.0.2"]},
+        "1.0.0.127.weak.test": {"A": ["127.0.0.4"]},
+        "1.0.0.127.refuses-us.test": {"A": ["127.255.255.254"]},  # "you may not query", not a listing
+    }
+    with DnsServer(zone) as server:
         yield server
 
 

@@ -209,6 +209,14 @@ async def test_dmarc_quarantine_delivers_to_junk(tmp_path: Path, dns: DnsServer)
         assert ours(junk)["dmarc"][0].result == "fail"
 
 
+async def test_quarantine_without_a_junk_mailbox_goes_to_the_inbox(tmp_path: Path, dns: DnsServer) -> None:
+    async with stack(tmp_path, dns) as running:
+        await running.client.store.DeleteMailbox(pb.DeleteMailboxRequest(account=ALICE, name="Junk"))
+        assert (await send(running, "x@quarantined.test", message("x@quarantined.test"))).startswith("250")
+        [copy] = await stored(running)  # never lost: the mailstore falls back to INBOX
+        assert ours(copy)["dmarc"][0].result == "fail"
+
+
 async def test_pct_zero_applies_the_milder_policy(tmp_path: Path, dns: DnsServer) -> None:
     # RFC 7489 §6.6.4: pct=0 samples every failure out: reject becomes quarantine
     dns.clear("_dmarc.signed.test", "TXT")
