@@ -63,6 +63,7 @@ async def test_no_record_no_domain_and_not_a_domain_are_none(dns: DnsServer) -> 
     assert await spf(dns, "nxdomain.test") == SpfResult.NONE
     assert await spf(dns, "localhost") == SpfResult.NONE  # §4.3: not a multi-label name
     assert await spf(dns, "a" * 64 + ".test") == SpfResult.NONE
+    assert await spf(dns, "nospf.test", ip="") == SpfResult.NONE  # no client address to check
 
 
 async def test_two_spf_records_are_a_permerror(dns: DnsServer) -> None:

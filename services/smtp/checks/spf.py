@@ -101,10 +101,13 @@ def valid_domain(domain: str) -> bool:
 
 async def check_host(dns: SpfDns, ip: str, domain: str, sender: str, helo: str) -> SpfVerdict:
     """RFC 7208 §4: `domain` is the MAIL FROM's domain, or the HELO name for the HELO identity."""
-    address = ipaddress.ip_address(ip)
+    domain = domain.lower().removesuffix(".")
+    try:
+        address = ipaddress.ip_address(ip)
+    except ValueError:
+        return SpfVerdict(SpfResult.NONE, domain, "no client IP address")  # a UNIX socket
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
         address = address.ipv4_mapped  # §5: an IPv4-mapped client is an IPv4 client
-    domain = domain.lower().removesuffix(".")
     context = SpfContext(dns, address, sender, helo)
     try:
         result, reason = await _evaluate(context, domain)
