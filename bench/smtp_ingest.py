@@ -7,6 +7,14 @@ SMTP process's peak memory (VmHWM). Not a test: numbers, never assertions.
     .venv/bin/python bench/smtp_ingest.py                       # embedded default (SQLite + files)
     .venv/bin/python bench/smtp_ingest.py --backend s3-redis    # SeaweedFS + Valkey/Redis
     .venv/bin/python bench/smtp_ingest.py --messages 2000 --sessions 20 --size 4096 --runs 3
+    .venv/bin/python bench/smtp_ingest.py --signed              # signed mail, checks off: the baseline
+    .venv/bin/python bench/smtp_ingest.py --auth-checks         # signed mail, SPF/DKIM/DMARC/ARC on (ADR 0033)
+
+With --auth-checks the messages are DKIM-signed (both systems get the same file), the smtp
+process enforces sender authentication, and a DNS server in this process answers its SPF, DKIM
+and DMARC lookups on 127.0.0.1 (not counted in mailstack's CPU). --signed sends the same file
+with the checks off: the difference in smtp's "CPU per message" between the two runs is the
+cost of the checks.
 
 The reference is started with PEERS_KIT/start.sh PEER_DIR (and stopped again if this script
 started it): PEERS_KIT is the folder of the reference-peers kit (start.sh and stop.sh run a
@@ -42,14 +50,16 @@ PEER_SMTP = "127.0.0.1:23025"
 USER = "u1"  # --user changes these
 ADDRESS = f"{USER}@test"
 WAIT_DELIVERED = 600.0
+SOURCE_OPTIONS: list[str] = []  # --auth-checks: the signed message file (of --size octets) and the HELO name
+AUTH_DOMAIN = "bench.test"  # two labels: a single-label domain has no SPF or DMARC (RFC 7208 §4.3)
 
 
 def smtp_source(target: str, messages: int, sessions: int, size: int) -> float:
     """Run smtp-source; seconds it took (every message accepted when it returns)."""
     started = time.monotonic()
     subprocess.run(
-        ["smtp-source", "-c", "-l", str(size), "-m", str(messages), "-s", str(sessions),
-         "-f", "load@test", "-t", ADDRESS, target],
+        ["smtp-source", "-c", *(SOURCE_OPTIONS or ["-l", str(size)]), "-m", str(messages), "-s", str(sessions),
+         "-f", f"load@{AUTH_DOMAIN}" if SOURCE_OPTIONS else "load@test", "-t", ADDRESS, target],
         check=True, stdout=subprocess.DEVNULL, timeout=WAIT_DELIVERED,
     )  # fmt: skip
     return time.monotonic() - started
@@ -79,6 +89,47 @@ def run_reference(peer_dir: Path, messages: int, sessions: int, size: int) -> fl
     smtp_source(PEER_SMTP, messages, sessions, size)
     elapsed = wait_until(lambda: maildir_count(peer_dir) - before, messages, started)
     return messages / elapsed
+
+
+# ---------------------------------------------------------------- --auth-checks
+
+
+def auth_setup(work: Path, size: int) -> tuple[object, dict[str, str]]:
+    """A DNS server with the bench domain's SPF, DKIM key and DMARC p=reject, a DKIM-signed message
+    file for smtp-source (-F; LF lines, it sends CRLF), and the smtp process's settings."""
+    import base64
+
+    import dkim
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    from tests.fixtures.dns_server import DnsServer
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL, serialization.NoEncryption()
+    )
+    public = key.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    dns = DnsServer().start()
+    dns.txt(AUTH_DOMAIN, "v=spf1 ip4:127.0.0.1 -all")
+    dns.txt(f"mail.{AUTH_DOMAIN}", "v=spf1 a -all")
+    dns.add(f"mail.{AUTH_DOMAIN}", "A", "127.0.0.1")
+    dns.txt(f"sel._domainkey.{AUTH_DOMAIN}", f"v=DKIM1; k=rsa; p={base64.b64encode(public).decode()}")
+    dns.txt(f"_dmarc.{AUTH_DOMAIN}", "v=DMARC1; p=reject")
+    line = b"x" * 70 + b"\r\n"
+    body = line * max(1, size // len(line))
+    message = (
+        f"From: Load <load@{AUTH_DOMAIN}>\r\nTo: {ADDRESS}\r\nSubject: bench\r\n"
+        f"Message-ID: <bench@{AUTH_DOMAIN}>\r\n\r\n"
+    ).encode() + body
+    signature = dkim.sign(message, b"sel", AUTH_DOMAIN.encode(), pem, canonicalize=(b"relaxed", b"relaxed"),
+                          include_headers=[b"from", b"to", b"subject", b"message-id"])  # fmt: skip
+    path = work / "signed.eml"
+    path.write_bytes((bytes(signature) + message).replace(b"\r\n", b"\n"))
+    SOURCE_OPTIONS[:] = ["-F", str(path), "-M", f"mail.{AUTH_DOMAIN}"]
+    env = {"MAILSTACK_SMTP_SENDER_AUTH": "enforce", "MAILSTACK_DNS_SERVERS": dns.address,
+           "MAILSTACK_AUTHSERV_ID": "bench.mailstack.test"}  # fmt: skip
+    return dns, env
 
 
 # ---------------------------------------------------------------- mailstack
@@ -127,6 +178,13 @@ class Mailstack:
                 }
             )
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
+
+    def send_signed(self, size: int, checks: bool) -> None:
+        """Send the DKIM-signed message; with `checks` the smtp process also verifies it."""
+        dns, env = auth_setup(self.work, size)
+        if checks:
+            self.env.update(env)
+        self.extra.append(dns)
 
     def start(self) -> None:
         (self.work / "data").mkdir(parents=True, exist_ok=True)
@@ -225,6 +283,8 @@ def main() -> int:
         "--peers-kit", default=os.environ.get(PEERS_KIT_ENV, ""), help=f"PEERS_KIT (default ${PEERS_KIT_ENV})"
     )
     parser.add_argument("--user", default="u1", help="the peer user (uN) and mailstack account (uN@test) to fill")
+    parser.add_argument("--auth-checks", action="store_true", help="signed mail, SPF/DKIM/DMARC/ARC enforced")
+    parser.add_argument("--signed", action="store_true", help="the same signed mail, checks off (the baseline)")
     args = parser.parse_args()
     global USER, ADDRESS
     USER, ADDRESS = args.user, f"{args.user}@test"
@@ -247,10 +307,13 @@ def main() -> int:
     ours: list[float] = []
     theirs: list[float] = []
     try:
+        if args.auth_checks or args.signed:
+            stack.send_signed(args.size, checks=args.auth_checks)
         stack.start()
         # Warm-up (connections, caches, SQLite file growth), not counted.
-        run_mailstack(stack, 100, args.sessions, args.size)
-        run_reference(peer_dir, 100, args.sessions, args.size)
+        warmup = min(100, args.messages)
+        run_mailstack(stack, warmup, args.sessions, args.size)
+        run_reference(peer_dir, warmup, args.sessions, args.size)
         cpu_before, ref_cpu = stack.cpu_seconds(), 0.0
         for run in range(args.runs):
             ours.append(run_mailstack(stack, args.messages, args.sessions, args.size))
@@ -270,7 +333,9 @@ def main() -> int:
     ours_median, theirs_median = statistics.median(ours), statistics.median(theirs)
     print(
         f"\nbackend={args.backend} messages={args.messages} sessions={args.sessions} size={args.size} "
-        f"runs={args.runs} cpus={os.cpu_count()} (load generator shares the CPUs)\n"
+        f"runs={args.runs} cpus={os.cpu_count()} signed={args.signed or args.auth_checks} "
+        f"auth_checks={'on' if args.auth_checks else 'off'} "
+        "(load generator shares the CPUs)\n"
         f"mailstack        {ours_median:8.1f} delivered msg/s (median)\n"
         f"Postfix->Dovecot {theirs_median:8.1f} delivered msg/s (median)\n"
         f"ratio            {ours_median / theirs_median:8.2f}x\n"

@@ -27,3 +27,6 @@ _.__test__
 
 # hypothesis: RuleBasedStateMachine calls teardown() after each run.
 _.teardown
+
+# socketserver reads it: the DNS test server's handler threads do not keep the test process alive.
+daemon_threads

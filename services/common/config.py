@@ -354,6 +354,26 @@ class Settings:
         3600, "Seconds over which the sending limits count (sliding window).", rule=AT_LEAST_1
     )
 
+    # inbound checks on the MX port (ADR 0033): sender authentication, DNS blocklists, greylisting
+    smtp_sender_auth: str = _setting(
+        "off",
+        "Inbound SPF/DKIM/DMARC/ARC: off; annotate = Authentication-Results only; enforce = also refuse on "
+        "DMARC p=reject (550 5.7.1), quarantine on p=quarantine, 451 4.7.5 when DNS fails.",
+    )
+    authserv_id: str = _setting("", "authserv-id of the Authentication-Results header (default: hostname).")
+    dns_servers: str = _setting("", "Resolvers of the inbound checks, HOST[:PORT],... (empty: /etc/resolv.conf).")
+    dns_timeout_ms: int = _setting(5000, "Milliseconds one DNS lookup of the inbound checks may take.")
+    smtp_auth_timeout: int = _setting(20, "Seconds SPF, DKIM, ARC or DMARC may take each (then: temperror).")
+    smtp_quarantine_mailbox: str = _setting("Junk", "Mailbox for mail DMARC quarantines (INBOX if it is missing).")
+    smtp_dnsbl_zones: str = _setting("", "DNS blocklists, ZONE[=WEIGHT],... (empty: none).")
+    smtp_dnsbl_threshold: int = _setting(1, "Listed weight that refuses a client at RCPT (554 5.7.1).")
+    smtp_greylist_delay: int = _setting(0, "Greylisting: seconds before a new triplet's retry passes (0 = off).")
+    smtp_greylist_retry_window: int = _setting(172800, "Greylisting: seconds a first attempt waits for its retry.")
+    smtp_greylist_lifetime: int = _setting(3024000, "Greylisting: seconds a passed triplet is let through.")
+    smtp_greylist_url: str = _setting(
+        "", "Greylisting state: redis://... (shared by replicas); empty: the events Redis, else in-process."
+    )
+
     @property
     def effective_metadata_url(self) -> str:
         return self.metadata_url or f"sqlite://{Path(self.data_dir).resolve() / 'metadata.sqlite3'}"

@@ -35,6 +35,11 @@ SMTP_MESSAGES = Counter(
     "SMTP messages accepted, and transactions or recipients rejected, by reason",
     ["result", "reason"],
 )
+SMTP_AUTH_RESULTS = Counter(
+    "mailstack_smtp_auth_results",
+    "Inbound sender authentication results (ADR 0033) by method (spf, dkim, dmarc, arc) and result",
+    ["method", "result"],
+)
 SESSIONS = Gauge("mailstack_sessions", "Open client connections by protocol", ["protocol"])
 COMMAND_SECONDS = Histogram(
     "mailstack_command_duration_seconds",

@@ -37,6 +37,7 @@ from mailstack.v1 import send_pb2_grpc as spbg
 from opentelemetry import trace
 
 if TYPE_CHECKING:
+    from mailstack.services.smtp.checks.inbound import InboundChecks
     from mailstack.services.smtp.protocol import SmtpProtocol
 
 log = logging.getLogger("mailstack.smtp")
@@ -116,6 +117,7 @@ class SmtpHandler:
         self.stub = stub
         self.outbound = outbound
         self.inflight = InflightBudget(settings.smtp_inflight_bytes)  # SmtpServer shares one across listeners
+        self.checks: InboundChecks | None = None  # the MX port's (checks/, ADR 0033); never on submission
 
     # ---------------------------------------------------------------- EHLO
 
@@ -255,6 +257,11 @@ class SmtpHandler:
         if status is None:
             count("rejected", "storage_unavailable")
             return replies.TEMP_FAILURE
+        if status == pb.RECIPIENT_LOCAL and self.checks is not None:  # blocklists, greylisting
+            refused = await self.checks.at_recipient(_client_ip(session), str(envelope.mail_from or ""), address)
+            if refused is not None:
+                count("rejected", refused[1])
+                return refused[0]
         remote = status == pb.RECIPIENT_NOT_LOCAL and self.kind.submission
         if status == pb.RECIPIENT_LOCAL or (remote and self.outbound is not None):
             # Another domain on submission: queued at DATA for the outbound worker (ADR 0008).
@@ -313,6 +320,8 @@ class SmtpHandler:
             if self.kind.submission and self.outbound is not None:
                 account = str(session.auth_data)
                 reply, reason = await self._submit(queue_id, account, sender, recipients, header, content)
+            elif self.checks is not None:
+                reply, reason = await self._deliver_checked(session, queue_id, sender, recipients, header, content)
             else:
                 reply, reason = await self._deliver(queue_id, sender, recipients, header, content)
             span.set_attribute("smtp.result", reason)
@@ -329,12 +338,26 @@ class SmtpHandler:
             )  # fmt: skip
         return reply
 
+    async def _deliver_checked(
+        self, session: Session, queue_id: str, sender: str, recipients: list[str], header: bytes, content: bytes
+    ) -> tuple[str, str]:
+        """Inbound with sender authentication: refused, or annotated (and maybe quarantined) and delivered."""
+        assert self.checks is not None
+        verdict = await self.checks.at_data(_client_ip(session), session.host_name or "", sender, content)
+        if verdict is None:
+            return await self._deliver(queue_id, sender, recipients, header, content)
+        if verdict.refusal is not None:
+            return verdict.refusal, verdict.reason
+        header += verdict.header  # RFC 8601 §5: below our Received, above what the message brought
+        return await self._deliver(queue_id, sender, recipients, header, verdict.content, verdict.mailbox)
+
     async def _deliver(
-        self, queue_id: str, sender: str, recipients: list[str], header: bytes, content: bytes
+        self, queue_id: str, sender: str, recipients: list[str], header: bytes, content: bytes, mailbox: str = ""
     ) -> tuple[str, str]:
         """(SMTP reply, reason for counters and logs) for one Deliver call."""
         size = len(header) + len(content)
-        envelope = pb.DeliverEnvelope(sender=sender, recipients=recipients, size=size, queue_id=queue_id)
+        envelope = pb.DeliverEnvelope(sender=sender, recipients=recipients, size=size, queue_id=queue_id,
+                                      mailbox=mailbox)  # fmt: skip
         # A plain iterator (cheaper for grpc.aio than an async generator), its requests made one at a time.
         requests = itertools.chain(
             [pb.DeliverRequest(envelope=envelope)], _pieces(header, content, lambda c: pb.DeliverRequest(chunk=c))

@@ -11,6 +11,7 @@ from mailstack.services.common.connection_limits import ConnectionLimiter
 from mailstack.services.common.frontend import Frontend
 from mailstack.services.common.grpc_client import mailstore_stub
 from mailstack.services.outbound.stub import outbound_stub
+from mailstack.services.smtp.checks.inbound import InboundChecks
 from mailstack.services.smtp.handler import INBOUND, SUBMISSION, SUBMISSIONS, SmtpHandler
 from mailstack.services.smtp.inflight import InflightBudget
 from mailstack.services.smtp.protocol import SmtpProtocol, protocol_factory
@@ -29,6 +30,7 @@ class SmtpServer(Frontend):
         # Trusted only while the channel to the mailstore is up (no RPC needed to know that).
         self.recipients = RecipientCache(usable=self.mailstore_connected)
         self.inflight = InflightBudget(settings.smtp_inflight_bytes)  # shared by every listener's sessions
+        self.checks: InboundChecks | None = None  # built by open(), for the MX port only
 
     async def open(self) -> None:
         settings = self.settings
@@ -37,12 +39,18 @@ class SmtpServer(Frontend):
         if logging.getLogger().getEffectiveLevel() > logging.DEBUG:
             logging.getLogger("mail.log").setLevel(logging.ERROR)
         stub, outbound = mailstore_stub(self.channel), outbound_stub(self.channel)
+        self.checks = InboundChecks.from_settings(settings)
         for kind, port in ((INBOUND, settings.smtp_port), (SUBMISSION, settings.submission_port),
                            (SUBMISSIONS, settings.submissions_port)):  # fmt: skip
             handler = SmtpHandler(kind, settings, stub, outbound, self.recipients)
             handler.inflight = self.inflight
+            handler.checks = None if kind.submission else self.checks
             factory = protocol_factory(handler, settings, self.limiter, self.sessions, self.tls_context)
             await self.listen(kind.name, port, kind.implicit_tls, factory)
+
+    async def release(self) -> None:
+        if self.checks is not None:
+            await self.checks.close()
 
     async def drain(self, grace: float) -> None:
         """Idle sessions get 421 at once, a DATA in flight may finish within grace."""
