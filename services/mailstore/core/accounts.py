@@ -8,6 +8,7 @@ import asyncio
 from mailstack.message import names
 from mailstack.services.common.config import Settings
 from mailstack.services.mailstore import passwords
+from mailstack.services.mailstore.core import subaddress
 from mailstack.services.mailstore.core.auth import MAX_PASSWORD_LENGTH
 from mailstack.services.mailstore.core.errors import InvalidName, InvalidRequest
 from mailstack.services.mailstore.core.quota import QuotaLedger, quota_verdict
@@ -118,12 +119,12 @@ class Accounts:
     # ------------------------------------------------------------ recipients and senders
 
     async def resolve_recipient(self, rcpt: str, size: int = 0) -> tuple[RecipientVerdict, str]:
-        """(verdict, account) for SMTP RCPT: aliases and catch-alls included."""
+        """(verdict, account) for SMTP RCPT: aliases, catch-alls and subaddresses (RFC 5233) included."""
         try:
             rcpt = names.normalize_address(rcpt)
         except names.InvalidNameError:
             return RecipientVerdict.INVALID, ""
-        record = await self.stores.metadata.resolve_address(rcpt)
+        record = await subaddress.resolve_account(self.stores.metadata, rcpt, self.settings.subaddress_delimiter)
         if record is None:
             if names.domain_of(rcpt) in await self.stores.metadata.list_domains():
                 return RecipientVerdict.UNKNOWN, ""
