@@ -6,6 +6,7 @@ set -euo pipefail
 
 # swaks only Recommends its TLS modules (Net::SSLeay, IO::Socket::SSL), which --no-install-recommends leaves out.
 PACKAGES=(swaks libnet-ssleay-perl libio-socket-ssl-perl curl fetchmail isync mutt getmail6 postfix bsdutils libsasl2-modules ca-certificates fail2ban postgresql)
+PACKAGES+=(rspamd)  # the spam filter tests start a private one (tests/fixtures/rspamd_server.py)
 
 if ! command -v dpkg-query >/dev/null 2>&1; then
     echo "install_clients: not a Debian-like system (no dpkg-query); install these yourself: ${PACKAGES[*]}" >&2

@@ -26,10 +26,11 @@ from mailstack.services.common.auth_log import auth_event, local_ip_of
 from mailstack.services.common.config import Settings
 from mailstack.services.common.grpc_client import error_detail
 from mailstack.services.common.metrics import SMTP_MESSAGES
-from mailstack.services.smtp import replies
+from mailstack.services.smtp import replies, rspamd_protocol
 from mailstack.services.smtp.inflight import InflightBudget
 from mailstack.services.smtp.received import trace_headers, with_protocol
 from mailstack.services.smtp.recipient_cache import RecipientCache
+from mailstack.services.smtp.spam_filter import SpamFilter
 from mailstack.v1 import mailstore_pb2 as pb
 from mailstack.v1 import mailstore_pb2_grpc as pbg
 from mailstack.v1 import send_pb2 as spb
@@ -116,6 +117,7 @@ class SmtpHandler:
         self.stub = stub
         self.outbound = outbound
         self.inflight = InflightBudget(settings.smtp_inflight_bytes)  # SmtpServer shares one across listeners
+        self.spam_filter: SpamFilter | None = None  # set by SmtpServer on the inbound listener (spam_filter_url)
 
     # ---------------------------------------------------------------- EHLO
 
@@ -310,7 +312,15 @@ class SmtpHandler:
             )
             # Every submission goes through the mailstore's Submit, local recipients too: it checks the
             # header From against the account and the sending limits (issue 13), which Deliver cannot.
-            if self.kind.submission and self.outbound is not None:
+            screened = None
+            if self.spam_filter is not None:
+                query = rspamd_protocol.Envelope(sender, recipients, _client_ip(session), session.host_name or "",
+                                                 queue_id, self.settings.hostname)  # fmt: skip
+                screened = await self.spam_filter.screen(query, content)
+                header, content = header + screened.header, screened.content or content
+            if screened is not None and screened.reply:
+                reply, reason = screened.reply, screened.reason
+            elif self.kind.submission and self.outbound is not None:
                 account = str(session.auth_data)
                 reply, reason = await self._submit(queue_id, account, sender, recipients, header, content)
             else:

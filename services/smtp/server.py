@@ -15,6 +15,7 @@ from mailstack.services.smtp.handler import INBOUND, SUBMISSION, SUBMISSIONS, Sm
 from mailstack.services.smtp.inflight import InflightBudget
 from mailstack.services.smtp.protocol import SmtpProtocol, protocol_factory
 from mailstack.services.smtp.recipient_cache import RecipientCache
+from mailstack.services.smtp.spam_filter import SpamFilter
 
 log = logging.getLogger("mailstack.smtp")
 
@@ -41,6 +42,8 @@ class SmtpServer(Frontend):
                            (SUBMISSIONS, settings.submissions_port)):  # fmt: skip
             handler = SmtpHandler(kind, settings, stub, outbound, self.recipients)
             handler.inflight = self.inflight
+            if kind is INBOUND and settings.spam_filter_url:
+                handler.spam_filter = SpamFilter(settings)
             factory = protocol_factory(handler, settings, self.limiter, self.sessions, self.tls_context)
             await self.listen(kind.name, port, kind.implicit_tls, factory)
 
