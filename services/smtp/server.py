@@ -13,6 +13,7 @@ from mailstack.services.common.grpc_client import mailstore_stub
 from mailstack.services.outbound.stub import outbound_stub
 from mailstack.services.smtp.handler import INBOUND, SUBMISSION, SUBMISSIONS, SmtpHandler
 from mailstack.services.smtp.inflight import InflightBudget
+from mailstack.services.smtp.lmtp import LMTP, LmtpHandler, lmtp_factory
 from mailstack.services.smtp.protocol import SmtpProtocol, protocol_factory
 from mailstack.services.smtp.recipient_cache import RecipientCache
 from mailstack.services.smtp.spam_filter import SpamFilter
@@ -46,6 +47,11 @@ class SmtpServer(Frontend):
                 handler.spam_filter = SpamFilter(settings)
             factory = protocol_factory(handler, settings, self.limiter, self.sessions, self.tls_context)
             await self.listen(kind.name, port, kind.implicit_tls, factory)
+        if settings.lmtp_port:  # RFC 2033, for an MTA in front; 0 = off
+            lmtp = LmtpHandler(LMTP, settings, stub, None, self.recipients)
+            lmtp.inflight = self.inflight
+            factory = lmtp_factory(lmtp, settings, self.limiter, self.sessions)
+            await self.listen("lmtp", settings.lmtp_port, False, factory)
 
     async def drain(self, grace: float) -> None:
         """Idle sessions get 421 at once, a DATA in flight may finish within grace."""
