@@ -41,6 +41,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     MAILSTACK_IMAPS_PORT=993 \
     MAILSTACK_POP3_PORT=110 \
     MAILSTACK_POP3S_PORT=995 \
+    MAILSTACK_LMTP_PORT=24 \
     MAILSTACK_LOG_FORMAT=json
 
 # /grpc/* and /etc/mailstack/grpc*: mount points of the gRPC identity volumes (compose's grpc-init writes
@@ -58,7 +59,7 @@ USER 10001:10001
 WORKDIR /data
 # SMTP 25, submissions 465, submission 587, IMAP 143, IMAPS 993, POP3 110, POP3S 995,
 # mailstore gRPC 50051 (internal, mTLS) and 50052 (Send API)
-EXPOSE 25 465 587 143 993 110 995 50051 50052
+EXPOSE 25 465 587 143 993 110 995 24 50051 50052
 STOPSIGNAL SIGTERM
 # `mailstack healthcheck` finds what `mailstack serve` runs in this container and checks that (the
 # mailstore's gRPC health, a frontend's greeting, the outbound worker's /ready); Kubernetes has its own probes.
