@@ -205,6 +205,10 @@ class Settings:
     spam_filter_fail: str = _setting(
         "open", "When the spam filter is down or late: open = accept unfiltered, closed = 451 4.7.1."
     )
+    srs_secret: str = _setting(
+        "", "Secret of the SRS addresses of forwarded mail (forwarding is refused without it).", secret=True
+    )
+    srs_domain: str = _setting("", "Domain of SRS envelope senders (empty: the forwarding address's domain).")
 
     @property
     def effective_metadata_url(self) -> str:
