@@ -337,6 +337,8 @@ class AdminStub:
     ListAliases: _grpc.UnaryUnaryMultiCallable[_mailstore_pb2.ListAliasesRequest, _mailstore_pb2.ListAliasesResponse]
     RecomputeQuota: _grpc.UnaryUnaryMultiCallable[_mailstore_pb2.RecomputeQuotaRequest, _mailstore_pb2.RecomputeQuotaResponse]
     CheckIntegrity: _grpc.UnaryUnaryMultiCallable[_mailstore_pb2.CheckIntegrityRequest, _mailstore_pb2.CheckIntegrityResponse]
+    SetForward: _grpc.UnaryUnaryMultiCallable[_mailstore_pb2.Forward, _mailstore_pb2.Forward]
+    ListForwards: _grpc.UnaryUnaryMultiCallable[_mailstore_pb2.ListForwardsRequest, _mailstore_pb2.ListForwardsResponse]
 
 @_typing.type_check_only
 class AdminAsyncStub(AdminStub):
@@ -357,6 +359,8 @@ class AdminAsyncStub(AdminStub):
     ListAliases: _aio.UnaryUnaryMultiCallable[_mailstore_pb2.ListAliasesRequest, _mailstore_pb2.ListAliasesResponse]  # type: ignore[assignment]
     RecomputeQuota: _aio.UnaryUnaryMultiCallable[_mailstore_pb2.RecomputeQuotaRequest, _mailstore_pb2.RecomputeQuotaResponse]  # type: ignore[assignment]
     CheckIntegrity: _aio.UnaryUnaryMultiCallable[_mailstore_pb2.CheckIntegrityRequest, _mailstore_pb2.CheckIntegrityResponse]  # type: ignore[assignment]
+    SetForward: _aio.UnaryUnaryMultiCallable[_mailstore_pb2.Forward, _mailstore_pb2.Forward]  # type: ignore[assignment]
+    ListForwards: _aio.UnaryUnaryMultiCallable[_mailstore_pb2.ListForwardsRequest, _mailstore_pb2.ListForwardsResponse]  # type: ignore[assignment]
 
 class AdminServicer(metaclass=_abc_1.ABCMeta):
     """Administration (the `mailstack` CLI)."""
@@ -458,5 +462,19 @@ class AdminServicer(metaclass=_abc_1.ABCMeta):
         request: _mailstore_pb2.CheckIntegrityRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_mailstore_pb2.CheckIntegrityResponse, _abc.Awaitable[_mailstore_pb2.CheckIntegrityResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def SetForward(
+        self,
+        request: _mailstore_pb2.Forward,
+        context: _ServicerContext,
+    ) -> _typing.Union[_mailstore_pb2.Forward, _abc.Awaitable[_mailstore_pb2.Forward]]: ...
+
+    @_abc_1.abstractmethod
+    def ListForwards(
+        self,
+        request: _mailstore_pb2.ListForwardsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_mailstore_pb2.ListForwardsResponse, _abc.Awaitable[_mailstore_pb2.ListForwardsResponse]]: ...
 
 def add_AdminServicer_to_server(servicer: AdminServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
