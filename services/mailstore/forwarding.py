@@ -78,9 +78,14 @@ class Forwarding:
 
     # ------------------------------------------------------------ RCPT and delivery
 
-    def reverse(self, address: str) -> str | None:
-        """The original sender behind one of our SRS addresses (a bounce of forwarded mail)."""
+    async def reverse(self, address: str) -> str | None:
+        """The original sender behind one of our SRS addresses (a bounce of forwarded mail): a valid
+        hash and day stamp, at one of our domains or srs_domain (the hash does not cover the domain)."""
+        address = address.strip().removeprefix("<").removesuffix(">")
         if self.srs is None or not address.lower().startswith(SRS_PREFIXES):
+            return None
+        domain = names.domain_of(address).lower()
+        if domain != self.settings.srs_domain.lower() and domain not in await self.core.accounts.list_domains():
             return None
         return self.srs.reverse(address)
 
@@ -119,7 +124,7 @@ class Forwarding:
                 addresses[index] = names.normalize_address(rcpt)
             except names.InvalidNameError:
                 continue  # deliver's own outcome (invalid)
-            original = self.reverse(rcpt.strip().removeprefix("<").removesuffix(">"))
+            original = await self.reverse(rcpt)
             if original is not None:
                 bounces[index] = original
         if self.srs is None or _hops(data) > MAX_HOPS:  # a loop is stored, not forwarded again

@@ -137,7 +137,8 @@ class MailstoreServicer(pbg.MailstoreServicer):
     @rpc
     async def ResolveRecipient(self, request: pb.ResolveRecipientRequest, context: Any) -> pb.ResolveRecipientResponse:
         verdict, account = await self.core.accounts.resolve_recipient(request.address, request.size)
-        if verdict == RecipientVerdict.UNKNOWN and self.forwarding and self.forwarding.reverse(request.address):
+        srs = verdict in (RecipientVerdict.UNKNOWN, RecipientVerdict.NOT_LOCAL) and self.forwarding is not None
+        if srs and self.forwarding is not None and await self.forwarding.reverse(request.address):
             verdict = RecipientVerdict.LOCAL  # a bounce to an SRS address of ours: relayed back
         return pb.ResolveRecipientResponse(status=translate.VERDICTS[verdict], account=account)
 

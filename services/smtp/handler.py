@@ -300,7 +300,7 @@ class SmtpHandler:
             kind=trace.SpanKind.SERVER,
             attributes={"smtp.queue_id": queue_id, "smtp.recipients": len(recipients), "smtp.size": len(content)},
         ) as span:
-            protocol = with_protocol(session.extended_smtp, server.tls_active, bool(session.authenticated))
+            protocol = self.trace_protocol(server, session)
             header = trace_headers(
                 sender=sender,
                 helo=session.host_name or "",
@@ -338,6 +338,10 @@ class SmtpHandler:
                 },
             )  # fmt: skip
         return reply
+
+    def trace_protocol(self, server: SmtpProtocol, session: Session) -> str:
+        """The Received field's "with" (RFC 3848)."""
+        return with_protocol(session.extended_smtp, server.tls_active, bool(session.authenticated))
 
     async def _deliver(
         self, queue_id: str, sender: str, recipients: list[str], header: bytes, content: bytes

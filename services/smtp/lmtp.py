@@ -73,6 +73,9 @@ class LmtpHandler(SmtpHandler):
         lines = await super().handle_EHLO(server, session, envelope, hostname, responses)
         return [line for line in lines if line not in ("250-CHUNKING", "250-STARTTLS")]
 
+    def trace_protocol(self, server: SmtpProtocol, session: Session) -> str:
+        return "LMTP"  # RFC 3848 §2
+
     async def handle_RCPT(
         self, server: SmtpProtocol, session: Session, envelope: Envelope, address: str, rcpt_options: list[str]
     ) -> str:

@@ -121,6 +121,10 @@ async def test_a_bounce_to_the_srs_address_goes_back_to_the_original_sender(tmp_
         forged = Srs("not-our-secret").forward(ORIGIN, DOMAIN)
         assert (await send(fw.smtp_port, "", forged, bounce)).startswith("550 5.1.1")
         assert (await send(fw.smtp_port, "", f"SRS0=xxxx=AA=origin.test=bob@{DOMAIN}", bounce)).startswith("550")
+        # A valid SRS local part at a domain that is not ours: no relay either.
+        elsewhere = srs_address.rpartition("@")[0] + "@elsewhere.test"
+        assert (await send(fw.smtp_port, "", elsewhere, bounce)).startswith("554 5.7.1")
+        assert len(fw.mx.received) == 1
 
 
 async def test_forward_administration_refuses_what_cannot_work(tmp_path: Path) -> None:

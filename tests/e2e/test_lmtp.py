@@ -57,6 +57,7 @@ async def test_each_recipient_gets_its_own_reply(tmp_path: Path) -> None:
         assert replies[0][1].startswith(b"2.0.0 <alice@example.test>")
         assert replies[1][1].startswith(b"4.2.2") and replies[2][1].startswith(b"5.2.2")
         assert await stack.count(ALICE) == 2 and await stack.count(BOB) == 1 and await stack.count(CAROL) == 0
+        assert b"\r\n\tby localhost (mailstack) with LMTP id " in (await stack.inbox(ALICE))[0]  # RFC 3848
 
 
 async def test_lhlo_only_and_what_it_offers(tmp_path: Path) -> None:
