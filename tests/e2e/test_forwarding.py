@@ -127,6 +127,21 @@ async def test_a_bounce_to_the_srs_address_goes_back_to_the_original_sender(tmp_
         assert len(fw.mx.received) == 1
 
 
+async def test_a_refused_forward_bounces_back_to_the_original_sender(tmp_path: Path) -> None:
+    """The remote MX refuses the forwarded copy: the outbound worker's DSN goes to the SRS sender,
+    which is ours, and from there, reversed, to the sender of the original message."""
+    async with forwarder(tmp_path) as fw:
+        fw.mx.replies.append("550 5.1.1 <alice.elsewhere@remote.test>: no such user")
+        await fw.stack.client.admin.SetForward(pb.Forward(address=ALICE, targets=[FORWARD_TO]))
+        assert (await send(fw.smtp_port, ORIGIN, ALICE, MESSAGE)).startswith("250")
+        await fw.stack.wait_for(lambda: len(fw.mx.received) == 1)
+        dsn = fw.mx.received[0]
+        assert dsn.recipients == [ORIGIN] and dsn.sender in ("", "<>")
+        assert b"Final-Recipient: rfc822; alice.elsewhere@remote.test" in dsn.data
+        assert b"Subject: forward me" in dsn.data  # the original headers come with the report
+        assert fw.mx.data_attempts == 2 and await fw.count() == 0
+
+
 async def test_forward_administration_refuses_what_cannot_work(tmp_path: Path) -> None:
     async with forwarder(tmp_path) as fw:
         admin = fw.stack.client.admin
