@@ -137,9 +137,10 @@ class MailstoreServicer(pbg.MailstoreServicer):
     @rpc
     async def ResolveRecipient(self, request: pb.ResolveRecipientRequest, context: Any) -> pb.ResolveRecipientResponse:
         verdict, account = await self.core.accounts.resolve_recipient(request.address, request.size)
-        srs = verdict in (RecipientVerdict.UNKNOWN, RecipientVerdict.NOT_LOCAL) and self.forwarding is not None
-        if srs and self.forwarding is not None and await self.forwarding.reverse(request.address):
-            verdict = RecipientVerdict.LOCAL  # a bounce to an SRS address of ours: relayed back
+        forwarding = self.forwarding
+        if verdict in (RecipientVerdict.UNKNOWN, RecipientVerdict.NOT_LOCAL) and forwarding is not None:
+            if await forwarding.reverse(request.address):
+                verdict = RecipientVerdict.LOCAL  # a bounce to an SRS address of ours: relayed back
         return pb.ResolveRecipientResponse(status=translate.VERDICTS[verdict], account=account)
 
     @rpc

@@ -310,9 +310,7 @@ class SmtpHandler:
                 queue_id=queue_id,
                 recipients=recipients,
             )
-            # Every submission goes through the mailstore's Submit, local recipients too: it checks the
-            # header From against the account and the sending limits (issue 13), which Deliver cannot.
-            screened = None
+            screened = None  # the spam filter's verdict (inbound MX only, ADR 0034)
             if self.spam_filter is not None:
                 query = rspamd_protocol.Envelope(sender, recipients, _client_ip(session), session.host_name or "",
                                                  queue_id, self.settings.hostname)  # fmt: skip
@@ -321,6 +319,8 @@ class SmtpHandler:
             if screened is not None and screened.reply:
                 reply, reason = screened.reply, screened.reason
             elif self.kind.submission and self.outbound is not None:
+                # Every submission goes through the mailstore's Submit, local recipients too: it checks the
+                # header From against the account and the sending limits (issue 13), which Deliver cannot.
                 account = str(session.auth_data)
                 reply, reason = await self._submit(queue_id, account, sender, recipients, header, content)
             else:

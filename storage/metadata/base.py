@@ -19,6 +19,13 @@ StoreMode = Literal["replace", "add", "remove"]
 ChangeKind = Literal["new", "flags", "expunge"]
 
 
+# The condition forwards_for adds: the forward's address is still an account's name or an alias.
+LIVE_FORWARD = (
+    " AND (EXISTS (SELECT 1 FROM accounts a WHERE a.name = f.address)"
+    " OR EXISTS (SELECT 1 FROM aliases al WHERE al.address = f.address))"
+)
+
+
 @dataclass(frozen=True, slots=True)
 class ForwardRecord:
     """Mail for `address` (an account's name or an alias) also goes to `targets` (outside addresses);

@@ -39,6 +39,7 @@ from mailstack.storage.errors import (
 )
 from mailstack.storage.metadata import uidranges
 from mailstack.storage.metadata.base import (
+    LIVE_FORWARD,
     AccountRecord,
     BodyReference,
     ChangeRecord,
@@ -718,7 +719,8 @@ class PostgresMetadataStore:
         wanted = sorted({a.lower() for a in addresses})
         if not wanted:
             return {}
-        sql = "SELECT address, targets, keep_copy FROM forwards WHERE address = ANY($1::text[])"
+        # Only of addresses that are still an account or alias: a stale row stays inert.
+        sql = "SELECT address, targets, keep_copy FROM forwards f WHERE address = ANY($1::text[])" + LIVE_FORWARD
         rows = await self._read(lambda conn: conn.fetch(sql, wanted))
         return {r[0]: _forward(r) for r in rows}
 

@@ -38,6 +38,7 @@ from mailstack.storage.errors import (
 )
 from mailstack.storage.metadata import uidranges
 from mailstack.storage.metadata.base import (
+    LIVE_FORWARD,
     AccountRecord,
     BodyReference,
     ChangeRecord,
@@ -768,7 +769,9 @@ class SqliteMetadataStore:
         wanted = sorted({a.lower() for a in addresses})
         if not wanted:
             return {}
-        sql = f"SELECT address, targets, keep_copy FROM forwards WHERE address IN ({','.join('?' * len(wanted))})"
+        # Only of addresses that are still an account or alias: a stale row stays inert.
+        sql = f"SELECT address, targets, keep_copy FROM forwards f WHERE address IN ({','.join('?' * len(wanted))})"
+        sql += LIVE_FORWARD
         rows = await self._read(lambda conn: _rows(conn, sql, tuple(wanted)), inline=True)
         return {r[0]: _forward(r) for r in rows}
 

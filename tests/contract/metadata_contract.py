@@ -276,6 +276,8 @@ class MetadataStoreContract:
 
     async def test_forwards_are_kept_replaced_and_removed(self, metadata_store: MetadataStore) -> None:
         s = metadata_store
+        await account(s)
+        await s.add_alias("list@example.org", "alice@example.org")
         assert await s.list_forwards() == [] and await s.forwards_for(["alice@example.org"]) == {}
         alice = ForwardRecord("Alice@Example.org", ("a@remote.test", "b@remote.test"), keep_copy=True)
         await s.set_forward(alice)
@@ -291,6 +293,11 @@ class MetadataStoreContract:
         assert (await s.forwards_for(["alice@example.org"]))["alice@example.org"].targets == ("z@remote.test",)
         await s.set_forward(ForwardRecord("alice@example.org", (), False))
         assert [f.address for f in await s.list_forwards()] == ["list@example.org"]
+        # A forward of an address that is no account or alias (any more) is listed but never applies.
+        await s.set_forward(ForwardRecord("gone@example.org", ("x@remote.test",), False))
+        assert await s.forwards_for(["gone@example.org"]) == {}
+        await s.delete_alias("list@example.org")
+        assert await s.forwards_for(["list@example.org"]) == {}
 
     async def test_resolve_delivery_in_one_read(self, metadata_store: MetadataStore) -> None:
         s = metadata_store

@@ -166,6 +166,12 @@ async def test_forward_administration_refuses_what_cannot_work(tmp_path: Path) -
         assert len(fw.mx.received) == 1 and await fw.count() == 2
         await admin.SetForward(pb.Forward(address=f"sales@{DOMAIN}"))  # no targets: removed
         assert list((await admin.ListForwards(pb.ListForwardsRequest())).forwards) == []
+        # A forward goes with its alias or account: a later one of that name does not inherit it.
+        await admin.SetForward(pb.Forward(address=f"sales@{DOMAIN}", targets=[FORWARD_TO]))
+        await admin.SetForward(pb.Forward(address=ALICE, targets=[FORWARD_TO]))
+        await admin.DeleteAlias(pb.DeleteAliasRequest(address=f"sales@{DOMAIN}"))
+        await admin.DeleteAccount(pb.DeleteAccountRequest(name=ALICE))
+        assert list((await admin.ListForwards(pb.ListForwardsRequest())).forwards) == []
 
 
 async def test_without_an_srs_secret_forwarding_is_refused(tmp_path: Path) -> None:

@@ -14,6 +14,7 @@ from mailstack.services.mailstore.core.errors import InvalidName, InvalidRequest
 from mailstack.services.mailstore.core.quota import QuotaLedger, quota_verdict
 from mailstack.services.mailstore.core.results import AccountRecord, AccountSummary, QuotaUsage, RecipientVerdict
 from mailstack.services.mailstore.core.stores import Stores, checked_address
+from mailstack.storage.metadata.base import ForwardRecord
 
 DEFAULT_MAILBOXES: tuple[tuple[str, str], ...] = (
     ("INBOX", ""),
@@ -71,9 +72,12 @@ class Accounts:
 
     async def delete(self, name: str) -> None:
         name = checked_address(name)
+        aliases = [a for a, _ in await self.stores.metadata.list_aliases(name)]
         freed = await self.stores.metadata.delete_account(name)
         await self.stores.delete_blobs(freed)
         await self.stores.quota.set_usage(name, QuotaUsage(0, 0))
+        for address in (name, *aliases):  # a later account of that name must not inherit them
+            await self.stores.metadata.set_forward(ForwardRecord(address, (), False))
 
     async def set_quota(self, name: str, quota_bytes: int, quota_messages: int) -> AccountRecord:
         return await self.stores.metadata.set_quota(checked_address(name), quota_bytes, quota_messages)
@@ -111,6 +115,7 @@ class Accounts:
 
     async def delete_alias(self, alias: str) -> None:
         await self.stores.metadata.delete_alias(alias.strip().lower())
+        await self.stores.metadata.set_forward(ForwardRecord(alias.strip().lower(), (), False))
 
     async def list_aliases(self, account: str = "") -> list[tuple[str, str]]:
         """(alias, account) pairs, of one account or of all."""
