@@ -6,6 +6,7 @@ import asyncio
 import smtplib
 from pathlib import Path
 
+import pytest
 from mailstack.v1 import mailstore_pb2 as pb
 from prometheus_client import REGISTRY
 
@@ -99,7 +100,7 @@ async def test_subaddresses_over_lmtp(tmp_path: Path) -> None:
         assert status.messages == 1
 
 
-async def test_untrusted_networks_are_refused_at_connect(tmp_path: Path) -> None:
+async def test_untrusted_networks_are_refused_at_connect(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     before = REGISTRY.get_sample_value(
         "mailstack_connections_refused_total", {"protocol": "lmtp", "reason": "untrusted_network"}
     )
@@ -108,6 +109,9 @@ async def test_untrusted_networks_are_refused_at_connect(tmp_path: Path) -> None
         assert (await lmtp.reply()).startswith("554 5.7.1")
         assert await lmtp.reader.read() == b""  # closed
         await lmtp.close()
+        refusals = [r for r in caplog.records if r.getMessage() == "lmtp connection refused"]
+        assert refusals and getattr(refusals[0], "reason", "") == "untrusted_network"
+        assert getattr(refusals[0], "remote_ip", "") == "127.0.0.1"
         # The other listeners are not affected.
         smtp = await RawSmtp.connect(stack.ports["smtp"])
         assert (await smtp.greet()).startswith("250")
