@@ -24,6 +24,7 @@ log = logging.getLogger("mailstack.smtp")
 
 MAX_SYMBOLS_HEADER = 900  # characters of X-Spam-Symbols (folded); the rest is cut with "..."
 MAX_SUBJECT = 900  # characters of a rewritten Subject
+OUR_FIELDS = (b"x-spam-flag:", b"x-spam-score:", b"x-spam-action:", b"x-spam-symbols:", b"x-spam-checker:")
 
 REJECTED = "550 5.7.1 Message rejected as spam"
 SOFT_REJECTED = "451 4.7.1 Message deferred by the spam filter, try again later"
@@ -69,7 +70,7 @@ class SpamFilter:
             return Screened(refusal, "spam_" + verdict.action.replace(" ", "_"))
         if verdict.action == "rewrite subject" and verdict.subject:
             content = with_subject(content, verdict.subject)
-        return Screened("", "", spam_headers(verdict), content)
+        return Screened("", "", spam_headers(verdict), without_ours(content))
 
     def _failed(self, queue_id: str, err: BaseException, content: bytes) -> Screened:
         reason = "connect"
@@ -80,7 +81,7 @@ class SpamFilter:
                     "open" if self.fail_open else "closed")  # fmt: skip
         if self.fail_open:
             SPAM_FILTER_RESULTS.labels("unfiltered").inc()
-            return Screened("", "", b"X-Spam-Checker: unavailable, not filtered\r\n", content)
+            return Screened("", "", b"X-Spam-Checker: unavailable, not filtered\r\n", without_ours(content))
         SPAM_FILTER_RESULTS.labels("tempfail").inc()
         return Screened(UNAVAILABLE, "spam_filter_unavailable")
 
@@ -149,6 +150,29 @@ def with_subject(content: bytes, subject: str) -> bytes:
     if span is None:
         return field + content
     return content[: span[0]] + field + content[span[1] :]
+
+
+def without_ours(content: bytes) -> bytes:
+    """The message without X-Spam-* fields of the names we write: a sender's own (an
+    "X-Spam-Score: -50") must not pass for ours, which sieve rules and clients read. One pass
+    over the header lines, and no copy at all in the common case of none."""
+    end = content.find(b"\r\n\r\n")
+    head_end = len(content) if end < 0 else end + 2
+    if b"\r\nx-spam-" not in b"\r\n" + content[:head_end].lower():
+        return content
+    kept: list[bytes] = []
+    dropping = False
+    start = 0
+    while start < head_end:
+        stop = content.find(b"\r\n", start, head_end)
+        stop = head_end if stop < 0 else stop + 2
+        line = content[start:stop]
+        if line[:1] not in (b" ", b"\t"):  # a new field; continuation lines follow their field
+            dropping = line.lower().startswith(OUR_FIELDS)
+        if not dropping:
+            kept.append(line)
+        start = stop
+    return b"".join(kept) + content[head_end:]
 
 
 def _field_span(content: bytes, name: bytes) -> tuple[int, int] | None:

@@ -33,8 +33,8 @@ def rspamd() -> Iterator[RspamdServer]:
         server.cleanup()
 
 
-def message(subject: str = "hello", test: str = "", body: bytes = b"Lunch at noon?") -> bytes:
-    extra = f"X-Mx-Test: {test}\r\n" if test else ""
+def message(subject: str = "hello", test: str = "", body: bytes = b"Lunch at noon?", extra: str = "") -> bytes:
+    extra += f"X-Mx-Test: {test}\r\n" if test else ""
     return (
         (
             f"From: Bob <bob@remote.test>\r\nTo: {ALICE}\r\nSubject: {subject}\r\n{extra}"
@@ -83,9 +83,11 @@ async def test_gtube_is_rejected_and_nothing_stored(tmp_path: Path, rspamd: Rspa
 
 async def test_clean_mail_passes_with_its_score(tmp_path: Path, rspamd: RspamdServer) -> None:
     async with filtered(tmp_path, rspamd.url) as stack:
-        assert (await send(stack.ports["smtp"], message())).startswith("250 2.0.0")
+        forged = "X-Spam-Flag: YES\r\nX-Spam-Score: -50.00 / 15.00\r\n"  # a sender's own, removed
+        assert (await send(stack.ports["smtp"], message(extra=forged))).startswith("250 2.0.0")
         stored = (await stack.inbox())[0]
         msg = parsed(stored)
+        assert len(msg.get_all("X-Spam-Score") or []) == 1 and not str(msg["X-Spam-Score"]).startswith("-50")
         assert msg["X-Spam-Action"] == "no action"
         assert msg["X-Spam-Flag"] is None
         score, _, required = str(msg["X-Spam-Score"]).partition(" / ")

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 from mailstack.services.smtp.rspamd_protocol import Envelope, ProtocolError, parse_head, parse_verdict, request
-from mailstack.services.smtp.spam_filter import MAX_SYMBOLS_HEADER, spam_headers, with_subject
+from mailstack.services.smtp.spam_filter import MAX_SYMBOLS_HEADER, spam_headers, with_subject, without_ours
 
 
 def test_the_request_carries_the_envelope_without_control_characters() -> None:
@@ -68,3 +69,22 @@ def test_a_subject_is_added_when_there_is_none_and_encoded_when_not_ascii() -> N
     assert with_subject(b"From: a@b\r\n\r\nbody\r\n", "[SPAM]") == b"Subject: [SPAM]\r\nFrom: a@b\r\n\r\nbody\r\n"
     rewritten = with_subject(b"Subject: x\r\n\r\n", "[SPAM] Gr\u00fc\u00dfe\r\nBcc: victim@x")
     assert rewritten.startswith(b"Subject: =?utf-8?") and b"\r\nBcc:" not in rewritten
+
+
+def test_a_senders_own_spam_fields_are_removed_with_their_folded_lines() -> None:
+    message = (
+        b"X-Spam-Flag: NO\r\nFrom: a@b\r\nX-Spam-Score: -50\r\n  / 15\r\nX-Spam-Status: theirs\r\n"
+        b"x-spam-symbols: FAKE\r\nSubject: s\r\n\r\nX-Spam-Flag: NO in the body stays\r\n"
+    )
+    assert without_ours(message) == (
+        b"From: a@b\r\nX-Spam-Status: theirs\r\nSubject: s\r\n\r\nX-Spam-Flag: NO in the body stays\r\n"
+    )
+    clean = b"From: a@b\r\n\r\nbody\r\n"
+    assert without_ours(clean) is clean  # no copy when there is nothing to remove
+
+
+def test_removing_many_forged_fields_is_linear() -> None:
+    message = b"X-Spam-Flag: NO\r\n" * 50_000 + b"Subject: s\r\n\r\nbody\r\n"
+    started = time.perf_counter()
+    assert without_ours(message) == b"Subject: s\r\n\r\nbody\r\n"
+    assert time.perf_counter() - started < 2.0
