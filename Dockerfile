@@ -41,6 +41,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     MAILSTACK_IMAPS_PORT=993 \
     MAILSTACK_POP3_PORT=110 \
     MAILSTACK_POP3S_PORT=995 \
+    MAILSTACK_LMTP_PORT=24 \
     MAILSTACK_LOG_FORMAT=json \
     MAILSTACK_METRICS_PORT=9090
 
@@ -59,7 +60,7 @@ USER 10001:10001
 WORKDIR /data
 # SMTP 25, submissions 465, submission 587, IMAP 143, IMAPS 993, POP3 110, POP3S 995,
 # mailstore gRPC 50051 (internal, mTLS) and 50052 (Send API), /metrics /ready /live 9090
-EXPOSE 25 465 587 143 993 110 995 50051 50052 9090
+EXPOSE 25 465 587 143 993 110 995 24 50051 50052 9090
 STOPSIGNAL SIGTERM
 # `mailstack healthcheck` asks GET /ready on MAILSTACK_METRICS_PORT, which answers for whatever `mailstack
 # serve` runs here; it speaks no mail protocol, so MAILSTACK_PROXY_PROTOCOL=true does not fail it. Kubernetes

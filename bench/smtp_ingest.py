@@ -151,6 +151,7 @@ class Mailstack:
                 "MAILSTACK_SMTP_PORT": str(self.smtp_port),
                 "MAILSTACK_SUBMISSION_PORT": str(free_port()),
                 "MAILSTACK_SUBMISSIONS_PORT": str(free_port()),
+                "MAILSTACK_LMTP_PORT": "0",
                 "MAILSTACK_SMTP_MAX_CONNECTIONS_PER_IP": "0",
                 "MAILSTACK_LOG_LEVEL": "WARNING",
             }

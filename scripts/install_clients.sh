@@ -23,6 +23,7 @@ PACKAGES=(  # one per line, so that additions merge
     postgresql
     dovecot-core
     npm
+    rspamd  # the spam filter tests start a private one (tests/fixtures/rspamd_server.py)
 )
 
 if ! command -v dpkg-query >/dev/null 2>&1; then

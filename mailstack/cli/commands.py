@@ -18,7 +18,7 @@ from mailstack.services.common.lifecycle import SERVICES
 from mailstack.v1 import mailstore_pb2_grpc as pbg
 from mailstack.v1 import send_pb2_grpc as spbg
 
-from . import admin, fsck, healthcheck, local, mail, passwd_file, sessions
+from . import admin, forwards, fsck, healthcheck, local, mail, passwd_file, sessions
 from .output import parse_count, parse_size
 
 
@@ -67,6 +67,7 @@ class Command:
 GROUPS = {
     "user": "accounts",
     "alias": "aliases",
+    "forward": "forwarding to outside addresses (SRS, ARC)",
     "domain": "served domains",
     "token": "API tokens of the Send API",
     "ca": "identities of the internal gRPC API (mTLS, ADR 0009)",
@@ -123,6 +124,12 @@ COMMANDS: tuple[Command, ...] = (
     Command(("alias", "delete"), "delete an alias", admin.cmd_alias_delete, Api.ADMIN, (arg("address"),)),
     Command(("alias", "list"), "list aliases (of one account)", admin.cmd_alias_list, Api.ADMIN,
             (arg("account", nargs="?"),)),
+    Command(("forward", "set"), "forward mail for an account or alias to outside addresses", forwards.cmd_forward_set,
+            Api.ADMIN, (arg("address"), arg("targets", nargs="+", metavar="target"),
+                        arg("--keep-copy", action="store_true", help="also store it for the account"))),
+    Command(("forward", "delete"), "stop forwarding an address", forwards.cmd_forward_delete, Api.ADMIN,
+            (arg("address"),)),
+    Command(("forward", "list"), "list forwards", forwards.cmd_forward_list, Api.ADMIN),
     Command(("domain", "add"), "serve a domain", admin.cmd_domain_add, Api.ADMIN, (arg("name"),)),
     Command(("domain", "delete"), "stop serving a domain (refused while it has accounts or aliases)",
             admin.cmd_domain_delete, Api.ADMIN,

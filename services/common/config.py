@@ -374,6 +374,25 @@ class Settings:
         "", "Greylisting state: redis://... (shared by replicas); empty: the events Redis, else in-process."
     )
 
+    # a real MX (issue 18): LMTP, subaddressing, the spam filter (ADR 0034)
+    lmtp_port: int = _setting(2424, "LMTP port for an MTA in front (RFC 2033); 24 in containers, 0 = off.")
+    lmtp_trusted_networks: str = _setting(
+        "127.0.0.1/32,::1/128", "Comma-separated CIDRs that may connect to the LMTP port (others: 554 and closed)."
+    )
+    subaddress_delimiter: str = _setting(
+        "+", "Subaddress delimiter (RFC 5233): user+tag@domain is user@domain; empty = off."
+    )
+    subaddress_folders: bool = _setting(False, "Deliver user+tag@domain into the folder named tag when it exists.")
+    spam_filter_url: str = _setting("", "rspamd's normal worker, http://HOST:PORT (empty = no spam filter).")
+    spam_filter_timeout_ms: int = _setting(10000, "Milliseconds to wait for the spam filter's verdict.")
+    spam_filter_fail: str = _setting(
+        "open", "When the spam filter is down or late: open = accept unfiltered, closed = 451 4.7.1."
+    )
+    srs_secret: str = _setting(
+        "", "Secret of the SRS addresses of forwarded mail (forwarding is refused without it).", secret=True
+    )
+    srs_domain: str = _setting("", "Domain of SRS envelope senders (empty: the forwarding address's domain).")
+
     @property
     def effective_metadata_url(self) -> str:
         return self.metadata_url or f"sqlite://{Path(self.data_dir).resolve() / 'metadata.sqlite3'}"

@@ -127,6 +127,15 @@ EVENT_LOOP_LAG = Gauge(
     "mailstack_event_loop_lag_seconds",
     "How late the event loop ran its last heartbeat (a second apart): time spent in code that blocks the loop",
 )
+# The spam filter (rspamd) on inbound SMTP: its action per message, or what failing open/closed did.
+SPAM_FILTER_RESULTS = Counter(
+    "mailstack_spam_filter_results",
+    "Inbound messages by the spam filter's action (no_action, add_header, ...; unfiltered, tempfail when it failed)",
+    ["result"],
+)
+SPAM_FILTER_ERRORS = Counter(
+    "mailstack_spam_filter_errors", "Spam filter calls that failed, by reason (timeout, connect, protocol)", ["reason"]
+)
 
 READ_TIMEOUT = 10.0  # seconds for a scraper to send its request
 HEARTBEAT = 1.0  # seconds between the loop's heartbeats

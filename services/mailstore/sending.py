@@ -111,6 +111,7 @@ class Sending:
         self._expirer: asyncio.Task[None] | None = None
         self._depth_task: asyncio.Task[None] | None = None
         self._depth_changed = asyncio.Event()
+        self.deliver_local = core.delivery.deliver  # the server puts forwarding in front (issue 18)
 
     @classmethod
     def open(cls, core: MailstoreCore) -> Sending:
@@ -416,11 +417,21 @@ class Sending:
         """Local recipients get the message now; the plan says what became of each recipient."""
         outcomes: dict[str, NewRecipient] = {}
         if local:
-            results, _ = await self.core.delivery.deliver(sender, local, data)
+            results, _ = await self.deliver_local(sender, local, data)
             outcomes.update((r.recipient, _local_plan(r)) for r in results)
         for rcpt in remote:
             outcomes[rcpt] = NewRecipient(rcpt, False, "queued")
         return [outcomes[r] for r in dict.fromkeys(recipients)]
+
+    async def queue_remote(self, client: str, sender: str, recipients: Sequence[str], data: bytes) -> str:
+        """Queue a message this server relays (forwarding, issue 18) for remote recipients; its id."""
+        blob_key = new_blob_key()
+        plan = [NewRecipient(r, False, "queued") for r in recipients]
+        item = NewOutbound(id=blob_key.replace("-", "")[:26], sender=sender, blob_key=blob_key, size=len(data),
+                           recipients=plan, client=client, original_headers=compose.header_block(data))  # fmt: skip
+        result = await self._enqueue(item, data, True)
+        await self._after_enqueue(client, sender, plan, len(plan), result.id)
+        return result.id
 
     async def _enqueue(self, item: NewOutbound, data: bytes, remote: bool) -> EnqueueResult:
         if remote:

@@ -23,6 +23,7 @@ from mailstack.services.common.grpc_tracing import server_interceptors
 from mailstack.services.common.internal_ca import SERVER
 from mailstack.services.mailstore.authz import AuthzInterceptor
 from mailstack.services.mailstore.core import MailstoreCore
+from mailstack.services.mailstore.forwarding import Forwarding
 from mailstack.services.mailstore.send_servicer import OutboundServicer, SendAdminServicer, SenderServicer
 from mailstack.services.mailstore.sending import Sending
 from mailstack.services.mailstore.servicer import AdminServicer, MailstoreServicer
@@ -106,9 +107,12 @@ class MailstoreServer:
         # Clients ping every 20 s (a dead mailstore is noticed); accept those pings.
         options = [*SERVER_OPTIONS, ("grpc.so_reuseport", 0)]
         server = grpc.aio.server(options=options, interceptors=[AuthzInterceptor(), *server_interceptors()])
-        mailstore_pb2_grpc.add_MailstoreServicer_to_server(MailstoreServicer(self.core), server)
-        mailstore_pb2_grpc.add_AdminServicer_to_server(AdminServicer(self.core), server)
+        mailstore, admin = MailstoreServicer(self.core), AdminServicer(self.core)
+        mailstore_pb2_grpc.add_MailstoreServicer_to_server(mailstore, server)
+        mailstore_pb2_grpc.add_AdminServicer_to_server(admin, server)
         self.sending = sending = Sending.open(self.core)
+        mailstore.forwarding = admin.forwarding = Forwarding(self.core, sending)
+        sending.deliver_local = mailstore.forwarding.deliver  # submitted mail to a forwarding account too
         send_pb2_grpc.add_SendAdminServicer_to_server(SendAdminServicer(sending), server)
         send_pb2_grpc.add_OutboundServicer_to_server(OutboundServicer(sending), server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)

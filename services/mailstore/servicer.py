@@ -12,7 +12,8 @@ import grpc
 from mailstack.services.mailstore import translate
 from mailstack.services.mailstore.core import MailstoreCore
 from mailstack.services.mailstore.core.errors import BlobNotFound, InvalidRequest, Throttled
-from mailstack.services.mailstore.core.results import BodySlice
+from mailstack.services.mailstore.core.results import BodySlice, RecipientVerdict
+from mailstack.services.mailstore.forwarding import Forwarding
 from mailstack.services.mailstore.rpc import closed_after, read_stream, rpc, stream_rpc
 from mailstack.services.mailstore.translate import metadata_pb, status_pb, uid_ranges
 from mailstack.v1 import mailstore_pb2 as pb
@@ -91,6 +92,7 @@ class _BodiesWriter:
 class MailstoreServicer(pbg.MailstoreServicer):
     def __init__(self, core: MailstoreCore) -> None:
         self.core = core
+        self.forwarding: Forwarding | None = None  # set by the server once the queue is open (issue 18)
 
     @rpc
     async def Authenticate(self, request: pb.AuthenticateRequest, context: Any) -> pb.AuthenticateResponse:
@@ -135,6 +137,10 @@ class MailstoreServicer(pbg.MailstoreServicer):
     @rpc
     async def ResolveRecipient(self, request: pb.ResolveRecipientRequest, context: Any) -> pb.ResolveRecipientResponse:
         verdict, account = await self.core.accounts.resolve_recipient(request.address, request.size)
+        forwarding = self.forwarding
+        if verdict in (RecipientVerdict.UNKNOWN, RecipientVerdict.NOT_LOCAL) and forwarding is not None:
+            if await forwarding.reverse(request.address):
+                verdict = RecipientVerdict.LOCAL  # a bounce to an SRS address of ours: relayed back
         return pb.ResolveRecipientResponse(status=translate.VERDICTS[verdict], account=account)
 
     @rpc
@@ -196,9 +202,9 @@ class MailstoreServicer(pbg.MailstoreServicer):
         envelope, data = await read_stream(request_iterator, "envelope", limit, lambda e: e.size)
         if not envelope.recipients or len(envelope.recipients) > 1000:
             raise InvalidRequest("1..1000 recipients required")
-        outcomes, message_id = await self.core.delivery.deliver(
-            envelope.sender, list(envelope.recipients), data, envelope.mailbox or "INBOX"
-        )
+        deliver = self.forwarding.deliver if self.forwarding is not None else self.core.delivery.deliver
+        recipients = list(envelope.recipients)
+        outcomes, message_id = await deliver(envelope.sender, recipients, data, envelope.mailbox or "INBOX")
         return pb.DeliverResponse(results=[translate.recipient_result_pb(o) for o in outcomes], message_id=message_id)
 
     @stream_rpc
@@ -365,6 +371,7 @@ class AdminServicer(pbg.AdminServicer):
     def __init__(self, core: MailstoreCore) -> None:
         self.core = core
         self.accounts = core.accounts
+        self.forwarding: Forwarding | None = None  # set by the server once the queue is open (issue 18)
 
     async def _account_pb(self, name: str) -> pb.Account:
         return translate.account_pb(await self.accounts.summary(await self.accounts.account(name)))
@@ -427,6 +434,19 @@ class AdminServicer(pbg.AdminServicer):
     async def ListAliases(self, request: pb.ListAliasesRequest, context: Any) -> pb.ListAliasesResponse:
         pairs = await self.accounts.list_aliases(request.account)
         return pb.ListAliasesResponse(aliases=[pb.Alias(address=a, account=b) for a, b in pairs])
+
+    @rpc
+    async def SetForward(self, request: pb.Forward, context: Any) -> pb.Forward:
+        assert self.forwarding is not None
+        record = await self.forwarding.set_forward(request.address, list(request.targets), request.keep_copy)
+        return pb.Forward(address=record.address, targets=record.targets, keep_copy=record.keep_copy)
+
+    @rpc
+    async def ListForwards(self, request: pb.ListForwardsRequest, context: Any) -> pb.ListForwardsResponse:
+        assert self.forwarding is not None
+        forwards = [pb.Forward(address=f.address, targets=f.targets, keep_copy=f.keep_copy)
+                    for f in await self.forwarding.list_forwards()]  # fmt: skip
+        return pb.ListForwardsResponse(forwards=forwards)
 
     @rpc
     async def RecomputeQuota(self, request: pb.RecomputeQuotaRequest, context: Any) -> pb.RecomputeQuotaResponse:

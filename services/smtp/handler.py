@@ -26,10 +26,11 @@ from mailstack.services.common.auth_log import auth_event, local_ip_of
 from mailstack.services.common.config import Settings
 from mailstack.services.common.grpc_client import error_detail
 from mailstack.services.common.metrics import SMTP_MESSAGES
-from mailstack.services.smtp import replies
+from mailstack.services.smtp import replies, rspamd_protocol
 from mailstack.services.smtp.inflight import InflightBudget
 from mailstack.services.smtp.received import trace_headers, with_protocol
 from mailstack.services.smtp.recipient_cache import RecipientCache
+from mailstack.services.smtp.spam_filter import SpamFilter
 from mailstack.v1 import mailstore_pb2 as pb
 from mailstack.v1 import mailstore_pb2_grpc as pbg
 from mailstack.v1 import send_pb2 as spb
@@ -118,6 +119,7 @@ class SmtpHandler:
         self.outbound = outbound
         self.inflight = InflightBudget(settings.smtp_inflight_bytes)  # SmtpServer shares one across listeners
         self.checks: InboundChecks | None = None  # the MX port's (checks/, ADR 0033); never on submission
+        self.spam_filter: SpamFilter | None = None  # set by SmtpServer on the inbound listener (spam_filter_url)
 
     # ---------------------------------------------------------------- EHLO
 
@@ -305,7 +307,7 @@ class SmtpHandler:
             kind=trace.SpanKind.SERVER,
             attributes={"smtp.queue_id": queue_id, "smtp.recipients": len(recipients), "smtp.size": len(content)},
         ) as span:
-            protocol = with_protocol(session.extended_smtp, server.tls_active, bool(session.authenticated))
+            protocol = self.trace_protocol(server, session)
             header = trace_headers(
                 sender=sender,
                 helo=session.host_name or "",
@@ -315,15 +317,13 @@ class SmtpHandler:
                 queue_id=queue_id,
                 recipients=recipients,
             )
-            # Every submission goes through the mailstore's Submit, local recipients too: it checks the
-            # header From against the account and the sending limits (issue 13), which Deliver cannot.
             if self.kind.submission and self.outbound is not None:
+                # Every submission goes through the mailstore's Submit, local recipients too: it checks the
+                # header From against the account and the sending limits (issue 13), which Deliver cannot.
                 account = str(session.auth_data)
                 reply, reason = await self._submit(queue_id, account, sender, recipients, header, content)
-            elif self.checks is not None:
-                reply, reason = await self._deliver_checked(session, queue_id, sender, recipients, header, content)
             else:
-                reply, reason = await self._deliver(queue_id, sender, recipients, header, content)
+                reply, reason = await self._inbound(session, queue_id, sender, recipients, header, content)
             span.set_attribute("smtp.result", reason)
             result = "accepted" if reply.startswith("250") else "rejected"
             count(result, reason)
@@ -338,18 +338,31 @@ class SmtpHandler:
             )  # fmt: skip
         return reply
 
-    async def _deliver_checked(
+    async def _inbound(
         self, session: Session, queue_id: str, sender: str, recipients: list[str], header: bytes, content: bytes
     ) -> tuple[str, str]:
-        """Inbound with sender authentication: refused, or annotated (and maybe quarantined) and delivered."""
-        assert self.checks is not None
-        verdict = await self.checks.at_data(_client_ip(session), session.host_name or "", sender, content)
-        if verdict is None:
-            return await self._deliver(queue_id, sender, recipients, header, content)
-        if verdict.refusal is not None:
-            return verdict.refusal, verdict.reason
-        header += verdict.header  # RFC 8601 §5: below our Received, above what the message brought
-        return await self._deliver(queue_id, sender, recipients, header, verdict.content, verdict.mailbox)
+        """The MX port (and LMTP, which has neither check): sender authentication first (ADR 0033), so
+        that the spam filter (ADR 0034) sees our Authentication-Results, then Deliver."""
+        mailbox = ""
+        if self.checks is not None:
+            verdict = await self.checks.at_data(_client_ip(session), session.host_name or "", sender, content)
+            if verdict is not None:
+                if verdict.refusal is not None:
+                    return verdict.refusal, verdict.reason
+                # RFC 8601 §5: below our Received, above what the message brought; quarantine names Junk
+                content, mailbox = verdict.header + verdict.content, verdict.mailbox
+        if self.spam_filter is not None:
+            query = rspamd_protocol.Envelope(sender, recipients, _client_ip(session), session.host_name or "",
+                                             queue_id, self.settings.hostname)  # fmt: skip
+            screened = await self.spam_filter.screen(query, content)
+            if screened.reply:
+                return screened.reply, screened.reason
+            header, content = header + screened.header, screened.content or content
+        return await self._deliver(queue_id, sender, recipients, header, content, mailbox)
+
+    def trace_protocol(self, server: SmtpProtocol, session: Session) -> str:
+        """The Received field's "with" (RFC 3848)."""
+        return with_protocol(session.extended_smtp, server.tls_active, bool(session.authenticated))
 
     async def _deliver(
         self, queue_id: str, sender: str, recipients: list[str], header: bytes, content: bytes, mailbox: str = ""

@@ -14,8 +14,10 @@ from mailstack.services.outbound.stub import outbound_stub
 from mailstack.services.smtp.checks.inbound import InboundChecks
 from mailstack.services.smtp.handler import INBOUND, SUBMISSION, SUBMISSIONS, SmtpHandler
 from mailstack.services.smtp.inflight import InflightBudget
+from mailstack.services.smtp.lmtp import LMTP, LmtpHandler, lmtp_factory
 from mailstack.services.smtp.protocol import SmtpProtocol, protocol_factory
 from mailstack.services.smtp.recipient_cache import RecipientCache
+from mailstack.services.smtp.spam_filter import SpamFilter
 
 log = logging.getLogger("mailstack.smtp")
 
@@ -45,8 +47,15 @@ class SmtpServer(Frontend):
             handler = SmtpHandler(kind, settings, stub, outbound, self.recipients)
             handler.inflight = self.inflight
             handler.checks = None if kind.submission else self.checks
+            if kind is INBOUND and settings.spam_filter_url:
+                handler.spam_filter = SpamFilter(settings)
             factory = protocol_factory(handler, settings, self.limiter, self.sessions, self.tls_context)
             await self.listen(kind.name, port, kind.implicit_tls, factory)
+        if settings.lmtp_port:  # RFC 2033, for an MTA in front; 0 = off
+            lmtp = LmtpHandler(LMTP, settings, stub, None, self.recipients)
+            lmtp.inflight = self.inflight
+            factory = lmtp_factory(lmtp, settings, self.limiter, self.sessions)
+            await self.listen("lmtp", settings.lmtp_port, False, factory)
 
     async def release(self) -> None:
         if self.checks is not None:

@@ -19,6 +19,23 @@ StoreMode = Literal["replace", "add", "remove"]
 ChangeKind = Literal["new", "flags", "expunge"]
 
 
+# The condition forwards_for adds: the forward's address is still an account's name or an alias.
+LIVE_FORWARD = (
+    " AND (EXISTS (SELECT 1 FROM accounts a WHERE a.name = f.address)"
+    " OR EXISTS (SELECT 1 FROM aliases al WHERE al.address = f.address))"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class ForwardRecord:
+    """Mail for `address` (an account's name or an alias) also goes to `targets` (outside addresses);
+    keep_copy: it is stored for the account too."""
+
+    address: str
+    targets: tuple[str, ...]
+    keep_copy: bool
+
+
 @dataclass(frozen=True, slots=True)
 class AccountRecord:
     id: int
@@ -187,6 +204,15 @@ class MetadataStore(Protocol):
 
     async def list_aliases(self, account: str | None = None) -> list[tuple[str, str]]:
         """[(address, account name)]."""
+
+    async def set_forward(self, forward: ForwardRecord) -> None:
+        """Replace the forward of forward.address (no targets: remove it)."""
+
+    async def list_forwards(self) -> list[ForwardRecord]:
+        """All forwards, by address."""
+
+    async def forwards_for(self, addresses: Sequence[str]) -> dict[str, ForwardRecord]:
+        """The forwards of those addresses that have one (one read for a whole delivery)."""
 
     async def resolve_address(self, address: str) -> AccountRecord | None:
         """An account by its own name, then an alias, then the domain's catch-all."""

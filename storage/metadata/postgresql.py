@@ -39,6 +39,7 @@ from mailstack.storage.errors import (
 )
 from mailstack.storage.metadata import uidranges
 from mailstack.storage.metadata.base import (
+    LIVE_FORWARD,
     AccountRecord,
     BodyReference,
     ChangeRecord,
@@ -46,6 +47,7 @@ from mailstack.storage.metadata.base import (
     DeliveryTarget,
     ExpungeResult,
     FlagUpdate,
+    ForwardRecord,
     InsertResult,
     MailboxCounts,
     MailboxRecord,
@@ -696,6 +698,32 @@ class PostgresMetadataStore:
     async def resolve_address(self, address: str) -> AccountRecord | None:
         return await self._read(lambda conn: _resolve_address(conn, address.lower()))
 
+    async def set_forward(self, forward: ForwardRecord) -> None:
+        address = forward.address.lower()
+
+        async def txn(conn: Conn) -> None:
+            await conn.execute("DELETE FROM forwards WHERE address = $1", address)
+            if forward.targets:
+                await conn.execute(
+                    "INSERT INTO forwards (address, targets, keep_copy) VALUES ($1, $2, $3)",
+                    address, "\n".join(forward.targets), forward.keep_copy,
+                )  # fmt: skip
+
+        await self._write(txn)
+
+    async def list_forwards(self) -> list[ForwardRecord]:
+        sql = "SELECT address, targets, keep_copy FROM forwards ORDER BY address"
+        return [_forward(r) for r in await self._read(lambda conn: conn.fetch(sql))]
+
+    async def forwards_for(self, addresses: Sequence[str]) -> dict[str, ForwardRecord]:
+        wanted = sorted({a.lower() for a in addresses})
+        if not wanted:
+            return {}
+        # Only of addresses that are still an account or alias: a stale row stays inert.
+        sql = "SELECT address, targets, keep_copy FROM forwards f WHERE address = ANY($1::text[])" + LIVE_FORWARD
+        rows = await self._read(lambda conn: conn.fetch(sql, wanted))
+        return {r[0]: _forward(r) for r in rows}
+
     async def resolve_delivery(self, addresses: Sequence[str], mailbox_name: str) -> list[DeliveryTarget | None]:
         wanted = _mailbox_name(mailbox_name)
 
@@ -1133,3 +1161,7 @@ class PostgresMetadataStore:
 if TYPE_CHECKING:
     # mypy checks here that the class satisfies the Protocol.
     _conforms: MetadataStore = PostgresMetadataStore("")
+
+
+def _forward(row: Any) -> ForwardRecord:
+    return ForwardRecord(str(row[0]), tuple(str(row[1]).split("\n")), bool(row[2]))

@@ -132,6 +132,14 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             created DOUBLE PRECISION NOT NULL
         )""",
     ),
+    (
+        # Step 2 (issue 18): forwarding of an account's or alias's mail to outside addresses.
+        """CREATE TABLE forwards (
+            address TEXT COLLATE "C" PRIMARY KEY,
+            targets TEXT NOT NULL,
+            keep_copy BOOLEAN NOT NULL
+        )""",
+    ),
 )
 
 # Unique constraints whose violation means "that name is taken" (a race the code's own check lost).

@@ -38,6 +38,7 @@ from mailstack.storage.errors import (
 )
 from mailstack.storage.metadata import uidranges
 from mailstack.storage.metadata.base import (
+    LIVE_FORWARD,
     AccountRecord,
     BodyReference,
     ChangeRecord,
@@ -45,6 +46,7 @@ from mailstack.storage.metadata.base import (
     DeliveryTarget,
     ExpungeResult,
     FlagUpdate,
+    ForwardRecord,
     InsertResult,
     MailboxCounts,
     MailboxRecord,
@@ -746,6 +748,33 @@ class SqliteMetadataStore:
     async def resolve_address(self, address: str) -> AccountRecord | None:
         return await self._read(lambda conn: _resolve_address(conn, address.lower()), inline=True)
 
+    async def set_forward(self, forward: ForwardRecord) -> None:
+        address = forward.address.lower()
+
+        def txn(conn: sqlite3.Connection) -> None:
+            conn.execute("DELETE FROM forwards WHERE address = ?", (address,))
+            if forward.targets:
+                conn.execute(
+                    "INSERT INTO forwards (address, targets, keep_copy) VALUES (?, ?, ?)",
+                    (address, "\n".join(forward.targets), int(forward.keep_copy)),
+                )
+
+        await self._write(txn)
+
+    async def list_forwards(self) -> list[ForwardRecord]:
+        sql = "SELECT address, targets, keep_copy FROM forwards ORDER BY address"
+        return [_forward(r) for r in await self._read(lambda conn: _rows(conn, sql))]
+
+    async def forwards_for(self, addresses: Sequence[str]) -> dict[str, ForwardRecord]:
+        wanted = sorted({a.lower() for a in addresses})
+        if not wanted:
+            return {}
+        # Only of addresses that are still an account or alias: a stale row stays inert.
+        sql = f"SELECT address, targets, keep_copy FROM forwards f WHERE address IN ({','.join('?' * len(wanted))})"
+        sql += LIVE_FORWARD
+        rows = await self._read(lambda conn: _rows(conn, sql, tuple(wanted)), inline=True)
+        return {r[0]: _forward(r) for r in rows}
+
     async def resolve_delivery(self, addresses: Sequence[str], mailbox_name: str) -> list[DeliveryTarget | None]:
         mailbox_name = _mailbox_name(mailbox_name)
 
@@ -1127,3 +1156,7 @@ class SqliteMetadataStore:
 if TYPE_CHECKING:
     # mypy checks here that the class satisfies the Protocol.
     _conforms: MetadataStore = SqliteMetadataStore("")
+
+
+def _forward(row: Sequence[Any]) -> ForwardRecord:
+    return ForwardRecord(str(row[0]), tuple(str(row[1]).split("\n")), bool(row[2]))

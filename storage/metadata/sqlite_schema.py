@@ -145,6 +145,14 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "ALTER TABLE messages ADD COLUMN save_date INTEGER",
         "UPDATE messages SET save_date = internal_date",
     ),
+    (
+        # Step 5 (issue 18): forwarding of an account's or alias's mail to outside addresses.
+        """CREATE TABLE forwards (
+            address TEXT PRIMARY KEY,
+            targets TEXT NOT NULL,
+            keep_copy INTEGER NOT NULL
+        )""",
+    ),
 )
 
 

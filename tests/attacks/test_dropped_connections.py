@@ -445,6 +445,7 @@ class SmtpProcess:
             env_name("smtp_port"): str(self.port),
             env_name("submission_port"): str(free_port()),
             env_name("submissions_port"): str(free_port()),
+            env_name("lmtp_port"): "0",
         }
         self.log_path = data_dir / "smtp.log"
         self.proc: subprocess.Popen[bytes] | None = None

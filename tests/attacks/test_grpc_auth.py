@@ -51,7 +51,7 @@ from tests.fixtures.topology import (
 )
 
 ROOT = Path(__file__).resolve().parents[2]
-PORTS = ("SMTP", "SUBMISSION", "SUBMISSIONS", "IMAP", "IMAPS", "POP3", "POP3S")
+PORTS = ("SMTP", "SUBMISSION", "SUBMISSIONS", "IMAP", "IMAPS", "POP3", "POP3S", "LMTP")
 ALICE = "alice@example.test"
 TIMEOUT = 10.0
 

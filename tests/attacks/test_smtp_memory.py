@@ -64,6 +64,7 @@ def smtp_process(folder: Path, mailstore_addr: str, store_dir: Path) -> Iterator
             "MAILSTACK_SMTP_PORT": str(port),
             "MAILSTACK_SUBMISSION_PORT": str(free_port()),
             "MAILSTACK_SUBMISSIONS_PORT": str(free_port()),
+            "MAILSTACK_LMTP_PORT": "0",
             "MAILSTACK_SMTP_INFLIGHT_BYTES": str(BUDGET),
             **identity_env(store_dir, "smtp"),  # its own identity, as a deployment mounts it
         }

@@ -22,7 +22,14 @@ from mailstack.storage.errors import (
     OverQuota,
     StorageUnavailable,
 )
-from mailstack.storage.metadata.base import AccountRecord, InsertResult, MailboxRecord, MetadataStore, NewMessage
+from mailstack.storage.metadata.base import (
+    AccountRecord,
+    ForwardRecord,
+    InsertResult,
+    MailboxRecord,
+    MetadataStore,
+    NewMessage,
+)
 from mailstack.storage.registry import open_metadata_store
 
 OpenStore = Callable[[], Awaitable[MetadataStore]]
@@ -266,6 +273,31 @@ class MetadataStoreContract:
         assert await resolved("postmaster@example.org") is None
         await s.delete_account("bob@example.org")
         assert await s.list_aliases() == []  # aliases go with their account
+
+    async def test_forwards_are_kept_replaced_and_removed(self, metadata_store: MetadataStore) -> None:
+        s = metadata_store
+        await account(s)
+        await s.add_alias("list@example.org", "alice@example.org")
+        assert await s.list_forwards() == [] and await s.forwards_for(["alice@example.org"]) == {}
+        alice = ForwardRecord("Alice@Example.org", ("a@remote.test", "b@remote.test"), keep_copy=True)
+        await s.set_forward(alice)
+        await s.set_forward(ForwardRecord("list@example.org", ("c@remote.test",), keep_copy=False))
+        kept = ForwardRecord("alice@example.org", ("a@remote.test", "b@remote.test"), True)
+        assert await s.list_forwards() == [kept, ForwardRecord("list@example.org", ("c@remote.test",), False)]
+        assert await s.forwards_for(["ALICE@example.org", "nobody@example.org", "alice@example.org"]) == {
+            "alice@example.org": kept
+        }
+        assert await s.forwards_for([]) == {}
+        # Setting again replaces; no targets removes.
+        await s.set_forward(ForwardRecord("alice@example.org", ("z@remote.test",), False))
+        assert (await s.forwards_for(["alice@example.org"]))["alice@example.org"].targets == ("z@remote.test",)
+        await s.set_forward(ForwardRecord("alice@example.org", (), False))
+        assert [f.address for f in await s.list_forwards()] == ["list@example.org"]
+        # A forward of an address that is no account or alias (any more) is listed but never applies.
+        await s.set_forward(ForwardRecord("gone@example.org", ("x@remote.test",), False))
+        assert await s.forwards_for(["gone@example.org"]) == {}
+        await s.delete_alias("list@example.org")
+        assert await s.forwards_for(["list@example.org"]) == {}
 
     async def test_resolve_delivery_in_one_read(self, metadata_store: MetadataStore) -> None:
         s = metadata_store

@@ -72,6 +72,7 @@ proxymap  unix  -       -       n       -       -       proxymap
 proxywrite unix -       -       n       -       1       proxymap
 smtp      unix  -       -       n       -       -       smtp
 relay     unix  -       -       n       -       -       smtp
+lmtp      unix  -       -       n       -       -       lmtp
 showq     unix  n       -       n       -       -       showq
 error     unix  -       -       n       -       -       error
 retry     unix  -       -       n       -       -       error
@@ -97,8 +98,9 @@ def _master_pid(directory: Path) -> int | None:
 
 
 @contextmanager
-def private_postfix(relay_port: int) -> Iterator[tuple[int, Path]]:
-    """(smtpd port, instance dir) of a Postfix that relays everything to 127.0.0.1:relay_port."""
+def private_postfix(relay_port: int, main_extra: str = "") -> Iterator[tuple[int, Path]]:
+    """(smtpd port, instance dir) of a Postfix that relays everything to 127.0.0.1:relay_port
+    (`main_extra` is appended to main.cf: later lines win, e.g. another transport)."""
     postfix = require_tool("postfix")
     # Under /tmp with mode 755: Postfix's unprivileged processes must reach the queue.
     directory = Path(tempfile.mkdtemp(prefix="mailstack-pf.", dir="/tmp"))
@@ -107,7 +109,7 @@ def private_postfix(relay_port: int) -> Iterator[tuple[int, Path]]:
     for sub in ("etc", "spool", "data", "log"):
         (directory / sub).mkdir(mode=0o755)
     shutil.chown(directory / "data", "postfix")
-    (directory / "etc" / "main.cf").write_text(MAIN_CF.format(dir=directory, relay_port=relay_port))
+    (directory / "etc" / "main.cf").write_text(MAIN_CF.format(dir=directory, relay_port=relay_port) + main_extra)
     (directory / "etc" / "master.cf").write_text(MASTER_CF.format(smtpd_port=smtpd_port))
     config = str(directory / "etc")
     started = subprocess.run([postfix, "-c", config, "start"], capture_output=True, text=True, timeout=60, check=False)

@@ -19,7 +19,7 @@ from tests.fixtures.mailstore import running_mailstore, settings_for
 from tests.fixtures.pop3 import running_pop3
 
 DOCKERFILE = (ROOT / "Dockerfile").read_text()
-MAIL_PORTS = {25, 465, 587, 143, 993, 110, 995}
+MAIL_PORTS = {25, 465, 587, 143, 993, 110, 995, 24}  # 24: LMTP (RFC 2033)
 
 
 def stages() -> list[list[tuple[str, str]]]:

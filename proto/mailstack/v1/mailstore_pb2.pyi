@@ -1003,6 +1003,81 @@ class ListAliasesResponse(_message.Message):
 Global___ListAliasesResponse: _TypeAlias = ListAliasesResponse  # noqa: Y015
 
 @_typing.final
+class Forward(_message.Message):
+    """Forwarding (issue 18): mail for an account or alias also goes to outside addresses, through
+    the outbound queue with an SRS envelope sender and an ARC seal (ADR 0034).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ADDRESS_FIELD_NUMBER: _builtins.int
+    TARGETS_FIELD_NUMBER: _builtins.int
+    KEEP_COPY_FIELD_NUMBER: _builtins.int
+    address: _builtins.str
+    """An account's name or an alias."""
+    keep_copy: _builtins.bool
+    """Also store the message for the account."""
+    @_builtins.property
+    def targets(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Outside addresses; empty in SetForward = remove the forward."""
+
+    def __init__(
+        self,
+        *,
+        address: _builtins.str = ...,
+        targets: _abc.Iterable[_builtins.str] | None = ...,
+        keep_copy: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "keep_copy", b"keep_copy", "targets", b"targets"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Forward: _TypeAlias = Forward  # noqa: Y015
+
+@_typing.final
+class ListForwardsRequest(_message.Message):
+    """List every forward (no parameters)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListForwardsRequest: _TypeAlias = ListForwardsRequest  # noqa: Y015
+
+@_typing.final
+class ListForwardsResponse(_message.Message):
+    """The forwards."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FORWARDS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def forwards(self) -> _containers.RepeatedCompositeFieldContainer[Global___Forward]:
+        """Each forward."""
+
+    def __init__(
+        self,
+        *,
+        forwards: _abc.Iterable[Global___Forward] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["forwards", b"forwards"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListForwardsResponse: _TypeAlias = ListForwardsResponse  # noqa: Y015
+
+@_typing.final
 class RecomputeQuotaRequest(_message.Message):
     """Recount quota usage from the stored messages (`mailstack quota recompute`)."""
 

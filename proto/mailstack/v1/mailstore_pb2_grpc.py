@@ -1342,6 +1342,16 @@ class AdminStub:
                 request_serializer=mailstack_dot_v1_dot_mailstore__pb2.KickSessionsRequest.SerializeToString,
                 response_deserializer=mailstack_dot_v1_dot_mailstore__pb2.KickSessionsResponse.FromString,
                 _registered_method=True)
+        self.SetForward = channel.unary_unary(
+                '/mailstack.v1.Admin/SetForward',
+                request_serializer=mailstack_dot_v1_dot_mailstore__pb2.Forward.SerializeToString,
+                response_deserializer=mailstack_dot_v1_dot_mailstore__pb2.Forward.FromString,
+                _registered_method=True)
+        self.ListForwards = channel.unary_unary(
+                '/mailstack.v1.Admin/ListForwards',
+                request_serializer=mailstack_dot_v1_dot_mailstore__pb2.ListForwardsRequest.SerializeToString,
+                response_deserializer=mailstack_dot_v1_dot_mailstore__pb2.ListForwardsResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServicer:
@@ -1460,6 +1470,20 @@ class AdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SetForward(self, request, context):
+        """Set (or with no targets remove) an address's forward (`mailstack forward set|delete`).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListForwards(self, request, context):
+        """Every forward (`mailstack forward list`).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -1542,6 +1566,16 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.KickSessions,
                     request_deserializer=mailstack_dot_v1_dot_mailstore__pb2.KickSessionsRequest.FromString,
                     response_serializer=mailstack_dot_v1_dot_mailstore__pb2.KickSessionsResponse.SerializeToString,
+            ),
+            'SetForward': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetForward,
+                    request_deserializer=mailstack_dot_v1_dot_mailstore__pb2.Forward.FromString,
+                    response_serializer=mailstack_dot_v1_dot_mailstore__pb2.Forward.SerializeToString,
+            ),
+            'ListForwards': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListForwards,
+                    request_deserializer=mailstack_dot_v1_dot_mailstore__pb2.ListForwardsRequest.FromString,
+                    response_serializer=mailstack_dot_v1_dot_mailstore__pb2.ListForwardsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1977,6 +2011,60 @@ class Admin:
             '/mailstack.v1.Admin/KickSessions',
             mailstack_dot_v1_dot_mailstore__pb2.KickSessionsRequest.SerializeToString,
             mailstack_dot_v1_dot_mailstore__pb2.KickSessionsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetForward(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mailstack.v1.Admin/SetForward',
+            mailstack_dot_v1_dot_mailstore__pb2.Forward.SerializeToString,
+            mailstack_dot_v1_dot_mailstore__pb2.Forward.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListForwards(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mailstack.v1.Admin/ListForwards',
+            mailstack_dot_v1_dot_mailstore__pb2.ListForwardsRequest.SerializeToString,
+            mailstack_dot_v1_dot_mailstore__pb2.ListForwardsResponse.FromString,
             options,
             channel_credentials,
             insecure,

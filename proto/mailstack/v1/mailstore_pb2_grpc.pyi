@@ -442,6 +442,10 @@ class AdminStub:
     """The logged-in IMAP and POP3 sessions, as the frontends report them (mailstack who)."""
     KickSessions: _grpc.UnaryUnaryMultiCallable[_mailstore_pb2.KickSessionsRequest, _mailstore_pb2.KickSessionsResponse]
     """Order an account's sessions closed (mailstack kick)."""
+    SetForward: _grpc.UnaryUnaryMultiCallable[_mailstore_pb2.Forward, _mailstore_pb2.Forward]
+    """Set (or with no targets remove) an address's forward (`mailstack forward set|delete`)."""
+    ListForwards: _grpc.UnaryUnaryMultiCallable[_mailstore_pb2.ListForwardsRequest, _mailstore_pb2.ListForwardsResponse]
+    """Every forward (`mailstack forward list`)."""
 
 @_typing.type_check_only
 class AdminAsyncStub(AdminStub):
@@ -480,6 +484,10 @@ class AdminAsyncStub(AdminStub):
     """The logged-in IMAP and POP3 sessions, as the frontends report them (mailstack who)."""
     KickSessions: _aio.UnaryUnaryMultiCallable[_mailstore_pb2.KickSessionsRequest, _mailstore_pb2.KickSessionsResponse]  # type: ignore[assignment]
     """Order an account's sessions closed (mailstack kick)."""
+    SetForward: _aio.UnaryUnaryMultiCallable[_mailstore_pb2.Forward, _mailstore_pb2.Forward]  # type: ignore[assignment]
+    """Set (or with no targets remove) an address's forward (`mailstack forward set|delete`)."""
+    ListForwards: _aio.UnaryUnaryMultiCallable[_mailstore_pb2.ListForwardsRequest, _mailstore_pb2.ListForwardsResponse]  # type: ignore[assignment]
+    """Every forward (`mailstack forward list`)."""
 
 class AdminServicer(metaclass=_abc_1.ABCMeta):
     """Administration (the `mailstack` CLI)."""
@@ -611,5 +619,21 @@ class AdminServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_mailstore_pb2.KickSessionsResponse, _abc.Awaitable[_mailstore_pb2.KickSessionsResponse]]:
         """Order an account's sessions closed (mailstack kick)."""
+
+    @_abc_1.abstractmethod
+    def SetForward(
+        self,
+        request: _mailstore_pb2.Forward,
+        context: _ServicerContext,
+    ) -> _typing.Union[_mailstore_pb2.Forward, _abc.Awaitable[_mailstore_pb2.Forward]]:
+        """Set (or with no targets remove) an address's forward (`mailstack forward set|delete`)."""
+
+    @_abc_1.abstractmethod
+    def ListForwards(
+        self,
+        request: _mailstore_pb2.ListForwardsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_mailstore_pb2.ListForwardsResponse, _abc.Awaitable[_mailstore_pb2.ListForwardsResponse]]:
+        """Every forward (`mailstack forward list`)."""
 
 def add_AdminServicer_to_server(servicer: AdminServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

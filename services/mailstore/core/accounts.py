@@ -8,11 +8,13 @@ import asyncio
 from mailstack.message import names
 from mailstack.services.common.config import Settings
 from mailstack.services.mailstore import imported_hashes, passwords
+from mailstack.services.mailstore.core import subaddress
 from mailstack.services.mailstore.core.auth import MAX_PASSWORD_LENGTH
 from mailstack.services.mailstore.core.errors import InvalidName, InvalidRequest, NotAllowed
 from mailstack.services.mailstore.core.quota import QuotaLedger, quota_verdict
 from mailstack.services.mailstore.core.results import AccountRecord, AccountSummary, QuotaUsage, RecipientVerdict
 from mailstack.services.mailstore.core.stores import Stores, checked_address
+from mailstack.storage.metadata.base import ForwardRecord
 
 DEFAULT_MAILBOXES: tuple[tuple[str, str], ...] = (
     ("INBOX", ""),
@@ -94,9 +96,12 @@ class Accounts:
 
     async def delete(self, name: str) -> None:
         name = checked_address(name)
+        aliases = [a for a, _ in await self.stores.metadata.list_aliases(name)]
         freed = await self.stores.metadata.delete_account(name)
         await self.stores.delete_blobs(freed)
         await self.stores.quota.set_usage(name, QuotaUsage(0, 0))
+        for address in (name, *aliases):  # a later account of that name must not inherit them
+            await self.stores.metadata.set_forward(ForwardRecord(address, (), False))
 
     async def set_quota(self, name: str, quota_bytes: int, quota_messages: int) -> AccountRecord:
         return await self.stores.metadata.set_quota(checked_address(name), quota_bytes, quota_messages)
@@ -158,6 +163,7 @@ class Accounts:
 
     async def delete_alias(self, alias: str) -> None:
         await self.stores.metadata.delete_alias(alias.strip().lower())
+        await self.stores.metadata.set_forward(ForwardRecord(alias.strip().lower(), (), False))
 
     async def list_aliases(self, account: str = "") -> list[tuple[str, str]]:
         """(alias, account) pairs, of one account or of all."""
@@ -166,12 +172,12 @@ class Accounts:
     # ------------------------------------------------------------ recipients and senders
 
     async def resolve_recipient(self, rcpt: str, size: int = 0) -> tuple[RecipientVerdict, str]:
-        """(verdict, account) for SMTP RCPT: aliases and catch-alls included."""
+        """(verdict, account) for SMTP RCPT: aliases, catch-alls and subaddresses (RFC 5233) included."""
         try:
             rcpt = names.normalize_address(rcpt)
         except names.InvalidNameError:
             return RecipientVerdict.INVALID, ""
-        record = await self.stores.metadata.resolve_address(rcpt)
+        record = await subaddress.resolve_account(self.stores.metadata, rcpt, self.settings.subaddress_delimiter)
         if record is None:
             if names.domain_of(rcpt) in await self.stores.metadata.list_domains():
                 return RecipientVerdict.UNKNOWN, ""

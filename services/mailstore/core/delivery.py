@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 from mailstack.message import mime, names
 from mailstack.message.line_endings import to_crlf
 from mailstack.services.common.config import Settings
+from mailstack.services.mailstore.core import subaddress
 from mailstack.services.mailstore.core.changes import normalize_flags
 from mailstack.services.mailstore.core.errors import InvalidRequest, OverQuota, TooBig
 from mailstack.services.mailstore.core.quota import QuotaLedger, quota_verdict
@@ -212,7 +213,10 @@ class Delivery:
         """The accounts to store into, by name; every other recipient gets its outcome now."""
         addresses = self._addresses(recipients, outcomes)
         # Accounts and mailboxes of all recipients in one metadata read (this is the hot path of SMTP).
-        resolved = await self.stores.metadata.resolve_delivery(list(addresses.values()), mailbox_name)
+        resolved = await subaddress.resolve_delivery(
+            self.stores.metadata, list(addresses.values()), [recipients[i] for i in addresses], mailbox_name,
+            self.settings.subaddress_delimiter, self.settings.subaddress_folders,
+        )  # fmt: skip
         targets: dict[str, _Target] = {}
         domains: list[str] | None = None
         for (index, address), target in zip(addresses.items(), resolved, strict=True):
