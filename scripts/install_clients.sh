@@ -31,8 +31,15 @@ if ! command -v dpkg-query >/dev/null 2>&1; then
     exit 1
 fi
 
+# A package whose command is already there from elsewhere counts as present: NodeSource's nodejs
+# ships npm and conflicts with Debian's npm package, so asking apt for npm would break the install.
+declare -A COMMAND_OF=([npm]=npm)
+
 missing=()
 for pkg in "${PACKAGES[@]}"; do
+    if [ -n "${COMMAND_OF[$pkg]:-}" ] && command -v "${COMMAND_OF[$pkg]}" >/dev/null 2>&1; then
+        continue
+    fi
     if ! dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed"; then
         missing+=("$pkg")
     fi
