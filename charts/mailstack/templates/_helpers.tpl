@@ -35,6 +35,7 @@ MAILSTACK_GRPC_KEY: /etc/mailstack/grpc/tls.key
 MAILSTACK_HOSTNAME: {{ .Values.hostname | quote }}
 MAILSTACK_IMAPS_PORT: "993"
 MAILSTACK_IMAP_PORT: "143"
+MAILSTACK_LMTP_PORT: "24"
 MAILSTACK_LOG_FORMAT: json
 MAILSTACK_LOG_LEVEL: {{ .Values.logLevel | quote }}
 MAILSTACK_MAILSTORE_ADDR: {{ include "mailstack.mailstoreAddr" . | quote }}
