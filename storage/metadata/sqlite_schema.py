@@ -145,6 +145,10 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "ALTER TABLE messages ADD COLUMN save_date INTEGER",
         "UPDATE messages SET save_date = internal_date",
     ),
+    (
+        # Step 5: the POP3 UIDL a message had on the server it was imported from ('' = the default).
+        "ALTER TABLE messages ADD COLUMN pop3_uidl TEXT NOT NULL DEFAULT ''",
+    ),
 )
 
 
