@@ -15,11 +15,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mailstack.services.common.lifecycle import SERVICES
+from mailstack.services.common.maildir_uids import DOVECOT_UIDL_FORMAT
 from mailstack.v1 import mailstore_pb2_grpc as pbg
 from mailstack.v1 import send_pb2_grpc as spbg
 
-from . import admin, fsck, healthcheck, local
-from .output import parse_count, parse_size
+from . import admin, fsck, healthcheck, imap_source, importing, local, maildir_source
+from .output import parse_count, parse_size, parse_uidl_format
 
 
 class Api(enum.Enum):
@@ -28,11 +29,15 @@ class Api(enum.Enum):
     ADMIN = "mailstack.v1.Admin"
     MAILSTORE = "mailstack.v1.Mailstore"  # import appends like a client would
     SEND_ADMIN = "mailstack.v1.SendAdmin"
+    IMPORT = "mailstack.v1.Admin+Mailstore"  # kept UIDs through Admin, the rest as a client would
 
     def stub(self, channel: Any) -> Any:
-        return {Api.ADMIN: pbg.AdminStub, Api.MAILSTORE: pbg.MailstoreStub, Api.SEND_ADMIN: spbg.SendAdminStub}[self](
-            channel
-        )
+        return {
+            Api.ADMIN: pbg.AdminStub,
+            Api.MAILSTORE: pbg.MailstoreStub,
+            Api.SEND_ADMIN: spbg.SendAdminStub,
+            Api.IMPORT: importing.import_stubs,
+        }[self](channel)
 
 
 @dataclass(frozen=True)
@@ -81,6 +86,12 @@ PASSWORD = OneOf(
         arg("--password-stdin", action="store_true", help="read the password from the first line of stdin"),
     )
 )
+IMPORT_ARGS = (
+    arg("--delete", action="store_true", help="expunge what the source no longer has (the final pass)"),
+    arg("--pop3-uidl-format", type=parse_uidl_format, default=DOVECOT_UIDL_FORMAT, metavar="FORMAT",
+        help="the old server's pop3_uidl_format, for messages without a saved UIDL (default %(default)s, "
+             "Dovecot's; %%u UID, %%v UIDVALIDITY, %%f file name, %%g GUID; '' keeps none)"),
+)  # fmt: skip
 SIZE = {"type": parse_size, "metavar": "N", "help": "e.g. 500M, 2G (0 = unlimited)"}
 
 COMMANDS: tuple[Command, ...] = (
@@ -129,10 +140,20 @@ COMMANDS: tuple[Command, ...] = (
             local.cmd_dkim_keygen, None,
             (arg("domain"), arg("--selector", default="mailstack"), arg("--bits", type=int, default=2048),
              arg("--out", help="key file (default DATA_DIR/dkim/DOMAIN.SELECTOR.pem)"))),
-    Command(("import", "maildir"), "append a Maildir++ tree (Dovecot, Courier) to an account",
-            admin.cmd_import_maildir, Api.MAILSTORE,
+    Command(("import", "maildir"), "bring an account in line with a Maildir++ tree (Dovecot, Courier), "
+            "keeping UIDs, UIDVALIDITY and POP3 UIDLs", maildir_source.cmd_import_maildir, Api.IMPORT,
             (arg("path", help="the Maildir: the folder holding cur/, new/ and the .Folder ones"), arg("account"),
-             arg("--append", action="store_true", help="also into mailboxes that hold mail already"))),
+             *IMPORT_ARGS,
+             arg("--append", action="store_true", help="(for old scripts: every pass imports what is missing)"))),
+    Command(("import", "imap"), "bring an account in line with another server's IMAP account (TLS)",
+            imap_source.cmd_import_imap, Api.IMPORT,
+            (arg("account"), arg("--host", required=True), arg("--port", type=int, default=0,
+             help="default 993 (tls) or 143"), arg("--user", required=True, help="the login on the source"),
+             PASSWORD, arg("--security", choices=("tls", "starttls", "none"), default="tls"),
+             arg("--cafile", help="CA certificates to verify the source with (default: the system's)"),
+             arg("--insecure", action="store_true", help="do not verify the source's certificate"),
+             arg("--folder", action="append", default=[], metavar="NAME", help="only this folder (repeatable)"),
+             *IMPORT_ARGS)),
     Command(("quota", "recompute"), "recount usage from the stored messages (counters drift)",
             admin.cmd_quota_recompute, Api.ADMIN, (arg("account", nargs="?", help="one account (default: all)"),)),
     Command(("fsck",), "check that every message has its body (and every body a message)", fsck.cmd_fsck, Api.ADMIN,

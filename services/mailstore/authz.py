@@ -32,7 +32,8 @@ _MAILSTORE = "/mailstack.v1.Mailstore/"
 _OUTBOUND = "/mailstack.v1.Outbound/"
 
 POLICY: dict[str, frozenset[str]] = {
-    # Mailstore: what the frontends call; admin for `mailstack import maildir`.
+    # Mailstore: what the frontends call; admin for `mailstack import` (incremental passes read,
+    # flag, expunge and subscribe as an IMAP client would).
     _MAILSTORE + "Authenticate": frozenset({SMTP, IMAP, POP3}),
     _MAILSTORE + "ResolveRecipient": frozenset({SMTP}),
     _MAILSTORE + "CheckSender": frozenset({SMTP}),
@@ -41,17 +42,17 @@ POLICY: dict[str, frozenset[str]] = {
     _MAILSTORE + "CreateMailbox": frozenset({IMAP, ADMIN}),
     _MAILSTORE + "DeleteMailbox": frozenset({IMAP}),
     _MAILSTORE + "RenameMailbox": frozenset({IMAP}),
-    _MAILSTORE + "Subscribe": frozenset({IMAP}),
+    _MAILSTORE + "Subscribe": frozenset({IMAP, ADMIN}),
     _MAILSTORE + "GetMailboxStatus": frozenset({IMAP, POP3, ADMIN}),
     _MAILSTORE + "ClaimRecent": frozenset({IMAP}),
     _MAILSTORE + "Append": frozenset({IMAP, ADMIN}),
-    _MAILSTORE + "FetchMetadata": frozenset({IMAP, POP3}),
+    _MAILSTORE + "FetchMetadata": frozenset({IMAP, POP3, ADMIN}),
     _MAILSTORE + "FetchBody": frozenset({POP3}),
     _MAILSTORE + "FetchBodies": frozenset({IMAP, POP3}),
-    _MAILSTORE + "StoreFlags": frozenset({IMAP, POP3}),
+    _MAILSTORE + "StoreFlags": frozenset({IMAP, POP3, ADMIN}),
     _MAILSTORE + "Copy": frozenset({IMAP}),
     _MAILSTORE + "Move": frozenset({IMAP}),
-    _MAILSTORE + "Expunge": frozenset({IMAP, POP3}),
+    _MAILSTORE + "Expunge": frozenset({IMAP, POP3, ADMIN}),
     _MAILSTORE + "Search": frozenset({IMAP}),
     _MAILSTORE + "SearchSortData": frozenset({IMAP}),
     _MAILSTORE + "GetQuota": frozenset({IMAP}),

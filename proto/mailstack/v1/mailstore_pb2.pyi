@@ -974,6 +974,39 @@ class CheckIntegrityResponse(_message.Message):
 Global___CheckIntegrityResponse: _TypeAlias = CheckIntegrityResponse  # noqa: Y015
 
 @_typing.final
+class ImportMailboxRequest(_message.Message):
+    """Migration (`mailstack import`): the mailbox (created when absent) takes another server's
+    UIDVALIDITY (0 = keep; NOT_ALLOWED once a message was ever stored in it) and its UIDNEXT is
+    raised to uidnext (never lowered), so that clients keep their caches (RFC 3501 §2.3.1.1).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACCOUNT_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    UIDVALIDITY_FIELD_NUMBER: _builtins.int
+    UIDNEXT_FIELD_NUMBER: _builtins.int
+    account: _builtins.str
+    name: _builtins.str
+    uidvalidity: _builtins.int
+    uidnext: _builtins.int
+    def __init__(
+        self,
+        *,
+        account: _builtins.str = ...,
+        name: _builtins.str = ...,
+        uidvalidity: _builtins.int = ...,
+        uidnext: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account", b"account", "name", b"name", "uidnext", b"uidnext", "uidvalidity", b"uidvalidity"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ImportMailboxRequest: _TypeAlias = ImportMailboxRequest  # noqa: Y015
+
+@_typing.final
 class Empty(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -1410,6 +1443,7 @@ class MetadataFields(_message.Message):
     BODY_STRUCTURE_FIELD_NUMBER: _builtins.int
     SAVE_DATE_FIELD_NUMBER: _builtins.int
     BLOB_KEY_FIELD_NUMBER: _builtins.int
+    POP3_UIDL_FIELD_NUMBER: _builtins.int
     flags: _builtins.bool
     internal_date: _builtins.bool
     size: _builtins.bool
@@ -1419,6 +1453,8 @@ class MetadataFields(_message.Message):
     """RFC 8514 SAVEDATE"""
     blob_key: _builtins.bool
     """the body's identity, shared by copies (RFC 8474 EMAILID)"""
+    pop3_uidl: _builtins.bool
+    """the UIDL kept from another server (Admin.ImportMessage)"""
     def __init__(
         self,
         *,
@@ -1429,10 +1465,11 @@ class MetadataFields(_message.Message):
         body_structure: _builtins.bool = ...,
         save_date: _builtins.bool = ...,
         blob_key: _builtins.bool = ...,
+        pop3_uidl: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["blob_key", b"blob_key", "body_structure", b"body_structure", "envelope", b"envelope", "flags", b"flags", "internal_date", b"internal_date", "save_date", b"save_date", "size", b"size"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["blob_key", b"blob_key", "body_structure", b"body_structure", "envelope", b"envelope", "flags", b"flags", "internal_date", b"internal_date", "pop3_uidl", b"pop3_uidl", "save_date", b"save_date", "size", b"size"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1451,11 +1488,14 @@ class MessageMetadata(_message.Message):
     BODY_STRUCTURE_FIELD_NUMBER: _builtins.int
     BLOB_KEY_FIELD_NUMBER: _builtins.int
     SAVE_DATE_FIELD_NUMBER: _builtins.int
+    POP3_UIDL_FIELD_NUMBER: _builtins.int
     uid: _builtins.int
     modseq: _builtins.int
     size: _builtins.int
     blob_key: _builtins.str
     """for debugging and admin, and the IMAP EMAILID (when asked for)"""
+    pop3_uidl: _builtins.str
+    """"" = POP3 announces the default UIDL (from UIDVALIDITY and UID)"""
     @_builtins.property
     def flags(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """system flags with backslash ("\\\\Seen"), keywords as atoms"""
@@ -1482,10 +1522,11 @@ class MessageMetadata(_message.Message):
         body_structure: _message_pb2.BodyPart | None = ...,
         blob_key: _builtins.str = ...,
         save_date: _message_pb2.DateTime | None = ...,
+        pop3_uidl: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["body_structure", b"body_structure", "envelope", b"envelope", "internal_date", b"internal_date", "save_date", b"save_date"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["blob_key", b"blob_key", "body_structure", b"body_structure", "envelope", b"envelope", "flags", b"flags", "internal_date", b"internal_date", "modseq", b"modseq", "save_date", b"save_date", "size", b"size", "uid", b"uid"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["blob_key", b"blob_key", "body_structure", b"body_structure", "envelope", b"envelope", "flags", b"flags", "internal_date", b"internal_date", "modseq", b"modseq", "pop3_uidl", b"pop3_uidl", "save_date", b"save_date", "size", b"size", "uid", b"uid"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1796,10 +1837,18 @@ class AppendHeader(_message.Message):
     FLAGS_FIELD_NUMBER: _builtins.int
     INTERNAL_DATE_FIELD_NUMBER: _builtins.int
     SIZE_FIELD_NUMBER: _builtins.int
+    UID_FIELD_NUMBER: _builtins.int
+    POP3_UIDL_FIELD_NUMBER: _builtins.int
     account: _builtins.str
     mailbox: _builtins.str
     size: _builtins.int
     """announced size; the stream must match it when non-zero"""
+    uid: _builtins.int
+    """Admin.ImportMessage only (Mailstore.Append refuses them): the UID the message had on the
+    server it comes from (0 = the next one; else >= the mailbox's UIDNEXT, NOT_ALLOWED otherwise),
+    and the POP3 UIDL that server announced for it (1..70 characters 0x21..0x7E, RFC 1939 §7).
+    """
+    pop3_uidl: _builtins.str
     @_builtins.property
     def flags(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
@@ -1814,10 +1863,12 @@ class AppendHeader(_message.Message):
         flags: _abc.Iterable[_builtins.str] | None = ...,
         internal_date: _message_pb2.DateTime | None = ...,
         size: _builtins.int = ...,
+        uid: _builtins.int = ...,
+        pop3_uidl: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["internal_date", b"internal_date"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account", b"account", "flags", b"flags", "internal_date", b"internal_date", "mailbox", b"mailbox", "size", b"size"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account", b"account", "flags", b"flags", "internal_date", b"internal_date", "mailbox", b"mailbox", "pop3_uidl", b"pop3_uidl", "size", b"size", "uid", b"uid"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

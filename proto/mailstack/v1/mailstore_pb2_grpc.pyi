@@ -337,6 +337,9 @@ class AdminStub:
     ListAliases: _grpc.UnaryUnaryMultiCallable[_mailstore_pb2.ListAliasesRequest, _mailstore_pb2.ListAliasesResponse]
     RecomputeQuota: _grpc.UnaryUnaryMultiCallable[_mailstore_pb2.RecomputeQuotaRequest, _mailstore_pb2.RecomputeQuotaResponse]
     CheckIntegrity: _grpc.UnaryUnaryMultiCallable[_mailstore_pb2.CheckIntegrityRequest, _mailstore_pb2.CheckIntegrityResponse]
+    ImportMailbox: _grpc.UnaryUnaryMultiCallable[_mailstore_pb2.ImportMailboxRequest, _mailstore_pb2.MailboxStatus]
+    ImportMessage: _grpc.StreamUnaryMultiCallable[_mailstore_pb2.AppendRequest, _mailstore_pb2.AppendResponse]
+    """Append with a kept UID / POP3 UIDL"""
 
 @_typing.type_check_only
 class AdminAsyncStub(AdminStub):
@@ -357,6 +360,9 @@ class AdminAsyncStub(AdminStub):
     ListAliases: _aio.UnaryUnaryMultiCallable[_mailstore_pb2.ListAliasesRequest, _mailstore_pb2.ListAliasesResponse]  # type: ignore[assignment]
     RecomputeQuota: _aio.UnaryUnaryMultiCallable[_mailstore_pb2.RecomputeQuotaRequest, _mailstore_pb2.RecomputeQuotaResponse]  # type: ignore[assignment]
     CheckIntegrity: _aio.UnaryUnaryMultiCallable[_mailstore_pb2.CheckIntegrityRequest, _mailstore_pb2.CheckIntegrityResponse]  # type: ignore[assignment]
+    ImportMailbox: _aio.UnaryUnaryMultiCallable[_mailstore_pb2.ImportMailboxRequest, _mailstore_pb2.MailboxStatus]  # type: ignore[assignment]
+    ImportMessage: _aio.StreamUnaryMultiCallable[_mailstore_pb2.AppendRequest, _mailstore_pb2.AppendResponse]  # type: ignore[assignment]
+    """Append with a kept UID / POP3 UIDL"""
 
 class AdminServicer(metaclass=_abc_1.ABCMeta):
     """Administration (the `mailstack` CLI)."""
@@ -458,5 +464,20 @@ class AdminServicer(metaclass=_abc_1.ABCMeta):
         request: _mailstore_pb2.CheckIntegrityRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_mailstore_pb2.CheckIntegrityResponse, _abc.Awaitable[_mailstore_pb2.CheckIntegrityResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def ImportMailbox(
+        self,
+        request: _mailstore_pb2.ImportMailboxRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_mailstore_pb2.MailboxStatus, _abc.Awaitable[_mailstore_pb2.MailboxStatus]]: ...
+
+    @_abc_1.abstractmethod
+    def ImportMessage(
+        self,
+        request_iterator: _MaybeAsyncIterator[_mailstore_pb2.AppendRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_mailstore_pb2.AppendResponse, _abc.Awaitable[_mailstore_pb2.AppendResponse]]:
+        """Append with a kept UID / POP3 UIDL"""
 
 def add_AdminServicer_to_server(servicer: AdminServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
