@@ -72,6 +72,9 @@ class MailstackServer:
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"mailstack did not start:\n{self.log_path.read_text(errors='replace')[-3000:]}")
             time.sleep(0.1)
+        # The CLI's own connect deadline is short; on a loaded machine the first mTLS handshake may miss it.
+        while self.cli("user", "list").returncode == 2 and time.monotonic() < deadline:
+            time.sleep(0.5)
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

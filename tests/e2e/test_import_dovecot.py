@@ -37,8 +37,8 @@ pytestmark = pytest.mark.slow
 def dovecot() -> Iterator[DovecotServer]:
     server = DovecotServer()
     server.add_user(SOURCE_USER, PASSWORD)
-    server.start()
     try:
+        server.start()
         populate(server, SOURCE_USER, MESSAGES)
         yield server
     finally:
