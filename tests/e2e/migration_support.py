@@ -20,10 +20,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from mailstack.cli.imap_source import parse_internaldate, parse_list
 from mailstack.message.mailbox_name import encode_mailbox_name
 from mailstack.services.common.config import env_name
 
+from mailstack.cli.imap_source import parse_internaldate, parse_list
 from tests.fixtures.dovecot_server import DovecotServer
 from tests.fixtures.mailstore import free_port, health_check
 

@@ -7,14 +7,15 @@ import argparse
 from pathlib import Path
 
 import pytest
-from mailstack.cli.imap_source import parse_internaldate, parse_list
-from mailstack.cli.output import parse_uidl_format
 from mailstack.services.common.maildir import read_maildir, read_subscriptions
 from mailstack.services.common.maildir_uids import (
     format_uidl,
     parse_courier_uiddb,
     parse_dovecot_uidlist,
 )
+
+from mailstack.cli.imap_source import parse_internaldate, parse_list
+from mailstack.cli.output import parse_uidl_format
 
 # As Dovecot 2.3 writes it (the extensions as its doc lists them: W vsize, S size, G guid, P UIDL).
 UIDLIST = (
