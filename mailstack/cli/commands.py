@@ -32,12 +32,13 @@ class Api(enum.Enum):
     IMPORT = "mailstack.v1.Admin+Mailstore"  # kept UIDs through Admin, the rest as a client would
 
     def stub(self, channel: Any) -> Any:
-        return {
+        makers: dict[Api, Callable[[Any], Any]] = {
             Api.ADMIN: pbg.AdminStub,
             Api.MAILSTORE: pbg.MailstoreStub,
             Api.SEND_ADMIN: spbg.SendAdminStub,
             Api.IMPORT: importing.import_stubs,
-        }[self](channel)
+        }
+        return makers[self](channel)
 
 
 @dataclass(frozen=True)

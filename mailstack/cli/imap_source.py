@@ -9,8 +9,9 @@ import argparse
 import imaplib
 import re
 import ssl
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from datetime import datetime
+from typing import Any
 
 from mailstack.message.mailbox_name import decode_mailbox_name, encode_mailbox_name
 from mailstack.services.common.maildir_uids import format_uidl
@@ -42,13 +43,23 @@ def _unquoted(raw: bytes) -> bytes:
     return raw
 
 
-def parse_list(data: list[bytes | tuple[bytes, bytes] | None]) -> list[tuple[str, set[str]]]:
+def _list_item(item: object) -> tuple[bytes, bytes | None] | None:
+    """imaplib's LIST answer: a line, or (line, literal) when the name came as a literal."""
+    if isinstance(item, bytes):
+        return item, None
+    if isinstance(item, tuple) and len(item) == 2 and all(isinstance(x, bytes) for x in item):
+        return item[0], item[1]
+    return None
+
+
+def parse_list(data: Sequence[object]) -> list[tuple[str, set[str]]]:
     """LIST/LSUB answers as (mailbox name with "/" between levels, attributes)."""
     out = []
     for item in data:
-        if item is None:
+        parts = _list_item(item)
+        if parts is None:
             continue
-        line, literal = (item[0], item[1]) if isinstance(item, tuple) else (item, None)
+        line, literal = parts
         match = _LIST_LINE.match(line)
         if match is None:
             continue
@@ -72,11 +83,11 @@ def parse_internaldate(text: str) -> tuple[int, int]:
     return int(when.timestamp()), int(offset.total_seconds() // 60) if offset else 0
 
 
-def _check(answer: tuple[str, list[object]], what: str) -> list[object]:
+def _check(answer: tuple[str, Any], what: str) -> list[Any]:
     status, data = answer
     if status != "OK":
         raise SourceError(f"{what}: {status} {data!r}")
-    return data
+    return list(data)
 
 
 class ImapSource:
@@ -86,12 +97,12 @@ class ImapSource:
 
     def folders(self) -> list[str]:
         data = _check(self.conn.list('""', "*"), "LIST")
-        names = [name for name, attrs in parse_list(data) if not attrs & {"\\noselect", "\\nonexistent"}]  # type: ignore[arg-type]
+        names = [name for name, attrs in parse_list(data) if not attrs & {"\\noselect", "\\nonexistent"}]
         return sorted(names, key=lambda n: (n != "INBOX", n))
 
     def subscriptions(self) -> list[str]:
         data = _check(self.conn.lsub('""', "*"), "LSUB")
-        return sorted({name for name, _ in parse_list(data)})  # type: ignore[arg-type]
+        return sorted({name for name, _ in parse_list(data)})
 
     def _number(self, key: str) -> int:
         _, data = self.conn.response(key)

@@ -100,7 +100,8 @@ def parse_courier_uiddb(text: str) -> UidList:
 def format_uidl(fmt: str, uid: int, uidvalidity: int, filename: str = "", guid: str = "") -> str:
     """Dovecot's pop3_uidl_format expanded for one message. Raises ValueError for a variable
     this does not know (%m, the header's MD5, needs the message: give another format)."""
-    values = {"u": uid, "v": uidvalidity, "f": base_name(filename), "g": guid}
+    numbers = {"u": uid, "v": uidvalidity}
+    texts = {"f": base_name(filename), "g": guid}
 
     def expand(match: re.Match[str]) -> str:
         width, hexa, name = match.groups()
@@ -108,11 +109,10 @@ def format_uidl(fmt: str, uid: int, uidvalidity: int, filename: str = "", guid: 
             raise ValueError(f"pop3_uidl_format {fmt!r}: unknown variable at {match.start()}")
         if name == "%":
             return "%"
-        value = values[name]
-        if isinstance(value, int):
-            text = format(value, "x") if hexa else str(value)
+        if name in numbers:
+            text = format(numbers[name], "x") if hexa else str(numbers[name])
         else:
-            text = value
+            text = texts[name]
         return text.rjust(int(width), "0" if width.startswith("0") else " ") if width else text
 
     return _FORMAT_ITEM.sub(expand, fmt)

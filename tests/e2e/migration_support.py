@@ -225,7 +225,7 @@ def folder_view(conn: imaplib.IMAP4, folder: str) -> FolderView:
 def subscriptions(conn: imaplib.IMAP4) -> set[str]:
     status, data = conn.lsub('""', "*")
     assert status == "OK"
-    return {name for name, _ in parse_list(data)}  # type: ignore[arg-type]
+    return {name for name, _ in parse_list(data)}
 
 
 def pop3_view(port: int, user: str) -> tuple[list[bytes], list[bytes]]:
@@ -246,7 +246,7 @@ def assert_same(dovecot: DovecotServer, source_user: str, mailstack: MailstackSe
     try:
         status, listed = source.list('""', "*")
         assert status == "OK"
-        for folder, attrs in parse_list(listed):  # type: ignore[arg-type]
+        for folder, attrs in parse_list(listed):
             if attrs & {"\\noselect", "\\nonexistent"}:  # parents only
                 continue
             want, got = folder_view(source, folder), folder_view(target, folder)
