@@ -6,6 +6,10 @@ set -euo pipefail
 
 # swaks only Recommends its TLS modules (Net::SSLeay, IO::Socket::SSL), which --no-install-recommends leaves out.
 PACKAGES=(swaks libnet-ssleay-perl libio-socket-ssl-perl curl fetchmail isync mutt getmail6 postfix bsdutils libsasl2-modules ca-certificates fail2ban postgresql)
+# The private Dovecot of the migration tests (tests/fixtures/dovecot_server.py, issue 16).
+PACKAGES+=(dovecot-imapd)
+PACKAGES+=(dovecot-pop3d)
+PACKAGES+=(dovecot-lmtpd)
 
 if ! command -v dpkg-query >/dev/null 2>&1; then
     echo "install_clients: not a Debian-like system (no dpkg-query); install these yourself: ${PACKAGES[*]}" >&2
