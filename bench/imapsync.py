@@ -29,7 +29,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from mailstack.cli.imap_source import parse_list
-
 from tests.e2e.migration_support import PASSWORD, MailstackServer, imap_login, populate, quoted
 from tests.fixtures.dovecot_server import DovecotServer
 
