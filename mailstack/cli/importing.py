@@ -247,7 +247,8 @@ def _match(
     pairs: list[tuple[int, SourceMessage]] = []
     rest: list[SourceMessage] = []
     for message in messages:
-        if kept and message.uid and message.uid in stored:
+        row = stored.get(message.uid) if kept and message.uid else None
+        if row is not None and _same(message, row):
             pairs.append((message.uid, message))
         else:
             rest.append(message)
@@ -270,6 +271,20 @@ def _match(
         else:
             missing.append(message)
     return pairs, missing
+
+
+def _same(message: SourceMessage, row: _Stored) -> bool:
+    """Whether the message stored under the source message's UID is that message (not a file
+    stored under a new UID on an earlier pass, whose number the old server has since given to
+    another message). The same size says so; another size or none known is looked at closer:
+    the same Message-ID, Date and Subject make it the same (a size the old server counts
+    otherwise, e.g. a bare CR)."""
+    if message.size and row.key[3] == message.size:
+        return True
+    try:
+        return match_key(message.read_header(), 0)[:3] == row.key[:3]
+    except OSError:
+        return True  # unreadable now: the next pass looks again; never stored twice for it
 
 
 def _import_requests(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import re
 from pathlib import Path
 
 from mailstack.services.common.maildir import MaildirFolder, MaildirMessage, read_maildir, read_subscriptions
@@ -14,6 +15,13 @@ from .importing import Importer, ImportStubs, SourceFolder, SourceMessage, emit_
 from .output import CommandError, Output
 
 HEADER_READ = 64 * 1024  # enough of a file to hold its header (matching reads no more)
+_VSIZE = re.compile(r",W=(\d+)")  # Dovecot's file names carry the size with CRLF line ends
+
+
+def vsize_of(filename: str) -> int:
+    """The size with CRLF line ends a Dovecot file name states (",W=1234"); 0 when it does not."""
+    found = _VSIZE.search(filename.partition(":")[0])
+    return int(found[1]) if found else 0
 
 
 def _read_header(path: Path) -> bytes:
@@ -36,7 +44,7 @@ def _message(folder: MaildirFolder, message: MaildirMessage, uidl_format: str) -
         flags=message.flags,
         internal_date=message.mtime,
         tz_offset=0,  # an mtime has no zone: Dovecot shows it as +0000 too
-        size=kept.vsize or 0 if kept is not None else 0,
+        size=(kept.vsize if kept is not None else None) or vsize_of(message.path.name),
         pop3_uidl=uidl,
         name=message.path.name,
         read=message.path.read_bytes,

@@ -138,3 +138,38 @@ def test_a_failed_message_is_reported_and_the_exit_code_says_so(tmp_path: Path, 
     assert "1 failures" in result.stderr and "Traceback" not in result.stderr
     retried = cli(mailstore, "--json", "import", "maildir", str(root), ACCOUNT)
     assert json.loads(retried.stdout)[0]["unchanged"] == 1, "the stored one is not stored again"
+
+
+def test_kept_uids_across_passes_when_the_source_numbers_a_file_later(
+    tmp_path: Path, mailstore: MailstoreProcess
+) -> None:
+    # Pass 1 finds a file in new/ that Dovecot has not numbered yet: it gets the next UID here.
+    # Before pass 2 Dovecot numbers another, newer file first and this one after it: pass 2 must
+    # see that the UID it gave is now another message's, store that one, and store nothing twice.
+    root = tmp_path / "Numbered"
+    write(root, "cur", "1600000000.M1P1.host,S=50:2,S", message("listed"))
+    write(root, "new", "1600000001.M2P1.host", message("unlisted at first"))
+    (root / "dovecot-uidlist").write_text("3 V4242 N5\n4 :1600000000.M1P1.host,S=50\n")
+    assert cli(mailstore, "user", "add", ACCOUNT, "--password", "secret-pass-1").returncode == 0
+    [first] = json.loads(cli(mailstore, "--json", "import", "maildir", str(root), ACCOUNT).stdout)
+    assert (first["uids"], first["imported"]) == ("kept", 2)
+    write(root, "new", "1600000002.M3P1.host", message("the other one, numbered first"))
+    (root / "dovecot-uidlist").write_text(
+        "3 V4242 N7\n4 :1600000000.M1P1.host,S=50\n5 :1600000002.M3P1.host\n6 :1600000001.M2P1.host\n"
+    )
+    result = cli(mailstore, "--json", "import", "maildir", str(root), ACCOUNT)
+    [second] = json.loads(result.stdout)
+    assert (second["imported"], second["unchanged"], second["failed"]) == (1, 2, []), result.stdout
+
+    async def subjects() -> dict[int, str]:
+        client = open_client(mailstore.address, mailstore.data_dir, mailstore.send_address)
+        try:
+            request = pb.FetchMetadataRequest(account=ACCOUNT, mailbox="INBOX", fields=pb.MetadataFields(envelope=True))
+            listed = [m async for r in client.store.FetchMetadata(request) for m in r.messages]
+            return {m.uid: m.envelope.subject.decode() for m in listed}
+        finally:
+            await client.channel.close(None)
+
+    assert sorted(asyncio.run(subjects()).values()) == sorted(
+        ["listed", "unlisted at first", "the other one, numbered first"]
+    ), "each once"

@@ -15,6 +15,7 @@ from mailstack.services.common.maildir_uids import (
 )
 
 from mailstack.cli.imap_source import parse_internaldate, parse_list
+from mailstack.cli.maildir_source import vsize_of
 from mailstack.cli.output import parse_uidl_format
 
 # As Dovecot 2.3 writes it (the extensions as its doc lists them: W vsize, S size, G guid, P UIDL).
@@ -73,6 +74,7 @@ def test_pop3_uidl_format_as_dovecot_expands_it() -> None:
     with pytest.raises(ValueError):
         format_uidl("%m", 1, 1)  # the header's MD5: needs the message
     assert parse_uidl_format("") == ""
+    assert (vsize_of("1796646169.M2P1.vm,S=46,W=51:2,S"), vsize_of("1600000000.M1P1.host:2,W")) == (51, 0)
     with pytest.raises(argparse.ArgumentTypeError):
         parse_uidl_format("%08Xu%q")
 
