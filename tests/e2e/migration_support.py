@@ -72,9 +72,6 @@ class MailstackServer:
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"mailstack did not start:\n{self.log_path.read_text(errors='replace')[-3000:]}")
             time.sleep(0.1)
-        # The CLI's own connect deadline is short; on a loaded machine the first mTLS handshake may miss it.
-        while self.cli("user", "list").returncode == 2 and time.monotonic() < deadline:
-            time.sleep(0.5)
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -86,10 +83,16 @@ class MailstackServer:
                 self.proc.wait(10)
 
     def cli(self, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "mailstack", "--mailstore", self.address, *args],
-            capture_output=True, text=True, timeout=900, env=self.env, input=stdin,
-        )  # fmt: skip
+        """The CLI as an operator runs it. Exit code 2 (not reachable: the CLI connects within 5 s,
+        which a loaded test machine can miss) is retried; nothing was sent then."""
+        for _ in range(3):
+            done = subprocess.run(
+                [sys.executable, "-m", "mailstack", "--mailstore", self.address, *args],
+                capture_output=True, text=True, timeout=900, env=self.env, input=stdin,
+            )  # fmt: skip
+            if done.returncode != 2:
+                break
+        return done
 
 
 def _open(port: int) -> bool:
