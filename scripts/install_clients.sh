@@ -24,6 +24,9 @@ PACKAGES=(  # one per line, so that additions merge
     dovecot-core
     npm
     rspamd  # the spam filter tests start a private one (tests/fixtures/rspamd_server.py)
+    dovecot-imapd  # the private Dovecot of the migration tests (tests/fixtures/dovecot_server.py)
+    dovecot-pop3d
+    dovecot-lmtpd
 )
 
 if ! command -v dpkg-query >/dev/null 2>&1; then

@@ -1,19 +1,14 @@
 """The commands that call the mailstore's gRPC API with the admin identity (ADR 0009): accounts,
-aliases, domains, quotas, Send API tokens, and the Maildir import."""
+aliases, domains, quotas, Send API tokens (the imports: importing.py)."""
 
 from __future__ import annotations
 
 import argparse
 import getpass
 import sys
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any, TypeVar
 
-import grpc
-
-from mailstack.services.common.grpc_client import error_detail, error_message
-from mailstack.services.common.maildir import MaildirFolder, MaildirMessage, read_maildir
 from mailstack.v1 import mailstore_pb2 as pb
 from mailstack.v1 import mailstore_pb2_grpc as pbg
 from mailstack.v1 import send_pb2 as spb
@@ -32,8 +27,6 @@ from .output import (
 )
 
 CALL_TIMEOUT = 60.0
-IMPORT_TIMEOUT = 300.0  # one message, however big (the mailstore bounds the size)
-APPEND_CHUNK = 1024 * 1024
 RECOMPUTE_TIMEOUT = 600.0  # recomputing quotas reads every message's metadata
 
 T = TypeVar("T")
@@ -176,61 +169,6 @@ def cmd_quota_recompute(admin: pbg.AdminStub, args: argparse.Namespace, out: Out
     request = pb.RecomputeQuotaRequest(account=args.account or "")
     accounts = _call(admin.RecomputeQuota, request, timeout=RECOMPUTE_TIMEOUT).accounts
     out.emit([account_dict(a) for a in accounts], accounts_table(accounts))
-
-
-def cmd_import_maildir(store: pbg.MailstoreStub, args: argparse.Namespace, out: Output) -> None:
-    """Append every message of a Maildir++ tree to an account, folder by folder, with its flags and
-    date. UIDs are new: clients download the imported mailboxes again."""
-    try:
-        folders = read_maildir(Path(args.path))
-    except OSError as err:
-        raise CommandError(str(err)) from None
-    report = [_import_folder(store, args.account, folder, args.append) for folder in folders]
-    rows = [[r["mailbox"], str(r["imported"]), str(len(r["failed"]))] for r in report]
-    problems = "".join(f"\n  {r['mailbox']}: {f}" for r in report for f in r["failed"])
-    skipped = "".join(
-        f"\n  {r['mailbox']}: not empty ({r['skipped']} messages), skipped; --append imports into it anyway"
-        for r in report
-        if r["skipped"]
-    )
-    out.emit(report, format_table(["MAILBOX", "IMPORTED", "FAILED"], rows) + problems + skipped)
-
-
-def _import_folder(store: pbg.MailstoreStub, account: str, folder: MaildirFolder, append: bool) -> dict[str, Any]:
-    """One folder's messages into its mailbox (created unless there); its line of the report."""
-    if folder.mailbox != "INBOX":
-        try:
-            _call(store.CreateMailbox, pb.CreateMailboxRequest(account=account, name=folder.mailbox))
-        except grpc.RpcError as err:
-            detail = error_detail(err)
-            if detail is None or detail.reason != pb.ALREADY_EXISTS:  # Sent, Drafts, ...
-                raise
-    if folder.messages and not append:
-        # A second run (after a failed one, say) must not double every message: a mailbox
-        # that holds mail already is left alone unless --append says otherwise.
-        status = _call(store.GetMailboxStatus, pb.MailboxStatusRequest(account=account, name=folder.mailbox))
-        if status.messages:
-            return {"mailbox": folder.mailbox, "imported": 0, "failed": [], "skipped": status.messages}
-    imported = 0
-    failed: list[str] = []
-    for message in folder.messages:
-        try:
-            _call(store.Append, iter(_append_requests(account, folder.mailbox, message)), timeout=IMPORT_TIMEOUT)
-            imported += 1
-        except grpc.RpcError as err:
-            if err.code() == grpc.StatusCode.UNAVAILABLE and error_detail(err) is None:
-                raise
-            failed.append(f"{message.path.name}: {error_message(err)}")
-    return {"mailbox": folder.mailbox, "imported": imported, "failed": failed, "skipped": 0}
-
-
-def _append_requests(account: str, mailbox: str, message: MaildirMessage) -> Iterator[pb.AppendRequest]:
-    data = message.path.read_bytes()
-    header = pb.AppendHeader(account=account, mailbox=mailbox, flags=message.flags, size=len(data))
-    header.internal_date.unix_seconds = message.mtime
-    yield pb.AppendRequest(header=header)
-    for start in range(0, len(data), APPEND_CHUNK):
-        yield pb.AppendRequest(chunk=data[start : start + APPEND_CHUNK])
 
 
 def cmd_token_create(admin: spbg.SendAdminStub, args: argparse.Namespace, out: Output) -> None:

@@ -15,11 +15,24 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mailstack.services.common.lifecycle import SERVICES
+from mailstack.services.common.maildir_uids import DOVECOT_UIDL_FORMAT
 from mailstack.v1 import mailstore_pb2_grpc as pbg
 from mailstack.v1 import send_pb2_grpc as spbg
 
-from . import admin, forwards, fsck, healthcheck, local, mail, passwd_file, sessions
-from .output import parse_count, parse_size
+from . import (
+    admin,
+    forwards,
+    fsck,
+    healthcheck,
+    imap_source,
+    importing,
+    local,
+    mail,
+    maildir_source,
+    passwd_file,
+    sessions,
+)
+from .output import parse_count, parse_size, parse_uidl_format
 
 
 class Api(enum.Enum):
@@ -28,11 +41,16 @@ class Api(enum.Enum):
     ADMIN = "mailstack.v1.Admin"
     MAILSTORE = "mailstack.v1.Mailstore"  # import appends like a client would
     SEND_ADMIN = "mailstack.v1.SendAdmin"
+    IMPORT = "mailstack.v1.Admin+Mailstore"  # kept UIDs through Admin, the rest as a client would
 
     def stub(self, channel: Any) -> Any:
-        return {Api.ADMIN: pbg.AdminStub, Api.MAILSTORE: pbg.MailstoreStub, Api.SEND_ADMIN: spbg.SendAdminStub}[self](
-            channel
-        )
+        makers: dict[Api, Callable[[Any], Any]] = {
+            Api.ADMIN: pbg.AdminStub,
+            Api.MAILSTORE: pbg.MailstoreStub,
+            Api.SEND_ADMIN: spbg.SendAdminStub,
+            Api.IMPORT: importing.import_stubs,
+        }
+        return makers[self](channel)
 
 
 @dataclass(frozen=True)
@@ -83,9 +101,24 @@ PASSWORD = OneOf(
     (
         arg("--password", metavar="P", help="the password (visible to other local users; prefer stdin)"),
         arg("--password-stdin", action="store_true", help="read the password from the first line of stdin"),
-        arg("--password-hash", metavar="HASH",
-            help="a hash from another server, kept until the first login: {SHA512-CRYPT}$6$... (ADR 0037)"),
     )
+)
+# An account's own password may also come as a hash imported from another server (ADR 0037).
+ACCOUNT_PASSWORD = OneOf(
+    (
+        *PASSWORD.args,
+        arg(
+            "--password-hash",
+            metavar="HASH",
+            help="a hash from another server, kept until the first login: {SHA512-CRYPT}$6$... (ADR 0037)",
+        ),
+    )
+)
+IMPORT_ARGS = (
+    arg("--delete", action="store_true", help="expunge what the source no longer has (the final pass)"),
+    arg("--pop3-uidl-format", type=parse_uidl_format, default=DOVECOT_UIDL_FORMAT, metavar="FORMAT",
+        help="the old server's pop3_uidl_format, for messages without a saved UIDL (default %(default)s, "
+             "Dovecot's; %%u UID, %%v UIDVALIDITY, %%f file name, %%g GUID; '' keeps none)"),
 )  # fmt: skip
 SIZE = {"type": parse_size, "metavar": "N", "help": "e.g. 500M, 2G (0 = unlimited)"}
 
@@ -103,10 +136,10 @@ COMMANDS: tuple[Command, ...] = (
             (arg("services", nargs="*", metavar="SERVICE",
                  help=f"one or more of: {', '.join(healthcheck.CHECKS)} (default: what `serve` runs here)"),)),
     Command(("user", "add"), "create an account (its domain is served from then on)", admin.cmd_user_add, Api.ADMIN,
-            (arg("address"), PASSWORD, arg("--quota-bytes", default=0, **SIZE),
+            (arg("address"), ACCOUNT_PASSWORD, arg("--quota-bytes", default=0, **SIZE),
              arg("--quota-messages", type=parse_count, default=0, metavar="N", help="0 = unlimited"))),
     Command(("user", "passwd"), "set an account's password", admin.cmd_user_passwd, Api.ADMIN,
-            (arg("address"), PASSWORD)),
+            (arg("address"), ACCOUNT_PASSWORD)),
     Command(("user", "import"), "create accounts from Dovecot's passwd-file, password hashes and quotas kept",
             passwd_file.cmd_user_import_passwd_file, Api.ADMIN,
             (arg("format", choices=["passwd-file"]), arg("file"),
@@ -154,10 +187,20 @@ COMMANDS: tuple[Command, ...] = (
             local.cmd_dkim_keygen, None,
             (arg("domain"), arg("--selector", default="mailstack"), arg("--bits", type=int, default=2048),
              arg("--out", help="key file (default DATA_DIR/dkim/DOMAIN.SELECTOR.pem)"))),
-    Command(("import", "maildir"), "append a Maildir++ tree (Dovecot, Courier) to an account",
-            admin.cmd_import_maildir, Api.MAILSTORE,
+    Command(("import", "maildir"), "bring an account in line with a Maildir++ tree (Dovecot, Courier), "
+            "keeping UIDs, UIDVALIDITY and POP3 UIDLs", maildir_source.cmd_import_maildir, Api.IMPORT,
             (arg("path", help="the Maildir: the folder holding cur/, new/ and the .Folder ones"), arg("account"),
-             arg("--append", action="store_true", help="also into mailboxes that hold mail already"))),
+             *IMPORT_ARGS,
+             arg("--append", action="store_true", help="(for old scripts: every pass imports what is missing)"))),
+    Command(("import", "imap"), "bring an account in line with another server's IMAP account (TLS)",
+            imap_source.cmd_import_imap, Api.IMPORT,
+            (arg("account"), arg("--host", required=True), arg("--port", type=int, default=0,
+             help="default 993 (tls) or 143"), arg("--user", required=True, help="the login on the source"),
+             PASSWORD, arg("--security", choices=("tls", "starttls", "none"), default="tls"),
+             arg("--cafile", help="CA certificates to verify the source with (default: the system's)"),
+             arg("--insecure", action="store_true", help="do not verify the source's certificate"),
+             arg("--folder", action="append", default=[], metavar="NAME", help="only this folder (repeatable)"),
+             *IMPORT_ARGS)),
     Command(("mail", "search"), "list the messages a query matches, with mailbox, UIDVALIDITY and UID",
             mail.cmd_mail_search, Api.MAILSTORE, (arg("account"), IN_MAILBOX, QUERY)),
     Command(("mail", "fetch"), "write one message to stdout, byte for byte", mail.cmd_mail_fetch, Api.MAILSTORE,

@@ -12,6 +12,7 @@ from decimal import Decimal
 from typing import Any
 
 from mailstack.services.common.config import SettingError, env_name
+from mailstack.services.common.maildir_uids import format_uidl
 from mailstack.v1 import mailstore_pb2 as pb
 
 # Exit codes (README "Exit codes" and `mailstack --help` list them): scripts tell "fix the command
@@ -117,6 +118,15 @@ def parse_count(text: str) -> int:
     if value < 0:
         raise argparse.ArgumentTypeError(f"invalid number {text!r} (must be >= 0)")
     return value
+
+
+def parse_uidl_format(text: str) -> str:
+    """A pop3_uidl_format this can expand ("" = keep no UIDL)."""
+    try:
+        format_uidl(text, 1, 1)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+    return text
 
 
 def human_size(n: int) -> str:

@@ -47,6 +47,8 @@ async def run(session: Session, greeting: bytes) -> None:
             await execute(session, event)
         else:
             await session.send(_framing_answer(event))
+            if isinstance(event, NeedLiteral):
+                session.conn.awaiting_literal()
 
 
 async def _read_more(session: Session, wait: float) -> None:

@@ -67,6 +67,9 @@ class Connection(Protocol):
     def start_compression(self) -> None:
         """RFC 4978: compress both ways from the next octet on."""
 
+    def awaiting_literal(self) -> None:
+        """A synchronizing literal's continuation went out: acknowledge its octets at once."""
+
 
 @dataclass
 class Services:

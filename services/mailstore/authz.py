@@ -32,7 +32,8 @@ _MAILSTORE = "/mailstack.v1.Mailstore/"
 _OUTBOUND = "/mailstack.v1.Outbound/"
 
 POLICY: dict[str, frozenset[str]] = {
-    # Mailstore: what the frontends call; admin for `mailstack import maildir` and `mailstack mail`.
+    # Mailstore: what the frontends call; admin for `mailstack import` (incremental passes read,
+    # flag, expunge and subscribe as an IMAP client would) and `mailstack mail` (search, fetch, move).
     _MAILSTORE + "Authenticate": frozenset({SMTP, IMAP, POP3}),
     _MAILSTORE + "ResolveRecipient": frozenset({SMTP}),
     _MAILSTORE + "CheckSender": frozenset({SMTP}),
@@ -41,7 +42,7 @@ POLICY: dict[str, frozenset[str]] = {
     _MAILSTORE + "CreateMailbox": frozenset({IMAP, ADMIN}),
     _MAILSTORE + "DeleteMailbox": frozenset({IMAP}),
     _MAILSTORE + "RenameMailbox": frozenset({IMAP}),
-    _MAILSTORE + "Subscribe": frozenset({IMAP}),
+    _MAILSTORE + "Subscribe": frozenset({IMAP, ADMIN}),
     _MAILSTORE + "GetMailboxStatus": frozenset({IMAP, POP3, ADMIN}),
     _MAILSTORE + "ClaimRecent": frozenset({IMAP}),
     _MAILSTORE + "Append": frozenset({IMAP, ADMIN}),

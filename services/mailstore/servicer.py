@@ -192,9 +192,9 @@ class MailstoreServicer(pbg.MailstoreServicer):
     async def Append(self, request_iterator: AsyncIterator[pb.AppendRequest], context: Any) -> pb.AppendResponse:
         limit = self.core.settings.max_message_size
         header, data = await read_stream(request_iterator, "header", limit, lambda h: h.size)
-        when = translate.to_datetime(header.internal_date) if header.HasField("internal_date") else None
-        result = await self.core.delivery.append(header.account, header.mailbox, data, list(header.flags), when)
-        return pb.AppendResponse(uid=result.uid, uidvalidity=result.uidvalidity, modseq=result.modseq)
+        if header.uid or header.pop3_uidl:
+            raise InvalidRequest("uid and pop3_uidl are for Admin.ImportMessage")
+        return await append(self.core, header, data)
 
     @rpc
     async def Deliver(self, request_iterator: AsyncIterator[pb.DeliverRequest], context: Any) -> pb.DeliverResponse:
@@ -367,6 +367,13 @@ class MailstoreServicer(pbg.MailstoreServicer):
         return pb.ReportSessionsResponse(kicks=[translate.kick_pb(k) for k in kicks])
 
 
+async def append(core: MailstoreCore, header: pb.AppendHeader, data: bytes) -> pb.AppendResponse:
+    when = translate.to_datetime(header.internal_date) if header.HasField("internal_date") else None
+    kept = (header.uid, header.pop3_uidl)
+    result = await core.delivery.append(header.account, header.mailbox, data, list(header.flags), when, kept)
+    return pb.AppendResponse(uid=result.uid, uidvalidity=result.uidvalidity, modseq=result.modseq)
+
+
 class AdminServicer(pbg.AdminServicer):
     def __init__(self, core: MailstoreCore) -> None:
         self.core = core
@@ -470,3 +477,14 @@ class AdminServicer(pbg.AdminServicer):
     @rpc
     async def KickSessions(self, request: pb.KickSessionsRequest, context: Any) -> pb.KickSessionsResponse:
         return pb.KickSessionsResponse(sessions=await self.core.sessions.kick(request.account, request.protocol))
+
+    @rpc
+    async def ImportMailbox(self, request: pb.ImportMailboxRequest, context: Any) -> pb.MailboxStatus:
+        await self.core.mailboxes.adopt(request.account, request.name, request.uidvalidity, request.uidnext)
+        return status_pb(*await self.core.mailboxes.status(request.account, request.name))
+
+    @rpc
+    async def ImportMessage(self, request_iterator: AsyncIterator[pb.AppendRequest], context: Any) -> pb.AppendResponse:
+        limit = self.core.settings.max_message_size
+        header, data = await read_stream(request_iterator, "header", limit, lambda h: h.size)
+        return await append(self.core, header, data)

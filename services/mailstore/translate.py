@@ -170,6 +170,8 @@ def metadata_pb(record: MessageRecord, fields: pb.MetadataFields) -> pb.MessageM
         out.save_date.unix_seconds = record.save_date
     if fields.blob_key:
         out.blob_key = record.blob_key
+    if fields.pop3_uidl:
+        out.pop3_uidl = record.pop3_uidl
     return out
 
 

@@ -47,6 +47,7 @@ class Lease:
 class MessageInfo:
     uid: int
     size: int
+    uidl: str = ""  # kept from the server it was imported from; "" = the default
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,11 +57,11 @@ class Snapshot:
 
 
 # The maildrop listing: UIDs and sizes of the INBOX (asked with the login, or on its own)
-_LISTING = pb.FetchMetadataRequest(mailbox=INBOX, fields=pb.MetadataFields(size=True))
+_LISTING = pb.FetchMetadataRequest(mailbox=INBOX, fields=pb.MetadataFields(size=True, pop3_uidl=True))
 
 
 def _snapshot(uidvalidity: int, batches: list[pb.FetchMetadataResponse]) -> Snapshot:
-    messages = [MessageInfo(m.uid, m.size) for batch in batches for m in batch.messages]
+    messages = [MessageInfo(m.uid, m.size, m.pop3_uidl) for batch in batches for m in batch.messages]
     messages.sort(key=lambda m: m.uid)
     return Snapshot(uidvalidity, tuple(messages))
 

@@ -408,9 +408,10 @@ class Pop3Session:
         await self._listing(command, lambda n: str(self._snapshot.messages[n - 1].size))
 
     async def _cmd_uidl(self, command: Command) -> None:
-        # RFC 1939 §7
+        # RFC 1939 §7; a message imported from another server keeps the UIDL it had there (issue 16)
         uidvalidity = self._snapshot.uidvalidity
-        await self._listing(command, lambda n: uidl_value(uidvalidity, self._snapshot.messages[n - 1].uid))
+        messages = self._snapshot.messages
+        await self._listing(command, lambda n: messages[n - 1].uidl or uidl_value(uidvalidity, messages[n - 1].uid))
 
     async def _cmd_dele(self, command: Command) -> None:
         number = self._message_number(command.args[0]) if command.args else None

@@ -88,6 +88,11 @@ class NewMessage:
     structure: bytes  # serialized mailstack.v1.BodyPart
     header: bytes  # the raw top-level header block, for SEARCH
     sent_date: int | None  # unix seconds of the Date: header, None if absent/unparsable
+    # Migration only (`mailstack import`): the UID to store it under (0 = the next one; else it
+    # must be >= the mailbox's UIDNEXT, which moves past it), and the POP3 UIDL the old server
+    # announced for it ("" = the default, derived from UIDVALIDITY and UID).
+    uid: int = 0
+    pop3_uidl: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +109,7 @@ class MessageRecord:
     header: bytes  # b"" unless fetched with with_header=True
     sent_date: int | None
     save_date: int = 0  # unix seconds it was stored in this mailbox (RFC 8514)
+    pop3_uidl: str = ""  # the UIDL kept from another server ("" = the default)
 
 
 @dataclass(frozen=True, slots=True)
@@ -230,6 +236,12 @@ class MetadataStore(Protocol):
     async def create_mailbox(self, account_id: int, name: str, special_use: str = "") -> MailboxRecord:
         """New UIDVALIDITY never used before in this account (even after delete + create). Raises AlreadyExists."""
 
+    async def adopt_uids(self, mailbox_id: int, uidvalidity: int, uidnext: int) -> MailboxRecord:
+        """Migration: take another server's UIDVALIDITY (0 = keep; allowed only while no message was
+        ever stored in the mailbox, i.e. its HIGHESTMODSEQ is still 1, else NotAllowed) and raise
+        UIDNEXT to uidnext (never lowered). The UIDVALIDITY counter moves past an adopted value, so
+        a mailbox created later never gets it. Raises MailboxNotFound."""
+
     async def delete_mailbox(self, account_id: int, name: str) -> ExpungeResult:
         """Delete one mailbox and its messages (children stay). Raises NotAllowed for INBOX."""
 
@@ -250,6 +262,7 @@ class MetadataStore(Protocol):
     # ---- messages
     async def insert_message(self, mailbox_id: int, message: NewMessage, enforce_quota: bool) -> InsertResult:
         """Allocate UID and MODSEQ, add a blob reference, account usage and a "new" change.
+        With message.uid set, store under that UID: NotAllowed when it is below UIDNEXT.
         Raises OverQuota (only when enforce_quota), MailboxNotFound."""
 
     async def deliver(

@@ -58,7 +58,15 @@ from mailstack.storage.metadata.base import (
     UidRanges,
 )
 from mailstack.storage.metadata.postgresql_schema import NAME_CONSTRAINTS, apply_migrations
-from mailstack.storage.metadata.rules import INBOX, apply_mode, flags_text, flags_tuple
+from mailstack.storage.metadata.rules import (
+    INBOX,
+    UID_MAX,
+    apply_mode,
+    check_adoption,
+    check_kept_uid,
+    flags_text,
+    flags_tuple,
+)
 from mailstack.storage.metadata.rules import mailbox_name as _mailbox_name
 
 T = TypeVar("T")
@@ -311,20 +319,21 @@ async def _copy_rows(
 # the mailbox, then its account.
 _INSERT = """
 WITH mb AS (
-    SELECT id, account_id, uidvalidity FROM mailboxes WHERE id = $1 FOR UPDATE
+    SELECT id, account_id, uidvalidity, uidnext FROM mailboxes WHERE id = $1 FOR UPDATE
 ), acc AS (
     SELECT a.id FROM accounts a JOIN mb ON a.id = mb.account_id
     WHERE NOT $2::boolean OR ((a.quota_bytes = 0 OR a.used_bytes + $3::bigint <= a.quota_bytes)
         AND (a.quota_messages = 0 OR a.used_messages + 1 <= a.quota_messages))
     FOR UPDATE OF a
 ), alloc AS (
-    UPDATE mailboxes m SET uidnext = m.uidnext + 1, highestmodseq = m.highestmodseq + 1
-    FROM acc WHERE m.id = $1 RETURNING m.uidnext - 1 AS uid, m.highestmodseq AS modseq
+    UPDATE mailboxes m SET uidnext = GREATEST(m.uidnext, $13::bigint) + 1, highestmodseq = m.highestmodseq + 1
+    FROM acc WHERE m.id = $1 AND ($13::bigint = 0 OR $13::bigint >= m.uidnext)
+    RETURNING m.uidnext - 1 AS uid, m.highestmodseq AS modseq
 ), ins AS (
     INSERT INTO messages (mailbox_id, uid, modseq, created_modseq, flags, internal_date, tz_offset, size,
-        blob_key, envelope, structure, header, sent_date, save_date)
+        blob_key, envelope, structure, header, sent_date, save_date, pop3_uidl)
     SELECT $1::bigint, uid, modseq, modseq, $4::text, $5::bigint, $6::integer, $3::bigint, $7::text,
-        $8::bytea, $9::bytea, $10::bytea, $11::bigint, $12::bigint FROM alloc
+        $8::bytea, $9::bytea, $10::bytea, $11::bigint, $12::bigint, $14::text FROM alloc
     RETURNING uid, modseq
 ), blob AS (
     INSERT INTO blobs (key, refcount) SELECT $7::text, 1 FROM ins
@@ -333,12 +342,14 @@ WITH mb AS (
     UPDATE accounts a SET used_bytes = a.used_bytes + $3::bigint, used_messages = a.used_messages + 1
     FROM acc, ins WHERE a.id = acc.id
 )
-SELECT (SELECT uidvalidity FROM mb), (SELECT uid FROM ins), (SELECT modseq FROM ins)
+SELECT (SELECT uidvalidity FROM mb), (SELECT uid FROM ins), (SELECT modseq FROM ins), (SELECT uidnext FROM mb)
 """
 
 
 async def _insert_message(conn: Conn, mailbox_id: int, message: NewMessage, enforce: bool) -> InsertResult:
-    uidvalidity, uid, modseq = await conn.fetchrow(
+    if message.uid > UID_MAX:
+        check_kept_uid(message.uid, 1)
+    uidvalidity, uid, modseq, uidnext = await conn.fetchrow(
         _INSERT,
         mailbox_id,
         enforce,
@@ -352,9 +363,13 @@ async def _insert_message(conn: Conn, mailbox_id: int, message: NewMessage, enfo
         message.header,
         message.sent_date,
         int(time.time()),  # RFC 8514 save date
+        message.uid,  # 0: the next UID
+        message.pop3_uidl,
     )
     if uidvalidity is None:
         raise MailboxNotFound(str(mailbox_id))
+    if uid is None and message.uid:  # a kept UID below UIDNEXT, or over quota: nothing was written
+        check_kept_uid(message.uid, uidnext)
     if uid is None:  # the account row did not pass the quota check: nothing was written
         raise OverQuota(f"mailbox {mailbox_id}: +{message.size} bytes, +1 message")
     return InsertResult(uid=uid, uidvalidity=uidvalidity, modseq=modseq)
@@ -444,6 +459,7 @@ def _message(row: Any) -> MessageRecord:
         header=bytes(row[9]),
         sent_date=row[10],
         save_date=row[11],
+        pop3_uidl=row[12],
     )
 
 
@@ -774,6 +790,24 @@ class PostgresMetadataStore:
 
         return await self._write(txn)
 
+    async def adopt_uids(self, mailbox_id: int, uidvalidity: int, uidnext: int) -> MailboxRecord:
+        async def txn(conn: Conn) -> MailboxRecord:
+            mailbox = (await _lock(conn, [mailbox_id], accounts=False)).mailbox(mailbox_id)
+            check_adoption(uidvalidity, mailbox.uidvalidity, mailbox.highestmodseq)
+            if uidvalidity:
+                await conn.execute("UPDATE mailboxes SET uidvalidity = $2 WHERE id = $1", mailbox_id, uidvalidity)
+                await conn.execute(
+                    "SELECT setval('uidvalidity_seq', GREATEST((SELECT last_value FROM uidvalidity_seq), $1::bigint))",
+                    uidvalidity,
+                )
+            await conn.execute(
+                "UPDATE mailboxes SET uidnext = GREATEST(uidnext, $2::bigint) WHERE id = $1", mailbox_id, uidnext
+            )
+            row = await conn.fetchrow(f"SELECT {_MAILBOX_COLUMNS} FROM mailboxes m WHERE m.id = $1", mailbox_id)
+            return _mailbox_record(row)
+
+        return await self._write(txn)
+
     async def delete_mailbox(self, account_id: int, name: str) -> ExpungeResult:
         name = _mailbox_name(name)
         if name == INBOX:
@@ -931,7 +965,8 @@ class PostgresMetadataStore:
     ) -> list[MessageRecord]:
         header = "m.header" if with_header else "''::bytea"
         columns = (
-            ", ".join(f"m.{c.strip()}" for c in _MESSAGE_COLUMNS.split(",")) + f", {header}, m.sent_date, m.save_date"
+            ", ".join(f"m.{c.strip()}" for c in _MESSAGE_COLUMNS.split(","))
+            + f", {header}, m.sent_date, m.save_date, m.pop3_uidl"
         )
 
         async def txn(conn: Conn) -> list[MessageRecord]:

@@ -140,6 +140,10 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             keep_copy BOOLEAN NOT NULL
         )""",
     ),
+    (
+        # Step 3 (issue 16): the POP3 UIDL a message had on the server it was imported from ('' = the default).
+        "ALTER TABLE messages ADD COLUMN pop3_uidl TEXT NOT NULL DEFAULT ''",
+    ),
 )
 
 # Unique constraints whose violation means "that name is taken" (a race the code's own check lost).

@@ -6,10 +6,28 @@ migration between them copies rows verbatim.
 
 from collections.abc import Iterable
 
+from mailstack.storage.errors import NotAllowed
 from mailstack.storage.metadata.base import StoreMode
 
 INBOX = "INBOX"
 UIDVALIDITY_MAX = 0xFFFFFFFF  # RFC 3501 §2.3.1.1: nz-number, 32 bits
+UID_MAX = 0xFFFFFFFF
+
+
+def check_kept_uid(wanted: int, uidnext: int) -> None:
+    """A UID kept from another server (migration) goes only above every UID given out: UIDs
+    strictly ascend in a mailbox (RFC 3501 §2.3.1.1), so a lower one is refused."""
+    if not uidnext <= wanted <= UID_MAX:
+        raise NotAllowed(f"UID {wanted} is not above the mailbox's UIDs (UIDNEXT {uidnext})")
+
+
+def check_adoption(uidvalidity: int, current: int, highestmodseq: int) -> None:
+    """Another server's UIDVALIDITY is taken only by a mailbox that never stored a message (its
+    UIDs cannot have been seen by a client); 0 keeps the current one."""
+    if not 0 <= uidvalidity <= UIDVALIDITY_MAX:
+        raise NotAllowed(f"UIDVALIDITY {uidvalidity} out of range")
+    if uidvalidity and uidvalidity != current and highestmodseq > 1:
+        raise NotAllowed(f"the mailbox has held messages under UIDVALIDITY {current}: it cannot take {uidvalidity}")
 
 
 def flags_text(flags: Iterable[str]) -> str:

@@ -56,7 +56,7 @@ from mailstack.storage.metadata.base import (
     StoreMode,
     UidRanges,
 )
-from mailstack.storage.metadata.rules import INBOX, UIDVALIDITY_MAX
+from mailstack.storage.metadata.rules import INBOX, UIDVALIDITY_MAX, check_adoption, check_kept_uid
 from mailstack.storage.metadata.rules import apply_mode as _apply_mode
 from mailstack.storage.metadata.rules import flags_text as _flags_text
 from mailstack.storage.metadata.rules import flags_tuple as _flags_tuple
@@ -230,6 +230,19 @@ def _allocate(conn: sqlite3.Connection, mailbox_id: int, count: int) -> tuple[in
     return int(row[0]) - count, int(row[1])
 
 
+def _allocate_one(conn: sqlite3.Connection, mailbox: _Mailbox, wanted: int) -> tuple[int, int]:
+    """The next UID, or the wanted one (kept from another server), and a new MODSEQ."""
+    if not wanted:
+        return _allocate(conn, mailbox.id, 1)
+    check_kept_uid(wanted, mailbox.uidnext)
+    row = _one(
+        conn,
+        "UPDATE mailboxes SET uidnext = ? + 1, highestmodseq = highestmodseq + 1 WHERE id = ? RETURNING highestmodseq",
+        (wanted, mailbox.id),
+    )
+    return wanted, int(row[0])
+
+
 def _bump_modseq(conn: sqlite3.Connection, mailbox_id: int) -> int:
     row = _one(
         conn,
@@ -336,11 +349,11 @@ def _insert_message(
     mailbox = _mailbox(conn, mailbox_id)
     if enforce_quota:
         _check_quota(conn, mailbox.account_id, message.size, 1)
-    uid, modseq = _allocate(conn, mailbox_id, 1)
+    uid, modseq = _allocate_one(conn, mailbox, message.uid)
     conn.execute(
         "INSERT INTO messages (mailbox_id, uid, modseq, created_modseq, flags, internal_date, tz_offset, size,"
-        " blob_key, envelope, structure, header, sent_date, save_date)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        " blob_key, envelope, structure, header, sent_date, save_date, pop3_uidl)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (
             mailbox_id,
             uid,
@@ -356,6 +369,7 @@ def _insert_message(
             message.header,
             message.sent_date,
             int(time.time()),  # RFC 8514 save date
+            message.pop3_uidl,
         ),
     )
     _reference_blobs(conn, [message.blob_key])
@@ -827,6 +841,19 @@ class SqliteMetadataStore:
 
         return await self._write(txn)
 
+    async def adopt_uids(self, mailbox_id: int, uidvalidity: int, uidnext: int) -> MailboxRecord:
+        def txn(conn: sqlite3.Connection) -> MailboxRecord:
+            mailbox = _mailbox(conn, mailbox_id)
+            check_adoption(uidvalidity, mailbox.uidvalidity, mailbox.highestmodseq)
+            if uidvalidity:
+                conn.execute("UPDATE mailboxes SET uidvalidity = ? WHERE id = ?", (uidvalidity, mailbox_id))
+                conn.execute("UPDATE counters SET value = MAX(value, ?) WHERE name = 'uidvalidity'", (uidvalidity,))
+            conn.execute("UPDATE mailboxes SET uidnext = MAX(uidnext, ?) WHERE id = ?", (uidnext, mailbox_id))
+            row = _one(conn, f"SELECT {_MAILBOX_COLUMNS} FROM mailboxes m WHERE m.id = ?", (mailbox_id,))
+            return _mailbox_from_row(row)
+
+        return await self._write(txn)
+
     async def delete_mailbox(self, account_id: int, name: str) -> ExpungeResult:
         name = _mailbox_name(name)
         if name == INBOX:
@@ -952,7 +979,7 @@ class SqliteMetadataStore:
         columns = (
             "uid, modseq, flags, internal_date, tz_offset, size, blob_key, envelope, structure, "
             + ("header" if with_header else "x''")
-            + ", sent_date, save_date"
+            + ", sent_date, save_date, pop3_uidl"
         )
 
         def txn(conn: sqlite3.Connection) -> list[MessageRecord]:
@@ -971,6 +998,7 @@ class SqliteMetadataStore:
                     header=bytes(r[9]),
                     sent_date=r[10],
                     save_date=r[11] if r[11] is not None else r[3],
+                    pop3_uidl=r[12],
                 )
                 for r in _select_uids(conn, mailbox_id, uids, columns, "AND modseq > ?", (changed_since,))
             ]

@@ -153,6 +153,10 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             keep_copy INTEGER NOT NULL
         )""",
     ),
+    (
+        # Step 6 (issue 16): the POP3 UIDL a message had on the server it was imported from ('' = the default).
+        "ALTER TABLE messages ADD COLUMN pop3_uidl TEXT NOT NULL DEFAULT ''",
+    ),
 )
 
 

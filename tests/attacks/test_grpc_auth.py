@@ -271,15 +271,56 @@ async def test_a_missing_identity_file_stops_the_start_not_the_checks(tmp_path: 
         identity_for(settings_for(tmp_path, grpc_cert=str(tmp_path / "a.crt")), "smtp")
 
 
+async def test_kept_uids_and_uidls_only_through_the_admin_import(tmp_path: Path) -> None:
+    # Issue 16: storing under a chosen UID or POP3 UIDL is for migrations only. A frontend may not
+    # call Admin.ImportMessage, Mailstore.Append refuses the fields, and even the admin cannot put
+    # a UID at or below one given out, nor a UIDL outside RFC 1939 §7's characters.
+    def requests(uid: int, uidl: str = "") -> Iterator[pb.AppendRequest]:
+        header = pb.AppendHeader(account=ALICE, mailbox="INBOX", size=9, uid=uid, pop3_uidl=uidl)
+        return iter([pb.AppendRequest(header=header), pb.AppendRequest(chunk=b"a: b\r\n\r\nx")])
+
+    async def arequests(uid: int, uidl: str = "") -> AsyncIterator[pb.AppendRequest]:
+        for item in requests(uid, uidl):
+            yield item
+
+    async with embedded(tmp_path) as (server, settings):
+        async with channel_as(server.address, identity_for(settings, "admin")) as admin:
+            admin_stub = pbg.AdminStub(admin)
+            await admin_stub.CreateAccount(pb.CreateAccountRequest(name=ALICE, password="pw-alice-12"))
+            adopted = await admin_stub.ImportMailbox(
+                pb.ImportMailboxRequest(account=ALICE, name="INBOX", uidvalidity=77)
+            )
+            assert adopted.uidvalidity == 77
+            stored = await admin_stub.ImportMessage(arequests(5, "0000000500000077"))
+            assert (stored.uid, stored.uidvalidity) == (5, 77)
+            assert await status(admin_stub.ImportMessage(arequests(5))) == grpc.StatusCode.FAILED_PRECONDITION
+            assert await status(admin_stub.ImportMessage(arequests(9, "bad uidl"))) == grpc.StatusCode.INVALID_ARGUMENT
+            assert await status(admin_stub.ImportMessage(arequests(9, "x" * 71))) == grpc.StatusCode.INVALID_ARGUMENT
+            refused = pb.ImportMailboxRequest(account=ALICE, name="INBOX", uidvalidity=78)
+            assert await status(admin_stub.ImportMailbox(refused)) == grpc.StatusCode.FAILED_PRECONDITION
+            assert await status(pbg.MailstoreStub(admin).Append(arequests(9))) == grpc.StatusCode.INVALID_ARGUMENT
+        for frontend in ("imap", "pop3", "smtp"):
+            async with channel_as(server.address, identity_for(settings, frontend)) as channel:
+                denied = await status(pbg.AdminStub(channel).ImportMessage(arequests(10)))
+                assert denied == grpc.StatusCode.PERMISSION_DENIED, frontend
+                request = pb.ImportMailboxRequest(account=ALICE, name="INBOX", uidnext=1000)
+                assert await status(pbg.AdminStub(channel).ImportMailbox(request)) == grpc.StatusCode.PERMISSION_DENIED
+        async with channel_as(server.address, identity_for(settings, "imap")) as imap:
+            assert await status(pbg.MailstoreStub(imap).Append(arequests(10))) == grpc.StatusCode.INVALID_ARGUMENT
+            after = await pbg.MailstoreStub(imap).GetMailboxStatus(pb.MailboxStatusRequest(account=ALICE, name="INBOX"))
+            assert (after.messages, after.uidnext, after.uidvalidity) == (1, 6, 77), "nothing refused was stored"
+
+
 def test_the_table_covers_every_internal_rpc_and_denies_the_rest() -> None:
     """A new RPC is nobody's until it is added (fail closed); none of today's is forgotten."""
     for service in (pb.DESCRIPTOR.services_by_name["Mailstore"], spb.DESCRIPTOR.services_by_name["Outbound"]):
         for method in service.methods:
             path = f"/{service.full_name}/{method.name}"
             assert path in POLICY, f"{path} is callable by nobody"
-            # the admin identity reaches mail only for `mailstack import` and `mailstack mail`, by name
+            # the admin identity reaches mail only for `mailstack import` (reads, flags, expunges, subscribes)
+            # and `mailstack mail` (search, fetch, move, expunge), by name
             admin_mail = ("CreateMailbox", "GetMailboxStatus", "Append", "ListMailboxes", "FetchMetadata",
-                          "FetchBody", "StoreFlags", "Move", "Expunge", "Search")  # fmt: skip
+                          "FetchBody", "StoreFlags", "Move", "Expunge", "Search", "Subscribe")  # fmt: skip
             assert "admin" not in allowed(path) or method.name in admin_mail
     assert allowed("/mailstack.v1.Admin/Fsck") == {"admin"}  # a later Admin RPC: admin-only at once
     assert allowed("/mailstack.v1.SendAdmin/Anything") == {"admin"}

@@ -1047,3 +1047,69 @@ class MetadataStoreContract:
         keys = [m.blob_key for mailbox in await first.list_mailboxes(acc.id) for m in await first.fetch(mailbox.id)]
         assert sorted(keys) == sorted(f"r{i}" for i in range(30))
         assert await usage(second, acc.name) == (3000, 30) == await first.recompute_usage(acc.id)
+
+    # ---- migration from another server (issue 16): kept UIDVALIDITY, UIDs and POP3 UIDLs
+
+    async def test_adopted_uidvalidity_and_uidnext(self, metadata_store: MetadataStore) -> None:
+        # A client that knew the mailbox on the old server keeps its cache only when UIDVALIDITY
+        # and UIDs are the same (RFC 3501 §2.3.1.1): an empty mailbox takes the old server's.
+        s = metadata_store
+        acc = await account(s)
+        box = await s.create_mailbox(acc.id, "Old")
+        adopted = await s.adopt_uids(box.id, 1_234_567, 40)
+        assert (adopted.uidvalidity, adopted.uidnext, adopted.name) == (1_234_567, 40, "Old")
+        again = await s.adopt_uids(box.id, 1_234_567, 30)
+        assert again.uidnext == 40, "UIDNEXT is never lowered"
+        assert (await s.adopt_uids(box.id, 0, 50)).uidvalidity == 1_234_567, "0 keeps the UIDVALIDITY"
+        first = await insert(s, box.id, "k1")
+        assert (first.uid, first.uidvalidity) == (50, 1_234_567)
+        with pytest.raises(NotAllowed):  # it has held a message: its UIDs may be in a client's cache
+            await s.adopt_uids(box.id, 7_654_321, 0)
+        await s.store_flags(box.id, [(first.uid, first.uid)], "add", ["\\Deleted"], None)
+        await s.expunge(box.id, None)
+        with pytest.raises(NotAllowed):  # empty again, but its old UIDs were seen
+            await s.adopt_uids(box.id, 7_654_321, 0)
+        with pytest.raises(NotAllowed):
+            await s.adopt_uids(box.id, 2**32, 0)
+        with pytest.raises(MailboxNotFound):
+            await s.adopt_uids(box.id + 1000, 1, 1)
+
+    async def test_adopted_uidvalidity_is_never_given_to_a_new_mailbox(self, metadata_store: MetadataStore) -> None:
+        s = metadata_store
+        acc = await account(s)
+        future = int(time.time()) + 1000  # a counter seeded from the clock would reach it later
+        box = await s.create_mailbox(acc.id, "Adopted")
+        await s.adopt_uids(box.id, future, 0)
+        created = [await s.create_mailbox(acc.id, f"New{i}") for i in range(3)]
+        assert all(c.uidvalidity > future for c in created)
+
+    async def test_message_stored_under_a_kept_uid(self, metadata_store: MetadataStore) -> None:
+        s = metadata_store
+        acc = await account(s)
+        box = await inbox(s, acc)
+        await s.adopt_uids(box.id, 99, 5)
+        kept = await s.insert_message(box.id, replace(message("u7"), uid=7, pop3_uidl="UIDL-7"), enforce_quota=True)
+        assert (kept.uid, kept.uidvalidity) == (7, 99)
+        after = await insert(s, box.id, "next")
+        assert after.uid == 8, "UIDNEXT moved past the kept UID"
+        for low in (7, 8, 3):  # taken, or below UIDNEXT: UIDs only ever ascend
+            with pytest.raises(NotAllowed):
+                await s.insert_message(box.id, replace(message(f"low{low}"), uid=low), enforce_quota=True)
+        with pytest.raises(NotAllowed):
+            await s.insert_message(box.id, replace(message("big"), uid=2**32), enforce_quota=True)
+        assert await usage(s, acc.name) == (200, 2), "a refused insert counts nothing"
+        top = await s.insert_message(box.id, replace(message("top"), uid=2**32 - 1), enforce_quota=True)
+        assert top.uid == 2**32 - 1
+        rows = {r.uid: r for r in await s.fetch(box.id)}
+        assert [u for u in rows] == [7, 8, 2**32 - 1]
+        assert (rows[7].pop3_uidl, rows[8].pop3_uidl) == ("UIDL-7", ""), "'' = the default UIDL"
+        assert (await s.get_mailbox(acc.id, "INBOX")).uidnext == 2**32
+
+    async def test_kept_uid_respects_quota(self, metadata_store: MetadataStore) -> None:
+        s = metadata_store
+        acc = await account(s, quota_messages=1)
+        box = await inbox(s, acc)
+        await s.insert_message(box.id, replace(message("q1"), uid=3), enforce_quota=True)
+        with pytest.raises(OverQuota):
+            await s.insert_message(box.id, replace(message("q2"), uid=10), enforce_quota=True)
+        assert (await s.get_mailbox(acc.id, "INBOX")).uidnext == 4

@@ -91,8 +91,10 @@ def test_import_into_an_account(maildir: Path, mailstore: MailstoreProcess) -> N
     assert result.returncode == 0, result.stderr
     report = {r["mailbox"]: (r["imported"], r["failed"]) for r in json.loads(result.stdout)}
     assert report == {"INBOX": (3, []), "Archive/Été": (1, []), "Sent": (1, [])}
+    notes = {r["mailbox"]: (r["uids"], r["notes"]) for r in json.loads(result.stdout)}
+    assert notes["INBOX"] == ("new", ["no UID list: new UIDs"]), "said in the report"
     again = cli(mailstore, "--json", "import", "maildir", str(maildir), ACCOUNT)
-    skipped = {r["mailbox"]: (r["imported"], r["skipped"]) for r in json.loads(again.stdout)}
+    skipped = {r["mailbox"]: (r["imported"], r["unchanged"]) for r in json.loads(again.stdout)}
     assert skipped == {"INBOX": (0, 3), "Archive/Été": (0, 1), "Sent": (0, 1)}, "a second run doubles nothing"
 
     async def check() -> None:
@@ -122,3 +124,52 @@ def test_import_into_an_account(maildir: Path, mailstore: MailstoreProcess) -> N
 
     missing = cli(mailstore, "import", "maildir", str(maildir), "nobody@example.test")
     assert missing.returncode != 0 and "nobody@example.test" in missing.stderr + missing.stdout
+
+
+def test_a_failed_message_is_reported_and_the_exit_code_says_so(tmp_path: Path, mailstore: MailstoreProcess) -> None:
+    root = tmp_path / "Failing"
+    write(root, "cur", "1600000000.M1P1.host:2,S", message("fine"))
+    write(root, "cur", "1600000001.M2P1.host:2,S", b"")  # an empty file: the mailstore refuses it
+    assert cli(mailstore, "user", "add", ACCOUNT, "--password", "secret-pass-1").returncode == 0
+    result = cli(mailstore, "--json", "import", "maildir", str(root), ACCOUNT)
+    assert result.returncode == 1, "exit non-zero when anything failed"
+    [inbox] = json.loads(result.stdout)
+    assert inbox["imported"] == 1 and len(inbox["failed"]) == 1 and "1600000001.M2P1.host" in inbox["failed"][0]
+    assert "1 failures" in result.stderr and "Traceback" not in result.stderr
+    retried = cli(mailstore, "--json", "import", "maildir", str(root), ACCOUNT)
+    assert json.loads(retried.stdout)[0]["unchanged"] == 1, "the stored one is not stored again"
+
+
+def test_kept_uids_across_passes_when_the_source_numbers_a_file_later(
+    tmp_path: Path, mailstore: MailstoreProcess
+) -> None:
+    # Pass 1 finds a file in new/ that Dovecot has not numbered yet: it gets the next UID here.
+    # Before pass 2 Dovecot numbers another, newer file first and this one after it: pass 2 must
+    # see that the UID it gave is now another message's, store that one, and store nothing twice.
+    root = tmp_path / "Numbered"
+    write(root, "cur", "1600000000.M1P1.host,S=50:2,S", message("listed"))
+    write(root, "new", "1600000001.M2P1.host", message("unlisted at first"))
+    (root / "dovecot-uidlist").write_text("3 V4242 N5\n4 :1600000000.M1P1.host,S=50\n")
+    assert cli(mailstore, "user", "add", ACCOUNT, "--password", "secret-pass-1").returncode == 0
+    [first] = json.loads(cli(mailstore, "--json", "import", "maildir", str(root), ACCOUNT).stdout)
+    assert (first["uids"], first["imported"]) == ("kept", 2)
+    write(root, "new", "1600000002.M3P1.host", message("the other one, numbered first"))
+    (root / "dovecot-uidlist").write_text(
+        "3 V4242 N7\n4 :1600000000.M1P1.host,S=50\n5 :1600000002.M3P1.host\n6 :1600000001.M2P1.host\n"
+    )
+    result = cli(mailstore, "--json", "import", "maildir", str(root), ACCOUNT)
+    [second] = json.loads(result.stdout)
+    assert (second["imported"], second["unchanged"], second["failed"]) == (1, 2, []), result.stdout
+
+    async def subjects() -> dict[int, str]:
+        client = open_client(mailstore.address, mailstore.data_dir, mailstore.send_address)
+        try:
+            request = pb.FetchMetadataRequest(account=ACCOUNT, mailbox="INBOX", fields=pb.MetadataFields(envelope=True))
+            listed = [m async for r in client.store.FetchMetadata(request) for m in r.messages]
+            return {m.uid: m.envelope.subject.decode() for m in listed}
+        finally:
+            await client.channel.close(None)
+
+    assert sorted(asyncio.run(subjects()).values()) == sorted(
+        ["listed", "unlisted at first", "the other one, numbered first"]
+    ), "each once"

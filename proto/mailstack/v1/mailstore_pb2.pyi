@@ -1242,6 +1242,43 @@ class CheckIntegrityResponse(_message.Message):
 Global___CheckIntegrityResponse: _TypeAlias = CheckIntegrityResponse  # noqa: Y015
 
 @_typing.final
+class ImportMailboxRequest(_message.Message):
+    """Migration (`mailstack import`): the mailbox (created when absent) takes another server's
+    UIDVALIDITY (0 = keep; NOT_ALLOWED once a message was ever stored in it) and its UIDNEXT is
+    raised to uidnext (never lowered), so that clients keep their caches (RFC 3501 §2.3.1.1).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACCOUNT_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    UIDVALIDITY_FIELD_NUMBER: _builtins.int
+    UIDNEXT_FIELD_NUMBER: _builtins.int
+    account: _builtins.str
+    """The account."""
+    name: _builtins.str
+    """The mailbox, created when absent."""
+    uidvalidity: _builtins.int
+    """The source's UIDVALIDITY; 0 = keep this mailbox's."""
+    uidnext: _builtins.int
+    """The source's UIDNEXT; ours is raised to it, never lowered."""
+    def __init__(
+        self,
+        *,
+        account: _builtins.str = ...,
+        name: _builtins.str = ...,
+        uidvalidity: _builtins.int = ...,
+        uidnext: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account", b"account", "name", b"name", "uidnext", b"uidnext", "uidvalidity", b"uidvalidity"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ImportMailboxRequest: _TypeAlias = ImportMailboxRequest  # noqa: Y015
+
+@_typing.final
 class Empty(_message.Message):
     """No content: the reply of calls that only succeed or fail."""
 
@@ -1743,6 +1780,7 @@ class MetadataFields(_message.Message):
     BODY_STRUCTURE_FIELD_NUMBER: _builtins.int
     SAVE_DATE_FIELD_NUMBER: _builtins.int
     BLOB_KEY_FIELD_NUMBER: _builtins.int
+    POP3_UIDL_FIELD_NUMBER: _builtins.int
     flags: _builtins.bool
     """The flags."""
     internal_date: _builtins.bool
@@ -1757,6 +1795,8 @@ class MetadataFields(_message.Message):
     """The SAVEDATE (RFC 8514)."""
     blob_key: _builtins.bool
     """The body's identity, shared by copies (RFC 8474 EMAILID)."""
+    pop3_uidl: _builtins.bool
+    """The UIDL kept from another server (Admin.ImportMessage)."""
     def __init__(
         self,
         *,
@@ -1767,10 +1807,11 @@ class MetadataFields(_message.Message):
         body_structure: _builtins.bool = ...,
         save_date: _builtins.bool = ...,
         blob_key: _builtins.bool = ...,
+        pop3_uidl: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["blob_key", b"blob_key", "body_structure", b"body_structure", "envelope", b"envelope", "flags", b"flags", "internal_date", b"internal_date", "save_date", b"save_date", "size", b"size"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["blob_key", b"blob_key", "body_structure", b"body_structure", "envelope", b"envelope", "flags", b"flags", "internal_date", b"internal_date", "pop3_uidl", b"pop3_uidl", "save_date", b"save_date", "size", b"size"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1791,6 +1832,7 @@ class MessageMetadata(_message.Message):
     BODY_STRUCTURE_FIELD_NUMBER: _builtins.int
     BLOB_KEY_FIELD_NUMBER: _builtins.int
     SAVE_DATE_FIELD_NUMBER: _builtins.int
+    POP3_UIDL_FIELD_NUMBER: _builtins.int
     uid: _builtins.int
     """Its UID."""
     modseq: _builtins.int
@@ -1799,6 +1841,8 @@ class MessageMetadata(_message.Message):
     """Its size in octets (RFC822.SIZE)."""
     blob_key: _builtins.str
     """Its body's key in the blob store (IMAP EMAILID; for debugging and admin)."""
+    pop3_uidl: _builtins.str
+    """The POP3 UIDL kept from another server; "" = POP3 announces the default (from UIDVALIDITY and UID)."""
     @_builtins.property
     def flags(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """System flags with a backslash ("\\\\Seen"), keywords as atoms."""
@@ -1831,10 +1875,11 @@ class MessageMetadata(_message.Message):
         body_structure: _message_pb2.BodyPart | None = ...,
         blob_key: _builtins.str = ...,
         save_date: _message_pb2.DateTime | None = ...,
+        pop3_uidl: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["body_structure", b"body_structure", "envelope", b"envelope", "internal_date", b"internal_date", "save_date", b"save_date"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["blob_key", b"blob_key", "body_structure", b"body_structure", "envelope", b"envelope", "flags", b"flags", "internal_date", b"internal_date", "modseq", b"modseq", "save_date", b"save_date", "size", b"size", "uid", b"uid"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["blob_key", b"blob_key", "body_structure", b"body_structure", "envelope", b"envelope", "flags", b"flags", "internal_date", b"internal_date", "modseq", b"modseq", "pop3_uidl", b"pop3_uidl", "save_date", b"save_date", "size", b"size", "uid", b"uid"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -2182,12 +2227,22 @@ class AppendHeader(_message.Message):
     FLAGS_FIELD_NUMBER: _builtins.int
     INTERNAL_DATE_FIELD_NUMBER: _builtins.int
     SIZE_FIELD_NUMBER: _builtins.int
+    UID_FIELD_NUMBER: _builtins.int
+    POP3_UIDL_FIELD_NUMBER: _builtins.int
     account: _builtins.str
     """The account."""
     mailbox: _builtins.str
     """The mailbox to append to."""
     size: _builtins.int
     """The announced size; when non-zero the stream must match it."""
+    uid: _builtins.int
+    """Admin.ImportMessage only (Mailstore.Append refuses it): the UID the message had on the server
+    it comes from (0 = the next one; else >= the mailbox's UIDNEXT, NOT_ALLOWED otherwise).
+    """
+    pop3_uidl: _builtins.str
+    """Admin.ImportMessage only: the POP3 UIDL that server announced for it (1..70 characters
+    0x21..0x7E, RFC 1939 §7).
+    """
     @_builtins.property
     def flags(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """The message's flags."""
@@ -2204,10 +2259,12 @@ class AppendHeader(_message.Message):
         flags: _abc.Iterable[_builtins.str] | None = ...,
         internal_date: _message_pb2.DateTime | None = ...,
         size: _builtins.int = ...,
+        uid: _builtins.int = ...,
+        pop3_uidl: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["internal_date", b"internal_date"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account", b"account", "flags", b"flags", "internal_date", b"internal_date", "mailbox", b"mailbox", "size", b"size"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account", b"account", "flags", b"flags", "internal_date", b"internal_date", "mailbox", b"mailbox", "pop3_uidl", b"pop3_uidl", "size", b"size", "uid", b"uid"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

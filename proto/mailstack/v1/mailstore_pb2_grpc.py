@@ -1352,6 +1352,16 @@ class AdminStub:
                 request_serializer=mailstack_dot_v1_dot_mailstore__pb2.ListForwardsRequest.SerializeToString,
                 response_deserializer=mailstack_dot_v1_dot_mailstore__pb2.ListForwardsResponse.FromString,
                 _registered_method=True)
+        self.ImportMailbox = channel.unary_unary(
+                '/mailstack.v1.Admin/ImportMailbox',
+                request_serializer=mailstack_dot_v1_dot_mailstore__pb2.ImportMailboxRequest.SerializeToString,
+                response_deserializer=mailstack_dot_v1_dot_mailstore__pb2.MailboxStatus.FromString,
+                _registered_method=True)
+        self.ImportMessage = channel.stream_unary(
+                '/mailstack.v1.Admin/ImportMessage',
+                request_serializer=mailstack_dot_v1_dot_mailstore__pb2.AppendRequest.SerializeToString,
+                response_deserializer=mailstack_dot_v1_dot_mailstore__pb2.AppendResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServicer:
@@ -1484,6 +1494,20 @@ class AdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ImportMailbox(self, request, context):
+        """Create a mailbox with another server's UIDVALIDITY and UIDNEXT (`mailstack import`, ADR 0036).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ImportMessage(self, request_iterator, context):
+        """Append with a kept UID and POP3 UIDL (`mailstack import`, ADR 0036).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -1576,6 +1600,16 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.ListForwards,
                     request_deserializer=mailstack_dot_v1_dot_mailstore__pb2.ListForwardsRequest.FromString,
                     response_serializer=mailstack_dot_v1_dot_mailstore__pb2.ListForwardsResponse.SerializeToString,
+            ),
+            'ImportMailbox': grpc.unary_unary_rpc_method_handler(
+                    servicer.ImportMailbox,
+                    request_deserializer=mailstack_dot_v1_dot_mailstore__pb2.ImportMailboxRequest.FromString,
+                    response_serializer=mailstack_dot_v1_dot_mailstore__pb2.MailboxStatus.SerializeToString,
+            ),
+            'ImportMessage': grpc.stream_unary_rpc_method_handler(
+                    servicer.ImportMessage,
+                    request_deserializer=mailstack_dot_v1_dot_mailstore__pb2.AppendRequest.FromString,
+                    response_serializer=mailstack_dot_v1_dot_mailstore__pb2.AppendResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -2065,6 +2099,60 @@ class Admin:
             '/mailstack.v1.Admin/ListForwards',
             mailstack_dot_v1_dot_mailstore__pb2.ListForwardsRequest.SerializeToString,
             mailstack_dot_v1_dot_mailstore__pb2.ListForwardsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ImportMailbox(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mailstack.v1.Admin/ImportMailbox',
+            mailstack_dot_v1_dot_mailstore__pb2.ImportMailboxRequest.SerializeToString,
+            mailstack_dot_v1_dot_mailstore__pb2.MailboxStatus.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ImportMessage(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/mailstack.v1.Admin/ImportMessage',
+            mailstack_dot_v1_dot_mailstore__pb2.AppendRequest.SerializeToString,
+            mailstack_dot_v1_dot_mailstore__pb2.AppendResponse.FromString,
             options,
             channel_credentials,
             insecure,

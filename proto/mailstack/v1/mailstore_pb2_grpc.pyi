@@ -446,6 +446,10 @@ class AdminStub:
     """Set (or with no targets remove) an address's forward (`mailstack forward set|delete`)."""
     ListForwards: _grpc.UnaryUnaryMultiCallable[_mailstore_pb2.ListForwardsRequest, _mailstore_pb2.ListForwardsResponse]
     """Every forward (`mailstack forward list`)."""
+    ImportMailbox: _grpc.UnaryUnaryMultiCallable[_mailstore_pb2.ImportMailboxRequest, _mailstore_pb2.MailboxStatus]
+    """Create a mailbox with another server's UIDVALIDITY and UIDNEXT (`mailstack import`, ADR 0036)."""
+    ImportMessage: _grpc.StreamUnaryMultiCallable[_mailstore_pb2.AppendRequest, _mailstore_pb2.AppendResponse]
+    """Append with a kept UID and POP3 UIDL (`mailstack import`, ADR 0036)."""
 
 @_typing.type_check_only
 class AdminAsyncStub(AdminStub):
@@ -488,6 +492,10 @@ class AdminAsyncStub(AdminStub):
     """Set (or with no targets remove) an address's forward (`mailstack forward set|delete`)."""
     ListForwards: _aio.UnaryUnaryMultiCallable[_mailstore_pb2.ListForwardsRequest, _mailstore_pb2.ListForwardsResponse]  # type: ignore[assignment]
     """Every forward (`mailstack forward list`)."""
+    ImportMailbox: _aio.UnaryUnaryMultiCallable[_mailstore_pb2.ImportMailboxRequest, _mailstore_pb2.MailboxStatus]  # type: ignore[assignment]
+    """Create a mailbox with another server's UIDVALIDITY and UIDNEXT (`mailstack import`, ADR 0036)."""
+    ImportMessage: _aio.StreamUnaryMultiCallable[_mailstore_pb2.AppendRequest, _mailstore_pb2.AppendResponse]  # type: ignore[assignment]
+    """Append with a kept UID and POP3 UIDL (`mailstack import`, ADR 0036)."""
 
 class AdminServicer(metaclass=_abc_1.ABCMeta):
     """Administration (the `mailstack` CLI)."""
@@ -635,5 +643,21 @@ class AdminServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_mailstore_pb2.ListForwardsResponse, _abc.Awaitable[_mailstore_pb2.ListForwardsResponse]]:
         """Every forward (`mailstack forward list`)."""
+
+    @_abc_1.abstractmethod
+    def ImportMailbox(
+        self,
+        request: _mailstore_pb2.ImportMailboxRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_mailstore_pb2.MailboxStatus, _abc.Awaitable[_mailstore_pb2.MailboxStatus]]:
+        """Create a mailbox with another server's UIDVALIDITY and UIDNEXT (`mailstack import`, ADR 0036)."""
+
+    @_abc_1.abstractmethod
+    def ImportMessage(
+        self,
+        request_iterator: _MaybeAsyncIterator[_mailstore_pb2.AppendRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_mailstore_pb2.AppendResponse, _abc.Awaitable[_mailstore_pb2.AppendResponse]]:
+        """Append with a kept UID and POP3 UIDL (`mailstack import`, ADR 0036)."""
 
 def add_AdminServicer_to_server(servicer: AdminServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -12,9 +12,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import re
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any, TypeVar
 
@@ -40,6 +41,7 @@ log = logging.getLogger("mailstack.mailstore")
 T = TypeVar("T")
 
 PARSE_IN_THREAD = 256 * 1024  # messages over this size are parsed off the event loop
+POP3_UIDL = re.compile(r"[\x21-\x7e]{1,70}")  # RFC 1939 §7: 1..70 characters 0x21..0x7E
 
 
 async def settle(write: asyncio.Future[T]) -> T:
@@ -144,12 +146,22 @@ class Delivery:
     # ------------------------------------------------------------ APPEND
 
     async def append(
-        self, account: str, mailbox_name: str, data: bytes, flags: Sequence[str], when: datetime | None
+        self,
+        account: str,
+        mailbox_name: str,
+        data: bytes,
+        flags: Sequence[str],
+        when: datetime | None,
+        kept: tuple[int, str] = (0, ""),
     ) -> InsertResult:
+        """kept: (UID, POP3 UIDL) of a message imported from another server (0 and "" = new ones)."""
+        uid, pop3_uidl = kept
+        if pop3_uidl and not POP3_UIDL.fullmatch(pop3_uidl):
+            raise InvalidRequest("a POP3 UIDL is 1..70 characters 0x21..0x7E (RFC 1939 §7)")
         data = await self._canonical(data)
         self.check_size(len(data))
         record, mailbox = await self.stores.mailbox(account, mailbox_name)
-        message = await self._analyse(data, normalize_flags(flags), when)
+        message = replace(await self._analyse(data, normalize_flags(flags), when), uid=uid, pop3_uidl=pop3_uidl)
         await self.ledger.reserve(record, message.size)
         await self._put_blob(message.blob_key, data, [record], message.size)
         write = asyncio.ensure_future(self.stores.metadata.insert_message(mailbox.id, message, self.ledger.by_metadata))

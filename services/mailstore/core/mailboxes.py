@@ -8,6 +8,7 @@ from mailstack.services.mailstore.core.errors import InvalidRequest, NotAllowed
 from mailstack.services.mailstore.core.quota import QuotaLedger
 from mailstack.services.mailstore.core.results import ChangeEvent, ListedMailbox, MailboxCounts, MailboxRecord
 from mailstack.services.mailstore.core.stores import Stores, checked_mailbox_name
+from mailstack.storage.errors import MailboxNotFound
 
 
 def _superiors(name: str) -> list[str]:
@@ -59,6 +60,20 @@ class Mailboxes:
         mailbox = await self.stores.metadata.create_mailbox(record.id, name, special_use)
         await self.stores.publish(ChangeEvent(record.name, name, "mailbox", (), 0, mailbox.uidvalidity))
         return mailbox
+
+    async def adopt(self, account: str, name: str, uidvalidity: int, uidnext: int) -> MailboxRecord:
+        """Migration: the mailbox (created when absent) with another server's UIDVALIDITY and
+        UIDNEXT, so that clients keep their caches (storage: adopt_uids)."""
+        record = await self.stores.account(account)
+        name = checked_mailbox_name(name)
+        try:
+            mailbox = await self.stores.metadata.get_mailbox(record.id, name)
+        except MailboxNotFound:
+            mailbox = await self.create(account, name)
+        adopted = await self.stores.metadata.adopt_uids(mailbox.id, uidvalidity, uidnext)
+        if adopted.uidvalidity != mailbox.uidvalidity:  # sessions that listed it re-read it
+            await self.stores.publish(ChangeEvent(record.name, name, "mailbox", (), 0, adopted.uidvalidity))
+        return adopted
 
     async def delete(self, account: str, name: str) -> None:
         record = await self.stores.account(account)

@@ -151,6 +151,24 @@ async def test_login_stat_list_uidl(env: Env) -> None:
     await client.close()
 
 
+async def test_uidl_of_an_imported_message_is_the_old_servers(env: Env) -> None:
+    # Issue 16: a message moved in from Dovecot keeps the UIDL Dovecot announced, so a "leave mail
+    # on server" client does not download it again; the others keep the default.
+    async def imported() -> AsyncIterator[pb.AppendRequest]:
+        header = pb.AppendHeader(account=USER, mailbox="INBOX", size=19, uid=1000, pop3_uidl="000003e86b16a51b")
+        yield pb.AppendRequest(header=header)
+        yield pb.AppendRequest(chunk=b"Subject: old\r\n\r\nx\r\n")
+
+    await env.store.admin.ImportMessage(imported())
+    client = await env.login()
+    _, uidl = await client.multi("UIDL")
+    lines = uidl.splitlines()
+    assert len(lines) == 4 and lines[3] == b"4 000003e86b16a51b"
+    assert len({line.split()[1] for line in lines}) == 4
+    assert await client.cmd("UIDL 4") == b"+OK 4 000003e86b16a51b\r\n"
+    await client.close()
+
+
 async def test_dele_hides_but_keeps_numbering_and_rset_restores(env: Env) -> None:
     client = await env.login()
     assert (await client.cmd("DELE 2")).startswith(b"+OK")
