@@ -22,6 +22,7 @@ import grpc.aio
 from mailstack.services.common.config import Settings
 from mailstack.services.common.grpc_client import identity_for, open_channel
 from mailstack.services.common.listeners import ConnectionFactory, Listener, addresses, open_listener
+from mailstack.services.common.metrics import count_tls_handshake
 from mailstack.services.common.proxy_listener import stream_factory
 from mailstack.services.common.stream_connection import CLOSE_TIMEOUT
 from mailstack.services.common.tls import ensure_self_signed, server_ssl_context
@@ -94,7 +95,8 @@ class Frontend:
     async def listen(self, description: str, port: int, implicit_tls: bool, factory: ConnectionFactory) -> None:
         """Open one listener; kept at once, so a failure part-way leaves stop() the ones to close."""
         context = self.tls_context if implicit_tls else None
-        self.servers.append((description, await open_listener(self.settings, factory, port, context)))
+        on_handshake = functools.partial(count_tls_handshake, self.grpc_identity)
+        self.servers.append((description, await open_listener(self.settings, factory, port, context, on_handshake)))
 
     async def stop(self, grace: float = 10.0) -> None:
         self.stopping = True

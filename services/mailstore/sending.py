@@ -21,6 +21,7 @@ from mailstack.services.common.metrics import (
     OUTBOUND_DEFERRALS,
     OUTBOUND_DELIVERIES,
     OUTBOUND_QUEUE_DEPTH,
+    OUTBOUND_QUEUE_OLDEST,
     OUTBOUND_QUEUED,
     SEND_CALLS,
 )
@@ -111,6 +112,10 @@ class Sending:
         self._expirer: asyncio.Task[None] | None = None
         self._depth_task: asyncio.Task[None] | None = None
         self._depth_changed = asyncio.Event()
+        self.oldest_pending: float | None = None  # when the oldest pending message was queued (the age gauge)
+
+    def _oldest_age(self) -> float:
+        return 0.0 if self.oldest_pending is None else max(0.0, time.time() - self.oldest_pending)
 
     @classmethod
     def open(cls, core: MailstoreCore) -> Sending:
@@ -120,6 +125,7 @@ class Sending:
         if self._expirer is None:
             self._expirer = asyncio.create_task(self._expire_forever(), name="outbound-expirer")
         if self._depth_task is None:
+            OUTBOUND_QUEUE_OLDEST.set_function(self._oldest_age)  # ages between reads of the queue
             self._depth_changed.set()
             self._depth_task = asyncio.create_task(self._track_depth_forever(), name="outbound-queue-depth")
 
@@ -576,6 +582,7 @@ class Sending:
             self._depth_changed.clear()
             try:
                 OUTBOUND_QUEUE_DEPTH.set(await self.queue.queue_depth())
+                self.oldest_pending = await self.queue.oldest_pending()
             except Exception:
                 log.exception("outbound queue depth not read")
             await asyncio.sleep(DEPTH_EVERY)

@@ -25,10 +25,18 @@ from mailstack.services.outbound.delivery import Attempt, Outcome, Smarthost, Sm
 from mailstack.services.outbound.resolver import MxHost, ResolveError, Resolver, open_resolver
 from mailstack.v1 import send_pb2 as spb
 from mailstack.v1 import send_pb2_grpc as spbg
-from opentelemetry import trace
+from opentelemetry import context, trace
 
 log = logging.getLogger("mailstack.outbound")
 tracer = trace.get_tracer("mailstack.outbound")
+
+# The queue polls run under this unsampled parent: an idle worker asks every outbound_poll_ms, and a
+# trace per empty poll (worker and mailstore side) would bury the traces of deliveries. Each leased
+# message is a trace of its own ("outbound.deliver"). Its trace flags say "not sampled", which the
+# mailstore's ParentBased sampler honours for the LeaseOutbound RPC's server span too.
+_UNTRACED = trace.set_span_in_context(
+    trace.NonRecordingSpan(trace.SpanContext(trace_id=1, span_id=1, is_remote=False, trace_flags=trace.TraceFlags(0)))
+)
 
 RPC_TIMEOUT = 30.0
 OUTCOMES = {"delivered": spb.ATTEMPT_DELIVERED, "temporary": spb.ATTEMPT_TEMPORARY, "permanent": spb.ATTEMPT_PERMANENT}
@@ -98,6 +106,7 @@ class OutboundWorker(Frontend):
             free = capacity - len(self._inflight)
             leased: list[spb.LeasedMessage] = []
             if free > 0:
+                token = context.attach(_UNTRACED)
                 try:
                     reply = await self._stub.LeaseOutbound(
                         spb.LeaseOutboundRequest(
@@ -108,6 +117,8 @@ class OutboundWorker(Frontend):
                     leased = list(reply.messages)
                 except grpc.aio.AioRpcError as err:
                     log.warning("outbound lease failed: %s %s", err.code().name, err.details())
+                finally:
+                    context.detach(token)
             for message in leased:
                 task = asyncio.create_task(self._deliver(message), name=f"outbound-{message.message_id}")
                 self._inflight.add(task)
@@ -128,6 +139,13 @@ class OutboundWorker(Frontend):
                 await waiter
 
     async def _deliver(self, message: spb.LeasedMessage) -> None:
+        with tracer.start_as_current_span(
+            "outbound.deliver",
+            attributes={"outbound.message_id": message.message_id, "outbound.attempt": message.attempt},
+        ):
+            await self._fetch_and_deliver(message)
+
+    async def _fetch_and_deliver(self, message: spb.LeasedMessage) -> None:
         assert self._stub is not None
         try:
             chunks = self._stub.FetchOutboundBody(

@@ -26,6 +26,7 @@ from mailstack.services.common.auth_log import auth_event, local_ip_of
 from mailstack.services.common.config import Settings
 from mailstack.services.common.grpc_client import error_detail
 from mailstack.services.common.metrics import SMTP_MESSAGES
+from mailstack.services.common.span_attributes import Attributes, connection_attributes
 from mailstack.services.smtp import replies
 from mailstack.services.smtp.inflight import InflightBudget
 from mailstack.services.smtp.received import trace_headers, with_protocol
@@ -99,6 +100,15 @@ def _client_ip(session: Session) -> str:
     if isinstance(peer, tuple) and peer:
         return str(peer[0])
     return str(peer or "")
+
+
+def _connection_attributes(server: SmtpProtocol, session: Session) -> Attributes:
+    peer = session.peer
+    port = int(peer[1]) if isinstance(peer, tuple) and len(peer) > 1 else None
+    transport = server.transport
+    ssl_object = transport.get_extra_info("ssl_object") if transport is not None else None
+    user = str(session.auth_data) if session.authenticated else ""
+    return connection_attributes(_client_ip(session), port, ssl_object, user)
 
 
 class SmtpHandler:
@@ -298,6 +308,7 @@ class SmtpHandler:
             kind=trace.SpanKind.SERVER,
             attributes={"smtp.queue_id": queue_id, "smtp.recipients": len(recipients), "smtp.size": len(content)},
         ) as span:
+            span.set_attributes(_connection_attributes(server, session))
             protocol = with_protocol(session.extended_smtp, server.tls_active, bool(session.authenticated))
             header = trace_headers(
                 sender=sender,

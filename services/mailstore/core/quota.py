@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 
+from mailstack.services.common.metrics import QUOTA_REPAIR_PENDING
 from mailstack.services.mailstore.core.errors import OverQuota, StorageError, StorageUnavailable
 from mailstack.services.mailstore.core.results import AccountRecord, QuotaUsage, RecipientVerdict
 from mailstack.services.mailstore.core.stores import Stores
@@ -26,7 +27,17 @@ def quota_verdict(record: AccountRecord, usage: QuotaUsage, size: int) -> Recipi
 class QuotaLedger:
     def __init__(self, stores: Stores) -> None:
         self.stores = stores
-        self.suspect = False  # the quota store's counters missed a change (see repair)
+        self._suspect = False
+
+    @property
+    def suspect(self) -> bool:
+        """The quota store's counters missed a change (see repair); shown as mailstack_quota_repair_pending."""
+        return self._suspect
+
+    @suspect.setter
+    def suspect(self, value: bool) -> None:
+        self._suspect = value
+        QUOTA_REPAIR_PENDING.set(1 if value else 0)
 
     @property
     def by_metadata(self) -> bool:
