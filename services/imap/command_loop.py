@@ -77,6 +77,7 @@ def _framing_answer(event: Event) -> bytes:
     assert isinstance(event, ParseError)
     if event.fatal:
         raise EndSession(event.message)
+    count_command("imap", OTHER_COMMAND, "bad")  # unknown, or not parsed: no trusted name to count it under
     return tagged(event.tag, "BAD", event.message) if event.tag else untagged_status("BAD", event.message)
 
 

@@ -113,7 +113,11 @@ def test_one_smtp_delivery_is_one_trace_and_an_idle_system_exports_nothing(tmp_p
     call = by_kind(trace, "/mailstack.v1.Mailstore/Deliver", CLIENT)
     rpc = by_kind(trace, "/mailstack.v1.Mailstore/Deliver", SERVER)
     # The frontend's client span is the transaction's child, the mailstore's server span the client's.
-    assert (transaction.service, call.service, rpc.service) == ("mailstack-smtp", "mailstack-smtp", "mailstack-mailstore")
+    assert (transaction.service, call.service, rpc.service) == (
+        "mailstack-smtp",
+        "mailstack-smtp",
+        "mailstack-mailstore",
+    )
     assert call.parent_span_id == transaction.span_id
     assert rpc.parent_span_id == call.span_id
     stored = {s.name for s in trace if s.parent_span_id == rpc.span_id}
