@@ -86,7 +86,7 @@ class Frontend:
             raise
         self._started = True
         for description, address in self.listeners:
-            log.info("%s %s listening on %s", self.grpc_identity, description, address)
+            log.info("listening", extra={"service": self.grpc_identity, "listener": description, "address": address})
 
     async def open(self) -> None:
         """Build what the sessions share and open the listeners (with `listen`)."""

@@ -251,7 +251,7 @@ class MetricsServer:
     async def start(self) -> None:
         self._server = await asyncio.start_server(self._handle, self.host, self.port, reuse_address=True)
         self.heartbeat.start()
-        log.info("metrics on http://%s/metrics", self.address)
+        log.info("metrics listening", extra={"address": self.address})
 
     async def stop(self) -> None:
         await self.heartbeat.stop()

@@ -121,7 +121,7 @@ class ProxyListener:
             try:
                 sock, peer = await loop.sock_accept(listening)
             except OSError as e:  # e.g. EMFILE: keep the listener, slow down
-                log.warning("accept failed: %s", e)
+                log.warning("accept failed", extra={"error": str(e)})
                 await asyncio.sleep(0.1)
                 continue
             task = asyncio.create_task(self._start_connection(sock, (str(peer[0]), int(peer[1]))))
@@ -151,7 +151,10 @@ class ProxyListener:
             # OSError covers ConnectionError; a trusted peer without a header is refused here
             if handshaking and self.on_handshake is not None:
                 self.on_handshake(False)
-            log.info("connection from %s closed: %s", peer[0], e or type(e).__name__, extra={"client_ip": peer[0]})
+            log.info(
+                "connection closed before the protocol",
+                extra={"remote_ip": peer[0], "error": str(e) or type(e).__name__},
+            )
             with contextlib.suppress(OSError):
                 sock.close()
         except asyncio.CancelledError:

@@ -112,7 +112,7 @@ def setup_tracing(service: str, env: Mapping[str, str] | None = None) -> TracerP
             provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
             _exporting = True
             endpoint = env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or env.get("OTEL_EXPORTER_OTLP_ENDPOINT")
-            log.info("exporting traces over OTLP to %s", endpoint)
+            log.info("exporting traces over OTLP", extra={"endpoint": endpoint})
         trace.set_tracer_provider(provider)
     provider.add_span_processor(_Sinks())
     _provider = provider

@@ -110,7 +110,7 @@ async def execute(session: Session, command: Command) -> None:
         except grpc.RpcError as e:
             reply = from_grpc(e)
             if e.code() not in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.ALREADY_EXISTS):
-                log.info("%s failed: %s", command.name, e.code())
+                log.info("command failed", extra={"command": command.name, "grpc_code": e.code().name})
         if session.state == State.SELECTED and session.view is not None:
             await session.pending_updates(entry.always_refresh, command.uid or entry.expunge_during)
         await deliver(session, command.uid or entry.expunge_during)  # RFC 5465 §5: NOTIFY's news

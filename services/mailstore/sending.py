@@ -384,8 +384,8 @@ class Sending:
             await self._save_sent(account or from_address, data)
         status = await self.queue.status(result.id)
         assert status is not None
-        log.info("send id=%s client=%s sender=<%s> local=%d remote=%d size=%d",
-                 result.id, client, sender, len(local), len(remote), len(data))  # fmt: skip
+        log.info("send", extra={"message_id": result.id, "client": client, "sender": f"<{sender}>",
+                                "local": len(local), "remote": len(remote), "size": len(data)})  # fmt: skip
         return SendResult(result.id, message_id, status, result.duplicate)
 
     async def _earlier_result(self, client: str, idempotency_key: str) -> SendResult | None:
@@ -481,8 +481,8 @@ class Sending:
             await self._bounce(status, ReportResult(False, bounced, []))
         if save_sent_copy:
             await self._save_sent(owner, data)
-        log.info("send id=%s client=%s sender=<%s> local=%d remote=0 size=%d",
-                 queue_id, client, sender, len(plan), len(data))  # fmt: skip
+        log.info("send", extra={"message_id": queue_id, "client": client, "sender": f"<{sender}>",
+                                "local": len(plan), "remote": 0, "size": len(data)})  # fmt: skip
         return SendResult(queue_id, message_id, status, False)
 
     async def _save_sent(self, account: str, data: bytes) -> None:
@@ -554,7 +554,7 @@ class Sending:
             await self._submit("dsn", "", f"MAILER-DAEMON@{self.settings.hostname}", [status.sender], report, "", "",
                                False)  # fmt: skip
         except Exception:
-            log.exception("bounce for %s to <%s> not sent", status.id, status.sender)
+            log.exception("bounce not sent", extra={"message_id": status.id, "sender": f"<{status.sender}>"})
 
     async def expire(self) -> int:
         now = time.time()

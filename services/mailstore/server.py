@@ -126,7 +126,7 @@ class MailstoreServer:
         self.core.start_background()
         sending.start_background()
         self._redis_probe.start()
-        log.info("mailstore listening on %s (internal, mTLS) and %s (Send API)", self._address, self._send_address)
+        log.info("mailstore listening", extra={"address": self._address, "send_address": self._send_address})
 
     async def stop(self, grace: float = 5.0) -> None:
         """Stop accepting, let running calls finish for up to grace seconds, close the backends."""

@@ -80,7 +80,7 @@ class OutboundWorker(Frontend):
         assert self.channel is not None
         self._stub = spbg.OutboundStub(self.channel)
         self._loop_task = asyncio.create_task(self._run(), name="outbound-worker")
-        log.info("outbound worker %s started (resolver %s)", self.name, self.settings.outbound_resolver)
+        log.info("outbound worker started", extra={"worker": self.name, "resolver": self.settings.outbound_resolver})
 
     async def drain(self, grace: float) -> None:
         """No new leases; deliveries in flight may finish within grace (else their leases expire)."""
@@ -116,7 +116,7 @@ class OutboundWorker(Frontend):
                     )
                     leased = list(reply.messages)
                 except grpc.aio.AioRpcError as err:
-                    log.warning("outbound lease failed: %s %s", err.code().name, err.details())
+                    log.warning("outbound lease failed", extra={"grpc_code": err.code().name, "detail": err.details()})
                 finally:
                     context.detach(token)
             for message in leased:
@@ -153,7 +153,9 @@ class OutboundWorker(Frontend):
             )
             data = b"".join([c.data async for c in chunks])
         except grpc.aio.AioRpcError as err:
-            log.warning("outbound %s: body not fetched: %s", message.message_id, err.code().name)
+            log.warning(
+                "outbound body not fetched", extra={"message_id": message.message_id, "grpc_code": err.code().name}
+            )
             return  # the lease expires and the message is tried again
         groups = [(group.domain, list(group.recipients)) for group in message.domains]
         results = await asyncio.gather(*(self._deliver_domain(message, d, r, data) for d, r in groups))
@@ -171,7 +173,10 @@ class OutboundWorker(Frontend):
             await self._stub.ReportOutbound(report, timeout=RPC_TIMEOUT)
         except grpc.aio.AioRpcError as err:
             # Lease lost or mailstore down: the message is tried again later (a possible duplicate).
-            log.warning("outbound %s: report failed: %s %s", message.message_id, err.code().name, err.details())
+            log.warning(
+                "outbound report failed",
+                extra={"message_id": message.message_id, "grpc_code": err.code().name, "detail": err.details()},
+            )
 
     async def _deliver_domain(
         self, message: spb.LeasedMessage, domain: str, recipients: list[str], data: bytes
@@ -193,7 +198,8 @@ class OutboundWorker(Frontend):
                 OUTBOUND_ATTEMPTS.labels(a.outcome).inc()
             span.set_attribute("outbound.outcomes", ",".join(sorted({a.outcome for a in attempts})))
         log.info(
-            "outbound id=%s domain=%s attempt=%d results=%s",
-            message.message_id, domain, message.attempt, "; ".join(f"{a.recipient}={a.reply}" for a in attempts),
+            "outbound attempt",
+            extra={"message_id": message.message_id, "domain": domain, "attempt": message.attempt,
+                   "results": {a.recipient: a.reply for a in attempts}},
         )  # fmt: skip
         return attempts

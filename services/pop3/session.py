@@ -248,7 +248,8 @@ class Pop3Session:
             try:
                 await self.mailstore.release_lease(self.lease_name, self.holder)
             except MailstoreError as e:
-                log.warning("lease %s not released (it expires by itself): %s", self.lease_name, e)
+                log.warning("maildrop lease not released (it expires by itself)", extra={"lease": self.lease_name,
+                                                                                         "error": str(e)})  # fmt: skip
 
     async def _renew_lease(self) -> None:
         ttl = self.settings.pop3_lease_ttl
@@ -256,10 +257,12 @@ class Pop3Session:
             await asyncio.sleep(ttl / 3)
             try:
                 if not await self.mailstore.acquire_lease(self.lease_name, self.holder, ttl):
-                    log.warning("maildrop lock %s was taken over; this session keeps no lock", self.lease_name)
+                    log.warning(
+                        "maildrop lock taken over; this session keeps no lock", extra={"lease": self.lease_name}
+                    )
                     return
             except MailstoreError as e:
-                log.warning("lease %s not renewed, retrying: %s", self.lease_name, e)
+                log.warning("maildrop lease not renewed, retrying", extra={"lease": self.lease_name, "error": str(e)})
 
     # ------------------------------------------------------------------ AUTHORIZATION
 
@@ -553,7 +556,7 @@ class Pop3Session:
                             pending = data
             except (MessageGone, MailstoreError) as e:
                 await self.conn.send(pending)
-                log.warning("body stream for %s broke after +OK: %s", self.account, e)
+                log.warning("body stream broke after +OK", extra={"account": self.account, "error": str(e)})
                 return False
             await self.conn.send(pending + stuffer.finish())
             return True

@@ -7,33 +7,29 @@ from __future__ import annotations
 import gzip
 import http.client
 import imaplib
-import os
 import poplib
 import smtplib
 import socket
 import ssl
-import subprocess
-import sys
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
+from typing import Any, cast
 
 import pytest
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as openmetrics_families
 from prometheus_client.parser import text_string_to_metric_families
 
 from mailstack import __version__
+from tests.e2e.serve_support import ALICE, PASSWORD, add_account, base_env, serving, wait_for
 from tests.fixtures.mailstore import free_port
 from tests.fixtures.redis_server import RedisServer
-from tests.fixtures.topology import ServiceProcess
 
 pytestmark = pytest.mark.slow
 
-ALICE, PASSWORD = "alice@example.test", "pw-alice-1"
 MESSAGE = b"From: bob@remote.test\r\nTo: alice@example.test\r\nSubject: counted\r\n\r\nhello\r\n"
 OPENMETRICS = "application/openmetrics-text; version=1.0.0; charset=utf-8"
-Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+Key = tuple[str, frozenset[tuple[str, str]]]
+Samples = dict[Key, float]
 
 
 def request(
@@ -60,65 +56,6 @@ def scrape(port: int) -> Samples:
     return samples(body.decode())
 
 
-def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.2)
-
-
-def base_env(folder: Path, **settings: str) -> dict[str, str]:
-    inherited = {k: v for k, v in os.environ.items() if not k.startswith(("MAILSTACK_", "OTEL_"))}
-    grpc_port = free_port()
-    return {
-        **inherited,
-        "MAILSTACK_DATA_DIR": str(folder / "data"),
-        "MAILSTACK_MAILSTORE_LISTEN": f"127.0.0.1:{grpc_port}",
-        "MAILSTACK_MAILSTORE_ADDR": f"127.0.0.1:{grpc_port}",
-        "MAILSTACK_SEND_LISTEN": f"127.0.0.1:{free_port()}",
-        **{f"MAILSTACK_{k.upper()}": v for k, v in settings.items()},
-    }
-
-
-class Serve(ServiceProcess):
-    """`mailstack serve NAME...`: several services in one process, so one /metrics shows them all."""
-
-    def __init__(self, names: list[str], env: dict[str, str], ports: dict[str, int], log_path: Path) -> None:
-        super().__init__(names[0], env, ports, log_path)
-        self.names = names
-
-    def launch(self) -> None:
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        with self.log_path.open("ab") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "mailstack", "serve", *self.names],
-                env=self.env,
-                cwd=self.log_path.parent,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-
-
-@contextmanager
-def serving(folder: Path, names: list[str], env: dict[str, str], ports: dict[str, int]) -> Iterator[Serve]:
-    process = Serve(names, env, ports, folder / "serve.log")
-    try:
-        process.start()
-        yield process
-    finally:
-        process.stop()
-
-
-def add_account(env: dict[str, str], **extra: str) -> None:
-    args = [sys.executable, "-m", "mailstack", "user", "add", ALICE, "--password-stdin"]
-    for key, value in extra.items():
-        args += [f"--{key}", value]
-    done = subprocess.run(args, env=env, input=PASSWORD.encode(), capture_output=True, timeout=60)
-    assert done.returncode == 0, done.stderr.decode()
-
-
 def moved(before: Samples, after: Samples, name: str, **labels: str) -> float:
     key = (name, frozenset(labels.items()))
     return after.get(key, 0.0) - before.get(key, 0.0)
@@ -140,7 +77,7 @@ def test_exposition_negotiates_openmetrics_gzip_and_head(tmp_path: Path) -> None
         status, headers, body = request(metrics, "GET", "/metrics", {"Accept": OPENMETRICS})
         assert status == 200 and headers["content-type"].startswith("application/openmetrics-text")
         assert body.endswith(b"# EOF\n")
-        families = {f.name: f for f in openmetrics_families(body.decode())}
+        families = {f.name: f for f in openmetrics_families(body.decode())}  # type: ignore[no-untyped-call]
         assert families["mailstack_connections"].type == "counter"  # OpenMetrics names the family without _total
         assert families["mailstack_outbound_queue_oldest_age_seconds"].type == "gauge"
 
@@ -196,7 +133,7 @@ def imap_pop3_traffic(ports: dict[str, int]) -> None:
     pop.pass_(PASSWORD)
     assert pop.stat()[0] == 1
     with pytest.raises(poplib.error_proto):
-        pop._shortcmd("NOSUCHCOMMAND")
+        cast(Any, pop)._shortcmd("NOSUCHCOMMAND")  # poplib sends no unknown command otherwise
     pop.quit()
 
 
@@ -242,7 +179,7 @@ def test_values_move_with_real_traffic(tmp_path: Path) -> None:
                     and dict(k[1]).get("store") == "metadata"}  # fmt: skip
     assert {"deliver", "resolve_delivery"} <= metadata_ops
     # One message waits for a worker (none runs): its age grows between scrapes.
-    oldest = ("mailstack_outbound_queue_oldest_age_seconds", frozenset())
+    oldest: Key = ("mailstack_outbound_queue_oldest_age_seconds", frozenset())
     assert 0 < after[oldest] < later[oldest]
     assert ("mailstack_redis_up", frozenset({("store", "events")})) not in after  # no Redis configured
 
@@ -254,7 +191,7 @@ def test_redis_and_quota_repair_gauges_follow_an_outage(tmp_path: Path, restarta
                    submissions_port=str(free_port()), events_url=redis_server.url,
                    quota_url=redis_server.url)  # fmt: skip
     up = {store: ("mailstack_redis_up", frozenset({("store", store)})) for store in ("events", "quota")}
-    pending = ("mailstack_quota_repair_pending", frozenset())
+    pending: Key = ("mailstack_quota_repair_pending", frozenset())
     with serving(tmp_path, ["mailstore", "smtp"], env, {"metrics": metrics}):
         wait_for(lambda: request(metrics, "GET", "/ready")[0] == 200, 20, "readiness")
         add_account(env, **{"quota-bytes": "1000000"})

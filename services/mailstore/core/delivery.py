@@ -194,8 +194,9 @@ class Delivery:
         if not stored:
             await self.stores.delete_blobs([message.blob_key])
         log.info(
-            "delivered message_id=%s sender=%s recipients=%d size=%d stored=%s",
-            message.blob_key, sender or "<>", len(recipients), message.size, stored,
+            "delivered",
+            extra={"message_id": message.blob_key, "sender": f"<{sender}>", "recipients": len(recipients),
+                   "size": message.size, "stored": stored},
         )  # fmt: skip
         self._counted(_in_order(outcomes, recipients))
         if cancelled is not None:

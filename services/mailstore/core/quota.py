@@ -52,7 +52,9 @@ class QuotaLedger:
         except StorageUnavailable as e:
             # Redis down must not stop mail: the metadata store keeps counters of its own (it adds
             # every message's size in the inserting transaction); see reserve.
-            log.warning("quota counters unavailable (%s); using the metadata's for %s", e, record.name)
+            log.warning(
+                "quota counters unavailable; using the metadata's", extra={"account": record.name, "error": str(e)}
+            )
             return QuotaUsage(record.used_bytes, record.used_messages)
 
     async def usage_if_limited(self, record: AccountRecord) -> QuotaUsage:
@@ -69,7 +71,10 @@ class QuotaLedger:
         except StorageUnavailable as e:
             # While Redis is down, check against the metadata's counters (read with the record) and
             # go on: delivery continues; the Redis counters miss this message until repair.
-            log.warning("quota reserve unavailable (%s); checked %s against the metadata", e, record.name)
+            log.warning(
+                "quota reserve unavailable; checked against the metadata",
+                extra={"account": record.name, "error": str(e)},
+            )
             self.suspect = True  # the counters miss this message: recomputed once Redis is back
             usage = QuotaUsage(record.used_bytes, record.used_messages)
             ok = quota_verdict(record, usage, size) == RecipientVerdict.LOCAL
@@ -83,7 +88,7 @@ class QuotaLedger:
         try:
             await self.stores.quota.release(record.name, size, count)
         except StorageError:
-            log.warning("quota release failed for %s; recomputed once the quota store is back", record.name)
+            log.warning("quota release failed; recomputed once the quota store is back", extra={"account": record.name})
             self.suspect = True
 
     async def recompute(self, name: str = "") -> list[AccountRecord]:
@@ -111,5 +116,5 @@ class QuotaLedger:
         except BaseException:
             self.suspect = True
             raise
-        log.info("quota counters recomputed for %d accounts", len(records))
+        log.info("quota counters recomputed", extra={"accounts": len(records)})
         return len(records)
