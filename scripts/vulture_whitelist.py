@@ -27,3 +27,6 @@ _.__test__
 
 # hypothesis: RuleBasedStateMachine calls teardown() after each run.
 _.teardown
+
+# gRPC calls a servicer's methods by the proto's RPC names (tests/fixtures/otlp_receiver.py).
+_.Export
