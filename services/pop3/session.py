@@ -115,6 +115,12 @@ class _ReplyWatch:
             self.first = data[:4]
         await self._conn.send(data)
 
+    async def start_tls(self, reply: bytes) -> None:
+        """STLS: the +OK goes out from the connection itself, right before the handshake."""
+        if not self.first:
+            self.first = reply[:4]
+        await self._conn.start_tls(reply)
+
 
 @functools.cache  # one histogram child per command name (bounded: KNOWN_COMMANDS and OTHER_COMMAND)
 def _command_seconds(label: str) -> Histogram:

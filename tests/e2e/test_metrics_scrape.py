@@ -122,13 +122,16 @@ def smtp_traffic(ports: dict[str, int]) -> None:
 
 
 def imap_pop3_traffic(ports: dict[str, int]) -> None:
-    imap = imaplib.IMAP4("127.0.0.1", ports["imap"], timeout=30)
+    context = ssl.create_default_context()
+    context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+    imap = imaplib.IMAP4_SSL("127.0.0.1", ports["imaps"], ssl_context=context, timeout=30)  # implicit TLS
     imap.login(ALICE, PASSWORD)
     imap.select("INBOX")
     with pytest.raises(imaplib.IMAP4.error):
         imap.xatom("NOSUCHCOMMAND")  # BAD, counted as "other"
     imap.logout()
     pop = poplib.POP3("127.0.0.1", ports["pop3"], timeout=30)
+    pop.stls(context)  # RFC 2595 STLS
     pop.user(ALICE)
     pop.pass_(PASSWORD)
     assert pop.stat()[0] == 1
@@ -164,6 +167,9 @@ def test_values_move_with_real_traffic(tmp_path: Path) -> None:
     assert ("mailstack_sessions", frozenset({("protocol", "imap")})) in after
     assert delta("mailstack_tls_handshakes_total", protocol="smtp", result="ok") == 1  # STARTTLS
     assert delta("mailstack_tls_handshakes_total", protocol="smtp", result="failed") == 1  # port 465
+    assert delta("mailstack_tls_handshakes_total", protocol="imap", result="ok") == 1  # 993
+    assert delta("mailstack_tls_handshakes_total", protocol="pop3", result="ok") == 1  # STLS
+    assert delta("mailstack_commands_total", protocol="pop3", command="STLS", result="ok") == 1
     assert delta("mailstack_commands_total", protocol="smtp", command="RCPT", result="ok") == 2
     assert delta("mailstack_commands_total", protocol="smtp", command="RCPT", result="permanent") == 1
     assert delta("mailstack_commands_total", protocol="smtp", command="STARTTLS", result="ok") == 1
