@@ -30,6 +30,7 @@ from mailstack.services.common.connection_limits import ConnectionLimiter
 from mailstack.services.common.metrics import (
     COMMAND_SECONDS,
     CONNECTIONS,
+    OTHER_COMMAND,
     SESSIONS,
     count_command,
     count_tls_handshake,
@@ -71,12 +72,14 @@ def _timed_method(method: Callable[[Any, str], Awaitable[None]], command: str) -
     @functools.wraps(method)  # keeps the docstring and @syntax attributes that HELP reads
     async def timed(self: Any, arg: str) -> None:
         self.last_reply = ""
+        self.in_command = True
         result = "error"  # unless the command returns (a dropped client, a failed STARTTLS handshake)
         start = time.perf_counter()
         try:
             await method(self, arg)
             result = reply_result(self.last_reply)
         finally:
+            self.in_command = False
             histogram.observe(time.perf_counter() - start)
             count_command("smtp", command, result)
             if command == "STARTTLS" and self.last_reply == "220":  # the handshake followed the 220
@@ -156,6 +159,7 @@ class SmtpProtocol(SMTP):
         self._greeted = False
         self._helo_reply = False
         self.last_reply = ""  # the code of the last reply sent (a command's result in the metrics)
+        self.in_command = False  # inside a command method (else a reply is aiosmtpd's own refusal)
 
     def _reset_timeout(self, duration: float | None = None) -> None:
         # aiosmtpd cancels and re-creates a timer on every command and, through read_data, on
@@ -240,6 +244,10 @@ class SmtpProtocol(SMTP):
 
     async def push(self, status: AnyStr) -> None:
         self.last_reply = status[:3] if isinstance(status, str) else status[:3].decode("ascii", "replace")
+        if self._greeted and not self.in_command:
+            # aiosmtpd refused the line before any command method ran (unknown command, line too
+            # long, not ASCII): counted under one label, whatever the client sent.
+            count_command("smtp", OTHER_COMMAND, reply_result(self.last_reply))
         if isinstance(status, str):
             if not self._greeted:
                 self._greeted = True  # the greeting has no enhanced code

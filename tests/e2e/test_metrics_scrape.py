@@ -108,6 +108,7 @@ def smtp_traffic(ports: dict[str, int]) -> None:
         client.mail("bob@remote.test")
         assert client.rcpt("nobody@example.test")[0] == 550
         client.rset()
+        assert client.docmd("NOSUCHCOMMAND")[0] == 500
     # A client that is no TLS client on the implicit-TLS port: a failed handshake.
     with socket.create_connection(("127.0.0.1", ports["submissions"]), timeout=10) as raw:
         raw.sendall(b"EHLO plain.test\r\n" * 200)  # not a ClientHello
@@ -173,6 +174,7 @@ def test_values_move_with_real_traffic(tmp_path: Path) -> None:
     assert delta("mailstack_commands_total", protocol="smtp", command="RCPT", result="ok") == 2
     assert delta("mailstack_commands_total", protocol="smtp", command="RCPT", result="permanent") == 1
     assert delta("mailstack_commands_total", protocol="smtp", command="STARTTLS", result="ok") == 1
+    assert delta("mailstack_commands_total", protocol="smtp", command="other", result="permanent") == 1
     assert delta("mailstack_commands_total", protocol="imap", command="LOGIN", result="ok") == 1
     assert delta("mailstack_commands_total", protocol="imap", command="SELECT", result="ok") == 1
     assert delta("mailstack_commands_total", protocol="imap", command="other", result="bad") == 1
