@@ -58,7 +58,7 @@ class RedisProbe:
             async with asyncio.timeout(PROBE_TIMEOUT):
                 return bool(await client.ping())
         except (redis.RedisError, OSError, TimeoutError) as err:
-            log.debug("redis PING failed: %s", err)
+            log.debug("redis PING failed", extra={"error": str(err)})
             return False
 
     async def _probe_forever(self) -> None:
