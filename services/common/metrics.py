@@ -267,6 +267,9 @@ class MetricsServer:
         except (TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError):
             writer.close()
             return
+        except Exception:  # a bug answering one request: that request fails, the endpoint stays
+            log.exception("metrics request failed")
+            method, response = "GET", _plain("500 Internal Server Error", "internal error\n")
         status, headers, body = response
         lines = [f"HTTP/1.1 {status}", *(f"{k}: {v}" for k, v in headers), f"Content-Length: {len(body)}"]
         try:
@@ -288,6 +291,8 @@ class MetricsServer:
         if request.method not in ("GET", "HEAD"):
             return "GET", _plain("405 Method Not Allowed", "GET only\n", [("Allow", "GET, HEAD")])
         if request.path == "/metrics":
+            if not request.utf8:  # prometheus_client decodes the query and headers as UTF-8
+                return request.method, _plain("400 Bad Request", "query and headers must be UTF-8\n")
             return request.method, await exposition(request)
         if request.path == "/ready":
             return request.method, await self._readiness()
@@ -323,6 +328,16 @@ class Request:
     path: str
     query: str
     headers: list[tuple[bytes, bytes]]  # names lowercased, as ASGI has them
+
+    @property
+    def utf8(self) -> bool:
+        try:
+            self.query.encode("latin-1").decode()
+            for _, value in self.headers:
+                value.decode()
+        except UnicodeDecodeError:
+            return False
+        return True
 
 
 def parse_request(head: bytes) -> Request:
