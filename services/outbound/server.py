@@ -21,22 +21,15 @@ import grpc.aio
 from mailstack.services.common.config import Settings
 from mailstack.services.common.frontend import Frontend
 from mailstack.services.common.metrics import OUTBOUND_ATTEMPTS
+from mailstack.services.common.telemetry import untraced
 from mailstack.services.outbound.delivery import Attempt, Outcome, Smarthost, SmtpDelivery
 from mailstack.services.outbound.resolver import MxHost, ResolveError, Resolver, open_resolver
 from mailstack.v1 import send_pb2 as spb
 from mailstack.v1 import send_pb2_grpc as spbg
-from opentelemetry import context, trace
+from opentelemetry import trace
 
 log = logging.getLogger("mailstack.outbound")
 tracer = trace.get_tracer("mailstack.outbound")
-
-# The queue polls run under this unsampled parent: an idle worker asks every outbound_poll_ms, and a
-# trace per empty poll (worker and mailstore side) would bury the traces of deliveries. Each leased
-# message is a trace of its own ("outbound.deliver"). Its trace flags say "not sampled", which the
-# mailstore's ParentBased sampler honours for the LeaseOutbound RPC's server span too.
-_UNTRACED = trace.set_span_in_context(
-    trace.NonRecordingSpan(trace.SpanContext(trace_id=1, span_id=1, is_remote=False, trace_flags=trace.TraceFlags(0)))
-)
 
 RPC_TIMEOUT = 30.0
 OUTCOMES = {"delivered": spb.ATTEMPT_DELIVERED, "temporary": spb.ATTEMPT_TEMPORARY, "permanent": spb.ATTEMPT_PERMANENT}
@@ -106,19 +99,19 @@ class OutboundWorker(Frontend):
             free = capacity - len(self._inflight)
             leased: list[spb.LeasedMessage] = []
             if free > 0:
-                token = context.attach(_UNTRACED)
+                # An idle worker polls every outbound_poll_ms: no trace per poll, on either side. Each
+                # leased message is a trace of its own ("outbound.deliver").
                 try:
-                    reply = await self._stub.LeaseOutbound(
-                        spb.LeaseOutboundRequest(
-                            worker=self.name, max_messages=free, lease_seconds=self.settings.outbound_lease_seconds
-                        ),
-                        timeout=RPC_TIMEOUT,
-                    )
+                    with untraced():
+                        reply = await self._stub.LeaseOutbound(
+                            spb.LeaseOutboundRequest(
+                                worker=self.name, max_messages=free, lease_seconds=self.settings.outbound_lease_seconds
+                            ),
+                            timeout=RPC_TIMEOUT,
+                        )
                     leased = list(reply.messages)
                 except grpc.aio.AioRpcError as err:
                     log.warning("outbound lease failed", extra={"grpc_code": err.code().name, "detail": err.details()})
-                finally:
-                    context.detach(token)
             for message in leased:
                 task = asyncio.create_task(self._deliver(message), name=f"outbound-{message.message_id}")
                 self._inflight.add(task)

@@ -33,7 +33,7 @@ from mailstack.services.common.metrics import (
 )
 from mailstack.services.common.read_ahead import ReadAhead, ReadAheadBudget
 from mailstack.services.common.span_attributes import Attributes
-from mailstack.services.common.telemetry import tracing_enabled
+from mailstack.services.common.telemetry import tracing_enabled, untraced
 from mailstack.v1 import mailstore_pb2 as pb
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind
@@ -262,7 +262,9 @@ class Pop3Session:
         while True:
             await asyncio.sleep(ttl / 3)
             try:
-                if not await self.mailstore.acquire_lease(self.lease_name, self.holder, ttl):
+                with untraced():  # a renewal every ttl/3 while the session lasts: not part of any command's trace
+                    renewed = await self.mailstore.acquire_lease(self.lease_name, self.holder, ttl)
+                if not renewed:
                     log.warning(
                         "maildrop lock taken over; this session keeps no lock", extra={"lease": self.lease_name}
                     )

@@ -21,6 +21,7 @@ from mailstack.services.common.lifecycle import run_services
 from mailstack.services.common.logs import JsonFormatter
 from mailstack.services.common.telemetry import recorded_spans
 from mailstack.services.imap.server import ImapServer
+from mailstack.services.pop3.server import Pop3Server
 from mailstack.v1 import mailstore_pb2 as pb
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import SpanKind
@@ -235,3 +236,39 @@ async def test_frontend_is_not_ready_while_the_mailstore_is_unreachable(tmp_path
     finally:
         stop.set()
         await asyncio.wait_for(task, 30)
+
+
+async def test_pop3_commands_are_spans_and_lease_renewals_are_not(tmp_path: Path) -> None:
+    # A lease of 1 s is renewed every third of a second while the session lasts.
+    settings = settings_for(tmp_path, pop3_port=0, pop3s_port=0, allow_plaintext_auth=True, pop3_lease_ttl=1)
+    with recorded_spans() as exporter:
+        async with running_mailstore(settings) as (mailstore, client):
+            await client.admin.CreateAccount(pb.CreateAccountRequest(name=ALICE, password="pw-alice-1"))
+            await deliver(client, [ALICE], MESSAGE)
+            pop3 = Pop3Server(settings.replace(mailstore_addr=mailstore.address))
+            await pop3.start()
+            try:
+                port = int(pop3.listeners[0][1].rsplit(":", 1)[1])
+                reader, writer = await asyncio.open_connection("127.0.0.1", port)
+                assert (await reader.readline()).startswith(b"+OK")
+                for command in (b"USER alice@example.test", b"PASS pw-alice-1", b"STAT"):
+                    writer.write(command + b"\r\n")
+                    assert (await reader.readline()).startswith(b"+OK"), command
+                    if command == b"PASS pw-alice-1":
+                        await asyncio.sleep(1.5)  # four renewals or so
+                writer.write(b"QUIT\r\n")
+                assert (await reader.readline()).startswith(b"+OK")
+                writer.close()
+                await writer.wait_closed()
+            finally:
+                await pop3.stop(1.0)
+        spans = list(exporter.get_finished_spans())
+
+    # The lease comes with the login (PASS's Login call); its renewals are no one's trace.
+    login = one(spans, "/mailstack.v1.Mailstore/Authenticate", kind=SpanKind.CLIENT)
+    login_rpc = one(spans, "/mailstack.v1.Mailstore/Authenticate", kind=SpanKind.SERVER)
+    assert parent_id(login) == one(spans, "POP3 PASS").context.span_id  # type: ignore[union-attr]
+    assert parent_id(one(spans, "metadata.acquire_lease")) == login_rpc.context.span_id  # type: ignore[union-attr]
+    assert not [s for s in spans if s.name.endswith("/AcquireLease")]
+    stat = dict(one(spans, "POP3 STAT").attributes or {})
+    assert stat["client.address"] == "127.0.0.1" and stat["enduser.id"] == ALICE and stat["tls.established"] is False
