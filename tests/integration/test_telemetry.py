@@ -267,8 +267,8 @@ async def test_pop3_commands_are_spans_and_lease_renewals_are_not(tmp_path: Path
     # The lease comes with the login (PASS's Login call); its renewals are no one's trace.
     login = one(spans, "/mailstack.v1.Mailstore/Authenticate", kind=SpanKind.CLIENT)
     login_rpc = one(spans, "/mailstack.v1.Mailstore/Authenticate", kind=SpanKind.SERVER)
-    assert parent_id(login) == one(spans, "POP3 PASS").context.span_id  # type: ignore[union-attr]
-    assert parent_id(one(spans, "metadata.acquire_lease")) == login_rpc.context.span_id  # type: ignore[union-attr]
+    assert parent_id(login) == one(spans, "POP3 PASS").context.span_id
+    assert parent_id(one(spans, "metadata.acquire_lease")) == login_rpc.context.span_id
     assert not [s for s in spans if s.name.endswith("/AcquireLease")]
     stat = dict(one(spans, "POP3 STAT").attributes or {})
     assert stat["client.address"] == "127.0.0.1" and stat["enduser.id"] == ALICE and stat["tls.established"] is False
