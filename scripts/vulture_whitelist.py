@@ -32,3 +32,5 @@ _.teardown
 daemon_threads
 # aiosmtpd: the greeting's text after the host name (LMTP says so in it; services/smtp/lmtp.py).
 _.__ident__
+# gRPC calls a servicer's methods by the proto's RPC names (tests/fixtures/otlp_receiver.py).
+_.Export

@@ -23,6 +23,7 @@ from mailstack.services.common.certificates import CertificateStore, parse_pairs
 from mailstack.services.common.config import Settings
 from mailstack.services.common.grpc_client import identity_for, open_channel
 from mailstack.services.common.listeners import ConnectionFactory, Listener, addresses, open_listener
+from mailstack.services.common.metrics import count_tls_handshake
 from mailstack.services.common.proxy_listener import stream_factory
 from mailstack.services.common.stream_connection import CLOSE_TIMEOUT
 from mailstack.services.common.tls import ensure_self_signed
@@ -91,7 +92,7 @@ class Frontend:
             raise
         self._started = True
         for description, address in self.listeners:
-            log.info("%s %s listening on %s", self.grpc_identity, description, address)
+            log.info("listening", extra={"service": self.grpc_identity, "listener": description, "address": address})
 
     async def open(self) -> None:
         """Build what the sessions share and open the listeners (with `listen`)."""
@@ -100,7 +101,8 @@ class Frontend:
     async def listen(self, description: str, port: int, implicit_tls: bool, factory: ConnectionFactory) -> None:
         """Open one listener; kept at once, so a failure part-way leaves stop() the ones to close."""
         context = self.tls_context if implicit_tls else None
-        self.servers.append((description, await open_listener(self.settings, factory, port, context)))
+        on_handshake = functools.partial(count_tls_handshake, self.grpc_identity)
+        self.servers.append((description, await open_listener(self.settings, factory, port, context, on_handshake)))
 
     async def stop(self, grace: float = 10.0) -> None:
         self.stopping = True

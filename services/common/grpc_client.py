@@ -120,7 +120,9 @@ def _explicit(settings: Settings, name: str, cert: str, key: str) -> Identity:
     identity = _read(name, Path(ca), Path(cert), Path(key))
     actual = internal_ca.certificate_name(identity.cert)
     if actual != name:  # a frontend given another's Secret: the mailstore will refuse its calls
-        log.warning("gRPC certificate %s names %r, not %r", cert, actual, name, extra={"identity": actual})
+        log.warning(
+            "gRPC certificate names another identity", extra={"certificate": cert, "identity": actual, "expected": name}
+        )
     return Identity(actual, identity.ca, identity.cert, identity.key)
 
 

@@ -266,7 +266,7 @@ async def _serve(
         done, _ = await asyncio.wait([stop_wait, *closed], return_when=asyncio.FIRST_COMPLETED)
         died = [closed[task] for task in done if task in closed]
         if died and not stop.is_set():
-            log.error("service %s stopped unexpectedly; shutting down", ", ".join(died))
+            log.error("service stopped unexpectedly; shutting down", extra={"services": died})
         readiness.stopping = True  # load balancers stop sending new clients while sessions drain
         await _stop_all(started)
         if died and not stop.is_set():
@@ -286,7 +286,7 @@ async def _stop_all(started: list[tuple[str, Service]]) -> None:
         results = await asyncio.gather(*(s.stop(grace) for _, s in group), return_exceptions=True)
         for (name, _), result in zip(group, results, strict=True):
             if isinstance(result, BaseException):
-                log.error("stopping %s failed: %r", name, result)
+                log.error("stopping a service failed", extra={"service": name, "error": repr(result)})
 
 
 def _install_signal_handlers(loop: asyncio.AbstractEventLoop, stop: asyncio.Event, out: TextIO) -> list[int]:

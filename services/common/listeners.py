@@ -27,16 +27,24 @@ class Listener(Protocol):
 
 
 async def open_listener(
-    settings: Settings, factory: ConnectionFactory, port: int, tls_context: ssl.SSLContext | None
+    settings: Settings,
+    factory: ConnectionFactory,
+    port: int,
+    tls_context: ssl.SSLContext | None,
+    on_handshake: Callable[[bool], None] | None = None,
 ) -> Listener:
-    """Listen on settings.bind:port; with TLS from the first byte when tls_context is given."""
-    if settings.proxy_protocol:  # the header comes before TLS on implicit-TLS ports
+    """Listen on settings.bind:port; with TLS from the first byte when tls_context is given (each
+    handshake's success or failure goes to on_handshake)."""
+    # Implicit TLS goes through ProxyListener (trusting no network when PROXY is off): asyncio's own
+    # server hides a failed handshake, which the TLS handshake metric must count.
+    if settings.proxy_protocol or tls_context is not None:  # the header comes before TLS on implicit-TLS ports
         proxied = ProxyListener(
             factory,
-            parse_networks(settings.proxy_trusted_networks),
+            parse_networks(settings.proxy_trusted_networks) if settings.proxy_protocol else (),
             settings.proxy_header_timeout,
             ssl_context=tls_context,
             ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT,
+            on_handshake=on_handshake,
         )
         await proxied.start(settings.bind, port, reuse_port=settings.reuse_port)
         return proxied
@@ -44,8 +52,6 @@ async def open_listener(
         lambda: factory(None),
         settings.bind,
         port,
-        ssl=tls_context,
-        ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT if tls_context else None,
         reuse_address=True,
         reuse_port=settings.reuse_port or None,
     )

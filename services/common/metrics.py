@@ -3,7 +3,8 @@
 Every metric of every service is defined here, so the list is in one place; a process that runs
 several services (`mailstack serve`) exposes them all on one endpoint. The endpoint (settings
 metrics_port, 0 = off) answers:
-  GET /metrics  the Prometheus text format
+  GET /metrics  prometheus_client's exposition: the Prometheus text format, or OpenMetrics when the
+                Accept header asks for it; gzip when Accept-Encoding allows; HEAD answers the headers
   GET /ready    200 once the services started (and, for frontends, the mailstore answers its
                 gRPC health check); 503 before, and from the moment shutdown begins
   GET /live     200 while the event loop runs. This server is on the loop that serves the mail
@@ -22,8 +23,13 @@ import threading
 import time
 import traceback
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from http import HTTPStatus
+from typing import Any
 
-from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram, Info, make_asgi_app
+
+from mailstack import __version__
 
 log = logging.getLogger("mailstack.metrics")
 
@@ -40,7 +46,21 @@ SMTP_AUTH_RESULTS = Counter(
     "Inbound sender authentication results (ADR 0033) by method (spf, dkim, dmarc, arc) and result",
     ["method", "result"],
 )
-SESSIONS = Gauge("mailstack_sessions", "Open client connections by protocol", ["protocol"])
+SESSIONS = Gauge("mailstack_sessions", "Open client connections (sessions) by protocol, now", ["protocol"])
+CONNECTIONS = Counter(
+    "mailstack_connections", "Client connections admitted, by protocol (the refused: connections_refused)", ["protocol"]
+)
+COMMANDS = Counter(
+    "mailstack_commands",
+    "Client commands by protocol, command and result (imap: ok/no/bad; pop3: ok/err; smtp: ok/temporary/permanent by"
+    " reply class; error: the command raised, e.g. the client left)",
+    ["protocol", "command", "result"],
+)
+TLS_HANDSHAKES = Counter(
+    "mailstack_tls_handshakes",
+    "TLS handshakes on the mail ports (implicit TLS and STARTTLS), by protocol and result (ok, failed)",
+    ["protocol", "result"],
+)
 COMMAND_SECONDS = Histogram(
     "mailstack_command_duration_seconds",
     "Time from a client command to its reply, by protocol and command",
@@ -114,6 +134,26 @@ OUTBOUND_QUEUE_DEPTH = Gauge(
     "mailstack_outbound_queue_depth",
     "Messages on the outbound queue with a recipient still pending (the whole queue, as this mailstore last saw it)",
 )
+OUTBOUND_QUEUE_OLDEST = Gauge(
+    "mailstack_outbound_queue_oldest_age_seconds",
+    "Age of the oldest message on the outbound queue with a recipient still pending (0: empty queue)",
+)
+DELIVERIES = Counter(
+    "mailstack_deliveries",
+    "Recipients of the mailstore's local deliveries (SMTP, submission, Send API, DSNs) by result: delivered,"
+    " over_quota, too_big_for_quota, unknown, invalid, not_local, temp_failure",
+    ["result"],
+)
+REDIS_UP = Gauge(
+    "mailstack_redis_up", "1 while the Redis of a store (events, quota) answers PING, else 0 (mailstore)", ["store"]
+)
+QUOTA_REPAIR_PENDING = Gauge(
+    "mailstack_quota_repair_pending",
+    "1 while this mailstore knows its quota counters missed a change and waits to recompute them (ADR 0016)",
+)
+BUILD_INFO = Info("mailstack_build", "The running mailstack: version")
+BUILD_INFO.info({"version": __version__})
+
 # The internal gRPC API's refusals (ADR 0009): reason unauthenticated or permission_denied.
 GRPC_REFUSALS = Counter("mailstack_grpc_refusals", "Internal gRPC calls refused, by reason", ["reason"])
 # The mail listeners' certificates (services/common/certificates.py); alerts fire days before expiry.
@@ -136,6 +176,18 @@ SPAM_FILTER_RESULTS = Counter(
 SPAM_FILTER_ERRORS = Counter(
     "mailstack_spam_filter_errors", "Spam filter calls that failed, by reason (timeout, connect, protocol)", ["reason"]
 )
+
+OTHER_COMMAND = "other"  # the label of a command name outside a protocol's fixed set
+
+
+def count_command(protocol: str, command: str, result: str) -> None:
+    """One answered command; `command` comes from the protocol's fixed set (else OTHER_COMMAND)."""
+    COMMANDS.labels(protocol, command, result).inc()
+
+
+def count_tls_handshake(protocol: str, ok: bool) -> None:
+    TLS_HANDSHAKES.labels(protocol, "ok" if ok else "failed").inc()
+
 
 READ_TIMEOUT = 10.0  # seconds for a scraper to send its request
 HEARTBEAT = 1.0  # seconds between the loop's heartbeats
@@ -200,7 +252,7 @@ class LoopHeartbeat:
 
 
 class MetricsServer:
-    """A small asyncio HTTP/1.0 server for /metrics, /ready and /live (one request per connection),
+    """A small asyncio HTTP/1.1 server for /metrics, /ready and /live (one request per connection),
     on the event loop of the services it reports on."""
 
     def __init__(self, host: str, port: int, ready: ReadyCheck) -> None:
@@ -219,7 +271,7 @@ class MetricsServer:
     async def start(self) -> None:
         self._server = await asyncio.start_server(self._handle, self.host, self.port, reuse_address=True)
         self.heartbeat.start()
-        log.info("metrics on http://%s/metrics", self.address)
+        log.info("metrics listening", extra={"address": self.address})
 
     async def stop(self) -> None:
         await self.heartbeat.stop()
@@ -231,16 +283,19 @@ class MetricsServer:
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), READ_TIMEOUT)
-            status, content_type, body = await self._answer(head)
+            method, response = await self._answer(head)
         except (TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError):
             writer.close()
             return
+        except Exception:  # a bug answering one request: that request fails, the endpoint stays
+            log.exception("metrics request failed")
+            method, response = "GET", _plain("500 Internal Server Error", "internal error\n")
+        status, headers, body = response
+        lines = [f"HTTP/1.1 {status}", *(f"{k}: {v}" for k, v in headers), f"Content-Length: {len(body)}"]
         try:
-            writer.write(
-                f"HTTP/1.0 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {len(body)}\r\n"
-                "Connection: close\r\n\r\n".encode()
-                + body
-            )
+            writer.write("\r\n".join([*lines, "Connection: close", "", ""]).encode("latin-1"))
+            if method != "HEAD":  # RFC 9110 §9.3.2: the GET's headers, no content
+                writer.write(body)
             await writer.drain()
         except ConnectionError:
             pass
@@ -249,28 +304,100 @@ class MetricsServer:
             with contextlib.suppress(Exception):
                 await writer.wait_closed()
 
-    async def _answer(self, head: bytes) -> tuple[str, str, bytes]:
+    async def _answer(self, head: bytes) -> tuple[str, Response]:
         if len(head) > MAX_REQUEST_HEAD:
-            return "431 Request Header Fields Too Large", "text/plain", b"too large\n"
-        method, _, rest = head.split(b"\r\n", 1)[0].decode("latin-1").partition(" ")
-        path = rest.split(" ", 1)[0].split("?", 1)[0]
-        if method not in ("GET", "HEAD"):
-            return "405 Method Not Allowed", "text/plain", b"GET only\n"
-        if path == "/metrics":
-            return "200 OK", CONTENT_TYPE_LATEST, generate_latest(REGISTRY)
-        if path == "/ready":
-            try:
-                ready = await self._ready()
-            except Exception:
-                log.exception("readiness check failed")
-                ready = False
-            if not ready:
-                return "503 Service Unavailable", "text/plain", b"not ready\n"
-            return "200 OK", "text/plain", b"ready\n"
-        if path in ("/live", "/healthz"):
+            return "GET", _plain("431 Request Header Fields Too Large", "too large\n")
+        request = parse_request(head)
+        if request.method not in ("GET", "HEAD"):
+            return "GET", _plain("405 Method Not Allowed", "GET only\n", [("Allow", "GET, HEAD")])
+        if request.path == "/metrics":
+            if not request.utf8:  # prometheus_client decodes the query and headers as UTF-8
+                return request.method, _plain("400 Bad Request", "query and headers must be UTF-8\n")
+            return request.method, await exposition(request)
+        if request.path == "/ready":
+            return request.method, await self._readiness()
+        if request.path in ("/live", "/healthz"):
             # Answered here, on the loop: a stuck loop does not answer at all (the probe times out).
             late = self.heartbeat.age()
             if late > LIVE_STALE:
-                return "503 Service Unavailable", "text/plain", f"event loop stalled {late:.0f} s\n".encode()
-            return "200 OK", "text/plain", b"ok\n"
-        return "404 Not Found", "text/plain", b"not found\n"
+                return request.method, _plain("503 Service Unavailable", f"event loop stalled {late:.0f} s\n")
+            return request.method, _plain("200 OK", "ok\n")
+        return request.method, _plain("404 Not Found", "not found\n")
+
+    async def _readiness(self) -> Response:
+        try:
+            ready = await self._ready()
+        except Exception:
+            log.exception("readiness check failed")
+            ready = False
+        if not ready:
+            return _plain("503 Service Unavailable", "not ready\n")
+        return _plain("200 OK", "ready\n")
+
+
+Response = tuple[str, list[tuple[str, str]], bytes]  # status line's tail, headers, body
+
+
+def _plain(status: str, text: str, headers: list[tuple[str, str]] | None = None) -> Response:
+    return status, [("Content-Type", "text/plain; charset=utf-8"), *(headers or [])], text.encode()
+
+
+@dataclass(frozen=True)
+class Request:
+    method: str
+    path: str
+    query: str
+    headers: list[tuple[bytes, bytes]]  # names lowercased, as ASGI has them
+
+    @property
+    def utf8(self) -> bool:
+        try:
+            self.query.encode("latin-1").decode()
+            for _, value in self.headers:
+                value.decode()
+        except UnicodeDecodeError:
+            return False
+        return True
+
+
+def parse_request(head: bytes) -> Request:
+    """The request line and header fields of an HTTP/1.x request head (RFC 9112 §3, §5)."""
+    first, *fields = head.decode("latin-1").split("\r\n")
+    method, _, rest = first.partition(" ")
+    target = rest.split(" ", 1)[0]
+    path, _, query = target.partition("?")
+    headers = []
+    for field in fields:
+        name, colon, value = field.partition(":")
+        if colon and name.strip():
+            headers.append((name.strip().lower().encode("latin-1"), value.strip().encode("latin-1")))
+    return Request(method, path, query, headers)
+
+
+_METRICS_APP = make_asgi_app(REGISTRY)
+
+
+async def exposition(request: Request) -> Response:
+    """/metrics by prometheus_client's own ASGI app: the text format or OpenMetrics as the Accept
+    header asks, gzip when Accept-Encoding allows it, `name[]=` filters."""
+    scope = {
+        "type": "http",
+        "method": "GET",
+        "path": request.path,
+        "query_string": request.query.encode("latin-1"),
+        "headers": request.headers,
+    }
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    await _METRICS_APP(scope, receive, send)
+    start = next(m for m in sent if m["type"] == "http.response.start")
+    body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+    headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in start["headers"]]
+    status = int(start["status"])
+    return f"{status} {HTTPStatus(status).phrase}", headers, body

@@ -72,12 +72,14 @@ class ProxyListener:
         header_timeout: float,
         ssl_context: ssl.SSLContext | None = None,
         ssl_handshake_timeout: float | None = None,
+        on_handshake: Callable[[bool], None] | None = None,
     ) -> None:
         self.factory = factory
         self.trusted = trusted
         self.header_timeout = header_timeout
         self.ssl_context = ssl_context
         self.ssl_handshake_timeout = ssl_handshake_timeout
+        self.on_handshake = on_handshake  # told whether each TLS handshake succeeded (a metric)
         self.sockets: list[socket.socket] = []
         self._accepting: list[asyncio.Task[None]] = []
         self._handshakes: set[asyncio.Task[None]] = set()
@@ -119,7 +121,7 @@ class ProxyListener:
             try:
                 sock, peer = await loop.sock_accept(listening)
             except OSError as e:  # e.g. EMFILE: keep the listener, slow down
-                log.warning("accept failed: %s", e)
+                log.warning("accept failed", extra={"error": str(e)})
                 await asyncio.sleep(0.1)
                 continue
             task = asyncio.create_task(self._start_connection(sock, (str(peer[0]), int(peer[1]))))
@@ -130,20 +132,29 @@ class ProxyListener:
         loop = asyncio.get_running_loop()
         sock.setblocking(False)
         address = peer
+        handshaking = False
         try:
             if is_trusted(peer[0], self.trusted):
                 source = await read_header(sock, self.header_timeout)
                 address = source or peer
                 log.debug("PROXY header from %s: client %s", peer[0], address[0])
+            handshaking = self.ssl_context is not None
             await loop.connect_accepted_socket(
                 lambda: self.factory(address),
                 sock,
                 ssl=self.ssl_context,
                 ssl_handshake_timeout=self.ssl_handshake_timeout if self.ssl_context else None,
             )
+            if handshaking and self.on_handshake is not None:
+                self.on_handshake(True)
         except (ProxyProtocolError, TimeoutError, OSError, ssl.SSLError) as e:
             # OSError covers ConnectionError; a trusted peer without a header is refused here
-            log.info("connection from %s closed: %s", peer[0], e or type(e).__name__)
+            if handshaking and self.on_handshake is not None:
+                self.on_handshake(False)
+            log.info(
+                "connection closed before the protocol",
+                extra={"remote_ip": peer[0], "error": str(e) or type(e).__name__},
+            )
             with contextlib.suppress(OSError):
                 sock.close()
         except asyncio.CancelledError:

@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import grpc
+from mailstack.services.common.telemetry import untraced
 from mailstack.v1 import mailstore_pb2 as pb
 from mailstack.v1 import mailstore_pb2_grpc as pbg
 
@@ -68,7 +69,8 @@ class SessionReporter:
         self._task = None
         with contextlib.suppress(grpc.RpcError, asyncio.TimeoutError):
             request = pb.ReportSessionsRequest(frontend=self.frontend, ttl_seconds=1.0)
-            await self._stub.ReportSessions(request, timeout=1.0)
+            with untraced():
+                await self._stub.ReportSessions(request, timeout=1.0)
 
     async def _run(self) -> None:
         while True:
@@ -91,7 +93,8 @@ class SessionReporter:
                 for s in live
             ],
         )
-        reply = await self._stub.ReportSessions(request, timeout=max(self._interval, 1.0))
+        with untraced():  # every few seconds from every frontend: not a trace anyone wants
+            reply = await self._stub.ReportSessions(request, timeout=max(self._interval, 1.0))
         closed = 0
         for session in live:
             if any(covered(session, order) for order in reply.kicks):

@@ -15,6 +15,8 @@ import ssl
 from typing import cast
 
 from mailstack.services.common.auth_log import local_ip_of
+from mailstack.services.common.metrics import count_tls_handshake
+from mailstack.services.common.span_attributes import Attributes, connection_attributes
 
 TLS_HANDSHAKE_TIMEOUT = 30.0
 CLOSE_TIMEOUT = 5.0
@@ -44,6 +46,8 @@ async def start_tls(
 
 class StreamConnection:
     """The parts of a client connection IMAP and POP3 share (their session.Connection protocols)."""
+
+    protocol = ""  # "imap", "pop3": the label of this connection's metrics
 
     def __init__(
         self,
@@ -77,6 +81,13 @@ class StreamConnection:
     def remote_ip(self) -> str:
         return self._remote_ip
 
+    def span_attributes(self, user: str) -> Attributes:
+        """What a protocol span says about this connection: client, user, TLS (span_attributes.py)."""
+        peer = self.writer.get_extra_info("peername")
+        # behind a PROXY balancer the peer is the balancer: its port is not the client's
+        port = int(peer[1]) if isinstance(peer, tuple) and len(peer) > 1 and peer[0] == self._remote_ip else None
+        return connection_attributes(self._remote_ip, port, self.writer.get_extra_info("ssl_object"), user)
+
     @property
     def local_ip(self) -> str:
         return self._local_ip
@@ -90,7 +101,12 @@ class StreamConnection:
         self.forget_pending()
         # The plaintext writer must stay referenced: dropping it would close the socket under TLS.
         self._plaintext = self.writer
-        self.reader, self.writer = await start_tls(self.writer, reply, self._tls_context, self._read_limit)
+        try:
+            self.reader, self.writer = await start_tls(self.writer, reply, self._tls_context, self._read_limit)
+        except (OSError, ssl.SSLError, TimeoutError):
+            count_tls_handshake(self.protocol, False)
+            raise
+        count_tls_handshake(self.protocol, True)
         self._tls = True
 
     async def close(self, wait: float = CLOSE_TIMEOUT) -> None:

@@ -16,6 +16,7 @@ import os
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 
+from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.sdk.resources import SERVICE_NAME, OTELResourceDetector, Resource
@@ -112,11 +113,29 @@ def setup_tracing(service: str, env: Mapping[str, str] | None = None) -> TracerP
             provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
             _exporting = True
             endpoint = env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or env.get("OTEL_EXPORTER_OTLP_ENDPOINT")
-            log.info("exporting traces over OTLP to %s", endpoint)
+            log.info("exporting traces over OTLP", extra={"endpoint": endpoint})
         trace.set_tracer_provider(provider)
     provider.add_span_processor(_Sinks())
     _provider = provider
     return provider
+
+
+# An unsampled parent: what runs under it records no span, and the ParentBased sampler of the process
+# called (the mailstore) follows the "not sampled" flag it receives with the call.
+_UNSAMPLED = trace.set_span_in_context(
+    trace.NonRecordingSpan(trace.SpanContext(trace_id=1, span_id=1, is_remote=False, trace_flags=trace.TraceFlags(0)))
+)
+
+
+@contextmanager
+def untraced() -> Iterator[None]:
+    """For routine calls nobody wants a trace of (an idle worker's queue polls, lease renewals): a
+    trace per call would bury the traces of the work itself."""
+    token = otel_context.attach(_UNSAMPLED)
+    try:
+        yield
+    finally:
+        otel_context.detach(token)
 
 
 def tracing_enabled() -> bool:

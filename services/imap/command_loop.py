@@ -5,9 +5,11 @@ RFC 9051 §7.5.1 allows after it, the tagged completion)."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 
 import grpc
+from mailstack.services.common.metrics import OTHER_COMMAND, count_command
 
 from . import telemetry
 from .commands.notify import deliver, wait_for_client
@@ -77,6 +79,7 @@ def _framing_answer(event: Event) -> bytes:
     assert isinstance(event, ParseError)
     if event.fatal:
         raise EndSession(event.message)
+    count_command("imap", OTHER_COMMAND, "bad")  # unknown, or not parsed: no trusted name to count it under
     return tagged(event.tag, "BAD", event.message) if event.tag else untagged_status("BAD", event.message)
 
 
@@ -93,10 +96,12 @@ async def execute(session: Session, command: Command) -> None:
     entry = COMMANDS.get(command.name)
     if entry is None or session.state not in entry.states:
         text = f"{command.name} not allowed in the {session.state.value} state"
+        count_command("imap", command.name if entry is not None else OTHER_COMMAND, "bad")
         await session.send(tagged(command.tag, "BAD", text))
         return
     reply: Reply | ImapError
-    with telemetry.command_span(command.name, command.uid):
+    attributes = functools.partial(session.conn.span_attributes, session.account)
+    with telemetry.command_span(command.name, command.uid, attributes) as done:
         try:
             if command.invalid_mailbox and command.name not in _NAME_CHECKED_BY_HANDLER:
                 reply = refuse_invalid_name(command)
@@ -107,10 +112,11 @@ async def execute(session: Session, command: Command) -> None:
         except grpc.RpcError as e:
             reply = from_grpc(e)
             if e.code() not in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.ALREADY_EXISTS):
-                log.info("%s failed: %s", command.name, e.code())
+                log.info("command failed", extra={"command": command.name, "grpc_code": e.code().name})
         if session.state == State.SELECTED and session.view is not None:
             await session.pending_updates(entry.always_refresh, command.uid or entry.expunge_during)
         await deliver(session, command.uid or entry.expunge_during)  # RFC 5465 §5: NOTIFY's news
+        done.status = reply.status or "OK"
         if reply.status:  # "" when the handler answered already (STARTTLS)
             session.untagged(tagged(command.tag, reply.status, reply.text, reply.code))
         await session.flush()

@@ -97,7 +97,7 @@ class Notifier:
             except asyncio.CancelledError:
                 raise
             except Exception as e:  # any failure of the source means: reconnect
-                log.debug("event source for %s failed: %r", account, e)
+                log.debug("event source failed", extra={"account": account, "error": repr(e)})
             delay = RETRY_SECONDS[min(attempt, len(RETRY_SECONDS) - 1)]
             attempt += 1
             await asyncio.sleep(delay)

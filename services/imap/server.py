@@ -45,6 +45,8 @@ WRITE_TIMEOUT = 300.0  # a client that stops reading is dropped
 class StreamConnection(BaseConnection):
     """One client connection over asyncio streams (implements session.Connection)."""
 
+    protocol = "imap"
+
     def __init__(
         self,
         reader: asyncio.StreamReader,
@@ -211,6 +213,7 @@ class ImapServer(StreamFrontend):
         session = Session(services, conn)
         self.sessions[task] = session
         telemetry.sessions_open += 1
+        telemetry.CONNECTIONS_ADMITTED.inc()
         try:
             await self._serve(session)
         finally:

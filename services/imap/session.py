@@ -18,6 +18,7 @@ import grpc
 from mailstack.services.common.auth_log import AuthResult, new_session_id, session_auth_event
 from mailstack.services.common.config import Settings
 from mailstack.services.common.read_ahead import ReadAhead, ReadAheadBudget
+from mailstack.services.common.span_attributes import Attributes
 from mailstack.storage.events.base import ChangeEvent
 from mailstack.v1 import mailstore_pb2_grpc as pbg
 
@@ -57,6 +58,7 @@ class Connection(Protocol):
     def remote_ip(self) -> str: ...
     @property
     def local_ip(self) -> str: ...
+    def span_attributes(self, user: str) -> Attributes: ...
     async def send(self, buffers: list[Buffer]) -> None:
         """Write the buffers in order, as they are (writelines: a body literal is not copied)."""
 

@@ -2,7 +2,7 @@
 
 One wrapper for every kind of store (the Stalwart way: shared concerns wrap any backend), so the
 backends stay free of telemetry: `instrumented(blobs, "blob")` turns each `await blobs.put(...)`
-into a span "blob.put" (while spans are collected) and an observation of
+into a span "blob.put" (inside a recorded span: an RPC's) and an observation of
 mailstack_storage_duration_seconds{store="blob", operation="put"}. Streaming reads (async
 generators) get a span from the first to the last chunk.
 Other attributes (flags such as `enforced_by_metadata`) pass through untouched.
@@ -22,6 +22,12 @@ from opentelemetry import trace
 
 T = TypeVar("T")
 tracer = trace.get_tracer("mailstack.storage")
+
+
+def _in_recorded_span() -> bool:
+    """Storage calls are traced as part of something (an RPC, a job): a span costs more than many a
+    metadata read, and a background loop's calls on their own would each export a trace of one span."""
+    return tracing_enabled() and trace.get_current_span().is_recording()
 
 
 def _is_failure(err: Exception) -> bool:
@@ -46,7 +52,7 @@ def _timed_call(method: Callable[..., Any], store: str, operation: str) -> Calla
             histogram.observe(time.perf_counter() - start)
 
     async def call(*args: Any, **kwargs: Any) -> Any:
-        if not tracing_enabled():  # a span costs more than many a metadata read: none when nobody collects
+        if not _in_recorded_span():
             return await timed(*args, **kwargs)
         with tracer.start_as_current_span(name):
             return await timed(*args, **kwargs)
@@ -61,7 +67,7 @@ def _timed_stream(method: Callable[..., AsyncIterator[Any]], store: str, operati
 
     async def stream(*args: Any, **kwargs: Any) -> AsyncIterator[Any]:
         # Not made current: the chunks are consumed by other code between our yields.
-        span = tracer.start_span(name) if tracing_enabled() else None
+        span = tracer.start_span(name) if _in_recorded_span() else None
         start = time.perf_counter()
         try:
             async for item in method(*args, **kwargs):

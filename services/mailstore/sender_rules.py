@@ -97,7 +97,7 @@ def header_senders(data: bytes) -> HeaderSenders:
 def refused(api: str, reason: str, who: str, why: str) -> None:
     """Log and count a refusal (api: send | submission; reason: sender | header | rate)."""
     SENDING_REFUSED.labels(api, reason).inc()
-    log.warning("sending refused api=%s reason=%s client=%s: %s", api, reason, who, why)
+    log.warning("sending refused", extra={"api": api, "reason": reason, "client": who, "detail": why})
 
 
 class SendingLimiter:

@@ -21,6 +21,7 @@ from mailstack.services.common.metrics import (
     OUTBOUND_DEFERRALS,
     OUTBOUND_DELIVERIES,
     OUTBOUND_QUEUE_DEPTH,
+    OUTBOUND_QUEUE_OLDEST,
     OUTBOUND_QUEUED,
     SEND_CALLS,
 )
@@ -112,6 +113,10 @@ class Sending:
         self._depth_task: asyncio.Task[None] | None = None
         self._depth_changed = asyncio.Event()
         self.deliver_local = core.delivery.deliver  # the server puts forwarding in front (issue 18)
+        self.oldest_pending: float | None = None  # when the oldest pending message was queued (the age gauge)
+
+    def _oldest_age(self) -> float:
+        return 0.0 if self.oldest_pending is None else max(0.0, time.time() - self.oldest_pending)
 
     @classmethod
     def open(cls, core: MailstoreCore) -> Sending:
@@ -121,6 +126,7 @@ class Sending:
         if self._expirer is None:
             self._expirer = asyncio.create_task(self._expire_forever(), name="outbound-expirer")
         if self._depth_task is None:
+            OUTBOUND_QUEUE_OLDEST.set_function(self._oldest_age)  # ages between reads of the queue
             self._depth_changed.set()
             self._depth_task = asyncio.create_task(self._track_depth_forever(), name="outbound-queue-depth")
 
@@ -379,8 +385,8 @@ class Sending:
             await self._save_sent(account or from_address, data)
         status = await self.queue.status(result.id)
         assert status is not None
-        log.info("send id=%s client=%s sender=<%s> local=%d remote=%d size=%d",
-                 result.id, client, sender, len(local), len(remote), len(data))  # fmt: skip
+        log.info("send", extra={"message_id": result.id, "client": client, "sender": f"<{sender}>",
+                                "local": len(local), "remote": len(remote), "size": len(data)})  # fmt: skip
         return SendResult(result.id, message_id, status, result.duplicate)
 
     async def _earlier_result(self, client: str, idempotency_key: str) -> SendResult | None:
@@ -486,8 +492,8 @@ class Sending:
             await self._bounce(status, ReportResult(False, bounced, []))
         if save_sent_copy:
             await self._save_sent(owner, data)
-        log.info("send id=%s client=%s sender=<%s> local=%d remote=0 size=%d",
-                 queue_id, client, sender, len(plan), len(data))  # fmt: skip
+        log.info("send", extra={"message_id": queue_id, "client": client, "sender": f"<{sender}>",
+                                "local": len(plan), "remote": 0, "size": len(data)})  # fmt: skip
         return SendResult(queue_id, message_id, status, False)
 
     async def _save_sent(self, account: str, data: bytes) -> None:
@@ -559,7 +565,7 @@ class Sending:
             await self._submit("dsn", "", f"MAILER-DAEMON@{self.settings.hostname}", [status.sender], report, "", "",
                                False)  # fmt: skip
         except Exception:
-            log.exception("bounce for %s to <%s> not sent", status.id, status.sender)
+            log.exception("bounce not sent", extra={"message_id": status.id, "sender": f"<{status.sender}>"})
 
     async def expire(self) -> int:
         now = time.time()
@@ -587,6 +593,7 @@ class Sending:
             self._depth_changed.clear()
             try:
                 OUTBOUND_QUEUE_DEPTH.set(await self.queue.queue_depth())
+                self.oldest_pending = await self.queue.oldest_pending()
             except Exception:
                 log.exception("outbound queue depth not read")
             await asyncio.sleep(DEPTH_EVERY)

@@ -24,6 +24,7 @@ from mailstack.services.common.internal_ca import SERVER
 from mailstack.services.mailstore.authz import AuthzInterceptor
 from mailstack.services.mailstore.core import MailstoreCore
 from mailstack.services.mailstore.forwarding import Forwarding
+from mailstack.services.mailstore.redis_probe import RedisProbe, redis_stores
 from mailstack.services.mailstore.send_servicer import OutboundServicer, SendAdminServicer, SenderServicer
 from mailstack.services.mailstore.sending import Sending
 from mailstack.services.mailstore.servicer import AdminServicer, MailstoreServicer
@@ -68,6 +69,7 @@ class MailstoreServer:
         self._address = ""
         self._send_address = ""
         self._lock: FolderLock | None = None
+        self._redis_probe = RedisProbe(redis_stores(settings))
 
     @property
     def address(self) -> str:
@@ -146,11 +148,13 @@ class MailstoreServer:
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
         self.core.start_background()
         sending.start_background()
-        log.info("mailstore listening on %s (internal, mTLS) and %s (Send API)", self._address, self._send_address)
+        self._redis_probe.start()
+        log.info("mailstore listening", extra={"address": self._address, "send_address": self._send_address})
 
     async def stop(self, grace: float = 5.0) -> None:
         """Stop accepting, let running calls finish for up to grace seconds, close the backends."""
         await self._health.enter_graceful_shutdown()
+        await self._redis_probe.stop()
         servers = [s for s in (self._server, self._send_server) if s is not None]
         await asyncio.gather(*(s.stop(grace) for s in servers))
         if self.sending is not None:

@@ -21,6 +21,7 @@ import grpc.aio
 from mailstack.services.common.config import Settings
 from mailstack.services.common.frontend import Frontend
 from mailstack.services.common.metrics import OUTBOUND_ATTEMPTS
+from mailstack.services.common.telemetry import untraced
 from mailstack.services.outbound.delivery import Attempt, Outcome, Smarthost, SmtpDelivery
 from mailstack.services.outbound.resolver import MxHost, ResolveError, Resolver, open_resolver
 from mailstack.v1 import send_pb2 as spb
@@ -72,7 +73,7 @@ class OutboundWorker(Frontend):
         assert self.channel is not None
         self._stub = spbg.OutboundStub(self.channel)
         self._loop_task = asyncio.create_task(self._run(), name="outbound-worker")
-        log.info("outbound worker %s started (resolver %s)", self.name, self.settings.outbound_resolver)
+        log.info("outbound worker started", extra={"worker": self.name, "resolver": self.settings.outbound_resolver})
 
     async def drain(self, grace: float) -> None:
         """No new leases; deliveries in flight may finish within grace (else their leases expire)."""
@@ -98,16 +99,19 @@ class OutboundWorker(Frontend):
             free = capacity - len(self._inflight)
             leased: list[spb.LeasedMessage] = []
             if free > 0:
+                # An idle worker polls every outbound_poll_ms: no trace per poll, on either side. Each
+                # leased message is a trace of its own ("outbound.deliver").
                 try:
-                    reply = await self._stub.LeaseOutbound(
-                        spb.LeaseOutboundRequest(
-                            worker=self.name, max_messages=free, lease_seconds=self.settings.outbound_lease_seconds
-                        ),
-                        timeout=RPC_TIMEOUT,
-                    )
+                    with untraced():
+                        reply = await self._stub.LeaseOutbound(
+                            spb.LeaseOutboundRequest(
+                                worker=self.name, max_messages=free, lease_seconds=self.settings.outbound_lease_seconds
+                            ),
+                            timeout=RPC_TIMEOUT,
+                        )
                     leased = list(reply.messages)
                 except grpc.aio.AioRpcError as err:
-                    log.warning("outbound lease failed: %s %s", err.code().name, err.details())
+                    log.warning("outbound lease failed", extra={"grpc_code": err.code().name, "detail": err.details()})
             for message in leased:
                 task = asyncio.create_task(self._deliver(message), name=f"outbound-{message.message_id}")
                 self._inflight.add(task)
@@ -128,6 +132,13 @@ class OutboundWorker(Frontend):
                 await waiter
 
     async def _deliver(self, message: spb.LeasedMessage) -> None:
+        with tracer.start_as_current_span(
+            "outbound.deliver",
+            attributes={"outbound.message_id": message.message_id, "outbound.attempt": message.attempt},
+        ):
+            await self._fetch_and_deliver(message)
+
+    async def _fetch_and_deliver(self, message: spb.LeasedMessage) -> None:
         assert self._stub is not None
         try:
             chunks = self._stub.FetchOutboundBody(
@@ -135,7 +146,9 @@ class OutboundWorker(Frontend):
             )
             data = b"".join([c.data async for c in chunks])
         except grpc.aio.AioRpcError as err:
-            log.warning("outbound %s: body not fetched: %s", message.message_id, err.code().name)
+            log.warning(
+                "outbound body not fetched", extra={"message_id": message.message_id, "grpc_code": err.code().name}
+            )
             return  # the lease expires and the message is tried again
         groups = [(group.domain, list(group.recipients)) for group in message.domains]
         results = await asyncio.gather(*(self._deliver_domain(message, d, r, data) for d, r in groups))
@@ -153,7 +166,10 @@ class OutboundWorker(Frontend):
             await self._stub.ReportOutbound(report, timeout=RPC_TIMEOUT)
         except grpc.aio.AioRpcError as err:
             # Lease lost or mailstore down: the message is tried again later (a possible duplicate).
-            log.warning("outbound %s: report failed: %s %s", message.message_id, err.code().name, err.details())
+            log.warning(
+                "outbound report failed",
+                extra={"message_id": message.message_id, "grpc_code": err.code().name, "detail": err.details()},
+            )
 
     async def _deliver_domain(
         self, message: spb.LeasedMessage, domain: str, recipients: list[str], data: bytes
@@ -175,7 +191,8 @@ class OutboundWorker(Frontend):
                 OUTBOUND_ATTEMPTS.labels(a.outcome).inc()
             span.set_attribute("outbound.outcomes", ",".join(sorted({a.outcome for a in attempts})))
         log.info(
-            "outbound id=%s domain=%s attempt=%d results=%s",
-            message.message_id, domain, message.attempt, "; ".join(f"{a.recipient}={a.reply}" for a in attempts),
+            "outbound attempt",
+            extra={"message_id": message.message_id, "domain": domain, "attempt": message.attempt,
+                   "results": {a.recipient: a.reply for a in attempts}},
         )  # fmt: skip
         return attempts

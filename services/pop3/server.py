@@ -38,6 +38,8 @@ class _ClientGone(Exception):
 class StreamConnection(BaseConnection):
     """One client connection over asyncio streams; implements session.Connection."""
 
+    protocol = "pop3"
+
     def __init__(
         self,
         reader: asyncio.StreamReader,

@@ -17,21 +17,26 @@ import os
 import socket
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable
-from typing import Protocol
+from typing import Protocol, cast
 
 from mailstack.services.common.auth_log import AuthResult, new_session_id, session_auth_event
 from mailstack.services.common.config import Settings
 from mailstack.services.common.metrics import (
     COMMAND_SECONDS,
+    CONNECTIONS,
+    OTHER_COMMAND,
     POP3_DELETED,
     POP3_READ_AHEAD_BYTES,
     POP3_RETRIEVED,
     SESSIONS,
+    count_command,
 )
 from mailstack.services.common.read_ahead import ReadAhead, ReadAheadBudget
-from mailstack.services.common.telemetry import tracing_enabled
+from mailstack.services.common.span_attributes import Attributes
+from mailstack.services.common.telemetry import tracing_enabled, untraced
 from mailstack.v1 import mailstore_pb2 as pb
 from opentelemetry import trace
+from opentelemetry.trace import SpanKind
 from prometheus_client import Histogram
 
 from .mailstore import AuthFailed, AuthThrottled, Lease, MailstoreError, MessageGone, Pop3Mailstore, Snapshot
@@ -41,6 +46,7 @@ from .read_ahead import MAX_MESSAGES, PER_SESSION
 log = logging.getLogger("mailstack.pop3")
 tracer = trace.get_tracer("mailstack.pop3")
 OPEN_SESSIONS = SESSIONS.labels("pop3")
+CONNECTIONS_ADMITTED = CONNECTIONS.labels("pop3")
 
 IMPLEMENTATION = "mailstack"
 LEASE_PREFIX = "pop3:"  # the maildrop lock of an account is the lease "pop3:<account>"
@@ -94,7 +100,29 @@ def read_ahead_budget(settings: Settings) -> ReadAheadBudget:
     return ReadAheadBudget(settings.pop3_read_ahead_bytes, POP3_READ_AHEAD_BYTES.set)
 
 
-@functools.cache  # one histogram child per command name (bounded: KNOWN_COMMANDS and UNKNOWN)
+class _ReplyWatch:
+    """The connection, noting how each command's first reply begins (+OK or -ERR: the metric's result)."""
+
+    def __init__(self, conn: Connection) -> None:
+        self._conn = conn
+        self.first = b""  # reset before each command
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._conn, name)
+
+    async def send(self, data: bytes) -> None:
+        if not self.first:
+            self.first = data[:4]
+        await self._conn.send(data)
+
+    async def start_tls(self, reply: bytes) -> None:
+        """STLS: the +OK goes out from the connection itself, right before the handshake."""
+        if not self.first:
+            self.first = reply[:4]
+        await self._conn.start_tls(reply)
+
+
+@functools.cache  # one histogram child per command name (bounded: KNOWN_COMMANDS and OTHER_COMMAND)
 def _command_seconds(label: str) -> Histogram:
     return COMMAND_SECONDS.labels("pop3", label)
 
@@ -132,7 +160,8 @@ class Pop3Session:
         self.settings = settings
         self._budget = read_ahead if read_ahead is not None else read_ahead_budget(settings)
         self.mailstore = mailstore
-        self.conn = connection
+        self._replies = _ReplyWatch(connection)
+        self.conn = cast(Connection, self._replies)
         self.state = State.AUTHORIZATION
         self.account = ""
         self.logged_in_at = 0.0  # unix time the maildrop was opened, for `mailstack who`
@@ -150,6 +179,7 @@ class Pop3Session:
         self._lease_held = False
         self._closed = False
         OPEN_SESSIONS.inc()
+        CONNECTIONS_ADMITTED.inc()
 
     # ------------------------------------------------------------------ plumbing
 
@@ -164,15 +194,26 @@ class Pop3Session:
     async def handle(self, command: Command) -> bool:
         """Answer one command; True when the connection is to be closed."""
         # Unknown commands share one label: clients must not be able to grow the metric without bound.
-        label = command.name if command.name in KNOWN_COMMANDS else "UNKNOWN"
+        label = command.name if command.name in KNOWN_COMMANDS else OTHER_COMMAND
+        self._replies.first = b""
         start = time.perf_counter()
         try:
             if not tracing_enabled():  # no span nobody collects (RETR is the hot path)
                 return await self._dispatch(command)
-            with tracer.start_as_current_span(f"POP3 {label}", attributes={"pop3.state": self.state.value}):
+            attributes = self._span_attributes()
+            with tracer.start_as_current_span(f"POP3 {label}", kind=SpanKind.SERVER, attributes=attributes):
                 return await self._dispatch(command)
         finally:
             _command_seconds(label).observe(time.perf_counter() - start)
+            first = self._replies.first
+            count_command("pop3", label, "ok" if first.startswith(b"+OK") else "err" if first == b"-ERR" else "error")
+
+    def _span_attributes(self) -> Attributes:
+        attributes: Attributes = {"pop3.state": self.state.value}
+        span_attributes = getattr(self._replies, "span_attributes", None)  # a test's connection may lack it
+        if span_attributes is not None:
+            attributes.update(span_attributes(self.account))
+        return attributes
 
     async def _dispatch(self, command: Command) -> bool:
         if command.name not in KNOWN_COMMANDS:
@@ -214,18 +255,23 @@ class Pop3Session:
             try:
                 await self.mailstore.release_lease(self.lease_name, self.holder)
             except MailstoreError as e:
-                log.warning("lease %s not released (it expires by itself): %s", self.lease_name, e)
+                log.warning("maildrop lease not released (it expires by itself)", extra={"lease": self.lease_name,
+                                                                                         "error": str(e)})  # fmt: skip
 
     async def _renew_lease(self) -> None:
         ttl = self.settings.pop3_lease_ttl
         while True:
             await asyncio.sleep(ttl / 3)
             try:
-                if not await self.mailstore.acquire_lease(self.lease_name, self.holder, ttl):
-                    log.warning("maildrop lock %s was taken over; this session keeps no lock", self.lease_name)
+                with untraced():  # a renewal every ttl/3 while the session lasts: not part of any command's trace
+                    renewed = await self.mailstore.acquire_lease(self.lease_name, self.holder, ttl)
+                if not renewed:
+                    log.warning(
+                        "maildrop lock taken over; this session keeps no lock", extra={"lease": self.lease_name}
+                    )
                     return
             except MailstoreError as e:
-                log.warning("lease %s not renewed, retrying: %s", self.lease_name, e)
+                log.warning("maildrop lease not renewed, retrying", extra={"lease": self.lease_name, "error": str(e)})
 
     # ------------------------------------------------------------------ AUTHORIZATION
 
@@ -521,7 +567,7 @@ class Pop3Session:
                             pending = data
             except (MessageGone, MailstoreError) as e:
                 await self.conn.send(pending)
-                log.warning("body stream for %s broke after +OK: %s", self.account, e)
+                log.warning("body stream broke after +OK", extra={"account": self.account, "error": str(e)})
                 return False
             await self.conn.send(pending + stuffer.finish())
             return True

@@ -26,6 +26,7 @@ from mailstack.services.common.auth_log import auth_event, local_ip_of
 from mailstack.services.common.config import Settings
 from mailstack.services.common.grpc_client import error_detail
 from mailstack.services.common.metrics import SMTP_MESSAGES
+from mailstack.services.common.span_attributes import Attributes, connection_attributes
 from mailstack.services.smtp import replies, rspamd_protocol
 from mailstack.services.smtp.inflight import InflightBudget
 from mailstack.services.smtp.received import trace_headers, with_protocol
@@ -101,6 +102,20 @@ def _client_ip(session: Session) -> str:
     if isinstance(peer, tuple) and peer:
         return str(peer[0])
     return str(peer or "")
+
+
+def _grpc_fields(err: grpc.aio.AioRpcError) -> dict[str, str]:
+    """The log fields of a failed mailstore call."""
+    return {"grpc_code": err.code().name, "detail": err.details() or ""}
+
+
+def _connection_attributes(server: SmtpProtocol, session: Session) -> Attributes:
+    peer = session.peer
+    port = int(peer[1]) if isinstance(peer, tuple) and len(peer) > 1 else None
+    transport = server.transport
+    ssl_object = transport.get_extra_info("ssl_object") if transport is not None else None
+    user = str(session.auth_data) if session.authenticated else ""
+    return connection_attributes(_client_ip(session), port, ssl_object, user)
 
 
 class SmtpHandler:
@@ -209,7 +224,7 @@ class SmtpHandler:
                 return AuthResult(
                     success=False, handled=False, message=replies.AUTH_TOO_MANY if throttled else replies.AUTH_FAILED
                 )
-            log.warning("smtp auth: mailstore error %s", err.code().name)
+            log.warning("smtp AUTH: mailstore error", extra=_grpc_fields(err))
             return AuthResult(success=False, handled=False, message=replies.AUTH_TEMP_FAILURE)
         server.auth_method = method
         self._auth_event(server, "ok", reply.account, method)
@@ -235,7 +250,7 @@ class SmtpHandler:
                     timeout=RPC_TIMEOUT,
                 )
             except grpc.aio.AioRpcError as err:
-                log.warning("smtp MAIL: mailstore error %s", err.code().name)
+                log.warning("smtp MAIL: mailstore error", extra=_grpc_fields(err))
                 return replies.TEMP_FAILURE
             if not reply.allowed:
                 count("rejected", "sender_not_owned")
@@ -288,7 +303,7 @@ class SmtpHandler:
         try:
             reply = await self.stub.ResolveRecipient(request, timeout=RPC_TIMEOUT)
         except grpc.aio.AioRpcError as err:
-            log.warning("smtp RCPT: mailstore error %s", err.code().name)
+            log.warning("smtp RCPT: mailstore error", extra=_grpc_fields(err))
             return None
         if reply.status == pb.RECIPIENT_LOCAL:
             self.recipients.remember_local(address, size)
@@ -307,6 +322,7 @@ class SmtpHandler:
             kind=trace.SpanKind.SERVER,
             attributes={"smtp.queue_id": queue_id, "smtp.recipients": len(recipients), "smtp.size": len(content)},
         ) as span:
+            span.set_attributes(_connection_attributes(server, session))
             protocol = self.trace_protocol(server, session)
             header = trace_headers(
                 sender=sender,
@@ -386,7 +402,7 @@ class SmtpHandler:
                 return replies.MAILBOX_FULL, "over_quota"
             # Anything else (mailstore down, storage down, a bug): the sender keeps the message and retries.
             self.recipients.clear()  # and RCPT asks the mailstore again rather than accept from the cache
-            log.warning("smtp DATA queue_id=%s: mailstore error %s %s", queue_id, err.code().name, err.details())
+            log.warning("smtp DATA: mailstore error", extra={"queue_id": queue_id, **_grpc_fields(err)})
             return replies.TEMP_FAILURE, "storage_unavailable"
         results = list(response.results)
         for result in results:
@@ -413,13 +429,15 @@ class SmtpHandler:
             if err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and reason == pb.TOO_BIG:
                 return replies.TOO_BIG, "too_big"
             if err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and reason == pb.NOT_ALLOWED:
-                log.info("smtp DATA queue_id=%s account=%s: %s", queue_id, account, err.details())
+                log.info("smtp DATA: rate limited", extra={"queue_id": queue_id, "account": account,
+                                                           "detail": err.details()})  # fmt: skip
                 return replies.RATE_LIMITED, "rate_limited"
             # The message's sender refused (a refusal of this frontend's own identity has no NOT_ALLOWED).
             if err.code() == grpc.StatusCode.PERMISSION_DENIED and reason == pb.NOT_ALLOWED:
-                log.info("smtp DATA queue_id=%s account=%s: %s", queue_id, account, err.details())
+                log.info("smtp DATA: sender refused", extra={"queue_id": queue_id, "account": account,
+                                                             "detail": err.details()})  # fmt: skip
                 return replies.header_sender_refused(err.details() or ""), "sender_not_owned"
-            log.warning("smtp DATA queue_id=%s: submit failed %s %s", queue_id, err.code().name, err.details())
+            log.warning("smtp DATA: submit failed", extra={"queue_id": queue_id, **_grpc_fields(err)})
             return replies.TEMP_FAILURE, "storage_unavailable"
         # Stored or queued: ours now; a local failure after RCPT gets a DSN from the mailstore.
         return replies.queued(response.message_id), "queued"

@@ -27,7 +27,14 @@ from aiosmtpd.smtp import SMTP, syntax
 from mailstack.services.common.auth_log import connection_refused, local_ip_of, new_session_id
 from mailstack.services.common.config import Settings
 from mailstack.services.common.connection_limits import ConnectionLimiter
-from mailstack.services.common.metrics import COMMAND_SECONDS, SESSIONS
+from mailstack.services.common.metrics import (
+    COMMAND_SECONDS,
+    CONNECTIONS,
+    OTHER_COMMAND,
+    SESSIONS,
+    count_command,
+    count_tls_handshake,
+)
 from mailstack.services.smtp import replies
 from mailstack.services.smtp.data import DataProblem, check_lines, read_chunk, read_data
 from mailstack.services.smtp.handler import SmtpHandler, count
@@ -44,6 +51,7 @@ _PROBLEM_REPLIES = {
 
 
 _OPEN_SESSIONS = SESSIONS.labels("smtp")
+_CONNECTIONS = CONNECTIONS.labels("smtp")
 
 
 _TIMED: dict[tuple[type, str], Callable[[Any, str], Awaitable[None]]] = {}
@@ -63,13 +71,26 @@ def _timed_method(method: Callable[[Any, str], Awaitable[None]], command: str) -
 
     @functools.wraps(method)  # keeps the docstring and @syntax attributes that HELP reads
     async def timed(self: Any, arg: str) -> None:
+        self.last_reply = ""
+        self.in_command = True
+        result = "error"  # unless the command returns (a dropped client, a failed STARTTLS handshake)
         start = time.perf_counter()
         try:
             await method(self, arg)
+            result = reply_result(self.last_reply)
         finally:
+            self.in_command = False
             histogram.observe(time.perf_counter() - start)
+            count_command("smtp", command, result)
+            if command == "STARTTLS" and self.last_reply == "220":  # the handshake followed the 220
+                count_tls_handshake("smtp", result == "ok")
 
     return timed
+
+
+def reply_result(code: str) -> str:
+    """A command's result label from its last reply code (RFC 5321 §4.2.1: the first digit)."""
+    return {"2": "ok", "3": "ok", "4": "temporary", "5": "permanent"}.get(code[:1], "error")
 
 
 _NAMES: dict[type, list[str]] = {}
@@ -137,6 +158,8 @@ class SmtpProtocol(SMTP):
         self.in_data = False
         self._greeted = False
         self._helo_reply = False
+        self.last_reply = ""  # the code of the last reply sent (a command's result in the metrics)
+        self.in_command = False  # inside a command method (else a reply is aiosmtpd's own refusal)
 
     def _reset_timeout(self, duration: float | None = None) -> None:
         # aiosmtpd cancels and re-creates a timer on every command and, through read_data, on
@@ -185,6 +208,7 @@ class SmtpProtocol(SMTP):
             self.admitted = True
             self.sessions.add(self)
             _OPEN_SESSIONS.inc()
+            _CONNECTIONS.inc()
         super().connection_made(transport)
         if self.client_address is not None and self.session is not None:
             # aiosmtpd took the balancer's address (again after STARTTLS); it annotates peer as str
@@ -219,6 +243,11 @@ class SmtpProtocol(SMTP):
     # ---------------------------------------------------------------- replies
 
     async def push(self, status: AnyStr) -> None:
+        self.last_reply = status[:3] if isinstance(status, str) else status[:3].decode("ascii", "replace")
+        if self._greeted and not self.in_command:
+            # aiosmtpd refused the line before any command method ran (unknown command, line too
+            # long, not ASCII): counted under one label, whatever the client sent.
+            count_command("smtp", OTHER_COMMAND, reply_result(self.last_reply))
         if isinstance(status, str):
             if not self._greeted:
                 self._greeted = True  # the greeting has no enhanced code

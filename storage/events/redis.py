@@ -179,7 +179,9 @@ class RedisEventBus:
                 delay = self._backoff_min
                 await self._read(conn)
             except REDIS_DOWN_ERRORS as e:
-                log.warning("event bus: Redis connection lost (%s); retrying in %.1fs", e, delay)
+                log.warning(
+                    "event bus: Redis connection lost; retrying", extra={"error": str(e), "retry_seconds": delay}
+                )
             except Exception:
                 log.exception("event bus: unexpected error on the pub/sub connection; retrying in %.1fs", delay)
             finally:
@@ -219,7 +221,7 @@ class RedisEventBus:
             try:
                 event = ChangeEvent.from_json(message[2])
             except (ValueError, KeyError, TypeError):
-                log.warning("event bus: ignoring a malformed event on %s", name)
+                log.warning("event bus: ignoring a malformed event", extra={"channel": name})
                 return
             for sub in list(channel.subscribers):
                 sub.deliver(event)

@@ -123,6 +123,10 @@ class QueueStore(Protocol):
 
     async def queue_depth(self) -> int: ...
 
+    async def oldest_pending(self) -> float | None:
+        """When the oldest message with a recipient still pending was queued; None for an empty queue."""
+        ...
+
 
 @dataclass(frozen=True, slots=True)
 class TokenRecord:

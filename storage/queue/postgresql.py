@@ -245,6 +245,12 @@ class PostgresQueueStore:
         )
         return int(count)
 
+    async def oldest_pending(self) -> float | None:
+        oldest = await self._db.run_read(
+            lambda conn: conn.fetchval("SELECT MIN(created) FROM outbound_messages WHERE NOT done")
+        )
+        return None if oldest is None else float(oldest)
+
     # ---- tokens
 
     async def create_token(self, record: TokenRecord, token_hash: str) -> None:

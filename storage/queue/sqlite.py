@@ -238,6 +238,10 @@ class SqliteQueueStore:
         row = await self._db._read(lambda conn: _one(conn, "SELECT COUNT(*) FROM outbound_messages WHERE done = 0"))
         return int(row[0])
 
+    async def oldest_pending(self) -> float | None:
+        row = await self._db._read(lambda conn: _one(conn, "SELECT MIN(created) FROM outbound_messages WHERE done = 0"))
+        return None if row is None or row[0] is None else float(row[0])
+
     # ---- tokens
 
     async def create_token(self, record: TokenRecord, token_hash: str) -> None:

@@ -126,6 +126,18 @@ class QueueStoreContract:
         assert not await metadata.blob_referenced("blob-old") and await metadata.blob_referenced("blob-new")
         assert await queue.queue_depth() == 1
 
+    async def test_oldest_pending_is_the_first_message_still_to_deliver(self, stores: Stores) -> None:
+        _, queue = stores
+        assert await queue.oldest_pending() is None
+        await queue.enqueue(item("first", "x@one.test"), T0)
+        await queue.enqueue(item("second", "y@one.test"), T0 + 30)
+        assert await queue.oldest_pending() == T0
+        # the first delivered: the second is the oldest still to deliver
+        leased = {m.id for m in await queue.lease_next("w", 60, T0 + 40, 10)}
+        assert "first" in leased
+        assert (await queue.report("first", "w", [RecipientOutcome("x@one.test", "delivered")], T0 + 41)).done
+        assert await queue.oldest_pending() == T0 + 30
+
     async def test_local_only_messages_are_recorded_done_without_a_blob_reference(self, stores: Stores) -> None:
         metadata, queue = stores
         local = NewOutbound("m1", "a@example.test", "blob-m1", 10, [NewRecipient("b@example.test", True, "delivered")])

@@ -13,6 +13,7 @@ import pytest
 from mailstack.services.common.metrics import MetricsServer
 from mailstack.services.common.telemetry import recorded_spans
 from mailstack.v1 import send_pb2 as spb
+from opentelemetry.trace import SpanKind
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.e2e.outbound_support import ALICE, ScriptedMx, outbound_stack, scripted_mx, structured
@@ -65,7 +66,8 @@ async def test_metrics_count_a_deferral_a_delivery_and_a_bounce(tmp_path: Path) 
                 await stack.wait_status(second.message_id, lambda s: s.recipients[0].state == spb.DELIVERY_BOUNCED)
                 await wait_depth(metrics.address, 0)
                 after = await asyncio.to_thread(scrape, metrics.address)
-            spans = [s for s in exporter.get_finished_spans() if s.name == "outbound.attempt"]
+            every_span = list(exporter.get_finished_spans())
+            spans = [s for s in every_span if s.name == "outbound.attempt"]
     finally:
         await metrics.stop()
 
@@ -92,3 +94,12 @@ async def test_metrics_count_a_deferral_a_delivery_and_a_bounce(tmp_path: Path) 
     by_message = {s.attributes["outbound.message_id"] for s in spans if s.attributes}
     assert by_message == {first.message_id, second.message_id}
     assert all(s.attributes and s.attributes["outbound.domain"] == "remote.test" for s in spans)
+    # Each leased message is a trace of its own: outbound.deliver, its body fetch, attempts and report.
+    delivers = {s.context.span_id: s for s in every_span if s.name == "outbound.deliver" and s.context}
+    assert len(delivers) == 3 and all(s.parent is None for s in delivers.values())  # 451, retry, 550
+    assert all(s.parent is not None and s.parent.span_id in delivers for s in spans)
+    for rpc in ("/mailstack.v1.Outbound/FetchOutboundBody", "/mailstack.v1.Outbound/ReportOutbound"):
+        calls = [s for s in every_span if s.name == rpc and s.kind == SpanKind.CLIENT]
+        assert len(calls) == 3 and {s.parent.span_id for s in calls if s.parent} == set(delivers), rpc
+    # The queue polls (many: one per outbound_poll_ms) are never traced, on either side.
+    assert not [s for s in every_span if s.name.endswith("/LeaseOutbound") or s.name == "queue.lease_next"]

@@ -21,8 +21,10 @@ from mailstack.services.common.lifecycle import run_services
 from mailstack.services.common.logs import JsonFormatter
 from mailstack.services.common.telemetry import recorded_spans
 from mailstack.services.imap.server import ImapServer
+from mailstack.services.pop3.server import Pop3Server
 from mailstack.v1 import mailstore_pb2 as pb
 from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.trace import SpanKind
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.e2e.smtp_support import ALICE, smtp_stack
@@ -31,8 +33,8 @@ from tests.fixtures.mailstore import deliver, free_port, open_client, running_ma
 MESSAGE = b"From: bob@remote.test\r\nTo: alice@example.test\r\nSubject: traced\r\n\r\nfollow me\r\n"
 
 
-def one(spans: list[ReadableSpan], name: str, prefix: bool = False) -> ReadableSpan:
-    found = [s for s in spans if s.name.startswith(name) if prefix or s.name == name]
+def one(spans: list[ReadableSpan], name: str, prefix: bool = False, kind: SpanKind | None = None) -> ReadableSpan:
+    found = [s for s in spans if s.name.startswith(name) if prefix or s.name == name if kind in (None, s.kind)]
     assert len(found) == 1, f"{name}: {len(found)} spans among {sorted(s.name for s in spans)}"
     return found[0]
 
@@ -74,12 +76,15 @@ async def test_smtp_delivery_is_one_trace_into_blob_write_and_event_publish(tmp_
         spans = list(exporter.get_finished_spans())
 
     transaction = one(spans, "smtp.transaction")
-    deliver_rpc = one(spans, "mailstack.v1.Mailstore/Deliver")
-    assert transaction.context is not None and deliver_rpc.context is not None
+    deliver_call = one(spans, "/mailstack.v1.Mailstore/Deliver", kind=SpanKind.CLIENT)
+    deliver_rpc = one(spans, "/mailstack.v1.Mailstore/Deliver", kind=SpanKind.SERVER)
+    assert transaction.context is not None and deliver_rpc.context is not None and deliver_call.context is not None
     trace_id = transaction.context.trace_id
-    # The mailstore's server span continues the SMTP transaction's trace across gRPC.
-    assert deliver_rpc.context.trace_id == trace_id
-    assert parent_id(deliver_rpc) == transaction.context.span_id
+    # The frontend's client span is the transaction's child; the mailstore's server span continues
+    # it across gRPC (a remote parent), so the time between the two is visible.
+    assert deliver_rpc.context.trace_id == deliver_call.context.trace_id == trace_id
+    assert parent_id(deliver_call) == transaction.context.span_id
+    assert parent_id(deliver_rpc) == deliver_call.context.span_id
     assert deliver_rpc.parent is not None and deliver_rpc.parent.is_remote
     # Blob first, then the metadata transaction, then the event: all under the Deliver RPC.
     assert {"blob.put", "metadata.deliver", "events.publish"} <= children(spans, deliver_rpc)
@@ -124,10 +129,17 @@ async def test_imap_fetch_trace_reaches_the_blob_read(tmp_path: Path) -> None:
 
     fetch = one(spans, "IMAP FETCH")
     # FETCH reads bodies with FetchBodies (several messages per call) or FetchBody (one).
-    body_rpc = one(spans, "mailstack.v1.Mailstore/FetchBod", prefix=True)
+    body_call = one(spans, "/mailstack.v1.Mailstore/FetchBod", prefix=True, kind=SpanKind.CLIENT)
+    body_rpc = one(spans, "/mailstack.v1.Mailstore/FetchBod", prefix=True, kind=SpanKind.SERVER)
     blob_get = one(spans, "blob.get")
     assert fetch.context is not None and body_rpc.context is not None and blob_get.context is not None
-    assert parent_id(body_rpc) == fetch.context.span_id
+    assert body_call.context is not None
+    assert parent_id(body_call) == fetch.context.span_id
+    assert parent_id(body_rpc) == body_call.context.span_id
+    # The IMAP span names the client, the user and whether TLS is on (semantic-convention names).
+    attributes = dict(fetch.attributes or {})
+    assert attributes["client.address"] == "127.0.0.1" and attributes["enduser.id"] == ALICE
+    assert attributes["tls.established"] is False and isinstance(attributes["client.port"], int)
     assert parent_id(blob_get) == body_rpc.context.span_id
     assert {fetch.context.trace_id, body_rpc.context.trace_id, blob_get.context.trace_id} == {fetch.context.trace_id}
 
@@ -224,3 +236,39 @@ async def test_frontend_is_not_ready_while_the_mailstore_is_unreachable(tmp_path
     finally:
         stop.set()
         await asyncio.wait_for(task, 30)
+
+
+async def test_pop3_commands_are_spans_and_lease_renewals_are_not(tmp_path: Path) -> None:
+    # A lease of 1 s is renewed every third of a second while the session lasts.
+    settings = settings_for(tmp_path, pop3_port=0, pop3s_port=0, allow_plaintext_auth=True, pop3_lease_ttl=1)
+    with recorded_spans() as exporter:
+        async with running_mailstore(settings) as (mailstore, client):
+            await client.admin.CreateAccount(pb.CreateAccountRequest(name=ALICE, password="pw-alice-1"))
+            await deliver(client, [ALICE], MESSAGE)
+            pop3 = Pop3Server(settings.replace(mailstore_addr=mailstore.address))
+            await pop3.start()
+            try:
+                port = int(pop3.listeners[0][1].rsplit(":", 1)[1])
+                reader, writer = await asyncio.open_connection("127.0.0.1", port)
+                assert (await reader.readline()).startswith(b"+OK")
+                for command in (b"USER alice@example.test", b"PASS pw-alice-1", b"STAT"):
+                    writer.write(command + b"\r\n")
+                    assert (await reader.readline()).startswith(b"+OK"), command
+                    if command == b"PASS pw-alice-1":
+                        await asyncio.sleep(1.5)  # four renewals or so
+                writer.write(b"QUIT\r\n")
+                assert (await reader.readline()).startswith(b"+OK")
+                writer.close()
+                await writer.wait_closed()
+            finally:
+                await pop3.stop(1.0)
+        spans = list(exporter.get_finished_spans())
+
+    # The lease comes with the login (PASS's Login call); its renewals are no one's trace.
+    login = one(spans, "/mailstack.v1.Mailstore/Authenticate", kind=SpanKind.CLIENT)
+    login_rpc = one(spans, "/mailstack.v1.Mailstore/Authenticate", kind=SpanKind.SERVER)
+    assert parent_id(login) == one(spans, "POP3 PASS").context.span_id
+    assert parent_id(one(spans, "metadata.acquire_lease")) == login_rpc.context.span_id
+    assert not [s for s in spans if s.name.endswith("/AcquireLease")]
+    stat = dict(one(spans, "POP3 STAT").attributes or {})
+    assert stat["client.address"] == "127.0.0.1" and stat["enduser.id"] == ALICE and stat["tls.established"] is False

@@ -85,4 +85,5 @@ async def _withdraw(session: Session, mailbox: str, uids: list[int]) -> None:
         await session.mailstore.store_flags(mailbox, uids, "+", ["\\Deleted"])
         await session.mailstore.expunge(mailbox, uids)
     except grpc.RpcError as e:  # the original failure is the answer; these stay (logged)
-        log.warning("APPEND: %d messages of a failed MULTIAPPEND not withdrawn: %s", len(uids), e.code())
+        fields = {"count": len(uids), "grpc_code": e.code().name}
+        log.warning("APPEND: messages of a failed MULTIAPPEND not withdrawn", extra=fields)

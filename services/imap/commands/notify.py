@@ -94,7 +94,7 @@ async def deliver(session: Session, allow_expunge: bool | None = None) -> None:
     try:
         await _deliver(session, state, allow_expunge)
     except grpc.RpcError as e:
-        log.info("NOTIFY delivery failed: %s", e.code())
+        log.info("NOTIFY delivery failed", extra={"grpc_code": e.code().name})
 
 
 async def _deliver(session: Session, state: NotifyState, allow_expunge: bool | None) -> None:

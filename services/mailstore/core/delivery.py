@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 from mailstack.message import mime, names
 from mailstack.message.line_endings import to_crlf
 from mailstack.services.common.config import Settings
+from mailstack.services.common.metrics import DELIVERIES
 from mailstack.services.mailstore.core import subaddress
 from mailstack.services.mailstore.core.changes import normalize_flags
 from mailstack.services.mailstore.core.errors import InvalidRequest, OverQuota, TooBig
@@ -76,6 +77,10 @@ class _Target:
     account: AccountRecord
     mailbox: MailboxRecord
     indexes: list[int]
+
+
+# mailstack_deliveries_total{result}: one per recipient of a local delivery
+DELIVERY_RESULTS = {verdict: verdict.value for verdict in RecipientVerdict} | {RecipientVerdict.LOCAL: "delivered"}
 
 
 def _in_order(outcomes: dict[int, RecipientOutcome], recipients: Sequence[str]) -> list[RecipientOutcome]:
@@ -191,23 +196,31 @@ class Delivery:
         outcomes: dict[int, RecipientOutcome] = {}
         targets = await self._targets(recipients, checked_mailbox_name(mailbox_name or "INBOX"), len(data), outcomes)
         if not targets:
-            return _in_order(outcomes, recipients), ""
+            return self._counted(_in_order(outcomes, recipients)), ""
         message = await self._analyse(data, (), None)
         reserved = await self._reserve_all(targets, message.size, recipients, outcomes)
         if not reserved:
-            return _in_order(outcomes, recipients), ""
+            return self._counted(_in_order(outcomes, recipients)), ""
         await self._put_blob(message.blob_key, data, [t.account for t in reserved], message.size)
         results, cancelled = await self._write_delivery(reserved, message)
         stored = await self._record_results(reserved, results, message.size, recipients, outcomes)
         if not stored:
             await self.stores.delete_blobs([message.blob_key])
         log.info(
-            "delivered message_id=%s sender=%s recipients=%d size=%d stored=%s",
-            message.blob_key, sender or "<>", len(recipients), message.size, stored,
+            "delivered",
+            extra={"message_id": message.blob_key, "sender": f"<{sender}>", "recipients": len(recipients),
+                   "size": message.size, "stored": stored},
         )  # fmt: skip
+        self._counted(_in_order(outcomes, recipients))
         if cancelled is not None:
             raise cancelled
         return _in_order(outcomes, recipients), message.blob_key if stored else ""
+
+    @staticmethod
+    def _counted(outcomes: list[RecipientOutcome]) -> list[RecipientOutcome]:
+        for outcome in outcomes:
+            DELIVERIES.labels(DELIVERY_RESULTS[outcome.verdict]).inc()
+        return outcomes
 
     @staticmethod
     def _addresses(recipients: Sequence[str], outcomes: dict[int, RecipientOutcome]) -> dict[int, str]:

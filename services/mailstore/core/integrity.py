@@ -50,14 +50,11 @@ async def check_integrity(
                 orphans.append(key)
     for r in broken:
         log.warning(
-            "fsck: message without its body: account=%s mailbox=%s uid=%d blob=%s",
-            r.account,
-            r.mailbox,
-            r.uid,
-            r.blob_key,
+            "fsck: message without its body",
+            extra={"account": r.account, "mailbox": r.mailbox, "uid": r.uid, "blob": r.blob_key},
         )
     if orphans:
-        log.warning("fsck: %d bodies without a message", len(orphans))
+        log.warning("fsck: bodies without a message", extra={"count": len(orphans)})
     if repair:
         await _expunge_broken(stores, ledger, broken)
         await _delete_orphans(stores, orphans)
@@ -90,7 +87,10 @@ async def _expunge_broken(stores: Stores, ledger: QuotaLedger, broken: list[Body
             await stores.publish(
                 ChangeEvent(record.name, mailbox, "expunge", result.expunged, result.modseq, uidvalidity)
             )
-            log.warning("fsck: expunged %d broken messages of %s/%s", len(result.expunged), account, mailbox)
+            log.warning(
+                "fsck: broken messages expunged",
+                extra={"count": len(result.expunged), "account": account, "mailbox": mailbox},
+            )
 
 
 async def _delete_orphans(stores: Stores, orphans: list[str]) -> None:
@@ -99,4 +99,4 @@ async def _delete_orphans(stores: Stores, orphans: list[str]) -> None:
             continue
         await stores.blobs.delete(key)
     if orphans:
-        log.warning("fsck: deleted %d orphan bodies", len(orphans))
+        log.warning("fsck: orphan bodies deleted", extra={"count": len(orphans)})

@@ -77,7 +77,7 @@ class Maintenance:
             await self.stores.blobs.delete(key)
             removed += 1
         if removed:
-            log.info("orphan sweeper removed %d blobs", removed)
+            log.info("orphan sweeper removed blobs", extra={"count": removed})
         return removed
 
     async def prune_change_log(self, now: float | None = None) -> int:
@@ -88,7 +88,7 @@ class Maintenance:
             return 0
         pruned = await self.stores.metadata.prune_changes((time.time() if now is None else now) - days * 86400)
         if pruned:
-            log.info("change log: %d expunges older than %d days pruned", pruned, days)
+            log.info("change log pruned", extra={"count": pruned, "days": days})
         return pruned
 
     async def repair_quota(self) -> int:
@@ -122,6 +122,6 @@ class Maintenance:
                     await self.sweep_orphans()
                     await self.prune_change_log()
             except StorageUnavailable as e:
-                log.warning("orphan sweep skipped: %s", e)
+                log.warning("orphan sweep skipped", extra={"error": str(e)})
             except Exception:
                 log.exception("orphan sweep failed")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 
+from mailstack.services.common.metrics import QUOTA_REPAIR_PENDING
 from mailstack.services.mailstore.core.errors import OverQuota, StorageError, StorageUnavailable
 from mailstack.services.mailstore.core.results import AccountRecord, QuotaUsage, RecipientVerdict
 from mailstack.services.mailstore.core.stores import Stores
@@ -26,7 +27,17 @@ def quota_verdict(record: AccountRecord, usage: QuotaUsage, size: int) -> Recipi
 class QuotaLedger:
     def __init__(self, stores: Stores) -> None:
         self.stores = stores
-        self.suspect = False  # the quota store's counters missed a change (see repair)
+        self._suspect = False
+
+    @property
+    def suspect(self) -> bool:
+        """The quota store's counters missed a change (see repair); shown as mailstack_quota_repair_pending."""
+        return self._suspect
+
+    @suspect.setter
+    def suspect(self, value: bool) -> None:
+        self._suspect = value
+        QUOTA_REPAIR_PENDING.set(1 if value else 0)
 
     @property
     def by_metadata(self) -> bool:
@@ -41,7 +52,9 @@ class QuotaLedger:
         except StorageUnavailable as e:
             # Redis down must not stop mail: the metadata store keeps counters of its own (it adds
             # every message's size in the inserting transaction); see reserve.
-            log.warning("quota counters unavailable (%s); using the metadata's for %s", e, record.name)
+            log.warning(
+                "quota counters unavailable; using the metadata's", extra={"account": record.name, "error": str(e)}
+            )
             return QuotaUsage(record.used_bytes, record.used_messages)
 
     async def usage_if_limited(self, record: AccountRecord) -> QuotaUsage:
@@ -58,7 +71,10 @@ class QuotaLedger:
         except StorageUnavailable as e:
             # While Redis is down, check against the metadata's counters (read with the record) and
             # go on: delivery continues; the Redis counters miss this message until repair.
-            log.warning("quota reserve unavailable (%s); checked %s against the metadata", e, record.name)
+            log.warning(
+                "quota reserve unavailable; checked against the metadata",
+                extra={"account": record.name, "error": str(e)},
+            )
             self.suspect = True  # the counters miss this message: recomputed once Redis is back
             usage = QuotaUsage(record.used_bytes, record.used_messages)
             ok = quota_verdict(record, usage, size) == RecipientVerdict.LOCAL
@@ -72,7 +88,7 @@ class QuotaLedger:
         try:
             await self.stores.quota.release(record.name, size, count)
         except StorageError:
-            log.warning("quota release failed for %s; recomputed once the quota store is back", record.name)
+            log.warning("quota release failed; recomputed once the quota store is back", extra={"account": record.name})
             self.suspect = True
 
     async def recompute(self, name: str = "") -> list[AccountRecord]:
@@ -100,5 +116,5 @@ class QuotaLedger:
         except BaseException:
             self.suspect = True
             raise
-        log.info("quota counters recomputed for %d accounts", len(records))
+        log.info("quota counters recomputed", extra={"accounts": len(records)})
         return len(records)

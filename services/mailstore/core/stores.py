@@ -51,9 +51,9 @@ def export_cache_metrics(cache: BlobCache) -> None:
 
 def log_missing(mailbox: MailboxRecord, record: MessageRecord) -> None:
     log.error(
-        "message without its body: mailbox_id=%d mailbox=%s uid=%d blob=%s; `mailstack fsck --repair` expunges it",
-        mailbox.id, mailbox.name, record.uid, record.blob_key,
-    )  # fmt: skip
+        "message without its body; `mailstack fsck --repair` expunges it",
+        extra={"mailbox_id": mailbox.id, "mailbox": mailbox.name, "uid": record.uid, "blob": record.blob_key},
+    )
 
 
 class Stores:
@@ -137,7 +137,7 @@ class Stores:
         try:
             await self.events.publish(event)
         except StorageError as e:
-            log.warning("event not published (%s): %s", e, event)
+            log.warning("event not published", extra={"error": str(e), "account": event.account})
 
     async def delete_blobs(self, keys: Sequence[str]) -> None:
         # A few at a time: one S3 DELETE after the other made an EXPUNGE of many messages slow.
@@ -148,6 +148,6 @@ class Stores:
                 try:
                     await self.blobs.delete(key)
                 except StorageError:
-                    log.warning("blob %s not deleted now; the orphan sweeper will remove it", key)
+                    log.warning("blob not deleted now; the orphan sweeper will remove it", extra={"blob": key})
 
         await asyncio.gather(*(one(key) for key in keys))
