@@ -18,7 +18,7 @@ from mailstack.services.common.lifecycle import SERVICES
 from mailstack.v1 import mailstore_pb2_grpc as pbg
 from mailstack.v1 import send_pb2_grpc as spbg
 
-from . import admin, fsck, healthcheck, local
+from . import admin, fsck, healthcheck, local, migrate
 from .output import parse_count, parse_size
 
 
@@ -73,6 +73,7 @@ GROUPS = {
     "dkim": "DKIM signing keys",
     "import": "import mail from another server's storage",
     "quota": "quota accounting",
+    "migrate": "move an installation's data to another backend",
 }
 
 PASSWORD = OneOf(
@@ -141,6 +142,12 @@ COMMANDS: tuple[Command, ...] = (
              arg("--min-age", type=int, default=0, metavar="SECONDS",
                  help="bodies younger than this are deliveries in flight, not orphans "
                       "(default: orphan_min_age_seconds)"))),
+    Command(("migrate", "metadata"), "copy SQLite metadata into an empty PostgreSQL database, verified (ADR 0035)",
+            migrate.cmd_migrate_metadata, None,
+            (arg("--from", dest="source", required=True, metavar="sqlite:///PATH",
+                 help="the embedded installation's metadata (stop its mailstore first)"),
+             arg("--to", dest="target", required=True, metavar="postgresql://...",
+                 help="an empty database (its schema is created); refused if it holds any row"))),
 )  # fmt: skip
 
 
