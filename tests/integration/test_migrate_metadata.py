@@ -13,12 +13,12 @@ from pathlib import Path
 
 import asyncpg
 import pytest
-from mailstack.cli.main import main
-from mailstack.cli.migrate import SEQUENCE_TABLES, MigrationError, migrate_metadata
 from mailstack.storage.metadata.base import MetadataStore
 from mailstack.storage.queue.base import NewOutbound, NewRecipient, QueueBackend, TokenRecord
 from mailstack.storage.registry import open_metadata_store, open_queue_store
 
+from mailstack.cli.main import main
+from mailstack.cli.migrate import SEQUENCE_TABLES, MigrationError, migrate_metadata
 from tests.contract.metadata_contract import DEFAULT_MAILBOXES, insert
 
 
@@ -163,7 +163,10 @@ def test_cli_exit_codes_and_one_line_errors(
         (["migrate", "metadata", "--from", f"sqlite://{tmp_path}/absent.db", "--to", postgres_url], "no such SQLite"),
         (["migrate", "metadata", "--from", "postgresql://x/y", "--to", postgres_url], "expected sqlite"),
         (["migrate", "metadata", "--from", source.url, "--to", f"sqlite://{tmp_path}/x.db"], "expected postgresql"),
-        (["migrate", "metadata", "--from", source.url, "--to", "postgresql://nobody@127.0.0.1:1/none"], "cannot connect"),
+        (
+            ["migrate", "metadata", "--from", source.url, "--to", "postgresql://nobody@127.0.0.1:1/none"],
+            "cannot connect",
+        ),
     ]
     for args, reason in refusals:
         assert main(args) == 1, args
