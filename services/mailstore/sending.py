@@ -563,7 +563,11 @@ class Sending:
         while True:
             await asyncio.sleep(EXPIRE_EVERY)
             try:
-                await self.expire()
+                # One replica at a time (its lease); the queue's row locks would keep two apart anyway.
+                maintenance = self.core.maintenance
+                if await maintenance.lead("outbound-expiry", EXPIRE_EVERY):
+                    async with maintenance.running("outbound-expiry"):
+                        await self.expire()
             except Exception:
                 log.exception("outbound expiry sweep failed")
             self._depth_changed.set()  # also catches what other mailstore replicas changed

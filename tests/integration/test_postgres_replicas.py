@@ -5,6 +5,8 @@ bus here is per process, so nothing is pushed from one replica to the other: pol
 from __future__ import annotations
 
 import asyncio
+import itertools
+import logging
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,6 +16,7 @@ from imapclient import IMAPClient
 from mailstack.services.mailstore.core import MailstoreCore
 from mailstack.services.mailstore.server import MailstoreServer
 from mailstack.v1 import send_pb2 as spb
+from prometheus_client import REGISTRY
 
 from tests.e2e.outbound_support import ScriptedMx, outbound_stack, scripted_mx
 from tests.fixtures.imap_server import PASSWORD, ImapEnv, imap_env, message
@@ -122,3 +125,46 @@ async def test_background_jobs_run_on_one_replica_and_move_on_when_it_stops(tmp_
         assert await second.lead("orphan-sweep", 60)
     finally:
         await cores[1].close()
+
+
+def job_rounds(records: list[logging.LogRecord], job: str) -> list[tuple[str, float, float]]:
+    """(holder, start, end) of each logged round of `job` (Maintenance.running)."""
+    rounds = []
+    for record in records:
+        if getattr(record, "job", None) == job:
+            _, holder, start, end, _ = record.args  # type: ignore[misc]
+            rounds.append((str(holder), float(start), float(end)))
+    return sorted(rounds, key=lambda r: r[1])
+
+
+async def test_background_rounds_are_logged_counted_and_never_overlap(
+    tmp_path: Path, postgres_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The loops themselves, on two replicas with one-second rounds: every round of the orphan sweep is
+    run by the lease holder only, logged with its name and times, counted in
+    mailstack_background_job_runs_total; after the leader's graceful stop the other runs it."""
+    caplog.set_level(logging.INFO, "mailstack.mailstore")
+    settings = [settings_for(tmp_path / n, metadata_url=postgres_url, orphan_sweep_seconds=1) for n in "ab"]
+    cores = [await MailstoreCore.open(s) for s in settings]
+    before = REGISTRY.get_sample_value("mailstack_background_job_runs_total", {"job": "orphan-sweep"}) or 0.0
+    try:
+        for core in cores:
+            core.start_background()
+        await asyncio.sleep(3.5)
+        first = job_rounds(caplog.records, "orphan-sweep")
+        assert len(first) >= 2 and len({holder for holder, _, _ in first}) == 1, first
+        leader = next(core for core in cores if core.maintenance.holder == first[0][0])
+        follower = next(core for core in cores if core is not leader)
+        await leader.close()
+        handover = time.time()
+        await asyncio.sleep(2.5)
+    finally:
+        for core in cores:
+            await core.close()
+    every = job_rounds(caplog.records, "orphan-sweep")
+    assert {holder for holder, start, _ in every if start < handover} == {leader.maintenance.holder}
+    after = {holder for holder, start, _ in every if start >= handover}
+    assert after == {follower.maintenance.holder}, every
+    runs = REGISTRY.get_sample_value("mailstack_background_job_runs_total", {"job": "orphan-sweep"})
+    assert runs is not None and runs - before == len(every)
+    assert all(later[1] >= earlier[2] for earlier, later in itertools.pairwise(every)), every

@@ -10,6 +10,7 @@ import os
 import socket
 import time
 import uuid
+from collections.abc import AsyncIterator
 
 from mailstack.services.common.config import Settings
 from mailstack.services.mailstore.core import integrity
@@ -17,8 +18,13 @@ from mailstack.services.mailstore.core.errors import StorageUnavailable
 from mailstack.services.mailstore.core.quota import QuotaLedger
 from mailstack.services.mailstore.core.results import IntegrityReport
 from mailstack.services.mailstore.core.stores import Stores
+from prometheus_client import Counter
 
 log = logging.getLogger("mailstack.mailstore")
+
+# Which replica ran what: each replica counts the rounds it ran, so the sum over replicas is the
+# cluster's and a job counted on two replicas in the same round ran twice (ADR 0035).
+JOB_RUNS = Counter("mailstack_background_job_runs", "Rounds of a background job run by this replica", ["job"])
 
 QUOTA_WATCH_SECONDS = 30.0  # how soon counters lost with a Redis outage or restart are recomputed
 LEASE_ROUNDS = 2  # a job's lease outlives this many rounds: a dead leader's job moves on after that
@@ -66,6 +72,22 @@ class Maintenance:
             self._led.discard(job)
         return granted
 
+    @contextlib.asynccontextmanager
+    async def running(self, job: str, led: bool = True) -> AsyncIterator[None]:
+        """Around one round of a background job: counted, and logged with this replica's name and the
+        round's start and end, so an operator (and the topology test) can see who ran what, when.
+        led=False: a round run without the lease (a replica repairing what only it saw)."""
+        started = time.time()
+        try:
+            yield
+        finally:
+            JOB_RUNS.labels(job).inc()
+            log.info(
+                "background job %s ran on %s from %.3f to %.3f%s",
+                job, self.holder, started, time.time(), "" if led else " (without the lease)",
+                extra={"job": job, "holder": self.holder},
+            )  # fmt: skip
+
     async def sweep_orphans(self, min_age_seconds: float | None = None) -> int:
         """Remove blobs no message references (left by a crash between blob and metadata write)."""
         min_age = self.settings.orphan_min_age_seconds if min_age_seconds is None else min_age_seconds
@@ -106,8 +128,12 @@ class Maintenance:
             try:
                 # A replica that saw a reserve fail knows what the others do not: it repairs at once. The
                 # check for counters Redis lost (a restart) is one replica's job.
-                if self.ledger.suspect or await self.lead("quota-repair", QUOTA_WATCH_SECONDS):
-                    await self.repair_quota()
+                if await self.lead("quota-repair", QUOTA_WATCH_SECONDS):
+                    async with self.running("quota-repair"):
+                        await self.repair_quota()
+                elif self.ledger.suspect:
+                    async with self.running("quota-repair", led=False):
+                        await self.repair_quota()
             except StorageUnavailable as e:
                 log.debug("quota store still unavailable: %s", e)
             except Exception:
@@ -119,8 +145,9 @@ class Maintenance:
             await asyncio.sleep(self.settings.orphan_sweep_seconds)
             try:
                 if await self.lead("orphan-sweep", self.settings.orphan_sweep_seconds):
-                    await self.sweep_orphans()
-                    await self.prune_change_log()
+                    async with self.running("orphan-sweep"):
+                        await self.sweep_orphans()
+                        await self.prune_change_log()
             except StorageUnavailable as e:
                 log.warning("orphan sweep skipped: %s", e)
             except Exception:
