@@ -564,10 +564,7 @@ class Sending:
             await asyncio.sleep(EXPIRE_EVERY)
             try:
                 # One replica at a time (its lease); the queue's row locks would keep two apart anyway.
-                maintenance = self.core.maintenance
-                if await maintenance.lead("outbound-expiry", EXPIRE_EVERY):
-                    async with maintenance.running("outbound-expiry"):
-                        await self.expire()
+                await self.core.maintenance.lead_round("outbound-expiry", EXPIRE_EVERY, self.expire)
             except Exception:
                 log.exception("outbound expiry sweep failed")
             self._depth_changed.set()  # also catches what other mailstore replicas changed
