@@ -72,7 +72,7 @@ SERVER_OPTIONS: list[tuple[str, Any]] = [
 SCHEMES = ("unix:", "dns:", "ipv4:", "ipv6:")  # gRPC target schemes passed through as they are
 
 # Calls that change nothing: safe to send again to another replica when the first died under them
-# (UNAVAILABLE). Authenticate counts a failure at most twice for the login throttle, which is fine.
+# (UNAVAILABLE). Authenticate may count one failure up to three times for the login throttle: rare, harmless.
 IDEMPOTENT_METHODS: dict[str, tuple[str, ...]] = {
     "mailstack.v1.Mailstore": (
         "Authenticate", "ResolveRecipient", "CheckSender", "ListMailboxes", "GetMailboxStatus", "FetchMetadata",
