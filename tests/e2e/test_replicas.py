@@ -21,6 +21,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 import pytest
 from imapclient import IMAPClient
@@ -128,7 +129,8 @@ def change_reaches_idle_session(topo: Replicated) -> None:
             pushed_new = time.monotonic() - began
             writer.select_folder("INBOX")
             writer.add_flags([1], [b"\\Flagged"])
-            deadline, updates = time.monotonic() + PUSH_TARGET, []
+            deadline = time.monotonic() + PUSH_TARGET
+            updates: list[Any] = []  # imapclient: (n, b"FETCH", (b"FLAGS", (...), ...))
             while time.monotonic() < deadline and not any(b"FETCH" in u for u in updates):
                 updates += watcher.idle_check(timeout=0.5)
         finally:

@@ -11,6 +11,7 @@ import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import grpc
 import grpc.aio
@@ -24,13 +25,13 @@ from mailstack.services.common.grpc_client import (
     open_channel,
 )
 from mailstack.v1 import mailstore_pb2 as pb
-from mailstack.v1 import mailstore_pb2_grpc as pbg
 
 from tests.fixtures.mailstore import settings_for
 
 
-class Replica(pbg.MailstoreServicer):
-    """A mailstore replica that counts calls; `hang` makes the next calls wait until it is stopped."""
+class Replica:
+    """A mailstore replica answering two RPCs and counting calls; `hang` makes the next calls wait
+    until it is stopped."""
 
     def __init__(self, name: str, arrivals: asyncio.Queue[str]) -> None:
         self.name = name
@@ -46,13 +47,25 @@ class Replica(pbg.MailstoreServicer):
             self.arrivals.put_nowait(self.name)
             await asyncio.sleep(3600)  # until the server is stopped under the call
 
-    async def ListMailboxes(self, request: pb.ListMailboxesRequest, context: object) -> pb.ListMailboxesResponse:
+    async def list_mailboxes(self, request: pb.ListMailboxesRequest, context: object) -> pb.ListMailboxesResponse:
         await self._answer()
         return pb.ListMailboxesResponse(mailboxes=[pb.Mailbox(name=self.name)])
 
-    async def CreateMailbox(self, request: pb.CreateMailboxRequest, context: object) -> pb.Mailbox:
+    async def create_mailbox(self, request: pb.CreateMailboxRequest, context: object) -> pb.Mailbox:
         await self._answer()
         return pb.Mailbox(name=request.name)
+
+    def handler(self) -> grpc.GenericRpcHandler[Any, Any]:
+        """The Mailstore service with these two methods (the others: UNIMPLEMENTED)."""
+        methods = {
+            "ListMailboxes": grpc.unary_unary_rpc_method_handler(
+                self.list_mailboxes, pb.ListMailboxesRequest.FromString, pb.ListMailboxesResponse.SerializeToString
+            ),
+            "CreateMailbox": grpc.unary_unary_rpc_method_handler(
+                self.create_mailbox, pb.CreateMailboxRequest.FromString, pb.Mailbox.SerializeToString
+            ),
+        }
+        return grpc.method_handlers_generic_handler("mailstack.v1.Mailstore", methods)
 
 
 @asynccontextmanager
@@ -65,7 +78,7 @@ async def replicas(tmp_path: Path, count: int) -> AsyncIterator[list[tuple[Repli
         for index in range(count):
             servicer = Replica(f"r{index}", arrivals)
             server = grpc.aio.server()
-            pbg.add_MailstoreServicer_to_server(servicer, server)
+            server.add_generic_rpc_handlers((servicer.handler(),))
             port = server.add_secure_port("127.0.0.1:0", credentials)
             await server.start()
             started.append((servicer, server, port))

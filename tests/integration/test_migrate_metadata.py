@@ -63,7 +63,10 @@ async def populate(store: MetadataStore, queue: QueueBackend) -> None:
             sender=alice.name,
             blob_key="blob-out-1",
             size=321,
-            recipients=[NewRecipient("x@remote.test", False, "queued"), NewRecipient("bob@example.org", True, "done")],
+            recipients=[
+                NewRecipient("x@remote.test", False, "queued"),
+                NewRecipient("bob@example.org", True, "delivered"),
+            ],
             client="shop",
             message_id_header="<out-1@example.org>",
             original_headers=b"Subject: out\r\n",

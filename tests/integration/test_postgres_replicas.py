@@ -139,9 +139,10 @@ def job_rounds(records: list[logging.LogRecord], job: str) -> list[tuple[str, fl
     rounds = []
     for record in records:
         if getattr(record, "job", None) == job:
-            _, how, holder, start, end = record.args  # type: ignore[misc]
+            assert isinstance(record.args, tuple)
+            _, how, holder, start, end = (str(arg) for arg in record.args)
             if how == "on":  # not the rounds run without the lease
-                rounds.append((str(holder), float(start), float(end)))
+                rounds.append((holder, float(start), float(end)))
     return sorted(rounds, key=lambda r: r[1])
 
 
