@@ -176,7 +176,7 @@ class Session(threading.Thread):
                         self.look(client)
                         self.wait(client)
             except (TimeoutError, IMAPClientError, OSError) as e:
-                self.record.errors[type(e).__name__] += 1
+                self.record.errors[f"{type(e).__name__}: {str(e)[:120]}"] += 1
                 time.sleep(0.3)
 
     def selected(self, answer: dict[bytes, object]) -> None:
@@ -215,9 +215,10 @@ class Session(threading.Thread):
             return
         client.idle()
         try:
-            responses = client.idle_check(timeout=1.5)
+            responses = list(client.idle_check(timeout=1.5))
         finally:
-            responses += client.idle_done()[1]
+            ended = client.idle_done()  # (an error in either: the session starts again, counted)
+        responses += ended[1]
         for response in responses:
             if isinstance(response, tuple) and len(response) > 1 and response[1] == b"EXISTS":
                 self.saw_exists(response[0])
