@@ -262,6 +262,9 @@ async def migrate_metadata(source_url: str, target_url: str) -> list[TableReport
         try:
             await apply_migrations(target)  # an empty database gets the schema; a current one is kept
             return await _copy_all(source, target)
+        except (asyncpg.PostgresError, asyncpg.InterfaceError, sqlite3.Error, ValueError, TypeError) as err:
+            # A value the target refuses or cannot take (a damaged source row): one line, nothing kept.
+            raise MigrationError(f"copy failed, nothing was committed: {type(err).__name__}: {err}") from None
         finally:
             await target.close()
     finally:

@@ -211,3 +211,16 @@ async def test_a_copy_that_does_not_read_back_is_rolled_back(source: Source, pos
         assert await conn.fetchval("SELECT count(*) FROM messages") == 0
     finally:
         await conn.close()
+
+
+async def test_a_damaged_row_stops_the_copy_with_nothing_committed(source: Source, postgres_url: str) -> None:
+    """SQLite keeps whatever it is given: a UID that is text cannot go into a BIGINT column."""
+    with sqlite3.connect(source.path) as conn:
+        conn.execute("UPDATE messages SET uid = 'abc' WHERE rowid = (SELECT MIN(rowid) FROM messages)")
+    with pytest.raises(MigrationError, match="copy failed, nothing was committed"):
+        await migrate_metadata(source.url, postgres_url)
+    conn = await asyncpg.connect(postgres_url)
+    try:
+        assert await conn.fetchval("SELECT count(*) FROM accounts") == 0
+    finally:
+        await conn.close()
