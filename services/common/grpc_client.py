@@ -66,6 +66,10 @@ SERVER_OPTIONS: list[tuple[str, Any]] = [
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.http2.min_recv_ping_interval_without_data_ms", 10_000),
     ("grpc.http2.max_ping_strikes", 0),
+    # A client re-resolves dns:/// names only when a connection ends: closing each one after ~5 minutes
+    # (GOAWAY; calls in flight finish, the grace is unbounded) lets replicas added by an autoscaler get
+    # their share of the calls within minutes (ADR 0035).
+    ("grpc.max_connection_age_ms", 300_000),
 ]
 
 
