@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import itertools
 import random
+import re
 import smtplib
 import threading
 import time
@@ -285,6 +286,20 @@ def stored_tokens(topo: Replicated, accounts: list[str]) -> dict[str, dict[int, 
     return out
 
 
+def restart(service: ServiceProcess) -> None:
+    """Start a stopped replica again on its port. While it was down, that port (from the ephemeral
+    range, as free_port picks them) may have been the source port of some outgoing connection for a
+    moment: bind fails, and the next attempt gets it. Any other failure is the test's failure."""
+    for attempt in range(3):
+        try:
+            service.start()
+            return
+        except RuntimeError as e:
+            if attempt == 2 or not re.search(r"bind|cannot listen|in use", str(e), re.IGNORECASE):
+                raise
+            time.sleep(1)
+
+
 def fail_replicas(topo: Replicated, began: float) -> None:
     """The leader of the orphan sweep dies without a word (SIGKILL) and comes back; then the replica
     that took the job over stops gracefully (it hands its leases over at once) and comes back."""
@@ -293,11 +308,11 @@ def fail_replicas(topo: Replicated, began: float) -> None:
     killed.kill()
     killed_at = time.time()
     time.sleep(4)
-    killed.start()
+    restart(killed)
     stopped = current_leader(topo, "orphan-sweep", killed_at)
     stopped.stop()
     time.sleep(4)
-    stopped.start()
+    restart(stopped)
 
 
 def check_stored(expected: dict[str, set[str]], stored: dict[str, dict[int, str]]) -> int:
