@@ -29,6 +29,7 @@ from . import (
     local,
     mail,
     maildir_source,
+    migrate,
     passwd_file,
     sessions,
 )
@@ -93,6 +94,7 @@ GROUPS = {
     "import": "import mail from another server's storage",
     "quota": "quota accounting",
     "mail": "an account's mail by IMAP SEARCH query (doveadm search, fetch, expunge, move)",
+    "migrate": "move an installation's data to another backend",
 }
 QUERY = arg("query", nargs="+", metavar="KEY", help="IMAP SEARCH keys (RFC 9051 §6.4.4): ALL, FROM bob, UID 5:*, ...")
 IN_MAILBOX = arg("--mailbox", default="", metavar="NAME", help="only this mailbox (default: all)")
@@ -223,6 +225,12 @@ COMMANDS: tuple[Command, ...] = (
              arg("--min-age", type=int, default=0, metavar="SECONDS",
                  help="bodies younger than this are deliveries in flight, not orphans "
                       "(default: orphan_min_age_seconds)"))),
+    Command(("migrate", "metadata"), "copy SQLite metadata into an empty PostgreSQL database, verified (ADR 0035)",
+            migrate.cmd_migrate_metadata, None,
+            (arg("--from", dest="source", required=True, metavar="sqlite:///PATH",
+                 help="the embedded installation's metadata (stop its mailstore first)"),
+             arg("--to", dest="target", required=True, metavar="postgresql://...",
+                 help="an empty database (its schema is created); refused if it holds any row"))),
 )  # fmt: skip
 
 

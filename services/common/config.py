@@ -122,7 +122,9 @@ class Settings:
     # gRPC
     mailstore_listen: str = _setting("127.0.0.1:50051", "Where the mailstore's gRPC server listens.", rule=LISTEN)
     mailstore_addr: str = _setting(
-        "127.0.0.1:50051", "The mailstore address the frontends and the CLI call.", rule=DIAL
+        "127.0.0.1:50051",
+        "The mailstore address the frontends and the CLI call; replicas: dns:///NAME:PORT or HOST:PORT,HOST:PORT.",
+        rule=DIAL,
     )
     # Internal API identities (ADR 0009): mTLS with a small CA; empty = DATA_DIR/grpc, made on first start.
     grpc_ca: str = _setting(

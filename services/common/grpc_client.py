@@ -1,18 +1,25 @@
 """Channels to the mailstore: one place for options, address forms and interceptors.
 
-Addresses are gRPC targets: "host:port" or "unix:/path/to/socket". Every channel to the internal
-API is mTLS with the caller's identity (ADR 0009): the client proves its name (smtp, imap, ...)
-with its certificate and checks that the server is "mailstore", whatever address it dials.
+Addresses are gRPC targets: "host:port", "unix:/path/to/socket", or several mailstore replicas
+(ADR 0035): "dns:///host:port" (every address the name resolves to, re-resolved as replicas come
+and go: a headless Service) or a comma list "host:port,host:port"; calls are spread over them
+round robin. Every channel to the internal API is mTLS with the caller's identity (ADR 0009): the
+client proves its name (smtp, imap, ...) with its certificate and checks that the server is
+"mailstore", whatever address it dials.
 
-Deliberately no automatic retries and no wait_for_ready: Append and Deliver are
-not idempotent, and a caller that cannot reach the mailstore must hear so at once
-(SMTP answers 451, IMAP NO [UNAVAILABLE], the CLI exits 2).
+Only reads are retried (IDEMPOTENT_METHODS, on UNAVAILABLE: a replica died under the call; the
+retry goes to another one). No wait_for_ready, and writes are never retried: Append and Deliver
+are not idempotent, and a caller that cannot reach the mailstore must hear so at once (SMTP
+answers 451, IMAP NO [UNAVAILABLE], the CLI exits 2).
 """
 
 from __future__ import annotations
 
 import contextlib
+import ipaddress
+import json
 import logging
+import socket
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,7 +49,7 @@ CHANNEL_OPTIONS: list[tuple[str, Any]] = [
     ("grpc.keepalive_timeout_ms", 10_000),
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.http2.max_pings_without_data", 0),
-    ("grpc.enable_retries", 0),
+    ("grpc.enable_retries", 1),  # only the methods of RETRY_POLICY (reads); see service_config
     # Calls fail at once while the channel is down, so it must try to reconnect often: gRPC's default
     # backoff (x1.6 per attempt, up to 120 s) left the frontends failing for seconds to minutes after
     # a restarted mailstore was back (tests/e2e/test_topology.py).
@@ -59,15 +66,102 @@ SERVER_OPTIONS: list[tuple[str, Any]] = [
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.http2.min_recv_ping_interval_without_data_ms", 10_000),
     ("grpc.http2.max_ping_strikes", 0),
+    # A client re-resolves dns:/// names only when a connection ends: closing each one after ~5 minutes
+    # (GOAWAY; calls in flight finish, the grace is unbounded) lets replicas added by an autoscaler get
+    # their share of the calls within minutes (ADR 0035).
+    ("grpc.max_connection_age_ms", 300_000),
 ]
 
 
+SCHEMES = ("unix:", "dns:", "ipv4:", "ipv6:")  # gRPC target schemes passed through as they are
+
+# Calls that change nothing: safe to send again to another replica when the first died under them
+# (UNAVAILABLE). Authenticate may count one failure up to three times for the login throttle: rare, harmless.
+IDEMPOTENT_METHODS: dict[str, tuple[str, ...]] = {
+    "mailstack.v1.Mailstore": (
+        "Authenticate", "ResolveRecipient", "CheckSender", "ListMailboxes", "GetMailboxStatus", "FetchMetadata",
+        "FetchBody", "FetchBodies", "Search", "SearchSortData", "GetQuota", "GetChanges",
+    ),
+    "mailstack.v1.Admin": ("GetAccount", "ListAccounts", "ListDomains", "ListAliases"),
+    "mailstack.v1.SendAdmin": ("ListTokens",),
+    "mailstack.v1.Sender": ("GetSendStatus",),
+    "mailstack.v1.Outbound": ("FetchOutboundBody",),
+}  # fmt: skip
+RETRY_POLICY = {
+    "maxAttempts": 3,
+    "initialBackoff": "0.05s",
+    "maxBackoff": "0.5s",
+    "backoffMultiplier": 2,
+    "retryableStatusCodes": ["UNAVAILABLE"],
+}
+
+
+def service_config(balanced: bool) -> str:
+    """The channel's gRPC service config: retries for the reads, and round robin over the resolved
+    addresses when the target names several replicas (pick_first would send every call to one)."""
+    names = [
+        {"service": service, "method": method} for service, methods in IDEMPOTENT_METHODS.items() for method in methods
+    ]
+    config: dict[str, Any] = {"methodConfig": [{"name": names, "retryPolicy": RETRY_POLICY}]}
+    if balanced:
+        config["loadBalancingConfig"] = [{"round_robin": {}}]
+    return json.dumps(config)
+
+
+def _split_host_port(address: str) -> tuple[str, str]:
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"invalid mailstore address {address!r}: use HOST:PORT, dns:///HOST:PORT or unix:/PATH")
+    return host.removeprefix("[").removesuffix("]"), port
+
+
 def check_address(address: str) -> str:
-    if not address or address.strip() != address:
-        raise ValueError(f"invalid mailstore address {address!r}: use HOST:PORT or unix:/PATH")
-    if not address.startswith("unix:") and ":" not in address:
-        raise ValueError(f"invalid mailstore address {address!r}: use HOST:PORT or unix:/PATH")
+    """The address as given, if it is one of the forms above; ValueError naming the problem if not."""
+    if not address or address.strip() != address or " " in address:
+        raise ValueError(f"invalid mailstore address {address!r}: use HOST:PORT, dns:///HOST:PORT or unix:/PATH")
+    if address.startswith(SCHEMES):
+        return address
+    for part in address.split(","):
+        _split_host_port(part)
     return address
+
+
+def _literal(host: str, port: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    """The host's address: itself when it is one, else its first one in DNS (resolved once, at open)."""
+    try:
+        return ipaddress.ip_address(host)
+    except ValueError:
+        pass
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except OSError as err:
+        raise ValueError(f"mailstore address {host}:{port}: {err}") from None
+    return ipaddress.ip_address(infos[0][4][0])
+
+
+def channel_target(address: str) -> tuple[str, bool]:
+    """(the gRPC target, whether calls are balanced over several addresses) for a mailstore address.
+
+    A comma list becomes gRPC's static "ipv4:a:p,b:p" (or ipv6:) target: the names in it are resolved
+    once, here; use dns:/// for a set of replicas that changes."""
+    check_address(address)
+    if address.startswith("dns:"):
+        return address, True
+    if address.startswith(SCHEMES) or "," not in address:
+        return address, address.startswith(("ipv4:", "ipv6:")) and "," in address
+    literals = [(_literal(host, port), port) for host, port in map(_split_host_port, address.split(","))]
+    versions = {ip.version for ip, _ in literals}
+    if len(versions) > 1:
+        raise ValueError(f"mailstore addresses {address!r} mix IPv4 and IPv6: use one family, or dns:///NAME:PORT")
+    if versions == {4}:
+        return "ipv4:" + ",".join(f"{ip}:{port}" for ip, port in literals), True
+    return "ipv6:" + ",".join(f"[{ip}]:{port}" for ip, port in literals), True
+
+
+def channel_options(address: str) -> tuple[str, list[tuple[str, Any]]]:
+    """The target and every option of a channel to `address` (mTLS name check included)."""
+    target, balanced = channel_target(address)
+    return target, [*CHANNEL_OPTIONS, *TLS_CHANNEL_OPTIONS, ("grpc.service_config", service_config(balanced))]
 
 
 def client_interceptors() -> list[Any]:
@@ -164,19 +258,16 @@ TLS_CHANNEL_OPTIONS: list[tuple[str, Any]] = [("grpc.ssl_target_name_override", 
 
 def open_channel(address: str, identity: Identity) -> grpc.aio.Channel:
     """An asyncio mTLS channel to the internal API as `identity`; close it with `await channel.close()`."""
+    target, options = channel_options(address)
     return grpc.aio.secure_channel(
-        check_address(address),
-        identity.channel_credentials(),
-        options=[*CHANNEL_OPTIONS, *TLS_CHANNEL_OPTIONS],
-        interceptors=client_interceptors() or None,
+        target, identity.channel_credentials(), options=options, interceptors=client_interceptors() or None
     )
 
 
 def open_sync_channel(address: str, identity: Identity) -> grpc.Channel:
     """A blocking channel for the CLI (no interceptors: the CLI records no spans); close it with `channel.close()`."""
-    return grpc.secure_channel(
-        check_address(address), identity.channel_credentials(), options=[*CHANNEL_OPTIONS, *TLS_CHANNEL_OPTIONS]
-    )
+    target, options = channel_options(address)
+    return grpc.secure_channel(target, identity.channel_credentials(), options=options)
 
 
 def error_detail(err: grpc.RpcError) -> pb.ErrorDetail | None:

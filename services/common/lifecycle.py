@@ -88,8 +88,9 @@ def listeners(name: str, server: Any) -> list[tuple[str, str]]:
 
 
 class Readiness:
-    """What /ready answers: every service started, no shutdown begun, and, where frontends run,
-    the mailstore answers its gRPC health check (a frontend without it can only say 451/NO)."""
+    """What /ready answers: every service started, no shutdown begun, each service's own check (the
+    mailstore's: its metadata database answers, ADR 0035), and, where frontends run, the mailstore
+    answers its gRPC health check (a frontend without it can only say 451/NO)."""
 
     def __init__(self) -> None:
         self.started = False
@@ -104,6 +105,10 @@ class Readiness:
             return False
         if not all(getattr(service, "ready", True) for service in self.services):
             return False
+        for service in self.services:
+            check = getattr(service, "check_ready", None)
+            if check is not None and not await check(READY_CHECK_TIMEOUT):
+                return False
         if not self.mailstore_addr:
             return True
         if self._channel is None:

@@ -114,6 +114,13 @@ LISTEN = Rule("HOST:PORT to listen on (e.g. 127.0.0.1:50051, 0.0.0.0:50051) or u
 def _dial_problem(value: str) -> str | None:
     if value.startswith("unix:"):
         return None if value[5:] else "no path after unix:"
+    if value.startswith("dns:///"):  # several mailstore replicas behind one name (ADR 0035)
+        return _host_port_problem(value[len("dns:///") :])
+    # or a list of them
+    return next(filter(None, (_host_port_problem(part) for part in value.split(","))), None)
+
+
+def _host_port_problem(value: str) -> str | None:
     host, port = split_host_port(value)
     host_problem = None if host.startswith("[") and host.endswith("]") else _hostname_problem(host)
     if host_problem:
@@ -124,8 +131,8 @@ def _dial_problem(value: str) -> str | None:
     return _port_problem(port, 1)
 
 
-DIAL = Rule("HOST:PORT (port 1..65535) or unix:/PATH", _dial_problem)
-HOST_PORT_OR_EMPTY = _empty_ok(Rule("HOST:PORT (port 1..65535)", _dial_problem))
+DIAL = Rule("HOST:PORT (port 1..65535), dns:///HOST:PORT, HOST:PORT,HOST:PORT... or unix:/PATH", _dial_problem)
+HOST_PORT_OR_EMPTY = _empty_ok(Rule("HOST:PORT (port 1..65535)", _host_port_problem))
 
 
 def url(*schemes: str, empty_ok: bool = False) -> Rule:

@@ -210,7 +210,14 @@ class Session:
         new = view.apply(changes, reply.highestmodseq)
         if new and not view.readonly and not view.no_recent:
             # RFC 3501 §2.3.2: \Recent in exactly one session: whoever claims first
-            first, uidnext = await self.mailstore.claim_recent(view.name)
+            try:
+                first, uidnext = await self.mailstore.claim_recent(view.name)
+            except grpc.RpcError as e:
+                # A write, never retried (ADR 0035): its replica died under it. The new messages are
+                # announced anyway, without \Recent here (advisory); failing the NOOP or IDLE that
+                # asked for news would tell the client less, not more.
+                log.info("\\Recent not claimed for %s: %s", view.name, e.code())
+                return
             view.recent.update(u for u in new if first <= u < uidnext)
 
     async def _gone_from_listing(self, view: MailboxView, modseq: int) -> list[Change]:

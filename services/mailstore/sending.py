@@ -580,7 +580,8 @@ class Sending:
         while True:
             await asyncio.sleep(EXPIRE_EVERY)
             try:
-                await self.expire()
+                # One replica at a time (its lease); the queue's row locks would keep two apart anyway.
+                await self.core.maintenance.lead_round("outbound-expiry", EXPIRE_EVERY, self.expire)
             except Exception:
                 log.exception("outbound expiry sweep failed")
             self._depth_changed.set()  # also catches what other mailstore replicas changed

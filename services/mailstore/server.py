@@ -151,6 +151,14 @@ class MailstoreServer:
         self._redis_probe.start()
         log.info("mailstore listening", extra={"address": self._address, "send_address": self._send_address})
 
+    async def check_ready(self, seconds: float) -> bool:
+        """Readiness (/ready): the metadata database answers within `seconds`. A replica that cannot
+        reach it can only fail calls; while it is unready, Kubernetes sends them to the others."""
+        core = self.core
+        if core is None:
+            return False
+        return await core.metadata_reachable(seconds)
+
     async def stop(self, grace: float = 5.0) -> None:
         """Stop accepting, let running calls finish for up to grace seconds, close the backends."""
         await self._health.enter_graceful_shutdown()

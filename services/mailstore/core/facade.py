@@ -3,6 +3,8 @@ stores and runs the background work; the rules live in the use-case modules."""
 
 from __future__ import annotations
 
+import asyncio
+
 from mailstack.services.common.config import Settings
 from mailstack.services.mailstore.core.accounts import Accounts
 from mailstack.services.mailstore.core.auth import Authentication
@@ -15,6 +17,7 @@ from mailstack.services.mailstore.core.reading import Reading
 from mailstack.services.mailstore.core.sessions import Sessions
 from mailstack.services.mailstore.core.stores import Stores
 from mailstack.storage import registry
+from mailstack.storage.errors import StorageError
 from mailstack.storage.queue.base import QueueBackend
 from mailstack.storage.sessions.base import SessionDirectory
 
@@ -40,6 +43,15 @@ class MailstoreCore:
     def open_queue(self) -> QueueBackend:
         """The outbound queue's store, beside the metadata (ADR 0008)."""
         return self.stores.open_queue()
+
+    async def metadata_reachable(self, seconds: float) -> bool:
+        """Whether the metadata store answers a read within `seconds` (readiness): one indexed
+        lookup of a name no account has."""
+        try:
+            await asyncio.wait_for(self.stores.metadata.get_account(""), seconds)
+        except (TimeoutError, StorageError):
+            return False
+        return True
 
     def start_background(self) -> None:
         self.maintenance.start_background()

@@ -10,6 +10,7 @@ import os
 import socket
 import time
 import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 from mailstack.services.common.config import Settings
 from mailstack.services.mailstore.core import integrity
@@ -17,8 +18,13 @@ from mailstack.services.mailstore.core.errors import StorageUnavailable
 from mailstack.services.mailstore.core.quota import QuotaLedger
 from mailstack.services.mailstore.core.results import IntegrityReport
 from mailstack.services.mailstore.core.stores import Stores
+from prometheus_client import Counter
 
 log = logging.getLogger("mailstack.mailstore")
+
+# Which replica ran what: each replica counts the rounds it ran, so the sum over replicas is the
+# cluster's and a job counted on two replicas in the same round ran twice (ADR 0035).
+JOB_RUNS = Counter("mailstack_background_job_runs", "Rounds of a background job run by this replica", ["job"])
 
 QUOTA_WATCH_SECONDS = 30.0  # how soon counters lost with a Redis outage or restart are recomputed
 LEASE_ROUNDS = 2  # a job's lease outlives this many rounds: a dead leader's job moves on after that
@@ -53,18 +59,57 @@ class Maintenance:
                 await self.stores.metadata.release_lease(f"job:{job}", self.holder)
         self._led.clear()
 
+    @staticmethod
+    def lease_seconds(every: float) -> int:
+        return max(1, int(every * LEASE_ROUNDS))
+
     async def lead(self, job: str, every: float) -> bool:
         """Whether this replica runs the background `job` this round: one replica at a time holds its
         lease in the metadata store and renews it every round; when it dies, the lease expires after
         LEASE_ROUNDS rounds and another replica takes the job over (ADR 0028)."""
-        granted, _ = await self.stores.metadata.acquire_lease(
-            f"job:{job}", self.holder, max(1, int(every * LEASE_ROUNDS))
-        )
+        granted, _ = await self.stores.metadata.acquire_lease(f"job:{job}", self.holder, self.lease_seconds(every))
         if granted:
             self._led.add(job)
         else:
             self._led.discard(job)
         return granted
+
+    async def lead_round(self, job: str, every: float, work: Callable[[], Awaitable[object]]) -> bool:
+        """One round of `job` here if this replica holds its lease (else False). The lease is renewed
+        while the round runs: a round longer than the lease (a big bucket to list, a slow database)
+        would otherwise let another replica start the job beside it. A renewal refused (the lease
+        was lost: this replica stalled past it) stops the round."""
+        if not await self.lead(job, every):
+            return False
+        async with self.running(job):
+            task = asyncio.ensure_future(work())
+            try:
+                while not (await asyncio.wait({task}, timeout=self.lease_seconds(every) / 3))[0]:
+                    if not await self.lead(job, every):
+                        log.warning("background job %s: lease lost to another replica, round stopped", job)
+                        break
+            finally:
+                if not task.done():
+                    task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task  # its error, if any, is the caller's
+        return True
+
+    @contextlib.asynccontextmanager
+    async def running(self, job: str, led: bool = True) -> AsyncIterator[None]:
+        """Around one round of a background job: counted, and logged with this replica's name and the
+        round's start and end, so an operator (and the topology test) can see who ran what, when.
+        led=False: a round run without the lease (a replica repairing what only it saw)."""
+        started = time.time()
+        try:
+            yield
+        finally:
+            JOB_RUNS.labels(job).inc()
+            log.info(
+                "background job %s ran %s %s from %.3f to %.3f",
+                job, "on" if led else "without the lease on", self.holder, started, time.time(),
+                extra={"job": job, "holder": self.holder, "led": led},
+            )  # fmt: skip
 
     async def sweep_orphans(self, min_age_seconds: float | None = None) -> int:
         """Remove blobs no message references (left by a crash between blob and metadata write)."""
@@ -101,13 +146,19 @@ class Maintenance:
         min_age = self.settings.orphan_min_age_seconds if min_age_seconds is None else min_age_seconds
         return await integrity.check_integrity(self.stores, self.ledger, account, repair, min_age)
 
+    async def _sweep_round(self) -> None:
+        await self.sweep_orphans()
+        await self.prune_change_log()
+
     async def _watch_quota_forever(self) -> None:
         while True:
             try:
                 # A replica that saw a reserve fail knows what the others do not: it repairs at once. The
                 # check for counters Redis lost (a restart) is one replica's job.
-                if self.ledger.suspect or await self.lead("quota-repair", QUOTA_WATCH_SECONDS):
-                    await self.repair_quota()
+                led = await self.lead_round("quota-repair", QUOTA_WATCH_SECONDS, self.repair_quota)
+                if not led and self.ledger.suspect:
+                    async with self.running("quota-repair", led=False):
+                        await self.repair_quota()
             except StorageUnavailable as e:
                 log.debug("quota store still unavailable: %s", e)
             except Exception:
@@ -118,9 +169,7 @@ class Maintenance:
         while True:
             await asyncio.sleep(self.settings.orphan_sweep_seconds)
             try:
-                if await self.lead("orphan-sweep", self.settings.orphan_sweep_seconds):
-                    await self.sweep_orphans()
-                    await self.prune_change_log()
+                await self.lead_round("orphan-sweep", self.settings.orphan_sweep_seconds, self._sweep_round)
             except StorageUnavailable as e:
                 log.warning("orphan sweep skipped", extra={"error": str(e)})
             except Exception:
