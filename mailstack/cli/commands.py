@@ -21,6 +21,7 @@ from mailstack.v1 import send_pb2_grpc as spbg
 
 from . import (
     admin,
+    backup,
     forwards,
     fsck,
     healthcheck,
@@ -212,6 +213,12 @@ COMMANDS: tuple[Command, ...] = (
             Api.MAILSTORE, (arg("account"), IN_MAILBOX, QUERY)),
     Command(("mail", "move"), "move the messages a query matches into DESTINATION", mail.cmd_mail_move,
             Api.MAILSTORE, (arg("account"), arg("destination"), IN_MAILBOX, QUERY)),
+    Command(("backup",), "one account to a portable file: Maildir++ in a tar, with UIDs, flags, dates, UIDLs",
+            backup.cmd_backup, Api.IMPORT,
+            (arg("account"), arg("file", help="the tar to write (gzip when it ends in .gz)"))),
+    Command(("restore",), "a backup into an existing account: the same UIDs where its mailboxes are new",
+            backup.cmd_restore, Api.IMPORT,
+            (arg("file"), arg("account", nargs="?", help="default: the account the backup was made of"))),
     Command(("who",), "logged-in IMAP and POP3 sessions per account (as frontends report them)", sessions.cmd_who,
             Api.ADMIN, (arg("account", nargs="?", help="one account (default: all)"),
                         arg("--sessions", action="store_true", help="one line per session"))),

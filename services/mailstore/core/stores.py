@@ -57,8 +57,17 @@ def log_missing(mailbox: MailboxRecord, record: MessageRecord) -> None:
 
 
 class Stores:
-    def __init__(self, metadata: MetadataStore, blobs: BlobStore, events: EventBus, quota: QuotaStore) -> None:
+    def __init__(
+        self,
+        metadata: MetadataStore,
+        blobs: BlobStore,
+        events: EventBus,
+        quota: QuotaStore,
+        database: MetadataStore | None = None,
+    ) -> None:
         self.metadata = metadata
+        # The store itself, not its telemetry wrapper: the outbound queue is opened beside it (ADR 0008).
+        self._database = database or metadata
         self.blobs = blobs
         self.events = events
         self.quota = quota
@@ -85,13 +94,13 @@ class Stores:
             instrumented(blobs, "blob"),
             instrumented(events, "events"),
             instrumented(quota, "quota"),
+            database=metadata,
         )
 
     def open_queue(self) -> QueueBackend:
         """The outbound queue lives in the metadata database (ADR 0008): the registry opens the one
         beside whichever metadata store this is."""
-        backend = getattr(self.metadata, "_backend", self.metadata)  # under the telemetry wrapper
-        return instrumented(registry.open_queue_store(backend), "queue")
+        return instrumented(registry.open_queue_store(self._database), "queue")
 
     async def close(self) -> None:
         for closer in (self.events.close, self.quota.close, self.blobs.close, self.metadata.close):
