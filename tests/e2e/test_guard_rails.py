@@ -148,7 +148,7 @@ BAD_SETTINGS = [
     ("POP3S_PORT", "-1", "out of range; allowed: a port number 0..65535"),
     ("MAILSTORE_LISTEN", "127.0.0.1:70000", "port not 0..65535; allowed: HOST:PORT to listen on"),
     ("SEND_LISTEN", "localhost", "no :PORT; allowed: HOST:PORT to listen on"),
-    ("MAILSTORE_ADDR", "mailstore", "no :PORT; allowed: HOST:PORT (port 1..65535) or unix:/PATH"),
+    ("MAILSTORE_ADDR", "mailstore", "no :PORT; allowed: HOST:PORT (port 1..65535), dns:///HOST:PORT"),
     ("LOG_LEVEL", "loud", "not one of them; allowed: one of DEBUG, INFO, WARNING, ERROR, CRITICAL"),
     ("LOG_FORMAT", "xml", "not one of them; allowed: one of text, json"),
     ("EVENTS_URL", "redis:/localhost", "not a URL; allowed: a URL starting memory://, redis://"),

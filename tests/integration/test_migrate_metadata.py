@@ -13,7 +13,7 @@ from pathlib import Path
 
 import asyncpg
 import pytest
-from mailstack.storage.metadata.base import MetadataStore
+from mailstack.storage.metadata.base import ForwardRecord, MetadataStore
 from mailstack.storage.queue.base import NewOutbound, NewRecipient, QueueBackend, TokenRecord
 from mailstack.storage.registry import open_metadata_store, open_queue_store
 
@@ -57,6 +57,7 @@ async def populate(store: MetadataStore, queue: QueueBackend) -> None:
     await insert(store, bob_inbox.id, "blob-bob", sent_date=None)
     await store.claim_recent(inbox.id)
     await store.acquire_lease("job:orphan-sweep", "replica-1", 60)
+    await store.set_forward(ForwardRecord("postmaster@example.org", ("ops@remote.test", "x@remote.test"), True))
     await queue.enqueue(
         NewOutbound(
             id="out-1",
@@ -110,6 +111,7 @@ async def test_every_table_moves_and_reads_back_the_same(source: Source, postgre
         assert await after.list_accounts() == await before.list_accounts()
         assert await after.list_domains() == await before.list_domains()
         assert await after.list_aliases() == await before.list_aliases()
+        assert await after.list_forwards() == await before.list_forwards() != []
         for account in await before.list_accounts():
             assert await after.list_subscriptions(account.id) == await before.list_subscriptions(account.id)
             boxes = await before.list_mailboxes(account.id)
