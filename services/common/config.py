@@ -20,6 +20,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from mailstack.services.common.setting_rules import (
+    AT_LEAST_0,
     AT_LEAST_1,
     BIND_HOST,
     CIDR_LIST,
@@ -212,7 +213,7 @@ class Settings:
         1000, "Most SMTP connections at once, all ports together (more: 421 4.7.0).", rule=AT_LEAST_1
     )
     smtp_max_connections_per_ip: int = _setting(
-        50, "Most SMTP connections at once from one client IP (more: 421).", rule=AT_LEAST_1
+        50, "Most SMTP connections at once from one client IP (more: 421; 0 = no per-IP limit).", rule=AT_LEAST_0
     )
     smtp_command_timeout: int = _setting(
         300, "Seconds an SMTP client may idle between commands (RFC 5321 4.5.3.2.7).", rule=AT_LEAST_1
@@ -240,7 +241,7 @@ class Settings:
         10000, "Most POP3 connections at once, both ports together (more: -ERR).", rule=AT_LEAST_1
     )
     pop3_max_connections_per_ip: int = _setting(
-        50, "Most POP3 connections at once from one client IP (more: -ERR).", rule=AT_LEAST_1
+        50, "Most POP3 connections at once from one client IP (more: -ERR; 0 = no per-IP limit).", rule=AT_LEAST_0
     )
     pop3_read_ahead_bytes: int = _setting(
         64 * 1024 * 1024, "Message bytes all POP3 sessions of a process may fetch ahead of RETR (4 MiB each; 0 = off)."
