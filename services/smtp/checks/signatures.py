@@ -146,8 +146,18 @@ def _verify_one(verifier: dkim.DKIM, index: int, tags: dict[bytes, bytes], keys:
 # ---------------------------------------------------------------- ARC
 
 
+def _has_field(content: bytes, names: tuple[bytes, ...]) -> bool:
+    """Whether the header (up to the first empty line) has a field of one of these lower-case names:
+    most mail has no ARC set, and parsing the whole message for none costs as much as a check."""
+    end = content.find(b"\r\n\r\n")
+    header = content[: end if end >= 0 else len(content)].lower()
+    return any(header.startswith(name + b":") or (b"\n" + name + b":") in header for name in names)
+
+
 async def verify_arc(resolver: Resolver, content: bytes) -> ArcVerdict:
     """The chain validation status of RFC 8617 §5.2."""
+    if not _has_field(content, (b"arc-seal", b"arc-message-signature", b"arc-authentication-results")):
+        return ArcVerdict("none")
     try:
         arc = dkim.ARC(content, logger=_DKIMPY_LOG, minkey=1024)
     except dkim.DKIMException as err:
