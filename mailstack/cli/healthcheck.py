@@ -3,13 +3,16 @@ has its own probes). It asks the process's HTTP readiness endpoint (`/ready` on
 MAILSTACK_METRICS_PORT), which answers for every service `mailstack serve` runs there, rather than
 speaking a mail protocol: a mail port behind MAILSTACK_PROXY_PROTOCOL wants a PROXY header from
 127.0.0.1 first (ADR 0007), and a greeting says nothing about the mailstore behind it. Without a
-metrics port only the mailstore can be checked, with grpc.health.v1 on the Send API port (the
-internal port wants a client certificate, ADR 0009). Without names it finds what `mailstack
-serve` runs in this container (from /proc)."""
+metrics port (the all-in-one default) the mailstore is checked with grpc.health.v1 on the Send API
+port (the internal port wants a client certificate, ADR 0009) and each frontend by connecting to
+its ports and closing again, sending nothing (so PROXY does not matter; it shows the listener is
+up, not that the mailstore answers it). Without names it finds what `mailstack serve` runs in this
+container (from /proc)."""
 
 from __future__ import annotations
 
 import argparse
+import socket
 import sys
 import urllib.request
 from pathlib import Path
@@ -53,13 +56,37 @@ def check_ready(settings: Settings) -> None:
     urllib.request.urlopen(f"http://127.0.0.1:{settings.metrics_port}/ready", timeout=TIMEOUT).close()
 
 
+PORTS = {
+    "smtp": ("smtp_port", "submission_port", "submissions_port", "lmtp_port"),
+    "imap": ("imap_port", "imaps_port"),
+    "pop3": ("pop3_port", "pop3s_port"),
+}
+
+
+def check_listening(settings: Settings, name: str) -> None:
+    """Each of the frontend's ports takes a connection (closed at once, nothing sent)."""
+    if name not in PORTS:
+        raise RuntimeError(f"{name} has no port: set MAILSTACK_METRICS_PORT to ask its /ready")
+    host = "127.0.0.1" if settings.bind in ("0.0.0.0", "::", "") else settings.bind
+    for field in PORTS[name]:
+        port = getattr(settings, field)
+        if field == "lmtp_port" and not port:
+            continue  # LMTP off
+        if not port:
+            raise RuntimeError(f"MAILSTACK_{field.upper()} is 0 (any free port): set MAILSTACK_METRICS_PORT")
+        with socket.create_connection((host, port), timeout=TIMEOUT):
+            pass
+
+
 def check(settings: Settings, names: list[str]) -> None:
     if settings.metrics_port:
         check_ready(settings)  # one endpoint answers for all the process runs
-    elif names == ["mailstore"]:
-        check_mailstore(settings)
-    else:
-        raise RuntimeError("MAILSTACK_METRICS_PORT is not set: no /ready to ask (the image sets 9090)")
+        return
+    for name in names:
+        if name == "mailstore":
+            check_mailstore(settings)
+        else:
+            check_listening(settings, name)
 
 
 def cmd_healthcheck(settings: Settings, args: argparse.Namespace) -> int:

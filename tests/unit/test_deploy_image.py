@@ -16,7 +16,7 @@ from mailstack import cli
 from mailstack.cli import healthcheck
 from tests.deploy_render import ROOT
 from tests.fixtures.mailstore import running_mailstore, settings_for
-from tests.fixtures.pop3 import running_pop3
+from tests.fixtures.pop3 import port_of, running_pop3
 
 DOCKERFILE = (ROOT / "Dockerfile").read_text()
 MAIL_PORTS = {25, 465, 587, 143, 993, 110, 995, 24}  # 24: LMTP (RFC 2033)
@@ -123,14 +123,22 @@ def test_healthcheck_finds_what_serve_runs(tmp_path: Path) -> None:
     assert healthcheck.served(tmp_path) == ["mailstore", "smtp", "imap", "pop3"]  # all in one
 
 
-async def test_healthcheck_without_a_metrics_port_checks_only_the_mailstore(tmp_path: Path) -> None:
+async def test_healthcheck_without_a_metrics_port_checks_mailstore_health_and_frontend_ports(tmp_path: Path) -> None:
     settings = settings_for(tmp_path).replace(metrics_port=0)
     async with running_mailstore(settings) as (mailstore, _client):
-        async with running_pop3(settings.replace(mailstore_addr=mailstore.address)):
-            probed = settings.replace(send_listen=mailstore.send_address)  # health in the clear on the Send API port
-            await asyncio.to_thread(healthcheck.check, probed, ["mailstore"])
-            with pytest.raises(RuntimeError, match="MAILSTACK_METRICS_PORT is not set"):
-                await asyncio.to_thread(healthcheck.check, probed, ["pop3"])  # no mail protocol spoken
+        async with running_pop3(settings.replace(mailstore_addr=mailstore.address)) as pop3:
+            probed = settings.replace(
+                send_listen=mailstore.send_address,  # health in the clear on the Send API port
+                pop3_port=port_of(pop3, "POP3 (STLS)"),
+                pop3s_port=port_of(pop3, "POP3S"),
+            )
+            await asyncio.to_thread(healthcheck.check, probed, ["mailstore", "pop3"])  # no mail protocol spoken
+            with pytest.raises(RuntimeError, match=r"MAILSTACK_POP3_PORT is 0 .* set MAILSTACK_METRICS_PORT"):
+                await asyncio.to_thread(healthcheck.check, probed.replace(pop3_port=0), ["pop3"])
+            with pytest.raises(RuntimeError, match="outbound has no port"):
+                await asyncio.to_thread(healthcheck.check, probed, ["outbound"])
+        with pytest.raises(OSError):  # the POP3 server stopped: its ports take no connection
+            await asyncio.to_thread(healthcheck.check, probed, ["pop3"])
 
 
 async def test_healthcheck_fails_when_nothing_listens(
