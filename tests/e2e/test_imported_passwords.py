@@ -228,3 +228,12 @@ def test_plain_hash_in_an_authzid_is_still_plain_text(env: ImapEnv) -> None:
     encoded = base64.b64encode(f"{user}\0{user}\0{PASSWORD}".encode())
     assert client.authenticate("PLAIN", lambda _: base64.b64decode(encoded))[0] == "OK"
     client.logout()
+
+
+def test_with_masters_configured_an_authzid_naming_oneself_is_an_ordinary_login(env: ImapEnv) -> None:
+    """The bare login name and the full address are the same account (the only served domain)."""
+    user = env.new_account()
+    client = imaplib.IMAP4("127.0.0.1", env.port())
+    response = f"{user}\0{user.split('@')[0]}\0{PASSWORD}".encode()
+    assert client.authenticate("PLAIN", lambda _: response)[0] == "OK"
+    client.logout()

@@ -37,7 +37,8 @@ class Authentication:
         )
 
     async def authenticate(self, username: str, password: str, authzid: str = "", remote_ip: str = "") -> str:
-        """SASL PLAIN semantics (RFC 4616): authzid empty or the same account.
+        """SASL PLAIN semantics (RFC 4616): authzid empty or the same account, or a master login
+        (ADR 0037: `user*master`, or a master's authcid with the user as authzid).
 
         Throttled per client IP and per account (ADR 0011): the attempt takes its slot before the
         password is hashed and raises Throttled when the IP or the account has used up its window."""
@@ -110,8 +111,10 @@ class Authentication:
 
     async def _master_target(self, master: str, target: str, remote_ip: str) -> str:
         """The master proved its own password; it may open the target only if the operator named it."""
-        masters = {await self._normalized(m) for m in self._masters()}
         account = await self._normalized(target)
+        if account == master:  # an authzid naming the user itself (RFC 4616 §2): an ordinary login
+            return account
+        masters = {await self._normalized(m) for m in self._masters()}
         if master not in masters:
             log.warning("master login refused: not a master user", extra={"login": master, "account": account})
             raise AuthFailed("authentication failed")
