@@ -125,7 +125,9 @@ class Importer:
                 raise
             status = self._mailbox(folder.mailbox, 0, 0)
             report.notes.append(
-                f"UIDs not kept: the mailbox held other mail under UIDVALIDITY {status.uidvalidity}: new UIDs"
+                f"UIDs not kept: the mailbox held other mail under UIDVALIDITY {status.uidvalidity}"
+                + (" (its own, equal to the folder's by chance)" if status.uidvalidity == folder.uidvalidity else "")
+                + ": new UIDs"
             )
             return status
         report.uids = "kept"

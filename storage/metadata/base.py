@@ -238,7 +238,8 @@ class MetadataStore(Protocol):
 
     async def adopt_uids(self, mailbox_id: int, uidvalidity: int, uidnext: int) -> MailboxRecord:
         """Migration: take another server's UIDVALIDITY (0 = keep; allowed only while no message was
-        ever stored in the mailbox, i.e. its HIGHESTMODSEQ is still 1, else NotAllowed) and raise
+        ever stored in the mailbox, i.e. its HIGHESTMODSEQ is still 1, or when this call adopted the same
+        value before, else NotAllowed) and raise
         UIDNEXT to uidnext (never lowered). The UIDVALIDITY counter moves past an adopted value, so
         a mailbox created later never gets it. Raises MailboxNotFound."""
 

@@ -793,9 +793,12 @@ class PostgresMetadataStore:
     async def adopt_uids(self, mailbox_id: int, uidvalidity: int, uidnext: int) -> MailboxRecord:
         async def txn(conn: Conn) -> MailboxRecord:
             mailbox = (await _lock(conn, [mailbox_id], accounts=False)).mailbox(mailbox_id)
-            check_adoption(uidvalidity, mailbox.uidvalidity, mailbox.highestmodseq)
+            adopted = bool(await conn.fetchval("SELECT adopted FROM mailboxes WHERE id = $1", mailbox_id))
+            check_adoption(uidvalidity, mailbox.uidvalidity, mailbox.highestmodseq, adopted)
             if uidvalidity:
-                await conn.execute("UPDATE mailboxes SET uidvalidity = $2 WHERE id = $1", mailbox_id, uidvalidity)
+                await conn.execute(
+                    "UPDATE mailboxes SET uidvalidity = $2, adopted = TRUE WHERE id = $1", mailbox_id, uidvalidity
+                )
                 await conn.execute(
                     "SELECT setval('uidvalidity_seq', GREATEST((SELECT last_value FROM uidvalidity_seq), $1::bigint))",
                     uidvalidity,

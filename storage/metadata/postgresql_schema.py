@@ -144,6 +144,11 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         # Step 3 (issue 16): the POP3 UIDL a message had on the server it was imported from ('' = the default).
         "ALTER TABLE messages ADD COLUMN pop3_uidl TEXT NOT NULL DEFAULT ''",
     ),
+    (
+        # Step 4 (issue 16): the UIDVALIDITY came from another server (adopt_uids), so a second
+        # import pass may keep using it; a mailstack-made one that equals it by chance may not.
+        "ALTER TABLE mailboxes ADD COLUMN adopted BOOLEAN NOT NULL DEFAULT FALSE",
+    ),
 )
 
 # Unique constraints whose violation means "that name is taken" (a race the code's own check lost).

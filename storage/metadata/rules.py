@@ -21,12 +21,13 @@ def check_kept_uid(wanted: int, uidnext: int) -> None:
         raise NotAllowed(f"UID {wanted} is not above the mailbox's UIDs (UIDNEXT {uidnext})")
 
 
-def check_adoption(uidvalidity: int, current: int, highestmodseq: int) -> None:
+def check_adoption(uidvalidity: int, current: int, highestmodseq: int, adopted: bool) -> None:
     """Another server's UIDVALIDITY is taken only by a mailbox that never stored a message (its
-    UIDs cannot have been seen by a client); 0 keeps the current one."""
+    UIDs cannot have been seen by a client), or kept by one that adopted it before (a second
+    pass); one of our own that equals it by chance is not the source's; 0 keeps the current one."""
     if not 0 <= uidvalidity <= UIDVALIDITY_MAX:
         raise NotAllowed(f"UIDVALIDITY {uidvalidity} out of range")
-    if uidvalidity and uidvalidity != current and highestmodseq > 1:
+    if uidvalidity and highestmodseq > 1 and (uidvalidity != current or not adopted):
         raise NotAllowed(f"the mailbox has held messages under UIDVALIDITY {current}: it cannot take {uidvalidity}")
 
 

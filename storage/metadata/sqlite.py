@@ -844,9 +844,10 @@ class SqliteMetadataStore:
     async def adopt_uids(self, mailbox_id: int, uidvalidity: int, uidnext: int) -> MailboxRecord:
         def txn(conn: sqlite3.Connection) -> MailboxRecord:
             mailbox = _mailbox(conn, mailbox_id)
-            check_adoption(uidvalidity, mailbox.uidvalidity, mailbox.highestmodseq)
+            adopted = bool(_one(conn, "SELECT adopted FROM mailboxes WHERE id = ?", (mailbox_id,))[0])
+            check_adoption(uidvalidity, mailbox.uidvalidity, mailbox.highestmodseq, adopted)
             if uidvalidity:
-                conn.execute("UPDATE mailboxes SET uidvalidity = ? WHERE id = ?", (uidvalidity, mailbox_id))
+                conn.execute("UPDATE mailboxes SET uidvalidity = ?, adopted = 1 WHERE id = ?", (uidvalidity, mailbox_id))
                 conn.execute("UPDATE counters SET value = MAX(value, ?) WHERE name = 'uidvalidity'", (uidvalidity,))
             conn.execute("UPDATE mailboxes SET uidnext = MAX(uidnext, ?) WHERE id = ?", (uidnext, mailbox_id))
             row = _one(conn, f"SELECT {_MAILBOX_COLUMNS} FROM mailboxes m WHERE m.id = ?", (mailbox_id,))

@@ -157,6 +157,11 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         # Step 6 (issue 16): the POP3 UIDL a message had on the server it was imported from ('' = the default).
         "ALTER TABLE messages ADD COLUMN pop3_uidl TEXT NOT NULL DEFAULT ''",
     ),
+    (
+        # Step 7 (issue 16): the UIDVALIDITY came from another server (adopt_uids), so a second
+        # import pass may keep using it; a mailstack-made one that equals it by chance may not.
+        "ALTER TABLE mailboxes ADD COLUMN adopted INTEGER NOT NULL DEFAULT 0",
+    ),
 )
 
 

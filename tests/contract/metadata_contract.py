@@ -1074,6 +1074,23 @@ class MetadataStoreContract:
         with pytest.raises(MailboxNotFound):
             await s.adopt_uids(box.id + 1000, 1, 1)
 
+    async def test_own_uidvalidity_equal_by_chance_is_not_adopted(self, metadata_store: MetadataStore) -> None:
+        # Two servers seed UIDVALIDITY from the clock: a mailbox of ours that already holds mail may
+        # carry the very number the old server gave its folder. Its UIDs are ours, not the old
+        # server's, so it must not pass as adopted (a client's cache would map UIDs to other mail).
+        s = metadata_store
+        acc = await account(s)
+        box = await s.create_mailbox(acc.id, "Busy")
+        await insert(s, box.id, "ours")
+        with pytest.raises(NotAllowed):
+            await s.adopt_uids(box.id, box.uidvalidity, 0)
+        assert (await s.adopt_uids(box.id, 0, 0)).uidvalidity == box.uidvalidity, "0 still keeps it"
+        empty = await s.create_mailbox(acc.id, "Empty")  # no message yet: taking its own value is adoption
+        await s.adopt_uids(empty.id, empty.uidvalidity, 0)
+        await insert(s, empty.id, "imported")
+        again = await s.adopt_uids(empty.id, empty.uidvalidity, 0)  # a second pass
+        assert again.uidvalidity == empty.uidvalidity
+
     async def test_adopted_uidvalidity_is_never_given_to_a_new_mailbox(self, metadata_store: MetadataStore) -> None:
         s = metadata_store
         acc = await account(s)
