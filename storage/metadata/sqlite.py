@@ -847,7 +847,8 @@ class SqliteMetadataStore:
             adopted = bool(_one(conn, "SELECT adopted FROM mailboxes WHERE id = ?", (mailbox_id,))[0])
             check_adoption(uidvalidity, mailbox.uidvalidity, mailbox.highestmodseq, adopted)
             if uidvalidity:
-                conn.execute("UPDATE mailboxes SET uidvalidity = ?, adopted = 1 WHERE id = ?", (uidvalidity, mailbox_id))
+                sql = "UPDATE mailboxes SET uidvalidity = ?, adopted = 1 WHERE id = ?"
+                conn.execute(sql, (uidvalidity, mailbox_id))
                 conn.execute("UPDATE counters SET value = MAX(value, ?) WHERE name = 'uidvalidity'", (uidvalidity,))
             conn.execute("UPDATE mailboxes SET uidnext = MAX(uidnext, ?) WHERE id = ?", (uidnext, mailbox_id))
             row = _one(conn, f"SELECT {_MAILBOX_COLUMNS} FROM mailboxes m WHERE m.id = ?", (mailbox_id,))
