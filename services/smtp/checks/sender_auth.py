@@ -72,7 +72,8 @@ class SenderAuth:
 
     async def _within(self, work: Awaitable[T], late: T) -> T:
         try:
-            return await asyncio.wait_for(work, self.policy.deadline)
+            async with asyncio.timeout(self.policy.deadline):  # no task of its own, unlike wait_for
+                return await work
         except TimeoutError:
             return late
 

@@ -7,6 +7,7 @@ implemented: the "exp" explanation (only used in a rejection text we do not send
 from __future__ import annotations
 
 import enum
+import functools
 import ipaddress
 import re
 from dataclasses import dataclass
@@ -159,7 +160,13 @@ _MODIFIER = re.compile(r"([a-z][a-z0-9._-]*)=(.*)", re.IGNORECASE | re.DOTALL)
 _MECHANISM = re.compile(r"([+\-~?]?)([a-z][a-z0-9._-]*)(?::(.*?))?(?:/(\d{1,3}))?(?://(\d{1,3}))?", re.I | re.S)
 
 
-def parse_record(record: str) -> list[Term]:
+# Records and networks are parsed once per process, not once per message: a sender's record comes
+# back with each of its messages (a PermError is not cached and is raised again each time).
+PARSE_CACHE = 4096
+
+
+@functools.lru_cache(maxsize=PARSE_CACHE)
+def parse_record(record: str) -> tuple[Term, ...]:
     """The terms after "v=spf1" (§4.6.1, §12); any unknown mechanism or a bad term is a permerror."""
     terms: list[Term] = []
     for word in record.split(" ")[1:]:
@@ -173,7 +180,7 @@ def parse_record(record: str) -> list[Term]:
     for name in ("redirect", "exp"):  # §6: each at most once
         if sum(t.name == name for t in terms) > 1:
             raise PermError(f"{name}= appears more than once")
-    return terms
+    return tuple(terms)
 
 
 def _mechanism(word: str) -> Term:
@@ -204,6 +211,7 @@ def _well_formed(term: Term) -> bool:
     return (term.cidr4 or 0) <= limit and (term.cidr6 or 0) <= 128
 
 
+@functools.lru_cache(maxsize=PARSE_CACHE)
 def _network(term: Term) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
     """The network of an ip4/ip6 mechanism; the prefix of ip6 is written with one slash."""
     prefix = term.cidr4 if term.cidr4 is not None else (32 if term.name == "ip4" else 128)
@@ -218,12 +226,17 @@ def _network(term: Term) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
 
 def _in_network(ip: IpAddress, address: str, term: Term) -> bool:
     """Whether `ip` is within the mechanism's prefix of `address` (a/mx dual-cidr-length)."""
+    network = _host_network(address, term.cidr4 if ip.version == 4 else term.cidr6)
+    return network is not None and ip in network
+
+
+@functools.lru_cache(maxsize=PARSE_CACHE)
+def _host_network(address: str, prefix: int | None) -> ipaddress.IPv4Network | ipaddress.IPv6Network | None:
+    """The prefix of an A/AAAA answer (None: not an address of the family the prefix is for)."""
     other = ipaddress.ip_address(address)
-    if other.version != ip.version:
-        return False
-    prefix = term.cidr4 if ip.version == 4 else term.cidr6
-    network = ipaddress.ip_network(f"{other}/{prefix if prefix is not None else other.max_prefixlen}", strict=False)
-    return ip in network
+    if prefix is not None and prefix > other.max_prefixlen:
+        return None
+    return ipaddress.ip_network(f"{other}/{prefix if prefix is not None else other.max_prefixlen}", strict=False)
 
 
 async def _matches(context: SpfContext, term: Term, domain: str) -> bool:
