@@ -10,8 +10,8 @@ import time
 from collections.abc import Iterator
 
 import pytest
-
 from mailstack.services.smtp.checks.dns import AnswerCache, DnsTempError, Resolver
+
 from tests.fixtures.dns_server import DnsServer
 
 

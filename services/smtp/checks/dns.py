@@ -110,12 +110,12 @@ def _negative_ttl(err: dns.exception.DNSException, qname: dns.name.Name) -> floa
     if not isinstance(err, dns.resolver.NXDOMAIN):
         return NEGATIVE_TTL
     try:
-        response = err.response(qname)
+        response = err.response(qname)  # type: ignore[no-untyped-call]
     except (KeyError, IndexError):
         return 0.0
     for rrset in response.authority:
         if rrset.rdtype == dns.rdatatype.SOA and len(rrset):
-            return float(min(rrset.ttl, rrset[0].minimum, NEGATIVE_TTL))  # type: ignore[attr-defined]
+            return float(min(rrset.ttl, rrset[0].minimum, NEGATIVE_TTL))
     return 0.0
 
 
