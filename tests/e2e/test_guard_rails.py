@@ -53,6 +53,7 @@ def serve_env(data_dir: Path) -> dict[str, str]:
         "MAILSTACK_SEND_LISTEN": f"127.0.0.1:{free_port()}",
         "MAILSTACK_PASSWORD_SCRYPT_LOG_N": "10",
         "MAILSTACK_OUTBOUND_RESOLVER": "static:*=127.0.0.1:9",
+        "MAILSTACK_LMTP_PORT": str(free_port()),  # its default is a fixed port another test may hold
     }
     env.update({f"MAILSTACK_{name}_PORT": str(free_port()) for name in MAIL_PORTS})
     return env

@@ -32,8 +32,8 @@ def _clients_dir() -> Path | None:
 
 
 CLIENTS = _clients_dir()
-PORTS = ["mailstore_listen", "smtp_port", "submission_port", "submissions_port", "imap_port", "imaps_port",
-         "pop3_port", "pop3s_port"]  # fmt: skip
+PORTS = ["mailstore_listen", "smtp_port", "submission_port", "submissions_port", "lmtp_port", "imap_port",
+         "imaps_port", "pop3_port", "pop3s_port"]  # fmt: skip
 
 
 def test_every_shared_client_check_passes(tmp_path: Path) -> None:
