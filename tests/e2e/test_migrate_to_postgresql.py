@@ -130,7 +130,8 @@ def pop3_uidls(ports: dict[str, int]) -> list[bytes]:
 @pytest.mark.slow
 def test_embedded_installation_moves_to_postgresql_and_clients_see_the_same(tmp_path: Path, postgres_url: str) -> None:
     data = tmp_path / "data"
-    ports = {n: free_port() for n in ("grpc", "smtp", "submission", "submissions", "lmtp", "imap", "imaps", "pop3", "pop3s")}
+    names = ("grpc", "smtp", "submission", "submissions", "lmtp", "imap", "imaps", "pop3", "pop3s")
+    ports = {n: free_port() for n in names}
     with embedded(data, ports):
         for account in (ALICE, BOB):
             result = cli(data, ports["grpc"], "user", "add", account, "--password", PASSWORD)
