@@ -4,13 +4,14 @@ dkimpy's for the same message, as RFC 8601 result words."""
 from __future__ import annotations
 
 import base64
+import hashlib
 import logging
 import time
 from dataclasses import dataclass
 
 import dkim
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519, padding, rsa
 from mailstack.message import dkim_verify
 from mailstack.message.dkim_verify import DkimFailure, DkimPermError
 
@@ -121,6 +122,35 @@ def agree(content: bytes, records: Records) -> tuple[list[str], list[str]]:
     if len(mine) == len(other):
         other = [m if (m, o) == ("permerror", "fail") else o for m, o in zip(mine, other, strict=True)]
     return mine, other
+
+
+def hand_signed(content: bytes, tags: str, key: Key, b: str | None = None) -> bytes:
+    """content with a DKIM-Signature of these tags (bh= computed unless given) signed by key, or
+    with b= as given (for signatures that must be refused before any signature check). Made with
+    `cryptography` over the header data our module computes: for tests of tags (x=, i=, t=s, long
+    h=), not of the canonicalization, which the differential test checks against dkimpy."""
+    relaxed = "/relaxed" in tags
+    body = dkim_verify.Message(content).body
+    if "bh=" not in tags:
+        digest = hashlib.sha256(dkim_verify.relaxed_body(body) if relaxed else dkim_verify.simple_body(body)).digest()
+        tags += f"; bh={base64.b64encode(digest).decode()}"
+    field = f"DKIM-Signature: {tags}; b=".encode()
+    if b is None:
+        unsigned = field + b"\r\n" + content
+        message = dkim_verify.Message(unsigned)
+        signature = dkim_verify.read_signature(field + b"\r\n", dkim_verify.tag_list(field[15:]))
+        data = dkim_verify.header_data(message, signature)
+        b = base64.b64encode(_private_sign(key, data)).decode()
+    return field + b.encode() + b"\r\n" + content
+
+
+def _private_sign(key: Key, data: bytes) -> bytes:
+    if key.algorithm == b"ed25519-sha256":
+        private = ed25519.Ed25519PrivateKey.from_private_bytes(base64.b64decode(key.private))
+        return private.sign(hashlib.sha256(data).digest())
+    pem_key = serialization.load_pem_private_key(key.private, None)
+    assert isinstance(pem_key, rsa.RSAPrivateKey)
+    return pem_key.sign(data, padding.PKCS1v15(), hashes.SHA256())
 
 
 def results(content: bytes, records: Records) -> list[str]:
