@@ -32,7 +32,6 @@ _QUIET.setLevel(logging.CRITICAL)
 _QUIET.propagate = False
 
 DOMAIN, SELECTOR = b"example.test", b"sel"
-KEY_NAME = "sel._domainkey.example.test."
 
 
 def message() -> bytes:
