@@ -11,8 +11,8 @@ import pytest
 from mailstack.services.smtp.checks.dns import Resolver
 from mailstack.services.smtp.checks.signatures import MAX_SIGNATURES, THREAD_ABOVE, DkimResult, verify_dkim
 
+from tests.fixtures.dkim_signing import ed25519_key, hand_signed, rsa_key, sign
 from tests.fixtures.dns_server import DnsServer
-from tests.unit.message.dkim_support import ed25519_key, hand_signed, rsa_key, sign
 
 RSA = rsa_key(2048)
 ED25519 = ed25519_key()

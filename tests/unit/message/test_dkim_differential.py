@@ -11,7 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.unit.message.dkim_support import agree, ed25519_key, results, rsa_key, sign, theirs
+from tests.fixtures.dkim_signing import agree, ed25519_key, results, rsa_key, sign, theirs
 
 RSA = rsa_key(2048)
 ED25519 = ed25519_key()

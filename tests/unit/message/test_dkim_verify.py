@@ -1,7 +1,7 @@
 """message.dkim_verify from the RFC text and from an attacker's side: canonicalization (RFC 6376
 §3.4, with its §3.4.5 example), tag lists (§3.2), the checks of a signature (§6.1.1) and of its
 key record (§3.6.1, RFC 8301, RFC 8463), and the bounds on everything a sender controls.
-Signatures with chosen tags are made by dkim_support.hand_signed (see there)."""
+Signatures with chosen tags are made by dkim_signing.hand_signed (see there)."""
 
 from __future__ import annotations
 
@@ -23,8 +23,8 @@ from mailstack.message.dkim_verify import (
     without_b_value,
 )
 
-from tests.unit.message.dkim_support import Key, ed25519_key, ours, rsa_key, sign
-from tests.unit.message.dkim_support import hand_signed as signed_by
+from tests.fixtures.dkim_signing import Key, ed25519_key, ours, rsa_key, sign
+from tests.fixtures.dkim_signing import hand_signed as signed_by
 
 RSA = rsa_key(2048)
 ED25519 = ed25519_key()
