@@ -215,9 +215,9 @@ def relaxed_body(body: bytes) -> bytes:
     body = _one_space(body)
     if b" \r\n" in body:
         body = body.replace(b" \r\n", b"\r\n")
+    if body.endswith(b" "):
+        body = body[:-1]
     kept = body[: len(body) - _crlf_run_at_end(body)]
-    if kept.endswith(b" "):
-        kept = kept[:-1]
     return kept + b"\r\n" if kept else b""
 
 

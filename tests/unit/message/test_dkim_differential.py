@@ -8,8 +8,10 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import pytest
+from dkim.canonicalization import Relaxed, Simple
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from mailstack.message.dkim_verify import relaxed_body, relaxed_field, simple_body
 
 from tests.fixtures.dkim_signing import agree, ed25519_key, results, rsa_key, sign, theirs
 
@@ -218,3 +220,26 @@ def test_wsp_before_the_colon_is_relaxed() -> None:
     assert results(relaxed.replace(b"\r\nSubject:", b"\r\nSubject \t:"), RECORDS) == ["pass"]
     assert results(relaxed.replace(b"\r\nFrom:", b"\r\nFrom :"), RECORDS) == ["pass"]
     assert results(simple.replace(b"\r\nSubject:", b"\r\nSubject :"), RECORDS) == ["fail"]
+
+
+_PIECES = st.sampled_from([b"a", b"b.", b" ", b"\t", b"  ", b"\r\n", b"\r", b"\r\n\r\n", b" \r\n"])
+
+
+@settings(max_examples=300, deadline=None)
+@given(body=st.lists(_PIECES, max_size=30).map(b"".join))
+def test_body_canonicalization_is_dkimpys(body: bytes) -> None:
+    """RFC 6376 §3.4.3 and §3.4.4 on any mix of text, WSP, CRLF and bare CR, ending as SMTP mail does."""
+    if body and not body.endswith(b"\r\n"):
+        body += b"\r\n"
+    assert simple_body(body) == Simple.canonicalize_body(body)
+    assert relaxed_body(body) == Relaxed.canonicalize_body(body)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    value=st.lists(st.sampled_from([b"v", b":", b" ", b"\t", b"  ", b"\r\n ", b"\r\n\t"]), max_size=20).map(b"".join)
+)
+def test_header_canonicalization_is_dkimpys(value: bytes) -> None:
+    """RFC 6376 §3.4.2 on any value of text, WSP and folds."""
+    [(name, canonical)] = Relaxed.canonicalize_headers([(b"X-Test", value + b"\r\n")])
+    assert relaxed_field(b"x-test", b"X-Test:" + value + b"\r\n") == name + b":" + canonical

@@ -78,12 +78,19 @@ def test_a_last_line_without_crlf_gets_one() -> None:
     # WSP at the end of an unterminated last line is at the end of a line too (§3.4.4 a); dkimpy
     # keeps it. SMTP mail always ends with CRLF, so no received message shows the difference.
     assert relaxed_body(b"x \t") == b"x\r\n"
+    assert relaxed_body(b"x\r\n\r\n \t") == b"x\r\n", "a last line of WSP is an empty line"
 
 
 def test_only_crlf_pairs_at_the_end_are_empty_lines() -> None:
     assert simple_body(b"a\r\n\n\r\n") == b"a\r\n\n\r\n", "the bare LF ends no empty line"
     assert simple_body(b"a\r\r\n\r\n") == b"a\r\r\n"
     assert relaxed_body(b"a  b\t\tc \r\n\r\n") == b"a b c\r\n"
+
+
+def test_long_runs_of_wsp_and_empty_lines_reduce_whole() -> None:
+    assert relaxed_body(b" \t" * 100_000 + b"x" + b"\t" * 99_999 + b"y\r\n") == b" x y\r\n"
+    assert relaxed_body(b"x\r\n" + b" \r\n" * 100_000) == b"x\r\n"
+    assert simple_body(b"x\r\n" + b"\r\n" * 100_000) == b"x\r\n"
 
 
 def test_a_header_field_is_unfolded_and_its_wsp_reduced() -> None:
