@@ -23,6 +23,9 @@ MAX_RECORD_CHARS = 4096  # a longer SPF record is refused (permerror) before any
 MAX_DOMAIN = 253
 
 IpAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+# Records, networks and client addresses are parsed once per process, not once per message: a
+# sender's record comes back with each of its messages (a PermError is not cached: raised again).
+PARSE_CACHE = 4096
 
 
 class SpfResult(enum.StrEnum):
@@ -103,12 +106,9 @@ def valid_domain(domain: str) -> bool:
 async def check_host(dns: SpfDns, ip: str, domain: str, sender: str, helo: str) -> SpfVerdict:
     """RFC 7208 §4: `domain` is the MAIL FROM's domain, or the HELO name for the HELO identity."""
     domain = domain.lower().removesuffix(".")
-    try:
-        address = ipaddress.ip_address(ip)
-    except ValueError:
+    address = _client_address(ip)
+    if address is None:
         return SpfVerdict(SpfResult.NONE, domain, "no client IP address")  # a UNIX socket
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped  # §5: an IPv4-mapped client is an IPv4 client
     context = SpfContext(dns, address, sender, helo)
     try:
         result, reason = await _evaluate(context, domain)
@@ -117,6 +117,17 @@ async def check_host(dns: SpfDns, ip: str, domain: str, sender: str, helo: str) 
     except DnsTempError as err:
         return SpfVerdict(SpfResult.TEMPERROR, domain, str(err))
     return SpfVerdict(result, domain, reason)
+
+
+@functools.lru_cache(maxsize=PARSE_CACHE)
+def _client_address(ip: str) -> IpAddress | None:
+    try:
+        address = ipaddress.ip_address(ip)
+    except ValueError:
+        return None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped  # §5: an IPv4-mapped client is an IPv4 client
+    return address
 
 
 async def _evaluate(context: SpfContext, domain: str) -> tuple[SpfResult, str]:
@@ -158,11 +169,6 @@ async def _record(dns: SpfDns, domain: str) -> str | None:
 
 _MODIFIER = re.compile(r"([a-z][a-z0-9._-]*)=(.*)", re.IGNORECASE | re.DOTALL)
 _MECHANISM = re.compile(r"([+\-~?]?)([a-z][a-z0-9._-]*)(?::(.*?))?(?:/(\d{1,3}))?(?://(\d{1,3}))?", re.I | re.S)
-
-
-# Records and networks are parsed once per process, not once per message: a sender's record comes
-# back with each of its messages (a PermError is not cached and is raised again each time).
-PARSE_CACHE = 4096
 
 
 @functools.lru_cache(maxsize=PARSE_CACHE)
