@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("mailstack.grpc.local")
 
 PEER = "unix:in-process"  # what context.peer() says (a gRPC peer form: logs and spans parse it)
+TRACED = "/mailstack."  # the services gRPC's tracing covers (grpc_tracing.TRACED_SERVICES)
 DEPTH = 4  # streamed responses made ahead of the reader (gRPC's flow control, counted in messages)
 
 Sink = Callable[[Any], Awaitable[None]]
@@ -271,9 +272,10 @@ class LocalStreamCall:
 class LocalChannel:
     """A channel to the mailstore of this process, for the generated stubs (see the module doc)."""
 
-    def __init__(self, address: str, caller: str) -> None:
+    def __init__(self, address: str, caller: str, traced: bool = False) -> None:
         self._address = address
         self._caller = caller
+        self._traced = traced  # a CLIENT span per call, as gRPC's client interceptors make (spans collected)
         self._calls: set[asyncio.Future[Any]] = set()
         self._closed = False
 
@@ -305,7 +307,14 @@ class LocalChannel:
             raise rpc_error(grpc.StatusCode.CANCELLED, "the channel is closed")
         if endpoint is None:
             raise rpc_error(grpc.StatusCode.UNAVAILABLE, "the mailstore of this process is not serving")
-        return await endpoint.call(method, self._caller, request, seconds, metadata, sink)
+        if not self._traced or not method.startswith(TRACED):
+            return await endpoint.call(method, self._caller, request, seconds, metadata, sink)
+        from mailstack.services.common.grpc_tracing import client_span  # only with spans collected
+
+        def traced(carried: list[tuple[str, str]]) -> Awaitable[Any]:
+            return endpoint.call(method, self._caller, request, seconds, [*(metadata or ()), *carried], sink)
+
+        return await client_span(method, traced)
 
     def _track(self, task: asyncio.Task[Any]) -> None:
         self._calls.add(task)
@@ -359,5 +368,8 @@ def mailstore_channel(settings: Settings, identity: Identity) -> grpc.aio.Channe
     if settings.mailstore_transport == "auto" and local_endpoint(settings.mailstore_addr) is not None:
         caller = internal_ca.certificate_name(identity.cert)  # what mTLS would prove to the mailstore
         log.info("calling the mailstore in-process", extra={"identity": caller})
-        return cast(grpc.aio.Channel, LocalChannel(settings.mailstore_addr, caller))
+        from mailstack.services.common import telemetry  # as grpc_client.client_interceptors
+
+        traced = telemetry.tracing_enabled()  # decided at open, as for a gRPC channel's interceptors
+        return cast(grpc.aio.Channel, LocalChannel(settings.mailstore_addr, caller, traced))
     return open_channel(settings.mailstore_addr, identity)
