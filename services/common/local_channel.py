@@ -200,8 +200,9 @@ async def _run(behavior: Behavior, request: Any, context: LocalContext, sink: Si
         result = behavior(_requests(request), context)
         if inspect.isasyncgen(result):
             assert sink is not None
-            async for item in result:
-                await sink(item)
+            async with contextlib.aclosing(result) as items:  # its finally (Watch's unsubscribe) now, not at GC
+                async for item in items:
+                    await sink(item)
             return None
         return await result
     except (_Aborted, asyncio.CancelledError):
