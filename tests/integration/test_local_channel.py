@@ -169,6 +169,13 @@ def running_calls(server: MailstoreServer) -> int:
     return len(server._local._calls)
 
 
+def watchers(server: MailstoreServer) -> int:
+    """Subscriptions to ACCOUNT's changes open in the mailstore's (in-memory) event bus."""
+    assert server.core is not None
+    subscribers: dict[str, set[object]] = server.core.stores.events._subscribers  # type: ignore[attr-defined]
+    return len(subscribers.get(ACCOUNT, ()))
+
+
 async def wait_until(condition: Callable[[], bool], what: str) -> None:
     for _ in range(500):
         if condition():
@@ -181,12 +188,13 @@ async def test_cancel_and_leaving_early_end_the_servicer(mailstore: tuple[Mailst
     server, _ = mailstore
     channel = local(server, "imap")
     watch = mailstore_stub(channel).Watch(pb.WatchRequest(account=ACCOUNT))
-    await wait_until(lambda: running_calls(server) == 1, "the Watch running")
+    await wait_until(lambda: running_calls(server) == 1 and watchers(server) == 1, "the Watch subscribed")
     watch.cancel()
     with pytest.raises(asyncio.CancelledError):
         async for _ in watch:
             pass
     await wait_until(lambda: running_calls(server) == 0, "no call running")
+    assert watchers(server) == 0  # the servicer's subscription closed with the call
     # A reader that stops after the first response: the rest is not produced for nobody.
     for i in range(6):
         await append(channel, mail(f"big{i}", 500_000))
