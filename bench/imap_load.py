@@ -4,20 +4,24 @@
 with the same client code, in interleaved rounds (medians reported).
 
 Not a test. Every client APPENDs the same messages (fixed seed, 2-40 KB) to its own account on
-both systems, so both hold the same data. mailstack runs as deployed: a mailstore process and a
-`mailstack serve imap` process. Dovecot is PEERS_KIT/start.sh PEER_DIR (the reference-peers
-kit; users u1..uN, SHA512-CRYPT password hashes there; bench/hashcost.py sets mailstack's
-scrypt cost to match and prints both).
+both systems, so both hold the same data. mailstack runs as deployed (--shape split, the default):
+a mailstore process and a `mailstack serve imap` process; or all-in-one (--shape all): one
+`mailstack serve`, its frontends calling the mailstore in-process (--transport auto, ADR 0039) or
+over its gRPC listener (--transport grpc). Dovecot is PEERS_KIT/start.sh PEER_DIR (the
+reference-peers kit; users u1..uN, SHA512-CRYPT password hashes there; bench/hashcost.py sets
+mailstack's scrypt cost to match and prints both).
 
     PEERS_KIT/start.sh PEER_DIR
     .venv/bin/python bench/imap_load.py --peers-dir PEER_DIR [--clients 5] [--messages 100] [--rounds 3]
         [--first-user 16]   (Dovecot users uK..; their Maildirs are replaced by new ones)
+        [--shape split|all] [--transport auto|grpc]   (the all-in-one's transport)
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import random
 import shutil
@@ -27,7 +31,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,6 +43,7 @@ from mailstack.v1 import mailstore_pb2 as pb
 from bench.cpu import dovecot_master, processes_cpu, tree_cpu
 from bench.hashcost import matching_log_n
 from tests.fixtures.mailstore import MailstoreProcess, free_port, identity_env, open_client
+from tests.fixtures.serve_process import running_serve
 
 PASSWORD = "Secret123"
 DOVECOT_IMAP = 23143
@@ -184,6 +189,44 @@ async def measure(port: int, users: list[str], data: list[bytes], cpu: Callable[
     return out
 
 
+async def create_users(address: str, data_dir: Path | str, clients: int) -> list[str]:
+    users = [f"u{i}@test" for i in range(1, clients + 1)]
+    client = open_client(address, data_dir)
+    for user in users:
+        await client.admin.CreateAccount(pb.CreateAccountRequest(name=user, password=PASSWORD))
+    await client.channel.close(None)
+    return users
+
+
+@contextlib.contextmanager
+def all_in_one(tmp: Path, clients: int, transport: str) -> Iterator[tuple[list[int], int, list[str]]]:
+    """One `mailstack serve` (every service): (its pid, the IMAP port, the users)."""
+    log_n, cost_line = matching_log_n(PASSWORD)
+    print(cost_line)
+    extra = {
+        "MAILSTACK_PASSWORD_SCRYPT_LOG_N": str(log_n),
+        "MAILSTACK_ALLOW_PLAINTEXT_AUTH": "1",
+        "MAILSTACK_IMAP_COMMANDS_PER_SECOND": "100000",
+        "MAILSTACK_MAILSTORE_TRANSPORT": transport,
+    }
+    with running_serve(tmp, extra) as served:
+        users = asyncio.run(create_users(f"127.0.0.1:{served.ports['mailstore']}", tmp / "data", clients))
+        yield [served.proc.pid], served.ports["imap"], users
+
+
+@contextlib.contextmanager
+def split(tmp: Path, clients: int) -> Iterator[tuple[list[int], int, list[str]]]:
+    """A mailstore process and a `mailstack serve imap` process: (their pids, the IMAP port, the users)."""
+    store, proc, port, users = start_mailstack(tmp, clients)
+    assert store.proc is not None
+    try:
+        yield [store.proc.pid, proc.pid], port, users
+    finally:
+        proc.terminate()
+        proc.wait(15)
+        store.stop()
+
+
 def start_mailstack(tmp: Path, clients: int) -> tuple[MailstoreProcess, subprocess.Popen[bytes], int, list[str]]:
     log_n, cost_line = matching_log_n(PASSWORD)
     print(cost_line)
@@ -209,15 +252,7 @@ def start_mailstack(tmp: Path, clients: int) -> tuple[MailstoreProcess, subproce
             break
         except OSError:
             time.sleep(0.1)
-    users = [f"u{i}@test" for i in range(1, clients + 1)]
-
-    async def create() -> None:
-        client = open_client(store.address, store.data_dir)
-        for user in users:
-            await client.admin.CreateAccount(pb.CreateAccountRequest(name=user, password=PASSWORD))
-        await client.channel.close(None)
-
-    asyncio.run(create())
+    users = asyncio.run(create_users(store.address, store.data_dir, clients))
     return store, proc, port, users
 
 
@@ -228,6 +263,8 @@ def main() -> None:
     parser.add_argument("--messages", type=int, default=100)
     parser.add_argument("--rounds", type=int, default=3, help="rounds per system, interleaved; medians reported")
     parser.add_argument("--first-user", type=int, default=16, help="Dovecot users uK.. (given new Maildirs)")
+    parser.add_argument("--shape", choices=("split", "all"), default="split", help="mailstack's processes")
+    parser.add_argument("--transport", choices=("auto", "grpc"), default="auto", help="--shape all: in-process or gRPC")
     args = parser.parse_args()
     data = messages(args.messages)
     dovecot_users = [f"u{i}" for i in range(args.first_user, args.first_user + args.clients)]
@@ -236,21 +273,18 @@ def main() -> None:
             shutil.rmtree(Path(args.peers_dir) / "mail" / user, ignore_errors=True)
     results: dict[str, list[dict[str, Result]]] = {"mailstack": [], "dovecot": []}
     with tempfile.TemporaryDirectory() as d:
-        store, proc, port, users = start_mailstack(Path(d), args.clients)
-        assert store.proc is not None
-        pids = [store.proc.pid, proc.pid]
-        master = dovecot_master(args.peers_dir) if args.peers_dir else 0
-        try:
+        started = (
+            split(Path(d), args.clients) if args.shape == "split" else all_in_one(Path(d), args.clients, args.transport)
+        )
+        with started as (pids, port, users):
+            master = dovecot_master(args.peers_dir) if args.peers_dir else 0
             for _ in range(args.rounds):  # interleaved, so both see the same machine load
                 results["mailstack"].append(asyncio.run(measure(port, users, data, lambda: processes_cpu(pids))))
                 if args.peers_dir:
                     dovecot = asyncio.run(measure(DOVECOT_IMAP, dovecot_users, data, lambda: tree_cpu(master)))
                     results["dovecot"].append(dovecot)
-        finally:
-            proc.terminate()
-            proc.wait(15)
-            store.stop()
-    report(results, f"{args.clients} clients x {args.messages} messages, {args.rounds} rounds")
+    shape = "split" if args.shape == "split" else f"all-in-one, {args.transport}"
+    report(results, f"{args.clients} clients x {args.messages} messages, {args.rounds} rounds, mailstack {shape}")
 
 
 def report(results: dict[str, list[dict[str, Result]]], title: str) -> None:

@@ -127,6 +127,13 @@ class Settings:
         "The mailstore address the frontends and the CLI call; replicas: dns:///NAME:PORT or HOST:PORT,HOST:PORT.",
         rule=DIAL,
     )
+    mailstore_transport: str = _setting(
+        "auto",
+        "How frontends call a mailstore running in their own process (mailstack serve): auto = in-process, "
+        "no gRPC (ADR 0039); grpc = over its gRPC listener, as separate processes do.",
+        rule=one_of("auto", "grpc"),
+        used_by=FRONTENDS,
+    )
     # Internal API identities (ADR 0009): mTLS with a small CA; empty = DATA_DIR/grpc, made on first start.
     grpc_ca: str = _setting(
         "", "CA certificate of the internal gRPC API (PEM); default DATA_DIR/grpc/ca.crt.", rule=FILE_OR_EMPTY

@@ -21,8 +21,9 @@ import grpc
 import grpc.aio
 from mailstack.services.common.certificates import CertificateStore, parse_pairs
 from mailstack.services.common.config import Settings
-from mailstack.services.common.grpc_client import identity_for, open_channel
+from mailstack.services.common.grpc_client import identity_for
 from mailstack.services.common.listeners import ConnectionFactory, Listener, addresses, open_listener
+from mailstack.services.common.local_channel import mailstore_channel
 from mailstack.services.common.metrics import count_tls_handshake
 from mailstack.services.common.proxy_listener import stream_factory
 from mailstack.services.common.stream_connection import CLOSE_TIMEOUT
@@ -84,7 +85,7 @@ class Frontend:
             self.certificates.start()
             self.tls_context = self.certificates.context
         identity = await asyncio.to_thread(identity_for, settings, self.grpc_identity)
-        self.channel = open_channel(settings.mailstore_addr, identity)
+        self.channel = mailstore_channel(settings, identity)  # in-process when the mailstore runs here
         try:
             await self.open()
         except BaseException:

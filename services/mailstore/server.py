@@ -21,6 +21,8 @@ from mailstack.services.common.grpc_certificates import ReloadingServerCertifica
 from mailstack.services.common.grpc_client import SERVER_OPTIONS, identity_for
 from mailstack.services.common.grpc_tracing import server_interceptors
 from mailstack.services.common.internal_ca import SERVER
+from mailstack.services.common.lifecycle import dialable
+from mailstack.services.common.local_channel import LocalEndpoint, serve_locally, withdraw
 from mailstack.services.mailstore.authz import AuthzInterceptor
 from mailstack.services.mailstore.core import MailstoreCore
 from mailstack.services.mailstore.forwarding import Forwarding
@@ -70,6 +72,7 @@ class MailstoreServer:
         self._send_address = ""
         self._lock: FolderLock | None = None
         self._redis_probe = RedisProbe(redis_stores(settings))
+        self._local = LocalEndpoint()  # the same servicers for frontends in this process (ADR 0039)
 
     @property
     def address(self) -> str:
@@ -108,15 +111,18 @@ class MailstoreServer:
         self.core = await MailstoreCore.open(self.settings)
         # Clients ping every 20 s (a dead mailstore is noticed); accept those pings.
         options = [*SERVER_OPTIONS, ("grpc.so_reuseport", 0)]
-        server = grpc.aio.server(options=options, interceptors=[AuthzInterceptor(), *server_interceptors()])
+        interceptors = [AuthzInterceptor(), *server_interceptors()]
+        server = grpc.aio.server(options=options, interceptors=interceptors)
         mailstore, admin = MailstoreServicer(self.core), AdminServicer(self.core)
-        mailstore_pb2_grpc.add_MailstoreServicer_to_server(mailstore, server)
-        mailstore_pb2_grpc.add_AdminServicer_to_server(admin, server)
         self.sending = sending = Sending.open(self.core)
         mailstore.forwarding = admin.forwarding = Forwarding(self.core, sending)
         sending.deliver_local = mailstore.forwarding.deliver  # submitted mail to a forwarding account too
-        send_pb2_grpc.add_SendAdminServicer_to_server(SendAdminServicer(sending), server)
-        send_pb2_grpc.add_OutboundServicer_to_server(OutboundServicer(sending), server)
+        send_admin, outbound = SendAdminServicer(sending), OutboundServicer(sending)
+        for target in (server, self._local):  # one set of servicers, two transports
+            mailstore_pb2_grpc.add_MailstoreServicer_to_server(mailstore, target)  # type: ignore[arg-type]
+            mailstore_pb2_grpc.add_AdminServicer_to_server(admin, target)  # type: ignore[arg-type]
+            send_pb2_grpc.add_SendAdminServicer_to_server(send_admin, target)  # type: ignore[arg-type]
+            send_pb2_grpc.add_OutboundServicer_to_server(outbound, target)  # type: ignore[arg-type]
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         if self.settings.grpc_reflection:  # off by default; the authz table lets only admin use it
             names = [
@@ -146,6 +152,8 @@ class MailstoreServer:
             raise
         for name in ("", *SERVICE_NAMES, *SEND_SERVICE_NAMES, SENDER_SERVICE):
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        await self._local.start([AuthzInterceptor(), *server_interceptors()])
+        serve_locally(self._local, {self._address, dialable(self._address)})
         self.core.start_background()
         sending.start_background()
         self._redis_probe.start()
@@ -163,8 +171,9 @@ class MailstoreServer:
         """Stop accepting, let running calls finish for up to grace seconds, close the backends."""
         await self._health.enter_graceful_shutdown()
         await self._redis_probe.stop()
+        withdraw(self._local)
         servers = [s for s in (self._server, self._send_server) if s is not None]
-        await asyncio.gather(*(s.stop(grace) for s in servers))
+        await asyncio.gather(self._local.stop(grace), *(s.stop(grace) for s in servers))
         if self.sending is not None:
             await self.sending.close()
             self.sending = None

@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from tests.fixtures.mailstore import free_port
+from tests.fixtures.mailstore import free_port, mailstore_transport
 from tests.fixtures.topology import ServiceProcess
 
 ALICE, PASSWORD = "alice@example.test", "pw-alice-1"
@@ -34,6 +34,7 @@ def base_env(folder: Path, **settings: str) -> dict[str, str]:
         "MAILSTACK_MAILSTORE_LISTEN": f"127.0.0.1:{grpc_port}",
         "MAILSTACK_MAILSTORE_ADDR": f"127.0.0.1:{grpc_port}",
         "MAILSTACK_SEND_LISTEN": f"127.0.0.1:{free_port()}",
+        "MAILSTACK_MAILSTORE_TRANSPORT": mailstore_transport(),
         **{f"MAILSTACK_{k.upper()}": v for k, v in settings.items()},
     }
 

@@ -27,7 +27,7 @@ from pathlib import Path
 import pytest
 from mailstack.services.common.tls import ensure_self_signed
 
-from tests.fixtures.mailstore import free_port
+from tests.fixtures.mailstore import free_port, mailstore_transport
 
 pytestmark = pytest.mark.slow
 
@@ -54,6 +54,7 @@ def serve_env(data_dir: Path) -> dict[str, str]:
         "MAILSTACK_PASSWORD_SCRYPT_LOG_N": "10",
         "MAILSTACK_OUTBOUND_RESOLVER": "static:*=127.0.0.1:9",
         "MAILSTACK_LMTP_PORT": str(free_port()),  # its default is a fixed port another test may hold
+        "MAILSTACK_MAILSTORE_TRANSPORT": mailstore_transport(),
     }
     env.update({f"MAILSTACK_{name}_PORT": str(free_port()) for name in MAIL_PORTS})
     return env
