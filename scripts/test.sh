@@ -42,14 +42,19 @@ pytest_tests() {
 }
 # The proto drift check is tests/unit/test_proto_drift.py, part of this run.
 check "pytest" pytest_tests "$@"
+if [ "$#" -eq 0 ]; then
+    # The all-in-one process calls its mailstore in-process (ADR 0039); the end-to-end suite runs
+    # again with every frontend on gRPC, the transport of the deployed shape.
+    check "pytest e2e, gRPC transport" env MAILSTACK_TEST_MAILSTORE_TRANSPORT=grpc "$VENV/bin/pytest" tests/e2e
+fi
 
 say "summary"
 failed=0
 for i in "${!names[@]}"; do
     if [ "${results[$i]}" -eq 0 ]; then
-        printf '  %-12s ok\n' "${names[$i]}"
+        printf '  %-28s ok\n' "${names[$i]}"
     else
-        printf '  %-12s FAILED (exit %s)\n' "${names[$i]}" "${results[$i]}"
+        printf '  %-28s FAILED (exit %s)\n' "${names[$i]}" "${results[$i]}"
         failed=1
     fi
 done
