@@ -31,8 +31,8 @@ class PasswdEntry:
     line: int
     user: str
     password_hash: str
-    quota_bytes: int = 0
-    quota_messages: int = 0
+    quota_bytes: int | None = None  # None: the file sets no such limit (0 is "unlimited", as it says)
+    quota_messages: int | None = None
     notes: tuple[str, ...] = field(default=())
 
 
@@ -64,10 +64,11 @@ def parse_passwd_file(text: str, domain: str = "") -> Parsed:
     return parsed
 
 
-def _quota(extra: str) -> tuple[int, int, tuple[str, ...]]:
+def _quota(extra: str) -> tuple[int | None, int | None, tuple[str, ...]]:
     """The global quota rule among the extra fields (Dovecot: storage= in KiB unless a unit follows,
     bytes= in bytes, messages= a count); rules for single mailboxes have no equivalent here."""
-    quota_bytes = quota_messages = 0
+    quota_bytes: int | None = None
+    quota_messages: int | None = None
     notes: list[str] = []
     for item in extra.split():
         key, _, value = item.partition("=")
@@ -118,8 +119,8 @@ def _import_entry(admin: pbg.AdminStub, entry: PasswdEntry, update: bool) -> dic
             pb.CreateAccountRequest(
                 name=entry.user,
                 password_hash=entry.password_hash,
-                quota_bytes=entry.quota_bytes,
-                quota_messages=entry.quota_messages,
+                quota_bytes=entry.quota_bytes or 0,
+                quota_messages=entry.quota_messages or 0,
             ),
             timeout=60.0,
         )
@@ -132,11 +133,13 @@ def _import_entry(admin: pbg.AdminStub, entry: PasswdEntry, update: bool) -> dic
         return {**result, "result": "exists", "detail": "kept as it is (--update replaces hash and quota)"}
     try:
         admin.SetPassword(pb.SetPasswordRequest(name=entry.user, password_hash=entry.password_hash), timeout=60.0)
-        if entry.quota_bytes or entry.quota_messages:
-            admin.SetQuota(
-                pb.SetQuotaRequest(name=entry.user, quota_bytes=entry.quota_bytes, quota_messages=entry.quota_messages),
-                timeout=60.0,
-            )
+        if entry.quota_bytes is not None or entry.quota_messages is not None:
+            # A limit the line does not give stays as the account has it (not "unlimited").
+            current = admin.GetAccount(pb.GetAccountRequest(name=entry.user), timeout=60.0)
+            quota_bytes = current.quota_bytes if entry.quota_bytes is None else entry.quota_bytes
+            quota_messages = current.quota_messages if entry.quota_messages is None else entry.quota_messages
+            request = pb.SetQuotaRequest(name=entry.user, quota_bytes=quota_bytes, quota_messages=quota_messages)
+            admin.SetQuota(request, timeout=60.0)
     except grpc.RpcError as err:
         return {**result, "result": "failed", "detail": error_message(err)}
     return {**result, "result": "updated"}

@@ -206,12 +206,23 @@ def test_passwd_file_import_then_login_with_old_passwords(env: ImapEnv, tmp_path
     # A second pass (the cutover) keeps what exists unless --update says otherwise.
     again = run_cli(env, "user", "import", "passwd-file", str(passwd), "--domain", "example.test", "--json")
     assert {r["account"]: r["result"] for r in json.loads(again.stdout)["accounts"]}["carol@example.test"] == "exists"
-    passwd.write_text(f"carol@example.test:{doveadm_hash('SSHA512', 'rotated')}\n")
+    passwd.write_text(
+        f"carol@example.test:{doveadm_hash('SSHA512', 'rotated')}::::::userdb_quota_rule=*:messages=900\n"
+        f"dave@example.test:{argon}\n"
+    )
     updated = run_cli(env, "user", "import", "passwd-file", str(passwd), "--update")
     assert updated.returncode == 0, updated.stdout + updated.stderr
     assert "updated" in updated.stdout
     assert refused(env, "carol@example.test", OLD_PASSWORD)
     login(env, "carol@example.test", "rotated").logout()
+
+    async def limits() -> tuple[tuple[int, int], tuple[int, int]]:
+        carol = await env.client.admin.GetAccount(pb.GetAccountRequest(name="carol@example.test"))
+        dave = await env.client.admin.GetAccount(pb.GetAccountRequest(name="dave@example.test"))
+        return (carol.quota_bytes, carol.quota_messages), (dave.quota_bytes, dave.quota_messages)
+
+    # A limit the line gives is set; one it does not give stays (a line with no rule changes none).
+    assert env.run(limits) == ((1 << 30, 900), (0, 500))
 
 
 def test_user_add_with_a_password_hash(env: ImapEnv) -> None:
