@@ -209,6 +209,19 @@ async def test_dmarc_quarantine_delivers_to_junk(tmp_path: Path, dns: DnsServer)
         assert ours(junk)["dmarc"][0].result == "fail"
 
 
+async def test_quarantine_finds_the_junk_mailbox_by_its_special_use(tmp_path: Path, dns: DnsServer) -> None:
+    # A client may call its \\Junk mailbox "Spam" (RFC 6154): quarantine goes there, not to the INBOX.
+    async with stack(tmp_path, dns) as running:
+        await running.client.store.DeleteMailbox(pb.DeleteMailboxRequest(account=ALICE, name="Junk"))
+        create = pb.CreateMailboxRequest(account=ALICE, name="Spam", special_use=pb.SPECIAL_USE_JUNK)
+        await running.client.store.CreateMailbox(create)
+        await running.client.store.CreateMailbox(pb.CreateMailboxRequest(account=ALICE, name="junk-ish"))
+        assert (await send(running, "x@quarantined.test", message("x@quarantined.test"))).startswith("250")
+        assert await stored(running) == []
+        [copy] = await stored(running, "Spam")
+        assert ours(copy)["dmarc"][0].result == "fail"
+
+
 async def test_quarantine_without_a_junk_mailbox_goes_to_the_inbox(tmp_path: Path, dns: DnsServer) -> None:
     async with stack(tmp_path, dns) as running:
         await running.client.store.DeleteMailbox(pb.DeleteMailboxRequest(account=ALICE, name="Junk"))

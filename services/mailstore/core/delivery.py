@@ -36,7 +36,8 @@ from mailstack.services.mailstore.core.results import (
     RecipientVerdict,
 )
 from mailstack.services.mailstore.core.stores import Stores, checked_mailbox_name
-from mailstack.storage.metadata.base import NewMessage
+from mailstack.storage.metadata.base import DeliveryTarget, NewMessage
+from mailstack.storage.metadata.rules import INBOX
 
 log = logging.getLogger("mailstack.mailstore")
 T = TypeVar("T")
@@ -253,6 +254,8 @@ class Delivery:
                 outcomes[index] = RecipientOutcome(recipients[index], verdict)
                 continue
             record = target.account
+            if target.mailbox.name != mailbox_name and mailbox_name != INBOX:
+                target = await self._by_special_use(target, mailbox_name)
             if record.name in targets:  # the same account twice (alias + address): one copy
                 targets[record.name].indexes.append(index)
                 continue
@@ -262,6 +265,15 @@ class Delivery:
                 continue
             targets[record.name] = _Target(record, target.mailbox, [index])
         return targets
+
+    async def _by_special_use(self, target: DeliveryTarget, mailbox_name: str) -> DeliveryTarget:
+        """A named mailbox the account lacks ("Junk" for quarantine) is the one whose special use
+        has that name (RFC 6154: a client may call its \\Junk folder "Spam"), else the INBOX given."""
+        wanted = "\\" + mailbox_name.lower()
+        for mailbox in await self.stores.metadata.list_mailboxes(target.account.id):
+            if wanted in mailbox.special_use.lower().split():
+                return DeliveryTarget(target.account, mailbox)
+        return target
 
     async def _reserve_all(
         self, targets: dict[str, _Target], size: int, recipients: Sequence[str], outcomes: dict[int, RecipientOutcome]
