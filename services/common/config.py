@@ -427,8 +427,10 @@ def env_name(field_name: str) -> str:
     return "MAILSTACK_" + field_name.upper()
 
 
-# Variables of the `mailstack` command that are not settings (no warning for them).
+# Variables of the `mailstack` command that are not settings (no warning for them), and the test
+# suite's own prefix (MAILSTACK_TEST_REDIS_URL, ..._MAILSTORE_TRANSPORT: read by tests/fixtures).
 NOT_SETTINGS = frozenset({"MAILSTACK_CONFIG"})
+TEST_PREFIX = "MAILSTACK_TEST_"
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off", "")
 
 
@@ -542,7 +544,9 @@ def load(env: Mapping[str, str] | None = None, config_file: str | None = None) -
     for variable in sorted(env):
         if variable in env_names:
             raw[env_names[variable]] = (env[variable], "environment")
-        elif variable.startswith("MAILSTACK_") and variable not in NOT_SETTINGS:
+        elif (
+            variable.startswith("MAILSTACK_") and variable not in NOT_SETTINGS and not variable.startswith(TEST_PREFIX)
+        ):
             warnings.append(f"{variable} is not a setting{_closest(variable, list(env_names))} (ignored)")
     converted: dict[str, Any] = {}
     errors: list[SettingError] = []
