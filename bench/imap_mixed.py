@@ -61,6 +61,7 @@ from bench.mixed_workload import (
     Model,
     Op,
     message,
+    parse_exists,
     parse_fetch,
     parse_search,
 )
@@ -249,10 +250,9 @@ class Worker:
     async def _select(self, op: Op) -> str:
         reply = await self.command(f'{op.name.upper()} "{op.mailbox}"')
         self._select_view((op.account, op.mailbox))
-        exists = re.search(rb"^\* (\d+) EXISTS", reply, re.MULTILINE)
-        want = len(self.r.target.model.boxes[op.account, op.mailbox])
-        if exists is None or int(exists.group(1)) != want:
-            self.r.problem(self.r.run.mismatches, self, op, f"EXISTS {exists and exists.group(1)!r}, expected {want}")
+        exists, want = parse_exists(reply), len(self.r.target.model.boxes[op.account, op.mailbox])
+        if exists != want:
+            self.r.problem(self.r.run.mismatches, self, op, f"EXISTS {exists}, expected {want}")
         return op.name
 
     async def _sync(self) -> tuple[int, str]:
@@ -328,23 +328,29 @@ class Worker:
 
 async def check_state(target: Target) -> list[str]:
     """Every mailbox of every account against the model: UID SEARCH ALL and each message's Message-ID
-    and flags."""
+    and flags (a failing command is itself a finding)."""
     out: list[str] = []
     for account, user in enumerate(target.users):
-        client = await connect(target.port)
-        await client.command(f'LOGIN {user} "{PASSWORD}"'.encode())
-        for mailbox in MAILBOXES:
-            reply = await client.command(f'EXAMINE "{mailbox}"'.encode())
-            searched = parse_search(await client.command(b"UID SEARCH ALL"))
-            exists = re.search(rb"^\* (\d+) EXISTS", reply, re.MULTILINE)
-            fetched = b""
-            if exists is not None and int(exists.group(1)) > 0:
-                fetched = await client.command(b"UID FETCH 1:* (UID FLAGS BODY.PEEK[HEADER.FIELDS (MESSAGE-ID)])")
-            out += [
-                f"{target.name}: {d}" for d in target.model.compare(account, mailbox, parse_fetch(fetched), searched)
-            ]
-        await client.command(b"LOGOUT")
-        client.writer.close()
+        try:
+            out += await check_account(target, account, user)
+        except (RuntimeError, OSError, EOFError) as e:
+            out.append(f"{target.name}: account {account + 1}: the state check failed: {str(e).strip() or repr(e)}")
+    return out
+
+
+async def check_account(target: Target, account: int, user: str) -> list[str]:
+    out: list[str] = []
+    client = await connect(target.port)
+    await client.command(f'LOGIN {user} "{PASSWORD}"'.encode())
+    for mailbox in MAILBOXES:
+        reply = await client.command(f'EXAMINE "{mailbox}"'.encode())
+        searched = parse_search(await client.command(b"UID SEARCH ALL"))
+        fetched = b""
+        if parse_exists(reply):
+            fetched = await client.command(b"UID FETCH 1:* (UID FLAGS BODY.PEEK[HEADER.FIELDS (MESSAGE-ID)])")
+        out += [f"{target.name}: {d}" for d in target.model.compare(account, mailbox, parse_fetch(fetched), searched)]
+    await client.command(b"LOGOUT")
+    client.writer.close()
     return out
 
 

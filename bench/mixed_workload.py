@@ -222,3 +222,9 @@ def parse_fetch(response: bytes) -> Answers:
 def parse_search(response: bytes) -> set[int]:
     found = re.search(rb"^\* SEARCH([ \d]*)\r?$", response, re.MULTILINE)
     return {int(n) for n in found.group(1).split()} if found else set()
+
+
+def parse_exists(response: bytes) -> int | None:
+    """The message count of a SELECT or EXAMINE answer (`* N EXISTS`)."""
+    found = re.search(rb"^\* (\d+) EXISTS", response, re.MULTILINE)
+    return int(found.group(1)) if found else None

@@ -3,7 +3,16 @@ in IMAP's states (RFC 3501 §3), and the model catches what a server gets wrong.
 
 from __future__ import annotations
 
-from bench.mixed_workload import EVERY_UID, NEEDS_MAILBOX, NEEDS_WRITABLE, Chooser, Model, parse_fetch, parse_search
+from bench.mixed_workload import (
+    EVERY_UID,
+    NEEDS_MAILBOX,
+    NEEDS_WRITABLE,
+    Chooser,
+    Model,
+    parse_exists,
+    parse_fetch,
+    parse_search,
+)
 
 
 def ops(seed: int, client: int, cycles: bool, count: int = 400) -> list[tuple[str, int, str, float]]:
@@ -71,6 +80,7 @@ def test_the_model_agrees_with_a_server_that_did_what_it_acknowledged() -> None:
     assert model.pick(0, "INBOX", 0.99, 10) == [4]
     assert model.pick(0, "INBOX", 0.0, 10) == [3, 4]
     assert model.compare(0, "INBOX", parse_fetch(FETCHED), parse_search(b"* SEARCH 3 4\r\nt8 OK\r\n")) == []
+    assert parse_exists(b"* FLAGS (\\Seen)\r\n* 2 EXISTS\r\n* 0 RECENT\r\nt7 OK [READ-WRITE]\r\n") == 2
 
 
 def test_the_model_reports_a_lost_flag_a_resurrected_message_and_a_wrong_body() -> None:
