@@ -89,6 +89,7 @@ class Run:
 
     seconds: float = 0.0
     cpu: float = 0.0  # server CPU seconds
+    client_cpu: float = 0.0  # this load generator's CPU seconds (it shares the machine)
     latencies: dict[str, list[float]] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)  # protocol errors
     mismatches: list[str] = field(default_factory=list)  # the server and the model disagree
@@ -138,10 +139,11 @@ class Runner:
 
     async def measure(self) -> Run:
         workers = [Worker(self, i) for i in range(self.args.clients)]
-        cpu_start, start = self.target.cpu(), time.perf_counter()
+        cpu_start, start, own_start = self.target.cpu(), time.perf_counter(), time.process_time()
         self.deadline = time.monotonic() + self.args.seconds
         await asyncio.gather(*(w.loop() for w in workers))
         self.run.seconds, self.run.cpu = time.perf_counter() - start, self.target.cpu() - cpu_start
+        self.run.client_cpu = time.process_time() - own_start
         await asyncio.gather(*(w.close() for w in workers))
         return self.run
 
@@ -442,6 +444,8 @@ def report(results: dict[str, dict[str, list[Run]]]) -> int:
             + "".join(f"{'/'.join(f'{r.ops / r.seconds:.0f}' for r in systems[s]):>14}" for s in names)
         )
         print(f"{'server CPU ms/op':<22}" + "".join(f"{cpu[s]:>14.3f}" for s in names))
+        own = {s: statistics.median(r.client_cpu * 1000 / max(1, r.ops) for r in runs) for s, runs in systems.items()}
+        print(f"{'bench CPU ms/op':<22}" + "".join(f"{own[s]:>14.3f}" for s in names))
         errors = {s: [e for r in runs for e in r.errors] for s, runs in systems.items()}
         mismatches = {s: [e for r in runs for e in r.mismatches] for s, runs in systems.items()}
         print(f"{'protocol errors':<22}" + "".join(f"{len(errors[s]):>14}" for s in names))
