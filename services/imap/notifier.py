@@ -4,7 +4,8 @@ sessions that account has open here.
 With redis:// the process subscribes to the bus itself (one shared pub/sub connection); with
 memory:// the mailstore's bus lives in another process, so the mailstore's Watch stream is used.
 Events are hints (ARCHITECTURE.md): a session that gets one re-reads the change log; a lost
-source is re-opened with a "resync" so sessions catch up from their last MODSEQ.
+source is re-opened, and once it is live again (its first event says so) the sessions get a
+"resync" and catch up from their last MODSEQ: a change made meanwhile is in the log or in the stream.
 """
 
 from __future__ import annotations
@@ -88,26 +89,31 @@ class Notifier:
 
     async def _follow(self, account: str) -> None:
         attempt = 0
+        lost = False  # the source went away: events may have been missed until it is live again
         while True:
             try:
-                async for event in self._source(account):
+                async for event in self._source(account, lost):
                     attempt = 0
+                    lost = False
                     self._dispatch(event)
                 # the stream ended (mailstore restart): reconnect
             except asyncio.CancelledError:
                 raise
             except Exception as e:  # any failure of the source means: reconnect
                 log.debug("event source failed", extra={"account": account, "error": repr(e)})
+            lost = True
             delay = RETRY_SECONDS[min(attempt, len(RETRY_SECONDS) - 1)]
             attempt += 1
             await asyncio.sleep(delay)
-            # events may have been lost while disconnected
-            self._dispatch(ChangeEvent(account=account, mailbox="", kind="resync"))
 
-    async def _source(self, account: str) -> AsyncIterator[ChangeEvent]:
+    async def _source(self, account: str, lost: bool) -> AsyncIterator[ChangeEvent]:
+        """The account's events. After a loss, a "resync" once the source is live again: once the
+        bus confirmed the subscription, or at the Watch stream's first event, which says so."""
         if self._bus is not None:
-            subscription = await self._bus.subscribe(account)
+            subscription = await self._bus.subscribe(account)  # confirmed (or resynced by the bus later)
             try:
+                if lost:
+                    yield ChangeEvent(account=account, mailbox="", kind="resync")
                 async for event in subscription:
                     yield event
             finally:
@@ -117,6 +123,10 @@ class Notifier:
         call = self._stub.Watch(pb.WatchRequest(account=account))
         try:
             async for message in call:
+                if message.kind == pb.CHANGE_KIND_UNSPECIFIED and not message.mailbox:  # live
+                    if lost:  # sessions catch up now, not before: nothing falls in between
+                        yield ChangeEvent(account=account, mailbox="", kind="resync")
+                    continue
                 yield ChangeEvent(
                     account=message.account or account,
                     mailbox=message.mailbox,

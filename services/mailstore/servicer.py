@@ -345,6 +345,9 @@ class MailstoreServicer(pbg.MailstoreServicer):
     async def Watch(self, request: pb.WatchRequest, context: Any) -> AsyncIterator[pb.ChangeEvent]:
         subscription = await self.core.changes.watch(request.account)
         try:
+            # The first event says the subscription is live (kind unspecified): a caller that
+            # reconnects catches up from then on, with no window in which a change goes unseen.
+            yield pb.ChangeEvent(account=request.account)
             async for event in subscription:
                 yield translate.change_event_pb(event)
         finally:

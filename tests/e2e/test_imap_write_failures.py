@@ -46,3 +46,31 @@ def test_news_is_announced_when_the_recent_claim_fails(env: ImapEnv, monkeypatch
         env.deliver(account, message("claimed again"))
         client.noop()
         assert b"\\Recent" in client.get_flags([3])[3]
+
+
+def test_idle_retries_a_catch_up_that_failed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The hint came but reading the change log failed (the mailstore was restarting): IDLE reads it
+    # again a moment later, rather than leaving the news to the next poll (an hour here).
+    with imap_env(tmp_path, imap_poll_interval=3600) as env:
+        account = env.new_account()
+        core = env.mailstore.core
+        assert core is not None
+        changes_since = core.changes.changes_since
+        failures = []
+
+        async def once_unavailable(*args: object) -> object:
+            if not failures:
+                failures.append(args)
+                raise StorageUnavailable("the mailstore is restarting")
+            return await changes_since(*args)  # type: ignore[arg-type]
+
+        with IMAPClient("127.0.0.1", port=env.port(), ssl=False) as client:
+            client.login(account, PASSWORD)
+            client.select_folder("INBOX")
+            monkeypatch.setattr(core.changes, "changes_since", once_unavailable)
+            client.idle()
+            env.deliver(account, message("during idle"))
+            responses = client.idle_check(timeout=5)
+            client.idle_done()  # first: a failed assertion must not leave the session in IDLE
+            assert failures, "the catch-up never failed: the test did not test the retry"
+            assert (1, b"EXISTS") in responses, responses

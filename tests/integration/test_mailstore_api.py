@@ -197,7 +197,8 @@ async def test_watch_and_redis_subscriber_receive_change(mailstore: tuple[Any, C
         conn = aioredis.from_url(server.settings.events_url)
         pubsub = conn.pubsub()
         await pubsub.subscribe(f"mailstack:events:{ALICE}")
-    await asyncio.sleep(0.3)  # the watch subscription is set up server-side
+    live = await asyncio.wait_for(watch.read(), 5)  # the first event: the subscription is live
+    assert isinstance(live, pb.ChangeEvent) and live.kind == pb.CHANGE_KIND_UNSPECIFIED, live
     reply = await deliver(client, [ALICE], simple("watched"))
     event = await asyncio.wait_for(watch.read(), 5)
     assert isinstance(event, pb.ChangeEvent), event  # not the end of the stream

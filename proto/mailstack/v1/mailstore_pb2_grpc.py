@@ -343,7 +343,9 @@ class MailstoreServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Watch(self, request, context):
-        """An account's change events as they happen (hints: ADR 0015).
+        """An account's change events as they happen (hints: ADR 0015). The first event, of kind
+        CHANGE_KIND_UNSPECIFIED, says the subscription is live: what changed before it is read with
+        GetChanges.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

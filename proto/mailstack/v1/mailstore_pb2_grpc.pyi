@@ -108,7 +108,10 @@ class MailstoreStub:
     GetChanges: _grpc.UnaryUnaryMultiCallable[_mailstore_pb2.GetChangesRequest, _mailstore_pb2.GetChangesResponse]
     """A mailbox's changes since a MODSEQ."""
     Watch: _grpc.UnaryStreamMultiCallable[_mailstore_pb2.WatchRequest, _mailstore_pb2.ChangeEvent]
-    """An account's change events as they happen (hints: ADR 0015)."""
+    """An account's change events as they happen (hints: ADR 0015). The first event, of kind
+    CHANGE_KIND_UNSPECIFIED, says the subscription is live: what changed before it is read with
+    GetChanges.
+    """
     AcquireLease: _grpc.UnaryUnaryMultiCallable[_mailstore_pb2.LeaseRequest, _mailstore_pb2.LeaseResponse]
     """Take a named lease, or renew it for the same holder (the POP3 maildrop lock)."""
     ReleaseLease: _grpc.UnaryUnaryMultiCallable[_mailstore_pb2.LeaseRequest, _mailstore_pb2.Empty]
@@ -171,7 +174,10 @@ class MailstoreAsyncStub(MailstoreStub):
     GetChanges: _aio.UnaryUnaryMultiCallable[_mailstore_pb2.GetChangesRequest, _mailstore_pb2.GetChangesResponse]  # type: ignore[assignment]
     """A mailbox's changes since a MODSEQ."""
     Watch: _aio.UnaryStreamMultiCallable[_mailstore_pb2.WatchRequest, _mailstore_pb2.ChangeEvent]  # type: ignore[assignment]
-    """An account's change events as they happen (hints: ADR 0015)."""
+    """An account's change events as they happen (hints: ADR 0015). The first event, of kind
+    CHANGE_KIND_UNSPECIFIED, says the subscription is live: what changed before it is read with
+    GetChanges.
+    """
     AcquireLease: _aio.UnaryUnaryMultiCallable[_mailstore_pb2.LeaseRequest, _mailstore_pb2.LeaseResponse]  # type: ignore[assignment]
     """Take a named lease, or renew it for the same holder (the POP3 maildrop lock)."""
     ReleaseLease: _aio.UnaryUnaryMultiCallable[_mailstore_pb2.LeaseRequest, _mailstore_pb2.Empty]  # type: ignore[assignment]
@@ -375,7 +381,10 @@ class MailstoreServicer(metaclass=_abc_1.ABCMeta):
         request: _mailstore_pb2.WatchRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_mailstore_pb2.ChangeEvent], _abc.AsyncIterator[_mailstore_pb2.ChangeEvent]]:
-        """An account's change events as they happen (hints: ADR 0015)."""
+        """An account's change events as they happen (hints: ADR 0015). The first event, of kind
+        CHANGE_KIND_UNSPECIFIED, says the subscription is live: what changed before it is read with
+        GetChanges.
+        """
 
     @_abc_1.abstractmethod
     def AcquireLease(

@@ -15,6 +15,8 @@ from .notify import deliver
 if TYPE_CHECKING:
     from ..session import Session
 
+RETRY_SECONDS = 1.0  # a catch-up that failed is tried again after this, while IDLE waits
+
 
 async def idle(session: Session, command: Command) -> Reply | None:
     # Command: RFC 2177 §3; RFC 9051 §6.3.13
@@ -26,7 +28,10 @@ async def idle(session: Session, command: Command) -> Reply | None:
             await _push_updates(session, clock)
             if read is None:
                 read = asyncio.ensure_future(session.conn.read_more(None))
-            if await _wait(session, read, clock.timeout(session)):
+            timeout = clock.timeout(session)
+            if _catch_up_failed(session):  # the mailstore was unreachable: try again soon, not at the poll
+                timeout = min(timeout, RETRY_SECONDS)
+            if await _wait(session, read, timeout):
                 task, read = read, None
                 task.result()  # raises ClientGone / connection errors
     finally:
@@ -51,6 +56,11 @@ class _Clock:
             settings.imap_poll_interval,
             settings.imap_autologout - (now - self.started),
         )
+
+
+def _catch_up_failed(session: Session) -> bool:
+    """The selected mailbox is still dirty after _push_updates read its changes: the read failed."""
+    return session.view is not None and session.dirty and not (session.notify and session.notify.pushes_selected)
 
 
 def _done(line: bytes | NeedData | ParseError) -> bool:
