@@ -56,7 +56,7 @@ def test_idle_retries_a_catch_up_that_failed(tmp_path: Path, monkeypatch: pytest
         core = env.mailstore.core
         assert core is not None
         changes_since = core.changes.changes_since
-        failures = []
+        failures: list[tuple[object, ...]] = []
 
         async def once_unavailable(*args: object) -> object:
             if not failures:
