@@ -361,6 +361,9 @@ def prompt_session(served: Served, key: bytes) -> tuple[int, str]:
     """`mailstack user add` on a terminal; at "Password: " the operator presses key. (exit code, output)."""
     pid, fd = pty.fork()
     if pid == 0:  # the child: a terminal of its own, as an operator's shell gives it
+        # with Ctrl-C meaning SIGINT, as a shell sets it for its foreground job (a test run started
+        # in the background inherits SIGINT ignored, and so would the command)
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
         os.execve(str(MAILSTACK), [str(MAILSTACK), "user", "add", "tty@prompt.test"], served.env)
     output = b""
     deadline = time.monotonic() + 60
