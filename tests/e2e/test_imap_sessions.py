@@ -62,6 +62,27 @@ def test_other_sessions_changes_arrive_on_noop(env: ImapEnv) -> None:
     b.close()
 
 
+def test_silent_store_still_reports_another_sessions_flag_change(env: ImapEnv) -> None:
+    # RFC 3501 §6.4.6: "Regardless of whether or not the .SILENT suffix was used, the server SHOULD
+    # send an untagged FETCH response if a change to a message's flags from an external source is
+    # observed." Here the external change is seen only through the session's own STORE.
+    user = env.new_account()
+    env.deliver(user, message("s1"))
+    a, b = _session(env, user), _session(env, user)
+    b.command("an", "STORE 1 +FLAGS (\\Answered)")
+    lines = a.command("st", "STORE 1 +FLAGS.SILENT (\\Seen)") + a.command("n", "NOOP")
+    fetched = [line for line in lines if line.startswith(b"* 1 FETCH")]
+    assert fetched, lines
+    assert b"\\Answered" in fetched[-1] and b"\\Seen" in fetched[-1]
+    # and nothing is repeated once told
+    assert not any(line.startswith(b"* 1 FETCH") for line in a.command("n2", "NOOP"))
+    # a silent STORE that only does what this session asked stays silent
+    lines = a.command("st2", "STORE 1 -FLAGS.SILENT (\\Seen)") + a.command("n3", "NOOP")
+    assert not any(line.startswith(b"* 1 FETCH") for line in lines), lines
+    a.close()
+    b.close()
+
+
 def test_expunge_is_never_announced_during_fetch_store_search(env: ImapEnv) -> None:
     user = env.new_account()
     for i in range(3):

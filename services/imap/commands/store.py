@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 from ..protocol import Command, Store
@@ -30,7 +31,10 @@ async def store(session: Session, command: Command) -> Reply | None:
     reply = await session.mailstore.store_flags(view.name, uids, args.mode, flags, args.unchanged_since)
     updated = set()
     for m in reply.updated:
-        view.set_flags(m.uid, m.flags, m.modseq)
+        # RFC 3501 §6.4.6: with or without .SILENT, a change made by another session that this
+        # reply reveals is still reported (here at once, by the command's untagged updates).
+        by_others = _folded(m.flags) != _expected(view.flags.get(m.uid, frozenset()), args.mode, flags)
+        view.set_flags(m.uid, m.flags, m.modseq, announced=not (args.silent and by_others))
         updated.add(m.uid)
     failed = set(reply.failed)
     for line in view.keyword_updates():  # RFC 3501 §7.2.6: a new keyword before the FETCH showing it
@@ -47,6 +51,20 @@ async def store(session: Session, command: Command) -> Reply | None:
         numbers = sorted(failed) if command.uid else sorted(s for s, u in targets if u in failed)
         return Reply("OK", "some messages were modified meanwhile", f"MODIFIED {set_text(numbers)}")
     return None
+
+
+def _folded(flags: Iterable[str]) -> frozenset[str]:
+    return frozenset(f.lower() for f in flags if f.lower() != "\\recent")
+
+
+def _expected(known: Iterable[str], mode: str, flags: Iterable[str]) -> frozenset[str]:
+    """The flags this session's own STORE leaves on a message whose flags it knew as `known`."""
+    before, given = _folded(known), _folded(flags)
+    if mode == "+":
+        return before | given
+    if mode == "-":
+        return before - given
+    return given
 
 
 def _fetch_line(session: Session, view: MailboxView, uid_form: bool, silent: bool, seq: int, uid: int) -> bytes:
