@@ -437,6 +437,27 @@ async def test_expunge_removes_every_blob(mailstore: tuple[Any, Client]) -> None
     assert await blob_count() == before
 
 
+async def test_a_refused_append_leaves_no_body_behind(mailstore: tuple[Any, Client]) -> None:
+    # The body's put starts before the mailbox is found and the quota checked (delivery.py); an
+    # APPEND refused by either must not leave an orphan blob per attempt (a cheap way to fill a disk).
+    server, client = mailstore
+
+    async def blob_count() -> int:
+        return len([key async for key, _ in server.core.stores.blobs.list_keys()])
+
+    await append(client, ALICE, "INBOX", simple("kept"))
+    before = await blob_count()
+    for n in range(5):
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await append(client, ALICE, f"Nowhere{n}", simple(f"lost {n}"))
+        assert err.value.code() == grpc.StatusCode.NOT_FOUND
+    await client.admin.SetQuota(pb.SetQuotaRequest(name=ALICE, quota_bytes=0, quota_messages=1))
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await append(client, ALICE, "INBOX", simple("over"))
+    assert reason(err.value) == pb.OVER_QUOTA
+    assert await blob_count() == before
+
+
 async def test_fetch_bodies_carries_the_metadata_asked_for(mailstore: tuple[Any, Client]) -> None:
     # IMAP FETCH of attributes and bodies in one call: each message's metadata with its first chunk
     _, client = mailstore

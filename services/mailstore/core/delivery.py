@@ -14,7 +14,7 @@ import logging
 import os
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any, TypeVar
@@ -115,7 +115,9 @@ class Delivery:
         against the quota and announced as a size is exactly what every protocol sends."""
         return await asyncio.to_thread(to_crlf, data) if len(data) > PARSE_IN_THREAD else to_crlf(data)
 
-    async def _analyse(self, data: bytes, flags: tuple[str, ...], when: datetime | None) -> NewMessage:
+    async def _analyse(
+        self, data: bytes, flags: tuple[str, ...], when: datetime | None, blob_key: str = ""
+    ) -> NewMessage:
         # Parsing a big message is CPU work: keep it off the event loop.
         parse = mime.parse_message
         parsed = await asyncio.to_thread(parse, data) if len(data) > PARSE_IN_THREAD else parse(data)
@@ -123,7 +125,7 @@ class Delivery:
             when = datetime.now().astimezone()
         offset = when.utcoffset()
         return NewMessage(
-            blob_key=new_blob_key(),
+            blob_key=blob_key or new_blob_key(),
             size=len(data),
             internal_date=int(when.timestamp()),
             tz_offset=int(offset.total_seconds() // 60) if offset else 0,
@@ -134,15 +136,36 @@ class Delivery:
             sent_date=parsed.sent_date,
         )
 
-    async def _put_blob(self, key: str, data: bytes, reserved: Sequence[AccountRecord], size: int) -> None:
-        """The body first; a failed or cancelled put gives the reservations back."""
+    async def _put_blob(
+        self,
+        key: str,
+        data: bytes,
+        reserved: Sequence[AccountRecord],
+        size: int,
+        started: Awaitable[None] | None = None,
+    ) -> None:
+        """The body first (or the put `started` earlier); a failed or cancelled put gives the
+        reservations back."""
         try:
-            await self.stores.blobs.put(key, data)
+            await (started if started is not None else self.stores.blobs.put(key, data))
         except BaseException:
             for record in reserved:
                 await self.ledger.release(record, size)
             await self.stores.delete_blobs([key])  # a put cut short may land later: the sweeper's
             raise
+
+    async def _drop_early_put(self, put: asyncio.Future[None], key: str) -> None:
+        """Undo a put started ahead of a step that failed (no such mailbox, over quota). It is waited
+        for: a put in a thread cannot be stopped midway, and a delete before it lands would leave an
+        orphan behind for every APPEND to a missing mailbox. Cancelled meanwhile, the sweeper's."""
+        try:
+            await asyncio.wait([put])
+        finally:
+            if put.done() and not put.cancelled():
+                put.exception()  # seen: the step's own error is the one to report
+            else:
+                put.cancel()
+            await self.stores.delete_blobs([key])
 
     async def _announce(self, record: AccountRecord, mailbox: MailboxRecord, result: InsertResult) -> None:
         await self.stores.publish(
@@ -166,10 +189,20 @@ class Delivery:
             raise InvalidRequest("a POP3 UIDL is 1..70 characters 0x21..0x7E (RFC 1939 §7)")
         data = await self._canonical(data)
         self.check_size(len(data))
-        record, mailbox = await self.stores.mailbox(account, mailbox_name)
-        message = replace(await self._analyse(data, normalize_flags(flags), when), uid=uid, pop3_uidl=pop3_uidl)
-        await self.ledger.reserve(record, message.size)
-        await self._put_blob(message.blob_key, data, [record], message.size)
+        # The body's put (fsyncs, or an S3 PUT) runs while the mailbox is looked up and the message
+        # parsed: a client that APPENDs one message at a time (imapsync) waits for both in a row
+        # otherwise. The metadata is still written only once the body is durable.
+        key = new_blob_key()
+        put = asyncio.ensure_future(self.stores.blobs.put(key, data))
+        try:
+            record, mailbox = await self.stores.mailbox(account, mailbox_name)
+            analysed = await self._analyse(data, normalize_flags(flags), when, key)
+            message = replace(analysed, uid=uid, pop3_uidl=pop3_uidl)
+            await self.ledger.reserve(record, message.size)
+        except BaseException:
+            await self._drop_early_put(put, key)
+            raise
+        await self._put_blob(message.blob_key, data, [record], message.size, put)
         write = asyncio.ensure_future(self.stores.metadata.insert_message(mailbox.id, message, self.ledger.by_metadata))
         try:
             result = await settle(write)
