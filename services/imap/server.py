@@ -82,7 +82,12 @@ class StreamConnection(BaseConnection):
             self.writer.writelines(buffers)  # passthrough: a body literal is never joined here
         else:
             self.writer.write(self._deflate.compress(buffers))
-        await asyncio.wait_for(self.writer.drain(), WRITE_TIMEOUT)
+        # Wait only when the kernel did not take it all: wait_for makes a task per call, which
+        # cost more than the rest of a short reply. A closing transport still goes through
+        # drain(), which raises the connection's error.
+        transport = self.writer.transport
+        if transport.get_write_buffer_size() or transport.is_closing():
+            await asyncio.wait_for(self.writer.drain(), WRITE_TIMEOUT)
 
     def awaiting_literal(self) -> None:
         # A client writes a literal and its closing CRLF apart (imaplib, imapsync's
