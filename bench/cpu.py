@@ -57,5 +57,14 @@ def tree_cpu(root: int) -> float:
 
 
 def dovecot_master(peers_dir: str | Path) -> int:
-    """The Dovecot master's pid of a PEERS_KIT/start.sh PEER_DIR."""
-    return int((Path(peers_dir) / "run" / "dovecot" / "master.pid").read_text().split()[0])
+    """The Dovecot master's pid of a PEERS_KIT/start.sh PEER_DIR; refuses a stale pid file (the
+    peers' ports are fixed: another PEER_DIR's Dovecot may be the one answering, whose CPU would
+    then be counted as 0)."""
+    pid = int((Path(peers_dir) / "run" / "dovecot" / "master.pid").read_text().split()[0])
+    try:
+        command = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        command = []
+    if not command or b"dovecot" not in command[0] or str(Path(peers_dir)).encode() not in b" ".join(command):
+        raise SystemExit(f"{peers_dir}: its Dovecot (pid {pid}) is not running; is another PEER_DIR's?")
+    return pid
