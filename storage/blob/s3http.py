@@ -8,7 +8,9 @@ body framed by Content-Length or chunked encoding, and an XML error body whose <
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
+import ipaddress
 import random
 import re
 import ssl
@@ -116,8 +118,8 @@ class S3Client:
         self._host = parts.hostname
         self._port = parts.port or (443 if self._tls else 80)
         netloc = parts.netloc.rpartition("@")[2]
-        # Virtual-hosted style needs a DNS-safe bucket name; any other name goes path-style.
-        if path_style or not _DNS_BUCKET_RE.fullmatch(bucket):
+        # Virtual-hosted style needs a DNS-safe bucket name and a host name (not an IP address).
+        if path_style or not _DNS_BUCKET_RE.fullmatch(bucket) or _is_ip(self._host):
             self._host_header, self._base_path = netloc, "/" + uri_encode(bucket, keep_slash=False) + "/"
         else:
             self._host_header, self._base_path = f"{bucket}.{netloc}", "/"
@@ -159,7 +161,7 @@ class S3Client:
             length = headers.get("content-length")
             if length is None or headers.get("transfer-encoding"):
                 body = await self._read_body(conn, status, headers)
-                reusable = self._keep_alive(headers)
+                reusable = self._keep_alive(status, headers)
                 for i in range(0, len(body), chunk_size):
                     yield body[i : i + chunk_size]
                 return
@@ -169,7 +171,7 @@ class S3Client:
                     chunk = await conn.reader.readexactly(min(chunk_size, remaining))
                 remaining -= len(chunk)
                 yield chunk
-            reusable = self._keep_alive(headers)
+            reusable = self._keep_alive(status, headers)
         except (OSError, EOFError, ValueError) as exc:
             # Mid-body: the caller has chunks already, so no retry here.
             raise S3Unreachable(f"{self._host}:{self._port}: {exc or type(exc).__name__}") from exc
@@ -177,8 +179,13 @@ class S3Client:
             self._release(conn, reusable)
 
     async def close(self) -> None:
-        while self._idle:
-            self._idle.popleft().close()
+        closing = list(self._idle)
+        self._idle.clear()
+        for conn in closing:
+            conn.close()
+        with contextlib.suppress(OSError, TimeoutError):
+            async with asyncio.timeout(self._connect_timeout):
+                await asyncio.gather(*(conn.writer.wait_closed() for conn in closing))
 
     # -- one request
 
@@ -192,7 +199,7 @@ class S3Client:
         reusable = False
         try:
             data = await self._read_body(conn, status, headers)
-            reusable = self._keep_alive(headers)
+            reusable = self._keep_alive(status, headers)
         finally:
             self._release(conn, reusable)
         raise error_from(status, data)
@@ -203,7 +210,7 @@ class S3Client:
             reusable = False
             try:
                 data = await self._read_body(conn, status, headers)
-                reusable = self._keep_alive(headers)
+                reusable = self._keep_alive(status, headers)
             finally:
                 self._release(conn, reusable)
             return data
@@ -315,9 +322,14 @@ class S3Client:
         self._slots.release()
 
     @staticmethod
-    def _keep_alive(headers: dict[str, str]) -> bool:
-        # RFC 9112 §9.3: HTTP/1.1 persists unless "close"; a body without framing ends at close.
-        framed = "content-length" in headers or "chunked" in headers.get("transfer-encoding", "").lower()
+    def _keep_alive(status: int, headers: dict[str, str]) -> bool:
+        # RFC 9112 §9.3: HTTP/1.1 persists unless "close"; a body without framing ends at close
+        # (§6.3: a 204 or 304 has none, whatever its headers say).
+        framed = (
+            status in (204, 304)
+            or "content-length" in headers
+            or "chunked" in headers.get("transfer-encoding", "").lower()
+        )
         return framed and headers.get("connection", "").lower() != "close"
 
     async def _read_body(
@@ -374,3 +386,11 @@ def _range_header(start: int, end: int | None) -> dict[str, str]:
         return {}
     # RFC 9110 §14.1.2: the last byte position is inclusive.
     return {"range": f"bytes={start}-{'' if end is None else end - 1}"}
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
