@@ -8,6 +8,7 @@ body framed by Content-Length or chunked encoding, and an XML error body whose <
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import hashlib
 import ipaddress
@@ -109,11 +110,14 @@ class S3Client:
         read_timeout: float = 5.0,
         max_attempts: int = 3,
         idle_seconds: float = 30.0,
+        body_md5: bool | None = None,
     ) -> None:
         parts = urlsplit(endpoint)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"S3 endpoint {endpoint!r}: http(s)://HOST[:PORT] expected")
         self._tls = parts.scheme == "https"
+        # None: a signed Content-MD5 where nothing else protects the body (plain HTTP), none under TLS.
+        self._body_md5 = not self._tls if body_md5 is None else body_md5
         self._ssl = ssl.create_default_context() if self._tls else None
         self._host = parts.hostname
         self._port = parts.port or (443 if self._tls else 80)
@@ -138,10 +142,13 @@ class S3Client:
     # -- public calls
 
     async def put(self, key: str, data: bytes) -> None:
-        # Over TLS the body is protected in transit and S3 accepts UNSIGNED-PAYLOAD; over plain
-        # HTTP the signature covers the body's SHA-256, so an altered body is refused (ADR 0042).
-        payload = UNSIGNED_PAYLOAD if self._tls else hashlib.sha256(data).hexdigest()
-        await self._simple("PUT", key, data, payload, {"content-type": "application/octet-stream"})
+        # UNSIGNED-PAYLOAD: TLS protects the body in transit. Over plain HTTP a signed Content-MD5
+        # does: SeaweedFS, MinIO and AWS all refuse a body that does not match it (BadDigest),
+        # where SeaweedFS does not check a signed x-amz-content-sha256 (ADR 0042).
+        headers = {"content-type": "application/octet-stream"}
+        if self._body_md5:
+            headers["content-md5"] = base64.b64encode(hashlib.md5(data).digest()).decode()
+        await self._simple("PUT", key, data, UNSIGNED_PAYLOAD, headers)
 
     async def delete(self, key: str) -> None:
         await self._simple("DELETE", key, b"", EMPTY_SHA256, {})

@@ -67,6 +67,30 @@ async def test_keys_round_trip_and_are_stored_as_given(lean: S3Client, s3_bucket
     assert (missing.value.status, missing.value.code) == (404, "NoSuchKey")
 
 
+async def test_unsigned_payload_without_md5_is_accepted(s3_bucket: tuple[str, str]) -> None:
+    # What the client sends over TLS; SeaweedFS, MinIO and AWS take it on any transport.
+    client = _client(*s3_bucket, body_md5=False)
+    await client.put("unsigned", b"body")
+    assert await client.get("unsigned") == b"body"
+    await client.close()
+
+
+async def test_body_altered_in_transit_is_refused(s3_bucket: tuple[str, str]) -> None:
+    # Over plain HTTP the signature covers the body's Content-MD5: a changed byte is not stored.
+    endpoint, bucket = s3_bucket
+    tamper = lambda data: data.replace(b"pay 100 EUR", b"pay 999 EUR")  # noqa: E731
+    async with _Proxy(int(endpoint.rsplit(":", 1)[1]), tamper) as proxy:
+        client = _client(f"http://127.0.0.1:{proxy.port}", bucket)
+        with pytest.raises(S3Error) as refused:
+            await client.put("invoice", b"please pay 100 EUR")
+        assert (refused.value.status, refused.value.code) == (400, "BadDigest")
+        await client.close()
+    direct = _client(endpoint, bucket)
+    with pytest.raises(S3Error, match="NoSuchKey"):
+        await direct.get("invoice")
+    await direct.close()
+
+
 async def test_large_object_whole_ranged_and_streamed(lean: S3Client) -> None:
     data = random.Random(3).randbytes(12 * 1024 * 1024 + 5)  # more than one read piece
     await lean.put("big", data)
@@ -236,8 +260,9 @@ def _answer(status: int, body: bytes) -> bytes:
 
 
 class _Proxy:
-    def __init__(self, upstream: int) -> None:
+    def __init__(self, upstream: int, to_server: Callable[[bytes], bytes] = lambda data: data) -> None:
         self.upstream = upstream
+        self.to_server = to_server
         self.port = 0
         self.accepted = 0
         self.peak = 0
@@ -267,14 +292,14 @@ class _Proxy:
         self._open |= {writer, up_writer}
         self.peak = max(self.peak, len(self._open) // 2)
 
-        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter, change: Callable[[bytes], bytes]) -> None:
             with contextlib.suppress(OSError):
                 while data := await src.read(65536):
-                    dst.write(data)
+                    dst.write(change(data))
                     await dst.drain()
             dst.close()
 
-        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+        await asyncio.gather(pipe(reader, up_writer, self.to_server), pipe(up_reader, writer, lambda data: data))
         self._open -= {writer, up_writer}
 
 
