@@ -26,6 +26,7 @@ from mailstack.storage.blob.sigv4 import EMPTY_SHA256, UNSIGNED_PAYLOAD, Signer,
 MAX_HEAD = 64 * 1024  # status line + headers
 MAX_ERROR_BODY = 64 * 1024
 BODY_PIECE = 1024 * 1024  # a large body is read in pieces, each under the read timeout
+MIN_RATE = 256 * 1024  # bytes/s: slower than this, sending a request body times out
 _RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 _CODE_RE = re.compile(rb"<Code>([^<]{1,100})</Code>")
 _MESSAGE_RE = re.compile(rb"<Message>([^<]{0,300})</Message>")
@@ -281,10 +282,10 @@ class S3Client:
             else:
                 conn.writer.write(request)
                 conn.writer.write(body)
-            async with asyncio.timeout(self._read_timeout):
+            # A big body may take a while to leave: its time grows with its size, at MIN_RATE.
+            async with asyncio.timeout(self._read_timeout + len(body) / MIN_RATE):
                 await conn.writer.drain()
-                head = await conn.reader.readuntil(b"\r\n\r\n")
-            status, headers = _parse_head(head[:-4])
+            status, headers = await self._read_head(conn)
         except BaseException as exc:
             if conn is not None:
                 conn.close()
@@ -293,6 +294,14 @@ class S3Client:
                 raise _Stale from exc
             raise
         return conn, status, headers
+
+    async def _read_head(self, conn: _Connection) -> tuple[int, dict[str, str]]:
+        async with asyncio.timeout(self._read_timeout):
+            while True:
+                status, headers = _parse_head((await conn.reader.readuntil(b"\r\n\r\n"))[:-4])
+                if status >= 200:
+                    return status, headers
+                # RFC 9110 §15.2: an interim 1xx answer (we send no Expect) comes before the real one.
 
     def _bind_loop(self) -> None:
         # Connections and the semaphore belong to one event loop; a store used from another

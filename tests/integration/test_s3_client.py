@@ -207,6 +207,16 @@ async def test_503_is_retried_then_succeeds() -> None:
         await client.close()
 
 
+async def test_interim_answer_is_skipped() -> None:
+    answer = b"HTTP/1.1 100 Continue\r\n\r\n" + _answer(200, b"hello")
+    async with _Scripted(lambda n: answer) as server:
+        client = _client(server.endpoint, "bucket")
+        assert await client.get("k") == b"hello"
+        assert await client.get("k") == b"hello"  # and the connection is still in step
+        assert server.requests == 2
+        await client.close()
+
+
 @pytest.mark.usefixtures("aws_env")
 async def test_chunked_error_body_is_read() -> None:
     body = b"<Error><Code>NoSuchKey</Code><Message>gone</Message></Error>"
