@@ -34,3 +34,6 @@ daemon_threads
 _.__ident__
 # gRPC calls a servicer's methods by the proto's RPC names (tests/fixtures/otlp_receiver.py).
 _.Export
+
+# pytest: a fixture applied by @pytest.mark.usefixtures (tests/integration/test_s3_client.py).
+aws_env

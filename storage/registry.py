@@ -21,10 +21,16 @@ def _path(url: str) -> str:
 
 
 def open_blob_store(
-    url: str, *, s3_endpoint: str = "", s3_region: str = "", s3_path_style: bool = True, cache_bytes: int = 0
+    url: str,
+    *,
+    s3_endpoint: str = "",
+    s3_region: str = "",
+    s3_path_style: bool = True,
+    cache_bytes: int = 0,
+    s3_client: str = "lean",
 ) -> BlobStore:
     """cache_bytes > 0 puts an in-memory cache of bodies in front of S3 (the file store has the
-    OS page cache)."""
+    OS page cache). s3_client "boto3" keeps every S3 call on boto3 (ADR 0042)."""
     scheme = urlsplit(url).scheme
     if scheme == "file":
         from mailstack.storage.blob.file import FileBlobStore
@@ -32,11 +38,15 @@ def open_blob_store(
         return FileBlobStore(_path(url))
     if scheme == "s3":
         from mailstack.storage.blob.s3 import S3BlobStore
+        from mailstack.storage.blob.s3lean import LeanS3BlobStore
 
         parts = urlsplit(url)
         if not parts.netloc:
             raise ValueError(f"{url!r}: s3://BUCKET/PREFIX needs a bucket")
-        s3: BlobStore = S3BlobStore(
+        if s3_client not in ("lean", "boto3"):
+            raise ValueError(f"S3 client {s3_client!r}: lean or boto3")
+        store_class = LeanS3BlobStore if s3_client == "lean" else S3BlobStore
+        s3: BlobStore = store_class(
             bucket=parts.netloc,
             prefix=parts.path.lstrip("/"),
             endpoint_url=s3_endpoint or None,

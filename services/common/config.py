@@ -92,6 +92,11 @@ class Settings:
     )
     s3_region: str = _setting("", "S3 region (else AWS_REGION / AWS_DEFAULT_REGION).")
     s3_path_style: bool = _setting(True, "Path-style S3 addressing (needed by most S3-compatible servers).")
+    s3_client: str = _setting(
+        "lean",
+        "S3 client for blob put/get/delete: lean (ours, less CPU per call; ADR 0042) or boto3.",
+        rule=one_of("lean", "boto3"),
+    )
     blob_cache_bytes: int = _setting(
         64 * MiB, "Memory for recently stored and read message bodies in front of S3 (0 = off; not used for files)."
     )

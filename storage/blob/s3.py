@@ -63,8 +63,8 @@ class S3BlobStore:
         if path_style:
             options["s3"] = {"addressing_style": "path"}
         # A session of our own: boto3's default session is not safe to share across threads.
-        session = boto3.session.Session()
-        self._client = session.client("s3", endpoint_url=endpoint_url, config=Config(**options))
+        self._session = boto3.session.Session()
+        self._client = self._session.client("s3", endpoint_url=endpoint_url, config=Config(**options))
         self._pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="s3-blob")
 
     def _object_key(self, key: str) -> str:

@@ -1,4 +1,5 @@
-"""The blob contract on a real S3 server (SeaweedFS), bare and behind the in-memory cache, and S3's own faults."""
+"""The blob contract on a real S3 server (SeaweedFS), bare and behind the in-memory cache, on both
+S3 clients (our lean one, the default, and boto3: ADR 0042), and S3's own faults."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from typing import Any
 
 import pytest
 from mailstack.storage.blob.s3 import S3BlobStore
+from mailstack.storage.blob.s3lean import LeanS3BlobStore
 from mailstack.storage.errors import StorageUnavailable
 
 from tests.contract.blob_contract import BlobStoreContract, all_keys, collect
@@ -31,12 +33,22 @@ class TestCachedS3BlobStore(TestS3BlobStore):
         return {"s3_endpoint": s3_bucket[0], "cache_bytes": 8 * 1024 * 1024}
 
 
-async def test_s3_prefix_places_and_filters_keys(s3_bucket: tuple[str, str]) -> None:
+class TestBoto3S3BlobStore(TestS3BlobStore):
+    @pytest.fixture
+    def blob_options(self, s3_bucket: tuple[str, str]) -> dict[str, Any]:
+        return {"s3_endpoint": s3_bucket[0], "s3_client": "boto3"}
+
+
+STORES = pytest.mark.parametrize("store_class", [LeanS3BlobStore, S3BlobStore], ids=["lean", "boto3"])
+
+
+@STORES
+async def test_s3_prefix_places_and_filters_keys(s3_bucket: tuple[str, str], store_class: type[S3BlobStore]) -> None:
     endpoint, bucket = s3_bucket
     client = s3_client(endpoint)
     client.put_object(Bucket=bucket, Key="outside", Body=b"not ours")
     client.put_object(Bucket=bucket, Key="tenant/blobs/sub/dir", Body=b"not ours")
-    blobs = S3BlobStore(bucket, prefix="/tenant/blobs/", endpoint_url=endpoint)
+    blobs = store_class(bucket, prefix="/tenant/blobs/", endpoint_url=endpoint)
     try:
         await blobs.put("m1", b"mail")
         listed = client.list_objects_v2(Bucket=bucket)["Contents"]
@@ -46,9 +58,12 @@ async def test_s3_prefix_places_and_filters_keys(s3_bucket: tuple[str, str]) -> 
         await blobs.close()
 
 
-async def test_s3_missing_bucket_is_not_a_missing_blob(s3_bucket: tuple[str, str]) -> None:
+@STORES
+async def test_s3_missing_bucket_is_not_a_missing_blob(
+    s3_bucket: tuple[str, str], store_class: type[S3BlobStore]
+) -> None:
     endpoint, _ = s3_bucket
-    blobs = S3BlobStore("mailstack-no-such-bucket", endpoint_url=endpoint)
+    blobs = store_class("mailstack-no-such-bucket", endpoint_url=endpoint)
     try:
         with pytest.raises(StorageUnavailable):
             await blobs.get("k")
@@ -58,7 +73,10 @@ async def test_s3_missing_bucket_is_not_a_missing_blob(s3_bucket: tuple[str, str
         await blobs.close()
 
 
-async def test_s3_server_down_then_back(s3_server: object, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@STORES
+async def test_s3_server_down_then_back(
+    s3_server: object, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, store_class: type[S3BlobStore]
+) -> None:
     # A server of our own, so the session's server keeps serving the other tests.
     server = S3Server(str(tmp_path / "s3"))
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", server.access_key)
@@ -66,7 +84,7 @@ async def test_s3_server_down_then_back(s3_server: object, tmp_path: Path, monke
     server.start()
     try:
         bucket = make_bucket(server.endpoint)
-        blobs = S3BlobStore(bucket, endpoint_url=server.endpoint)
+        blobs = store_class(bucket, endpoint_url=server.endpoint)
         await blobs.put("before", b"kept across the outage")
         server.stop(graceful=False)
         for attempt in (blobs.put("during", b"x"), blobs.get("before"), collect(blobs.stream("before"))):

@@ -38,6 +38,7 @@ BACKENDS = (
     "mailstack.storage.blob.file",
     "mailstack.storage.blob.memory",
     "mailstack.storage.blob.s3",
+    "mailstack.storage.blob.s3lean",
     "mailstack.storage.blob.cache",
     "mailstack.storage.events.memory",
     "mailstack.storage.events.redis",
@@ -62,6 +63,8 @@ NOT_BACKENDS = (
     "mailstack.storage.metadata.postgresql_schema",  # the postgresql backend's own
     "mailstack.storage.metadata.uidranges",  # UID-set arithmetic both SQL backends use
     "mailstack.storage.metadata.rules",  # INBOX, stored flags, STORE modes: every metadata backend's
+    "mailstack.storage.blob.sigv4",  # the lean S3 store's own: request signing (ADR 0042)
+    "mailstack.storage.blob.s3http",  # the lean S3 store's own: its HTTP client (ADR 0042)
 )
 
 # Two modules that are one backend, each pair with its reason. Code both use goes to a shared module
@@ -72,6 +75,9 @@ SIBLINGS = {
     ("mailstack.storage.queue.sqlite", "mailstack.storage.metadata.sqlite"),
     # The same on PostgreSQL: one pool, one transaction discipline, one `blobs` table (queue/postgresql.py).
     ("mailstack.storage.queue.postgresql", "mailstack.storage.metadata.postgresql"),
+    # The lean S3 store is the boto3 one with its hot path on our own client: boto3 still resolves its
+    # endpoint and credentials and lists the bucket, and stays the fallback (ADR 0042).
+    ("mailstack.storage.blob.s3lean", "mailstack.storage.blob.s3"),
 }
 
 RULES: tuple[Rule, ...] = (

@@ -83,6 +83,7 @@ class Stores:
             s3_region=settings.s3_region,
             s3_path_style=settings.s3_path_style,
             cache_bytes=settings.blob_cache_bytes,
+            s3_client=settings.s3_client,
         )
         if isinstance(blobs, BlobCache):
             export_cache_metrics(blobs)
