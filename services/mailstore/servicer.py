@@ -331,6 +331,12 @@ class MailstoreServicer(pbg.MailstoreServicer):
 
     @rpc
     async def GetChanges(self, request: pb.GetChangesRequest, context: Any) -> pb.GetChangesResponse:
+        # The status before the changes: its HIGHESTMODSEQ is then never newer than what is listed.
+        status = (
+            status_pb(*await self.core.mailboxes.status(request.account, request.mailbox))
+            if request.with_status
+            else None
+        )
         mailbox, changes, pruned = await self.core.changes.changes_since(
             request.account, request.mailbox, request.since_modseq
         )
@@ -339,6 +345,7 @@ class MailstoreServicer(pbg.MailstoreServicer):
             highestmodseq=mailbox.highestmodseq,
             uidvalidity=mailbox.uidvalidity,
             pruned_modseq=pruned,
+            status=status,
         )
 
     @stream_rpc
