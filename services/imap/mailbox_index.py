@@ -101,7 +101,6 @@ class MailboxIndex:
         self.limit = limit
         self._entries: OrderedDict[tuple[str, str], IndexedMailbox] = OrderedDict()
         self._held = 0  # sum of len(entry) + 1
-        self.reloads = 0  # full listings (first SELECT, or a gap repaired): for tests and metrics
 
     @property
     def held(self) -> int:
@@ -161,7 +160,6 @@ class MailboxIndex:
     ) -> tuple[pb.MailboxStatus, list[Message]]:
         self.drop(key)
         status, messages = await source.whole_mailbox(name)
-        self.reloads += 1
         if not self.limit:
             return status, messages
         entry = IndexedMailbox(status, messages)

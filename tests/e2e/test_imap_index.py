@@ -258,6 +258,7 @@ def test_the_index_holds_no_more_messages_than_its_setting(tmp_path: Path) -> No
             assert raw.command("c", f"CREATE {name}")[-1].startswith(b"c OK")
             for n in range(5):
                 env.append(user, name, message(f"{name}{n}"))
+        assert server._services is not None
         index = server._services.index
         for name in ("A", "B", "A", "C", "B", "C", "A"):
             lines = raw.command("s", f"SELECT {name}")
