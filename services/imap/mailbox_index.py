@@ -54,8 +54,10 @@ class IndexedMailbox:
         self.modseq = status.highestmodseq
         self.flags: dict[int, frozenset[str]] = {}
         self.modseqs: dict[int, int] = {}
+        # one object per distinct flag set: most messages share a few, and a set costs ~200 bytes
+        self._flag_sets: dict[frozenset[str], frozenset[str]] = {}
         for uid, flags, modseq in messages:
-            self.flags[uid] = flags
+            self.flags[uid] = self._flag_sets.setdefault(flags, flags)
             self.modseqs[uid] = modseq
         self.uids = sorted(self.flags)
         self.lock = asyncio.Lock()  # one catch-up at a time: each starts where the last ended
@@ -88,7 +90,8 @@ class IndexedMailbox:
                 continue
             if change.uid not in self.flags:
                 bisect.insort(self.uids, change.uid)
-            self.flags[change.uid] = frozenset(change.flags)
+            flags = frozenset(change.flags)
+            self.flags[change.uid] = self._flag_sets.setdefault(flags, flags)
             self.modseqs[change.uid] = change.modseq
         self.modseq = max(self.modseq, highestmodseq)
 
