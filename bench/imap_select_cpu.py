@@ -1,12 +1,13 @@
 #!/usr/bin/env python3
-"""Server CPU per IMAP SELECT, per process: the mailstore's and the `mailstack serve imap` one's,
-while one client re-selects a mailbox of N messages (the mailbox index's path: the first SELECT
-lists the mailbox, the next ones ask only for what changed).
+"""Server CPU per IMAP SELECT, per process, while one client re-selects a mailbox of N messages
+(the mailbox index's path, ADR 0041: the first SELECT lists the mailbox, the next ones ask only
+for what changed). Run it with MAILSTACK_IMAP_INDEX_MESSAGES=0 for the path without the index.
 
-Not a test. mailstack only, as deployed (a mailstore process and an imap process, as
-bench/imap_load.py starts them):
+Not a test. mailstack only: as deployed (--shape split: a mailstore process and an imap process,
+as bench/imap_load.py starts them; CPU of each) or all-in-one (--shape all: one `mailstack serve`
+calling the mailstore in-process, ADR 0039):
 
-    .venv/bin/python bench/imap_select_cpu.py [--messages 100] [--selects 200] [--rounds 3]
+    .venv/bin/python bench/imap_select_cpu.py [--messages 100] [--selects 200] [--rounds 3] [--shape split|all]
 """
 
 from __future__ import annotations
@@ -22,13 +23,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.cpu import process_cpu
-from bench.imap_load import PASSWORD, Client, connect, messages, start_mailstack
+from bench.imap_load import PASSWORD, Client, all_in_one, connect, messages, split
 
 
-async def run(
-    port: int, user: str, pids: tuple[int, int], count: int, selects: int, rounds: int
-) -> list[tuple[float, float]]:
-    """(mailstore, imap) CPU milliseconds per SELECT, one pair per round."""
+async def run(port: int, user: str, pids: list[int], count: int, selects: int, rounds: int) -> list[list[float]]:
+    """CPU milliseconds per SELECT of each process, one list per round."""
     client: Client = await connect(port)
     await client.command(f'LOGIN {user} "{PASSWORD}"'.encode())
     for data in messages(count):
@@ -40,8 +39,7 @@ async def run(
         for _ in range(selects):
             await client.command(b"SELECT INBOX")
         after = [process_cpu(p) for p in pids]
-        store_ms, imap_ms = ((a - b) * 1000 / selects for a, b in zip(after, before, strict=True))
-        out.append((store_ms, imap_ms))
+        out.append([(a - b) * 1000 / selects for a, b in zip(after, before, strict=True)])
     client.writer.close()
     return out
 
@@ -51,23 +49,18 @@ def main() -> None:
     parser.add_argument("--messages", type=int, default=100)
     parser.add_argument("--selects", type=int, default=200)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--shape", choices=("split", "all"), default="split", help="mailstack's processes")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        store, proc, port, users = start_mailstack(Path(tmp), 1)
-        assert store.proc is not None
-        try:
+        started = split(Path(tmp), 1) if args.shape == "split" else all_in_one(Path(tmp), 1, "auto")
+        with started as (pids, port, users):
             time.sleep(0.5)
-            results = asyncio.run(
-                run(port, users[0], (store.proc.pid, proc.pid), args.messages, args.selects, args.rounds)
-            )
-        finally:
-            proc.terminate()
-            proc.wait(10)
-            store.stop()
-    store_ms = statistics.median(r[0] for r in results)
-    imap_ms = statistics.median(r[1] for r in results)
-    print(f"SELECT of {args.messages} messages, {args.selects} x {args.rounds} rounds, medians, CPU ms per SELECT:")
-    print(f"  mailstore {store_ms:.3f}  imap {imap_ms:.3f}  total {store_ms + imap_ms:.3f}")
+            results = asyncio.run(run(port, users[0], pids, args.messages, args.selects, args.rounds))
+    names = ["mailstore", "imap"] if args.shape == "split" else ["mailstack serve"]
+    medians = [statistics.median(r[i] for r in results) for i in range(len(names))]
+    title = f"SELECT of {args.messages} messages, {args.selects} x {args.rounds} rounds, {args.shape}"
+    print(f"{title}, median CPU ms per SELECT:")
+    print("  " + "  ".join(f"{n} {m:.3f}" for n, m in zip(names, medians, strict=True)) + f"  total {sum(medians):.3f}")
 
 
 if __name__ == "__main__":
