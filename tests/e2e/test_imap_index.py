@@ -271,3 +271,34 @@ def test_the_index_holds_no_more_messages_than_its_setting(tmp_path: Path) -> No
         assert b"* 25 EXISTS" in raw.command("s", "SELECT B")
         assert (user, "B") not in index and index.held <= 14
         raw.close()
+
+
+def test_a_mailbox_replaced_under_its_name_or_another_accounts_is_never_served_from_the_index(
+    tmp_path: Path,
+) -> None:
+    with imap_env(tmp_path) as env:
+        user, other = env.new_account(), env.new_account()
+        raw, stranger = _session(env.port(), user, qresync=False), _session(env.port(), other, qresync=False)
+        for name in ("Box", "Spare"):
+            assert raw.command("c", f"CREATE {name}")[-1].startswith(b"c OK")
+        for n in range(3):
+            env.append(user, "Box", message(f"old{n}"), ("\\Seen",))
+        env.append(user, "Spare", message("spare"))
+        first = raw.command("s", "SELECT Box")
+        assert b"* 3 EXISTS" in first
+        assert raw.command("u", "UNSELECT")[-1].startswith(b"u OK")
+        # another account's mailbox of the same name: its own, and its own rights
+        assert stranger.command("s", "SELECT Box")[-1].startswith(b"s NO")
+        assert stranger.command("c", "CREATE Box")[-1].startswith(b"c OK")
+        assert b"* 0 EXISTS" in stranger.command("s", "SELECT Box")
+        # deleted: NO, and forgotten
+        assert raw.command("d", "DELETE Box")[-1].startswith(b"d OK")
+        assert raw.command("s", "SELECT Box")[-1].startswith(b"s NO")
+        # another mailbox under the name (renamed over it): its messages, its UIDVALIDITY
+        assert raw.command("r", "RENAME Spare Box")[-1].startswith(b"r OK")
+        lines = raw.command("s", "SELECT Box")
+        assert b"* 1 EXISTS" in lines and b"* OK [UNSEEN 1] first unseen" in lines, lines
+        old_validity = next(line for line in first if b"UIDVALIDITY" in line)
+        assert old_validity not in lines
+        raw.close()
+        stranger.close()
