@@ -286,6 +286,11 @@ class Settings:
     )
     imap_auth_max_failures: int = _setting(3, "Failed IMAP logins per connection before it is closed.", rule=AT_LEAST_1)
     imap_auth_failure_delay_ms: int = _setting(1000, "Delay before answering a failed IMAP login, in ms.")
+    imap_index_messages: int = _setting(
+        100_000,
+        "Messages the IMAP mailbox index of a process holds (about 200 bytes each), all mailboxes together; "
+        "the least recently selected mailbox goes first (0 = off: every SELECT lists the mailbox).",
+    )
 
     # password guessing, all protocols and the Send API together (ADR 0011)
     auth_max_attempts_per_ip: int = _setting(

@@ -109,6 +109,11 @@ class ChangeLog:
         return [c.uid for c in self.changes if c.kind == EXPUNGE]
 
 
+def _change_log(reply: pb.GetChangesResponse) -> ChangeLog:
+    changes = [Change(c.uid, c.modseq, _CHANGE_KINDS.get(c.kind, FLAGS), tuple(c.flags)) for c in reply.changes]
+    return ChangeLog(reply.uidvalidity, reply.highestmodseq, reply.pruned_modseq, changes)
+
+
 def throttled(err: grpc.RpcError) -> bool:
     """The mailstore refused a login attempt: too many from this IP or at this account (ADR 0011)."""
     detail = error_detail(err)
@@ -189,9 +194,26 @@ class ImapMailstore:
 
     async def changes(self, mailbox: str, since_modseq: int) -> ChangeLog:
         request = pb.GetChangesRequest(account=self.account, mailbox=mailbox, since_modseq=since_modseq)
+        return _change_log(await self.stub.GetChanges(request, timeout=UNARY))
+
+    async def status_and_changes(self, mailbox: str, since_modseq: int) -> tuple[pb.MailboxStatus, ChangeLog]:
+        """The status, read before the changes after `since_modseq` (the mailbox index catching up)."""
+        request = pb.GetChangesRequest(
+            account=self.account, mailbox=mailbox, since_modseq=since_modseq, with_status=True
+        )
         reply = await self.stub.GetChanges(request, timeout=UNARY)
-        changes = [Change(c.uid, c.modseq, _CHANGE_KINDS.get(c.kind, FLAGS), tuple(c.flags)) for c in reply.changes]
-        return ChangeLog(reply.uidvalidity, reply.highestmodseq, reply.pruned_modseq, changes)
+        return reply.status, _change_log(reply)
+
+    async def whole_mailbox(self, mailbox: str) -> tuple[pb.MailboxStatus, list[tuple[int, frozenset[str], int]]]:
+        """The status, then every message's UID, flags and MODSEQ, in one call (the status is read
+        first: its HIGHESTMODSEQ is never newer than the listing)."""
+        status = pb.MailboxStatus()  # with_status: the first reply carries it (ADR 0019: no older mailstore)
+        messages: list[tuple[int, frozenset[str], int]] = []
+        async for batch in self.listing(mailbox, MetadataWanted(flags=True), with_status=True):
+            if batch.HasField("status"):
+                status = batch.status
+            messages.extend((m.uid, frozenset(m.flags), m.modseq) for m in batch.messages)
+        return status, messages
 
     async def claim_recent(self, mailbox: str) -> tuple[int, int]:
         """RFC 3501 §2.3.2: the UIDs [first, uidnext) whose \\Recent this session gets."""

@@ -28,6 +28,7 @@ from mailstack.services.common.stream_connection import StreamConnection as Base
 
 from . import command_loop, telemetry
 from .limits import PREAUTH_MAX_LITERAL, ConnectionLimits
+from .mailbox_index import MailboxIndex
 from .notifier import Notifier
 from .protocol import CommandReceiver
 from .protocol.encoder import Buffer, untagged_status
@@ -153,6 +154,7 @@ class ImapServer(StreamFrontend):
         self._services = Services(
             settings=settings,
             read_ahead=ReadAheadBudget(settings.imap_read_ahead_bytes, IMAP_READ_AHEAD_BYTES.set),
+            index=MailboxIndex(settings.imap_index_messages),
             stub=stub,
             notifier=notifier,
             limits=ConnectionLimits(

@@ -24,6 +24,7 @@ from mailstack.v1 import mailstore_pb2_grpc as pbg
 
 from .contexts import UpdateContexts
 from .limits import CommandRate, ConnectionLimits
+from .mailbox_index import MailboxIndex
 from .mailbox_view import Change, MailboxView
 from .mailstore import ImapMailstore, MetadataWanted
 from .notifier import Notifier
@@ -85,6 +86,8 @@ class Services:
     sessions: set[Session] = field(default_factory=set)
     # bytes all sessions hold fetched ahead of FETCH BODY[] (commands/fetch.py)
     read_ahead: ReadAheadBudget = field(default_factory=lambda: ReadAheadBudget(0))
+    # each mailbox's UIDs, flags and MODSEQs as last selected here (mailbox_index.py, ADR 0041)
+    index: MailboxIndex = field(default_factory=lambda: MailboxIndex(0))
 
 
 class Session:

@@ -331,14 +331,22 @@ class MailstoreServicer(pbg.MailstoreServicer):
 
     @rpc
     async def GetChanges(self, request: pb.GetChangesRequest, context: Any) -> pb.GetChangesResponse:
-        mailbox, changes, pruned = await self.core.changes.changes_since(
-            request.account, request.mailbox, request.since_modseq
-        )
+        status = None
+        if request.with_status:  # the status before the changes (ADR 0041)
+            mailbox, counts, changes, pruned = await self.core.changes.status_and_changes(
+                request.account, request.mailbox, request.since_modseq
+            )
+            status = status_pb(mailbox, counts)
+        else:
+            mailbox, changes, pruned = await self.core.changes.changes_since(
+                request.account, request.mailbox, request.since_modseq
+            )
         return pb.GetChangesResponse(
             changes=[translate.change_pb(c) for c in changes],
             highestmodseq=mailbox.highestmodseq,
             uidvalidity=mailbox.uidvalidity,
             pruned_modseq=pruned,
+            status=status,
         )
 
     @stream_rpc

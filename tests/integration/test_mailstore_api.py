@@ -183,6 +183,13 @@ async def test_append_flags_search_copy_move_expunge(mailstore: tuple[Any, Clien
 
     changes = await client.store.GetChanges(pb.GetChangesRequest(account=ALICE, mailbox="Archive", since_modseq=0))
     assert {c.kind for c in changes.changes} == {pb.CHANGE_EXPUNGE}
+    assert not changes.HasField("status")  # only when asked for
+    # with_status (an IMAP index catching up): the status, read before the changes
+    request = pb.GetChangesRequest(account=ALICE, mailbox="INBOX", since_modseq=0, with_status=True)
+    changes = await client.store.GetChanges(request)
+    present = [c for c in changes.changes if c.kind != pb.CHANGE_EXPUNGE]
+    assert changes.status.messages == len(present) == 1 and changes.status.uidvalidity == changes.uidvalidity
+    assert changes.status.highestmodseq == changes.highestmodseq >= max(c.modseq for c in changes.changes)
     quota = await client.store.GetQuota(pb.GetQuotaRequest(account=ALICE))
     expected = len(simple("first", "apples\r\n")) + len(simple("second", "pears\r\n"))
     assert (quota.used_messages, quota.used_bytes) == (2, expected)

@@ -3121,22 +3121,26 @@ class GetChangesRequest(_message.Message):
     ACCOUNT_FIELD_NUMBER: _builtins.int
     MAILBOX_FIELD_NUMBER: _builtins.int
     SINCE_MODSEQ_FIELD_NUMBER: _builtins.int
+    WITH_STATUS_FIELD_NUMBER: _builtins.int
     account: _builtins.str
     """The account, by its login address (lower case)."""
     mailbox: _builtins.str
     """The mailbox name (UTF-8, "/" between levels, "INBOX" in any case)."""
     since_modseq: _builtins.int
     """Changes with a MODSEQ above this."""
+    with_status: _builtins.bool
+    """Also the mailbox's status, read before the changes (an IMAP frontend's index catching up)."""
     def __init__(
         self,
         *,
         account: _builtins.str = ...,
         mailbox: _builtins.str = ...,
         since_modseq: _builtins.int = ...,
+        with_status: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account", b"account", "mailbox", b"mailbox", "since_modseq", b"since_modseq"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account", b"account", "mailbox", b"mailbox", "since_modseq", b"since_modseq", "with_status", b"with_status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -3188,6 +3192,7 @@ class GetChangesResponse(_message.Message):
     HIGHESTMODSEQ_FIELD_NUMBER: _builtins.int
     UIDVALIDITY_FIELD_NUMBER: _builtins.int
     PRUNED_MODSEQ_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
     highestmodseq: _builtins.int
     """The mailbox's HIGHESTMODSEQ now."""
     uidvalidity: _builtins.int
@@ -3200,6 +3205,10 @@ class GetChangesResponse(_message.Message):
     def changes(self) -> _containers.RepeatedCompositeFieldContainer[Global___Change]:
         """The changes."""
 
+    @_builtins.property
+    def status(self) -> Global___MailboxStatus:
+        """With with_status: the status, read before the changes (its HIGHESTMODSEQ is never newer)."""
+
     def __init__(
         self,
         *,
@@ -3207,10 +3216,11 @@ class GetChangesResponse(_message.Message):
         highestmodseq: _builtins.int = ...,
         uidvalidity: _builtins.int = ...,
         pruned_modseq: _builtins.int = ...,
+        status: Global___MailboxStatus | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["status", b"status"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["changes", b"changes", "highestmodseq", b"highestmodseq", "pruned_modseq", b"pruned_modseq", "uidvalidity", b"uidvalidity"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["changes", b"changes", "highestmodseq", b"highestmodseq", "pruned_modseq", b"pruned_modseq", "status", b"status", "uidvalidity", b"uidvalidity"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -4,10 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from mailstack.v1 import mailstore_pb2 as pb
-
 from ..mailbox_view import MailboxView
-from ..mailstore import MetadataWanted
 from ..protocol import Command, QresyncParameters, Select, SequenceArgument
 from ..protocol.encoder import mailbox, untagged, untagged_status
 from ..replies import Reply, bad, no
@@ -19,14 +16,10 @@ if TYPE_CHECKING:
 
 
 async def open_view(session: Session, name: str, readonly: bool) -> MailboxView:
-    """Read a mailbox's messages into a new view, in one call. The MODSEQ is taken before the
-    listing, so anything that changes meanwhile is read again from the change log (at least once)."""
-    status = pb.MailboxStatus()  # with_status: the first reply carries it (ADR 0019: no older mailstore)
-    messages: list[tuple[int, tuple[str, ...], int]] = []
-    async for batch in session.mailstore.listing(name, MetadataWanted(flags=True), with_status=True):
-        if batch.HasField("status"):
-            status = batch.status
-        messages.extend((m.uid, tuple(m.flags), m.modseq) for m in batch.messages)
+    """Read a mailbox's messages into a new view, in one call: the changes since the process's index
+    of it (mailbox_index.py), or the whole listing. The MODSEQ is taken before either, so anything
+    that changes meanwhile is read again from the change log (at least once)."""
+    status, messages = await session.services.index.read(session.mailstore, session.account, name)
     view = MailboxView(name, readonly, status.uidvalidity, status.uidnext, status.highestmodseq, messages)
     view.mailbox_id = status.mailbox_id
     view.modseq = status.highestmodseq

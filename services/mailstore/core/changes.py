@@ -15,6 +15,7 @@ from mailstack.services.mailstore.core.results import (
     CopyResult,
     ExpungeResult,
     FlagUpdate,
+    MailboxCounts,
     MailboxRecord,
     StoreMode,
     Subscription,
@@ -143,6 +144,16 @@ class Changes:
         mailbox = await self.stores.read_mailbox(account, mailbox_name)
         changes = await self.stores.metadata.changes_since(mailbox.id, modseq)
         return mailbox, changes, await self.stores.metadata.pruned_modseq(mailbox.id)
+
+    async def status_and_changes(
+        self, account: str, mailbox_name: str, modseq: int
+    ) -> tuple[MailboxRecord, MailboxCounts, list[ChangeRecord], int]:
+        """changes_since() with the mailbox's status read first (an IMAP index catching up, ADR
+        0041): its HIGHESTMODSEQ is then never newer than the changes; the mailbox is read once."""
+        mailbox = await self.stores.read_mailbox(account, mailbox_name)
+        counts = await self.stores.metadata.mailbox_counts(mailbox.id)
+        changes = await self.stores.metadata.changes_since(mailbox.id, modseq)
+        return mailbox, counts, changes, await self.stores.metadata.pruned_modseq(mailbox.id)
 
     async def watch(self, account: str) -> Subscription:
         record = await self.stores.account(account)
