@@ -439,7 +439,7 @@ async def run(system: System, plan: Plan, profile: Path | None) -> Result:
         batch = await asyncio.gather(*(start_idle(system, changed) for _ in range(count)))
         idlers += [c for c, _ in batch]
         base = max([base, *(n for _, n in batch)])
-    await asyncio.sleep(1)
+    base = max([base, *(await settled(idlers, changed))])
     rss_after, pss_after = system.memory(), system.memory("Pss", "smaps_rollup")
     smtp = await Smtp.connect(system.smtp_port)
     spies = start_profiles(system, profile)
@@ -461,8 +461,23 @@ async def run(system: System, plan: Plan, profile: Path | None) -> Result:
         await smtp.quit()
         await asyncio.gather(*(stop_idle(c) for c in idlers))
     values, missing = latencies(sent, [c.seen for c in idlers])
+    if (counts := {c.latest for c in idlers}) != {base + deliveries}:  # a delivery from before, or one lost
+        print(f"{system.name}: the clients ended at EXISTS {sorted(counts)}, not {base + deliveries}", file=sys.stderr)
     cpu = {k: (cpu_after[k] - cpu_before[k]) * 1000 / deliveries for k in cpu_after}
     return Result(Summary.of(values, missing), rss_before, rss_after, pss_before, pss_after, clients, cpu)
+
+
+async def settled(idlers: list[IdleClient], changed: asyncio.Event, quiet: float = 1.0) -> list[int]:
+    """Each client's EXISTS count once none has come for `quiet` seconds (at most 30 s): a delivery
+    still on its way from before must not be taken for the first measured one."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        changed.clear()
+        try:
+            await asyncio.wait_for(changed.wait(), quiet)
+        except TimeoutError:
+            break
+    return [c.latest for c in idlers]
 
 
 def start_profiles(system: System, folder: Path | None) -> list[subprocess.Popen[bytes]]:
@@ -516,13 +531,15 @@ def main() -> None:
     parser.add_argument("--wait", type=float, default=10.0, help="longest wait for one delivery's EXISTS")
     parser.add_argument("--notifier", choices=("redis", "watch"), default="redis", help="how imap hears of changes")
     parser.add_argument("--profile", type=Path, help="py-spy flame graphs of imap and mailstore into this folder")
+    parser.add_argument("--peer-only", action="store_true", help="only Postfix -> Dovecot (with --peers-dir)")
     args = parser.parse_args()
     if not 1 <= args.clients <= 1000 or not 1 <= args.deliveries <= 10000:
         parser.error("--clients 1..1000, --deliveries 1..10000")
     plan = Plan(args.clients, args.deliveries, args.gap, args.wait)
     results: dict[str, Result] = {}
-    with tempfile.TemporaryDirectory(prefix="mailstack-idle-") as d, mailstack(Path(d), args.notifier) as system:
-        results["mailstack"] = asyncio.run(run(system, plan, args.profile))
+    if not args.peer_only:
+        with tempfile.TemporaryDirectory(prefix="mailstack-idle-") as d, mailstack(Path(d), args.notifier) as system:
+            results["mailstack"] = asyncio.run(run(system, plan, args.profile))
     if args.peers_dir:
         peer = reference(Path(args.peers_dir), args.peer_user)
         results["dovecot"] = asyncio.run(run(peer, plan, None))
