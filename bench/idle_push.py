@@ -12,7 +12,7 @@ process's RSS growth per IDLE connection (/proc/PID/status VmRSS with N sessions
 the sum over its process tree, one imap process per connection, also as PSS, which splits shared
 pages), and the CPU per delivery of each process.
 
-    PEERS_KIT/start.sh PEER_DIR      # optional: the reference (PEERS_KIT = /work/shared/peers)
+    PEERS_KIT/start.sh PEER_DIR      # optional: the reference-peers kit (Postfix, Dovecot)
     .venv/bin/python bench/idle_push.py [--peers-dir PEER_DIR] [--clients 50] [--deliveries 200]
         [--gap 0.05] [--notifier redis|watch] [--peer-user u20] [--profile DIR]
 
