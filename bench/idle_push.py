@@ -480,15 +480,21 @@ async def settled(idlers: list[IdleClient], changed: asyncio.Event, quiet: float
     return [c.latest for c in idlers]
 
 
+def py_spy() -> str:
+    """py-spy beside this Python (a venv's) or on PATH; '' when neither has it."""
+    beside = Path(sys.executable).parent / "py-spy"
+    return str(beside) if beside.exists() else shutil.which("py-spy") or ""
+
+
 def start_profiles(system: System, folder: Path | None) -> list[subprocess.Popen[bytes]]:
     if folder is None or system.name != "mailstack":
         return []
     folder.mkdir(parents=True, exist_ok=True)
-    spy = Path(sys.executable).parent / "py-spy"
+    spy = py_spy()
     out = []
     for label in ("imap", "mailstore"):
         pid = system.cpu[label][0]
-        cmd = [str(spy), "record", "-p", str(pid), "-o", str(folder / f"{label}.svg"), "-r", "200", "--nonblocking"]
+        cmd = [spy, "record", "-p", str(pid), "-o", str(folder / f"{label}.svg"), "-r", "200", "--nonblocking"]
         out.append(subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
     time.sleep(1)  # attached
     return out
@@ -535,6 +541,8 @@ def main() -> None:
     args = parser.parse_args()
     if not 1 <= args.clients <= 1000 or not 1 <= args.deliveries <= 10000:
         parser.error("--clients 1..1000, --deliveries 1..10000")
+    if args.profile and not py_spy():
+        parser.error("--profile needs py-spy (pip install py-spy)")
     plan = Plan(args.clients, args.deliveries, args.gap, args.wait)
     results: dict[str, Result] = {}
     if not args.peer_only:

@@ -35,9 +35,8 @@ class _Read:
 class SharedReads:
     def __init__(self) -> None:
         self._reads: dict[tuple[str, str, int], _Read] = {}
-        self._claims: dict[tuple[str, str, int], asyncio.Future[tuple[int, int]]] = {}
-        # (account, mailbox, UIDVALIDITY) -> the uidnext a claim of this process returned: every
-        # UID below it has been claimed by someone (the floor only rises, RFC 3501 §2.3.2)
+        # (account, mailbox, UIDVALIDITY) -> every UID below is claimed by a claim this process sent
+        # or by an earlier one (the floor only rises, RFC 3501 §2.3.2)
         self._claimed: dict[tuple[str, str, int], int] = {}
 
     async def changes(self, mailstore: ImapMailstore, mailbox: str, since: int, hinted: int) -> ChangeLog:
@@ -62,24 +61,20 @@ class SharedReads:
     async def claim_recent(
         self, mailstore: ImapMailstore, mailbox: str, uidvalidity: int, new: Iterable[int]
     ) -> set[int]:
-        """Which of the `new` UIDs get \\Recent in this session (RFC 3501 §2.3.2: exactly one session
-        gets each). A UID below what a claim of this process has reached was claimed then: by
-        another session, so not by this one, and without a round trip."""
+        """Which of the `new` UIDs get \\Recent in this session (RFC 3501 §2.3.2: one session gets
+        each). A claim moves the mailbox's floor to its UIDNEXT, above every UID that existed when
+        it was sent: UIDs a claim of this process already covers go to that claim's session, and
+        this one learns so without a round trip or a wait."""
         key = (mailstore.account, mailbox, uidvalidity)
         new = list(new)
-        pending = self._claims.get(key)
-        if pending is not None:
-            await asyncio.wait({pending})  # its outcome, never its error or cancellation, matters here
-        if all(uid < self._claimed.get(key, 0) for uid in new):
+        if not new or max(new) < self._claimed.get(key, 0):
             return set()
-        claim = asyncio.ensure_future(mailstore.claim_recent(mailbox))
-        self._claims[key] = claim
-        try:
-            first, uidnext = await claim
-        finally:
-            if self._claims.get(key) is claim:
-                del self._claims[key]
+        self._cover(key, max(new) + 1)  # before the call: sessions asking meanwhile leave them to it
+        first, uidnext = await mailstore.claim_recent(mailbox)
+        self._cover(key, uidnext)
+        return {uid for uid in new if first <= uid < uidnext}
+
+    def _cover(self, key: tuple[str, str, int], below: int) -> None:
         if len(self._claimed) >= MAX_CLAIMED and key not in self._claimed:
             self._claimed.clear()
-        self._claimed[key] = max(self._claimed.get(key, 0), uidnext)
-        return {uid for uid in new if first <= uid < uidnext}
+        self._claimed[key] = max(self._claimed.get(key, 0), below)

@@ -49,9 +49,10 @@ class FakeStore(ImapMailstore):
 
     async def claim_recent(self, mailbox: str) -> tuple[int, int]:
         self.claims += 1
+        first, self.floor = self.floor, self.uidnext  # done when it arrives; the answer waits for the gate
+        claimed = first, self.floor
         await self.gate.wait()
-        first, self.floor = self.floor, self.uidnext
-        return first, self.uidnext
+        return claimed
 
 
 async def settle() -> None:
@@ -172,17 +173,33 @@ async def test_a_new_uidvalidity_is_a_new_mailbox() -> None:
     assert await shared.claim_recent(store, "INBOX", 8, [1]) == {1}
 
 
-async def test_a_failed_claim_leaves_the_next_session_to_claim() -> None:
+async def test_sessions_asking_while_a_claim_is_under_way_leave_it_that_claim() -> None:
+    store, shared = FakeStore(), SharedReads()
+    store.add(1)
+    store.gate.clear()
+    first = asyncio.ensure_future(shared.claim_recent(store, "INBOX", 7, [1]))
+    await settle()  # sent, not answered
+    assert await shared.claim_recent(store, "INBOX", 7, [1]) == set()  # at once: the claim covers it
+    store.add(2)  # a message the claim under way may not cover: its own claim
+    second = asyncio.ensure_future(shared.claim_recent(store, "INBOX", 7, [1, 2]))
+    await settle()
+    store.gate.set()
+    got = [await first, await second]
+    assert got == [{1}, {2}]  # each UID in exactly one session
+    assert store.claims == 2
+
+
+async def test_a_claim_whose_session_went_away_gives_nobody_a_uid_twice() -> None:
     store, shared = FakeStore(), SharedReads()
     store.add(1)
     store.gate.clear()
     first = asyncio.ensure_future(shared.claim_recent(store, "INBOX", 7, [1]))
     await settle()
-    second = asyncio.ensure_future(shared.claim_recent(store, "INBOX", 7, [1]))
-    await settle()
-    first.cancel()  # the claiming session went away before the answer: its call is cancelled too
+    first.cancel()  # the claiming session went away before the answer; \Recent is advisory
     store.gate.set()
-    assert await second == {1}  # so the waiting one claims for itself
-    assert store.claims == 2
     with pytest.raises(asyncio.CancelledError):
         await first
+    assert await shared.claim_recent(store, "INBOX", 7, [1]) == set()
+    store.add(2)  # the next message is claimed as ever
+    assert await shared.claim_recent(store, "INBOX", 7, [2]) == {2}
+    assert store.claims == 2
