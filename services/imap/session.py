@@ -32,6 +32,7 @@ from .notify import NotifyState
 from .protocol import CommandReceiver
 from .protocol.encoder import Buffer
 from .replies import ClientGone, EndSession
+from .shared_reads import SharedReads, tick
 
 log = logging.getLogger("mailstack.imap")
 
@@ -88,6 +89,7 @@ class Services:
     read_ahead: ReadAheadBudget = field(default_factory=lambda: ReadAheadBudget(0))
     # each mailbox's UIDs, flags and MODSEQs as last selected here (mailbox_index.py, ADR 0041)
     index: MailboxIndex = field(default_factory=lambda: MailboxIndex(0))
+    reads: SharedReads = field(default_factory=SharedReads)  # one change-log read per event, not per session
 
 
 class Session:
@@ -111,6 +113,7 @@ class Session:
         # many): if the view already holds each of them (this session's own STORE), no refresh.
         self._hints: list[ChangeEvent] | None = None
         self._opening: str | None = None  # the mailbox SELECT is reading; its hints count already
+        self._hinted = 0  # the tick of the latest hint: a shared read sent before it is too old
         self.wake = asyncio.Event()  # set with dirty; IDLE waits on it
         self.auth_failures = 0
         self.session_id = new_session_id()  # in the login and logout log lines
@@ -182,24 +185,27 @@ class Session:
             else:
                 self._hints = None
             self.dirty = True
+            self._hinted = tick()
             self.wake.set()
 
     def mark_dirty(self) -> None:
         """The selected mailbox changed in a way only the change log tells: refresh at the next point."""
         self.dirty = True
         self._hints = None
+        self._hinted = tick()
 
     async def refresh(self) -> None:
         """Read the change log since the view's MODSEQ (RFC 7162 §3.2.5.2 style catch-up)."""
         view = self.view
         if view is None:
             return
+        hinted = self._hinted if self.dirty else tick()  # asked without a hint (NOOP): a read from now
         self.dirty = False
         self._hints = None
         self.wake.clear()
         self._last_refresh = time.monotonic()
         try:
-            reply = await self.mailstore.changes(view.name, view.modseq)
+            reply = await self.services.reads.changes(self.mailstore, view.name, view.modseq, hinted)
         except grpc.RpcError as e:
             if e.code() == grpc.StatusCode.NOT_FOUND:
                 raise EndSession("the selected mailbox was deleted") from None
@@ -214,14 +220,14 @@ class Session:
         if new and not view.readonly and not view.no_recent:
             # RFC 3501 §2.3.2: \Recent in exactly one session: whoever claims first
             try:
-                first, uidnext = await self.mailstore.claim_recent(view.name)
+                recent = await self.services.reads.claim_recent(self.mailstore, view.name, view.uidvalidity, new)
             except grpc.RpcError as e:
                 # A write, never retried (ADR 0035): its replica died under it. The new messages are
                 # announced anyway, without \Recent here (advisory); failing the NOOP or IDLE that
                 # asked for news would tell the client less, not more.
                 log.info("\\Recent not claimed for %s: %s", view.name, e.code())
                 return
-            view.recent.update(u for u in new if first <= u < uidnext)
+            view.recent.update(recent)
 
     async def _gone_from_listing(self, view: MailboxView, modseq: int) -> list[Change]:
         """Expunges of the view's messages told by a listing of their UID range (a session idle for
