@@ -9,6 +9,8 @@ stays up.
 from __future__ import annotations
 
 import os
+import shutil
+import sys
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -68,3 +70,9 @@ def dovecot_master(peers_dir: str | Path) -> int:
     if not command or b"dovecot" not in command[0] or str(Path(peers_dir)).encode() not in b" ".join(command):
         raise SystemExit(f"{peers_dir}: its Dovecot (pid {pid}) is not running; is another PEER_DIR's?")
     return pid
+
+
+def py_spy() -> str:
+    """py-spy beside this Python (a venv's) or on PATH; '' when neither has it."""
+    beside = Path(sys.executable).parent / "py-spy"
+    return str(beside) if beside.exists() else shutil.which("py-spy") or ""

@@ -43,7 +43,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.cpu import dovecot_master, process_cpu, tree_cpu
+from bench.cpu import dovecot_master, process_cpu, py_spy, tree_cpu
 
 PASSWORD = "Secret123"
 ACCOUNT = "idle@test"
@@ -478,12 +478,6 @@ async def settled(idlers: list[IdleClient], changed: asyncio.Event, quiet: float
         except TimeoutError:
             break
     return [c.latest for c in idlers]
-
-
-def py_spy() -> str:
-    """py-spy beside this Python (a venv's) or on PATH; '' when neither has it."""
-    beside = Path(sys.executable).parent / "py-spy"
-    return str(beside) if beside.exists() else shutil.which("py-spy") or ""
 
 
 def start_profiles(system: System, folder: Path | None) -> list[subprocess.Popen[bytes]]:

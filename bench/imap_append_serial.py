@@ -25,6 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.cpu import py_spy
 from tests.e2e.migration_support import PASSWORD, MailstackServer, imap_login, make_message, random_flags
 from tests.fixtures.dovecot_server import DovecotServer
 
@@ -109,9 +110,9 @@ def main() -> int:
         added = mailstack.cli("user", "add", account, "--password-stdin", stdin=PASSWORD + "\n")
         if added.returncode != 0:
             raise RuntimeError(added.stderr)
-        if args.profile is not None and mailstack.proc is not None and shutil.which("py-spy"):
+        if args.profile is not None and mailstack.proc is not None and py_spy():
             spy = subprocess.Popen(
-                ["py-spy", "record", "--idle", "--subprocesses", "--format", "raw", "--rate", "200",
+                [py_spy(), "record", "--idle", "--subprocesses", "--format", "raw", "--rate", "200",
                  "-o", str(args.profile), "--pid", str(mailstack.proc.pid)],
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             )  # fmt: skip

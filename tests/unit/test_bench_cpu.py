@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.cpu import dovecot_master, process_cpu, tree_cpu
+from bench.cpu import dovecot_master, process_cpu, py_spy, tree_cpu
 
 
 def _pid_file(peer_dir: Path, pid: int) -> None:
@@ -39,3 +39,10 @@ def test_cpu_of_a_busy_child_is_counted_in_its_tree() -> None:
     child.wait()
     # a finished child's CPU is its parent's cutime once waited for: the tree of this process holds it
     assert tree_cpu(os.getpid()) - process_cpu(os.getpid()) - before >= 0.1
+
+
+def test_py_spy_is_found_beside_this_python_without_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    # a bench run as .venv/bin/python, with the venv's bin not on PATH, still finds the venv's py-spy
+    monkeypatch.setenv("PATH", "/nonexistent")
+    beside = Path(sys.executable).parent / "py-spy"
+    assert py_spy() == (str(beside) if beside.exists() else "")
