@@ -5,21 +5,16 @@ log lost a change without saying so; and the index holds no more messages than i
 
 from __future__ import annotations
 
-import os
 import random
 import re
-import socket
 import sqlite3
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.e2e.test_imap_sessions import _serve_imap  # a second imap process on the same store and bus
 from tests.fixtures.imap_server import ImapEnv, RawImap, imap_env, message
-from tests.fixtures.mailstore import free_port, identity_env
 from tests.fixtures.redis_server import RedisServer
 
 FETCH = re.compile(rb"^\* (\d+) FETCH \(UID (\d+) FLAGS \(([^)]*)\)")
@@ -71,37 +66,6 @@ def _first_unseen(lines: list[bytes]) -> int:
 
 def _expected_unseen(truth: Picture) -> int:
     return next((seq for seq, uid in enumerate(sorted(truth), 1) if "\\Seen" not in truth[uid]), 0)
-
-
-def _serve_imap(tmp_path: Path, env: ImapEnv, events_url: str) -> tuple[subprocess.Popen[bytes], int]:
-    """A second `mailstack serve imap` process on the same mailstore and bus (another frontend)."""
-    port = free_port()
-    environ = dict(os.environ)
-    environ.update(
-        {
-            "MAILSTACK_DATA_DIR": str(tmp_path / "imap2"),
-            "MAILSTACK_MAILSTORE_ADDR": env.mailstore.address,
-            "MAILSTACK_EVENTS_URL": events_url,
-            "MAILSTACK_IMAP_PORT": str(port),
-            "MAILSTACK_IMAPS_PORT": str(free_port()),
-            "MAILSTACK_ALLOW_PLAINTEXT_AUTH": "1",
-            "MAILSTACK_IMAP_POLL_INTERVAL": "3600",
-            **identity_env(env.settings.data_dir, "imap"),
-        }
-    )
-    log = open(tmp_path / "imap2.log", "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "mailstack", "serve", "imap"], env=environ, stdout=log, stderr=log)
-    log.close()
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, (tmp_path / "imap2.log").read_text()
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return proc, port
-        except OSError:
-            time.sleep(0.1)
-    proc.kill()
-    raise AssertionError("second imap process did not start")
 
 
 @pytest.fixture
