@@ -204,24 +204,21 @@ class S3Client:
         conn, status, headers = await self._open(method, key, body, payload, extra)
         if status < 300:
             return conn, status, headers
+        raise error_from(status, await self._read_and_release(conn, status, headers))
+
+    async def _read_and_release(self, conn: _Connection, status: int, headers: dict[str, str]) -> bytes:
+        """The whole body; the connection back to the pool when it can carry another request."""
         reusable = False
         try:
             data = await self._read_body(conn, status, headers)
             reusable = self._keep_alive(status, headers)
         finally:
             self._release(conn, reusable)
-        raise error_from(status, data)
+        return data
 
     async def _simple(self, method: str, key: str, body: bytes, payload: str, extra: dict[str, str]) -> bytes:
         async def once() -> bytes:
-            conn, status, headers = await self._open_ok(method, key, body, payload, extra)
-            reusable = False
-            try:
-                data = await self._read_body(conn, status, headers)
-                reusable = self._keep_alive(status, headers)
-            finally:
-                self._release(conn, reusable)
-            return data
+            return await self._read_and_release(*await self._open_ok(method, key, body, payload, extra))
 
         return await self._retrying(once)
 

@@ -143,17 +143,24 @@ def _check_round(env: ImapEnv, reader: RawImap, kept: RawImap, kept_picture: Pic
         assert truth.get(uid) == flags, (uid, noop)
 
 
+def _two_frontends(env: ImapEnv, other_port: int, count: int) -> tuple[RawImap, RawImap, RawImap, Picture, int]:
+    """A new account with `count` messages: a writer on frontend B, and on frontend A a reader
+    (whose SELECT indexes the mailbox) and a session kept selected; their picture and UIDVALIDITY."""
+    user = env.new_account()
+    _fill(env, user, count)
+    writer = _session(other_port, user)
+    uv = _uidvalidity(writer)
+    writer.command("i", "STORE 1:* +FLAGS.SILENT ($Init)")  # every MODSEQ above 1
+    reader, kept = _session(env.port(), user), _session(env.port(), user)
+    _select(reader, uv)
+    _, kept_picture, _ = _select(kept, uv)
+    return writer, reader, kept, kept_picture, uv
+
+
 @pytest.mark.slow
 def test_another_frontends_changes_show_at_the_next_command(frontends: tuple[ImapEnv, int, RedisServer]) -> None:
     env, other_port, _ = frontends
-    user = env.new_account()
-    _fill(env, user, 6)
-    writer = _session(other_port, user)  # frontend B
-    uv = _uidvalidity(writer)
-    writer.command("i", "STORE 1:* +FLAGS.SILENT ($Init)")  # every MODSEQ above 1
-    reader, kept = _session(env.port(), user), _session(env.port(), user)  # frontend A
-    _select(reader, uv)
-    _, kept_picture, _ = _select(kept, uv)
+    writer, reader, kept, kept_picture, uv = _two_frontends(env, other_port, 6)
     rng = random.Random(3501)
     for _ in range(12):
         truth = _truth(writer)
@@ -168,14 +175,7 @@ def test_another_frontends_changes_show_at_the_next_command(frontends: tuple[Ima
 @pytest.mark.slow
 def test_lost_events_are_repaired_at_the_next_command(frontends: tuple[ImapEnv, int, RedisServer]) -> None:
     env, other_port, redis = frontends
-    user = env.new_account()
-    _fill(env, user, 5)
-    writer = _session(other_port, user)
-    uv = _uidvalidity(writer)
-    writer.command("i", "STORE 1:* +FLAGS.SILENT ($Init)")
-    reader, kept = _session(env.port(), user), _session(env.port(), user)
-    _select(reader, uv)  # indexed in frontend A
-    _, kept_picture, _ = _select(kept, uv)
+    writer, reader, kept, kept_picture, uv = _two_frontends(env, other_port, 5)
     redis.stop()  # every change event from now on is lost
     try:
         rng = random.Random(9051)
