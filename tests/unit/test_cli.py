@@ -9,7 +9,6 @@ import io
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -28,6 +27,7 @@ from mailstack.v1 import mailstore_pb2 as pb
 from mailstack.v1 import mailstore_pb2_grpc as pbg
 
 from mailstack import cli
+from tests.fixtures.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 MAILSTACK = Path(sys.executable).parent / "mailstack"
@@ -173,14 +173,8 @@ def test_malformed_mailstore_address_exits_2(capsys: pytest.CaptureFixture[str])
     assert "invalid mailstore address" in capsys.readouterr().err
 
 
-def closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def test_unreachable_mailstore_exits_3_quickly(tmp_path: Path) -> None:
-    port = closed_port()
+    port = free_port()
     ensure_data_identities(tmp_path)
     started = time.monotonic()
     proc = subprocess.run(
@@ -200,7 +194,7 @@ def test_admin_command_without_an_admin_identity_says_where_it_looked(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.setenv("MAILSTACK_DATA_DIR", str(tmp_path / "elsewhere"))
-    assert cli.main(["user", "list", "--mailstore", f"127.0.0.1:{closed_port()}"]) == 1
+    assert cli.main(["user", "list", "--mailstore", f"127.0.0.1:{free_port()}"]) == 1
     err = capsys.readouterr().err
     assert f"no admin identity in {tmp_path / 'elsewhere' / 'grpc'}" in err
     assert not (tmp_path / "elsewhere").exists()  # the CLI never makes a CA of its own
