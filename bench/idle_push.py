@@ -186,7 +186,8 @@ def mailstack(work: Path, notifier: str) -> Iterator[System]:
     """Valkey, then `mailstack serve mailstore`, `serve imap` and `serve smtp`, each its own process."""
     from mailstack.services.common.config import env_name
 
-    from tests.fixtures.mailstore import MailstoreProcess, free_port, identity_env
+    from tests.fixtures.mailstore import MailstoreProcess, identity_env
+    from tests.fixtures.ports import free_port
     from tests.fixtures.redis_server import RedisServer
 
     redis = RedisServer()

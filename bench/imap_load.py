@@ -42,7 +42,8 @@ from mailstack.v1 import mailstore_pb2 as pb
 
 from bench.cpu import dovecot_master, processes_cpu, tree_cpu
 from bench.hashcost import matching_log_n
-from tests.fixtures.mailstore import MailstoreProcess, free_port, identity_env, open_client
+from tests.fixtures.mailstore import MailstoreProcess, identity_env, open_client
+from tests.fixtures.ports import free_port
 from tests.fixtures.serve_process import running_serve
 
 PASSWORD = "Secret123"

@@ -28,7 +28,8 @@ from mailstack.services.common.config import env_name
 from mailstack.v1 import send_pb2 as spb
 from mailstack.v1 import send_pb2_grpc as spbg
 
-from tests.fixtures.mailstore import MailstoreProcess, free_port
+from tests.fixtures.mailstore import MailstoreProcess
+from tests.fixtures.ports import free_port
 
 WAIT = 600.0
 

@@ -40,8 +40,9 @@ from mailstack.v1 import mailstore_pb2 as pb
 
 from bench.cpu import dovecot_master, processes_cpu, tree_cpu
 from bench.hashcost import matching_log_n
-from tests.fixtures.mailstore import MailstoreProcess, deliver, free_port, identity_env, open_client
+from tests.fixtures.mailstore import MailstoreProcess, deliver, identity_env, open_client
 from tests.fixtures.pop3 import Pop3Process
+from tests.fixtures.ports import free_port
 
 PASSWORD = "Secret123"  # the peers' default USER_PASSWORD
 DOVECOT_POP3 = 23110

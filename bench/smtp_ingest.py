@@ -43,7 +43,8 @@ from mailstack.v1 import mailstore_pb2 as pb
 from mailstack.v1 import mailstore_pb2_grpc as pbg
 
 from bench.cpu import dovecot_master, process_cpu, tree_cpu
-from tests.fixtures.mailstore import free_port, health_check
+from tests.fixtures.mailstore import health_check
+from tests.fixtures.ports import free_port
 
 PEERS_KIT_ENV = "MAILSTACK_BENCH_PEERS_KIT"
 PEER_SMTP = "127.0.0.1:23025"

@@ -39,12 +39,12 @@ from tests.fixtures.mailstore import (
     MailstoreProcess,
     deliver,
     fetch_body,
-    free_port,
     open_client,
     running_mailstore,
     settings_for,
 )
 from tests.fixtures.pop3 import RawClient, unstuff
+from tests.fixtures.ports import free_port
 from tests.fixtures.topology import Topology, running_topology, topology_client
 
 ALICE = "alice@example.test"

@@ -42,7 +42,8 @@ from mailstack.v1 import send_pb2 as spb
 from mailstack.v1 import send_pb2_grpc as spbg
 from prometheus_client import REGISTRY
 
-from tests.fixtures.mailstore import free_port, health_check, identity_env, settings_for
+from tests.fixtures.mailstore import health_check, identity_env, settings_for
+from tests.fixtures.ports import free_port
 from tests.fixtures.topology import (
     Topology,
     admin_channel,

@@ -22,7 +22,8 @@ import pytest
 from mailstack.v1 import mailstore_pb2 as pb
 
 from tests.e2e.smtp_support import ALICE, PASSWORD, RawSmtp, smtp_stack, without_trace
-from tests.fixtures.mailstore import MailstoreProcess, fetch_body, free_port, identity_env, open_client
+from tests.fixtures.mailstore import MailstoreProcess, fetch_body, identity_env, open_client
+from tests.fixtures.ports import free_port
 
 MiB = 1024 * 1024
 CLIENTS = 8

@@ -10,7 +10,7 @@ from mailstack.storage.sessions.base import KickOrder
 from mailstack.storage.sessions.redis import RedisSessionDirectory
 
 from tests.contract.session_directory_contract import SessionDirectoryContract, record
-from tests.fixtures.mailstore import free_port
+from tests.fixtures.ports import free_port
 
 
 class TestRedisSessionDirectory(SessionDirectoryContract):

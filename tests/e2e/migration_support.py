@@ -25,7 +25,8 @@ from mailstack.services.common.config import env_name
 
 from mailstack.cli.imap_source import parse_internaldate, parse_list
 from tests.fixtures.dovecot_server import DovecotServer
-from tests.fixtures.mailstore import free_port, health_check
+from tests.fixtures.mailstore import health_check
+from tests.fixtures.ports import free_port
 
 PASSWORD = "pw-migrate-1"
 # Several levels, non-ASCII names (modified UTF-7 on disk), keywords Dovecot numbers per folder.

@@ -26,7 +26,8 @@ from mailstack.v1 import mailstore_pb2 as pb
 from mailstack.v1 import send_pb2 as spb
 from mailstack.v1 import send_pb2_grpc as spbg
 
-from tests.fixtures.mailstore import Client, free_port, running_mailstore, settings_for
+from tests.fixtures.mailstore import Client, running_mailstore, settings_for
+from tests.fixtures.ports import free_port
 
 DOMAIN = "example.test"
 ALICE = f"alice@{DOMAIN}"

@@ -11,7 +11,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from tests.fixtures.mailstore import free_port, mailstore_transport
+from tests.fixtures.mailstore import mailstore_transport
+from tests.fixtures.ports import free_port
 from tests.fixtures.topology import ServiceProcess
 
 ALICE, PASSWORD = "alice@example.test", "pw-alice-1"

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.fixtures.mailstore import free_port
+from tests.fixtures.ports import free_port
 
 pytestmark = pytest.mark.slow
 

@@ -27,7 +27,8 @@ from pathlib import Path
 import pytest
 from mailstack.services.common.tls import ensure_self_signed
 
-from tests.fixtures.mailstore import free_port, mailstore_transport
+from tests.fixtures.mailstore import mailstore_transport
+from tests.fixtures.ports import free_port
 
 pytestmark = pytest.mark.slow
 

@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 
 from tests.fixtures.imap_server import ImapEnv, RawImap, imap_env, message
-from tests.fixtures.mailstore import free_port, identity_env
+from tests.fixtures.mailstore import identity_env
+from tests.fixtures.ports import free_port
 from tests.fixtures.redis_server import RedisServer
 
 WAIT = 10.0  # generous bound for a pushed line (never a timing assertion)

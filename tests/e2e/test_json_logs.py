@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from tests.e2e.serve_support import ALICE, add_account, base_env, serving, wait_for
-from tests.fixtures.mailstore import free_port
+from tests.fixtures.ports import free_port
 from tests.fixtures.topology import port_open
 
 pytestmark = pytest.mark.slow

@@ -11,7 +11,7 @@ from mailstack.v1 import mailstore_pb2 as pb
 from prometheus_client import REGISTRY
 
 from tests.e2e.smtp_support import ALICE, BOB, DOMAIN, RawSmtp, smtp_stack
-from tests.fixtures.mailstore import free_port
+from tests.fixtures.ports import free_port
 
 CAROL = f"carol@{DOMAIN}"
 

@@ -18,7 +18,7 @@ from mailstack.v1 import mailstore_pb2 as pb
 
 from tests.e2e.smtp_support import ALICE, BOB, DOMAIN, RawSmtp, smtp_stack
 from tests.e2e.test_smtp_postfix import private_postfix
-from tests.fixtures.mailstore import free_port
+from tests.fixtures.ports import free_port
 
 pytestmark = pytest.mark.slow
 

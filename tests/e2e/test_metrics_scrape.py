@@ -21,7 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from mailstack import __version__
 from tests.e2e.serve_support import ALICE, PASSWORD, add_account, base_env, serving, wait_for
-from tests.fixtures.mailstore import free_port
+from tests.fixtures.ports import free_port
 from tests.fixtures.redis_server import RedisServer
 
 pytestmark = pytest.mark.slow

@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 from imapclient import IMAPClient
 
-from tests.fixtures.mailstore import free_port
+from tests.fixtures.ports import free_port
 from tests.fixtures.topology import port_open
 
 PASSWORD = "pw-migrate-1"

@@ -16,8 +16,9 @@ import pytest
 from mailstack.v1 import mailstore_pb2 as pb
 from opentelemetry.proto.trace.v1 import trace_pb2
 
-from tests.fixtures.mailstore import free_port, open_client
+from tests.fixtures.mailstore import open_client
 from tests.fixtures.otlp_receiver import OtlpReceiver, ReceivedSpan, otlp_receiver
+from tests.fixtures.ports import free_port
 from tests.fixtures.topology import ServiceProcess, port_open
 
 pytestmark = pytest.mark.slow

@@ -11,8 +11,9 @@ import pytest
 from mailstack.services.common.config import env_name
 from mailstack.v1 import mailstore_pb2 as pb
 
-from tests.fixtures.mailstore import MailstoreProcess, deliver, free_port, identity_env, open_client
+from tests.fixtures.mailstore import MailstoreProcess, deliver, identity_env, open_client
 from tests.fixtures.pop3 import Pop3Process, RawClient
+from tests.fixtures.ports import free_port
 
 pytestmark = pytest.mark.slow
 

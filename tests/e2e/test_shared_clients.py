@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from mailstack.services.common.config import env_name
 
-from tests.fixtures.mailstore import free_port
+from tests.fixtures.ports import free_port
 
 pytestmark = pytest.mark.slow
 

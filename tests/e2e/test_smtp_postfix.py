@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.smtp_support import ALICE, require_tool, smtp_stack, without_trace
-from tests.fixtures.mailstore import free_port
+from tests.fixtures.ports import free_port
 
 pytestmark = pytest.mark.slow
 

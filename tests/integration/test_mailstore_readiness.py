@@ -8,7 +8,8 @@ import asyncio
 import time
 from pathlib import Path
 
-from tests.fixtures.mailstore import free_port, settings_for
+from tests.fixtures.mailstore import settings_for
+from tests.fixtures.ports import free_port
 from tests.fixtures.postgres_server import PostgresServer, database_url
 from tests.integration.test_telemetry import http_get, serving
 

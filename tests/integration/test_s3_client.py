@@ -16,7 +16,7 @@ from mailstack.storage.blob.s3http import Credentials, S3Client, S3Error, S3Unre
 from mailstack.storage.blob.s3lean import LeanS3BlobStore
 from mailstack.storage.errors import BlobNotFound, StorageUnavailable
 
-from tests.fixtures.mailstore import free_port
+from tests.fixtures.ports import free_port
 from tests.fixtures.s3_server import ACCESS_KEY, SECRET_KEY, s3_client
 
 GOOD = Credentials(ACCESS_KEY, SECRET_KEY)

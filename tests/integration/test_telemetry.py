@@ -28,7 +28,8 @@ from opentelemetry.trace import SpanKind
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.e2e.smtp_support import ALICE, smtp_stack
-from tests.fixtures.mailstore import deliver, free_port, open_client, running_mailstore, settings_for
+from tests.fixtures.mailstore import deliver, open_client, running_mailstore, settings_for
+from tests.fixtures.ports import free_port
 
 MESSAGE = b"From: bob@remote.test\r\nTo: alice@example.test\r\nSubject: traced\r\n\r\nfollow me\r\n"
 

@@ -144,7 +144,7 @@ async def test_healthcheck_without_a_metrics_port_checks_mailstore_health_and_fr
 async def test_healthcheck_fails_when_nothing_listens(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from tests.fixtures.mailstore import free_port
+    from tests.fixtures.ports import free_port
 
     monkeypatch.setenv("MAILSTACK_METRICS_PORT", str(free_port()))
     assert await asyncio.to_thread(cli.main, ["healthcheck", "smtp"]) == 1

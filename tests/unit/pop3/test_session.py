@@ -18,8 +18,9 @@ from mailstack.services.pop3.session import KNOWN_COMMANDS, STATE_COMMANDS, Stat
 from mailstack.v1 import mailstore_pb2 as pb
 from prometheus_client import REGISTRY
 
-from tests.fixtures.mailstore import Client, deliver, fetch_body, free_port, running_mailstore, settings_for
+from tests.fixtures.mailstore import Client, deliver, fetch_body, running_mailstore, settings_for
 from tests.fixtures.pop3 import RawClient, port_of, running_pop3, unstuff
+from tests.fixtures.ports import free_port
 
 USER = "alice@example.test"
 PASSWORD = "wonderland"
