@@ -237,7 +237,9 @@ COMMANDS: tuple[Command, ...] = (
             (arg("--from", dest="source", required=True, metavar="sqlite:///PATH",
                  help="the embedded installation's metadata (stop its mailstore first)"),
              arg("--to", dest="target", required=True, metavar="postgresql://...",
-                 help="an empty database (its schema is created); refused if it holds any row"))),
+                 help="an empty database (its schema is created); refused if it holds any row"),
+             arg("--blob-url", default="", metavar="URL",
+                 help="where bodies kept in the SQLite file go (default: the installation's blob store, ADR 0045)"))),
 )  # fmt: skip
 
 

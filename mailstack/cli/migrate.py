@@ -13,6 +13,9 @@ The copy runs in one PostgreSQL transaction against one SQLite read snapshot, an
 that transaction, per table, by row count and an order-independent checksum of every row; a mismatch
 rolls it all back. A target with any row in it is refused. Stop the mailstore first: what it writes
 after the snapshot would not be moved.
+
+Bodies kept in the SQLite file (ADR 0045; PostgreSQL keeps none) are written to the blob store first,
+each read back, before any row is copied: blob first, metadata second, as at delivery.
 """
 
 from __future__ import annotations
@@ -29,6 +32,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from mailstack.services.common.config import Settings
+from mailstack.storage import registry
+from mailstack.storage.blob.base import BlobStore
 from mailstack.storage.metadata.postgresql_schema import apply_migrations
 from mailstack.storage.metadata.sqlite_schema import MIGRATIONS as SQLITE_MIGRATIONS
 
@@ -41,6 +46,8 @@ KNOWN_COUNTERS = frozenset({"uidvalidity"})
 # NOT NULL in PostgreSQL, possibly NULL in rows SQLite kept from before the column: what stands in
 # (the store reads a message without a save date as saved at its internal date, ADR 0024).
 NULL_FILL = {("messages", "save_date"): "internal_date"}
+# SQLite columns PostgreSQL has no place for, moved elsewhere first: kept bodies go to the blob store.
+SQLITE_ONLY = frozenset({("blobs", "body")})
 _CAST: dict[str, Callable[[Any], Any]] = {
     "bigint": int,
     "integer": int,
@@ -247,14 +254,39 @@ async def continue_sequences(source: sqlite3.Connection, target: Any) -> None:
     )
 
 
-async def migrate_metadata(source_url: str, target_url: str) -> list[TableReport]:
-    """Copy every table, verify, commit; MigrationError (nothing committed) when it cannot."""
+def kept_bodies(source: sqlite3.Connection) -> int:
+    """How many bodies the SQLite file keeps itself (ADR 0045; open_source checked the schema)."""
+    return int(source.execute("SELECT count(*) FROM blobs WHERE body IS NOT NULL").fetchone()[0])
+
+
+async def export_kept_bodies(source: sqlite3.Connection, blobs: BlobStore) -> int:
+    """Write every kept body to the blob store under its key and read it back; the count."""
+    cursor = source.execute("SELECT key, body FROM blobs WHERE body IS NOT NULL ORDER BY key")
+    moved = 0
+    while batch := cursor.fetchmany(100):  # at most 100 bodies of <= 1 MiB in memory
+        for key, body in batch:
+            await blobs.put(key, body)
+            if await blobs.get(key) != body:
+                raise MigrationError(f"body {key}: the blob store gave back other bytes; nothing was committed")
+            moved += 1
+    return moved
+
+
+async def migrate_metadata(source_url: str, target_url: str, blobs: BlobStore | None = None) -> list[TableReport]:
+    """Copy every table, verify, commit; MigrationError (nothing committed) when it cannot. `blobs`
+    receives the bodies the SQLite file keeps; without it, a file that keeps any is refused."""
     import asyncpg  # here: only this command needs the driver loaded
 
     path = sqlite_path(source_url)
     check_target(target_url)
     source = open_source(path)
     try:
+        if count := kept_bodies(source):
+            if blobs is None:
+                raise MigrationError(
+                    f"{count} bodies are kept in the SQLite file: a blob store to move them to is needed"
+                )
+            await export_kept_bodies(source, blobs)
         try:
             target = await asyncpg.connect(target_url)
         except (OSError, asyncpg.PostgresError) as err:
@@ -283,6 +315,7 @@ async def _copy_all(source: sqlite3.Connection, target: Any) -> list[TableReport
     async with target.transaction():
         for table in await copy_order(target, tables):
             source_names = {r[1] for r in source.execute(f'PRAGMA table_info("{table}")')}
+            source_names -= {name for owner, name in SQLITE_ONLY if owner == table}
             missing = [name for name, _, _ in columns[table] if name not in source_names]
             extra = sorted(source_names - {name for name, _, _ in columns[table]})
             if missing or extra:
@@ -297,7 +330,7 @@ async def _copy_all(source: sqlite3.Connection, target: Any) -> list[TableReport
 def cmd_migrate_metadata(settings: Settings, args: argparse.Namespace) -> int:
     """Run the migration; print a line per table (rows, checksum). Exit 1 with one line on failure."""
     try:
-        reports = asyncio.run(migrate_metadata(args.source, args.target))
+        reports, moved = asyncio.run(_migrate_with_bodies(settings, args))
     except MigrationError as err:
         print(f"mailstack: migrate: {err}", file=sys.stderr)
         return EXIT_ERROR
@@ -308,4 +341,26 @@ def cmd_migrate_metadata(settings: Settings, args: argparse.Namespace) -> int:
     else:
         print(format_table(["TABLE", "ROWS", "CHECKSUM"], [[r.table, r.rows, r.checksum[:16]] for r in reports]))
         print(f"migrated and verified {len(reports)} tables, {sum(r.rows for r in reports)} rows")
+        if moved:
+            print(f"{moved} bodies kept in the SQLite file written to {args.blob_url or settings.effective_blob_url}")
     return EXIT_OK
+
+
+async def _migrate_with_bodies(settings: Settings, args: argparse.Namespace) -> tuple[list[TableReport], int]:
+    """The migration with the installation's blob store (or --blob-url) for the kept bodies."""
+    source = open_source(sqlite_path(args.source))
+    try:
+        moved = kept_bodies(source)
+    finally:
+        source.close()
+    blobs = registry.open_blob_store(
+        args.blob_url or settings.effective_blob_url,
+        s3_endpoint=settings.s3_endpoint,
+        s3_region=settings.s3_region,
+        s3_path_style=settings.s3_path_style,
+        s3_client=settings.s3_client,
+    )
+    try:
+        return await migrate_metadata(args.source, args.target, blobs), moved
+    finally:
+        await blobs.close()

@@ -42,7 +42,8 @@ from mailstack.services.common.setting_rules import (
     url,
 )
 
-MiB = 1024 * 1024
+KiB = 1024
+MiB = 1024 * KiB
 
 
 FRONTENDS = ("smtp", "imap", "pop3")
@@ -99,6 +100,12 @@ class Settings:
     )
     blob_cache_bytes: int = _setting(
         64 * MiB, "Memory for recently stored and read message bodies in front of S3 (0 = off; not used for files)."
+    )
+    kept_body_bytes: int = _setting(
+        64 * KiB,
+        "Bodies up to this size are kept in the SQLite metadata database with their message, one fsync"
+        " fewer per delivery (0 = every body in the blob folder; not used with S3 or PostgreSQL).",
+        rule=between(0, MiB),
     )
     max_message_size: int = _setting(50 * MiB, "Largest message accepted, in bytes.", rule=AT_LEAST_1)
     default_quota_bytes: int = _setting(0, "Quota in bytes for new accounts (0 = unlimited).")

@@ -93,6 +93,9 @@ class NewMessage:
     # announced for it ("" = the default, derived from UIDVALIDITY and UID).
     uid: int = 0
     pop3_uidl: str = ""
+    # The body itself, kept in the metadata database in the same transaction (ADR 0045), when
+    # the store keeps bodies (`keeps_bodies`) and the body is small; None = in the blob store.
+    body: bytes | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,6 +169,9 @@ class ChangeRecord:
 
 
 class MetadataStore(Protocol):
+    # Small bodies can be kept in this database, in the message's transaction (ADR 0045).
+    keeps_bodies: bool
+
     async def migrate(self) -> None:
         """Create or upgrade the schema (versioned migrations)."""
 
@@ -305,6 +311,9 @@ class MetadataStore(Protocol):
         """Set the account's counters from its messages; returns (bytes, messages)."""
 
     async def blob_referenced(self, key: str) -> bool: ...
+
+    async def kept_body(self, key: str) -> bytes | None:
+        """The body kept in this database under key (ADR 0045); None = not here (in the blob store)."""
 
     async def body_references(self, account_id: int | None = None) -> list[BodyReference]:
         """Every message row's blob key (of one account, or all), for the integrity check."""

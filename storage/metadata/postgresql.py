@@ -476,7 +476,16 @@ async def _single(outcome: Awaitable[T]) -> list[T]:
 # ------------------------------------------------------------------ the store
 
 
+def _no_body(message: NewMessage) -> None:
+    # A body given to a store that does not keep bodies would be lost with no trace: refuse.
+    if message.body is not None:
+        raise ValueError("this metadata store keeps no bodies (keeps_bodies is False)")
+
+
 class PostgresMetadataStore:
+    # Bodies stay in the blob store (ADR 0045): replicas share the database, whose rows should stay small.
+    keeps_bodies = False
+
     def __init__(self, url: str, *, min_connections: int = 1, max_connections: int = 10) -> None:
         # The password comes from the URL or, better, from PGPASSWORD / ~/.pgpass (libpq's rules).
         self._url = url
@@ -938,6 +947,7 @@ class PostgresMetadataStore:
     # ---- messages
 
     async def insert_message(self, mailbox_id: int, message: NewMessage, enforce_quota: bool) -> InsertResult:
+        _no_body(message)
         return await self._write(
             lambda conn: _insert_message(conn, mailbox_id, message, enforce_quota), transaction=False
         )
@@ -945,6 +955,8 @@ class PostgresMetadataStore:
     async def deliver(
         self, mailbox_ids: Sequence[int], message: NewMessage, enforce_quota: bool
     ) -> list[InsertResult | OverQuota | MailboxNotFound]:
+        _no_body(message)
+
         async def one(conn: Conn, mailbox_id: int) -> InsertResult | OverQuota | MailboxNotFound:
             # A refused target writes nothing (one statement), so no savepoint is needed.
             try:
@@ -1148,6 +1160,9 @@ class PostgresMetadataStore:
     async def blob_referenced(self, key: str) -> bool:
         count = await self._read(lambda conn: conn.fetchval("SELECT refcount FROM blobs WHERE key = $1", key))
         return count is not None and count > 0
+
+    async def kept_body(self, key: str) -> bytes | None:
+        return None
 
     async def body_references(self, account_id: int | None = None) -> list[BodyReference]:
         sql = (

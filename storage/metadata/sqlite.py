@@ -270,11 +270,13 @@ def _add_usage(conn: sqlite3.Connection, account_id: int, add_bytes: int, add_me
     )
 
 
-def _reference_blobs(conn: sqlite3.Connection, keys: Iterable[str]) -> None:
+def _reference_blobs(conn: sqlite3.Connection, keys: Iterable[str], body: bytes | None = None) -> None:
+    """One more reference per key occurrence; `body` (one key only) is stored with a new key."""
     for key, count in Counter(keys).items():
         conn.execute(
-            "INSERT INTO blobs (key, refcount) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET refcount = refcount + ?",
-            (key, count, count),
+            "INSERT INTO blobs (key, refcount, body) VALUES (?, ?, ?)"
+            " ON CONFLICT (key) DO UPDATE SET refcount = refcount + ?",
+            (key, count, body, count),
         )
 
 
@@ -372,7 +374,7 @@ def _insert_message(
             message.pop3_uidl,
         ),
     )
-    _reference_blobs(conn, [message.blob_key])
+    _reference_blobs(conn, [message.blob_key], message.body)
     _add_usage(conn, mailbox.account_id, message.size, 1)
     return InsertResult(uid=uid, uidvalidity=mailbox.uidvalidity, modseq=modseq)
 
@@ -421,6 +423,8 @@ def _span(uids: UidRanges) -> int:
 
 
 class SqliteMetadataStore:
+    keeps_bodies = True  # see MetadataStore
+
     def __init__(self, path: str, *, readers: int = 2, busy_timeout_ms: int = 5000) -> None:
         self._path = path
         self._busy_timeout_ms = busy_timeout_ms
@@ -1145,6 +1149,11 @@ class SqliteMetadataStore:
     async def blob_referenced(self, key: str) -> bool:
         row = await self._read(lambda conn: _one(conn, "SELECT refcount FROM blobs WHERE key = ?", (key,)), inline=True)
         return row is not None and row[0] > 0
+
+    async def kept_body(self, key: str) -> bytes | None:
+        # Inline: one row by primary key, at most ADR 0045's limit of bytes.
+        row = await self._read(lambda conn: _one(conn, "SELECT body FROM blobs WHERE key = ?", (key,)), inline=True)
+        return None if row is None else row[0]
 
     async def body_references(self, account_id: int | None = None) -> list[BodyReference]:
         sql = (

@@ -162,6 +162,11 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         # import pass may keep using it; a mailstack-made one that equals it by chance may not.
         "ALTER TABLE mailboxes ADD COLUMN adopted INTEGER NOT NULL DEFAULT 0",
     ),
+    (
+        # Step 8 (ADR 0045): a small body kept with its reference count, written in the transaction
+        # of the message that brings it (NULL = in the blob store).
+        "ALTER TABLE blobs ADD COLUMN body BLOB",
+    ),
 )
 
 

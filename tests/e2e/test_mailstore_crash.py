@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from pathlib import Path
 
 import grpc
@@ -23,8 +24,18 @@ def message(n: int) -> bytes:
     return simple(f"crash-{n:04d}", f"body of message {n}\r\n" * 50)
 
 
-async def test_kill_during_deliveries_keeps_every_acknowledged_message(tmp_path: Path) -> None:
-    proc = MailstoreProcess(tmp_path / "data")
+def stored_bodies(data_dir: Path) -> int:
+    """Body files plus bodies kept in the metadata database (ADR 0045)."""
+    files = [p for p in (data_dir / "blobs").rglob("*") if p.is_file() and not p.name.startswith(".")]
+    with sqlite3.connect(data_dir / "metadata.sqlite3") as conn:
+        return len(files) + int(conn.execute("SELECT count(*) FROM blobs WHERE body IS NOT NULL").fetchone()[0])
+
+
+# Bodies as files (blob first, then the metadata) and kept in the metadata transaction.
+@pytest.mark.parametrize("kept_body_bytes", ["0", "65536"])
+async def test_kill_during_deliveries_keeps_every_acknowledged_message(tmp_path: Path, kept_body_bytes: str) -> None:
+    kept = {env_name("kept_body_bytes"): kept_body_bytes}
+    proc = MailstoreProcess(tmp_path / "data", kept)
     proc.start()
     acked: set[int] = set()
     try:
@@ -54,7 +65,7 @@ async def test_kill_during_deliveries_keeps_every_acknowledged_message(tmp_path:
     # Restart on the same data, with the sweeper running at once (nothing is in flight now).
     proc = MailstoreProcess(
         tmp_path / "data",
-        {env_name("orphan_sweep_seconds"): "1", env_name("orphan_min_age_seconds"): "0"},
+        {env_name("orphan_sweep_seconds"): "1", env_name("orphan_min_age_seconds"): "0", **kept},
     )
     proc.start()
     try:
@@ -76,13 +87,11 @@ async def test_kill_during_deliveries_keeps_every_acknowledged_message(tmp_path:
             n = int(subject.split("-")[1])
             assert await fetch_body(client, ALICE, "INBOX", uid) == message(n)
         # The sweeper removes blobs left by deliveries cut between blob and metadata write.
-        blob_dir = tmp_path / "data" / "blobs"
         for _ in range(100):
-            blobs = [p for p in blob_dir.rglob("*") if p.is_file() and not p.name.startswith(".")]
-            if len(blobs) == len(metas):
+            if (bodies := stored_bodies(tmp_path / "data")) == len(metas):
                 break
             await asyncio.sleep(0.1)
-        assert len(blobs) == len(metas)
+        assert bodies == len(metas)
         await client.channel.close()
     finally:
         proc.stop()

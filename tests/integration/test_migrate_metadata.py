@@ -8,18 +8,21 @@ refused, with nothing committed."""
 from __future__ import annotations
 
 import sqlite3
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import asyncpg
 import pytest
+from mailstack.storage.blob.file import FileBlobStore
 from mailstack.storage.metadata.base import ForwardRecord, MetadataStore
 from mailstack.storage.queue.base import NewOutbound, NewRecipient, QueueBackend, TokenRecord
 from mailstack.storage.registry import open_metadata_store, open_queue_store
 
 from mailstack.cli.main import main
 from mailstack.cli.migrate import SEQUENCE_TABLES, MigrationError, migrate_metadata
-from tests.contract.metadata_contract import DEFAULT_MAILBOXES, insert
+from tests.contract.metadata_contract import DEFAULT_MAILBOXES, insert, message
+
+KEPT = (b"Subject: kept\r\n\r\nsmall body\r\n", bytes(range(256)) * 200)
 
 
 @dataclass
@@ -55,6 +58,9 @@ async def populate(store: MetadataStore, queue: QueueBackend) -> None:
     await store.copy(inbox.id, [(9, 9)], work.id, False, True)
     bob_inbox = await store.get_mailbox(bob.id, "INBOX")
     await insert(store, bob_inbox.id, "blob-bob", sent_date=None)
+    # Bodies the SQLite file keeps itself (ADR 0045): PostgreSQL has no column for them.
+    for n, body in enumerate(KEPT):
+        await store.insert_message(bob_inbox.id, replace(message(f"kept-{n}", len(body), (), None), body=body), True)
     await store.claim_recent(inbox.id)
     await store.acquire_lease("job:orphan-sweep", "replica-1", 60)
     await store.set_forward(ForwardRecord("postmaster@example.org", ("ops@remote.test", "x@remote.test"), True))
@@ -90,17 +96,24 @@ async def source(tmp_path: Path) -> Source:
     return Source(path, f"sqlite://{path}")
 
 
+@pytest.fixture
+def blobs(tmp_path: Path) -> FileBlobStore:
+    return FileBlobStore(str(tmp_path / "blobs"))
+
+
 def table_rows(path: Path) -> dict[str, int]:
     with sqlite3.connect(path) as conn:
         names = [n for (n,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
         return {n: conn.execute(f'SELECT count(*) FROM "{n}"').fetchone()[0] for n in names}
 
 
-async def test_every_table_moves_and_reads_back_the_same(source: Source, postgres_url: str) -> None:
+async def test_every_table_moves_and_reads_back_the_same(
+    source: Source, postgres_url: str, blobs: FileBlobStore
+) -> None:
     before = open_metadata_store(source.url)
     after = open_metadata_store(postgres_url)
     try:
-        reports = await migrate_metadata(source.url, postgres_url)
+        reports = await migrate_metadata(source.url, postgres_url, blobs)
         counts = table_rows(source.path)
         # Every table SQLite has is either copied or becomes a sequence position: a new table in the
         # SQLite schema fails here until the tool (and this test's populate) know it.
@@ -121,6 +134,8 @@ async def test_every_table_moves_and_reads_back_the_same(source: Source, postgre
                 assert await after.changes_since(box.id, 0) == await before.changes_since(box.id, 0)
                 assert await after.mailbox_counts(box.id) == await before.mailbox_counts(box.id)
         assert await after.body_references() == await before.body_references()
+        for n, body in enumerate(KEPT):  # moved to the blob store, where PostgreSQL's mailstore reads them
+            assert await blobs.get(f"kept-{n}") == body
         queue_before, queue_after = open_queue_store(before), open_queue_store(after)
         assert await queue_after.list_tokens() == await queue_before.list_tokens()
         assert await queue_after.status("out-1") == await queue_before.status("out-1")
@@ -145,10 +160,12 @@ async def test_every_table_moves_and_reads_back_the_same(source: Source, postgre
         await after.close()
 
 
-async def test_a_non_empty_target_is_refused_and_left_alone(source: Source, postgres_url: str) -> None:
-    await migrate_metadata(source.url, postgres_url)
+async def test_a_non_empty_target_is_refused_and_left_alone(
+    source: Source, postgres_url: str, blobs: FileBlobStore
+) -> None:
+    await migrate_metadata(source.url, postgres_url, blobs)
     with pytest.raises(MigrationError, match="not empty"):
-        await migrate_metadata(source.url, postgres_url)
+        await migrate_metadata(source.url, postgres_url, blobs)
     target = open_metadata_store(postgres_url)
     try:
         assert len(await target.list_accounts()) == 2
@@ -159,10 +176,12 @@ async def test_a_non_empty_target_is_refused_and_left_alone(source: Source, post
 def test_cli_exit_codes_and_one_line_errors(
     source: Source, postgres_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    argv = ["migrate", "metadata", "--from", source.url, "--to", postgres_url]
+    blob_url = f"file://{tmp_path / 'moved-bodies'}"
+    argv = ["migrate", "metadata", "--from", source.url, "--to", postgres_url, "--blob-url", blob_url]
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert "messages" in out and "migrated and verified" in out
+    assert f"{len(KEPT)} bodies kept in the SQLite file written to {blob_url}" in out
     refusals = [
         (argv, "not empty"),
         (["migrate", "metadata", "--from", f"sqlite://{tmp_path}/absent.db", "--to", postgres_url], "no such SQLite"),
@@ -179,22 +198,24 @@ def test_cli_exit_codes_and_one_line_errors(
         assert reason in err and err.count("\n") == 1, err
 
 
-async def test_a_table_the_tool_does_not_know_stops_it(source: Source, postgres_url: str) -> None:
+async def test_a_table_the_tool_does_not_know_stops_it(source: Source, postgres_url: str, blobs: FileBlobStore) -> None:
     with sqlite3.connect(source.path) as conn:
         conn.execute("CREATE TABLE sieve_scripts (account_id INTEGER, script TEXT)")
         conn.execute("INSERT INTO sieve_scripts VALUES (1, 'keep;')")
     with pytest.raises(MigrationError, match="sieve_scripts"):
-        await migrate_metadata(source.url, postgres_url)
+        await migrate_metadata(source.url, postgres_url, blobs)
 
 
-async def test_an_older_sqlite_schema_is_refused(source: Source, postgres_url: str) -> None:
+async def test_an_older_sqlite_schema_is_refused(source: Source, postgres_url: str, blobs: FileBlobStore) -> None:
     with sqlite3.connect(source.path) as conn:
         conn.execute("PRAGMA user_version = 3")
     with pytest.raises(MigrationError, match="schema version 3"):
-        await migrate_metadata(source.url, postgres_url)
+        await migrate_metadata(source.url, postgres_url, blobs)
 
 
-async def test_a_copy_that_does_not_read_back_is_rolled_back(source: Source, postgres_url: str) -> None:
+async def test_a_copy_that_does_not_read_back_is_rolled_back(
+    source: Source, postgres_url: str, blobs: FileBlobStore
+) -> None:
     """A target that changes what it is given (here a trigger rewriting flags) fails verification,
     and not one row stays: the operator may fix the target and run again."""
     target = open_metadata_store(postgres_url)
@@ -208,21 +229,35 @@ async def test_a_copy_that_does_not_read_back_is_rolled_back(source: Source, pos
             " CREATE TRIGGER tamper BEFORE INSERT ON messages FOR EACH ROW EXECUTE FUNCTION tamper()"
         )
         with pytest.raises(MigrationError, match="table messages: verification failed"):
-            await migrate_metadata(source.url, postgres_url)
+            await migrate_metadata(source.url, postgres_url, blobs)
         assert await conn.fetchval("SELECT count(*) FROM accounts") == 0
         assert await conn.fetchval("SELECT count(*) FROM messages") == 0
     finally:
         await conn.close()
 
 
-async def test_a_damaged_row_stops_the_copy_with_nothing_committed(source: Source, postgres_url: str) -> None:
+async def test_a_damaged_row_stops_the_copy_with_nothing_committed(
+    source: Source, postgres_url: str, blobs: FileBlobStore
+) -> None:
     """SQLite keeps whatever it is given: a UID that is text cannot go into a BIGINT column."""
     with sqlite3.connect(source.path) as conn:
         conn.execute("UPDATE messages SET uid = 'abc' WHERE rowid = (SELECT MIN(rowid) FROM messages)")
     with pytest.raises(MigrationError, match="copy failed, nothing was committed"):
-        await migrate_metadata(source.url, postgres_url)
+        await migrate_metadata(source.url, postgres_url, blobs)
     conn = await asyncpg.connect(postgres_url)
     try:
         assert await conn.fetchval("SELECT count(*) FROM accounts") == 0
     finally:
         await conn.close()
+
+
+async def test_kept_bodies_without_a_blob_store_are_refused_with_nothing_committed(
+    source: Source, postgres_url: str
+) -> None:
+    with pytest.raises(MigrationError, match=f"{len(KEPT)} bodies are kept in the SQLite file"):
+        await migrate_metadata(source.url, postgres_url)
+    target = await asyncpg.connect(postgres_url)
+    try:
+        assert await target.fetchval("SELECT to_regclass('public.accounts')") is None, "refused before any write"
+    finally:
+        await target.close()

@@ -108,6 +108,10 @@ class Delivery:
         if size == 0:
             raise InvalidRequest("empty message")
 
+    def _kept(self, data: bytes) -> bytes | None:
+        """The body when it is kept in the metadata transaction (ADR 0045), else None (blob first)."""
+        return data if len(data) <= self.stores.kept_body_bytes else None
+
     @staticmethod
     async def _canonical(data: bytes) -> bytes:
         """Every line ended by CRLF (ADR 0020): done here, at the one door every message comes
@@ -193,16 +197,19 @@ class Delivery:
         # parsed: a client that APPENDs one message at a time (imapsync) waits for both in a row
         # otherwise. The metadata is still written only once the body is durable.
         key = new_blob_key()
-        put = asyncio.ensure_future(self.stores.blobs.put(key, data))
+        body = self._kept(data)
+        put = None if body is not None else asyncio.ensure_future(self.stores.blobs.put(key, data))
         try:
             record, mailbox = await self.stores.mailbox(account, mailbox_name)
             analysed = await self._analyse(data, normalize_flags(flags), when, key)
-            message = replace(analysed, uid=uid, pop3_uidl=pop3_uidl)
+            message = replace(analysed, uid=uid, pop3_uidl=pop3_uidl, body=body)
             await self.ledger.reserve(record, message.size)
         except BaseException:
-            await self._drop_early_put(put, key)
+            if put is not None:
+                await self._drop_early_put(put, key)
             raise
-        await self._put_blob(message.blob_key, data, [record], message.size, put)
+        if put is not None:
+            await self._put_blob(message.blob_key, data, [record], message.size, put)
         write = asyncio.ensure_future(self.stores.metadata.insert_message(mailbox.id, message, self.ledger.by_metadata))
         try:
             result = await settle(write)
@@ -235,7 +242,10 @@ class Delivery:
         reserved = await self._reserve_all(targets, message.size, recipients, outcomes)
         if not reserved:
             return self._counted(_in_order(outcomes, recipients)), ""
-        await self._put_blob(message.blob_key, data, [t.account for t in reserved], message.size)
+        body = self._kept(data)
+        if body is None:
+            await self._put_blob(message.blob_key, data, [t.account for t in reserved], message.size)
+        message = replace(message, body=body)
         results, cancelled = await self._write_delivery(reserved, message)
         stored = await self._record_results(reserved, results, message.size, recipients, outcomes)
         if not stored:

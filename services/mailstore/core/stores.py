@@ -18,6 +18,7 @@ from mailstack.services.mailstore.core.errors import AccountNotFound, InvalidNam
 from mailstack.services.mailstore.instrumented import instrumented
 from mailstack.storage import registry
 from mailstack.storage.blob.base import BlobCache, BlobStore
+from mailstack.storage.blob.kept import KeptBodies
 from mailstack.storage.events.base import ChangeEvent, EventBus
 from mailstack.storage.metadata.base import AccountRecord, MailboxRecord, MessageRecord, MetadataStore
 from mailstack.storage.queue.base import QueueBackend
@@ -64,8 +65,11 @@ class Stores:
         events: EventBus,
         quota: QuotaStore,
         database: MetadataStore | None = None,
+        kept_body_bytes: int = 0,
     ) -> None:
         self.metadata = metadata
+        # Bodies up to this size go into the metadata transaction instead of the blob store (ADR 0045).
+        self.kept_body_bytes = kept_body_bytes
         # The store itself, not its telemetry wrapper: the outbound queue is opened beside it (ADR 0008).
         self._database = database or metadata
         self.blobs = blobs
@@ -87,6 +91,12 @@ class Stores:
         )
         if isinstance(blobs, BlobCache):
             export_cache_metrics(blobs)
+        kept_body_bytes = 0
+        if metadata.keeps_bodies:
+            # Always read through: bodies kept before an operator lowered the limit stay readable.
+            blobs = KeptBodies(blobs, metadata.kept_body)
+            # With S3, bodies belong in the object store (ARCHITECTURE.md); the database stays small.
+            kept_body_bytes = settings.kept_body_bytes if blobs.local_reads else 0
         events = registry.open_event_bus(settings.events_url)
         quota = registry.open_quota_store(settings.quota_url, metadata)
         # Every storage call gets a span ("blob.put", "metadata.deliver", "events.publish") and a latency histogram.
@@ -96,6 +106,7 @@ class Stores:
             instrumented(events, "events"),
             instrumented(quota, "quota"),
             database=metadata,
+            kept_body_bytes=kept_body_bytes,
         )
 
     def open_queue(self) -> QueueBackend:
