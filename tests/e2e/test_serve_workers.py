@@ -17,7 +17,6 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -26,8 +25,7 @@ import pytest
 from mailstack.v1 import mailstore_pb2 as pb
 
 from tests.fixtures.mailstore import open_client
-from tests.fixtures.ports import free_port_pair
-from tests.fixtures.serve_process import START_TIMEOUT, Served, serve_env, stop
+from tests.fixtures.serve_process import Served, running_serve, serve_env
 
 pytestmark = pytest.mark.slow
 
@@ -39,42 +37,15 @@ TRIES = 60  # connections until the kernel gives the wanted worker one: 2^-60 to
 
 @contextmanager
 def serving_workers(folder: Path, extra: dict[str, str] | None = None) -> Iterator[Served]:
-    metrics, _ = free_port_pair(1)  # worker N serves its metrics on MAILSTACK_METRICS_PORT + N
-    env, ports = serve_env(
-        folder,
-        {
-            "MAILSTACK_WORKERS": str(WORKERS),
-            "MAILSTACK_METRICS_PORT": str(metrics),
-            "MAILSTACK_ALLOW_PLAINTEXT_AUTH": "true",
-            "MAILSTACK_IMAP_POLL_INTERVAL": "600",  # a push seen in the tests comes from the bus, not a poll
-            **(extra or {}),
-        },
-    )
-    ports["metrics"] = metrics
-    log_path = folder / "serve.log"
-    with log_path.open("ab") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "mailstack", "serve"], env=env, cwd=folder, stdout=log, stderr=subprocess.STDOUT
-        )
-    served = Served(proc, env, ports, log_path)
-    try:
-        deadline = time.monotonic() + START_TIMEOUT
-        while not all(ready(metrics + i) for i in range(WORKERS)):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"the workers did not become ready:\n{served.log()[-3000:]}")
-            time.sleep(0.2)
+    settings = {
+        "MAILSTACK_WORKERS": str(WORKERS),
+        "MAILSTACK_ALLOW_PLAINTEXT_AUTH": "true",
+        "MAILSTACK_IMAP_POLL_INTERVAL": "600",  # a push seen in the tests comes from the bus, not a poll
+        **(extra or {}),
+    }
+    with running_serve(folder, settings) as served:  # ready: every worker's /ready answers 200
         asyncio.run(create_accounts(served, folder))
         yield served
-    finally:
-        stop(proc)
-
-
-def ready(port: int) -> bool:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/ready", timeout=1) as reply:
-            return bool(reply.status == 200)
-    except OSError:
-        return False
 
 
 async def create_accounts(served: Served, folder: Path) -> None:
@@ -87,10 +58,9 @@ async def create_accounts(served: Served, folder: Path) -> None:
 
 
 def workers_of(served: Served) -> list[int]:
-    pid = served.proc.pid
-    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-    assert len(children) == WORKERS, children
-    return [int(c) for c in children]
+    pids = served.worker_pids()
+    assert len(pids) == WORKERS, pids
+    return pids
 
 
 def owner(pids: list[int], server_port: int, client_port: int) -> int | None:
