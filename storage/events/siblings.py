@@ -113,8 +113,9 @@ class SiblingEventBus(MemoryEventBus):
             self.fan_out(event)
 
     async def close(self) -> None:
-        self._loop.remove_reader(self._sock.fileno())
-        self._sock.close()
-        with contextlib.suppress(FileNotFoundError):
-            self._path.unlink()
+        if self._sock.fileno() >= 0:  # closing twice is allowed
+            self._loop.remove_reader(self._sock.fileno())
+            self._sock.close()
+            with contextlib.suppress(FileNotFoundError):
+                self._path.unlink()
         await super().close()
