@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import imaplib
 import os
+import poplib
 import re
 import signal
 import smtplib
@@ -17,9 +18,10 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 from mailstack.v1 import mailstore_pb2 as pb
@@ -32,6 +34,7 @@ pytestmark = pytest.mark.slow
 USER, OTHER, PASSWORD = "ann@example.test", "bob@example.test", "secret-Pass1"
 WORKERS = 2
 ESTABLISHED = "01"
+Conn = TypeVar("Conn")
 TRIES = 60  # connections until the kernel gives the wanted worker one: 2^-60 to miss by chance
 
 
@@ -81,26 +84,33 @@ def owner(pids: list[int], server_port: int, client_port: int) -> int | None:
     return None
 
 
-def imap_on(served: Served, pid: int) -> imaplib.IMAP4:
-    """An IMAP connection (greeted, so accepted) that the kernel gave to worker `pid`."""
+def on_worker(
+    served: Served, pid: int, port: str, connect: Callable[[int], Conn], close: Callable[[Conn], None]
+) -> Conn:
+    """A connection (greeted, so accepted) that the kernel gave to worker `pid`: reconnect until then."""
     pids = workers_of(served)
     for _ in range(TRIES):
-        imap = imaplib.IMAP4("127.0.0.1", served.ports["imap"], timeout=15)
-        if owner(pids, served.ports["imap"], imap.sock.getsockname()[1]) == pid:
-            return imap
-        imap.shutdown()
-    raise AssertionError(f"worker {pid} never got an IMAP connection")
+        conn = connect(served.ports[port])
+        sock = getattr(conn, "sock", None)
+        assert isinstance(sock, socket.socket)
+        if owner(pids, served.ports[port], sock.getsockname()[1]) == pid:
+            return conn
+        close(conn)
+    raise AssertionError(f"worker {pid} never got a {port} connection")
+
+
+def imap_on(served: Served, pid: int) -> imaplib.IMAP4:
+    return on_worker(
+        served, pid, "imap", lambda port: imaplib.IMAP4("127.0.0.1", port, timeout=15), imaplib.IMAP4.shutdown
+    )
 
 
 def smtp_on(served: Served, pid: int) -> smtplib.SMTP:
-    pids = workers_of(served)
-    for _ in range(TRIES):
-        smtp = smtplib.SMTP("127.0.0.1", served.ports["smtp"], timeout=15)
-        assert smtp.sock is not None
-        if owner(pids, served.ports["smtp"], smtp.sock.getsockname()[1]) == pid:
-            return smtp
-        smtp.close()
-    raise AssertionError(f"worker {pid} never got an SMTP connection")
+    return on_worker(served, pid, "smtp", lambda port: smtplib.SMTP("127.0.0.1", port, timeout=15), smtplib.SMTP.close)
+
+
+def pop3_on(served: Served, pid: int) -> poplib.POP3:
+    return on_worker(served, pid, "pop3", lambda port: poplib.POP3("127.0.0.1", port, timeout=15), poplib.POP3.close)
 
 
 def message(n: int) -> bytes:
@@ -228,6 +238,36 @@ def test_who_and_kick_see_the_sessions_of_both_workers(tmp_path: Path) -> None:
         assert answers == [2] * 4, answers  # whichever worker answers lists both workers' sessions
         assert kicked == 2
         assert all(closed_by_kick(imap, 10) for imap in clients)
+
+
+def test_the_pop3_maildrop_lock_holds_across_workers(tmp_path: Path) -> None:
+    with serving_workers(tmp_path) as served:
+        first, second = workers_of(served)
+        holder, other = pop3_on(served, first), pop3_on(served, second)
+        holder.user(USER)
+        holder.pass_(PASSWORD)
+        other.user(USER)
+        with pytest.raises(poplib.error_proto, match=r"IN-USE"):  # RFC 2449 §8.1.2
+            other.pass_(PASSWORD)
+        other.close()
+        holder.quit()  # the lock goes with the session: the other worker may take it now
+        again = pop3_on(served, second)
+        again.user(USER)
+        again.pass_(PASSWORD)
+        again.quit()
+
+
+def test_workers_whose_supervisor_is_killed_stop_and_free_the_ports(tmp_path: Path) -> None:
+    with serving_workers(tmp_path) as served:
+        pids = workers_of(served)
+        served.proc.kill()
+        served.proc.wait(10)
+        deadline = time.monotonic() + 20
+        while any(Path(f"/proc/{pid}").exists() for pid in pids) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not [pid for pid in pids if Path(f"/proc/{pid}").exists()]
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", served.ports["imap"]))
 
 
 def test_a_worker_killed_stops_serve_with_an_error(tmp_path: Path) -> None:
