@@ -270,6 +270,26 @@ def test_workers_whose_supervisor_is_killed_stop_and_free_the_ports(tmp_path: Pa
             probe.bind(("127.0.0.1", served.ports["imap"]))
 
 
+def test_a_second_ctrl_c_stops_the_workers_at_once(tmp_path: Path) -> None:
+    with serving_workers(tmp_path) as served:
+        pids = workers_of(served)
+        sender = smtp_on(served, pids[0])  # a transfer in DATA holds a graceful stop for its grace period
+        sender.ehlo("client.test")
+        sender.mail("a@remote.test")
+        sender.rcpt(USER)
+        assert sender.docmd("DATA")[0] == 354
+        sender.send(b"Subject: half\r\n\r\nthe rest never comes")
+        served.proc.send_signal(signal.SIGINT)
+        time.sleep(0.3)
+        served.proc.send_signal(signal.SIGINT)
+        started = time.monotonic()
+        served.proc.wait(10)
+        assert time.monotonic() - started < 5
+        assert served.proc.returncode != 0
+        assert not [pid for pid in pids if Path(f"/proc/{pid}").exists()]
+        sender.close()
+
+
 def test_a_worker_killed_stops_serve_with_an_error(tmp_path: Path) -> None:
     with serving_workers(tmp_path) as served:
         first, second = workers_of(served)
