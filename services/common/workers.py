@@ -146,7 +146,7 @@ async def _migrate(metadata_url: str) -> None:
 
 
 class Supervisor:
-    """Starts the workers, forwards SIGTERM/SIGINT, waits for them; any worker's own exit stops all."""
+    """Starts the workers, forwards SIGTERM/SIGINT (and SIGHUP), waits for them; any worker's own exit stops all."""
 
     def __init__(self, settings: Settings, count: int, argv: Sequence[str], out: TextIO) -> None:
         self.settings, self.count, self.argv, self.out = settings, count, list(argv), out
@@ -160,7 +160,7 @@ class Supervisor:
         lock = FolderLock(path) if path is not None else None
         if lock is not None:
             lock.acquire()  # the workers share the folder; another `serve` may not
-        previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+        previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
         try:
             prepare(self.settings)
             for index in range(self.count):
@@ -202,6 +202,9 @@ class Supervisor:
         return code
 
     def _on_signal(self, sig: int, frame: FrameType | None) -> None:
+        if sig == signal.SIGHUP:  # reload the TLS certificates (ADR 0031): each worker does it
+            self._signal_all(signal.SIGHUP)
+            return
         if sig == signal.SIGINT:
             self.interrupts += 1
         if self.interrupts > 1:  # the operator insists: no more waiting for sessions to drain

@@ -270,6 +270,16 @@ def test_workers_whose_supervisor_is_killed_stop_and_free_the_ports(tmp_path: Pa
             probe.bind(("127.0.0.1", served.ports["imap"]))
 
 
+def test_sighup_reaches_every_worker_and_stops_none(tmp_path: Path) -> None:
+    with serving_workers(tmp_path) as served:
+        served.proc.send_signal(signal.SIGHUP)  # ADR 0031: reload the TLS certificates
+        deadline = time.monotonic() + 10
+        while served.log().count("SIGHUP: reloading TLS certificates") < WORKERS and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert served.log().count("SIGHUP: reloading TLS certificates") == WORKERS, served.log()[-3000:]
+        assert served.proc.poll() is None and served.ready()
+
+
 def test_a_second_ctrl_c_stops_the_workers_at_once(tmp_path: Path) -> None:
     with serving_workers(tmp_path) as served:
         pids = workers_of(served)
