@@ -40,6 +40,16 @@ log = logging.getLogger("mailstack.workers")
 WORKER_ENV = "_MAILSTACK_WORKER"  # set by the supervisor only: this process is worker number N
 FOLDER = "workers"  # in the data dir: the sibling sockets and the session files
 PARENT_CHECK_SECONDS = 1.0  # a worker whose supervisor is gone (SIGKILL) stops within this
+# The mail ports each worker binds (LMTP's 0 means off, so it is not here).
+SHARED_PORTS = (
+    "smtp_port",
+    "submission_port",
+    "submissions_port",
+    "imap_port",
+    "imaps_port",
+    "pop3_port",
+    "pop3s_port",
+)
 SOCKET_PATH_MAX = 107  # sun_path of AF_UNIX on Linux, less the final NUL
 
 
@@ -74,14 +84,10 @@ def check(settings: Settings, names: Sequence[str], count: int) -> None:
             raise ServeError(
                 f"{env_name(name)}={value}: workers share a TCP port (SO_REUSEPORT); give a fixed HOST:PORT"
             )
-    zero = [
-        n
-        for n in ("smtp_port", "submission_port", "submissions_port", "imap_port", "imaps_port")
-        if not getattr(settings, n)
-    ]
-    zero += [n for n in ("pop3_port", "pop3s_port") if not getattr(settings, n)]
-    if zero:
+    if zero := [n for n in SHARED_PORTS if not getattr(settings, n)]:  # 0: any free port, another per worker
         raise ServeError(f"{env_name(zero[0])}=0: workers share each port; give it a fixed number")
+    if settings.metrics_port and settings.metrics_port + count - 1 > 65535:
+        raise ServeError(f"{env_name('metrics_port')}={settings.metrics_port}: worker N uses it + N, past 65535")
     if len(str(folder(settings) / f"{count}.sock")) > SOCKET_PATH_MAX:
         raise ServeError(
             f"{env_name('data_dir')}={settings.data_dir}: too long a path for the workers' sockets "
