@@ -15,6 +15,7 @@ mailstack's scrypt cost to match and prints both).
     .venv/bin/python bench/imap_load.py --peers-dir PEER_DIR [--clients 5] [--messages 100] [--rounds 3]
         [--first-user 16]   (Dovecot users uK..; their Maildirs are replaced by new ones)
         [--shape split|all] [--transport auto|grpc]   (the all-in-one's transport)
+        [--workers N]   (--shape all: MAILSTACK_WORKERS, worker processes sharing the ports)
 """
 
 from __future__ import annotations
@@ -200,8 +201,9 @@ async def create_users(address: str, data_dir: Path | str, clients: int) -> list
 
 
 @contextlib.contextmanager
-def all_in_one(tmp: Path, clients: int, transport: str) -> Iterator[tuple[list[int], int, list[str]]]:
-    """One `mailstack serve` (every service): (its pid, the IMAP port, the users)."""
+def all_in_one(tmp: Path, clients: int, transport: str, workers: int = 1) -> Iterator[tuple[list[int], int, list[str]]]:
+    """One `mailstack serve` (every service; with workers > 1 a supervisor of that many worker
+    processes, ADR 0043): (its pid and its workers' pids, the IMAP port, the users)."""
     log_n, cost_line = matching_log_n(PASSWORD)
     print(cost_line)
     extra = {
@@ -209,10 +211,13 @@ def all_in_one(tmp: Path, clients: int, transport: str) -> Iterator[tuple[list[i
         "MAILSTACK_ALLOW_PLAINTEXT_AUTH": "1",
         "MAILSTACK_IMAP_COMMANDS_PER_SECOND": "100000",
         "MAILSTACK_MAILSTORE_TRANSPORT": transport,
+        "MAILSTACK_WORKERS": str(workers),
     }
     with running_serve(tmp, extra) as served:
         users = asyncio.run(create_users(f"127.0.0.1:{served.ports['mailstore']}", tmp / "data", clients))
-        yield [served.proc.pid], served.ports["imap"], users
+        # The CPU of every worker counts (they live as long as the run; the supervisor's is ~0).
+        pids = [served.proc.pid, *(served.worker_pids() if workers > 1 else [])]
+        yield pids, served.ports["imap"], users
 
 
 @contextlib.contextmanager
@@ -266,6 +271,7 @@ def main() -> None:
     parser.add_argument("--first-user", type=int, default=16, help="Dovecot users uK.. (given new Maildirs)")
     parser.add_argument("--shape", choices=("split", "all"), default="split", help="mailstack's processes")
     parser.add_argument("--transport", choices=("auto", "grpc"), default="auto", help="--shape all: in-process or gRPC")
+    parser.add_argument("--workers", type=int, default=1, help="--shape all: worker processes (MAILSTACK_WORKERS)")
     args = parser.parse_args()
     data = messages(args.messages)
     dovecot_users = [f"u{i}" for i in range(args.first_user, args.first_user + args.clients)]
@@ -275,7 +281,9 @@ def main() -> None:
     results: dict[str, list[dict[str, Result]]] = {"mailstack": [], "dovecot": []}
     with tempfile.TemporaryDirectory() as d:
         started = (
-            split(Path(d), args.clients) if args.shape == "split" else all_in_one(Path(d), args.clients, args.transport)
+            split(Path(d), args.clients)
+            if args.shape == "split"
+            else all_in_one(Path(d), args.clients, args.transport, args.workers)
         )
         with started as (pids, port, users):
             master = dovecot_master(args.peers_dir) if args.peers_dir else 0
@@ -284,7 +292,7 @@ def main() -> None:
                 if args.peers_dir:
                     dovecot = asyncio.run(measure(DOVECOT_IMAP, dovecot_users, data, lambda: tree_cpu(master)))
                     results["dovecot"].append(dovecot)
-    shape = "split" if args.shape == "split" else f"all-in-one, {args.transport}"
+    shape = "split" if args.shape == "split" else f"all-in-one, {args.transport}, {args.workers} worker(s)"
     report(results, f"{args.clients} clients x {args.messages} messages, {args.rounds} rounds, mailstack {shape}")
 
 

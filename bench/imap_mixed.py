@@ -26,6 +26,7 @@ with the scrypt cost matched to Dovecot's SHA512-CRYPT (bench/hashcost.py).
 
     PEERS_KIT/start.sh PEER_DIR
     .venv/bin/python bench/imap_mixed.py --peers-dir PEER_DIR [--shape split|all] [--transport auto|grpc]
+        [--workers N]   (--shape all: MAILSTACK_WORKERS worker processes; every worker's CPU counts)
         [--mode both|cycle|persistent] [--clients 10] [--accounts 20] [--seconds 30] [--ops 100000]
         [--seed 1] [--rounds 1] [--prefill 12] [--first-user 1]
     (Dovecot users u1..u20 by default: their Maildirs are replaced by new ones.)
@@ -380,7 +381,7 @@ def main() -> int:
         started = (
             split(Path(d), args.accounts)
             if args.shape == "split"
-            else all_in_one(Path(d), args.accounts, args.transport)
+            else all_in_one(Path(d), args.accounts, args.transport, args.workers)
         )
         with started as (pids, port, users):
             targets = [Target("mailstack", port, users, lambda: processes_cpu(pids), Model(args.accounts))]
@@ -389,7 +390,7 @@ def main() -> int:
             for target in targets:
                 asyncio.run(prepare(target, args))
             results = run_modes(targets, args)
-    shape = "split" if args.shape == "split" else f"all-in-one, {args.transport}"
+    shape = "split" if args.shape == "split" else f"all-in-one, {args.transport}, {args.workers} worker(s)"
     print(
         f"mixed IMAP workload: {args.clients} clients over {args.accounts} accounts, {args.seconds:g} s or "
         f"{args.ops} operations per client, seed {args.seed}, {args.rounds} round(s); mailstack {shape}"
@@ -420,6 +421,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--first-user", type=int, default=1, help="Dovecot users uK.. (given new Maildirs)")
     parser.add_argument("--shape", choices=("split", "all"), default="split", help="mailstack's processes")
     parser.add_argument("--transport", choices=("auto", "grpc"), default="auto", help="--shape all: in-process or gRPC")
+    parser.add_argument("--workers", type=int, default=1, help="--shape all: worker processes (MAILSTACK_WORKERS)")
     return parser.parse_args()
 
 

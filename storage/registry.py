@@ -1,8 +1,10 @@
-"""Open a storage backend from its URL: file:// s3:// sqlite:// postgresql:// redis:// memory://."""
+"""Open a storage backend from its URL: file:// s3:// sqlite:// postgresql:// redis:// memory://
+(and workers://, which `mailstack serve` gives its worker processes)."""
 
 from __future__ import annotations
 
-from urllib.parse import urlsplit
+from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
 
 from mailstack.storage.blob.base import BlobStore
 from mailstack.storage.events.base import EventBus
@@ -106,7 +108,20 @@ def open_event_bus(url: str) -> EventBus:
         from mailstack.storage.events.redis import RedisEventBus
 
         return RedisEventBus(url)
+    if scheme == "workers":
+        from mailstack.storage.events.siblings import SiblingEventBus
+
+        folder, me, count = workers_url(url)
+        return SiblingEventBus(folder, me, count)
     raise ValueError(f"unsupported event bus URL {url!r} (memory://, redis://)")
+
+
+def workers_url(url: str) -> tuple[Path, int, int]:
+    """workers:///FOLDER?worker=I&count=N, what `mailstack serve` gives each of its worker processes
+    (ADR 0043): the folder of their sockets and session files, this worker's number and their count."""
+    parts = urlsplit(url)
+    query = parse_qs(parts.query)
+    return Path(parts.path), int(query["worker"][0]), int(query["count"][0])
 
 
 def open_quota_store(url: str, metadata: MetadataStore) -> QuotaStore:
@@ -134,4 +149,8 @@ def open_session_directory(events_url: str) -> SessionDirectory:
         from mailstack.storage.sessions.memory import MemorySessionDirectory
 
         return MemorySessionDirectory()
+    if scheme == "workers":
+        from mailstack.storage.sessions.files import FileSessionDirectory
+
+        return FileSessionDirectory(workers_url(events_url)[0] / "sessions")
     raise ValueError(f"unsupported event bus URL {events_url!r} for the session directory (redis://, memory://)")

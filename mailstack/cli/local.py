@@ -109,28 +109,53 @@ def cmd_config(settings: Settings, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _worker_argv(args: argparse.Namespace) -> list[str]:
+    """The command line of a worker: `serve` with the same settings file (ADR 0043)."""
+    return ["serve", *(["--config", str(Path(args.config).resolve())] if args.config else [])]
+
+
+def _check_before_start(settings: Settings, args: argparse.Namespace, worker: int | None, count: int) -> None:
+    """Ports, the data folder and what several workers cannot do; a worker's supervisor checked for it."""
+    from mailstack.services.common import workers
+    from mailstack.services.common.folder_lock import FolderInUse
+    from mailstack.services.common.lifecycle import SERVICES, ServeError
+    from mailstack.services.common.preflight import PortClash, PortProblem, preflight
+
+    if worker is not None:
+        return
+    try:
+        if count > 1:
+            workers.check(settings, args.services, count)
+        preflight(settings, args.services or SERVICES)
+    except (PortClash, ServeError) as err:
+        raise UsageError(str(err)) from None
+    except (PortProblem, FolderInUse) as err:
+        raise InUse(str(err)) from None
+
+
 def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     """Check the settings, then the ports and the data folder, and only then start anything."""
+    from mailstack.services.common import workers
     from mailstack.services.common.allocator import tune_allocator
     from mailstack.services.common.folder_lock import FolderInUse
     from mailstack.services.common.lifecycle import SERVICES, ServeError, run_services
     from mailstack.services.common.logs import setup_logging
-    from mailstack.services.common.preflight import PortClash, PortProblem, preflight
 
     if unknown := [name for name in args.services if name not in SERVICES]:
         raise UsageError(f"unknown service {unknown[0]!r} (known: {', '.join(SERVICES)})")
     if errors := check_settings(args.loaded, args.services or list(SERVICES)):
         raise settings_refused(errors)
-    try:
-        preflight(settings, args.services or SERVICES)
-    except PortClash as err:
-        raise UsageError(str(err)) from None
-    except (PortProblem, FolderInUse) as err:
-        raise InUse(str(err)) from None
+    worker, count = workers.current_worker(), workers.worker_count(settings)
+    _check_before_start(settings, args, worker, count)
     setup_logging(settings.log_level, settings.log_format)
-    tune_allocator()
     try:
-        asyncio.run(run_services(settings, args.services))
+        if count > 1 and worker is None:  # the supervisor of `count` workers (ADR 0043)
+            return workers.Supervisor(settings, count, _worker_argv(args), sys.stdout).run()
+        tune_allocator()
+        if worker is not None:
+            asyncio.run(workers.run_worker(settings, worker, count))
+        else:
+            asyncio.run(run_services(settings, args.services))
     except FolderInUse as err:  # taken since the preflight
         raise InUse(str(err)) from None
     except OSError as err:  # a port taken since the preflight, a file the settings name unreadable now, ...

@@ -35,6 +35,7 @@ from mailstack.services.common.setting_rules import (
     PORT,
     RESOLVER,
     SECONDS_LIST,
+    WORKERS,
     Rule,
     between,
     one_of,
@@ -225,6 +226,12 @@ class Settings:
     )
     log_format: str = _setting("text", "Log format: text or json.", rule=one_of("text", "json"))
     metrics_port: int = _setting(0, "Prometheus /metrics port (0 = off).", rule=PORT)
+    workers: str = _setting(
+        "1",
+        "Processes of the all-in-one `mailstack serve`, each with every service, sharing its ports (SO_REUSEPORT) "
+        "and data (ADR 0043): a number or auto (the CPU count); metrics of worker N on MAILSTACK_METRICS_PORT + N.",
+        rule=WORKERS,
+    )
 
     # smtp
     smtp_max_recipients: int = _setting(100, "Most RCPT TO per SMTP transaction (more: 452 4.5.3).", rule=AT_LEAST_1)

@@ -3,7 +3,8 @@
 The mailstore holds one next to its SQLite database: two mailstores on one database would each
 believe its caches (UIDs, quota, the in-process event bus) and corrupt what clients see. The kernel
 drops the lock when the process dies, so a crash never leaves a stale lock behind; the file keeps
-the holder's pid only to name it in the message.
+the holder's pid only to name it in the message. `serve`'s worker processes share one database on
+purpose (ADR 0043): their supervisor holds the lock for them.
 """
 
 from __future__ import annotations

@@ -150,7 +150,7 @@ def dialable(address: str) -> str:
     return address
 
 
-def _prepare(settings: Settings, names: list[str], all_in_one: bool) -> str:
+def prepare_data(settings: Settings, names: list[str], all_in_one: bool) -> str:
     """The data dir (when storage is local) and a self-signed certificate when none is configured.
 
     Returns the data dir's absolute path, for the banner."""
@@ -179,8 +179,10 @@ async def run_services(
     table: Mapping[str, str] = SERVICES,
     stop_event: asyncio.Event | None = None,
     out: TextIO | None = None,
+    mailstore_changes: Mapping[str, Any] | None = None,
 ) -> None:
     """Run the named services (empty = every available one) until SIGTERM/SIGINT or stop_event.
+    mailstore_changes: settings only the mailstore sees (a worker's sibling bus, ADR 0043).
 
     Raises ServeError when a named service does not exist yet, none is available,
     or a service stops by itself."""
@@ -215,7 +217,7 @@ async def run_services(
             metrics = MetricsServer(settings.bind, settings.metrics_port, readiness)
             await metrics.start()
             print(f"{'metrics':<10} {'HTTP':<12} {metrics.address} (/metrics /ready)", file=out, flush=True)
-        await _serve(settings, classes, all_in_one, stop, out, readiness)
+        await _serve(settings, classes, all_in_one, stop, out, readiness, mailstore_changes or {})
     finally:
         readiness.stopping = True
         if metrics is not None:
@@ -233,16 +235,18 @@ async def _serve(
     stop: asyncio.Event,
     out: TextIO,
     readiness: Readiness | None = None,
+    mailstore_changes: Mapping[str, Any] | None = None,
 ) -> None:
     readiness = readiness or Readiness()
-    data_dir = await asyncio.to_thread(_prepare, settings, list(classes), all_in_one)
+    mailstore_settings = settings.replace(**(mailstore_changes or {}))
+    data_dir = await asyncio.to_thread(prepare_data, settings, list(classes), all_in_one)
     # The mailstore first: the frontends need it from their first connection.
     order = sorted(classes, key=lambda n: n != MAILSTORE)
     started: list[tuple[str, Service]] = []
     frontend_settings = settings
     try:
         for name in order:
-            server: Service = classes[name](frontend_settings if name != MAILSTORE else settings)
+            server: Service = classes[name](frontend_settings if name != MAILSTORE else mailstore_settings)
             await server.start()
             started.append((name, server))
             if name == MAILSTORE:

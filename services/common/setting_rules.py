@@ -57,6 +57,23 @@ def one_of(*words: str, fold_case: bool = False) -> Rule:
     return Rule("one of " + ", ".join(words), problem)
 
 
+MAX_WORKERS = 64  # worker processes of `mailstack serve` (auto: the CPU count, at most AUTO_WORKERS_MAX)
+AUTO_WORKERS_MAX = 8
+
+
+def _workers_problem(value: str) -> str | None:
+    if value == "auto":
+        return None
+    if not value.isdigit():
+        return "not a number"
+    return None if 1 <= int(value) <= MAX_WORKERS else "out of range"
+
+
+WORKERS = Rule(
+    f"a whole number 1..{MAX_WORKERS}, or auto (the CPU count, at most {AUTO_WORKERS_MAX})", _workers_problem
+)
+
+
 def _hostname_problem(value: str) -> str | None:
     labels = value.rstrip(".").split(".")
     if value and len(value) <= 253 and all(_LABEL.match(label) for label in labels):

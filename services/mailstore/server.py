@@ -23,6 +23,7 @@ from mailstack.services.common.grpc_tracing import server_interceptors
 from mailstack.services.common.internal_ca import SERVER
 from mailstack.services.common.lifecycle import dialable
 from mailstack.services.common.local_channel import LocalEndpoint, serve_locally, withdraw
+from mailstack.services.common.workers import current_worker
 from mailstack.services.mailstore.authz import AuthzInterceptor
 from mailstack.services.mailstore.core import MailstoreCore
 from mailstack.services.mailstore.forwarding import Forwarding
@@ -89,8 +90,9 @@ class MailstoreServer:
         return [("gRPC", self._address), ("Send API", self._send_address)]
 
     async def start(self) -> None:
-        # One mailstore per SQLite database (a second would corrupt it), before anything else.
-        if (path := lock_path(self.settings.effective_metadata_url)) is not None:
+        # One mailstore per SQLite database, before anything else; `serve`'s workers share one
+        # (ADR 0043): their supervisor holds the lock for them.
+        if (path := lock_path(self.settings.effective_metadata_url)) is not None and current_worker() is None:
             self._lock = FolderLock(path)
             await asyncio.to_thread(self._lock.acquire)
         try:
@@ -110,7 +112,7 @@ class MailstoreServer:
         send_credentials = await asyncio.to_thread(_send_credentials, self.settings)
         self.core = await MailstoreCore.open(self.settings)
         # Clients ping every 20 s (a dead mailstore is noticed); accept those pings.
-        options = [*SERVER_OPTIONS, ("grpc.so_reuseport", 0)]
+        options = [*SERVER_OPTIONS, ("grpc.so_reuseport", int(current_worker() is not None))]  # workers share it
         interceptors = [AuthzInterceptor(), *server_interceptors()]
         server = grpc.aio.server(options=options, interceptors=interceptors)
         mailstore, admin = MailstoreServicer(self.core), AdminServicer(self.core)

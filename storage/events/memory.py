@@ -18,6 +18,10 @@ class MemoryEventBus:
     async def publish(self, event: ChangeEvent) -> None:
         if self._closed:
             raise StorageUnavailable("event bus is closed")
+        self.fan_out(event)
+
+    def fan_out(self, event: ChangeEvent) -> None:
+        """Put the event on the queue of every subscriber of its account (never blocks)."""
         for sub in list(self._subscribers.get(event.account, ())):
             sub.deliver(event)
 

@@ -50,6 +50,8 @@ BACKENDS = (
     "mailstack.storage.quota.sql",
     "mailstack.storage.sessions.memory",
     "mailstack.storage.sessions.redis",
+    "mailstack.storage.events.siblings",
+    "mailstack.storage.sessions.files",
 )
 
 # Every other storage module, so that a new backend cannot go unclassified (see the test below).
@@ -78,6 +80,8 @@ SIBLINGS = {
     # The lean S3 store is the boto3 one with its hot path on our own client: boto3 still resolves its
     # endpoint and credentials and lists the bucket, and stays the fallback (ADR 0042).
     ("mailstack.storage.blob.s3lean", "mailstack.storage.blob.s3"),
+    # The workers' bus is the in-process bus of each worker plus datagrams between them (ADR 0043).
+    ("mailstack.storage.events.siblings", "mailstack.storage.events.memory"),
 }
 
 RULES: tuple[Rule, ...] = (
