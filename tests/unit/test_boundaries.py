@@ -40,6 +40,7 @@ BACKENDS = (
     "mailstack.storage.blob.s3",
     "mailstack.storage.blob.s3lean",
     "mailstack.storage.blob.cache",
+    "mailstack.storage.blob.kept",  # in front of any blob store: bodies the metadata database keeps (ADR 0045)
     "mailstack.storage.events.memory",
     "mailstack.storage.events.redis",
     "mailstack.storage.metadata.sqlite",
