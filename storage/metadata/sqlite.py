@@ -62,6 +62,7 @@ from mailstack.storage.metadata.rules import flags_text as _flags_text
 from mailstack.storage.metadata.rules import flags_tuple as _flags_tuple
 from mailstack.storage.metadata.rules import mailbox_name as _mailbox_name
 from mailstack.storage.metadata.sqlite_schema import apply_migrations
+from mailstack.storage.metadata.sqlite_writers import WritersLock
 from mailstack.storage.private_paths import private_dir, private_sqlite
 
 T = TypeVar("T")
@@ -435,6 +436,8 @@ class SqliteMetadataStore:
         self._writer_stopped = False
         self._reader_pool = ThreadPoolExecutor(max_workers=readers, thread_name_prefix="sqlite-reader")
         self._writer: sqlite3.Connection | None = None  # touched only on the writer thread
+        # Other processes' writers on the same file take turns with this one (serve workers).
+        self._writers = None if path in ("", ":memory:") else WritersLock(path, busy_timeout_ms / 1000)
         self._reader_local = threading.local()
         self._connections: list[sqlite3.Connection] = []
         self._connections_lock = threading.Lock()
@@ -529,6 +532,15 @@ class SqliteMetadataStore:
     def _commit_group(self, conn: sqlite3.Connection, jobs: list[_WriteJob]) -> list[tuple[bool, Any]]:
         if not jobs:
             return []
+        locked = self._writers is not None and self._writers.acquire()
+        try:
+            return self._commit_jobs(conn, jobs)
+        finally:
+            if locked:
+                assert self._writers is not None
+                self._writers.release()
+
+    def _commit_jobs(self, conn: sqlite3.Connection, jobs: list[_WriteJob]) -> list[tuple[bool, Any]]:
         outcomes: list[tuple[bool, Any]] = []
         try:
             conn.execute("BEGIN IMMEDIATE")
@@ -626,6 +638,8 @@ class SqliteMetadataStore:
         if thread is not None:
             thread.join()
         self._reader_pool.shutdown(wait=True)
+        if self._writers is not None:
+            self._writers.close()
         with self._connections_lock:
             for conn in self._connections:
                 conn.close()
