@@ -142,6 +142,10 @@ class MailboxView:
         self.flags[uid] = new
         self.modseqs[uid] = max(self.modseqs.get(uid, 0), modseq)
 
+    def flags_told(self, uid: int) -> None:
+        """A FETCH response of this command showed the message's flags: no untagged FETCH owed."""
+        self._flag_changes.discard(uid)
+
     def holds(self, kind: str, uids: Iterable[int], modseq: int) -> bool:
         """Whether a change event tells this view nothing: each of its messages is already here at that
         MODSEQ or later (the session's own STORE, whose reply it applied), or, for an expunge, already
