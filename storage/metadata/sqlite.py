@@ -124,6 +124,34 @@ def _resolve_futures(answers: list[tuple[asyncio.Future[Any], bool, Any]]) -> No
 # ------------------------------------------------------------------ SQL helpers (run on a DB thread)
 
 
+def _changes_since(
+    conn: sqlite3.Connection, mailbox_id: int, modseq: int, limit: int | None
+) -> list[ChangeRecord] | None:
+    """Flag changes, new messages and expunges after `modseq`, by MODSEQ; None when a kind has
+    `limit` rows or more (the caller reads again without a limit)."""
+    _mailbox(conn, mailbox_id)
+    bound = "" if limit is None else f" LIMIT {limit}"
+    rows = _rows(
+        conn,
+        "SELECT uid, modseq, created_modseq, flags FROM messages WHERE mailbox_id = ? AND modseq > ?" + bound,
+        (mailbox_id, modseq),
+    )
+    expunged = _rows(
+        conn,
+        "SELECT uid, modseq FROM changes WHERE mailbox_id = ? AND modseq > ? AND kind = 'expunge'" + bound,
+        (mailbox_id, modseq),
+    )
+    if limit is not None and max(len(rows), len(expunged)) >= limit:
+        return None
+    changes = [
+        ChangeRecord(uid, m, "new" if created > modseq else "flags", _flags_tuple(text))
+        for uid, m, created, text in rows
+    ]
+    changes += [ChangeRecord(uid, m, "expunge", ()) for uid, m in expunged]
+    changes.sort(key=lambda c: (c.modseq, c.uid))
+    return changes
+
+
 def _rows(conn: sqlite3.Connection, sql: str, params: Sequence[Any] = ()) -> list[Any]:
     # Always drain the cursor: an unfinished RETURNING statement would block COMMIT.
     return conn.execute(sql, params).fetchall()
@@ -1077,28 +1105,15 @@ class SqliteMetadataStore:
         return await self._write(lambda conn: _expunge_all(conn, _mailbox(conn, mailbox_id), True, uids))
 
     async def changes_since(self, mailbox_id: int, modseq: int) -> list[ChangeRecord]:
-        def txn(conn: sqlite3.Connection) -> list[ChangeRecord]:
-            _mailbox(conn, mailbox_id)
-            changes = [
-                ChangeRecord(uid, m, "new" if created > modseq else "flags", _flags_tuple(text))
-                for uid, m, created, text in _rows(
-                    conn,
-                    "SELECT uid, modseq, created_modseq, flags FROM messages WHERE mailbox_id = ? AND modseq > ?",
-                    (mailbox_id, modseq),
-                )
-            ]
-            changes += [
-                ChangeRecord(uid, m, "expunge", ())
-                for uid, m in _rows(
-                    conn,
-                    "SELECT uid, modseq FROM changes WHERE mailbox_id = ? AND modseq > ? AND kind = 'expunge'",
-                    (mailbox_id, modseq),
-                )
-            ]
-            changes.sort(key=lambda c: (c.modseq, c.uid))
-            return changes
-
-        return await self._read(txn)
+        # Most catch-ups (NOOP, IDLE, SELECT of an indexed mailbox) find a few changes or none: read
+        # at most INLINE_ROWS of each kind inline (the (mailbox_id, modseq) indexes bound the work),
+        # and only a longer log from a reader thread.
+        found = await self._read(lambda conn: _changes_since(conn, mailbox_id, modseq, INLINE_ROWS + 1), inline=True)
+        if found is not None:
+            return found
+        listed = await self._read(lambda conn: _changes_since(conn, mailbox_id, modseq, None))
+        assert listed is not None
+        return listed
 
     async def pruned_modseq(self, mailbox_id: int) -> int:
         def txn(conn: sqlite3.Connection) -> int:
