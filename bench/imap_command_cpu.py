@@ -42,17 +42,34 @@ def kinds(count: int) -> dict[str, tuple[list[bytes], int]]:
         "fetch_bodies": ([b"FETCH %d (BODY.PEEK[])" % n for n in numbers], count),
         "store": ([b"STORE %d +FLAGS.SILENT (\\Seen)" % n for n in numbers], count),
         "store_unseen": ([b"STORE %d -FLAGS.SILENT (\\Seen)" % n for n in numbers], count),
+        # as bench/imap_load.py counts it: one operation flags and expunges every message
+        "expunge": ([b"STORE 1:* +FLAGS.SILENT (\\Deleted)", b"EXPUNGE"], 1),
     }
 
 
-async def run_kind(client: Client, commands: list[bytes], ops: int, repeat: int) -> int:
-    """Repeats a pass of commands until at least `repeat` operations ran; the operations run."""
-    done = 0
+async def refill(client: Client, count: int) -> None:
+    """The mailbox back to `count` messages (before an expunge pass; its CPU is not counted)."""
+    await client.command(b"UID STORE 1:* +FLAGS.SILENT (\\Deleted)")
+    await client.command(b"EXPUNGE")
+    for data in messages(count):
+        await client.command(b"APPEND INBOX ()", data)
+    await client.command(b"NOOP")
+
+
+async def run_kind(client: Client, pids: list[int], name: str, count: int, repeat: int) -> tuple[float, int]:
+    """Repeats a pass of the kind's commands until at least `repeat` operations ran: the server CPU
+    seconds they took and the operations run."""
+    commands, ops = kinds(count)[name]
+    done, cpu = 0, 0.0
     while done < repeat:
+        if name == "expunge":
+            await refill(client, count)
+        before = processes_cpu(pids)
         for c in commands:
             await client.command(c)
+        cpu += processes_cpu(pids) - before
         done += ops
-    return done
+    return cpu, done
 
 
 async def run(port: int, user: str, pids: list[int], args: argparse.Namespace) -> dict[str, list[float]]:
@@ -61,20 +78,17 @@ async def run(port: int, user: str, pids: list[int], args: argparse.Namespace) -
     for data in messages(args.messages):
         await client.command(b"APPEND INBOX ()", data)
     await client.command(b"SELECT INBOX")
-    table = kinds(args.messages)
     out: dict[str, list[float]] = {}
     for name in args.kinds.split(","):
-        commands, ops = table[name]
-        await run_kind(client, commands, ops, min(ops, args.repeat))  # warm: index, caches
+        await run_kind(client, pids, name, args.messages, 1)  # warm: index, caches
         spy = None
         if name == args.profile:
             command = [py_spy(), "record", "-r", "500", "--format", "raw", "-o", args.profile_out, "-p", str(pids[-1])]
             spy = await asyncio.create_subprocess_exec(*command, stdout=DEVNULL, stderr=DEVNULL)
             await asyncio.sleep(1.0)  # attached
         for _ in range(args.rounds):
-            before = processes_cpu(pids)
-            done = await run_kind(client, commands, ops, args.repeat)
-            out.setdefault(name, []).append((processes_cpu(pids) - before) * 1000 / done)
+            cpu, done = await run_kind(client, pids, name, args.messages, args.repeat)
+            out.setdefault(name, []).append(cpu * 1000 / done)
         if spy is not None:
             spy.send_signal(signal.SIGINT)  # py-spy writes its file on SIGINT
             await asyncio.wait_for(spy.wait(), 30)
@@ -87,7 +101,7 @@ def main() -> None:
     parser.add_argument("--messages", type=int, default=100)
     parser.add_argument("--repeat", type=int, default=300, help="operations per kind per round")
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--kinds", default="select,noop,fetch_flags,fetch_headers,fetch_bodies,store,store_unseen")
+    parser.add_argument("--kinds", default=",".join(kinds(1)), help="comma-separated, from: %(default)s")
     parser.add_argument("--shape", choices=("split", "all"), default="all", help="mailstack's processes")
     parser.add_argument("--profile", default="", help="a kind to record with py-spy")
     parser.add_argument("--profile-out", default="profile.txt")
