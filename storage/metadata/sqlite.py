@@ -631,6 +631,15 @@ class SqliteMetadataStore:
         with _mapped_errors():
             return self._run_read(fn)
 
+    def _statement(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """A read of ONE statement, inline: in autocommit mode a statement is its own snapshot, so
+        it needs no BEGIN and COMMIT around it (two statements more per call, on every RPC's
+        mailbox lookup)."""
+        if self._closed:
+            raise StorageUnavailable("metadata store is closed")
+        with _mapped_errors():
+            return fn(self._reader_conn())
+
     # ---- lifecycle
 
     async def migrate(self) -> None:
@@ -850,7 +859,7 @@ class SqliteMetadataStore:
 
     async def get_mailbox(self, account_id: int, name: str) -> MailboxRecord:
         name = _mailbox_name(name)
-        record = await self._read(lambda conn: _mailbox_record(conn, account_id, name), inline=True)
+        record = self._statement(lambda conn: _mailbox_record(conn, account_id, name))
         if record is None:
             raise MailboxNotFound(name)
         return record
@@ -970,7 +979,10 @@ class SqliteMetadataStore:
                 messages=row[0], size=row[1], unseen=row[2], deleted=row[3], recent=row[4], first_unseen_uid=row[5]
             )
 
-        return await self._read(txn)
+        # The sums read every message of the mailbox: inline only for a small one (SELECT, STATUS).
+        probe = "SELECT COUNT(*) FROM (SELECT 1 FROM messages WHERE mailbox_id = ? LIMIT ?)"
+        small = self._statement(lambda conn: _one(conn, probe, (mailbox_id, INLINE_ROWS + 1)))[0] <= INLINE_ROWS
+        return await self._read(txn, inline=small)
 
     async def claim_recent(self, mailbox_id: int) -> tuple[int, int]:
         def txn(conn: sqlite3.Connection) -> tuple[int, int]:
@@ -1122,7 +1134,7 @@ class SqliteMetadataStore:
                 raise MailboxNotFound(str(mailbox_id))
             return int(row[0])
 
-        return await self._read(txn, inline=True)
+        return self._statement(txn)
 
     async def prune_changes(self, before: float) -> int:
         def txn(conn: sqlite3.Connection) -> int:
@@ -1158,7 +1170,7 @@ class SqliteMetadataStore:
         return await self._write(txn)
 
     async def blob_referenced(self, key: str) -> bool:
-        row = await self._read(lambda conn: _one(conn, "SELECT refcount FROM blobs WHERE key = ?", (key,)), inline=True)
+        row = self._statement(lambda conn: _one(conn, "SELECT refcount FROM blobs WHERE key = ?", (key,)))
         return row is not None and row[0] > 0
 
     async def body_references(self, account_id: int | None = None) -> list[BodyReference]:

@@ -869,7 +869,11 @@ class MetadataStoreContract:
         added = [await insert(s, box.id, f"long{n}") for n in range(300)]
         doomed = [r.uid for r in added[:200]]
         await s.store_flags(box.id, [(doomed[0], doomed[-1])], "add", ["\\Deleted"], None)
+        counts = await s.mailbox_counts(box.id)  # a large mailbox's status, and a small one's below
+        assert (counts.messages, counts.deleted, counts.unseen) == (300, 200, 300)
         await s.expunge(box.id, None)
+        counts = await s.mailbox_counts(box.id)
+        assert (counts.messages, counts.deleted, counts.first_unseen_uid) == (100, 0, added[200].uid)
         changes = await s.changes_since(box.id, mark)
         assert [c.modseq for c in changes] == sorted(c.modseq for c in changes)
         assert sorted(c.uid for c in changes if c.kind == "expunge") == doomed
