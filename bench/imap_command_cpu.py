@@ -114,7 +114,7 @@ def main() -> None:
     print(f"{args.messages} messages, {args.repeat} operations x {args.rounds} rounds, {args.shape}; CPU ms per op")
     for name, values in results.items():
         shown = " ".join(f"{v:.3f}" for v in values)
-        print(f"  {name:14s} median {statistics.median(values):.3f}  ({shown})")
+        print(f"  {name:14s} median {statistics.median(values):.3f}  min {min(values):.3f}  ({shown})")
 
 
 if __name__ == "__main__":
