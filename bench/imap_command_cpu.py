@@ -8,7 +8,7 @@ Not a test. mailstack only, all-in-one (`mailstack serve`, in-process mailstore,
 bench/imap_load.py --shape all starts it, or split (--shape split):
 
     .venv/bin/python bench/imap_command_cpu.py [--messages 100] [--repeat 300] [--rounds 3]
-        [--kinds select,noop,...] [--shape all|split] [--profile KIND --profile-out FILE]
+        [--expunge-repeat 5] [--kinds select,noop,...] [--shape all|split] [--profile KIND --profile-out FILE]
 """
 
 from __future__ import annotations
@@ -87,7 +87,8 @@ async def run(port: int, user: str, pids: list[int], args: argparse.Namespace) -
             spy = await asyncio.create_subprocess_exec(*command, stdout=DEVNULL, stderr=DEVNULL)
             await asyncio.sleep(1.0)  # attached
         for _ in range(args.rounds):
-            cpu, done = await run_kind(client, pids, name, args.messages, args.repeat)
+            repeat = args.expunge_repeat if name == "expunge" else args.repeat
+            cpu, done = await run_kind(client, pids, name, args.messages, repeat)
             out.setdefault(name, []).append(cpu * 1000 / done)
         if spy is not None:
             spy.send_signal(signal.SIGINT)  # py-spy writes its file on SIGINT
@@ -100,6 +101,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--messages", type=int, default=100)
     parser.add_argument("--repeat", type=int, default=300, help="operations per kind per round")
+    parser.add_argument("--expunge-repeat", type=int, default=5, help="expunge passes per round (each refills)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--kinds", default=",".join(kinds(1)), help="comma-separated, from: %(default)s")
     parser.add_argument("--shape", choices=("split", "all"), default="all", help="mailstack's processes")
