@@ -42,19 +42,18 @@ class MailboxView:
         self.readonly = readonly
         self.uidvalidity = uidvalidity
         self.modseq = highestmodseq  # everything up to here has been read from the change log
-        self.uids: list[int] = []
-        self.flags: dict[int, frozenset[str]] = {}
-        self.modseqs: dict[int, int] = {}
+        # Built in bulk (every SELECT builds one): UIDs are unique, so the tuples sort by UID alone.
+        ordered = sorted(messages)
+        self.uids: list[int] = [uid for uid, _, _ in ordered]
+        self.flags: dict[int, frozenset[str]] = {uid: frozenset(flags) for uid, flags, _ in ordered}
+        self.modseqs: dict[int, int] = {uid: modseq for uid, _, modseq in ordered}
         # RFC 3501 §7.2.6: every keyword a message here has had (lower case -> spelling), and those
         # the last FLAGS response named; a new one is announced before a FETCH can show it.
         self.keywords: dict[str, str] = {}
         self._announced: set[str] = set()
-        for uid, flags, modseq in sorted(messages, key=lambda m: m[0]):
-            self.uids.append(uid)
-            self.flags[uid] = frozenset(flags)
-            self._note_keywords(self.flags[uid])
-            self.modseqs[uid] = modseq
-            self.modseq = max(self.modseq, modseq)
+        for distinct in dict.fromkeys(self.flags.values()):  # each flag set once, in UID order
+            self._note_keywords(distinct)
+        self.modseq = max(self.modseq, max(self.modseqs.values(), default=0))
         self.uidnext = max(uidnext, self.uids[-1] + 1 if self.uids else 1)
         self.recent: set[int] = set()
         self.mailbox_id = 0  # the store's id of the mailbox (RFC 8474 MAILBOXID)
@@ -141,6 +140,10 @@ class MailboxView:
             self._flag_changes.discard(uid)
         self.flags[uid] = new
         self.modseqs[uid] = max(self.modseqs.get(uid, 0), modseq)
+
+    def flags_told(self, uid: int) -> None:
+        """A FETCH response of this command showed the message's flags: no untagged FETCH owed."""
+        self._flag_changes.discard(uid)
 
     def holds(self, kind: str, uids: Iterable[int], modseq: int) -> bool:
         """Whether a change event tells this view nothing: each of its messages is already here at that

@@ -107,7 +107,8 @@ class StreamConnection(BaseConnection):
         if wait is None:
             data = await self.reader.read(READ_SIZE)
         else:
-            data = await asyncio.wait_for(self.reader.read(READ_SIZE), wait)
+            async with asyncio.timeout(wait):  # not wait_for: that wraps the read in a task of its own
+                data = await self.reader.read(READ_SIZE)
         if not data:
             raise ClientGone
         if self._deflate is None:

@@ -194,11 +194,12 @@ class Session:
         self._hints = None
         self._hinted = tick()
 
-    async def refresh(self) -> None:
-        """Read the change log since the view's MODSEQ (RFC 7162 §3.2.5.2 style catch-up)."""
+    async def refresh(self) -> bool:
+        """Read the change log since the view's MODSEQ (RFC 7162 §3.2.5.2 style catch-up); False when
+        the read failed (the view may be behind; the next opportunity tries again)."""
         view = self.view
         if view is None:
-            return
+            return False
         hinted = self._hinted if self.dirty else tick()  # asked without a hint (NOOP): a read from now
         self.dirty = False
         self._hints = None
@@ -210,7 +211,7 @@ class Session:
             if e.code() == grpc.StatusCode.NOT_FOUND:
                 raise EndSession("the selected mailbox was deleted") from None
             self.mark_dirty()  # try again at the next opportunity
-            return
+            return False
         if reply.uidvalidity != view.uidvalidity:
             raise EndSession("the selected mailbox was replaced (UIDVALIDITY changed)")
         changes = reply.changes
@@ -226,8 +227,9 @@ class Session:
                 # announced anyway, without \Recent here (advisory); failing the NOOP or IDLE that
                 # asked for news would tell the client less, not more.
                 log.info("\\Recent not claimed for %s: %s", view.name, e.code())
-                return
+                return True
             view.recent.update(recent)
+        return True
 
     async def _gone_from_listing(self, view: MailboxView, modseq: int) -> list[Change]:
         """Expunges of the view's messages told by a listing of their UID range (a session idle for

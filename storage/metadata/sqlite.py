@@ -125,6 +125,34 @@ def _resolve_futures(answers: list[tuple[asyncio.Future[Any], bool, Any]]) -> No
 # ------------------------------------------------------------------ SQL helpers (run on a DB thread)
 
 
+def _changes_since(
+    conn: sqlite3.Connection, mailbox_id: int, modseq: int, limit: int | None
+) -> list[ChangeRecord] | None:
+    """Flag changes, new messages and expunges after `modseq`, by MODSEQ; None when a kind has
+    `limit` rows or more (the caller reads again without a limit)."""
+    _mailbox(conn, mailbox_id)
+    bound = "" if limit is None else f" LIMIT {limit}"
+    rows = _rows(
+        conn,
+        "SELECT uid, modseq, created_modseq, flags FROM messages WHERE mailbox_id = ? AND modseq > ?" + bound,
+        (mailbox_id, modseq),
+    )
+    expunged = _rows(
+        conn,
+        "SELECT uid, modseq FROM changes WHERE mailbox_id = ? AND modseq > ? AND kind = 'expunge'" + bound,
+        (mailbox_id, modseq),
+    )
+    if limit is not None and max(len(rows), len(expunged)) >= limit:
+        return None
+    changes = [
+        ChangeRecord(uid, m, "new" if created > modseq else "flags", _flags_tuple(text))
+        for uid, m, created, text in rows
+    ]
+    changes += [ChangeRecord(uid, m, "expunge", ()) for uid, m in expunged]
+    changes.sort(key=lambda c: (c.modseq, c.uid))
+    return changes
+
+
 def _rows(conn: sqlite3.Connection, sql: str, params: Sequence[Any] = ()) -> list[Any]:
     # Always drain the cursor: an unfinished RETURNING statement would block COMMIT.
     return conn.execute(sql, params).fetchall()
@@ -619,6 +647,15 @@ class SqliteMetadataStore:
         with _mapped_errors():
             return self._run_read(fn)
 
+    def _statement(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """A read of ONE statement, inline: in autocommit mode a statement is its own snapshot, so
+        it needs no BEGIN and COMMIT around it (two statements more per call, on every RPC's
+        mailbox lookup)."""
+        if self._closed:
+            raise StorageUnavailable("metadata store is closed")
+        with _mapped_errors():
+            return fn(self._reader_conn())
+
     # ---- lifecycle
 
     async def migrate(self) -> None:
@@ -840,7 +877,7 @@ class SqliteMetadataStore:
 
     async def get_mailbox(self, account_id: int, name: str) -> MailboxRecord:
         name = _mailbox_name(name)
-        record = await self._read(lambda conn: _mailbox_record(conn, account_id, name), inline=True)
+        record = self._statement(lambda conn: _mailbox_record(conn, account_id, name))
         if record is None:
             raise MailboxNotFound(name)
         return record
@@ -960,7 +997,10 @@ class SqliteMetadataStore:
                 messages=row[0], size=row[1], unseen=row[2], deleted=row[3], recent=row[4], first_unseen_uid=row[5]
             )
 
-        return await self._read(txn)
+        # The sums read every message of the mailbox: inline only for a small one (SELECT, STATUS).
+        probe = "SELECT COUNT(*) FROM (SELECT 1 FROM messages WHERE mailbox_id = ? LIMIT ?)"
+        small = self._statement(lambda conn: _one(conn, probe, (mailbox_id, INLINE_ROWS + 1)))[0] <= INLINE_ROWS
+        return await self._read(txn, inline=small)
 
     async def claim_recent(self, mailbox_id: int) -> tuple[int, int]:
         def txn(conn: sqlite3.Connection) -> tuple[int, int]:
@@ -1095,28 +1135,15 @@ class SqliteMetadataStore:
         return await self._write(lambda conn: _expunge_all(conn, _mailbox(conn, mailbox_id), True, uids))
 
     async def changes_since(self, mailbox_id: int, modseq: int) -> list[ChangeRecord]:
-        def txn(conn: sqlite3.Connection) -> list[ChangeRecord]:
-            _mailbox(conn, mailbox_id)
-            changes = [
-                ChangeRecord(uid, m, "new" if created > modseq else "flags", _flags_tuple(text))
-                for uid, m, created, text in _rows(
-                    conn,
-                    "SELECT uid, modseq, created_modseq, flags FROM messages WHERE mailbox_id = ? AND modseq > ?",
-                    (mailbox_id, modseq),
-                )
-            ]
-            changes += [
-                ChangeRecord(uid, m, "expunge", ())
-                for uid, m in _rows(
-                    conn,
-                    "SELECT uid, modseq FROM changes WHERE mailbox_id = ? AND modseq > ? AND kind = 'expunge'",
-                    (mailbox_id, modseq),
-                )
-            ]
-            changes.sort(key=lambda c: (c.modseq, c.uid))
-            return changes
-
-        return await self._read(txn)
+        # Most catch-ups (NOOP, IDLE, SELECT of an indexed mailbox) find a few changes or none: read
+        # at most INLINE_ROWS of each kind inline (the (mailbox_id, modseq) indexes bound the work),
+        # and only a longer log from a reader thread.
+        found = await self._read(lambda conn: _changes_since(conn, mailbox_id, modseq, INLINE_ROWS + 1), inline=True)
+        if found is not None:
+            return found
+        listed = await self._read(lambda conn: _changes_since(conn, mailbox_id, modseq, None))
+        assert listed is not None
+        return listed
 
     async def pruned_modseq(self, mailbox_id: int) -> int:
         def txn(conn: sqlite3.Connection) -> int:
@@ -1125,7 +1152,7 @@ class SqliteMetadataStore:
                 raise MailboxNotFound(str(mailbox_id))
             return int(row[0])
 
-        return await self._read(txn, inline=True)
+        return self._statement(txn)
 
     async def prune_changes(self, before: float) -> int:
         def txn(conn: sqlite3.Connection) -> int:
@@ -1161,7 +1188,7 @@ class SqliteMetadataStore:
         return await self._write(txn)
 
     async def blob_referenced(self, key: str) -> bool:
-        row = await self._read(lambda conn: _one(conn, "SELECT refcount FROM blobs WHERE key = ?", (key,)), inline=True)
+        row = self._statement(lambda conn: _one(conn, "SELECT refcount FROM blobs WHERE key = ?", (key,)))
         return row is not None and row[0] > 0
 
     async def kept_body(self, key: str) -> bytes | None:

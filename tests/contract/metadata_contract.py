@@ -859,6 +859,29 @@ class MetadataStoreContract:
         assert [c.modseq for c in everything] == sorted(c.modseq for c in everything)
         assert {c.uid for c in everything if c.kind == "new"} == {r1.uid, r3.uid, r4.uid}
 
+    async def test_changes_since_tells_a_long_log_whole(self, metadata_store: MetadataStore) -> None:
+        """A session away for long catches up from hundreds of changes of each kind: every one is
+        told, in MODSEQ order, also past any batch a store reads at once."""
+        s = metadata_store
+        acc = await account(s)
+        box = await inbox(s, acc)
+        mark = (await s.get_mailbox(acc.id, "INBOX")).highestmodseq
+        added = [await insert(s, box.id, f"long{n}") for n in range(300)]
+        doomed = [r.uid for r in added[:200]]
+        await s.store_flags(box.id, [(doomed[0], doomed[-1])], "add", ["\\Deleted"], None)
+        counts = await s.mailbox_counts(box.id)  # a large mailbox's status, and a small one's below
+        assert (counts.messages, counts.deleted, counts.unseen) == (300, 200, 300)
+        await s.expunge(box.id, None)
+        counts = await s.mailbox_counts(box.id)
+        assert (counts.messages, counts.deleted, counts.first_unseen_uid) == (100, 0, added[200].uid)
+        changes = await s.changes_since(box.id, mark)
+        assert [c.modseq for c in changes] == sorted(c.modseq for c in changes)
+        assert sorted(c.uid for c in changes if c.kind == "expunge") == doomed
+        assert sorted(c.uid for c in changes if c.kind == "new") == [r.uid for r in added[200:]]
+        since = (await s.get_mailbox(acc.id, "INBOX")).highestmodseq  # a short tail: one new message
+        last = await insert(s, box.id, "long-last")
+        assert [(c.uid, c.kind) for c in await s.changes_since(box.id, since)] == [(last.uid, "new")]
+
     async def test_prune_changes_forgets_old_expunges_and_says_up_to_where(self, metadata_store: MetadataStore) -> None:
         s = metadata_store
         acc = await account(s)

@@ -266,3 +266,53 @@ def test_a_mailbox_replaced_under_its_name_or_another_accounts_is_never_served_f
         assert old_validity not in lines
         raw.close()
         stranger.close()
+
+
+def _fetch_flags(kept: RawImap, announced: int) -> tuple[Picture, int, list[bytes]]:
+    """FETCH 1:* (UID FLAGS) on a kept session: what it showed, and the EXISTS count after it.
+    No response names a sequence number the session was not told of (by SELECT or an EXISTS before
+    it), and none announces an expunge (RFC 9051 §7.5.1: not during FETCH by sequence number)."""
+    lines = kept.command("f", "FETCH 1:* (UID FLAGS)")
+    assert lines[-1].startswith(b"f OK"), lines
+    for line in lines:
+        assert not line.endswith(b" EXPUNGE") and not line.startswith(b"* VANISHED"), lines
+        if line.endswith(b" EXISTS"):
+            announced = int(line.split()[1])
+        elif m := FETCH.match(line):
+            assert int(m[1]) <= announced, lines
+    return _fetched(lines), announced, lines
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("lose_events", [False, True])
+def test_fetch_flags_shows_another_frontends_change_at_once(
+    frontends: tuple[ImapEnv, int, RedisServer], lose_events: bool
+) -> None:
+    """FETCH FLAGS answers from the session's view after one catch-up from the change log: every
+    message the session knows shows the flags stored by the other frontend before the FETCH, with
+    the events delivered or lost; new messages come as EXISTS after it, never as FETCH responses."""
+    env, other_port, redis = frontends
+    writer, reader, kept, _, uv = _two_frontends(env, other_port, 6)
+    exists, _, _ = _select(kept, uv)
+    assert exists is not None
+    known, announced = _truth(writer), exists
+    if lose_events:
+        redis.stop()
+    try:
+        rng = random.Random(7162)
+        for _ in range(10):
+            for _ in range(rng.randint(1, 3)):
+                _change(writer, rng, _truth(writer))
+            truth = _truth(writer)
+            shown, announced, lines = _fetch_flags(kept, announced)
+            assert set(shown) == set(known) & set(truth), lines  # expunged ones left out, new ones not shown
+            for uid, flags in shown.items():
+                assert flags == truth[uid], (uid, lines)  # nothing stale
+            # EXISTS after it counts the new messages (expunges stay untold: FETCH by number)
+            assert announced - exists == len(set(truth) - set(known)), lines
+            known, exists = truth, announced
+    finally:
+        if lose_events:
+            redis.start()
+    for raw in (writer, reader, kept):
+        raw.close()

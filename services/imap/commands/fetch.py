@@ -255,6 +255,9 @@ async def fetch(session: Session, command: Command) -> Reply | None:
     if not targets:
         return None
     plan = _Plan.of(items, args.changed_since)
+    if plan.names <= _VIEW_ITEMS and not plan.bodies and await session.refresh():
+        await _from_view(session, view, plan, targets, args.changed_since)
+        return None
     newly_seen = await _mark_seen(session, view, targets) if plan.sets_seen and not view.readonly else set()
     missing: set[int] = set()  # UIDs whose body is gone from the store (broken messages)
     for start in range(0, len(targets), BATCH):
@@ -270,6 +273,38 @@ async def fetch(session: Session, command: Command) -> Reply | None:
         uids = ",".join(str(u) for u in sorted(missing)[:20])
         raise no(f"some messages could not be read (UID {uids}); the others were sent", "SERVERBUG")
     return None
+
+
+# What the session's view holds once caught up from the change log: FLAGS, UID, MODSEQ.
+_VIEW_ITEMS = frozenset({"UID", "FLAGS", "MODSEQ"})
+_VIEW_VALUES: dict[str, Callable[[MailboxView, int], bytes]] = {
+    "UID": lambda v, uid: b"%d" % uid,
+    "FLAGS": lambda v, uid: flag_list(sorted(v.flags_of(uid))),
+    "MODSEQ": lambda v, uid: b"(%d)" % v.modseqs.get(uid, 0),
+}
+
+
+async def _from_view(
+    session: Session, view: MailboxView, plan: _Plan, targets: list[tuple[int, int]], changed_since: int | None
+) -> None:
+    """FETCH of only FLAGS, UID and MODSEQ answered from the view just caught up from the change log
+    (one GetChanges, as NOOP makes, rather than listing the messages): what another session or
+    frontend stored before this command shows (RFC 9051 §7.5.1). The targets were resolved before
+    the catch-up, so messages it found get no sequence number here: EXISTS after the command
+    announces them. Messages expunged meanwhile are left out, as a listing would leave them out."""
+    if plan.wanted.flags:
+        session.untagged_buffers([*view.keyword_updates()])  # RFC 3501 §7.2.6: before a FETCH shows it
+    for start in range(0, len(targets), BATCH):
+        for seq, uid in targets[start : start + BATCH]:
+            if uid not in view.flags or view.is_expunged(uid):
+                continue
+            if changed_since is not None and view.modseqs.get(uid, 0) <= changed_since:
+                continue  # RFC 7162 §3.1.4.1
+            if plan.wanted.flags:
+                view.flags_told(uid)  # this response tells them: no untagged FETCH for them after
+            values = [(label, _VIEW_VALUES[attribute](view, uid)) for label, _, _, attribute in plan.rows]
+            session.untagged_buffers(fetch_buffers(seq, values))
+        await session.flush()
 
 
 def _response(
