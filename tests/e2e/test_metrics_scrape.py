@@ -182,7 +182,8 @@ def test_values_move_with_real_traffic(tmp_path: Path) -> None:
     assert delta("mailstack_commands_total", protocol="pop3", command="other", result="err") == 1
     assert delta("mailstack_command_duration_seconds_count", protocol="pop3", command="STAT") == 1
     assert delta("mailstack_deliveries_total", result="delivered") == 1
-    assert delta("mailstack_storage_duration_seconds_count", store="blob", operation="put") == 2  # inbox + queue
+    # The queued copy's body; the inbox's small one went into the metadata transaction (ADR 0045).
+    assert delta("mailstack_storage_duration_seconds_count", store="blob", operation="put") == 1
     metadata_ops = {dict(k[1])["operation"] for k in after if k[0] == "mailstack_storage_duration_seconds_count"
                     and dict(k[1]).get("store") == "metadata"}  # fmt: skip
     assert {"deliver", "resolve_delivery"} <= metadata_ops

@@ -63,6 +63,7 @@ NOT_BACKENDS = (
     "mailstack.storage.blob.keys",
     "mailstack.storage.events.queue",
     "mailstack.storage.metadata.sqlite_schema",  # the sqlite backend's own
+    "mailstack.storage.metadata.sqlite_writers",  # the sqlite backend's own: writers of several processes take turns
     "mailstack.storage.metadata.postgresql_schema",  # the postgresql backend's own
     "mailstack.storage.metadata.uidranges",  # UID-set arithmetic both SQL backends use
     "mailstack.storage.metadata.rules",  # INBOX, stored flags, STORE modes: every metadata backend's

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -39,9 +40,19 @@ async def _writer_idle(core: MailstoreCore) -> None:
     await core.stores.metadata._write(lambda conn: None)  # type: ignore[attr-defined]
 
 
-def _hold_writer(core: MailstoreCore, seconds: float) -> asyncio.Future[None]:
-    """Keep the SQLite writer thread busy, so the next write waits and commits later."""
-    return asyncio.ensure_future(core.stores.metadata._write(lambda conn: time.sleep(seconds)))  # type: ignore[attr-defined]
+async def _hold_writer(core: MailstoreCore, seconds: float) -> asyncio.Future[None]:
+    """Keep the SQLite writer thread busy, so the next write waits and commits later. Returns once the
+    hold runs: a write queued before that could join the hold's group (a body kept in the database
+    makes a store's write come that fast, ADR 0045) instead of waiting behind it."""
+    running = threading.Event()
+
+    def hold(conn: object) -> None:
+        running.set()
+        time.sleep(seconds)
+
+    held = asyncio.ensure_future(core.stores.metadata._write(hold))  # type: ignore[attr-defined]
+    assert await asyncio.to_thread(running.wait, 5.0), "the writer thread never ran the hold"
+    return held
 
 
 async def _rows_without_body(core: MailstoreCore) -> list[tuple[str, int]]:
@@ -86,7 +97,7 @@ async def test_cancel_while_the_commit_runs_keeps_the_body(core: MailstoreCore, 
     committed = 0
     for attempt in range(10):
         before = await _row_count(core)
-        hold = _hold_writer(core, 0.2)
+        hold = await _hold_writer(core, 0.2)
         task = asyncio.ensure_future(store())
         writes = core.stores.metadata._write_queue  # type: ignore[attr-defined]
         for _ in range(5000):  # until the store's metadata write waits behind the held one (5 s at most)
