@@ -51,7 +51,8 @@ class _BodiesWriter:
         meta: pb.MessageMetadata | None,
         missing: bool = False,
     ) -> None:
-        if self.packed and self.packed + len(data) + (meta.ByteSize() if meta is not None else 0) > BODIES_BATCH:
+        meta_size = meta.ByteSize() if meta is not None else 0  # once: it walks the whole message
+        if self.packed and self.packed + len(data) + meta_size > BODIES_BATCH:
             await self.context.write(self.out)
             self.out, self.packed = pb.FetchBodiesResponse(), 0
         chunk = self.out.chunks.add(
@@ -60,7 +61,7 @@ class _BodiesWriter:
         self.packed += len(data)
         if meta is not None:  # counted too: envelopes of many small messages must not burst a response
             chunk.metadata.CopyFrom(meta)
-            self.packed += meta.ByteSize()
+            self.packed += meta_size
 
     async def body(self, uid: int, index: int, body: BodySlice, meta: pb.MessageMetadata | None) -> None:
         """One section of one message; each chunk is held back until the next one shows whether

@@ -305,6 +305,7 @@ async def _from_view(
             values = [(label, _VIEW_VALUES[attribute](view, uid)) for label, _, _, attribute in plan.rows]
             session.untagged_buffers(fetch_buffers(seq, values))
         await session.flush()
+        await asyncio.sleep(0)  # a large mailbox: other sessions run between batches (flush may not wait)
 
 
 def _response(
