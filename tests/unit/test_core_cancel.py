@@ -50,7 +50,7 @@ async def _hold_writer(core: MailstoreCore, seconds: float) -> asyncio.Future[No
         running.set()
         time.sleep(seconds)
 
-    held = asyncio.ensure_future(core.stores.metadata._write(hold))  # type: ignore[attr-defined]
+    held: asyncio.Future[None] = asyncio.ensure_future(core.stores.metadata._write(hold))  # type: ignore[attr-defined]
     assert await asyncio.to_thread(running.wait, 5.0), "the writer thread never ran the hold"
     return held
 
