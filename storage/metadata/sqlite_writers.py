@@ -28,7 +28,10 @@ class WritersLock:
     def acquire(self) -> bool:
         """Wait for the turn up to the timeout; False: not taken (SQLite's lock then decides)."""
         if self._fd is None:
-            self._fd = os.open(self._path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            try:
+                self._fd = os.open(self._path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            except OSError:
+                return False  # never the writer thread's end: SQLite's own lock still orders writes
         deadline = time.monotonic() + self._timeout
         delay = FIRST_RETRY
         while True:

@@ -44,3 +44,10 @@ def test_a_holder_that_never_lets_go_costs_a_waiter_its_timeout_only(tmp_path: P
     waiter.release()
     holder.close()
     waiter.close()
+
+
+def test_a_lock_file_that_cannot_be_made_leaves_the_turn_to_sqlite(tmp_path: Path) -> None:
+    lock = WritersLock(str(tmp_path / "no-such-folder" / "m.sqlite3"), timeout=1.0)
+    assert lock.acquire() is False  # no exception: the writer thread must not die of it
+    lock.release()
+    lock.close()
