@@ -13,7 +13,7 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
 
 from mailstack.storage.blob.base import DEFAULT_CHUNK, BlobStore
-from mailstack.storage.blob.keys import clamp_range, validate_key
+from mailstack.storage.blob.keys import chunks, clamp_range, validate_key
 
 MAX_BLOB_BYTES = 1024 * 1024  # bigger bodies are rare and would push out many small ones
 
@@ -92,9 +92,8 @@ class CachedBlobStore:
             async for chunk in self._inner.stream(key, start, end, chunk_size):
                 yield chunk
             return
-        begin, stop = clamp_range(len(data), start, end)
-        for offset in range(begin, stop, chunk_size):
-            yield data[offset : min(offset + chunk_size, stop)]
+        for chunk in chunks(data, start, end, chunk_size):
+            yield chunk
 
     async def delete(self, key: str) -> None:
         self._forget(key)

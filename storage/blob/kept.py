@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 from mailstack.storage.blob.base import DEFAULT_CHUNK, BlobStore
-from mailstack.storage.blob.keys import clamp_range, validate_key
+from mailstack.storage.blob.keys import chunks, clamp_range, validate_key
 
 KeptBody = Callable[[str], Awaitable[bytes | None]]
 
@@ -44,9 +44,8 @@ class KeptBodies:
             async for chunk in self._inner.stream(key, start, end, chunk_size):
                 yield chunk
             return
-        begin, stop = clamp_range(len(body), start, end)
-        for at in range(begin, stop, chunk_size):
-            yield body[at : min(at + chunk_size, stop)]
+        for chunk in chunks(body, start, end, chunk_size):
+            yield chunk
 
     async def delete(self, key: str) -> None:
         await self._inner.delete(key)  # a kept body went with its last reference
