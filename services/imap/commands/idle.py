@@ -21,6 +21,8 @@ RETRY_SECONDS = 1.0  # a catch-up that failed is tried again after this, while I
 async def idle(session: Session, command: Command) -> Reply | None:
     # Command: RFC 2177 §3; RFC 9051 §6.3.13
     await session.send(continuation("idling"))
+    if await session.services.notifier.wait_live(session.account) and session.view is not None:
+        session.mark_dirty()  # just logged in: a change before the source was live is in the log
     clock = _Clock(time.monotonic())
     read: asyncio.Task[None] | None = None
     try:

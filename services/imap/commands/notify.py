@@ -40,6 +40,9 @@ async def notify(session: Session, command: Command) -> Reply | None:
     if unsupported:
         # RFC 5465 §3.1: NO with the events the server does support
         raise no(f"{unsupported[0]} is not supported", "BADEVENT (" + " ".join(SUPPORTED_EVENTS) + ")")
+    # the baseline is read once this account's events flow: a change after it is then told
+    if await session.services.notifier.wait_live(session.account) and session.view is not None:
+        session.mark_dirty()
     state = NotifyState(NotifySpec(args.groups))
     if state.spec.uses_subscriptions:
         state.subscribed = await _subscriptions(session)

@@ -42,10 +42,11 @@ class FakeStore(ImapMailstore):
     async def changes(self, mailbox: str, since_modseq: int) -> ChangeLog:
         self.reads += 1
         snapshot = [c for c in self.log if c.modseq > since_modseq]  # what the store holds when asked
+        highest = len(self.log)
         await self.gate.wait()
         if self.fail:
             raise Unavailable()
-        return ChangeLog(7, len(self.log), 0, snapshot)
+        return ChangeLog(7, highest, 0, snapshot)
 
     async def claim_recent(self, mailbox: str) -> tuple[int, int]:
         self.claims += 1
@@ -98,19 +99,69 @@ async def test_an_unhinted_refresh_never_joins_an_older_read() -> None:
     assert store.reads == 2
 
 
-async def test_reads_from_different_points_or_mailboxes_are_not_shared() -> None:
+async def test_a_read_serves_callers_further_on_but_not_behind_it_nor_other_mailboxes() -> None:
     store, shared = FakeStore(), SharedReads()
     store.add(1)
     store.add(2)
+    store.gate.clear()
     hinted = tick()
-    a, b, other = await asyncio.gather(
-        shared.changes(store, "INBOX", 0, hinted),
-        shared.changes(store, "INBOX", 1, hinted),
-        shared.changes(store, "Other", 0, hinted),
-    )
-    assert [x.uid for x in a.changes] == [1, 2] and [x.uid for x in b.changes] == [2]
-    assert [x.uid for x in other.changes] == [1, 2]  # the fake keeps one log for every mailbox
+    a = asyncio.ensure_future(shared.changes(store, "INBOX", 0, hinted))
+    await settle()
+    b = asyncio.ensure_future(shared.changes(store, "INBOX", 1, hinted))  # further on: joins, keeps its part
+    behind = asyncio.ensure_future(shared.changes(store, "Other", 0, hinted))
+    await settle()
+    store.gate.set()
+    assert [x.uid for x in (await a).changes] == [1, 2] and [x.uid for x in (await b).changes] == [2]
+    assert [x.uid for x in (await behind).changes] == [1, 2]  # the fake keeps one log for every mailbox
+    assert store.reads == 2
+    store.gate.clear()
+    later = asyncio.ensure_future(shared.changes(store, "INBOX", 2, tick()))
+    await settle()
+    earlier = asyncio.ensure_future(shared.changes(store, "INBOX", 1, hinted))  # behind the read under way
+    await settle()
+    store.gate.set()
+    assert (await later).changes == [] and [x.uid for x in (await earlier).changes] == [2]
+    assert store.reads == 4
+
+
+async def test_sessions_of_a_burst_meet_on_the_latest_read_and_stay_together() -> None:
+    # Two events in a burst: sessions that got the second hint while the first read was out send a
+    # second read; those that joined the first join the second too (from further on), so the next
+    # event finds every session at one MODSEQ, and one read serves them all.
+    store, shared = FakeStore(), SharedReads()
+    store.add(1)
+    store.gate.clear()
+    first_hint = tick()
+    early = [asyncio.ensure_future(shared.changes(store, "INBOX", 0, first_hint)) for _ in range(3)]
+    await settle()
+    store.add(2)
+    second_hint = tick()
+    late = [asyncio.ensure_future(shared.changes(store, "INBOX", 0, second_hint)) for _ in range(3)]
+    await settle()
+    store.gate.set()
+    assert {(await t).highestmodseq for t in early} == {1}
+    caught_up = [asyncio.ensure_future(shared.changes(store, "INBOX", 1, second_hint)) for _ in early]
+    logs = await asyncio.gather(*late, *caught_up)
+    assert {log.highestmodseq for log in logs} == {2}
+    assert all([c.uid for c in log.changes] == [2] for log in logs[3:])
+    assert store.reads == 2
+    store.add(3)
+    third_hint = tick()
+    await asyncio.gather(*(shared.changes(store, "INBOX", 2, third_hint) for _ in range(6)))
     assert store.reads == 3
+
+
+async def test_an_answered_read_is_joined_for_a_moment_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("mailstack.services.imap.shared_reads.KEPT_SECONDS", 0.05)
+    store, shared = FakeStore(), SharedReads()
+    store.add(1)
+    hinted = tick()
+    await shared.changes(store, "INBOX", 0, hinted)
+    await shared.changes(store, "INBOX", 0, hinted)  # answered just now, sent after the hint: joined
+    assert store.reads == 1
+    await asyncio.sleep(0.1)
+    await shared.changes(store, "INBOX", 0, hinted)  # forgotten: a new read
+    assert store.reads == 2
 
 
 async def test_a_failed_read_fails_its_waiters_and_the_next_one_reads_again() -> None:
