@@ -6,16 +6,37 @@ call. An attempt takes its slot when it starts, before the password is hashed, s
 parallel logins is counted as it arrives, not after the answers come back; a success gives the
 slot back and forgets only the failures of that same account from that same IP (a login to one's
 own account does not wipe the guesses at someone else's).
+
+Failures are also written to the metadata database (`shared`, ADR 0046) and read back at each
+attempt, so every mailstore process on that database (replicas, `serve` workers) counts what the
+others refused: N processes no longer give an attacker N budgets. Attempts in progress stay per
+process (they last a password hash), so a burst spread over N processes meets N x the limit in
+flight at most, and then the shared failures.
 """
 
 from __future__ import annotations
 
 import asyncio
 import ipaddress
+import logging
 import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Protocol
+
+log = logging.getLogger(__name__)
+
+
+class SharedFailures(Protocol):
+    """Where every process that checks logins against one database counts failures (the
+    metadata store; ADR 0046)."""
+
+    async def auth_failures(self, ip: str, account: str, window: float) -> tuple[int, int, int]: ...
+
+    async def record_auth_failure(self, ip: str, account: str, window: float) -> None: ...
+
+    async def forget_auth_failures(self, ip: str, account: str) -> None: ...
 
 
 @dataclass(slots=True)
@@ -68,10 +89,11 @@ MAX_WAITING = 1000  # attempts waiting at once, all clients together; more are r
 class Attempt:
     """One login attempt holding its slot; `succeeded()` or `failed()` ends it (once)."""
 
-    def __init__(self, throttle: AuthThrottle, ip: str, account: str) -> None:
+    def __init__(self, throttle: AuthThrottle, ip: str, account: str, shared_pair: int = 0) -> None:
         self._throttle = throttle
         self.ip = ip
         self.account = account
+        self.shared_pair = shared_pair  # failures of this pair the database held when it began
         self._open = True
 
     def succeeded(self) -> None:
@@ -99,12 +121,18 @@ class AuthThrottle:
     step: 150 parallel logins meet a limit of 15 as 15 slots, not as 150 checks of an empty count."""
 
     def __init__(
-        self, max_per_ip: int, max_per_account: int, window: float, clock: Callable[[], float] = time.monotonic
+        self,
+        max_per_ip: int,
+        max_per_account: int,
+        window: float,
+        clock: Callable[[], float] = time.monotonic,
+        shared: SharedFailures | None = None,
     ) -> None:
         self.max_per_ip = max_per_ip
         self.max_per_account = max_per_account
         self.window = window
         self._clock = clock
+        self._shared = shared
         self._ips: dict[str, _Counts] = {}
         self._accounts: dict[str, _Counts] = {}
         self._swept = clock()
@@ -123,23 +151,30 @@ class AuthThrottle:
         if counts is not None and not counts.used():
             del table[key]
 
-    def begin(self, ip: str, account: str) -> Attempt:
+    def begin(self, ip: str, account: str, elsewhere: tuple[int, int, int] = (0, 0, 0)) -> Attempt:
         """Reserve a slot for one attempt by `ip` at `account` (a normalised login name; "" for
-        a credential that names no account, such as a Send token: then only the IP counts)."""
+        a credential that names no account, such as a Send token: then only the IP counts).
+        `elsewhere`: the shared failures (from the IP, at the account, of the pair), which include
+        this process's own once written: the larger of the two counts is the one that holds."""
         self._sweep()
         ip = address_key(ip)
         tables = self._tables(ip, account)
-        for (table, key), limit, scope in zip(
-            tables, (self.max_per_ip, self.max_per_account), ("from this address", "for this account"), strict=False
+        for (table, key), limit, shared, scope in zip(
+            tables,
+            (self.max_per_ip, self.max_per_account),
+            elsewhere,
+            ("from this address", "for this account"),
+            strict=False,
         ):
             counts = self._counts(table, key)
-            if limit and counts.used() >= limit:
+            failures = max(len(counts.failures), shared)
+            if limit and counts.in_flight + failures >= limit:
                 for other_table, other_key in tables:
                     self._tidy(other_table, other_key)
-                raise Throttled(scope) if len(counts.failures) >= limit else Busy(scope)
+                raise Throttled(scope) if failures >= limit else Busy(scope)
         for table, key in tables:
             self._counts(table, key).in_flight += 1
-        return Attempt(self, ip, account)
+        return Attempt(self, ip, account, elsewhere[2])
 
     async def acquire(self, ip: str, account: str, wait: float = QUEUE_WAIT) -> Attempt:
         """`begin`, but an attempt that finds the slots taken only by attempts in progress waits
@@ -148,8 +183,9 @@ class AuthThrottle:
         the limit as slots (the first ones fail, and the ones waiting are then refused)."""
         deadline = time.monotonic() + wait
         while True:
+            elsewhere = await self._elsewhere(ip, account)
             try:
-                return self.begin(ip, account)
+                return self.begin(ip, account, elsewhere)
             except Busy:
                 left = deadline - time.monotonic()
                 if left <= 0 or self._waiting >= MAX_WAITING:
@@ -162,6 +198,25 @@ class AuthThrottle:
                 pass
             finally:
                 self._waiting -= 1
+
+    async def _elsewhere(self, ip: str, account: str) -> tuple[int, int, int]:
+        if self._shared is None:
+            return 0, 0, 0
+        return await self._shared.auth_failures(address_key(ip), account, self.window)
+
+    async def tell_others(self, attempt: Attempt, *, success: bool) -> None:
+        """After `failed()` or `succeeded()`: the database learns the failure, or forgets the pair's
+        failures it holds. Awaited before the answer, so the next attempt anywhere counts it. A
+        write that fails is logged: this process still counts the failure itself."""
+        if self._shared is None or (success and (not attempt.account or not attempt.shared_pair)):
+            return
+        try:
+            if success:
+                await self._shared.forget_auth_failures(attempt.ip, attempt.account)
+            else:
+                await self._shared.record_auth_failure(attempt.ip, attempt.account, self.window)
+        except Exception:
+            log.warning("login failure not shared with other processes", exc_info=True)
 
     def _wake(self) -> None:
         """An attempt ended: every waiting one looks again (each takes a slot or waits on)."""

@@ -167,6 +167,7 @@ class Sending:
             raise
         if record is None:
             attempt.failed()
+            await self.core.auth.throttle.tell_others(attempt, success=False)
             raise AuthFailed("missing or unknown API token")
         attempt.succeeded()
         return record

@@ -328,6 +328,17 @@ class MetadataStore(Protocol):
 
     async def release_lease(self, name: str, holder: str) -> None: ...
 
+    # ---- failed logins, counted across every process on this database (ADR 0046)
+    async def auth_failures(self, ip: str, account: str, window: float) -> tuple[int, int, int]:
+        """Failed logins in the last `window` seconds: from `ip`, at `account`, and of that pair
+        (the account's counts are 0 when it is "")."""
+
+    async def record_auth_failure(self, ip: str, account: str, window: float) -> None:
+        """Note a failed login now; failures older than `window` seconds are dropped on the way."""
+
+    async def forget_auth_failures(self, ip: str, account: str) -> None:
+        """The pair's failures are forgotten (its owner logged in: ADR 0011 §3)."""
+
 
 __all__ = [
     "AccountRecord",

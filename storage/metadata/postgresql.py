@@ -1210,6 +1210,35 @@ class PostgresMetadataStore:
     async def release_lease(self, name: str, holder: str) -> None:
         await self._write(lambda conn: conn.execute("DELETE FROM leases WHERE name = $1 AND holder = $2", name, holder))
 
+    # ---- failed logins (ADR 0046): dated by the database's clock, one for every replica
+
+    async def auth_failures(self, ip: str, account: str, window: float) -> tuple[int, int, int]:
+        row = await self._read(
+            lambda conn: conn.fetchrow(
+                f"WITH recent AS (SELECT ip, account FROM auth_failures WHERE at > {_NOW} - $3::float8"
+                " AND (ip = $1 OR account = $2))"
+                " SELECT (SELECT COUNT(*) FROM recent WHERE ip = $1),"
+                " (SELECT COUNT(*) FROM recent WHERE account = $2 AND account <> ''),"
+                " (SELECT COUNT(*) FROM recent WHERE ip = $1 AND account = $2 AND account <> '')",
+                ip,
+                account,
+                float(window),
+            )
+        )
+        return int(row[0]), int(row[1]), int(row[2])
+
+    async def record_auth_failure(self, ip: str, account: str, window: float) -> None:
+        async def txn(conn: Conn) -> None:
+            await conn.execute(f"DELETE FROM auth_failures WHERE at <= {_NOW} - $1::float8", float(window))
+            await conn.execute(f"INSERT INTO auth_failures (ip, account, at) VALUES ($1, $2, {_NOW})", ip, account)
+
+        await self._write(txn)
+
+    async def forget_auth_failures(self, ip: str, account: str) -> None:
+        await self._write(
+            lambda conn: conn.execute("DELETE FROM auth_failures WHERE ip = $1 AND account = $2", ip, account)
+        )
+
 
 if TYPE_CHECKING:
     # mypy checks here that the class satisfies the Protocol.

@@ -149,6 +149,17 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         # import pass may keep using it; a mailstack-made one that equals it by chance may not.
         "ALTER TABLE mailboxes ADD COLUMN adopted BOOLEAN NOT NULL DEFAULT FALSE",
     ),
+    (
+        # Step 5 (ADR 0046): failed logins, for the throttle of every replica.
+        """CREATE TABLE auth_failures (
+            ip TEXT COLLATE "C" NOT NULL,
+            account TEXT COLLATE "C" NOT NULL,
+            at DOUBLE PRECISION NOT NULL
+        )""",
+        "CREATE INDEX auth_failures_ip ON auth_failures (ip, at)",
+        "CREATE INDEX auth_failures_account ON auth_failures (account, at)",
+        "CREATE INDEX auth_failures_at ON auth_failures (at)",
+    ),
 )
 
 # Unique constraints whose violation means "that name is taken" (a race the code's own check lost).

@@ -1232,6 +1232,35 @@ class SqliteMetadataStore:
     async def release_lease(self, name: str, holder: str) -> None:
         await self._write(lambda conn: conn.execute("DELETE FROM leases WHERE name = ? AND holder = ?", (name, holder)))
 
+    # ---- failed logins (ADR 0046)
+
+    async def auth_failures(self, ip: str, account: str, window: float) -> tuple[int, int, int]:
+        since = time.time() - window
+        row = await self._read(
+            lambda conn: _one(
+                conn,
+                "SELECT (SELECT COUNT(*) FROM auth_failures WHERE ip = ? AND at > ?),"
+                " (SELECT COUNT(*) FROM auth_failures WHERE account = ? AND account != '' AND at > ?),"
+                " (SELECT COUNT(*) FROM auth_failures WHERE ip = ? AND account = ? AND account != '' AND at > ?)",
+                (ip, since, account, since, ip, account, since),
+            ),
+            inline=True,
+        )
+        return int(row[0]), int(row[1]), int(row[2])
+
+    async def record_auth_failure(self, ip: str, account: str, window: float) -> None:
+        def txn(conn: sqlite3.Connection) -> None:
+            now = time.time()
+            conn.execute("DELETE FROM auth_failures WHERE at <= ?", (now - window,))
+            conn.execute("INSERT INTO auth_failures (ip, account, at) VALUES (?, ?, ?)", (ip, account, now))
+
+        await self._write(txn)
+
+    async def forget_auth_failures(self, ip: str, account: str) -> None:
+        await self._write(
+            lambda conn: conn.execute("DELETE FROM auth_failures WHERE ip = ? AND account = ?", (ip, account))
+        )
+
 
 if TYPE_CHECKING:
     # mypy checks here that the class satisfies the Protocol.

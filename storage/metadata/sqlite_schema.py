@@ -167,6 +167,13 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         # of the message that brings it (NULL = in the blob store).
         "ALTER TABLE blobs ADD COLUMN body BLOB",
     ),
+    (
+        # Step 9 (ADR 0046): failed logins, for the throttle of every process on this file.
+        "CREATE TABLE auth_failures (ip TEXT NOT NULL, account TEXT NOT NULL, at REAL NOT NULL)",
+        "CREATE INDEX auth_failures_ip ON auth_failures (ip, at)",
+        "CREATE INDEX auth_failures_account ON auth_failures (account, at)",
+        "CREATE INDEX auth_failures_at ON auth_failures (at)",
+    ),
 )
 
 

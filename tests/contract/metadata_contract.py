@@ -919,6 +919,27 @@ class MetadataStoreContract:
         await s.release_lease("pop3:alice", "s2")
         assert await s.acquire_lease("pop3:alice", "s3", 60) == (True, "s3")
 
+    # ------------------------------------------------------------------ failed logins (ADR 0046)
+
+    async def test_failed_logins_are_counted_per_ip_account_and_pair_within_the_window(
+        self, metadata_store: MetadataStore
+    ) -> None:
+        s = metadata_store
+        assert await s.auth_failures("192.0.2.1", "a@x.test", 60) == (0, 0, 0)
+        for ip, account in [("192.0.2.1", "a@x.test")] * 3 + [("192.0.2.1", "b@x.test"), ("192.0.2.9", "a@x.test")]:
+            await s.record_auth_failure(ip, account, 60)
+        await s.record_auth_failure("192.0.2.1", "", 60)  # a Send token: the IP only
+        assert await s.auth_failures("192.0.2.1", "a@x.test", 60) == (5, 4, 3)
+        assert await s.auth_failures("192.0.2.9", "b@x.test", 60) == (1, 1, 0)
+        assert await s.auth_failures("192.0.2.1", "", 60) == (5, 0, 0)  # "" is no account
+        await s.forget_auth_failures("192.0.2.1", "a@x.test")  # its owner logged in from there
+        assert await s.auth_failures("192.0.2.1", "a@x.test", 60) == (2, 1, 0)  # the guesses elsewhere stay
+        await asyncio.sleep(0.3)
+        assert await s.auth_failures("192.0.2.1", "b@x.test", 0.2) == (0, 0, 0)  # out of a short window
+        await s.record_auth_failure("192.0.2.7", "c@x.test", 0.2)  # and dropped as the next one is written
+        assert await s.auth_failures("192.0.2.1", "b@x.test", 60) == (0, 0, 0)
+        assert await s.auth_failures("192.0.2.7", "c@x.test", 60) == (1, 1, 1)
+
     # ------------------------------------------------------------------ two replicas at once
 
     async def test_two_replicas_hammering_one_mailbox_keep_uid_and_modseq_invariants(
@@ -1028,6 +1049,15 @@ class MetadataStoreContract:
                   for c in batch]  # fmt: skip
         claimed = sorted(uid for floor, uidnext in claims for uid in range(floor, uidnext))
         assert claimed == list(range(1, 13)), "each message is \\Recent in exactly one session"
+
+    async def test_replicas_count_each_others_failed_logins(self, open_store: OpenStore) -> None:
+        first, second = await open_store(), await open_store()
+        await asyncio.gather(
+            *(store.record_auth_failure("198.51.100.4", "v@x.test", 300) for store in [first, second] * 5)
+        )
+        assert await first.auth_failures("198.51.100.4", "v@x.test", 300) == (10, 10, 10)
+        await second.forget_auth_failures("198.51.100.4", "v@x.test")
+        assert await first.auth_failures("198.51.100.4", "v@x.test", 300) == (0, 0, 0)
 
     async def test_two_replicas_delivering_to_a_full_account_never_overshoot(self, open_store: OpenStore) -> None:
         first, second = await open_store(), await open_store()

@@ -240,6 +240,27 @@ def test_who_and_kick_see_the_sessions_of_both_workers(tmp_path: Path) -> None:
         assert all(closed_by_kick(imap, 10) for imap in clients)
 
 
+def test_wrong_passwords_on_one_worker_count_on_the_other(tmp_path: Path) -> None:
+    # ADR 0046: N workers must not give a guesser N budgets (ADR 0011's limit per client IP)
+    limits = {"MAILSTACK_AUTH_MAX_ATTEMPTS_PER_IP": "4", "MAILSTACK_IMAP_AUTH_FAILURE_DELAY_MS": "0"}
+    with serving_workers(tmp_path, limits) as served:
+        first, second = workers_of(served)
+        for worker in (first, second, first, second):
+            imap = imap_on(served, worker)
+            try:
+                with pytest.raises(imaplib.IMAP4.error, match=r"AUTHENTICATIONFAILED"):
+                    imap.login(USER, "wrong-guess")
+            finally:
+                imap.shutdown()
+        for worker in (first, second):  # four in all: refused on either worker, right password or not
+            imap = imap_on(served, worker)
+            try:
+                with pytest.raises(imaplib.IMAP4.error, match=r"UNAVAILABLE"):  # RFC 5530, not a wrong password
+                    imap.login(USER, PASSWORD)
+            finally:
+                imap.shutdown()
+
+
 def test_the_pop3_maildrop_lock_holds_across_workers(tmp_path: Path) -> None:
     with serving_workers(tmp_path) as served:
         first, second = workers_of(served)

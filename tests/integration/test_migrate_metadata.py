@@ -64,6 +64,7 @@ async def populate(store: MetadataStore, queue: QueueBackend) -> None:
     await store.claim_recent(inbox.id)
     await store.acquire_lease("job:orphan-sweep", "replica-1", 60)
     await store.set_forward(ForwardRecord("postmaster@example.org", ("ops@remote.test", "x@remote.test"), True))
+    await store.record_auth_failure("192.0.2.8", "ann@example.org", 300)  # counts on after the move (ADR 0046)
     await queue.enqueue(
         NewOutbound(
             id="out-1",

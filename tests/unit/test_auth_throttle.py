@@ -124,3 +124,80 @@ def test_clients_that_never_come_back_are_forgotten() -> None:
     now[0] += 61
     limiter.begin("198.51.100.1", "alice").succeeded()
     assert len(limiter._ips) == 0 and len(limiter._accounts) == 0
+
+
+class SharedTable:
+    """The database's failure table as the throttles of several processes see it (ADR 0046)."""
+
+    def __init__(self) -> None:
+        self.rows: list[tuple[str, str]] = []
+        self.writes = 0
+        self.broken = False
+
+    async def auth_failures(self, ip: str, account: str, window: float) -> tuple[int, int, int]:
+        by_account = sum(1 for _, a in self.rows if account and a == account)
+        return sum(1 for i, _ in self.rows if i == ip), by_account, self.rows.count((ip, account)) if account else 0
+
+    async def record_auth_failure(self, ip: str, account: str, window: float) -> None:
+        self.writes += 1
+        if self.broken:
+            raise OSError("database gone")
+        self.rows.append((ip, account))
+
+    async def forget_auth_failures(self, ip: str, account: str) -> None:
+        self.writes += 1
+        self.rows = [row for row in self.rows if row != (ip, account)]
+
+
+def processes(table: SharedTable, count: int, per_ip: int = 3, per_account: int = 0) -> list[AuthThrottle]:
+    return [AuthThrottle(per_ip, per_account, 60.0, shared=table) for _ in range(count)]
+
+
+async def fail(limiter: AuthThrottle, ip: str, account: str) -> None:
+    attempt = await limiter.acquire(ip, account, wait=0)
+    attempt.failed()
+    await limiter.tell_others(attempt, success=False)
+
+
+async def test_failures_in_one_process_refuse_the_next_attempt_in_another() -> None:
+    table = SharedTable()
+    a, b = processes(table, 2, per_ip=3, per_account=4)
+    await fail(a, "192.0.2.1", "victim")
+    await fail(b, "192.0.2.1", "victim")
+    await fail(a, "192.0.2.1", "victim")
+    with pytest.raises(Throttled, match="from this address"):
+        await b.acquire("192.0.2.1", "other", wait=0)  # three guesses in all, whichever process took them
+    await fail(b, "192.0.2.2", "victim")  # another address, the same account: the fourth at it
+    with pytest.raises(Throttled, match="for this account"):
+        await a.acquire("192.0.2.3", "victim", wait=0)
+    # an IPv6 client is its /64 in the table too
+    await fail(a, "2001:db8::1", "x")
+    assert table.rows[-1] == ("2001:db8::/64", "x")
+
+
+async def test_the_owner_logging_in_anywhere_forgets_only_its_pair_and_others_write_nothing() -> None:
+    table = SharedTable()
+    a, b = processes(table, 2, per_ip=5)
+    await fail(a, "192.0.2.1", "owner")
+    await fail(a, "192.0.2.1", "someone")
+    attempt = await b.acquire("192.0.2.1", "owner", wait=0)
+    attempt.succeeded()
+    await b.tell_others(attempt, success=True)
+    assert table.rows == [("192.0.2.1", "someone")]  # the typo is forgotten, the guess stays
+    writes = table.writes
+    for _ in range(3):  # ordinary logins cost no write: the table held nothing of their pair
+        attempt = await a.acquire("192.0.2.5", "owner", wait=0)
+        attempt.succeeded()
+        await a.tell_others(attempt, success=True)
+    assert table.writes == writes
+
+
+async def test_a_failure_the_table_cannot_take_still_counts_here() -> None:
+    table = SharedTable()
+    (a,) = processes(table, 1, per_ip=2)
+    table.broken = True
+    await fail(a, "192.0.2.1", "x")  # logged, not raised: the client gets its ordinary failure
+    await fail(a, "192.0.2.1", "x")
+    with pytest.raises(Throttled):
+        await a.acquire("192.0.2.1", "x", wait=0)
+    assert table.rows == []

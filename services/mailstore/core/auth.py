@@ -33,7 +33,10 @@ class Authentication:
         self.settings = settings
         passwords.dummy_hash(settings.password_scrypt_log_n)  # a bad cost setting fails at start
         self.throttle = AuthThrottle(
-            settings.auth_max_attempts_per_ip, settings.auth_max_attempts_per_account, settings.auth_failure_window
+            settings.auth_max_attempts_per_ip,
+            settings.auth_max_attempts_per_account,
+            settings.auth_failure_window,
+            shared=stores.metadata,  # every process on this database counts the same failures (ADR 0046)
         )
 
     async def authenticate(self, username: str, password: str, authzid: str = "", remote_ip: str = "") -> str:
@@ -57,11 +60,13 @@ class Authentication:
                 await self._check_authzid(account, authzid)
         except AuthFailed:
             attempt.failed()
+            await self.throttle.tell_others(attempt, success=False)
             raise
         except BaseException:
             attempt.abandoned()  # an error or a cancelled call: nothing learnt, the slot goes back
             raise
         attempt.succeeded()
+        await self.throttle.tell_others(attempt, success=True)
         return account
 
     async def _check_password(self, name: str, password: str) -> str:
