@@ -20,12 +20,16 @@ The reference is started with PEERS_KIT/start.sh PEER_DIR (and stopped again if 
 started it): PEERS_KIT is the folder of the reference-peers kit (start.sh and stop.sh run a
 private Postfix and Dovecot in PEER_DIR), given as --peers-kit or MAILSTACK_BENCH_PEERS_KIT.
 mailstack runs as two processes, `mailstack serve mailstore` and `mailstack serve smtp`, as
-deployed.
+deployed; with --shape all as one `mailstack serve` (every service, the mailstore in-process),
+with --workers N worker processes sharing the ports (ADR 0043):
+
+    .venv/bin/python bench/smtp_ingest.py --shape all --workers 2
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 import statistics
@@ -45,6 +49,7 @@ from mailstack.v1 import mailstore_pb2_grpc as pbg
 from bench.cpu import dovecot_master, process_cpu, tree_cpu
 from tests.fixtures.mailstore import health_check
 from tests.fixtures.ports import free_port
+from tests.fixtures.serve_process import running_serve
 
 PEERS_KIT_ENV = "MAILSTACK_BENCH_PEERS_KIT"
 PEER_SMTP = "127.0.0.1:23025"
@@ -137,8 +142,11 @@ def auth_setup(work: Path, size: int) -> tuple[object, dict[str, str]]:
 
 
 class Mailstack:
-    def __init__(self, backend: str, work: Path) -> None:
+    def __init__(self, backend: str, work: Path, shape: str = "split", workers: int = 1) -> None:
         self.work = work
+        self.shape, self.workers = shape, workers
+        self.serving = contextlib.ExitStack()  # --shape all: the `mailstack serve` until stop()
+        self.pids: dict[str, int] = {}
         self.grpc_address = f"127.0.0.1:{free_port()}"
         self.send_address = f"127.0.0.1:{free_port()}"  # its plaintext health tells when the mailstore is up
         self.smtp_port = free_port()
@@ -190,6 +198,9 @@ class Mailstack:
 
     def start(self) -> None:
         (self.work / "data").mkdir(parents=True, exist_ok=True)
+        if self.shape == "all":
+            self._start_all()
+            return
         for name in ("mailstore", "smtp"):
             log = (self.work / f"{name}.log").open("ab")
             self.procs[name] = subprocess.Popen(
@@ -198,6 +209,30 @@ class Mailstack:
             if name == "mailstore":
                 self._wait_grpc()
         self._wait_port(self.smtp_port)
+        self.pids = {name: proc.pid for name, proc in self.procs.items()}
+        self._create_account()
+
+    def _start_all(self) -> None:
+        """One `mailstack serve` with this backend's settings (the ports are the fixture's own)."""
+        kept = ("MAILSTACK_BLOB_URL", "MAILSTACK_S3_ENDPOINT", "MAILSTACK_EVENTS_URL", "MAILSTACK_QUOTA_URL",
+                "MAILSTACK_SMTP_SENDER_AUTH", "MAILSTACK_DNS_SERVERS", "MAILSTACK_AUTHSERV_ID")  # fmt: skip
+        extra = {name: value for name, value in self.env.items() if name in kept}
+        extra.update(
+            {
+                "MAILSTACK_WORKERS": str(self.workers),
+                "MAILSTACK_SMTP_MAX_CONNECTIONS_PER_IP": "0",
+                "MAILSTACK_LOG_LEVEL": "WARNING",
+                "MAILSTACK_PASSWORD_SCRYPT_LOG_N": "14",  # the default: nobody logs in here
+            }
+        )
+        served = self.serving.enter_context(running_serve(self.work, extra))
+        self.smtp_port = served.ports["smtp"]
+        self.grpc_address = f"127.0.0.1:{served.ports['mailstore']}"
+        workers = served.worker_pids() if self.workers > 1 else []
+        self.pids = {"serve": served.proc.pid, **{f"worker{n}": pid for n, pid in enumerate(workers)}}
+        self._create_account()
+
+    def _create_account(self) -> None:
         channel = open_sync_channel(self.grpc_address, identity_for(self.settings, "admin"))
         pbg.AdminStub(channel).CreateAccount(pb.CreateAccountRequest(name=ADDRESS, password="Secret123"), timeout=30)
         channel.close()
@@ -230,16 +265,22 @@ class Mailstack:
         return int(status.messages)
 
     def smtp_peak_rss_kib(self) -> int:
-        for line in Path(f"/proc/{self.procs['smtp'].pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1])
-        return 0
+        """The smtp process's peak RSS (--shape all: the largest process's, smtp among the rest)."""
+        peaks = [0]
+        for name, pid in self.pids.items():
+            if name in ("mailstore",):
+                continue
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    peaks.append(int(line.split()[1]))
+        return max(peaks)
 
     def cpu_seconds(self) -> dict[str, float]:
         """CPU time (user + system) each mailstack process has used so far: where the time goes."""
-        return {name: process_cpu(proc.pid) for name, proc in self.procs.items()}
+        return {name: process_cpu(pid) for name, pid in self.pids.items()}
 
     def stop(self) -> None:
+        self.serving.close()
         for proc in reversed(list(self.procs.values())):
             if proc.poll() is None:
                 proc.terminate()
@@ -287,6 +328,10 @@ def main() -> int:
     parser.add_argument("--user", default="u1", help="the peer user (uN) and mailstack account (uN@test) to fill")
     parser.add_argument("--auth-checks", action="store_true", help="signed mail, SPF/DKIM/DMARC/ARC enforced")
     parser.add_argument("--signed", action="store_true", help="the same signed mail, checks off (the baseline)")
+    parser.add_argument(
+        "--shape", choices=["split", "all"], default="split", help="two processes (split) or one `mailstack serve`"
+    )
+    parser.add_argument("--workers", type=int, default=1, help="--shape all: worker processes (MAILSTACK_WORKERS)")
     args = parser.parse_args()
     global USER, ADDRESS
     USER, ADDRESS = args.user, f"{args.user}@test"
@@ -305,7 +350,7 @@ def main() -> int:
     # never shrinks once it held 60,000 files; expunging does not help).
     shutil.rmtree(peer_dir / "mail" / USER, ignore_errors=True)
     work = Path(tempfile.mkdtemp(prefix="mailstack-bench-"))
-    stack = Mailstack(args.backend, work)
+    stack = Mailstack(args.backend, work, args.shape, args.workers)
     ours: list[float] = []
     theirs: list[float] = []
     try:
@@ -334,7 +379,8 @@ def main() -> int:
         shutil.rmtree(work, ignore_errors=True)
     ours_median, theirs_median = statistics.median(ours), statistics.median(theirs)
     print(
-        f"\nbackend={args.backend} messages={args.messages} sessions={args.sessions} size={args.size} "
+        f"\nbackend={args.backend} shape={args.shape} workers={args.workers} "
+        f"messages={args.messages} sessions={args.sessions} size={args.size} "
         f"runs={args.runs} cpus={os.cpu_count()} signed={args.signed or args.auth_checks} "
         f"auth_checks={'on' if args.auth_checks else 'off'} "
         "(load generator shares the CPUs)\n"

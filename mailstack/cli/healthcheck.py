@@ -52,8 +52,17 @@ def check_mailstore(settings: Settings) -> None:
 
 def check_ready(settings: Settings) -> None:
     """/ready answers 200 once every service started (a frontend: and the mailstore answers), 503
-    before and while draining; urlopen raises on anything but 2xx."""
-    urllib.request.urlopen(f"http://127.0.0.1:{settings.metrics_port}/ready", timeout=TIMEOUT).close()
+    before and while draining; urlopen raises on anything but 2xx. With MAILSTACK_WORKERS each
+    worker answers on its own port (the metrics port + N, ADR 0043): every one is asked, since the
+    kernel gives each worker its share of the connections and a stuck one fails its share."""
+    from mailstack.services.common.workers import worker_count
+
+    for n in range(worker_count(settings)):
+        port = settings.metrics_port + n
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/ready", timeout=TIMEOUT).close()
+        except Exception as err:
+            raise RuntimeError(f"worker {n} (/ready on port {port}): {err}") from None
 
 
 PORTS = {

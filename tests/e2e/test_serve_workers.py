@@ -261,6 +261,22 @@ def test_wrong_passwords_on_one_worker_count_on_the_other(tmp_path: Path) -> Non
                 imap.shutdown()
 
 
+def test_the_healthcheck_asks_every_worker_and_fails_on_a_stuck_one(tmp_path: Path) -> None:
+    with serving_workers(tmp_path) as served:
+        check = [sys.executable, "-m", "mailstack", "healthcheck"]
+        assert subprocess.run(check, env=served.env, capture_output=True, timeout=30).returncode == 0
+        stuck = workers_of(served)[1]
+        os.kill(stuck, signal.SIGSTOP)  # alive, listening, answering nothing: its connections hang
+        try:
+            result = subprocess.run(check, env=served.env, capture_output=True, text=True, timeout=30)
+        finally:
+            os.kill(stuck, signal.SIGCONT)
+        assert result.returncode == 1
+        assert re.search(r"worker [01] \(/ready on port \d+\)", result.stderr), result.stderr
+        assert result.stderr.count("\n") == 1, result.stderr
+        assert subprocess.run(check, env=served.env, capture_output=True, timeout=30).returncode == 0
+
+
 def test_the_pop3_maildrop_lock_holds_across_workers(tmp_path: Path) -> None:
     with serving_workers(tmp_path) as served:
         first, second = workers_of(served)
