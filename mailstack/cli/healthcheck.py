@@ -26,17 +26,24 @@ PROC = Path("/proc")
 CHECKS = ("mailstore", "smtp", "imap", "pop3", "outbound")
 
 
-def served(proc: Path | None = None) -> list[str]:
-    """The services of the `mailstack serve` process found here (all-in-one: every checkable one)."""
+def serve_names(proc: Path | None = None) -> list[str] | None:
+    """The names given to the `mailstack serve` process found here ([] for the all-in-one), or None."""
     for cmdline in sorted((proc or PROC).glob("[0-9]*/cmdline")):
         try:
             args = cmdline.read_bytes().decode(errors="replace").split("\0")
         except OSError:
             continue
         if "serve" in args and any(a.endswith("mailstack") for a in args):
-            names = [a for a in args[args.index("serve") + 1 :] if a and not a.startswith("-")]
-            return names or ["mailstore", "smtp", "imap", "pop3"]
-    return []
+            return [a for a in args[args.index("serve") + 1 :] if a and not a.startswith("-")]
+    return None
+
+
+def served(proc: Path | None = None) -> list[str]:
+    """The services of the `mailstack serve` process found here (all-in-one: every checkable one)."""
+    names = serve_names(proc)
+    if names is None:
+        return []
+    return names or ["mailstore", "smtp", "imap", "pop3"]
 
 
 def check_mailstore(settings: Settings) -> None:
@@ -50,14 +57,12 @@ def check_mailstore(settings: Settings) -> None:
         raise RuntimeError(f"mailstore health is {reply.status}")
 
 
-def check_ready(settings: Settings) -> None:
+def check_ready(settings: Settings, workers: int = 1) -> None:
     """/ready answers 200 once every service started (a frontend: and the mailstore answers), 503
-    before and while draining; urlopen raises on anything but 2xx. With MAILSTACK_WORKERS each
-    worker answers on its own port (the metrics port + N, ADR 0043): every one is asked, since the
-    kernel gives each worker its share of the connections and a stuck one fails its share."""
-    from mailstack.services.common.workers import worker_count
-
-    for n in range(worker_count(settings)):
+    before and while draining; urlopen raises on anything but 2xx. With workers each one answers on
+    its own port (the metrics port + N, ADR 0043): every one is asked, since the kernel gives each
+    worker its share of the connections and a stuck one fails its share."""
+    for n in range(workers):
         port = settings.metrics_port + n
         try:
             urllib.request.urlopen(f"http://127.0.0.1:{port}/ready", timeout=TIMEOUT).close()
@@ -87,9 +92,13 @@ def check_listening(settings: Settings, name: str) -> None:
             pass
 
 
-def check(settings: Settings, names: list[str]) -> None:
+def check(settings: Settings, names: list[str], serving: list[str] | None = None) -> None:
+    """`serving`: the names the running `serve` was given ([] all-in-one; None: not found here)."""
     if settings.metrics_port:
-        check_ready(settings)  # one endpoint answers for all the process runs
+        from mailstack.services.common.workers import resolve
+
+        # as many workers as that `serve` started from these settings (ADR 0047: auto may be one)
+        check_ready(settings, resolve(settings, names if serving is None else serving, probe_ports=False)[0])
         return
     for name in names:
         if name == "mailstore":
@@ -99,6 +108,7 @@ def check(settings: Settings, names: list[str]) -> None:
 
 
 def cmd_healthcheck(settings: Settings, args: argparse.Namespace) -> int:
+    serving = serve_names()
     names = args.services or served()
     if not names:
         print("mailstack healthcheck: no `mailstack serve` process found", file=sys.stderr)
@@ -108,7 +118,7 @@ def cmd_healthcheck(settings: Settings, args: argparse.Namespace) -> int:
         print(f"mailstack healthcheck: unknown service {unknown[0]!r} (known: {', '.join(CHECKS)})", file=sys.stderr)
         return EXIT_ERROR
     try:
-        check(settings, names)
+        check(settings, names, serving)
     except Exception as err:  # any failure is "unhealthy", said in one line
         print(f"mailstack healthcheck: {', '.join(names)}: {err}", file=sys.stderr)
         return EXIT_ERROR

@@ -7,6 +7,7 @@ import argparse
 import asyncio
 import errno
 import json
+import logging
 import os
 import sys
 from dataclasses import fields
@@ -133,6 +134,15 @@ def _check_before_start(settings: Settings, args: argparse.Namespace, worker: in
         raise InUse(str(err)) from None
 
 
+def _worker_count(settings: Settings, args: argparse.Namespace, worker: int | None) -> tuple[int, str]:
+    """The workers to start, and why auto settled on one (ADR 0047); a worker is told its count."""
+    from mailstack.services.common import workers
+
+    if worker is not None:  # started by a supervisor that resolved the count already
+        return workers.worker_count(settings), ""
+    return workers.resolve(settings, args.services)
+
+
 def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     """Check the settings, then the ports and the data folder, and only then start anything."""
     from mailstack.services.common import workers
@@ -145,9 +155,12 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
         raise UsageError(f"unknown service {unknown[0]!r} (known: {', '.join(SERVICES)})")
     if errors := check_settings(args.loaded, args.services or list(SERVICES)):
         raise settings_refused(errors)
-    worker, count = workers.current_worker(), workers.worker_count(settings)
+    worker = workers.current_worker()
+    count, single = _worker_count(settings, args, worker)
     _check_before_start(settings, args, worker, count)
     setup_logging(settings.log_level, settings.log_format)
+    if single and not args.services:  # auto, yet one process: say why (ADR 0047)
+        logging.getLogger("mailstack.workers").info("one process, not one per CPU: %s", single)
     try:
         if count > 1 and worker is None:  # the supervisor of `count` workers (ADR 0043)
             return workers.Supervisor(settings, count, _worker_argv(args), sys.stdout).run()

@@ -227,9 +227,10 @@ class Settings:
     log_format: str = _setting("text", "Log format: text or json.", rule=one_of("text", "json"))
     metrics_port: int = _setting(0, "Prometheus /metrics port (0 = off).", rule=PORT)
     workers: str = _setting(
-        "1",
+        "auto",
         "Processes of the all-in-one `mailstack serve`, each with every service, sharing its ports (SO_REUSEPORT) "
-        "and data (ADR 0043): a number or auto (the CPU count); metrics of worker N on MAILSTACK_METRICS_PORT + N.",
+        "and data (ADR 0043): a number, or auto = one per usable CPU (a container's CPU quota counts), and one "
+        "where workers cannot run (ADR 0047); metrics of worker N on MAILSTACK_METRICS_PORT + N.",
         rule=WORKERS,
     )
 

@@ -30,7 +30,7 @@ from mailstack.services.common import internal_ca
 from mailstack.services.common.config import Settings, env_name
 from mailstack.services.common.folder_lock import FolderLock, lock_path
 from mailstack.services.common.lifecycle import ServeError, prepare_data, run_services
-from mailstack.services.common.preflight import Port, try_bind
+from mailstack.services.common.preflight import Port, PortClash, PortProblem, try_bind
 from mailstack.services.common.setting_rules import AUTO_WORKERS_MAX
 from mailstack.storage import registry
 from mailstack.storage.private_paths import private_dir
@@ -53,10 +53,44 @@ SHARED_PORTS = (
 SOCKET_PATH_MAX = 107  # sun_path of AF_UNIX on Linux, less the final NUL
 
 
+CGROUP_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")  # cgroup v2: "QUOTA PERIOD" or "max PERIOD"
+
+
+def usable_cpus(cpu_max: Path = CGROUP_CPU_MAX) -> int:
+    """The CPUs this process may use: its affinity, and a container's CPU quota (cgroup v2) rounded
+    up, since os.cpu_count() tells the host's."""
+    count = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    try:
+        quota, period = cpu_max.read_text().split()[:2]
+        if quota != "max":
+            count = min(count, -(-int(quota) // int(period)))
+    except (OSError, ValueError):
+        pass  # no cgroup v2 quota here
+    return max(1, count)
+
+
 def worker_count(settings: Settings) -> int:
     if settings.workers == "auto":
-        return max(1, min(os.cpu_count() or 1, AUTO_WORKERS_MAX))
+        return min(usable_cpus(), AUTO_WORKERS_MAX)
     return int(settings.workers)
+
+
+def resolve(settings: Settings, names: Sequence[str], probe_ports: bool = True) -> tuple[int, str]:
+    """How many workers `serve` starts, and why auto settled on one (else ""). A number is taken as
+    given (check() refuses what it cannot do); auto (the default, ADR 0047) is one per usable CPU for
+    the all-in-one `serve`, and one wherever workers cannot run: named services, a memory:// blob
+    store, port 0, a unix gRPC listener, a busy metrics port + N (`probe_ports`: the healthcheck,
+    asking about a `serve` that holds those ports, does not probe them)."""
+    count = worker_count(settings)
+    if settings.workers != "auto" or count == 1:
+        return count, ""
+    if names:
+        return 1, "named services run as one process each"
+    try:
+        check(settings, names, count, probe_ports)
+    except (ServeError, PortClash, PortProblem) as err:
+        return 1, str(err)
+    return count, ""
 
 
 def current_worker() -> int | None:
@@ -69,7 +103,7 @@ def folder(settings: Settings) -> Path:
     return Path(settings.data_dir).resolve() / FOLDER
 
 
-def check(settings: Settings, names: Sequence[str], count: int) -> None:
+def check(settings: Settings, names: Sequence[str], count: int, probe_ports: bool = True) -> None:
     """ServeError for what several workers cannot do, before anything starts."""
     if names:
         raise ServeError(
@@ -93,7 +127,7 @@ def check(settings: Settings, names: Sequence[str], count: int) -> None:
             f"{env_name('data_dir')}={settings.data_dir}: too long a path for the workers' sockets "
             f"({folder(settings)}); use a shorter data folder"
         )
-    for i in range(1, count if settings.metrics_port else 0):
+    for i in range(1, count if settings.metrics_port and probe_ports else 0):
         try_bind(Port("metrics_port", settings.bind, settings.metrics_port + i))
 
 

@@ -24,6 +24,8 @@ from pathlib import Path
 from typing import TypeVar
 
 import pytest
+from mailstack.services.common.setting_rules import AUTO_WORKERS_MAX
+from mailstack.services.common.workers import usable_cpus
 from mailstack.v1 import mailstore_pb2 as pb
 
 from tests.fixtures.mailstore import open_client
@@ -275,6 +277,49 @@ def test_the_healthcheck_asks_every_worker_and_fails_on_a_stuck_one(tmp_path: Pa
         assert re.search(r"worker [01] \(/ready on port \d+\)", result.stderr), result.stderr
         assert result.stderr.count("\n") == 1, result.stderr
         assert subprocess.run(check, env=served.env, capture_output=True, timeout=30).returncode == 0
+
+
+def test_serve_by_default_runs_a_worker_per_cpu_and_each_one_serves(tmp_path: Path) -> None:
+    # ADR 0047: the all-in-one `mailstack serve` uses every usable CPU unless told otherwise
+    expected = min(usable_cpus(), AUTO_WORKERS_MAX)
+    settings = {"MAILSTACK_ALLOW_PLAINTEXT_AUTH": "true"}
+    with running_serve(tmp_path, settings, default_workers=True) as served:
+        assert "MAILSTACK_WORKERS" not in served.env
+        asyncio.run(create_accounts(served, tmp_path))
+        pids = served.worker_pids()
+        assert len(pids) == (expected if expected > 1 else 0), pids
+        unserved, port = set(pids), served.ports["imap"]
+        for _ in range(TRIES * max(1, expected)):
+            if not unserved:
+                break
+            imap = imaplib.IMAP4("127.0.0.1", port, timeout=15)
+            try:
+                assert imap.sock is not None
+                unserved.discard(owner(pids, port, imap.sock.getsockname()[1]) or 0)
+                assert imap.login(USER, PASSWORD)[0] == "OK"
+            finally:
+                imap.shutdown()
+        assert not unserved, f"workers that served no login: {unserved}"
+
+
+def test_serve_by_default_is_one_process_where_workers_cannot_run_and_says_why(tmp_path: Path) -> None:
+    env, ports = serve_env(tmp_path, {"MAILSTACK_BLOB_URL": "memory://"}, default_workers=True)
+    env["MAILSTACK_METRICS_PORT"] = str(ports["metrics"])
+    log = tmp_path / "serve.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "mailstack", "serve"], env=env, stdout=out, stderr=out)
+    try:
+        served = Served(proc, env, ports, log)
+        deadline = time.monotonic() + 60
+        while not served.ready():
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.2)
+        assert served.worker_pids() == []  # the memory:// store is one process's own: one process
+        if usable_cpus() > 1:
+            assert "one process, not one per CPU" in log.read_text() and "memory://" in log.read_text()
+    finally:
+        proc.terminate()
+        proc.wait(20)
 
 
 def test_the_pop3_maildrop_lock_holds_across_workers(tmp_path: Path) -> None:
