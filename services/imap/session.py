@@ -194,13 +194,18 @@ class Session:
         self._hints = None
         self._hinted = tick()
 
-    async def refresh(self) -> bool:
+    async def refresh(self, shared: bool = False) -> bool:
         """Read the change log since the view's MODSEQ (RFC 7162 §3.2.5.2 style catch-up); False when
-        the read failed (the view may be behind; the next opportunity tries again)."""
+        the read failed (the view may be behind; the next opportunity tries again).
+
+        `shared`: waiting for news (IDLE, NOTIFY between commands), a read sent after the latest
+        hint will do, another session's too. After a command, only a read sent from now on: one
+        sent after a hint but before this session's own write (an EXPUNGE, a STORE) would not show
+        that write, and the session would miss what its own command did."""
         view = self.view
         if view is None:
             return False
-        hinted = self._hinted if self.dirty else tick()  # asked without a hint (NOOP): a read from now
+        hinted = self._hinted if self.dirty and shared else tick()
         self.dirty = False
         self._hints = None
         self.wake.clear()
@@ -242,10 +247,13 @@ class Session:
             present.update(m.uid for m in batch.messages)
         return [Change(uid, modseq, "expunge", ()) for uid in view.uids if uid not in present]
 
-    async def pending_updates(self, always_refresh: bool = True, allow_expunge: bool = True) -> None:
+    async def pending_updates(
+        self, always_refresh: bool = True, allow_expunge: bool = True, waiting: bool = False
+    ) -> None:
         """Send the untagged updates owed after a command (RFC 9051 §7.5.1). `always_refresh`: read
         the change log even without a hint (NOOP, CHECK, IDLE: the client asks for news);
-        `allow_expunge`: False while a FETCH/STORE/SEARCH by sequence number runs."""
+        `allow_expunge`: False while a FETCH/STORE/SEARCH by sequence number runs; `waiting`: IDLE
+        or NOTIFY between commands, where a read shared with other sessions will do (refresh)."""
         view = self.view
         if view is None:
             return
@@ -255,7 +263,7 @@ class Session:
                 self.dirty = False  # only this session's own changes, applied since they arrived
                 self._hints = None
         if self.dirty or always_refresh:
-            await self.refresh()
+            await self.refresh(shared=waiting)
         # RFC 5267 §4.3: context updates only where EXPUNGE may go (REMOVEFROM must precede it)
         contexts = self.contexts if allow_expunge else None
         for line in await contexts.removals(self.mailstore, view) if contexts else []:

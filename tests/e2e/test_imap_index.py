@@ -316,3 +316,32 @@ def test_fetch_flags_shows_another_frontends_change_at_once(
             redis.start()
     for raw in (writer, reader, kept):
         raw.close()
+
+
+def test_a_sessions_own_expunge_is_told_even_when_another_sessions_read_just_ran(tmp_path: Path) -> None:
+    # RFC 9051 §7.5.1: the EXPUNGE command's own expunges are told before its OK. Another session's
+    # catch-up read right before (after its APPEND) must not stand in for this session's: it began
+    # before this EXPUNGE and does not show it (the model test found a session that then held a
+    # message the store no longer had).
+    with imap_env(tmp_path, imap_poll_interval=3600) as env:
+        user = env.new_account()
+        writer, expunger = RawImap(env.port()), RawImap(env.port())
+        try:
+            for raw in (writer, expunger):
+                raw.login(user)
+                assert raw.command("s", "SELECT INBOX")[-1].startswith(b"s OK")
+            held = 0  # the messages the expunging session was told it has
+            for n in range(20):
+                data = message(f"deleted {n}")
+                writer.send(b"a APPEND INBOX (\\Deleted) {%d+}\r\n" % len(data) + data + b"\r\n")
+                assert writer.until("a")[-1].startswith(b"a OK")  # its catch-up read follows at once
+                told = expunger.command("e", "EXPUNGE")
+                assert told[-1] == b"e OK completed", told
+                exists = [line for line in told if line.endswith(b" EXISTS")]
+                held = int(exists[-1].split()[1]) if exists else held
+                held -= sum(line.endswith(b" EXPUNGE") for line in told)
+                listed = expunger.command("f", "UID SEARCH ALL")
+                assert held == 0 and listed[0] == b"* SEARCH", (n, told, listed)  # every one was \Deleted
+        finally:
+            for raw in (writer, expunger):
+                raw.close()

@@ -81,8 +81,8 @@ async def _push_updates(session: Session, clock: _Clock) -> None:
     if session.view is not None and session.poll_due():
         session.mark_dirty()
     if session.view is not None and session.dirty and not (session.notify and session.notify.pushes_selected):
-        await session.pending_updates()
-    await deliver(session, True)  # RFC 5465: NOTIFY's news (the view's too, with MessageNew's attributes)
+        await session.pending_updates(waiting=True)  # a read shared with the other IDLE sessions
+    await deliver(session, True, waiting=True)  # RFC 5465: NOTIFY's news (the view's too, with MessageNew's attributes)
     if session.has_output:
         await session.flush()
         clock.last_output = time.monotonic()

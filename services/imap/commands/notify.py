@@ -81,11 +81,13 @@ def due(session: Session) -> bool:
     return state.has_pending or (session.dirty and session.view is not None and state.pushes_selected)
 
 
-async def deliver(session: Session, allow_expunge: bool | None = None) -> None:
+async def deliver(session: Session, allow_expunge: bool | None = None, waiting: bool = False) -> None:
     """Queue the notifications owed (RFC 5465 §5); the caller flushes. A mailstore failure keeps
     them owed for the next chance. `allow_expunge`: after a command, whether it allows EXPUNGE
     (not after a FETCH, STORE or SEARCH by sequence number, RFC 9051 §7.5.1; IDLE does); None
-    between commands, where only the `selected` filter sends them (`selected-delayed` waits, §6.1)."""
+    between commands, where only the `selected` filter sends them (`selected-delayed` waits, §6.1).
+    `waiting`: IDLE or between commands, where a change-log read shared with other sessions will do
+    (Session.refresh)."""
     state = session.notify
     if state is None or session.state == State.LOGOUT:
         return
@@ -95,17 +97,17 @@ async def deliver(session: Session, allow_expunge: bool | None = None) -> None:
         session.notify = None
         return
     try:
-        await _deliver(session, state, allow_expunge)
+        await _deliver(session, state, allow_expunge, waiting)
     except grpc.RpcError as e:
         log.info("NOTIFY delivery failed", extra={"grpc_code": e.code().name})
 
 
-async def _deliver(session: Session, state: NotifyState, allow_expunge: bool | None) -> None:
+async def _deliver(session: Session, state: NotifyState, allow_expunge: bool | None, waiting: bool) -> None:
     if state.subscriptions_stale:
         state.subscriptions_stale = False
         state.subscribed = await _subscriptions(session)
     if session.dirty and session.view is not None and state.pushes_selected:
-        await _selected(session, state, allow_expunge)
+        await _selected(session, state, allow_expunge, waiting)
     if state.list_due:
         await _lists(session, state)
     if state.resync:
@@ -180,14 +182,14 @@ def _list_attributes(state: NotifyState, name: str, item: pb.Mailbox | None, sub
     return b"(\\NonExistent)"
 
 
-async def _selected(session: Session, state: NotifyState, allow_expunge: bool | None) -> None:
+async def _selected(session: Session, state: NotifyState, allow_expunge: bool | None, waiting: bool) -> None:
     """The selected mailbox's updates, unsolicited (RFC 5465 §5.1-§5.3), with MessageNew's fetch
     attributes for the new messages."""
     view, group = session.view, state.spec.selected
     assert view is not None and group is not None
     last = view.uids[-1] if view.uids else 0
     expunge = group.filter == "SELECTED" if allow_expunge is None else allow_expunge
-    await session.pending_updates(True, expunge)
+    await session.pending_updates(True, expunge, waiting)
     new = [uid for uid in view.uids if uid > last]
     if group.fetch and new:
         items = Fetch(SequenceSet(((new[0], new[-1]),)), group.fetch)
@@ -203,7 +205,7 @@ async def wait_for_client(session: Session, wait: float) -> None:
         while True:
             if due(session):
                 session.waiting = False  # a shutdown waits for the notifications to go out
-                await deliver(session)
+                await deliver(session, waiting=True)
                 await session.flush()
                 session.waiting = True
             if session.notify is None:
